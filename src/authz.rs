@@ -1,0 +1,224 @@
+//! Envoy's external authorization API (`envoy.service.auth.v3.Authorization/Check`) over the
+//! decision engine. The only module that knows protobuf on the server side.
+//!
+//! A denied request is a successful RPC carrying a `denied_response` with the HTTP status set
+//! explicitly (Envoy answers 403 otherwise). Even malformed check requests and "not ready" get a
+//! denied response rather than an RPC error, so a proxy configured with `failure_mode_allow`
+//! still never lets them through.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use prost_types::value::Kind;
+use tonic::{Request, Response, Status};
+
+use crate::decision::{Decision, Reason};
+use crate::engine::{self, Headers};
+use crate::metrics::Metrics;
+use crate::policy::SharedSnapshot;
+use crate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
+use crate::proto::auth::{
+    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
+};
+use crate::proto::core::header_value_option::HeaderAppendAction;
+use crate::proto::core::{HeaderValue, HeaderValueOption};
+use crate::proto::http_type::HttpStatus;
+use crate::telemetry::{self, RequestInfo};
+
+/// The route's context extension that names a policy explicitly (`namespace/name`).
+pub const POLICY_EXTENSION: &str = "tollgate.dev/policy";
+
+/// gRPC status codes used in `CheckResponse.status`.
+mod code {
+    pub const OK: i32 = 0;
+    pub const INVALID_ARGUMENT: i32 = 3;
+    pub const PERMISSION_DENIED: i32 = 7;
+    pub const INTERNAL: i32 = 13;
+    pub const UNAVAILABLE: i32 = 14;
+    pub const UNAUTHENTICATED: i32 = 16;
+}
+
+/// The ext_authz gRPC service.
+#[derive(Clone)]
+pub struct AuthzService {
+    shared: Arc<SharedSnapshot>,
+    metrics: Arc<Metrics>,
+}
+
+impl AuthzService {
+    pub fn new(shared: Arc<SharedSnapshot>, metrics: Arc<Metrics>) -> Self {
+        AuthzService { shared, metrics }
+    }
+
+    /// The tonic server wrapper, with request size bounds.
+    pub fn into_server(self) -> AuthorizationServer<Self> {
+        AuthorizationServer::new(self).max_decoding_message_size(1024 * 1024)
+    }
+
+    /// Decides one `CheckRequest`.
+    pub async fn decide<'a>(&self, request: &'a CheckRequest) -> (Decision, RequestInfo<'a>) {
+        let http = request.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+        let Some(http) = http else {
+            let info = RequestInfo { transport: "grpc", ..RequestInfo::default() };
+            let decision = engine::deny(
+                None,
+                "",
+                Reason::RequestMalformed,
+                "the check request has no HTTP attributes (is this the HTTP ext_authz filter?)".into(),
+                None,
+                None,
+            );
+            return (decision, info);
+        };
+        let info = RequestInfo {
+            transport: "grpc",
+            request_id: &http.id,
+            method: &http.method,
+            host: &http.host,
+            path: &http.path,
+        };
+        if !self.shared.is_ready() {
+            let decision = engine::deny(None, &http.host, Reason::NotReady, "policies are still loading".into(), None, None);
+            return (decision, info);
+        }
+        let raw: Vec<(String, String)>;
+        let headers = if http.headers.is_empty() && http.header_map.is_some() {
+            raw = http
+                .header_map
+                .iter()
+                .flat_map(|m| &m.headers)
+                .map(|h| {
+                    let value = if h.raw_value.is_empty() { h.value.clone() } else { String::from_utf8_lossy(&h.raw_value).into_owned() };
+                    (h.key.to_ascii_lowercase(), value)
+                })
+                .collect();
+            Headers::List(&raw)
+        } else {
+            Headers::Map(&http.headers)
+        };
+        let policy = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.context_extensions.get(POLICY_EXTENSION))
+            .map(String::as_str)
+            .filter(|p| !p.is_empty());
+        let host = if http.host.is_empty() { http.headers.get(":authority").map_or("", String::as_str) } else { &http.host };
+        let req = engine::Request { host, path: &http.path, method: &http.method, headers, policy };
+        let snapshot = self.shared.load_full();
+        let decision = engine::check(&snapshot, &req, SystemTime::now()).await;
+        (decision, info)
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let start = Instant::now();
+        let request = request.into_inner();
+        let (decision, info) = self.decide(&request).await;
+        self.metrics.observe("grpc", &decision, start.elapsed());
+        telemetry::log_decision(&info, &decision);
+        Ok(Response::new(to_check_response(&decision)))
+    }
+}
+
+#[allow(deprecated)] // `append` must stay unset; `append_action` replaces it
+fn header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key: key.to_string(), value: value.to_string(), raw_value: Vec::new() }),
+        append: None,
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        keep_empty_value: false,
+    }
+}
+
+/// Converts a decision into Envoy's answer.
+pub fn to_check_response(decision: &Decision) -> CheckResponse {
+    match decision {
+        Decision::Allow(allow) => {
+            let mut metadata = BTreeMap::new();
+            if let Some(policy) = &allow.policy {
+                metadata.insert("policy".to_string(), string_value(policy));
+            }
+            if let Some(issuer) = &allow.issuer {
+                metadata.insert("issuer".to_string(), string_value(issuer));
+            }
+            if let Some(claims) = &allow.claims {
+                metadata.insert("claims".to_string(), to_proto_value(&serde_json::Value::Object((**claims).clone())));
+            }
+            CheckResponse {
+                status: Some(crate::proto::google::rpc::Status { code: code::OK, ..Default::default() }),
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                    headers: allow.headers_to_set.iter().map(|(k, v)| header(k, v)).collect(),
+                    headers_to_remove: allow.headers_to_remove.clone(),
+                    query_parameters_to_remove: allow.query_params_to_remove.clone(),
+                    ..Default::default()
+                })),
+                dynamic_metadata: (!metadata.is_empty()).then_some(prost_types::Struct { fields: metadata }),
+            }
+        }
+        Decision::Deny(deny) => {
+            let grpc = match deny.status {
+                401 => code::UNAUTHENTICATED,
+                400 => code::INVALID_ARGUMENT,
+                503 => code::UNAVAILABLE,
+                500..=599 => code::INTERNAL,
+                _ => code::PERMISSION_DENIED,
+            };
+            let mut headers = vec![header("content-type", "application/json"), header("cache-control", "no-store")];
+            if let Some(challenge) = &deny.www_authenticate {
+                headers.push(header("www-authenticate", challenge));
+            }
+            CheckResponse {
+                status: Some(crate::proto::google::rpc::Status {
+                    code: grpc,
+                    message: deny.reason.as_str().to_string(),
+                    details: Vec::new(),
+                }),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus { code: i32::from(deny.status) }),
+                    headers,
+                    body: deny.body.clone(),
+                })),
+                dynamic_metadata: Some(prost_types::Struct {
+                    fields: BTreeMap::from([("reason".to_string(), string_value(deny.reason.as_str()))]),
+                }),
+            }
+        }
+    }
+}
+
+fn string_value(s: &str) -> prost_types::Value {
+    prost_types::Value { kind: Some(Kind::StringValue(s.to_string())) }
+}
+
+fn to_proto_value(value: &serde_json::Value) -> prost_types::Value {
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(items) => {
+            Kind::ListValue(prost_types::ListValue { values: items.iter().map(to_proto_value).collect() })
+        }
+        serde_json::Value::Object(map) => Kind::StructValue(prost_types::Struct {
+            fields: map.iter().map(|(k, v)| (k.clone(), to_proto_value(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// Headers of a `CheckRequest` built by hand (the CLI and tests).
+pub fn request_headers(pairs: &[(String, String)]) -> HashMap<String, String> {
+    let mut map: HashMap<String, String> = HashMap::new();
+    for (k, v) in pairs {
+        map.entry(k.to_ascii_lowercase())
+            .and_modify(|existing| {
+                existing.push(',');
+                existing.push_str(v);
+            })
+            .or_insert_with(|| v.clone());
+    }
+    map
+}

@@ -1,0 +1,189 @@
+//! Command-line interface: `serve`, `check-policy`, `authorize`, `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::jwks::{FetchSettings, KeySources, RefreshSettings};
+use crate::policy::DefaultAction;
+use crate::policy::files::FileLoader;
+use crate::serve::{self, ServeConfig};
+use crate::telemetry::{self, LogFormat};
+use crate::{client, demo};
+
+/// OAuth2 / OpenID Connect access-token validation for Envoy ext_authz.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "TOLLGATE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the ext_authz gRPC API for policies read from YAML files (watched for changes).
+    Serve(ServeArgs),
+    /// Validate policy files offline and print every problem; exits 1 if any.
+    CheckPolicy {
+        /// Policy files or directories of `*.yaml`/`*.yml` files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Send one Check to a running ext_authz server and print the decision.
+    Authorize(AuthorizeArgs),
+    /// Run a local identity provider, an example policy and tollgate, and judge example tokens.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Policy files or directories (repeatable).
+    #[arg(long = "policies", required = true, env = "TOLLGATE_POLICIES", value_delimiter = ',')]
+    pub policies: Vec<PathBuf>,
+    /// gRPC listen address (ext_authz and grpc.health.v1).
+    #[arg(long, default_value = "127.0.0.1:9001", env = "TOLLGATE_GRPC_ADDR")]
+    pub grpc_addr: SocketAddr,
+    /// Admin HTTP listen address (/healthz, /readyz, /metrics).
+    #[arg(long, default_value = "127.0.0.1:9090", env = "TOLLGATE_ADMIN_ADDR")]
+    pub admin_addr: SocketAddr,
+    /// What happens to requests no policy matches.
+    #[arg(long, value_enum, default_value_t = DefaultAction::Deny)]
+    pub default_action: DefaultAction,
+    /// Timeout of each discovery/JWKS request.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub fetch_timeout: Duration,
+    /// Least time between two key set refetches caused by unknown `kid`s (per source).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub unknown_kid_refetch_interval: Duration,
+    /// Key set refresh interval bounds; the IdP's Cache-Control max-age is clamped to them.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub jwks_min_refresh: Duration,
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub jwks_max_refresh: Duration,
+    /// Rescan interval of the policy files, besides change notifications.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct AuthorizeArgs {
+    /// ext_authz server URL.
+    #[arg(long, default_value = "http://127.0.0.1:9001")]
+    pub server: String,
+    /// Request host (`:authority`).
+    #[arg(long)]
+    pub host: String,
+    /// Request path (with query, if any).
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Sent as `Authorization: Bearer <token>`.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Extra request header `name: value` (repeatable).
+    #[arg(long = "header", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// Select a policy explicitly (`namespace/name`), like a route's context extension.
+    #[arg(long)]
+    pub policy: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    pub grpc_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_addr: SocketAddr,
+    /// Judge the example tokens and exit instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub once: bool,
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text.split_once(':').ok_or_else(|| format!("{text:?} is not `name: value`"))?;
+    Ok((name.trim().to_string(), value.trim().to_string()))
+}
+
+/// Runs the parsed command; the returned code is the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = ServeConfig {
+                policies: args.policies,
+                grpc_addr: args.grpc_addr,
+                admin_addr: args.admin_addr,
+                default_action: args.default_action,
+                fetch: FetchSettings { timeout: args.fetch_timeout, ..FetchSettings::default() },
+                refresh: RefreshSettings {
+                    miss_refetch_interval: args.unknown_kid_refetch_interval,
+                    min_interval: args.jwks_min_refresh,
+                    max_interval: args.jwks_max_refresh.max(args.jwks_min_refresh),
+                    ..RefreshSettings::default()
+                },
+                poll: args.poll_interval,
+            };
+            serve::run(config, serve::shutdown_signal(), |_, _| {}).await?;
+            Ok(0)
+        }
+        Command::CheckPolicy { paths } => check_policy(paths),
+        Command::Authorize(args) => {
+            let probe = client::Probe {
+                host: args.host,
+                path: args.path,
+                method: args.method.to_ascii_uppercase(),
+                token: args.token,
+                headers: args.headers,
+                policy: args.policy,
+            };
+            let response = client::send(&args.server, &probe).await?;
+            print!("{}", client::render(&response));
+            Ok(if client::allowed(&response) { 0 } else { 1 })
+        }
+        Command::Demo(args) => {
+            let ok = demo::run(demo::DemoOptions { grpc_addr: args.grpc_addr, admin_addr: args.admin_addr, once: args.once })
+                .await?;
+            Ok(if ok { 0 } else { 1 })
+        }
+    }
+}
+
+fn check_policy(paths: Vec<PathBuf>) -> anyhow::Result<i32> {
+    for path in &paths {
+        anyhow::ensure!(path.exists(), "{} does not exist", path.display());
+    }
+    let sources = KeySources::offline().context("creating the HTTP client")?;
+    let mut loader = FileLoader::new(paths, sources, DefaultAction::Deny);
+    let (snapshot, report) = loader.reload();
+    for problem in &report.problems {
+        println!("error: {}: {}", problem.location, problem.message);
+    }
+    for conflict in &report.conflicts {
+        println!("error: policy {}: {conflict}", conflict.policy);
+    }
+    let mut ids: Vec<String> = snapshot.iter().flat_map(|s| s.policies().map(|p| p.id.to_string())).collect();
+    ids.sort();
+    if report.problems.is_empty() && report.conflicts.is_empty() {
+        println!("ok: {} policies ({})", ids.len(), ids.join(", "));
+        Ok(0)
+    } else {
+        println!("{} problem(s); valid policies: {}", report.problems.len() + report.conflicts.len(), ids.len());
+        Ok(1)
+    }
+}
+
+/// Initializes logging for the command.
+pub fn init_logging(cli: &Cli) {
+    // The demo prints its own story; its logs would only interleave with it.
+    let default_level = match cli.command {
+        Command::Demo(_) | Command::CheckPolicy { .. } | Command::Authorize(_) => "warn",
+        Command::Serve(_) => "info",
+    };
+    telemetry::init(cli.log_format, default_level);
+}

@@ -1,0 +1,241 @@
+//! What a check decides, and the stable reason codes every decision carries.
+//!
+//! Reason codes are part of the public contract: they appear in `error_description`, logs,
+//! metric labels and `docs/reasons.md`, so they are never renamed, only added.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Why a request was allowed or denied. Bounded: safe as a metric label.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A valid token satisfied the policy.
+    #[default]
+    Valid,
+    /// The request matched a rule with `allowAnonymous: true`.
+    Anonymous,
+    /// No policy matched and `--default-action allow` is set.
+    DefaultAllow,
+    /// No token in any of the places the policy reads.
+    TokenMissing,
+    /// The token is not a well-formed compact JWS, too large, or sent in more than one place.
+    TokenMalformed,
+    /// The token is an encrypted JWE and the policy cannot decrypt it.
+    TokenEncrypted,
+    /// The header names critical extensions (`crit`) tollgate does not implement.
+    UnsupportedCriticalHeader,
+    /// The algorithm is `none`, unknown, not on the issuer's allowlist, or does not fit the key.
+    AlgorithmNotAllowed,
+    /// The `iss` claim is missing or not one of the policy's issuers.
+    IssuerNotAllowed,
+    /// The issuer's keys have never been fetched successfully (answers 503, not 401).
+    IssuerUnavailable,
+    /// No key of the issuer has the token's `kid` (after a rate-limited refetch).
+    KeyNotFound,
+    /// The signature does not verify with the issuer's key.
+    SignatureInvalid,
+    /// The `aud` claim is missing or names none of the accepted audiences.
+    AudienceMismatch,
+    /// `exp` is in the past (beyond the clock skew).
+    TokenExpired,
+    /// `nbf` or `iat` is in the future (beyond the clock skew).
+    TokenNotYetValid,
+    /// The token has no `exp` and the policy requires one.
+    ExpirationMissing,
+    /// A policy-wide `requiredClaims` entry is not satisfied.
+    ClaimMismatch,
+    /// A `rules` entry for this path/method is not satisfied (403).
+    InsufficientScope,
+    /// No policy matches the request's host, path and method.
+    NoPolicy,
+    /// The route names a policy (`tollgate.dev/policy`) that is not loaded.
+    PolicyNotFound,
+    /// The check request itself is malformed (no HTTP attributes, bad path).
+    RequestMalformed,
+    /// Policies or keys are not loaded yet (answers 503).
+    NotReady,
+    /// A bug or an unexpected internal state (answers 500).
+    Internal,
+}
+
+impl Reason {
+    /// Every reason, for documentation and tests.
+    pub const ALL: [Reason; 23] = [
+        Reason::Valid,
+        Reason::Anonymous,
+        Reason::DefaultAllow,
+        Reason::TokenMissing,
+        Reason::TokenMalformed,
+        Reason::TokenEncrypted,
+        Reason::UnsupportedCriticalHeader,
+        Reason::AlgorithmNotAllowed,
+        Reason::IssuerNotAllowed,
+        Reason::IssuerUnavailable,
+        Reason::KeyNotFound,
+        Reason::SignatureInvalid,
+        Reason::AudienceMismatch,
+        Reason::TokenExpired,
+        Reason::TokenNotYetValid,
+        Reason::ExpirationMissing,
+        Reason::ClaimMismatch,
+        Reason::InsufficientScope,
+        Reason::NoPolicy,
+        Reason::PolicyNotFound,
+        Reason::RequestMalformed,
+        Reason::NotReady,
+        Reason::Internal,
+    ];
+
+    /// The stable snake_case code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Valid => "valid",
+            Reason::Anonymous => "anonymous",
+            Reason::DefaultAllow => "default_allow",
+            Reason::TokenMissing => "token_missing",
+            Reason::TokenMalformed => "token_malformed",
+            Reason::TokenEncrypted => "token_encrypted",
+            Reason::UnsupportedCriticalHeader => "unsupported_critical_header",
+            Reason::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Reason::IssuerNotAllowed => "issuer_not_allowed",
+            Reason::IssuerUnavailable => "issuer_unavailable",
+            Reason::KeyNotFound => "key_not_found",
+            Reason::SignatureInvalid => "signature_invalid",
+            Reason::AudienceMismatch => "audience_mismatch",
+            Reason::TokenExpired => "token_expired",
+            Reason::TokenNotYetValid => "token_not_yet_valid",
+            Reason::ExpirationMissing => "expiration_missing",
+            Reason::ClaimMismatch => "claim_mismatch",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::NoPolicy => "no_policy",
+            Reason::PolicyNotFound => "policy_not_found",
+            Reason::RequestMalformed => "request_malformed",
+            Reason::NotReady => "not_ready",
+            Reason::Internal => "internal_error",
+        }
+    }
+
+    /// The RFC 6750 `error` code for the challenge, if any. A missing token gets none (§3.1).
+    pub fn oauth_error(self) -> Option<&'static str> {
+        match self {
+            Reason::Valid | Reason::Anonymous | Reason::DefaultAllow | Reason::TokenMissing => None,
+            Reason::InsufficientScope => Some("insufficient_scope"),
+            Reason::RequestMalformed => Some("invalid_request"),
+            Reason::NoPolicy
+            | Reason::PolicyNotFound
+            | Reason::IssuerUnavailable
+            | Reason::NotReady
+            | Reason::Internal => None,
+            _ => Some("invalid_token"),
+        }
+    }
+
+    /// Whether a `WWW-Authenticate: Bearer` challenge belongs in the answer.
+    pub fn challenges(self) -> bool {
+        !matches!(
+            self,
+            Reason::Valid
+                | Reason::Anonymous
+                | Reason::DefaultAllow
+                | Reason::NoPolicy
+                | Reason::PolicyNotFound
+                | Reason::IssuerUnavailable
+                | Reason::NotReady
+                | Reason::Internal
+        )
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outcome of one check, independent of the transport that asked.
+#[derive(Clone, Debug)]
+pub enum Decision {
+    Allow(Allow),
+    Deny(Deny),
+}
+
+impl Decision {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Decision::Allow(a) => a.reason,
+            Decision::Deny(d) => d.reason,
+        }
+    }
+
+    pub fn policy(&self) -> Option<&str> {
+        match self {
+            Decision::Allow(a) => a.policy.as_deref(),
+            Decision::Deny(d) => d.policy.as_deref(),
+        }
+    }
+
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Decision::Allow(_))
+    }
+}
+
+/// An allowed request and how to change it before it reaches the upstream.
+#[derive(Clone, Debug, Default)]
+pub struct Allow {
+    /// `namespace/name` of the policy that judged the request.
+    pub policy: Option<Arc<str>>,
+    pub reason: Reason,
+    /// Set (overwriting any value the client sent).
+    pub headers_to_set: Vec<(String, String)>,
+    /// Removed from the upstream request.
+    pub headers_to_remove: Vec<String>,
+    /// Query parameters removed from the upstream request (a token read from the query).
+    pub query_params_to_remove: Vec<String>,
+    /// The verified claims, for the proxy's dynamic metadata.
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The issuer that signed the token.
+    pub issuer: Option<String>,
+}
+
+/// A denied request and the HTTP answer the client receives.
+#[derive(Clone, Debug)]
+pub struct Deny {
+    pub policy: Option<Arc<str>>,
+    /// HTTP status, always set explicitly in the proxy's answer.
+    pub status: u16,
+    pub reason: Reason,
+    /// Why, in words, for logs and (per `deny.detail`) for the client. Never contains the token.
+    pub description: String,
+    /// The `WWW-Authenticate` header value, when the answer is a Bearer challenge.
+    pub www_authenticate: Option<String>,
+    /// JSON body: `{"error", "error_description", "message"}`.
+    pub body: String,
+    /// What the operator could change, naming the policy's settings. Logs only.
+    pub hint: Option<String>,
+    /// Fingerprint of the token (never the token), for correlating logs.
+    pub token_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn reason_codes_are_unique_snake_case() {
+        let codes: HashSet<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(codes.len(), Reason::ALL.len());
+        for code in codes {
+            assert!(code.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{code}");
+        }
+    }
+
+    #[test]
+    fn missing_token_challenge_has_no_error_code() {
+        assert_eq!(Reason::TokenMissing.oauth_error(), None);
+        assert!(Reason::TokenMissing.challenges());
+        assert_eq!(Reason::TokenExpired.oauth_error(), Some("invalid_token"));
+        assert_eq!(Reason::InsufficientScope.oauth_error(), Some("insufficient_scope"));
+        assert!(!Reason::NoPolicy.challenges());
+    }
+}

@@ -1,0 +1,251 @@
+//! The transport-independent view of a request, and reading the token from it.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use crate::policy::TokenLocation;
+
+/// The request's headers, as each transport has them.
+#[derive(Clone, Copy, Debug)]
+pub enum Headers<'a> {
+    /// Lower-case names, repeated headers already merged with "," (Envoy's `headers`).
+    Map(&'a HashMap<String, String>),
+    /// One entry per header line (Envoy's `header_map`, HTTP forward-auth).
+    List(&'a [(String, String)]),
+}
+
+impl<'a> Headers<'a> {
+    /// The value of `name` (lower case). Repeated headers are joined with ", " as HTTP does,
+    /// so a token sent twice never silently picks one of them.
+    pub fn get(&self, name: &str) -> Option<Cow<'a, str>> {
+        match self {
+            Headers::Map(map) => map.get(name).map(|v| Cow::Borrowed(v.as_str())),
+            Headers::List(list) => {
+                let mut found = list.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name));
+                let first = found.next()?;
+                match found.next() {
+                    None => Some(Cow::Borrowed(first.1.as_str())),
+                    Some(second) => {
+                        let mut joined = format!("{}, {}", first.1, second.1);
+                        for (_, v) in found {
+                            joined.push_str(", ");
+                            joined.push_str(v);
+                        }
+                        Some(Cow::Owned(joined))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the engine needs to know about a request.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// Host or `:authority`, possibly with a port.
+    pub host: &'a str,
+    /// Request target: path and query, not decoded.
+    pub path: &'a str,
+    pub method: &'a str,
+    pub headers: Headers<'a>,
+    /// `namespace/name` of a policy the route selects explicitly.
+    pub policy: Option<&'a str>,
+}
+
+/// Where a token was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    Header,
+    Query,
+    Cookie,
+}
+
+/// Why no usable token could be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExtractError {
+    /// No token in any configured place.
+    #[error("no bearer token in {0}")]
+    Missing(String),
+    /// A token is there but unusable (bad characters, sent twice, in two places).
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// RFC 6750 b64token characters (plus `=` padding at the end).
+fn is_b64token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+/// Reads the token as the policy says: header, then query parameter, then cookie. A token in
+/// more than one place is refused (RFC 6750 §2: clients must use one method).
+pub fn extract<'a>(location: &TokenLocation, request: &Request<'a>) -> Result<(Cow<'a, str>, TokenSource), ExtractError> {
+    let mut found: Vec<(Cow<'a, str>, TokenSource)> = Vec::with_capacity(1);
+    if let Some(value) = request.headers.get(&location.header)
+        && let Some(token) = from_header(location, value)?
+    {
+        found.push((token, TokenSource::Header));
+    }
+    if let Some(param) = &location.query
+        && let Some(token) = from_query(request.path, param)?
+    {
+        found.push((Cow::Owned(token), TokenSource::Query));
+    }
+    if let Some(name) = &location.cookie
+        && let Some(cookies) = request.headers.get("cookie")
+        && let Some(token) = from_cookie(&cookies, name)?
+    {
+        found.push((Cow::Owned(token), TokenSource::Cookie));
+    }
+    match found.len() {
+        0 => Err(ExtractError::Missing(describe(location))),
+        1 => {
+            let (token, source) = found.remove(0);
+            if !is_b64token(&token) {
+                return Err(ExtractError::Malformed("the token contains characters a bearer token cannot have".into()));
+            }
+            Ok((token, source))
+        }
+        _ => Err(ExtractError::Malformed("the token was sent in more than one place".into())),
+    }
+}
+
+fn describe(location: &TokenLocation) -> String {
+    let mut places = vec![match &location.scheme {
+        Some(scheme) => format!("the {} header ({scheme} scheme)", location.header),
+        None => format!("the {} header", location.header),
+    }];
+    if let Some(q) = &location.query {
+        places.push(format!("the {q} query parameter"));
+    }
+    if let Some(c) = &location.cookie {
+        places.push(format!("the {c} cookie"));
+    }
+    places.join(" or ")
+}
+
+fn from_header<'a>(location: &TokenLocation, value: Cow<'a, str>) -> Result<Option<Cow<'a, str>>, ExtractError> {
+    let Some(scheme) = &location.scheme else {
+        let trimmed = value.trim();
+        if trimmed.is_empty() {
+            return Ok(None);
+        }
+        return Ok(Some(match value {
+            Cow::Borrowed(v) => Cow::Borrowed(v.trim()),
+            Cow::Owned(v) => Cow::Owned(v.trim().to_string()),
+        }));
+    };
+    let trimmed = value.trim_start();
+    let Some(rest) = trimmed
+        .get(..scheme.len())
+        .filter(|prefix| prefix.eq_ignore_ascii_case(scheme))
+        .map(|_| &trimmed[scheme.len()..])
+    else {
+        // Another scheme (e.g. Basic): not a token for this policy.
+        return Ok(None);
+    };
+    if !rest.starts_with(' ') {
+        return Ok(None);
+    }
+    let token = rest.trim();
+    if token.is_empty() {
+        return Err(ExtractError::Malformed(format!("the {scheme} scheme has no token")));
+    }
+    if token.contains([' ', ',']) {
+        return Err(ExtractError::Malformed("more than one token in the header".into()));
+    }
+    Ok(Some(Cow::Owned(token.to_string())))
+}
+
+fn from_query(path: &str, param: &str) -> Result<Option<String>, ExtractError> {
+    let Some((_, query)) = path.split_once('?') else { return Ok(None) };
+    let query = query.split('#').next().unwrap_or("");
+    let mut values = url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == param).map(|(_, v)| v);
+    let Some(first) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ExtractError::Malformed(format!("the {param} query parameter appears more than once")));
+    }
+    Ok((!first.is_empty()).then(|| first.into_owned()))
+}
+
+fn from_cookie(cookies: &str, name: &str) -> Result<Option<String>, ExtractError> {
+    let mut values = cookies
+        .split(';')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim().trim_matches('"'));
+    let Some(first) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ExtractError::Malformed(format!("the {name} cookie appears more than once")));
+    }
+    Ok((!first.is_empty()).then(|| first.to_string()))
+}
+
+/// The `cookie` header without the named cookie (`None` when nothing else is left).
+pub fn cookie_without(cookies: &str, name: &str) -> Option<String> {
+    let kept: Vec<&str> = cookies
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k.trim() != name))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(scheme: Option<&str>, query: Option<&str>, cookie: Option<&str>) -> TokenLocation {
+        TokenLocation {
+            header: "authorization".into(),
+            scheme: scheme.map(str::to_owned),
+            query: query.map(str::to_owned),
+            cookie: cookie.map(str::to_owned),
+        }
+    }
+
+    fn run(loc: &TokenLocation, path: &str, headers: &[(&str, &str)]) -> Result<(String, TokenSource), ExtractError> {
+        let list: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let req = Request { host: "h", path, method: "GET", headers: Headers::List(&list), policy: None };
+        extract(loc, &req).map(|(t, s)| (t.into_owned(), s))
+    }
+
+    #[test]
+    fn extraction_table() {
+        let bearer = location(Some("Bearer"), Some("access_token"), Some("at"));
+        let ok = |t: &str, s| Ok((t.to_string(), s));
+        let cases: Vec<(&str, Vec<(&str, &str)>, Result<(String, TokenSource), ExtractError>)> = vec![
+            ("/", vec![("authorization", "Bearer abc.def.ghi")], ok("abc.def.ghi", TokenSource::Header)),
+            ("/", vec![("Authorization", "bearer   abc")], ok("abc", TokenSource::Header)),
+            ("/", vec![("authorization", "BEARER abc")], ok("abc", TokenSource::Header)),
+            ("/?access_token=abc", vec![], ok("abc", TokenSource::Query)),
+            ("/", vec![("cookie", "x=1; at=abc; y=2")], ok("abc", TokenSource::Cookie)),
+            ("/", vec![("authorization", "Basic dXNlcjpwYXNz")], Err(ExtractError::Missing(describe(&bearer)))),
+            ("/", vec![("authorization", "Bearerabc")], Err(ExtractError::Missing(describe(&bearer)))),
+            ("/", vec![], Err(ExtractError::Missing(describe(&bearer)))),
+            ("/", vec![("authorization", "Bearer ")], Err(ExtractError::Malformed("the Bearer scheme has no token".into()))),
+            ("/", vec![("authorization", "Bearer a b")], Err(ExtractError::Malformed("more than one token in the header".into()))),
+            ("/", vec![("authorization", "Bearer a"), ("authorization", "Bearer b")], Err(ExtractError::Malformed("more than one token in the header".into()))),
+            ("/?access_token=abc", vec![("authorization", "Bearer abc")], Err(ExtractError::Malformed("the token was sent in more than one place".into()))),
+            ("/?access_token=a&access_token=b", vec![], Err(ExtractError::Malformed("the access_token query parameter appears more than once".into()))),
+            ("/", vec![("authorization", "Bearer a\"b")], Err(ExtractError::Malformed("the token contains characters a bearer token cannot have".into()))),
+        ];
+        for (path, headers, want) in cases {
+            assert_eq!(run(&bearer, path, &headers), want, "{path} {headers:?}");
+        }
+    }
+
+    #[test]
+    fn raw_header_without_scheme() {
+        let mut loc = location(None, None, None);
+        loc.header = "x-token".into();
+        assert_eq!(run(&loc, "/", &[("x-token", " abc ")]), Ok(("abc".into(), TokenSource::Header)));
+    }
+
+    #[test]
+    fn cookie_removal_keeps_the_others() {
+        assert_eq!(cookie_without("a=1; at=xyz; b=2", "at"), Some("a=1; b=2".into()));
+        assert_eq!(cookie_without("at=xyz", "at"), None);
+    }
+}

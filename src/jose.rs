@@ -1,0 +1,248 @@
+//! Compact JWS parsing (RFC 7515 §7.1): split, base64url-decode and JSON-parse a token without
+//! trusting any of it. Signature and claim checks live in `validate`.
+//!
+//! Strict on purpose: no base64 padding or non-canonical trailing bits (signature malleability),
+//! no duplicate member names in the header or claims (two parsers could read different values),
+//! JSON objects only, and a hard size bound before any decoding.
+
+use std::fmt;
+
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// base64url without padding, rejecting padding and non-canonical trailing bits.
+pub const B64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone),
+);
+
+/// Tokens above this size are refused before any decoding.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// The claims of a token: a JSON object with unique member names.
+pub type Claims = Map<String, Value>;
+
+/// Why a token could not be parsed.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JoseError {
+    /// Larger than [`MAX_TOKEN_BYTES`].
+    #[error("the token is {0} bytes, more than the {MAX_TOKEN_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// Five segments: a JWE (encrypted token).
+    #[error("the token is encrypted (JWE) and this policy has no decryption keys")]
+    Encrypted,
+    /// Not three dot-separated segments.
+    #[error("the token has {0} segments; a signed JWT has 3 (header.payload.signature)")]
+    Segments(usize),
+    /// A segment is not canonical unpadded base64url.
+    #[error("the {0} is not valid base64url")]
+    Base64(&'static str),
+    /// A segment is not a JSON object, or repeats a member name.
+    #[error("the {0} is not a JSON object with unique member names: {1}")]
+    Json(&'static str, String),
+    /// The header's `alg` is missing or not a string.
+    #[error("the header has no string alg")]
+    NoAlgorithm,
+    /// A header member has the wrong type (e.g. a numeric `kid`).
+    #[error("header member {0:?} has the wrong type")]
+    HeaderMember(&'static str),
+}
+
+/// The JOSE header members tollgate uses. `jku`, `x5u`, `jwk` and `x5c` are deliberately never
+/// read: keys always come from the policy's issuer, never from the token.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    pub alg: String,
+    pub kid: Option<String>,
+    pub typ: Option<String>,
+    pub cty: Option<String>,
+    /// Critical extensions the token says the verifier must understand.
+    pub crit: Option<Vec<String>>,
+}
+
+impl Header {
+    fn from_object(object: &Claims) -> Result<Self, JoseError> {
+        let string = |name: &'static str| -> Result<Option<String>, JoseError> {
+            match object.get(name) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(JoseError::HeaderMember(name)),
+            }
+        };
+        let alg = match object.get("alg") {
+            Some(Value::String(alg)) => alg.clone(),
+            _ => return Err(JoseError::NoAlgorithm),
+        };
+        let crit = match object.get("crit") {
+            None => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .map(|item| item.as_str().map(str::to_owned).ok_or(JoseError::HeaderMember("crit")))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            Some(_) => return Err(JoseError::HeaderMember("crit")),
+        };
+        Ok(Header { alg, kid: string("kid")?, typ: string("typ")?, cty: string("cty")?, crit })
+    }
+}
+
+/// A parsed, not yet verified, compact JWS.
+#[derive(Debug)]
+pub struct Jws<'a> {
+    pub header: Header,
+    /// The whole decoded header object (for diagnostics such as Azure's `nonce`).
+    pub header_object: Claims,
+    pub claims: Claims,
+    /// `base64url(header) "." base64url(payload)`: what the signature covers.
+    pub signing_input: &'a str,
+    /// The base64url signature segment.
+    pub signature: &'a str,
+}
+
+/// Splits and decodes a compact JWS.
+pub fn parse(token: &str) -> Result<Jws<'_>, JoseError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(JoseError::TooLarge(token.len()));
+    }
+    let dots = token.bytes().filter(|b| *b == b'.').count();
+    match dots {
+        2 => {}
+        4 => return Err(JoseError::Encrypted),
+        n => return Err(JoseError::Segments(n + 1)),
+    }
+    let (signing_input, signature) =
+        token.rsplit_once('.').ok_or(JoseError::Segments(dots + 1))?;
+    let (header_b64, payload_b64) =
+        signing_input.split_once('.').ok_or(JoseError::Segments(dots + 1))?;
+    // The signature must decode too, so garbage never reaches the crypto layer.
+    if B64.decode(signature).is_err() || signature.is_empty() {
+        return Err(JoseError::Base64("signature"));
+    }
+    let header_object = decode_object(header_b64, "header")?;
+    let header = Header::from_object(&header_object)?;
+    let claims = decode_object(payload_b64, "payload")?;
+    Ok(Jws { header, header_object, claims, signing_input, signature })
+}
+
+fn decode_object(segment: &str, part: &'static str) -> Result<Claims, JoseError> {
+    let bytes = B64.decode(segment).map_err(|_| JoseError::Base64(part))?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let object = UniqueObject::deserialize(&mut de).map_err(|e| JoseError::Json(part, e.to_string()))?;
+    de.end().map_err(|e| JoseError::Json(part, e.to_string()))?;
+    Ok(object.0)
+}
+
+/// A JSON object whose top-level member names are unique (RFC 7515 §5.2 step 4 and RFC 7519
+/// §4 ask to reject duplicates or use the last; rejecting is the safe choice).
+struct UniqueObject(Claims);
+
+impl<'de> Deserialize<'de> for UniqueObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = UniqueObject;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<UniqueObject, A::Error> {
+                let mut map = Map::new();
+                while let Some((key, value)) = access.next_entry::<String, Value>()? {
+                    if map.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format_args!("duplicate member {key:?}")));
+                    }
+                    map.insert(key, value);
+                }
+                Ok(UniqueObject(map))
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// A short, non-reversible fingerprint of a token for logs (never log the token itself).
+pub fn fingerprint(token: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    digest.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(json: &str) -> String {
+        B64.encode(json)
+    }
+
+    fn token(header: &str, payload: &str) -> String {
+        format!("{}.{}.{}", seg(header), seg(payload), B64.encode(b"sig"))
+    }
+
+    #[test]
+    fn parses_a_well_formed_token() {
+        let t = token(r#"{"alg":"RS256","kid":"k1","typ":"JWT"}"#, r#"{"sub":"a","n":1}"#);
+        let jws = parse(&t).expect("parses");
+        assert_eq!(jws.header.alg, "RS256");
+        assert_eq!(jws.header.kid.as_deref(), Some("k1"));
+        assert_eq!(jws.claims["sub"], "a");
+        assert!(t.starts_with(jws.signing_input));
+    }
+
+    #[test]
+    fn rejects_hostile_shapes() {
+        let ok_header = r#"{"alg":"RS256"}"#;
+        let cases: Vec<(String, JoseError)> = vec![
+            ("a.b".into(), JoseError::Segments(2)),
+            ("a.b.c.d".into(), JoseError::Segments(4)),
+            ("a.b.c.d.e".into(), JoseError::Encrypted),
+            (format!("{}.{}.", seg(ok_header), seg("{}")), JoseError::Base64("signature")),
+            (format!("{}=.{}.c2ln", seg(ok_header), seg("{}")), JoseError::Base64("header")),
+            (format!("{}.%%%.c2ln", seg(ok_header)), JoseError::Base64("payload")),
+            (token(r#"{"alg":5}"#, "{}"), JoseError::NoAlgorithm),
+            (token(r#"{"typ":"JWT"}"#, "{}"), JoseError::NoAlgorithm),
+            (token(r#"{"alg":"RS256","kid":7}"#, "{}"), JoseError::HeaderMember("kid")),
+            (token(r#"{"alg":"RS256","crit":"b64"}"#, "{}"), JoseError::HeaderMember("crit")),
+            ("x".repeat(MAX_TOKEN_BYTES + 1), JoseError::TooLarge(MAX_TOKEN_BYTES + 1)),
+        ];
+        for (input, expected) in cases {
+            let got = parse(&input).expect_err(&input[..input.len().min(40)]);
+            assert_eq!(got, expected, "{}", &input[..input.len().min(40)]);
+        }
+    }
+
+    #[test]
+    fn rejects_non_objects_duplicates_and_bad_utf8() {
+        for payload in [r#"[1,2]"#, r#""s""#, r#"{"sub":"a","sub":"b"}"#, r#"{"a":1} x"#] {
+            let t = token(r#"{"alg":"RS256"}"#, payload);
+            assert!(matches!(parse(&t), Err(JoseError::Json("payload", _))), "{payload}");
+        }
+        let t = format!("{}.{}.c2ln", seg(r#"{"alg":"RS256","alg":"none"}"#), seg("{}"));
+        assert!(matches!(parse(&t), Err(JoseError::Json("header", _))));
+        let t = format!("{}.{}.c2ln", seg(r#"{"alg":"RS256"}"#), B64.encode([0xff, 0xfe, b'{']));
+        assert!(matches!(parse(&t), Err(JoseError::Json("payload", _))));
+    }
+
+    #[test]
+    fn deeply_nested_claims_are_refused_not_overflowing() {
+        let bomb = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        let t = token(r#"{"alg":"RS256"}"#, &format!(r#"{{"a":{bomb}}}"#));
+        // Larger than the limit once encoded, so refused before parsing.
+        assert!(matches!(parse(&t), Err(JoseError::TooLarge(_))));
+        let nested = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let t = token(r#"{"alg":"RS256"}"#, &format!(r#"{{"a":{nested}}}"#));
+        assert!(matches!(parse(&t), Err(JoseError::Json("payload", _))));
+    }
+
+    #[test]
+    fn fingerprint_is_short_and_stable() {
+        assert_eq!(fingerprint("abc"), fingerprint("abc"));
+        assert_eq!(fingerprint("abc").len(), 12);
+        assert_ne!(fingerprint("abc"), fingerprint("abd"));
+    }
+}

@@ -1,0 +1,74 @@
+//! Issuer keys: parsing (`key`, `keyset`), fetching (`fetch`), and sources that refresh
+//! themselves (`source`), shared across policies by origin through [`KeySources`].
+//!
+//! ```text
+//! policy A ─┐                        ┌─ refresh task (holds Weak) ── discovery ─► JWKS
+//!           ├─► Arc<KeySource> ──────┤
+//! policy B ─┘   (one per origin)     └─ refresh_on_miss (unknown kid, coalesced, rate-limited)
+//! ```
+
+pub mod fetch;
+pub mod key;
+pub mod keyset;
+pub mod source;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+pub use fetch::{FetchError, FetchSettings, Fetcher};
+pub use key::{KeyError, KeyKind, VerifyingKey};
+pub use keyset::{KeySet, KeySetError};
+pub use source::{KeySource, Origin, Refetch, RefreshSettings, SourceError, SourceStatus};
+
+/// The registry of remote key sources, keyed by origin. Holds only `Weak` references: a
+/// source lives as long as some compiled policy uses it.
+pub struct KeySources {
+    fetcher: Fetcher,
+    settings: RefreshSettings,
+    /// False for offline checks (`tollgate check-policy`): sources are created but never fetched.
+    refresh: bool,
+    sources: Mutex<HashMap<Origin, Weak<KeySource>>>,
+}
+
+impl std::fmt::Debug for KeySources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySources").field("live", &self.live().len()).finish()
+    }
+}
+
+impl KeySources {
+    pub fn new(fetcher: Fetcher, settings: RefreshSettings) -> Arc<Self> {
+        Arc::new(KeySources { fetcher, settings, refresh: true, sources: Mutex::new(HashMap::new()) })
+    }
+
+    /// A registry that never fetches, for validating policies offline.
+    pub fn offline() -> Result<Arc<Self>, FetchError> {
+        Ok(Arc::new(KeySources {
+            fetcher: Fetcher::new(FetchSettings::default())?,
+            settings: RefreshSettings::default(),
+            refresh: false,
+            sources: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The shared source for `origin`, created (and its refresh started) on first use.
+    pub fn remote(&self, origin: Origin) -> Arc<KeySource> {
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = sources.get(&origin).and_then(Weak::upgrade) {
+            return existing;
+        }
+        sources.retain(|_, weak| weak.strong_count() > 0);
+        let source = KeySource::remote(origin.clone(), self.fetcher.clone(), self.settings.clone());
+        if self.refresh {
+            source::spawn_refresh(&source);
+        }
+        sources.insert(origin, Arc::downgrade(&source));
+        source
+    }
+
+    /// Every source some policy still uses.
+    pub fn live(&self) -> Vec<Arc<KeySource>> {
+        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        sources.values().filter_map(Weak::upgrade).collect()
+    }
+}

@@ -1,0 +1,211 @@
+//! Outbound HTTP for key material: timeouts, a body size limit, a redirect policy that never
+//! downgrades to plain HTTP, and a bound on concurrent calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use url::Url;
+
+/// Limits for every outbound call.
+#[derive(Clone, Debug)]
+pub struct FetchSettings {
+    /// Whole request, connect to last byte.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Most bytes read from a response body.
+    pub max_body_bytes: usize,
+    /// Most outbound calls in flight at once.
+    pub max_concurrent: usize,
+}
+
+impl Default for FetchSettings {
+    fn default() -> Self {
+        FetchSettings {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            max_body_bytes: 1024 * 1024,
+            max_concurrent: 16,
+        }
+    }
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// No answer within the timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// Connection, TLS or protocol failure.
+    #[error("request failed: {0}")]
+    Transport(String),
+    /// Answered with a non-2xx status.
+    #[error("answered HTTP {0}")]
+    Status(u16),
+    /// Body larger than the limit.
+    #[error("response body larger than {0} bytes")]
+    TooLarge(usize),
+    /// A plain-HTTP URL without `allowInsecureHttp`.
+    #[error("{0} is not https (set allowInsecureHttp on the issuer to allow it)")]
+    Insecure(String),
+}
+
+/// A successful response: the body and how long it may be cached.
+#[derive(Debug)]
+pub struct Fetched {
+    pub body: bytes::Bytes,
+    /// From `Cache-Control: max-age`; `Some(0)` for `no-cache`/`no-store`.
+    pub max_age: Option<Duration>,
+}
+
+/// The shared HTTP client for discovery and key sets.
+#[derive(Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    permits: Arc<Semaphore>,
+    settings: FetchSettings,
+}
+
+impl Fetcher {
+    pub fn new(settings: FetchSettings) -> Result<Self, FetchError> {
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            let downgrade = attempt.url().scheme() != "https"
+                && attempt.previous().iter().any(|u| u.scheme() == "https");
+            if attempt.previous().len() >= 3 {
+                attempt.error("more than 3 redirects")
+            } else if downgrade {
+                attempt.error("redirect from https to plain http refused")
+            } else {
+                attempt.follow()
+            }
+        });
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.connect_timeout)
+            .redirect(redirects)
+            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
+            .no_proxy()
+            .build()
+            .map_err(|e| FetchError::Transport(e.to_string()))?;
+        Ok(Fetcher {
+            client,
+            permits: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
+            settings,
+        })
+    }
+
+    pub fn settings(&self) -> &FetchSettings {
+        &self.settings
+    }
+
+    /// GETs `url`, refusing plain HTTP unless `allow_insecure`.
+    pub async fn get(&self, url: &Url, allow_insecure: bool) -> Result<Fetched, FetchError> {
+        check_scheme(url, allow_insecure)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| FetchError::Transport("fetcher closed".into()))?;
+        let timeout = self.settings.timeout;
+        let request = async {
+            let mut response = self
+                .client
+                .get(url.clone())
+                .header(reqwest::header::ACCEPT, "application/json")
+                .send()
+                .await
+                .map_err(|e| classify(e, timeout))?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(FetchError::Status(status.as_u16()));
+            }
+            let max_age = response
+                .headers()
+                .get(reqwest::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_max_age);
+            let limit = self.settings.max_body_bytes;
+            if response.content_length().is_some_and(|len| len > limit as u64) {
+                return Err(FetchError::TooLarge(limit));
+            }
+            let mut body = bytes::BytesMut::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| classify(e, timeout))? {
+                if body.len() + chunk.len() > limit {
+                    return Err(FetchError::TooLarge(limit));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Fetched { body: body.freeze(), max_age })
+        };
+        // The client timeout covers each request; this bounds the body loop as well.
+        tokio::time::timeout(timeout + Duration::from_millis(100), request)
+            .await
+            .map_err(|_| FetchError::Timeout(timeout))?
+    }
+}
+
+/// Refuses non-https URLs unless allowed.
+pub fn check_scheme(url: &Url, allow_insecure: bool) -> Result<(), FetchError> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure => Ok(()),
+        _ => Err(FetchError::Insecure(url.to_string())),
+    }
+}
+
+fn classify(error: reqwest::Error, timeout: Duration) -> FetchError {
+    if error.is_timeout() {
+        FetchError::Timeout(timeout)
+    } else {
+        // The chain carries the useful part (connection refused, certificate, …).
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(inner) = source {
+            text.push_str(": ");
+            text.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        FetchError::Transport(text)
+    }
+}
+
+/// `max-age` from a Cache-Control value; `no-cache`/`no-store` count as zero.
+pub fn parse_max_age(value: &str) -> Option<Duration> {
+    let mut max_age = None;
+    for directive in value.split(',') {
+        let directive = directive.trim().to_ascii_lowercase();
+        if directive == "no-cache" || directive == "no-store" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(seconds) = directive.strip_prefix("max-age=") {
+            max_age = seconds.trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
+        }
+    }
+    max_age
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_control_max_age() {
+        assert_eq!(parse_max_age("public, max-age=3600"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_max_age("max-age=\"60\""), Some(Duration::from_secs(60)));
+        assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(parse_max_age("Max-Age=10, No-Cache"), Some(Duration::ZERO));
+        assert_eq!(parse_max_age("public"), None);
+        assert_eq!(parse_max_age("max-age=abc"), None);
+    }
+
+    #[test]
+    fn plain_http_needs_explicit_permission() {
+        let http = Url::parse("http://idp.example/keys").expect("url");
+        let https = Url::parse("https://idp.example/keys").expect("url");
+        let file = Url::parse("file:///etc/passwd").expect("url");
+        assert!(check_scheme(&https, false).is_ok());
+        assert!(matches!(check_scheme(&http, false), Err(FetchError::Insecure(_))));
+        assert!(check_scheme(&http, true).is_ok());
+        assert!(check_scheme(&file, true).is_err());
+    }
+}

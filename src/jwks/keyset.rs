@@ -1,0 +1,132 @@
+//! A key set: the usable keys of one JWKS document (or of inline keys), indexed by `kid`.
+
+use std::collections::HashMap;
+
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+
+use super::key::{KeyError, VerifyingKey};
+
+/// Most keys one set may hold; a larger JWKS is refused (it bounds memory and the work a
+/// token without `kid` can cause).
+pub const MAX_KEYS: usize = 100;
+/// Most keys tried for a token without `kid`.
+pub const MAX_KEYLESS_TRIES: usize = 10;
+
+/// Why a key set document was refused as a whole.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeySetError {
+    /// Not a JSON object with a `keys` array.
+    #[error("not a JWKS document (a JSON object with a \"keys\" array): {0}")]
+    NotJwks(String),
+    /// More than [`MAX_KEYS`] keys.
+    #[error("the key set has {0} keys, more than the {MAX_KEYS} accepted")]
+    TooManyKeys(usize),
+    /// Every key was refused; the reasons are listed.
+    #[error("no usable signing key in the set ({0})")]
+    NoUsableKeys(String),
+}
+
+/// A refused key and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RejectedKey {
+    pub kid: Option<String>,
+    pub error: KeyError,
+}
+
+/// The usable keys of one source.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    keys: Vec<VerifyingKey>,
+    by_kid: HashMap<String, Vec<usize>>,
+    /// Keys that were skipped, kept for status and logs.
+    pub rejected: Vec<RejectedKey>,
+}
+
+impl KeySet {
+    /// Builds a set from already parsed keys.
+    pub fn from_keys(keys: Vec<VerifyingKey>) -> Self {
+        let mut by_kid: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(kid) = &key.kid {
+                by_kid.entry(kid.clone()).or_default().push(i);
+            }
+        }
+        KeySet { keys, by_kid, rejected: Vec::new() }
+    }
+
+    /// Parses a JWKS document (RFC 7517 §5). Unusable keys are skipped and reported; a set
+    /// with no usable key at all is an error, so a bad publish never replaces good keys.
+    pub fn from_jwks_json(bytes: &[u8]) -> Result<Self, KeySetError> {
+        let doc: Value =
+            serde_json::from_slice(bytes).map_err(|e| KeySetError::NotJwks(e.to_string()))?;
+        Self::from_jwks_value(&doc)
+    }
+
+    /// Like [`Self::from_jwks_json`] for a document already parsed (inline `jwks`).
+    pub fn from_jwks_value(doc: &Value) -> Result<Self, KeySetError> {
+        let keys = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or_else(|| KeySetError::NotJwks("no \"keys\" array".into()))?;
+        if keys.len() > MAX_KEYS {
+            return Err(KeySetError::TooManyKeys(keys.len()));
+        }
+        let mut usable = Vec::new();
+        let mut rejected = Vec::new();
+        for jwk in keys {
+            match VerifyingKey::from_jwk(jwk) {
+                Ok(key) => usable.push(key),
+                Err(error) => rejected.push(RejectedKey {
+                    kid: jwk.get("kid").and_then(Value::as_str).map(str::to_owned),
+                    error,
+                }),
+            }
+        }
+        if usable.is_empty() {
+            let reasons: Vec<String> = rejected
+                .iter()
+                .map(|r| format!("{}: {}", r.kid.as_deref().unwrap_or("(no kid)"), r.error))
+                .collect();
+            let summary = if reasons.is_empty() { "the set is empty".to_string() } else { reasons.join("; ") };
+            return Err(KeySetError::NoUsableKeys(summary));
+        }
+        let mut set = Self::from_keys(usable);
+        set.rejected = rejected;
+        Ok(set)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Whether any key has this `kid` (whatever its type).
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.by_kid.contains_key(kid)
+    }
+
+    /// The keys to try for a token: those with its `kid`, or (no `kid`) the first
+    /// [`MAX_KEYLESS_TRIES`] keys, in both cases only keys that fit `alg`.
+    pub fn candidates<'a>(
+        &'a self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> impl Iterator<Item = &'a VerifyingKey> + 'a {
+        let indices: &[usize] = match kid {
+            Some(kid) => self.by_kid.get(kid).map(Vec::as_slice).unwrap_or(&[]),
+            None => &[],
+        };
+        let by_kid = indices.iter().map(|i| &self.keys[*i]);
+        let keyless = self.keys.iter().take(if kid.is_none() { MAX_KEYLESS_TRIES } else { 0 });
+        by_kid.chain(keyless).filter(move |k| k.fits(alg))
+    }
+
+    /// All keys, for status and diagnostics.
+    pub fn keys(&self) -> &[VerifyingKey] {
+        &self.keys
+    }
+}

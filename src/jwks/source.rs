@@ -1,0 +1,369 @@
+//! A key source: where one issuer's keys come from (fixed, a JWKS URI, or OpenID discovery),
+//! the current key set, and the refresh logic.
+//!
+//! The request path only calls [`KeySource::current`] (a lock-free `ArcSwap` load). On an
+//! unknown `kid` it calls [`KeySource::refresh_on_miss`], which is rate-limited and coalesced:
+//! however many requests miss at once, one fetch runs and the others wait for its result.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use serde::Deserialize;
+use url::Url;
+
+use super::fetch::{FetchError, Fetcher};
+use super::keyset::{KeySet, KeySetError};
+
+/// How key sets are refreshed. Shared by every source.
+#[derive(Clone, Debug)]
+pub struct RefreshSettings {
+    /// Used when the response has no `Cache-Control: max-age`.
+    pub default_interval: Duration,
+    /// Lower bound on the refresh interval, whatever `max-age` says.
+    pub min_interval: Duration,
+    /// Upper bound on the refresh interval.
+    pub max_interval: Duration,
+    /// Least time between two refetches caused by unknown `kid`s.
+    pub miss_refetch_interval: Duration,
+    /// Retry delay after a failed fetch grows up to this.
+    pub max_retry_delay: Duration,
+}
+
+impl Default for RefreshSettings {
+    fn default() -> Self {
+        RefreshSettings {
+            default_interval: Duration::from_secs(600),
+            min_interval: Duration::from_secs(60),
+            max_interval: Duration::from_secs(3600),
+            miss_refetch_interval: Duration::from_secs(30),
+            max_retry_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where the keys come from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// Inline JWKS, PEM keys or a shared secret: never refreshed.
+    Fixed,
+    /// A JWKS URI.
+    JwksUri { url: Url, allow_insecure: bool },
+    /// OpenID discovery: the document's `issuer` must equal `issuer`, then its `jwks_uri`.
+    Discovery { url: Url, issuer: String, allow_insecure: bool },
+}
+
+/// Why keys could not be refreshed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SourceError {
+    /// The discovery document could not be fetched.
+    #[error("discovery {url}: {error}")]
+    DiscoveryFetch { url: String, error: FetchError },
+    /// The discovery document is not JSON or lacks `jwks_uri`.
+    #[error("discovery {url}: {detail}")]
+    DiscoveryInvalid { url: String, detail: String },
+    /// The discovery document names another issuer (e.g. Azure AD v1 vs v2 endpoints).
+    #[error("discovery {url} is for issuer {found:?}, not the configured {expected:?}")]
+    DiscoveryIssuerMismatch { url: String, expected: String, found: String },
+    /// The key set could not be fetched.
+    #[error("key set {url}: {error}")]
+    JwksFetch { url: String, error: FetchError },
+    /// The key set was fetched but is unusable.
+    #[error("key set {url}: {error}")]
+    JwksInvalid { url: String, error: KeySetError },
+}
+
+/// A point-in-time view of a source, for status, metrics and readiness.
+#[derive(Clone, Debug, Default)]
+pub struct SourceStatus {
+    pub key_count: usize,
+    pub rejected_keys: usize,
+    pub last_success: Option<SystemTime>,
+    pub last_error: Option<String>,
+    pub fetches_ok: u64,
+    pub fetches_failed: u64,
+    /// Refetches caused by unknown `kid`s.
+    pub miss_refetches: u64,
+    /// Unknown-`kid` refetches refused by the rate limit.
+    pub miss_rate_limited: u64,
+}
+
+#[derive(Default)]
+struct Mutable {
+    status: SourceStatus,
+    last_miss_refetch: Option<Instant>,
+}
+
+/// One issuer's keys. Shared (`Arc`) by every policy that names the same source.
+pub struct KeySource {
+    id: Arc<str>,
+    origin: Origin,
+    keys: ArcSwapOption<KeySet>,
+    /// Set once the first fetch finished, successfully or not (readiness).
+    attempted: AtomicBool,
+    attempted_notify: tokio::sync::Notify,
+    /// Bumped after every fetch attempt; lets waiters see that a fetch happened meanwhile.
+    generation: AtomicU64,
+    refetch_lock: tokio::sync::Mutex<()>,
+    mutable: Mutex<Mutable>,
+    fetcher: Option<Fetcher>,
+    settings: RefreshSettings,
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySource").field("id", &self.id).field("origin", &self.origin).finish()
+    }
+}
+
+/// Result of a refetch caused by a miss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refetch {
+    /// Keys were fetched (by this call or a concurrent one); look again.
+    Refreshed,
+    /// A refetch ran less than `miss_refetch_interval` ago; nothing fetched.
+    RateLimited,
+    /// The fetch failed; the previous keys (if any) stay.
+    Failed,
+    /// A fixed source: nothing to fetch.
+    Fixed,
+}
+
+#[derive(Deserialize)]
+struct DiscoveryDocument {
+    issuer: Option<String>,
+    jwks_uri: Option<String>,
+}
+
+impl KeySource {
+    /// A source whose keys never change.
+    pub fn fixed(id: impl Into<Arc<str>>, keys: KeySet) -> Arc<Self> {
+        let source = Self::new(id.into(), Origin::Fixed, None, RefreshSettings::default());
+        source.keys.store(Some(Arc::new(keys)));
+        source.attempted.store(true, Ordering::Release);
+        let mut mutable = source.lock();
+        mutable.status.key_count = source.current().map_or(0, |k| k.len());
+        mutable.status.last_success = Some(SystemTime::now());
+        drop(mutable);
+        source
+    }
+
+    /// A remote source. Nothing is fetched until [`Self::fetch`] or [`spawn_refresh`].
+    pub fn remote(origin: Origin, fetcher: Fetcher, settings: RefreshSettings) -> Arc<Self> {
+        let id: Arc<str> = match &origin {
+            Origin::Fixed => "fixed".into(),
+            Origin::JwksUri { url, .. } | Origin::Discovery { url, .. } => url.as_str().into(),
+        };
+        Self::new(id, origin, Some(fetcher), settings)
+    }
+
+    fn new(id: Arc<str>, origin: Origin, fetcher: Option<Fetcher>, settings: RefreshSettings) -> Arc<Self> {
+        Arc::new(KeySource {
+            id,
+            origin,
+            keys: ArcSwapOption::empty(),
+            attempted: AtomicBool::new(false),
+            attempted_notify: tokio::sync::Notify::new(),
+            generation: AtomicU64::new(0),
+            refetch_lock: tokio::sync::Mutex::new(()),
+            mutable: Mutex::new(Mutable::default()),
+            fetcher,
+            settings,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Mutable> {
+        // A poisoned lock only means a panic elsewhere while holding plain data; keep going.
+        self.mutable.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The URL (or "inline …" name) of this source.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// The current keys; `None` until a fetch has succeeded once.
+    pub fn current(&self) -> Option<Arc<KeySet>> {
+        self.keys.load_full()
+    }
+
+    pub fn status(&self) -> SourceStatus {
+        self.lock().status.clone()
+    }
+
+    /// Whether the first fetch finished (successfully or not).
+    pub fn attempted(&self) -> bool {
+        self.attempted.load(Ordering::Acquire)
+    }
+
+    /// Waits until the first fetch finished.
+    pub async fn wait_attempted(&self) {
+        loop {
+            let notified = self.attempted_notify.notified();
+            if self.attempted() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Fetches now and stores the result. Returns when to refresh next.
+    pub async fn fetch(&self) -> Result<Duration, SourceError> {
+        let Some(fetcher) = &self.fetcher else {
+            return Ok(self.settings.max_interval);
+        };
+        let result = self.fetch_keys(fetcher).await;
+        let next = {
+            let mut mutable = self.lock();
+            let status = &mut mutable.status;
+            match &result {
+                Ok((keys, _)) => {
+                    status.key_count = keys.len();
+                    status.rejected_keys = keys.rejected.len();
+                    status.last_success = Some(SystemTime::now());
+                    status.last_error = None;
+                    status.fetches_ok += 1;
+                }
+                Err(error) => {
+                    status.last_error = Some(error.to_string());
+                    status.fetches_failed += 1;
+                }
+            }
+            match result {
+                Ok((keys, max_age)) => {
+                    for rejected in &keys.rejected {
+                        tracing::warn!(source = %self.id, kid = rejected.kid.as_deref().unwrap_or(""),
+                            error = %rejected.error, "skipped a key of the key set");
+                    }
+                    self.keys.store(Some(Arc::new(keys)));
+                    let interval = max_age.unwrap_or(self.settings.default_interval);
+                    Ok(interval.clamp(self.settings.min_interval, self.settings.max_interval))
+                }
+                Err(error) => {
+                    let have_keys = self.keys.load().is_some();
+                    tracing::warn!(source = %self.id, %error, keeping_last_good_keys = have_keys,
+                        "key set refresh failed");
+                    Err(error)
+                }
+            }
+        };
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if !self.attempted.swap(true, Ordering::AcqRel) {
+            self.attempted_notify.notify_waiters();
+        }
+        next
+    }
+
+    async fn fetch_keys(&self, fetcher: &Fetcher) -> Result<(KeySet, Option<Duration>), SourceError> {
+        let (jwks_url, allow_insecure) = match &self.origin {
+            Origin::Fixed => unreachable_fixed(),
+            Origin::JwksUri { url, allow_insecure } => (url.clone(), *allow_insecure),
+            Origin::Discovery { url, issuer, allow_insecure } => {
+                (discover(fetcher, url, issuer, *allow_insecure).await?, *allow_insecure)
+            }
+        };
+        let fetched = fetcher
+            .get(&jwks_url, allow_insecure)
+            .await
+            .map_err(|error| SourceError::JwksFetch { url: jwks_url.to_string(), error })?;
+        let keys = KeySet::from_jwks_json(&fetched.body)
+            .map_err(|error| SourceError::JwksInvalid { url: jwks_url.to_string(), error })?;
+        Ok((keys, fetched.max_age))
+    }
+
+    /// Called when a token names a `kid` the current set lacks (or no keys are loaded yet).
+    /// Coalesced: concurrent callers wait for one fetch. Rate-limited per source.
+    pub async fn refresh_on_miss(&self) -> Refetch {
+        if self.fetcher.is_none() {
+            return Refetch::Fixed;
+        }
+        let seen = self.generation.load(Ordering::Acquire);
+        let _guard = self.refetch_lock.lock().await;
+        if self.generation.load(Ordering::Acquire) != seen {
+            // Someone fetched while we waited: use their result.
+            return if self.lock().status.last_error.is_none() { Refetch::Refreshed } else { Refetch::Failed };
+        }
+        {
+            let mut mutable = self.lock();
+            let now = Instant::now();
+            if mutable
+                .last_miss_refetch
+                .is_some_and(|last| now.duration_since(last) < self.settings.miss_refetch_interval)
+            {
+                mutable.status.miss_rate_limited += 1;
+                return Refetch::RateLimited;
+            }
+            mutable.last_miss_refetch = Some(now);
+            mutable.status.miss_refetches += 1;
+        }
+        match self.fetch().await {
+            Ok(_) => Refetch::Refreshed,
+            Err(_) => Refetch::Failed,
+        }
+    }
+}
+
+fn unreachable_fixed() -> ! {
+    // Fixed sources have no fetcher, so fetch() returns before reaching fetch_keys().
+    panic!("invariant: fixed key sources are never fetched")
+}
+
+async fn discover(fetcher: &Fetcher, url: &Url, issuer: &str, allow_insecure: bool) -> Result<Url, SourceError> {
+    let fetched = fetcher
+        .get(url, allow_insecure)
+        .await
+        .map_err(|error| SourceError::DiscoveryFetch { url: url.to_string(), error })?;
+    let doc: DiscoveryDocument = serde_json::from_slice(&fetched.body).map_err(|e| {
+        SourceError::DiscoveryInvalid { url: url.to_string(), detail: format!("not a discovery document: {e}") }
+    })?;
+    let found = doc.issuer.unwrap_or_default();
+    if found != issuer {
+        return Err(SourceError::DiscoveryIssuerMismatch {
+            url: url.to_string(),
+            expected: issuer.to_string(),
+            found,
+        });
+    }
+    let jwks_uri = doc.jwks_uri.ok_or_else(|| SourceError::DiscoveryInvalid {
+        url: url.to_string(),
+        detail: "no jwks_uri".into(),
+    })?;
+    Url::parse(&jwks_uri).map_err(|e| SourceError::DiscoveryInvalid {
+        url: url.to_string(),
+        detail: format!("jwks_uri {jwks_uri:?} is not a URL: {e}"),
+    })
+}
+
+/// Starts the background refresh of a remote source. The task holds only a `Weak`, so it
+/// stops by itself once no policy uses the source any more.
+pub fn spawn_refresh(source: &Arc<KeySource>) {
+    if source.fetcher.is_none() {
+        return;
+    }
+    let weak: Weak<KeySource> = Arc::downgrade(source);
+    tokio::spawn(async move {
+        let mut retry = Duration::from_millis(500);
+        loop {
+            let Some(source) = weak.upgrade() else { return };
+            let max_retry = source.settings.max_retry_delay;
+            let delay = match source.fetch().await {
+                Ok(next) => {
+                    retry = Duration::from_millis(500);
+                    next
+                }
+                Err(_) => {
+                    let delay = retry;
+                    retry = (retry * 2).min(max_retry);
+                    delay
+                }
+            };
+            drop(source);
+            tokio::time::sleep(delay).await;
+        }
+    });
+}

@@ -1,0 +1,33 @@
+//! tollgate: OAuth2 / OpenID Connect access-token validation for Envoy's external
+//! authorization API.
+//!
+//! ```text
+//! policy files ─► policy::files ─► policy::compile ─► policy::Snapshot ─► SharedSnapshot (ArcSwap)
+//!                                        │                                     │
+//!                               jwks::KeySources (shared,                      │ load()
+//!                               self-refreshing key sets)                      ▼
+//! Envoy ── gRPC Check ──► authz ──► engine::check ──► validate (pure) ──► Decision
+//!                                                                       ├─► metrics, telemetry
+//!                                                                       └─► CheckResponse
+//! ```
+//!
+//! Layering: `jose`, `claims`, `validate`, `engine` and `policy` know neither protobuf nor
+//! HTTP servers; `authz` is the only server-side module that knows protobuf.
+
+pub mod admin;
+pub mod authz;
+pub mod claims;
+pub mod cli;
+pub mod client;
+pub mod decision;
+pub mod demo;
+pub mod engine;
+pub mod jose;
+pub mod jwks;
+pub mod local_issuer;
+pub mod metrics;
+pub mod policy;
+pub mod proto;
+pub mod serve;
+pub mod telemetry;
+pub mod validate;

@@ -1,0 +1,183 @@
+//! Prometheus metrics: decisions, check latency, policy reloads, and key sources (read from
+//! the live sources at scrape time, so they never go stale).
+//!
+//! Label values are bounded: policy ids (as many as loaded policies), reason codes, transports,
+//! key source URLs. Tokens, subjects and hosts are never labels.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::decision::Decision;
+use crate::jwks::KeySources;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    transport: &'static str,
+    policy: String,
+    result: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    transport: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// All metrics of one process.
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram>,
+    reloads: Family<OutcomeLabels, Counter>,
+    policies: Gauge,
+    policy_problems: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// Creates the registry; key source metrics are read from `sources` at each scrape.
+    pub fn new(sources: Option<Arc<KeySources>>) -> Arc<Self> {
+        let mut registry = Registry::with_prefix("tollgate");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register("decisions", "Check decisions by transport, policy, result and reason", decisions.clone());
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
+            // 20 µs … ~5 s
+            Histogram::new(exponential_buckets(0.00002, 2.0, 19))
+        });
+        registry.register("check_duration_seconds", "Time to decide one check", latency.clone());
+        let reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register("policy_reloads", "Policy reloads by outcome (ok, problems)", reloads.clone());
+        let policies = Gauge::default();
+        registry.register("policies", "Policies in the current snapshot", policies.clone());
+        let policy_problems = Gauge::default();
+        registry.register(
+            "policy_problems",
+            "Policy documents that failed to parse or compile in the last reload",
+            policy_problems.clone(),
+        );
+        if let Some(sources) = sources {
+            registry.register_collector(Box::new(SourceCollector { sources }));
+        }
+        Arc::new(Metrics { registry, decisions, latency, reloads, policies, policy_problems })
+    }
+
+    /// Counts a decision and its latency.
+    pub fn observe(&self, transport: &'static str, decision: &Decision, elapsed: Duration) {
+        let result = if decision.is_allow() { "allow" } else { "deny" };
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                transport,
+                policy: decision.policy().unwrap_or("").to_string(),
+                result,
+                reason: decision.reason().as_str(),
+            })
+            .inc();
+        self.latency.get_or_create(&LatencyLabels { transport, result }).observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a reload.
+    pub fn reloaded(&self, policies: usize, problems: usize) {
+        let outcome = if problems == 0 { "ok" } else { "problems" };
+        self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.policies.set(policies as i64);
+        self.policy_problems.set(problems as i64);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Key source metrics, computed from the live sources on each scrape.
+#[derive(Debug)]
+struct SourceCollector {
+    sources: Arc<KeySources>,
+}
+
+impl Collector for SourceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut sources = self.sources.live();
+        sources.sort_by(|a, b| a.id().cmp(b.id()));
+        let statuses: Vec<_> = sources.iter().map(|s| (s.id().to_string(), s.status())).collect();
+        let now = SystemTime::now();
+
+        let mut keys = encoder.encode_descriptor("tollgate_jwks_keys", "Usable keys in each key set", None, MetricType::Gauge)?;
+        for (id, status) in &statuses {
+            ConstGauge::new(status.key_count as i64).encode(keys.encode_family(&[("source", id.as_str())])?)?;
+        }
+        let mut up = encoder.encode_descriptor(
+            "tollgate_jwks_up",
+            "1 if the last fetch of the key set succeeded",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (id, status) in &statuses {
+            let ok = status.last_success.is_some() && status.last_error.is_none();
+            ConstGauge::new(i64::from(ok)).encode(up.encode_family(&[("source", id.as_str())])?)?;
+        }
+        let mut age = encoder.encode_descriptor(
+            "tollgate_jwks_age_seconds",
+            "Seconds since the key set was last fetched successfully (-1: never)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (id, status) in &statuses {
+            let secs = status
+                .last_success
+                .and_then(|t| now.duration_since(t).ok())
+                .map_or(-1.0, |d| d.as_secs_f64());
+            ConstGauge::new(secs).encode(age.encode_family(&[("source", id.as_str())])?)?;
+        }
+        let mut fetches = encoder.encode_descriptor(
+            "tollgate_jwks_fetches",
+            "Key set fetches by outcome",
+            None,
+            MetricType::Counter,
+        )?;
+        for (id, status) in &statuses {
+            for (outcome, n) in [("ok", status.fetches_ok), ("error", status.fetches_failed)] {
+                ConstCounter::new(n).encode(fetches.encode_family(&[("source", id.as_str()), ("outcome", outcome)])?)?;
+            }
+        }
+        let mut misses = encoder.encode_descriptor(
+            "tollgate_jwks_unknown_kid_refetches",
+            "Refetches caused by tokens with an unknown kid, by outcome",
+            None,
+            MetricType::Counter,
+        )?;
+        for (id, status) in &statuses {
+            for (outcome, n) in [
+                ("refreshed", status.miss_refetches),
+                ("rate_limited", status.miss_rate_limited),
+            ] {
+                ConstCounter::new(n).encode(misses.encode_family(&[("source", id.as_str()), ("outcome", outcome)])?)?;
+            }
+        }
+        Ok(())
+    }
+}

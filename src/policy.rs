@@ -1,0 +1,16 @@
+//! Policies: the document shape (`spec`), compilation into immutable [`Policy`] values
+//! (`compile`), request matching primitives (`route`), the snapshot every check reads
+//! (`snapshot`), and loading from files (`files`).
+
+pub mod compile;
+pub mod files;
+pub mod route;
+pub mod snapshot;
+pub mod spec;
+
+pub use compile::{
+    CompileContext, CompileError, DenyConfig, FileSecrets, Forward, Issuer, Policy, Problem, ProblemKind, Rule,
+    SecretSource, TokenLocation, compile,
+};
+pub use snapshot::{Conflict, DefaultAction, SharedSnapshot, Snapshot};
+pub use spec::{DenyDetail, JwtPolicySpec, PolicyDocument};

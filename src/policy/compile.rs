@@ -1,0 +1,699 @@
+//! Spec → compiled [`Policy`]: every field checked, every problem reported with its path and
+//! what to change. A policy either compiles whole or not at all.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use jsonwebtoken::Algorithm;
+use url::Url;
+
+use super::route::{HostPattern, Methods, PathPrefix};
+use super::spec::{
+    ClaimRequirementSpec, DenyDetail, IssuerSpec, JwtPolicySpec, SecretEncoding, SecretSpec,
+};
+use crate::claims::ClaimRequirement;
+use crate::jwks::{KeySet, KeySource, KeySources, Origin, VerifyingKey};
+
+/// Bounds that keep one policy's cost predictable.
+pub mod limits {
+    pub const ISSUERS: usize = 32;
+    pub const AUDIENCES: usize = 64;
+    pub const HOSTS: usize = 1000;
+    pub const PATHS: usize = 100;
+    pub const RULES: usize = 1000;
+    pub const REQUIREMENTS: usize = 64;
+    pub const VALUES: usize = 256;
+    pub const FORWARD_HEADERS: usize = 64;
+    pub const MAX_CLOCK_SKEW_SECS: u64 = 600;
+    pub const DEFAULT_CLOCK_SKEW_SECS: u64 = 30;
+}
+
+const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+const SYMMETRIC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+
+/// What kind of problem, for the `Accepted` condition's reason in Kubernetes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// The spec itself is wrong.
+    InvalidSpec,
+    /// A referenced secret (file or Kubernetes Secret) could not be read.
+    SecretNotFound,
+}
+
+/// One thing wrong with a policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Where, e.g. `spec.issuers[0].jwksUri`.
+    pub field: String,
+    /// What is wrong and what to change.
+    pub message: String,
+    pub kind: ProblemKind,
+}
+
+/// Why a policy did not compile: every problem found, not just the first.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct CompileError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", p.field, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl CompileError {
+    /// Bounded reason for status conditions and metrics.
+    pub fn reason(&self) -> &'static str {
+        if self.problems.iter().any(|p| p.kind == ProblemKind::SecretNotFound) {
+            "SecretNotFound"
+        } else {
+            "InvalidSpec"
+        }
+    }
+}
+
+/// Reads secret values referenced by a policy.
+pub trait SecretSource: Send + Sync {
+    /// The raw bytes of the referenced secret, or why they cannot be read.
+    fn read(&self, namespace: &str, spec: &SecretSpec) -> Result<Vec<u8>, String>;
+}
+
+/// Secrets from files (file mode). Relative paths are resolved against `base_dir`.
+pub struct FileSecrets {
+    pub base_dir: Option<PathBuf>,
+}
+
+impl SecretSource for FileSecrets {
+    fn read(&self, _namespace: &str, spec: &SecretSpec) -> Result<Vec<u8>, String> {
+        let Some(file) = &spec.file else {
+            return Err(if spec.secret_ref.is_some() {
+                "secretRef needs Kubernetes mode; in file mode use file:".to_string()
+            } else {
+                "set file: (or secretRef: in Kubernetes mode)".to_string()
+            });
+        };
+        let path = match &self.base_dir {
+            Some(base) if PathBuf::from(file).is_relative() => base.join(file),
+            _ => PathBuf::from(file),
+        };
+        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if meta.len() > 64 * 1024 {
+            return Err(format!("{}: larger than 64 KiB", path.display()));
+        }
+        std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// What compilation needs from outside the spec.
+pub struct CompileContext<'a> {
+    pub key_sources: &'a KeySources,
+    pub secrets: &'a dyn SecretSource,
+}
+
+/// Where the token is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenLocation {
+    /// Lower-case header name.
+    pub header: String,
+    /// `None`: the whole header value is the token.
+    pub scheme: Option<String>,
+    pub query: Option<String>,
+    pub cookie: Option<String>,
+}
+
+/// An accepted issuer with its keys.
+#[derive(Clone, Debug)]
+pub struct Issuer {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub keys: Arc<KeySource>,
+}
+
+/// A compiled per-path rule.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// Empty: every path of the policy.
+    pub paths: Vec<PathPrefix>,
+    pub methods: Methods,
+    pub requirements: Vec<ClaimRequirement>,
+    pub allow_anonymous: bool,
+}
+
+impl Rule {
+    /// The length of the longest matching prefix, if the rule matches (0 for "all paths").
+    pub fn match_len(&self, path: &str, method: &str) -> Option<usize> {
+        if !self.methods.matches(method) {
+            return None;
+        }
+        if self.paths.is_empty() {
+            return Some(0);
+        }
+        self.paths.iter().filter(|p| p.matches(path)).map(PathPrefix::len).max()
+    }
+}
+
+/// What the upstream receives on allow.
+#[derive(Clone, Debug, Default)]
+pub struct Forward {
+    /// (claim, lower-case header)
+    pub claims_to_headers: Vec<(String, String)>,
+    pub payload_header: Option<String>,
+    pub keep_token: bool,
+}
+
+/// How denials are answered.
+#[derive(Clone, Debug)]
+pub struct DenyConfig {
+    pub status: u16,
+    pub message: Option<String>,
+    pub detail: DenyDetail,
+    pub realm: Option<String>,
+}
+
+/// A compiled policy: immutable, shared by snapshots through `Arc`.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// `namespace/name`
+    pub id: Arc<str>,
+    pub hosts: Vec<HostPattern>,
+    /// Empty: every path.
+    pub paths: Vec<PathPrefix>,
+    pub methods: Methods,
+    pub token: TokenLocation,
+    pub issuers: Vec<Issuer>,
+    pub required_claims: Vec<ClaimRequirement>,
+    pub rules: Vec<Rule>,
+    pub clock_skew: u64,
+    pub require_exp: bool,
+    pub forward: Forward,
+    pub deny: DenyConfig,
+}
+
+impl Policy {
+    pub fn issuer(&self, iss: &str) -> Option<&Issuer> {
+        self.issuers.iter().find(|i| i.issuer == iss)
+    }
+
+    /// The rule for a request: the matching rule with the longest path prefix; on a tie, one
+    /// that names methods over one that does not, then the first listed.
+    pub fn rule_for(&self, path: &str, method: &str) -> Option<&Rule> {
+        let mut best: Option<(&Rule, (usize, bool))> = None;
+        for rule in &self.rules {
+            if let Some(len) = rule.match_len(path, method) {
+                let rank = (len, !rule.methods.is_all());
+                if best.as_ref().is_none_or(|(_, r)| rank > *r) {
+                    best = Some((rule, rank));
+                }
+            }
+        }
+        best.map(|(rule, _)| rule)
+    }
+}
+
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn invalid(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { field: field.into(), message: message.into(), kind: ProblemKind::InvalidSpec });
+    }
+
+    fn secret(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { field: field.into(), message: message.into(), kind: ProblemKind::SecretNotFound });
+    }
+
+    fn at_most<T>(&mut self, field: &str, items: &[T], max: usize) {
+        if items.len() > max {
+            self.invalid(field, format!("{} entries; at most {max} are allowed", items.len()));
+        }
+    }
+}
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 256 && name.bytes().all(is_token_char)
+}
+
+/// Headers a policy may not set from claims.
+const RESERVED_HEADERS: [&str; 9] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+    "trailer",
+];
+
+fn valid_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+/// Compiles one policy. `namespace`/`name` identify it (`namespace/name`).
+pub fn compile(
+    namespace: &str,
+    name: &str,
+    spec: &JwtPolicySpec,
+    ctx: &CompileContext<'_>,
+) -> Result<Policy, CompileError> {
+    let mut c = Checker { problems: Vec::new() };
+    if !valid_name(namespace, 63) {
+        c.invalid("metadata.namespace", "must be a DNS label: lower-case letters, digits, '-' (at most 63)");
+    }
+    if !valid_name(name, 253) {
+        c.invalid("metadata.name", "must be a DNS subdomain name: lower-case letters, digits, '-', '.'");
+    }
+    let id: Arc<str> = format!("{namespace}/{name}").into();
+
+    // match
+    c.at_most("spec.match.hosts", &spec.match_.hosts, limits::HOSTS);
+    c.at_most("spec.match.paths", &spec.match_.paths, limits::PATHS);
+    let mut hosts = Vec::new();
+    for (i, h) in spec.match_.hosts.iter().enumerate() {
+        match HostPattern::parse(h) {
+            Ok(p) if !hosts.contains(&p) => hosts.push(p),
+            Ok(_) => {}
+            Err(e) => c.invalid(format!("spec.match.hosts[{i}]"), e.to_string()),
+        }
+    }
+    if hosts.is_empty() {
+        hosts.push(HostPattern::Any);
+    }
+    let paths = prefixes(&mut c, "spec.match.paths", &spec.match_.paths);
+    let methods = Methods::parse(&spec.match_.methods).unwrap_or_else(|e| {
+        c.invalid("spec.match.methods", e.to_string());
+        Methods::default()
+    });
+
+    let token = token_location(&mut c, spec);
+
+    // issuers
+    if spec.issuers.is_empty() {
+        c.invalid("spec.issuers", "at least one issuer is required");
+    }
+    c.at_most("spec.issuers", &spec.issuers, limits::ISSUERS);
+    let mut issuers: Vec<Issuer> = Vec::new();
+    for (i, issuer) in spec.issuers.iter().enumerate() {
+        let field = format!("spec.issuers[{i}]");
+        if issuers.iter().any(|known| known.issuer == issuer.issuer) {
+            c.invalid(format!("{field}.issuer"), format!("{:?} is listed twice", issuer.issuer));
+            continue;
+        }
+        if let Some(compiled) = compile_issuer(&mut c, &field, namespace, &id, issuer, ctx) {
+            issuers.push(compiled);
+        }
+    }
+
+    let required_claims = requirements(&mut c, "spec.requiredClaims", &spec.required_claims);
+    c.at_most("spec.rules", &spec.rules, limits::RULES);
+    let mut rules = Vec::with_capacity(spec.rules.len());
+    for (i, rule) in spec.rules.iter().enumerate() {
+        let field = format!("spec.rules[{i}]");
+        let paths = prefixes(&mut c, &format!("{field}.paths"), &rule.paths);
+        let methods = Methods::parse(&rule.methods).unwrap_or_else(|e| {
+            c.invalid(format!("{field}.methods"), e.to_string());
+            Methods::default()
+        });
+        let reqs = requirements(&mut c, &format!("{field}.requiredClaims"), &rule.required_claims);
+        if rule.allow_anonymous && !reqs.is_empty() {
+            c.invalid(field.clone(), "allowAnonymous and requiredClaims contradict each other; keep one");
+        }
+        if !rule.allow_anonymous && reqs.is_empty() {
+            c.invalid(field.clone(), "a rule needs requiredClaims or allowAnonymous: true");
+        }
+        rules.push(Rule { paths, methods, requirements: reqs, allow_anonymous: rule.allow_anonymous });
+    }
+
+    let clock_skew = match &spec.clock_skew {
+        None => limits::DEFAULT_CLOCK_SKEW_SECS,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if d.as_secs() <= limits::MAX_CLOCK_SKEW_SECS => d.as_secs(),
+            Ok(_) => {
+                c.invalid("spec.clockSkew", format!("{text} is more than the 10m maximum"));
+                0
+            }
+            Err(e) => {
+                c.invalid("spec.clockSkew", format!("{text:?} is not a duration like 30s or 2m: {e}"));
+                0
+            }
+        },
+    };
+
+    let forward = forward(&mut c, spec, &token);
+    let deny = deny_config(&mut c, spec);
+
+    if !c.problems.is_empty() {
+        return Err(CompileError { problems: c.problems });
+    }
+    Ok(Policy {
+        id,
+        hosts,
+        paths,
+        methods,
+        token,
+        issuers,
+        required_claims,
+        rules,
+        clock_skew,
+        require_exp: spec.require_expiration_time.unwrap_or(true),
+        forward,
+        deny,
+    })
+}
+
+fn prefixes(c: &mut Checker, field: &str, paths: &[String]) -> Vec<PathPrefix> {
+    let mut out = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        match PathPrefix::parse(p) {
+            Ok(prefix) if !out.contains(&prefix) => out.push(prefix),
+            Ok(_) => {}
+            Err(e) => c.invalid(format!("{field}[{i}]"), e.to_string()),
+        }
+    }
+    out
+}
+
+fn token_location(c: &mut Checker, spec: &JwtPolicySpec) -> TokenLocation {
+    let t = &spec.token;
+    let header = t.header.clone().unwrap_or_else(|| "authorization".into()).to_ascii_lowercase();
+    if !valid_header_name(&header) {
+        c.invalid("spec.token.header", format!("{header:?} is not a valid header name"));
+    }
+    let scheme = match t.scheme.as_deref() {
+        None => Some("Bearer".to_string()),
+        Some("") => None,
+        Some(s) if s.bytes().all(is_token_char) => Some(s.to_string()),
+        Some(s) => {
+            c.invalid("spec.token.scheme", format!("{s:?} is not a valid auth scheme (one token, no spaces)"));
+            None
+        }
+    };
+    for (field, value) in [("spec.token.query", &t.query), ("spec.token.cookie", &t.cookie)] {
+        if let Some(v) = value
+            && (v.is_empty() || !v.bytes().all(is_token_char))
+        {
+            c.invalid(field, format!("{v:?} is not a valid name"));
+        }
+    }
+    TokenLocation { header, scheme, query: t.query.clone(), cookie: t.cookie.clone() }
+}
+
+fn parse_url(c: &mut Checker, field: &str, text: &str, allow_insecure: bool) -> Option<Url> {
+    let url = match Url::parse(text) {
+        Ok(url) => url,
+        Err(e) => {
+            c.invalid(field, format!("{text:?} is not a URL: {e}"));
+            return None;
+        }
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_insecure => {}
+        "http" => {
+            c.invalid(field, format!("{text} is plain http; use https (or set allowInsecureHttp: true for local development)"));
+            return None;
+        }
+        other => {
+            c.invalid(field, format!("scheme {other:?} is not supported; use https"));
+            return None;
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        c.invalid(field, format!("{text} has no host"));
+        return None;
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        c.invalid(field, "credentials in URLs are not allowed");
+        return None;
+    }
+    Some(url)
+}
+
+fn compile_issuer(
+    c: &mut Checker,
+    field: &str,
+    namespace: &str,
+    policy_id: &str,
+    spec: &IssuerSpec,
+    ctx: &CompileContext<'_>,
+) -> Option<Issuer> {
+    let before = c.problems.len();
+    if spec.issuer.is_empty() {
+        c.invalid(format!("{field}.issuer"), "must not be empty");
+    }
+    if spec.audiences.is_empty() {
+        c.invalid(
+            format!("{field}.audiences"),
+            "list the audiences your API accepts (the tokens' aud); without them any token of the issuer would pass",
+        );
+    }
+    c.at_most(&format!("{field}.audiences"), &spec.audiences, limits::AUDIENCES);
+    if spec.audiences.iter().any(String::is_empty) {
+        c.invalid(format!("{field}.audiences"), "an audience must not be empty");
+    }
+
+    let sources: Vec<&str> = [
+        spec.discovery.as_ref().map(|_| "discovery"),
+        spec.jwks_uri.as_ref().map(|_| "jwksUri"),
+        spec.jwks.as_ref().map(|_| "jwks"),
+        (!spec.public_keys.is_empty()).then_some("publicKeys"),
+        spec.shared_secret.as_ref().map(|_| "sharedSecret"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if sources.len() > 1 {
+        c.invalid(field, format!("keys must come from exactly one source, found {}", sources.join(" and ")));
+        return None;
+    }
+    let symmetric = spec.shared_secret.is_some();
+
+    // algorithms
+    let mut algorithms = Vec::new();
+    for (i, name) in spec.algorithms.iter().enumerate() {
+        let afield = format!("{field}.algorithms[{i}]");
+        if name.eq_ignore_ascii_case("none") {
+            c.invalid(afield, "\"none\" (unsigned tokens) is never accepted");
+            continue;
+        }
+        match name.parse::<Algorithm>() {
+            Ok(alg) if SYMMETRIC.contains(&alg) && !symmetric => c.invalid(
+                afield,
+                format!("{name} needs a sharedSecret; with public keys an HMAC algorithm would let anyone who has the public key sign tokens"),
+            ),
+            Ok(alg) if !SYMMETRIC.contains(&alg) && symmetric => {
+                c.invalid(afield, format!("{name} cannot be verified with a sharedSecret; use HS256/HS384/HS512"))
+            }
+            Ok(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+            Ok(_) => {}
+            Err(_) => c.invalid(
+                afield,
+                format!("{name:?} is not supported; use RS256/384/512, PS256/384/512, ES256/384, EdDSA or HS256/384/512"),
+            ),
+        }
+    }
+    if algorithms.is_empty() {
+        algorithms = if symmetric { SYMMETRIC.to_vec() } else { ASYMMETRIC.to_vec() };
+    }
+
+    let fixed_id = || format!("inline:{policy_id}#{}", spec.issuer);
+    let keys = if let Some(jwks) = &spec.jwks {
+        let doc = serde_json::json!({ "keys": jwks.keys });
+        match KeySet::from_jwks_value(&doc) {
+            Ok(set) => {
+                for rejected in &set.rejected {
+                    c.invalid(
+                        format!("{field}.jwks"),
+                        format!("key {}: {}", rejected.kid.as_deref().unwrap_or("(no kid)"), rejected.error),
+                    );
+                }
+                Some(KeySource::fixed(fixed_id(), set))
+            }
+            Err(e) => {
+                c.invalid(format!("{field}.jwks"), e.to_string());
+                None
+            }
+        }
+    } else if !spec.public_keys.is_empty() {
+        let mut keys = Vec::new();
+        for (i, pk) in spec.public_keys.iter().enumerate() {
+            match VerifyingKey::from_pem(pk.kid.clone(), &pk.pem) {
+                Ok(key) => keys.push(key),
+                Err(e) => c.invalid(format!("{field}.publicKeys[{i}]"), e.to_string()),
+            }
+        }
+        Some(KeySource::fixed(fixed_id(), KeySet::from_keys(keys)))
+    } else if let Some(secret) = &spec.shared_secret {
+        let sfield = format!("{field}.sharedSecret");
+        match ctx.secrets.read(namespace, secret) {
+            Ok(raw) => match decode_secret(&raw, secret.encoding.unwrap_or_default()) {
+                Ok(bytes) => match VerifyingKey::from_secret(None, &bytes) {
+                    Ok(key) => Some(KeySource::fixed(fixed_id(), KeySet::from_keys(vec![key]))),
+                    Err(e) => {
+                        c.invalid(sfield, e.to_string());
+                        None
+                    }
+                },
+                Err(e) => {
+                    c.invalid(sfield, e);
+                    None
+                }
+            },
+            Err(e) => {
+                c.secret(sfield, e);
+                None
+            }
+        }
+    } else if let Some(jwks_uri) = &spec.jwks_uri {
+        parse_url(c, &format!("{field}.jwksUri"), jwks_uri, spec.allow_insecure_http).map(|url| {
+            ctx.key_sources.remote(Origin::JwksUri { url, allow_insecure: spec.allow_insecure_http })
+        })
+    } else {
+        let (dfield, text) = match &spec.discovery {
+            Some(d) => (format!("{field}.discovery"), d.clone()),
+            None => (
+                format!("{field}.issuer"),
+                format!("{}/.well-known/openid-configuration", spec.issuer.trim_end_matches('/')),
+            ),
+        };
+        parse_url(c, &dfield, &text, spec.allow_insecure_http).map(|url| {
+            ctx.key_sources.remote(Origin::Discovery {
+                url,
+                issuer: spec.issuer.clone(),
+                allow_insecure: spec.allow_insecure_http,
+            })
+        })
+    };
+    if c.problems.len() > before {
+        return None;
+    }
+    Some(Issuer {
+        issuer: spec.issuer.clone(),
+        audiences: spec.audiences.clone(),
+        algorithms,
+        keys: keys?,
+    })
+}
+
+fn decode_secret(raw: &[u8], encoding: SecretEncoding) -> Result<Vec<u8>, String> {
+    let trimmed = raw.strip_suffix(b"\n").unwrap_or(raw);
+    let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+    match encoding {
+        SecretEncoding::Raw => Ok(trimmed.to_vec()),
+        SecretEncoding::Base64 => base64::engine::general_purpose::STANDARD
+            .decode(trimmed)
+            .map_err(|e| format!("not standard base64: {e}")),
+        SecretEncoding::Base64url => {
+            let unpadded: Vec<u8> = trimmed.iter().copied().filter(|b| *b != b'=').collect();
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(unpadded)
+                .map_err(|e| format!("not base64url: {e}"))
+        }
+    }
+}
+
+fn requirements(c: &mut Checker, field: &str, specs: &[ClaimRequirementSpec]) -> Vec<ClaimRequirement> {
+    c.at_most(field, specs, limits::REQUIREMENTS);
+    let mut out = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        if spec.name.is_empty() {
+            c.invalid(format!("{f}.name"), "must not be empty");
+        }
+        if spec.separator.as_deref() == Some("") {
+            c.invalid(format!("{f}.separator"), "must not be empty (leave it out to compare whole values)");
+        }
+        c.at_most(&format!("{f}.values"), &spec.values, limits::VALUES);
+        out.push(ClaimRequirement {
+            name: spec.name.clone(),
+            mode: spec.match_,
+            separator: spec.separator.clone(),
+            values: spec.values.iter().map(|v| v.0.clone()).collect(),
+        });
+    }
+    out
+}
+
+fn forward(c: &mut Checker, spec: &JwtPolicySpec, token: &TokenLocation) -> Forward {
+    let f = &spec.forward;
+    c.at_most("spec.forward.claimsToHeaders", &f.claims_to_headers, limits::FORWARD_HEADERS);
+    let mut seen: Vec<String> = Vec::new();
+    let mut check_header = |c: &mut Checker, field: String, header: &str| -> String {
+        let lower = header.to_ascii_lowercase();
+        if !valid_header_name(&lower) {
+            c.invalid(field, format!("{header:?} is not a valid header name"));
+        } else if RESERVED_HEADERS.contains(&lower.as_str()) {
+            c.invalid(field, format!("{header} cannot be set by a policy"));
+        } else if lower == token.header {
+            c.invalid(field, format!("{header} is where the token is read; pick another header"));
+        } else if seen.contains(&lower) {
+            c.invalid(field, format!("{header} is set twice"));
+        }
+        seen.push(lower.clone());
+        lower
+    };
+    let mut claims_to_headers = Vec::new();
+    for (i, m) in f.claims_to_headers.iter().enumerate() {
+        if m.claim.is_empty() {
+            c.invalid(format!("spec.forward.claimsToHeaders[{i}].claim"), "must not be empty");
+        }
+        let header = check_header(c, format!("spec.forward.claimsToHeaders[{i}].header"), &m.header);
+        claims_to_headers.push((m.claim.clone(), header));
+    }
+    let payload_header = f
+        .payload_header
+        .as_ref()
+        .map(|h| check_header(c, "spec.forward.payloadHeader".into(), h));
+    Forward { claims_to_headers, payload_header, keep_token: f.keep_token.unwrap_or(true) }
+}
+
+fn deny_config(c: &mut Checker, spec: &JwtPolicySpec) -> DenyConfig {
+    let d = &spec.deny;
+    let status = d.status.unwrap_or(401);
+    if !(400..=499).contains(&status) {
+        c.invalid("spec.deny.status", format!("{status} is not a 4xx status"));
+    }
+    if let Some(m) = &d.message
+        && (m.len() > 1024 || m.chars().any(char::is_control))
+    {
+        c.invalid("spec.deny.message", "at most 1024 characters, no control characters");
+    }
+    if let Some(r) = &d.realm
+        && (r.len() > 256 || r.chars().any(|ch| ch == '"' || ch == '\\' || ch.is_control()))
+    {
+        c.invalid("spec.deny.realm", "at most 256 characters, no quotes, backslashes or control characters");
+    }
+    DenyConfig { status, message: d.message.clone(), detail: d.detail.unwrap_or_default(), realm: d.realm.clone() }
+}
+
+#[cfg(test)]
+mod tests;

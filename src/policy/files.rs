@@ -1,0 +1,378 @@
+//! Policies from YAML files: `tollgate serve --policies <file|dir>`.
+//!
+//! A file may hold several documents (`---`). Each reload re-reads the files, re-compiles the
+//! policies whose document changed, and builds one new snapshot:
+//! - a file that fails to parse keeps the last good version of all its policies;
+//! - a policy that fails to compile keeps its last good version;
+//! - a policy whose document disappeared is removed;
+//! - two documents with the same `namespace/name`: the one seen first wins.
+//!
+//! Files should be replaced atomically (write elsewhere, then rename), as Kubernetes ConfigMap
+//! volumes and most editors do; changes are debounced so a burst of writes is read once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::compile::{CompileContext, FileSecrets, Policy, compile};
+use super::snapshot::{Conflict, DefaultAction, SharedSnapshot, Snapshot};
+use super::spec::{API_VERSION, KIND, PolicyDocument};
+use crate::jwks::KeySources;
+
+/// Most bytes read from one policy file.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A problem found while loading, tied to where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadProblem {
+    /// File (and document index, policy id) the problem is in.
+    pub location: String,
+    pub message: String,
+    /// Whether a last good version is still being served.
+    pub kept_last_good: bool,
+}
+
+impl std::fmt::Display for LoadProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)?;
+        if self.kept_last_good {
+            f.write_str(" (still serving the last good version)")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Policies in the new snapshot.
+    pub policies: usize,
+    pub problems: Vec<LoadProblem>,
+    pub conflicts: Vec<Conflict>,
+    /// Whether anything changed since the previous reload.
+    pub changed: bool,
+}
+
+struct FileEntry {
+    content: Vec<u8>,
+    /// Last documents that parsed: (index in file, document).
+    documents: Vec<(usize, PolicyDocument)>,
+}
+
+struct PolicyEntry {
+    /// Order of first sighting: older policies win host/path conflicts.
+    order: u64,
+    /// The document the compiled policy came from.
+    document: Option<serde_json::Value>,
+    compiled: Option<Arc<Policy>>,
+    /// The last document that failed to compile (reported once, not on every reload).
+    failed: Option<serde_json::Value>,
+    /// The failure was a missing secret: retry on every reload until it appears.
+    retry: bool,
+}
+
+/// Loads and re-loads policies from files and directories.
+pub struct FileLoader {
+    paths: Vec<PathBuf>,
+    files: HashMap<PathBuf, FileEntry>,
+    policies: BTreeMap<Arc<str>, PolicyEntry>,
+    next_order: u64,
+    key_sources: Arc<KeySources>,
+    default_action: DefaultAction,
+    loaded_once: bool,
+}
+
+fn is_yaml(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+fn hidden(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+}
+
+/// Parses every document of a policy file.
+pub fn parse_documents(content: &[u8]) -> Result<Vec<(usize, PolicyDocument)>, String> {
+    let text = std::str::from_utf8(content).map_err(|_| "the file is not UTF-8".to_string())?;
+    let mut out = Vec::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(document).map_err(|e| format!("document {index}: {e}"))?;
+        if value.is_null() {
+            continue; // an empty document, e.g. a trailing `---`
+        }
+        let doc: PolicyDocument =
+            serde_yaml::from_value(value).map_err(|e| format!("document {index}: {e}"))?;
+        if doc.api_version != API_VERSION || doc.kind != KIND {
+            return Err(format!(
+                "document {index}: apiVersion/kind is {}/{}, expected {API_VERSION}/{KIND}",
+                doc.api_version, doc.kind
+            ));
+        }
+        out.push((index, doc));
+    }
+    Ok(out)
+}
+
+impl FileLoader {
+    pub fn new(paths: Vec<PathBuf>, key_sources: Arc<KeySources>, default_action: DefaultAction) -> Self {
+        FileLoader {
+            paths,
+            files: HashMap::new(),
+            policies: BTreeMap::new(),
+            next_order: 0,
+            key_sources,
+            default_action,
+            loaded_once: false,
+        }
+    }
+
+    /// The paths given on the command line.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Lists the policy files now present, sorted.
+    fn list_files(&self, problems: &mut Vec<LoadProblem>) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for path in &self.paths {
+            match std::fs::metadata(path) {
+                Ok(meta) if meta.is_dir() => match std::fs::read_dir(path) {
+                    Ok(entries) => {
+                        for entry in entries.flatten() {
+                            let p = entry.path();
+                            if is_yaml(&p) && !hidden(&p) && p.is_file() {
+                                files.push(p);
+                            }
+                        }
+                    }
+                    Err(e) => problems.push(LoadProblem {
+                        location: path.display().to_string(),
+                        message: format!("cannot list the directory: {e}"),
+                        kept_last_good: false,
+                    }),
+                },
+                Ok(_) => files.push(path.clone()),
+                Err(e) => problems.push(LoadProblem {
+                    location: path.display().to_string(),
+                    message: format!("cannot read: {e}"),
+                    kept_last_good: false,
+                }),
+            }
+        }
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    /// Re-reads the files. Returns the new snapshot when something changed.
+    pub fn reload(&mut self) -> (Option<Snapshot>, LoadReport) {
+        let mut report = LoadReport::default();
+        let files = self.list_files(&mut report.problems);
+        let mut changed = !self.loaded_once;
+
+        // 1. Read files; keep the last good documents of files that fail to parse.
+        let mut seen = HashMap::new();
+        for path in &files {
+            let content = match read_bounded(path) {
+                Ok(content) => content,
+                Err(message) => {
+                    let kept = self.files.get(path).is_some_and(|f| !f.documents.is_empty());
+                    report.problems.push(LoadProblem { location: path.display().to_string(), message, kept_last_good: kept });
+                    if let Some(entry) = self.files.remove(path) {
+                        seen.insert(path.clone(), entry);
+                    }
+                    continue;
+                }
+            };
+            match self.files.remove(path) {
+                Some(entry) if entry.content == content => {
+                    seen.insert(path.clone(), entry);
+                }
+                previous => {
+                    changed = true;
+                    match parse_documents(&content) {
+                        Ok(documents) => {
+                            seen.insert(path.clone(), FileEntry { content, documents });
+                        }
+                        Err(message) => {
+                            let kept = previous.as_ref().is_some_and(|p| !p.documents.is_empty());
+                            report.problems.push(LoadProblem {
+                                location: path.display().to_string(),
+                                message,
+                                kept_last_good: kept,
+                            });
+                            // Remember the bad content so it is not re-parsed until it changes.
+                            let documents = previous.map(|p| p.documents).unwrap_or_default();
+                            seen.insert(path.clone(), FileEntry { content, documents });
+                        }
+                    }
+                }
+            }
+        }
+        if !self.files.is_empty() {
+            changed = true; // some files disappeared
+        }
+        changed |= self.policies.values().any(|p| p.retry);
+        self.files = seen;
+        if !changed {
+            return (None, report);
+        }
+        self.loaded_once = true;
+        report.changed = true;
+
+        // 2. Collect documents by policy id (first file in sorted order wins a duplicate id).
+        let mut documents: BTreeMap<Arc<str>, (PathBuf, usize, PolicyDocument)> = BTreeMap::new();
+        let mut paths: Vec<&PathBuf> = self.files.keys().collect();
+        paths.sort();
+        for path in paths {
+            for (index, doc) in &self.files[path].documents {
+                let namespace = doc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+                let id: Arc<str> = format!("{namespace}/{}", doc.metadata.name).into();
+                if let Some((other, other_index, _)) = documents.get(&id) {
+                    report.problems.push(LoadProblem {
+                        location: format!("{} document {index}", path.display()),
+                        message: format!("policy {id} is already defined in {} document {other_index}; ignored", other.display()),
+                        kept_last_good: false,
+                    });
+                    continue;
+                }
+                documents.insert(id, (path.clone(), *index, doc.clone()));
+            }
+        }
+
+        // 3. Compile what changed; keep last good versions on failure.
+        self.policies.retain(|id, _| documents.contains_key(id));
+        for (id, (path, index, doc)) in &documents {
+            let value = serde_json::to_value(doc).unwrap_or_default();
+            let next_order = &mut self.next_order;
+            let entry = self.policies.entry(id.clone()).or_insert_with(|| {
+                *next_order += 1;
+                PolicyEntry { order: *next_order, document: None, compiled: None, failed: None, retry: false }
+            });
+            if entry.document.as_ref() == Some(&value)
+                || (entry.failed.as_ref() == Some(&value) && !entry.retry)
+            {
+                continue;
+            }
+            let secrets = FileSecrets { base_dir: path.parent().map(Path::to_path_buf) };
+            let ctx = CompileContext { key_sources: &self.key_sources, secrets: &secrets };
+            let namespace = doc.metadata.namespace.as_deref().unwrap_or("default");
+            match compile(namespace, &doc.metadata.name, &doc.spec, &ctx) {
+                Ok(policy) => {
+                    entry.compiled = Some(Arc::new(policy));
+                    entry.document = Some(value);
+                    entry.failed = None;
+                    entry.retry = false;
+                }
+                Err(error) => {
+                    entry.retry = error.reason() == "SecretNotFound";
+                    entry.failed = Some(value);
+                    report.problems.push(LoadProblem {
+                        location: format!("{} document {index} ({id})", path.display()),
+                        message: error.to_string(),
+                        kept_last_good: entry.compiled.is_some(),
+                    });
+                }
+            }
+        }
+
+        // 4. Build the snapshot, oldest policies first.
+        let mut ordered: Vec<(u64, Arc<Policy>)> = self
+            .policies
+            .values()
+            .filter_map(|e| e.compiled.clone().map(|p| (e.order, p)))
+            .collect();
+        ordered.sort_by_key(|(order, _)| *order);
+        let (snapshot, conflicts) = Snapshot::build(ordered.into_iter().map(|(_, p)| p).collect(), self.default_action);
+        report.policies = snapshot.len();
+        report.conflicts = conflicts;
+        (Some(snapshot), report)
+    }
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!("larger than {MAX_FILE_BYTES} bytes"));
+    }
+    std::fs::read(path).map_err(|e| format!("cannot read: {e}"))
+}
+
+/// Logs a reload's problems and conflicts.
+pub fn log_report(report: &LoadReport) {
+    for problem in &report.problems {
+        tracing::error!(location = %problem.location, kept_last_good = problem.kept_last_good,
+            error = %problem.message, "policy not loaded");
+    }
+    for conflict in &report.conflicts {
+        tracing::error!(policy = %conflict.policy, holder = %conflict.holder, host = %conflict.host,
+            path = %conflict.path, "policy rejected: {conflict}");
+    }
+    if report.changed {
+        tracing::info!(policies = report.policies, problems = report.problems.len(),
+            conflicts = report.conflicts.len(), "policies loaded");
+    }
+}
+
+/// Runs the loader: an initial load, then a reload after every change to the watched paths
+/// (debounced) and every `poll` as a safety net. Returns the task handle.
+pub fn spawn_watch(
+    mut loader: FileLoader,
+    shared: Arc<SharedSnapshot>,
+    poll: Duration,
+    on_reload: impl Fn(&LoadReport) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut watcher = notify_watcher(loader.paths(), tx);
+    tokio::spawn(async move {
+        loop {
+            let (snapshot, report) = loader.reload();
+            log_report(&report);
+            if let Some(snapshot) = snapshot {
+                shared.publish(snapshot);
+            }
+            on_reload(&report);
+            // Wait for a change event (then let the burst settle) or the poll interval.
+            let event = tokio::time::timeout(poll, rx.recv()).await;
+            if matches!(event, Ok(None)) {
+                // The watcher is gone; keep polling.
+                watcher = None;
+                tokio::time::sleep(poll).await;
+            } else if event.is_ok() {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                while rx.try_recv().is_ok() {}
+            }
+            let _ = &watcher;
+        }
+    })
+}
+
+fn notify_watcher(paths: &[PathBuf], tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let handler = move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.try_send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "file watching unavailable; polling only");
+            return None;
+        }
+    };
+    for path in paths {
+        // Watch directories, and the directory of a file (editors replace files by rename).
+        let target = if path.is_dir() { path.clone() } else { path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")) };
+        let target = if target.as_os_str().is_empty() { PathBuf::from(".") } else { target };
+        if let Err(e) = watcher.watch(&target, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(path = %target.display(), error = %e, "cannot watch; polling only");
+        }
+    }
+    Some(watcher)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,152 @@
+//! `tollgate serve`: wires the policy loader, key sources, the gRPC ext_authz server, health and
+//! the admin endpoint, and shuts them down gracefully (in-flight checks drain on SIGTERM).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin;
+use crate::authz::AuthzService;
+use crate::jwks::{FetchSettings, Fetcher, KeySources, RefreshSettings};
+use crate::metrics::Metrics;
+use crate::policy::files::{FileLoader, spawn_watch};
+use crate::policy::{DefaultAction, SharedSnapshot};
+
+/// Everything `serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub policies: Vec<PathBuf>,
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub default_action: DefaultAction,
+    pub fetch: FetchSettings,
+    pub refresh: RefreshSettings,
+    /// Rescan interval of policy files, in addition to change notifications.
+    pub poll: Duration,
+}
+
+/// The addresses actually bound (port 0 resolved).
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Runs until `shutdown` resolves. `on_bound` is called once the listeners are bound.
+pub async fn run(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound, Arc<SharedSnapshot>),
+) -> anyhow::Result<()> {
+    for path in &config.policies {
+        anyhow::ensure!(path.exists(), "policy path {} does not exist", path.display());
+    }
+    let fetcher = Fetcher::new(config.fetch.clone()).context("creating the HTTP client")?;
+    let sources = KeySources::new(fetcher, config.refresh.clone());
+    let metrics = Metrics::new(Some(sources.clone()));
+    let shared = SharedSnapshot::new(config.default_action);
+
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
+    let admin_listener = TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
+    let bound = Bound { grpc: grpc_listener.local_addr()?, admin: admin_listener.local_addr()? };
+    tracing::info!(grpc = %bound.grpc, admin = %bound.admin, "listening");
+
+    let reload_metrics = metrics.clone();
+    let loader = FileLoader::new(config.policies.clone(), sources.clone(), config.default_action);
+    let watch = spawn_watch(loader, shared.clone(), config.poll, move |report| {
+        if report.changed {
+            reload_metrics.reloaded(report.policies, report.problems.len() + report.conflicts.len());
+        }
+    });
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("envoy.service.auth.v3.Authorization", tonic_health::ServingStatus::NotServing)
+        .await;
+    health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    tokio::spawn(become_ready(shared.clone(), sources.clone(), health_reporter));
+
+    on_bound(bound, shared.clone());
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let service = AuthzService::new(shared.clone(), metrics.clone());
+    let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(Some(1024))
+        .add_service(health_service)
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), wait_stop(stop_rx.clone()));
+    let admin = axum::serve(admin_listener, admin::router(shared, metrics))
+        .with_graceful_shutdown(wait_stop(stop_rx.clone()));
+
+    let (grpc_result, admin_result) = tokio::join!(grpc, async { admin.await });
+    watch.abort();
+    grpc_result.context("gRPC server")?;
+    admin_result.context("admin server")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Marks the service ready once the first snapshot is published and every key source it uses
+/// has finished its first fetch (successfully or visibly failed).
+async fn become_ready(
+    shared: Arc<SharedSnapshot>,
+    sources: Arc<KeySources>,
+    health: tonic_health::server::HealthReporter,
+) {
+    let mut changes = shared.subscribe();
+    if changes.wait_for(|generation| *generation >= 1).await.is_err() {
+        return;
+    }
+    for source in sources.live() {
+        source.wait_attempted().await;
+    }
+    shared.set_ready();
+    health
+        .set_service_status("envoy.service.auth.v3.Authorization", tonic_health::ServingStatus::Serving)
+        .await;
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let snapshot = shared.load();
+    tracing::info!(policies = snapshot.len(), "ready");
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: draining in-flight checks");
+}

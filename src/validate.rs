@@ -1,0 +1,259 @@
+//! Pure token validation: a parsed token, a policy's issuers, a key set and a clock in; the
+//! verified issuer or a typed [`ValidationError`] out. No I/O: fetching keys on a miss is the
+//! engine's job, so every step here is table-testable.
+//!
+//! Order of checks (the first failure is the answer):
+//! `alg` is a real signature algorithm → no unknown `crit` → `iss` is one of the policy's
+//! issuers → `alg` is on that issuer's allowlist → a key of *that* issuer with the token's `kid`
+//! fits the algorithm → signature → `exp` / `nbf` / `iat` with clock skew → `aud`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+
+use crate::claims::Unmet;
+use crate::decision::Reason;
+use crate::jose::{Claims, JoseError, Jws};
+use crate::jwks::KeySet;
+use crate::policy::{Issuer, Policy};
+
+/// Why a token was refused. Client-facing text never includes the policy's own settings.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum ValidationError {
+    /// Not a well-formed compact JWS (or too large, or a JWE).
+    #[error("{0}")]
+    Malformed(JoseError),
+    /// `alg: none` in any spelling.
+    #[error("unsigned tokens (alg {0:?}) are never accepted")]
+    AlgorithmNone(String),
+    /// An `alg` that is not a supported signature algorithm.
+    #[error("alg {0:?} is not a supported signature algorithm")]
+    AlgorithmUnsupported(String),
+    /// A supported `alg` the issuer does not allow.
+    #[error("alg {0:?} is not allowed for this issuer")]
+    AlgorithmNotAllowed(String),
+    /// `crit` names extensions tollgate does not implement.
+    #[error("the header marks {0:?} as critical, which is not supported")]
+    CriticalHeader(Vec<String>),
+    /// No `iss` claim (or not a string).
+    #[error("the token has no iss claim")]
+    IssuerMissing,
+    /// `iss` is not one of the policy's issuers.
+    #[error("issuer {0:?} is not accepted here")]
+    IssuerNotAllowed(String),
+    /// The issuer's keys were never loaded.
+    #[error("the keys of issuer {issuer:?} are not available: {detail}")]
+    IssuerUnavailable { issuer: String, detail: String },
+    /// No key with the token's `kid`.
+    #[error("no key with kid {0:?} (the issuer may have rotated its keys)")]
+    KeyNotFound(String),
+    /// Keys exist (with this `kid`, or at all) but none can verify this `alg`.
+    #[error("no key {kid} can verify alg {alg:?}")]
+    NoKeyFits { kid: String, alg: String },
+    /// The signature does not verify.
+    #[error("the signature does not verify with the issuer's key{0}")]
+    SignatureInvalid(String),
+    /// A registered claim with the wrong JSON type.
+    #[error("claim {claim:?} must be {expected}")]
+    ClaimType { claim: &'static str, expected: &'static str },
+    /// No `exp` while the policy requires one.
+    #[error("the token has no exp claim")]
+    ExpirationMissing,
+    /// `exp` passed.
+    #[error("the token expired at {at} ({ago} ago)")]
+    Expired { at: String, ago: String },
+    /// `nbf` in the future.
+    #[error("the token is not valid before {at} (in {wait})")]
+    NotYetValid { at: String, wait: String },
+    /// `iat` in the future.
+    #[error("the token was issued in the future ({at})")]
+    IssuedInFuture { at: String },
+    /// No `aud` claim.
+    #[error("the token has no aud claim")]
+    AudienceMissing,
+    /// `aud` names none of the accepted audiences.
+    #[error("audience {0:?} is not accepted here")]
+    AudienceMismatch(Vec<String>),
+    /// A policy-wide required claim is missing or has other values.
+    #[error("{}", .0.detail)]
+    ClaimUnmet(Unmet),
+}
+
+impl ValidationError {
+    pub fn reason(&self) -> Reason {
+        use ValidationError::*;
+        match self {
+            Malformed(JoseError::Encrypted) => Reason::TokenEncrypted,
+            Malformed(_) | ClaimType { .. } => Reason::TokenMalformed,
+            AlgorithmNone(_) | AlgorithmUnsupported(_) | AlgorithmNotAllowed(_) | NoKeyFits { .. } => {
+                Reason::AlgorithmNotAllowed
+            }
+            CriticalHeader(_) => Reason::UnsupportedCriticalHeader,
+            IssuerMissing | IssuerNotAllowed(_) => Reason::IssuerNotAllowed,
+            IssuerUnavailable { .. } => Reason::IssuerUnavailable,
+            KeyNotFound(_) => Reason::KeyNotFound,
+            SignatureInvalid(_) => Reason::SignatureInvalid,
+            ExpirationMissing => Reason::ExpirationMissing,
+            Expired { .. } => Reason::TokenExpired,
+            NotYetValid { .. } | IssuedInFuture { .. } => Reason::TokenNotYetValid,
+            AudienceMissing | AudienceMismatch(_) => Reason::AudienceMismatch,
+            ClaimUnmet(_) => Reason::ClaimMismatch,
+        }
+    }
+
+    /// What the operator could change, naming the policy's settings (for logs, never clients).
+    pub fn hint(&self, policy: &Policy, issuer: Option<&Issuer>) -> Option<String> {
+        use ValidationError::*;
+        let issuers: Vec<&str> = policy.issuers.iter().map(|i| i.issuer.as_str()).collect();
+        match self {
+            IssuerNotAllowed(iss) => {
+                let near = issuers.iter().find(|known| known.trim_end_matches('/') == iss.trim_end_matches('/'));
+                Some(match near {
+                    Some(known) => format!("the policy accepts {known:?}, which differs only in the trailing slash; issuers must match exactly"),
+                    None => format!("the policy accepts issuers {issuers:?}; add {iss:?} to spec.issuers if it is trusted"),
+                })
+            }
+            AudienceMismatch(aud) => issuer.map(|i| {
+                format!("the issuer accepts audiences {:?}; the token has {aud:?}: request a token for one of them or add the audience", i.audiences)
+            }),
+            AlgorithmNotAllowed(alg) => issuer.map(|i| {
+                let allowed: Vec<String> = i.algorithms.iter().map(|a| format!("{a:?}")).collect();
+                format!("spec.issuers[].algorithms allows {allowed:?}, not {alg}")
+            }),
+            KeyNotFound(kid) => issuer.map(|i| {
+                format!("key source {} has no key {kid:?} even after a refetch; is the token from this issuer's current keys?", i.keys.id())
+            }),
+            Expired { .. } | NotYetValid { .. } | IssuedInFuture { .. } => Some(format!(
+                "the clock skew allowed is {}s (spec.clockSkew); check the clocks of the issuer and this host",
+                policy.clock_skew
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Routes a parsed token to its issuer: checks `alg`, `crit` and `iss`.
+pub fn route<'p>(jws: &Jws<'_>, policy: &'p Policy) -> Result<(&'p Issuer, Algorithm), ValidationError> {
+    let alg_name = &jws.header.alg;
+    if alg_name.eq_ignore_ascii_case("none") {
+        return Err(ValidationError::AlgorithmNone(alg_name.clone()));
+    }
+    let alg: Algorithm = alg_name
+        .parse()
+        .map_err(|_| ValidationError::AlgorithmUnsupported(alg_name.clone()))?;
+    if let Some(crit) = &jws.header.crit {
+        // No extension is implemented, so any critical one is unknown (RFC 7515 §4.1.11).
+        return Err(ValidationError::CriticalHeader(crit.clone()));
+    }
+    let iss = match jws.claims.get("iss") {
+        Some(Value::String(iss)) => iss,
+        None => return Err(ValidationError::IssuerMissing),
+        Some(_) => return Err(ValidationError::ClaimType { claim: "iss", expected: "a string" }),
+    };
+    let issuer = policy.issuer(iss).ok_or_else(|| ValidationError::IssuerNotAllowed(iss.clone()))?;
+    if !issuer.algorithms.contains(&alg) {
+        return Err(ValidationError::AlgorithmNotAllowed(alg_name.clone()));
+    }
+    Ok((issuer, alg))
+}
+
+/// Verifies the signature with the issuer's key set.
+pub fn verify_signature(jws: &Jws<'_>, alg: Algorithm, keys: &KeySet) -> Result<(), ValidationError> {
+    let kid = jws.header.kid.as_deref();
+    let mut tried = 0;
+    for key in keys.candidates(kid, alg) {
+        tried += 1;
+        if key.verify(alg, jws.signing_input.as_bytes(), jws.signature) {
+            return Ok(());
+        }
+    }
+    if tried > 0 {
+        return Err(ValidationError::SignatureInvalid(
+            kid.map(|k| format!(" {k:?}")).unwrap_or_default(),
+        ));
+    }
+    match kid {
+        Some(kid) if !keys.has_kid(kid) => Err(ValidationError::KeyNotFound(kid.to_string())),
+        Some(kid) => Err(ValidationError::NoKeyFits { kid: format!("{kid:?}"), alg: jws.header.alg.clone() }),
+        None => Err(ValidationError::NoKeyFits { kid: "(the token has no kid)".into(), alg: jws.header.alg.clone() }),
+    }
+}
+
+fn numeric_date(claims: &Claims, name: &'static str) -> Result<Option<f64>, ValidationError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|v| v.is_finite())
+            .map(Some)
+            .ok_or(ValidationError::ClaimType { claim: name, expected: "a NumericDate (seconds since 1970)" }),
+        Some(_) => Err(ValidationError::ClaimType { claim: name, expected: "a NumericDate (seconds since 1970)" }),
+    }
+}
+
+fn rfc3339(seconds: f64) -> String {
+    if !(0.0..=253_402_300_799.0).contains(&seconds) {
+        return format!("{seconds} (out of range)");
+    }
+    let t = UNIX_EPOCH + Duration::from_secs(seconds as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn span(seconds: f64) -> String {
+    let secs = seconds.abs().min(1e12) as u64;
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// Checks `exp`, `nbf`, `iat` (with the policy's clock skew) and `aud`.
+pub fn check_claims(claims: &Claims, issuer: &Issuer, policy: &Policy, now: SystemTime) -> Result<(), ValidationError> {
+    let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let skew = policy.clock_skew as f64;
+    let exp = numeric_date(claims, "exp")?;
+    let nbf = numeric_date(claims, "nbf")?;
+    let iat = numeric_date(claims, "iat")?;
+    match exp {
+        None if policy.require_exp => return Err(ValidationError::ExpirationMissing),
+        Some(exp) if now >= exp + skew => {
+            return Err(ValidationError::Expired { at: rfc3339(exp), ago: span(now - exp) });
+        }
+        _ => {}
+    }
+    if let Some(nbf) = nbf
+        && now + skew < nbf
+    {
+        return Err(ValidationError::NotYetValid { at: rfc3339(nbf), wait: span(nbf - now) });
+    }
+    if let Some(iat) = iat
+        && now + skew < iat
+    {
+        return Err(ValidationError::IssuedInFuture { at: rfc3339(iat) });
+    }
+    let audiences: Vec<&str> = match claims.get("aud") {
+        None => return Err(ValidationError::AudienceMissing),
+        Some(Value::String(aud)) => vec![aud.as_str()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| item.as_str().ok_or(ValidationError::ClaimType { claim: "aud", expected: "a string or an array of strings" }))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(ValidationError::ClaimType { claim: "aud", expected: "a string or an array of strings" }),
+    };
+    if audiences.iter().any(|aud| issuer.audiences.iter().any(|accepted| accepted == aud)) {
+        Ok(())
+    } else if audiences.is_empty() {
+        Err(ValidationError::AudienceMissing)
+    } else {
+        Err(ValidationError::AudienceMismatch(audiences.into_iter().map(str::to_owned).collect()))
+    }
+}
+
+/// Checks the policy-wide `requiredClaims`.
+pub fn check_required(claims: &Claims, policy: &Policy) -> Result<(), ValidationError> {
+    for requirement in &policy.required_claims {
+        requirement.check(claims).map_err(ValidationError::ClaimUnmet)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
