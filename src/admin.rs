@@ -30,15 +30,28 @@ pub fn router(shared: Arc<SharedSnapshot>, metrics: Arc<Metrics>) -> Router {
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let snapshot = state.shared.load();
     if state.shared.is_ready() {
-        (StatusCode::OK, format!("ready: {} policies, generation {}\n", snapshot.len(), snapshot.generation))
+        (
+            StatusCode::OK,
+            format!(
+                "ready: {} policies, generation {}\n",
+                snapshot.len(),
+                snapshot.generation
+            ),
+        )
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: loading policies and fetching their keys\n".to_string())
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: loading policies and fetching their keys\n".to_string(),
+        )
     }
 }
 
 async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }

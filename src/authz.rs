@@ -58,14 +58,22 @@ impl AuthzService {
 
     /// Decides one `CheckRequest`.
     pub async fn decide<'a>(&self, request: &'a CheckRequest) -> (Decision, RequestInfo<'a>) {
-        let http = request.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+        let http = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
         let Some(http) = http else {
-            let info = RequestInfo { transport: "grpc", ..RequestInfo::default() };
+            let info = RequestInfo {
+                transport: "grpc",
+                ..RequestInfo::default()
+            };
             let decision = engine::deny(
                 None,
                 "",
                 Reason::RequestMalformed,
-                "the check request has no HTTP attributes (is this the HTTP ext_authz filter?)".into(),
+                "the check request has no HTTP attributes (is this the HTTP ext_authz filter?)"
+                    .into(),
                 None,
                 None,
             );
@@ -79,7 +87,14 @@ impl AuthzService {
             path: &http.path,
         };
         if !self.shared.is_ready() {
-            let decision = engine::deny(None, &http.host, Reason::NotReady, "policies are still loading".into(), None, None);
+            let decision = engine::deny(
+                None,
+                &http.host,
+                Reason::NotReady,
+                "policies are still loading".into(),
+                None,
+                None,
+            );
             return (decision, info);
         }
         let raw: Vec<(String, String)>;
@@ -89,7 +104,11 @@ impl AuthzService {
                 .iter()
                 .flat_map(|m| &m.headers)
                 .map(|h| {
-                    let value = if h.raw_value.is_empty() { h.value.clone() } else { String::from_utf8_lossy(&h.raw_value).into_owned() };
+                    let value = if h.raw_value.is_empty() {
+                        h.value.clone()
+                    } else {
+                        String::from_utf8_lossy(&h.raw_value).into_owned()
+                    };
                     (h.key.to_ascii_lowercase(), value)
                 })
                 .collect();
@@ -103,8 +122,18 @@ impl AuthzService {
             .and_then(|a| a.context_extensions.get(POLICY_EXTENSION))
             .map(String::as_str)
             .filter(|p| !p.is_empty());
-        let host = if http.host.is_empty() { http.headers.get(":authority").map_or("", String::as_str) } else { &http.host };
-        let req = engine::Request { host, path: &http.path, method: &http.method, headers, policy };
+        let host = if http.host.is_empty() {
+            http.headers.get(":authority").map_or("", String::as_str)
+        } else {
+            &http.host
+        };
+        let req = engine::Request {
+            host,
+            path: &http.path,
+            method: &http.method,
+            headers,
+            policy,
+        };
         let snapshot = self.shared.load_full();
         let decision = engine::check(&snapshot, &req, SystemTime::now()).await;
         (decision, info)
@@ -113,7 +142,10 @@ impl AuthzService {
 
 #[tonic::async_trait]
 impl Authorization for AuthzService {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
         let start = Instant::now();
         let request = request.into_inner();
         let (decision, info) = self.decide(&request).await;
@@ -126,7 +158,11 @@ impl Authorization for AuthzService {
 #[allow(deprecated)] // `append` must stay unset; `append_action` replaces it
 fn header(key: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
-        header: Some(HeaderValue { key: key.to_string(), value: value.to_string(), raw_value: Vec::new() }),
+        header: Some(HeaderValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            raw_value: Vec::new(),
+        }),
         append: None,
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         keep_empty_value: false,
@@ -145,17 +181,28 @@ pub fn to_check_response(decision: &Decision) -> CheckResponse {
                 metadata.insert("issuer".to_string(), string_value(issuer));
             }
             if let Some(claims) = &allow.claims {
-                metadata.insert("claims".to_string(), to_proto_value(&serde_json::Value::Object((**claims).clone())));
+                metadata.insert(
+                    "claims".to_string(),
+                    to_proto_value(&serde_json::Value::Object((**claims).clone())),
+                );
             }
             CheckResponse {
-                status: Some(crate::proto::google::rpc::Status { code: code::OK, ..Default::default() }),
+                status: Some(crate::proto::google::rpc::Status {
+                    code: code::OK,
+                    ..Default::default()
+                }),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                    headers: allow.headers_to_set.iter().map(|(k, v)| header(k, v)).collect(),
+                    headers: allow
+                        .headers_to_set
+                        .iter()
+                        .map(|(k, v)| header(k, v))
+                        .collect(),
                     headers_to_remove: allow.headers_to_remove.clone(),
                     query_parameters_to_remove: allow.query_params_to_remove.clone(),
                     ..Default::default()
                 })),
-                dynamic_metadata: (!metadata.is_empty()).then_some(prost_types::Struct { fields: metadata }),
+                dynamic_metadata: (!metadata.is_empty())
+                    .then_some(prost_types::Struct { fields: metadata }),
             }
         }
         Decision::Deny(deny) => {
@@ -166,7 +213,10 @@ pub fn to_check_response(decision: &Decision) -> CheckResponse {
                 500..=599 => code::INTERNAL,
                 _ => code::PERMISSION_DENIED,
             };
-            let mut headers = vec![header("content-type", "application/json"), header("cache-control", "no-store")];
+            let mut headers = vec![
+                header("content-type", "application/json"),
+                header("cache-control", "no-store"),
+            ];
             if let Some(challenge) = &deny.www_authenticate {
                 headers.push(header("www-authenticate", challenge));
             }
@@ -177,12 +227,17 @@ pub fn to_check_response(decision: &Decision) -> CheckResponse {
                     details: Vec::new(),
                 }),
                 http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-                    status: Some(HttpStatus { code: i32::from(deny.status) }),
+                    status: Some(HttpStatus {
+                        code: i32::from(deny.status),
+                    }),
                     headers,
                     body: deny.body.clone(),
                 })),
                 dynamic_metadata: Some(prost_types::Struct {
-                    fields: BTreeMap::from([("reason".to_string(), string_value(deny.reason.as_str()))]),
+                    fields: BTreeMap::from([(
+                        "reason".to_string(),
+                        string_value(deny.reason.as_str()),
+                    )]),
                 }),
             }
         }
@@ -190,7 +245,9 @@ pub fn to_check_response(decision: &Decision) -> CheckResponse {
 }
 
 fn string_value(s: &str) -> prost_types::Value {
-    prost_types::Value { kind: Some(Kind::StringValue(s.to_string())) }
+    prost_types::Value {
+        kind: Some(Kind::StringValue(s.to_string())),
+    }
 }
 
 fn to_proto_value(value: &serde_json::Value) -> prost_types::Value {
@@ -199,11 +256,14 @@ fn to_proto_value(value: &serde_json::Value) -> prost_types::Value {
         serde_json::Value::Bool(b) => Kind::BoolValue(*b),
         serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
         serde_json::Value::String(s) => Kind::StringValue(s.clone()),
-        serde_json::Value::Array(items) => {
-            Kind::ListValue(prost_types::ListValue { values: items.iter().map(to_proto_value).collect() })
-        }
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(to_proto_value).collect(),
+        }),
         serde_json::Value::Object(map) => Kind::StructValue(prost_types::Struct {
-            fields: map.iter().map(|(k, v)| (k.clone(), to_proto_value(v))).collect(),
+            fields: map
+                .iter()
+                .map(|(k, v)| (k.clone(), to_proto_value(v)))
+                .collect(),
         }),
     };
     prost_types::Value { kind: Some(kind) }

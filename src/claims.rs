@@ -55,9 +55,11 @@ fn scalar_text(value: &Value) -> Option<String> {
 /// The text values a claim holds, for comparison.
 pub fn claim_values(value: &Value, separator: Option<&str>) -> Vec<String> {
     match (value, separator) {
-        (Value::String(s), Some(sep)) if !sep.is_empty() => {
-            s.split(sep).filter(|p| !p.is_empty()).map(str::to_owned).collect()
-        }
+        (Value::String(s), Some(sep)) if !sep.is_empty() => s
+            .split(sep)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect(),
         (Value::Array(items), _) => items.iter().filter_map(scalar_text).collect(),
         (other, _) => scalar_text(other).into_iter().collect(),
     }
@@ -66,7 +68,12 @@ pub fn claim_values(value: &Value, separator: Option<&str>) -> Vec<String> {
 impl ClaimRequirement {
     /// Checks the requirement against verified claims.
     pub fn check(&self, claims: &Claims) -> Result<(), Unmet> {
-        let unmet = |detail: String| Err(Unmet { claim: self.name.clone(), detail });
+        let unmet = |detail: String| {
+            Err(Unmet {
+                claim: self.name.clone(),
+                detail,
+            })
+        };
         let Some(value) = lookup(claims, &self.name).filter(|v| !v.is_null()) else {
             return unmet(format!("the token has no {:?} claim", self.name));
         };
@@ -144,8 +151,14 @@ mod tests {
         use MatchMode::*;
         let cases = [
             (req("scp", Any, Some(" "), &["orders.read"]), true),
-            (req("scp", All, Some(" "), &["orders.read", "orders.write"]), true),
-            (req("scp", All, Some(" "), &["orders.read", "orders.delete"]), false),
+            (
+                req("scp", All, Some(" "), &["orders.read", "orders.write"]),
+                true,
+            ),
+            (
+                req("scp", All, Some(" "), &["orders.read", "orders.delete"]),
+                false,
+            ),
             (req("scp", Any, None, &["orders.read"]), false),
             (req("scp", Any, None, &["orders.read orders.write"]), true),
             (req("roles", Any, None, &["admin"]), true),
@@ -172,9 +185,15 @@ mod tests {
     #[test]
     fn unmet_says_what_is_missing() {
         let c = claims(json!({"roles": ["user"]}));
-        let unmet = req("roles", MatchMode::All, None, &["admin", "user"]).check(&c).expect_err("unmet");
+        let unmet = req("roles", MatchMode::All, None, &["admin", "user"])
+            .check(&c)
+            .expect_err("unmet");
         assert_eq!(unmet.claim, "roles");
-        assert!(unmet.detail.contains("missing [\"admin\"]"), "{}", unmet.detail);
+        assert!(
+            unmet.detail.contains("missing [\"admin\"]"),
+            "{}",
+            unmet.detail
+        );
     }
 
     #[test]

@@ -44,7 +44,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Policy files or directories (repeatable).
-    #[arg(long = "policies", required = true, env = "TOLLGATE_POLICIES", value_delimiter = ',')]
+    #[arg(
+        long = "policies",
+        required = true,
+        env = "TOLLGATE_POLICIES",
+        value_delimiter = ','
+    )]
     pub policies: Vec<PathBuf>,
     /// gRPC listen address (ext_authz and grpc.health.v1).
     #[arg(long, default_value = "127.0.0.1:9001", env = "TOLLGATE_GRPC_ADDR")]
@@ -107,7 +112,9 @@ pub struct DemoArgs {
 }
 
 fn parse_header(text: &str) -> Result<(String, String), String> {
-    let (name, value) = text.split_once(':').ok_or_else(|| format!("{text:?} is not `name: value`"))?;
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not `name: value`"))?;
     Ok((name.trim().to_string(), value.trim().to_string()))
 }
 
@@ -120,7 +127,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 grpc_addr: args.grpc_addr,
                 admin_addr: args.admin_addr,
                 default_action: args.default_action,
-                fetch: FetchSettings { timeout: args.fetch_timeout, ..FetchSettings::default() },
+                fetch: FetchSettings {
+                    timeout: args.fetch_timeout,
+                    ..FetchSettings::default()
+                },
                 refresh: RefreshSettings {
                     miss_refetch_interval: args.unknown_kid_refetch_interval,
                     min_interval: args.jwks_min_refresh,
@@ -147,8 +157,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(if client::allowed(&response) { 0 } else { 1 })
         }
         Command::Demo(args) => {
-            let ok = demo::run(demo::DemoOptions { grpc_addr: args.grpc_addr, admin_addr: args.admin_addr, once: args.once })
-                .await?;
+            let ok = demo::run(demo::DemoOptions {
+                grpc_addr: args.grpc_addr,
+                admin_addr: args.admin_addr,
+                once: args.once,
+            })
+            .await?;
             Ok(if ok { 0 } else { 1 })
         }
     }
@@ -167,13 +181,20 @@ fn check_policy(paths: Vec<PathBuf>) -> anyhow::Result<i32> {
     for conflict in &report.conflicts {
         println!("error: policy {}: {conflict}", conflict.policy);
     }
-    let mut ids: Vec<String> = snapshot.iter().flat_map(|s| s.policies().map(|p| p.id.to_string())).collect();
+    let mut ids: Vec<String> = snapshot
+        .iter()
+        .flat_map(|s| s.policies().map(|p| p.id.to_string()))
+        .collect();
     ids.sort();
     if report.problems.is_empty() && report.conflicts.is_empty() {
         println!("ok: {} policies ({})", ids.len(), ids.join(", "));
         Ok(0)
     } else {
-        println!("{} problem(s); valid policies: {}", report.problems.len() + report.conflicts.len(), ids.len());
+        println!(
+            "{} problem(s); valid policies: {}",
+            report.problems.len() + report.conflicts.len(),
+            ids.len()
+        );
         Ok(1)
     }
 }

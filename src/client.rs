@@ -66,7 +66,10 @@ pub async fn send(server: &str, probe: &Probe) -> anyhow::Result<CheckResponse> 
     let mut client = AuthorizationClient::connect(server.to_string())
         .await
         .with_context(|| format!("connecting to {server}"))?;
-    let response = client.check(check_request(probe)).await.context("Check RPC failed")?;
+    let response = client
+        .check(check_request(probe))
+        .await
+        .context("Check RPC failed")?;
     Ok(response.into_inner())
 }
 
@@ -105,7 +108,11 @@ pub fn render(response: &CheckResponse) -> String {
         }
         _ => {
             let code = response.status.as_ref().map_or(0, |s| s.code);
-            let _ = writeln!(out, "{} (gRPC status {code})", if allowed(response) { "ALLOW" } else { "DENY" });
+            let _ = writeln!(
+                out,
+                "{} (gRPC status {code})",
+                if allowed(response) { "ALLOW" } else { "DENY" }
+            );
         }
     }
     if let Some(meta) = &response.dynamic_metadata

@@ -226,7 +226,10 @@ mod tests {
         let codes: HashSet<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(codes.len(), Reason::ALL.len());
         for code in codes {
-            assert!(code.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{code}");
+            assert!(
+                code.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{code}"
+            );
         }
     }
 
@@ -235,7 +238,10 @@ mod tests {
         assert_eq!(Reason::TokenMissing.oauth_error(), None);
         assert!(Reason::TokenMissing.challenges());
         assert_eq!(Reason::TokenExpired.oauth_error(), Some("invalid_token"));
-        assert_eq!(Reason::InsufficientScope.oauth_error(), Some("insufficient_scope"));
+        assert_eq!(
+            Reason::InsufficientScope.oauth_error(),
+            Some("insufficient_scope")
+        );
         assert!(!Reason::NoPolicy.challenges());
     }
 }

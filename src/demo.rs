@@ -61,7 +61,8 @@ spec:
 
 fn write_policy(dir: &Path, issuer: &str) -> anyhow::Result<std::path::PathBuf> {
     let path = dir.join("orders.yaml");
-    std::fs::write(&path, policy_yaml(issuer)).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, policy_yaml(issuer))
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
 
@@ -79,13 +80,14 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         .await
         .context("starting the demo identity provider")?;
     let issuer = idp.issuer();
-    let dir = tempfile::Builder::new().prefix("tollgate-demo-").tempdir().context("creating a temp dir")?;
+    let dir = tempfile::Builder::new()
+        .prefix("tollgate-demo-")
+        .tempdir()
+        .context("creating a temp dir")?;
     let policy_file = write_policy(dir.path(), &issuer)?;
 
     let now = now_secs();
-    let claims = |exp: i64, scp: &str| {
-        json!({"iss": issuer, "sub": "alice", "aud": AUDIENCE, "scp": scp, "iat": now - 60, "exp": exp})
-    };
+    let claims = |exp: i64, scp: &str| json!({"iss": issuer, "sub": "alice", "aud": AUDIENCE, "scp": scp, "iat": now - 60, "exp": exp});
     let examples = vec![
         Example {
             title: "accepted: valid token with scope orders.read",
@@ -134,14 +136,19 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         Ok(bound) => bound,
         Err(_) => {
             return match server.await {
-                Ok(Err(e)) => Err(e.context("starting tollgate (try --grpc-addr 127.0.0.1:0 if the port is taken)")),
+                Ok(Err(e)) => Err(e.context(
+                    "starting tollgate (try --grpc-addr 127.0.0.1:0 if the port is taken)",
+                )),
                 _ => Err(anyhow::anyhow!("tollgate stopped during start-up")),
             };
         }
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while !shared.is_ready() {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "tollgate did not become ready");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "tollgate did not become ready"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -150,7 +157,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     println!("  identity provider   {issuer}  (OpenID discovery + JWKS, RS256 key \"demo-1\")");
     println!("  policy file         {}", policy_file.display());
     println!("  ext_authz (gRPC)    {}", bound.grpc);
-    println!("  admin               http://{}/readyz  /metrics\n", bound.admin);
+    println!(
+        "  admin               http://{}/readyz  /metrics\n",
+        bound.admin
+    );
 
     let mut as_expected = true;
     for example in &examples {
@@ -165,7 +175,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         let allowed = client::allowed(&response);
         as_expected &= allowed == example.expect_allow;
         println!("── {} ──", example.title);
-        println!("GET https://{HOST}{}  Authorization: Bearer {}…", example.path, &example.token[..24]);
+        println!(
+            "GET https://{HOST}{}  Authorization: Bearer {}…",
+            example.path,
+            &example.token[..24]
+        );
         for line in client::render(&response).lines() {
             println!("  {line}");
         }
@@ -184,7 +198,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     if options.once {
         let _ = stop_tx.send(());
     } else {
-        println!("\nEdit {} and run the commands again; Ctrl-C stops the demo.", policy_file.display());
+        println!(
+            "\nEdit {} and run the commands again; Ctrl-C stops the demo.",
+            policy_file.display()
+        );
     }
     server.await.context("tollgate task")??;
     idp.stop().await;

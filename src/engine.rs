@@ -30,7 +30,16 @@ pub async fn check(snapshot: &Snapshot, request: &Request<'_>, now: SystemTime) 
     let host = normalize_host(request.host);
     let path = match normalize_path(request.path) {
         Ok(path) => path,
-        Err(e) => return deny(None, &host, Reason::RequestMalformed, e.to_string(), None, None),
+        Err(e) => {
+            return deny(
+                None,
+                &host,
+                Reason::RequestMalformed,
+                e.to_string(),
+                None,
+                None,
+            );
+        }
     };
     let policy = match request.policy {
         Some(id) => match snapshot.policy(id) {
@@ -49,14 +58,20 @@ pub async fn check(snapshot: &Snapshot, request: &Request<'_>, now: SystemTime) 
         None => match snapshot.select(&host, &path, request.method) {
             Some(policy) => policy,
             None if snapshot.default_action == DefaultAction::Allow => {
-                return Decision::Allow(Allow { reason: Reason::DefaultAllow, ..Allow::default() });
+                return Decision::Allow(Allow {
+                    reason: Reason::DefaultAllow,
+                    ..Allow::default()
+                });
             }
             None => {
                 return deny(
                     None,
                     &host,
                     Reason::NoPolicy,
-                    format!("no policy matches host {host:?}, path {path:?}, method {}", request.method),
+                    format!(
+                        "no policy matches host {host:?}, path {path:?}, method {}",
+                        request.method
+                    ),
                     None,
                     None,
                 );
@@ -67,7 +82,13 @@ pub async fn check(snapshot: &Snapshot, request: &Request<'_>, now: SystemTime) 
 }
 
 /// Judges a request with a given policy.
-pub async fn judge(policy: &Arc<Policy>, request: &Request<'_>, host: &str, path: &str, now: SystemTime) -> Decision {
+pub async fn judge(
+    policy: &Arc<Policy>,
+    request: &Request<'_>,
+    host: &str,
+    path: &str,
+    now: SystemTime,
+) -> Decision {
     let rule = policy.rule_for(path, request.method);
     if rule.is_some_and(|r| r.allow_anonymous) {
         return Decision::Allow(Allow {
@@ -82,7 +103,14 @@ pub async fn judge(policy: &Arc<Policy>, request: &Request<'_>, host: &str, path
         Ok(found) => found,
         Err(request::ExtractError::Missing(places)) => {
             let reason = Reason::TokenMissing;
-            return deny(Some(policy), host, reason, format!("no token in {places}"), None, None);
+            return deny(
+                Some(policy),
+                host,
+                reason,
+                format!("no token in {places}"),
+                None,
+                None,
+            );
         }
         Err(request::ExtractError::Malformed(why)) => {
             return deny(Some(policy), host, Reason::TokenMalformed, why, None, None);
@@ -93,13 +121,27 @@ pub async fn judge(policy: &Arc<Policy>, request: &Request<'_>, host: &str, path
         Ok(ok) => ok,
         Err((error, issuer)) => {
             let hint = error.hint(policy, issuer);
-            return deny(Some(policy), host, error.reason(), error.to_string(), hint, Some(token_id));
+            return deny(
+                Some(policy),
+                host,
+                error.reason(),
+                error.to_string(),
+                hint,
+                Some(token_id),
+            );
         }
     };
     if let Some(rule) = rule {
         for requirement in &rule.requirements {
             if let Err(unmet) = requirement.check(&claims) {
-                return deny(Some(policy), host, Reason::InsufficientScope, unmet.detail, None, Some(token_id));
+                return deny(
+                    Some(policy),
+                    host,
+                    Reason::InsufficientScope,
+                    unmet.detail,
+                    None,
+                    Some(token_id),
+                );
             }
         }
     }
@@ -108,7 +150,11 @@ pub async fn judge(policy: &Arc<Policy>, request: &Request<'_>, host: &str, path
 
 type Failure<'p> = (ValidationError, Option<&'p Issuer>);
 
-async fn verify<'p>(policy: &'p Policy, token: &str, now: SystemTime) -> Result<(Claims, &'p Issuer), Failure<'p>> {
+async fn verify<'p>(
+    policy: &'p Policy,
+    token: &str,
+    now: SystemTime,
+) -> Result<(Claims, &'p Issuer), Failure<'p>> {
     let jws = jose::parse(token).map_err(|e| (ValidationError::Malformed(e), None))?;
     let (issuer, alg) = validate::route(&jws, policy).map_err(|e| (e, None))?;
     let fail = |e| (e, Some(issuer));
@@ -122,7 +168,10 @@ async fn verify<'p>(policy: &'p Policy, token: &str, now: SystemTime) -> Result<
                     .status()
                     .last_error
                     .unwrap_or_else(|| "the first fetch has not finished".into());
-                fail(ValidationError::IssuerUnavailable { issuer: issuer.issuer.clone(), detail })
+                fail(ValidationError::IssuerUnavailable {
+                    issuer: issuer.issuer.clone(),
+                    detail,
+                })
             })?
         }
     };
@@ -133,7 +182,10 @@ async fn verify<'p>(policy: &'p Policy, token: &str, now: SystemTime) -> Result<
             if issuer.keys.refresh_on_miss().await != Refetch::Refreshed {
                 return Err(fail(ValidationError::KeyNotFound(kid)));
             }
-            let keys = issuer.keys.current().ok_or_else(|| fail(ValidationError::KeyNotFound(kid)))?;
+            let keys = issuer
+                .keys
+                .current()
+                .ok_or_else(|| fail(ValidationError::KeyNotFound(kid)))?;
             validate::verify_signature(&jws, alg, &keys).map_err(fail)?;
         }
         Err(e) => return Err(fail(e)),
@@ -152,7 +204,13 @@ fn forward_headers(policy: &Policy) -> impl Iterator<Item = &str> {
         .chain(policy.forward.payload_header.as_deref())
 }
 
-fn allow(policy: &Arc<Policy>, issuer: &Issuer, claims: Claims, request: &Request<'_>, source: TokenSource) -> Decision {
+fn allow(
+    policy: &Arc<Policy>,
+    issuer: &Issuer,
+    claims: Claims,
+    request: &Request<'_>,
+    source: TokenSource,
+) -> Decision {
     let mut out = Allow {
         policy: Some(policy.id.clone()),
         reason: Reason::Valid,
@@ -173,10 +231,16 @@ fn allow(policy: &Arc<Policy>, issuer: &Issuer, claims: Claims, request: &Reques
     if !policy.forward.keep_token {
         match source {
             TokenSource::Header => out.headers_to_remove.push(policy.token.header.clone()),
-            TokenSource::Query => out.query_params_to_remove.extend(policy.token.query.clone()),
+            TokenSource::Query => out
+                .query_params_to_remove
+                .extend(policy.token.query.clone()),
             TokenSource::Cookie => {
                 let name = policy.token.cookie.as_deref().unwrap_or_default();
-                match request.headers.get("cookie").and_then(|c| request::cookie_without(&c, name)) {
+                match request
+                    .headers
+                    .get("cookie")
+                    .and_then(|c| request::cookie_without(&c, name))
+                {
                     Some(rest) => out.headers_to_set.push(("cookie".into(), rest)),
                     None => out.headers_to_remove.push("cookie".into()),
                 }

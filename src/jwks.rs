@@ -32,13 +32,20 @@ pub struct KeySources {
 
 impl std::fmt::Debug for KeySources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeySources").field("live", &self.live().len()).finish()
+        f.debug_struct("KeySources")
+            .field("live", &self.live().len())
+            .finish()
     }
 }
 
 impl KeySources {
     pub fn new(fetcher: Fetcher, settings: RefreshSettings) -> Arc<Self> {
-        Arc::new(KeySources { fetcher, settings, refresh: true, sources: Mutex::new(HashMap::new()) })
+        Arc::new(KeySources {
+            fetcher,
+            settings,
+            refresh: true,
+            sources: Mutex::new(HashMap::new()),
+        })
     }
 
     /// A registry that never fetches, for validating policies offline.

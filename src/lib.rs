@@ -22,6 +22,8 @@ pub mod client;
 pub mod decision;
 pub mod demo;
 pub mod engine;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod jose;
 pub mod jwks;
 pub mod local_issuer;

@@ -10,7 +10,8 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeySize, PublicKeyComponents};
 use aws_lc_rs::signature::{
-    self, ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+    self, ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair,
+    Ed25519KeyPair, KeyPair,
 };
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -53,7 +54,11 @@ impl SigningKey {
         let pair = aws_lc_rs::rsa::KeyPair::generate(size).map_err(err)?;
         let der = pair.as_der().map_err(err)?;
         let pair = signature::RsaKeyPair::from_pkcs8(der.as_ref()).map_err(err)?;
-        Ok(SigningKey { kid: kid.into(), alg, material: Material::Rsa(pair) })
+        Ok(SigningKey {
+            kid: kid.into(),
+            alg,
+            material: Material::Rsa(pair),
+        })
     }
 
     /// A new EC key: `ES256` (P-256) or `ES384` (P-384).
@@ -64,18 +69,30 @@ impl SigningKey {
             other => return Err(IssuerError(format!("unsupported EC algorithm {other}"))),
         };
         let pair = EcdsaKeyPair::generate(curve).map_err(err)?;
-        Ok(SigningKey { kid: kid.into(), alg, material: Material::Ec(pair, crv) })
+        Ok(SigningKey {
+            kid: kid.into(),
+            alg,
+            material: Material::Ec(pair, crv),
+        })
     }
 
     /// A new Ed25519 key (`EdDSA`).
     pub fn ed25519(kid: &str) -> Result<Self, IssuerError> {
         let pair = Ed25519KeyPair::generate().map_err(err)?;
-        Ok(SigningKey { kid: kid.into(), alg: "EdDSA", material: Material::Ed(pair) })
+        Ok(SigningKey {
+            kid: kid.into(),
+            alg: "EdDSA",
+            material: Material::Ed(pair),
+        })
     }
 
     /// An HMAC key (`HS256`/`HS384`/`HS512`) from any bytes, including too-short ones.
     pub fn hmac(kid: &str, alg: &'static str, secret: &[u8]) -> Self {
-        SigningKey { kid: kid.into(), alg, material: Material::Hmac(secret.to_vec()) }
+        SigningKey {
+            kid: kid.into(),
+            alg,
+            material: Material::Hmac(secret.to_vec()),
+        }
     }
 
     /// The public JWK (with `kid`, `use: sig` and `alg`). HMAC keys have none.
@@ -83,17 +100,23 @@ impl SigningKey {
         match &self.material {
             Material::Rsa(pair) => {
                 let parts = PublicKeyComponents::<Vec<u8>>::from(pair.public_key());
-                Some(json!({"kty": "RSA", "kid": self.kid, "use": "sig", "alg": self.alg,
-                    "n": B64.encode(&parts.n), "e": B64.encode(&parts.e)}))
+                Some(
+                    json!({"kty": "RSA", "kid": self.kid, "use": "sig", "alg": self.alg,
+                    "n": B64.encode(&parts.n), "e": B64.encode(&parts.e)}),
+                )
             }
             Material::Ec(pair, crv) => {
                 let point = pair.public_key().as_ref();
                 let size = (point.len() - 1) / 2;
-                Some(json!({"kty": "EC", "kid": self.kid, "use": "sig", "alg": self.alg, "crv": crv,
-                    "x": B64.encode(&point[1..1 + size]), "y": B64.encode(&point[1 + size..])}))
+                Some(
+                    json!({"kty": "EC", "kid": self.kid, "use": "sig", "alg": self.alg, "crv": crv,
+                    "x": B64.encode(&point[1..1 + size]), "y": B64.encode(&point[1 + size..])}),
+                )
             }
-            Material::Ed(pair) => Some(json!({"kty": "OKP", "kid": self.kid, "use": "sig", "alg": "EdDSA",
-                "crv": "Ed25519", "x": B64.encode(pair.public_key().as_ref())})),
+            Material::Ed(pair) => Some(
+                json!({"kty": "OKP", "kid": self.kid, "use": "sig", "alg": "EdDSA",
+                "crv": "Ed25519", "x": B64.encode(pair.public_key().as_ref())}),
+            ),
             Material::Hmac(_) => None,
         }
     }
@@ -107,8 +130,15 @@ impl SigningKey {
             Material::Hmac(_) => return None,
         };
         let body = base64::engine::general_purpose::STANDARD.encode(der);
-        let lines: Vec<&str> = body.as_bytes().chunks(64).filter_map(|c| std::str::from_utf8(c).ok()).collect();
-        Some(format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n")))
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .filter_map(|c| std::str::from_utf8(c).ok())
+            .collect();
+        Some(format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            lines.join("\n")
+        ))
     }
 
     /// Signs `input` with this key's algorithm.
@@ -146,7 +176,10 @@ impl SigningKey {
 
     /// Mints a compact JWS with header `{alg, typ: JWT, kid}` and the given claims.
     pub fn mint(&self, claims: &Value) -> Result<String, IssuerError> {
-        self.mint_with_header(&json!({"alg": self.alg, "typ": "JWT", "kid": self.kid}), claims)
+        self.mint_with_header(
+            &json!({"alg": self.alg, "typ": "JWT", "kid": self.kid}),
+            claims,
+        )
     }
 
     /// Mints a compact JWS with exactly this header (which may lie about `alg`: the signature

@@ -9,11 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::decision::Decision;
@@ -59,16 +59,32 @@ impl Metrics {
     pub fn new(sources: Option<Arc<KeySources>>) -> Arc<Self> {
         let mut registry = Registry::with_prefix("tollgate");
         let decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register("decisions", "Check decisions by transport, policy, result and reason", decisions.clone());
+        registry.register(
+            "decisions",
+            "Check decisions by transport, policy, result and reason",
+            decisions.clone(),
+        );
         let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
             // 20 µs … ~5 s
             Histogram::new(exponential_buckets(0.00002, 2.0, 19))
         });
-        registry.register("check_duration_seconds", "Time to decide one check", latency.clone());
+        registry.register(
+            "check_duration_seconds",
+            "Time to decide one check",
+            latency.clone(),
+        );
         let reloads = Family::<OutcomeLabels, Counter>::default();
-        registry.register("policy_reloads", "Policy reloads by outcome (ok, problems)", reloads.clone());
+        registry.register(
+            "policy_reloads",
+            "Policy reloads by outcome (ok, problems)",
+            reloads.clone(),
+        );
         let policies = Gauge::default();
-        registry.register("policies", "Policies in the current snapshot", policies.clone());
+        registry.register(
+            "policies",
+            "Policies in the current snapshot",
+            policies.clone(),
+        );
         let policy_problems = Gauge::default();
         registry.register(
             "policy_problems",
@@ -78,7 +94,14 @@ impl Metrics {
         if let Some(sources) = sources {
             registry.register_collector(Box::new(SourceCollector { sources }));
         }
-        Arc::new(Metrics { registry, decisions, latency, reloads, policies, policy_problems })
+        Arc::new(Metrics {
+            registry,
+            decisions,
+            latency,
+            reloads,
+            policies,
+            policy_problems,
+        })
     }
 
     /// Counts a decision and its latency.
@@ -92,7 +115,9 @@ impl Metrics {
                 reason: decision.reason().as_str(),
             })
             .inc();
-        self.latency.get_or_create(&LatencyLabels { transport, result }).observe(elapsed.as_secs_f64());
+        self.latency
+            .get_or_create(&LatencyLabels { transport, result })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Records a reload.
@@ -123,12 +148,21 @@ impl Collector for SourceCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut sources = self.sources.live();
         sources.sort_by(|a, b| a.id().cmp(b.id()));
-        let statuses: Vec<_> = sources.iter().map(|s| (s.id().to_string(), s.status())).collect();
+        let statuses: Vec<_> = sources
+            .iter()
+            .map(|s| (s.id().to_string(), s.status()))
+            .collect();
         let now = SystemTime::now();
 
-        let mut keys = encoder.encode_descriptor("tollgate_jwks_keys", "Usable keys in each key set", None, MetricType::Gauge)?;
+        let mut keys = encoder.encode_descriptor(
+            "tollgate_jwks_keys",
+            "Usable keys in each key set",
+            None,
+            MetricType::Gauge,
+        )?;
         for (id, status) in &statuses {
-            ConstGauge::new(status.key_count as i64).encode(keys.encode_family(&[("source", id.as_str())])?)?;
+            ConstGauge::new(status.key_count as i64)
+                .encode(keys.encode_family(&[("source", id.as_str())])?)?;
         }
         let mut up = encoder.encode_descriptor(
             "tollgate_jwks_up",
@@ -161,7 +195,9 @@ impl Collector for SourceCollector {
         )?;
         for (id, status) in &statuses {
             for (outcome, n) in [("ok", status.fetches_ok), ("error", status.fetches_failed)] {
-                ConstCounter::new(n).encode(fetches.encode_family(&[("source", id.as_str()), ("outcome", outcome)])?)?;
+                ConstCounter::new(n).encode(
+                    fetches.encode_family(&[("source", id.as_str()), ("outcome", outcome)])?,
+                )?;
             }
         }
         let mut misses = encoder.encode_descriptor(
@@ -175,7 +211,9 @@ impl Collector for SourceCollector {
                 ("refreshed", status.miss_refetches),
                 ("rate_limited", status.miss_rate_limited),
             ] {
-                ConstCounter::new(n).encode(misses.encode_family(&[("source", id.as_str()), ("outcome", outcome)])?)?;
+                ConstCounter::new(n).encode(
+                    misses.encode_family(&[("source", id.as_str()), ("outcome", outcome)])?,
+                )?;
             }
         }
         Ok(())

@@ -9,8 +9,8 @@ pub mod snapshot;
 pub mod spec;
 
 pub use compile::{
-    CompileContext, CompileError, DenyConfig, FileSecrets, Forward, Issuer, Policy, Problem, ProblemKind, Rule,
-    SecretSource, TokenLocation, compile,
+    CompileContext, CompileError, DenyConfig, FileSecrets, Forward, Issuer, Policy, Problem,
+    ProblemKind, Rule, SecretSource, TokenLocation, compile,
 };
 pub use snapshot::{Conflict, DefaultAction, SharedSnapshot, Snapshot};
 pub use spec::{DenyDetail, JwtPolicySpec, PolicyDocument};

@@ -45,7 +45,11 @@ pub async fn run(
     on_bound: impl FnOnce(Bound, Arc<SharedSnapshot>),
 ) -> anyhow::Result<()> {
     for path in &config.policies {
-        anyhow::ensure!(path.exists(), "policy path {} does not exist", path.display());
+        anyhow::ensure!(
+            path.exists(),
+            "policy path {} does not exist",
+            path.display()
+        );
     }
     let fetcher = Fetcher::new(config.fetch.clone()).context("creating the HTTP client")?;
     let sources = KeySources::new(fetcher, config.refresh.clone());
@@ -58,23 +62,42 @@ pub async fn run(
     let admin_listener = TcpListener::bind(config.admin_addr)
         .await
         .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
-    let bound = Bound { grpc: grpc_listener.local_addr()?, admin: admin_listener.local_addr()? };
+    let bound = Bound {
+        grpc: grpc_listener.local_addr()?,
+        admin: admin_listener.local_addr()?,
+    };
     tracing::info!(grpc = %bound.grpc, admin = %bound.admin, "listening");
 
     let reload_metrics = metrics.clone();
-    let loader = FileLoader::new(config.policies.clone(), sources.clone(), config.default_action);
+    let loader = FileLoader::new(
+        config.policies.clone(),
+        sources.clone(),
+        config.default_action,
+    );
     let watch = spawn_watch(loader, shared.clone(), config.poll, move |report| {
         if report.changed {
-            reload_metrics.reloaded(report.policies, report.problems.len() + report.conflicts.len());
+            reload_metrics.reloaded(
+                report.policies,
+                report.problems.len() + report.conflicts.len(),
+            );
         }
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
-        .set_service_status("envoy.service.auth.v3.Authorization", tonic_health::ServingStatus::NotServing)
+        .set_service_status(
+            "envoy.service.auth.v3.Authorization",
+            tonic_health::ServingStatus::NotServing,
+        )
         .await;
-    health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-    tokio::spawn(become_ready(shared.clone(), sources.clone(), health_reporter));
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    tokio::spawn(become_ready(
+        shared.clone(),
+        sources.clone(),
+        health_reporter,
+    ));
 
     on_bound(bound, shared.clone());
 
@@ -93,7 +116,10 @@ pub async fn run(
         .max_concurrent_streams(Some(1024))
         .add_service(health_service)
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), wait_stop(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc_listener),
+            wait_stop(stop_rx.clone()),
+        );
     let admin = axum::serve(admin_listener, admin::router(shared, metrics))
         .with_graceful_shutdown(wait_stop(stop_rx.clone()));
 
@@ -113,7 +139,11 @@ async fn become_ready(
     health: tonic_health::server::HealthReporter,
 ) {
     let mut changes = shared.subscribe();
-    if changes.wait_for(|generation| *generation >= 1).await.is_err() {
+    if changes
+        .wait_for(|generation| *generation >= 1)
+        .await
+        .is_err()
+    {
         return;
     }
     for source in sources.live() {
@@ -121,9 +151,14 @@ async fn become_ready(
     }
     shared.set_ready();
     health
-        .set_service_status("envoy.service.auth.v3.Authorization", tonic_health::ServingStatus::Serving)
+        .set_service_status(
+            "envoy.service.auth.v3.Authorization",
+            tonic_health::ServingStatus::Serving,
+        )
         .await;
-    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     let snapshot = shared.load();
     tracing::info!(policies = snapshot.len(), "ready");
 }

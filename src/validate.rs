@@ -56,7 +56,10 @@ pub enum ValidationError {
     SignatureInvalid(String),
     /// A registered claim with the wrong JSON type.
     #[error("claim {claim:?} must be {expected}")]
-    ClaimType { claim: &'static str, expected: &'static str },
+    ClaimType {
+        claim: &'static str,
+        expected: &'static str,
+    },
     /// No `exp` while the policy requires one.
     #[error("the token has no exp claim")]
     ExpirationMissing,
@@ -86,9 +89,10 @@ impl ValidationError {
         match self {
             Malformed(JoseError::Encrypted) => Reason::TokenEncrypted,
             Malformed(_) | ClaimType { .. } => Reason::TokenMalformed,
-            AlgorithmNone(_) | AlgorithmUnsupported(_) | AlgorithmNotAllowed(_) | NoKeyFits { .. } => {
-                Reason::AlgorithmNotAllowed
-            }
+            AlgorithmNone(_)
+            | AlgorithmUnsupported(_)
+            | AlgorithmNotAllowed(_)
+            | NoKeyFits { .. } => Reason::AlgorithmNotAllowed,
             CriticalHeader(_) => Reason::UnsupportedCriticalHeader,
             IssuerMissing | IssuerNotAllowed(_) => Reason::IssuerNotAllowed,
             IssuerUnavailable { .. } => Reason::IssuerUnavailable,
@@ -134,7 +138,10 @@ impl ValidationError {
 }
 
 /// Routes a parsed token to its issuer: checks `alg`, `crit` and `iss`.
-pub fn route<'p>(jws: &Jws<'_>, policy: &'p Policy) -> Result<(&'p Issuer, Algorithm), ValidationError> {
+pub fn route<'p>(
+    jws: &Jws<'_>,
+    policy: &'p Policy,
+) -> Result<(&'p Issuer, Algorithm), ValidationError> {
     let alg_name = &jws.header.alg;
     if alg_name.eq_ignore_ascii_case("none") {
         return Err(ValidationError::AlgorithmNone(alg_name.clone()));
@@ -149,9 +156,16 @@ pub fn route<'p>(jws: &Jws<'_>, policy: &'p Policy) -> Result<(&'p Issuer, Algor
     let iss = match jws.claims.get("iss") {
         Some(Value::String(iss)) => iss,
         None => return Err(ValidationError::IssuerMissing),
-        Some(_) => return Err(ValidationError::ClaimType { claim: "iss", expected: "a string" }),
+        Some(_) => {
+            return Err(ValidationError::ClaimType {
+                claim: "iss",
+                expected: "a string",
+            });
+        }
     };
-    let issuer = policy.issuer(iss).ok_or_else(|| ValidationError::IssuerNotAllowed(iss.clone()))?;
+    let issuer = policy
+        .issuer(iss)
+        .ok_or_else(|| ValidationError::IssuerNotAllowed(iss.clone()))?;
     if !issuer.algorithms.contains(&alg) {
         return Err(ValidationError::AlgorithmNotAllowed(alg_name.clone()));
     }
@@ -159,7 +173,11 @@ pub fn route<'p>(jws: &Jws<'_>, policy: &'p Policy) -> Result<(&'p Issuer, Algor
 }
 
 /// Verifies the signature with the issuer's key set.
-pub fn verify_signature(jws: &Jws<'_>, alg: Algorithm, keys: &KeySet) -> Result<(), ValidationError> {
+pub fn verify_signature(
+    jws: &Jws<'_>,
+    alg: Algorithm,
+    keys: &KeySet,
+) -> Result<(), ValidationError> {
     let kid = jws.header.kid.as_deref();
     let mut tried = 0;
     for key in keys.candidates(kid, alg) {
@@ -174,21 +192,36 @@ pub fn verify_signature(jws: &Jws<'_>, alg: Algorithm, keys: &KeySet) -> Result<
         ));
     }
     match kid {
-        Some(kid) if !keys.has_kid(kid) => Err(ValidationError::KeyNotFound(kid.to_string())),
-        Some(kid) => Err(ValidationError::NoKeyFits { kid: format!("{kid:?}"), alg: jws.header.alg.clone() }),
-        None => Err(ValidationError::NoKeyFits { kid: "(the token has no kid)".into(), alg: jws.header.alg.clone() }),
+        Some(kid) if !keys.has_kid(kid) && !keys.has_keyless() => {
+            Err(ValidationError::KeyNotFound(kid.to_string()))
+        }
+        Some(kid) => Err(ValidationError::NoKeyFits {
+            kid: format!("{kid:?}"),
+            alg: jws.header.alg.clone(),
+        }),
+        None => Err(ValidationError::NoKeyFits {
+            kid: "(the token has no kid)".into(),
+            alg: jws.header.alg.clone(),
+        }),
     }
 }
 
 fn numeric_date(claims: &Claims, name: &'static str) -> Result<Option<f64>, ValidationError> {
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .filter(|v| v.is_finite())
-            .map(Some)
-            .ok_or(ValidationError::ClaimType { claim: name, expected: "a NumericDate (seconds since 1970)" }),
-        Some(_) => Err(ValidationError::ClaimType { claim: name, expected: "a NumericDate (seconds since 1970)" }),
+        Some(Value::Number(n)) => {
+            n.as_f64()
+                .filter(|v| v.is_finite())
+                .map(Some)
+                .ok_or(ValidationError::ClaimType {
+                    claim: name,
+                    expected: "a NumericDate (seconds since 1970)",
+                })
+        }
+        Some(_) => Err(ValidationError::ClaimType {
+            claim: name,
+            expected: "a NumericDate (seconds since 1970)",
+        }),
     }
 }
 
@@ -206,8 +239,16 @@ fn span(seconds: f64) -> String {
 }
 
 /// Checks `exp`, `nbf`, `iat` (with the policy's clock skew) and `aud`.
-pub fn check_claims(claims: &Claims, issuer: &Issuer, policy: &Policy, now: SystemTime) -> Result<(), ValidationError> {
-    let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+pub fn check_claims(
+    claims: &Claims,
+    issuer: &Issuer,
+    policy: &Policy,
+    now: SystemTime,
+) -> Result<(), ValidationError> {
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     let skew = policy.clock_skew as f64;
     let exp = numeric_date(claims, "exp")?;
     let nbf = numeric_date(claims, "nbf")?;
@@ -215,14 +256,20 @@ pub fn check_claims(claims: &Claims, issuer: &Issuer, policy: &Policy, now: Syst
     match exp {
         None if policy.require_exp => return Err(ValidationError::ExpirationMissing),
         Some(exp) if now >= exp + skew => {
-            return Err(ValidationError::Expired { at: rfc3339(exp), ago: span(now - exp) });
+            return Err(ValidationError::Expired {
+                at: rfc3339(exp),
+                ago: span(now - exp),
+            });
         }
         _ => {}
     }
     if let Some(nbf) = nbf
         && now + skew < nbf
     {
-        return Err(ValidationError::NotYetValid { at: rfc3339(nbf), wait: span(nbf - now) });
+        return Err(ValidationError::NotYetValid {
+            at: rfc3339(nbf),
+            wait: span(nbf - now),
+        });
     }
     if let Some(iat) = iat
         && now + skew < iat
@@ -234,23 +281,40 @@ pub fn check_claims(claims: &Claims, issuer: &Issuer, policy: &Policy, now: Syst
         Some(Value::String(aud)) => vec![aud.as_str()],
         Some(Value::Array(items)) => items
             .iter()
-            .map(|item| item.as_str().ok_or(ValidationError::ClaimType { claim: "aud", expected: "a string or an array of strings" }))
+            .map(|item| {
+                item.as_str().ok_or(ValidationError::ClaimType {
+                    claim: "aud",
+                    expected: "a string or an array of strings",
+                })
+            })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(ValidationError::ClaimType { claim: "aud", expected: "a string or an array of strings" }),
+        Some(_) => {
+            return Err(ValidationError::ClaimType {
+                claim: "aud",
+                expected: "a string or an array of strings",
+            });
+        }
     };
-    if audiences.iter().any(|aud| issuer.audiences.iter().any(|accepted| accepted == aud)) {
+    if audiences
+        .iter()
+        .any(|aud| issuer.audiences.iter().any(|accepted| accepted == aud))
+    {
         Ok(())
     } else if audiences.is_empty() {
         Err(ValidationError::AudienceMissing)
     } else {
-        Err(ValidationError::AudienceMismatch(audiences.into_iter().map(str::to_owned).collect()))
+        Err(ValidationError::AudienceMismatch(
+            audiences.into_iter().map(str::to_owned).collect(),
+        ))
     }
 }
 
 /// Checks the policy-wide `requiredClaims`.
 pub fn check_required(claims: &Claims, policy: &Policy) -> Result<(), ValidationError> {
     for requirement in &policy.required_claims {
-        requirement.check(claims).map_err(ValidationError::ClaimUnmet)?;
+        requirement
+            .check(claims)
+            .map_err(ValidationError::ClaimUnmet)?;
     }
     Ok(())
 }

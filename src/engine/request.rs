@@ -75,12 +75,17 @@ pub enum ExtractError {
 fn is_b64token(token: &str) -> bool {
     let body = token.trim_end_matches('=');
     !body.is_empty()
-        && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
 /// Reads the token as the policy says: header, then query parameter, then cookie. A token in
 /// more than one place is refused (RFC 6750 §2: clients must use one method).
-pub fn extract<'a>(location: &TokenLocation, request: &Request<'a>) -> Result<(Cow<'a, str>, TokenSource), ExtractError> {
+pub fn extract<'a>(
+    location: &TokenLocation,
+    request: &Request<'a>,
+) -> Result<(Cow<'a, str>, TokenSource), ExtractError> {
     let mut found: Vec<(Cow<'a, str>, TokenSource)> = Vec::with_capacity(1);
     if let Some(value) = request.headers.get(&location.header)
         && let Some(token) = from_header(location, value)?
@@ -103,11 +108,15 @@ pub fn extract<'a>(location: &TokenLocation, request: &Request<'a>) -> Result<(C
         1 => {
             let (token, source) = found.remove(0);
             if !is_b64token(&token) {
-                return Err(ExtractError::Malformed("the token contains characters a bearer token cannot have".into()));
+                return Err(ExtractError::Malformed(
+                    "the token contains characters a bearer token cannot have".into(),
+                ));
             }
             Ok((token, source))
         }
-        _ => Err(ExtractError::Malformed("the token was sent in more than one place".into())),
+        _ => Err(ExtractError::Malformed(
+            "the token was sent in more than one place".into(),
+        )),
     }
 }
 
@@ -125,7 +134,10 @@ fn describe(location: &TokenLocation) -> String {
     places.join(" or ")
 }
 
-fn from_header<'a>(location: &TokenLocation, value: Cow<'a, str>) -> Result<Option<Cow<'a, str>>, ExtractError> {
+fn from_header<'a>(
+    location: &TokenLocation,
+    value: Cow<'a, str>,
+) -> Result<Option<Cow<'a, str>>, ExtractError> {
     let Some(scheme) = &location.scheme else {
         let trimmed = value.trim();
         if trimmed.is_empty() {
@@ -150,21 +162,33 @@ fn from_header<'a>(location: &TokenLocation, value: Cow<'a, str>) -> Result<Opti
     }
     let token = rest.trim();
     if token.is_empty() {
-        return Err(ExtractError::Malformed(format!("the {scheme} scheme has no token")));
+        return Err(ExtractError::Malformed(format!(
+            "the {scheme} scheme has no token"
+        )));
     }
     if token.contains([' ', ',']) {
-        return Err(ExtractError::Malformed("more than one token in the header".into()));
+        return Err(ExtractError::Malformed(
+            "more than one token in the header".into(),
+        ));
     }
     Ok(Some(Cow::Owned(token.to_string())))
 }
 
 fn from_query(path: &str, param: &str) -> Result<Option<String>, ExtractError> {
-    let Some((_, query)) = path.split_once('?') else { return Ok(None) };
+    let Some((_, query)) = path.split_once('?') else {
+        return Ok(None);
+    };
     let query = query.split('#').next().unwrap_or("");
-    let mut values = url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == param).map(|(_, v)| v);
-    let Some(first) = values.next() else { return Ok(None) };
+    let mut values = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == param)
+        .map(|(_, v)| v);
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
     if values.next().is_some() {
-        return Err(ExtractError::Malformed(format!("the {param} query parameter appears more than once")));
+        return Err(ExtractError::Malformed(format!(
+            "the {param} query parameter appears more than once"
+        )));
     }
     Ok((!first.is_empty()).then(|| first.into_owned()))
 }
@@ -175,9 +199,13 @@ fn from_cookie(cookies: &str, name: &str) -> Result<Option<String>, ExtractError
         .filter_map(|pair| pair.trim().split_once('='))
         .filter(|(k, _)| k.trim() == name)
         .map(|(_, v)| v.trim().trim_matches('"'));
-    let Some(first) = values.next() else { return Ok(None) };
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
     if values.next().is_some() {
-        return Err(ExtractError::Malformed(format!("the {name} cookie appears more than once")));
+        return Err(ExtractError::Malformed(format!(
+            "the {name} cookie appears more than once"
+        )));
     }
     Ok((!first.is_empty()).then(|| first.to_string()))
 }
@@ -187,7 +215,9 @@ pub fn cookie_without(cookies: &str, name: &str) -> Option<String> {
     let kept: Vec<&str> = cookies
         .split(';')
         .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k.trim() != name))
+        .filter(|pair| {
+            !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k.trim() != name)
+        })
         .collect();
     (!kept.is_empty()).then(|| kept.join("; "))
 }
@@ -205,9 +235,22 @@ mod tests {
         }
     }
 
-    fn run(loc: &TokenLocation, path: &str, headers: &[(&str, &str)]) -> Result<(String, TokenSource), ExtractError> {
-        let list: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let req = Request { host: "h", path, method: "GET", headers: Headers::List(&list), policy: None };
+    fn run(
+        loc: &TokenLocation,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(String, TokenSource), ExtractError> {
+        let list: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let req = Request {
+            host: "h",
+            path,
+            method: "GET",
+            headers: Headers::List(&list),
+            policy: None,
+        };
         extract(loc, &req).map(|(t, s)| (t.into_owned(), s))
     }
 
@@ -215,21 +258,86 @@ mod tests {
     fn extraction_table() {
         let bearer = location(Some("Bearer"), Some("access_token"), Some("at"));
         let ok = |t: &str, s| Ok((t.to_string(), s));
-        let cases: Vec<(&str, Vec<(&str, &str)>, Result<(String, TokenSource), ExtractError>)> = vec![
-            ("/", vec![("authorization", "Bearer abc.def.ghi")], ok("abc.def.ghi", TokenSource::Header)),
-            ("/", vec![("Authorization", "bearer   abc")], ok("abc", TokenSource::Header)),
-            ("/", vec![("authorization", "BEARER abc")], ok("abc", TokenSource::Header)),
+        type Case<'a> = (
+            &'a str,
+            Vec<(&'a str, &'a str)>,
+            Result<(String, TokenSource), ExtractError>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "/",
+                vec![("authorization", "Bearer abc.def.ghi")],
+                ok("abc.def.ghi", TokenSource::Header),
+            ),
+            (
+                "/",
+                vec![("Authorization", "bearer   abc")],
+                ok("abc", TokenSource::Header),
+            ),
+            (
+                "/",
+                vec![("authorization", "BEARER abc")],
+                ok("abc", TokenSource::Header),
+            ),
             ("/?access_token=abc", vec![], ok("abc", TokenSource::Query)),
-            ("/", vec![("cookie", "x=1; at=abc; y=2")], ok("abc", TokenSource::Cookie)),
-            ("/", vec![("authorization", "Basic dXNlcjpwYXNz")], Err(ExtractError::Missing(describe(&bearer)))),
-            ("/", vec![("authorization", "Bearerabc")], Err(ExtractError::Missing(describe(&bearer)))),
+            (
+                "/",
+                vec![("cookie", "x=1; at=abc; y=2")],
+                ok("abc", TokenSource::Cookie),
+            ),
+            (
+                "/",
+                vec![("authorization", "Basic dXNlcjpwYXNz")],
+                Err(ExtractError::Missing(describe(&bearer))),
+            ),
+            (
+                "/",
+                vec![("authorization", "Bearerabc")],
+                Err(ExtractError::Missing(describe(&bearer))),
+            ),
             ("/", vec![], Err(ExtractError::Missing(describe(&bearer)))),
-            ("/", vec![("authorization", "Bearer ")], Err(ExtractError::Malformed("the Bearer scheme has no token".into()))),
-            ("/", vec![("authorization", "Bearer a b")], Err(ExtractError::Malformed("more than one token in the header".into()))),
-            ("/", vec![("authorization", "Bearer a"), ("authorization", "Bearer b")], Err(ExtractError::Malformed("more than one token in the header".into()))),
-            ("/?access_token=abc", vec![("authorization", "Bearer abc")], Err(ExtractError::Malformed("the token was sent in more than one place".into()))),
-            ("/?access_token=a&access_token=b", vec![], Err(ExtractError::Malformed("the access_token query parameter appears more than once".into()))),
-            ("/", vec![("authorization", "Bearer a\"b")], Err(ExtractError::Malformed("the token contains characters a bearer token cannot have".into()))),
+            (
+                "/",
+                vec![("authorization", "Bearer ")],
+                Err(ExtractError::Malformed(
+                    "the Bearer scheme has no token".into(),
+                )),
+            ),
+            (
+                "/",
+                vec![("authorization", "Bearer a b")],
+                Err(ExtractError::Malformed(
+                    "more than one token in the header".into(),
+                )),
+            ),
+            (
+                "/",
+                vec![("authorization", "Bearer a"), ("authorization", "Bearer b")],
+                Err(ExtractError::Malformed(
+                    "more than one token in the header".into(),
+                )),
+            ),
+            (
+                "/?access_token=abc",
+                vec![("authorization", "Bearer abc")],
+                Err(ExtractError::Malformed(
+                    "the token was sent in more than one place".into(),
+                )),
+            ),
+            (
+                "/?access_token=a&access_token=b",
+                vec![],
+                Err(ExtractError::Malformed(
+                    "the access_token query parameter appears more than once".into(),
+                )),
+            ),
+            (
+                "/",
+                vec![("authorization", "Bearer a\"b")],
+                Err(ExtractError::Malformed(
+                    "the token contains characters a bearer token cannot have".into(),
+                )),
+            ),
         ];
         for (path, headers, want) in cases {
             assert_eq!(run(&bearer, path, &headers), want, "{path} {headers:?}");
@@ -240,12 +348,18 @@ mod tests {
     fn raw_header_without_scheme() {
         let mut loc = location(None, None, None);
         loc.header = "x-token".into();
-        assert_eq!(run(&loc, "/", &[("x-token", " abc ")]), Ok(("abc".into(), TokenSource::Header)));
+        assert_eq!(
+            run(&loc, "/", &[("x-token", " abc ")]),
+            Ok(("abc".into(), TokenSource::Header))
+        );
     }
 
     #[test]
     fn cookie_removal_keeps_the_others() {
-        assert_eq!(cookie_without("a=1; at=xyz; b=2", "at"), Some("a=1; b=2".into()));
+        assert_eq!(
+            cookie_without("a=1; at=xyz; b=2", "at"),
+            Some("a=1; b=2".into())
+        );
         assert_eq!(cookie_without("at=xyz", "at"), None);
     }
 }

@@ -125,7 +125,10 @@ impl Fetcher {
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_max_age);
             let limit = self.settings.max_body_bytes;
-            if response.content_length().is_some_and(|len| len > limit as u64) {
+            if response
+                .content_length()
+                .is_some_and(|len| len > limit as u64)
+            {
                 return Err(FetchError::TooLarge(limit));
             }
             let mut body = bytes::BytesMut::new();
@@ -135,7 +138,10 @@ impl Fetcher {
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(Fetched { body: body.freeze(), max_age })
+            Ok(Fetched {
+                body: body.freeze(),
+                max_age,
+            })
         };
         // The client timeout covers each request; this bounds the body loop as well.
         tokio::time::timeout(timeout + Duration::from_millis(100), request)
@@ -178,7 +184,11 @@ pub fn parse_max_age(value: &str) -> Option<Duration> {
             return Some(Duration::ZERO);
         }
         if let Some(seconds) = directive.strip_prefix("max-age=") {
-            max_age = seconds.trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
+            max_age = seconds
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
         }
     }
     max_age
@@ -190,8 +200,14 @@ mod tests {
 
     #[test]
     fn cache_control_max_age() {
-        assert_eq!(parse_max_age("public, max-age=3600"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_max_age("max-age=\"60\""), Some(Duration::from_secs(60)));
+        assert_eq!(
+            parse_max_age("public, max-age=3600"),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            parse_max_age("max-age=\"60\""),
+            Some(Duration::from_secs(60))
+        );
         assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
         assert_eq!(parse_max_age("Max-Age=10, No-Cache"), Some(Duration::ZERO));
         assert_eq!(parse_max_age("public"), None);
@@ -204,7 +220,10 @@ mod tests {
         let https = Url::parse("https://idp.example/keys").expect("url");
         let file = Url::parse("file:///etc/passwd").expect("url");
         assert!(check_scheme(&https, false).is_ok());
-        assert!(matches!(check_scheme(&http, false), Err(FetchError::Insecure(_))));
+        assert!(matches!(
+            check_scheme(&http, false),
+            Err(FetchError::Insecure(_))
+        ));
         assert!(check_scheme(&http, true).is_ok());
         assert!(check_scheme(&file, true).is_err());
     }

@@ -191,12 +191,16 @@ impl VerifyingKey {
         match jwk.alg {
             None => Ok(key),
             Some(name) => {
-                let alg: Algorithm =
-                    name.parse().map_err(|_| KeyError::AlgorithmMismatch(name.clone()))?;
+                let alg: Algorithm = name
+                    .parse()
+                    .map_err(|_| KeyError::AlgorithmMismatch(name.clone()))?;
                 if !key.kind_fits(alg) {
                     return Err(KeyError::AlgorithmMismatch(name));
                 }
-                Ok(VerifyingKey { alg: Some(alg), ..key })
+                Ok(VerifyingKey {
+                    alg: Some(alg),
+                    ..key
+                })
             }
         }
     }
@@ -228,16 +232,30 @@ impl VerifyingKey {
             KeyKind::P256 => (&ECDSA_P256_SHA256_FIXED, "P-256"),
             _ => (&ECDSA_P384_SHA384_FIXED, "P-384"),
         };
-        UnparsedPublicKey::new(alg, &point).parse().map_err(|_| KeyError::InvalidPoint(name))?;
-        Ok(VerifyingKey { kid, kind, alg: None, decoding: DecodingKey::from_ec_der(&point) })
+        UnparsedPublicKey::new(alg, &point)
+            .parse()
+            .map_err(|_| KeyError::InvalidPoint(name))?;
+        Ok(VerifyingKey {
+            kid,
+            kind,
+            alg: None,
+            decoding: DecodingKey::from_ec_der(&point),
+        })
     }
 
     fn ed25519(kid: Option<String>, x: Vec<u8>) -> Result<Self, KeyError> {
         if x.len() != 32 {
             return Err(KeyError::InvalidPoint("Ed25519"));
         }
-        UnparsedPublicKey::new(&ED25519, &x).parse().map_err(|_| KeyError::InvalidPoint("Ed25519"))?;
-        Ok(VerifyingKey { kid, kind: KeyKind::Ed25519, alg: None, decoding: DecodingKey::from_ed_der(&x) })
+        UnparsedPublicKey::new(&ED25519, &x)
+            .parse()
+            .map_err(|_| KeyError::InvalidPoint("Ed25519"))?;
+        Ok(VerifyingKey {
+            kid,
+            kind: KeyKind::Ed25519,
+            alg: None,
+            decoding: DecodingKey::from_ed_der(&x),
+        })
     }
 
     /// A public key in PEM (`PUBLIC KEY` SPKI or `RSA PUBLIC KEY` PKCS#1).
@@ -259,7 +277,12 @@ impl VerifyingKey {
             let kind = match point.len() {
                 65 => KeyKind::P256,
                 97 => KeyKind::P384,
-                _ => return Err(KeyError::UnsupportedCurve(format!("{}-byte point", point.len()))),
+                _ => {
+                    return Err(KeyError::UnsupportedCurve(format!(
+                        "{}-byte point",
+                        point.len()
+                    )));
+                }
             };
             return Self::ec_point(kid, kind, point);
         }

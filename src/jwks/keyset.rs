@@ -52,7 +52,11 @@ impl KeySet {
                 by_kid.entry(kid.clone()).or_default().push(i);
             }
         }
-        KeySet { keys, by_kid, rejected: Vec::new() }
+        KeySet {
+            keys,
+            by_kid,
+            rejected: Vec::new(),
+        }
     }
 
     /// Parses a JWKS document (RFC 7517 §5). Unusable keys are skipped and reported; a set
@@ -88,7 +92,11 @@ impl KeySet {
                 .iter()
                 .map(|r| format!("{}: {}", r.kid.as_deref().unwrap_or("(no kid)"), r.error))
                 .collect();
-            let summary = if reasons.is_empty() { "the set is empty".to_string() } else { reasons.join("; ") };
+            let summary = if reasons.is_empty() {
+                "the set is empty".to_string()
+            } else {
+                reasons.join("; ")
+            };
             return Err(KeySetError::NoUsableKeys(summary));
         }
         let mut set = Self::from_keys(usable);
@@ -104,25 +112,39 @@ impl KeySet {
         self.keys.is_empty()
     }
 
+    /// Whether some key was configured without a `kid`.
+    pub fn has_keyless(&self) -> bool {
+        self.keys.iter().any(|k| k.kid.is_none())
+    }
+
     /// Whether any key has this `kid` (whatever its type).
     pub fn has_kid(&self, kid: &str) -> bool {
         self.by_kid.contains_key(kid)
     }
 
-    /// The keys to try for a token: those with its `kid`, or (no `kid`) the first
-    /// [`MAX_KEYLESS_TRIES`] keys, in both cases only keys that fit `alg`.
+    /// The keys to try for a token, only those that fit `alg`:
+    /// - a `kid` some key has: the keys with that `kid`;
+    /// - a `kid` no key has: the keys configured without a `kid` (PEM keys, shared secrets);
+    /// - no `kid`: every key.
+    ///
+    /// The last two are bounded to [`MAX_KEYLESS_TRIES`] keys.
     pub fn candidates<'a>(
         &'a self,
         kid: Option<&str>,
         alg: Algorithm,
     ) -> impl Iterator<Item = &'a VerifyingKey> + 'a {
-        let indices: &[usize] = match kid {
-            Some(kid) => self.by_kid.get(kid).map(Vec::as_slice).unwrap_or(&[]),
-            None => &[],
-        };
+        let has_kid = kid.is_some();
+        let indices: &[usize] = kid
+            .and_then(|kid| self.by_kid.get(kid))
+            .map_or(&[], Vec::as_slice);
         let by_kid = indices.iter().map(|i| &self.keys[*i]);
-        let keyless = self.keys.iter().take(if kid.is_none() { MAX_KEYLESS_TRIES } else { 0 });
-        by_kid.chain(keyless).filter(move |k| k.fits(alg))
+        let fallback = indices.is_empty();
+        let others = self
+            .keys
+            .iter()
+            .filter(move |k| fallback && (!has_kid || k.kid.is_none()))
+            .take(MAX_KEYLESS_TRIES);
+        by_kid.chain(others).filter(move |k| k.fits(alg))
     }
 
     /// All keys, for status and diagnostics.

@@ -51,7 +51,11 @@ pub enum Origin {
     /// A JWKS URI.
     JwksUri { url: Url, allow_insecure: bool },
     /// OpenID discovery: the document's `issuer` must equal `issuer`, then its `jwks_uri`.
-    Discovery { url: Url, issuer: String, allow_insecure: bool },
+    Discovery {
+        url: Url,
+        issuer: String,
+        allow_insecure: bool,
+    },
 }
 
 /// Why keys could not be refreshed.
@@ -65,7 +69,11 @@ pub enum SourceError {
     DiscoveryInvalid { url: String, detail: String },
     /// The discovery document names another issuer (e.g. Azure AD v1 vs v2 endpoints).
     #[error("discovery {url} is for issuer {found:?}, not the configured {expected:?}")]
-    DiscoveryIssuerMismatch { url: String, expected: String, found: String },
+    DiscoveryIssuerMismatch {
+        url: String,
+        expected: String,
+        found: String,
+    },
     /// The key set could not be fetched.
     #[error("key set {url}: {error}")]
     JwksFetch { url: String, error: FetchError },
@@ -113,7 +121,10 @@ pub struct KeySource {
 
 impl std::fmt::Debug for KeySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeySource").field("id", &self.id).field("origin", &self.origin).finish()
+        f.debug_struct("KeySource")
+            .field("id", &self.id)
+            .field("origin", &self.origin)
+            .finish()
     }
 }
 
@@ -158,7 +169,12 @@ impl KeySource {
         Self::new(id, origin, Some(fetcher), settings)
     }
 
-    fn new(id: Arc<str>, origin: Origin, fetcher: Option<Fetcher>, settings: RefreshSettings) -> Arc<Self> {
+    fn new(
+        id: Arc<str>,
+        origin: Origin,
+        fetcher: Option<Fetcher>,
+        settings: RefreshSettings,
+    ) -> Arc<Self> {
         Arc::new(KeySource {
             id,
             origin,
@@ -175,7 +191,9 @@ impl KeySource {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Mutable> {
         // A poisoned lock only means a panic elsewhere while holding plain data; keep going.
-        self.mutable.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.mutable
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The URL (or "inline …" name) of this source.
@@ -259,20 +277,37 @@ impl KeySource {
         next
     }
 
-    async fn fetch_keys(&self, fetcher: &Fetcher) -> Result<(KeySet, Option<Duration>), SourceError> {
+    async fn fetch_keys(
+        &self,
+        fetcher: &Fetcher,
+    ) -> Result<(KeySet, Option<Duration>), SourceError> {
         let (jwks_url, allow_insecure) = match &self.origin {
             Origin::Fixed => unreachable_fixed(),
-            Origin::JwksUri { url, allow_insecure } => (url.clone(), *allow_insecure),
-            Origin::Discovery { url, issuer, allow_insecure } => {
-                (discover(fetcher, url, issuer, *allow_insecure).await?, *allow_insecure)
-            }
+            Origin::JwksUri {
+                url,
+                allow_insecure,
+            } => (url.clone(), *allow_insecure),
+            Origin::Discovery {
+                url,
+                issuer,
+                allow_insecure,
+            } => (
+                discover(fetcher, url, issuer, *allow_insecure).await?,
+                *allow_insecure,
+            ),
         };
         let fetched = fetcher
             .get(&jwks_url, allow_insecure)
             .await
-            .map_err(|error| SourceError::JwksFetch { url: jwks_url.to_string(), error })?;
-        let keys = KeySet::from_jwks_json(&fetched.body)
-            .map_err(|error| SourceError::JwksInvalid { url: jwks_url.to_string(), error })?;
+            .map_err(|error| SourceError::JwksFetch {
+                url: jwks_url.to_string(),
+                error,
+            })?;
+        let keys =
+            KeySet::from_jwks_json(&fetched.body).map_err(|error| SourceError::JwksInvalid {
+                url: jwks_url.to_string(),
+                error,
+            })?;
         Ok((keys, fetched.max_age))
     }
 
@@ -286,7 +321,11 @@ impl KeySource {
         let _guard = self.refetch_lock.lock().await;
         if self.generation.load(Ordering::Acquire) != seen {
             // Someone fetched while we waited: use their result.
-            return if self.lock().status.last_error.is_none() { Refetch::Refreshed } else { Refetch::Failed };
+            return if self.lock().status.last_error.is_none() {
+                Refetch::Refreshed
+            } else {
+                Refetch::Failed
+            };
         }
         {
             let mut mutable = self.lock();
@@ -313,14 +352,25 @@ fn unreachable_fixed() -> ! {
     panic!("invariant: fixed key sources are never fetched")
 }
 
-async fn discover(fetcher: &Fetcher, url: &Url, issuer: &str, allow_insecure: bool) -> Result<Url, SourceError> {
-    let fetched = fetcher
-        .get(url, allow_insecure)
-        .await
-        .map_err(|error| SourceError::DiscoveryFetch { url: url.to_string(), error })?;
-    let doc: DiscoveryDocument = serde_json::from_slice(&fetched.body).map_err(|e| {
-        SourceError::DiscoveryInvalid { url: url.to_string(), detail: format!("not a discovery document: {e}") }
-    })?;
+async fn discover(
+    fetcher: &Fetcher,
+    url: &Url,
+    issuer: &str,
+    allow_insecure: bool,
+) -> Result<Url, SourceError> {
+    let fetched =
+        fetcher
+            .get(url, allow_insecure)
+            .await
+            .map_err(|error| SourceError::DiscoveryFetch {
+                url: url.to_string(),
+                error,
+            })?;
+    let doc: DiscoveryDocument =
+        serde_json::from_slice(&fetched.body).map_err(|e| SourceError::DiscoveryInvalid {
+            url: url.to_string(),
+            detail: format!("not a discovery document: {e}"),
+        })?;
     let found = doc.issuer.unwrap_or_default();
     if found != issuer {
         return Err(SourceError::DiscoveryIssuerMismatch {

@@ -38,7 +38,10 @@ impl IdpServer {
     pub async fn start(addr: SocketAddr, jwks: Value) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(IdpState { base: format!("http://{addr}"), ..IdpState::default() });
+        let state = Arc::new(IdpState {
+            base: format!("http://{addr}"),
+            ..IdpState::default()
+        });
         *state.issuer.write().unwrap_or_else(|p| p.into_inner()) = format!("http://{addr}");
         *state.jwks.write().unwrap_or_else(|p| p.into_inner()) = jwks;
         state.up.store(true, Ordering::SeqCst);
@@ -54,7 +57,12 @@ impl IdpServer {
                 })
                 .await;
         });
-        Ok(IdpServer { addr, state, stop: Some(stop), task: Some(task) })
+        Ok(IdpServer {
+            addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -63,7 +71,11 @@ impl IdpServer {
 
     /// The issuer identifier (`http://127.0.0.1:<port>`), also the discovery base.
     pub fn issuer(&self) -> String {
-        self.state.issuer.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.state
+            .issuer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Makes discovery announce another issuer (to test the issuer check).
@@ -83,7 +95,11 @@ impl IdpServer {
 
     /// A `Cache-Control` header for JWKS responses.
     pub fn set_cache_control(&self, value: Option<&str>) {
-        *self.state.cache_control.write().unwrap_or_else(|p| p.into_inner()) = value.map(str::to_owned);
+        *self
+            .state
+            .cache_control
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = value.map(str::to_owned);
     }
 
     /// How many JWKS requests were answered.
@@ -108,7 +124,10 @@ impl IdpServer {
         if let Some(task) = self.task.take() {
             // Open keep-alive connections could hold graceful shutdown: do not wait forever.
             let abort = task.abort_handle();
-            if tokio::time::timeout(std::time::Duration::from_secs(2), task).await.is_err() {
+            if tokio::time::timeout(std::time::Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -128,7 +147,11 @@ async fn discovery(State(state): State<Arc<IdpState>>) -> Response {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     state.discovery_fetches.fetch_add(1, Ordering::SeqCst);
-    let issuer = state.issuer.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let issuer = state
+        .issuer
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     axum::Json(json!({
         "issuer": issuer,
         "jwks_uri": format!("{}/jwks", state.base),
@@ -143,7 +166,11 @@ async fn jwks_handler(State(state): State<Arc<IdpState>>) -> Response {
     }
     state.jwks_fetches.fetch_add(1, Ordering::SeqCst);
     let body = state.jwks.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let cache = state.cache_control.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let cache = state
+        .cache_control
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let mut response = axum::Json(body).into_response();
     if let Some(cache) = cache
         && let Ok(value) = cache.parse()

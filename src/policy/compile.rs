@@ -83,7 +83,11 @@ impl fmt::Display for CompileError {
 impl CompileError {
     /// Bounded reason for status conditions and metrics.
     pub fn reason(&self) -> &'static str {
-        if self.problems.iter().any(|p| p.kind == ProblemKind::SecretNotFound) {
+        if self
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::SecretNotFound)
+        {
             "SecretNotFound"
         } else {
             "InvalidSpec"
@@ -168,7 +172,11 @@ impl Rule {
         if self.paths.is_empty() {
             return Some(0);
         }
-        self.paths.iter().filter(|p| p.matches(path)).map(PathPrefix::len).max()
+        self.paths
+            .iter()
+            .filter(|p| p.matches(path))
+            .map(PathPrefix::len)
+            .max()
     }
 }
 
@@ -236,16 +244,27 @@ struct Checker {
 
 impl Checker {
     fn invalid(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem { field: field.into(), message: message.into(), kind: ProblemKind::InvalidSpec });
+        self.problems.push(Problem {
+            field: field.into(),
+            message: message.into(),
+            kind: ProblemKind::InvalidSpec,
+        });
     }
 
     fn secret(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem { field: field.into(), message: message.into(), kind: ProblemKind::SecretNotFound });
+        self.problems.push(Problem {
+            field: field.into(),
+            message: message.into(),
+            kind: ProblemKind::SecretNotFound,
+        });
     }
 
     fn at_most<T>(&mut self, field: &str, items: &[T], max: usize) {
         if items.len() > max {
-            self.invalid(field, format!("{} entries; at most {max} are allowed", items.len()));
+            self.invalid(
+                field,
+                format!("{} entries; at most {max} are allowed", items.len()),
+            );
         }
     }
 }
@@ -274,7 +293,9 @@ const RESERVED_HEADERS: [&str; 9] = [
 fn valid_name(name: &str, max: usize) -> bool {
     !name.is_empty()
         && name.len() <= max
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && name.as_bytes()[0].is_ascii_alphanumeric()
 }
 
@@ -285,12 +306,20 @@ pub fn compile(
     spec: &JwtPolicySpec,
     ctx: &CompileContext<'_>,
 ) -> Result<Policy, CompileError> {
-    let mut c = Checker { problems: Vec::new() };
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
     if !valid_name(namespace, 63) {
-        c.invalid("metadata.namespace", "must be a DNS label: lower-case letters, digits, '-' (at most 63)");
+        c.invalid(
+            "metadata.namespace",
+            "must be a DNS label: lower-case letters, digits, '-' (at most 63)",
+        );
     }
     if !valid_name(name, 253) {
-        c.invalid("metadata.name", "must be a DNS subdomain name: lower-case letters, digits, '-', '.'");
+        c.invalid(
+            "metadata.name",
+            "must be a DNS subdomain name: lower-case letters, digits, '-', '.'",
+        );
     }
     let id: Arc<str> = format!("{namespace}/{name}").into();
 
@@ -325,7 +354,10 @@ pub fn compile(
     for (i, issuer) in spec.issuers.iter().enumerate() {
         let field = format!("spec.issuers[{i}]");
         if issuers.iter().any(|known| known.issuer == issuer.issuer) {
-            c.invalid(format!("{field}.issuer"), format!("{:?} is listed twice", issuer.issuer));
+            c.invalid(
+                format!("{field}.issuer"),
+                format!("{:?} is listed twice", issuer.issuer),
+            );
             continue;
         }
         if let Some(compiled) = compile_issuer(&mut c, &field, namespace, &id, issuer, ctx) {
@@ -343,14 +375,29 @@ pub fn compile(
             c.invalid(format!("{field}.methods"), e.to_string());
             Methods::default()
         });
-        let reqs = requirements(&mut c, &format!("{field}.requiredClaims"), &rule.required_claims);
+        let reqs = requirements(
+            &mut c,
+            &format!("{field}.requiredClaims"),
+            &rule.required_claims,
+        );
         if rule.allow_anonymous && !reqs.is_empty() {
-            c.invalid(field.clone(), "allowAnonymous and requiredClaims contradict each other; keep one");
+            c.invalid(
+                field.clone(),
+                "allowAnonymous and requiredClaims contradict each other; keep one",
+            );
         }
         if !rule.allow_anonymous && reqs.is_empty() {
-            c.invalid(field.clone(), "a rule needs requiredClaims or allowAnonymous: true");
+            c.invalid(
+                field.clone(),
+                "a rule needs requiredClaims or allowAnonymous: true",
+            );
         }
-        rules.push(Rule { paths, methods, requirements: reqs, allow_anonymous: rule.allow_anonymous });
+        rules.push(Rule {
+            paths,
+            methods,
+            requirements: reqs,
+            allow_anonymous: rule.allow_anonymous,
+        });
     }
 
     let clock_skew = match &spec.clock_skew {
@@ -358,11 +405,17 @@ pub fn compile(
         Some(text) => match humantime::parse_duration(text) {
             Ok(d) if d.as_secs() <= limits::MAX_CLOCK_SKEW_SECS => d.as_secs(),
             Ok(_) => {
-                c.invalid("spec.clockSkew", format!("{text} is more than the 10m maximum"));
+                c.invalid(
+                    "spec.clockSkew",
+                    format!("{text} is more than the 10m maximum"),
+                );
                 0
             }
             Err(e) => {
-                c.invalid("spec.clockSkew", format!("{text:?} is not a duration like 30s or 2m: {e}"));
+                c.invalid(
+                    "spec.clockSkew",
+                    format!("{text:?} is not a duration like 30s or 2m: {e}"),
+                );
                 0
             }
         },
@@ -372,7 +425,9 @@ pub fn compile(
     let deny = deny_config(&mut c, spec);
 
     if !c.problems.is_empty() {
-        return Err(CompileError { problems: c.problems });
+        return Err(CompileError {
+            problems: c.problems,
+        });
     }
     Ok(Policy {
         id,
@@ -404,27 +459,45 @@ fn prefixes(c: &mut Checker, field: &str, paths: &[String]) -> Vec<PathPrefix> {
 
 fn token_location(c: &mut Checker, spec: &JwtPolicySpec) -> TokenLocation {
     let t = &spec.token;
-    let header = t.header.clone().unwrap_or_else(|| "authorization".into()).to_ascii_lowercase();
+    let header = t
+        .header
+        .clone()
+        .unwrap_or_else(|| "authorization".into())
+        .to_ascii_lowercase();
     if !valid_header_name(&header) {
-        c.invalid("spec.token.header", format!("{header:?} is not a valid header name"));
+        c.invalid(
+            "spec.token.header",
+            format!("{header:?} is not a valid header name"),
+        );
     }
     let scheme = match t.scheme.as_deref() {
         None => Some("Bearer".to_string()),
         Some("") => None,
         Some(s) if s.bytes().all(is_token_char) => Some(s.to_string()),
         Some(s) => {
-            c.invalid("spec.token.scheme", format!("{s:?} is not a valid auth scheme (one token, no spaces)"));
+            c.invalid(
+                "spec.token.scheme",
+                format!("{s:?} is not a valid auth scheme (one token, no spaces)"),
+            );
             None
         }
     };
-    for (field, value) in [("spec.token.query", &t.query), ("spec.token.cookie", &t.cookie)] {
+    for (field, value) in [
+        ("spec.token.query", &t.query),
+        ("spec.token.cookie", &t.cookie),
+    ] {
         if let Some(v) = value
             && (v.is_empty() || !v.bytes().all(is_token_char))
         {
             c.invalid(field, format!("{v:?} is not a valid name"));
         }
     }
-    TokenLocation { header, scheme, query: t.query.clone(), cookie: t.cookie.clone() }
+    TokenLocation {
+        header,
+        scheme,
+        query: t.query.clone(),
+        cookie: t.cookie.clone(),
+    }
 }
 
 fn parse_url(c: &mut Checker, field: &str, text: &str, allow_insecure: bool) -> Option<Url> {
@@ -443,7 +516,10 @@ fn parse_url(c: &mut Checker, field: &str, text: &str, allow_insecure: bool) -> 
             return None;
         }
         other => {
-            c.invalid(field, format!("scheme {other:?} is not supported; use https"));
+            c.invalid(
+                field,
+                format!("scheme {other:?} is not supported; use https"),
+            );
             return None;
         }
     }
@@ -476,9 +552,16 @@ fn compile_issuer(
             "list the audiences your API accepts (the tokens' aud); without them any token of the issuer would pass",
         );
     }
-    c.at_most(&format!("{field}.audiences"), &spec.audiences, limits::AUDIENCES);
+    c.at_most(
+        &format!("{field}.audiences"),
+        &spec.audiences,
+        limits::AUDIENCES,
+    );
     if spec.audiences.iter().any(String::is_empty) {
-        c.invalid(format!("{field}.audiences"), "an audience must not be empty");
+        c.invalid(
+            format!("{field}.audiences"),
+            "an audience must not be empty",
+        );
     }
 
     let sources: Vec<&str> = [
@@ -492,7 +575,13 @@ fn compile_issuer(
     .flatten()
     .collect();
     if sources.len() > 1 {
-        c.invalid(field, format!("keys must come from exactly one source, found {}", sources.join(" and ")));
+        c.invalid(
+            field,
+            format!(
+                "keys must come from exactly one source, found {}",
+                sources.join(" and ")
+            ),
+        );
         return None;
     }
     let symmetric = spec.shared_secret.is_some();
@@ -522,7 +611,11 @@ fn compile_issuer(
         }
     }
     if algorithms.is_empty() {
-        algorithms = if symmetric { SYMMETRIC.to_vec() } else { ASYMMETRIC.to_vec() };
+        algorithms = if symmetric {
+            SYMMETRIC.to_vec()
+        } else {
+            ASYMMETRIC.to_vec()
+        };
     }
 
     let fixed_id = || format!("inline:{policy_id}#{}", spec.issuer);
@@ -533,7 +626,11 @@ fn compile_issuer(
                 for rejected in &set.rejected {
                     c.invalid(
                         format!("{field}.jwks"),
-                        format!("key {}: {}", rejected.kid.as_deref().unwrap_or("(no kid)"), rejected.error),
+                        format!(
+                            "key {}: {}",
+                            rejected.kid.as_deref().unwrap_or("(no kid)"),
+                            rejected.error
+                        ),
                     );
                 }
                 Some(KeySource::fixed(fixed_id(), set))
@@ -574,15 +671,27 @@ fn compile_issuer(
             }
         }
     } else if let Some(jwks_uri) = &spec.jwks_uri {
-        parse_url(c, &format!("{field}.jwksUri"), jwks_uri, spec.allow_insecure_http).map(|url| {
-            ctx.key_sources.remote(Origin::JwksUri { url, allow_insecure: spec.allow_insecure_http })
+        parse_url(
+            c,
+            &format!("{field}.jwksUri"),
+            jwks_uri,
+            spec.allow_insecure_http,
+        )
+        .map(|url| {
+            ctx.key_sources.remote(Origin::JwksUri {
+                url,
+                allow_insecure: spec.allow_insecure_http,
+            })
         })
     } else {
         let (dfield, text) = match &spec.discovery {
             Some(d) => (format!("{field}.discovery"), d.clone()),
             None => (
                 format!("{field}.issuer"),
-                format!("{}/.well-known/openid-configuration", spec.issuer.trim_end_matches('/')),
+                format!(
+                    "{}/.well-known/openid-configuration",
+                    spec.issuer.trim_end_matches('/')
+                ),
             ),
         };
         parse_url(c, &dfield, &text, spec.allow_insecure_http).map(|url| {
@@ -621,7 +730,11 @@ fn decode_secret(raw: &[u8], encoding: SecretEncoding) -> Result<Vec<u8>, String
     }
 }
 
-fn requirements(c: &mut Checker, field: &str, specs: &[ClaimRequirementSpec]) -> Vec<ClaimRequirement> {
+fn requirements(
+    c: &mut Checker,
+    field: &str,
+    specs: &[ClaimRequirementSpec],
+) -> Vec<ClaimRequirement> {
     c.at_most(field, specs, limits::REQUIREMENTS);
     let mut out = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
@@ -630,7 +743,10 @@ fn requirements(c: &mut Checker, field: &str, specs: &[ClaimRequirementSpec]) ->
             c.invalid(format!("{f}.name"), "must not be empty");
         }
         if spec.separator.as_deref() == Some("") {
-            c.invalid(format!("{f}.separator"), "must not be empty (leave it out to compare whole values)");
+            c.invalid(
+                format!("{f}.separator"),
+                "must not be empty (leave it out to compare whole values)",
+            );
         }
         c.at_most(&format!("{f}.values"), &spec.values, limits::VALUES);
         out.push(ClaimRequirement {
@@ -645,7 +761,11 @@ fn requirements(c: &mut Checker, field: &str, specs: &[ClaimRequirementSpec]) ->
 
 fn forward(c: &mut Checker, spec: &JwtPolicySpec, token: &TokenLocation) -> Forward {
     let f = &spec.forward;
-    c.at_most("spec.forward.claimsToHeaders", &f.claims_to_headers, limits::FORWARD_HEADERS);
+    c.at_most(
+        "spec.forward.claimsToHeaders",
+        &f.claims_to_headers,
+        limits::FORWARD_HEADERS,
+    );
     let mut seen: Vec<String> = Vec::new();
     let mut check_header = |c: &mut Checker, field: String, header: &str| -> String {
         let lower = header.to_ascii_lowercase();
@@ -654,7 +774,10 @@ fn forward(c: &mut Checker, spec: &JwtPolicySpec, token: &TokenLocation) -> Forw
         } else if RESERVED_HEADERS.contains(&lower.as_str()) {
             c.invalid(field, format!("{header} cannot be set by a policy"));
         } else if lower == token.header {
-            c.invalid(field, format!("{header} is where the token is read; pick another header"));
+            c.invalid(
+                field,
+                format!("{header} is where the token is read; pick another header"),
+            );
         } else if seen.contains(&lower) {
             c.invalid(field, format!("{header} is set twice"));
         }
@@ -664,16 +787,27 @@ fn forward(c: &mut Checker, spec: &JwtPolicySpec, token: &TokenLocation) -> Forw
     let mut claims_to_headers = Vec::new();
     for (i, m) in f.claims_to_headers.iter().enumerate() {
         if m.claim.is_empty() {
-            c.invalid(format!("spec.forward.claimsToHeaders[{i}].claim"), "must not be empty");
+            c.invalid(
+                format!("spec.forward.claimsToHeaders[{i}].claim"),
+                "must not be empty",
+            );
         }
-        let header = check_header(c, format!("spec.forward.claimsToHeaders[{i}].header"), &m.header);
+        let header = check_header(
+            c,
+            format!("spec.forward.claimsToHeaders[{i}].header"),
+            &m.header,
+        );
         claims_to_headers.push((m.claim.clone(), header));
     }
     let payload_header = f
         .payload_header
         .as_ref()
         .map(|h| check_header(c, "spec.forward.payloadHeader".into(), h));
-    Forward { claims_to_headers, payload_header, keep_token: f.keep_token.unwrap_or(true) }
+    Forward {
+        claims_to_headers,
+        payload_header,
+        keep_token: f.keep_token.unwrap_or(true),
+    }
 }
 
 fn deny_config(c: &mut Checker, spec: &JwtPolicySpec) -> DenyConfig {
@@ -685,14 +819,27 @@ fn deny_config(c: &mut Checker, spec: &JwtPolicySpec) -> DenyConfig {
     if let Some(m) = &d.message
         && (m.len() > 1024 || m.chars().any(char::is_control))
     {
-        c.invalid("spec.deny.message", "at most 1024 characters, no control characters");
+        c.invalid(
+            "spec.deny.message",
+            "at most 1024 characters, no control characters",
+        );
     }
     if let Some(r) = &d.realm
-        && (r.len() > 256 || r.chars().any(|ch| ch == '"' || ch == '\\' || ch.is_control()))
+        && (r.len() > 256
+            || r.chars()
+                .any(|ch| ch == '"' || ch == '\\' || ch.is_control()))
     {
-        c.invalid("spec.deny.realm", "at most 256 characters, no quotes, backslashes or control characters");
+        c.invalid(
+            "spec.deny.realm",
+            "at most 256 characters, no quotes, backslashes or control characters",
+        );
     }
-    DenyConfig { status, message: d.message.clone(), detail: d.detail.unwrap_or_default(), realm: d.realm.clone() }
+    DenyConfig {
+        status,
+        message: d.message.clone(),
+        detail: d.detail.unwrap_or_default(),
+        realm: d.realm.clone(),
+    }
 }
 
 #[cfg(test)]

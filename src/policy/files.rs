@@ -86,11 +86,16 @@ pub struct FileLoader {
 }
 
 fn is_yaml(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
 }
 
 fn hidden(path: &Path) -> bool {
-    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
 }
 
 /// Parses every document of a policy file.
@@ -98,7 +103,8 @@ pub fn parse_documents(content: &[u8]) -> Result<Vec<(usize, PolicyDocument)>, S
     let text = std::str::from_utf8(content).map_err(|_| "the file is not UTF-8".to_string())?;
     let mut out = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(document).map_err(|e| format!("document {index}: {e}"))?;
+        let value = serde_yaml::Value::deserialize(document)
+            .map_err(|e| format!("document {index}: {e}"))?;
         if value.is_null() {
             continue; // an empty document, e.g. a trailing `---`
         }
@@ -116,7 +122,11 @@ pub fn parse_documents(content: &[u8]) -> Result<Vec<(usize, PolicyDocument)>, S
 }
 
 impl FileLoader {
-    pub fn new(paths: Vec<PathBuf>, key_sources: Arc<KeySources>, default_action: DefaultAction) -> Self {
+    pub fn new(
+        paths: Vec<PathBuf>,
+        key_sources: Arc<KeySources>,
+        default_action: DefaultAction,
+    ) -> Self {
         FileLoader {
             paths,
             files: HashMap::new(),
@@ -178,8 +188,15 @@ impl FileLoader {
             let content = match read_bounded(path) {
                 Ok(content) => content,
                 Err(message) => {
-                    let kept = self.files.get(path).is_some_and(|f| !f.documents.is_empty());
-                    report.problems.push(LoadProblem { location: path.display().to_string(), message, kept_last_good: kept });
+                    let kept = self
+                        .files
+                        .get(path)
+                        .is_some_and(|f| !f.documents.is_empty());
+                    report.problems.push(LoadProblem {
+                        location: path.display().to_string(),
+                        message,
+                        kept_last_good: kept,
+                    });
                     if let Some(entry) = self.files.remove(path) {
                         seen.insert(path.clone(), entry);
                     }
@@ -228,12 +245,19 @@ impl FileLoader {
         paths.sort();
         for path in paths {
             for (index, doc) in &self.files[path].documents {
-                let namespace = doc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+                let namespace = doc
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into());
                 let id: Arc<str> = format!("{namespace}/{}", doc.metadata.name).into();
                 if let Some((other, other_index, _)) = documents.get(&id) {
                     report.problems.push(LoadProblem {
                         location: format!("{} document {index}", path.display()),
-                        message: format!("policy {id} is already defined in {} document {other_index}; ignored", other.display()),
+                        message: format!(
+                            "policy {id} is already defined in {} document {other_index}; ignored",
+                            other.display()
+                        ),
                         kept_last_good: false,
                     });
                     continue;
@@ -249,15 +273,26 @@ impl FileLoader {
             let next_order = &mut self.next_order;
             let entry = self.policies.entry(id.clone()).or_insert_with(|| {
                 *next_order += 1;
-                PolicyEntry { order: *next_order, document: None, compiled: None, failed: None, retry: false }
+                PolicyEntry {
+                    order: *next_order,
+                    document: None,
+                    compiled: None,
+                    failed: None,
+                    retry: false,
+                }
             });
             if entry.document.as_ref() == Some(&value)
                 || (entry.failed.as_ref() == Some(&value) && !entry.retry)
             {
                 continue;
             }
-            let secrets = FileSecrets { base_dir: path.parent().map(Path::to_path_buf) };
-            let ctx = CompileContext { key_sources: &self.key_sources, secrets: &secrets };
+            let secrets = FileSecrets {
+                base_dir: path.parent().map(Path::to_path_buf),
+            };
+            let ctx = CompileContext {
+                key_sources: &self.key_sources,
+                secrets: &secrets,
+            };
             let namespace = doc.metadata.namespace.as_deref().unwrap_or("default");
             match compile(namespace, &doc.metadata.name, &doc.spec, &ctx) {
                 Ok(policy) => {
@@ -285,7 +320,10 @@ impl FileLoader {
             .filter_map(|e| e.compiled.clone().map(|p| (e.order, p)))
             .collect();
         ordered.sort_by_key(|(order, _)| *order);
-        let (snapshot, conflicts) = Snapshot::build(ordered.into_iter().map(|(_, p)| p).collect(), self.default_action);
+        let (snapshot, conflicts) = Snapshot::build(
+            ordered.into_iter().map(|(_, p)| p).collect(),
+            self.default_action,
+        );
         report.policies = snapshot.len();
         report.conflicts = conflicts;
         (Some(snapshot), report)
@@ -311,8 +349,12 @@ pub fn log_report(report: &LoadReport) {
             path = %conflict.path, "policy rejected: {conflict}");
     }
     if report.changed {
-        tracing::info!(policies = report.policies, problems = report.problems.len(),
-            conflicts = report.conflicts.len(), "policies loaded");
+        tracing::info!(
+            policies = report.policies,
+            problems = report.problems.len(),
+            conflicts = report.conflicts.len(),
+            "policies loaded"
+        );
     }
 }
 
@@ -349,7 +391,10 @@ pub fn spawn_watch(
     })
 }
 
-fn notify_watcher(paths: &[PathBuf], tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+fn notify_watcher(
+    paths: &[PathBuf],
+    tx: tokio::sync::mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher as _;
     let handler = move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
@@ -365,8 +410,18 @@ fn notify_watcher(paths: &[PathBuf], tx: tokio::sync::mpsc::Sender<()>) -> Optio
     };
     for path in paths {
         // Watch directories, and the directory of a file (editors replace files by rename).
-        let target = if path.is_dir() { path.clone() } else { path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")) };
-        let target = if target.as_os_str().is_empty() { PathBuf::from(".") } else { target };
+        let target = if path.is_dir() {
+            path.clone()
+        } else {
+            path.parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."))
+        };
+        let target = if target.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            target
+        };
         if let Err(e) = watcher.watch(&target, notify::RecursiveMode::NonRecursive) {
             tracing::warn!(path = %target.display(), error = %e, "cannot watch; polling only");
         }

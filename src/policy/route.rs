@@ -45,15 +45,24 @@ impl HostPattern {
             return Err(err("empty host name"));
         }
         if name.contains('*') {
-            return Err(err("a wildcard is only allowed as the whole first label (*.example.com)"));
+            return Err(err(
+                "a wildcard is only allowed as the whole first label (*.example.com)",
+            ));
         }
         if name.contains(':') && !name.starts_with('[') {
             return Err(err("leave out the port: hosts match on any port"));
         }
-        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b)) {
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b))
+        {
             return Err(err("not a DNS name or IP address"));
         }
-        Ok(if wild { HostPattern::Wildcard(name.to_string()) } else { HostPattern::Exact(name.to_string()) })
+        Ok(if wild {
+            HostPattern::Wildcard(name.to_string())
+        } else {
+            HostPattern::Exact(name.to_string())
+        })
     }
 
     /// Specificity for selection: exact beats wildcard (longer suffix first) beats any.
@@ -152,7 +161,10 @@ pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
             }
             i += 3;
         } else if b == b'\\' || b < 0x20 || b == 0x7f {
-            return Err(RouteError::Path(truncate(raw), "contains a backslash or control character"));
+            return Err(RouteError::Path(
+                truncate(raw),
+                "contains a backslash or control character",
+            ));
         } else {
             decoded.push(b);
             i += 1;
@@ -161,7 +173,8 @@ pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
     // Only ASCII was pushed for escapes, and the input was valid UTF-8.
     let decoded = String::from_utf8(decoded)
         .map_err(|_| RouteError::Path(truncate(raw), "is not UTF-8 after decoding"))?;
-    let trailing_slash = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let trailing_slash =
+        decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
         match segment {
@@ -194,10 +207,17 @@ pub struct PathPrefix(String);
 impl PathPrefix {
     pub fn parse(text: &str) -> Result<Self, RouteError> {
         if text.contains(['?', '#']) {
-            return Err(RouteError::Path(text.to_string(), "a prefix cannot contain ? or #"));
+            return Err(RouteError::Path(
+                text.to_string(),
+                "a prefix cannot contain ? or #",
+            ));
         }
         let normalized = normalize_path(text)?;
-        let trimmed = if normalized.len() > 1 { normalized.trim_end_matches('/') } else { &normalized };
+        let trimmed = if normalized.len() > 1 {
+            normalized.trim_end_matches('/')
+        } else {
+            &normalized
+        };
         Ok(PathPrefix(trimmed.to_string()))
     }
 
@@ -243,7 +263,11 @@ impl Methods {
         let mut out = Vec::with_capacity(methods.len());
         for m in methods {
             let upper = m.trim().to_ascii_uppercase();
-            if upper.is_empty() || !upper.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+            if upper.is_empty()
+                || !upper
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
                 return Err(RouteError::Method(m.clone()));
             }
             if !out.contains(&upper) {
@@ -291,10 +315,20 @@ mod tests {
             assert_eq!(wild.matches(host), want, "{host}");
         }
         assert!(HostPattern::parse("*").expect("parse").matches("anything"));
-        for bad in ["", "*.", "a.*.com", "api.example.com:443", "sp ace", "*foo.com"] {
+        for bad in [
+            "",
+            "*.",
+            "a.*.com",
+            "api.example.com:443",
+            "sp ace",
+            "*foo.com",
+        ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad}");
         }
-        assert!(HostPattern::Exact("a".into()).specificity() > HostPattern::Wildcard("zzzz".into()).specificity());
+        assert!(
+            HostPattern::Exact("a".into()).specificity()
+                > HostPattern::Wildcard("zzzz".into()).specificity()
+        );
     }
 
     #[test]
@@ -340,7 +374,14 @@ mod tests {
     fn prefixes_are_segment_aware() {
         let p = PathPrefix::parse("/orders/").expect("parse");
         assert_eq!(p.as_str(), "/orders");
-        for (path, want) in [("/orders", true), ("/orders/", true), ("/orders/1", true), ("/ordersx", false), ("/order", false), ("/", false)] {
+        for (path, want) in [
+            ("/orders", true),
+            ("/orders/", true),
+            ("/orders/1", true),
+            ("/ordersx", false),
+            ("/order", false),
+            ("/", false),
+        ] {
             assert_eq!(p.matches(path), want, "{path}");
         }
         assert!(PathPrefix::root().matches("/anything"));

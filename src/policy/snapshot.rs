@@ -69,12 +69,22 @@ pub struct Snapshot {
 impl Snapshot {
     /// Indexes `policies`, given oldest first: on a host+path+method collision the older policy
     /// keeps the route and the newer one is left out whole (reported as a [`Conflict`]).
-    pub fn build(policies: Vec<Arc<Policy>>, default_action: DefaultAction) -> (Snapshot, Vec<Conflict>) {
-        let mut snapshot = Snapshot { default_action, ..Snapshot::default() };
+    pub fn build(
+        policies: Vec<Arc<Policy>>,
+        default_action: DefaultAction,
+    ) -> (Snapshot, Vec<Conflict>) {
+        let mut snapshot = Snapshot {
+            default_action,
+            ..Snapshot::default()
+        };
         let mut conflicts = Vec::new();
         for policy in policies {
             let root = [PathPrefix::root()];
-            let prefixes: &[PathPrefix] = if policy.paths.is_empty() { &root } else { &policy.paths };
+            let prefixes: &[PathPrefix] = if policy.paths.is_empty() {
+                &root
+            } else {
+                &policy.paths
+            };
             let clash = policy.hosts.iter().find_map(|host| {
                 let bucket = snapshot.bucket(host)?;
                 prefixes.iter().find_map(|prefix| {
@@ -100,15 +110,27 @@ impl Snapshot {
                     HostPattern::Any => &mut snapshot.any,
                 };
                 for prefix in prefixes {
-                    bucket.push(Route { prefix: prefix.clone(), methods: policy.methods.clone(), policy: policy.clone() });
+                    bucket.push(Route {
+                        prefix: prefix.clone(),
+                        methods: policy.methods.clone(),
+                        policy: policy.clone(),
+                    });
                 }
             }
             snapshot.policies.insert(policy.id.clone(), policy);
         }
-        for bucket in snapshot.exact.values_mut().chain(snapshot.wildcard.values_mut()).chain([&mut snapshot.any]) {
+        for bucket in snapshot
+            .exact
+            .values_mut()
+            .chain(snapshot.wildcard.values_mut())
+            .chain([&mut snapshot.any])
+        {
             // Longest prefix first; routes naming methods before catch-all ones of equal length.
             bucket.sort_by(|a, b| {
-                b.prefix.len().cmp(&a.prefix.len()).then(a.methods.is_all().cmp(&b.methods.is_all()))
+                b.prefix
+                    .len()
+                    .cmp(&a.prefix.len())
+                    .then(a.methods.is_all().cmp(&b.methods.is_all()))
             });
         }
         (snapshot, conflicts)
@@ -131,13 +153,21 @@ impl Snapshot {
                 .find(|r| r.prefix.matches(path) && r.methods.matches(method))
                 .map(|r| &r.policy)
         }
-        if let Some(found) = self.exact.get(host).and_then(|routes| pick(routes, path, method)) {
+        if let Some(found) = self
+            .exact
+            .get(host)
+            .and_then(|routes| pick(routes, path, method))
+        {
             return Some(found);
         }
         if !self.wildcard.is_empty() {
             let mut rest = host;
             while let Some((_, suffix)) = rest.split_once('.') {
-                if let Some(found) = self.wildcard.get(suffix).and_then(|routes| pick(routes, path, method)) {
+                if let Some(found) = self
+                    .wildcard
+                    .get(suffix)
+                    .and_then(|routes| pick(routes, path, method))
+                {
                     return Some(found);
                 }
                 rest = suffix;
@@ -175,7 +205,10 @@ impl SharedSnapshot {
     /// An empty, not-ready snapshot.
     pub fn new(default_action: DefaultAction) -> Arc<Self> {
         Arc::new(SharedSnapshot {
-            current: ArcSwap::from_pointee(Snapshot { default_action, ..Snapshot::default() }),
+            current: ArcSwap::from_pointee(Snapshot {
+                default_action,
+                ..Snapshot::default()
+            }),
             ready: AtomicBool::new(false),
             changes: watch::channel(0).0,
         })

@@ -1,0 +1,91 @@
+//! Test fixtures: generated keys (once per test binary), policies from YAML snippets, and
+//! compiled policies with inline keys. Every token a test uses is minted with these keys.
+
+use std::sync::{Arc, LazyLock};
+
+use serde_json::{Value, json};
+
+use crate::jwks::KeySources;
+use crate::local_issuer::{SigningKey, jwks, now_secs};
+use crate::policy::{CompileContext, CompileError, FileSecrets, JwtPolicySpec, Policy, compile};
+
+pub const ISSUER: &str = "https://idp.example.com/";
+pub const AUDIENCE: &str = "api://orders";
+
+pub static RSA: LazyLock<SigningKey> =
+    LazyLock::new(|| SigningKey::rsa("rsa-1", "RS256", 2048).expect("rsa key"));
+pub static RSA_PS: LazyLock<SigningKey> =
+    LazyLock::new(|| SigningKey::rsa("rsa-ps", "PS256", 2048).expect("rsa key"));
+pub static EC: LazyLock<SigningKey> =
+    LazyLock::new(|| SigningKey::ec("ec-1", "ES256").expect("ec key"));
+pub static ED: LazyLock<SigningKey> =
+    LazyLock::new(|| SigningKey::ed25519("ed-1").expect("ed key"));
+/// A key no policy trusts.
+pub static ROGUE: LazyLock<SigningKey> =
+    LazyLock::new(|| SigningKey::rsa("rsa-1", "RS256", 2048).expect("rsa key"));
+
+/// The JWKS of the trusted keys.
+pub fn trusted_jwks() -> Value {
+    jwks(&[&RSA, &RSA_PS, &EC, &ED])
+}
+
+/// Claims of a token that passes the default policy.
+pub fn good_claims() -> Value {
+    let now = now_secs();
+    json!({"iss": ISSUER, "sub": "alice", "aud": AUDIENCE, "iat": now - 10, "exp": now + 600,
+        "scp": "orders.read orders.write", "roles": ["user"]})
+}
+
+/// `good_claims` with some members replaced (`null` removes a member).
+pub fn claims_with(changes: Value) -> Value {
+    let mut claims = good_claims();
+    if let (Some(target), Some(changes)) = (claims.as_object_mut(), changes.as_object()) {
+        for (k, v) in changes {
+            if v.is_null() {
+                target.remove(k);
+            } else {
+                target.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    claims
+}
+
+/// Parses a spec from YAML.
+pub fn spec(yaml: &str) -> JwtPolicySpec {
+    serde_yaml::from_str(yaml).expect("test spec parses")
+}
+
+/// A spec with one issuer (inline trusted keys) plus `extra` YAML merged at the top level.
+pub fn spec_with(extra: &str) -> JwtPolicySpec {
+    let mut base: serde_json::Map<String, Value> = serde_json::from_value(json!({
+        "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": trusted_jwks()}],
+    }))
+    .expect("object");
+    if !extra.trim().is_empty() {
+        let extra: serde_json::Map<String, Value> =
+            serde_yaml::from_str(extra).expect("extra yaml");
+        base.extend(extra);
+    }
+    serde_json::from_value(Value::Object(base)).expect("spec")
+}
+
+/// Compiles a spec offline (remote sources are created but never fetched).
+pub fn try_compile(name: &str, spec: &JwtPolicySpec) -> Result<Policy, CompileError> {
+    let sources = KeySources::offline().expect("client");
+    let secrets = FileSecrets { base_dir: None };
+    compile(
+        "test",
+        name,
+        spec,
+        &CompileContext {
+            key_sources: &sources,
+            secrets: &secrets,
+        },
+    )
+}
+
+/// Compiles a spec that must be valid.
+pub fn mk_policy(name: &str, extra: &str) -> Arc<Policy> {
+    Arc::new(try_compile(name, &spec_with(extra)).expect("policy compiles"))
+}

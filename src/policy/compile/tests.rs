@@ -1,0 +1,324 @@
+use super::*;
+use crate::fixtures::*;
+
+fn problems(yaml: &str) -> Vec<String> {
+    let spec: JwtPolicySpec = serde_yaml::from_str(yaml).expect("yaml");
+    match try_compile("p", &spec) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.field, p.message))
+            .collect(),
+    }
+}
+
+fn assert_problem(yaml: &str, field: &str, fragment: &str) {
+    let found = problems(yaml);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with(field) && p.contains(fragment)),
+        "expected {field} ~ {fragment:?} in {found:?}"
+    );
+}
+
+const JWKS_ISSUER: &str =
+    "issuers: [{issuer: https://idp/, audiences: [a], jwksUri: https://idp/keys}]";
+
+#[test]
+fn a_complete_policy_compiles() {
+    let policy = mk_policy(
+        "orders",
+        r#"{match: {hosts: ["API.example.com", "*.example.org"], paths: ["/orders/"], methods: [get, POST]},
+            token: {header: X-Token, scheme: "", query: access_token, cookie: at},
+            requiredClaims: [{name: scp, match: all, separator: " ", values: [a, 1, true]}],
+            rules: [{paths: [/orders/admin], methods: [DELETE], requiredClaims: [{name: roles, values: [admin]}]},
+                    {paths: [/orders/healthz], allowAnonymous: true}],
+            clockSkew: 2m, requireExpirationTime: false,
+            forward: {claimsToHeaders: [{claim: sub, header: X-User}], payloadHeader: x-jwt, keepToken: false},
+            deny: {status: 403, message: "no", detail: none, realm: orders}}"#,
+    );
+    assert_eq!(&*policy.id, "test/orders");
+    assert_eq!(policy.hosts.len(), 2);
+    assert_eq!(policy.paths[0].as_str(), "/orders");
+    assert_eq!(policy.methods.as_slice(), ["GET", "POST"]);
+    assert_eq!(policy.token.header, "x-token");
+    assert_eq!(policy.token.scheme, None);
+    assert_eq!(policy.required_claims[0].values, ["a", "1", "true"]);
+    assert_eq!(policy.clock_skew, 120);
+    assert!(!policy.require_exp);
+    assert_eq!(
+        policy.forward.claims_to_headers,
+        [("sub".to_string(), "x-user".to_string())]
+    );
+    assert!(!policy.forward.keep_token);
+    assert_eq!(policy.deny.status, 403);
+    assert_eq!(
+        policy.issuers[0].algorithms.len(),
+        9,
+        "all asymmetric algorithms by default"
+    );
+    assert!(
+        policy
+            .rule_for("/orders/healthz/x", "GET")
+            .is_some_and(|r| r.allow_anonymous)
+    );
+    assert!(policy.rule_for("/orders/admin", "GET").is_none());
+    assert!(
+        policy
+            .rule_for("/orders/admin/1", "DELETE")
+            .is_some_and(|r| !r.requirements.is_empty())
+    );
+}
+
+#[test]
+fn defaults() {
+    let policy = mk_policy("p", "");
+    assert_eq!(policy.hosts, [HostPattern::Any]);
+    assert!(policy.paths.is_empty());
+    assert_eq!(policy.token.header, "authorization");
+    assert_eq!(policy.token.scheme.as_deref(), Some("Bearer"));
+    assert_eq!(policy.clock_skew, 30);
+    assert!(policy.require_exp);
+    assert!(policy.forward.keep_token);
+    assert_eq!(policy.deny.status, 401);
+    assert_eq!(policy.deny.detail, DenyDetail::Reason);
+}
+
+#[test]
+fn bad_specs_name_the_field_and_the_fix() {
+    let cases = [
+        ("issuers: []", "spec.issuers", "at least one issuer"),
+        (
+            "issuers: [{issuer: https://idp/, jwksUri: https://idp/keys}]",
+            "spec.issuers[0].audiences",
+            "list the audiences",
+        ),
+        (
+            "issuers: [{issuer: https://idp/, audiences: [a], jwksUri: http://idp/keys}]",
+            "spec.issuers[0].jwksUri",
+            "plain http",
+        ),
+        (
+            "issuers: [{issuer: https://idp/, audiences: [a], jwksUri: ftp://idp/keys}]",
+            "spec.issuers[0].jwksUri",
+            "not supported",
+        ),
+        (
+            "issuers: [{issuer: https://idp/, audiences: [a], jwksUri: 'https://u:p@idp/keys'}]",
+            "spec.issuers[0].jwksUri",
+            "credentials",
+        ),
+        (
+            "issuers: [{issuer: not-a-url, audiences: [a]}]",
+            "spec.issuers[0].issuer",
+            "not a URL",
+        ),
+        (
+            "issuers: [{issuer: https://idp/, audiences: [a], jwksUri: https://idp/k, discovery: https://idp/d}]",
+            "spec.issuers[0]",
+            "exactly one source",
+        ),
+        (
+            "issuers: [{issuer: https://idp/, audiences: [a], jwksUri: https://idp/k, algorithms: [none]}]",
+            "spec.issuers[0].algorithms[0]",
+            "never accepted",
+        ),
+        (
+            "issuers: [{issuer: https://idp/, audiences: [a], jwksUri: https://idp/k, algorithms: [HS256]}]",
+            "spec.issuers[0].algorithms[0]",
+            "needs a sharedSecret",
+        ),
+        (
+            "issuers: [{issuer: https://idp/, audiences: [a], jwksUri: https://idp/k, algorithms: [RS1]}]",
+            "spec.issuers[0].algorithms[0]",
+            "not supported",
+        ),
+        (
+            "issuers: [{issuer: https://idp/, audiences: [a], sharedSecret: {file: /nonexistent/secret}}]",
+            "spec.issuers[0].sharedSecret",
+            "/nonexistent/secret",
+        ),
+        (
+            "issuers: [{issuer: https://idp/, audiences: [a], jwks: {keys: [{kty: oct, k: abc}]}}]",
+            "spec.issuers[0].jwks",
+            "symmetric",
+        ),
+        (
+            "issuers: [{issuer: https://idp/, audiences: [a], publicKeys: [{pem: nope}]}]",
+            "spec.issuers[0].publicKeys[0]",
+            "PEM",
+        ),
+        (
+            "issuers: [{issuer: https://idp/, audiences: [a], jwksUri: https://idp/k}, {issuer: https://idp/, audiences: [a], jwksUri: https://idp/k}]",
+            "spec.issuers[1].issuer",
+            "twice",
+        ),
+    ];
+    for (yaml, field, fragment) in cases {
+        assert_problem(yaml, field, fragment);
+    }
+    let with = |extra: &str| format!("{JWKS_ISSUER}\n{extra}");
+    let cases = [
+        (
+            "match: {hosts: ['a.*.com']}",
+            "spec.match.hosts[0]",
+            "wildcard",
+        ),
+        (
+            "match: {hosts: ['api.example.com:443']}",
+            "spec.match.hosts[0]",
+            "port",
+        ),
+        (
+            "match: {paths: [orders]}",
+            "spec.match.paths[0]",
+            "start with /",
+        ),
+        (
+            "match: {methods: ['GE T']}",
+            "spec.match.methods",
+            "not an HTTP method",
+        ),
+        (
+            "token: {scheme: 'Bear er'}",
+            "spec.token.scheme",
+            "one token",
+        ),
+        (
+            "token: {header: 'bad header'}",
+            "spec.token.header",
+            "not a valid header",
+        ),
+        ("clockSkew: 1h", "spec.clockSkew", "10m maximum"),
+        ("clockSkew: soon", "spec.clockSkew", "not a duration"),
+        (
+            "rules: [{paths: [/a]}]",
+            "spec.rules[0]",
+            "needs requiredClaims or allowAnonymous",
+        ),
+        (
+            "rules: [{paths: [/a], allowAnonymous: true, requiredClaims: [{name: x}]}]",
+            "spec.rules[0]",
+            "contradict",
+        ),
+        (
+            "requiredClaims: [{name: ''}]",
+            "spec.requiredClaims[0].name",
+            "empty",
+        ),
+        (
+            "requiredClaims: [{name: scp, separator: ''}]",
+            "spec.requiredClaims[0].separator",
+            "empty",
+        ),
+        (
+            "forward: {claimsToHeaders: [{claim: sub, header: Host}]}",
+            "spec.forward.claimsToHeaders[0].header",
+            "cannot be set",
+        ),
+        (
+            "forward: {claimsToHeaders: [{claim: sub, header: authorization}]}",
+            "spec.forward.claimsToHeaders[0].header",
+            "where the token is read",
+        ),
+        (
+            "forward: {claimsToHeaders: [{claim: sub, header: x-a}, {claim: oid, header: X-A}]}",
+            "spec.forward.claimsToHeaders[1].header",
+            "set twice",
+        ),
+        (
+            "forward: {payloadHeader: 'x y'}",
+            "spec.forward.payloadHeader",
+            "not a valid header",
+        ),
+        ("deny: {status: 500}", "spec.deny.status", "4xx"),
+        ("deny: {realm: 'a\"b'}", "spec.deny.realm", "quotes"),
+    ];
+    for (extra, field, fragment) in cases {
+        assert_problem(&with(extra), field, fragment);
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let found = problems(
+        "issuers: [{issuer: https://idp/, jwksUri: http://idp/k}]\nclockSkew: 1h\ndeny: {status: 200}",
+    );
+    assert_eq!(found.len(), 4, "{found:?}");
+}
+
+#[test]
+fn names_must_be_kubernetes_names() {
+    let spec = spec_with("");
+    let sources = KeySources::offline().expect("client");
+    let secrets = FileSecrets { base_dir: None };
+    let ctx = CompileContext {
+        key_sources: &sources,
+        secrets: &secrets,
+    };
+    let err = compile("Bad_NS", "Orders", &spec, &ctx).expect_err("invalid names");
+    assert_eq!(err.problems.len(), 2);
+    assert_eq!(err.reason(), "InvalidSpec");
+}
+
+#[test]
+fn a_missing_secret_is_its_own_reason() {
+    let spec: JwtPolicySpec = serde_yaml::from_str(
+        "issuers: [{issuer: https://idp/, audiences: [a], sharedSecret: {file: /nonexistent/x}}]",
+    )
+    .expect("yaml");
+    assert_eq!(
+        try_compile("p", &spec).expect_err("missing").reason(),
+        "SecretNotFound"
+    );
+}
+
+#[test]
+fn unknown_fields_are_refused_not_ignored() {
+    // A misspelt requiredClaims must not silently drop a check.
+    let result: Result<JwtPolicySpec, _> =
+        serde_yaml::from_str(&format!("{JWKS_ISSUER}\nrequiredClaim: [{{name: scp}}]"));
+    let err = result.expect_err("unknown field").to_string();
+    assert!(err.contains("requiredClaim"), "{err}");
+}
+
+#[test]
+fn remote_sources_are_shared_by_origin() {
+    let sources = KeySources::offline().expect("client");
+    let secrets = FileSecrets { base_dir: None };
+    let ctx = CompileContext {
+        key_sources: &sources,
+        secrets: &secrets,
+    };
+    let spec: JwtPolicySpec = serde_yaml::from_str(JWKS_ISSUER).expect("yaml");
+    let a = compile("ns", "a", &spec, &ctx).expect("a");
+    let b = compile("ns", "b", &spec, &ctx).expect("b");
+    assert!(Arc::ptr_eq(&a.issuers[0].keys, &b.issuers[0].keys));
+    assert_eq!(sources.live().len(), 1);
+    drop((a, b));
+    assert_eq!(
+        sources.live().len(),
+        0,
+        "a source no policy uses is released"
+    );
+}
+
+#[test]
+fn discovery_is_the_default_source() {
+    let spec: JwtPolicySpec =
+        serde_yaml::from_str("issuers: [{issuer: https://idp.example/tenant/, audiences: [a]}]")
+            .expect("yaml");
+    let policy = try_compile("p", &spec).expect("compiles");
+    match policy.issuers[0].keys.origin() {
+        crate::jwks::Origin::Discovery { url, issuer, .. } => {
+            assert_eq!(
+                url.as_str(),
+                "https://idp.example/tenant/.well-known/openid-configuration"
+            );
+            assert_eq!(issuer, "https://idp.example/tenant/");
+        }
+        other => panic!("unexpected origin {other:?}"),
+    }
+}

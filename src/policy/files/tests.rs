@@ -1,0 +1,207 @@
+use std::path::Path;
+
+use super::*;
+use crate::fixtures::*;
+
+/// A policy document for host `<name>.example.com` (unless `extra` has its own `match`).
+fn doc(name: &str, extra: &str) -> String {
+    let extra = if extra.contains("match:") {
+        extra.to_string()
+    } else {
+        format!("  match: {{hosts: [{name}.example.com]}}\n{extra}")
+    };
+    format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  issuers: [{{issuer: '{ISSUER}', audiences: ['{AUDIENCE}'], jwks: {jwks}}}]\n{extra}",
+        jwks = trusted_jwks()
+    )
+}
+
+fn loader(path: &Path) -> FileLoader {
+    FileLoader::new(
+        vec![path.to_path_buf()],
+        KeySources::offline().expect("client"),
+        DefaultAction::Deny,
+    )
+}
+
+fn ids(snapshot: &Snapshot) -> Vec<String> {
+    let mut ids: Vec<String> = snapshot.policies().map(|p| p.id.to_string()).collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn loads_every_document_of_every_yaml_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        format!("{}---\n{}---\n", doc("a", ""), doc("b", "")),
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("c.yml"), doc("c", "")).expect("write");
+    std::fs::write(dir.path().join("notes.txt"), "not a policy").expect("write");
+    std::fs::write(dir.path().join(".hidden.yaml"), "garbage: [").expect("write");
+    let (snapshot, report) = loader(dir.path()).reload();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(
+        ids(&snapshot.expect("snapshot")),
+        ["shop/a", "shop/b", "shop/c"]
+    );
+}
+
+#[test]
+fn unchanged_files_publish_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("a.yaml"), doc("a", "")).expect("write");
+    let mut loader = loader(dir.path());
+    assert!(loader.reload().0.is_some());
+    let (snapshot, report) = loader.reload();
+    assert!(snapshot.is_none());
+    assert!(!report.changed);
+}
+
+#[test]
+fn a_file_that_fails_to_parse_keeps_its_last_good_policies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("a.yaml");
+    std::fs::write(&file, doc("a", "  requiredClaims: [{name: scp}]\n")).expect("write");
+    let mut loader = loader(dir.path());
+    let first = loader.reload().0.expect("snapshot");
+    assert_eq!(first.policy("shop/a").expect("a").required_claims.len(), 1);
+
+    std::fs::write(
+        &file,
+        "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nspec: [unclosed",
+    )
+    .expect("write");
+    let (snapshot, report) = loader.reload();
+    let snapshot = snapshot.expect("republished");
+    assert_eq!(ids(&snapshot), ["shop/a"]);
+    assert_eq!(
+        snapshot.policy("shop/a").expect("a").required_claims.len(),
+        1,
+        "the last good version"
+    );
+    assert_eq!(report.problems.len(), 1);
+    assert!(report.problems[0].kept_last_good);
+    assert!(
+        report.problems[0]
+            .to_string()
+            .contains("still serving the last good version")
+    );
+}
+
+#[test]
+fn a_policy_that_fails_to_compile_keeps_its_last_good_version_others_update() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("a.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}---\n{}",
+            doc("a", "  clockSkew: 10s\n"),
+            doc("b", "  clockSkew: 10s\n")
+        ),
+    )
+    .expect("write");
+    let mut loader = loader(dir.path());
+    loader.reload();
+    std::fs::write(
+        &file,
+        format!(
+            "{}---\n{}",
+            doc("a", "  clockSkew: 1h\n"),
+            doc("b", "  clockSkew: 20s\n")
+        ),
+    )
+    .expect("write");
+    let (snapshot, report) = loader.reload();
+    let snapshot = snapshot.expect("snapshot");
+    assert_eq!(
+        snapshot.policy("shop/a").expect("a").clock_skew,
+        10,
+        "a keeps its last good version"
+    );
+    assert_eq!(
+        snapshot.policy("shop/b").expect("b").clock_skew,
+        20,
+        "b is updated"
+    );
+    assert_eq!(report.problems.len(), 1);
+    assert!(
+        report.problems[0].message.contains("spec.clockSkew"),
+        "{}",
+        report.problems[0]
+    );
+    // A new policy that never compiled is simply absent.
+    std::fs::write(
+        dir.path().join("c.yaml"),
+        doc("c", "  deny: {status: 200}\n"),
+    )
+    .expect("write");
+    let (snapshot, report) = loader.reload();
+    assert!(snapshot.expect("snapshot").policy("shop/c").is_none());
+    assert!(
+        !report
+            .problems
+            .iter()
+            .find(|p| p.location.contains("shop/c"))
+            .expect("c problem")
+            .kept_last_good
+    );
+}
+
+#[test]
+fn deleted_documents_stop_matching() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("a.yaml"), doc("a", "")).expect("write");
+    std::fs::write(dir.path().join("b.yaml"), doc("b", "")).expect("write");
+    let mut loader = loader(dir.path());
+    loader.reload();
+    std::fs::remove_file(dir.path().join("a.yaml")).expect("remove");
+    assert_eq!(ids(&loader.reload().0.expect("snapshot")), ["shop/b"]);
+}
+
+#[test]
+fn duplicates_wrong_kinds_and_conflicts_are_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let route = "  match: {hosts: [api.example.com]}\n";
+    std::fs::write(dir.path().join("1.yaml"), doc("a", route)).expect("write");
+    std::fs::write(dir.path().join("2.yaml"), doc("a", "")).expect("write");
+    std::fs::write(
+        dir.path().join("3.yaml"),
+        doc("x", "").replace("kind: JwtPolicy", "kind: Policy"),
+    )
+    .expect("write");
+    let mut loader = loader(dir.path());
+    let (snapshot, report) = loader.reload();
+    assert_eq!(ids(&snapshot.expect("snapshot")), ["shop/a"]);
+    let text: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter().any(|p| p.contains("already defined")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|p| p.contains("expected tollgate.dev/v1alpha1/JwtPolicy")),
+        "{text:?}"
+    );
+
+    // A policy added later that claims the same route loses, even if its file sorts first.
+    std::fs::write(dir.path().join("0.yaml"), doc("late", route)).expect("write");
+    let (snapshot, report) = loader.reload();
+    assert!(snapshot.expect("snapshot").policy("shop/late").is_none());
+    assert_eq!(report.conflicts.len(), 1);
+    assert_eq!(&*report.conflicts[0].holder, "shop/a");
+}
+
+#[test]
+fn relative_secret_files_resolve_next_to_the_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("hmac.key"), "k".repeat(32)).expect("write");
+    let yaml = "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nmetadata: {name: h}\nspec:\n  issuers: [{issuer: https://idp/, audiences: [a], sharedSecret: {file: hmac.key}}]\n";
+    std::fs::write(dir.path().join("h.yaml"), yaml).expect("write");
+    let (snapshot, report) = loader(dir.path()).reload();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(ids(&snapshot.expect("snapshot")), ["default/h"]);
+}
