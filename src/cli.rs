@@ -71,6 +71,9 @@ pub struct ServeArgs {
     pub jwks_min_refresh: Duration,
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub jwks_max_refresh: Duration,
+    /// After a failed fetch, retries back off exponentially up to this delay.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwks_max_retry_delay: Duration,
     /// Rescan interval of the policy files, besides change notifications.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
@@ -135,6 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     miss_refetch_interval: args.unknown_kid_refetch_interval,
                     min_interval: args.jwks_min_refresh,
                     max_interval: args.jwks_max_refresh.max(args.jwks_min_refresh),
+                    max_retry_delay: args.jwks_max_retry_delay,
                     ..RefreshSettings::default()
                 },
                 poll: args.poll_interval,

@@ -161,7 +161,7 @@ async fn verify<'p>(
     let keys = match issuer.keys.current() {
         Some(keys) => keys,
         None => {
-            issuer.keys.refresh_on_miss().await;
+            issuer.keys.refresh_on_miss(None).await;
             issuer.keys.current().ok_or_else(|| {
                 let detail = issuer
                     .keys
@@ -179,7 +179,7 @@ async fn verify<'p>(
         Ok(()) => {}
         Err(ValidationError::KeyNotFound(kid)) => {
             // Rotation: the issuer may have published a new key since the last refresh.
-            if issuer.keys.refresh_on_miss().await != Refetch::Refreshed {
+            if issuer.keys.refresh_on_miss(Some(&keys)).await != Refetch::Refreshed {
                 return Err(fail(ValidationError::KeyNotFound(kid)));
             }
             let keys = issuer

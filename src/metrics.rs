@@ -155,7 +155,7 @@ impl Collector for SourceCollector {
         let now = SystemTime::now();
 
         let mut keys = encoder.encode_descriptor(
-            "tollgate_jwks_keys",
+            "jwks_keys",
             "Usable keys in each key set",
             None,
             MetricType::Gauge,
@@ -165,7 +165,7 @@ impl Collector for SourceCollector {
                 .encode(keys.encode_family(&[("source", id.as_str())])?)?;
         }
         let mut up = encoder.encode_descriptor(
-            "tollgate_jwks_up",
+            "jwks_up",
             "1 if the last fetch of the key set succeeded",
             None,
             MetricType::Gauge,
@@ -175,7 +175,7 @@ impl Collector for SourceCollector {
             ConstGauge::new(i64::from(ok)).encode(up.encode_family(&[("source", id.as_str())])?)?;
         }
         let mut age = encoder.encode_descriptor(
-            "tollgate_jwks_age_seconds",
+            "jwks_age_seconds",
             "Seconds since the key set was last fetched successfully (-1: never)",
             None,
             MetricType::Gauge,
@@ -188,7 +188,7 @@ impl Collector for SourceCollector {
             ConstGauge::new(secs).encode(age.encode_family(&[("source", id.as_str())])?)?;
         }
         let mut fetches = encoder.encode_descriptor(
-            "tollgate_jwks_fetches",
+            "jwks_fetches",
             "Key set fetches by outcome",
             None,
             MetricType::Counter,
@@ -201,7 +201,7 @@ impl Collector for SourceCollector {
             }
         }
         let mut misses = encoder.encode_descriptor(
-            "tollgate_jwks_unknown_kid_refetches",
+            "jwks_unknown_kid_refetches",
             "Refetches caused by tokens with an unknown kid, by outcome",
             None,
             MetricType::Counter,

@@ -5,7 +5,7 @@
 //! unknown `kid` it calls [`KeySource::refresh_on_miss`], which is rate-limited and coalesced:
 //! however many requests miss at once, one fetch runs and the others wait for its result.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -111,8 +111,6 @@ pub struct KeySource {
     /// Set once the first fetch finished, successfully or not (readiness).
     attempted: AtomicBool,
     attempted_notify: tokio::sync::Notify,
-    /// Bumped after every fetch attempt; lets waiters see that a fetch happened meanwhile.
-    generation: AtomicU64,
     refetch_lock: tokio::sync::Mutex<()>,
     mutable: Mutex<Mutable>,
     fetcher: Option<Fetcher>,
@@ -181,7 +179,6 @@ impl KeySource {
             keys: ArcSwapOption::empty(),
             attempted: AtomicBool::new(false),
             attempted_notify: tokio::sync::Notify::new(),
-            generation: AtomicU64::new(0),
             refetch_lock: tokio::sync::Mutex::new(()),
             mutable: Mutex::new(Mutable::default()),
             fetcher,
@@ -260,7 +257,9 @@ impl KeySource {
                     }
                     self.keys.store(Some(Arc::new(keys)));
                     let interval = max_age.unwrap_or(self.settings.default_interval);
-                    Ok(interval.clamp(self.settings.min_interval, self.settings.max_interval))
+                    Ok(interval
+                        .max(self.settings.min_interval)
+                        .min(self.settings.max_interval))
                 }
                 Err(error) => {
                     let have_keys = self.keys.load().is_some();
@@ -270,7 +269,6 @@ impl KeySource {
                 }
             }
         };
-        self.generation.fetch_add(1, Ordering::AcqRel);
         if !self.attempted.swap(true, Ordering::AcqRel) {
             self.attempted_notify.notify_waiters();
         }
@@ -311,21 +309,25 @@ impl KeySource {
         Ok((keys, fetched.max_age))
     }
 
-    /// Called when a token names a `kid` the current set lacks (or no keys are loaded yet).
-    /// Coalesced: concurrent callers wait for one fetch. Rate-limited per source.
-    pub async fn refresh_on_miss(&self) -> Refetch {
+    /// Called when a token names a `kid` that `seen` (the key set the caller looked in, `None`
+    /// if none was loaded) lacks. Coalesced: concurrent callers wait for one fetch, and a caller
+    /// whose `seen` set has been replaced meanwhile just looks again. Rate-limited per source.
+    pub async fn refresh_on_miss(&self, seen: Option<&Arc<KeySet>>) -> Refetch {
         if self.fetcher.is_none() {
             return Refetch::Fixed;
         }
-        let seen = self.generation.load(Ordering::Acquire);
+        let replaced = || match (self.keys.load().as_ref(), seen) {
+            (Some(now), Some(seen)) => !Arc::ptr_eq(now, seen),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if replaced() {
+            return Refetch::Refreshed;
+        }
         let _guard = self.refetch_lock.lock().await;
-        if self.generation.load(Ordering::Acquire) != seen {
+        if replaced() {
             // Someone fetched while we waited: use their result.
-            return if self.lock().status.last_error.is_none() {
-                Refetch::Refreshed
-            } else {
-                Refetch::Failed
-            };
+            return Refetch::Refreshed;
         }
         {
             let mut mutable = self.lock();

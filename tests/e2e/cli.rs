@@ -1,0 +1,172 @@
+//! The command line: the README's first command (`demo`), `check-policy` and `authorize`.
+
+use std::process::Command;
+
+use serde_json::json;
+use tollgate::local_issuer::server::IdpServer;
+use tollgate::local_issuer::{SigningKey, jwks};
+
+use crate::support::*;
+
+fn tollgate() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    command.env_remove("RUST_LOG");
+    command
+}
+
+#[test]
+fn demo_shows_one_token_accepted_and_one_rejected() {
+    let output = tollgate()
+        .args([
+            "demo",
+            "--once",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("── accepted: valid token with scope orders.read ──\nGET https://api.example.com/orders/42"), "{stdout}");
+    assert!(
+        stdout.contains("  ALLOW\n    set header     x-user-id: alice"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  DENY 401\n"), "{stdout}");
+    assert!(
+        stdout.contains("error_description=\"token_expired: the token expired at"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  DENY 403\n"), "{stdout}");
+    assert!(
+        stdout.contains("cargo run -- authorize --server http://127.0.0.1:"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_policy_reports_every_problem_with_its_field() {
+    let dir = tempfile::tempdir().expect("dir");
+    write_policy(
+        dir.path(),
+        "good.yaml",
+        &policy_yaml("good", "https://idp.example.com/", ""),
+    );
+    let ok = tollgate()
+        .arg("check-policy")
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout),
+        "ok: 1 policies (shop/good)\n"
+    );
+
+    let bad = "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nmetadata: {name: bad}\nspec:\n  issuers: [{issuer: 'https://idp/', jwksUri: 'http://idp/keys', algorithms: [none]}]\n  clockSkew: 2h\n";
+    write_policy(dir.path(), "bad.yaml", bad);
+    write_policy(
+        dir.path(),
+        "typo.yaml",
+        &policy_yaml("typo", "https://idp/", "  requiredClaim: []\n"),
+    );
+    let out = tollgate()
+        .arg("check-policy")
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for expected in [
+        "spec.issuers[0].audiences: list the audiences",
+        "spec.issuers[0].jwksUri: http://idp/keys is plain http",
+        "spec.issuers[0].algorithms[0]: \"none\" (unsigned tokens) is never accepted",
+        "spec.clockSkew: 2h is more than the 10m maximum",
+        "unknown field `requiredClaim`",
+        "valid policies: 1",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    let missing = tollgate()
+        .args(["check-policy", "/nonexistent/policies"])
+        .output()
+        .expect("run");
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/policies does not exist")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_prints_the_decision_and_exits_by_it() {
+    let key = SigningKey::ec("k1", "ES256").expect("key");
+    let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
+        .await
+        .expect("idp");
+    let iss = idp.issuer();
+    let dir = tempfile::tempdir().expect("dir");
+    write_policy(dir.path(), "p.yaml", &policy_yaml("orders", &iss, ""));
+    let server = Tollgate::start(dir.path(), &[]);
+    let token = key.mint(&claims(&iss, json!({}))).expect("mint");
+    let run = |token: &str| {
+        tollgate()
+            .args([
+                "authorize",
+                "--server",
+                &server.url(),
+                "--host",
+                HOST,
+                "--path",
+                "/orders",
+                "--token",
+                token,
+            ])
+            .output()
+            .expect("run")
+    };
+    let allowed = run(&token);
+    assert_eq!(
+        allowed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&allowed.stdout)
+    );
+    assert!(String::from_utf8_lossy(&allowed.stdout).starts_with("ALLOW\n"));
+    let denied = run("x.y.z");
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&denied.stdout).contains("DENY 401"));
+}
+
+#[test]
+fn serve_refuses_a_missing_policy_path() {
+    let out = tollgate()
+        .args([
+            "serve",
+            "--policies",
+            "/nonexistent/dir",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("policy path /nonexistent/dir does not exist")
+    );
+}

