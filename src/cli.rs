@@ -66,9 +66,11 @@ pub struct ServeArgs {
     /// Least time between two key set refetches caused by unknown `kid`s (per source).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub unknown_kid_refetch_interval: Duration,
-    /// Key set refresh interval bounds; the IdP's Cache-Control max-age is clamped to them.
+    /// Shortest key set refresh interval: the IdP's Cache-Control max-age is raised to it.
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
     pub jwks_min_refresh: Duration,
+    /// Longest key set refresh interval (also used when the IdP sends no max-age, if shorter
+    /// than the 10m default).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub jwks_max_refresh: Duration,
     /// After a failed fetch, retries back off exponentially up to this delay.

@@ -234,6 +234,17 @@ mod tests {
     }
 
     #[test]
+    fn every_reason_is_documented() {
+        let doc = include_str!("../docs/reasons.md");
+        for reason in Reason::ALL {
+            assert!(
+                doc.contains(&format!("| `{reason}` |")),
+                "docs/reasons.md lacks a row for {reason}"
+            );
+        }
+    }
+
+    #[test]
     fn missing_token_challenge_has_no_error_code() {
         assert_eq!(Reason::TokenMissing.oauth_error(), None);
         assert!(Reason::TokenMissing.challenges());

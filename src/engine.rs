@@ -175,7 +175,11 @@ async fn verify<'p>(
             })?
         }
     };
-    match validate::verify_signature(&jws, alg, &keys) {
+    let first = validate::verify_signature(&jws, alg, &keys);
+    issuer
+        .keys
+        .record_lookup(!matches!(first, Err(ValidationError::KeyNotFound(_))));
+    match first {
         Ok(()) => {}
         Err(ValidationError::KeyNotFound(kid)) => {
             // Rotation: the issuer may have published a new key since the last refresh.

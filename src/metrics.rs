@@ -200,6 +200,19 @@ impl Collector for SourceCollector {
                 )?;
             }
         }
+        let mut lookups = encoder.encode_descriptor(
+            "jwks_key_lookups",
+            "Token key lookups in the cached key set: hit (key found) or miss (unknown kid)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (id, status) in &statuses {
+            for (result, n) in [("hit", status.key_hits), ("miss", status.key_misses)] {
+                ConstCounter::new(n).encode(
+                    lookups.encode_family(&[("source", id.as_str()), ("result", result)])?,
+                )?;
+            }
+        }
         let mut misses = encoder.encode_descriptor(
             "jwks_unknown_kid_refetches",
             "Refetches caused by tokens with an unknown kid, by outcome",

@@ -5,7 +5,7 @@
 //! unknown `kid` it calls [`KeySource::refresh_on_miss`], which is rate-limited and coalesced:
 //! however many requests miss at once, one fetch runs and the others wait for its result.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -95,6 +95,10 @@ pub struct SourceStatus {
     pub miss_refetches: u64,
     /// Unknown-`kid` refetches refused by the rate limit.
     pub miss_rate_limited: u64,
+    /// Tokens whose key was in the cached key set.
+    pub key_hits: u64,
+    /// Tokens whose `kid` was not in the cached key set.
+    pub key_misses: u64,
 }
 
 #[derive(Default)]
@@ -115,6 +119,8 @@ pub struct KeySource {
     mutable: Mutex<Mutable>,
     fetcher: Option<Fetcher>,
     settings: RefreshSettings,
+    key_hits: AtomicU64,
+    key_misses: AtomicU64,
 }
 
 impl std::fmt::Debug for KeySource {
@@ -183,6 +189,8 @@ impl KeySource {
             mutable: Mutex::new(Mutable::default()),
             fetcher,
             settings,
+            key_hits: AtomicU64::new(0),
+            key_misses: AtomicU64::new(0),
         })
     }
 
@@ -208,7 +216,20 @@ impl KeySource {
     }
 
     pub fn status(&self) -> SourceStatus {
-        self.lock().status.clone()
+        let mut status = self.lock().status.clone();
+        status.key_hits = self.key_hits.load(Ordering::Relaxed);
+        status.key_misses = self.key_misses.load(Ordering::Relaxed);
+        status
+    }
+
+    /// Counts a key lookup in the cached set (`found`: the token's key was there).
+    pub fn record_lookup(&self, found: bool) {
+        let counter = if found {
+            &self.key_hits
+        } else {
+            &self.key_misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the first fetch finished (successfully or not).

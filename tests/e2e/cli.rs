@@ -170,3 +170,18 @@ fn serve_refuses_a_missing_policy_path() {
             .contains("policy path /nonexistent/dir does not exist")
     );
 }
+
+#[test]
+fn the_example_policies_are_valid() {
+    let out = tollgate()
+        .args([
+            "check-policy",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policies"),
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok: 2 policies (shop/internal, shop/orders)\n"
+    );
+}

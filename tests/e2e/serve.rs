@@ -193,7 +193,15 @@ async fn key_rotation_is_picked_up_without_restart_with_one_coalesced_fetch() {
     .await;
     assert_eq!(outcome(&response), (false, 401, "key_not_found".into()));
     assert_eq!(idp.jwks_fetches() - fetches_before, 1);
-    assert!(tollgate.metrics().contains("outcome=\"rate_limited\"} 1"));
+    let metrics = tollgate.metrics();
+    assert!(metrics.contains("outcome=\"rate_limited\"} 1"), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tollgate_jwks_key_lookups_total{")
+                && l.contains("result=\"hit\"")
+                && !l.ends_with(" 0"))
+    );
     // The retired key no longer verifies.
     let response = check(
         &url,
