@@ -67,6 +67,14 @@ static_resources:
             - name: all
               domains: ["*"]
               routes:
+              - match: {{prefix: "/named"}}
+                route: {{cluster: upstream}}
+                typed_per_filter_config:
+                  envoy.filters.http.ext_authz:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                    check_settings:
+                      context_extensions:
+                        tollgate.dev/policy: shop/named
               - match: {{prefix: "/"}}
                 route: {{cluster: upstream}}
                 request_headers_to_add:
@@ -208,6 +216,9 @@ async fn envoy_ext_authz_end_to_end() {
         "orders.yaml",
         &policy_yaml("orders", &iss, extra),
     );
+    // Matches no request by host: only the route's context extension selects it.
+    let named = "  match: {hosts: [named.internal]}\n  requiredClaims: [{name: scp, values: [named.read]}]\n";
+    write_policy(dir.path(), "named.yaml", &policy_yaml("named", &iss, named));
     let tollgate = Tollgate::start(dir.path(), &[]);
     let (upstream, _upstream_task) = echo_upstream().await;
     let envoy = start_envoy(&envoy_bin, tollgate.grpc, upstream).await;
@@ -310,6 +321,25 @@ async fn envoy_ext_authz_end_to_end() {
 
     let no_policy = get(port, "/users", &[("authorization", &bearer)]).await;
     assert_eq!(no_policy.status, 403);
+
+    // The route names shop/named: its requirement applies although the host does not match it.
+    let named = get(port, "/named/x", &[("authorization", &bearer)]).await;
+    assert_eq!(named.status, 401, "{}", named.body);
+    assert!(
+        named.challenge().contains("claim_mismatch"),
+        "{}",
+        named.challenge()
+    );
+    let scoped = key
+        .mint(&claims(&iss, json!({"scp": "named.read"})))
+        .expect("mint");
+    let named = get(
+        port,
+        "/named/x",
+        &[("authorization", &format!("Bearer {scoped}"))],
+    )
+    .await;
+    assert_eq!(named.status, 200, "{}", named.body);
 
     // tollgate stops: Envoy fails closed.
     drop(tollgate);
