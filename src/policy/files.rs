@@ -370,7 +370,19 @@ pub fn spawn_watch(
     let mut watcher = notify_watcher(loader.paths(), tx);
     tokio::spawn(async move {
         loop {
-            let (snapshot, report) = loader.reload();
+            // File I/O and compilation run on the blocking pool, off the request threads.
+            let reloaded = tokio::task::spawn_blocking(move || {
+                let (snapshot, report) = loader.reload();
+                (loader, snapshot, report)
+            })
+            .await;
+            let Ok((returned, snapshot, report)) = reloaded else {
+                tracing::error!(
+                    "policy reload panicked; policies stay as they are and are no longer watched"
+                );
+                return;
+            };
+            loader = returned;
             log_report(&report);
             if let Some(snapshot) = snapshot {
                 shared.publish(snapshot);
