@@ -72,14 +72,23 @@ pub fn spec_with(extra: &str) -> JwtPolicySpec {
 
 /// Compiles a spec offline (remote sources are created but never fetched).
 pub fn try_compile(name: &str, spec: &JwtPolicySpec) -> Result<Policy, CompileError> {
-    let sources = KeySources::offline().expect("client");
+    compile_with(&KeySources::offline().expect("client"), "test", name, spec)
+}
+
+/// Compiles a spec with the given key source registry.
+pub fn compile_with(
+    sources: &KeySources,
+    namespace: &str,
+    name: &str,
+    spec: &JwtPolicySpec,
+) -> Result<Policy, CompileError> {
     let secrets = FileSecrets { base_dir: None };
     compile(
-        "test",
+        namespace,
         name,
         spec,
         &CompileContext {
-            key_sources: &sources,
+            key_sources: sources,
             secrets: &secrets,
         },
     )

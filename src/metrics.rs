@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -17,7 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::decision::Decision;
-use crate::jwks::KeySources;
+use crate::jwks::{KeySources, SourceStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -144,6 +143,24 @@ struct SourceCollector {
     sources: Arc<KeySources>,
 }
 
+/// Encodes one metric family with one sample per (labels, value) row.
+fn family<'a, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Vec<(&'static str, &'a str)>, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut rows = rows.into_iter().peekable();
+    let Some((_, first)) = rows.peek() else {
+        return Ok(());
+    };
+    let mut metric = encoder.encode_descriptor(name, help, None, first.metric_type())?;
+    for (labels, value) in rows {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for SourceCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut sources = self.sources.live();
@@ -153,82 +170,78 @@ impl Collector for SourceCollector {
             .map(|s| (s.id().to_string(), s.status()))
             .collect();
         let now = SystemTime::now();
+        fn gauge(id: &str, value: f64) -> (Vec<(&'static str, &str)>, ConstGauge<f64>) {
+            (vec![("source", id)], ConstGauge::new(value))
+        }
 
-        let mut keys = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "jwks_keys",
             "Usable keys in each key set",
-            None,
-            MetricType::Gauge,
+            statuses.iter().map(|(id, s)| gauge(id, s.key_count as f64)),
         )?;
-        for (id, status) in &statuses {
-            ConstGauge::new(status.key_count as i64)
-                .encode(keys.encode_family(&[("source", id.as_str())])?)?;
-        }
-        let mut up = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "jwks_up",
             "1 if the last fetch of the key set succeeded",
-            None,
-            MetricType::Gauge,
+            statuses.iter().map(|(id, s)| {
+                gauge(
+                    id,
+                    f64::from(u8::from(s.last_success.is_some() && s.last_error.is_none())),
+                )
+            }),
         )?;
-        for (id, status) in &statuses {
-            let ok = status.last_success.is_some() && status.last_error.is_none();
-            ConstGauge::new(i64::from(ok)).encode(up.encode_family(&[("source", id.as_str())])?)?;
-        }
-        let mut age = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "jwks_age_seconds",
             "Seconds since the key set was last fetched successfully (-1: never)",
-            None,
-            MetricType::Gauge,
+            statuses.iter().map(|(id, s)| {
+                let age = s
+                    .last_success
+                    .and_then(|t| now.duration_since(t).ok())
+                    .map_or(-1.0, |d| d.as_secs_f64());
+                gauge(id, age)
+            }),
         )?;
-        for (id, status) in &statuses {
-            let secs = status
-                .last_success
-                .and_then(|t| now.duration_since(t).ok())
-                .map_or(-1.0, |d| d.as_secs_f64());
-            ConstGauge::new(secs).encode(age.encode_family(&[("source", id.as_str())])?)?;
-        }
-        let mut fetches = encoder.encode_descriptor(
+        let counters =
+            |label: &'static str, pick: fn(&SourceStatus) -> [(&'static str, u64); 2]| {
+                statuses
+                    .iter()
+                    .flat_map(move |(id, s)| {
+                        pick(s).map(|(value, n)| {
+                            (
+                                vec![("source", id.as_str()), (label, value)],
+                                ConstCounter::new(n),
+                            )
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            };
+        family(
+            &mut encoder,
             "jwks_fetches",
             "Key set fetches by outcome",
-            None,
-            MetricType::Counter,
+            counters("outcome", |s| {
+                [("ok", s.fetches_ok), ("error", s.fetches_failed)]
+            }),
         )?;
-        for (id, status) in &statuses {
-            for (outcome, n) in [("ok", status.fetches_ok), ("error", status.fetches_failed)] {
-                ConstCounter::new(n).encode(
-                    fetches.encode_family(&[("source", id.as_str()), ("outcome", outcome)])?,
-                )?;
-            }
-        }
-        let mut lookups = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "jwks_key_lookups",
             "Token key lookups in the cached key set: hit (key found) or miss (unknown kid)",
-            None,
-            MetricType::Counter,
+            counters("result", |s| [("hit", s.key_hits), ("miss", s.key_misses)]),
         )?;
-        for (id, status) in &statuses {
-            for (result, n) in [("hit", status.key_hits), ("miss", status.key_misses)] {
-                ConstCounter::new(n).encode(
-                    lookups.encode_family(&[("source", id.as_str()), ("result", result)])?,
-                )?;
-            }
-        }
-        let mut misses = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "jwks_unknown_kid_refetches",
             "Refetches caused by tokens with an unknown kid, by outcome",
-            None,
-            MetricType::Counter,
+            counters("outcome", |s| {
+                [
+                    ("refreshed", s.miss_refetches),
+                    ("rate_limited", s.miss_rate_limited),
+                ]
+            }),
         )?;
-        for (id, status) in &statuses {
-            for (outcome, n) in [
-                ("refreshed", status.miss_refetches),
-                ("rate_limited", status.miss_rate_limited),
-            ] {
-                ConstCounter::new(n).encode(
-                    misses.encode_family(&[("source", id.as_str()), ("outcome", outcome)])?,
-                )?;
-            }
-        }
         Ok(())
     }
 }

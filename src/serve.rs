@@ -84,15 +84,7 @@ pub async fn run(
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status(
-            "envoy.service.auth.v3.Authorization",
-            tonic_health::ServingStatus::NotServing,
-        )
-        .await;
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    set_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
     tokio::spawn(become_ready(
         shared.clone(),
         sources.clone(),
@@ -150,17 +142,19 @@ async fn become_ready(
         source.wait_attempted().await;
     }
     shared.set_ready();
-    health
-        .set_service_status(
-            "envoy.service.auth.v3.Authorization",
-            tonic_health::ServingStatus::Serving,
-        )
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    set_health(&health, tonic_health::ServingStatus::Serving).await;
     let snapshot = shared.load();
     tracing::info!(policies = snapshot.len(), "ready");
+}
+
+/// Sets the grpc.health.v1 status of the ext_authz service and of the server as a whole ("").
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    for service in ["envoy.service.auth.v3.Authorization", ""] {
+        reporter.set_service_status(service, status).await;
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

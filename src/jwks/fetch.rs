@@ -94,10 +94,6 @@ impl Fetcher {
         })
     }
 
-    pub fn settings(&self) -> &FetchSettings {
-        &self.settings
-    }
-
     /// GETs `url`, refusing plain HTTP unless `allow_insecure`.
     pub async fn get(&self, url: &Url, allow_insecure: bool) -> Result<Fetched, FetchError> {
         check_scheme(url, allow_insecure)?;

@@ -22,7 +22,6 @@ struct IdpState {
     up: AtomicBool,
     cache_control: RwLock<Option<String>>,
     jwks_fetches: AtomicU64,
-    discovery_fetches: AtomicU64,
 }
 
 /// A running local identity provider.
@@ -107,11 +106,6 @@ impl IdpServer {
         self.state.jwks_fetches.load(Ordering::SeqCst)
     }
 
-    /// How many discovery requests were answered.
-    pub fn discovery_fetches(&self) -> u64 {
-        self.state.discovery_fetches.load(Ordering::SeqCst)
-    }
-
     /// Stops the server and waits until the port is closed.
     pub async fn stop(mut self) {
         self.stop_inner().await;
@@ -146,7 +140,6 @@ async fn discovery(State(state): State<Arc<IdpState>>) -> Response {
     if !state.up.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
-    state.discovery_fetches.fetch_add(1, Ordering::SeqCst);
     let issuer = state
         .issuer
         .read()

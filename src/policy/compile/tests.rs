@@ -251,14 +251,9 @@ fn every_problem_is_reported_at_once() {
 
 #[test]
 fn names_must_be_kubernetes_names() {
-    let spec = spec_with("");
     let sources = KeySources::offline().expect("client");
-    let secrets = FileSecrets { base_dir: None };
-    let ctx = CompileContext {
-        key_sources: &sources,
-        secrets: &secrets,
-    };
-    let err = compile("Bad_NS", "Orders", &spec, &ctx).expect_err("invalid names");
+    let err =
+        compile_with(&sources, "Bad_NS", "Orders", &spec_with("")).expect_err("invalid names");
     assert_eq!(err.problems.len(), 2);
     assert_eq!(err.reason(), "InvalidSpec");
 }
@@ -287,14 +282,9 @@ fn unknown_fields_are_refused_not_ignored() {
 #[test]
 fn remote_sources_are_shared_by_origin() {
     let sources = KeySources::offline().expect("client");
-    let secrets = FileSecrets { base_dir: None };
-    let ctx = CompileContext {
-        key_sources: &sources,
-        secrets: &secrets,
-    };
     let spec: JwtPolicySpec = serde_yaml::from_str(JWKS_ISSUER).expect("yaml");
-    let a = compile("ns", "a", &spec, &ctx).expect("a");
-    let b = compile("ns", "b", &spec, &ctx).expect("b");
+    let a = compile_with(&sources, "ns", "a", &spec).expect("a");
+    let b = compile_with(&sources, "ns", "b", &spec).expect("b");
     assert!(Arc::ptr_eq(&a.issuers[0].keys, &b.issuers[0].keys));
     assert_eq!(sources.live().len(), 1);
     drop((a, b));
