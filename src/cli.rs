@@ -39,6 +39,12 @@ pub enum Command {
     Authorize(AuthorizeArgs),
     /// Run a local identity provider, an example policy and tollgate, and judge example tokens.
     Demo(DemoArgs),
+    /// Print the JwtPolicy CustomResourceDefinition, or write it to a file (`crds/` in this repository).
+    Crdgen {
+        /// Write here instead of printing.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -162,6 +168,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", client::render(&response));
             Ok(if client::allowed(&response) { 0 } else { 1 })
         }
+        Command::Crdgen { out } => {
+            let yaml = crate::policy::spec::crd_yaml().context("rendering the CRD")?;
+            match out {
+                Some(path) => std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{yaml}"),
+            }
+            Ok(0)
+        }
         Command::Demo(args) => {
             let ok = demo::run(demo::DemoOptions {
                 grpc_addr: args.grpc_addr,
@@ -209,7 +224,10 @@ fn check_policy(paths: Vec<PathBuf>) -> anyhow::Result<i32> {
 pub fn init_logging(cli: &Cli) {
     // The demo prints its own story; its logs would only interleave with it.
     let default_level = match cli.command {
-        Command::Demo(_) | Command::CheckPolicy { .. } | Command::Authorize(_) => "warn",
+        Command::Demo(_)
+        | Command::CheckPolicy { .. }
+        | Command::Authorize(_)
+        | Command::Crdgen { .. } => "warn",
         Command::Serve(_) => "info",
     };
     telemetry::init(cli.log_format, default_level);

@@ -7,6 +7,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -39,7 +41,45 @@ pub struct DocumentMetadata {
 }
 
 /// What a `JwtPolicy` says: which requests it judges and how their tokens are validated.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+///
+/// Also the `JwtPolicy` custom resource (`tollgate.dev/v1alpha1`): the schema, its CEL rules and
+/// the printer columns in `crds/` are generated from these types (`tollgate crdgen`).
+// clippy reads the repeated `printcolumn(type_ = …)` arguments as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[kube(
+    group = "tollgate.dev",
+    version = "v1alpha1",
+    kind = "JwtPolicy",
+    namespaced,
+    shortname = "jwtp",
+    category = "tollgate",
+    status = "JwtPolicyStatus",
+    doc = "Which requests must carry a valid OAuth2/OIDC access token, and how it is validated.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Hosts", type_ = "string", json_path = ".spec.match.hosts"),
+    printcolumn(
+        name = "Issuers",
+        type_ = "string",
+        json_path = ".spec.issuers[*].issuer"
+    ),
+    printcolumn(name = "Loaded", type_ = "string", json_path = ".status.loaded"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JwtPolicySpec {
     /// Which requests this policy judges.
@@ -49,16 +89,21 @@ pub struct JwtPolicySpec {
     #[serde(default)]
     pub token: TokenSpec,
     /// Accepted issuers and where their keys come from.
+    #[schemars(length(min = 1, max = 32))]
     pub issuers: Vec<IssuerSpec>,
     /// Claims every token must carry (Azure API Management `required-claims` semantics).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub required_claims: Vec<ClaimRequirementSpec>,
     /// Extra requirements per path/method, checked after the policy-wide ones. The matching rule
     /// with the longest path prefix applies; its failure answers 403 `insufficient_scope`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
     pub rules: Vec<RuleSpec>,
     /// Tolerance for `exp`, `nbf` and `iat`, e.g. `30s` (default `30s`, at most `10m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('10m')").message("clockSkew must be at most 10m"))]
     pub clock_skew: Option<String>,
     /// Whether tokens without `exp` are refused (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,10 +123,12 @@ pub struct MatchSpec {
     /// Exact hosts (`api.example.com`), wildcards (`*.example.org`: any subdomain) or `*`.
     /// The port is ignored. Default: every host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000), inner(length(min = 1, max = 253)))]
     pub hosts: Vec<String>,
     /// Path prefixes, segment-aware: `/orders` matches `/orders` and `/orders/1`, not
     /// `/ordersx`. Default: every path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(regex(pattern = "^/"), length(max = 1024)))]
     pub paths: Vec<String>,
     /// HTTP methods. Default: every method.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -108,32 +155,53 @@ pub struct TokenSpec {
 
 /// One accepted issuer. Keys come from exactly one of: `discovery` (the default when nothing
 /// else is set), `jwksUri`, `jwks`, `publicKeys`, `sharedSecret`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(
+    "(has(self.discovery) ? 1 : 0) + (has(self.jwksUri) ? 1 : 0) + (has(self.jwks) ? 1 : 0) + (has(self.publicKeys) && size(self.publicKeys) > 0 ? 1 : 0) + (has(self.sharedSecret) ? 1 : 0) <= 1"
+).message("keys must come from exactly one of discovery, jwksUri, jwks, publicKeys, sharedSecret"))]
+#[x_kube(validation = Rule::new(
+    "(has(self.allowInsecureHttp) && self.allowInsecureHttp) || ((!has(self.discovery) || self.discovery.startsWith('https://')) && (!has(self.jwksUri) || self.jwksUri.startsWith('https://')))"
+).message("discovery and jwksUri must be https URLs (allowInsecureHttp: true allows http for development)"))]
+#[x_kube(validation = Rule::new(
+    "has(self.discovery) || has(self.jwksUri) || has(self.jwks) || (has(self.publicKeys) && size(self.publicKeys) > 0) || has(self.sharedSecret) || self.issuer.startsWith('https://') || ((has(self.allowInsecureHttp) && self.allowInsecureHttp) && self.issuer.startsWith('http://'))"
+).message("without another key source the issuer is used for OpenID discovery and must be an https URL"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.algorithms) || has(self.sharedSecret) == self.algorithms.all(a, a.startsWith('HS'))"
+).message("HS256/HS384/HS512 need sharedSecret, and sharedSecret allows only HS256/HS384/HS512"))]
 pub struct IssuerSpec {
     /// The exact `iss` value of this issuer's tokens.
+    #[schemars(length(min = 1, max = 2048))]
     pub issuer: String,
     /// OpenID discovery document. Default: `<issuer>/.well-known/openid-configuration`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub discovery: Option<String>,
     /// JWKS URL, instead of discovery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     pub jwks_uri: Option<String>,
     /// Inline JWKS (`{keys: [...]}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<JwksSpec>,
     /// Inline PEM public keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
     pub public_keys: Vec<PublicKeySpec>,
     /// HMAC shared secret (HS256/384/512 are accepted only with one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_secret: Option<SecretSpec>,
     /// Accepted `aud` values; a token must name at least one. Required.
     #[serde(default)]
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 1024)))]
     pub audiences: Vec<String>,
     /// Allowed signature algorithms. Default: every asymmetric algorithm that fits the key
     /// (HS* only with `sharedSecret`). `none` is never accepted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 12), inner(length(max = 8)))]
+    #[x_kube(validation = Rule::new(
+        "self.all(a, a in ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'EdDSA', 'HS256', 'HS384', 'HS512'])"
+    ).message("algorithms are RS256/384/512, PS256/384/512, ES256/384, EdDSA or HS256/384/512; none is never accepted"))]
     pub algorithms: Vec<String>,
     /// Allow plain-http discovery/JWKS URLs (local development only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -145,6 +213,7 @@ pub struct IssuerSpec {
 #[serde(deny_unknown_fields)]
 pub struct JwksSpec {
     /// JWKs (RFC 7517).
+    #[schemars(schema_with = "jwk_list_schema")]
     pub keys: Vec<serde_json::Value>,
 }
 
@@ -225,8 +294,11 @@ pub struct ClaimRequirementSpec {
 }
 
 /// A rule for some paths/methods.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(
+    "(has(self.allowAnonymous) && self.allowAnonymous) != (has(self.requiredClaims) && size(self.requiredClaims) > 0)"
+).message("a rule needs either requiredClaims or allowAnonymous: true, not both"))]
 pub struct RuleSpec {
     /// Path prefixes (segment-aware). Default: every path of the policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -283,6 +355,7 @@ pub enum DenyDetail {
 pub struct DenySpec {
     /// Status for token failures (default 401, 400–499). Failed `rules` answer 403.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 400, max = 499))]
     pub status: Option<u16>,
     /// Human message in the JSON body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -293,6 +366,71 @@ pub struct DenySpec {
     /// `realm` of the `WWW-Authenticate` challenge (default: the request's host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub realm: Option<String>,
+}
+
+/// The `JwtPolicy` CustomResourceDefinition as YAML, as `tollgate crdgen` writes it to `crds/`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt as _;
+    Ok(format!(
+        "# Generated from src/policy/spec.rs by `tollgate crdgen`; do not edit.\n{}",
+        serde_yaml::to_string(&JwtPolicy::crd())?
+    ))
+}
+
+/// Where `crdgen` writes the CRD, relative to the repository root.
+pub const CRD_FILE: &str = "crds/jwtpolicies.tollgate.dev.yaml";
+
+fn jwk_list_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 100,
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
+/// What the replicas report about a policy. Written by the replica holding the status Lease.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtPolicyStatus {
+    /// The `metadata.generation` the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted` (the spec compiled; reasons `InvalidSpec`, `SecretNotFound`, `HostConflict`) and
+    /// `Ready` (every issuer's keys fetched; reason `IssuerUnreachable` when not).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Per issuer: keys loaded, last refresh, last error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<IssuerStatus>,
+    /// Replicas serving `observedGeneration` out of those running, e.g. `3/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loaded: Option<String>,
+    /// The same as numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<ReplicaCounts>,
+}
+
+/// Key status of one issuer.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerStatus {
+    pub issuer: String,
+    /// Usable keys in the issuer's key set.
+    pub keys: i32,
+    /// RFC 3339 time of the last successful fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh: Option<String>,
+    /// Why the last fetch failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// How many replicas serve the current generation.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaCounts {
+    pub loaded: i32,
+    pub total: i32,
 }
 
 /// A claim value in `requiredClaims`: written as a string, number or boolean, compared as text.
@@ -363,3 +501,6 @@ impl JsonSchema for ClaimValue {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

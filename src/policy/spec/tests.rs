@@ -1,0 +1,173 @@
+use kube::core::cel::{Validator, compile_schema, estimate_rule_cost};
+use serde_json::{Value, json};
+
+use super::*;
+
+fn crd_file() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/jwtpolicies.tollgate.dev.yaml"))
+        .expect("crds/jwtpolicies.tollgate.dev.yaml exists (run `cargo run -- crdgen --out crds/jwtpolicies.tollgate.dev.yaml`)")
+}
+
+fn schema() -> Value {
+    let crd: Value = serde_yaml::from_str(&crd_file()).expect("CRD YAML");
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+#[test]
+fn crds_match_the_rust_types() {
+    let generated = crd_yaml().expect("render");
+    assert!(
+        crd_file() == generated,
+        "crds/ drifted from src/policy/spec.rs: run `cargo run -- crdgen --out {CRD_FILE}` and commit the result"
+    );
+}
+
+#[test]
+fn the_crd_names_and_columns() {
+    let crd: Value = serde_yaml::from_str(&crd_file()).expect("yaml");
+    assert_eq!(crd["metadata"]["name"], "jwtpolicies.tollgate.dev");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    assert_eq!(crd["spec"]["names"]["shortNames"], json!(["jwtp"]));
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    assert_eq!(version["subresources"]["status"], json!({}));
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(
+        columns,
+        ["Ready", "Hosts", "Issuers", "Loaded", "Reason", "Age"]
+    );
+}
+
+/// Every node of the schema that carries CEL rules.
+fn rule_nodes(node: &Value, out: &mut Vec<Value>) {
+    if node.get("x-kubernetes-validations").is_some() {
+        out.push(node.clone());
+    }
+    match node {
+        Value::Object(map) => map.values().for_each(|v| rule_nodes(v, out)),
+        Value::Array(items) => items.iter().for_each(|v| rule_nodes(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_cel_rule_compiles_within_the_cost_budget() {
+    let mut nodes = Vec::new();
+    rule_nodes(&schema(), &mut nodes);
+    let rules: usize = nodes
+        .iter()
+        .map(|n| n["x-kubernetes-validations"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert!(
+        rules >= 7,
+        "expected the CEL rules of spec.rs, found {rules}"
+    );
+    for node in &nodes {
+        let compiled = compile_schema(node);
+        assert!(
+            compiled.compilation_errors().is_empty(),
+            "{:?}",
+            compiled.compilation_errors()
+        );
+        for rule in node["x-kubernetes-validations"].as_array().expect("rules") {
+            let text = rule["rule"].as_str().expect("rule text");
+            // Unbounded lists or strings make the API server refuse a rule as too costly.
+            let warnings = estimate_rule_cost(text, &compiled);
+            assert!(warnings.is_empty(), "{text}: {warnings:?}");
+        }
+    }
+}
+
+fn policy(spec: Value) -> Value {
+    json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy", "metadata": {"name": "p", "namespace": "ns"}, "spec": spec})
+}
+
+fn issuer(extra: Value) -> Value {
+    let mut issuer = json!({"issuer": "https://idp.example.com/", "audiences": ["api://orders"]});
+    for (k, v) in extra.as_object().expect("object") {
+        issuer[k] = v.clone();
+    }
+    issuer
+}
+
+fn cel(object: &Value) -> Result<(), String> {
+    Validator::new()
+        .validate(&schema(), object, None)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
+    let ok = [
+        json!({"issuers": [issuer(json!({}))]}),
+        json!({"issuers": [issuer(json!({"jwksUri": "https://idp/keys", "algorithms": ["RS256", "ES256"]}))], "clockSkew": "1m30s"}),
+        json!({"issuers": [issuer(json!({"issuer": "http://127.0.0.1:8080", "allowInsecureHttp": true}))]}),
+        json!({"issuers": [issuer(json!({"sharedSecret": {"secretRef": {"name": "s", "key": "k"}}, "algorithms": ["HS256"]}))]}),
+        json!({"issuers": [issuer(json!({}))], "rules": [{"paths": ["/a"], "allowAnonymous": true}, {"paths": ["/b"], "requiredClaims": [{"name": "roles"}]}]}),
+    ];
+    for spec in ok {
+        assert_eq!(cel(&policy(spec.clone())), Ok(()), "{spec}");
+    }
+    let bad = [
+        (
+            json!({"issuers": [issuer(json!({"jwksUri": "https://idp/keys", "discovery": "https://idp/d"}))]}),
+            "exactly one of",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"jwksUri": "http://idp/keys"}))]}),
+            "must be https URLs",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"issuer": "idp-without-url"}))]}),
+            "must be an https URL",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"jwksUri": "https://idp/keys", "algorithms": ["HS256"]}))]}),
+            "need sharedSecret",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"sharedSecret": {"file": "k"}, "algorithms": ["RS256"]}))]}),
+            "need sharedSecret",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"algorithms": ["none"]}))]}),
+            "none is never accepted",
+        ),
+        (
+            json!({"issuers": [issuer(json!({}))], "clockSkew": "1h"}),
+            "at most 10m",
+        ),
+        (
+            json!({"issuers": [issuer(json!({}))], "rules": [{"paths": ["/a"]}]}),
+            "either requiredClaims or allowAnonymous",
+        ),
+        (
+            json!({"issuers": [issuer(json!({}))], "rules": [{"allowAnonymous": true, "requiredClaims": [{"name": "x"}]}]}),
+            "either requiredClaims or allowAnonymous",
+        ),
+    ];
+    for (spec, message) in bad {
+        let err = cel(&policy(spec.clone())).expect_err(&spec.to_string());
+        assert!(err.contains(message), "{spec}: {err}");
+    }
+}
+
+#[test]
+fn the_example_policies_pass_the_crd_rules() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/policies/orders.yaml"
+    ))
+    .expect("example");
+    let docs = crate::policy::files::parse_documents(text.as_bytes()).expect("parses");
+    assert_eq!(docs.len(), 2);
+    for (_, doc) in docs {
+        let object = policy(serde_json::to_value(&doc.spec).expect("json"));
+        assert_eq!(cel(&object), Ok(()), "{}", doc.metadata.name);
+    }
+}
