@@ -19,6 +19,7 @@ pub mod authz;
 pub mod claims;
 pub mod cli;
 pub mod client;
+pub mod controller;
 pub mod decision;
 pub mod demo;
 pub mod engine;

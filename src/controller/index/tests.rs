@@ -1,0 +1,368 @@
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::ByteString;
+use kube::api::{ApiResource, ObjectMeta};
+use kube::core::{DynamicObject, GroupVersionKind};
+use serde_json::json;
+
+use super::*;
+use crate::engine::{self, Headers, Request};
+use crate::fixtures::*;
+use crate::local_issuer::SigningKey;
+
+fn api_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "tollgate.dev",
+        "v1alpha1",
+        "JwtPolicy",
+    ))
+}
+
+/// A JwtPolicy as the API server would send it.
+fn object(name: &str, generation: i64, created: &str, spec: serde_json::Value) -> DynamicObject {
+    let mut object = DynamicObject::new(name, &api_resource()).data(json!({"spec": spec}));
+    object.metadata = ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some("shop".into()),
+        generation: Some(generation),
+        creation_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            created.parse().expect("timestamp"),
+        )),
+        ..ObjectMeta::default()
+    };
+    object
+}
+
+fn spec(host: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut spec = json!({
+        "match": {"hosts": [host]},
+        "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": trusted_jwks()}],
+    });
+    for (k, v) in extra.as_object().expect("object") {
+        spec[k] = v.clone();
+    }
+    spec
+}
+
+fn secret(name: &str, key: &str, value: &[u8]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("shop".into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            key.to_string(),
+            ByteString(value.to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+fn index() -> PolicyIndex {
+    PolicyIndex::new(
+        KeySources::offline().expect("client"),
+        DefaultAction::Deny,
+        true,
+    )
+}
+
+fn synced_index() -> PolicyIndex {
+    let mut index = index();
+    index.apply(Change::Secret(watcher::Event::Init));
+    index.apply(Change::Secret(watcher::Event::InitDone));
+    index.apply(Change::Policy(watcher::Event::Init));
+    index.apply(Change::Policy(watcher::Event::InitDone));
+    index
+}
+
+fn serving(index: &PolicyIndex) -> Vec<String> {
+    let (snapshot, _) = index.snapshot();
+    let mut ids: Vec<String> = snapshot.policies().map(|p| p.id.to_string()).collect();
+    ids.sort();
+    ids
+}
+
+const T0: &str = "2026-11-01T00:00:00Z";
+const T1: &str = "2026-11-02T00:00:00Z";
+
+#[test]
+fn a_relist_replaces_the_whole_set_at_once() {
+    let mut index = index();
+    index.apply(Change::Secret(watcher::Event::Init));
+    index.apply(Change::Secret(watcher::Event::InitDone));
+    assert!(!index.apply(Change::Policy(watcher::Event::Init)));
+    assert!(
+        !index.apply(Change::Policy(watcher::Event::InitApply(object(
+            "a",
+            1,
+            T0,
+            spec("a.example", json!({}))
+        ))))
+    );
+    assert!(
+        !index.synced(),
+        "nothing is served before the first list is complete"
+    );
+    assert!(
+        !index.apply(Change::Policy(watcher::Event::InitApply(object(
+            "b",
+            1,
+            T0,
+            spec("b.example", json!({}))
+        ))))
+    );
+    assert!(index.apply(Change::Policy(watcher::Event::InitDone)));
+    assert!(index.synced());
+    assert_eq!(serving(&index), ["shop/a", "shop/b"]);
+
+    // The watch restarts; while relisting, the old set stays whole.
+    index.apply(Change::Policy(watcher::Event::Init));
+    index.apply(Change::Policy(watcher::Event::InitApply(object(
+        "b",
+        1,
+        T0,
+        spec("b.example", json!({})),
+    ))));
+    assert_eq!(serving(&index), ["shop/a", "shop/b"]);
+    index.apply(Change::Policy(watcher::Event::InitDone));
+    assert_eq!(
+        serving(&index),
+        ["shop/b"],
+        "a vanished while the watch was down"
+    );
+}
+
+#[test]
+fn updates_deletes_and_last_good_versions() {
+    let mut index = synced_index();
+    index.apply(Change::Policy(watcher::Event::Apply(object(
+        "a",
+        1,
+        T0,
+        spec("a.example", json!({"clockSkew": "10s"})),
+    ))));
+    let state = &index.policies["shop/a"];
+    assert!(state.current());
+    assert_eq!(state.compiled.as_ref().expect("compiled").clock_skew, 10);
+
+    // Generation 2 does not compile: generation 1 keeps serving, the error is recorded.
+    index.apply(Change::Policy(watcher::Event::Apply(object(
+        "a",
+        2,
+        T0,
+        spec("a.example", json!({"deny": {"status": 200}})),
+    ))));
+    let state = &index.policies["shop/a"];
+    assert!(!state.current());
+    assert_eq!(state.compiled_generation, Some(1));
+    assert_eq!(state.error.as_ref().expect("error").reason(), "InvalidSpec");
+    assert_eq!(serving(&index), ["shop/a"]);
+
+    // Generation 3 fixes it.
+    index.apply(Change::Policy(watcher::Event::Apply(object(
+        "a",
+        3,
+        T0,
+        spec("a.example", json!({"clockSkew": "20s"})),
+    ))));
+    assert!(index.policies["shop/a"].current());
+    assert_eq!(
+        index.snapshot().0.policy("shop/a").expect("a").clock_skew,
+        20
+    );
+
+    assert!(index.apply(Change::Policy(watcher::Event::Delete(object(
+        "a",
+        3,
+        T0,
+        json!({})
+    )))));
+    assert!(
+        serving(&index).is_empty(),
+        "a deleted policy stops matching at once"
+    );
+}
+
+#[test]
+fn an_object_that_does_not_parse_is_skipped_not_fatal() {
+    let mut index = synced_index();
+    index.apply(Change::Policy(watcher::Event::Apply(object(
+        "good",
+        1,
+        T0,
+        spec("good.example", json!({})),
+    ))));
+    index.apply(Change::Policy(watcher::Event::Apply(object(
+        "bad",
+        1,
+        T0,
+        json!({"issuers": "not a list"}),
+    ))));
+    assert_eq!(serving(&index), ["shop/good"]);
+    let error = index.policies["shop/bad"]
+        .error
+        .as_ref()
+        .expect("error")
+        .to_string();
+    assert!(error.contains("not a valid JwtPolicy"), "{error}");
+}
+
+#[test]
+fn the_older_policy_keeps_a_contested_host() {
+    let mut index = synced_index();
+    index.apply(Change::Policy(watcher::Event::Apply(object(
+        "newer",
+        1,
+        T1,
+        spec("api.example", json!({})),
+    ))));
+    index.apply(Change::Policy(watcher::Event::Apply(object(
+        "older",
+        1,
+        T0,
+        spec("api.example", json!({})),
+    ))));
+    let (snapshot, conflicts) = index.snapshot();
+    assert_eq!(
+        snapshot.select("api.example", "/", "GET").map(|p| &*p.id),
+        Some("shop/older")
+    );
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(&*conflicts[0].policy, "shop/newer");
+}
+
+async fn allowed(index: &PolicyIndex, token: &str) -> bool {
+    let (snapshot, _) = index.snapshot();
+    let headers = vec![("authorization".to_string(), format!("Bearer {token}"))];
+    let request = Request {
+        host: "h.example",
+        path: "/",
+        method: "GET",
+        headers: Headers::List(&headers),
+        policy: None,
+    };
+    engine::check(&snapshot, &request, SystemTime::now())
+        .await
+        .is_allow()
+}
+
+#[tokio::test]
+async fn secrets_are_resolved_and_rotation_recompiles_the_policy() {
+    let mut index = synced_index();
+    let hmac = json!({"issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "sharedSecret": {"secretRef": {"name": "hmac", "key": "k"}}}]});
+    index.apply(Change::Policy(watcher::Event::Apply(object(
+        "h",
+        1,
+        T0,
+        spec("h.example", hmac),
+    ))));
+    assert_eq!(
+        index.policies["shop/h"]
+            .error
+            .as_ref()
+            .expect("missing")
+            .reason(),
+        "SecretNotFound"
+    );
+    assert_eq!(
+        index.referenced_secrets(),
+        BTreeSet::from([("shop".to_string(), "hmac".to_string())])
+    );
+
+    let old = [1u8; 32];
+    let new = [2u8; 32];
+    assert!(index.apply(Change::Secret(watcher::Event::Apply(secret(
+        "hmac", "k", &old
+    )))));
+    assert!(index.policies["shop/h"].current());
+    let old_token = SigningKey::hmac("h", "HS256", &old)
+        .mint(&good_claims())
+        .expect("mint");
+    let new_token = SigningKey::hmac("h", "HS256", &new)
+        .mint(&good_claims())
+        .expect("mint");
+    assert!(allowed(&index, &old_token).await);
+
+    // An unrelated Secret changes nothing.
+    assert!(!index.apply(Change::Secret(watcher::Event::Apply(secret(
+        "other", "k", &new
+    )))));
+    // Rotation.
+    assert!(index.apply(Change::Secret(watcher::Event::Apply(secret(
+        "hmac", "k", &new
+    )))));
+    assert!(allowed(&index, &new_token).await);
+    assert!(!allowed(&index, &old_token).await);
+    // Deleting the Secret keeps the last good version and reports it.
+    index.apply(Change::Secret(watcher::Event::Delete(secret(
+        "hmac", "k", &new,
+    ))));
+    assert_eq!(
+        index.policies["shop/h"]
+            .error
+            .as_ref()
+            .expect("missing")
+            .reason(),
+        "SecretNotFound"
+    );
+    assert!(allowed(&index, &new_token).await);
+}
+
+#[tokio::test]
+async fn the_task_coalesces_bursts_and_publishes_only_after_the_first_list() {
+    let shared = SharedSnapshot::new(DefaultAction::Deny);
+    let (tx, rx) = mpsc::channel(1024);
+    let task = spawn_index(index(), shared.clone(), rx);
+    let mut published = shared.subscribe();
+    tx.send(Change::Policy(watcher::Event::Init))
+        .await
+        .expect("send");
+    tx.send(Change::Policy(watcher::Event::InitApply(object(
+        "a",
+        1,
+        T0,
+        spec("a.example", json!({})),
+    ))))
+    .await
+    .expect("send");
+    tx.send(Change::Policy(watcher::Event::InitDone))
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        *published.borrow_and_update(),
+        0,
+        "the Secret list is not complete yet"
+    );
+
+    // A burst: the Secret list completes and 200 updates arrive together.
+    let mut burst = vec![
+        Change::Secret(watcher::Event::Init),
+        Change::Secret(watcher::Event::InitDone),
+    ];
+    for generation in 2..202 {
+        let skew = format!("{}s", generation % 60);
+        burst.push(Change::Policy(watcher::Event::Apply(object(
+            "a",
+            generation,
+            T0,
+            spec("a.example", json!({"clockSkew": skew})),
+        ))));
+    }
+    for change in burst {
+        tx.send(change).await.expect("send");
+    }
+    drop(tx);
+    let index = task.await.expect("index task");
+    let generations = *published.borrow_and_update();
+    assert!(
+        (1..20).contains(&generations),
+        "{generations} snapshots for one burst"
+    );
+    assert_eq!(
+        shared.load().policy("shop/a").expect("a").clock_skew,
+        201 % 60
+    );
+    assert_eq!(index.policies["shop/a"].generation, 201);
+}
