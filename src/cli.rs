@@ -7,10 +7,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use crate::controller::watch::WatchOptions;
 use crate::jwks::{FetchSettings, KeySources, RefreshSettings};
 use crate::policy::DefaultAction;
 use crate::policy::files::FileLoader;
-use crate::serve::{self, ServeConfig};
+use crate::serve::{self, PolicySource, ServeConfig};
 use crate::telemetry::{self, LogFormat};
 use crate::{client, demo};
 
@@ -52,11 +53,26 @@ pub struct ServeArgs {
     /// Policy files or directories (repeatable).
     #[arg(
         long = "policies",
-        required = true,
         env = "TOLLGATE_POLICIES",
-        value_delimiter = ','
+        value_delimiter = ',',
+        conflicts_with = "kubernetes"
     )]
     pub policies: Vec<PathBuf>,
+    /// Watch JwtPolicy objects in Kubernetes (the default inside a pod when --policies is not given).
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Kubernetes: watch only these namespaces (default: all).
+    #[arg(
+        long,
+        env = "TOLLGATE_NAMESPACES",
+        value_delimiter = ',',
+        requires = "kubernetes"
+    )]
+    pub namespaces: Vec<String>,
+    /// Kubernetes: only JwtPolicy objects matching this label selector (to shard policies
+    /// across several tollgate deployments).
+    #[arg(long, env = "TOLLGATE_SELECTOR")]
+    pub selector: Option<String>,
     /// gRPC listen address (ext_authz and grpc.health.v1).
     #[arg(long, default_value = "127.0.0.1:9001", env = "TOLLGATE_GRPC_ADDR")]
     pub grpc_addr: SocketAddr,
@@ -133,8 +149,23 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Serve(args) => {
+            let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+            let source = if args.kubernetes || (args.policies.is_empty() && in_pod) {
+                PolicySource::Kubernetes(WatchOptions {
+                    namespaces: args.namespaces,
+                    selector: args.selector,
+                })
+            } else if !args.policies.is_empty() {
+                anyhow::ensure!(
+                    args.selector.is_none(),
+                    "--selector applies to --kubernetes only"
+                );
+                PolicySource::Files(args.policies)
+            } else {
+                anyhow::bail!("give --policies <file|dir> or --kubernetes");
+            };
             let config = ServeConfig {
-                policies: args.policies,
+                source,
                 grpc_addr: args.grpc_addr,
                 admin_addr: args.admin_addr,
                 default_action: args.default_action,

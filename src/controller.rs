@@ -11,3 +11,4 @@
 //! Kubernetes types.
 
 pub mod index;
+pub mod watch;

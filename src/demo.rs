@@ -110,7 +110,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     ];
 
     let config = ServeConfig {
-        policies: vec![dir.path().to_path_buf()],
+        source: crate::serve::PolicySource::Files(vec![dir.path().to_path_buf()]),
         grpc_addr: options.grpc_addr,
         admin_addr: options.admin_addr,
         default_action: DefaultAction::Deny,

@@ -13,15 +13,26 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin;
 use crate::authz::AuthzService;
+use crate::controller;
+use crate::controller::watch::WatchOptions;
 use crate::jwks::{FetchSettings, Fetcher, KeySources, RefreshSettings};
 use crate::metrics::Metrics;
 use crate::policy::files::{FileLoader, spawn_watch};
 use crate::policy::{DefaultAction, SharedSnapshot};
 
+/// Where policies come from.
+#[derive(Clone, Debug)]
+pub enum PolicySource {
+    /// YAML files and directories, watched.
+    Files(Vec<PathBuf>),
+    /// `JwtPolicy` objects in the cluster (KUBECONFIG or the pod's service account).
+    Kubernetes(WatchOptions),
+}
+
 /// Everything `serve` needs.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
-    pub policies: Vec<PathBuf>,
+    pub source: PolicySource,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub default_action: DefaultAction,
@@ -44,13 +55,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound, Arc<SharedSnapshot>),
 ) -> anyhow::Result<()> {
-    for path in &config.policies {
-        anyhow::ensure!(
-            path.exists(),
-            "policy path {} does not exist",
-            path.display()
-        );
+    if let PolicySource::Files(paths) = &config.source {
+        for path in paths {
+            anyhow::ensure!(
+                path.exists(),
+                "policy path {} does not exist",
+                path.display()
+            );
+        }
     }
+    let kube_client = match &config.source {
+        PolicySource::Kubernetes(_) => Some(kube::Client::try_default().await.context(
+            "connecting to Kubernetes (set KUBECONFIG, or run in a pod with a service account)",
+        )?),
+        PolicySource::Files(_) => None,
+    };
     let fetcher = Fetcher::new(config.fetch.clone()).context("creating the HTTP client")?;
     let sources = KeySources::new(fetcher, config.refresh.clone());
     let metrics = Metrics::new(Some(sources.clone()));
@@ -68,20 +87,32 @@ pub async fn run(
     };
     tracing::info!(grpc = %bound.grpc, admin = %bound.admin, "listening");
 
-    let reload_metrics = metrics.clone();
-    let loader = FileLoader::new(
-        config.policies.clone(),
-        sources.clone(),
-        config.default_action,
-    );
-    let watch = spawn_watch(loader, shared.clone(), config.poll, move |report| {
-        if report.changed {
-            reload_metrics.reloaded(
-                report.policies,
-                report.problems.len() + report.conflicts.len(),
+    let watch = match (&config.source, kube_client) {
+        (PolicySource::Kubernetes(options), Some(client)) => {
+            let index = controller::watch::spawn_controller(
+                client,
+                options,
+                sources.clone(),
+                config.default_action,
+                shared.clone(),
             );
+            index.abort_handle()
         }
-    });
+        (PolicySource::Files(paths), _) => {
+            let reload_metrics = metrics.clone();
+            let loader = FileLoader::new(paths.clone(), sources.clone(), config.default_action);
+            spawn_watch(loader, shared.clone(), config.poll, move |report| {
+                if report.changed {
+                    reload_metrics.reloaded(
+                        report.policies,
+                        report.problems.len() + report.conflicts.len(),
+                    );
+                }
+            })
+            .abort_handle()
+        }
+        (PolicySource::Kubernetes(_), None) => unreachable_no_client(),
+    };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
@@ -155,6 +186,10 @@ async fn set_health(
     for service in ["envoy.service.auth.v3.Authorization", ""] {
         reporter.set_service_status(service, status).await;
     }
+}
+
+fn unreachable_no_client() -> ! {
+    panic!("invariant: a Kubernetes client is created for the Kubernetes source")
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -6,7 +6,10 @@
 //! - A policy that fails to compile keeps its last good version (reported in its state).
 //! - An object that does not even parse as a `JwtPolicy` is recorded as invalid and skipped; it
 //!   never stops the watch.
-//! - A Secret change recompiles exactly the policies that reference it.
+//! - Secrets are watched one by one (a name-selected watch per referenced Secret, never a
+//!   cluster-wide list); a change recompiles exactly the policies that reference it.
+//! - Nothing is published until the policy list is complete and every referenced Secret has
+//!   reported (present or absent), so a policy is never judged before its Secret was read.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -24,12 +27,17 @@ use crate::policy::{
     SecretSource, SharedSnapshot, Snapshot, compile,
 };
 
-/// A watch event for one of the two kinds the index follows.
+/// Which namespace a policy watch covers (`None`: all namespaces).
+pub type Scope = Option<String>;
+
+/// A watch event for one of the kinds the index follows.
 #[derive(Debug)]
 pub enum Change {
-    /// `JwtPolicy` objects, untyped so one malformed object cannot break the stream.
-    Policy(watcher::Event<DynamicObject>),
-    Secret(watcher::Event<Secret>),
+    /// `JwtPolicy` objects of one watch scope, untyped so one malformed object cannot break the
+    /// stream.
+    Policy(Scope, watcher::Event<DynamicObject>),
+    /// Events of the watch on one referenced Secret.
+    Secret(SecretKey, watcher::Event<Secret>),
 }
 
 /// `namespace/name` of a Secret.
@@ -61,9 +69,12 @@ impl PolicyState {
     }
 }
 
+/// The data of a Secret, or `None` when its watch reported it absent.
+type SecretData = Option<BTreeMap<String, Vec<u8>>>;
+
 /// Secret values for compilation, from the watched Secrets.
 struct SecretCache<'a> {
-    secrets: &'a HashMap<SecretKey, BTreeMap<String, Vec<u8>>>,
+    secrets: &'a HashMap<SecretKey, SecretData>,
 }
 
 impl SecretSource for SecretCache<'_> {
@@ -76,6 +87,7 @@ impl SecretSource for SecretCache<'_> {
         let data = self
             .secrets
             .get(&(namespace.to_string(), reference.name.clone()))
+            .and_then(Option::as_ref)
             .ok_or_else(|| format!("Secret {namespace}/{} not found", reference.name))?;
         data.get(&reference.key).cloned().ok_or_else(|| {
             format!(
@@ -114,35 +126,41 @@ pub struct PolicyIndex {
     key_sources: Arc<KeySources>,
     default_action: DefaultAction,
     policies: BTreeMap<Arc<str>, PolicyState>,
-    secrets: HashMap<SecretKey, BTreeMap<String, Vec<u8>>>,
-    policy_buffer: Option<Vec<DynamicObject>>,
-    secret_buffer: Option<Vec<Secret>>,
-    policies_synced: bool,
-    secrets_synced: bool,
+    /// Reported Secrets (a key is present once its watch has listed it).
+    secrets: HashMap<SecretKey, SecretData>,
+    policy_buffers: HashMap<Scope, Vec<DynamicObject>>,
+    secret_buffers: HashMap<SecretKey, Vec<Secret>>,
+    /// The watch scopes that must list once before anything is published.
+    scopes: BTreeSet<Scope>,
+    listed_scopes: BTreeSet<Scope>,
 }
 
 impl PolicyIndex {
-    /// `watch_secrets: false` when no Secret watch runs (then Secrets count as synced).
+    /// `scopes`: the policy watches that will report (`[None]` for all namespaces).
     pub fn new(
         key_sources: Arc<KeySources>,
         default_action: DefaultAction,
-        watch_secrets: bool,
+        scopes: Vec<Scope>,
     ) -> Self {
         PolicyIndex {
             key_sources,
             default_action,
             policies: BTreeMap::new(),
             secrets: HashMap::new(),
-            policy_buffer: None,
-            secret_buffer: None,
-            policies_synced: false,
-            secrets_synced: !watch_secrets,
+            policy_buffers: HashMap::new(),
+            secret_buffers: HashMap::new(),
+            scopes: scopes.into_iter().collect(),
+            listed_scopes: BTreeSet::new(),
         }
     }
 
-    /// Whether both watches completed their first list (before that, nothing is published).
+    /// Whether every policy watch listed once and every referenced Secret has reported.
     pub fn synced(&self) -> bool {
-        self.policies_synced && self.secrets_synced
+        self.scopes.is_subset(&self.listed_scopes)
+            && self
+                .referenced_secrets()
+                .iter()
+                .all(|k| self.secrets.contains_key(k))
     }
 
     /// Per-policy state, for status and logs.
@@ -161,29 +179,34 @@ impl PolicyIndex {
     /// Applies one event. Returns whether the set of serving policies may have changed.
     pub fn apply(&mut self, change: Change) -> bool {
         match change {
-            Change::Policy(event) => self.apply_policy_event(event),
-            Change::Secret(event) => self.apply_secret_event(event),
+            Change::Policy(scope, event) => self.apply_policy_event(scope, event),
+            Change::Secret(key, event) => self.apply_secret_event(key, event),
         }
     }
 
-    fn apply_policy_event(&mut self, event: watcher::Event<DynamicObject>) -> bool {
+    fn apply_policy_event(&mut self, scope: Scope, event: watcher::Event<DynamicObject>) -> bool {
         match event {
             watcher::Event::Init => {
-                self.policy_buffer = Some(Vec::new());
+                self.policy_buffers.insert(scope, Vec::new());
                 false
             }
             watcher::Event::InitApply(object) => {
-                self.policy_buffer.get_or_insert_with(Vec::new).push(object);
+                self.policy_buffers.entry(scope).or_default().push(object);
                 false
             }
             watcher::Event::InitDone => {
-                let objects = self.policy_buffer.take().unwrap_or_default();
-                let ids: BTreeSet<Arc<str>> = objects.iter().map(object_id).collect();
-                self.policies.retain(|id, _| ids.contains(id));
+                let objects = self.policy_buffers.remove(&scope).unwrap_or_default();
+                let listed: BTreeSet<Arc<str>> = objects.iter().map(object_id).collect();
+                let in_scope = |id: &str| match &scope {
+                    None => true,
+                    Some(namespace) => id.split('/').next() == Some(namespace.as_str()),
+                };
+                self.policies
+                    .retain(|id, _| !in_scope(id) || listed.contains(id));
                 for object in objects {
                     self.upsert(object);
                 }
-                self.policies_synced = true;
+                self.listed_scopes.insert(scope);
                 true
             }
             watcher::Event::Apply(object) => {
@@ -194,46 +217,38 @@ impl PolicyIndex {
         }
     }
 
-    fn apply_secret_event(&mut self, event: watcher::Event<Secret>) -> bool {
-        match event {
+    fn apply_secret_event(&mut self, key: SecretKey, event: watcher::Event<Secret>) -> bool {
+        let data = match event {
             watcher::Event::Init => {
-                self.secret_buffer = Some(Vec::new());
-                false
+                self.secret_buffers.insert(key, Vec::new());
+                return false;
             }
             watcher::Event::InitApply(secret) => {
-                self.secret_buffer.get_or_insert_with(Vec::new).push(secret);
-                false
+                self.secret_buffers.entry(key).or_default().push(secret);
+                return false;
             }
             watcher::Event::InitDone => {
-                let secrets = self.secret_buffer.take().unwrap_or_default();
-                let before: BTreeSet<SecretKey> = self.secrets.keys().cloned().collect();
-                self.secrets = secrets
+                let listed = self.secret_buffers.remove(&key).unwrap_or_default();
+                listed
                     .iter()
-                    .map(|s| (secret_key(s), secret_data(s)))
-                    .collect();
-                let changed: BTreeSet<SecretKey> = before
-                    .union(&self.secrets.keys().cloned().collect())
-                    .cloned()
-                    .collect();
-                self.secrets_synced = true;
-                self.recompile_for(&changed);
-                true
+                    .find(|s| secret_key(s) == key)
+                    .map(secret_data)
             }
-            watcher::Event::Apply(secret) => {
-                let key = secret_key(&secret);
-                let data = secret_data(&secret);
-                if self.secrets.get(&key) == Some(&data) {
-                    return false;
-                }
-                self.secrets.insert(key.clone(), data);
-                self.recompile_for(&BTreeSet::from([key]))
-            }
-            watcher::Event::Delete(secret) => {
-                let key = secret_key(&secret);
-                self.secrets.remove(&key);
-                self.recompile_for(&BTreeSet::from([key]))
-            }
+            watcher::Event::Apply(secret) => Some(secret_data(&secret)),
+            watcher::Event::Delete(_) => None,
+        };
+        if self.secrets.get(&key) == Some(&data) {
+            return false;
         }
+        self.secrets.insert(key.clone(), data);
+        self.recompile_for(&BTreeSet::from([key]))
+    }
+
+    /// Forgets Secrets no policy references any more (their watches are stopped).
+    pub fn forget_unreferenced_secrets(&mut self) {
+        let referenced = self.referenced_secrets();
+        self.secrets.retain(|k, _| referenced.contains(k));
+        self.secret_buffers.retain(|k, _| referenced.contains(k));
     }
 
     /// Recompiles the policies that reference any of `secrets`.
@@ -364,10 +379,14 @@ fn secret_key(secret: &Secret) -> SecretKey {
 /// Runs the index: applies changes as they arrive, coalescing whatever is already queued into
 /// one publish, and publishes a new snapshot whenever the serving set may have changed (once both
 /// watches have listed everything). Returns the index when the channel closes.
+///
+/// `after_batch` runs after each batch of changes (the watch layer starts and stops Secret
+/// watches there).
 pub fn spawn_index(
     mut index: PolicyIndex,
     shared: Arc<SharedSnapshot>,
     mut changes: mpsc::Receiver<Change>,
+    mut after_batch: impl FnMut(&mut PolicyIndex) + Send + 'static,
 ) -> tokio::task::JoinHandle<PolicyIndex> {
     tokio::spawn(async move {
         while let Some(change) = changes.recv().await {
@@ -375,6 +394,7 @@ pub fn spawn_index(
             while let Ok(next) = changes.try_recv() {
                 changed |= index.apply(next);
             }
+            after_batch(&mut index);
             if changed && index.synced() {
                 let (snapshot, conflicts) = index.snapshot();
                 for conflict in &conflicts {

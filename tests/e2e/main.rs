@@ -1,7 +1,9 @@
 //! Black-box tests over real sockets: the `tollgate` binary, a local identity provider, and the
 //! real peers (Envoy). One test binary, so the suite links once.
 
+mod apiserver;
 mod cli;
 mod envoy;
+mod kubernetes;
 mod serve;
 mod support;

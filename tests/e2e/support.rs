@@ -47,9 +47,29 @@ impl Tollgate {
 
     /// Starts without waiting for readiness.
     pub fn spawn(policies: &Path, extra: &[&str]) -> Tollgate {
+        let mut args = vec![
+            "--policies".to_string(),
+            policies.display().to_string(),
+            "--poll-interval".into(),
+            "1s".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn_with(&args, &[])
+    }
+
+    /// `tollgate serve --kubernetes` against the API server of `kubeconfig`, once ready.
+    pub fn start_kubernetes(kubeconfig: &Path, extra: &[&str]) -> Tollgate {
+        let mut args = vec!["--kubernetes".to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let tollgate = Self::spawn_with(&args, &[("KUBECONFIG", kubeconfig.display().to_string())]);
+        tollgate.wait_ready(Duration::from_secs(30));
+        tollgate
+    }
+
+    /// `tollgate serve <args>` with extra environment variables, without waiting for readiness.
+    pub fn spawn_with(args: &[String], envs: &[(&str, String)]) -> Tollgate {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args(["serve", "--policies"])
-            .arg(policies)
+            .arg("serve")
             .args([
                 "--grpc-addr",
                 "127.0.0.1:0",
@@ -58,8 +78,9 @@ impl Tollgate {
                 "--log-format",
                 "json",
             ])
-            .args(["--poll-interval", "1s"])
-            .args(extra)
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .env_remove("KUBERNETES_SERVICE_HOST")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

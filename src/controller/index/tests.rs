@@ -63,16 +63,18 @@ fn index() -> PolicyIndex {
     PolicyIndex::new(
         KeySources::offline().expect("client"),
         DefaultAction::Deny,
-        true,
+        vec![None],
     )
+}
+
+fn key(name: &str) -> SecretKey {
+    ("shop".to_string(), name.to_string())
 }
 
 fn synced_index() -> PolicyIndex {
     let mut index = index();
-    index.apply(Change::Secret(watcher::Event::Init));
-    index.apply(Change::Secret(watcher::Event::InitDone));
-    index.apply(Change::Policy(watcher::Event::Init));
-    index.apply(Change::Policy(watcher::Event::InitDone));
+    index.apply(Change::Policy(None, watcher::Event::Init));
+    index.apply(Change::Policy(None, watcher::Event::InitDone));
     index
 }
 
@@ -89,43 +91,31 @@ const T1: &str = "2026-11-02T00:00:00Z";
 #[test]
 fn a_relist_replaces_the_whole_set_at_once() {
     let mut index = index();
-    index.apply(Change::Secret(watcher::Event::Init));
-    index.apply(Change::Secret(watcher::Event::InitDone));
-    assert!(!index.apply(Change::Policy(watcher::Event::Init)));
-    assert!(
-        !index.apply(Change::Policy(watcher::Event::InitApply(object(
-            "a",
-            1,
-            T0,
-            spec("a.example", json!({}))
-        ))))
-    );
+    assert!(!index.apply(Change::Policy(None, watcher::Event::Init)));
+    assert!(!index.apply(Change::Policy(
+        None,
+        watcher::Event::InitApply(object("a", 1, T0, spec("a.example", json!({}))))
+    )));
     assert!(
         !index.synced(),
         "nothing is served before the first list is complete"
     );
-    assert!(
-        !index.apply(Change::Policy(watcher::Event::InitApply(object(
-            "b",
-            1,
-            T0,
-            spec("b.example", json!({}))
-        ))))
-    );
-    assert!(index.apply(Change::Policy(watcher::Event::InitDone)));
+    assert!(!index.apply(Change::Policy(
+        None,
+        watcher::Event::InitApply(object("b", 1, T0, spec("b.example", json!({}))))
+    )));
+    assert!(index.apply(Change::Policy(None, watcher::Event::InitDone)));
     assert!(index.synced());
     assert_eq!(serving(&index), ["shop/a", "shop/b"]);
 
     // The watch restarts; while relisting, the old set stays whole.
-    index.apply(Change::Policy(watcher::Event::Init));
-    index.apply(Change::Policy(watcher::Event::InitApply(object(
-        "b",
-        1,
-        T0,
-        spec("b.example", json!({})),
-    ))));
+    index.apply(Change::Policy(None, watcher::Event::Init));
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::InitApply(object("b", 1, T0, spec("b.example", json!({})))),
+    ));
     assert_eq!(serving(&index), ["shop/a", "shop/b"]);
-    index.apply(Change::Policy(watcher::Event::InitDone));
+    index.apply(Change::Policy(None, watcher::Event::InitDone));
     assert_eq!(
         serving(&index),
         ["shop/b"],
@@ -136,23 +126,29 @@ fn a_relist_replaces_the_whole_set_at_once() {
 #[test]
 fn updates_deletes_and_last_good_versions() {
     let mut index = synced_index();
-    index.apply(Change::Policy(watcher::Event::Apply(object(
-        "a",
-        1,
-        T0,
-        spec("a.example", json!({"clockSkew": "10s"})),
-    ))));
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object(
+            "a",
+            1,
+            T0,
+            spec("a.example", json!({"clockSkew": "10s"})),
+        )),
+    ));
     let state = &index.policies["shop/a"];
     assert!(state.current());
     assert_eq!(state.compiled.as_ref().expect("compiled").clock_skew, 10);
 
     // Generation 2 does not compile: generation 1 keeps serving, the error is recorded.
-    index.apply(Change::Policy(watcher::Event::Apply(object(
-        "a",
-        2,
-        T0,
-        spec("a.example", json!({"deny": {"status": 200}})),
-    ))));
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object(
+            "a",
+            2,
+            T0,
+            spec("a.example", json!({"deny": {"status": 200}})),
+        )),
+    ));
     let state = &index.policies["shop/a"];
     assert!(!state.current());
     assert_eq!(state.compiled_generation, Some(1));
@@ -160,24 +156,25 @@ fn updates_deletes_and_last_good_versions() {
     assert_eq!(serving(&index), ["shop/a"]);
 
     // Generation 3 fixes it.
-    index.apply(Change::Policy(watcher::Event::Apply(object(
-        "a",
-        3,
-        T0,
-        spec("a.example", json!({"clockSkew": "20s"})),
-    ))));
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object(
+            "a",
+            3,
+            T0,
+            spec("a.example", json!({"clockSkew": "20s"})),
+        )),
+    ));
     assert!(index.policies["shop/a"].current());
     assert_eq!(
         index.snapshot().0.policy("shop/a").expect("a").clock_skew,
         20
     );
 
-    assert!(index.apply(Change::Policy(watcher::Event::Delete(object(
-        "a",
-        3,
-        T0,
-        json!({})
-    )))));
+    assert!(index.apply(Change::Policy(
+        None,
+        watcher::Event::Delete(object("a", 3, T0, json!({})))
+    )));
     assert!(
         serving(&index).is_empty(),
         "a deleted policy stops matching at once"
@@ -187,18 +184,14 @@ fn updates_deletes_and_last_good_versions() {
 #[test]
 fn an_object_that_does_not_parse_is_skipped_not_fatal() {
     let mut index = synced_index();
-    index.apply(Change::Policy(watcher::Event::Apply(object(
-        "good",
-        1,
-        T0,
-        spec("good.example", json!({})),
-    ))));
-    index.apply(Change::Policy(watcher::Event::Apply(object(
-        "bad",
-        1,
-        T0,
-        json!({"issuers": "not a list"}),
-    ))));
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("good", 1, T0, spec("good.example", json!({})))),
+    ));
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("bad", 1, T0, json!({"issuers": "not a list"}))),
+    ));
     assert_eq!(serving(&index), ["shop/good"]);
     let error = index.policies["shop/bad"]
         .error
@@ -211,18 +204,14 @@ fn an_object_that_does_not_parse_is_skipped_not_fatal() {
 #[test]
 fn the_older_policy_keeps_a_contested_host() {
     let mut index = synced_index();
-    index.apply(Change::Policy(watcher::Event::Apply(object(
-        "newer",
-        1,
-        T1,
-        spec("api.example", json!({})),
-    ))));
-    index.apply(Change::Policy(watcher::Event::Apply(object(
-        "older",
-        1,
-        T0,
-        spec("api.example", json!({})),
-    ))));
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("newer", 1, T1, spec("api.example", json!({})))),
+    ));
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("older", 1, T0, spec("api.example", json!({})))),
+    ));
     let (snapshot, conflicts) = index.snapshot();
     assert_eq!(
         snapshot.select("api.example", "/", "GET").map(|p| &*p.id),
@@ -251,12 +240,10 @@ async fn allowed(index: &PolicyIndex, token: &str) -> bool {
 async fn secrets_are_resolved_and_rotation_recompiles_the_policy() {
     let mut index = synced_index();
     let hmac = json!({"issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "sharedSecret": {"secretRef": {"name": "hmac", "key": "k"}}}]});
-    index.apply(Change::Policy(watcher::Event::Apply(object(
-        "h",
-        1,
-        T0,
-        spec("h.example", hmac),
-    ))));
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("h", 1, T0, spec("h.example", hmac))),
+    ));
     assert_eq!(
         index.policies["shop/h"]
             .error
@@ -270,11 +257,16 @@ async fn secrets_are_resolved_and_rotation_recompiles_the_policy() {
         BTreeSet::from([("shop".to_string(), "hmac".to_string())])
     );
 
+    assert!(!index.synced(), "a referenced Secret has not reported yet");
     let old = [1u8; 32];
     let new = [2u8; 32];
-    assert!(index.apply(Change::Secret(watcher::Event::Apply(secret(
-        "hmac", "k", &old
-    )))));
+    index.apply(Change::Secret(key("hmac"), watcher::Event::Init));
+    index.apply(Change::Secret(
+        key("hmac"),
+        watcher::Event::InitApply(secret("hmac", "k", &old)),
+    ));
+    assert!(index.apply(Change::Secret(key("hmac"), watcher::Event::InitDone)));
+    assert!(index.synced());
     assert!(index.policies["shop/h"].current());
     let old_token = SigningKey::hmac("h", "HS256", &old)
         .mint(&good_claims())
@@ -285,19 +277,27 @@ async fn secrets_are_resolved_and_rotation_recompiles_the_policy() {
     assert!(allowed(&index, &old_token).await);
 
     // An unrelated Secret changes nothing.
-    assert!(!index.apply(Change::Secret(watcher::Event::Apply(secret(
-        "other", "k", &new
-    )))));
+    assert!(!index.apply(Change::Secret(
+        key("other"),
+        watcher::Event::Apply(secret("other", "k", &new))
+    )));
+    // The same data again changes nothing.
+    assert!(!index.apply(Change::Secret(
+        key("hmac"),
+        watcher::Event::Apply(secret("hmac", "k", &old))
+    )));
     // Rotation.
-    assert!(index.apply(Change::Secret(watcher::Event::Apply(secret(
-        "hmac", "k", &new
-    )))));
+    assert!(index.apply(Change::Secret(
+        key("hmac"),
+        watcher::Event::Apply(secret("hmac", "k", &new))
+    )));
     assert!(allowed(&index, &new_token).await);
     assert!(!allowed(&index, &old_token).await);
     // Deleting the Secret keeps the last good version and reports it.
-    index.apply(Change::Secret(watcher::Event::Delete(secret(
-        "hmac", "k", &new,
-    ))));
+    index.apply(Change::Secret(
+        key("hmac"),
+        watcher::Event::Delete(secret("hmac", "k", &new)),
+    ));
     assert_eq!(
         index.policies["shop/h"]
             .error
@@ -313,42 +313,40 @@ async fn secrets_are_resolved_and_rotation_recompiles_the_policy() {
 async fn the_task_coalesces_bursts_and_publishes_only_after_the_first_list() {
     let shared = SharedSnapshot::new(DefaultAction::Deny);
     let (tx, rx) = mpsc::channel(1024);
-    let task = spawn_index(index(), shared.clone(), rx);
+    let task = spawn_index(index(), shared.clone(), rx, |_| {});
     let mut published = shared.subscribe();
-    tx.send(Change::Policy(watcher::Event::Init))
+    tx.send(Change::Policy(None, watcher::Event::Init))
         .await
         .expect("send");
-    tx.send(Change::Policy(watcher::Event::InitApply(object(
-        "a",
-        1,
-        T0,
-        spec("a.example", json!({})),
-    ))))
+    tx.send(Change::Policy(
+        None,
+        watcher::Event::InitApply(object("a", 1, T0, spec("a.example", json!({})))),
+    ))
     .await
     .expect("send");
-    tx.send(Change::Policy(watcher::Event::InitDone))
+    tx.send(Change::Policy(None, watcher::Event::InitDone))
         .await
         .expect("send");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
         *published.borrow_and_update(),
-        0,
-        "the Secret list is not complete yet"
+        1,
+        "the first complete list is published"
     );
 
-    // A burst: the Secret list completes and 200 updates arrive together.
-    let mut burst = vec![
-        Change::Secret(watcher::Event::Init),
-        Change::Secret(watcher::Event::InitDone),
-    ];
+    // A burst: 200 updates arrive together.
+    let mut burst = Vec::new();
     for generation in 2..202 {
         let skew = format!("{}s", generation % 60);
-        burst.push(Change::Policy(watcher::Event::Apply(object(
-            "a",
-            generation,
-            T0,
-            spec("a.example", json!({"clockSkew": skew})),
-        ))));
+        burst.push(Change::Policy(
+            None,
+            watcher::Event::Apply(object(
+                "a",
+                generation,
+                T0,
+                spec("a.example", json!({"clockSkew": skew})),
+            )),
+        ));
     }
     for change in burst {
         tx.send(change).await.expect("send");
@@ -357,7 +355,7 @@ async fn the_task_coalesces_bursts_and_publishes_only_after_the_first_list() {
     let index = task.await.expect("index task");
     let generations = *published.borrow_and_update();
     assert!(
-        (1..20).contains(&generations),
+        (2..20).contains(&generations),
         "{generations} snapshots for one burst"
     );
     assert_eq!(
@@ -365,4 +363,35 @@ async fn the_task_coalesces_bursts_and_publishes_only_after_the_first_list() {
         201 % 60
     );
     assert_eq!(index.policies["shop/a"].generation, 201);
+}
+
+#[test]
+fn namespace_scopes_relist_independently() {
+    let scopes = vec![Some("shop".to_string()), Some("billing".to_string())];
+    let mut index = PolicyIndex::new(
+        KeySources::offline().expect("client"),
+        DefaultAction::Deny,
+        scopes.clone(),
+    );
+    let mut billing = object("b", 1, T0, spec("b.example", json!({})));
+    billing.metadata.namespace = Some("billing".into());
+    index.apply(Change::Policy(scopes[0].clone(), watcher::Event::Init));
+    index.apply(Change::Policy(
+        scopes[0].clone(),
+        watcher::Event::InitApply(object("a", 1, T0, spec("a.example", json!({})))),
+    ));
+    index.apply(Change::Policy(scopes[0].clone(), watcher::Event::InitDone));
+    assert!(!index.synced(), "billing has not listed yet");
+    index.apply(Change::Policy(scopes[1].clone(), watcher::Event::Init));
+    index.apply(Change::Policy(
+        scopes[1].clone(),
+        watcher::Event::InitApply(billing),
+    ));
+    index.apply(Change::Policy(scopes[1].clone(), watcher::Event::InitDone));
+    assert!(index.synced());
+    assert_eq!(serving(&index), ["billing/b", "shop/a"]);
+    // A relist of shop alone leaves billing's policies alone.
+    index.apply(Change::Policy(scopes[0].clone(), watcher::Event::Init));
+    index.apply(Change::Policy(scopes[0].clone(), watcher::Event::InitDone));
+    assert_eq!(serving(&index), ["billing/b"]);
 }

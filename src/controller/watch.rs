@@ -1,0 +1,156 @@
+//! The watches every replica runs: `JwtPolicy` objects (all namespaces, or one watch per
+//! `--namespaces` entry, filtered by `--selector`) and one name-selected watch per Secret that a
+//! policy references. Events go to the index task; watch errors are retried with backoff while
+//! the last good snapshot keeps serving.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use tokio::sync::mpsc;
+
+use super::index::{Change, PolicyIndex, Scope, SecretKey, spawn_index};
+use crate::jwks::KeySources;
+use crate::policy::spec::JwtPolicy;
+use crate::policy::{DefaultAction, SharedSnapshot};
+
+/// What to watch.
+#[derive(Clone, Debug, Default)]
+pub struct WatchOptions {
+    /// Namespaces to watch; empty: all namespaces.
+    pub namespaces: Vec<String>,
+    /// Label selector on `JwtPolicy` objects, to shard policies across deployments.
+    pub selector: Option<String>,
+}
+
+/// The `JwtPolicy` API resource (group, version, plural).
+pub fn jwt_policy_resource() -> ApiResource {
+    ApiResource::erase::<JwtPolicy>(&())
+}
+
+/// Starts the watches and the index task that publishes snapshots into `shared`.
+pub fn spawn_controller(
+    client: Client,
+    options: &WatchOptions,
+    key_sources: Arc<KeySources>,
+    default_action: DefaultAction,
+    shared: Arc<SharedSnapshot>,
+) -> tokio::task::JoinHandle<PolicyIndex> {
+    let scopes: Vec<Scope> = if options.namespaces.is_empty() {
+        vec![None]
+    } else {
+        options.namespaces.iter().cloned().map(Some).collect()
+    };
+    let (tx, rx) = mpsc::channel(1024);
+    for scope in &scopes {
+        spawn_policy_watch(
+            client.clone(),
+            scope.clone(),
+            options.selector.clone(),
+            tx.clone(),
+        );
+    }
+    let mut secrets = SecretWatches {
+        client,
+        tx,
+        running: HashMap::new(),
+    };
+    let index = PolicyIndex::new(key_sources, default_action, scopes);
+    spawn_index(index, shared, rx, move |index| {
+        secrets.update(index.referenced_secrets());
+        index.forget_unreferenced_secrets();
+    })
+}
+
+fn spawn_policy_watch(
+    client: Client,
+    scope: Scope,
+    selector: Option<String>,
+    tx: mpsc::Sender<Change>,
+) {
+    tokio::spawn(async move {
+        let resource = jwt_policy_resource();
+        let api: Api<DynamicObject> = match &scope {
+            None => Api::all_with(client, &resource),
+            Some(namespace) => Api::namespaced_with(client, namespace, &resource),
+        };
+        let mut config = watcher::Config::default();
+        if let Some(selector) = &selector {
+            config = config.labels(selector);
+        }
+        let mut events = watcher(api, config).default_backoff().boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    if tx.send(Change::Policy(scope.clone(), event)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => tracing::warn!(namespace = scope.as_deref().unwrap_or("*"), %error,
+                    "JwtPolicy watch failed; retrying, the last good policies keep serving"),
+            }
+        }
+    });
+}
+
+/// One watch per referenced Secret, started and stopped as policies come and go.
+struct SecretWatches {
+    client: Client,
+    tx: mpsc::Sender<Change>,
+    running: HashMap<SecretKey, tokio::task::JoinHandle<()>>,
+}
+
+impl SecretWatches {
+    fn update(&mut self, wanted: BTreeSet<SecretKey>) {
+        self.running.retain(|key, task| {
+            let keep = wanted.contains(key);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for key in wanted {
+            if self.running.contains_key(&key) {
+                continue;
+            }
+            let (namespace, name) = key.clone();
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+            let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+            let tx = self.tx.clone();
+            let task_key = key.clone();
+            let task = tokio::spawn(async move {
+                let mut events = watcher(api, config).default_backoff().boxed();
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(event) => {
+                            if tx
+                                .send(Change::Secret(task_key.clone(), event))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(secret = %format!("{}/{}", task_key.0, task_key.1), %error,
+                            "Secret watch failed; retrying")
+                        }
+                    }
+                }
+            });
+            self.running.insert(key, task);
+        }
+    }
+}
+
+impl Drop for SecretWatches {
+    fn drop(&mut self) {
+        for task in self.running.values() {
+            task.abort();
+        }
+    }
+}
