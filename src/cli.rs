@@ -73,6 +73,17 @@ pub struct ServeArgs {
     /// across several tollgate deployments).
     #[arg(long, env = "TOLLGATE_SELECTOR")]
     pub selector: Option<String>,
+    /// Kubernetes: the name of this deployment (its status Lease and replica heartbeat Leases
+    /// are named after it).
+    #[arg(long, env = "TOLLGATE_INSTANCE", default_value = "tollgate")]
+    pub instance: String,
+    /// Kubernetes: how often each replica renews its heartbeat Lease (it counts for 3 periods).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Kubernetes: validity of the status Lease; another replica takes over status writes this
+    /// long after its holder stops renewing.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub status_lease_duration: Duration,
     /// gRPC listen address (ext_authz and grpc.health.v1).
     #[arg(long, default_value = "127.0.0.1:9001", env = "TOLLGATE_GRPC_ADDR")]
     pub grpc_addr: SocketAddr,
@@ -154,6 +165,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 PolicySource::Kubernetes(WatchOptions {
                     namespaces: args.namespaces,
                     selector: args.selector,
+                    instance: args.instance,
+                    heartbeat: args.heartbeat_interval,
+                    status_lease: args.status_lease_duration,
                 })
             } else if !args.policies.is_empty() {
                 anyhow::ensure!(

@@ -11,4 +11,7 @@
 //! Kubernetes types.
 
 pub mod index;
+pub mod leader;
+pub mod replicas;
+pub mod status;
 pub mod watch;

@@ -89,7 +89,7 @@ pub async fn run(
 
     let watch = match (&config.source, kube_client) {
         (PolicySource::Kubernetes(options), Some(client)) => {
-            let index = controller::watch::spawn_controller(
+            let index = controller::watch::spawn_kubernetes(
                 client,
                 options,
                 sources.clone(),

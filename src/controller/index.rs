@@ -18,10 +18,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt as _;
 use kube::api::DynamicObject;
 use kube::runtime::watcher;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::jwks::KeySources;
-use crate::policy::spec::{JwtPolicy, SecretSpec};
+use crate::policy::spec::{JwtPolicy, JwtPolicyStatus, SecretSpec};
 use crate::policy::{
     CompileContext, CompileError, Conflict, DefaultAction, Policy, Problem, ProblemKind,
     SecretSource, SharedSnapshot, Snapshot, compile,
@@ -60,6 +60,10 @@ pub struct PolicyState {
     pub secrets: BTreeSet<SecretKey>,
     /// The object as last seen, to recompile when a Secret changes.
     object: Option<Arc<JwtPolicy>>,
+    /// The status on the object as last seen (also for objects whose spec does not parse).
+    pub status: Option<JwtPolicyStatus>,
+    /// `metadata.uid`.
+    pub uid: Option<String>,
 }
 
 impl PolicyState {
@@ -71,6 +75,46 @@ impl PolicyState {
 
 /// The data of a Secret, or `None` when its watch reported it absent.
 type SecretData = Option<BTreeMap<String, Vec<u8>>>;
+
+/// Every policy's state as the index sees it after a batch of changes.
+#[derive(Clone, Debug, Default)]
+pub struct IndexView {
+    pub policies: Vec<PolicyView>,
+}
+
+/// One policy in an [`IndexView`].
+#[derive(Clone, Debug)]
+pub struct PolicyView {
+    /// `namespace/name`
+    pub id: Arc<str>,
+    pub namespace: String,
+    pub name: String,
+    /// `metadata.uid`, for Events.
+    pub uid: Option<String>,
+    /// `metadata.generation` as last seen.
+    pub generation: i64,
+    /// The generation this replica serves (`None`: not served, e.g. never compiled or left out
+    /// by a host/path conflict).
+    pub serving_generation: Option<i64>,
+    /// Why the current generation is not the one serving.
+    pub error: Option<CompileError>,
+    /// The host/path conflict that keeps this policy out of the snapshot.
+    pub conflict: Option<Conflict>,
+    /// The compiled version serving, for issuer key status.
+    pub policy: Option<Arc<Policy>>,
+    /// The status on the object as last seen.
+    pub status: Option<JwtPolicyStatus>,
+}
+
+impl IndexView {
+    /// This replica's load report: `namespace/name` → generation served.
+    pub fn loaded(&self) -> BTreeMap<String, i64> {
+        self.policies
+            .iter()
+            .filter_map(|p| Some((p.id.to_string(), p.serving_generation?)))
+            .collect()
+    }
+}
 
 /// Secret values for compilation, from the watched Secrets.
 struct SecretCache<'a> {
@@ -209,10 +253,8 @@ impl PolicyIndex {
                 self.listed_scopes.insert(scope);
                 true
             }
-            watcher::Event::Apply(object) => {
-                self.upsert(object);
-                true
-            }
+            // A status write also arrives as an update: only a changed spec recompiles.
+            watcher::Event::Apply(object) => self.upsert(object),
             watcher::Event::Delete(object) => self.policies.remove(&object_id(&object)).is_some(),
         }
     }
@@ -265,7 +307,8 @@ impl PolicyIndex {
         !affected.is_empty()
     }
 
-    fn upsert(&mut self, object: DynamicObject) {
+    /// Adds or updates a policy; returns whether anything changed.
+    fn upsert(&mut self, object: DynamicObject) -> bool {
         let id = object_id(&object);
         let generation = object.metadata.generation.unwrap_or(0);
         let created = object
@@ -274,17 +317,43 @@ impl PolicyIndex {
             .as_ref()
             .map(|t| t.0.to_string())
             .unwrap_or_default();
+        // The status is kept from every update, even one that changes nothing else.
+        let status = object
+            .data
+            .get("status")
+            .and_then(|s| serde_json::from_value::<JwtPolicyStatus>(s.clone()).ok());
+        let uid = object.metadata.uid.clone();
+        if let Some(state) = self.policies.get_mut(&id) {
+            state.status = status.clone();
+            state.uid = uid.clone();
+        }
         match object.clone().try_parse::<JwtPolicy>() {
             Ok(policy) => {
+                if let Some(state) = self.policies.get(&id)
+                    && state.generation == generation
+                    && state.object.as_ref().is_some_and(|o| o.spec == policy.spec)
+                {
+                    return false;
+                }
                 let state = self
                     .policies
                     .entry(id.clone())
                     .or_insert_with(|| empty_state(generation, &created));
                 state.generation = generation;
                 state.created = created;
+                state.status = status;
+                state.uid = uid;
                 self.compile_into_state(&Arc::new(policy));
+                true
             }
             Err(e) => {
+                if let Some(state) = self.policies.get(&id)
+                    && state.generation == generation
+                    && state.object.is_none()
+                    && state.error.is_some()
+                {
+                    return false;
+                }
                 tracing::warn!(policy = %id, error = %e, "skipping a JwtPolicy that does not parse");
                 let state = self
                     .policies
@@ -292,6 +361,8 @@ impl PolicyIndex {
                     .or_insert_with(|| empty_state(generation, &created));
                 state.generation = generation;
                 state.created = created;
+                state.status = status;
+                state.uid = uid;
                 state.object = None;
                 state.error = Some(CompileError {
                     problems: vec![Problem {
@@ -300,6 +371,7 @@ impl PolicyIndex {
                         kind: ProblemKind::InvalidSpec,
                     }],
                 });
+                true
             }
         }
     }
@@ -336,6 +408,31 @@ impl PolicyIndex {
         }
     }
 
+    /// What each policy's state is, for status and for this replica's load report.
+    pub fn view(&self, conflicts: &[Conflict]) -> IndexView {
+        let policies = self
+            .policies
+            .iter()
+            .map(|(id, state)| {
+                let conflict = conflicts.iter().find(|c| c.policy == *id).cloned();
+                let (namespace, name) = id.split_once('/').unwrap_or(("default", id));
+                PolicyView {
+                    id: id.clone(),
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    uid: state.uid.clone(),
+                    generation: state.generation,
+                    serving_generation: state.compiled_generation.filter(|_| conflict.is_none()),
+                    error: state.error.clone(),
+                    conflict,
+                    policy: state.compiled.clone(),
+                    status: state.status.clone(),
+                }
+            })
+            .collect();
+        IndexView { policies }
+    }
+
     /// The snapshot of every serving policy, oldest first (the older keeps a contested route).
     pub fn snapshot(&self) -> (Snapshot, Vec<Conflict>) {
         let mut serving: Vec<(&str, &Arc<str>, Arc<Policy>)> = self
@@ -360,6 +457,8 @@ fn empty_state(generation: i64, created: &str) -> PolicyState {
         error: None,
         secrets: BTreeSet::new(),
         object: None,
+        status: None,
+        uid: None,
     }
 }
 
@@ -387,16 +486,28 @@ pub fn spawn_index(
     shared: Arc<SharedSnapshot>,
     mut changes: mpsc::Receiver<Change>,
     mut after_batch: impl FnMut(&mut PolicyIndex) + Send + 'static,
-) -> tokio::task::JoinHandle<PolicyIndex> {
-    tokio::spawn(async move {
+) -> (
+    tokio::task::JoinHandle<PolicyIndex>,
+    watch::Receiver<Arc<IndexView>>,
+) {
+    let (views, view) = watch::channel(Arc::new(IndexView::default()));
+    let task = tokio::spawn(async move {
+        let mut published = false;
         while let Some(change) = changes.recv().await {
             let mut changed = index.apply(change);
             while let Ok(next) = changes.try_recv() {
                 changed |= index.apply(next);
             }
             after_batch(&mut index);
-            if changed && index.synced() {
-                let (snapshot, conflicts) = index.snapshot();
+            if !index.synced() {
+                continue;
+            }
+            let (snapshot, conflicts) = index.snapshot();
+            // Every batch refreshes the view (statuses arrive as updates that change nothing
+            // else); only a real change publishes a new snapshot.
+            views.send_replace(Arc::new(index.view(&conflicts)));
+            if changed || !published {
+                published = true;
                 for conflict in &conflicts {
                     tracing::error!(policy = %conflict.policy, holder = %conflict.holder, "JwtPolicy not served: {conflict}");
                 }
@@ -409,7 +520,8 @@ pub fn spawn_index(
             }
         }
         index
-    })
+    });
+    (task, view)
 }
 
 #[cfg(test)]

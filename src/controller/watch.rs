@@ -13,7 +13,9 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio::sync::mpsc;
 
-use super::index::{Change, PolicyIndex, Scope, SecretKey, spawn_index};
+use super::index::{Change, IndexView, PolicyIndex, Scope, SecretKey, spawn_index};
+use super::leader;
+use super::replicas::{self, Identity};
 use crate::jwks::KeySources;
 use crate::policy::spec::JwtPolicy;
 use crate::policy::{DefaultAction, SharedSnapshot};
@@ -25,11 +27,64 @@ pub struct WatchOptions {
     pub namespaces: Vec<String>,
     /// Label selector on `JwtPolicy` objects, to shard policies across deployments.
     pub selector: Option<String>,
+    /// Name of this deployment, keeping its status Lease and replica reports apart from other
+    /// tollgate deployments in the same namespace.
+    pub instance: String,
+    /// Replica heartbeat period.
+    pub heartbeat: std::time::Duration,
+    /// Status Lease validity.
+    pub status_lease: std::time::Duration,
 }
 
 /// The `JwtPolicy` API resource (group, version, plural).
 pub fn jwt_policy_resource() -> ApiResource {
     ApiResource::erase::<JwtPolicy>(&())
+}
+
+/// Who this replica is: `POD_NAME`/`POD_NAMESPACE` (downward API) when set, else the host name
+/// and process id, and the client's default namespace.
+pub fn identity(client: &Client, options: &WatchOptions) -> Identity {
+    let name = std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "tollgate".into());
+            format!("{host}-{}", std::process::id())
+        });
+    let namespace = std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    Identity {
+        namespace,
+        name,
+        instance: options.instance.clone(),
+        heartbeat: options.heartbeat,
+        status_lease: options.status_lease,
+    }
+}
+
+/// Runs Kubernetes mode: the watches and index (snapshots into `shared`), this replica's
+/// heartbeat, and the status writer (active while this replica holds the status Lease).
+pub fn spawn_kubernetes(
+    client: Client,
+    options: &WatchOptions,
+    key_sources: Arc<KeySources>,
+    default_action: DefaultAction,
+    shared: Arc<SharedSnapshot>,
+) -> tokio::task::JoinHandle<PolicyIndex> {
+    let identity = identity(&client, options);
+    tracing::info!(replica = %identity.name, namespace = %identity.namespace, instance = %identity.instance,
+        "Kubernetes mode");
+    let (index, views) =
+        spawn_controller(client.clone(), options, key_sources, default_action, shared);
+    replicas::spawn_heartbeat(client.clone(), identity.clone(), views.clone());
+    let reports = replicas::spawn_replica_watch(client.clone(), &identity);
+    leader::spawn_status_writer(client, identity, views, reports);
+    index
 }
 
 /// Starts the watches and the index task that publishes snapshots into `shared`.
@@ -39,7 +94,10 @@ pub fn spawn_controller(
     key_sources: Arc<KeySources>,
     default_action: DefaultAction,
     shared: Arc<SharedSnapshot>,
-) -> tokio::task::JoinHandle<PolicyIndex> {
+) -> (
+    tokio::task::JoinHandle<PolicyIndex>,
+    tokio::sync::watch::Receiver<Arc<IndexView>>,
+) {
     let scopes: Vec<Scope> = if options.namespaces.is_empty() {
         vec![None]
     } else {

@@ -1,6 +1,14 @@
-//! A small fake Kubernetes API server for black-box tests of `tollgate serve --kubernetes`:
-//! list and watch (with resource versions, label and field selectors) for JwtPolicies and
-//! Secrets, served over plain HTTP on 127.0.0.1. Objects are changed directly by the test.
+//! A small fake Kubernetes API server for black-box tests of `tollgate serve --kubernetes`,
+//! over plain HTTP on 127.0.0.1:
+//! - list and watch (resource versions, label and field selectors) for JwtPolicies, Secrets and
+//!   Leases;
+//! - JwtPolicy status writes (server-side apply on the `status` subresource);
+//! - Leases: get, create, and patch with server-side apply field ownership, so an apply that
+//!   would take a field another manager owns answers 409 Conflict, as kube-lease-manager's
+//!   locking relies on;
+//! - Events (events.k8s.io/v1) creation.
+//!
+//! Tests change JwtPolicies and Secrets directly.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -23,6 +31,8 @@ use tokio_stream::wrappers::BroadcastStream;
 pub enum Kind {
     JwtPolicy,
     Secret,
+    Lease,
+    Event,
 }
 
 impl Kind {
@@ -30,12 +40,16 @@ impl Kind {
         match self {
             Kind::JwtPolicy => "tollgate.dev/v1alpha1",
             Kind::Secret => "v1",
+            Kind::Lease => "coordination.k8s.io/v1",
+            Kind::Event => "events.k8s.io/v1",
         }
     }
     fn name(self) -> &'static str {
         match self {
             Kind::JwtPolicy => "JwtPolicy",
             Kind::Secret => "Secret",
+            Kind::Lease => "Lease",
+            Kind::Event => "Event",
         }
     }
 }
@@ -53,6 +67,242 @@ struct Store {
     objects: BTreeMap<(Kind, String, String), Value>,
     /// Every event, so a watch from an older resource version misses nothing.
     history: Vec<WatchEvent>,
+    /// Server-side apply ownership of Lease spec fields: (namespace, name, field) → manager.
+    managers: HashMap<(String, String, String), String>,
+}
+
+impl Store {
+    /// Stores `object` (stamping resourceVersion) and broadcasts the change.
+    fn write(
+        &mut self,
+        events: &broadcast::Sender<WatchEvent>,
+        kind: Kind,
+        mut object: Value,
+        change: &'static str,
+    ) -> Value {
+        self.resource_version += 1;
+        object["apiVersion"] = json!(kind.api_version());
+        object["kind"] = json!(kind.name());
+        object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if change == "DELETED" {
+            self.objects.remove(&(kind, namespace, name));
+        } else {
+            self.objects.insert((kind, namespace, name), object.clone());
+        }
+        let event = WatchEvent {
+            kind,
+            kind_of_change: change,
+            object: object.clone(),
+        };
+        self.history.push(event.clone());
+        let _ = events.send(event);
+        object
+    }
+}
+
+fn api_error(code: u16, reason: &str, message: String) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code});
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PatchQuery {
+    field_manager: Option<String>,
+    force: Option<bool>,
+}
+
+/// Merges `patch` into `target` (JSON merge patch: `null` removes).
+fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(target), Some(patch)) => {
+            for (k, v) in patch {
+                if v.is_null() {
+                    target.remove(k);
+                } else if v.is_object() && target.get(k).is_some_and(Value::is_object) {
+                    merge(target.get_mut(k).expect("present"), v);
+                } else {
+                    target.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+async fn lease_get(
+    State(s): State<Arc<Shared>>,
+    UrlPath((ns, name)): UrlPath<(String, String)>,
+) -> Response {
+    let store = s.store.lock().expect("store");
+    match store.objects.get(&(Kind::Lease, ns, name.clone())) {
+        Some(lease) => axum::Json(lease.clone()).into_response(),
+        None => api_error(
+            404,
+            "NotFound",
+            format!("leases.coordination.k8s.io \"{name}\" not found"),
+        ),
+    }
+}
+
+async fn lease_create(
+    State(s): State<Arc<Shared>>,
+    UrlPath(ns): UrlPath<String>,
+    axum::Json(mut lease): axum::Json<Value>,
+) -> Response {
+    let mut store = s.store.lock().expect("store");
+    let name = lease["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if store
+        .objects
+        .contains_key(&(Kind::Lease, ns.clone(), name.clone()))
+    {
+        return api_error(
+            409,
+            "AlreadyExists",
+            format!("leases.coordination.k8s.io \"{name}\" already exists"),
+        );
+    }
+    lease["metadata"]["namespace"] = json!(ns);
+    let stored = store.write(&s.events, Kind::Lease, lease, "ADDED");
+    (StatusCode::CREATED, axum::Json(stored)).into_response()
+}
+
+async fn lease_patch(
+    State(s): State<Arc<Shared>>,
+    UrlPath((ns, name)): UrlPath<(String, String)>,
+    Query(q): Query<PatchQuery>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+        return api_error(400, "BadRequest", "patch is not JSON".into());
+    };
+    let apply = headers.get("content-type").and_then(|v| v.to_str().ok())
+        == Some("application/apply-patch+yaml");
+    let manager = q.field_manager.clone().unwrap_or_else(|| "unknown".into());
+    let mut store = s.store.lock().expect("store");
+    s.requests.lock().expect("requests").push(format!(
+        "PATCH Lease ns={ns} name={name} manager={manager} apply={apply}"
+    ));
+    let key = (Kind::Lease, ns.clone(), name.clone());
+    let existing = store.objects.get(&key).cloned();
+    if existing.is_none() && !apply {
+        return api_error(
+            404,
+            "NotFound",
+            format!("leases.coordination.k8s.io \"{name}\" not found"),
+        );
+    }
+    let mut lease = existing
+        .clone()
+        .unwrap_or_else(|| json!({"metadata": {"name": name, "namespace": ns}, "spec": {}}));
+    let spec_patch = patch["spec"].as_object().cloned().unwrap_or_default();
+    if apply && !q.force.unwrap_or(false) {
+        for (field, value) in &spec_patch {
+            let current = &lease["spec"][field];
+            let owner = store
+                .managers
+                .get(&(ns.clone(), name.clone(), field.clone()));
+            if !current.is_null() && current != value && owner.is_some_and(|o| *o != manager) {
+                return api_error(
+                    409,
+                    "Conflict",
+                    format!("Apply failed with 1 conflict: conflict with {owner:?}: .spec.{field}"),
+                );
+            }
+        }
+    }
+    for (field, value) in &spec_patch {
+        let owner_key = (ns.clone(), name.clone(), field.clone());
+        if value.is_null() {
+            store.managers.remove(&owner_key);
+        } else {
+            store.managers.insert(owner_key, manager.clone());
+        }
+    }
+    if let Some(metadata) = patch.get("metadata") {
+        let mut meta = metadata.clone();
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("name");
+            m.remove("namespace");
+        }
+        merge(&mut lease["metadata"], &meta);
+    }
+    if lease.get("spec").is_none_or(|v| !v.is_object()) {
+        lease["spec"] = json!({});
+    }
+    merge(&mut lease["spec"], &Value::Object(spec_patch));
+    let change = if existing.is_some() {
+        "MODIFIED"
+    } else {
+        "ADDED"
+    };
+    let stored = store.write(&s.events, Kind::Lease, lease, change);
+    axum::Json(stored).into_response()
+}
+
+async fn status_patch(
+    State(s): State<Arc<Shared>>,
+    UrlPath((ns, name)): UrlPath<(String, String)>,
+    Query(q): Query<PatchQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+        return api_error(400, "BadRequest", "patch is not JSON".into());
+    };
+    let mut store = s.store.lock().expect("store");
+    s.requests.lock().expect("requests").push(format!(
+        "PATCH JwtPolicy/status ns={ns} name={name} manager={}",
+        q.field_manager.as_deref().unwrap_or("")
+    ));
+    let Some(mut object) = store
+        .objects
+        .get(&(Kind::JwtPolicy, ns, name.clone()))
+        .cloned()
+    else {
+        return api_error(
+            404,
+            "NotFound",
+            format!("jwtpolicies.tollgate.dev \"{name}\" not found"),
+        );
+    };
+    object["status"] = patch["status"].clone();
+    let stored = store.write(&s.events, Kind::JwtPolicy, object, "MODIFIED");
+    axum::Json(stored).into_response()
+}
+
+async fn event_create(
+    State(s): State<Arc<Shared>>,
+    UrlPath(ns): UrlPath<String>,
+    axum::Json(mut event): axum::Json<Value>,
+) -> Response {
+    let mut store = s.store.lock().expect("store");
+    event["metadata"]["namespace"] = json!(ns);
+    if event["metadata"]["name"].is_null() {
+        let prefix = event["metadata"]["generateName"]
+            .as_str()
+            .unwrap_or("event.")
+            .to_string();
+        event["metadata"]["name"] = json!(format!("{prefix}{}", store.resource_version + 1));
+    }
+    let stored = store.write(&s.events, Kind::Event, event, "ADDED");
+    (StatusCode::CREATED, axum::Json(stored)).into_response()
 }
 
 struct Shared {
@@ -225,6 +475,29 @@ impl FakeApiServer {
                     },
                 ),
             )
+            .route(
+                "/apis/tollgate.dev/v1alpha1/namespaces/{ns}/jwtpolicies/{name}/status",
+                axum::routing::patch(status_patch),
+            )
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+                get(
+                    |State(s): State<Arc<Shared>>,
+                     UrlPath(ns): UrlPath<String>,
+                     Query(q): Query<ListParams>| {
+                        list_or_watch(s, Kind::Lease, Some(ns), q)
+                    },
+                )
+                .post(lease_create),
+            )
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+                get(lease_get).patch(lease_patch),
+            )
+            .route(
+                "/apis/events.k8s.io/v1/namespaces/{ns}/events",
+                axum::routing::post(event_create),
+            )
             .fallback(|request: axum::extract::Request| async move {
                 (
                     StatusCode::NOT_FOUND,
@@ -249,8 +522,6 @@ impl FakeApiServer {
     /// Creates or replaces an object (generation increases when the spec changes).
     pub fn apply(&self, kind: Kind, mut object: Value) {
         let mut store = self.shared.store.lock().expect("store");
-        store.resource_version += 1;
-        let rv = store.resource_version;
         let namespace = object["metadata"]["namespace"]
             .as_str()
             .unwrap_or("default")
@@ -278,49 +549,53 @@ impl FakeApiServer {
             .unwrap_or_else(|| {
                 humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
             });
-        object["apiVersion"] = json!(kind.api_version());
-        object["kind"] = json!(kind.name());
         let meta = object["metadata"].as_object_mut().expect("metadata");
         meta.insert("namespace".into(), json!(namespace));
-        meta.insert("resourceVersion".into(), json!(rv.to_string()));
         meta.insert("generation".into(), json!(generation));
         meta.insert("creationTimestamp".into(), json!(created));
         meta.entry("uid")
             .or_insert_with(|| json!(format!("uid-{namespace}-{name}")));
-        store.objects.insert(key, object.clone());
+        if let Some(status) = previous.as_ref().and_then(|p| p.get("status")) {
+            object["status"] = status.clone();
+        }
         let kind_of_change = if previous.is_some() {
             "MODIFIED"
         } else {
             "ADDED"
         };
-        let event = WatchEvent {
-            kind,
-            kind_of_change,
-            object,
-        };
-        store.history.push(event.clone());
-        let _ = self.shared.events.send(event);
+        store.write(&self.shared.events, kind, object, kind_of_change);
     }
 
     /// Deletes an object.
     pub fn delete(&self, kind: Kind, namespace: &str, name: &str) {
         let mut store = self.shared.store.lock().expect("store");
-        store.resource_version += 1;
-        let rv = store.resource_version;
-        if let Some(mut object) =
-            store
-                .objects
-                .remove(&(kind, namespace.to_string(), name.to_string()))
+        if let Some(object) = store
+            .objects
+            .get(&(kind, namespace.to_string(), name.to_string()))
+            .cloned()
         {
-            object["metadata"]["resourceVersion"] = json!(rv.to_string());
-            let event = WatchEvent {
-                kind,
-                kind_of_change: "DELETED",
-                object,
-            };
-            store.history.push(event.clone());
-            let _ = self.shared.events.send(event);
+            store.write(&self.shared.events, kind, object, "DELETED");
         }
+    }
+
+    /// The object as stored now.
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
+        let store = self.shared.store.lock().expect("store");
+        store
+            .objects
+            .get(&(kind, namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Every stored object of a kind.
+    pub fn all(&self, kind: Kind) -> Vec<Value> {
+        let store = self.shared.store.lock().expect("store");
+        store
+            .objects
+            .iter()
+            .filter(|((k, _, _), _)| *k == kind)
+            .map(|(_, o)| o.clone())
+            .collect()
     }
 
     /// Requests received so far, one line each.

@@ -22,6 +22,62 @@ async fn allowed(tollgate: &Tollgate, token: &str) -> bool {
     outcome(&check(&tollgate.url(), "/", Some(token)).await).0
 }
 
+/// `kubectl get jwtpolicies -o wide` as the fake API server holds them (the CRD's printer columns).
+fn kubectl_get(api: &FakeApiServer) -> String {
+    let mut out = format!(
+        "{:<8} {:<14} {:<6} {:<18} {:<30} {:<7} {}\n",
+        "NAMESPACE", "NAME", "READY", "HOSTS", "ISSUERS", "LOADED", "REASON"
+    );
+    for policy in api.all(Kind::JwtPolicy) {
+        let condition = |t: &str, field: &str| {
+            policy["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+                .and_then(|c| c[field].as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        let issuers: Vec<&str> = policy["spec"]["issuers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["issuer"].as_str())
+            .collect();
+        out.push_str(&format!(
+            "{:<8} {:<14} {:<6} {:<18} {:<30} {:<7} {}\n",
+            policy["metadata"]["namespace"].as_str().unwrap_or(""),
+            policy["metadata"]["name"].as_str().unwrap_or(""),
+            condition("Ready", "status"),
+            policy["spec"]["match"]["hosts"].to_string(),
+            format!("{issuers:?}"),
+            policy["status"]["loaded"].as_str().unwrap_or(""),
+            condition("Accepted", "reason"),
+        ));
+    }
+    out
+}
+
+/// Waits until the status of shop/orders satisfies `check`.
+async fn status_becomes(api: &FakeApiServer, what: &str, check: impl Fn(&Value) -> bool) {
+    let ok = eventually(Duration::from_secs(15), async || {
+        api.get(Kind::JwtPolicy, "shop", "orders")
+            .is_some_and(|p| check(&p["status"]))
+    })
+    .await;
+    assert!(
+        ok,
+        "status never showed {what}: {:#}",
+        api.get(Kind::JwtPolicy, "shop", "orders")
+            .unwrap_or_default()["status"]
+    );
+}
+
+fn status_holder(api: &FakeApiServer) -> Option<String> {
+    api.get(Kind::Lease, "tollgate", "tollgate-tollgate-status")?["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_owned)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_replica_enforces_a_policy_change_within_a_second() {
     let api = FakeApiServer::start().await;
@@ -37,19 +93,27 @@ async fn every_replica_enforces_a_policy_change_within_a_second() {
         jwt_policy("shop", "orders", HashMap::new(), spec(&iss, "api://v1")),
     );
 
-    let replicas: Vec<Tollgate> = (0..3)
-        .map(|_| Tollgate::start_kubernetes(&kubeconfig, &[]))
+    let mut replicas: Vec<Option<Tollgate>> = (0..3)
+        .map(|i| {
+            Some(Tollgate::start_kubernetes(
+                &kubeconfig,
+                &format!("replica-{i}"),
+                &[],
+            ))
+        })
         .collect();
-    let v1 = key
-        .mint(&claims(&iss, json!({"aud": "api://v1"})))
-        .expect("mint");
-    let v2 = key
-        .mint(&claims(&iss, json!({"aud": "api://v2"})))
-        .expect("mint");
-    for replica in &replicas {
+    let token = |aud: &str| key.mint(&claims(&iss, json!({"aud": aud}))).expect("mint");
+    let (v1, v2, v3) = (token("api://v1"), token("api://v2"), token("api://v3"));
+    for replica in replicas.iter().flatten() {
         assert!(allowed(replica, &v1).await);
         assert!(!allowed(replica, &v2).await);
     }
+    status_becomes(&api, "generation 1 on 3/3, Ready", |s| {
+        s["observedGeneration"] == 1
+            && s["loaded"] == "3/3"
+            && s["conditions"][1]["status"] == "True"
+    })
+    .await;
 
     api.apply(
         Kind::JwtPolicy,
@@ -58,7 +122,7 @@ async fn every_replica_enforces_a_policy_change_within_a_second() {
     let changed = Instant::now();
     let mut converged = vec![None; replicas.len()];
     while converged.iter().any(Option::is_none) && changed.elapsed() < Duration::from_secs(5) {
-        for (i, replica) in replicas.iter().enumerate() {
+        for (i, replica) in replicas.iter().flatten().enumerate() {
             if converged[i].is_none() && allowed(replica, &v2).await && !allowed(replica, &v1).await
             {
                 converged[i] = Some(changed.elapsed());
@@ -75,12 +139,42 @@ async fn every_replica_enforces_a_policy_change_within_a_second() {
         times.iter().all(|t| *t < Duration::from_secs(1)),
         "{times:?}"
     );
+    status_becomes(&api, "generation 2 on 3/3", |s| {
+        s["observedGeneration"] == 2 && s["loaded"] == "3/3"
+    })
+    .await;
+    eprintln!("after the change:\n{}", kubectl_get(&api));
+
+    // The status writer dies (SIGKILL, no goodbye): another replica takes the Lease over.
+    let leader = status_holder(&api).expect("a replica holds the status Lease");
+    let index: usize = leader
+        .trim_start_matches("replica-")
+        .parse()
+        .expect("replica name");
+    drop(replicas[index].take());
+    api.apply(
+        Kind::JwtPolicy,
+        jwt_policy("shop", "orders", HashMap::new(), spec(&iss, "api://v3")),
+    );
+    for replica in replicas.iter().flatten() {
+        assert!(eventually(Duration::from_secs(1), async || allowed(replica, &v3).await).await);
+    }
+    status_becomes(&api, "generation 3 on the 2 live replicas", |s| {
+        s["observedGeneration"] == 3 && s["loaded"] == "2/2"
+    })
+    .await;
+    let successor = status_holder(&api).expect("a new holder");
+    assert_ne!(successor, leader, "the status Lease moved");
+    eprintln!(
+        "after {leader} was killed ({successor} writes status):\n{}",
+        kubectl_get(&api)
+    );
 
     // Deleted: stops matching at once, everywhere.
     api.delete(Kind::JwtPolicy, "shop", "orders");
-    for replica in &replicas {
+    for replica in replicas.iter().flatten() {
         let gone = eventually(Duration::from_secs(1), async || {
-            outcome(&check(&replica.url(), "/", Some(&v2)).await).2 == "no_policy"
+            outcome(&check(&replica.url(), "/", Some(&v3)).await).2 == "no_policy"
         })
         .await;
         assert!(gone);
@@ -137,6 +231,7 @@ async fn secrets_bad_objects_namespaces_and_selectors() {
 
     let tollgate = Tollgate::start_kubernetes(
         &kubeconfig,
+        "solo",
         &["--namespaces", "shop", "--selector", "tollgate.dev/shard=a"],
     );
     let old = SigningKey::hmac("h", "HS256", &[1u8; 32])
@@ -167,12 +262,15 @@ async fn secrets_bad_objects_namespaces_and_selectors() {
             .all(|r| r.contains("ns=shop") && r.contains("fields=metadata.name=hmac")),
         "{secret_requests:?}"
     );
+    let policy_watches: Vec<&String> = requests
+        .iter()
+        .filter(|r| r.starts_with("GET JwtPolicy"))
+        .collect();
     assert!(
-        requests
+        policy_watches
             .iter()
-            .filter(|r| r.contains("JwtPolicy"))
             .all(|r| r.contains("ns=shop") && r.contains("labels=tollgate.dev/shard=a")),
-        "{requests:?}"
+        "{policy_watches:?}"
     );
 
     // Out-of-scope policies never load; the broken one is logged, not fatal.

@@ -57,11 +57,26 @@ impl Tollgate {
         Self::spawn_with(&args, &[])
     }
 
-    /// `tollgate serve --kubernetes` against the API server of `kubeconfig`, once ready.
-    pub fn start_kubernetes(kubeconfig: &Path, extra: &[&str]) -> Tollgate {
-        let mut args = vec!["--kubernetes".to_string()];
+    /// `tollgate serve --kubernetes` as pod `pod` against the API server of `kubeconfig`, once
+    /// ready. Heartbeats and the status Lease run on short timings so tests see failover fast.
+    pub fn start_kubernetes(kubeconfig: &Path, pod: &str, extra: &[&str]) -> Tollgate {
+        let mut args: Vec<String> = [
+            "--kubernetes",
+            "--heartbeat-interval",
+            "1s",
+            "--status-lease-duration",
+            "3s",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
         args.extend(extra.iter().map(|a| a.to_string()));
-        let tollgate = Self::spawn_with(&args, &[("KUBECONFIG", kubeconfig.display().to_string())]);
+        let envs = [
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+            ("POD_NAME", pod.to_string()),
+            ("POD_NAMESPACE", "tollgate".to_string()),
+        ];
+        let tollgate = Self::spawn_with(&args, &envs);
         tollgate.wait_ready(Duration::from_secs(30));
         tollgate
     }

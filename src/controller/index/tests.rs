@@ -313,7 +313,7 @@ async fn secrets_are_resolved_and_rotation_recompiles_the_policy() {
 async fn the_task_coalesces_bursts_and_publishes_only_after_the_first_list() {
     let shared = SharedSnapshot::new(DefaultAction::Deny);
     let (tx, rx) = mpsc::channel(1024);
-    let task = spawn_index(index(), shared.clone(), rx, |_| {});
+    let (task, view) = spawn_index(index(), shared.clone(), rx, |_| {});
     let mut published = shared.subscribe();
     tx.send(Change::Policy(None, watcher::Event::Init))
         .await
@@ -363,6 +363,10 @@ async fn the_task_coalesces_bursts_and_publishes_only_after_the_first_list() {
         201 % 60
     );
     assert_eq!(index.policies["shop/a"].generation, 201);
+    assert_eq!(
+        view.borrow().loaded(),
+        BTreeMap::from([("shop/a".to_string(), 201)])
+    );
 }
 
 #[test]
@@ -394,4 +398,23 @@ fn namespace_scopes_relist_independently() {
     index.apply(Change::Policy(scopes[0].clone(), watcher::Event::Init));
     index.apply(Change::Policy(scopes[0].clone(), watcher::Event::InitDone));
     assert_eq!(serving(&index), ["billing/b"]);
+}
+
+#[test]
+fn an_update_without_a_spec_change_recompiles_nothing() {
+    let mut index = synced_index();
+    let mut first = object("a", 1, T0, spec("a.example", json!({})));
+    assert!(index.apply(Change::Policy(None, watcher::Event::Apply(first.clone()))));
+    let compiled = index.policies["shop/a"].compiled.clone().expect("compiled");
+    // A status write: same generation and spec, new resourceVersion and status.
+    first.metadata.resource_version = Some("99".into());
+    first.data["status"] = json!({"loaded": "3/3"});
+    assert!(!index.apply(Change::Policy(None, watcher::Event::Apply(first))));
+    assert!(Arc::ptr_eq(
+        &compiled,
+        index.policies["shop/a"]
+            .compiled
+            .as_ref()
+            .expect("compiled")
+    ));
 }

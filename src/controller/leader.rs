@@ -1,0 +1,174 @@
+//! The status writer: only the replica holding the status Lease (kube-lease-manager) writes
+//! `JwtPolicy` status, with server-side apply, and only when it changed. It also records a
+//! Kubernetes Event when a generation fails to compile or loses a host/path conflict.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube_lease_manager::LeaseManagerBuilder;
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::index::{IndexView, PolicyView};
+use super::replicas::Identity;
+use super::status::{ReplicaReport, desired_status};
+use crate::policy::spec::{JwtPolicy, JwtPolicyStatus};
+
+/// Field manager of status writes.
+pub const FIELD_MANAGER: &str = "tollgate";
+
+/// Status is recomputed at least this often (key refresh results change over time).
+pub const RESYNC: Duration = Duration::from_secs(10);
+
+/// Starts the status writer of this replica; it writes only while this replica holds the Lease.
+pub fn spawn_status_writer(
+    client: Client,
+    identity: Identity,
+    mut views: watch::Receiver<Arc<IndexView>>,
+    mut replicas: watch::Receiver<Vec<ReplicaReport>>,
+) {
+    tokio::spawn(async move {
+        let manager = loop {
+            let built = LeaseManagerBuilder::new(client.clone(), identity.status_lease_name())
+                .with_namespace(identity.namespace.clone())
+                .with_identity(identity.name.clone())
+                .with_duration(identity.status_lease.as_secs().max(2))
+                .with_grace((identity.status_lease.as_secs() / 3).max(1))
+                .build()
+                .await;
+            match built {
+                Ok(manager) => break manager,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot set up the status Lease; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        };
+        let (mut leader, _lease_task) = manager.watch().await;
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "tollgate".into(),
+                instance: Some(identity.name.clone()),
+            },
+        );
+        let mut writer = StatusWriter {
+            client,
+            recorder,
+            written: HashMap::new(),
+            evented: HashSet::new(),
+        };
+        let mut ticker = tokio::time::interval(RESYNC);
+        loop {
+            tokio::select! {
+                changed = views.changed() => if changed.is_err() { return },
+                changed = replicas.changed() => if changed.is_err() { return },
+                changed = leader.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // A new leader rewrites whatever differs; a former one forgets what it wrote.
+                    writer.written.clear();
+                    tracing::info!(leader = *leader.borrow(), "status Lease holder changed");
+                }
+                _ = ticker.tick() => {}
+            }
+            if !*leader.borrow() {
+                continue;
+            }
+            let view = views.borrow().clone();
+            let reports = replicas.borrow().clone();
+            writer.sync(&view, &reports).await;
+        }
+    });
+}
+
+struct StatusWriter {
+    client: Client,
+    recorder: Recorder,
+    /// What this replica last wrote, to skip writes the watch has not echoed back yet.
+    written: HashMap<Arc<str>, JwtPolicyStatus>,
+    /// (policy, generation, reason) already recorded as an Event.
+    evented: HashSet<(Arc<str>, i64, String)>,
+}
+
+impl StatusWriter {
+    async fn sync(&mut self, view: &IndexView, reports: &[ReplicaReport]) {
+        let now = SystemTime::now();
+        for policy in &view.policies {
+            let desired = desired_status(policy, reports, now);
+            let unchanged = policy.status.as_ref() == Some(&desired)
+                || self.written.get(&policy.id) == Some(&desired);
+            if !unchanged {
+                match write_status(&self.client, policy, &desired).await {
+                    Ok(()) => {
+                        self.written.insert(policy.id.clone(), desired);
+                    }
+                    Err(error) => {
+                        tracing::warn!(policy = %policy.id, %error, "could not write JwtPolicy status")
+                    }
+                }
+            }
+            self.record_event(policy).await;
+        }
+        self.written
+            .retain(|id, _| view.policies.iter().any(|p| p.id == *id));
+    }
+
+    async fn record_event(&mut self, policy: &PolicyView) {
+        let (reason, note) = match (&policy.conflict, &policy.error) {
+            (Some(conflict), _) => ("HostConflict".to_string(), conflict.to_string()),
+            (None, Some(error)) => (error.reason().to_string(), error.to_string()),
+            (None, None) => return,
+        };
+        if !self
+            .evented
+            .insert((policy.id.clone(), policy.generation, reason.clone()))
+        {
+            return;
+        }
+        let event = Event {
+            type_: EventType::Warning,
+            reason,
+            note: Some(note.chars().take(1000).collect()),
+            action: "Compile".into(),
+            secondary: None,
+        };
+        let reference = ObjectReference {
+            api_version: Some("tollgate.dev/v1alpha1".into()),
+            kind: Some("JwtPolicy".into()),
+            name: Some(policy.name.clone()),
+            namespace: Some(policy.namespace.clone()),
+            uid: policy.uid.clone(),
+            ..ObjectReference::default()
+        };
+        if let Err(error) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(policy = %policy.id, %error, "could not record an Event");
+        }
+    }
+}
+
+async fn write_status(
+    client: &Client,
+    policy: &PolicyView,
+    status: &JwtPolicyStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<JwtPolicy> = Api::namespaced(client.clone(), &policy.namespace);
+    let patch =
+        json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy", "status": status});
+    api.patch_status(
+        &policy.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

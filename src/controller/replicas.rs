@@ -1,0 +1,251 @@
+//! How replicas tell the status writer what they serve.
+//!
+//! Each replica keeps one small `Lease` of its own, `tollgate-<instance>-<pod>`, in tollgate's
+//! namespace: `spec.renewTime` is a heartbeat (every 10 s, valid 30 s) and the annotation
+//! `tollgate.dev/loaded` maps `namespace/name` to the generation the replica serves. The replica
+//! holding the status Lease watches these Leases (one label-selected watch) and counts, per
+//! policy, the live replicas serving its current generation.
+//!
+//! Why this shape, for 2 replicas as for 50: every replica writes only its own object (no write
+//! contention, no conflicts, one write per change plus a heartbeat), the status writer reads
+//! them through a single watch, and a crashed replica stops counting when its Lease expires —
+//! no cleanup protocol needed. Writing per-replica entries into each `JwtPolicy` status instead
+//! would make N replicas race on every policy object (N × policies writes per change, and
+//! conflict retries); a Lease is the API server's purpose-built, cheap heartbeat object.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Client, ResourceExt as _};
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::index::IndexView;
+use super::status::ReplicaReport;
+
+/// Annotation holding a replica's load report (JSON: `namespace/name` → generation).
+pub const LOADED_ANNOTATION: &str = "tollgate.dev/loaded";
+/// Label naming the tollgate deployment a replica Lease belongs to.
+pub const INSTANCE_LABEL: &str = "tollgate.dev/instance";
+/// Label marking replica heartbeat Leases.
+pub const ROLE_LABEL: &str = "tollgate.dev/role";
+
+/// Where this replica's Leases live and who it is.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// Namespace of tollgate itself (`POD_NAMESPACE`, else the client's default namespace).
+    pub namespace: String,
+    /// This replica (`POD_NAME`, else the host name).
+    pub name: String,
+    /// The deployment (`--instance`), so several deployments keep separate status and reports.
+    pub instance: String,
+    /// Heartbeat period of the replica Lease (a renewal counts for three periods).
+    pub heartbeat: Duration,
+    /// Validity of the status Lease without renewal.
+    pub status_lease: Duration,
+}
+
+impl Identity {
+    /// The name of this replica's heartbeat Lease (a valid object name, at most 253 characters).
+    pub fn lease_name(&self) -> String {
+        let raw = format!("tollgate-{}-{}", self.instance, self.name).to_ascii_lowercase();
+        let clean: String = raw
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        clean
+            .chars()
+            .take(253)
+            .collect::<String>()
+            .trim_end_matches(['-', '.'])
+            .to_string()
+    }
+
+    /// The name of the Lease whose holder writes status.
+    pub fn status_lease_name(&self) -> String {
+        format!("tollgate-{}-status", self.instance)
+    }
+}
+
+/// Parses a replica's heartbeat Lease.
+pub fn parse_report(lease: &Lease) -> Option<ReplicaReport> {
+    let spec = lease.spec.as_ref()?;
+    let loaded = lease
+        .annotations()
+        .get(LOADED_ANNOTATION)
+        .and_then(|text| serde_json::from_str::<BTreeMap<String, i64>>(text).ok())
+        .unwrap_or_default();
+    Some(ReplicaReport {
+        identity: spec
+            .holder_identity
+            .clone()
+            .unwrap_or_else(|| lease.name_any()),
+        loaded,
+        renewed: spec.renew_time.as_ref().map(|t| SystemTime::from(t.0)),
+        lease_duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
+    })
+}
+
+/// Keeps this replica's heartbeat Lease current: on every new index view and every heartbeat.
+pub fn spawn_heartbeat(
+    client: Client,
+    identity: Identity,
+    mut views: watch::Receiver<Arc<IndexView>>,
+) {
+    tokio::spawn(async move {
+        let api: Api<Lease> = Api::namespaced(client, &identity.namespace);
+        let name = identity.lease_name();
+        let params = PatchParams::apply("tollgate-replica").force();
+        let mut ticker = tokio::time::interval(identity.heartbeat);
+        let validity = (identity.heartbeat * 3).as_secs().max(1);
+        loop {
+            let loaded = views.borrow_and_update().loaded();
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {
+                    "name": name,
+                    "labels": {
+                        "app.kubernetes.io/name": "tollgate",
+                        ROLE_LABEL: "replica",
+                        INSTANCE_LABEL: identity.instance,
+                    },
+                    "annotations": {LOADED_ANNOTATION: serde_json::to_string(&loaded).unwrap_or_default()},
+                },
+                "spec": {
+                    "holderIdentity": identity.name,
+                    "renewTime": MicroTime(Timestamp::now()),
+                                        "leaseDurationSeconds": validity,
+                },
+            });
+            if let Err(error) = api.patch(&name, &params, &Patch::Apply(&lease)).await {
+                tracing::warn!(lease = %name, %error, "could not renew the replica heartbeat Lease");
+            }
+            tokio::select! {
+                _ = ticker.tick() => {}
+                changed = views.changed() => if changed.is_err() { return },
+            }
+        }
+    });
+}
+
+/// Follows every replica's heartbeat Lease of this instance.
+pub fn spawn_replica_watch(
+    client: Client,
+    identity: &Identity,
+) -> watch::Receiver<Vec<ReplicaReport>> {
+    let (tx, rx) = watch::channel(Vec::new());
+    let api: Api<Lease> = Api::namespaced(client, &identity.namespace);
+    let config = watcher::Config::default().labels(&format!(
+        "{ROLE_LABEL}=replica,{INSTANCE_LABEL}={}",
+        identity.instance
+    ));
+    tokio::spawn(async move {
+        let mut leases: BTreeMap<String, ReplicaReport> = BTreeMap::new();
+        let mut listing: Option<BTreeMap<String, ReplicaReport>> = None;
+        let mut events = watcher(api, config).default_backoff().boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Init) => listing = Some(BTreeMap::new()),
+                Ok(watcher::Event::InitApply(lease)) => {
+                    if let Some(report) = parse_report(&lease) {
+                        listing
+                            .get_or_insert_with(BTreeMap::new)
+                            .insert(lease.name_any(), report);
+                    }
+                }
+                Ok(watcher::Event::InitDone) => leases = listing.take().unwrap_or_default(),
+                Ok(watcher::Event::Apply(lease)) => {
+                    if let Some(report) = parse_report(&lease) {
+                        leases.insert(lease.name_any(), report);
+                    }
+                }
+                Ok(watcher::Event::Delete(lease)) => {
+                    leases.remove(&lease.name_any());
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "replica Lease watch failed; retrying");
+                    continue;
+                }
+            }
+            if listing.is_none() && tx.send(leases.values().cloned().collect()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use kube::api::ObjectMeta;
+
+    #[test]
+    fn lease_names_are_valid_object_names() {
+        let id = Identity {
+            namespace: "t".into(),
+            name: "Pod_7.x".into(),
+            instance: "edge".into(),
+            heartbeat: Duration::from_secs(10),
+            status_lease: Duration::from_secs(15),
+        };
+        assert_eq!(id.lease_name(), "tollgate-edge-pod-7.x");
+        assert_eq!(id.status_lease_name(), "tollgate-edge-status");
+        let long = Identity {
+            name: "a".repeat(400),
+            ..id
+        };
+        assert!(long.lease_name().len() <= 253);
+    }
+
+    #[test]
+    fn reports_round_trip_through_a_lease() {
+        let renewed = Timestamp::now();
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some("tollgate-x-pod".into()),
+                annotations: Some(
+                    [(
+                        LOADED_ANNOTATION.to_string(),
+                        r#"{"shop/a":3,"shop/b":1}"#.to_string(),
+                    )]
+                    .into(),
+                ),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some("pod".into()),
+                renew_time: Some(MicroTime(renewed)),
+                lease_duration_seconds: Some(30),
+                ..LeaseSpec::default()
+            }),
+        };
+        let report = parse_report(&lease).expect("report");
+        assert_eq!(report.identity, "pod");
+        assert_eq!(
+            report.loaded,
+            BTreeMap::from([("shop/a".to_string(), 3), ("shop/b".to_string(), 1)])
+        );
+        assert!(report.alive(SystemTime::now()));
+        assert!(!report.alive(SystemTime::now() + Duration::from_secs(31)));
+        // Garbage in the annotation: an empty report, not a failure.
+        let mut bad = lease.clone();
+        bad.metadata.annotations = Some([(LOADED_ANNOTATION.to_string(), "{".to_string())].into());
+        assert!(parse_report(&bad).expect("report").loaded.is_empty());
+    }
+}

@@ -1,0 +1,187 @@
+//! What a `JwtPolicy`'s status should say, computed from the index view of the replica holding
+//! the status Lease and the load reports of every replica. Pure: no I/O, table-tested.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use super::index::PolicyView;
+use crate::policy::spec::{IssuerStatus, JwtPolicyStatus, ReplicaCounts};
+
+/// What one replica reports it serves, read from its heartbeat Lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaReport {
+    pub identity: String,
+    /// `namespace/name` → generation served.
+    pub loaded: BTreeMap<String, i64>,
+    /// When the replica last renewed its Lease.
+    pub renewed: Option<SystemTime>,
+    /// How long a renewal stays valid.
+    pub lease_duration: Duration,
+}
+
+impl ReplicaReport {
+    /// A replica counts while its Lease is valid.
+    pub fn alive(&self, now: SystemTime) -> bool {
+        self.renewed.is_some_and(|t| t + self.lease_duration >= now)
+    }
+}
+
+/// Whole seconds, as the API server stores them (so written and read back compare equal).
+fn timestamp(t: SystemTime) -> Time {
+    let seconds = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Time(
+        Timestamp::from_second(i64::try_from(seconds).unwrap_or(0))
+            .unwrap_or(Timestamp::UNIX_EPOCH),
+    )
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn truncate(text: String) -> String {
+    if text.len() <= 1024 {
+        return text;
+    }
+    let mut end = 1021;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// A condition that keeps its previous transition time when its status did not change.
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+    previous: Option<&JwtPolicyStatus>,
+    now: SystemTime,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let earlier = previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == type_));
+    let last_transition_time = match earlier {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => timestamp(now),
+    };
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message: truncate(message),
+        observed_generation: Some(generation),
+        last_transition_time,
+    }
+}
+
+/// The status the object should have.
+pub fn desired_status(
+    view: &PolicyView,
+    replicas: &[ReplicaReport],
+    now: SystemTime,
+) -> JwtPolicyStatus {
+    let generation = view.generation;
+    let previous = view.status.as_ref();
+    let serving = view.serving_generation;
+    let keeps = |text: String| match serving {
+        Some(g) if g != generation => format!("{text} (generation {g} keeps serving)"),
+        _ => text,
+    };
+    let (accepted, accepted_reason, accepted_message) = if let Some(conflict) = &view.conflict {
+        (false, "HostConflict", keeps(conflict.to_string()))
+    } else if let Some(error) = &view.error {
+        (false, error.reason(), keeps(error.to_string()))
+    } else {
+        (
+            true,
+            "Accepted",
+            format!("generation {generation} compiled"),
+        )
+    };
+
+    let issuers: Vec<IssuerStatus> = view
+        .policy
+        .iter()
+        .flat_map(|p| p.issuers.iter())
+        .map(|issuer| {
+            let status = issuer.keys.status();
+            IssuerStatus {
+                issuer: issuer.issuer.clone(),
+                keys: i32::try_from(status.key_count).unwrap_or(i32::MAX),
+                last_refresh: status.last_success.map(rfc3339),
+                last_error: status.last_error.map(truncate),
+            }
+        })
+        .collect();
+    let unreachable: Vec<String> = issuers
+        .iter()
+        .filter(|i| i.keys == 0 || i.last_error.is_some())
+        .map(|i| match (&i.last_error, i.keys) {
+            (Some(error), 0) => format!("{}: no keys: {error}", i.issuer),
+            (Some(error), n) => format!(
+                "{}: refresh failing, serving {n} last good keys: {error}",
+                i.issuer
+            ),
+            (None, _) => format!("{}: keys not fetched yet", i.issuer),
+        })
+        .collect();
+    let (ready, ready_reason, ready_message) = if !accepted && serving.is_none() {
+        (false, "NotAccepted", "the policy is not served".to_string())
+    } else if unreachable.iter().any(|u| !u.contains("serving")) {
+        (false, "IssuerUnreachable", unreachable.join("; "))
+    } else if !unreachable.is_empty() {
+        (true, "Ready", unreachable.join("; "))
+    } else {
+        (
+            true,
+            "Ready",
+            format!("keys loaded for {} issuer(s)", issuers.len()),
+        )
+    };
+
+    let alive: Vec<&ReplicaReport> = replicas.iter().filter(|r| r.alive(now)).collect();
+    let loaded = alive
+        .iter()
+        .filter(|r| r.loaded.get(&*view.id) == Some(&generation))
+        .count();
+    let counts = ReplicaCounts {
+        loaded: i32::try_from(loaded).unwrap_or(i32::MAX),
+        total: i32::try_from(alive.len()).unwrap_or(i32::MAX),
+    };
+    JwtPolicyStatus {
+        observed_generation: Some(generation),
+        conditions: vec![
+            condition(
+                "Accepted",
+                accepted,
+                accepted_reason,
+                accepted_message,
+                generation,
+                previous,
+                now,
+            ),
+            condition(
+                "Ready",
+                ready,
+                ready_reason,
+                ready_message,
+                generation,
+                previous,
+                now,
+            ),
+        ],
+        issuers,
+        loaded: Some(format!("{}/{}", counts.loaded, counts.total)),
+        replicas: Some(counts),
+    }
+}
+
+#[cfg(test)]
+mod tests;

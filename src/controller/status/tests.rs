@@ -1,0 +1,163 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::fixtures::*;
+use crate::policy::{CompileError, Conflict, Problem, ProblemKind};
+
+fn view(generation: i64, serving: Option<i64>) -> PolicyView {
+    PolicyView {
+        id: "shop/orders".into(),
+        namespace: "shop".into(),
+        name: "orders".into(),
+        uid: None,
+        generation,
+        serving_generation: serving,
+        error: None,
+        conflict: None,
+        policy: serving.map(|_| mk_policy("orders", "")),
+        status: None,
+    }
+}
+
+fn replica(name: &str, generation: Option<i64>, renewed_ago: u64) -> ReplicaReport {
+    ReplicaReport {
+        identity: name.into(),
+        loaded: generation
+            .map(|g| BTreeMap::from([("shop/orders".to_string(), g)]))
+            .unwrap_or_default(),
+        renewed: Some(SystemTime::now() - Duration::from_secs(renewed_ago)),
+        lease_duration: Duration::from_secs(30),
+    }
+}
+
+fn condition<'a>(status: &'a JwtPolicyStatus, type_: &str) -> &'a Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .expect("condition")
+}
+
+#[test]
+fn an_accepted_policy_loaded_everywhere() {
+    let replicas = [
+        replica("a", Some(3), 1),
+        replica("b", Some(3), 5),
+        replica("c", Some(2), 2),
+        replica("dead", Some(3), 300),
+    ];
+    let status = desired_status(&view(3, Some(3)), &replicas, SystemTime::now());
+    assert_eq!(status.observed_generation, Some(3));
+    assert_eq!(
+        status.loaded.as_deref(),
+        Some("2/3"),
+        "c serves an older generation, dead has expired"
+    );
+    let accepted = condition(&status, "Accepted");
+    assert_eq!(
+        (accepted.status.as_str(), accepted.reason.as_str()),
+        ("True", "Accepted")
+    );
+    assert_eq!(accepted.observed_generation, Some(3));
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Ready"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(status.issuers.len(), 1);
+    assert_eq!(status.issuers[0].keys, 4, "inline keys of the fixture");
+}
+
+#[test]
+fn a_failing_generation_says_why_and_what_keeps_serving() {
+    let mut v = view(4, Some(3));
+    v.error = Some(CompileError {
+        problems: vec![Problem {
+            field: "spec.issuers[0].sharedSecret".into(),
+            message: "Secret shop/hmac not found".into(),
+            kind: ProblemKind::SecretNotFound,
+        }],
+    });
+    let status = desired_status(&v, &[replica("a", Some(3), 1)], SystemTime::now());
+    let accepted = condition(&status, "Accepted");
+    assert_eq!(
+        (accepted.status.as_str(), accepted.reason.as_str()),
+        ("False", "SecretNotFound")
+    );
+    assert!(
+        accepted.message.ends_with("(generation 3 keeps serving)"),
+        "{}",
+        accepted.message
+    );
+    assert_eq!(status.loaded.as_deref(), Some("0/1"));
+    assert_eq!(
+        condition(&status, "Ready").status,
+        "True",
+        "the last good version still serves"
+    );
+
+    let mut never = view(1, None);
+    never.conflict = Some(Conflict {
+        policy: "shop/orders".into(),
+        holder: "shop/older".into(),
+        host: "api".into(),
+        path: "/".into(),
+    });
+    let status = desired_status(&never, &[], SystemTime::now());
+    assert_eq!(condition(&status, "Accepted").reason, "HostConflict");
+    assert!(
+        condition(&status, "Accepted")
+            .message
+            .contains("shop/older")
+    );
+    assert_eq!(condition(&status, "Ready").reason, "NotAccepted");
+}
+
+#[test]
+fn unreachable_issuers_make_the_policy_not_ready() {
+    let sources = crate::jwks::KeySources::offline().expect("client");
+    let spec = spec(
+        "issuers: [{issuer: https://idp.example/, audiences: [a], jwksUri: https://idp.example/keys}]",
+    );
+    let policy = compile_with(&sources, "shop", "orders", &spec).expect("compiles");
+    let mut v = view(1, Some(1));
+    v.policy = Some(Arc::new(policy));
+    let status = desired_status(&v, &[], SystemTime::now());
+    let ready = condition(&status, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "IssuerUnreachable")
+    );
+    assert!(
+        ready
+            .message
+            .contains("https://idp.example/: keys not fetched yet"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(status.issuers[0].keys, 0);
+}
+
+#[test]
+fn transition_times_move_only_when_a_condition_flips() {
+    let first = desired_status(
+        &view(1, Some(1)),
+        &[],
+        SystemTime::now() - Duration::from_secs(3600),
+    );
+    let mut v = view(1, Some(1));
+    v.status = Some(first.clone());
+    let again = desired_status(&v, &[], SystemTime::now());
+    assert_eq!(
+        condition(&again, "Accepted").last_transition_time,
+        condition(&first, "Accepted").last_transition_time
+    );
+    v.error = Some(CompileError { problems: vec![] });
+    let flipped = desired_status(&v, &[], SystemTime::now());
+    assert_ne!(
+        condition(&flipped, "Accepted").last_transition_time,
+        condition(&first, "Accepted").last_transition_time
+    );
+}
