@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::controller::watch::WatchOptions;
+use crate::controller::webhook::WebhookConfig;
 use crate::jwks::{FetchSettings, KeySources, RefreshSettings};
 use crate::policy::DefaultAction;
 use crate::policy::files::FileLoader;
@@ -29,7 +30,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the ext_authz gRPC API for policies read from YAML files (watched for changes).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate policy files offline and print every problem; exits 1 if any.
     CheckPolicy {
         /// Policy files or directories of `*.yaml`/`*.yml` files.
@@ -84,6 +85,15 @@ pub struct ServeArgs {
     /// long after its holder stops renewing.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub status_lease_duration: Duration,
+    /// Kubernetes: serve the validating admission webhook (HTTPS) on this address.
+    #[arg(long, requires_all = ["webhook_cert", "webhook_key"])]
+    pub webhook_addr: Option<SocketAddr>,
+    /// The webhook's certificate chain (PEM); reloaded when it changes.
+    #[arg(long, requires = "webhook_addr")]
+    pub webhook_cert: Option<PathBuf>,
+    /// The webhook's private key (PEM).
+    #[arg(long, requires = "webhook_addr")]
+    pub webhook_key: Option<PathBuf>,
     /// gRPC listen address (ext_authz and grpc.health.v1).
     #[arg(long, default_value = "127.0.0.1:9001", env = "TOLLGATE_GRPC_ADDR")]
     pub grpc_addr: SocketAddr,
@@ -178,7 +188,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 anyhow::bail!("give --policies <file|dir> or --kubernetes");
             };
+            let webhook = match (args.webhook_addr, args.webhook_cert, args.webhook_key) {
+                (Some(addr), Some(cert), Some(key)) => Some(WebhookConfig { addr, cert, key }),
+                _ => None,
+            };
             let config = ServeConfig {
+                webhook,
                 source,
                 grpc_addr: args.grpc_addr,
                 admin_addr: args.admin_addr,

@@ -10,8 +10,10 @@
 //! Only this module knows kube's client and runtime; the engine and the gRPC layer never see
 //! Kubernetes types.
 
+pub mod admission;
 pub mod index;
 pub mod leader;
 pub mod replicas;
 pub mod status;
 pub mod watch;
+pub mod webhook;

@@ -117,6 +117,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         fetch: FetchSettings::default(),
         refresh: RefreshSettings::default(),
         poll: Duration::from_secs(5),
+        webhook: None,
     };
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -15,6 +15,7 @@ use crate::admin;
 use crate::authz::AuthzService;
 use crate::controller;
 use crate::controller::watch::WatchOptions;
+use crate::controller::webhook::{WebhookConfig, spawn_webhook};
 use crate::jwks::{FetchSettings, Fetcher, KeySources, RefreshSettings};
 use crate::metrics::Metrics;
 use crate::policy::files::{FileLoader, spawn_watch};
@@ -40,6 +41,8 @@ pub struct ServeConfig {
     pub refresh: RefreshSettings,
     /// Rescan interval of policy files, in addition to change notifications.
     pub poll: Duration,
+    /// The admission webhook (Kubernetes mode only).
+    pub webhook: Option<WebhookConfig>,
 }
 
 /// The addresses actually bound (port 0 resolved).
@@ -47,6 +50,8 @@ pub struct ServeConfig {
 pub struct Bound {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// The admission webhook (Kubernetes mode with `--webhook-addr`).
+    pub webhook: Option<SocketAddr>,
 }
 
 /// Runs until `shutdown` resolves. `on_bound` is called once the listeners are bound.
@@ -55,6 +60,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound, Arc<SharedSnapshot>),
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.webhook.is_none() || matches!(config.source, PolicySource::Kubernetes(_)),
+        "the admission webhook runs in Kubernetes mode only"
+    );
     if let PolicySource::Files(paths) = &config.source {
         for path in paths {
             anyhow::ensure!(
@@ -81,21 +90,25 @@ pub async fn run(
     let admin_listener = TcpListener::bind(config.admin_addr)
         .await
         .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
-    let bound = Bound {
-        grpc: grpc_listener.local_addr()?,
-        admin: admin_listener.local_addr()?,
-    };
-    tracing::info!(grpc = %bound.grpc, admin = %bound.admin, "listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
 
+    let mut webhook = None;
     let watch = match (&config.source, kube_client) {
         (PolicySource::Kubernetes(options), Some(client)) => {
-            let index = controller::watch::spawn_kubernetes(
+            let (index, views) = controller::watch::spawn_kubernetes(
                 client,
                 options,
                 sources.clone(),
                 config.default_action,
                 shared.clone(),
             );
+            if let Some(webhook_config) = config.webhook.clone() {
+                webhook = Some(spawn_webhook(webhook_config, views, stop_rx.clone()).await?);
+            }
             index.abort_handle()
         }
         (PolicySource::Files(paths), _) => {
@@ -113,6 +126,17 @@ pub async fn run(
         }
         (PolicySource::Kubernetes(_), None) => unreachable_no_client(),
     };
+    let bound = Bound {
+        grpc: grpc_listener.local_addr()?,
+        admin: admin_listener.local_addr()?,
+        webhook,
+    };
+    match bound.webhook {
+        Some(webhook) => {
+            tracing::info!(grpc = %bound.grpc, admin = %bound.admin, %webhook, "listening")
+        }
+        None => tracing::info!(grpc = %bound.grpc, admin = %bound.admin, "listening"),
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
@@ -124,11 +148,6 @@ pub async fn run(
 
     on_bound(bound, shared.clone());
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
     let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };

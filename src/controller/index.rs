@@ -91,6 +91,8 @@ pub struct PolicyView {
     pub name: String,
     /// `metadata.uid`, for Events.
     pub uid: Option<String>,
+    /// Creation time (RFC 3339): the older of two policies keeps a contested host/path.
+    pub created: String,
     /// `metadata.generation` as last seen.
     pub generation: i64,
     /// The generation this replica serves (`None`: not served, e.g. never compiled or left out
@@ -421,6 +423,7 @@ impl PolicyIndex {
                     namespace: namespace.to_string(),
                     name: name.to_string(),
                     uid: state.uid.clone(),
+                    created: state.created.clone(),
                     generation: state.generation,
                     serving_generation: state.compiled_generation.filter(|_| conflict.is_none()),
                     error: state.error.clone(),

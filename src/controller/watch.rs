@@ -75,7 +75,10 @@ pub fn spawn_kubernetes(
     key_sources: Arc<KeySources>,
     default_action: DefaultAction,
     shared: Arc<SharedSnapshot>,
-) -> tokio::task::JoinHandle<PolicyIndex> {
+) -> (
+    tokio::task::JoinHandle<PolicyIndex>,
+    tokio::sync::watch::Receiver<Arc<IndexView>>,
+) {
     let identity = identity(&client, options);
     tracing::info!(replica = %identity.name, namespace = %identity.namespace, instance = %identity.instance,
         "Kubernetes mode");
@@ -83,8 +86,8 @@ pub fn spawn_kubernetes(
         spawn_controller(client.clone(), options, key_sources, default_action, shared);
     replicas::spawn_heartbeat(client.clone(), identity.clone(), views.clone());
     let reports = replicas::spawn_replica_watch(client.clone(), &identity);
-    leader::spawn_status_writer(client, identity, views, reports);
-    index
+    leader::spawn_status_writer(client, identity, views.clone(), reports);
+    (index, views)
 }
 
 /// Starts the watches and the index task that publishes snapshots into `shared`.

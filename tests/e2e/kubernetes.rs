@@ -294,3 +294,108 @@ async fn secrets_bad_objects_namespaces_and_selectors() {
         assert_eq!(outcome(&response).2, "no_policy", "{host}: {metrics}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admission_webhook_answers_over_https_with_the_replicas_compile() {
+    let api = FakeApiServer::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let kubeconfig = api.kubeconfig(dir.path());
+    // A certificate for the webhook, as cert-manager or the chart would mount it.
+    let key = rcgen::KeyPair::generate().expect("key pair");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    std::fs::write(dir.path().join("tls.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).expect("write");
+    let jwks_issuer = json!({"issuer": "https://idp.example.com/", "audiences": [AUDIENCE], "jwksUri": "https://idp.example.com/keys"});
+    api.apply(
+        Kind::JwtPolicy,
+        jwt_policy(
+            "shop",
+            "orders",
+            HashMap::new(),
+            json!({"match": {"hosts": [HOST]}, "issuers": [jwks_issuer.clone()]}),
+        ),
+    );
+    let cert_file = dir.path().join("tls.crt").display().to_string();
+    let key_file = dir.path().join("tls.key").display().to_string();
+    let tollgate = Tollgate::start_kubernetes(
+        &kubeconfig,
+        "webhook",
+        &[
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--webhook-cert",
+            &cert_file,
+            "--webhook-key",
+            &key_file,
+        ],
+    );
+    let port = tollgate.webhook.expect("webhook address").port();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).expect("cert"))
+        .build()
+        .expect("client");
+    let ask = |name: &'static str, spec: Value| {
+        let review = json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": format!("uid-{name}"),
+                "kind": {"group": "tollgate.dev", "version": "v1alpha1", "kind": "JwtPolicy"},
+                "resource": {"group": "tollgate.dev", "version": "v1alpha1", "resource": "jwtpolicies"},
+                "operation": "CREATE", "userInfo": {"username": "a-user"}, "name": name, "namespace": "shop",
+                "object": {"apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy", "metadata": {"name": name, "namespace": "shop"}, "spec": spec},
+            }
+        });
+        let request = client
+            .post(format!("https://localhost:{port}/validate-jwtpolicy"))
+            .header("content-type", "application/json")
+            .body(review.to_string());
+        async move {
+            let body = request
+                .send()
+                .await
+                .expect("webhook answers")
+                .bytes()
+                .await
+                .expect("body");
+            let response: Value = serde_json::from_slice(&body).expect("json");
+            assert_eq!(response["kind"], "AdmissionReview");
+            assert_eq!(response["response"]["uid"], format!("uid-{name}"));
+            (
+                response["response"]["allowed"] == true,
+                response["response"]["status"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        }
+    };
+    assert_eq!(
+        ask(
+            "billing",
+            json!({"match": {"hosts": ["billing.example.com"]}, "issuers": [jwks_issuer.clone()]})
+        )
+        .await,
+        (true, String::new())
+    );
+    let (allowed, message) = ask(
+        "squatter",
+        json!({"match": {"hosts": [HOST]}, "issuers": [jwks_issuer.clone()]}),
+    )
+    .await;
+    assert!(
+        !allowed && message.contains("HostConflict") && message.contains("shop/orders"),
+        "{message}"
+    );
+    let (allowed, message) = ask(
+        "bad",
+        json!({"issuers": [{"issuer": "https://idp/", "audiences": [], "algorithms": ["none"]}]}),
+    )
+    .await;
+    assert!(
+        !allowed && message.contains("\"none\" (unsigned tokens) is never accepted"),
+        "{message}"
+    );
+}

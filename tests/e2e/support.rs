@@ -27,6 +27,8 @@ pub struct Tollgate {
     child: Child,
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// The admission webhook, when started with one.
+    pub webhook: Option<SocketAddr>,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -117,18 +119,20 @@ impl Tollgate {
                     let _ = tx.send((
                         v["grpc"].as_str().unwrap_or_default().to_string(),
                         v["admin"].as_str().unwrap_or_default().to_string(),
+                        v["webhook"].as_str().map(str::to_owned),
                     ));
                 }
                 sink.lock().expect("logs").push(line);
             }
         });
-        let (grpc, admin) = rx
+        let (grpc, admin, webhook) = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("tollgate printed its listening addresses");
         Tollgate {
             child,
             grpc: grpc.parse().expect("grpc addr"),
             admin: admin.parse().expect("admin addr"),
+            webhook: webhook.map(|w| w.parse().expect("webhook addr")),
             logs,
         }
     }

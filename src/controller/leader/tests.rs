@@ -42,6 +42,7 @@ fn view(error: Option<CompileError>) -> IndexView {
             namespace: "shop".into(),
             name: "orders".into(),
             uid: Some("uid-1".into()),
+            created: String::new(),
             generation: 2,
             serving_generation: Some(2).filter(|_| error.is_none()),
             error,

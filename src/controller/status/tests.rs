@@ -10,6 +10,7 @@ fn view(generation: i64, serving: Option<i64>) -> PolicyView {
         namespace: "shop".into(),
         name: "orders".into(),
         uid: None,
+        created: String::new(),
         generation,
         serving_generation: serving,
         error: None,

@@ -1,0 +1,165 @@
+use serde_json::{Value, json};
+
+use super::*;
+use crate::controller::index::PolicyView;
+use crate::fixtures::*;
+
+fn admission(operation: &str, object: Value) -> AdmissionReview<DynamicObject> {
+    serde_json::from_value(json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "req-1",
+            "kind": {"group": "tollgate.dev", "version": "v1alpha1", "kind": "JwtPolicy"},
+            "resource": {"group": "tollgate.dev", "version": "v1alpha1", "resource": "jwtpolicies"},
+            "operation": operation,
+            "userInfo": {"username": "a-user"},
+            "name": object["metadata"]["name"],
+            "namespace": "shop",
+            "object": object,
+            "dryRun": false,
+        }
+    }))
+    .expect("admission review")
+}
+
+fn policy(name: &str, created: Option<&str>, spec: Value) -> Value {
+    let mut metadata = json!({"name": name, "namespace": "shop"});
+    if let Some(created) = created {
+        metadata["creationTimestamp"] = json!(created);
+    }
+    json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy", "metadata": metadata, "spec": spec})
+}
+
+fn spec(host: &str) -> Value {
+    json!({"match": {"hosts": [host]}, "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": trusted_jwks()}]})
+}
+
+/// What the replica serves: one policy for `api.example.com`, created at `created`.
+fn serving(created: &str) -> IndexView {
+    let policy = mk_policy("orders", "{match: {hosts: [api.example.com]}}");
+    IndexView {
+        policies: vec![PolicyView {
+            id: "test/orders".into(),
+            namespace: "test".into(),
+            name: "orders".into(),
+            uid: None,
+            created: created.into(),
+            generation: 1,
+            serving_generation: Some(1),
+            error: None,
+            conflict: None,
+            policy: Some(policy),
+            status: None,
+        }],
+    }
+}
+
+fn verdict(review: AdmissionReview<DynamicObject>) -> (bool, String) {
+    let response = review.response.expect("response");
+    assert_eq!(response.uid, "req-1");
+    (response.allowed, response.result.message)
+}
+
+#[test]
+fn admission_uses_the_same_compile_as_the_replicas() {
+    let sources = KeySources::offline().expect("client");
+    let view = serving("2026-01-01T00:00:00Z");
+    let run = |op: &str, object: Value| verdict(review(admission(op, object), &view, &sources));
+
+    assert_eq!(
+        run(
+            "CREATE",
+            policy("billing", None, spec("billing.example.com"))
+        ),
+        (true, String::new())
+    );
+
+    let (allowed, message) = run(
+        "CREATE",
+        policy(
+            "bad",
+            None,
+            json!({"issuers": [{"issuer": "https://idp/", "jwksUri": "http://idp/keys"}], "clockSkew": "1h"}),
+        ),
+    );
+    assert!(!allowed);
+    for fragment in [
+        "spec.issuers[0].audiences",
+        "spec.issuers[0].jwksUri",
+        "spec.clockSkew",
+    ] {
+        assert!(message.contains(fragment), "{message}");
+    }
+    let (allowed, message) = run(
+        "CREATE",
+        policy("typo", None, json!({"issuers": [], "requiredClaim": []})),
+    );
+    assert!(
+        !allowed && message.contains("not a valid JwtPolicy"),
+        "{message}"
+    );
+
+    // Secrets: the reference is checked, the value is not needed yet.
+    let hmac = json!({"issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "sharedSecret": {"secretRef": {"name": "later", "key": "k"}}}], "match": {"hosts": ["h.example.com"]}});
+    assert!(run("CREATE", policy("hmac", None, hmac)).0);
+    let file = json!({"issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "sharedSecret": {"file": "/x"}}], "match": {"hosts": ["h2.example.com"]}});
+    let (allowed, message) = run("CREATE", policy("file", None, file));
+    assert!(
+        !allowed && message.contains("in Kubernetes use secretRef"),
+        "{message}"
+    );
+
+    assert!(
+        run("DELETE", policy("anything", None, json!({}))).0,
+        "deletes are never blocked"
+    );
+}
+
+#[test]
+fn host_conflicts_are_refused_for_the_newer_policy_only() {
+    let sources = KeySources::offline().expect("client");
+    let view = serving("2026-06-01T00:00:00Z");
+    let (allowed, message) = verdict(review(
+        admission("CREATE", policy("newcomer", None, spec("api.example.com"))),
+        &view,
+        &sources,
+    ));
+    assert!(!allowed);
+    assert!(
+        message.starts_with("HostConflict:") && message.contains("already claimed by test/orders"),
+        "{message}"
+    );
+    // An update of a policy older than the one serving the host: the older keeps it.
+    let older = policy(
+        "veteran",
+        Some("2025-01-01T00:00:00Z"),
+        spec("api.example.com"),
+    );
+    assert!(verdict(review(admission("UPDATE", older), &view, &sources)).0);
+    // Updating the serving policy itself is not a conflict with itself.
+    let mut itself = policy(
+        "orders",
+        Some("2026-06-01T00:00:00Z"),
+        spec("api.example.com"),
+    );
+    itself["metadata"]["namespace"] = json!("test");
+    assert!(verdict(review(admission("UPDATE", itself), &view, &sources)).0);
+}
+
+#[test]
+fn other_kinds_are_refused() {
+    let sources = KeySources::offline().expect("client");
+    let mut req = serde_json::to_value(admission(
+        "CREATE",
+        policy("x", None, spec("x.example.com")),
+    ))
+    .expect("json");
+    req["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "ConfigMap"});
+    let review_in: AdmissionReview<DynamicObject> = serde_json::from_value(req).expect("review");
+    let (allowed, message) = verdict(review(review_in, &IndexView::default(), &sources));
+    assert!(
+        !allowed && message.contains("JwtPolicy objects only"),
+        "{message}"
+    );
+}
