@@ -123,6 +123,11 @@ impl Metrics {
     pub fn reloaded(&self, policies: usize, problems: usize) {
         let outcome = if problems == 0 { "ok" } else { "problems" };
         self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.set_policies(policies, problems);
+    }
+
+    /// Sets the policy gauges (served policies, policies with problems).
+    pub fn set_policies(&self, policies: usize, problems: usize) {
         self.policies.set(policies as i64);
         self.policy_problems.set(problems as i64);
     }

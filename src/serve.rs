@@ -106,6 +106,7 @@ pub async fn run(
                 config.default_action,
                 shared.clone(),
             );
+            spawn_policy_gauges(metrics.clone(), views.clone());
             if let Some(webhook_config) = config.webhook.clone() {
                 webhook = Some(spawn_webhook(webhook_config, views, stop_rx.clone()).await?);
             }
@@ -205,6 +206,30 @@ async fn set_health(
     for service in ["envoy.service.auth.v3.Authorization", ""] {
         reporter.set_service_status(service, status).await;
     }
+}
+
+/// Keeps the policy gauges current in Kubernetes mode: served policies, and objects whose
+/// current generation does not compile or loses a host/path conflict.
+fn spawn_policy_gauges(
+    metrics: Arc<Metrics>,
+    mut views: tokio::sync::watch::Receiver<Arc<controller::index::IndexView>>,
+) {
+    tokio::spawn(async move {
+        while views.changed().await.is_ok() {
+            let view = views.borrow_and_update().clone();
+            let served = view
+                .policies
+                .iter()
+                .filter(|p| p.serving_generation.is_some())
+                .count();
+            let problems = view
+                .policies
+                .iter()
+                .filter(|p| p.error.is_some() || p.conflict.is_some())
+                .count();
+            metrics.set_policies(served, problems);
+        }
+    });
 }
 
 fn unreachable_no_client() -> ! {

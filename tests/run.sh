@@ -45,7 +45,7 @@ PY
 fi
 export TOLLGATE_HELM="$kt_dir/bin/helm" TOLLGATE_KUBECTL="$kt_dir/bin/kubectl"
 "$TOLLGATE_HELM" version --short
-"$TOLLGATE_KUBECTL" version --client 2>/dev/null | head -1
+"$TOLLGATE_KUBECTL" version --client 2>/dev/null | sed -n 1p || true
 
 echo "== format, lints"
 cargo fmt --check

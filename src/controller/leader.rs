@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube_lease_manager::LeaseManagerBuilder;
 use serde_json::json;
@@ -17,7 +17,8 @@ use tokio::sync::watch;
 use super::index::{IndexView, PolicyView};
 use super::replicas::Identity;
 use super::status::{ReplicaReport, desired_status};
-use crate::policy::spec::{JwtPolicy, JwtPolicyStatus};
+use super::watch::jwt_policy_resource;
+use crate::policy::spec::JwtPolicyStatus;
 
 /// Field manager of status writes.
 pub const FIELD_MANAGER: &str = "tollgate";
@@ -158,7 +159,9 @@ async fn write_status(
     policy: &PolicyView,
     status: &JwtPolicyStatus,
 ) -> Result<(), kube::Error> {
-    let api: Api<JwtPolicy> = Api::namespaced(client.clone(), &policy.namespace);
+    // Untyped, so the answer parses even when the object's spec does not (its status says why).
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &policy.namespace, &jwt_policy_resource());
     let patch =
         json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy", "status": status});
     api.patch_status(

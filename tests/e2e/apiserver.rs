@@ -8,7 +8,7 @@
 //!   locking relies on;
 //! - Events (events.k8s.io/v1) creation.
 //!
-//! Tests change JwtPolicies and Secrets directly.
+//! Tests change JwtPolicies and Secrets directly, and can cut the server off (`set_down`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -309,6 +309,8 @@ struct Shared {
     store: Mutex<Store>,
     events: broadcast::Sender<WatchEvent>,
     requests: Mutex<Vec<String>>,
+    /// An outage: open connections are reset and new ones refused.
+    down: tokio::sync::watch::Sender<bool>,
 }
 
 /// The running fake.
@@ -445,6 +447,7 @@ impl FakeApiServer {
             store: Mutex::new(Store::default()),
             events,
             requests: Mutex::new(Vec::new()),
+            down: tokio::sync::watch::channel(false).0,
         });
         let app = Router::new()
             .route(
@@ -513,8 +516,37 @@ impl FakeApiServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        // Connections are served one by one so an outage can reset all of them, as a crashed or
+        // partitioned API server would; while down, new connections are closed at once.
+        let mut down = shared.down.subscribe();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        if *down.borrow() {
+                            drop(stream);
+                            continue;
+                        }
+                        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                        connections.spawn(async move {
+                            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                    changed = down.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        if *down.borrow() {
+                            connections.abort_all();
+                        }
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
         });
         FakeApiServer { addr, shared, task }
     }
@@ -596,6 +628,11 @@ impl FakeApiServer {
             .filter(|((k, _, _), _)| *k == kind)
             .map(|(_, o)| o.clone())
             .collect()
+    }
+
+    /// Simulates an outage (`true`) or the recovery (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.shared.down.send_replace(down);
     }
 
     /// Requests received so far, one line each.

@@ -252,6 +252,29 @@ async fn secrets_bad_objects_namespaces_and_selectors() {
         .await
     );
 
+    // The API server goes away: the last good snapshot keeps serving, and the replica stays ready.
+    api.set_down(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(allowed(&tollgate, &new).await);
+    assert_eq!(
+        http_get(&format!("http://{}/readyz", tollgate.admin)).map(|r| r.0),
+        Ok(200)
+    );
+    let logs = tollgate.logs().join("\n");
+    assert!(
+        logs.contains("watch failed"),
+        "the outage is visible in the logs:\n{logs}"
+    );
+    // It comes back: the watches resume and a change made meanwhile applies.
+    api.set_down(false);
+    api.apply(Kind::Secret, secret("shop", "hmac", &[("key", &[1u8; 32])]));
+    assert!(
+        eventually(Duration::from_secs(10), async || allowed(&tollgate, &old)
+            .await
+            && !allowed(&tollgate, &new).await)
+        .await
+    );
+
     // The Secret is watched by name, never listed cluster-wide or namespace-wide.
     let requests = api.requests();
     let secret_requests: Vec<&String> = requests.iter().filter(|r| r.contains("Secret")).collect();
