@@ -213,6 +213,90 @@ mod tests {
         assert!(long.lease_name().len() <= 253);
     }
 
+    /// The heartbeat against kube's mock client: one server-side apply per new view, carrying
+    /// the labels the status writer selects on and this replica's load report.
+    #[tokio::test]
+    async fn the_heartbeat_applies_the_replica_lease_with_its_load_report() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "tollgate");
+        let identity = Identity {
+            namespace: "tollgate".into(),
+            name: "pod-a".into(),
+            instance: "edge".into(),
+            heartbeat: Duration::from_secs(3600),
+            status_lease: Duration::from_secs(15),
+        };
+        let (views, view) = watch::channel(Arc::new(IndexView::default()));
+        spawn_heartbeat(client, identity, view);
+        let mut expect = async |loaded: serde_json::Value| {
+            let (request, send) =
+                tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+                    .await
+                    .expect("a heartbeat write")
+                    .expect("client alive");
+            assert_eq!(request.method(), "PATCH");
+            assert_eq!(
+                request.uri().path(),
+                "/apis/coordination.k8s.io/v1/namespaces/tollgate/leases/tollgate-edge-pod-a"
+            );
+            assert!(
+                request
+                    .uri()
+                    .query()
+                    .unwrap_or("")
+                    .contains("fieldManager=tollgate-replica")
+            );
+            assert_eq!(
+                request.headers()["content-type"],
+                "application/apply-patch+yaml"
+            );
+            let body = http_body_util::BodyExt::collect(request.into_body())
+                .await
+                .expect("body")
+                .to_bytes();
+            let lease: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            assert_eq!(lease["metadata"]["labels"][ROLE_LABEL], "replica");
+            assert_eq!(lease["metadata"]["labels"][INSTANCE_LABEL], "edge");
+            assert_eq!(lease["spec"]["holderIdentity"], "pod-a");
+            assert_eq!(lease["spec"]["leaseDurationSeconds"], 10800);
+            assert!(lease["spec"]["renewTime"].is_string());
+            let report: serde_json::Value = serde_json::from_str(
+                lease["metadata"]["annotations"][LOADED_ANNOTATION]
+                    .as_str()
+                    .expect("annotation"),
+            )
+            .expect("json");
+            assert_eq!(report, loaded);
+            let answer = serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "tollgate-edge-pod-a", "namespace": "tollgate"}, "spec": lease["spec"]});
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&answer).expect("json")))
+                    .expect("response"),
+            );
+        };
+        expect(serde_json::json!({})).await;
+        let policy = crate::fixtures::mk_policy("orders", "");
+        views.send_replace(Arc::new(IndexView {
+            policies: vec![super::super::index::PolicyView {
+                id: "shop/orders".into(),
+                namespace: "shop".into(),
+                name: "orders".into(),
+                uid: None,
+                created: String::new(),
+                generation: 4,
+                serving_generation: Some(4),
+                error: None,
+                conflict: None,
+                policy: Some(policy),
+                status: None,
+            }],
+        }));
+        expect(serde_json::json!({"shop/orders": 4})).await;
+    }
+
     #[test]
     fn reports_round_trip_through_a_lease() {
         let renewed = Timestamp::now();
