@@ -313,58 +313,38 @@ impl PolicyIndex {
     fn upsert(&mut self, object: DynamicObject) -> bool {
         let id = object_id(&object);
         let generation = object.metadata.generation.unwrap_or(0);
-        let created = object
+        let parsed = object.clone().try_parse::<JwtPolicy>();
+        let unchanged = self.policies.get(&id).is_some_and(|state| {
+            state.generation == generation
+                && match &parsed {
+                    Ok(policy) => state.object.as_ref().is_some_and(|o| o.spec == policy.spec),
+                    Err(_) => state.object.is_none() && state.error.is_some(),
+                }
+        });
+        // The status and uid are kept from every update, even one that changes nothing else.
+        let state = self
+            .policies
+            .entry(id.clone())
+            .or_insert_with(|| empty_state(generation, ""));
+        state.status = object
+            .data
+            .get("status")
+            .and_then(|s| serde_json::from_value::<JwtPolicyStatus>(s.clone()).ok());
+        state.uid = object.metadata.uid.clone();
+        if unchanged {
+            return false;
+        }
+        state.generation = generation;
+        state.created = object
             .metadata
             .creation_timestamp
             .as_ref()
             .map(|t| t.0.to_string())
             .unwrap_or_default();
-        // The status is kept from every update, even one that changes nothing else.
-        let status = object
-            .data
-            .get("status")
-            .and_then(|s| serde_json::from_value::<JwtPolicyStatus>(s.clone()).ok());
-        let uid = object.metadata.uid.clone();
-        if let Some(state) = self.policies.get_mut(&id) {
-            state.status = status.clone();
-            state.uid = uid.clone();
-        }
-        match object.clone().try_parse::<JwtPolicy>() {
-            Ok(policy) => {
-                if let Some(state) = self.policies.get(&id)
-                    && state.generation == generation
-                    && state.object.as_ref().is_some_and(|o| o.spec == policy.spec)
-                {
-                    return false;
-                }
-                let state = self
-                    .policies
-                    .entry(id.clone())
-                    .or_insert_with(|| empty_state(generation, &created));
-                state.generation = generation;
-                state.created = created;
-                state.status = status;
-                state.uid = uid;
-                self.compile_into_state(&Arc::new(policy));
-                true
-            }
+        match parsed {
+            Ok(policy) => self.compile_into_state(&Arc::new(policy)),
             Err(e) => {
-                if let Some(state) = self.policies.get(&id)
-                    && state.generation == generation
-                    && state.object.is_none()
-                    && state.error.is_some()
-                {
-                    return false;
-                }
                 tracing::warn!(policy = %id, error = %e, "skipping a JwtPolicy that does not parse");
-                let state = self
-                    .policies
-                    .entry(id.clone())
-                    .or_insert_with(|| empty_state(generation, &created));
-                state.generation = generation;
-                state.created = created;
-                state.status = status;
-                state.uid = uid;
                 state.object = None;
                 state.error = Some(CompileError {
                     problems: vec![Problem {
@@ -373,9 +353,9 @@ impl PolicyIndex {
                         kind: ProblemKind::InvalidSpec,
                     }],
                 });
-                true
             }
         }
+        true
     }
 
     fn compile_into_state(&mut self, policy: &Arc<JwtPolicy>) {

@@ -20,6 +20,12 @@ use crate::jwks::KeySources;
 use crate::policy::spec::JwtPolicy;
 use crate::policy::{DefaultAction, SharedSnapshot};
 
+/// The index task and its stream of views.
+pub type IndexHandle = (
+    tokio::task::JoinHandle<PolicyIndex>,
+    tokio::sync::watch::Receiver<Arc<IndexView>>,
+);
+
 /// What to watch.
 #[derive(Clone, Debug, Default)]
 pub struct WatchOptions {
@@ -75,10 +81,7 @@ pub fn spawn_kubernetes(
     key_sources: Arc<KeySources>,
     default_action: DefaultAction,
     shared: Arc<SharedSnapshot>,
-) -> (
-    tokio::task::JoinHandle<PolicyIndex>,
-    tokio::sync::watch::Receiver<Arc<IndexView>>,
-) {
+) -> IndexHandle {
     let identity = identity(&client, options);
     tracing::info!(replica = %identity.name, namespace = %identity.namespace, instance = %identity.instance,
         "Kubernetes mode");
@@ -97,10 +100,7 @@ pub fn spawn_controller(
     key_sources: Arc<KeySources>,
     default_action: DefaultAction,
     shared: Arc<SharedSnapshot>,
-) -> (
-    tokio::task::JoinHandle<PolicyIndex>,
-    tokio::sync::watch::Receiver<Arc<IndexView>>,
-) {
+) -> IndexHandle {
     let scopes: Vec<Scope> = if options.namespaces.is_empty() {
         vec![None]
     } else {

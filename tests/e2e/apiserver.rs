@@ -440,6 +440,15 @@ async fn list_or_watch(
         .expect("response")
 }
 
+/// `GET` list/watch of one kind in the namespace of the path.
+fn namespaced_list(kind: Kind) -> axum::routing::MethodRouter<Arc<Shared>> {
+    get(
+        move |State(s): State<Arc<Shared>>,
+              UrlPath(ns): UrlPath<String>,
+              Query(q): Query<ListParams>| { list_or_watch(s, kind, Some(ns), q) },
+    )
+}
+
 impl FakeApiServer {
     pub async fn start() -> FakeApiServer {
         let (events, _) = broadcast::channel(4096);
@@ -460,23 +469,11 @@ impl FakeApiServer {
             )
             .route(
                 "/apis/tollgate.dev/v1alpha1/namespaces/{ns}/jwtpolicies",
-                get(
-                    |State(s): State<Arc<Shared>>,
-                     UrlPath(ns): UrlPath<String>,
-                     Query(q): Query<ListParams>| {
-                        list_or_watch(s, Kind::JwtPolicy, Some(ns), q)
-                    },
-                ),
+                namespaced_list(Kind::JwtPolicy),
             )
             .route(
                 "/api/v1/namespaces/{ns}/secrets",
-                get(
-                    |State(s): State<Arc<Shared>>,
-                     UrlPath(ns): UrlPath<String>,
-                     Query(q): Query<ListParams>| {
-                        list_or_watch(s, Kind::Secret, Some(ns), q)
-                    },
-                ),
+                namespaced_list(Kind::Secret),
             )
             .route(
                 "/apis/tollgate.dev/v1alpha1/namespaces/{ns}/jwtpolicies/{name}/status",
@@ -484,14 +481,7 @@ impl FakeApiServer {
             )
             .route(
                 "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
-                get(
-                    |State(s): State<Arc<Shared>>,
-                     UrlPath(ns): UrlPath<String>,
-                     Query(q): Query<ListParams>| {
-                        list_or_watch(s, Kind::Lease, Some(ns), q)
-                    },
-                )
-                .post(lease_create),
+                namespaced_list(Kind::Lease).post(lease_create),
             )
             .route(
                 "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
