@@ -52,6 +52,16 @@ pub enum Reason {
     PolicyNotFound,
     /// The check request itself is malformed (no HTTP attributes, bad path).
     RequestMalformed,
+    /// Introspection answered that the token is not active (expired, revoked, unknown).
+    TokenInactive,
+    /// The introspection endpoint answered 503 or could not be reached (answers 503).
+    IntrospectionUnavailable,
+    /// The introspection call timed out (answers 503).
+    IntrospectionTimeout,
+    /// The introspection endpoint refused the call: 401/403/404 or another 5xx (answers 502).
+    IntrospectionFailed,
+    /// The introspection answer breaks the protocol (answers 500).
+    IntrospectionInvalid,
     /// Policies or keys are not loaded yet (answers 503).
     NotReady,
     /// A bug or an unexpected internal state (answers 500).
@@ -60,7 +70,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 28] = [
         Reason::Valid,
         Reason::Anonymous,
         Reason::DefaultAllow,
@@ -82,6 +92,11 @@ impl Reason {
         Reason::NoPolicy,
         Reason::PolicyNotFound,
         Reason::RequestMalformed,
+        Reason::TokenInactive,
+        Reason::IntrospectionUnavailable,
+        Reason::IntrospectionTimeout,
+        Reason::IntrospectionFailed,
+        Reason::IntrospectionInvalid,
         Reason::NotReady,
         Reason::Internal,
     ];
@@ -110,6 +125,11 @@ impl Reason {
             Reason::NoPolicy => "no_policy",
             Reason::PolicyNotFound => "policy_not_found",
             Reason::RequestMalformed => "request_malformed",
+            Reason::TokenInactive => "token_inactive",
+            Reason::IntrospectionUnavailable => "introspection_unavailable",
+            Reason::IntrospectionTimeout => "introspection_timeout",
+            Reason::IntrospectionFailed => "introspection_failed",
+            Reason::IntrospectionInvalid => "introspection_invalid",
             Reason::NotReady => "not_ready",
             Reason::Internal => "internal_error",
         }
@@ -124,6 +144,10 @@ impl Reason {
             Reason::NoPolicy
             | Reason::PolicyNotFound
             | Reason::IssuerUnavailable
+            | Reason::IntrospectionUnavailable
+            | Reason::IntrospectionTimeout
+            | Reason::IntrospectionFailed
+            | Reason::IntrospectionInvalid
             | Reason::NotReady
             | Reason::Internal => None,
             _ => Some("invalid_token"),
@@ -140,6 +164,10 @@ impl Reason {
                 | Reason::NoPolicy
                 | Reason::PolicyNotFound
                 | Reason::IssuerUnavailable
+                | Reason::IntrospectionUnavailable
+                | Reason::IntrospectionTimeout
+                | Reason::IntrospectionFailed
+                | Reason::IntrospectionInvalid
                 | Reason::NotReady
                 | Reason::Internal
         )

@@ -11,15 +11,17 @@
 pub mod request;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 
 use crate::claims;
 use crate::decision::{Allow, Decision, Deny, Reason};
+use crate::introspect::{self, Answer, IntrospectError, Introspector, Raw};
 use crate::jose::{self, B64, Claims};
 use crate::jwks::Refetch;
 use crate::policy::route::{normalize_host, normalize_path};
+use crate::policy::spec::IntrospectWhen;
 use crate::policy::{DefaultAction, DenyDetail, Issuer, Policy, Snapshot};
 use crate::validate::{self, ValidationError};
 
@@ -117,23 +119,13 @@ pub async fn judge(
         }
     };
     let token_id = jose::fingerprint(&token);
-    let (claims, issuer) = match verify(policy, &token, now).await {
-        Ok(ok) => ok,
-        Err((error, issuer)) => {
-            let hint = error.hint(policy, issuer);
-            return deny(
-                Some(policy),
-                host,
-                error.reason(),
-                error.to_string(),
-                hint,
-                Some(token_id),
-            );
-        }
+    let verified = match authenticate(policy, &token, now).await {
+        Ok(verified) => verified,
+        Err(failure) => return failure.deny(policy, host, token_id),
     };
     if let Some(rule) = rule {
         for requirement in &rule.requirements {
-            if let Err(unmet) = requirement.check(&claims) {
+            if let Err(unmet) = requirement.check(&verified.claims) {
                 return deny(
                     Some(policy),
                     host,
@@ -145,16 +137,268 @@ pub async fn judge(
             }
         }
     }
-    allow(policy, issuer, claims, request, source)
+    allow(policy, verified, request, source)
 }
 
-type Failure<'p> = (ValidationError, Option<&'p Issuer>);
+/// A token that passed, and what the upstream may receive instead of it.
+struct Verified<'p> {
+    claims: Arc<Claims>,
+    issuer: &'p Issuer,
+    /// The JWT introspection returned, forwarded in place of the opaque token.
+    phantom: Option<String>,
+}
 
+/// Why a token did not pass.
+enum Failure<'p> {
+    Token(ValidationError, Option<&'p Issuer>),
+    Introspection(IntrospectError),
+    Inactive,
+}
+
+impl Failure<'_> {
+    fn deny(self, policy: &Policy, host: &str, token_id: String) -> Decision {
+        match self {
+            Failure::Token(error, issuer) => {
+                let hint = error.hint(policy, issuer);
+                deny(
+                    Some(policy),
+                    host,
+                    error.reason(),
+                    error.to_string(),
+                    hint,
+                    Some(token_id),
+                )
+            }
+            Failure::Introspection(error) => deny(
+                Some(policy),
+                host,
+                error.reason(),
+                error.to_string(),
+                None,
+                Some(token_id),
+            ),
+            Failure::Inactive => deny(
+                Some(policy),
+                host,
+                Reason::TokenInactive,
+                "introspection says the token is not active (expired, revoked or unknown)".into(),
+                None,
+                Some(token_id),
+            ),
+        }
+    }
+}
+
+fn token_failure<'p>((error, issuer): (ValidationError, Option<&'p Issuer>)) -> Failure<'p> {
+    Failure::Token(error, issuer)
+}
+
+/// Validates the token: a JWT with the issuer's keys, an opaque token by introspection, or both
+/// (`introspection.when: always`).
+async fn authenticate<'p>(
+    policy: &'p Policy,
+    token: &str,
+    now: SystemTime,
+) -> Result<Verified<'p>, Failure<'p>> {
+    let introspection = policy.introspection.as_deref();
+    if let Some(intro) = introspection
+        && !introspect::looks_like_jwt(token)
+    {
+        return introspect_opaque(policy, intro, token, now).await;
+    }
+    let (claims, issuer) = verify(policy, token, now).await.map_err(token_failure)?;
+    if let Some(intro) = introspection.filter(|i| i.when == IntrospectWhen::Always) {
+        // Revocation check: the JWT is valid; is it still active?
+        let answer = intro
+            .answer(token, finalize(policy, intro, token, now))
+            .await
+            .map_err(Failure::Introspection)?;
+        if matches!(*answer, Answer::Inactive { .. }) {
+            return Err(Failure::Inactive);
+        }
+    }
+    Ok(Verified {
+        claims: Arc::new(claims),
+        issuer,
+        phantom: None,
+    })
+}
+
+async fn introspect_opaque<'p>(
+    policy: &'p Policy,
+    intro: &Introspector,
+    token: &str,
+    now: SystemTime,
+) -> Result<Verified<'p>, Failure<'p>> {
+    let answer = intro
+        .answer(token, finalize(policy, intro, token, now))
+        .await
+        .map_err(Failure::Introspection)?;
+    let Answer::Active { claims, jwt, .. } = &*answer else {
+        return Err(Failure::Inactive);
+    };
+    // The answer's claims meet the same checks as a JWT's (cached answers are re-checked, so an
+    // exp passing while cached still counts).
+    let issuer = answer_issuer(policy, claims).map_err(|e| Failure::Token(e, None))?;
+    validate::check_claims(claims, issuer, policy, now)
+        .map_err(|e| Failure::Token(e, Some(issuer)))?;
+    validate::check_required(claims, policy).map_err(|e| Failure::Token(e, Some(issuer)))?;
+    Ok(Verified {
+        claims: claims.clone(),
+        issuer,
+        phantom: jwt.clone().filter(|_| intro.phantom_token),
+    })
+}
+
+/// The issuer an introspection answer speaks for: its `iss`, or the policy's first issuer.
+fn answer_issuer<'p>(policy: &'p Policy, claims: &Claims) -> Result<&'p Issuer, ValidationError> {
+    match claims.get("iss") {
+        Some(serde_json::Value::String(iss)) => policy
+            .issuer(iss)
+            .ok_or_else(|| ValidationError::IssuerNotAllowed(iss.clone())),
+        Some(_) => Err(ValidationError::ClaimType {
+            claim: "iss",
+            expected: "a string",
+        }),
+        None => policy.issuers.first().ok_or(ValidationError::IssuerMissing),
+    }
+}
+
+fn seconds(now: SystemTime) -> f64 {
+    now.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn exp(claims: &Claims) -> Option<f64> {
+    claims.get("exp").and_then(serde_json::Value::as_f64)
+}
+
+/// Calls the endpoint and verifies every JWT in its answer: what gets cached.
+async fn finalize(
+    policy: &Policy,
+    intro: &Introspector,
+    token: &str,
+    now: SystemTime,
+) -> Result<Answer, IntrospectError> {
+    let invalid = |what: &str, e: ValidationError| {
+        IntrospectError::Invalid(format!("{what} does not verify: {e}"))
+    };
+    match intro.call(token).await? {
+        Raw::Inactive => Ok(Answer::Inactive {
+            ttl: intro.negative_ttl(),
+        }),
+        Raw::Claims {
+            claims,
+            jwt,
+            max_age,
+        } => active(policy, intro, claims, jwt, max_age, now).await,
+        Raw::Jwt {
+            token: jwt,
+            max_age,
+        } => {
+            let (claims, _) = verify(policy, &jwt, now)
+                .await
+                .map_err(|(e, _)| invalid("the JWT answer", e))?;
+            let ttl = intro.active_ttl(max_age, exp(&claims), seconds(now));
+            Ok(Answer::Active {
+                claims: Arc::new(claims),
+                jwt: Some(jwt),
+                ttl,
+            })
+        }
+        Raw::Signed {
+            token: signed,
+            max_age,
+        } => {
+            let (claims, header, _) = verify_signed(policy, &signed)
+                .await
+                .map_err(|(e, _)| invalid("the signed introspection answer", e))?;
+            if header.typ.as_deref() != Some("token-introspection+jwt") {
+                return Err(IntrospectError::Invalid(format!(
+                    "the signed answer has typ {:?}, not token-introspection+jwt (RFC 9701)",
+                    header.typ
+                )));
+            }
+            let audiences =
+                claims::claim_values(claims.get("aud").unwrap_or(&serde_json::Value::Null), None);
+            if !audiences.contains(&intro.client_id) {
+                return Err(IntrospectError::Invalid(format!(
+                    "the signed answer is for audience {audiences:?}, not this client"
+                )));
+            }
+            let Some(serde_json::Value::Object(inner)) = claims.get("token_introspection") else {
+                return Err(IntrospectError::Invalid(
+                    "the signed answer has no token_introspection object".into(),
+                ));
+            };
+            match introspect::parse_json(inner.clone(), max_age)? {
+                Raw::Claims {
+                    claims,
+                    jwt,
+                    max_age,
+                } => active(policy, intro, claims, jwt, max_age, now).await,
+                _ => Ok(Answer::Inactive {
+                    ttl: intro.negative_ttl(),
+                }),
+            }
+        }
+    }
+}
+
+/// An active answer; a phantom JWT in it must verify like any access token.
+async fn active(
+    policy: &Policy,
+    intro: &Introspector,
+    claims: Claims,
+    jwt: Option<String>,
+    max_age: Option<std::time::Duration>,
+    now: SystemTime,
+) -> Result<Answer, IntrospectError> {
+    if intro.phantom_token && jwt.is_none() {
+        return Err(IntrospectError::Invalid(
+            "the answer has no jwt to forward (phantomToken: true)".into(),
+        ));
+    }
+    let claims = match &jwt {
+        Some(jwt) => {
+            verify(policy, jwt, now)
+                .await
+                .map_err(|(e, _)| {
+                    IntrospectError::Invalid(format!("the phantom JWT does not verify: {e}"))
+                })?
+                .0
+        }
+        None => claims,
+    };
+    let ttl = intro.active_ttl(max_age, exp(&claims), seconds(now));
+    Ok(Answer::Active {
+        claims: Arc::new(claims),
+        jwt,
+        ttl,
+    })
+}
+
+type TokenFailure<'p> = (ValidationError, Option<&'p Issuer>);
+
+/// Checks a JWT completely: signature with its issuer's keys, then time, audience and the
+/// policy-wide required claims.
 async fn verify<'p>(
     policy: &'p Policy,
     token: &str,
     now: SystemTime,
-) -> Result<(Claims, &'p Issuer), Failure<'p>> {
+) -> Result<(Claims, &'p Issuer), TokenFailure<'p>> {
+    let (claims, _, issuer) = verify_signed(policy, token).await?;
+    let fail = |e| (e, Some(issuer));
+    validate::check_claims(&claims, issuer, policy, now).map_err(fail)?;
+    validate::check_required(&claims, policy).map_err(fail)?;
+    Ok((claims, issuer))
+}
+
+/// Checks a JWT's signature with its issuer's keys (refetching once on an unknown `kid`).
+async fn verify_signed<'p>(
+    policy: &'p Policy,
+    token: &str,
+) -> Result<(Claims, jose::Header, &'p Issuer), TokenFailure<'p>> {
     let jws = jose::parse(token).map_err(|e| (ValidationError::Malformed(e), None))?;
     let (issuer, alg) = validate::route(&jws, policy).map_err(|e| (e, None))?;
     let fail = |e| (e, Some(issuer));
@@ -194,9 +438,7 @@ async fn verify<'p>(
         }
         Err(e) => return Err(fail(e)),
     }
-    validate::check_claims(&jws.claims, issuer, policy, now).map_err(fail)?;
-    validate::check_required(&jws.claims, policy).map_err(fail)?;
-    Ok((jws.claims, issuer))
+    Ok((jws.claims, jws.header, issuer))
 }
 
 fn forward_headers(policy: &Policy) -> impl Iterator<Item = &str> {
@@ -210,17 +452,17 @@ fn forward_headers(policy: &Policy) -> impl Iterator<Item = &str> {
 
 fn allow(
     policy: &Arc<Policy>,
-    issuer: &Issuer,
-    claims: Claims,
+    verified: Verified<'_>,
     request: &Request<'_>,
     source: TokenSource,
 ) -> Decision {
     let mut out = Allow {
         policy: Some(policy.id.clone()),
         reason: Reason::Valid,
-        issuer: Some(issuer.issuer.clone()),
+        issuer: Some(verified.issuer.issuer.clone()),
         ..Allow::default()
     };
+    let claims = verified.claims;
     for (claim, header) in &policy.forward.claims_to_headers {
         match claims::lookup(&claims, claim).and_then(claims::header_value) {
             Some(value) => out.headers_to_set.push((header.clone(), value)),
@@ -229,10 +471,19 @@ fn allow(
         }
     }
     if let Some(header) = &policy.forward.payload_header {
-        let json = serde_json::to_vec(&claims).unwrap_or_default();
+        let json = serde_json::to_vec(&*claims).unwrap_or_default();
         out.headers_to_set.push((header.clone(), B64.encode(json)));
     }
-    if !policy.forward.keep_token {
+    let remove_token = match &verified.phantom {
+        // Phantom token: the upstream gets the JWT, and the opaque token leaves wherever it was.
+        Some(jwt) => {
+            out.headers_to_set
+                .push(("authorization".into(), format!("Bearer {jwt}")));
+            !(source == TokenSource::Header && policy.token.header == "authorization")
+        }
+        None => !policy.forward.keep_token,
+    };
+    if remove_token {
         match source {
             TokenSource::Header => out.headers_to_remove.push(policy.token.header.clone()),
             TokenSource::Query => out
@@ -251,7 +502,7 @@ fn allow(
             }
         }
     }
-    out.claims = Some(Arc::new(claims));
+    out.claims = Some(claims);
     Decision::Allow(out)
 }
 
@@ -279,7 +530,12 @@ pub fn deny(
     let configured = policy.map_or(401, |p| p.deny.status);
     let status = match reason {
         Reason::InsufficientScope | Reason::NoPolicy | Reason::PolicyNotFound => 403,
-        Reason::IssuerUnavailable | Reason::NotReady => 503,
+        Reason::IssuerUnavailable
+        | Reason::NotReady
+        | Reason::IntrospectionUnavailable
+        | Reason::IntrospectionTimeout => 503,
+        Reason::IntrospectionFailed => 502,
+        Reason::IntrospectionInvalid => 500,
         Reason::RequestMalformed => 400,
         Reason::Internal => 500,
         _ => configured,

@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex, Weak};
 pub use fetch::{FetchError, FetchSettings, Fetcher};
 pub use key::{KeyError, KeyKind, VerifyingKey};
 pub use keyset::{KeySet, KeySetError};
-pub use source::{KeySource, Origin, Refetch, RefreshSettings, SourceError, SourceStatus};
+pub use source::{
+    Endpoints, KeySource, Origin, Refetch, RefreshSettings, SourceError, SourceStatus,
+};
 
 /// The registry of remote key sources, keyed by origin. Holds only `Weak` references: a
 /// source lives as long as some compiled policy uses it.
@@ -71,6 +73,11 @@ impl KeySources {
         }
         sources.insert(origin, Arc::downgrade(&source));
         source
+    }
+
+    /// The shared HTTP client (introspection uses it too).
+    pub fn fetcher(&self) -> &Fetcher {
+        &self.fetcher
     }
 
     /// Every source some policy still uses.

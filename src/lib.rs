@@ -25,6 +25,7 @@ pub mod demo;
 pub mod engine;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod introspect;
 pub mod jose;
 pub mod jwks;
 pub mod local_issuer;

@@ -145,12 +145,20 @@ impl SecretSource for SecretCache<'_> {
 }
 
 fn referenced_secrets(namespace: &str, policy: &JwtPolicy) -> BTreeSet<SecretKey> {
-    policy
+    let shared = policy
         .spec
         .issuers
         .iter()
         .filter_map(|i| i.shared_secret.as_ref()?.secret_ref.as_ref())
-        .map(|r| (namespace.to_string(), r.name.clone()))
+        .map(|r| r.name.clone());
+    let introspection = policy
+        .spec
+        .introspection
+        .iter()
+        .filter_map(|i| i.client_secret_ref.as_ref()?.name.clone());
+    shared
+        .chain(introspection)
+        .map(|name| (namespace.to_string(), name))
         .collect()
 }
 

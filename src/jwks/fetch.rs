@@ -94,33 +94,63 @@ impl Fetcher {
         })
     }
 
-    /// GETs `url`, refusing plain HTTP unless `allow_insecure`.
+    /// GETs `url` as JSON, refusing plain HTTP unless `allow_insecure`; non-2xx is an error.
     pub async fn get(&self, url: &Url, allow_insecure: bool) -> Result<Fetched, FetchError> {
+        let request = self
+            .client
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json");
+        let answer = self
+            .exchange(url, allow_insecure, request, self.settings.timeout)
+            .await?;
+        if !(200..300).contains(&answer.status) {
+            return Err(FetchError::Status(answer.status));
+        }
+        Ok(Fetched {
+            body: answer.body,
+            max_age: answer.max_age,
+        })
+    }
+
+    /// A request builder on the shared client (for `exchange`).
+    pub fn request(&self, method: reqwest::Method, url: &Url) -> reqwest::RequestBuilder {
+        self.client.request(method, url.clone())
+    }
+
+    /// Sends `request` (to `url`) within `timeout`, the body size limit and the concurrency
+    /// bound, and returns whatever status came back.
+    pub async fn exchange(
+        &self,
+        url: &Url,
+        allow_insecure: bool,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<Answer, FetchError> {
         check_scheme(url, allow_insecure)?;
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| FetchError::Transport("fetcher closed".into()))?;
-        let timeout = self.settings.timeout;
-        let request = async {
-            let mut response = self
-                .client
-                .get(url.clone())
-                .header(reqwest::header::ACCEPT, "application/json")
+        let limit = self.settings.max_body_bytes;
+        let exchange = async {
+            let mut response = request
+                .timeout(timeout)
                 .send()
                 .await
                 .map_err(|e| classify(e, timeout))?;
-            let status = response.status();
-            if !status.is_success() {
-                return Err(FetchError::Status(status.as_u16()));
-            }
-            let max_age = response
-                .headers()
-                .get(reqwest::header::CACHE_CONTROL)
-                .and_then(|v| v.to_str().ok())
+            let status = response.status().as_u16();
+            let header = |name: reqwest::header::HeaderName| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let max_age = header(reqwest::header::CACHE_CONTROL)
+                .as_deref()
                 .and_then(parse_max_age);
-            let limit = self.settings.max_body_bytes;
+            let content_type = header(reqwest::header::CONTENT_TYPE);
             if response
                 .content_length()
                 .is_some_and(|len| len > limit as u64)
@@ -134,16 +164,28 @@ impl Fetcher {
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(Fetched {
-                body: body.freeze(),
+            Ok(Answer {
+                status,
+                content_type,
                 max_age,
+                body: body.freeze(),
             })
         };
-        // The client timeout covers each request; this bounds the body loop as well.
-        tokio::time::timeout(timeout + Duration::from_millis(100), request)
+        // The client timeout covers the request; this bounds the body loop as well.
+        tokio::time::timeout(timeout + Duration::from_millis(100), exchange)
             .await
             .map_err(|_| FetchError::Timeout(timeout))?
     }
+}
+
+/// Any HTTP answer, bounded.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: Option<String>,
+    /// From `Cache-Control: max-age`; `Some(0)` for `no-cache`/`no-store`.
+    pub max_age: Option<Duration>,
+    pub body: bytes::Bytes,
 }
 
 /// Refuses non-https URLs unless allowed.

@@ -112,6 +112,8 @@ pub struct KeySource {
     id: Arc<str>,
     origin: Origin,
     keys: ArcSwapOption<KeySet>,
+    /// Introspection and userinfo endpoints from the last discovery document.
+    endpoints: ArcSwapOption<Endpoints>,
     /// Set once the first fetch finished, successfully or not (readiness).
     attempted: AtomicBool,
     attempted_notify: tokio::sync::Notify,
@@ -149,6 +151,17 @@ pub enum Refetch {
 struct DiscoveryDocument {
     issuer: Option<String>,
     jwks_uri: Option<String>,
+    #[serde(default)]
+    introspection_endpoint: Option<String>,
+    #[serde(default)]
+    userinfo_endpoint: Option<String>,
+}
+
+/// Endpoints a discovery document announced besides the key set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    pub introspection: Option<Url>,
+    pub userinfo: Option<Url>,
 }
 
 impl KeySource {
@@ -183,6 +196,7 @@ impl KeySource {
             id,
             origin,
             keys: ArcSwapOption::empty(),
+            endpoints: ArcSwapOption::empty(),
             attempted: AtomicBool::new(false),
             attempted_notify: tokio::sync::Notify::new(),
             refetch_lock: tokio::sync::Mutex::new(()),
@@ -208,6 +222,11 @@ impl KeySource {
 
     pub fn origin(&self) -> &Origin {
         &self.origin
+    }
+
+    /// The endpoints discovery announced (`None` before the first discovery, or without one).
+    pub fn endpoints(&self) -> Option<Arc<Endpoints>> {
+        self.endpoints.load_full()
     }
 
     /// The current keys; `None` until a fetch has succeeded once.
@@ -311,7 +330,11 @@ impl KeySource {
                 issuer,
                 allow_insecure,
             } => (
-                discover(fetcher, url, issuer, *allow_insecure).await?,
+                {
+                    let (jwks, endpoints) = discover(fetcher, url, issuer, *allow_insecure).await?;
+                    self.endpoints.store(Some(Arc::new(endpoints)));
+                    jwks
+                },
                 *allow_insecure,
             ),
         };
@@ -380,7 +403,7 @@ async fn discover(
     url: &Url,
     issuer: &str,
     allow_insecure: bool,
-) -> Result<Url, SourceError> {
+) -> Result<(Url, Endpoints), SourceError> {
     let fetched =
         fetcher
             .get(url, allow_insecure)
@@ -406,10 +429,21 @@ async fn discover(
         url: url.to_string(),
         detail: "no jwks_uri".into(),
     })?;
-    Url::parse(&jwks_uri).map_err(|e| SourceError::DiscoveryInvalid {
+    let jwks = Url::parse(&jwks_uri).map_err(|e| SourceError::DiscoveryInvalid {
         url: url.to_string(),
         detail: format!("jwks_uri {jwks_uri:?} is not a URL: {e}"),
-    })
+    })?;
+    let endpoints = Endpoints {
+        introspection: doc
+            .introspection_endpoint
+            .as_deref()
+            .and_then(|u| Url::parse(u).ok()),
+        userinfo: doc
+            .userinfo_endpoint
+            .as_deref()
+            .and_then(|u| Url::parse(u).ok()),
+    };
+    Ok((jwks, endpoints))
 }
 
 /// Starts the background refresh of a remote source. The task holds only a `Weak`, so it

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use jsonwebtoken::Algorithm;
@@ -11,9 +12,11 @@ use url::Url;
 
 use super::route::{HostPattern, Methods, PathPrefix};
 use super::spec::{
-    ClaimRequirementSpec, DenyDetail, IssuerSpec, JwtPolicySpec, SecretEncoding, SecretSpec,
+    ClaimRequirementSpec, DenyDetail, IntrospectionResponse, IntrospectionSpec, IssuerSpec,
+    JwtPolicySpec, SecretEncoding, SecretKeyRef, SecretSpec,
 };
 use crate::claims::ClaimRequirement;
+use crate::introspect::{CacheSettings, EndpointSource, Introspector, IntrospectorConfig};
 use crate::jwks::{KeySet, KeySource, KeySources, Origin, VerifyingKey};
 
 /// Bounds that keep one policy's cost predictable.
@@ -215,6 +218,8 @@ pub struct Policy {
     pub require_exp: bool,
     pub forward: Forward,
     pub deny: DenyConfig,
+    /// Token introspection, if configured.
+    pub introspection: Option<Arc<Introspector>>,
 }
 
 impl Policy {
@@ -423,6 +428,10 @@ pub fn compile(
 
     let forward = forward(&mut c, spec, &token);
     let deny = deny_config(&mut c, spec);
+    let introspection = spec
+        .introspection
+        .as_ref()
+        .and_then(|i| compile_introspection(&mut c, namespace, i, &issuers, ctx));
 
     if !c.problems.is_empty() {
         return Err(CompileError {
@@ -442,6 +451,7 @@ pub fn compile(
         require_exp: spec.require_expiration_time.unwrap_or(true),
         forward,
         deny,
+        introspection,
     })
 }
 
@@ -711,6 +721,186 @@ fn compile_issuer(
         algorithms,
         keys: keys?,
     })
+}
+
+fn duration(
+    c: &mut Checker,
+    field: &str,
+    text: Option<&str>,
+    default: Duration,
+    max: Duration,
+) -> Duration {
+    let Some(text) = text else { return default };
+    match humantime::parse_duration(text) {
+        Ok(d) if d <= max => d,
+        Ok(_) => {
+            c.invalid(
+                field,
+                format!(
+                    "{text} is more than the {} maximum",
+                    humantime::format_duration(max)
+                ),
+            );
+            default
+        }
+        Err(e) => {
+            c.invalid(
+                field,
+                format!("{text:?} is not a duration like 30s or 5m: {e}"),
+            );
+            default
+        }
+    }
+}
+
+fn compile_introspection(
+    c: &mut Checker,
+    namespace: &str,
+    spec: &IntrospectionSpec,
+    issuers: &[Issuer],
+    ctx: &CompileContext<'_>,
+) -> Option<Arc<Introspector>> {
+    let before = c.problems.len();
+    let response = spec.response.unwrap_or_default();
+    let userinfo = response == IntrospectionResponse::Userinfo;
+    if spec.phantom_token
+        && matches!(
+            response,
+            IntrospectionResponse::Userinfo | IntrospectionResponse::TokenIntrospectionJwt
+        )
+    {
+        c.invalid("spec.introspection.phantomToken", "this response type carries no JWT to forward; use response: json (a jwt member) or jwt");
+    }
+    let endpoint = match &spec.endpoint {
+        Some(text) => parse_url(
+            c,
+            "spec.introspection.endpoint",
+            text,
+            spec.allow_insecure_http,
+        )
+        .map(EndpointSource::Fixed),
+        None => match issuers.first().map(|i| (i.keys.origin(), &i.keys)) {
+            Some((Origin::Discovery { .. }, keys)) => {
+                Some(EndpointSource::Discovered(keys.clone()))
+            }
+            _ => {
+                c.invalid(
+                    "spec.introspection.endpoint",
+                    "set the endpoint: the first issuer does not use OpenID discovery",
+                );
+                None
+            }
+        },
+    };
+    let client_secret = if userinfo {
+        String::new()
+    } else {
+        if spec.client_id.is_empty() {
+            c.invalid(
+                "spec.introspection.clientId",
+                "the client tollgate authenticates as is required",
+            );
+        }
+        let field = "spec.introspection.clientSecretRef";
+        let secret = match &spec.client_secret_ref {
+            None => {
+                c.invalid(
+                    field,
+                    "the client secret is required: {name, key} of a Secret, or {file}",
+                );
+                None
+            }
+            Some(r) => match (&r.name, &r.key, &r.file) {
+                (Some(name), Some(key), None) => Some(SecretSpec {
+                    secret_ref: Some(SecretKeyRef {
+                        name: name.clone(),
+                        key: key.clone(),
+                    }),
+                    ..SecretSpec::default()
+                }),
+                (None, None, Some(file)) => Some(SecretSpec {
+                    file: Some(file.clone()),
+                    ..SecretSpec::default()
+                }),
+                _ => {
+                    c.invalid(
+                        field,
+                        "give either name and key (a Kubernetes Secret) or file",
+                    );
+                    None
+                }
+            },
+        };
+        match secret.map(|s| ctx.secrets.read(namespace, &s)) {
+            Some(Ok(raw)) => {
+                let raw = raw.strip_suffix(b"\n").unwrap_or(&raw).to_vec();
+                String::from_utf8(raw).unwrap_or_else(|_| {
+                    c.invalid(field, "the client secret is not UTF-8 text");
+                    String::new()
+                })
+            }
+            Some(Err(e)) => {
+                c.secret(field, e);
+                String::new()
+            }
+            None => String::new(),
+        }
+    };
+    let cache = spec.cache.clone().unwrap_or_default();
+    let hour = Duration::from_secs(3600);
+    let settings = CacheSettings {
+        default_ttl: duration(
+            c,
+            "spec.introspection.cache.defaultTtl",
+            cache.default_ttl.as_deref(),
+            Duration::from_secs(300),
+            24 * hour,
+        ),
+        max_ttl: duration(
+            c,
+            "spec.introspection.cache.maxTtl",
+            cache.max_ttl.as_deref(),
+            hour,
+            24 * hour,
+        ),
+        negative_ttl: duration(
+            c,
+            "spec.introspection.cache.negativeTtl",
+            cache.negative_ttl.as_deref(),
+            Duration::from_secs(5),
+            hour,
+        ),
+        max_entries: cache.max_entries.unwrap_or(100_000),
+    };
+    if settings.max_entries == 0 {
+        c.invalid("spec.introspection.cache.maxEntries", "must be at least 1");
+    }
+    let timeout = duration(
+        c,
+        "spec.introspection.timeout",
+        spec.timeout.as_deref(),
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    );
+    if c.problems.len() > before {
+        return None;
+    }
+    let config = IntrospectorConfig {
+        endpoint: endpoint?,
+        allow_insecure: spec.allow_insecure_http,
+        client_id: spec.client_id.clone(),
+        client_secret,
+        auth_method: spec.auth_method.unwrap_or_default(),
+        response,
+        when: spec.when.unwrap_or_default(),
+        phantom_token: spec.phantom_token,
+        cache: settings,
+        timeout,
+    };
+    Some(Arc::new(Introspector::new(
+        config,
+        ctx.key_sources.fetcher().clone(),
+    )))
 }
 
 fn decode_secret(raw: &[u8], encoding: SecretEncoding) -> Result<Vec<u8>, String> {

@@ -114,6 +114,10 @@ pub struct JwtPolicySpec {
     /// The answer when the request is denied.
     #[serde(default)]
     pub deny: DenySpec,
+    /// OAuth2 token introspection (RFC 7662) for opaque tokens, or for every token (revocation
+    /// checks), with the phantom-token pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection: Option<IntrospectionSpec>,
 }
 
 /// Request matching. Empty lists match everything.
@@ -347,6 +351,118 @@ pub enum DenyDetail {
     /// The reason code and what failed (never the token, never the policy's own settings).
     #[default]
     Reason,
+}
+
+/// How tokens are introspected.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(
+    "!has(self.endpoint) || self.endpoint.startsWith('https://') || (has(self.allowInsecureHttp) && self.allowInsecureHttp)"
+).message("the introspection endpoint must be an https URL (allowInsecureHttp: true allows http for development)"))]
+pub struct IntrospectionSpec {
+    /// Introspection endpoint (or userinfo endpoint with `response: userinfo`). Default: the
+    /// `introspection_endpoint` (`userinfo_endpoint`) of the first issuer's discovery document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub endpoint: Option<String>,
+    /// The client tollgate authenticates as.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub client_id: String,
+    /// The client secret: `{name, key}` of a Kubernetes Secret in the policy's namespace, or
+    /// `{file}` in file mode (relative to the policy file). Re-read when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_ref: Option<ClientSecretRef>,
+    /// `client_secret_basic` (default) or `client_secret_post`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_method: Option<ClientAuthMethod>,
+    /// `json` (RFC 7662, default), `jwt` (`Accept: application/jwt`, the body is a JWT; 204 is
+    /// inactive), `token-introspection+jwt` (RFC 9701, a signed response), or `userinfo` (call the
+    /// OpenID userinfo endpoint with the token; 200 is active).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<IntrospectionResponse>,
+    /// `opaque` (default): only tokens that are not JWTs; `always`: JWTs too (revocation checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<IntrospectWhen>,
+    /// Forward the JWT the IdP returns instead of the opaque token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub phantom_token: bool,
+    /// Answer caching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<IntrospectionCacheSpec>,
+    /// Timeout of one introspection call (default 2s, at most 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub timeout: Option<String>,
+    /// Allow a plain-http endpoint (local development only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure_http: bool,
+}
+
+/// Where the introspection client secret is.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientSecretRef {
+    /// Kubernetes Secret name (same namespace as the policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Key in that Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// A file (file mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// OAuth2 client authentication at the introspection endpoint.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+/// The introspection response format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum IntrospectionResponse {
+    #[default]
+    #[serde(rename = "json")]
+    Json,
+    #[serde(rename = "jwt")]
+    Jwt,
+    #[serde(rename = "token-introspection+jwt")]
+    TokenIntrospectionJwt,
+    #[serde(rename = "userinfo")]
+    Userinfo,
+}
+
+/// Which tokens are introspected.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IntrospectWhen {
+    #[default]
+    Opaque,
+    Always,
+}
+
+/// Introspection answer caching. Keys are digests of the token, never the token.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IntrospectionCacheSpec {
+    /// TTL of an active answer without `Cache-Control: max-age` (default 300s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_ttl: Option<String>,
+    /// Upper bound of any TTL (default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<String>,
+    /// TTL of an inactive answer (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_ttl: Option<String>,
+    /// Most cached answers (default 100000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub max_entries: Option<u64>,
 }
 
 /// The answer for a denied request.

@@ -1,0 +1,520 @@
+//! Introspection against a test introspection server (axum on 127.0.0.1): every answer shape an
+//! IdP can give, the status mapping, caching and coalescing, and the phantom token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::decision::{Decision, Reason};
+use crate::engine::{self, Headers, Request};
+use crate::fixtures::*;
+use crate::local_issuer::{SigningKey, now_secs};
+use crate::policy::{DefaultAction, Snapshot};
+
+const CLIENT: &str = "gateway";
+const SECRET: &str = "s3cret:with&specials";
+
+struct Idp {
+    calls: AtomicU64,
+}
+
+fn answer(claims: Value) -> Response {
+    axum::Json(claims).into_response()
+}
+
+fn active(extra: Value) -> Value {
+    let mut claims = json!({"active": true, "iss": ISSUER, "sub": "alice", "aud": AUDIENCE,
+        "exp": now_secs() + 600, "scope": "orders.read", "client_id": "web"});
+    for (k, v) in extra.as_object().expect("object") {
+        claims[k] = v.clone();
+    }
+    claims
+}
+
+/// Behaviour chosen by the token itself, so one server serves every case.
+async fn introspect(
+    State(idp): State<Arc<Idp>>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    idp.calls.fetch_add(1, Ordering::SeqCst);
+    let expected = crate::introspect::basic_credentials_for_test(CLIENT, SECRET);
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        == Some(expected.as_str())
+        || (form.get("client_id").map(String::as_str) == Some(CLIENT)
+            && form.get("client_secret").map(String::as_str) == Some(SECRET));
+    if !authorized {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    let token = form.get("token").cloned().unwrap_or_default();
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let kind = token.split('-').next().unwrap_or("");
+    match kind {
+        "active" => answer(active(json!({}))),
+        "otheraud" => answer(active(json!({"aud": "api://billing"}))),
+        "otheriss" => answer(active(json!({"iss": "https://evil.example/"}))),
+        "shortlived" => answer(active(json!({"exp": now_secs() + 1}))),
+        "nocache" => (
+            [(header::CACHE_CONTROL, "no-store")],
+            axum::Json(active(json!({}))),
+        )
+            .into_response(),
+        "inactive" => answer(json!({"active": false})),
+        "phantom" => answer(active(
+            json!({"jwt": RSA.mint(&claims_with(json!({"sub": "alice-from-jwt"}))).expect("mint")}),
+        )),
+        "badphantom" => answer(active(
+            json!({"jwt": ROGUE.mint(&good_claims()).expect("mint")}),
+        )),
+        "unavailable" => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        "broken" => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        "missing" => StatusCode::NOT_FOUND.into_response(),
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            answer(active(json!({})))
+        }
+        "garbage" => (StatusCode::OK, "<html>not json</html>").into_response(),
+        "noactive" => answer(json!({"sub": "alice"})),
+        "stringactive" => answer(json!({"active": "true"})),
+        "huge" => answer(json!({"active": true, "pad": "x".repeat(2 * 1024 * 1024)})),
+        // application/jwt (Curity): the body is the JWT; 204 is inactive.
+        "jwtmode" if accept == "application/jwt" => (
+            [(header::CONTENT_TYPE, "application/jwt")],
+            RSA.mint(&good_claims()).expect("mint"),
+        )
+            .into_response(),
+        "gone" if accept == "application/jwt" => StatusCode::NO_CONTENT.into_response(),
+        // RFC 9701 signed answers.
+        "signed" | "wrongaud" if accept == "application/token-introspection+jwt" => {
+            let aud = if kind == "signed" {
+                CLIENT
+            } else {
+                "someone-else"
+            };
+            let inner = active(json!({}));
+            let body = RSA
+                .mint_with_header(
+                    &json!({"alg": "RS256", "kid": RSA.kid, "typ": "token-introspection+jwt"}),
+                    &json!({"iss": ISSUER, "aud": aud, "iat": now_secs(), "token_introspection": inner}),
+                )
+                .expect("mint");
+            (
+                [(header::CONTENT_TYPE, "application/token-introspection+jwt")],
+                body,
+            )
+                .into_response()
+        }
+        _ if token.contains('.') => {
+            // A JWT under `when: always`: revoked when its sub says so.
+            let payload = token.split('.').nth(1).unwrap_or("");
+            let claims: Value = base64::Engine::decode(&crate::jose::B64, payload)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .unwrap_or_default();
+            answer(if claims["sub"] == "revoked" {
+                json!({"active": false})
+            } else {
+                active(json!({}))
+            })
+        }
+        _ => answer(json!({"active": false})),
+    }
+}
+
+async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Response {
+    idp.calls.fetch_add(1, Ordering::SeqCst);
+    match headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("Bearer known") => {
+            answer(json!({"iss": ISSUER, "sub": "alice", "aud": AUDIENCE, "exp": now_secs() + 600}))
+        }
+        _ => StatusCode::UNAUTHORIZED.into_response(),
+    }
+}
+
+async fn start() -> (String, Arc<Idp>) {
+    let idp = Arc::new(Idp {
+        calls: AtomicU64::new(0),
+    });
+    let app = Router::new()
+        .route("/introspect", post(introspect))
+        .route("/userinfo", get(userinfo))
+        .with_state(idp.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), idp)
+}
+
+struct Setup {
+    snapshot: Snapshot,
+    idp: Arc<Idp>,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(introspection: Value) -> Setup {
+    let (base, idp) = start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let secret = dir.path().join("client-secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).expect("write");
+    let mut block = json!({"endpoint": format!("{base}/introspect"), "clientId": CLIENT,
+        "clientSecretRef": {"file": secret.display().to_string()}, "allowInsecureHttp": true});
+    for (k, v) in introspection.as_object().expect("object") {
+        block[k] = v.clone();
+    }
+    if block["endpoint"] == "userinfo" {
+        block["endpoint"] = json!(format!("{base}/userinfo"));
+    }
+    let extra = json!({"introspection": block, "forward": {"claimsToHeaders": [{"claim": "sub", "header": "x-user-id"}]}});
+    let policy = mk_policy("opaque", &extra.to_string());
+    Setup {
+        snapshot: Snapshot::build(vec![policy], DefaultAction::Deny).0,
+        idp,
+        _dir: dir,
+    }
+}
+
+impl Setup {
+    async fn check(&self, token: &str) -> Decision {
+        let headers = vec![("authorization".to_string(), format!("Bearer {token}"))];
+        let request = Request {
+            host: "api.example.com",
+            path: "/",
+            method: "GET",
+            headers: Headers::List(&headers),
+            policy: None,
+        };
+        engine::check(&self.snapshot, &request, SystemTime::now()).await
+    }
+
+    fn calls(&self) -> u64 {
+        self.idp.calls.load(Ordering::SeqCst)
+    }
+}
+
+fn outcome(decision: &Decision) -> (u16, Reason) {
+    match decision {
+        Decision::Allow(a) => (200, a.reason),
+        Decision::Deny(d) => (d.status, d.reason),
+    }
+}
+
+fn set_header<'a>(decision: &'a Decision, name: &str) -> Option<&'a str> {
+    match decision {
+        Decision::Allow(a) => a
+            .headers_to_set
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str()),
+        Decision::Deny(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn an_active_opaque_token_is_allowed_and_cached() {
+    let s = setup(json!({})).await;
+    let decision = s.check("active-1").await;
+    assert_eq!(outcome(&decision), (200, Reason::Valid));
+    assert_eq!(set_header(&decision, "x-user-id"), Some("alice"));
+    assert_eq!(
+        set_header(&decision, "authorization"),
+        None,
+        "no phantom token unless asked for"
+    );
+    assert_eq!(s.calls(), 1);
+    assert_eq!(outcome(&s.check("active-1").await), (200, Reason::Valid));
+    assert_eq!(s.calls(), 1, "a cached token causes no introspection");
+    // client_secret_post works too.
+    let post = setup(json!({"authMethod": "client_secret_post"})).await;
+    assert_eq!(outcome(&post.check("active-2").await), (200, Reason::Valid));
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_requests_for_one_new_token_cause_one_introspection() {
+    let s = Arc::new(setup(json!({})).await);
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { outcome(&s.check("active-burst").await) })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), (200, Reason::Valid));
+    }
+    assert_eq!(s.calls(), 1);
+}
+
+#[tokio::test]
+async fn inactive_answers_are_cached_briefly() {
+    let s = setup(json!({"cache": {"negativeTtl": "300ms"}})).await;
+    assert_eq!(
+        outcome(&s.check("inactive-1").await),
+        (401, Reason::TokenInactive)
+    );
+    assert_eq!(
+        outcome(&s.check("inactive-1").await),
+        (401, Reason::TokenInactive)
+    );
+    assert_eq!(s.calls(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.check("inactive-1").await;
+    assert_eq!(s.calls(), 2, "asked again after negativeTtl");
+}
+
+#[tokio::test]
+async fn idp_failures_never_allow_and_map_to_their_status() {
+    let s = setup(json!({"timeout": "300ms"})).await;
+    let cases = [
+        ("unavailable-1", 503, Reason::IntrospectionUnavailable),
+        ("slow-1", 503, Reason::IntrospectionTimeout),
+        ("broken-1", 502, Reason::IntrospectionFailed),
+        ("missing-1", 502, Reason::IntrospectionFailed),
+        ("garbage-1", 500, Reason::IntrospectionInvalid),
+        ("noactive-1", 500, Reason::IntrospectionInvalid),
+        ("stringactive-1", 500, Reason::IntrospectionInvalid),
+        ("huge-1", 500, Reason::IntrospectionInvalid),
+        ("otheraud-1", 401, Reason::AudienceMismatch),
+        ("otheriss-1", 401, Reason::IssuerNotAllowed),
+    ];
+    for (token, status, reason) in cases {
+        assert_eq!(outcome(&s.check(token).await), (status, reason), "{token}");
+    }
+    // Failures are not cached: each request asks again.
+    let before = s.calls();
+    s.check("unavailable-1").await;
+    assert_eq!(s.calls(), before + 1);
+}
+
+#[tokio::test]
+async fn a_wrong_client_secret_is_a_502_with_a_hint() {
+    let (base, _idp) = start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("secret"), "wrong").expect("write");
+    let extra = json!({"introspection": {"endpoint": format!("{base}/introspect"), "clientId": CLIENT,
+        "clientSecretRef": {"file": dir.path().join("secret").display().to_string()}, "allowInsecureHttp": true}});
+    let snapshot = Snapshot::build(
+        vec![mk_policy("p", &extra.to_string())],
+        DefaultAction::Deny,
+    )
+    .0;
+    let headers = vec![("authorization".to_string(), "Bearer active-1".to_string())];
+    let request = Request {
+        host: "h",
+        path: "/",
+        method: "GET",
+        headers: Headers::List(&headers),
+        policy: None,
+    };
+    let Decision::Deny(deny) = engine::check(&snapshot, &request, SystemTime::now()).await else {
+        panic!("denied")
+    };
+    assert_eq!(
+        (deny.status, deny.reason),
+        (502, Reason::IntrospectionFailed)
+    );
+    assert!(
+        deny.description.contains("HTTP 401")
+            && deny.description.contains("clientId and the client secret"),
+        "{}",
+        deny.description
+    );
+}
+
+#[tokio::test]
+async fn ttls_follow_cache_control_and_the_token_expiry() {
+    let s = setup(json!({})).await;
+    s.check("nocache-1").await;
+    s.check("nocache-1").await;
+    assert_eq!(s.calls(), 2, "Cache-Control: no-store is honoured");
+    s.check("shortlived-1").await;
+    s.check("shortlived-1").await;
+    assert_eq!(s.calls(), 3);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    s.check("shortlived-1").await;
+    assert_eq!(
+        s.calls(),
+        4,
+        "the answer was cached only until the token's exp"
+    );
+}
+
+#[tokio::test]
+async fn the_phantom_token_replaces_the_opaque_one_after_verification() {
+    let s = setup(json!({"phantomToken": true})).await;
+    let decision = s.check("phantom-1").await;
+    assert_eq!(outcome(&decision), (200, Reason::Valid));
+    let forwarded = set_header(&decision, "authorization").expect("phantom JWT forwarded");
+    assert!(forwarded.starts_with("Bearer ey"), "{forwarded}");
+    assert_eq!(
+        set_header(&decision, "x-user-id"),
+        Some("alice-from-jwt"),
+        "claims come from the verified JWT"
+    );
+    assert_eq!(
+        outcome(&s.check("badphantom-1").await),
+        (500, Reason::IntrospectionInvalid),
+        "a JWT that does not verify is never forwarded"
+    );
+    assert_eq!(
+        outcome(&s.check("active-1").await),
+        (500, Reason::IntrospectionInvalid),
+        "phantomToken needs a jwt in the answer"
+    );
+}
+
+#[tokio::test]
+async fn application_jwt_answers() {
+    let s = setup(json!({"response": "jwt", "phantomToken": true})).await;
+    let decision = s.check("jwtmode-1").await;
+    assert_eq!(outcome(&decision), (200, Reason::Valid));
+    assert!(set_header(&decision, "authorization").is_some_and(|v| v.starts_with("Bearer ey")));
+    assert_eq!(
+        outcome(&s.check("gone-1").await),
+        (401, Reason::TokenInactive),
+        "204 is inactive"
+    );
+}
+
+#[tokio::test]
+async fn signed_introspection_answers_rfc_9701() {
+    let s = setup(json!({"response": "token-introspection+jwt"})).await;
+    assert_eq!(outcome(&s.check("signed-1").await), (200, Reason::Valid));
+    let (status, reason) = outcome(&s.check("wrongaud-1").await);
+    assert_eq!((status, reason), (500, Reason::IntrospectionInvalid));
+}
+
+#[tokio::test]
+async fn userinfo_mode() {
+    let s = setup(json!({"response": "userinfo", "endpoint": "userinfo"})).await;
+    assert_eq!(outcome(&s.check("known").await), (200, Reason::Valid));
+    assert_eq!(
+        outcome(&s.check("unknown").await),
+        (401, Reason::TokenInactive)
+    );
+}
+
+#[tokio::test]
+async fn jwts_are_validated_and_also_introspected_with_when_always() {
+    let s = setup(json!({"when": "always"})).await;
+    let jwt = RSA.mint(&good_claims()).expect("mint");
+    assert_eq!(outcome(&s.check(&jwt).await), (200, Reason::Valid));
+    assert_eq!(s.calls(), 1, "the JWT was introspected too");
+    let rogue = ROGUE.mint(&good_claims()).expect("mint");
+    assert_eq!(
+        outcome(&s.check(&rogue).await),
+        (401, Reason::SignatureInvalid),
+        "the signature still counts"
+    );
+    assert_eq!(
+        s.calls(),
+        1,
+        "a bad JWT is refused before any introspection"
+    );
+    let revoked = RSA
+        .mint(&claims_with(json!({"sub": "revoked"})))
+        .expect("mint");
+    assert_eq!(
+        outcome(&s.check(&revoked).await),
+        (401, Reason::TokenInactive),
+        "a valid but revoked JWT"
+    );
+    let opaque_only = setup(json!({})).await;
+    assert_eq!(
+        outcome(&opaque_only.check(&jwt).await),
+        (200, Reason::Valid)
+    );
+    assert_eq!(
+        opaque_only.calls(),
+        0,
+        "when: opaque leaves JWTs to the keys"
+    );
+}
+
+#[test]
+fn compile_refuses_incomplete_introspection() {
+    let cases = [
+        (
+            json!({"endpoint": "https://idp/introspect"}),
+            "spec.introspection.clientId",
+        ),
+        (
+            json!({"endpoint": "https://idp/introspect", "clientId": "g"}),
+            "spec.introspection.clientSecretRef",
+        ),
+        (
+            json!({"endpoint": "http://idp/introspect", "clientId": "g", "clientSecretRef": {"file": "/x"}}),
+            "spec.introspection.endpoint",
+        ),
+        (
+            json!({"endpoint": "https://idp/i", "clientId": "g", "clientSecretRef": {"name": "a"}}),
+            "spec.introspection.clientSecretRef",
+        ),
+        (
+            json!({"endpoint": "https://idp/i", "response": "userinfo", "phantomToken": true}),
+            "spec.introspection.phantomToken",
+        ),
+        (
+            json!({"endpoint": "https://idp/i", "response": "userinfo", "timeout": "1m"}),
+            "spec.introspection.timeout",
+        ),
+        (
+            json!({"clientId": "g", "clientSecretRef": {"file": "/nonexistent"}, "endpoint": "https://idp/i"}),
+            "spec.introspection.clientSecretRef",
+        ),
+    ];
+    for (block, field) in cases {
+        let extra = json!({"introspection": block}).to_string();
+        let err = try_compile("p", &spec_with(&extra)).expect_err(&extra);
+        assert!(
+            err.problems.iter().any(|p| p.field == field),
+            "{field} in {err}"
+        );
+    }
+    // Inline keys cannot tell where discovery is: the endpoint is required.
+    let err = try_compile(
+        "p",
+        &spec_with(r#"{"introspection": {"response": "userinfo"}}"#),
+    )
+    .expect_err("no endpoint");
+    assert!(
+        err.to_string().contains("does not use OpenID discovery"),
+        "{err}"
+    );
+}
+
+#[test]
+fn basic_credentials_are_form_encoded_first() {
+    // RFC 6749 §2.3.1: form-urlencode id and secret, then base64 "id:secret".
+    let header = crate::introspect::basic_credentials_for_test("a b", "p:w&d");
+    let decoded = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        header.trim_start_matches("Basic "),
+    )
+    .expect("b64");
+    assert_eq!(String::from_utf8(decoded).expect("utf8"), "a+b:p%3Aw%26d");
+    let _ = SigningKey::hmac("unused", "HS256", b"");
+}
