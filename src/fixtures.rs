@@ -82,7 +82,7 @@ pub fn compile_with(
     name: &str,
     spec: &JwtPolicySpec,
 ) -> Result<Policy, CompileError> {
-    let secrets = FileSecrets { base_dir: None };
+    let secrets = FileSecrets::new(None);
     compile(
         namespace,
         name,

@@ -107,6 +107,31 @@ pub trait SecretSource: Send + Sync {
 /// Secrets from files (file mode). Relative paths are resolved against `base_dir`.
 pub struct FileSecrets {
     pub base_dir: Option<PathBuf>,
+    /// Every file read, with a digest of its content, so a change can be noticed.
+    pub read: std::sync::Mutex<Vec<(PathBuf, [u8; 32])>>,
+}
+
+impl FileSecrets {
+    pub fn new(base_dir: Option<PathBuf>) -> Self {
+        FileSecrets {
+            base_dir,
+            read: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The files read so far and their digests.
+    pub fn files(&self) -> Vec<(PathBuf, [u8; 32])> {
+        self.read.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+/// A digest of a secret file's content, or `None` when it cannot be read.
+pub fn file_digest(path: &std::path::Path) -> Option<[u8; 32]> {
+    let bytes = std::fs::read(path).ok()?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    Some(out)
 }
 
 impl SecretSource for FileSecrets {
@@ -126,7 +151,14 @@ impl SecretSource for FileSecrets {
         if meta.len() > 64 * 1024 {
             return Err(format!("{}: larger than 64 KiB", path.display()));
         }
-        std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        if let Ok(mut read) = self.read.lock() {
+            read.push((path, out));
+        }
+        Ok(bytes)
     }
 }
 

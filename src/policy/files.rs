@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::compile::{CompileContext, FileSecrets, Policy, compile};
+use super::compile::{CompileContext, FileSecrets, Policy, compile, file_digest};
 use super::snapshot::{Conflict, DefaultAction, SharedSnapshot, Snapshot};
 use super::spec::{API_VERSION, KIND, PolicyDocument};
 use crate::jwks::KeySources;
@@ -72,6 +72,8 @@ struct PolicyEntry {
     failed: Option<serde_json::Value>,
     /// The failure was a missing secret: retry on every reload until it appears.
     retry: bool,
+    /// Secret files the compiled version read, with their digests: a change recompiles.
+    secret_files: Vec<(PathBuf, [u8; 32])>,
 }
 
 /// Loads and re-loads policies from files and directories.
@@ -232,6 +234,18 @@ impl FileLoader {
             changed = true; // some files disappeared
         }
         changed |= self.policies.values().any(|p| p.retry);
+        // A secret file (HMAC key, introspection client secret) changed: recompile its policies.
+        for entry in self.policies.values_mut() {
+            if entry
+                .secret_files
+                .iter()
+                .any(|(path, digest)| file_digest(path).as_ref() != Some(digest))
+            {
+                entry.document = None;
+                entry.secret_files.clear();
+                changed = true;
+            }
+        }
         self.files = seen;
         if !changed {
             return (None, report);
@@ -279,6 +293,7 @@ impl FileLoader {
                     compiled: None,
                     failed: None,
                     retry: false,
+                    secret_files: Vec::new(),
                 }
             });
             if entry.document.as_ref() == Some(&value)
@@ -286,9 +301,7 @@ impl FileLoader {
             {
                 continue;
             }
-            let secrets = FileSecrets {
-                base_dir: path.parent().map(Path::to_path_buf),
-            };
+            let secrets = FileSecrets::new(path.parent().map(Path::to_path_buf));
             let ctx = CompileContext {
                 key_sources: &self.key_sources,
                 secrets: &secrets,
@@ -298,6 +311,7 @@ impl FileLoader {
                 Ok(policy) => {
                     entry.compiled = Some(Arc::new(policy));
                     entry.document = Some(value);
+                    entry.secret_files = secrets.files();
                     entry.failed = None;
                     entry.retry = false;
                 }

@@ -205,3 +205,29 @@ fn relative_secret_files_resolve_next_to_the_policy() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(ids(&snapshot.expect("snapshot")), ["default/h"]);
 }
+
+#[test]
+fn a_changed_secret_file_recompiles_its_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("hmac.key");
+    std::fs::write(&key, "a".repeat(32)).expect("write");
+    let yaml = "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nmetadata: {name: h}\nspec:\n  issuers: [{issuer: https://idp/, audiences: [a], sharedSecret: {file: hmac.key}}]\n";
+    std::fs::write(dir.path().join("h.yaml"), yaml).expect("write");
+    let mut loader = loader(dir.path());
+    let first = loader.reload().0.expect("snapshot");
+    let before = first.policy("default/h").expect("h").clone();
+    assert!(loader.reload().0.is_none(), "nothing changed");
+    std::fs::write(&key, "b".repeat(32)).expect("rotate");
+    let (snapshot, report) = loader.reload();
+    let after = snapshot
+        .expect("the rotation republishes")
+        .policy("default/h")
+        .expect("h")
+        .clone();
+    assert!(report.changed);
+    assert!(
+        !Arc::ptr_eq(&before, &after),
+        "recompiled with the new secret"
+    );
+    assert!(loader.reload().0.is_none(), "and only once");
+}
