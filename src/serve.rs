@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin;
 use crate::authz::AuthzService;
@@ -160,7 +159,8 @@ pub async fn run(
         .add_service(health_service)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(grpc_listener),
+            // Without TCP_NODELAY, small Check answers wait on delayed ACKs (tens of ms).
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             wait_stop(stop_rx.clone()),
         );
     let admin = axum::serve(admin_listener, admin::router(shared, metrics))

@@ -47,6 +47,17 @@ export TOLLGATE_HELM="$kt_dir/bin/helm" TOLLGATE_KUBECTL="$kt_dir/bin/kubectl"
 "$TOLLGATE_HELM" version --short
 "$TOLLGATE_KUBECTL" version --client 2>/dev/null | sed -n 1p || true
 
+# A real OpenID provider: npm oidc-provider (its server script is tests/oidc/server.mjs).
+OIDC_PROVIDER=9.13.3
+op_dir="$CACHE/oidc-provider-$OIDC_PROVIDER"
+if [ ! -f "$op_dir/node_modules/oidc-provider/package.json" ]; then
+  echo "installing oidc-provider@$OIDC_PROVIDER into $op_dir"
+  rm -rf "$op_dir.tmp" && mkdir -p "$op_dir.tmp"
+  npm install --prefix "$op_dir.tmp" --no-audit --no-fund --silent "oidc-provider@$OIDC_PROVIDER" > /dev/null
+  rm -rf "$op_dir" && mv "$op_dir.tmp" "$op_dir"
+fi
+export TOLLGATE_OIDC_PROVIDER_DIR="$op_dir"
+
 echo "== format, lints"
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

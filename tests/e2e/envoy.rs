@@ -16,7 +16,7 @@ use tollgate::local_issuer::{SigningKey, jwks};
 use crate::support::*;
 
 /// An upstream that answers with the request headers it received, as JSON.
-async fn echo_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+pub async fn echo_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let app = Router::new().fallback(|headers: HeaderMap| async move {
         let map: HashMap<String, String> = headers
             .iter()
@@ -36,9 +36,9 @@ async fn echo_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     )
 }
 
-struct Envoy {
+pub struct Envoy {
     child: Child,
-    port: u16,
+    pub port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -116,7 +116,7 @@ static_resources:
     )
 }
 
-async fn start_envoy(
+pub async fn start_envoy(
     binary: &std::path::Path,
     tollgate: SocketAddr,
     upstream: SocketAddr,
@@ -158,17 +158,17 @@ async fn start_envoy(
     envoy
 }
 
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
-    fn challenge(&self) -> String {
+    pub fn challenge(&self) -> String {
         self.headers
             .get("www-authenticate")
             .and_then(|v| v.to_str().ok())
@@ -177,10 +177,15 @@ impl Answer {
     }
 }
 
-async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Answer {
+pub async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Answer {
+    get_host(port, HOST, path, headers).await
+}
+
+/// A GET through Envoy for `host`.
+pub async fn get_host(port: u16, host: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
     let mut request = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}{path}"))
-        .header("host", HOST);
+        .header("host", host);
     for (k, v) in headers {
         request = request.header(*k, *v);
     }

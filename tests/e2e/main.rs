@@ -5,6 +5,7 @@ mod apiserver;
 mod cli;
 mod deploy;
 mod envoy;
+mod introspection;
 mod kubernetes;
 mod serve;
 mod support;

@@ -309,6 +309,24 @@ pub fn peer(env_var: &str, what: &str) -> Option<PathBuf> {
     None
 }
 
+/// A peer installed as a directory (e.g. an npm package) from the test cache, or `None` (skip)
+/// outside CI.
+pub fn peer_dir(env_var: &str, what: &str) -> Option<PathBuf> {
+    if let Ok(path) = std::env::var(env_var)
+        && Path::new(&path).is_dir()
+    {
+        return Some(PathBuf::from(path));
+    }
+    assert!(
+        !ci(),
+        "{what} is required under CI but {env_var} does not point to it: run tests/run.sh, which installs it"
+    );
+    eprintln!(
+        "SKIPPED: {what} not installed ({env_var} unset); run `bash tests/run.sh` to install the test peers"
+    );
+    None
+}
+
 /// The value of the first sample whose line starts with `prefix`.
 pub fn metric(metrics: &str, prefix: &str) -> Option<f64> {
     metrics
