@@ -184,10 +184,7 @@ pub(crate) fn basic_credentials_for_test(id: &str, secret: &str) -> String {
 }
 
 fn digest(token: &str) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
+    crate::jose::sha256(token.as_bytes())
 }
 
 impl Introspector {

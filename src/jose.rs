@@ -188,10 +188,17 @@ impl<'de> Deserialize<'de> for UniqueObject {
     }
 }
 
+/// SHA-256 of `bytes` (cache keys and change detection; never stored with the input).
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
 /// A short, non-reversible fingerprint of a token for logs (never log the token itself).
 pub fn fingerprint(token: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    digest.as_ref()[..6]
+    sha256(token.as_bytes())[..6]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

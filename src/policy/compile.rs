@@ -127,11 +127,9 @@ impl FileSecrets {
 
 /// A digest of a secret file's content, or `None` when it cannot be read.
 pub fn file_digest(path: &std::path::Path) -> Option<[u8; 32]> {
-    let bytes = std::fs::read(path).ok()?;
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    Some(out)
+    std::fs::read(path)
+        .ok()
+        .map(|bytes| crate::jose::sha256(&bytes))
 }
 
 impl SecretSource for FileSecrets {
@@ -152,11 +150,8 @@ impl SecretSource for FileSecrets {
             return Err(format!("{}: larger than 64 KiB", path.display()));
         }
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
-        let mut out = [0u8; 32];
-        out.copy_from_slice(digest.as_ref());
         if let Ok(mut read) = self.read.lock() {
-            read.push((path, out));
+            read.push((path, crate::jose::sha256(&bytes)));
         }
         Ok(bytes)
     }

@@ -294,26 +294,17 @@ pub fn outcome(response: &CheckResponse) -> (bool, u16, String) {
 
 /// The location of a peer binary from the test cache, or `None` (skip) outside CI.
 pub fn peer(env_var: &str, what: &str) -> Option<PathBuf> {
-    if let Ok(path) = std::env::var(env_var)
-        && Path::new(&path).is_file()
-    {
-        return Some(PathBuf::from(path));
-    }
-    assert!(
-        !ci(),
-        "{what} is required under CI but {env_var} does not point to it: run tests/run.sh, which installs it"
-    );
-    eprintln!(
-        "SKIPPED: {what} not installed ({env_var} unset); run `bash tests/run.sh` to install the test peers"
-    );
-    None
+    installed(env_var, what, Path::is_file)
 }
 
-/// A peer installed as a directory (e.g. an npm package) from the test cache, or `None` (skip)
-/// outside CI.
+/// A peer installed as a directory (e.g. an npm package), or `None` (skip) outside CI.
 pub fn peer_dir(env_var: &str, what: &str) -> Option<PathBuf> {
+    installed(env_var, what, Path::is_dir)
+}
+
+fn installed(env_var: &str, what: &str, exists: fn(&Path) -> bool) -> Option<PathBuf> {
     if let Ok(path) = std::env::var(env_var)
-        && Path::new(&path).is_dir()
+        && exists(Path::new(&path))
     {
         return Some(PathBuf::from(path));
     }
