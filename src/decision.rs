@@ -22,6 +22,18 @@ pub enum Reason {
     TokenMalformed,
     /// The token is an encrypted JWE and the policy cannot decrypt it.
     TokenEncrypted,
+    /// The token is encrypted and no decryption key of the policy has its `kid` and fits its
+    /// `alg`/`enc`.
+    DecryptionKeyNotFound,
+    /// The token is encrypted and could not be decrypted: another key, or altered on the way.
+    DecryptionFailed,
+    /// A decrypted token does not contain a signed JWT (`requireSignedTokens`).
+    TokenNotSigned,
+    /// A Microsoft Graph (or SharePoint) token: `nonce` in its header, or Graph as its
+    /// audience. Only Microsoft can validate it.
+    AzureGraphToken,
+    /// An Azure AD v1 token where only v2 is accepted, or the reverse.
+    AzureTokenVersion,
     /// The header names critical extensions (`crit`) tollgate does not implement.
     UnsupportedCriticalHeader,
     /// The algorithm is `none`, unknown, not on the issuer's allowlist, or does not fit the key.
@@ -70,13 +82,18 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 33] = [
         Reason::Valid,
         Reason::Anonymous,
         Reason::DefaultAllow,
         Reason::TokenMissing,
         Reason::TokenMalformed,
         Reason::TokenEncrypted,
+        Reason::DecryptionKeyNotFound,
+        Reason::DecryptionFailed,
+        Reason::TokenNotSigned,
+        Reason::AzureGraphToken,
+        Reason::AzureTokenVersion,
         Reason::UnsupportedCriticalHeader,
         Reason::AlgorithmNotAllowed,
         Reason::IssuerNotAllowed,
@@ -110,6 +127,11 @@ impl Reason {
             Reason::TokenMissing => "token_missing",
             Reason::TokenMalformed => "token_malformed",
             Reason::TokenEncrypted => "token_encrypted",
+            Reason::DecryptionKeyNotFound => "decryption_key_not_found",
+            Reason::DecryptionFailed => "decryption_failed",
+            Reason::TokenNotSigned => "token_not_signed",
+            Reason::AzureGraphToken => "azure_graph_token",
+            Reason::AzureTokenVersion => "azure_token_version",
             Reason::UnsupportedCriticalHeader => "unsupported_critical_header",
             Reason::AlgorithmNotAllowed => "algorithm_not_allowed",
             Reason::IssuerNotAllowed => "issuer_not_allowed",

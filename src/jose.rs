@@ -150,7 +150,7 @@ pub fn parse(token: &str) -> Result<Jws<'_>, JoseError> {
     })
 }
 
-fn decode_object(segment: &str, part: &'static str) -> Result<Claims, JoseError> {
+pub(crate) fn decode_object(segment: &str, part: &'static str) -> Result<Claims, JoseError> {
     let bytes = B64.decode(segment).map_err(|_| JoseError::Base64(part))?;
     let mut de = serde_json::Deserializer::from_slice(&bytes);
     let object =

@@ -27,6 +27,7 @@ pub mod engine;
 pub(crate) mod fixtures;
 pub mod introspect;
 pub mod jose;
+pub mod jwe;
 pub mod jwks;
 pub mod local_issuer;
 pub mod metrics;
