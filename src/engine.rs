@@ -18,7 +18,8 @@ use base64::Engine as _;
 use crate::claims;
 use crate::decision::{Allow, Decision, Deny, Reason};
 use crate::introspect::{self, Answer, IntrospectError, Introspector, Raw};
-use crate::jose::{self, B64, Claims};
+use crate::jose::{self, B64, Claims, JoseError};
+use crate::jwe::{self, JweError};
 use crate::jwks::Refetch;
 use crate::policy::route::{normalize_host, normalize_path};
 use crate::policy::spec::IntrospectWhen;
@@ -242,6 +243,7 @@ async fn introspect_opaque<'p>(
     let issuer = answer_issuer(policy, claims).map_err(|e| Failure::Token(e, None))?;
     validate::check_claims(claims, issuer, policy, now)
         .map_err(|e| Failure::Token(e, Some(issuer)))?;
+    validate::check_azure(claims, issuer, policy).map_err(|e| Failure::Token(e, Some(issuer)))?;
     validate::check_required(claims, policy).map_err(|e| Failure::Token(e, Some(issuer)))?;
     Ok(Verified {
         claims: claims.clone(),
@@ -390,12 +392,102 @@ async fn verify<'p>(
     let (claims, _, issuer) = verify_signed(policy, token).await?;
     let fail = |e| (e, Some(issuer));
     validate::check_claims(&claims, issuer, policy, now).map_err(fail)?;
+    validate::check_azure(&claims, issuer, policy).map_err(fail)?;
     validate::check_required(&claims, policy).map_err(fail)?;
     Ok((claims, issuer))
 }
 
-/// Checks a JWT's signature with its issuer's keys (refetching once on an unknown `kid`).
+/// Checks a token's signature with its issuer's keys (refetching once on an unknown `kid`),
+/// decrypting it first when it is an encrypted (nested) token.
 async fn verify_signed<'p>(
+    policy: &'p Policy,
+    token: &str,
+) -> Result<(Claims, jose::Header, &'p Issuer), TokenFailure<'p>> {
+    if !jwe::is_compact_jwe(token) {
+        return verify_jws(policy, token).await;
+    }
+    let Some(decryptor) = &policy.decryption else {
+        return Err((ValidationError::Malformed(JoseError::Encrypted), None));
+    };
+    let decrypted = decryptor
+        .decrypt(token)
+        .map_err(|e| (ValidationError::Decryption(e), None))?;
+    let inner = std::str::from_utf8(&decrypted.plaintext).unwrap_or_default();
+    if jwe::is_compact_jwe(inner) {
+        return Err((
+            ValidationError::Decryption(JweError::Malformed(
+                "the decrypted token is encrypted again; one layer of encryption is accepted"
+                    .into(),
+            )),
+            None,
+        ));
+    }
+    let jws_shaped = jose::is_compact(inner, 3);
+    if jws_shaped && (policy.require_signed || !is_unsecured(inner)) {
+        return verify_jws(policy, inner).await;
+    }
+    if policy.require_signed {
+        return Err((
+            ValidationError::NotSigned {
+                cty: decrypted.header.cty.clone(),
+            },
+            None,
+        ));
+    }
+    unsigned_claims(policy, &decrypted, jws_shaped.then_some(inner))
+}
+
+/// Whether a compact JWS is an unsecured JWT (`alg: none`, empty signature).
+fn is_unsecured(token: &str) -> bool {
+    token.ends_with('.')
+        && token
+            .split('.')
+            .next()
+            .and_then(|h| jose::decode_object(h, "header").ok())
+            .and_then(|h| h.get("alg").and_then(|a| a.as_str()).map(str::to_owned))
+            .is_some_and(|alg| alg.eq_ignore_ascii_case("none"))
+}
+
+/// The claims of a decrypted token that carries no signature (`requireSignedTokens: false`):
+/// a JSON object, or an unsecured JWT.
+fn unsigned_claims<'p>(
+    policy: &'p Policy,
+    decrypted: &jwe::Decrypted,
+    unsecured: Option<&str>,
+) -> Result<(Claims, jose::Header, &'p Issuer), TokenFailure<'p>> {
+    let malformed = |e| (ValidationError::Malformed(e), None);
+    let claims = match unsecured.and_then(|t| t.split('.').nth(1)) {
+        Some(payload) => jose::decode_object(payload, "payload").map_err(malformed)?,
+        None => jose::parse_object(&decrypted.plaintext, "payload").map_err(malformed)?,
+    };
+    let iss = match claims.get("iss") {
+        Some(serde_json::Value::String(iss)) => iss.clone(),
+        None => return Err((ValidationError::IssuerMissing, None)),
+        Some(_) => {
+            return Err((
+                ValidationError::ClaimType {
+                    claim: "iss",
+                    expected: "a string",
+                },
+                None,
+            ));
+        }
+    };
+    let issuer = policy
+        .issuer(&iss)
+        .ok_or_else(|| (ValidationError::IssuerNotAllowed(iss.clone()), None))?;
+    let header = jose::Header {
+        alg: decrypted.header.alg.clone(),
+        kid: decrypted.header.kid.clone(),
+        typ: decrypted.header.typ.clone(),
+        cty: decrypted.header.cty.clone(),
+        crit: None,
+    };
+    Ok((claims, header, issuer))
+}
+
+/// Checks a compact JWS's signature with its issuer's keys.
+async fn verify_jws<'p>(
     policy: &'p Policy,
     token: &str,
 ) -> Result<(Claims, jose::Header, &'p Issuer), TokenFailure<'p>> {
@@ -508,14 +600,17 @@ fn allow(
 
 /// RFC 6750 quoted-string content: printable ASCII without `"` and `\`.
 fn quoted(text: &str) -> String {
-    text.chars()
-        .take(400)
-        .map(|c| match c {
-            '"' | '\\' => '\'',
-            c if (' '..='~').contains(&c) => c,
-            _ => '?',
-        })
-        .collect()
+    let mut out = String::with_capacity(text.len().min(400));
+    for c in text.chars().take(400) {
+        match c {
+            '"' | '\\' => out.push('\''),
+            '…' => out.push_str("..."),
+            '–' | '—' => out.push('-'),
+            c if (' '..='~').contains(&c) => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out
 }
 
 /// Builds a denial: status, challenge and JSON body.

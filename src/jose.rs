@@ -116,6 +116,14 @@ pub struct Jws<'a> {
     pub signature: &'a str,
 }
 
+/// Whether `token` is `segments` base64url segments joined by dots (a JWS has 3, a JWE 5).
+pub fn is_compact(token: &str, segments: usize) -> bool {
+    token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && token.bytes().filter(|b| *b == b'.').count() + 1 == segments
+}
+
 /// Splits and decodes a compact JWS.
 pub fn parse(token: &str) -> Result<Jws<'_>, JoseError> {
     if token.len() > MAX_TOKEN_BYTES {
@@ -152,7 +160,12 @@ pub fn parse(token: &str) -> Result<Jws<'_>, JoseError> {
 
 pub(crate) fn decode_object(segment: &str, part: &'static str) -> Result<Claims, JoseError> {
     let bytes = B64.decode(segment).map_err(|_| JoseError::Base64(part))?;
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    parse_object(&bytes, part)
+}
+
+/// Parses a JSON object with unique member names (the claims of a decrypted token).
+pub fn parse_object(bytes: &[u8], part: &'static str) -> Result<Claims, JoseError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
     let object =
         UniqueObject::deserialize(&mut de).map_err(|e| JoseError::Json(part, e.to_string()))?;
     de.end().map_err(|e| JoseError::Json(part, e.to_string()))?;

@@ -152,9 +152,9 @@ pub struct Compact<'a> {
     tag: Vec<u8>,
 }
 
-/// Whether `token` has the five segments of a compact JWE.
+/// Whether `token` has the form of a compact JWE: five base64url segments.
 pub fn is_compact_jwe(token: &str) -> bool {
-    token.bytes().filter(|b| *b == b'.').count() == 4
+    jose::is_compact(token, 5)
 }
 
 /// Splits and decodes a compact JWE.

@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod azure;
 pub mod claims;
 pub mod cli;
 pub mod client;

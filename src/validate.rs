@@ -12,10 +12,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
+use crate::azure::{self, GraphToken};
 use crate::claims::Unmet;
 use crate::decision::Reason;
 use crate::jose::{Claims, JoseError, Jws};
+use crate::jwe::JweError;
 use crate::jwks::KeySet;
+use crate::policy::spec::AzureVersion;
 use crate::policy::{Issuer, Policy};
 
 /// Why a token was refused. Client-facing text never includes the policy's own settings.
@@ -81,6 +84,33 @@ pub enum ValidationError {
     /// A policy-wide required claim is missing or has other values.
     #[error("{}", .0.detail)]
     ClaimUnmet(Unmet),
+    /// An encrypted token could not be decrypted.
+    #[error("{0}")]
+    Decryption(JweError),
+    /// A decrypted token holds no signed JWT while the policy requires one.
+    #[error("the decrypted token is not a signed JWT{}; this API accepts only signed tokens", .cty.as_ref().map(|c| format!(" (cty {c:?})")).unwrap_or_default())]
+    NotSigned { cty: Option<String> },
+    /// A Microsoft Graph token sent to another API.
+    #[error("{}", match .0 {
+        GraphToken::Nonce => azure::GRAPH_TOKEN_MESSAGE.to_string(),
+        GraphToken::Audience(aud) => format!("the token was requested for Microsoft Graph (aud {aud:?}), not for this API; request a token for your API's scope (api://…/.default)"),
+    })]
+    AzureGraph(GraphToken),
+    /// An Azure AD token of the version this API does not accept.
+    #[error("this is an Azure AD {} token and this API accepts {} tokens only; set {} in the API's app registration manifest", azure::version_name(*.token), azure::version_name(*.accepted), azure::accepted_version_setting(*.accepted))]
+    AzureVersion {
+        token: AzureVersion,
+        accepted: AzureVersion,
+    },
+    /// The calling application (`appid`/`azp`) is not one of `clientApplicationIds`.
+    #[error("the calling application ({claim} {}) is not allowed to call this API", .caller.as_deref().map_or_else(|| "missing".to_string(), |c| format!("{c:?}")))]
+    AzureCaller {
+        claim: &'static str,
+        caller: Option<String>,
+    },
+    /// The `tid` claim is not the tenant of the token's issuer.
+    #[error("the token's tid {tid:?} is not the tenant of its issuer")]
+    AzureTenant { tid: String },
 }
 
 impl ValidationError {
@@ -102,15 +132,42 @@ impl ValidationError {
             Expired { .. } => Reason::TokenExpired,
             NotYetValid { .. } | IssuedInFuture { .. } => Reason::TokenNotYetValid,
             AudienceMissing | AudienceMismatch(_) => Reason::AudienceMismatch,
-            ClaimUnmet(_) => Reason::ClaimMismatch,
+            ClaimUnmet(_) | AzureCaller { .. } => Reason::ClaimMismatch,
+            Decryption(e) => e.reason(),
+            NotSigned { .. } => Reason::TokenNotSigned,
+            AzureGraph(_) => Reason::AzureGraphToken,
+            AzureVersion { .. } => Reason::AzureTokenVersion,
+            AzureTenant { .. } => Reason::IssuerNotAllowed,
         }
     }
 
-    /// What the operator could change, naming the policy's settings (for logs, never clients).
+    /// What to change, naming the policy's settings: for logs and `tollgate explain`, never
+    /// for clients.
     pub fn hint(&self, policy: &Policy, issuer: Option<&Issuer>) -> Option<String> {
         use ValidationError::*;
         let issuers: Vec<&str> = policy.issuers.iter().map(|i| i.issuer.as_str()).collect();
+        let audiences: Vec<&str> = match issuer {
+            Some(i) => i.audiences.iter().map(String::as_str).collect(),
+            None => policy
+                .issuers
+                .iter()
+                .flat_map(|i| &i.audiences)
+                .map(String::as_str)
+                .collect(),
+        };
+        let scope = || {
+            audiences
+                .iter()
+                .find(|a| a.starts_with("api://"))
+                .or(audiences.first())
+                .map(|a| format!("{}/.default", a.trim_end_matches('/')))
+        };
         match self {
+            Malformed(JoseError::Encrypted) => Some(
+                "the token is encrypted (JWE): add the private key the issuer encrypts to under spec.decryption.keys".into(),
+            ),
+            IssuerMissing | IssuerNotAllowed(_) if issuers.is_empty() => None,
+            IssuerMissing => Some(format!("the policy accepts issuers {issuers:?}; the token names none")),
             IssuerNotAllowed(iss) => {
                 let near = issuers.iter().find(|known| known.trim_end_matches('/') == iss.trim_end_matches('/'));
                 Some(match near {
@@ -118,9 +175,18 @@ impl ValidationError {
                     None => format!("the policy accepts issuers {issuers:?}; add {iss:?} to spec.issuers if it is trusted"),
                 })
             }
-            AudienceMismatch(aud) => issuer.map(|i| {
-                format!("the issuer accepts audiences {:?}; the token has {aud:?}: request a token for one of them or add the audience", i.audiences)
-            }),
+            AudienceMismatch(aud) => Some(format!(
+                "the token's aud is {}; this policy accepts {}{}",
+                aud.join(", "),
+                audiences.join(", "),
+                match scope() {
+                    Some(scope) if issuer.is_some_and(|i| i.azure.is_some()) || scope.starts_with("api://") => {
+                        format!(" — request the token with scope {scope}")
+                    }
+                    _ => " — request a token for one of them, or add the audience to the issuer".into(),
+                }
+            )),
+            AudienceMissing => Some(format!("the token has no aud; this policy accepts {}", audiences.join(", "))),
             AlgorithmNotAllowed(alg) => issuer.map(|i| {
                 let allowed: Vec<String> = i.algorithms.iter().map(|a| format!("{a:?}")).collect();
                 format!("spec.issuers[].algorithms allows {allowed:?}, not {alg}")
@@ -128,10 +194,51 @@ impl ValidationError {
             KeyNotFound(kid) => issuer.map(|i| {
                 format!("key source {} has no key {kid:?} even after a refetch; is the token from this issuer's current keys?", i.keys.id())
             }),
+            SignatureInvalid(_) => issuer.map(|i| {
+                format!("no key of {} verifies the signature (IDX10511): the token was signed by another environment or tenant with the same kid, or altered", i.keys.id())
+            }),
             Expired { .. } | NotYetValid { .. } | IssuedInFuture { .. } => Some(format!(
                 "the clock skew allowed is {}s (spec.clockSkew); check the clocks of the issuer and this host",
                 policy.clock_skew
             )),
+            Decryption(JweError::KeyNotFound { kid, .. }) => {
+                let kids: Vec<String> = policy
+                    .decryption
+                    .iter()
+                    .flat_map(|d| d.keys())
+                    .map(|k| format!("{} {}", k.kid.as_deref().unwrap_or("(no kid)"), k.describe()))
+                    .collect();
+                Some(format!(
+                    "spec.decryption.keys holds [{}]; the token names {} (IDX10609): add the key the issuer encrypts to",
+                    kids.join(", "),
+                    kid.as_deref().map_or_else(|| "no kid".to_string(), |k| format!("kid {k:?}"))
+                ))
+            }
+            Decryption(JweError::Failed) => Some(
+                "none of spec.decryption.keys decrypts the token (IDX10609): the issuer encrypts to another public key, or the token was altered".into(),
+            ),
+            Decryption(JweError::Rsa1_5NotAllowed) => Some(
+                "ask the issuer to encrypt with RSA-OAEP-256; if it cannot, set spec.decryption.allowRsa1_5: true".into(),
+            ),
+            NotSigned { .. } => Some(
+                "the issuer encrypts claims without signing them: have it sign, then encrypt (a nested JWT); only if the encryption key itself proves the issuer (dir, A128KW, A256KW) set spec.requireSignedTokens: false".into(),
+            ),
+            AzureGraph(_) => Some(format!(
+                "a Graph token's signature can be checked only by Microsoft Graph (its header carries a nonce); the client must request a token for this API{}",
+                scope().map(|s| format!(": scope {s}")).unwrap_or_default()
+            )),
+            AzureVersion { token, accepted } => Some(format!(
+                "the app registration issues {} tokens; set {} in its manifest, or accept {} tokens with spec.azureAd.versions",
+                azure::version_name(*token),
+                azure::accepted_version_setting(*accepted),
+                azure::version_name(*token),
+            )),
+            AzureCaller { .. } => policy.azure.as_ref().map(|p| {
+                format!("spec.azureAd.clientApplicationIds allows {:?}", p.client_application_ids)
+            }),
+            AzureTenant { .. } => issuer.and_then(|i| i.azure.as_ref()).map(|a| {
+                format!("the issuer is tenant {}; the tid claim must match it", a.tenant)
+            }),
             _ => None,
         }
     }
@@ -163,13 +270,78 @@ pub fn route<'p>(
             });
         }
     };
-    let issuer = policy
-        .issuer(iss)
-        .ok_or_else(|| ValidationError::IssuerNotAllowed(iss.clone()))?;
+    let issuer = policy.issuer(iss);
+    let azure_issuer = issuer.is_some_and(|i| i.azure.is_some()) || classify(policy, iss).is_some();
+    if let Some(graph) = azure::graph_token(&jws.header_object, &jws.claims, azure_issuer) {
+        let accepted = |aud: &str| issuer.is_some_and(|i| i.audiences.iter().any(|a| a == aud));
+        if !matches!(&graph, GraphToken::Audience(aud) if accepted(aud)) {
+            return Err(ValidationError::AzureGraph(graph));
+        }
+    }
+    let issuer = issuer.ok_or_else(|| {
+        version_mismatch(policy, iss)
+            .unwrap_or_else(|| ValidationError::IssuerNotAllowed(iss.clone()))
+    })?;
     if !issuer.algorithms.contains(&alg) {
         return Err(ValidationError::AlgorithmNotAllowed(alg_name.clone()));
     }
     Ok((issuer, alg))
+}
+
+/// What `iss` says about an Azure tenant, knowing the policy's own Azure authority.
+fn classify(policy: &Policy, iss: &str) -> Option<azure::AzureIssuer> {
+    match &policy.azure {
+        Some(profile) => azure::classify_with(iss, &profile.authority, &profile.v1_host),
+        None => azure::classify(iss),
+    }
+}
+
+/// An Azure issuer the policy does not accept, while it accepts the same tenant's issuer of
+/// the other version: a v1/v2 mix-up (IDX10205), not a foreign issuer.
+pub fn version_mismatch(policy: &Policy, iss: &str) -> Option<ValidationError> {
+    let token = classify(policy, iss)?;
+    let accepted = policy.issuer(&token.sibling)?.azure.as_ref()?;
+    Some(ValidationError::AzureVersion {
+        token: token.version,
+        accepted: accepted.version,
+    })
+}
+
+/// Azure AD: the `tid` is the issuer's tenant, and the caller (`appid`/`azp`) is allowed.
+pub fn check_azure(
+    claims: &Claims,
+    issuer: &Issuer,
+    policy: &Policy,
+) -> Result<(), ValidationError> {
+    let Some(azure) = &issuer.azure else {
+        return Ok(());
+    };
+    if let Some(tid) = claims.get("tid").and_then(Value::as_str)
+        && tid != azure.tenant
+    {
+        return Err(ValidationError::AzureTenant {
+            tid: tid.to_string(),
+        });
+    }
+    let Some(allowed) = policy
+        .azure
+        .as_ref()
+        .map(|p| &p.client_application_ids)
+        .filter(|ids| !ids.is_empty())
+    else {
+        return Ok(());
+    };
+    let caller = azure::caller(claims, azure.version);
+    if caller.is_some_and(|c| allowed.iter().any(|a| a == c)) {
+        return Ok(());
+    }
+    Err(ValidationError::AzureCaller {
+        claim: match azure.version {
+            AzureVersion::V1 => "appid",
+            AzureVersion::V2 => "azp",
+        },
+        caller: caller.map(str::to_owned),
+    })
 }
 
 /// Verifies the signature with the issuer's key set.

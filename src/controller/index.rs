@@ -156,8 +156,23 @@ fn referenced_secrets(namespace: &str, policy: &JwtPolicy) -> BTreeSet<SecretKey
         .introspection
         .iter()
         .filter_map(|i| i.client_secret_ref.as_ref()?.name.clone());
+    let decryption = policy
+        .spec
+        .decryption
+        .iter()
+        .flat_map(|d| &d.keys)
+        .filter_map(|k| k.secret_ref.as_ref())
+        .map(|r| r.name.clone());
+    let trace = policy
+        .spec
+        .debug
+        .iter()
+        .filter_map(|d| d.trace_header.as_ref()?.value.secret_ref.as_ref())
+        .map(|r| r.name.clone());
     shared
         .chain(introspection)
+        .chain(decryption)
+        .chain(trace)
         .map(|name| (namespace.to_string(), name))
         .collect()
 }

@@ -310,3 +310,6 @@ async fn methods_and_error_descriptions_are_safe_in_headers() {
         "only the quotes of the three parameters: {challenge}"
     );
 }
+
+mod azure;
+mod encrypted;

@@ -166,8 +166,9 @@ enum Secret {
 pub struct DecryptionKey {
     /// Matched against the JWE header's `kid`. Without one the key is tried for any token.
     pub kid: Option<String>,
-    /// The only algorithm the key may be used with (the JWK's `alg`), if any.
-    pub pinned: Option<KeyManagement>,
+    /// The algorithms the key may be used with (the JWK's `alg`, the policy's list); `None`:
+    /// every algorithm its type supports.
+    pub only: Option<Vec<KeyManagement>>,
     secret: Arc<Secret>,
 }
 
@@ -176,7 +177,7 @@ impl std::fmt::Debug for DecryptionKey {
         f.debug_struct("DecryptionKey")
             .field("kid", &self.kid)
             .field("kind", &self.describe())
-            .field("pinned", &self.pinned)
+            .field("only", &self.only)
             .finish_non_exhaustive()
     }
 }
@@ -246,7 +247,7 @@ impl DecryptionKey {
     fn new(kid: Option<String>, secret: Secret) -> Self {
         DecryptionKey {
             kid,
-            pinned: None,
+            only: None,
             secret: Arc::new(secret),
         }
     }
@@ -257,9 +258,15 @@ impl DecryptionKey {
         self
     }
 
-    /// The same key, restricted to one algorithm.
-    pub fn pinned_to(mut self, alg: KeyManagement) -> Self {
-        self.pinned = Some(alg);
+    /// The same key, restricted to `algorithms` (within any earlier restriction).
+    pub fn restricted_to(mut self, algorithms: &[KeyManagement]) -> Self {
+        self.only = Some(match self.only {
+            None => algorithms.to_vec(),
+            Some(only) => only
+                .into_iter()
+                .filter(|alg| algorithms.contains(alg))
+                .collect(),
+        });
         self
     }
 
@@ -277,8 +284,12 @@ impl DecryptionKey {
         KeyManagement::ALL
             .into_iter()
             .filter(|alg| self.type_fits(*alg))
-            .filter(|alg| self.pinned.is_none_or(|p| p == *alg))
+            .filter(|alg| self.allows(*alg))
             .collect()
+    }
+
+    fn allows(&self, alg: KeyManagement) -> bool {
+        self.only.as_ref().is_none_or(|only| only.contains(&alg))
     }
 
     fn type_fits(&self, alg: KeyManagement) -> bool {
@@ -295,7 +306,7 @@ impl DecryptionKey {
     /// Whether this key may decrypt a token with `alg`/`enc`.
     pub fn fits(&self, alg: KeyManagement, enc: ContentEncryption) -> bool {
         self.type_fits(alg)
-            && self.pinned.is_none_or(|p| p == alg)
+            && self.allows(alg)
             && match (&*self.secret, alg) {
                 (Secret::Oct(bytes), KeyManagement::Dir) => bytes.len() == enc.key_len(),
                 _ => true,
@@ -376,7 +387,7 @@ impl DecryptionKey {
                 .filter(|alg| key.type_fits(*alg))
                 .or(direct)
                 .ok_or(KeyError::AlgorithmMismatch(name))?;
-            key.pinned = Some(alg);
+            key.only = Some(vec![alg]);
         }
         Ok(key)
     }

@@ -259,8 +259,8 @@ fn keys_are_chosen_by_kid_and_wrong_keys_fail_without_detail() {
         .expect_err("wrong key");
     assert_eq!(err, JweError::Failed);
 
-    // A key pinned to another algorithm is not a candidate.
-    let pinned = named.pinned_to(KeyManagement::RsaOaep);
+    // A key restricted to another algorithm is not a candidate.
+    let pinned = named.restricted_to(&[KeyManagement::RsaOaep]);
     let err = Decryptor::new(vec![pinned], false)
         .decrypt(&token)
         .expect_err("pinned elsewhere");

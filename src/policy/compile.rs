@@ -12,11 +12,14 @@ use url::Url;
 
 use super::route::{HostPattern, Methods, PathPrefix};
 use super::spec::{
-    ClaimRequirementSpec, DenyDetail, IntrospectionResponse, IntrospectionSpec, IssuerSpec,
-    JwtPolicySpec, SecretEncoding, SecretKeyRef, SecretSpec,
+    AzureAdSpec, ClaimRequirementSpec, DecryptionSpec, DenyDetail, IntrospectionResponse,
+    IntrospectionSpec, IssuerSpec, JwtPolicySpec, SecretEncoding, SecretKeyRef, SecretSpec,
+    TraceHeaderSpec,
 };
+use crate::azure::{self, AzureIssuer};
 use crate::claims::ClaimRequirement;
 use crate::introspect::{CacheSettings, EndpointSource, Introspector, IntrospectorConfig};
+use crate::jwe::{self, Decryptor};
 use crate::jwks::{KeySet, KeySource, KeySources, Origin, VerifyingKey};
 
 /// Bounds that keep one policy's cost predictable.
@@ -181,6 +184,40 @@ pub struct Issuer {
     pub audiences: Vec<String>,
     pub algorithms: Vec<Algorithm>,
     pub keys: Arc<KeySource>,
+    /// The Azure AD tenant and token version, when the issuer has Azure's shape.
+    pub azure: Option<AzureIssuer>,
+}
+
+/// What an `azureAd` profile adds beyond its issuers.
+#[derive(Clone, Debug, Default)]
+pub struct AzureProfile {
+    /// Allowed callers (`appid`/`azp`); empty: any.
+    pub client_application_ids: Vec<String>,
+    pub authority: String,
+    pub v1_host: String,
+}
+
+/// The request header that returns the trace (`debug.traceHeader`).
+#[derive(Clone)]
+pub struct TraceHeader {
+    /// Lower-case header name.
+    pub name: String,
+    value: Vec<u8>,
+}
+
+impl std::fmt::Debug for TraceHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceHeader")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TraceHeader {
+    /// Whether a request header value carries the secret (compared in constant time).
+    pub fn matches(&self, value: &str) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(value.as_bytes(), &self.value).is_ok()
+    }
 }
 
 /// A compiled per-path rule.
@@ -247,6 +284,14 @@ pub struct Policy {
     pub deny: DenyConfig,
     /// Token introspection, if configured.
     pub introspection: Option<Arc<Introspector>>,
+    /// Keys for encrypted (JWE) tokens.
+    pub decryption: Option<Arc<Decryptor>>,
+    /// Whether a decrypted token must contain a signed JWT.
+    pub require_signed: bool,
+    /// The `azureAd` profile, if any.
+    pub azure: Option<AzureProfile>,
+    /// `debug.traceHeader`, if any.
+    pub trace_header: Option<TraceHeader>,
 }
 
 impl Policy {
@@ -378,10 +423,12 @@ pub fn compile(
     let token = token_location(&mut c, spec);
 
     // issuers
-    if spec.issuers.is_empty() {
-        c.invalid("spec.issuers", "at least one issuer is required");
+    if spec.issuers.is_empty() && spec.azure_ad.is_none() {
+        c.invalid(
+            "spec.issuers",
+            "at least one issuer is required (or an azureAd profile)",
+        );
     }
-    c.at_most("spec.issuers", &spec.issuers, limits::ISSUERS);
     let mut issuers: Vec<Issuer> = Vec::new();
     for (i, issuer) in spec.issuers.iter().enumerate() {
         let field = format!("spec.issuers[{i}]");
@@ -392,9 +439,24 @@ pub fn compile(
             );
             continue;
         }
-        if let Some(compiled) = compile_issuer(&mut c, &field, namespace, &id, issuer, ctx) {
+        if let Some(mut compiled) = compile_issuer(&mut c, &field, namespace, &id, issuer, ctx) {
+            compiled.azure = azure::classify(&compiled.issuer);
             issuers.push(compiled);
         }
+    }
+    let azure = spec
+        .azure_ad
+        .as_ref()
+        .map(|profile| compile_azure(&mut c, namespace, &id, profile, &mut issuers, ctx));
+    if issuers.len() > limits::ISSUERS {
+        c.invalid(
+            "spec.issuers",
+            format!(
+                "{} issuers (with those azureAd expands to); at most {} are allowed",
+                issuers.len(),
+                limits::ISSUERS
+            ),
+        );
     }
 
     let required_claims = requirements(&mut c, "spec.requiredClaims", &spec.required_claims);
@@ -459,6 +521,22 @@ pub fn compile(
         .introspection
         .as_ref()
         .and_then(|i| compile_introspection(&mut c, namespace, i, &issuers, ctx));
+    let decryption = spec
+        .decryption
+        .as_ref()
+        .and_then(|d| compile_decryption(&mut c, namespace, d, ctx));
+    let require_signed = spec.require_signed_tokens.unwrap_or(true);
+    if !require_signed && spec.decryption.is_none() {
+        c.invalid(
+            "spec.requireSignedTokens",
+            "false only applies to encrypted tokens (configure decryption); unsigned JWTs are never accepted",
+        );
+    }
+    let trace_header = spec
+        .debug
+        .as_ref()
+        .and_then(|d| d.trace_header.as_ref())
+        .and_then(|t| compile_trace_header(&mut c, namespace, t, &token, ctx));
 
     if !c.problems.is_empty() {
         return Err(CompileError {
@@ -479,7 +557,225 @@ pub fn compile(
         forward,
         deny,
         introspection,
+        decryption,
+        require_signed,
+        azure,
+        trace_header,
     })
+}
+
+fn compile_azure(
+    c: &mut Checker,
+    namespace: &str,
+    policy_id: &str,
+    spec: &AzureAdSpec,
+    issuers: &mut Vec<Issuer>,
+    ctx: &CompileContext<'_>,
+) -> AzureProfile {
+    let authority = spec
+        .authority
+        .clone()
+        .unwrap_or_else(|| azure::DEFAULT_AUTHORITY.into());
+    let v1_host = spec
+        .v1_issuer_host
+        .clone()
+        .unwrap_or_else(|| azure::DEFAULT_V1_HOST.into());
+    for (field, text) in [
+        ("spec.azureAd.authority", &authority),
+        ("spec.azureAd.v1IssuerHost", &v1_host),
+    ] {
+        if let Some(url) = parse_url(c, field, text, spec.allow_insecure_http)
+            && url.path() != "/"
+        {
+            c.invalid(
+                field,
+                format!("{text} must be a bare origin like https://login.microsoftonline.com"),
+            );
+        }
+    }
+    match azure::expand(spec) {
+        Ok(expanded) => {
+            for e in expanded {
+                if issuers.iter().any(|i| i.issuer == e.spec.issuer) {
+                    c.invalid(
+                        "spec.azureAd",
+                        format!("{} is also listed in spec.issuers; keep one", e.spec.issuer),
+                    );
+                    continue;
+                }
+                if let Some(mut issuer) =
+                    compile_issuer(c, "spec.azureAd", namespace, policy_id, &e.spec, ctx)
+                {
+                    issuer.azure = Some(e.azure);
+                    issuers.push(issuer);
+                }
+            }
+        }
+        Err(problems) => {
+            for (field, message) in problems {
+                c.invalid(field, message);
+            }
+        }
+    }
+    AzureProfile {
+        client_application_ids: spec.client_application_ids.clone(),
+        authority: authority.trim_end_matches('/').to_string(),
+        v1_host: v1_host.trim_end_matches('/').to_string(),
+    }
+}
+
+fn compile_decryption(
+    c: &mut Checker,
+    namespace: &str,
+    spec: &DecryptionSpec,
+    ctx: &CompileContext<'_>,
+) -> Option<Arc<Decryptor>> {
+    let before = c.problems.len();
+    if spec.keys.is_empty() {
+        c.invalid("spec.decryption.keys", "list at least one key");
+    }
+    let mut keys = Vec::new();
+    for (i, entry) in spec.keys.iter().enumerate() {
+        let field = format!("spec.decryption.keys[{i}]");
+        let source = SecretSpec {
+            file: entry.file.clone(),
+            secret_ref: entry.secret_ref.clone(),
+            encoding: None,
+        };
+        if entry.file.is_some() == entry.secret_ref.is_some() {
+            c.invalid(&field, "give either file or secretRef");
+            continue;
+        }
+        let raw = match ctx.secrets.read(namespace, &source) {
+            Ok(raw) => raw,
+            Err(e) => {
+                c.secret(&field, e);
+                continue;
+            }
+        };
+        let mut found = match jwe::parse_keys(&raw) {
+            Ok(found) => found,
+            Err(e) => {
+                c.invalid(&field, e.to_string());
+                continue;
+            }
+        };
+        if let Some(kid) = &entry.kid {
+            if found.len() != 1 {
+                c.invalid(
+                    format!("{field}.kid"),
+                    format!("kid names one key; this secret holds {}", found.len()),
+                );
+                continue;
+            }
+            found = found.into_iter().map(|k| k.with_kid(kid.clone())).collect();
+        }
+        if !entry.algorithms.is_empty() {
+            let mut allowed = Vec::new();
+            for (j, name) in entry.algorithms.iter().enumerate() {
+                match jwe::KeyManagement::parse(name) {
+                    Some(jwe::KeyManagement::Rsa1_5) if !spec.allow_rsa1_5 => c.invalid(
+                        format!("{field}.algorithms[{j}]"),
+                        "RSA1_5 needs decryption.allowRsa1_5: true (it is open to padding-oracle attacks)",
+                    ),
+                    Some(alg) => allowed.push(alg),
+                    None => c.invalid(
+                        format!("{field}.algorithms[{j}]"),
+                        format!("{name:?} is not supported; use RSA-OAEP, RSA-OAEP-256, RSA1_5, ECDH-ES, ECDH-ES+A128KW, ECDH-ES+A256KW, A128KW, A256KW or dir"),
+                    ),
+                }
+            }
+            found = found
+                .into_iter()
+                .map(|k| k.restricted_to(&allowed))
+                .collect();
+        }
+        for key in &found {
+            if key.algorithms().is_empty() {
+                c.invalid(
+                    &field,
+                    format!(
+                        "the {} key {} can be used with none of the algorithms allowed for it",
+                        key.describe(),
+                        key.kid.as_deref().unwrap_or("(no kid)")
+                    ),
+                );
+            }
+        }
+        keys.extend(found);
+    }
+    if keys.len() > jwe::key::MAX_KEYS {
+        c.invalid(
+            "spec.decryption.keys",
+            format!(
+                "{} keys; at most {} are allowed",
+                keys.len(),
+                jwe::key::MAX_KEYS
+            ),
+        );
+    }
+    let mut kids: Vec<&str> = keys.iter().filter_map(|k| k.kid.as_deref()).collect();
+    kids.sort_unstable();
+    if let Some(pair) = kids.windows(2).find(|w| w[0] == w[1]) {
+        c.invalid(
+            "spec.decryption.keys",
+            format!(
+                "kid {:?} is used by two keys; the token's kid must choose one",
+                pair[0]
+            ),
+        );
+    }
+    if c.problems.len() > before {
+        return None;
+    }
+    Some(Arc::new(Decryptor::new(keys, spec.allow_rsa1_5)))
+}
+
+fn compile_trace_header(
+    c: &mut Checker,
+    namespace: &str,
+    spec: &TraceHeaderSpec,
+    token: &TokenLocation,
+    ctx: &CompileContext<'_>,
+) -> Option<TraceHeader> {
+    let field = "spec.debug.traceHeader";
+    let name = spec
+        .name
+        .clone()
+        .unwrap_or_else(|| "x-tollgate-debug".into())
+        .to_ascii_lowercase();
+    if !valid_header_name(&name)
+        || RESERVED_HEADERS.contains(&name.as_str())
+        || name == token.header
+    {
+        c.invalid(
+            format!("{field}.name"),
+            format!("{name:?} cannot be the trace header"),
+        );
+        return None;
+    }
+    match ctx.secrets.read(namespace, &spec.value) {
+        Ok(raw) => match decode_secret(&raw, spec.value.encoding.unwrap_or_default()) {
+            Ok(value) if value.len() >= 16 && value.iter().all(|b| (b' '..=b'~').contains(b)) => {
+                Some(TraceHeader { name, value })
+            }
+            Ok(_) => {
+                c.invalid(
+                    format!("{field}.value"),
+                    "the value must be at least 16 printable ASCII characters (it guards the trace)",
+                );
+                None
+            }
+            Err(e) => {
+                c.invalid(format!("{field}.value"), e);
+                None
+            }
+        },
+        Err(e) => {
+            c.secret(format!("{field}.value"), e);
+            None
+        }
+    }
 }
 
 fn prefixes(c: &mut Checker, field: &str, paths: &[String]) -> Vec<PathPrefix> {
@@ -747,6 +1043,7 @@ fn compile_issuer(
         audiences: spec.audiences.clone(),
         algorithms,
         keys: keys?,
+        azure: None,
     })
 }
 

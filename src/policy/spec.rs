@@ -81,6 +81,8 @@ pub struct DocumentMetadata {
     )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("(has(self.issuers) && size(self.issuers) > 0) || has(self.azureAd)").message("list at least one issuer, or set azureAd"))]
+#[x_kube(validation = Rule::new("!has(self.requireSignedTokens) || self.requireSignedTokens || has(self.decryption)").message("requireSignedTokens: false only applies to encrypted tokens; configure decryption"))]
 pub struct JwtPolicySpec {
     /// Which requests this policy judges.
     #[serde(default, rename = "match")]
@@ -88,9 +90,22 @@ pub struct JwtPolicySpec {
     /// Where the token is read. Default: `Authorization: Bearer <token>`.
     #[serde(default)]
     pub token: TokenSpec,
-    /// Accepted issuers and where their keys come from.
-    #[schemars(length(min = 1, max = 32))]
+    /// Accepted issuers and where their keys come from. May be empty when `azureAd` is set.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
     pub issuers: Vec<IssuerSpec>,
+    /// Azure AD / Microsoft Entra ID tenants: expands to their v1/v2 issuers and discovery
+    /// documents, checks the calling application, and explains Graph tokens and version
+    /// mix-ups (API Management's `validate-azure-ad-token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure_ad: Option<AzureAdSpec>,
+    /// Keys that decrypt encrypted (JWE) access tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decryption: Option<DecryptionSpec>,
+    /// Whether a decrypted token must contain a signed JWT, validated like any other (default
+    /// true). `false` accepts encrypted claims without a signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_signed_tokens: Option<bool>,
     /// Claims every token must carry (Azure API Management `required-claims` semantics).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
@@ -118,6 +133,124 @@ pub struct JwtPolicySpec {
     /// checks), with the phantom-token pattern.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub introspection: Option<IntrospectionSpec>,
+    /// Opt-in diagnostics for live traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug: Option<DebugSpec>,
+}
+
+/// Azure AD token versions.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum AzureVersion {
+    /// v1.0 tokens: issuer `https://sts.windows.net/{tenant}/`, caller in `appid`.
+    V1,
+    /// v2.0 tokens: issuer `https://login.microsoftonline.com/{tenant}/v2.0`, caller in `azp`.
+    V2,
+}
+
+/// An Azure AD (Microsoft Entra ID) application.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(
+    "has(self.tenantId) != (has(self.tenants) && size(self.tenants) > 0)"
+).message("set tenantId, or tenants for a multi-tenant application, not both"))]
+pub struct AzureAdSpec {
+    /// The directory (tenant) id, a GUID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub tenant_id: Option<String>,
+    /// The tenants a multi-tenant application accepts; each expands to its own issuers
+    /// (the `{tenantid}` of the issuer template).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 64)))]
+    pub tenants: Vec<String>,
+    /// Token versions accepted (default both). Which one Azure issues is the API's
+    /// `accessTokenAcceptedVersion` in its app registration manifest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub versions: Vec<AzureVersion>,
+    /// The API's Application ID URI (`api://…`) and/or client id. Required.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 1024)))]
+    pub audiences: Vec<String>,
+    /// Applications allowed to call (`appid` of v1 tokens, `azp` of v2). Default: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 64)))]
+    pub client_application_ids: Vec<String>,
+    /// The cloud's login endpoint (default `https://login.microsoftonline.com`; e.g.
+    /// `https://login.microsoftonline.us` or `https://login.chinacloudapi.cn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub authority: Option<String>,
+    /// The host of v1 issuers (default `https://sts.windows.net`; `https://sts.chinacloudapi.cn`
+    /// in the China cloud).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub v1_issuer_host: Option<String>,
+    /// Allow a plain-http authority (local development only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure_http: bool,
+}
+
+/// Private keys that decrypt encrypted access tokens.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DecryptionSpec {
+    /// Key files or Secret keys: PEM private keys (PKCS#8, `RSA PRIVATE KEY`, `EC PRIVATE KEY`),
+    /// a private JWK or a JWK set. The token's `kid` chooses the key. At most 16 keys in all.
+    #[schemars(length(min = 1, max = 16))]
+    pub keys: Vec<DecryptionKeySpec>,
+    /// Accept `RSA1_5` key encryption. RSAES-PKCS1-v1_5 is open to padding-oracle attacks;
+    /// enable it only for an issuer that cannot use RSA-OAEP (padding failures are then handled
+    /// in constant time, RFC 7516 §11.5).
+    #[serde(
+        default,
+        rename = "allowRsa1_5",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub allow_rsa1_5: bool,
+}
+
+/// Where decryption keys are read.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DecryptionKeySpec {
+    /// A file (file mode; relative to the policy file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// A key of a Kubernetes Secret in the policy's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// The `kid` of the key (for PEM keys, which carry none; overrides a JWK's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub kid: Option<String>,
+    /// Key-management algorithms the key may be used with (default: all that fit its type:
+    /// RSA-OAEP/RSA-OAEP-256 for RSA, ECDH-ES* for EC/X25519, A128KW/A256KW/dir for AES keys).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 9), inner(length(max = 16)))]
+    pub algorithms: Vec<String>,
+}
+
+/// Opt-in diagnostics for live traffic.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DebugSpec {
+    /// Return the check's trace in the `x-tollgate-trace` response header, only to requests
+    /// that carry a header with a secret value (like API Management's `Ocp-Apim-Trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_header: Option<TraceHeaderSpec>,
+}
+
+/// The request header that turns the trace on.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TraceHeaderSpec {
+    /// Header name (default `x-tollgate-debug`). Removed before the request goes upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The value the header must carry: a Secret key or a file (at least 16 bytes).
+    pub value: SecretSpec,
 }
 
 /// Request matching. Empty lists match everything.

@@ -109,6 +109,9 @@ fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
         json!({"issuers": [issuer(json!({"issuer": "http://127.0.0.1:8080", "allowInsecureHttp": true}))]}),
         json!({"issuers": [issuer(json!({"sharedSecret": {"secretRef": {"name": "s", "key": "k"}}, "algorithms": ["HS256"]}))]}),
         json!({"issuers": [issuer(json!({}))], "rules": [{"paths": ["/a"], "allowAnonymous": true}, {"paths": ["/b"], "requiredClaims": [{"name": "roles"}]}]}),
+        json!({"azureAd": {"tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47", "audiences": ["api://orders"], "versions": ["v2"]}}),
+        json!({"issuers": [issuer(json!({}))], "decryption": {"keys": [{"secretRef": {"name": "k", "key": "pem"}}], "allowRsa1_5": true}, "requireSignedTokens": false}),
+        json!({"issuers": [issuer(json!({}))], "debug": {"traceHeader": {"value": {"secretRef": {"name": "d", "key": "v"}}}}}),
     ];
     for spec in ok {
         assert_eq!(cel(&policy(spec.clone())), Ok(()), "{spec}");
@@ -149,6 +152,15 @@ fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
         (
             json!({"issuers": [issuer(json!({}))], "rules": [{"allowAnonymous": true, "requiredClaims": [{"name": "x"}]}]}),
             "either requiredClaims or allowAnonymous",
+        ),
+        (json!({}), "list at least one issuer, or set azureAd"),
+        (
+            json!({"azureAd": {"tenantId": "t", "tenants": ["u"], "audiences": ["a"]}}),
+            "set tenantId, or tenants",
+        ),
+        (
+            json!({"issuers": [issuer(json!({}))], "requireSignedTokens": false}),
+            "configure decryption",
         ),
     ];
     for (spec, message) in bad {
