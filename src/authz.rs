@@ -25,6 +25,7 @@ use crate::proto::core::header_value_option::HeaderAppendAction;
 use crate::proto::core::{HeaderValue, HeaderValueOption};
 use crate::proto::http_type::HttpStatus;
 use crate::telemetry::{self, RequestInfo};
+use crate::trace;
 
 /// The route's context extension that names a policy explicitly (`namespace/name`).
 pub const POLICY_EXTENSION: &str = "tollgate.dev/policy";
@@ -169,8 +170,17 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
     }
 }
 
+/// The `x-tollgate-trace` header, when the policy's trace header asked for it.
+fn trace_header(decision: &Decision) -> Option<HeaderValueOption> {
+    decision
+        .trace()
+        .filter(|t| t.expose)
+        .map(|t| header(trace::RESPONSE_HEADER, &t.to_header_value()))
+}
+
 /// Converts a decision into Envoy's answer.
 pub fn to_check_response(decision: &Decision) -> CheckResponse {
+    let trace = trace_header(decision);
     match decision {
         Decision::Allow(allow) => {
             let mut metadata = BTreeMap::new();
@@ -199,6 +209,7 @@ pub fn to_check_response(decision: &Decision) -> CheckResponse {
                         .collect(),
                     headers_to_remove: allow.headers_to_remove.clone(),
                     query_parameters_to_remove: allow.query_params_to_remove.clone(),
+                    response_headers_to_add: trace.into_iter().collect(),
                     ..Default::default()
                 })),
                 dynamic_metadata: (!metadata.is_empty())
@@ -220,6 +231,7 @@ pub fn to_check_response(decision: &Decision) -> CheckResponse {
             if let Some(challenge) = &deny.www_authenticate {
                 headers.push(header("www-authenticate", challenge));
             }
+            headers.extend(trace);
             CheckResponse {
                 status: Some(crate::proto::google::rpc::Status {
                     code: grpc,

@@ -66,6 +66,18 @@ pub fn claim_values(value: &Value, separator: Option<&str>) -> Vec<String> {
 }
 
 impl ClaimRequirement {
+    /// The requirement in words: `scp with one of ["orders.read"]`.
+    pub fn describe(&self) -> String {
+        if self.values.is_empty() {
+            return format!("claim {:?} present", self.name);
+        }
+        let mode = match self.mode {
+            MatchMode::Any => "one of",
+            MatchMode::All => "all of",
+        };
+        format!("claim {:?} with {mode} {:?}", self.name, self.values)
+    }
+
     /// Checks the requirement against verified claims.
     pub fn check(&self, claims: &Claims) -> Result<(), Unmet> {
         let unmet = |detail: String| {

@@ -1,4 +1,4 @@
-//! Command-line interface: `serve`, `check-policy`, `authorize`, `demo`.
+//! Command-line interface: `serve`, `check-policy`, `explain`, `authorize`, `demo`, `crdgen`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +41,9 @@ pub enum Command {
     Authorize(AuthorizeArgs),
     /// Run a local identity provider, an example policy and tollgate, and judge example tokens.
     Demo(DemoArgs),
+    /// Explain why a token is allowed or denied by a policy, check by check, with a fix for
+    /// each failure. Exit code 0: allowed, 1: denied, 2: usage error.
+    Explain(ExplainArgs),
     /// Print the JwtPolicy CustomResourceDefinition, or write it to a file (`crds/` in this repository).
     Crdgen {
         /// Write here instead of printing.
@@ -149,6 +152,47 @@ pub struct AuthorizeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// A policy file or directory, or `namespace/name` of a JwtPolicy in the cluster of the
+    /// current kubeconfig.
+    #[arg(long)]
+    pub policy: String,
+    /// The token, or `-` to read it from standard input. Without one, the request has none.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Request host; with --path/--method it selects the policy as a route would.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Request path.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Request method (default GET).
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Extra request header `name: value` (repeatable).
+    #[arg(long = "header", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// Never fetch discovery or JWKS: use only keys written in the policy.
+    #[arg(long)]
+    pub offline: bool,
+    /// Judge as if the clock said this time (RFC 3339, e.g. 2026-01-01T00:00:00Z).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub at: Option<std::time::SystemTime>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ExplainOutput::Text)]
+    pub output: ExplainOutput,
+}
+
+/// `tollgate explain` output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExplainOutput {
+    /// ✓/✗ per check, for people.
+    Text,
+    /// One JSON document, for tools.
+    Json,
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     #[arg(long, default_value = "127.0.0.1:9001")]
     pub grpc_addr: SocketAddr,
@@ -228,6 +272,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", client::render(&response));
             Ok(if client::allowed(&response) { 0 } else { 1 })
         }
+        Command::Explain(args) => explain_command(args).await,
         Command::Crdgen { out } => {
             let yaml = crate::policy::spec::crd_yaml().context("rendering the CRD")?;
             match out {
@@ -247,6 +292,64 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(if ok { 0 } else { 1 })
         }
     }
+}
+
+async fn explain_command(args: ExplainArgs) -> anyhow::Result<i32> {
+    match explain_run(args).await {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(2)
+        }
+    }
+}
+
+async fn explain_run(args: ExplainArgs) -> anyhow::Result<i32> {
+    use crate::explain::{self, PolicySource};
+    let token = match args.token.as_deref() {
+        Some("-") => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(std::io::stdin(), 1 << 20),
+                &mut text,
+            )
+            .context("reading the token from standard input")?;
+            let token = text.trim().to_string();
+            anyhow::ensure!(!token.is_empty(), "standard input holds no token");
+            Some(token)
+        }
+        other => other.map(str::to_owned),
+    };
+    let key_sources = if args.offline {
+        KeySources::offline()
+    } else {
+        crate::jwks::Fetcher::new(FetchSettings::default())
+            .map(|fetcher| KeySources::new(fetcher, RefreshSettings::default()))
+    }
+    .context("creating the HTTP client")?;
+    let snapshot = match PolicySource::parse(&args.policy) {
+        PolicySource::File(path) => explain::load_files(path, key_sources)?,
+        PolicySource::Cluster { namespace, name } => explain::single(
+            crate::controller::fetch::fetch_policy(&namespace, &name, &key_sources).await?,
+        ),
+    };
+    let request = explain::ExplainRequest {
+        token,
+        host: args.host,
+        path: args.path,
+        method: args.method,
+        headers: args.headers,
+        at: args.at,
+    };
+    let explanation = explain::explain(&snapshot, &request, args.offline).await?;
+    match args.output {
+        ExplainOutput::Text => print!("{}", explain::render_text(&explanation)),
+        ExplainOutput::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&explanation).context("rendering JSON")?
+        ),
+    }
+    Ok(if explanation.allowed() { 0 } else { 1 })
 }
 
 fn check_policy(paths: Vec<PathBuf>) -> anyhow::Result<i32> {
@@ -287,6 +390,7 @@ pub fn init_logging(cli: &Cli) {
         Command::Demo(_)
         | Command::CheckPolicy { .. }
         | Command::Authorize(_)
+        | Command::Explain(_)
         | Command::Crdgen { .. } => "warn",
         Command::Serve(_) => "info",
     };

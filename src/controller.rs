@@ -11,6 +11,7 @@
 //! Kubernetes types.
 
 pub mod admission;
+pub mod fetch;
 pub mod index;
 pub mod leader;
 pub mod replicas;

@@ -6,6 +6,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::trace::Trace;
+
 /// Why a request was allowed or denied. Bounded: safe as a metric label.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -227,6 +229,26 @@ impl Decision {
     pub fn is_allow(&self) -> bool {
         matches!(self, Decision::Allow(_))
     }
+
+    /// The trace, when tracing was on.
+    pub fn trace(&self) -> Option<&Arc<Trace>> {
+        match self {
+            Decision::Allow(a) => a.trace.as_ref(),
+            Decision::Deny(d) => d.trace.as_ref(),
+        }
+    }
+
+    /// Attaches a trace (if it recorded anything).
+    pub fn with_trace(mut self, trace: Trace) -> Self {
+        if trace.is_on() {
+            let trace = Some(Arc::new(trace));
+            match &mut self {
+                Decision::Allow(a) => a.trace = trace,
+                Decision::Deny(d) => d.trace = trace,
+            }
+        }
+        self
+    }
 }
 
 /// An allowed request and how to change it before it reaches the upstream.
@@ -245,6 +267,8 @@ pub struct Allow {
     pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// The issuer that signed the token.
     pub issuer: Option<String>,
+    /// Every check the request went through, when tracing was on.
+    pub trace: Option<Arc<Trace>>,
 }
 
 /// A denied request and the HTTP answer the client receives.
@@ -264,6 +288,8 @@ pub struct Deny {
     pub hint: Option<String>,
     /// Fingerprint of the token (never the token), for correlating logs.
     pub token_id: Option<String>,
+    /// Every check the request went through, when tracing was on.
+    pub trace: Option<Arc<Trace>>,
 }
 
 #[cfg(test)]

@@ -24,16 +24,39 @@ use crate::jwks::Refetch;
 use crate::policy::route::{normalize_host, normalize_path};
 use crate::policy::spec::IntrospectWhen;
 use crate::policy::{DefaultAction, DenyDetail, Issuer, Policy, Snapshot};
+use crate::trace::{self, Trace};
 use crate::validate::{self, ValidationError};
 
 pub use request::{Headers, Request, TokenSource};
 
-/// Judges one request against a snapshot.
+/// Judges one request against a snapshot. The checks are traced when the debug line of
+/// [`trace::LOG_TARGET`] is enabled, or when the policy's trace header matches.
 pub async fn check(snapshot: &Snapshot, request: &Request<'_>, now: SystemTime) -> Decision {
+    let trace = if tracing::enabled!(target: trace::LOG_TARGET, tracing::Level::DEBUG) {
+        Trace::on()
+    } else {
+        Trace::off()
+    };
+    check_traced(snapshot, request, now, trace).await
+}
+
+/// Judges one request, recording every check in `trace` when it is on (`tollgate explain`).
+pub async fn check_traced(
+    snapshot: &Snapshot,
+    request: &Request<'_>,
+    now: SystemTime,
+    mut trace: Trace,
+) -> Decision {
     let host = normalize_host(request.host);
     let path = match normalize_path(request.path) {
         Ok(path) => path,
         Err(e) => {
+            trace.fail(
+                "request",
+                Reason::RequestMalformed,
+                || e.to_string(),
+                || None,
+            );
             return deny(
                 None,
                 &host,
@@ -41,47 +64,51 @@ pub async fn check(snapshot: &Snapshot, request: &Request<'_>, now: SystemTime) 
                 e.to_string(),
                 None,
                 None,
-            );
+            )
+            .with_trace(trace);
         }
     };
     let policy = match request.policy {
         Some(id) => match snapshot.policy(id) {
             Some(policy) => policy,
             None => {
-                return deny(
-                    None,
-                    &host,
-                    Reason::PolicyNotFound,
-                    format!("the route selects policy {id:?}, which is not loaded"),
-                    None,
-                    None,
-                );
+                let text = format!("the route selects policy {id:?}, which is not loaded");
+                trace.fail("policy", Reason::PolicyNotFound, || text.clone(), || None);
+                return deny(None, &host, Reason::PolicyNotFound, text, None, None)
+                    .with_trace(trace);
             }
         },
         None => match snapshot.select(&host, &path, request.method) {
             Some(policy) => policy,
             None if snapshot.default_action == DefaultAction::Allow => {
+                trace.info("policy", || {
+                    "no policy matches; --default-action allow lets the request through".into()
+                });
                 return Decision::Allow(Allow {
                     reason: Reason::DefaultAllow,
                     ..Allow::default()
-                });
+                })
+                .with_trace(trace);
             }
             None => {
-                return deny(
-                    None,
-                    &host,
-                    Reason::NoPolicy,
-                    format!(
-                        "no policy matches host {host:?}, path {path:?}, method {}",
-                        request.method
-                    ),
-                    None,
-                    None,
+                let text = format!(
+                    "no policy matches host {host:?}, path {path:?}, method {}",
+                    request.method
                 );
+                trace.fail("policy", Reason::NoPolicy, || text.clone(), || {
+                    Some("add a policy whose match covers the request, or select one with the route's tollgate.dev/policy context extension".into())
+                });
+                return deny(None, &host, Reason::NoPolicy, text, None, None).with_trace(trace);
             }
         },
     };
-    judge(policy, request, &host, &path, now).await
+    trace.info("policy", || {
+        format!(
+            "{} (host {host:?}, path {path:?}, method {})",
+            policy.id, request.method
+        )
+    });
+    judge_traced(policy, request, &host, &path, now, trace).await
 }
 
 /// Judges a request with a given policy.
@@ -92,41 +119,105 @@ pub async fn judge(
     path: &str,
     now: SystemTime,
 ) -> Decision {
+    judge_traced(policy, request, host, path, now, Trace::off()).await
+}
+
+async fn judge_traced(
+    policy: &Arc<Policy>,
+    request: &Request<'_>,
+    host: &str,
+    path: &str,
+    now: SystemTime,
+    mut trace: Trace,
+) -> Decision {
+    // The policy's trace header turns the trace on, and lets it be returned.
+    if let Some(header) = &policy.trace_header
+        && request
+            .headers
+            .get(&header.name)
+            .is_some_and(|v| header.matches(&v))
+    {
+        if !trace.is_on() {
+            trace = Trace::on();
+            trace.info("policy", || policy.id.to_string());
+        }
+        trace.expose = true;
+    }
+    let decision = judge_inner(policy, request, host, path, now, &mut trace).await;
+    if trace.is_on()
+        && let Decision::Deny(deny) = &decision
+        && trace.failure().is_none()
+    {
+        trace.fail(
+            "decision",
+            deny.reason,
+            || deny.description.clone(),
+            || deny.hint.clone(),
+        );
+    }
+    decision.with_trace(trace)
+}
+
+async fn judge_inner(
+    policy: &Arc<Policy>,
+    request: &Request<'_>,
+    host: &str,
+    path: &str,
+    now: SystemTime,
+    trace: &mut Trace,
+) -> Decision {
     let rule = policy.rule_for(path, request.method);
     if rule.is_some_and(|r| r.allow_anonymous) {
+        trace.pass("rule", || "allowAnonymous: the token is not read".into());
         return Decision::Allow(Allow {
             policy: Some(policy.id.clone()),
             reason: Reason::Anonymous,
             // Never let a client supply the identity headers itself.
-            headers_to_remove: forward_headers(policy).map(str::to_owned).collect(),
+            headers_to_remove: forward_headers(policy)
+                .chain(policy.trace_header.as_ref().map(|t| t.name.as_str()))
+                .map(str::to_owned)
+                .collect(),
             ..Allow::default()
         });
     }
     let (token, source) = match request::extract(&policy.token, request) {
         Ok(found) => found,
         Err(request::ExtractError::Missing(places)) => {
-            let reason = Reason::TokenMissing;
-            return deny(
-                Some(policy),
-                host,
-                reason,
-                format!("no token in {places}"),
-                None,
-                None,
+            let text = format!("no token in {places}");
+            trace.fail(
+                "token",
+                Reason::TokenMissing,
+                || text.clone(),
+                || Some(format!("the client must send the token in {places}")),
             );
+            return deny(Some(policy), host, Reason::TokenMissing, text, None, None);
         }
         Err(request::ExtractError::Malformed(why)) => {
+            trace.fail("token", Reason::TokenMalformed, || why.clone(), || None);
             return deny(Some(policy), host, Reason::TokenMalformed, why, None, None);
         }
     };
     let token_id = jose::fingerprint(&token);
-    let verified = match authenticate(policy, &token, now).await {
+    trace.info("token", || {
+        format!(
+            "from the {} ({} bytes, fingerprint {token_id})",
+            source.describe(&policy.token),
+            token.len()
+        )
+    });
+    let verified = match authenticate(policy, &token, now, trace).await {
         Ok(verified) => verified,
-        Err(failure) => return failure.deny(policy, host, token_id),
+        Err(failure) => return failure.deny(policy, host, token_id, trace),
     };
     if let Some(rule) = rule {
         for requirement in &rule.requirements {
             if let Err(unmet) = requirement.check(&verified.claims) {
+                trace.fail("rule", Reason::InsufficientScope, || unmet.detail.clone(), || {
+                    Some(format!(
+                        "this path/method needs {}: grant it to the client, or change spec.rules",
+                        requirement.describe()
+                    ))
+                });
                 return deny(
                     Some(policy),
                     host,
@@ -136,6 +227,7 @@ pub async fn judge(
                     Some(token_id),
                 );
             }
+            trace.pass("rule", || requirement.describe());
         }
     }
     allow(policy, verified, request, source)
@@ -157,10 +249,18 @@ enum Failure<'p> {
 }
 
 impl Failure<'_> {
-    fn deny(self, policy: &Policy, host: &str, token_id: String) -> Decision {
+    fn deny(self, policy: &Policy, host: &str, token_id: String, trace: &mut Trace) -> Decision {
         match self {
             Failure::Token(error, issuer) => {
                 let hint = error.hint(policy, issuer);
+                if trace.failure().is_none() {
+                    trace.fail(
+                        error.check(),
+                        error.reason(),
+                        || error.to_string(),
+                        || hint.clone(),
+                    );
+                }
                 deny(
                     Some(policy),
                     host,
@@ -170,22 +270,40 @@ impl Failure<'_> {
                     Some(token_id),
                 )
             }
-            Failure::Introspection(error) => deny(
-                Some(policy),
-                host,
-                error.reason(),
-                error.to_string(),
-                None,
-                Some(token_id),
-            ),
-            Failure::Inactive => deny(
-                Some(policy),
-                host,
-                Reason::TokenInactive,
-                "introspection says the token is not active (expired, revoked or unknown)".into(),
-                None,
-                Some(token_id),
-            ),
+            Failure::Introspection(error) => {
+                trace.fail(
+                    "introspection",
+                    error.reason(),
+                    || error.to_string(),
+                    || None,
+                );
+                deny(
+                    Some(policy),
+                    host,
+                    error.reason(),
+                    error.to_string(),
+                    None,
+                    Some(token_id),
+                )
+            }
+            Failure::Inactive => {
+                let text =
+                    "introspection says the token is not active (expired, revoked or unknown)";
+                trace.fail(
+                    "introspection",
+                    Reason::TokenInactive,
+                    || text.into(),
+                    || Some("get a new token".into()),
+                );
+                deny(
+                    Some(policy),
+                    host,
+                    Reason::TokenInactive,
+                    text.into(),
+                    None,
+                    Some(token_id),
+                )
+            }
         }
     }
 }
@@ -200,14 +318,17 @@ async fn authenticate<'p>(
     policy: &'p Policy,
     token: &str,
     now: SystemTime,
+    trace: &mut Trace,
 ) -> Result<Verified<'p>, Failure<'p>> {
     let introspection = policy.introspection.as_deref();
     if let Some(intro) = introspection
         && !introspect::looks_like_jwt(token)
     {
-        return introspect_opaque(policy, intro, token, now).await;
+        return introspect_opaque(policy, intro, token, now, trace).await;
     }
-    let (claims, issuer) = verify(policy, token, now).await.map_err(token_failure)?;
+    let (claims, issuer) = verify(policy, token, now, trace)
+        .await
+        .map_err(token_failure)?;
     if let Some(intro) = introspection.filter(|i| i.when == IntrospectWhen::Always) {
         // Revocation check: the JWT is valid; is it still active?
         let answer = intro
@@ -217,6 +338,7 @@ async fn authenticate<'p>(
         if matches!(*answer, Answer::Inactive { .. }) {
             return Err(Failure::Inactive);
         }
+        trace.pass("introspection", || "the token is still active".into());
     }
     Ok(Verified {
         claims: Arc::new(claims),
@@ -230,6 +352,7 @@ async fn introspect_opaque<'p>(
     intro: &Introspector,
     token: &str,
     now: SystemTime,
+    trace: &mut Trace,
 ) -> Result<Verified<'p>, Failure<'p>> {
     let answer = intro
         .answer(token, finalize(policy, intro, token, now))
@@ -238,13 +361,24 @@ async fn introspect_opaque<'p>(
     let Answer::Active { claims, jwt, .. } = &*answer else {
         return Err(Failure::Inactive);
     };
+    trace.pass("introspection", || {
+        format!(
+            "active{}",
+            if jwt.is_some() {
+                ", with a JWT to forward"
+            } else {
+                ""
+            }
+        )
+    });
+    trace.claims(|| (**claims).clone());
     // The answer's claims meet the same checks as a JWT's (cached answers are re-checked, so an
     // exp passing while cached still counts).
     let issuer = answer_issuer(policy, claims).map_err(|e| Failure::Token(e, None))?;
-    validate::check_claims(claims, issuer, policy, now)
-        .map_err(|e| Failure::Token(e, Some(issuer)))?;
-    validate::check_azure(claims, issuer, policy).map_err(|e| Failure::Token(e, Some(issuer)))?;
-    validate::check_required(claims, policy).map_err(|e| Failure::Token(e, Some(issuer)))?;
+    let fail = |e| Failure::Token(e, Some(issuer));
+    validate::check_claims(claims, issuer, policy, now, trace).map_err(fail)?;
+    validate::check_azure(claims, issuer, policy, trace).map_err(fail)?;
+    validate::check_required(claims, policy, trace).map_err(fail)?;
     Ok(Verified {
         claims: claims.clone(),
         issuer,
@@ -298,7 +432,7 @@ async fn finalize(
             token: jwt,
             max_age,
         } => {
-            let (claims, _) = verify(policy, &jwt, now)
+            let (claims, _) = verify(policy, &jwt, now, &mut Trace::off())
                 .await
                 .map_err(|(e, _)| invalid("the JWT answer", e))?;
             let ttl = intro.active_ttl(max_age, exp(&claims), seconds(now));
@@ -312,7 +446,7 @@ async fn finalize(
             token: signed,
             max_age,
         } => {
-            let (claims, header, _) = verify_signed(policy, &signed)
+            let (claims, header, _) = verify_signed(policy, &signed, &mut Trace::off())
                 .await
                 .map_err(|(e, _)| invalid("the signed introspection answer", e))?;
             if header.typ.as_deref() != Some("token-introspection+jwt") {
@@ -363,7 +497,7 @@ async fn active(
     }
     let claims = match &jwt {
         Some(jwt) => {
-            verify(policy, jwt, now)
+            verify(policy, jwt, now, &mut Trace::off())
                 .await
                 .map_err(|(e, _)| {
                     IntrospectError::Invalid(format!("the phantom JWT does not verify: {e}"))
@@ -388,12 +522,13 @@ async fn verify<'p>(
     policy: &'p Policy,
     token: &str,
     now: SystemTime,
+    trace: &mut Trace,
 ) -> Result<(Claims, &'p Issuer), TokenFailure<'p>> {
-    let (claims, _, issuer) = verify_signed(policy, token).await?;
+    let (claims, _, issuer) = verify_signed(policy, token, trace).await?;
     let fail = |e| (e, Some(issuer));
-    validate::check_claims(&claims, issuer, policy, now).map_err(fail)?;
-    validate::check_azure(&claims, issuer, policy).map_err(fail)?;
-    validate::check_required(&claims, policy).map_err(fail)?;
+    validate::check_claims(&claims, issuer, policy, now, trace).map_err(fail)?;
+    validate::check_azure(&claims, issuer, policy, trace).map_err(fail)?;
+    validate::check_required(&claims, policy, trace).map_err(fail)?;
     Ok((claims, issuer))
 }
 
@@ -402,9 +537,15 @@ async fn verify<'p>(
 async fn verify_signed<'p>(
     policy: &'p Policy,
     token: &str,
+    trace: &mut Trace,
 ) -> Result<(Claims, jose::Header, &'p Issuer), TokenFailure<'p>> {
     if !jwe::is_compact_jwe(token) {
-        return verify_jws(policy, token).await;
+        return verify_jws(policy, token, trace).await;
+    }
+    if trace.is_on()
+        && let Ok(jwe) = jwe::parse(token)
+    {
+        trace.header = Some(jwe.header.object.clone());
     }
     let Some(decryptor) = &policy.decryption else {
         return Err((ValidationError::Malformed(JoseError::Encrypted), None));
@@ -412,6 +553,12 @@ async fn verify_signed<'p>(
     let decrypted = decryptor
         .decrypt(token)
         .map_err(|e| (ValidationError::Decryption(e), None))?;
+    trace.pass("decrypt", || {
+        format!(
+            "JWE alg {}, enc {}, decrypted with key {}",
+            decrypted.header.alg, decrypted.header.enc, decrypted.key
+        )
+    });
     let inner = std::str::from_utf8(&decrypted.plaintext).unwrap_or_default();
     if jwe::is_compact_jwe(inner) {
         return Err((
@@ -424,7 +571,7 @@ async fn verify_signed<'p>(
     }
     let jws_shaped = jose::is_compact(inner, 3);
     if jws_shaped && (policy.require_signed || !is_unsecured(inner)) {
-        return verify_jws(policy, inner).await;
+        return verify_jws(policy, inner, trace).await;
     }
     if policy.require_signed {
         return Err((
@@ -434,7 +581,12 @@ async fn verify_signed<'p>(
             None,
         ));
     }
-    unsigned_claims(policy, &decrypted, jws_shaped.then_some(inner))
+    let out = unsigned_claims(policy, &decrypted, jws_shaped.then_some(inner))?;
+    trace.claims(|| out.0.clone());
+    trace.pass("signature", || {
+        "none: the claims are only encrypted (requireSignedTokens: false)".into()
+    });
+    Ok(out)
 }
 
 /// Whether a compact JWS is an unsecured JWT (`alg: none`, empty signature).
@@ -490,9 +642,33 @@ fn unsigned_claims<'p>(
 async fn verify_jws<'p>(
     policy: &'p Policy,
     token: &str,
+    trace: &mut Trace,
 ) -> Result<(Claims, jose::Header, &'p Issuer), TokenFailure<'p>> {
     let jws = jose::parse(token).map_err(|e| (ValidationError::Malformed(e), None))?;
-    let (issuer, alg) = validate::route(&jws, policy).map_err(|e| (e, None))?;
+    trace.token(|| jws.header_object.clone(), || jws.claims.clone());
+    trace.pass("token", || {
+        format!(
+            "a JWT (JWS): alg {}, kid {}",
+            jws.header.alg,
+            jws.header
+                .kid
+                .as_deref()
+                .map_or_else(|| "(none)".to_string(), |k| format!("{k:?}"))
+        )
+    });
+    let (issuer, alg) = validate::route(&jws, policy).map_err(|e| {
+        // The issuer named by `iss` (if accepted) makes the hint precise.
+        let named = jws
+            .claims
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .and_then(|iss| policy.issuer(iss));
+        (e, named)
+    })?;
+    trace.pass("issuer", || format!("{} is accepted", issuer.issuer));
+    trace.pass("algorithm", || {
+        format!("{alg:?} is allowed for this issuer")
+    });
     let fail = |e| (e, Some(issuer));
     let keys = match issuer.keys.current() {
         Some(keys) => keys,
@@ -511,12 +687,24 @@ async fn verify_jws<'p>(
             })?
         }
     };
+    trace.pass("keys", || {
+        format!("{}: {} usable keys", issuer.keys.id(), keys.len())
+    });
     let first = validate::verify_signature(&jws, alg, &keys);
     issuer
         .keys
         .record_lookup(!matches!(first, Err(ValidationError::KeyNotFound(_))));
+    let signed_by = |key: &crate::jwks::VerifyingKey| {
+        format!(
+            "verified with key {} ({})",
+            key.kid
+                .as_deref()
+                .map_or_else(|| "without kid".to_string(), |k| format!("{k:?}")),
+            key.kind.describe()
+        )
+    };
     match first {
-        Ok(()) => {}
+        Ok(key) => trace.pass("signature", || signed_by(key)),
         Err(ValidationError::KeyNotFound(kid)) => {
             // Rotation: the issuer may have published a new key since the last refresh.
             if issuer.keys.refresh_on_miss(Some(&keys)).await != Refetch::Refreshed {
@@ -526,7 +714,10 @@ async fn verify_jws<'p>(
                 .keys
                 .current()
                 .ok_or_else(|| fail(ValidationError::KeyNotFound(kid)))?;
-            validate::verify_signature(&jws, alg, &keys).map_err(fail)?;
+            let key = validate::verify_signature(&jws, alg, &keys).map_err(fail)?;
+            trace.pass("signature", || {
+                format!("{} after refetching the key set", signed_by(key))
+            });
         }
         Err(e) => return Err(fail(e)),
     }
@@ -555,6 +746,9 @@ fn allow(
         ..Allow::default()
     };
     let claims = verified.claims;
+    // The debug secret never travels upstream.
+    out.headers_to_remove
+        .extend(policy.trace_header.as_ref().map(|t| t.name.clone()));
     for (claim, header) in &policy.forward.claims_to_headers {
         match claims::lookup(&claims, claim).and_then(claims::header_value) {
             Some(value) => out.headers_to_set.push((header.clone(), value)),
@@ -682,6 +876,7 @@ pub fn deny(
         body: serde_json::Value::Object(body).to_string(),
         hint,
         token_id,
+        trace: None,
     })
 }
 

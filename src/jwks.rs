@@ -27,7 +27,8 @@ pub use source::{
 pub struct KeySources {
     fetcher: Fetcher,
     settings: RefreshSettings,
-    /// False for offline checks (`tollgate check-policy`): sources are created but never fetched.
+    /// False for offline checks (`tollgate check-policy`, `explain --offline`): sources are
+    /// created but never fetched.
     refresh: bool,
     sources: Mutex<HashMap<Origin, Weak<KeySource>>>,
 }
@@ -67,10 +68,14 @@ impl KeySources {
             return existing;
         }
         sources.retain(|_, weak| weak.strong_count() > 0);
-        let source = KeySource::remote(origin.clone(), self.fetcher.clone(), self.settings.clone());
-        if self.refresh {
+        let source = if self.refresh {
+            let source =
+                KeySource::remote(origin.clone(), self.fetcher.clone(), self.settings.clone());
             source::spawn_refresh(&source);
-        }
+            source
+        } else {
+            KeySource::unfetched(origin.clone())
+        };
         sources.insert(origin, Arc::downgrade(&source));
         source
     }

@@ -24,6 +24,7 @@ pub mod controller;
 pub mod decision;
 pub mod demo;
 pub mod engine;
+pub mod explain;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod introspect;
@@ -36,4 +37,5 @@ pub mod policy;
 pub mod proto;
 pub mod serve;
 pub mod telemetry;
+pub mod trace;
 pub mod validate;

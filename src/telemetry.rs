@@ -6,6 +6,7 @@
 use tracing_subscriber::EnvFilter;
 
 use crate::decision::Decision;
+use crate::trace;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -45,9 +46,21 @@ pub struct RequestInfo<'a> {
     pub path: &'a str,
 }
 
-/// Logs one decision: denials at info, allows at debug.
+/// Logs one decision: denials at info, allows at debug; with `RUST_LOG=tollgate::trace=debug`
+/// every denial also gets a line with the trace of its checks.
 pub fn log_decision(info: &RequestInfo<'_>, decision: &Decision) {
     let path = info.path.split('?').next().unwrap_or("");
+    if let (Decision::Deny(deny), Some(steps)) = (decision, decision.trace()) {
+        tracing::debug!(
+            target: trace::LOG_TARGET,
+            request_id = info.request_id,
+            policy = deny.policy.as_deref().unwrap_or(""),
+            reason = deny.reason.as_str(),
+            token = deny.token_id.as_deref().unwrap_or(""),
+            trace = %steps.to_header_value(),
+            "denial trace"
+        );
+    }
     match decision {
         Decision::Allow(allow) => tracing::debug!(
             transport = info.transport,

@@ -17,9 +17,10 @@ use crate::claims::Unmet;
 use crate::decision::Reason;
 use crate::jose::{Claims, JoseError, Jws};
 use crate::jwe::JweError;
-use crate::jwks::KeySet;
+use crate::jwks::{KeySet, VerifyingKey};
 use crate::policy::spec::AzureVersion;
 use crate::policy::{Issuer, Policy};
+use crate::trace::Trace;
 
 /// Why a token was refused. Client-facing text never includes the policy's own settings.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -141,6 +142,31 @@ impl ValidationError {
         }
     }
 
+    /// The name of the check that failed, as traces show it.
+    pub fn check(&self) -> &'static str {
+        use ValidationError::*;
+        match self {
+            Malformed(JoseError::Encrypted) | Decryption(_) | NotSigned { .. } => "decrypt",
+            Malformed(_) => "token",
+            ClaimType { claim, .. } => claim,
+            AlgorithmNone(_)
+            | AlgorithmUnsupported(_)
+            | AlgorithmNotAllowed(_)
+            | NoKeyFits { .. } => "algorithm",
+            CriticalHeader(_) => "header",
+            IssuerMissing | IssuerNotAllowed(_) | AzureVersion { .. } => "issuer",
+            IssuerUnavailable { .. } => "keys",
+            KeyNotFound(_) => "kid",
+            SignatureInvalid(_) => "signature",
+            ExpirationMissing | Expired { .. } => "exp",
+            NotYetValid { .. } => "nbf",
+            IssuedInFuture { .. } => "iat",
+            AudienceMissing | AudienceMismatch(_) => "aud",
+            ClaimUnmet(_) => "requiredClaims",
+            AzureGraph(_) | AzureCaller { .. } | AzureTenant { .. } => "azure",
+        }
+    }
+
     /// What to change, naming the policy's settings: for logs and `tollgate explain`, never
     /// for clients.
     pub fn hint(&self, policy: &Policy, issuer: Option<&Issuer>) -> Option<String> {
@@ -187,12 +213,20 @@ impl ValidationError {
                 }
             )),
             AudienceMissing => Some(format!("the token has no aud; this policy accepts {}", audiences.join(", "))),
-            AlgorithmNotAllowed(alg) => issuer.map(|i| {
+                        AlgorithmNotAllowed(alg) => issuer.map(|i| {
                 let allowed: Vec<String> = i.algorithms.iter().map(|a| format!("{a:?}")).collect();
-                format!("spec.issuers[].algorithms allows {allowed:?}, not {alg}")
+                if alg.starts_with("HS") && !allowed.iter().any(|a| a.starts_with("HS")) {
+                    format!("the issuer signs with public-key algorithms {allowed:?}; an {alg} token checked against a public key is the key-confusion forgery, so HMAC needs sharedSecret")
+                } else {
+                    format!("spec.issuers[].algorithms allows {allowed:?}, not {alg}")
+                }
             }),
-            KeyNotFound(kid) => issuer.map(|i| {
-                format!("key source {} has no key {kid:?} even after a refetch; is the token from this issuer's current keys?", i.keys.id())
+            IssuerUnavailable { .. } => issuer.map(|i| {
+                format!("tollgate could not fetch {}: check that it is reachable from tollgate (the tollgate_jwks_up metric, the `key set refresh failed` log line)", i.keys.id())
+            }),
+                        KeyNotFound(kid) => issuer.map(|i| match i.keys.origin() {
+                crate::jwks::Origin::Fixed => format!("the keys written in the policy ({}) have no key {kid:?}: add the issuer's current key", i.keys.id()),
+                _ => format!("key source {} has no key {kid:?} even after a refetch; is the token from this issuer's current keys (or another environment's)?", i.keys.id()),
             }),
             SignatureInvalid(_) => issuer.map(|i| {
                 format!("no key of {} verifies the signature (IDX10511): the token was signed by another environment or tenant with the same kid, or altered", i.keys.id())
@@ -312,10 +346,39 @@ pub fn check_azure(
     claims: &Claims,
     issuer: &Issuer,
     policy: &Policy,
+    trace: &mut Trace,
 ) -> Result<(), ValidationError> {
     let Some(azure) = &issuer.azure else {
         return Ok(());
     };
+    let outcome = azure_claims(claims, azure, policy);
+    match &outcome {
+        Ok(caller) => trace.pass("azure", || {
+            format!(
+                "tenant {}, {} token{}",
+                azure.tenant,
+                azure::version_name(azure.version),
+                caller
+                    .map(|c| format!(", caller {c} allowed"))
+                    .unwrap_or_default()
+            )
+        }),
+        Err(e) => trace.fail(
+            "azure",
+            e.reason(),
+            || e.to_string(),
+            || e.hint(policy, Some(issuer)),
+        ),
+    }
+    outcome.map(|_| ())
+}
+
+/// The Azure claim checks; `Ok(Some(caller))` when `clientApplicationIds` was checked.
+fn azure_claims<'c>(
+    claims: &'c Claims,
+    azure: &azure::AzureIssuer,
+    policy: &Policy,
+) -> Result<Option<&'c str>, ValidationError> {
     if let Some(tid) = claims.get("tid").and_then(Value::as_str)
         && tid != azure.tenant
     {
@@ -329,11 +392,11 @@ pub fn check_azure(
         .map(|p| &p.client_application_ids)
         .filter(|ids| !ids.is_empty())
     else {
-        return Ok(());
+        return Ok(None);
     };
     let caller = azure::caller(claims, azure.version);
-    if caller.is_some_and(|c| allowed.iter().any(|a| a == c)) {
-        return Ok(());
+    if let Some(caller) = caller.filter(|c| allowed.iter().any(|a| a == c)) {
+        return Ok(Some(caller));
     }
     Err(ValidationError::AzureCaller {
         claim: match azure.version {
@@ -344,18 +407,18 @@ pub fn check_azure(
     })
 }
 
-/// Verifies the signature with the issuer's key set.
-pub fn verify_signature(
+/// Verifies the signature with the issuer's key set; the key that verified it.
+pub fn verify_signature<'k>(
     jws: &Jws<'_>,
     alg: Algorithm,
-    keys: &KeySet,
-) -> Result<(), ValidationError> {
+    keys: &'k KeySet,
+) -> Result<&'k VerifyingKey, ValidationError> {
     let kid = jws.header.kid.as_deref();
     let mut tried = 0;
     for key in keys.candidates(kid, alg) {
         tried += 1;
         if key.verify(alg, jws.signing_input.as_bytes(), jws.signature) {
-            return Ok(());
+            return Ok(key);
         }
     }
     if tried > 0 {
@@ -410,63 +473,60 @@ fn span(seconds: f64) -> String {
     humantime::format_duration(Duration::from_secs(secs)).to_string()
 }
 
-/// Checks `exp`, `nbf`, `iat` (with the policy's clock skew) and `aud`.
-pub fn check_claims(
-    claims: &Claims,
-    issuer: &Issuer,
-    policy: &Policy,
-    now: SystemTime,
-) -> Result<(), ValidationError> {
-    let now = now
-        .duration_since(UNIX_EPOCH)
+fn seconds_since_epoch(now: SystemTime) -> f64 {
+    now.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    let skew = policy.clock_skew as f64;
-    let exp = numeric_date(claims, "exp")?;
-    let nbf = numeric_date(claims, "nbf")?;
-    let iat = numeric_date(claims, "iat")?;
-    match exp {
-        None if policy.require_exp => return Err(ValidationError::ExpirationMissing),
-        Some(exp) if now >= exp + skew => {
-            return Err(ValidationError::Expired {
-                at: rfc3339(exp),
-                ago: span(now - exp),
-            });
-        }
-        _ => {}
+        .unwrap_or(0.0)
+}
+
+fn check_exp(claims: &Claims, policy: &Policy, now: f64) -> Result<(), ValidationError> {
+    match numeric_date(claims, "exp")? {
+        None if policy.require_exp => Err(ValidationError::ExpirationMissing),
+        Some(exp) if now >= exp + policy.clock_skew as f64 => Err(ValidationError::Expired {
+            at: rfc3339(exp),
+            ago: span(now - exp),
+        }),
+        _ => Ok(()),
     }
-    if let Some(nbf) = nbf
-        && now + skew < nbf
-    {
-        return Err(ValidationError::NotYetValid {
+}
+
+fn check_nbf(claims: &Claims, policy: &Policy, now: f64) -> Result<(), ValidationError> {
+    match numeric_date(claims, "nbf")? {
+        Some(nbf) if now + (policy.clock_skew as f64) < nbf => Err(ValidationError::NotYetValid {
             at: rfc3339(nbf),
             wait: span(nbf - now),
-        });
+        }),
+        _ => Ok(()),
     }
-    if let Some(iat) = iat
-        && now + skew < iat
-    {
-        return Err(ValidationError::IssuedInFuture { at: rfc3339(iat) });
+}
+
+fn check_iat(claims: &Claims, policy: &Policy, now: f64) -> Result<(), ValidationError> {
+    match numeric_date(claims, "iat")? {
+        Some(iat) if now + (policy.clock_skew as f64) < iat => {
+            Err(ValidationError::IssuedInFuture { at: rfc3339(iat) })
+        }
+        _ => Ok(()),
     }
-    let audiences: Vec<&str> = match claims.get("aud") {
-        None => return Err(ValidationError::AudienceMissing),
-        Some(Value::String(aud)) => vec![aud.as_str()],
+}
+
+fn audiences(claims: &Claims) -> Result<Vec<&str>, ValidationError> {
+    let wrong = ValidationError::ClaimType {
+        claim: "aud",
+        expected: "a string or an array of strings",
+    };
+    match claims.get("aud") {
+        None => Err(ValidationError::AudienceMissing),
+        Some(Value::String(aud)) => Ok(vec![aud.as_str()]),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|item| {
-                item.as_str().ok_or(ValidationError::ClaimType {
-                    claim: "aud",
-                    expected: "a string or an array of strings",
-                })
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(ValidationError::ClaimType {
-                claim: "aud",
-                expected: "a string or an array of strings",
-            });
-        }
-    };
+            .map(|item| item.as_str().ok_or(wrong.clone()))
+            .collect(),
+        Some(_) => Err(wrong),
+    }
+}
+
+fn check_aud(claims: &Claims, issuer: &Issuer) -> Result<(), ValidationError> {
+    let audiences = audiences(claims)?;
     if audiences
         .iter()
         .any(|aud| issuer.audiences.iter().any(|accepted| accepted == aud))
@@ -481,12 +541,86 @@ pub fn check_claims(
     }
 }
 
+/// What a passed time or audience check saw, for the trace.
+fn describe(check: &'static str, claims: &Claims, issuer: &Issuer, now: f64) -> String {
+    let date = |name: &'static str| numeric_date(claims, name).ok().flatten();
+    match (check, date(check)) {
+        ("exp", Some(t)) => format!("expires {} (in {})", rfc3339(t), span(t - now)),
+        ("exp", None) => "absent (requireExpirationTime: false)".into(),
+        ("nbf", Some(t)) => format!("valid since {}", rfc3339(t)),
+        ("iat", Some(t)) => format!("issued {} ({} ago)", rfc3339(t), span(now - t)),
+        ("nbf" | "iat", None) => "absent".into(),
+        _ => format!(
+            "{:?} is accepted (the issuer accepts {:?})",
+            audiences(claims).unwrap_or_default(),
+            issuer.audiences
+        ),
+    }
+}
+
+/// Checks `exp`, `nbf`, `iat` (with the policy's clock skew) and `aud`, in this order. With the
+/// trace on, every one is checked and recorded; the first failure is the answer.
+pub fn check_claims(
+    claims: &Claims,
+    issuer: &Issuer,
+    policy: &Policy,
+    now: SystemTime,
+    trace: &mut Trace,
+) -> Result<(), ValidationError> {
+    let now = seconds_since_epoch(now);
+    let mut first = None;
+    for check in ["exp", "nbf", "iat", "aud"] {
+        let outcome = match check {
+            "exp" => check_exp(claims, policy, now),
+            "nbf" => check_nbf(claims, policy, now),
+            "iat" => check_iat(claims, policy, now),
+            _ => check_aud(claims, issuer),
+        };
+        match outcome {
+            Ok(()) => trace.pass(check, || describe(check, claims, issuer, now)),
+            Err(e) => {
+                trace.fail(
+                    check,
+                    e.reason(),
+                    || e.to_string(),
+                    || e.hint(policy, Some(issuer)),
+                );
+                if !trace.is_on() {
+                    return Err(e);
+                }
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
 /// Checks the policy-wide `requiredClaims`.
-pub fn check_required(claims: &Claims, policy: &Policy) -> Result<(), ValidationError> {
-    for requirement in &policy.required_claims {
-        requirement
-            .check(claims)
-            .map_err(ValidationError::ClaimUnmet)?;
+pub fn check_required(
+    claims: &Claims,
+    policy: &Policy,
+    trace: &mut Trace,
+) -> Result<(), ValidationError> {
+    for (i, requirement) in policy.required_claims.iter().enumerate() {
+        let check = || format!("requiredClaims[{i}]");
+        match requirement.check(claims) {
+            Ok(()) => trace.pass(&check(), || requirement.describe()),
+            Err(unmet) => {
+                let e = ValidationError::ClaimUnmet(unmet);
+                trace.fail(
+                    &check(),
+                    e.reason(),
+                    || e.to_string(),
+                    || {
+                        Some(format!(
+                            "grant the client {}, or change spec.requiredClaims[{i}]",
+                            requirement.describe()
+                        ))
+                    },
+                );
+                return Err(e);
+            }
+        }
     }
     Ok(())
 }

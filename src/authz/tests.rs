@@ -185,3 +185,79 @@ fn the_service_is_registered_under_envoys_name() {
     );
     drop(server);
 }
+
+#[tokio::test]
+async fn the_trace_header_returns_the_trace_only_with_the_secret() {
+    use std::io::Write as _;
+    let mut secret = tempfile::NamedTempFile::new().expect("temp file");
+    secret
+        .write_all(b"let-me-see-the-trace-0123\n")
+        .expect("write");
+    let shared = SharedSnapshot::new(DefaultAction::Deny);
+    let policy = mk_policy(
+        "orders",
+        &format!(
+            "{{match: {{hosts: [api.example.com]}}, debug: {{traceHeader: {{name: X-Debug-Key, value: {{file: {:?}}}}}}}}}",
+            secret.path()
+        ),
+    );
+    shared.publish(Snapshot::build(vec![policy], DefaultAction::Deny).0);
+    shared.set_ready();
+    let service = AuthzService::new(shared, Metrics::new(None));
+    let trace_of = |headers: &[HeaderValueOption]| {
+        headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == trace::RESPONSE_HEADER)
+            .map(|h| h.value.clone())
+    };
+
+    // A denial with the secret: the trace names the failed check, its reason and the fix.
+    let expired = RSA
+        .mint(&claims_with(serde_json::json!({"exp": 1})))
+        .expect("mint");
+    let mut with_secret = http(Some(&expired));
+    with_secret
+        .headers
+        .insert("x-debug-key".into(), "let-me-see-the-trace-0123".into());
+    let (decision, _) = service.decide(&request(with_secret.clone())).await;
+    let response = to_check_response(&decision);
+    let trace = trace_of(&denied(&response).headers).expect("trace header");
+    assert!(
+        trace.contains("exp FAIL: the token expired at 1970-01-01T00:00:01Z")
+            && trace.contains("[token_expired] fix: the clock skew allowed is 30s"),
+        "{trace}"
+    );
+    assert!(trace.bytes().all(|b| (b' '..=b'~').contains(&b)));
+
+    // The wrong secret, or none: no trace.
+    let mut wrong = with_secret.clone();
+    wrong
+        .headers
+        .insert("x-debug-key".into(), "let-me-see-the-trace-0124".into());
+    for http in [wrong, http(Some(&expired))] {
+        let (decision, _) = service.decide(&request(http)).await;
+        assert_eq!(
+            trace_of(&denied(&to_check_response(&decision)).headers),
+            None
+        );
+    }
+
+    // An allowed request with the secret: the trace goes back to the client, the secret does
+    // not go upstream.
+    let good = RSA.mint(&good_claims()).expect("mint");
+    let mut allowed = http(Some(&good));
+    allowed
+        .headers
+        .insert("x-debug-key".into(), "let-me-see-the-trace-0123".into());
+    let (decision, _) = service.decide(&request(allowed)).await;
+    let Some(HttpResponse::OkResponse(ok)) = to_check_response(&decision).http_response else {
+        panic!("expected an allow");
+    };
+    let trace = trace_of(&ok.response_headers_to_add).expect("trace header");
+    assert!(
+        trace.contains("signature ok: verified with key \"rsa-1\""),
+        "{trace}"
+    );
+    assert!(ok.headers_to_remove.contains(&"x-debug-key".to_string()));
+}

@@ -74,7 +74,7 @@ impl PolicyState {
 }
 
 /// The data of a Secret, or `None` when its watch reported it absent.
-type SecretData = Option<BTreeMap<String, Vec<u8>>>;
+pub(crate) type SecretData = Option<BTreeMap<String, Vec<u8>>>;
 
 /// Every policy's state as the index sees it after a batch of changes.
 #[derive(Clone, Debug, Default)]
@@ -118,9 +118,9 @@ impl IndexView {
     }
 }
 
-/// Secret values for compilation, from the watched Secrets.
-struct SecretCache<'a> {
-    secrets: &'a HashMap<SecretKey, SecretData>,
+/// Secret values for compilation, from the watched (or fetched) Secrets.
+pub(crate) struct SecretCache<'a> {
+    pub(crate) secrets: &'a HashMap<SecretKey, SecretData>,
 }
 
 impl SecretSource for SecretCache<'_> {
@@ -144,7 +144,8 @@ impl SecretSource for SecretCache<'_> {
     }
 }
 
-fn referenced_secrets(namespace: &str, policy: &JwtPolicy) -> BTreeSet<SecretKey> {
+/// The Secrets a policy reads, as `(namespace, name)`.
+pub(crate) fn referenced_secrets(namespace: &str, policy: &JwtPolicy) -> BTreeSet<SecretKey> {
     let shared = policy
         .spec
         .issuers
@@ -177,7 +178,7 @@ fn referenced_secrets(namespace: &str, policy: &JwtPolicy) -> BTreeSet<SecretKey
         .collect()
 }
 
-fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
     let mut data: BTreeMap<String, Vec<u8>> = secret
         .data
         .iter()

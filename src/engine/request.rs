@@ -60,6 +60,25 @@ pub enum TokenSource {
     Cookie,
 }
 
+impl TokenSource {
+    /// Where exactly, in words: `authorization header (Bearer)`, `query parameter access_token`.
+    pub fn describe(self, location: &crate::policy::TokenLocation) -> String {
+        match self {
+            TokenSource::Header => match &location.scheme {
+                Some(scheme) => format!("{} header ({scheme})", location.header),
+                None => format!("{} header", location.header),
+            },
+            TokenSource::Query => format!(
+                "query parameter {}",
+                location.query.as_deref().unwrap_or_default()
+            ),
+            TokenSource::Cookie => {
+                format!("cookie {}", location.cookie.as_deref().unwrap_or_default())
+            }
+        }
+    }
+}
+
 /// Why no usable token could be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExtractError {

@@ -186,6 +186,22 @@ impl KeySource {
         Self::new(id, origin, Some(fetcher), settings)
     }
 
+    /// A remote source that is never fetched (offline checks): it stays without keys, and
+    /// says so.
+    pub fn unfetched(origin: Origin) -> Arc<Self> {
+        let id: Arc<str> = match &origin {
+            Origin::Fixed => "fixed".into(),
+            Origin::JwksUri { url, .. } | Origin::Discovery { url, .. } => url.as_str().into(),
+        };
+        let source = Self::new(id, origin, None, RefreshSettings::default());
+        source.lock().status.last_error = Some(format!(
+            "offline: the keys are published at {} and were not fetched",
+            source.id
+        ));
+        source.attempted.store(true, Ordering::Release);
+        source
+    }
+
     fn new(
         id: Arc<str>,
         origin: Origin,

@@ -8,13 +8,27 @@ use crate::fixtures::*;
 use crate::jose::{self, B64};
 use crate::local_issuer::{SigningKey, now_secs};
 
+/// Validates with the trace off and on: the answer must be the same (a trace only records).
 fn run(policy: &Policy, token: &str) -> Result<(), ValidationError> {
+    let quiet = run_traced(policy, token, &mut Trace::off());
+    let mut trace = Trace::on();
+    let traced = run_traced(policy, token, &mut trace);
+    assert_eq!(quiet, traced, "tracing changed the answer");
+    if let Err(e) = &traced
+        && let Some(failed) = trace.failure()
+    {
+        assert_eq!(failed.reason, Some(e.reason().as_str()), "{trace:?}");
+    }
+    quiet
+}
+
+fn run_traced(policy: &Policy, token: &str, trace: &mut Trace) -> Result<(), ValidationError> {
     let jws = jose::parse(token).map_err(ValidationError::Malformed)?;
     let (issuer, alg) = route(&jws, policy)?;
     let keys = issuer.keys.current().expect("inline keys are loaded");
     verify_signature(&jws, alg, &keys)?;
-    check_claims(&jws.claims, issuer, policy, SystemTime::now())?;
-    check_required(&jws.claims, policy)
+    check_claims(&jws.claims, issuer, policy, SystemTime::now(), trace)?;
+    check_required(&jws.claims, policy, trace)
 }
 
 fn header(key: &SigningKey, extra: Value) -> Value {

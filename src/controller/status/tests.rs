@@ -134,7 +134,7 @@ fn unreachable_issuers_make_the_policy_not_ready() {
     assert!(
         ready
             .message
-            .contains("https://idp.example/: keys not fetched yet"),
+            .contains("https://idp.example/: no keys: offline"),
         "{}",
         ready.message
     );

@@ -1,0 +1,70 @@
+//! One `JwtPolicy` read from the cluster with the user's kubeconfig and compiled with the
+//! Secrets it references, exactly as the replicas compile it (`tollgate explain --policy ns/name`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+
+use super::index::{SecretCache, referenced_secrets, secret_data};
+use crate::jwks::KeySources;
+use crate::policy::spec::JwtPolicy;
+use crate::policy::{CompileContext, CompileError, Policy, compile};
+
+/// Why a policy could not be read or compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The cluster could not be reached, or refused.
+    #[error("{0:#}")]
+    Cluster(anyhow::Error),
+    /// The policy does not exist.
+    #[error("JwtPolicy {0} not found")]
+    NotFound(String),
+    /// The policy does not compile (the replicas serve its last good version, if any).
+    #[error("JwtPolicy {id} does not compile: {error}")]
+    Invalid { id: String, error: CompileError },
+}
+
+/// Reads and compiles `namespace/name`.
+pub async fn fetch_policy(
+    namespace: &str,
+    name: &str,
+    key_sources: &KeySources,
+) -> Result<Arc<Policy>, FetchError> {
+    let id = format!("{namespace}/{name}");
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting with the kubeconfig (KUBECONFIG or ~/.kube/config)")
+        .map_err(FetchError::Cluster)?;
+    let policies: Api<JwtPolicy> = Api::namespaced(client.clone(), namespace);
+    let object = policies
+        .get_opt(name)
+        .await
+        .with_context(|| format!("reading JwtPolicy {id}"))
+        .map_err(FetchError::Cluster)?
+        .ok_or_else(|| FetchError::NotFound(id.clone()))?;
+    let secrets_api: Api<Secret> = Api::namespaced(client, namespace);
+    let mut secrets = HashMap::new();
+    for key in referenced_secrets(namespace, &object) {
+        let secret = secrets_api
+            .get_opt(&key.1)
+            .await
+            .with_context(|| format!("reading Secret {}/{}", key.0, key.1))
+            .map_err(FetchError::Cluster)?;
+        secrets.insert(key, secret.as_ref().map(secret_data));
+    }
+    let cache = SecretCache { secrets: &secrets };
+    compile(
+        namespace,
+        name,
+        &object.spec,
+        &CompileContext {
+            key_sources,
+            secrets: &cache,
+        },
+    )
+    .map(Arc::new)
+    .map_err(|error| FetchError::Invalid { id, error })
+}
