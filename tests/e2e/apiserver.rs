@@ -143,6 +143,32 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
+/// `GET` of one object (as `kubectl get` and `tollgate explain --policy ns/name` do).
+fn object_get(kind: Kind) -> axum::routing::MethodRouter<Arc<Shared>> {
+    get(
+        move |State(s): State<Arc<Shared>>, UrlPath((ns, name)): UrlPath<(String, String)>| async move {
+            s.requests
+                .lock()
+                .expect("requests")
+                .push(format!("GET {} ns={ns} name={name}", kind.name()));
+            let store = s.store.lock().expect("store");
+            match store.objects.get(&(kind, ns, name.clone())) {
+                Some(object) => {
+                    let mut object = object.clone();
+                    object["apiVersion"] = json!(kind.api_version());
+                    object["kind"] = json!(kind.name());
+                    axum::Json(object).into_response()
+                }
+                None => api_error(
+                    404,
+                    "NotFound",
+                    format!("{} \"{name}\" not found", kind.name()),
+                ),
+            }
+        },
+    )
+}
+
 async fn lease_get(
     State(s): State<Arc<Shared>>,
     UrlPath((ns, name)): UrlPath<(String, String)>,
@@ -472,8 +498,16 @@ impl FakeApiServer {
                 namespaced_list(Kind::JwtPolicy),
             )
             .route(
+                "/apis/tollgate.dev/v1alpha1/namespaces/{ns}/jwtpolicies/{name}",
+                object_get(Kind::JwtPolicy),
+            )
+            .route(
                 "/api/v1/namespaces/{ns}/secrets",
                 namespaced_list(Kind::Secret),
+            )
+            .route(
+                "/api/v1/namespaces/{ns}/secrets/{name}",
+                object_get(Kind::Secret),
             )
             .route(
                 "/apis/tollgate.dev/v1alpha1/namespaces/{ns}/jwtpolicies/{name}/status",

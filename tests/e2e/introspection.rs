@@ -22,9 +22,9 @@ const RESOURCE_OPAQUE: &str = "https://api.example.com/opaque";
 const RESOURCE_JWT: &str = "https://api.example.com/jwt";
 
 /// The oidc-provider server of tests/oidc/server.mjs, stopped on drop.
-struct OpenIdProvider {
+pub(crate) struct OpenIdProvider {
     child: Child,
-    issuer: String,
+    pub(crate) issuer: String,
     _dir: tempfile::TempDir,
 }
 
@@ -36,6 +36,10 @@ impl Drop for OpenIdProvider {
 }
 
 fn start_provider(install: &Path) -> OpenIdProvider {
+    start_provider_with(install, &[])
+}
+
+pub(crate) fn start_provider_with(install: &Path, envs: &[(&str, &Path)]) -> OpenIdProvider {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().expect("dir");
     std::os::unix::fs::symlink(
@@ -53,6 +57,7 @@ fn start_provider(install: &Path) -> OpenIdProvider {
         .arg("server.mjs")
         .current_dir(dir.path())
         .env("PORT", port.to_string())
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_os_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -79,7 +84,7 @@ fn start_provider(install: &Path) -> OpenIdProvider {
 }
 
 impl OpenIdProvider {
-    async fn token(&self, resource: &str) -> String {
+    pub(crate) async fn token(&self, resource: &str) -> String {
         let body = reqwest::Client::new()
             .post(format!("{}/token", self.issuer))
             .basic_auth("web", Some("web-secret"))

@@ -4,7 +4,9 @@
 mod apiserver;
 mod cli;
 mod deploy;
+mod encrypted;
 mod envoy;
+mod explain;
 mod introspection;
 mod kubernetes;
 mod serve;

@@ -483,3 +483,44 @@ async fn sigterm_stops_gracefully() {
         "{lines}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_denial_is_traced_in_the_log_when_asked() {
+    let key = rsa("k1");
+    let idp = idp(&[&key]).await;
+    let iss = idp.issuer();
+    let dir = tempfile::tempdir().expect("dir");
+    write_policy(dir.path(), "orders.yaml", &policy_yaml("orders", &iss, ""));
+    let args = vec!["--policies".to_string(), dir.path().display().to_string()];
+    let tollgate = Tollgate::spawn_with(
+        &args,
+        &[("RUST_LOG", "info,tollgate::trace=debug".to_string())],
+    );
+    tollgate.wait_ready(Duration::from_secs(30));
+    let wrong_aud = key
+        .mint(&claims(&iss, json!({"aud": "api://payments"})))
+        .expect("mint");
+    let response = check(&tollgate.url(), "/orders", Some(&wrong_aud)).await;
+    assert_eq!(outcome(&response).2, "audience_mismatch");
+    let good = key.mint(&claims(&iss, json!({}))).expect("mint");
+    assert!(outcome(&check(&tollgate.url(), "/orders", Some(&good)).await).0);
+    let traced = eventually(Duration::from_secs(10), async || {
+        !tollgate.log_events("denial trace").is_empty()
+    })
+    .await;
+    assert!(traced, "{}", tollgate.logs().join("\n"));
+    let lines = tollgate.log_events("denial trace");
+    assert_eq!(lines.len(), 1, "one line per denial, none for the allow");
+    let trace = lines[0]["trace"].as_str().expect("trace");
+    assert!(
+        trace.contains("signature ok: verified with key \"k1\"")
+            && trace.contains(
+                "aud FAIL: audience [\"api://payments\"] is not accepted here [audience_mismatch]"
+            ),
+        "{trace}"
+    );
+    assert_eq!(lines[0]["reason"], "audience_mismatch");
+    assert!(!trace.contains(&wrong_aud), "the token is never logged");
+    tollgate.terminate();
+    idp.stop().await;
+}

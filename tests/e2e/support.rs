@@ -96,9 +96,9 @@ impl Tollgate {
                 "json",
             ])
             .args(args)
+            .env("RUST_LOG", "info")
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .env_remove("KUBERNETES_SERVICE_HOST")
-            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

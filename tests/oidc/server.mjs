@@ -1,9 +1,13 @@
 // A real OpenID provider for tollgate's end-to-end tests: npm oidc-provider (OpenID Certified),
-// configured with client_credentials, resource indicators (opaque and JWT access tokens),
-// introspection (JSON and RFC 9701 signed), and revocation. Prints "listening <issuer>" when up.
+// configured with client_credentials, resource indicators (opaque, JWT and encrypted JWT access
+// tokens), introspection (JSON and RFC 9701 signed), and revocation. Prints "listening <issuer>"
+// when up.
 //
-// Run: PORT=<port> node server.mjs   (node_modules with oidc-provider next to this file)
-import { generateKeyPairSync } from 'node:crypto';
+// Run: PORT=<port> [ENCRYPTION_KEY=<public key PEM file>] node server.mjs
+// (node_modules with oidc-provider next to this file). With ENCRYPTION_KEY, access tokens for
+// RESOURCE_ENCRYPTED are signed, then encrypted to that key (RSA-OAEP-256 / A256GCM).
+import { createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import Provider from 'oidc-provider';
 
 const port = Number(process.env.PORT || 0);
@@ -17,6 +21,27 @@ const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: 'op-rs256', u
 
 export const RESOURCE_OPAQUE = 'https://api.example.com/opaque';
 export const RESOURCE_JWT = 'https://api.example.com/jwt';
+export const RESOURCE_ENCRYPTED = 'https://api.example.com/encrypted';
+const encryptionKey = process.env.ENCRYPTION_KEY
+  ? createPublicKey(readFileSync(process.env.ENCRYPTION_KEY))
+  : undefined;
+
+// The access-token format of each resource server.
+function tokenFormat(resource) {
+  if (resource === RESOURCE_JWT) {
+    return { accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } };
+  }
+  if (resource === RESOURCE_ENCRYPTED && encryptionKey) {
+    return {
+      accessTokenFormat: 'jwt',
+      jwt: {
+        sign: { alg: 'RS256' },
+        encrypt: { alg: 'RSA-OAEP-256', enc: 'A256GCM', key: encryptionKey, kid: 'api-enc' },
+      },
+    };
+  }
+  return { accessTokenFormat: 'opaque' };
+}
 
 const configuration = {
   clients: [
@@ -54,9 +79,8 @@ const configuration = {
       getResourceServerInfo: (ctx, resource) => ({
         scope: 'orders.read',
         audience: resource,
-        accessTokenTTL: 3600,
-        accessTokenFormat: resource === RESOURCE_JWT ? 'jwt' : 'opaque',
-        ...(resource === RESOURCE_JWT ? { jwt: { sign: { alg: 'RS256' } } } : {}),
+                accessTokenTTL: 3600,
+        ...tokenFormat(resource),
       }),
     },
   },
