@@ -193,6 +193,14 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
             example.title, example.path, example.token
         );
     }
+    if let Some(rejected) = examples.iter().find(|e| !e.expect_allow) {
+        println!(
+            "\nWhy was it rejected? Every check, with the fix:\n  cargo run -- explain --policy {} --host {HOST} --path {} --token {}",
+            policy_file.display(),
+            rejected.path,
+            rejected.token
+        );
+    }
     if !as_expected {
         println!("\nsome decisions were not the expected ones: see above");
     }

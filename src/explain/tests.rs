@@ -320,6 +320,16 @@ async fn explanations_match_the_golden_files() {
     assert!(mismatched.is_empty(), "{}", mismatched.join("\n"));
 }
 
+#[test]
+fn the_readme_shows_a_real_explanation() {
+    let golden = std::fs::read_to_string(golden_dir().join("audience.txt")).expect("golden");
+    let readme = include_str!("../../README.md");
+    assert!(
+        readme.contains(&golden.replace("<fingerprint>", "3f9a0c51d2e7")),
+        "README.md's explain example differs from tests/golden/explain/audience.txt"
+    );
+}
+
 #[tokio::test]
 async fn json_output_carries_the_decision_the_token_and_every_step() {
     let request = ExplainRequest {

@@ -48,6 +48,12 @@ fn demo_shows_one_token_accepted_and_one_rejected() {
         stdout.contains("cargo run -- authorize --server http://127.0.0.1:"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains(
+            "Why was it rejected? Every check, with the fix:\n  cargo run -- explain --policy "
+        ),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -182,6 +188,6 @@ fn the_example_policies_are_valid() {
         .expect("run");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "ok: 2 policies (shop/internal, shop/orders)\n"
+        "ok: 3 policies (shop/internal, shop/inventory, shop/orders)\n"
     );
 }

@@ -310,6 +310,58 @@ async fn secrets_are_resolved_and_rotation_recompiles_the_policy() {
 }
 
 #[tokio::test]
+async fn decryption_keys_and_the_trace_secret_come_from_secrets() {
+    use crate::jwe::{self, ContentEncryption, KeyManagement};
+    let mut index = synced_index();
+    let extra = json!({
+        "decryption": {"keys": [{"secretRef": {"name": "token-keys", "key": "jwk"}}]},
+        "debug": {"traceHeader": {"value": {"secretRef": {"name": "debug", "key": "value"}}}},
+    });
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("enc", 1, T0, spec("h.example", extra))),
+    ));
+    assert_eq!(
+        index.referenced_secrets(),
+        BTreeSet::from([
+            ("shop".to_string(), "debug".to_string()),
+            ("shop".to_string(), "token-keys".to_string())
+        ])
+    );
+    let jwk =
+        json!({"kty": "oct", "kid": "enc-1", "k": "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA"});
+    for (name, key_name, value) in [
+        ("token-keys", "jwk", jwk.to_string().into_bytes()),
+        ("debug", "value", b"a-long-enough-debug-secret".to_vec()),
+    ] {
+        index.apply(Change::Secret(key(name), watcher::Event::Init));
+        index.apply(Change::Secret(
+            key(name),
+            watcher::Event::InitApply(secret(name, key_name, &value)),
+        ));
+        index.apply(Change::Secret(key(name), watcher::Event::InitDone));
+    }
+    assert!(index.synced());
+    assert!(
+        index.policies["shop/enc"].current(),
+        "{:?}",
+        index.policies["shop/enc"].error
+    );
+    let public = jwe::parse_keys(jwk.to_string().as_bytes()).expect("key")[0]
+        .public()
+        .expect("public");
+    let nested = jwe::encrypt(
+        RSA.mint(&good_claims()).expect("mint").as_bytes(),
+        &public,
+        KeyManagement::A256Kw,
+        ContentEncryption::A256Gcm,
+        Some("JWT"),
+    )
+    .expect("encrypt");
+    assert!(allowed(&index, &nested).await);
+}
+
+#[tokio::test]
 async fn the_task_coalesces_bursts_and_publishes_only_after_the_first_list() {
     let shared = SharedSnapshot::new(DefaultAction::Deny);
     let (tx, rx) = mpsc::channel(1024);

@@ -63,40 +63,121 @@ async fn judge_token(policy: &Arc<Policy>, token: &str) -> Decision {
     decide(&s, &req("/orders").bearer(token)).await
 }
 
-#[tokio::test]
-async fn signed_then_encrypted_tokens_are_validated_like_any_other() {
-    let rsa = rsa_key("enc-rsa");
-    let aes = key_file(
-        &json!({"kty": "oct", "kid": "enc-aes", "k": B64.encode([7u8; 32])}).to_string(),
+fn ec_key(kid: &str, alg: &'static aws_lc_rs::agreement::Algorithm) -> KeyFile {
+    use aws_lc_rs::agreement::PrivateKey;
+    let der: Pkcs8V1Der = PrivateKey::generate(alg)
+        .expect("ec")
+        .as_der()
+        .expect("der");
+    let body = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    key_file(
+        &format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n"),
+        Some(kid),
+    )
+}
+
+fn aes_key(kid: &str, len: usize) -> KeyFile {
+    let mut k = vec![0u8; len];
+    aws_lc_rs::rand::fill(&mut k).expect("rng");
+    key_file(
+        &json!({"kty": "oct", "kid": kid, "k": B64.encode(&k)}).to_string(),
         None,
-    );
-    let policy = policy_with(&[(&rsa, Some("enc-rsa")), (&aes, None)], "");
-    for (to, alg, enc) in [
+    )
+}
+
+#[tokio::test]
+async fn a_nested_token_of_every_algorithm_pair_is_validated_like_any_other() {
+    let rsa = rsa_key("rsa");
+    let p256 = ec_key("p256", &aws_lc_rs::agreement::ECDH_P256);
+    let x25519 = {
+        use aws_lc_rs::agreement::{PrivateKey, X25519};
+        use aws_lc_rs::encoding::{AsBigEndian, Curve25519SeedBin};
+        let seed: Curve25519SeedBin = PrivateKey::generate(&X25519)
+            .expect("x25519")
+            .as_be_bytes()
+            .expect("seed");
+        // RFC 8410 PKCS#8 of an X25519 key.
+        let mut der = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        der.extend_from_slice(seed.as_ref());
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        key_file(
+            &format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n"),
+            Some("x25519"),
+        )
+    };
+    let aes = [
+        aes_key("a128", 16),
+        aes_key("a256", 32),
+        aes_key("a384", 48),
+        aes_key("a512", 64),
+    ];
+    let mut keys: Vec<(&KeyFile, Option<&str>)> = vec![
+        (&rsa, Some("rsa")),
+        (&p256, Some("p256")),
+        (&x25519, Some("x25519")),
+    ];
+    keys.extend(aes.iter().map(|k| (k, None)));
+    let policy = policy_with(&keys, ", allowRsa1_5: true");
+    let mut pairs = 0;
+    for (to, algs) in [
         (
             &rsa.public,
-            KeyManagement::RsaOaep256,
-            ContentEncryption::A256Gcm,
+            vec![
+                KeyManagement::RsaOaep,
+                KeyManagement::RsaOaep256,
+                KeyManagement::Rsa1_5,
+            ],
         ),
         (
-            &rsa.public,
-            KeyManagement::RsaOaep,
-            ContentEncryption::A128CbcHs256,
+            &p256.public,
+            vec![
+                KeyManagement::EcdhEs,
+                KeyManagement::EcdhEsA128Kw,
+                KeyManagement::EcdhEsA256Kw,
+            ],
         ),
         (
-            &aes.public,
-            KeyManagement::A256Kw,
-            ContentEncryption::A256CbcHs512,
+            &x25519.public,
+            vec![
+                KeyManagement::EcdhEs,
+                KeyManagement::EcdhEsA128Kw,
+                KeyManagement::EcdhEsA256Kw,
+            ],
         ),
-        (&aes.public, KeyManagement::Dir, ContentEncryption::A256Gcm),
+        (
+            &aes[0].public,
+            vec![KeyManagement::A128Kw, KeyManagement::Dir],
+        ),
+        (
+            &aes[1].public,
+            vec![KeyManagement::A256Kw, KeyManagement::Dir],
+        ),
+        (&aes[2].public, vec![KeyManagement::Dir]),
+        (&aes[3].public, vec![KeyManagement::Dir]),
     ] {
-        let decision = judge_token(&policy, &nested(to, alg, enc)).await;
-        let allow = allowed(&decision);
-        assert_eq!(
-            allow.claims.as_ref().expect("claims")["sub"],
-            "alice",
-            "{alg} {enc}"
-        );
+        for alg in algs {
+            for enc in ContentEncryption::ALL {
+                let Ok(token) = jwe::encrypt(good().as_bytes(), to, alg, enc, Some("JWT")) else {
+                    // dir needs a key of the content encryption's size.
+                    assert_eq!(alg, KeyManagement::Dir, "{alg} {enc}");
+                    continue;
+                };
+                let decision = judge_token(&policy, &token).await;
+                let allow = allowed(&decision);
+                assert_eq!(
+                    allow.claims.as_ref().expect("claims")["sub"],
+                    "alice",
+                    "{alg} {enc}"
+                );
+                pairs += 1;
+            }
+        }
     }
+    // 3 RSA x 5 + 2 curves x 3 x 5 + 2 AES key wraps x 5 + 5 dir sizes.
+    assert_eq!(pairs, 15 + 30 + 10 + 5);
 }
 
 #[tokio::test]

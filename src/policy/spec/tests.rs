@@ -171,15 +171,16 @@ fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
 
 #[test]
 fn the_example_policies_pass_the_crd_rules() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/policies/orders.yaml"
-    ))
-    .expect("example");
-    let docs = crate::policy::files::parse_documents(text.as_bytes()).expect("parses");
-    assert_eq!(docs.len(), 2);
-    for (_, doc) in docs {
-        let object = policy(serde_json::to_value(&doc.spec).expect("json"));
-        assert_eq!(cel(&object), Ok(()), "{}", doc.metadata.name);
+    let mut names = Vec::new();
+    for file in ["orders.yaml", "azure-ad.yaml"] {
+        let path = format!("{}/examples/policies/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).expect("example");
+        let docs = crate::policy::files::parse_documents(text.as_bytes()).expect("parses");
+        for (_, doc) in docs {
+            let object = policy(serde_json::to_value(&doc.spec).expect("json"));
+            assert_eq!(cel(&object), Ok(()), "{}", doc.metadata.name);
+            names.push(doc.metadata.name);
+        }
     }
+    assert_eq!(names, ["orders", "internal", "inventory"]);
 }
