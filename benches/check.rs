@@ -1,7 +1,9 @@
 //! Check latency: the plain JWT path (RS256, verified on every request) next to an opaque token
 //! answered from a warm introspection cache. Both over real gRPC to an in-process `tollgate
 //! serve`, and both through `engine::check` alone (no transport), measured interleaved in one
-//! run so the figures are comparable. Reports median, p90 and p99, and the ratio.
+//! run so the figures are comparable. The engine rows add the same JWT encrypted to the API
+//! (RSA-OAEP-256 / A256GCM, decrypted on every request) and the JWT with the trace on (what
+//! `explain` and the debug line cost). Reports median, p90 and p99, and the ratios.
 //!
 //! `cargo bench --bench check` measures; under `cargo test` it runs a short smoke pass.
 
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::routing::post;
+use base64::Engine as _;
 use serde_json::json;
 use tollgate::client::{Probe, check_request};
 use tollgate::engine::{self, Headers, Request};
@@ -19,6 +22,7 @@ use tollgate::local_issuer::{SigningKey, jwks, now_secs};
 use tollgate::policy::{DefaultAction, SharedSnapshot};
 use tollgate::proto::auth::authorization_client::AuthorizationClient;
 use tollgate::serve::{self, PolicySource, ServeConfig};
+use tollgate::trace::Trace;
 
 const ISSUER: &str = "https://idp.bench.example/";
 const AUDIENCE: &str = "api://bench";
@@ -103,6 +107,35 @@ async fn run(rounds: usize, measure: bool) {
         policy("opaque", "opaque.example", introspection),
     )
     .expect("write");
+    // The same JWT, encrypted to the API's RSA key.
+    let decryption_key = {
+        use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+        let key = aws_lc_rs::rsa::PrivateDecryptingKey::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .expect("rsa");
+        let der: Pkcs8V1Der = key.as_der().expect("der");
+        let body = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n")
+    };
+    std::fs::write(dir.path().join("api.pem"), &decryption_key).expect("write");
+    let decryption = json!({"decryption": {"keys": [{"file": dir.path().join("api.pem").display().to_string(), "kid": "api"}]}});
+    std::fs::write(
+        dir.path().join("jwe.yaml"),
+        policy("jwe", "jwe.example", decryption),
+    )
+    .expect("write");
+    let public = tollgate::jwe::parse_keys(decryption_key.as_bytes()).expect("key")[0]
+        .clone()
+        .with_kid("api")
+        .public()
+        .expect("public");
+    let jwe = tollgate::jwe::encrypt(
+        jwt.as_bytes(),
+        &public,
+        tollgate::jwe::KeyManagement::RsaOaep256,
+        tollgate::jwe::ContentEncryption::A256Gcm,
+        Some("JWT"),
+    )
+    .expect("encrypt");
 
     let config = ServeConfig {
         source: PolicySource::Files(vec![dir.path().to_path_buf()]),
@@ -187,12 +220,17 @@ async fn run(rounds: usize, measure: bool) {
         "authorization".to_string(),
         "Bearer opaque-token-0123456789".to_string(),
     )];
+    let jwe_headers = vec![("authorization".to_string(), format!("Bearer {jwe}"))];
     let mut engine_jwt = Vec::with_capacity(rounds);
     let mut engine_opaque = Vec::with_capacity(rounds);
+    let mut engine_jwe = Vec::with_capacity(rounds);
+    let mut engine_traced = Vec::with_capacity(rounds);
     for _ in 0..rounds {
-        for (host, headers, samples) in [
-            ("jwt.example", &jwt_headers, &mut engine_jwt),
-            ("opaque.example", &opaque_headers, &mut engine_opaque),
+        for (host, headers, samples, traced) in [
+            ("jwt.example", &jwt_headers, &mut engine_jwt, false),
+            ("opaque.example", &opaque_headers, &mut engine_opaque, false),
+            ("jwe.example", &jwe_headers, &mut engine_jwe, false),
+            ("jwt.example", &jwt_headers, &mut engine_traced, true),
         ] {
             let request = Request {
                 host,
@@ -202,7 +240,11 @@ async fn run(rounds: usize, measure: bool) {
                 policy: None,
             };
             let start = Instant::now();
-            let decision = engine::check(&snapshot, &request, SystemTime::now()).await;
+            let decision = if traced {
+                engine::check_traced(&snapshot, &request, SystemTime::now(), Trace::on()).await
+            } else {
+                engine::check(&snapshot, &request, SystemTime::now()).await
+            };
             samples.push(start.elapsed());
             assert!(decision.is_allow());
         }
@@ -226,6 +268,11 @@ async fn run(rounds: usize, measure: bool) {
             "engine::check, opaque, warm introspection cache",
             summary(engine_opaque),
         ),
+        (
+            "engine::check, JWT in JWE (RSA-OAEP-256/A256GCM)",
+            summary(engine_jwe),
+        ),
+        ("engine::check, JWT RS256, trace on", summary(engine_traced)),
     ];
     for (name, (p50, p90, p99)) in &rows {
         println!(
@@ -240,5 +287,10 @@ async fn run(rounds: usize, measure: bool) {
         "  median ratio opaque-warm / JWT: gRPC {:.2}, engine {:.3}",
         ratio(rows[1].1.0, rows[0].1.0),
         ratio(rows[3].1.0, rows[2].1.0)
+    );
+    println!(
+        "  median ratio engine JWE / JWT {:.2}, traced / untraced {:.2}",
+        ratio(rows[4].1.0, rows[2].1.0),
+        ratio(rows[5].1.0, rows[2].1.0)
     );
 }
