@@ -35,6 +35,10 @@ impl SecretSource for ReferencedSecrets {
             }
         }
     }
+
+    fn has_values(&self) -> bool {
+        false
+    }
 }
 
 /// Judges one admission review.

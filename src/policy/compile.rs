@@ -105,6 +105,12 @@ impl CompileError {
 pub trait SecretSource: Send + Sync {
     /// The raw bytes of the referenced secret, or why they cannot be read.
     fn read(&self, namespace: &str, spec: &SecretSpec) -> Result<Vec<u8>, String>;
+
+    /// False when `read` only stands in for values it cannot see (admission review): the
+    /// content of keys is then checked later, by the replicas.
+    fn has_values(&self) -> bool {
+        true
+    }
 }
 
 /// Secrets from files (file mode). Relative paths are resolved against `base_dir`.
@@ -646,7 +652,22 @@ fn compile_decryption(
             c.invalid(&field, "give either file or secretRef");
             continue;
         }
+        let mut allowed = Vec::new();
+        for (j, name) in entry.algorithms.iter().enumerate() {
+            match jwe::KeyManagement::parse(name) {
+                Some(jwe::KeyManagement::Rsa1_5) if !spec.allow_rsa1_5 => c.invalid(
+                    format!("{field}.algorithms[{j}]"),
+                    "RSA1_5 needs decryption.allowRsa1_5: true (it is open to padding-oracle attacks)",
+                ),
+                Some(alg) => allowed.push(alg),
+                None => c.invalid(
+                    format!("{field}.algorithms[{j}]"),
+                    format!("{name:?} is not supported; use RSA-OAEP, RSA-OAEP-256, RSA1_5, ECDH-ES, ECDH-ES+A128KW, ECDH-ES+A256KW, A128KW, A256KW or dir"),
+                ),
+            }
+        }
         let raw = match ctx.secrets.read(namespace, &source) {
+            Ok(_) if !ctx.secrets.has_values() => continue,
             Ok(raw) => raw,
             Err(e) => {
                 c.secret(&field, e);
@@ -671,20 +692,6 @@ fn compile_decryption(
             found = found.into_iter().map(|k| k.with_kid(kid.clone())).collect();
         }
         if !entry.algorithms.is_empty() {
-            let mut allowed = Vec::new();
-            for (j, name) in entry.algorithms.iter().enumerate() {
-                match jwe::KeyManagement::parse(name) {
-                    Some(jwe::KeyManagement::Rsa1_5) if !spec.allow_rsa1_5 => c.invalid(
-                        format!("{field}.algorithms[{j}]"),
-                        "RSA1_5 needs decryption.allowRsa1_5: true (it is open to padding-oracle attacks)",
-                    ),
-                    Some(alg) => allowed.push(alg),
-                    None => c.invalid(
-                        format!("{field}.algorithms[{j}]"),
-                        format!("{name:?} is not supported; use RSA-OAEP, RSA-OAEP-256, RSA1_5, ECDH-ES, ECDH-ES+A128KW, ECDH-ES+A256KW, A128KW, A256KW or dir"),
-                    ),
-                }
-            }
             found = found
                 .into_iter()
                 .map(|k| k.restricted_to(&allowed))

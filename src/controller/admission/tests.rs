@@ -109,6 +109,19 @@ fn admission_uses_the_same_compile_as_the_replicas() {
         !allowed && message.contains("in Kubernetes use secretRef"),
         "{message}"
     );
+    // Decryption keys and the trace secret: also only the reference is checked.
+    let mut encrypted = spec("enc.example.com");
+    encrypted["decryption"] =
+        json!({"keys": [{"secretRef": {"name": "keys", "key": "pem"}, "kid": "k1"}]});
+    encrypted["debug"] =
+        json!({"traceHeader": {"value": {"secretRef": {"name": "debug", "key": "v"}}}});
+    assert_eq!(
+        run("CREATE", policy("encrypted", None, encrypted.clone())),
+        (true, String::new())
+    );
+    encrypted["decryption"]["keys"][0]["algorithms"] = json!(["RSA1_5"]);
+    let (allowed, message) = run("CREATE", policy("encrypted", None, encrypted));
+    assert!(!allowed && message.contains("allowRsa1_5"), "{message}");
 
     assert!(
         run("DELETE", policy("anything", None, json!({}))).0,
