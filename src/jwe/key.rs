@@ -7,8 +7,9 @@ use std::sync::Arc;
 use aws_lc_rs::agreement::{self, UnparsedPublicKey};
 use aws_lc_rs::key_wrap::{self, AesKek, KeyWrap as _};
 use aws_lc_rs::rsa::{
-    OAEP_SHA1_MGF1SHA1, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, OaepPublicEncryptingKey,
-    Pkcs1PrivateDecryptingKey, Pkcs1PublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey,
+    OAEP_SHA1_MGF1SHA1, OAEP_SHA256_MGF1SHA256, OaepAlgorithm, OaepPrivateDecryptingKey,
+    OaepPublicEncryptingKey, Pkcs1PrivateDecryptingKey, Pkcs1PublicEncryptingKey,
+    PrivateDecryptingKey, PublicEncryptingKey,
 };
 use base64::Engine as _;
 use rustls_pki_types::PrivateKeyDer;
@@ -477,11 +478,7 @@ impl DecryptionKey {
                 Ok(cek)
             }
             (Secret::Rsa(key), KeyManagement::RsaOaep | KeyManagement::RsaOaep256) => {
-                let oaep = if alg == KeyManagement::RsaOaep {
-                    &OAEP_SHA1_MGF1SHA1
-                } else {
-                    &OAEP_SHA256_MGF1SHA256
-                };
+                let oaep = oaep(alg);
                 let key = OaepPrivateDecryptingKey::new(key.clone()).map_err(|_| UnwrapError)?;
                 let mut out = vec![0u8; key.min_output_size()];
                 let plain = key
@@ -520,6 +517,15 @@ impl DecryptionKey {
             }
             _ => Err(UnwrapError),
         }
+    }
+}
+
+/// The OAEP parameters of `RSA-OAEP` (SHA-1) and `RSA-OAEP-256`.
+fn oaep(alg: KeyManagement) -> &'static OaepAlgorithm {
+    if alg == KeyManagement::RsaOaep {
+        &OAEP_SHA1_MGF1SHA1
+    } else {
+        &OAEP_SHA256_MGF1SHA256
     }
 }
 
@@ -672,11 +678,7 @@ impl EncryptionKey {
                     .to_vec()
             }
             (PublicKind::Rsa(key), KeyManagement::RsaOaep | KeyManagement::RsaOaep256) => {
-                let oaep = if alg == KeyManagement::RsaOaep {
-                    &OAEP_SHA1_MGF1SHA1
-                } else {
-                    &OAEP_SHA256_MGF1SHA256
-                };
+                let oaep = oaep(alg);
                 let key = OaepPublicEncryptingKey::new(key.clone()).map_err(|_| UnwrapError)?;
                 let mut out = vec![0u8; key.ciphertext_size()];
                 key.encrypt(oaep, &cek, &mut out, None)
