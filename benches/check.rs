@@ -146,6 +146,8 @@ async fn run(rounds: usize, measure: bool) {
         refresh: RefreshSettings::default(),
         poll: Duration::from_secs(3600),
         webhook: None,
+        http_addr: None,
+        trusted_proxies: Vec::new(),
     };
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(serve::run(

@@ -100,6 +100,20 @@ pub struct ServeArgs {
     /// gRPC listen address (ext_authz and grpc.health.v1).
     #[arg(long, default_value = "127.0.0.1:9001", env = "TOLLGATE_GRPC_ADDR")]
     pub grpc_addr: SocketAddr,
+    /// Serve HTTP forward authentication (`/auth`, for nginx auth_request, ingress-nginx and
+    /// Traefik forwardAuth) on this address.
+    #[arg(long, env = "TOLLGATE_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Addresses (CIDRs) whose X-Original-* / X-Forwarded-* headers are believed; from others
+    /// they are ignored. Set it to the addresses of your proxies (the pod network).
+    #[arg(
+        long,
+        env = "TOLLGATE_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        default_value = crate::http::DEFAULT_TRUSTED_PROXIES,
+        value_parser = crate::http::parse_trusted
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Admin HTTP listen address (/healthz, /readyz, /metrics).
     #[arg(long, default_value = "127.0.0.1:9090", env = "TOLLGATE_ADMIN_ADDR")]
     pub admin_addr: SocketAddr,
@@ -238,6 +252,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             let config = ServeConfig {
                 webhook,
+                http_addr: args.http_addr,
+                trusted_proxies: args.trusted_proxies,
                 source,
                 grpc_addr: args.grpc_addr,
                 admin_addr: args.admin_addr,

@@ -118,6 +118,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         refresh: RefreshSettings::default(),
         poll: Duration::from_secs(5),
         webhook: None,
+        http_addr: None,
+        trusted_proxies: Vec::new(),
     };
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

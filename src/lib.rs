@@ -27,6 +27,7 @@ pub mod engine;
 pub mod explain;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod http;
 pub mod introspect;
 pub mod jose;
 pub mod jwe;

@@ -15,6 +15,7 @@ use crate::authz::AuthzService;
 use crate::controller;
 use crate::controller::watch::WatchOptions;
 use crate::controller::webhook::{WebhookConfig, spawn_webhook};
+use crate::http::ForwardAuth;
 use crate::jwks::{FetchSettings, Fetcher, KeySources, RefreshSettings};
 use crate::metrics::Metrics;
 use crate::policy::files::{FileLoader, spawn_watch};
@@ -42,6 +43,10 @@ pub struct ServeConfig {
     pub poll: Duration,
     /// The admission webhook (Kubernetes mode only).
     pub webhook: Option<WebhookConfig>,
+    /// The HTTP forward-auth endpoint (`/auth`), if enabled.
+    pub http_addr: Option<SocketAddr>,
+    /// Addresses whose X-Original-* / X-Forwarded-* headers describe the request.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The addresses actually bound (port 0 resolved).
@@ -51,6 +56,8 @@ pub struct Bound {
     pub admin: SocketAddr,
     /// The admission webhook (Kubernetes mode with `--webhook-addr`).
     pub webhook: Option<SocketAddr>,
+    /// The HTTP forward-auth endpoint (`--http-addr`).
+    pub http: Option<SocketAddr>,
 }
 
 /// Runs until `shutdown` resolves. `on_bound` is called once the listeners are bound.
@@ -89,6 +96,14 @@ pub async fn run(
     let admin_listener = TcpListener::bind(config.admin_addr)
         .await
         .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
+    let http_listener = match config.http_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the HTTP forward-auth address {addr}"))?,
+        ),
+        None => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -130,13 +145,19 @@ pub async fn run(
         grpc: grpc_listener.local_addr()?,
         admin: admin_listener.local_addr()?,
         webhook,
+        http: http_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?,
     };
-    match bound.webhook {
-        Some(webhook) => {
-            tracing::info!(grpc = %bound.grpc, admin = %bound.admin, %webhook, "listening")
-        }
-        None => tracing::info!(grpc = %bound.grpc, admin = %bound.admin, "listening"),
-    }
+    let optional = |addr: Option<SocketAddr>| addr.map(|a| a.to_string());
+    tracing::info!(
+        grpc = %bound.grpc,
+        admin = %bound.admin,
+        webhook = optional(bound.webhook),
+        http = optional(bound.http),
+        "listening"
+    );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
@@ -163,13 +184,34 @@ pub async fn run(
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             wait_stop(stop_rx.clone()),
         );
+    let http = http_listener.map(|listener| {
+        let app = ForwardAuth::new(
+            shared.clone(),
+            metrics.clone(),
+            config.trusted_proxies.clone(),
+        )
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+        // Small answers: do not wait on delayed ACKs.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, app).with_graceful_shutdown(wait_stop(stop_rx.clone()))
+    });
     let admin = axum::serve(admin_listener, admin::router(shared, metrics))
         .with_graceful_shutdown(wait_stop(stop_rx.clone()));
 
-    let (grpc_result, admin_result) = tokio::join!(grpc, async { admin.await });
+    let (grpc_result, admin_result, http_result) =
+        tokio::join!(grpc, async { admin.await }, async {
+            match http {
+                Some(server) => server.await,
+                None => Ok(()),
+            }
+        });
     watch.abort();
     grpc_result.context("gRPC server")?;
     admin_result.context("admin server")?;
+    http_result.context("HTTP forward-auth server")?;
     tracing::info!("stopped");
     Ok(())
 }

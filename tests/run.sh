@@ -58,6 +58,36 @@ if [ ! -f "$op_dir/node_modules/oidc-provider/package.json" ]; then
 fi
 export TOLLGATE_OIDC_PROVIDER_DIR="$op_dir"
 
+# nginx: Debian's package (its auth_request module is what ingress-nginx uses), unpacked into the
+# cache folder with dpkg-deb: nothing is installed system-wide. The Debian revision is pinned
+# where the mirror still has it; the upstream version is required either way.
+NGINX_VERSION=1.22.1
+NGINX_DEB="$NGINX_VERSION-9+deb12u7"
+nginx_dir="$CACHE/nginx-$NGINX_VERSION"
+nginx_bin="$nginx_dir/usr/sbin/nginx"
+if [ ! -x "$nginx_bin" ]; then
+  echo "installing Debian nginx $NGINX_DEB into $nginx_dir"
+  rm -rf "$nginx_dir.tmp" && mkdir -p "$nginx_dir.tmp/deb"
+  fetch_nginx() {
+    (cd "$nginx_dir.tmp/deb" && { apt-get download "nginx=$NGINX_DEB" || apt-get download nginx; }) > /dev/null 2>&1
+  }
+  if ! fetch_nginx; then
+    # A fresh machine may have no package lists yet.
+    if [ "$(id -u)" = 0 ]; then apt-get update > /dev/null; else sudo -n apt-get update > /dev/null; fi
+    fetch_nginx
+  fi
+  dpkg-deb -x "$nginx_dir.tmp"/deb/nginx_*.deb "$nginx_dir.tmp"
+  rm -rf "$nginx_dir.tmp/deb"
+  rm -rf "$nginx_dir" && mv "$nginx_dir.tmp" "$nginx_dir"
+fi
+if ! "$nginx_bin" -v 2>&1 | grep -q "nginx/$NGINX_VERSION"; then
+  echo "expected nginx $NGINX_VERSION at $nginx_bin, found: $("$nginx_bin" -v 2>&1)" >&2
+  exit 1
+fi
+"$nginx_bin" -v 2>&1
+export TOLLGATE_NGINX="$nginx_bin"
+
+
 echo "== format, lints"
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -269,7 +269,7 @@ fn the_helm_chart_lints_renders_and_types_check() {
     let custom = dir.path().join("values.yaml");
     std::fs::write(
         &custom,
-        "replicaCount: 3\nwatchNamespaces: [shop, billing]\nselector: tollgate.dev/shard=a\ndefaultAction: allow\nwebhook:\n  failurePolicy: Ignore\n  certManager: {enabled: true}\nautoscaling: {enabled: true}\nserviceMonitor: {enabled: true}\nnetworkPolicy: {enabled: true, gatewayNamespaceSelector: {matchLabels: {gateway: \"true\"}}}\n",
+        "replicaCount: 3\nwatchNamespaces: [shop, billing]\nselector: tollgate.dev/shard=a\ndefaultAction: allow\nwebhook:\n  failurePolicy: Ignore\n  certManager: {enabled: true}\nautoscaling: {enabled: true}\nserviceMonitor: {enabled: true}\nnetworkPolicy: {enabled: true, gatewayNamespaceSelector: {matchLabels: {gateway: \"true\"}}}\nhttp: {enabled: true, trustedProxies: [10.244.0.0/16, 10.96.0.0/12]}\n",
     )
     .expect("values");
     let custom = custom.to_str().expect("path");
@@ -289,6 +289,29 @@ fn the_helm_chart_lints_renders_and_types_check() {
         ])
         .expect_err("schema refuses");
     assert!(bad.contains("failurePolicy"), "{bad}");
+    for example in ["ingress-nginx", "traefik"] {
+        let values = repo(&format!("deploy/examples/{example}/values.yaml"));
+        let rendered = check_objects(
+            &tools
+                .helm(&[
+                    "template",
+                    "tollgate",
+                    chart,
+                    "-f",
+                    values.to_str().expect("path"),
+                ])
+                .expect("the example's values render"),
+        );
+        let args = deployment_flags(&rendered.deployments[0]);
+        assert!(
+            args.contains(&"--http-addr=0.0.0.0:8080".to_string()),
+            "{args:?}"
+        );
+    }
+    let no_proxies = tools
+        .helm(&["template", "t", chart, "--set", "http.enabled=true"])
+        .expect_err("trusted proxies are required with http");
+    assert!(no_proxies.contains("trustedProxies"), "{no_proxies}");
 
     // Defaults.
     let rendered = check_objects(
@@ -375,6 +398,8 @@ fn the_helm_chart_lints_renders_and_types_check() {
         "--namespaces=shop,billing",
         "--selector=tollgate.dev/shard=a",
         "--default-action=allow",
+        "--http-addr=0.0.0.0:8080",
+        "--trusted-proxies=10.244.0.0/16,10.96.0.0/12",
     ] {
         assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
     }
@@ -536,9 +561,16 @@ fn the_plain_manifests_are_the_chart_rendered_and_type_check() {
 
 #[test]
 fn the_gateway_examples_parse_and_their_policies_compile() {
-    for gateway in ["envoy-gateway", "istio", "contour", "emissary"] {
+    for (gateway, file, port) in [
+        ("envoy-gateway", "gateway.yaml", "9001"),
+        ("istio", "gateway.yaml", "9001"),
+        ("contour", "gateway.yaml", "9001"),
+        ("emissary", "gateway.yaml", "9001"),
+        ("ingress-nginx", "ingress.yaml", ":8080/auth"),
+        ("traefik", "middleware.yaml", ":8080/auth"),
+    ] {
         let dir = repo(&format!("deploy/examples/{gateway}"));
-        let yaml = std::fs::read_to_string(dir.join("gateway.yaml")).expect("gateway.yaml");
+        let yaml = std::fs::read_to_string(dir.join(file)).expect(file);
         let docs = documents(&yaml);
         assert!(!docs.is_empty(), "{gateway}");
         for doc in &docs {
@@ -550,8 +582,8 @@ fn the_gateway_examples_parse_and_their_policies_compile() {
             );
         }
         assert!(
-            yaml.contains("9001"),
-            "{gateway} points at tollgate's gRPC port"
+            yaml.contains(port),
+            "{gateway} points at tollgate's port {port}"
         );
         let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
             .arg("check-policy")

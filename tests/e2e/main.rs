@@ -9,5 +9,6 @@ mod envoy;
 mod explain;
 mod introspection;
 mod kubernetes;
+mod nginx;
 mod serve;
 mod support;

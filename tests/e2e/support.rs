@@ -29,6 +29,8 @@ pub struct Tollgate {
     pub admin: SocketAddr,
     /// The admission webhook, when started with one.
     pub webhook: Option<SocketAddr>,
+    /// The HTTP forward-auth endpoint, when started with `--http-addr`.
+    pub http: Option<SocketAddr>,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -120,12 +122,13 @@ impl Tollgate {
                         v["grpc"].as_str().unwrap_or_default().to_string(),
                         v["admin"].as_str().unwrap_or_default().to_string(),
                         v["webhook"].as_str().map(str::to_owned),
+                        v["http"].as_str().map(str::to_owned),
                     ));
                 }
                 sink.lock().expect("logs").push(line);
             }
         });
-        let (grpc, admin, webhook) = rx
+        let (grpc, admin, webhook, http) = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("tollgate printed its listening addresses");
         Tollgate {
@@ -133,6 +136,7 @@ impl Tollgate {
             grpc: grpc.parse().expect("grpc addr"),
             admin: admin.parse().expect("admin addr"),
             webhook: webhook.map(|w| w.parse().expect("webhook addr")),
+            http: http.map(|h| h.parse().expect("http addr")),
             logs,
         }
     }

@@ -1,0 +1,245 @@
+//! Forward authentication over HTTP (`GET /auth`, any method) for proxies that do not speak
+//! Envoy's gRPC API: nginx `auth_request` (and ingress-nginx's `auth-url`) and Traefik's
+//! `forwardAuth`. The same engine, the same decisions, reason codes, metrics and logs; only the
+//! transport differs.
+//!
+//! ```text
+//! proxy ── GET /auth (client headers + X-Original-* / X-Forwarded-*) ──► original request
+//!       ◄── 200 + headers for the upstream  |  401/403 + WWW-Authenticate + JSON  |  5xx
+//! ```
+//!
+//! The original request's method, host and path come from the proxy's headers only when the
+//! caller's address is in `--trusted-proxies` (see [`original`]). The token comes from the
+//! headers as the policy says, like in gRPC mode.
+
+pub mod original;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::Response;
+use ipnet::IpNet;
+
+use crate::decision::{Decision, Reason};
+use crate::engine::{self, Headers};
+use crate::metrics::Metrics;
+use crate::policy::SharedSnapshot;
+use crate::telemetry::{self, RequestInfo};
+use crate::trace;
+
+/// Trusted by default: the loopback addresses (a proxy on the same host or in the same pod).
+pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.0/8,::1/128";
+
+/// The forward-auth endpoint's state.
+#[derive(Clone)]
+pub struct ForwardAuth {
+    shared: Arc<SharedSnapshot>,
+    metrics: Arc<Metrics>,
+    trusted: Arc<Vec<IpNet>>,
+}
+
+impl ForwardAuth {
+    pub fn new(shared: Arc<SharedSnapshot>, metrics: Arc<Metrics>, trusted: Vec<IpNet>) -> Self {
+        ForwardAuth {
+            shared,
+            metrics,
+            trusted: Arc::new(trusted),
+        }
+    }
+
+    /// `/auth` with any method. Serve with `into_make_service_with_connect_info::<SocketAddr>`.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/auth", axum::routing::any(handle))
+            .with_state(self)
+    }
+
+    fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trusted.iter().any(|net| net.contains(&peer))
+    }
+
+    /// Judges one forward-auth request.
+    pub async fn decide(
+        &self,
+        peer: IpAddr,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> (Decision, String, original::Original) {
+        let request_id = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let trusted = self.trusts(peer);
+        let original = match original::original(headers, method, uri, trusted) {
+            Ok(original) => original,
+            Err(e) => {
+                let fallback = original::Original {
+                    method: method.as_str().to_string(),
+                    host: String::new(),
+                    target: uri.path().to_string(),
+                    family: "malformed",
+                };
+                let decision = engine::deny(
+                    None,
+                    "",
+                    Reason::RequestMalformed,
+                    format!("forwarded request headers: {e}"),
+                    None,
+                    None,
+                );
+                return (decision, request_id, fallback);
+            }
+        };
+        if !trusted
+            && [
+                "x-original-uri",
+                "x-original-url",
+                "x-forwarded-uri",
+                "x-forwarded-host",
+            ]
+            .iter()
+            .any(|h| headers.contains_key(*h))
+        {
+            tracing::debug!(%peer, "forwarded headers from an address outside --trusted-proxies ignored");
+        }
+        if !self.shared.is_ready() {
+            let decision = engine::deny(
+                None,
+                &original.host,
+                Reason::NotReady,
+                "policies are still loading".into(),
+                None,
+                None,
+            );
+            return (decision, request_id, original);
+        }
+        let list: Vec<(String, String)> = headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        let request = engine::Request {
+            host: &original.host,
+            path: &original.target,
+            method: &original.method,
+            headers: Headers::List(&list),
+            policy: None,
+        };
+        let snapshot = self.shared.load_full();
+        let decision = engine::check(&snapshot, &request, SystemTime::now()).await;
+        (decision, request_id, original)
+    }
+
+    /// The value the upstream should receive in the policy's token header, echoed back so a
+    /// proxy that copies it (`auth_request_set` + `proxy_set_header`, `authResponseHeaders`)
+    /// keeps the token when `keepToken` says so and drops it otherwise.
+    fn kept_token(&self, decision: &Decision, headers: &HeaderMap) -> Option<(String, String)> {
+        let Decision::Allow(allow) = decision else {
+            return None;
+        };
+        let snapshot = self.shared.load();
+        // Without a policy (`--default-action allow`) the request passes as it came.
+        let name = match allow.policy.as_deref() {
+            Some(id) => snapshot.policy(id)?.token.header.clone(),
+            None => "authorization".to_string(),
+        };
+        let name = &name;
+        let decided = |h: &String| h.eq_ignore_ascii_case(name);
+        if allow.headers_to_remove.iter().any(decided)
+            || allow.headers_to_set.iter().any(|(h, _)| decided(h))
+        {
+            return None;
+        }
+        let value = headers.get(name.as_str())?.to_str().ok()?;
+        Some((name.clone(), value.to_string()))
+    }
+}
+
+fn header_pair(name: &str, value: &str) -> Option<(HeaderName, HeaderValue)> {
+    Some((
+        HeaderName::from_bytes(name.as_bytes()).ok()?,
+        HeaderValue::from_str(value).ok()?,
+    ))
+}
+
+/// The HTTP answer for a decision.
+pub fn to_response(decision: &Decision, kept_token: Option<(String, String)>) -> Response {
+    let trace = decision
+        .trace()
+        .filter(|t| t.expose)
+        .map(|t| (trace::RESPONSE_HEADER.to_string(), t.to_header_value()));
+    let (status, headers, body): (StatusCode, Vec<(String, String)>, Body) = match decision {
+        Decision::Allow(allow) => {
+            let mut headers = allow.headers_to_set.clone();
+            headers.extend(kept_token);
+            headers.extend(trace);
+            headers.push(("cache-control".into(), "no-store".into()));
+            (StatusCode::OK, headers, Body::empty())
+        }
+        Decision::Deny(deny) => {
+            let mut headers = vec![
+                ("content-type".to_string(), "application/json".to_string()),
+                ("cache-control".to_string(), "no-store".to_string()),
+            ];
+            if let Some(challenge) = &deny.www_authenticate {
+                headers.push(("www-authenticate".into(), challenge.clone()));
+            }
+            headers.extend(trace);
+            (
+                StatusCode::from_u16(deny.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                headers,
+                Body::from(deny.body.clone()),
+            )
+        }
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    for (name, value) in headers {
+        // Claim values were checked to be header-safe; anything else is dropped, never sent
+        // half-written.
+        if let Some((name, value)) = header_pair(&name, &value) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
+async fn handle(
+    State(auth): State<ForwardAuth>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let start = Instant::now();
+    let (decision, request_id, original) = auth.decide(peer.ip(), &method, &uri, &headers).await;
+    auth.metrics.observe("http", &decision, start.elapsed());
+    let info = RequestInfo {
+        transport: "http",
+        request_id: &request_id,
+        method: &original.method,
+        host: &original.host,
+        path: &original.target,
+    };
+    telemetry::log_decision(&info, &decision);
+    let kept = auth.kept_token(&decision, &headers);
+    to_response(&decision, kept)
+}
+
+/// Parses `--trusted-proxies` entries: CIDRs (`10.0.0.0/8`) or single addresses.
+pub fn parse_trusted(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or a CIDR like 10.0.0.0/8"))
+}
+
+#[cfg(test)]
+mod tests;
