@@ -88,15 +88,7 @@ impl AuthzService {
             path: &http.path,
         };
         if !self.shared.is_ready() {
-            let decision = engine::deny(
-                None,
-                &http.host,
-                Reason::NotReady,
-                "policies are still loading".into(),
-                None,
-                None,
-            );
-            return (decision, info);
+            return (engine::not_ready(&http.host), info);
         }
         let raw: Vec<(String, String)>;
         let headers = if http.headers.is_empty() && http.header_map.is_some() {

@@ -807,6 +807,18 @@ fn quoted(text: &str) -> String {
     out
 }
 
+/// The answer while policies or keys are still loading: 503 `not_ready`, never an allow.
+pub fn not_ready(host: &str) -> Decision {
+    deny(
+        None,
+        host,
+        Reason::NotReady,
+        "policies are still loading".into(),
+        None,
+        None,
+    )
+}
+
 /// Builds a denial: status, challenge and JSON body.
 pub fn deny(
     policy: Option<&Policy>,

@@ -111,15 +111,7 @@ impl ForwardAuth {
             tracing::debug!(%peer, "forwarded headers from an address outside --trusted-proxies ignored");
         }
         if !self.shared.is_ready() {
-            let decision = engine::deny(
-                None,
-                &original.host,
-                Reason::NotReady,
-                "policies are still loading".into(),
-                None,
-                None,
-            );
-            return (decision, request_id, original);
+            return (engine::not_ready(&original.host), request_id, original);
         }
         let list: Vec<(String, String)> = headers
             .iter()

@@ -17,23 +17,37 @@ use crate::support::*;
 
 /// An upstream that answers with the request headers it received, as JSON.
 pub async fn echo_upstream() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let app = Router::new().fallback(|headers: HeaderMap| async move {
-        let map: HashMap<String, String> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect();
-        axum::Json(map)
+    let (addr, _, task) = counting_echo_upstream().await;
+    (addr, task)
+}
+
+/// An upstream that answers with the headers it received (as JSON), and counts requests.
+pub async fn counting_echo_upstream() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = hits.clone();
+    let app = Router::new().fallback(move |headers: HeaderMap| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let map: HashMap<String, String> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect();
+            axum::Json(map)
+        }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    (
-        addr,
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        }),
-    )
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, hits, task)
 }
 
 pub struct Envoy {

@@ -3,48 +3,19 @@
 //! the Traefik `forwardAuth` header contract against the endpoint directly (Traefik cannot be
 //! installed here).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::http::HeaderMap;
 use serde_json::json;
 use tollgate::local_issuer::server::IdpServer;
 use tollgate::local_issuer::{SigningKey, jwks};
 
-use crate::envoy::{Answer, get_host};
+use crate::envoy::{Answer, counting_echo_upstream, get_host};
 use crate::support::*;
-
-/// An upstream that echoes the headers it received and counts requests.
-async fn counting_upstream() -> (SocketAddr, Arc<AtomicU64>) {
-    let hits = Arc::new(AtomicU64::new(0));
-    let counter = hits.clone();
-    let app = Router::new().fallback(move |headers: HeaderMap| {
-        let counter = counter.clone();
-        async move {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let map: HashMap<String, String> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-                .collect();
-            axum::Json(map)
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (addr, hits)
-}
 
 /// nginx running the example configuration, stopped on drop.
 struct Nginx {
@@ -134,13 +105,8 @@ fn raw_get(port: u16, target: &str) -> u16 {
         .unwrap_or_else(|| panic!("no status line: {answer}"))
 }
 
-const POLICY: &str = "  match: {hosts: [api.example.com], paths: [/orders]}\n  rules:\n  - {paths: [/orders/healthz], allowAnonymous: true}\n  - {paths: [/orders/admin], requiredClaims: [{name: roles, values: [admin]}]}\n  forward:\n    claimsToHeaders: [{claim: sub, header: x-user-id}]\n";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nginx_auth_request_end_to_end() {
-    let Some(nginx_bin) = peer("TOLLGATE_NGINX", "nginx (Debian)") else {
-        return;
-    };
+/// A local IdP, its key, and a policy file for it (kept alive with the returned folder).
+async fn orders_idp() -> (SigningKey, IdpServer, String, tempfile::TempDir) {
     let key = SigningKey::rsa("k1", "RS256", 2048).expect("key");
     let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
         .await
@@ -152,9 +118,20 @@ async fn nginx_auth_request_end_to_end() {
         "orders.yaml",
         &policy_yaml("orders", &iss, POLICY),
     );
+    (key, idp, iss, dir)
+}
+
+const POLICY: &str = "  match: {hosts: [api.example.com], paths: [/orders]}\n  rules:\n  - {paths: [/orders/healthz], allowAnonymous: true}\n  - {paths: [/orders/admin], requiredClaims: [{name: roles, values: [admin]}]}\n  forward:\n    claimsToHeaders: [{claim: sub, header: x-user-id}]\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_auth_request_end_to_end() {
+    let Some(nginx_bin) = peer("TOLLGATE_NGINX", "nginx (Debian)") else {
+        return;
+    };
+    let (key, idp, iss, dir) = orders_idp().await;
     let tollgate = Tollgate::start(dir.path(), &["--http-addr", "127.0.0.1:0"]);
     let http = tollgate.http.expect("http listener");
-    let (upstream, hits) = counting_upstream().await;
+    let (upstream, hits, _task) = counting_echo_upstream().await;
     let nginx = start_nginx(&nginx_bin, http, upstream).await;
     let get = |path: &'static str, headers: Vec<(&'static str, String)>| {
         let port = nginx.port;
@@ -267,17 +244,7 @@ async fn nginx_auth_request_end_to_end() {
 /// sent, with trustForwardHeader off) and copies `authResponseHeaders` from a 2xx answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traefik_forward_auth_header_contract() {
-    let key = SigningKey::rsa("k1", "RS256", 2048).expect("key");
-    let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
-        .await
-        .expect("idp");
-    let iss = idp.issuer();
-    let dir = tempfile::tempdir().expect("dir");
-    write_policy(
-        dir.path(),
-        "orders.yaml",
-        &policy_yaml("orders", &iss, POLICY),
-    );
+    let (key, idp, iss, dir) = orders_idp().await;
     let trusted = Tollgate::start(dir.path(), &["--http-addr", "127.0.0.1:0"]);
     let good = key.mint(&claims(&iss, json!({}))).expect("mint");
     let client = reqwest::Client::new();
