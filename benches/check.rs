@@ -3,7 +3,8 @@
 //! serve`, and both through `engine::check` alone (no transport), measured interleaved in one
 //! run so the figures are comparable. The engine rows add the same JWT encrypted to the API
 //! (RSA-OAEP-256 / A256GCM, decrypted on every request) and the JWT with the trace on (what
-//! `explain` and the debug line cost). Reports median, p90 and p99, and the ratios.
+//! `explain` and the debug line cost), and the JWT over HTTP forward auth (`/auth`, as nginx's
+//! `auth_request` calls it). Reports median, p90 and p99, and the ratios.
 //!
 //! `cargo bench --bench check` measures; under `cargo test` it runs a short smoke pass.
 
@@ -146,8 +147,9 @@ async fn run(rounds: usize, measure: bool) {
         refresh: RefreshSettings::default(),
         poll: Duration::from_secs(3600),
         webhook: None,
-        http_addr: None,
+        http_addr: Some("127.0.0.1:0".parse().expect("addr")),
         trusted_proxies: Vec::new(),
+        token_cache: Default::default(),
     };
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(serve::run(
@@ -193,10 +195,42 @@ async fn run(rounds: usize, measure: bool) {
         }
     }
 
-    // Interleaved, so drift (other load, frequency changes) hits both paths alike.
+    // HTTP forward auth (`/auth`, as nginx auth_request calls it), over one kept-alive connection.
+    let http = reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .build()
+        .expect("client");
+    let auth_url = format!(
+        "http://{}/auth",
+        bound.http.expect("the bench serves HTTP forward auth")
+    );
+    let forward_auth = || {
+        http.get(&auth_url)
+            .header("host", "jwt.example")
+            .header("x-original-uri", "/")
+            .header("x-original-method", "GET")
+            .header("authorization", format!("Bearer {jwt}"))
+            .send()
+    };
+    for _ in 0..(rounds / 10).max(5) {
+        let response = forward_auth().await.expect("auth");
+        assert_eq!(
+            response.status(),
+            200,
+            "the bench's requests must be allowed"
+        );
+    }
+
+    // Interleaved, so drift (other load, frequency changes) hits every path alike.
     let mut grpc_jwt = Vec::with_capacity(rounds);
     let mut grpc_opaque = Vec::with_capacity(rounds);
+    let mut http_jwt = Vec::with_capacity(rounds);
     for _ in 0..rounds {
+        let start = Instant::now();
+        let response = forward_auth().await.expect("auth");
+        http_jwt.push(start.elapsed());
+        assert_eq!(response.status(), 200);
         let start = Instant::now();
         let response = client
             .check(jwt_request.clone())
@@ -275,6 +309,7 @@ async fn run(rounds: usize, measure: bool) {
             summary(engine_jwe),
         ),
         ("engine::check, JWT RS256, trace on", summary(engine_traced)),
+        ("HTTP /auth (forward auth), JWT RS256", summary(http_jwt)),
     ];
     for (name, (p50, p90, p99)) in &rows {
         println!(
@@ -294,5 +329,9 @@ async fn run(rounds: usize, measure: bool) {
         "  median ratio engine JWE / JWT {:.2}, traced / untraced {:.2}",
         ratio(rows[4].1.0, rows[2].1.0),
         ratio(rows[5].1.0, rows[2].1.0)
+    );
+    println!(
+        "  median ratio HTTP /auth / gRPC Check (JWT) {:.2}",
+        ratio(rows[6].1.0, rows[0].1.0)
     );
 }

@@ -14,6 +14,7 @@ use crate::policy::DefaultAction;
 use crate::policy::files::FileLoader;
 use crate::serve::{self, PolicySource, ServeConfig};
 use crate::telemetry::{self, LogFormat};
+use crate::verified::CacheLimits;
 use crate::{client, demo};
 
 /// OAuth2 / OpenID Connect access-token validation for Envoy ext_authz.
@@ -139,6 +140,16 @@ pub struct ServeArgs {
     /// Rescan interval of the policy files, besides change notifications.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
+    /// Most tokens the verified-token cache holds (0 turns it off): a token seen again skips
+    /// signature verification (and decryption) until it expires or its keys change.
+    #[arg(long, default_value_t = 100_000, env = "TOLLGATE_TOKEN_CACHE_ENTRIES")]
+    pub token_cache_entries: usize,
+    /// Most memory the verified-token cache holds, in MiB (estimated from claims and headers).
+    #[arg(long, default_value_t = 64, env = "TOLLGATE_TOKEN_CACHE_MIB")]
+    pub token_cache_mib: u64,
+    /// Longest a cached verification is used before the token is verified again.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub token_cache_max_age: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -270,6 +281,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     ..RefreshSettings::default()
                 },
                 poll: args.poll_interval,
+                token_cache: CacheLimits {
+                    max_entries: args.token_cache_entries,
+                    max_bytes: args.token_cache_mib.saturating_mul(1 << 20),
+                    max_age: args.token_cache_max_age,
+                },
             };
             serve::run(config, serve::shutdown_signal(), |_, _| {}).await?;
             Ok(0)

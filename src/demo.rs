@@ -120,6 +120,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         webhook: None,
         http_addr: None,
         trusted_proxies: Vec::new(),
+        token_cache: Default::default(),
     };
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -11,7 +11,7 @@
 pub mod request;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use base64::Engine as _;
 
@@ -25,7 +25,8 @@ use crate::policy::route::{normalize_host, normalize_path};
 use crate::policy::spec::IntrospectWhen;
 use crate::policy::{DefaultAction, DenyDetail, Issuer, Policy, Snapshot};
 use crate::trace::{self, Trace};
-use crate::validate::{self, ValidationError};
+use crate::validate::{self, TimeWindow, ValidationError};
+use crate::verified::{self, ClaimHeaders, TokenCache};
 
 pub use request::{Headers, Request, TokenSource};
 
@@ -108,22 +109,13 @@ pub async fn check_traced(
             policy.id, request.method
         )
     });
-    judge_traced(policy, request, &host, &path, now, trace).await
-}
-
-/// Judges a request with a given policy.
-pub async fn judge(
-    policy: &Arc<Policy>,
-    request: &Request<'_>,
-    host: &str,
-    path: &str,
-    now: SystemTime,
-) -> Decision {
-    judge_traced(policy, request, host, path, now, Trace::off()).await
+    let cache = snapshot.token_cache.as_deref();
+    judge_traced(policy, cache, request, &host, &path, now, trace).await
 }
 
 async fn judge_traced(
     policy: &Arc<Policy>,
+    cache: Option<&TokenCache>,
     request: &Request<'_>,
     host: &str,
     path: &str,
@@ -143,7 +135,9 @@ async fn judge_traced(
         }
         trace.expose = true;
     }
-    let decision = judge_inner(policy, request, host, path, now, &mut trace).await;
+    // A traced request is verified in full, so the trace shows every check.
+    let cache = cache.filter(|_| !trace.is_on());
+    let decision = judge_inner(policy, cache, request, host, path, now, &mut trace).await;
     if trace.is_on()
         && let Decision::Deny(deny) = &decision
         && trace.failure().is_none()
@@ -160,6 +154,7 @@ async fn judge_traced(
 
 async fn judge_inner(
     policy: &Arc<Policy>,
+    cache: Option<&TokenCache>,
     request: &Request<'_>,
     host: &str,
     path: &str,
@@ -197,17 +192,19 @@ async fn judge_inner(
             return deny(Some(policy), host, Reason::TokenMalformed, why, None, None);
         }
     };
-    let token_id = jose::fingerprint(&token);
+    let digest = jose::sha256(token.as_bytes());
+    let token_id = || jose::fingerprint_of(&digest);
     trace.info("token", || {
         format!(
-            "from the {} ({} bytes, fingerprint {token_id})",
+            "from the {} ({} bytes, fingerprint {})",
             source.describe(&policy.token),
-            token.len()
+            token.len(),
+            token_id()
         )
     });
-    let verified = match authenticate(policy, &token, now, trace).await {
+    let verified = match authenticate(policy, cache, &token, &digest, now, trace).await {
         Ok(verified) => verified,
-        Err(failure) => return failure.deny(policy, host, token_id, trace),
+        Err(failure) => return failure.deny(policy, host, token_id(), trace),
     };
     if let Some(rule) = rule {
         for requirement in &rule.requirements {
@@ -224,7 +221,7 @@ async fn judge_inner(
                     Reason::InsufficientScope,
                     unmet.detail,
                     None,
-                    Some(token_id),
+                    Some(token_id()),
                 );
             }
             trace.pass("rule", || requirement.describe());
@@ -239,6 +236,17 @@ struct Verified<'p> {
     issuer: &'p Issuer,
     /// The JWT introspection returned, forwarded in place of the opaque token.
     phantom: Option<String>,
+    /// The headers the claims fill, when the verified-token cache has them already.
+    headers: Option<Arc<ClaimHeaders>>,
+}
+
+/// A token whose signature (or decryption) checked out.
+struct Signed<'p> {
+    claims: Claims,
+    header: jose::Header,
+    issuer: &'p Issuer,
+    /// The version of the issuer's key set that verified it.
+    keys_version: u64,
 }
 
 /// Why a token did not pass.
@@ -316,7 +324,9 @@ fn token_failure<'p>((error, issuer): (ValidationError, Option<&'p Issuer>)) -> 
 /// (`introspection.when: always`).
 async fn authenticate<'p>(
     policy: &'p Policy,
+    cache: Option<&TokenCache>,
     token: &str,
+    digest: &[u8; 32],
     now: SystemTime,
     trace: &mut Trace,
 ) -> Result<Verified<'p>, Failure<'p>> {
@@ -326,9 +336,15 @@ async fn authenticate<'p>(
     {
         return introspect_opaque(policy, intro, token, now, trace).await;
     }
-    let (claims, issuer) = verify(policy, token, now, trace)
-        .await
-        .map_err(token_failure)?;
+    let (claims, issuer, headers) = match cache {
+        Some(cache) => verify_cached(policy, cache, token, digest, now).await?,
+        None => {
+            let (signed, _) = verify(policy, token, now, trace)
+                .await
+                .map_err(token_failure)?;
+            (Arc::new(signed.claims), signed.issuer, None)
+        }
+    };
     if let Some(intro) = introspection.filter(|i| i.when == IntrospectWhen::Always) {
         // Revocation check: the JWT is valid; is it still active?
         let answer = intro
@@ -341,10 +357,60 @@ async fn authenticate<'p>(
         trace.pass("introspection", || "the token is still active".into());
     }
     Ok(Verified {
-        claims: Arc::new(claims),
+        claims,
         issuer,
         phantom: None,
+        headers,
     })
+}
+
+/// [`verify`] through the verified-token cache: a hit decides as the checks would (see
+/// [`crate::verified`]); a token that passes is remembered with the headers its claims fill.
+async fn verify_cached<'p>(
+    policy: &'p Policy,
+    cache: &TokenCache,
+    token: &str,
+    digest: &[u8; 32],
+    now: SystemTime,
+) -> Result<(Arc<Claims>, &'p Issuer, Option<Arc<ClaimHeaders>>), Failure<'p>> {
+    let key = verified::Key::new(policy.instance, *digest);
+    let seconds = validate::seconds_since_epoch(now);
+    let current_keys = |i: usize| {
+        policy
+            .issuers
+            .get(i)
+            .and_then(|issuer| issuer.keys.version())
+    };
+    if let Some(entry) = cache.get(&key, seconds, current_keys)
+        && let Some(issuer) = policy.issuers.get(entry.issuer)
+    {
+        return Ok((entry.claims.clone(), issuer, Some(entry.headers.clone())));
+    }
+    let (signed, window) = verify(policy, token, now, &mut Trace::off())
+        .await
+        .map_err(token_failure)?;
+    let claims = Arc::new(signed.claims);
+    let headers = Arc::new(claim_headers(policy, &claims));
+    if let (Some(window), Some(index)) = (
+        window,
+        policy
+            .issuers
+            .iter()
+            .position(|i| std::ptr::eq(i, signed.issuer)),
+    ) {
+        let bytes = serde_json::to_vec(&*claims).map_or(0, |json| json.len());
+        cache.insert(
+            key,
+            claims.clone(),
+            bytes,
+            index,
+            signed.keys_version,
+            headers.clone(),
+            window,
+            seconds,
+        );
+    }
+    Ok((claims, signed.issuer, Some(headers)))
 }
 
 async fn introspect_opaque<'p>(
@@ -383,6 +449,7 @@ async fn introspect_opaque<'p>(
         claims: claims.clone(),
         issuer,
         phantom: jwt.clone().filter(|_| intro.phantom_token),
+        headers: None,
     })
 }
 
@@ -398,11 +465,6 @@ fn answer_issuer<'p>(policy: &'p Policy, claims: &Claims) -> Result<&'p Issuer, 
         }),
         None => policy.issuers.first().ok_or(ValidationError::IssuerMissing),
     }
-}
-
-fn seconds(now: SystemTime) -> f64 {
-    now.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn exp(claims: &Claims) -> Option<f64> {
@@ -432,10 +494,12 @@ async fn finalize(
             token: jwt,
             max_age,
         } => {
-            let (claims, _) = verify(policy, &jwt, now, &mut Trace::off())
+            let claims = verify(policy, &jwt, now, &mut Trace::off())
                 .await
-                .map_err(|(e, _)| invalid("the JWT answer", e))?;
-            let ttl = intro.active_ttl(max_age, exp(&claims), seconds(now));
+                .map_err(|(e, _)| invalid("the JWT answer", e))?
+                .0
+                .claims;
+            let ttl = intro.active_ttl(max_age, exp(&claims), validate::seconds_since_epoch(now));
             Ok(Answer::Active {
                 claims: Arc::new(claims),
                 jwt: Some(jwt),
@@ -446,7 +510,7 @@ async fn finalize(
             token: signed,
             max_age,
         } => {
-            let (claims, header, _) = verify_signed(policy, &signed, &mut Trace::off())
+            let Signed { claims, header, .. } = verify_signed(policy, &signed, &mut Trace::off())
                 .await
                 .map_err(|(e, _)| invalid("the signed introspection answer", e))?;
             if header.typ.as_deref() != Some("token-introspection+jwt") {
@@ -503,10 +567,11 @@ async fn active(
                     IntrospectError::Invalid(format!("the phantom JWT does not verify: {e}"))
                 })?
                 .0
+                .claims
         }
         None => claims,
     };
-    let ttl = intro.active_ttl(max_age, exp(&claims), seconds(now));
+    let ttl = intro.active_ttl(max_age, exp(&claims), validate::seconds_since_epoch(now));
     Ok(Answer::Active {
         claims: Arc::new(claims),
         jwt,
@@ -517,19 +582,21 @@ async fn active(
 type TokenFailure<'p> = (ValidationError, Option<&'p Issuer>);
 
 /// Checks a JWT completely: signature with its issuer's keys, then time, audience and the
-/// policy-wide required claims.
+/// policy-wide required claims. Also says when its time checks pass.
 async fn verify<'p>(
     policy: &'p Policy,
     token: &str,
     now: SystemTime,
     trace: &mut Trace,
-) -> Result<(Claims, &'p Issuer), TokenFailure<'p>> {
-    let (claims, _, issuer) = verify_signed(policy, token, trace).await?;
+) -> Result<(Signed<'p>, Option<TimeWindow>), TokenFailure<'p>> {
+    let signed = verify_signed(policy, token, trace).await?;
+    let (claims, issuer) = (&signed.claims, signed.issuer);
     let fail = |e| (e, Some(issuer));
-    validate::check_claims(&claims, issuer, policy, now, trace).map_err(fail)?;
-    validate::check_azure(&claims, issuer, policy, trace).map_err(fail)?;
-    validate::check_required(&claims, policy, trace).map_err(fail)?;
-    Ok((claims, issuer))
+    validate::check_claims(claims, issuer, policy, now, trace).map_err(fail)?;
+    validate::check_azure(claims, issuer, policy, trace).map_err(fail)?;
+    validate::check_required(claims, policy, trace).map_err(fail)?;
+    let window = TimeWindow::of(claims, policy);
+    Ok((signed, window))
 }
 
 /// Checks a token's signature with its issuer's keys (refetching once on an unknown `kid`),
@@ -538,7 +605,7 @@ async fn verify_signed<'p>(
     policy: &'p Policy,
     token: &str,
     trace: &mut Trace,
-) -> Result<(Claims, jose::Header, &'p Issuer), TokenFailure<'p>> {
+) -> Result<Signed<'p>, TokenFailure<'p>> {
     if !jwe::is_compact_jwe(token) {
         return verify_jws(policy, token, trace).await;
     }
@@ -582,7 +649,7 @@ async fn verify_signed<'p>(
         ));
     }
     let out = unsigned_claims(policy, &decrypted, jws_shaped.then_some(inner))?;
-    trace.claims(|| out.0.clone());
+    trace.claims(|| out.claims.clone());
     trace.pass("signature", || {
         "none: the claims are only encrypted (requireSignedTokens: false)".into()
     });
@@ -606,7 +673,7 @@ fn unsigned_claims<'p>(
     policy: &'p Policy,
     decrypted: &jwe::Decrypted,
     unsecured: Option<&str>,
-) -> Result<(Claims, jose::Header, &'p Issuer), TokenFailure<'p>> {
+) -> Result<Signed<'p>, TokenFailure<'p>> {
     let malformed = |e| (ValidationError::Malformed(e), None);
     let claims = match unsecured.and_then(|t| t.split('.').nth(1)) {
         Some(payload) => jose::decode_object(payload, "payload").map_err(malformed)?,
@@ -635,7 +702,14 @@ fn unsigned_claims<'p>(
         cty: decrypted.header.cty.clone(),
         crit: None,
     };
-    Ok((claims, header, issuer))
+    // Nothing was verified with the issuer's keys; entries still expire with them.
+    let keys_version = issuer.keys.version().unwrap_or(0);
+    Ok(Signed {
+        claims,
+        header,
+        issuer,
+        keys_version,
+    })
 }
 
 /// Checks a compact JWS's signature with its issuer's keys.
@@ -643,7 +717,7 @@ async fn verify_jws<'p>(
     policy: &'p Policy,
     token: &str,
     trace: &mut Trace,
-) -> Result<(Claims, jose::Header, &'p Issuer), TokenFailure<'p>> {
+) -> Result<Signed<'p>, TokenFailure<'p>> {
     let jws = jose::parse(token).map_err(|e| (ValidationError::Malformed(e), None))?;
     trace.token(|| jws.header_object.clone(), || jws.claims.clone());
     trace.pass("token", || {
@@ -703,6 +777,7 @@ async fn verify_jws<'p>(
             key.kind.describe()
         )
     };
+    let mut keys_version = keys.version();
     match first {
         Ok(key) => trace.pass("signature", || signed_by(key)),
         Err(ValidationError::KeyNotFound(kid)) => {
@@ -718,10 +793,16 @@ async fn verify_jws<'p>(
             trace.pass("signature", || {
                 format!("{} after refetching the key set", signed_by(key))
             });
+            keys_version = keys.version();
         }
         Err(e) => return Err(fail(e)),
     }
-    Ok((jws.claims, jws.header, issuer))
+    Ok(Signed {
+        claims: jws.claims,
+        header: jws.header,
+        issuer,
+        keys_version,
+    })
 }
 
 fn forward_headers(policy: &Policy) -> impl Iterator<Item = &str> {
@@ -731,6 +812,23 @@ fn forward_headers(policy: &Policy) -> impl Iterator<Item = &str> {
         .iter()
         .map(|(_, header)| header.as_str())
         .chain(policy.forward.payload_header.as_deref())
+}
+
+/// The headers a token's claims fill for the upstream.
+fn claim_headers(policy: &Policy, claims: &Claims) -> ClaimHeaders {
+    let mut out = ClaimHeaders::default();
+    for (claim, header) in &policy.forward.claims_to_headers {
+        match claims::lookup(claims, claim).and_then(claims::header_value) {
+            Some(value) => out.set.push((header.clone(), value)),
+            // Absent (or not representable): make sure a client-sent value does not pass.
+            None => out.remove.push(header.clone()),
+        }
+    }
+    if let Some(header) = &policy.forward.payload_header {
+        let json = serde_json::to_vec(claims).unwrap_or_default();
+        out.set.push((header.clone(), B64.encode(json)));
+    }
+    out
 }
 
 fn allow(
@@ -749,17 +847,13 @@ fn allow(
     // The debug secret never travels upstream.
     out.headers_to_remove
         .extend(policy.trace_header.as_ref().map(|t| t.name.clone()));
-    for (claim, header) in &policy.forward.claims_to_headers {
-        match claims::lookup(&claims, claim).and_then(claims::header_value) {
-            Some(value) => out.headers_to_set.push((header.clone(), value)),
-            // Absent (or not representable): make sure a client-sent value does not pass.
-            None => out.headers_to_remove.push(header.clone()),
-        }
-    }
-    if let Some(header) = &policy.forward.payload_header {
-        let json = serde_json::to_vec(&*claims).unwrap_or_default();
-        out.headers_to_set.push((header.clone(), B64.encode(json)));
-    }
+    let from_claims = match verified.headers {
+        Some(headers) => headers,
+        None => Arc::new(claim_headers(policy, &claims)),
+    };
+    out.headers_to_set.extend(from_claims.set.iter().cloned());
+    out.headers_to_remove
+        .extend(from_claims.remove.iter().cloned());
     let remove_token = match &verified.phantom {
         // Phantom token: the upstream gets the JWT, and the opaque token leaves wherever it was.
         Some(jwt) => {

@@ -211,10 +211,17 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 
 /// A short, non-reversible fingerprint of a token for logs (never log the token itself).
 pub fn fingerprint(token: &str) -> String {
-    sha256(token.as_bytes())[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    fingerprint_of(&sha256(token.as_bytes()))
+}
+
+/// [`fingerprint`] from the token's SHA-256 digest.
+pub fn fingerprint_of(digest: &[u8; 32]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(12);
+    for b in &digest[..6] {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 #[cfg(test)]

@@ -40,3 +40,4 @@ pub mod serve;
 pub mod telemetry;
 pub mod trace;
 pub mod validate;
+pub mod verified;

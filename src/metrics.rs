@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 
 use crate::decision::Decision;
 use crate::jwks::{KeySources, SourceStatus};
+use crate::verified::TokenCache;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -54,8 +55,12 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Creates the registry; key source metrics are read from `sources` at each scrape.
-    pub fn new(sources: Option<Arc<KeySources>>) -> Arc<Self> {
+    /// Creates the registry; key source and token cache metrics are read from `sources` and
+    /// `token_cache` at each scrape.
+    pub fn new(
+        sources: Option<Arc<KeySources>>,
+        token_cache: Option<Arc<TokenCache>>,
+    ) -> Arc<Self> {
         let mut registry = Registry::with_prefix("tollgate");
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
@@ -92,6 +97,9 @@ impl Metrics {
         );
         if let Some(sources) = sources {
             registry.register_collector(Box::new(SourceCollector { sources }));
+        }
+        if let Some(cache) = token_cache {
+            registry.register_collector(Box::new(CacheCollector { cache }));
         }
         Arc::new(Metrics {
             registry,
@@ -246,6 +254,48 @@ impl Collector for SourceCollector {
                     ("rate_limited", s.miss_rate_limited),
                 ]
             }),
+        )?;
+        Ok(())
+    }
+}
+
+/// Verified-token cache metrics, read from the cache on each scrape.
+#[derive(Debug)]
+struct CacheCollector {
+    cache: Arc<TokenCache>,
+}
+
+impl Collector for CacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.cache.stats();
+        family(
+            &mut encoder,
+            "token_cache_lookups",
+            "Verified-token cache lookups: hit, miss, or stale (found but expired, past max age, or verified with replaced keys)",
+            [
+                ("hit", stats.hits),
+                ("miss", stats.misses),
+                ("stale", stats.stale),
+            ]
+            .map(|(result, n)| (vec![("result", result)], ConstCounter::new(n))),
+        )?;
+        family(
+            &mut encoder,
+            "token_cache_inserts",
+            "Tokens added to the verified-token cache",
+            [(vec![], ConstCounter::new(stats.inserts))],
+        )?;
+        family(
+            &mut encoder,
+            "token_cache_entries",
+            "Tokens in the verified-token cache",
+            [(vec![], ConstGauge::new(stats.entries as f64))],
+        )?;
+        family(
+            &mut encoder,
+            "token_cache_weight_bytes",
+            "Estimated bytes the verified-token cache holds (its bounded weight)",
+            [(vec![], ConstGauge::new(stats.weight as f64))],
         )?;
         Ok(())
     }

@@ -20,6 +20,7 @@ use crate::jwks::{FetchSettings, Fetcher, KeySources, RefreshSettings};
 use crate::metrics::Metrics;
 use crate::policy::files::{FileLoader, spawn_watch};
 use crate::policy::{DefaultAction, SharedSnapshot};
+use crate::verified::{CacheLimits, TokenCache};
 
 /// Where policies come from.
 #[derive(Clone, Debug)]
@@ -47,6 +48,8 @@ pub struct ServeConfig {
     pub http_addr: Option<SocketAddr>,
     /// Addresses whose X-Original-* / X-Forwarded-* headers describe the request.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Bounds of the verified-token cache (`max_entries: 0` turns it off).
+    pub token_cache: CacheLimits,
 }
 
 /// The addresses actually bound (port 0 resolved).
@@ -87,8 +90,9 @@ pub async fn run(
     };
     let fetcher = Fetcher::new(config.fetch.clone()).context("creating the HTTP client")?;
     let sources = KeySources::new(fetcher, config.refresh.clone());
-    let metrics = Metrics::new(Some(sources.clone()));
-    let shared = SharedSnapshot::new(config.default_action);
+    let token_cache = TokenCache::new(config.token_cache);
+    let metrics = Metrics::new(Some(sources.clone()), token_cache.clone());
+    let shared = SharedSnapshot::with_cache(config.default_action, token_cache);
 
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await

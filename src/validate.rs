@@ -473,7 +473,8 @@ fn span(seconds: f64) -> String {
     humantime::format_duration(Duration::from_secs(secs)).to_string()
 }
 
-fn seconds_since_epoch(now: SystemTime) -> f64 {
+/// Seconds since the epoch, as every time check counts them.
+pub fn seconds_since_epoch(now: SystemTime) -> f64 {
     now.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
@@ -593,6 +594,42 @@ pub fn check_claims(
         }
     }
     first.map_or(Ok(()), Err)
+}
+
+/// When the time checks of [`check_claims`] pass for a token: the same comparisons, kept for
+/// later (the verified-token cache re-checks them on every hit).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TimeWindow {
+    /// The later of `nbf` and `iat` (−∞ without either).
+    not_before: f64,
+    /// `exp` (+∞ without it).
+    expires: f64,
+    skew: f64,
+}
+
+impl TimeWindow {
+    /// The window of claims that passed [`check_claims`]; `None` if their time claims are not
+    /// usable (then they did not pass).
+    pub fn of(claims: &Claims, policy: &Policy) -> Option<TimeWindow> {
+        let nbf = numeric_date(claims, "nbf").ok()?;
+        let iat = numeric_date(claims, "iat").ok()?;
+        let exp = numeric_date(claims, "exp").ok()?;
+        if exp.is_none() && policy.require_exp {
+            return None;
+        }
+        Some(TimeWindow {
+            not_before: nbf.into_iter().chain(iat).fold(f64::NEG_INFINITY, f64::max),
+            expires: exp.unwrap_or(f64::INFINITY),
+            skew: policy.clock_skew as f64,
+        })
+    }
+
+    /// Whether `check_exp`, `check_nbf` and `check_iat` pass at `now` (seconds since the epoch),
+    /// by the very sums they compare (negated; no operand is ever NaN: the claims are finite and
+    /// the missing ones infinite, never subtracted).
+    pub fn holds(&self, now: f64) -> bool {
+        now + self.skew >= self.not_before && now < self.expires + self.skew
+    }
 }
 
 /// Checks the policy-wide `requiredClaims`.

@@ -17,7 +17,7 @@ fn service(ready: bool) -> AuthzService {
     if ready {
         shared.set_ready();
     }
-    AuthzService::new(shared, Metrics::new(None))
+    AuthzService::new(shared, Metrics::new(None, None))
 }
 
 fn request(http: HttpRequest) -> CheckRequest {
@@ -173,7 +173,7 @@ async fn not_ready_answers_503_without_judging() {
 
 #[test]
 fn the_service_is_registered_under_envoys_name() {
-    let metrics = Metrics::new(None);
+    let metrics = Metrics::new(None, None);
     let server = AuthzService::new(
         SharedSnapshot::new(DefaultAction::Deny),
         Arc::clone(&metrics),
@@ -203,7 +203,7 @@ async fn the_trace_header_returns_the_trace_only_with_the_secret() {
     );
     shared.publish(Snapshot::build(vec![policy], DefaultAction::Deny).0);
     shared.set_ready();
-    let service = AuthzService::new(shared, Metrics::new(None));
+    let service = AuthzService::new(shared, Metrics::new(None, None));
     let trace_of = |headers: &[HeaderValueOption]| {
         headers
             .iter()

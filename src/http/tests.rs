@@ -24,7 +24,7 @@ fn auth(
     if ready {
         shared.set_ready();
     }
-    let metrics = Metrics::new(None);
+    let metrics = Metrics::new(None, None);
     let trusted = trusted
         .split(',')
         .map(|t| parse_trusted(t).expect("cidr"))

@@ -41,7 +41,13 @@ pub struct KeySet {
     by_kid: HashMap<String, Vec<usize>>,
     /// Keys that were skipped, kept for status and logs.
     pub rejected: Vec<RejectedKey>,
+    /// Unique per set built in this process: what the verified-token cache checks against.
+    version: u64,
+    /// Digest of the JWKS document (its parsed, canonical form), when built from one.
+    content: Option<[u8; 32]>,
 }
+
+static VERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl KeySet {
     /// Builds a set from already parsed keys.
@@ -56,6 +62,8 @@ impl KeySet {
             keys,
             by_kid,
             rejected: Vec::new(),
+            version: VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            content: None,
         }
     }
 
@@ -101,7 +109,21 @@ impl KeySet {
         }
         let mut set = Self::from_keys(usable);
         set.rejected = rejected;
+        set.content = serde_json::to_vec(doc)
+            .ok()
+            .map(|canonical| crate::jose::sha256(&canonical));
         Ok(set)
+    }
+
+    /// This set's version: unique in the process, so a verified-token cache entry made with it
+    /// is recognized as stale once the set is replaced.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Whether both sets were built from the same JWKS document (whatever its formatting).
+    pub fn same_document(&self, other: &KeySet) -> bool {
+        self.content.is_some() && self.content == other.content
     }
 
     pub fn len(&self) -> usize {

@@ -250,6 +250,17 @@ impl KeySource {
         self.keys.load_full()
     }
 
+    /// Replaces the keys as a fetch would (tests of what depends on key changes).
+    #[cfg(test)]
+    pub(crate) fn install(&self, keys: KeySet) {
+        self.keys.store(Some(Arc::new(keys)));
+    }
+
+    /// The version of the current keys ([`KeySet::version`]), without taking a reference.
+    pub fn version(&self) -> Option<u64> {
+        self.keys.load().as_ref().map(|keys| keys.version())
+    }
+
     pub fn status(&self) -> SourceStatus {
         let mut status = self.lock().status.clone();
         status.key_hits = self.key_hits.load(Ordering::Relaxed);
@@ -311,7 +322,16 @@ impl KeySource {
                         tracing::warn!(source = %self.id, kid = rejected.kid.as_deref().unwrap_or(""),
                             error = %rejected.error, "skipped a key of the key set");
                     }
-                    self.keys.store(Some(Arc::new(keys)));
+                    // An unchanged document keeps the current set, and with it the
+                    // verified-token cache entries made with it.
+                    let unchanged = self
+                        .keys
+                        .load()
+                        .as_ref()
+                        .is_some_and(|current| current.same_document(&keys));
+                    if !unchanged {
+                        self.keys.store(Some(Arc::new(keys)));
+                    }
                     let interval = max_age.unwrap_or(self.settings.default_interval);
                     Ok(interval
                         .max(self.settings.min_interval)

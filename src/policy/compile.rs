@@ -298,6 +298,14 @@ pub struct Policy {
     pub azure: Option<AzureProfile>,
     /// `debug.traceHeader`, if any.
     pub trace_header: Option<TraceHeader>,
+    /// Unique per compilation in this process: verified-token cache entries belong to one
+    /// compiled policy, so a recompiled one never sees its predecessor's.
+    pub instance: u64,
+}
+
+fn next_instance() -> u64 {
+    static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Policy {
@@ -567,6 +575,7 @@ pub fn compile(
         require_signed,
         azure,
         trace_header,
+        instance: next_instance(),
     })
 }
 

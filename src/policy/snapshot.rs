@@ -6,7 +6,7 @@
 //! through to the next, less specific host level, so a wildcard policy still protects paths an
 //! exact-host policy does not claim.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::compile::Policy;
 use super::route::{HostPattern, Methods, PathPrefix};
+use crate::verified::TokenCache;
 
 /// What happens to a request no policy matches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -64,6 +65,8 @@ pub struct Snapshot {
     /// Increases with every published snapshot.
     pub generation: u64,
     pub default_action: DefaultAction,
+    /// The verified-token cache of the serving process (none in offline checks).
+    pub token_cache: Option<Arc<TokenCache>>,
 }
 
 impl Snapshot {
@@ -199,19 +202,34 @@ pub struct SharedSnapshot {
     current: ArcSwap<Snapshot>,
     ready: AtomicBool,
     changes: watch::Sender<u64>,
+    token_cache: Option<Arc<TokenCache>>,
 }
 
 impl SharedSnapshot {
-    /// An empty, not-ready snapshot.
+    /// An empty, not-ready snapshot, without a verified-token cache.
     pub fn new(default_action: DefaultAction) -> Arc<Self> {
+        Self::with_cache(default_action, None)
+    }
+
+    /// An empty, not-ready snapshot; every published snapshot uses `token_cache`.
+    pub fn with_cache(
+        default_action: DefaultAction,
+        token_cache: Option<Arc<TokenCache>>,
+    ) -> Arc<Self> {
         Arc::new(SharedSnapshot {
             current: ArcSwap::from_pointee(Snapshot {
                 default_action,
+                token_cache: token_cache.clone(),
                 ..Snapshot::default()
             }),
             ready: AtomicBool::new(false),
             changes: watch::channel(0).0,
+            token_cache,
         })
+    }
+
+    pub fn token_cache(&self) -> Option<&Arc<TokenCache>> {
+        self.token_cache.as_ref()
     }
 
     /// The snapshot to judge one request with (lock-free).
@@ -225,10 +243,22 @@ impl SharedSnapshot {
     }
 
     /// Replaces the snapshot; its generation is set to one more than the current one.
+    /// The entries of the policies it no longer holds leave the verified-token cache.
     pub fn publish(&self, mut snapshot: Snapshot) -> u64 {
-        let generation = self.current.load().generation + 1;
+        let previous = self.current.load_full();
+        let generation = previous.generation + 1;
         snapshot.generation = generation;
+        snapshot.token_cache = self.token_cache.clone();
+        let live: HashSet<u64> = snapshot.policies.values().map(|p| p.instance).collect();
         self.current.store(Arc::new(snapshot));
+        if let Some(cache) = &self.token_cache
+            && previous
+                .policies
+                .values()
+                .any(|p| !live.contains(&p.instance))
+        {
+            cache.retain_policies(|instance| live.contains(&instance));
+        }
         self.changes.send_replace(generation);
         generation
     }

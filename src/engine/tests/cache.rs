@@ -1,0 +1,278 @@
+//! The verified-token cache never changes a decision: the same requests, judged with and
+//! without it, at times around every token's window, across key rotations and recompiles.
+
+use std::sync::LazyLock;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::jwks::KeySet;
+use crate::local_issuer::SigningKey;
+use crate::policy::SharedSnapshot;
+use crate::verified::{CacheLimits, TokenCache};
+
+const POLICY: &str = r#"{match: {hosts: [api.example.com], paths: [/orders]}, clockSkew: 10s,
+    requiredClaims: [{name: scp, separator: " ", values: [orders.read]}],
+    rules: [{paths: [/orders/admin], requiredClaims: [{name: roles, values: [admin]}]},
+            {paths: [/orders/healthz], allowAnonymous: true}],
+    forward: {claimsToHeaders: [{claim: sub, header: x-user-id}, {claim: email, header: x-email}],
+              payloadHeader: x-jwt-payload}}"#;
+
+const PATHS: [&str; 3] = ["/orders/1", "/orders/admin", "/orders/healthz"];
+
+/// The time every token's claims are relative to.
+static BASE: LazyLock<i64> = LazyLock::new(now_secs);
+
+fn at(offset_ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis((*BASE * 1000 + offset_ms) as u64)
+}
+
+/// Tokens whose windows, signatures and claims differ; times are seconds from `BASE`.
+static TOKENS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    let b = *BASE;
+    let with = |key: &SigningKey, changes: serde_json::Value| {
+        let mut claims = claims_with(changes);
+        for name in ["iat", "exp", "nbf"] {
+            match claims.get(name) {
+                Some(v) if v.is_i64() && v.as_i64().is_some_and(|o| o.abs() < 1_000_000) => {
+                    claims[name] = json!(b + v.as_i64().unwrap_or_default());
+                }
+                Some(v) if v.is_f64() => {
+                    claims[name] = json!(b as f64 + v.as_f64().unwrap_or_default());
+                }
+                _ => {}
+            }
+        }
+        key.mint(&claims).expect("mint")
+    };
+    vec![
+        with(&RSA, json!({"iat": -5, "exp": 60})),
+        with(&EC, json!({"iat": -5, "exp": 30, "roles": ["admin"]})),
+        with(&RSA, json!({"iat": -5, "nbf": 20, "exp": 90})),
+        with(&RSA, json!({"iat": 40, "exp": 100})),
+        with(&ED, json!({"iat": -5, "exp": null})),
+        with(&ROGUE, json!({"iat": -5, "exp": 60})),
+        with(&RSA, json!({"iat": -5, "exp": 60, "aud": "api://other"})),
+        with(&RSA, json!({"iat": -100, "exp": -50})),
+        with(
+            &RSA_PS,
+            json!({"iat": -5, "exp": 10, "email": "a@example.com"}),
+        ),
+        with(&EC, json!({"iat": -5, "exp": 60, "scp": "orders.write"})),
+        with(&ED, json!({"iat": -5, "exp": 45.5, "nbf": -0.5})),
+    ]
+});
+
+/// Key sets the issuer may publish: all keys, RSA rotated out, PS and ED gone.
+fn key_set(variant: usize) -> KeySet {
+    let keys: Vec<&SigningKey> = match variant {
+        0 => vec![&RSA, &RSA_PS, &EC, &ED],
+        1 => vec![&EC, &ED],
+        _ => vec![&RSA, &EC],
+    };
+    KeySet::from_jwks_value(&crate::local_issuer::jwks(&keys)).expect("key set")
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Check {
+        token: usize,
+        offset_ms: i64,
+        path: usize,
+    },
+    /// The issuer publishes another key set.
+    Rotate(usize),
+    /// The policy is compiled again (a spec or Secret change).
+    Recompile,
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    let check = (0..11usize, -130_000i64..130_000, 0..3usize).prop_map(|(token, ms, path)| {
+        // Whole seconds half of the time, so the window's edges are hit exactly.
+        let offset_ms = if ms % 2 == 0 { ms / 1000 * 1000 } else { ms };
+        Step::Check {
+            token,
+            offset_ms,
+            path,
+        }
+    });
+    prop::collection::vec(
+        prop_oneof![
+            12 => check,
+            1 => (0..3usize).prop_map(Step::Rotate),
+            1 => Just(Step::Recompile),
+        ],
+        1..80,
+    )
+}
+
+fn snapshots(policy: &Arc<Policy>, cache: &Arc<TokenCache>) -> (Snapshot, Snapshot) {
+    let plain = snapshot(std::slice::from_ref(policy), DefaultAction::Deny);
+    let mut cached = snapshot(std::slice::from_ref(policy), DefaultAction::Deny);
+    cached.token_cache = Some(cache.clone());
+    (plain, cached)
+}
+
+async fn judge_at(s: &Snapshot, token: &str, path: &str, now: SystemTime) -> Decision {
+    let r = req(path)
+        .bearer(token)
+        .header("x-email", "spoofed@example.com");
+    let request = Request {
+        host: r.host,
+        path: &r.path,
+        method: r.method,
+        headers: Headers::Map(&r.headers),
+        policy: None,
+    };
+    check(s, &request, now).await
+}
+
+async fn run(steps: Vec<Step>, cache: &Arc<TokenCache>) -> Result<(), TestCaseError> {
+    let mut policy = mk_policy("orders", POLICY);
+    let (mut plain, mut cached) = snapshots(&policy, cache);
+    for step in steps {
+        match step {
+            Step::Check {
+                token,
+                offset_ms,
+                path,
+            } => {
+                let now = at(offset_ms);
+                let token = &TOKENS[token];
+                // Twice through the cache: the second is a hit whenever the first was cached.
+                let first = judge_at(&cached, token, PATHS[path], now).await;
+                let second = judge_at(&cached, token, PATHS[path], now).await;
+                let expected = judge_at(&plain, token, PATHS[path], now).await;
+                prop_assert_eq!(format!("{first:?}"), format!("{expected:?}"));
+                prop_assert_eq!(format!("{second:?}"), format!("{expected:?}"));
+            }
+            Step::Rotate(variant) => {
+                for issuer in &policy.issuers {
+                    issuer.keys.install(key_set(variant));
+                }
+            }
+            Step::Recompile => {
+                policy = mk_policy("orders", POLICY);
+                (plain, cached) = snapshots(&policy, cache);
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_cache_never_changes_a_decision(steps in steps()) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let cache = TokenCache::new(CacheLimits::default()).expect("cache");
+        runtime.block_on(run(steps, &cache))?;
+    }
+}
+
+fn cache() -> Arc<TokenCache> {
+    TokenCache::new(CacheLimits::default()).expect("cache")
+}
+
+#[tokio::test]
+async fn a_token_seen_again_is_answered_from_the_cache() {
+    let cache = cache();
+    let policy = mk_policy("orders", POLICY);
+    let (_, s) = snapshots(&policy, &cache);
+    let now = at(0);
+    let first = judge_at(&s, &TOKENS[0], "/orders/1", now).await;
+    assert_eq!(cache.stats().inserts, 1);
+    let second = judge_at(&s, &TOKENS[0], "/orders/1", now).await;
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 1));
+    assert_eq!(format!("{first:?}"), format!("{second:?}"));
+    // The rule is judged per request, from the cached claims.
+    let admin = judge_at(&s, &TOKENS[0], "/orders/admin", now).await;
+    assert_eq!(denied(&admin).reason, Reason::InsufficientScope);
+    assert_eq!(cache.stats().hits, 2);
+
+    // Denials are not cached.
+    for token in [5, 6, 7, 9] {
+        judge_at(&s, &TOKENS[token], "/orders/1", now).await;
+    }
+    assert_eq!(cache.stats().inserts, 1);
+}
+
+#[tokio::test]
+async fn a_traced_request_is_verified_in_full() {
+    let cache = cache();
+    let policy = mk_policy("orders", POLICY);
+    let (_, s) = snapshots(&policy, &cache);
+    judge_at(&s, &TOKENS[0], "/orders/1", at(0)).await;
+    let r = req("/orders/1").bearer(&TOKENS[0]);
+    let request = Request {
+        host: r.host,
+        path: &r.path,
+        method: r.method,
+        headers: Headers::Map(&r.headers),
+        policy: None,
+    };
+    let decision = check_traced(&s, &request, at(0), Trace::on()).await;
+    let trace = decision.trace().expect("traced");
+    assert!(
+        trace.steps.iter().any(|step| step.check == "signature"),
+        "{trace:?}"
+    );
+    assert_eq!(cache.stats().hits, 0);
+}
+
+#[tokio::test]
+async fn rotated_keys_and_recompiled_policies_start_afresh() {
+    let cache = cache();
+    let policy = mk_policy("orders", POLICY);
+    let (_, s) = snapshots(&policy, &cache);
+    judge_at(&s, &TOKENS[0], "/orders/1", at(0)).await;
+    // The issuer drops the RSA key: the cached verification is not used.
+    for issuer in &policy.issuers {
+        issuer.keys.install(key_set(1));
+    }
+    let decision = judge_at(&s, &TOKENS[0], "/orders/1", at(0)).await;
+    assert_eq!(denied(&decision).reason, Reason::KeyNotFound);
+    assert_eq!(cache.stats().stale, 1);
+
+    // A recompiled policy has entries of its own.
+    let again = mk_policy("orders", POLICY);
+    let (_, s2) = snapshots(&again, &cache);
+    allowed(&judge_at(&s2, &TOKENS[1], "/orders/1", at(0)).await);
+    let misses = cache.stats().misses;
+    allowed(&judge_at(&s2, &TOKENS[1], "/orders/1", at(0)).await);
+    assert_eq!(cache.stats().misses, misses);
+    let policy_3 = mk_policy("orders", POLICY);
+    let (_, s3) = snapshots(&policy_3, &cache);
+    allowed(&judge_at(&s3, &TOKENS[1], "/orders/1", at(0)).await);
+    assert_eq!(cache.stats().misses, misses + 1);
+}
+
+#[tokio::test]
+async fn publishing_without_a_policy_drops_its_entries() {
+    let cache = cache();
+    let shared = SharedSnapshot::with_cache(DefaultAction::Deny, Some(cache.clone()));
+    let orders = mk_policy("orders", POLICY);
+    let other = mk_policy(
+        "other",
+        r#"{match: {hosts: [other.example.com]}, clockSkew: 10s}"#,
+    );
+    shared.publish(Snapshot::build(vec![orders.clone(), other.clone()], DefaultAction::Deny).0);
+    allowed(&judge_at(&shared.load(), &TOKENS[0], "/orders/1", at(0)).await);
+    let r = req("/").bearer(&TOKENS[0]);
+    let request = Request {
+        host: "other.example.com",
+        path: &r.path,
+        method: r.method,
+        headers: Headers::Map(&r.headers),
+        policy: None,
+    };
+    allowed(&check(&shared.load(), &request, at(0)).await);
+    assert_eq!(cache.stats().entries, 2);
+    // "orders" is recompiled: its old entry goes, the other policy's stays.
+    let recompiled = mk_policy("orders", POLICY);
+    shared.publish(Snapshot::build(vec![recompiled, other], DefaultAction::Deny).0);
+    assert_eq!(cache.stats().entries, 1);
+}
