@@ -46,6 +46,7 @@ pub struct Metrics {
     reloads: Family<OutcomeLabels, Counter>,
     policies: Gauge,
     policy_problems: Gauge,
+    reload_duration: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -83,6 +84,13 @@ impl Metrics {
             "Policy reloads by outcome (ok, problems)",
             reloads.clone(),
         );
+        // 1 ms … ~16 s
+        let reload_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "policy_reload_duration_seconds",
+            "Time to read, compile, index and publish the policies after a change",
+            reload_duration.clone(),
+        );
         let policies = Gauge::default();
         registry.register(
             "policies",
@@ -108,6 +116,7 @@ impl Metrics {
             reloads,
             policies,
             policy_problems,
+            reload_duration,
         })
     }
 
@@ -127,10 +136,11 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Records a reload.
-    pub fn reloaded(&self, policies: usize, problems: usize) {
+    /// Records a reload and how long it took.
+    pub fn reloaded(&self, policies: usize, problems: usize, duration: Duration) {
         let outcome = if problems == 0 { "ok" } else { "problems" };
         self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.reload_duration.observe(duration.as_secs_f64());
         self.set_policies(policies, problems);
     }
 

@@ -138,6 +138,7 @@ pub async fn run(
                     reload_metrics.reloaded(
                         report.policies,
                         report.problems.len() + report.conflicts.len(),
+                        report.duration,
                     );
                 }
             })

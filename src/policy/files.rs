@@ -54,6 +54,8 @@ pub struct LoadReport {
     pub conflicts: Vec<Conflict>,
     /// Whether anything changed since the previous reload.
     pub changed: bool,
+    /// Reading, compiling, indexing and publishing took this long.
+    pub duration: Duration,
 }
 
 struct FileEntry {
@@ -367,6 +369,7 @@ pub fn log_report(report: &LoadReport) {
             policies = report.policies,
             problems = report.problems.len(),
             conflicts = report.conflicts.len(),
+            duration_ms = report.duration.as_secs_f64() * 1000.0,
             "policies loaded"
         );
     }
@@ -385,22 +388,24 @@ pub fn spawn_watch(
     tokio::spawn(async move {
         loop {
             // File I/O and compilation run on the blocking pool, off the request threads.
+            let started = std::time::Instant::now();
             let reloaded = tokio::task::spawn_blocking(move || {
                 let (snapshot, report) = loader.reload();
                 (loader, snapshot, report)
             })
             .await;
-            let Ok((returned, snapshot, report)) = reloaded else {
+            let Ok((returned, snapshot, mut report)) = reloaded else {
                 tracing::error!(
                     "policy reload panicked; policies stay as they are and are no longer watched"
                 );
                 return;
             };
             loader = returned;
-            log_report(&report);
             if let Some(snapshot) = snapshot {
                 shared.publish(snapshot);
             }
+            report.duration = started.elapsed();
+            log_report(&report);
             on_reload(&report);
             // Wait for a change event (then let the burst settle) or the poll interval.
             let event = tokio::time::timeout(poll, rx.recv()).await;

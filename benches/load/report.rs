@@ -1,0 +1,465 @@
+//! The results: a Markdown table with every target and its measured ratio, the same as JSON,
+//! the policy-rebuild run, and the latency-against-load chart.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::generator::{Expect, Load, Protocol, Workload};
+use crate::servers::{Server, metric_sum};
+use crate::workload::{HOST, Keys, check, write_policies};
+use crate::{Options, measure, median};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub name: String,
+    pub server: String,
+    pub request_bytes: usize,
+    pub rate: f64,
+    pub baseline_rate: f64,
+    pub cpu_us: f64,
+    pub baseline_cpu_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Verified-token cache hits / lookups during the rounds (None: no lookups).
+    pub cache_hit_ratio: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EnvoyRow {
+    pub name: String,
+    pub rate: f64,
+    pub envoy_cpu_us: f64,
+    pub p99_us: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CurvePoint {
+    pub series: String,
+    pub fraction: f64,
+    pub rate: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+}
+
+#[derive(Default)]
+pub struct EnvoyRuns {
+    pub rows: Vec<EnvoyRow>,
+    pub curve: Vec<CurvePoint>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Rebuild {
+    pub policies: usize,
+    pub reloads: f64,
+    pub reload_ms: f64,
+    pub rate: f64,
+    pub steady_p99_us: f64,
+    pub during_p99_us: f64,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    #[serde(skip)]
+    pub options: Options,
+    pub rows: Vec<Row>,
+    pub verify_rs256_us: f64,
+    pub memory_peak_kib: u64,
+    pub memory_kib: u64,
+    pub cache_entries: f64,
+    pub cache_weight: f64,
+    pub rebuild: Rebuild,
+    pub envoy: Vec<EnvoyRow>,
+    pub curve: Vec<CurvePoint>,
+}
+
+/// Hits / (hits + misses + stale) of the verified-token cache between two scrapes.
+pub fn hit_ratio(before: &str, after: &str) -> Option<f64> {
+    let count = |text: &str, result: &str| {
+        metric_sum(
+            &text
+                .lines()
+                .filter(|l| l.contains(&format!("result=\"{result}\"")))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            "tollgate_token_cache_lookups_total",
+        )
+    };
+    let delta = |result: &str| count(after, result) - count(before, result);
+    let (hits, misses, stale) = (delta("hit"), delta("miss"), delta("stale"));
+    let total = hits + misses + stale;
+    (total > 0.0).then(|| hits / total)
+}
+
+/// Rewrites every many-hosts policy while an open-loop load runs against the main host, and
+/// compares its p99 with a steady run at the same rate.
+pub async fn rebuild(
+    options: &Options,
+    server: &Server,
+    dir: &Path,
+    keys: &Keys,
+    introspect: SocketAddr,
+    rows: &[Row],
+    hit: &str,
+) -> anyhow::Result<Rebuild> {
+    let rate = (rows.first().map_or(1000.0, |r| r.rate) * 0.5).max(50.0) as u64;
+    let workload = Arc::new(Workload::new(vec![check(
+        HOST,
+        "/orders/1",
+        Some(hit),
+        0,
+        Expect::Allow,
+    )]));
+    let load = Load::Open {
+        connections: 2,
+        rate,
+    };
+    let (mut steady, mut during, mut reload_ms, mut reloads) = (vec![], vec![], vec![], vec![]);
+    for round in 0..options.rounds {
+        let m = measure(Protocol::Grpc, server, &workload, load, options.duration).await?;
+        steady.push(m.outcome.latency.value_at_quantile(0.99) as f64);
+        let text = server.metrics_text()?;
+        let (sum, count) = (
+            metric_sum(&text, "tollgate_policy_reload_duration_seconds_sum"),
+            metric_sum(&text, "tollgate_policy_reload_duration_seconds_count"),
+        );
+        let writer = {
+            let (dir, many, jwks) = (dir.to_path_buf(), options.many, keys.jwks());
+            let delay = options.duration / 4;
+            let audience = (round % 2 == 0).then_some("api://rebuilt");
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                write_policies(&dir, &jwks, introspect, many, audience)
+            })
+        };
+        let m = measure(Protocol::Grpc, server, &workload, load, options.duration).await?;
+        during.push(m.outcome.latency.value_at_quantile(0.99) as f64);
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the policy writer panicked"))??;
+        // The reload is done when its duration is recorded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = server.metrics_text()?;
+            let (s, c) = (
+                metric_sum(&text, "tollgate_policy_reload_duration_seconds_sum"),
+                metric_sum(&text, "tollgate_policy_reload_duration_seconds_count"),
+            );
+            if c > count {
+                reload_ms.push((s - sum) / (c - count) * 1000.0);
+                reloads.push(c - count);
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the policy rebuild was not seen"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(Rebuild {
+        policies: options.many,
+        reloads: median(reloads),
+        reload_ms: median(reload_ms),
+        rate: rate as f64,
+        steady_p99_us: median(steady),
+        during_p99_us: median(during),
+    })
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "not met" }
+}
+
+impl Report {
+    fn row(&self, prefix: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.name.starts_with(prefix))
+    }
+
+    fn envoy_row(&self, name: &str) -> Option<&EnvoyRow> {
+        self.envoy.iter().find(|r| r.name == name)
+    }
+
+    /// Every target with its measured figure and ratio.
+    pub fn targets(&self) -> Vec<(String, String, bool)> {
+        let mut out = Vec::new();
+        if let Some(a) = self.row("(a)") {
+            let ratio = a.rate / a.baseline_rate;
+            out.push((
+                "Cache-hit Check throughput >= 0.9 x trivial-allow baseline".into(),
+                format!("{:.0} vs {:.0} req/s: {ratio:.2}x", a.rate, a.baseline_rate),
+                ratio >= 0.9,
+            ));
+            out.push((
+                "Server CPU per cached check <= 30 us".into(),
+                format!(
+                    "{:.1} us (baseline server {:.1} us)",
+                    a.cpu_us, a.baseline_cpu_us
+                ),
+                a.cpu_us <= 30.0,
+            ));
+        }
+        if let Some(b) = self.row("(b) a fresh RS256") {
+            let bound = 1.15 * (b.baseline_cpu_us + self.verify_rs256_us);
+            out.push((
+                "Uncached RS256 CPU <= 1.15 x (baseline CPU + one RS256 verify)".into(),
+                format!(
+                    "{:.1} us vs 1.15 x ({:.1} + {:.1}) = {bound:.1} us: {:.2}x of (baseline + verify)",
+                    b.cpu_us,
+                    b.baseline_cpu_us,
+                    self.verify_rs256_us,
+                    b.cpu_us / (b.baseline_cpu_us + self.verify_rs256_us)
+                ),
+                b.cpu_us <= bound,
+            ));
+            out.push((
+                "Server CPU per uncached RS256 check <= 70 us".into(),
+                format!("{:.1} us", b.cpu_us),
+                b.cpu_us <= 70.0,
+            ));
+            if let Some(c) = self.row("(c) invalid") {
+                out.push((
+                    "An invalid signature costs no more CPU than a valid one".into(),
+                    format!(
+                        "{:.1} vs {:.1} us: {:.2}x",
+                        c.cpu_us,
+                        b.cpu_us,
+                        c.cpu_us / b.cpu_us
+                    ),
+                    c.cpu_us <= b.cpu_us * 1.05,
+                ));
+            }
+            if let Some(m) = self.row("(c) malformed") {
+                out.push((
+                    "A malformed token costs far less than a valid one".into(),
+                    format!(
+                        "{:.1} vs {:.1} us: {:.2}x",
+                        m.cpu_us,
+                        b.cpu_us,
+                        m.cpu_us / b.cpu_us
+                    ),
+                    m.cpu_us <= b.cpu_us * 0.6,
+                ));
+            }
+        }
+        if let (Some(t), Some(base)) = (
+            self.envoy_row("ext_authz -> tollgate"),
+            self.envoy_row("ext_authz -> trivial allow"),
+        ) {
+            let ratio = t.rate / base.rate;
+            out.push((
+                "Envoy + ext_authz(tollgate) >= 0.95 x Envoy + ext_authz(trivial), cached token"
+                    .into(),
+                format!("{:.0} vs {:.0} req/s: {ratio:.2}x", t.rate, base.rate),
+                ratio >= 0.95,
+            ));
+        }
+        if let Some(point) = self
+            .curve
+            .iter()
+            .find(|p| p.series == "ext_authz -> tollgate" && (p.fraction - 0.5).abs() < 1e-9)
+        {
+            out.push((
+                "Open loop at 50% of the Envoy + tollgate maximum: p99 <= 1 ms".into(),
+                format!("{:.0} req/s: p99 {:.0} us", point.rate, point.p99_us),
+                point.p99_us <= 1000.0,
+            ));
+        }
+        let rss_mib = self.memory_peak_kib as f64 / 1024.0;
+        out.push((
+            format!(
+                "{} policies + {} cached tokens: RSS <= 128 MiB",
+                self.options.many, self.cache_entries
+            ),
+            format!(
+                "peak {rss_mib:.1} MiB (now {:.1} MiB; cache weight {:.1} MiB)",
+                self.memory_kib as f64 / 1024.0,
+                self.cache_weight / 1048576.0
+            ),
+            rss_mib <= 128.0,
+        ));
+        let r = &self.rebuild;
+        out.push((
+            format!("Snapshot rebuild of {} policies <= 100 ms", r.policies),
+            format!("{:.1} ms ({} reloads)", r.reload_ms, r.reloads),
+            r.reload_ms <= 100.0,
+        ));
+        out.push((
+            "p99 during a rebuild within 2x of steady state".into(),
+            format!(
+                "{:.0} vs {:.0} us at {:.0} req/s: {:.2}x",
+                r.during_p99_us,
+                r.steady_p99_us,
+                r.rate,
+                r.during_p99_us / r.steady_p99_us.max(1.0)
+            ),
+            r.during_p99_us <= 2.0 * r.steady_p99_us,
+        ));
+        out
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "## gRPC Check, {} connections x {} streams, closed loop, medians of {} rounds of {:?}\n",
+            self.options.connections,
+            self.options.streams,
+            self.options.rounds,
+            self.options.duration
+        );
+        let _ = writeln!(
+            s,
+            "| scenario | server | req/s | x baseline | server CPU us/req | baseline CPU us/req | p50 us | p99 us | cache hits | request bytes |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &self.rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {} |",
+                r.name,
+                r.server,
+                r.rate,
+                r.rate / r.baseline_rate,
+                r.cpu_us,
+                r.baseline_cpu_us,
+                r.p50_us,
+                r.p99_us,
+                r.cache_hit_ratio
+                    .map_or("-".into(), |h| format!("{:.1}%", h * 100.0)),
+                r.request_bytes
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nOne RS256 decode + validation (jsonwebtoken, aws-lc-rs), in the bench process: {:.1} us (median of 2,000).\n",
+            self.verify_rs256_us
+        );
+        if !self.envoy.is_empty() {
+            let _ = writeln!(
+                s,
+                "## Through Envoy (one worker, direct response), HTTP/2, 4 connections x 16 streams\n"
+            );
+            let _ = writeln!(
+                s,
+                "| Envoy | req/s | x no auth | Envoy CPU us/req | p99 us |"
+            );
+            let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+            let none = self.envoy_row("no auth").map_or(1.0, |r| r.rate);
+            for r in &self.envoy {
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.0} | {:.2} | {:.1} | {:.0} |",
+                    r.name,
+                    r.rate,
+                    r.rate / none,
+                    r.envoy_cpu_us,
+                    r.p99_us
+                );
+            }
+            let _ = writeln!(
+                s,
+                "\n## Open loop through Envoy (latency from when each request was due)\n"
+            );
+            let _ = writeln!(s, "| series | offered req/s | p50 us | p99 us | p99.9 us |");
+            let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+            for p in &self.curve {
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.0} ({:.0}%) | {:.0} | {:.0} | {:.0} |",
+                    p.series,
+                    p.rate,
+                    p.fraction * 100.0,
+                    p.p50_us,
+                    p.p99_us,
+                    p.p999_us
+                );
+            }
+        }
+        let _ = writeln!(s, "\n## Targets\n");
+        let _ = writeln!(s, "| target | measured | |");
+        let _ = writeln!(s, "|---|---|---|");
+        for (target, measured, met) in self.targets() {
+            let _ = writeln!(s, "| {target} | {measured} | {} |", verdict(met));
+        }
+        s
+    }
+
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::write(dir.join("report.md"), self.markdown())?;
+        std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(self)?)?;
+        if !self.curve.is_empty() {
+            crate::report::chart(&self.curve, &dir.join("latency.png"))?;
+        }
+        Ok(())
+    }
+}
+
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// p99 latency against offered load, one line per Envoy set-up.
+pub fn chart(curve: &[CurvePoint], path: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let Ok(font) = std::fs::read(FONT) else {
+        eprintln!("{FONT} not found: no chart drawn");
+        return Ok(());
+    };
+    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+        .map_err(|_| anyhow::anyhow!("the font does not load"))?;
+    let mut series: Vec<&str> = curve.iter().map(|p| p.series.as_str()).collect();
+    series.dedup();
+    series.sort();
+    series.dedup();
+    let max_rate = curve.iter().map(|p| p.rate).fold(1.0, f64::max);
+    let max_p99 = curve.iter().map(|p| p.p99_us / 1000.0).fold(0.1, f64::max);
+    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "p99 latency against offered load, through Envoy (one worker)",
+            ("sans-serif", 20),
+        )
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..max_rate * 1.05, 0.0..max_p99 * 1.1)?;
+    chart
+        .configure_mesh()
+        .x_desc("offered load (requests/s)")
+        .y_desc("p99 latency (ms)")
+        .draw()?;
+    for (i, name) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let mut points: Vec<(f64, f64)> = curve
+            .iter()
+            .filter(|p| p.series == *name)
+            .map(|p| (p.rate, p.p99_us / 1000.0))
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(*name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(
+            points
+                .iter()
+                .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
