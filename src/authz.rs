@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 use prost_types::value::Kind;
 use tonic::{Request, Response, Status};
 
-use crate::decision::{Decision, Reason};
+use crate::decision::{ClaimSet, Decision, Reason};
 use crate::engine::{self, Headers};
 use crate::metrics::Metrics;
 use crate::policy::SharedSnapshot;
@@ -185,7 +185,9 @@ pub fn to_check_response(decision: &Decision) -> CheckResponse {
             if let Some(claims) = &allow.claims {
                 metadata.insert(
                     "claims".to_string(),
-                    to_proto_value(&serde_json::Value::Object((**claims).clone())),
+                    prost_types::Value {
+                        kind: Some(Kind::StructValue(claims_struct(claims))),
+                    },
                 );
             }
             CheckResponse {
@@ -263,14 +265,96 @@ fn to_proto_value(value: &serde_json::Value) -> prost_types::Value {
         serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
             values: items.iter().map(to_proto_value).collect(),
         }),
-        serde_json::Value::Object(map) => Kind::StructValue(prost_types::Struct {
-            fields: map
-                .iter()
-                .map(|(k, v)| (k.clone(), to_proto_value(v)))
-                .collect(),
-        }),
+        serde_json::Value::Object(map) => Kind::StructValue(to_proto_struct(map)),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+/// The claims as a protobuf `Struct`: from the map, or straight from the cached JSON text in
+/// one pass (no intermediate map).
+fn claims_struct(claims: &ClaimSet) -> prost_types::Struct {
+    match claims {
+        ClaimSet::Parsed(map) => to_proto_struct(map),
+        ClaimSet::Json(json) => serde_json::from_str::<ProtoStruct>(json)
+            .map(|s| s.0)
+            .unwrap_or_default(),
+    }
+}
+
+struct ProtoStruct(prost_types::Struct);
+struct ProtoValue(prost_types::Value);
+
+struct ProtoVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ProtoVisitor {
+    type Value = ProtoValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<ProtoValue, E> {
+        Ok(kind(Kind::BoolValue(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<ProtoValue, E> {
+        Ok(kind(Kind::NumberValue(v as f64)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<ProtoValue, E> {
+        Ok(kind(Kind::NumberValue(v as f64)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<ProtoValue, E> {
+        Ok(kind(Kind::NumberValue(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<ProtoValue, E> {
+        Ok(kind(Kind::StringValue(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<ProtoValue, E> {
+        Ok(kind(Kind::StringValue(v)))
+    }
+    fn visit_unit<E>(self) -> Result<ProtoValue, E> {
+        Ok(kind(Kind::NullValue(0)))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ProtoValue, A::Error> {
+        let mut values = Vec::new();
+        while let Some(ProtoValue(v)) = seq.next_element()? {
+            values.push(v);
+        }
+        Ok(kind(Kind::ListValue(prost_types::ListValue { values })))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ProtoValue, A::Error> {
+        let mut fields = BTreeMap::new();
+        while let Some((k, ProtoValue(v))) = map.next_entry::<String, ProtoValue>()? {
+            fields.insert(k, v);
+        }
+        Ok(kind(Kind::StructValue(prost_types::Struct { fields })))
+    }
+}
+
+fn kind(kind: Kind) -> ProtoValue {
+    ProtoValue(prost_types::Value { kind: Some(kind) })
+}
+
+impl<'de> serde::Deserialize<'de> for ProtoValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ProtoVisitor)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ProtoStruct {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match d.deserialize_map(ProtoVisitor)?.0.kind {
+            Some(Kind::StructValue(s)) => Ok(ProtoStruct(s)),
+            _ => Err(serde::de::Error::custom("the claims are not a JSON object")),
+        }
+    }
+}
+
+fn to_proto_struct(map: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map
+            .iter()
+            .map(|(k, v)| (k.clone(), to_proto_value(v)))
+            .collect(),
+    }
 }
 
 /// Headers of a `CheckRequest` built by hand (the CLI and tests).

@@ -147,6 +147,10 @@ pub struct ServeArgs {
     /// Most memory the verified-token cache holds, in MiB (estimated from claims and headers).
     #[arg(long, default_value_t = 64, env = "TOLLGATE_TOKEN_CACHE_MIB")]
     pub token_cache_mib: u64,
+    /// Most denial log lines per second (0: every denial). The lines left out are counted in
+    /// the next line's `suppressed_before`; the metrics count every denial.
+    #[arg(long, default_value_t = crate::telemetry::DEFAULT_DENIAL_LOG_LIMIT, env = "TOLLGATE_DENIAL_LOG_LIMIT")]
+    pub denial_log_limit: u64,
     /// Longest a cached verification is used before the token is verified again.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub token_cache_max_age: Duration,
@@ -261,6 +265,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 (Some(addr), Some(cert), Some(key)) => Some(WebhookConfig { addr, cert, key }),
                 _ => None,
             };
+            telemetry::set_denial_log_limit(args.denial_log_limit);
             let config = ServeConfig {
                 webhook,
                 http_addr: args.http_addr,

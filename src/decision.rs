@@ -251,6 +251,35 @@ impl Decision {
     }
 }
 
+/// A verified token's claims: parsed, or as the compact JSON the verified-token cache keeps
+/// (a parsed map takes several times the memory of its text).
+#[derive(Clone)]
+pub enum ClaimSet {
+    Parsed(Arc<Claims>),
+    Json(Arc<str>),
+}
+
+type Claims = serde_json::Map<String, serde_json::Value>;
+
+impl ClaimSet {
+    /// The claims as a map (parsed from the JSON, which this process wrote from a map).
+    pub fn map(&self) -> std::borrow::Cow<'_, Claims> {
+        match self {
+            ClaimSet::Parsed(claims) => std::borrow::Cow::Borrowed(claims),
+            ClaimSet::Json(json) => {
+                std::borrow::Cow::Owned(serde_json::from_str(json).unwrap_or_default())
+            }
+        }
+    }
+}
+
+/// Both forms print as the map, so equal claims look equal.
+impl fmt::Debug for ClaimSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.map(), f)
+    }
+}
+
 /// An allowed request and how to change it before it reaches the upstream.
 #[derive(Clone, Debug, Default)]
 pub struct Allow {
@@ -264,7 +293,7 @@ pub struct Allow {
     /// Query parameters removed from the upstream request (a token read from the query).
     pub query_params_to_remove: Vec<String>,
     /// The verified claims, for the proxy's dynamic metadata.
-    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    pub claims: Option<ClaimSet>,
     /// The issuer that signed the token.
     pub issuer: Option<String>,
     /// Every check the request went through, when tracing was on.

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use base64::Engine as _;
 
 use crate::claims;
-use crate::decision::{Allow, Decision, Deny, Reason};
+use crate::decision::{Allow, ClaimSet, Decision, Deny, Reason};
 use crate::introspect::{self, Answer, IntrospectError, Introspector, Raw};
 use crate::jose::{self, B64, Claims, JoseError};
 use crate::jwe::{self, JweError};
@@ -206,9 +206,10 @@ async fn judge_inner(
         Ok(verified) => verified,
         Err(failure) => return failure.deny(policy, host, token_id(), trace),
     };
-    if let Some(rule) = rule {
+    if let Some(rule) = rule.filter(|r| !r.requirements.is_empty()) {
+        let claims = verified.claims.map();
         for requirement in &rule.requirements {
-            if let Err(unmet) = requirement.check(&verified.claims) {
+            if let Err(unmet) = requirement.check(&claims) {
                 trace.fail("rule", Reason::InsufficientScope, || unmet.detail.clone(), || {
                     Some(format!(
                         "this path/method needs {}: grant it to the client, or change spec.rules",
@@ -232,7 +233,7 @@ async fn judge_inner(
 
 /// A token that passed, and what the upstream may receive instead of it.
 struct Verified<'p> {
-    claims: Arc<Claims>,
+    claims: ClaimSet,
     issuer: &'p Issuer,
     /// The JWT introspection returned, forwarded in place of the opaque token.
     phantom: Option<String>,
@@ -342,7 +343,11 @@ async fn authenticate<'p>(
             let (signed, _) = verify(policy, token, now, trace)
                 .await
                 .map_err(token_failure)?;
-            (Arc::new(signed.claims), signed.issuer, None)
+            (
+                ClaimSet::Parsed(Arc::new(signed.claims)),
+                signed.issuer,
+                None,
+            )
         }
     };
     if let Some(intro) = introspection.filter(|i| i.when == IntrospectWhen::Always) {
@@ -372,7 +377,7 @@ async fn verify_cached<'p>(
     token: &str,
     digest: &[u8; 32],
     now: SystemTime,
-) -> Result<(Arc<Claims>, &'p Issuer, Option<Arc<ClaimHeaders>>), Failure<'p>> {
+) -> Result<(ClaimSet, &'p Issuer, Option<Arc<ClaimHeaders>>), Failure<'p>> {
     let key = verified::Key::new(policy.instance, *digest);
     let seconds = validate::seconds_since_epoch(now);
     let current_keys = |i: usize| {
@@ -384,7 +389,11 @@ async fn verify_cached<'p>(
     if let Some(entry) = cache.get(&key, seconds, current_keys)
         && let Some(issuer) = policy.issuers.get(entry.issuer)
     {
-        return Ok((entry.claims.clone(), issuer, Some(entry.headers.clone())));
+        return Ok((
+            ClaimSet::Json(entry.claims.clone()),
+            issuer,
+            Some(entry.headers.clone()),
+        ));
     }
     let (signed, window) = verify(policy, token, now, &mut Trace::off())
         .await
@@ -398,11 +407,10 @@ async fn verify_cached<'p>(
             .iter()
             .position(|i| std::ptr::eq(i, signed.issuer)),
     ) {
-        let bytes = serde_json::to_vec(&*claims).map_or(0, |json| json.len());
+        let json: Arc<str> = serde_json::to_string(&*claims).unwrap_or_default().into();
         cache.insert(
             key,
-            claims.clone(),
-            bytes,
+            json,
             index,
             signed.keys_version,
             headers.clone(),
@@ -410,7 +418,7 @@ async fn verify_cached<'p>(
             seconds,
         );
     }
-    Ok((claims, signed.issuer, Some(headers)))
+    Ok((ClaimSet::Parsed(claims), signed.issuer, Some(headers)))
 }
 
 async fn introspect_opaque<'p>(
@@ -446,7 +454,7 @@ async fn introspect_opaque<'p>(
     validate::check_azure(claims, issuer, policy, trace).map_err(fail)?;
     validate::check_required(claims, policy, trace).map_err(fail)?;
     Ok(Verified {
-        claims: claims.clone(),
+        claims: ClaimSet::Parsed(claims.clone()),
         issuer,
         phantom: jwt.clone().filter(|_| intro.phantom_token),
         headers: None,
@@ -849,7 +857,7 @@ fn allow(
         .extend(policy.trace_header.as_ref().map(|t| t.name.clone()));
     let from_claims = match verified.headers {
         Some(headers) => headers,
-        None => Arc::new(claim_headers(policy, &claims)),
+        None => Arc::new(claim_headers(policy, &claims.map())),
     };
     out.headers_to_set.extend(from_claims.set.iter().cloned());
     out.headers_to_remove

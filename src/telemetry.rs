@@ -2,6 +2,12 @@
 //!
 //! A decision line carries the policy, result, reason code, a description and (for denials) a
 //! hint naming the setting to change, plus a fingerprint of the token. Never the token itself.
+//! Denial lines are limited per second (`--denial-log-limit`); the next line logged says how
+//! many were left out.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use tracing_subscriber::EnvFilter;
 
@@ -33,6 +39,60 @@ pub fn init(format: LogFormat, default_level: &str) {
             .with_current_span(false)
             .try_init(),
     };
+}
+
+/// Denial lines per second, at most (the rest are counted and reported with the next line).
+/// A flood of bad tokens must not turn into a flood of log writes; metrics count every denial.
+pub const DEFAULT_DENIAL_LOG_LIMIT: u64 = 100;
+
+struct LogLimiter {
+    limit: AtomicU64,
+    /// Seconds since `START` of the current window.
+    window: AtomicU64,
+    in_window: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+static DENIAL_LINES: LogLimiter = LogLimiter {
+    limit: AtomicU64::new(DEFAULT_DENIAL_LOG_LIMIT),
+    window: AtomicU64::new(0),
+    in_window: AtomicU64::new(0),
+    suppressed: AtomicU64::new(0),
+};
+
+/// Sets the most denial lines logged per second (0: every denial).
+pub fn set_denial_log_limit(lines_per_second: u64) {
+    DENIAL_LINES
+        .limit
+        .store(lines_per_second, Ordering::Relaxed);
+}
+
+impl LogLimiter {
+    /// `Some(lines suppressed since the last one logged)` if this line may be logged.
+    fn admit(&self) -> Option<u64> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if limit == 0 {
+            return Some(0);
+        }
+        let second = START.get_or_init(Instant::now).elapsed().as_secs();
+        let window = self.window.load(Ordering::Relaxed);
+        if second != window
+            && self
+                .window
+                .compare_exchange(window, second, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.in_window.store(0, Ordering::Relaxed);
+        }
+        if self.in_window.fetch_add(1, Ordering::Relaxed) < limit {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// What the transport knows about the request, for the log line.
@@ -74,20 +134,60 @@ pub fn log_decision(info: &RequestInfo<'_>, decision: &Decision) {
             issuer = allow.issuer.as_deref().unwrap_or(""),
             "allowed"
         ),
-        Decision::Deny(deny) => tracing::info!(
-            transport = info.transport,
-            request_id = info.request_id,
-            method = info.method,
-            host = info.host,
-            path,
-            policy = deny.policy.as_deref().unwrap_or(""),
-            result = "deny",
-            status = deny.status,
-            reason = deny.reason.as_str(),
-            description = %deny.description,
-            hint = deny.hint.as_deref().unwrap_or(""),
-            token = deny.token_id.as_deref().unwrap_or(""),
-            "denied"
-        ),
+        Decision::Deny(deny) => {
+            if !tracing::enabled!(tracing::Level::INFO) {
+                return;
+            }
+            let Some(suppressed) = DENIAL_LINES.admit() else {
+                return;
+            };
+            tracing::info!(
+                transport = info.transport,
+                request_id = info.request_id,
+                method = info.method,
+                host = info.host,
+                path,
+                policy = deny.policy.as_deref().unwrap_or(""),
+                result = "deny",
+                status = deny.status,
+                reason = deny.reason.as_str(),
+                description = %deny.description,
+                hint = deny.hint.as_deref().unwrap_or(""),
+                token = deny.token_id.as_deref().unwrap_or(""),
+                suppressed_before = suppressed,
+                "denied"
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(limit: u64) -> LogLimiter {
+        LogLimiter {
+            limit: AtomicU64::new(limit),
+            window: AtomicU64::new(START.get_or_init(Instant::now).elapsed().as_secs()),
+            in_window: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    #[test]
+    fn denial_lines_are_limited_and_the_rest_counted() {
+        let l = limiter(3);
+        let admitted: Vec<Option<u64>> = (0..5).map(|_| l.admit()).collect();
+        // Unless the second turned meanwhile, the first three pass and two are suppressed.
+        if l.window.load(Ordering::Relaxed) == START.get_or_init(Instant::now).elapsed().as_secs() {
+            assert_eq!(admitted, [Some(0), Some(0), Some(0), None, None]);
+            assert_eq!(l.suppressed.load(Ordering::Relaxed), 2);
+        }
+        // A new window admits again, and reports what was left out.
+        l.window.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(l.admit(), Some(2));
+        // No limit: every line.
+        let all = limiter(0);
+        assert!((0..1000).all(|_| all.admit() == Some(0)));
     }
 }

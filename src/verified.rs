@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use quick_cache::Weighter;
 
-use crate::jose::Claims;
 use crate::validate::TimeWindow;
 
 /// Bounds of the cache.
@@ -65,7 +64,8 @@ impl ClaimHeaders {
 /// What a verified token concluded.
 #[derive(Debug)]
 pub struct Entry {
-    pub claims: Arc<Claims>,
+    /// The claims as compact JSON: a parsed map would take several times the memory.
+    pub claims: Arc<str>,
     /// Index of the issuer in the policy's `issuers`.
     pub issuer: usize,
     pub headers: Arc<ClaimHeaders>,
@@ -194,14 +194,13 @@ impl TokenCache {
         }
     }
 
-    /// Remembers a verified token. `window` is when its claim checks pass; `claims_bytes` the
-    /// size of the claims as JSON; `now` in seconds since the epoch.
+    /// Remembers a verified token. `claims` is its claims as compact JSON; `window` when its
+    /// claim checks pass; `now` in seconds since the epoch.
     #[allow(clippy::too_many_arguments)]
     pub fn insert(
         &self,
         key: Key,
-        claims: Arc<Claims>,
-        claims_bytes: usize,
+        claims: Arc<str>,
         issuer: usize,
         keys_version: u64,
         headers: Arc<ClaimHeaders>,
@@ -211,8 +210,7 @@ impl TokenCache {
         if !window.holds(now) {
             return;
         }
-        // serde_json's in-memory form takes about three times the text.
-        let bytes = ENTRY_OVERHEAD + 3 * claims_bytes as u64 + headers.bytes() as u64;
+        let bytes = ENTRY_OVERHEAD + claims.len() as u64 + headers.bytes() as u64;
         let entry = Entry {
             claims,
             issuer,

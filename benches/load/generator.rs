@@ -15,7 +15,6 @@ use bytes::{Buf, BufMut, Bytes};
 use hdrhistogram::Histogram;
 use http::uri::PathAndQuery;
 use prost::Message;
-use tokio::time::Instant as TokioInstant;
 use tollgate::proto::auth::CheckResponse;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
@@ -216,14 +215,32 @@ async fn send(client: &mut Client, request: &Prepared) -> anyhow::Result<Option<
                 .send_request(builder.body(http_body_util::Empty::new())?)
                 .await?;
             let status = response.status().as_u16();
+            let details = response
+                .headers()
+                .iter()
+                .filter(|(k, _)| {
+                    k.as_str().starts_with("www-") || k.as_str().starts_with("x-envoy")
+                })
+                .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join("; ");
             // Drain the body so the stream closes.
-            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             let right = match request.expect {
                 Expect::Allow => status == 200,
                 Expect::Status(want) => status == want,
                 Expect::Deny { http, .. } => status == http,
             };
-            Ok((!right).then(|| format!("HTTP {status}; expected {:?}", request.expect)))
+            Ok((!right).then(|| {
+                format!(
+                    "HTTP {status} [{details}] {}; expected {:?}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)]),
+                    request.expect
+                )
+            }))
         }
     }
 }
@@ -322,26 +339,41 @@ pub async fn run(
             let slots: Arc<Vec<AtomicU64>> =
                 Arc::new((0..total).map(|_| AtomicU64::new(u64::MAX)).collect());
             let done = Arc::new(AtomicUsize::new(0));
-            let begin = TokioInstant::now();
-            let interval = Duration::from_secs_f64(1.0 / rate as f64);
-            let mut handles = Vec::with_capacity(total);
-            for i in 0..total {
-                let due = begin + interval.mul_f64(i as f64);
-                tokio::time::sleep_until(due).await;
-                let mut client = clients[i % clients.len()].clone();
-                let (workload, shared, slots, done) = (
-                    workload.clone(),
-                    shared.clone(),
-                    slots.clone(),
-                    done.clone(),
-                );
-                handles.push(tokio::spawn(async move {
-                    let result = send(&mut client, workload.pick(i as u64)).await;
-                    slots[i].store(due.elapsed().as_micros() as u64, Ordering::Relaxed);
-                    shared.record(result);
-                    done.fetch_add(1, Ordering::Relaxed);
-                }));
-            }
+            // The schedule runs on a thread of its own: nanosleep wakes within tens of µs,
+            // where the runtime's timer wheel has 1 ms ticks that would count as latency.
+            let runtime = tokio::runtime::Handle::current();
+            let scheduler = {
+                let (shared, slots, done) = (shared.clone(), slots.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let begin = Instant::now();
+                    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+                    let mut handles = Vec::with_capacity(total);
+                    for i in 0..total {
+                        let due = begin + interval.mul_f64(i as f64);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        let mut client = clients[i % clients.len()].clone();
+                        let (workload, shared, slots, done) = (
+                            workload.clone(),
+                            shared.clone(),
+                            slots.clone(),
+                            done.clone(),
+                        );
+                        handles.push(runtime.spawn(async move {
+                            let result = send(&mut client, workload.pick(i as u64)).await;
+                            slots[i].store(due.elapsed().as_micros() as u64, Ordering::Relaxed);
+                            shared.record(result);
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }));
+                    }
+                    handles
+                })
+            };
+            let handles = tokio::task::spawn_blocking(move || scheduler.join())
+                .await?
+                .map_err(|_| anyhow::anyhow!("the open-loop scheduler panicked"))?;
             for handle in handles {
                 handle.await?;
             }

@@ -46,6 +46,10 @@ pub struct Options {
     pub out: PathBuf,
     pub connections: usize,
     pub streams: usize,
+    /// Only the Envoy runs.
+    pub envoy_only: bool,
+    /// Only the gRPC scenarios whose name contains this (no rebuild, no Envoy).
+    pub only: Option<String>,
 }
 
 impl Options {
@@ -61,6 +65,13 @@ impl Options {
             PathBuf::from,
         );
         let envoy = !args.iter().any(|a| a == "--no-envoy");
+        let envoy_only = args.iter().any(|a| a == "--envoy-only");
+        let only = args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1))
+            .cloned();
+        let envoy = envoy && only.is_none();
         if !measure {
             return Options {
                 smoke: true,
@@ -73,6 +84,8 @@ impl Options {
                 out: out.join("smoke"),
                 connections: 2,
                 streams: 4,
+                envoy_only,
+                only,
             };
         }
         Options {
@@ -86,6 +99,8 @@ impl Options {
             out,
             connections: 2,
             streams: 16,
+            envoy_only,
+            only,
         }
     }
 }
@@ -224,9 +239,14 @@ async fn run(options: Options) -> anyhow::Result<Report> {
     write_policies(dir.path(), &keys.jwks(), introspect, options.many, None)?;
 
     let baseline = servers::baseline()?;
-    let cached = servers::tollgate(dir.path(), &[])?;
-    let uncached = servers::tollgate(dir.path(), &["--token-cache-entries", "0"])?;
+    let cached = servers::tollgate("tollgate", dir.path(), &[])?;
+    let uncached = servers::tollgate(
+        "tollgate (cache off)",
+        dir.path(),
+        &["--token-cache-entries", "0"],
+    )?;
 
+    let idle = cached.usage()?;
     // Tokens.
     let hit = keys.rs256.mint(&claims(1))?;
     let rs = mint_many(&keys.rs256, options.pool, 1000)?;
@@ -316,6 +336,19 @@ async fn run(options: Options) -> anyhow::Result<Report> {
     };
     let baseline_workload = Arc::new(Workload::new(vec![allow(HOST, &hit, 0)]));
     let mut rows = Vec::new();
+    let scenarios: Vec<_> = if options.envoy_only {
+        Vec::new()
+    } else {
+        scenarios
+            .into_iter()
+            .filter(|(name, _, _)| {
+                options
+                    .only
+                    .as_ref()
+                    .is_none_or(|o| name.contains(o.as_str()))
+            })
+            .collect()
+    };
     for (name, server, requests) in scenarios {
         let size = average_size(&requests);
         warm(server, &requests).await?;
@@ -342,7 +375,9 @@ async fn run(options: Options) -> anyhow::Result<Report> {
         }
         let lookups_after = server.metrics_text()?;
         let hit_ratio = report::hit_ratio(&lookups_before, &lookups_after);
+        let rss_mib = server.usage()?.rss_kib as f64 / 1024.0;
         rows.push(Row {
+            rss_mib,
             name: name.to_string(),
             server: server.name.to_string(),
             request_bytes: size,
@@ -362,16 +397,20 @@ async fn run(options: Options) -> anyhow::Result<Report> {
     let cache_weight = cached.metric("tollgate_token_cache_weight_bytes")?;
 
     // A rebuild of the many policies under open-loop load.
-    let rebuild = report::rebuild(
-        &options,
-        &cached,
-        dir.path(),
-        &keys,
-        introspect,
-        &rows,
-        &hit,
-    )
-    .await?;
+    let rebuild = if options.envoy_only || options.only.is_some() {
+        report::Rebuild::default()
+    } else {
+        report::rebuild(
+            &options,
+            &cached,
+            dir.path(),
+            &keys,
+            introspect,
+            &rows,
+            &hit,
+        )
+        .await?
+    };
 
     let envoy = if options.envoy {
         envoy_runs(&options, &keys, &baseline, &cached, &hit).await?
@@ -384,6 +423,7 @@ async fn run(options: Options) -> anyhow::Result<Report> {
         rows,
         verify_rs256_us: verify_cost.as_secs_f64() * 1e6,
         memory_peak_kib: memory.peak_rss_kib,
+        memory_idle_kib: idle.rss_kib,
         memory_kib: memory.rss_kib,
         cache_entries,
         cache_weight,
@@ -454,7 +494,7 @@ async fn envoy_runs(
         let config = envoy::config(listen, auth);
         envoys.push((
             *name,
-            servers::envoy(&binary, "envoy", &config, dir.path(), listen)?,
+            servers::envoy(&binary, name, &config, dir.path(), listen)?,
         ));
     }
     let protected = Arc::new(Workload::new(vec![Prepared {

@@ -27,6 +27,8 @@ pub struct Row {
     pub p99_us: f64,
     /// Verified-token cache hits / lookups during the rounds (None: no lookups).
     pub cache_hit_ratio: Option<f64>,
+    /// The server's resident memory after the scenario.
+    pub rss_mib: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -70,6 +72,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub verify_rs256_us: f64,
     pub memory_peak_kib: u64,
+    /// Right after start, every policy loaded, nothing cached.
+    pub memory_idle_kib: u64,
     pub memory_kib: u64,
     pub cache_entries: f64,
     pub cache_weight: f64,
@@ -277,7 +281,8 @@ impl Report {
                 self.options.many, self.cache_entries
             ),
             format!(
-                "peak {rss_mib:.1} MiB (now {:.1} MiB; cache weight {:.1} MiB)",
+                "peak {rss_mib:.1} MiB (idle with the policies loaded {:.1} MiB; now {:.1} MiB; cache weight {:.1} MiB)",
+                self.memory_idle_kib as f64 / 1024.0,
                 self.memory_kib as f64 / 1024.0,
                 self.cache_weight / 1048576.0
             ),
@@ -315,13 +320,13 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| scenario | server | req/s | x baseline | server CPU us/req | baseline CPU us/req | p50 us | p99 us | cache hits | request bytes |"
+            "| scenario | server | req/s | x baseline | server CPU us/req | baseline CPU us/req | p50 us | p99 us | cache hits | request bytes | RSS MiB |"
         );
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &self.rows {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {} |",
+                "| {} | {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {} | {:.0} |",
                 r.name,
                 r.server,
                 r.rate,
@@ -332,7 +337,8 @@ impl Report {
                 r.p99_us,
                 r.cache_hit_ratio
                     .map_or("-".into(), |h| format!("{:.1}%", h * 100.0)),
-                r.request_bytes
+                r.request_bytes,
+                r.rss_mib
             );
         }
         let _ = writeln!(

@@ -16,7 +16,7 @@ use tollgate::proto::google::rpc::Status as RpcStatus;
 
 /// A child process, killed on drop.
 pub struct Server {
-    pub name: &'static str,
+    pub name: String,
     child: Child,
     pub addr: SocketAddr,
     /// tollgate's admin address (metrics).
@@ -109,7 +109,7 @@ fn wait_for<T: Send + 'static>(
 }
 
 /// Starts `tollgate serve` on policy files.
-pub fn tollgate(policies: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+pub fn tollgate(name: &str, policies: &Path, extra: &[&str]) -> anyhow::Result<Server> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .arg("serve")
         .arg("--policies")
@@ -141,7 +141,7 @@ pub fn tollgate(policies: &Path, extra: &[&str]) -> anyhow::Result<Server> {
         })
     })?;
     let server = Server {
-        name: "tollgate",
+        name: name.into(),
         child,
         addr: grpc.parse()?,
         admin: Some(admin.parse()?),
@@ -223,7 +223,7 @@ pub fn baseline() -> anyhow::Result<Server> {
             .and_then(|a| a.parse::<SocketAddr>().ok())
     })?;
     Ok(Server {
-        name: "baseline",
+        name: "baseline".into(),
         child,
         addr,
         admin: None,
@@ -287,12 +287,12 @@ pub fn envoy_binary() -> Option<PathBuf> {
 /// Starts Envoy with `config` (YAML), one worker; waits until its listener answers.
 pub fn envoy(
     binary: &Path,
-    name: &'static str,
+    name: &str,
     config: &str,
     dir: &Path,
     listen: SocketAddr,
 ) -> anyhow::Result<Server> {
-    let file = dir.join(format!("{name}.yaml"));
+    let file = dir.join(format!("envoy-{}.yaml", listen.port()));
     std::fs::write(&file, config)?;
     let child = Command::new(binary)
         .args([
@@ -311,7 +311,7 @@ pub fn envoy(
         .spawn()
         .context("starting envoy")?;
     let server = Server {
-        name,
+        name: format!("envoy ({name})"),
         child,
         addr: listen,
         admin: None,

@@ -261,3 +261,17 @@ async fn the_trace_header_returns_the_trace_only_with_the_secret() {
     );
     assert!(ok.headers_to_remove.contains(&"x-debug-key".to_string()));
 }
+
+#[test]
+fn cached_claims_give_the_same_metadata_as_parsed_ones() {
+    let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_value(
+        serde_json::json!({"sub": "alice", "n": 3, "neg": -2, "f": 1.5, "ok": true, "none": null,
+            "roles": ["a", "b"], "nested": {"deep": [1, {"x": "y"}]}, "esc": "q\"\\u00e9"}),
+    )
+    .expect("claims");
+    let json: std::sync::Arc<str> = serde_json::to_string(&claims).expect("json").into();
+    let parsed = claims_struct(&ClaimSet::Parsed(std::sync::Arc::new(claims)));
+    let cached = claims_struct(&ClaimSet::Json(json));
+    assert_eq!(parsed, cached);
+    assert_eq!(parsed.fields.len(), 9);
+}

@@ -190,7 +190,12 @@ fn from_header<'a>(
             "more than one token in the header".into(),
         ));
     }
-    Ok(Some(Cow::Owned(token.to_string())))
+    // Borrow the token from the header value when it is borrowed (no copy per request).
+    let (start, len) = (value.len() - rest.trim_start().len(), token.len());
+    Ok(Some(match value {
+        Cow::Borrowed(v) => Cow::Borrowed(&v[start..start + len]),
+        Cow::Owned(v) => Cow::Owned(v[start..start + len].to_string()),
+    }))
 }
 
 fn from_query(path: &str, param: &str) -> Result<Option<String>, ExtractError> {

@@ -2,6 +2,7 @@ use serde_json::json;
 
 use super::*;
 use crate::fixtures::*;
+use crate::jose::Claims;
 
 fn limits(max_entries: usize, max_bytes: u64) -> CacheLimits {
     CacheLimits {
@@ -25,8 +26,7 @@ fn put(cache: &TokenCache, policy: u64, n: u8, claims: Arc<Claims>, now: f64) {
     let w = window(&claims, "0s");
     cache.insert(
         Key::new(policy, [n; 32]),
-        claims,
-        100,
+        serde_json::to_string(&*claims).expect("json").into(),
         0,
         7,
         Arc::new(ClaimHeaders::default()),
@@ -110,12 +110,12 @@ fn both_bounds_hold() {
 
     // 64 KiB at most, with entries of about 3 KiB each: the byte bound is the tighter one.
     let cache = TokenCache::new(limits(10_000, 64 << 10)).expect("cache");
+    let big: Arc<str> = "x".repeat(2800).into();
     for n in 0..=255u8 {
         let w = window(&claims(2000.0), "0s");
         cache.insert(
             Key::new(1, [n; 32]),
-            claims(2000.0),
-            1000,
+            big.clone(),
             0,
             7,
             Arc::new(ClaimHeaders::default()),

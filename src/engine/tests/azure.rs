@@ -133,13 +133,13 @@ async fn v1_and_v2_tokens_with_azure_claims_are_accepted() {
     let v1 = RSA.mint(&v1_claims(TENANT)).expect("mint");
     let decision = judge_token(&policy, &v1).await;
     assert_eq!(
-        allowed(&decision).claims.as_ref().expect("claims")["ver"],
+        allowed(&decision).claims.as_ref().expect("claims").map()["ver"],
         "1.0"
     );
     let v2 = RSA.mint(&v2_claims(&base, TENANT)).expect("mint");
     let decision = judge_token(&policy, &v2).await;
     assert_eq!(
-        allowed(&decision).claims.as_ref().expect("claims")["ver"],
+        allowed(&decision).claims.as_ref().expect("claims").map()["ver"],
         "2.0"
     );
 

@@ -168,7 +168,7 @@ async fn a_nested_token_of_every_algorithm_pair_is_validated_like_any_other() {
                 let decision = judge_token(&policy, &token).await;
                 let allow = allowed(&decision);
                 assert_eq!(
-                    allow.claims.as_ref().expect("claims")["sub"],
+                    allow.claims.as_ref().expect("claims").map()["sub"],
                     "alice",
                     "{alg} {enc}"
                 );
@@ -337,7 +337,7 @@ async fn unsigned_encrypted_claims_pass_only_when_the_policy_says_so() {
     .expect("encrypts");
     let decision = judge_token(&policy, &token).await;
     assert_eq!(
-        allowed(&decision).claims.as_ref().expect("claims")["sub"],
+        allowed(&decision).claims.as_ref().expect("claims").map()["sub"],
         "alice"
     );
 

@@ -1,0 +1,225 @@
+//! Micro-benchmarks of each stage of a check, with criterion: extract the token → decode the
+//! JWS → route and verify the signature → claims → build Envoy's answer; then the whole engine
+//! with and without the verified-token cache, and `decide` on a `CheckRequest` as the gRPC
+//! service runs it.
+//!
+//! `cargo bench --bench stages`; under `cargo test` each runs once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use serde_json::json;
+use tollgate::authz::{AuthzService, to_check_response};
+use tollgate::client::{Probe, check_request};
+use tollgate::engine::{self, Headers, Request, request};
+use tollgate::jwks::KeySources;
+use tollgate::local_issuer::{SigningKey, jwks, now_secs};
+use tollgate::metrics::Metrics;
+use tollgate::policy::{
+    CompileContext, DefaultAction, FileSecrets, JwtPolicySpec, SharedSnapshot, Snapshot, compile,
+};
+use tollgate::trace::Trace;
+use tollgate::verified::{CacheLimits, TokenCache};
+use tollgate::{jose, validate};
+
+const ISSUER: &str = "https://idp.bench.example/";
+const AUDIENCE: &str = "api://bench";
+
+fn spec(key: &SigningKey) -> JwtPolicySpec {
+    serde_json::from_value(json!({
+        "match": {"hosts": ["api.bench.example"]},
+        "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks(&[key])}],
+        "requiredClaims": [{"name": "scope", "separator": " ", "values": ["orders.read"]}],
+        "forward": {"claimsToHeaders": [{"claim": "sub", "header": "x-user-id"},
+                                        {"claim": "email", "header": "x-user-email"}]},
+    }))
+    .expect("spec")
+}
+
+fn setup() -> (Arc<tollgate::policy::Policy>, String) {
+    let key = SigningKey::rsa("rs", "RS256", 2048).expect("key");
+    let now = now_secs();
+    let token = key
+        .mint(
+            &json!({"iss": ISSUER, "sub": "user-1", "aud": AUDIENCE, "iat": now, "exp": now + 3600,
+            "scope": "orders.read orders.write", "email": "user-1@example.com", "roles": ["user"]}),
+        )
+        .expect("mint");
+    let spec = spec(&key);
+    let sources = KeySources::offline().expect("sources");
+    let policy = compile(
+        "bench",
+        "main",
+        &spec,
+        &CompileContext {
+            key_sources: &sources,
+            secrets: &FileSecrets::new(None),
+        },
+    )
+    .expect("compiles");
+    (Arc::new(policy), token)
+}
+
+fn stages(c: &mut Criterion) {
+    let (policy, token) = setup();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut headers = HashMap::new();
+    headers.insert("authorization".to_string(), format!("Bearer {token}"));
+    headers.insert("user-agent".to_string(), "bench/1.0".to_string());
+    let request = Request {
+        host: "api.bench.example",
+        path: "/orders/1",
+        method: "GET",
+        headers: Headers::Map(&headers),
+        policy: None,
+    };
+    let keys = policy.issuers[0].keys.current().expect("inline keys");
+    let now = SystemTime::now();
+
+    c.bench_function("1 extract the token", |b| {
+        b.iter(|| request::extract(black_box(&policy.token), black_box(&request)))
+    });
+    c.bench_function("2 decode the JWS (base64url + JSON)", |b| {
+        b.iter(|| jose::parse(black_box(&token)))
+    });
+    let jws = jose::parse(&token).expect("parses");
+    c.bench_function("3 route + verify RS256", |b| {
+        b.iter(|| {
+            let (_, alg) = validate::route(black_box(&jws), &policy).expect("routes");
+            validate::verify_signature(&jws, alg, &keys).map(|_| ())
+        })
+    });
+    let issuer = &policy.issuers[0];
+    c.bench_function("4 claims (exp/nbf/iat/aud, requiredClaims)", |b| {
+        b.iter(|| {
+            let mut trace = Trace::off();
+            validate::check_claims(black_box(&jws.claims), issuer, &policy, now, &mut trace)
+                .and_then(|()| validate::check_required(&jws.claims, &policy, &mut trace))
+        })
+    });
+    let plain = Snapshot::build(vec![policy.clone()], DefaultAction::Deny).0;
+    let decision = runtime.block_on(engine::check(&plain, &request, now));
+    assert!(decision.is_allow());
+    c.bench_function("5 build Envoy's CheckResponse", |b| {
+        b.iter(|| to_check_response(black_box(&decision)))
+    });
+    c.bench_function("engine::check, uncached", |b| {
+        b.iter(|| runtime.block_on(engine::check(&plain, black_box(&request), now)))
+    });
+    let mut cached = Snapshot::build(vec![policy.clone()], DefaultAction::Deny).0;
+    cached.token_cache = TokenCache::new(CacheLimits::default());
+    c.bench_function("engine::check, verified-token cache hit", |b| {
+        b.iter(|| runtime.block_on(engine::check(&cached, black_box(&request), now)))
+    });
+    let shared =
+        SharedSnapshot::with_cache(DefaultAction::Deny, TokenCache::new(CacheLimits::default()));
+    shared.publish(Snapshot::build(vec![policy.clone()], DefaultAction::Deny).0);
+    shared.set_ready();
+    let service = AuthzService::new(shared, Metrics::new(None, None));
+    let check = check_request(&Probe {
+        host: "api.bench.example".into(),
+        path: "/orders/1".into(),
+        method: "GET".into(),
+        token: Some(token.clone()),
+        ..Probe::default()
+    });
+    c.bench_function("gRPC decide + response, cache hit", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let (decision, _) = service.decide(black_box(&check)).await;
+                to_check_response(&decision)
+            })
+        })
+    });
+}
+
+/// What a policy reload costs per policy: parsing its document and compiling it (inline keys).
+fn reload(c: &mut Criterion) {
+    let key = SigningKey::rsa("rs", "RS256", 2048).expect("key");
+    let document = serde_json::to_string(&json!({"apiVersion": "tollgate.dev/v1alpha1",
+        "kind": "JwtPolicy", "metadata": {"name": "p", "namespace": "bench"},
+        "spec": serde_json::to_value(spec(&key)).expect("value")}))
+    .expect("json");
+    c.bench_function("reload: parse one policy document (YAML)", |b| {
+        b.iter(|| tollgate::policy::files::parse_documents(black_box(document.as_bytes())))
+    });
+    let sources = KeySources::offline().expect("sources");
+    let secrets = FileSecrets::new(None);
+    let spec = spec(&key);
+    c.bench_function("reload: compile one policy (inline RSA key)", |b| {
+        b.iter(|| {
+            compile(
+                "bench",
+                "p",
+                black_box(&spec),
+                &CompileContext {
+                    key_sources: &sources,
+                    secrets: &secrets,
+                },
+            )
+        })
+    });
+}
+
+/// A reload of 1,000 changed policy files through the file loader (read, parse, compile,
+/// index), as `serve` does when every file changes.
+fn reload_many(c: &mut Criterion) {
+    let key = SigningKey::rsa("rs", "RS256", 2048).expect("key");
+    let ec = SigningKey::ec("es", "ES256").expect("key");
+    let ed = SigningKey::ed25519("ed").expect("key");
+    let dir = tempfile::tempdir().expect("dir");
+    let write = |audience: &str| {
+        for i in 0..1000 {
+            let doc = json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy",
+                "metadata": {"name": format!("p{i:04}"), "namespace": "bench"},
+                "spec": {"match": {"hosts": [format!("h{i:04}.bench.example")]},
+                    "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE, audience],
+                                 "jwks": jwks(&[&key, &ec, &ed])}],
+                    "requiredClaims": [{"name": "scope", "separator": " ", "values": ["orders.read"]}]}});
+            std::fs::write(dir.path().join(format!("p{i:04}.yaml")), doc.to_string())
+                .expect("write");
+        }
+    };
+    write("api://a");
+    let sources = KeySources::offline().expect("sources");
+    let mut loader = tollgate::policy::files::FileLoader::new(
+        vec![dir.path().to_path_buf()],
+        sources,
+        DefaultAction::Deny,
+    );
+    let (first, report) = loader.reload();
+    assert_eq!(
+        (first.map(|s| s.len()), report.problems.len()),
+        (Some(1000), 0)
+    );
+    let mut flip = false;
+    let mut group = c.benchmark_group("reload");
+    group.sample_size(10);
+    group.bench_function(
+        "1,000 changed policies (read, parse, compile, index)",
+        |b| {
+            b.iter_batched(
+                || {
+                    flip = !flip;
+                    write(if flip { "api://b" } else { "api://a" });
+                },
+                |()| loader.reload(),
+                criterion::BatchSize::PerIteration,
+            )
+        },
+    );
+    group.bench_function("1,000 unchanged policies (the poll)", |b| {
+        b.iter(|| loader.reload())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, stages, reload, reload_many);
+criterion_main!(benches);
