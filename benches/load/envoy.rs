@@ -24,7 +24,7 @@ pub enum Auth<'a> {
 /// Paths under `/public` skip ext_authz (`ExtAuthzPerRoute.disabled`), as anonymous routes should.
 pub const PUBLIC_PATH: &str = "/public/health";
 
-pub fn config(listen: SocketAddr, auth: &Auth<'_>) -> String {
+pub fn config(listen: SocketAddr, admin: SocketAddr, auth: &Auth<'_>) -> String {
     let filter = match auth {
         Auth::None => String::new(),
         Auth::JwtAuthn { jwks } => {
@@ -90,6 +90,10 @@ pub fn config(listen: SocketAddr, auth: &Auth<'_>) -> String {
   - name: authz
     type: STATIC
     connect_timeout: 1s
+    # The default 1,024 concurrent requests overflow (and fail closed, 403) once an overloaded
+    # open-loop run queues more than that; size it to the load, as in production.
+    circuit_breakers:
+      thresholds: [{{max_pending_requests: 100000, max_requests: 100000}}]
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
@@ -104,6 +108,8 @@ pub fn config(listen: SocketAddr, auth: &Auth<'_>) -> String {
     };
     format!(
         r#"
+admin:
+  address: {{socket_address: {{address: {}, port_value: {}}}}}
 static_resources:
   listeners:
   - name: ingress
@@ -129,6 +135,8 @@ static_resources:
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router{cluster}
 "#,
+        admin.ip(),
+        admin.port(),
         listen.ip(),
         listen.port(),
     )

@@ -167,12 +167,13 @@ async fn measure(
     let after = server.usage()?;
     anyhow::ensure!(
         outcome.wrong == 0 && outcome.errors == 0,
-        "{}: {} wrong answers, {} errors of {} ({})",
+        "{}: {} wrong answers, {} errors of {} ({}) {}",
         server.name,
         outcome.wrong,
         outcome.errors,
         outcome.sent,
-        outcome.first_wrong.as_deref().unwrap_or("")
+        outcome.first_wrong.as_deref().unwrap_or(""),
+        server.envoy_stats()
     );
     let cpu = after.cpu.saturating_sub(before.cpu);
     Ok(Measured {
@@ -490,11 +491,11 @@ async fn envoy_runs(
     ];
     let mut envoys = Vec::new();
     for (name, auth) in &variants {
-        let listen = servers::free_port()?;
-        let config = envoy::config(listen, auth);
+        let (listen, admin) = (servers::free_port()?, servers::free_port()?);
+        let config = envoy::config(listen, admin, auth);
         envoys.push((
             *name,
-            servers::envoy(&binary, name, &config, dir.path(), listen)?,
+            servers::envoy(&binary, name, &config, dir.path(), listen, admin)?,
         ));
     }
     let protected = Arc::new(Workload::new(vec![Prepared {

@@ -21,6 +21,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// tollgate's admin address (metrics).
     pub admin: Option<SocketAddr>,
+    /// Envoy's admin address (stats).
+    pub envoy_admin: Option<SocketAddr>,
 }
 
 impl Drop for Server {
@@ -79,6 +81,24 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
 }
 
 impl Server {
+    /// Envoy's ext_authz and authz-cluster counters that are not zero (for a failure report).
+    pub fn envoy_stats(&self) -> String {
+        let Some(admin) = self.envoy_admin else {
+            return String::new();
+        };
+        http_get(
+            admin,
+            "/stats?filter=ext_authz|cluster.authz.upstream_(rq|cx)",
+        )
+        .map(|(_, body)| {
+            body.lines()
+                .filter(|l| !l.ends_with(": 0"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -145,6 +165,7 @@ pub fn tollgate(name: &str, policies: &Path, extra: &[&str]) -> anyhow::Result<S
         child,
         addr: grpc.parse()?,
         admin: Some(admin.parse()?),
+        envoy_admin: None,
     };
     server.wait_ready()?;
     Ok(server)
@@ -190,12 +211,12 @@ pub fn metric_sum(body: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// A plain HTTP/1.0 GET (admin endpoints), blocking.
+/// A plain HTTP/1.1 GET (admin endpoints), one request per connection, blocking.
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(tcp, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    write!(tcp, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut text = String::new();
     tcp.read_to_string(&mut text)?;
     let status = text
@@ -227,6 +248,7 @@ pub fn baseline() -> anyhow::Result<Server> {
         child,
         addr,
         admin: None,
+        envoy_admin: None,
     })
 }
 
@@ -291,6 +313,7 @@ pub fn envoy(
     config: &str,
     dir: &Path,
     listen: SocketAddr,
+    admin: SocketAddr,
 ) -> anyhow::Result<Server> {
     let file = dir.join(format!("envoy-{}.yaml", listen.port()));
     std::fs::write(&file, config)?;
@@ -315,6 +338,7 @@ pub fn envoy(
         child,
         addr: listen,
         admin: None,
+        envoy_admin: Some(admin),
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(listen).is_err() {
