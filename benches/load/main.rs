@@ -414,7 +414,7 @@ async fn run(options: Options) -> anyhow::Result<Report> {
     };
 
     let envoy = if options.envoy {
-        envoy_runs(&options, &keys, &baseline, &cached, &hit).await?
+        envoy_runs(&options, &keys, [&baseline, &cached, &uncached], &hit, &rs).await?
     } else {
         report::EnvoyRuns::default()
     };
@@ -437,14 +437,17 @@ async fn run(options: Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// The four Envoys (plus the recommended-settings variant), closed-loop maxima and an
-/// open-loop latency curve.
+/// The Envoy in front of tollgate without its verified-token cache, sent a fresh token each time.
+pub const UNCACHED_ENVOY: &str = "ext_authz -> tollgate, cache off, fresh RS256 tokens";
+
+/// The four Envoys (plus the recommended-settings and uncached variants), closed-loop maxima
+/// and an open-loop latency curve.
 async fn envoy_runs(
     options: &Options,
     keys: &Keys,
-    baseline: &Server,
-    tollgate: &Server,
+    [baseline, tollgate, uncached]: [&Server; 3],
     hit: &str,
+    fresh: &[String],
 ) -> anyhow::Result<report::EnvoyRuns> {
     let binary = match servers::envoy_binary() {
         Some(binary) => binary,
@@ -488,6 +491,13 @@ async fn envoy_runs(
                 allowed_headers: Some(&only_authorization),
             },
         ),
+        (
+            UNCACHED_ENVOY,
+            envoy::Auth::ExtAuthz {
+                server: uncached.addr,
+                allowed_headers: None,
+            },
+        ),
     ];
     let mut envoys = Vec::new();
     for (name, auth) in &variants {
@@ -505,6 +515,18 @@ async fn envoy_runs(
         token: Some(hit.to_string()),
         expect: Expect::Status(200),
     }]));
+    let fresh = Arc::new(Workload::new(
+        fresh
+            .iter()
+            .map(|token| Prepared {
+                body: Default::default(),
+                authority: HOST.into(),
+                path: "/orders/1".into(),
+                token: Some(token.clone()),
+                expect: Expect::Status(200),
+            })
+            .collect(),
+    ));
     let public = Arc::new(Workload::new(vec![Prepared {
         body: Default::default(),
         authority: HOST.into(),
@@ -543,10 +565,12 @@ async fn envoy_runs(
     let mut rows = Vec::new();
     let mut maxima = Vec::new();
     for (name, envoy) in &envoys {
-        for (label, workload) in [
-            ("", &protected),
-            (" (route with ext_authz disabled)", &public),
-        ] {
+        let tokens = if *name == UNCACHED_ENVOY {
+            &fresh
+        } else {
+            &protected
+        };
+        for (label, workload) in [("", tokens), (" (route with ext_authz disabled)", &public)] {
             if !label.is_empty() && *name != "ext_authz -> tollgate" {
                 continue;
             }
@@ -594,7 +618,7 @@ async fn envoy_runs(
     for &fraction in fractions {
         let rate = (tollgate_max * fraction).max(50.0) as u64;
         for (name, envoy) in &envoys {
-            if name.contains("allowed") {
+            if name.contains("allowed") || *name == UNCACHED_ENVOY {
                 continue;
             }
             let m = measure(
