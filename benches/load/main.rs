@@ -116,6 +116,27 @@ fn main() -> ExitCode {
             }
         };
     }
+    // Redraws the chart of an earlier run: `-- --replot <folder with report.json>`.
+    if let Some(dir) = args
+        .iter()
+        .position(|a| a == "--replot")
+        .and_then(|i| args.get(i + 1))
+    {
+        let dir = PathBuf::from(dir);
+        let replot = || -> anyhow::Result<()> {
+            let report: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("report.json"))?)?;
+            let curve: Vec<report::CurvePoint> = serde_json::from_value(report["curve"].clone())?;
+            report::chart(&curve, &dir.join("latency.png"))
+        };
+        return match replot() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("replot: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let options = Options::from_args(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -401,9 +401,12 @@ pub fn spawn_watch(
             // On a thread of its own at the lowest priority: with the CPUs busy, requests go
             // first and the reload takes longer, instead of requests queueing behind it.
             let (done, reloaded) = tokio::sync::oneshot::channel();
+            // Compiling starts key refresh tasks: the thread needs the runtime's context.
+            let runtime = tokio::runtime::Handle::current();
             let spawned = std::thread::Builder::new()
                 .name("policy-reload".into())
                 .spawn(move || {
+                    let _runtime = runtime.enter();
                     lower_priority();
                     let (snapshot, report) = loader.reload();
                     let _ = done.send((loader, snapshot, report));
