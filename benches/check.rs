@@ -1,7 +1,8 @@
 //! Check latency: the plain JWT path (RS256, verified on every request) next to an opaque token
 //! answered from a warm introspection cache. Both over real gRPC to an in-process `tollgate
 //! serve`, and both through `engine::check` alone (no transport), measured interleaved in one
-//! run so the figures are comparable. The engine rows add the same JWT encrypted to the API
+//! run so the figures are comparable (the verified-token cache is off: every request verifies).
+//! The engine rows add the same JWT encrypted to the API
 //! (RSA-OAEP-256 / A256GCM, decrypted on every request) and the JWT with the trace on (what
 //! `explain` and the debug line cost), and the JWT over HTTP forward auth (`/auth`, as nginx's
 //! `auth_request` calls it). Reports median, p90 and p99, and the ratios.
@@ -149,7 +150,12 @@ async fn run(rounds: usize, measure: bool) {
         webhook: None,
         http_addr: Some("127.0.0.1:0".parse().expect("addr")),
         trusted_proxies: Vec::new(),
-        token_cache: Default::default(),
+        // Every JWT row verifies the token on each request; the cached path is measured by
+        // `cargo bench --bench load` and `--bench stages`.
+        token_cache: tollgate::verified::CacheLimits {
+            max_entries: 0,
+            ..Default::default()
+        },
     };
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(serve::run(
