@@ -114,18 +114,22 @@ fn snapshots(policy: &Arc<Policy>, cache: &Arc<TokenCache>) -> (Snapshot, Snapsh
     (plain, cached)
 }
 
-async fn judge_at(s: &Snapshot, token: &str, path: &str, now: SystemTime) -> Decision {
-    let r = req(path)
-        .bearer(token)
-        .header("x-email", "spoofed@example.com");
-    let request = Request {
-        host: r.host,
+/// The engine's view of a test request, with another host if given.
+fn request<'a>(r: &'a Req, host: Option<&'a str>) -> Request<'a> {
+    Request {
+        host: host.unwrap_or(r.host),
         path: &r.path,
         method: r.method,
         headers: Headers::Map(&r.headers),
         policy: None,
-    };
-    check(s, &request, now).await
+    }
+}
+
+async fn judge_at(s: &Snapshot, token: &str, path: &str, now: SystemTime) -> Decision {
+    let r = req(path)
+        .bearer(token)
+        .header("x-email", "spoofed@example.com");
+    check(s, &request(&r, None), now).await
 }
 
 async fn run(steps: Vec<Step>, cache: &Arc<TokenCache>) -> Result<(), TestCaseError> {
@@ -207,14 +211,7 @@ async fn a_traced_request_is_verified_in_full() {
     let (_, s) = snapshots(&policy, &cache);
     judge_at(&s, &TOKENS[0], "/orders/1", at(0)).await;
     let r = req("/orders/1").bearer(&TOKENS[0]);
-    let request = Request {
-        host: r.host,
-        path: &r.path,
-        method: r.method,
-        headers: Headers::Map(&r.headers),
-        policy: None,
-    };
-    let decision = check_traced(&s, &request, at(0), Trace::on()).await;
+    let decision = check_traced(&s, &request(&r, None), at(0), Trace::on()).await;
     let trace = decision.trace().expect("traced");
     assert!(
         trace.steps.iter().any(|step| step.check == "signature"),
@@ -262,14 +259,8 @@ async fn publishing_without_a_policy_drops_its_entries() {
     shared.publish(Snapshot::build(vec![orders.clone(), other.clone()], DefaultAction::Deny).0);
     allowed(&judge_at(&shared.load(), &TOKENS[0], "/orders/1", at(0)).await);
     let r = req("/").bearer(&TOKENS[0]);
-    let request = Request {
-        host: "other.example.com",
-        path: &r.path,
-        method: r.method,
-        headers: Headers::Map(&r.headers),
-        policy: None,
-    };
-    allowed(&check(&shared.load(), &request, at(0)).await);
+    let other_host = request(&r, Some("other.example.com"));
+    allowed(&check(&shared.load(), &other_host, at(0)).await);
     assert_eq!(cache.stats().entries, 2);
     // "orders" is recompiled: its old entry goes, the other policy's stays.
     let recompiled = mk_policy("orders", POLICY);
