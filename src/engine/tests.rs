@@ -314,3 +314,4 @@ async fn methods_and_error_descriptions_are_safe_in_headers() {
 mod azure;
 mod cache;
 mod encrypted;
+mod hostile;

@@ -1,0 +1,309 @@
+//! Hostile tokens, each judged by the whole engine: the exact reason code, no panic, and never
+//! an allow for anything the trusted keys did not sign.
+
+use base64::Engine as _;
+
+use super::*;
+use crate::jose::B64;
+use crate::local_issuer::SigningKey;
+
+const PLAIN: &str = "{match: {hosts: [api.example.com]}}";
+
+/// A compact JWS from raw header and payload text and raw signature bytes.
+fn raw(header: &str, payload: &str, signature: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        B64.encode(header),
+        B64.encode(payload),
+        B64.encode(signature)
+    )
+}
+
+/// A token signed by `key` with this header, claims from `good_claims` changed by `changes`.
+fn signed(key: &SigningKey, header: serde_json::Value, changes: serde_json::Value) -> String {
+    key.mint_with_header(&header, &claims_with(changes))
+        .expect("mint")
+}
+
+async fn reason_of(token: &str) -> Reason {
+    let s = snapshot(&[mk_policy("plain", PLAIN)], DefaultAction::Deny);
+    match decide(&s, &req("/").bearer(token)).await {
+        Decision::Deny(deny) => deny.reason,
+        Decision::Allow(allow) => allow.reason,
+    }
+}
+
+fn claims_json() -> String {
+    good_claims().to_string()
+}
+
+#[tokio::test]
+async fn unsigned_tokens_are_refused_whatever_the_spelling() {
+    for alg in ["none", "None", "nOnE", "NONE"] {
+        let token = format!(
+            "{}.{}.",
+            B64.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#)),
+            B64.encode(claims_json())
+        );
+        assert_eq!(
+            reason_of(&token).await,
+            Reason::AlgorithmNotAllowed,
+            "{alg}"
+        );
+        // With a signature segment made of anything, too.
+        let token = raw(&format!(r#"{{"alg":"{alg}"}}"#), &claims_json(), b"x");
+        assert_eq!(
+            reason_of(&token).await,
+            Reason::AlgorithmNotAllowed,
+            "{alg}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_hmac_signed_with_the_public_key_is_not_accepted() {
+    // Algorithm confusion: HS256 keyed with the RSA public key a verifier might hold.
+    let public = RSA.public_pem().expect("pem");
+    for secret in [
+        public.as_bytes().to_vec(),
+        RSA.jwk().expect("jwk").to_string().into_bytes(),
+    ] {
+        let forged = SigningKey::hmac("rsa-1", "HS256", &secret);
+        let token = forged.mint(&good_claims()).expect("mint");
+        assert_eq!(reason_of(&token).await, Reason::AlgorithmNotAllowed);
+    }
+}
+
+#[tokio::test]
+async fn hostile_kids_find_no_key() {
+    let long = "k".repeat(10 * 1024);
+    for kid in [
+        "../../../../etc/passwd",
+        "' OR '1'='1' --",
+        "rsa-1\0",
+        long.as_str(),
+    ] {
+        let token = signed(&RSA, json!({"alg": "RS256", "kid": kid}), json!({}));
+        assert_eq!(reason_of(&token).await, Reason::KeyNotFound, "{:.40}", kid);
+    }
+    for kid in [
+        json!(42),
+        json!(["rsa-1"]),
+        json!({"kid": "rsa-1"}),
+        json!(null),
+    ] {
+        let token = signed(&RSA, json!({"alg": "RS256", "kid": kid}), json!({}));
+        assert_eq!(reason_of(&token).await, Reason::TokenMalformed, "{kid}");
+    }
+}
+
+#[tokio::test]
+async fn keys_named_by_the_token_are_never_used() {
+    // Signed by a key nobody trusts, which the header offers in every way JOSE allows, with the
+    // trusted key's kid: the signature is checked with the trusted key, and fails.
+    let rogue = ROGUE.jwk().expect("jwk");
+    for (member, value) in [
+        ("jwk", rogue.clone()),
+        ("jku", json!("https://attacker.example/jwks.json")),
+        ("x5u", json!("https://attacker.example/cert.pem")),
+        (
+            "x5c",
+            json!(["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"]),
+        ),
+    ] {
+        let mut header = json!({"alg": "RS256", "kid": "rsa-1"});
+        header[member] = value;
+        let token = signed(&ROGUE, header, json!({}));
+        assert_eq!(
+            reason_of(&token).await,
+            Reason::SignatureInvalid,
+            "{member}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn critical_extensions_are_refused() {
+    for (crit, expected) in [
+        (json!(["exp"]), Reason::UnsupportedCriticalHeader),
+        (json!(["b64"]), Reason::UnsupportedCriticalHeader),
+        // RFC 7515 forbids an empty list: refused as a critical header all the same.
+        (json!([]), Reason::UnsupportedCriticalHeader),
+        (json!("exp"), Reason::TokenMalformed),
+    ] {
+        let token = signed(
+            &RSA,
+            json!({"alg": "RS256", "kid": "rsa-1", "crit": crit}),
+            json!({}),
+        );
+        assert_eq!(reason_of(&token).await, expected, "{crit}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_encodings_and_json_are_token_malformed() {
+    let header = r#"{"alg":"RS256","kid":"rsa-1"}"#;
+    let body = claims_json();
+    let sig = [7u8; 256];
+    let nested = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "duplicate member",
+            raw(
+                header,
+                &body.replacen('{', r#"{"iss":"https://evil/","#, 1),
+                &sig,
+            ),
+        ),
+        (
+            "duplicate header member",
+            raw(r#"{"alg":"RS256","alg":"none"}"#, &body, &sig),
+        ),
+        (
+            "nested 200 deep",
+            raw(header, &format!(r#"{{"x":{nested}}}"#), &sig),
+        ),
+        ("payload not an object", raw(header, "[1,2,3]", &sig)),
+        ("header not JSON", raw("RS256", &body, &sig)),
+        ("padding", format!("{}=", raw(header, &body, &sig))),
+        (
+            "standard base64",
+            raw(header, &body, &sig).replace('-', "+").replace('_', "/") + "+/",
+        ),
+        (
+            "two segments",
+            format!("{}.{}", B64.encode(header), B64.encode(&body)),
+        ),
+        ("four segments", format!("{}.x", raw(header, &body, &sig))),
+        ("empty segments", "..".to_string()),
+        (
+            "larger than 16 KiB",
+            raw(
+                header,
+                &format!(r#"{{"x":"{}"}}"#, "a".repeat(17 * 1024)),
+                &sig,
+            ),
+        ),
+    ];
+    for (what, token) in cases {
+        let reason = reason_of(&token).await;
+        assert_eq!(reason, Reason::TokenMalformed, "{what}");
+    }
+    // Bytes that are not UTF-8 in the payload.
+    let token = format!(
+        "{}.{}.{}",
+        B64.encode(header),
+        B64.encode([0xff, 0xfe, b'{', b'}']),
+        B64.encode(sig)
+    );
+    assert_eq!(reason_of(&token).await, Reason::TokenMalformed);
+}
+
+#[tokio::test]
+async fn time_claims_of_the_wrong_type_or_range() {
+    let cases = [
+        (json!({"exp": "4102444800"}), Reason::TokenMalformed),
+        (json!({"exp": true}), Reason::TokenMalformed),
+        (json!({"exp": [1]}), Reason::TokenMalformed),
+        (json!({"nbf": "0"}), Reason::TokenMalformed),
+        (json!({"iat": {"t": 1}}), Reason::TokenMalformed),
+        (json!({"exp": -1}), Reason::TokenExpired),
+        (json!({"exp": 0}), Reason::TokenExpired),
+        (json!({"exp": i64::MIN}), Reason::TokenExpired),
+        (
+            json!({"nbf": 9_223_372_036_854_775_807_i64}),
+            Reason::TokenNotYetValid,
+        ),
+        (json!({"iat": 1e300}), Reason::TokenNotYetValid),
+        // A NumericDate may be a float, and far in the future: valid, if unusual.
+        (json!({"exp": 4_102_444_800.5}), Reason::Valid),
+        (json!({"exp": 9_223_372_036_854_775_807_i64}), Reason::Valid),
+        (json!({"exp": null}), Reason::ExpirationMissing),
+    ];
+    for (changes, expected) in cases {
+        let token = signed(
+            &RSA,
+            json!({"alg": "RS256", "kid": "rsa-1"}),
+            changes.clone(),
+        );
+        assert_eq!(reason_of(&token).await, expected, "{changes}");
+    }
+    // Out of the range of a double: not even JSON that serde accepts.
+    let body = claims_json().replacen('{', r#"{"exp":1e400,"#, 1);
+    let input = format!(
+        "{}.{}",
+        B64.encode(r#"{"alg":"RS256","kid":"rsa-1"}"#),
+        B64.encode(body)
+    );
+    let signature = RSA.sign(input.as_bytes()).expect("sign");
+    let token = format!("{input}.{}", B64.encode(signature));
+    assert_eq!(reason_of(&token).await, Reason::TokenMalformed);
+}
+
+#[tokio::test]
+async fn audiences_of_the_wrong_type() {
+    for (aud, expected) in [
+        (json!({"aud": "api://orders"}), Reason::TokenMalformed),
+        (json!(42), Reason::TokenMalformed),
+        (json!(["api://orders", 42]), Reason::TokenMalformed),
+        (json!([]), Reason::AudienceMismatch),
+        (json!(["api://other"]), Reason::AudienceMismatch),
+    ] {
+        let token = signed(
+            &RSA,
+            json!({"alg": "RS256", "kid": "rsa-1"}),
+            json!({"aud": aud}),
+        );
+        assert_eq!(reason_of(&token).await, expected, "{aud}");
+    }
+    // Without aud at all (`null` removes the claim).
+    let token = signed(
+        &RSA,
+        json!({"alg": "RS256", "kid": "rsa-1"}),
+        json!({"aud": null}),
+    );
+    assert_eq!(reason_of(&token).await, Reason::AudienceMismatch);
+}
+
+#[tokio::test]
+async fn es256_signatures_must_be_raw_and_64_bytes() {
+    let token = signed(&EC, json!({"alg": "ES256", "kid": "ec-1"}), json!({}));
+    assert_eq!(reason_of(&token).await, Reason::Valid);
+    let (input, signature) = token.rsplit_once('.').expect("jws");
+    let raw_sig = B64.decode(signature).expect("b64");
+    assert_eq!(raw_sig.len(), 64);
+    // The same r and s as DER (what OpenSSL emits), and truncated or padded raw forms.
+    let der = {
+        fn int(bytes: &[u8]) -> Vec<u8> {
+            let trimmed: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
+            let mut v = if trimmed.first().is_some_and(|b| b & 0x80 != 0) {
+                vec![0]
+            } else {
+                vec![]
+            };
+            v.extend(trimmed);
+            let mut out = vec![0x02, v.len() as u8];
+            out.extend(v);
+            out
+        }
+        let (r, s) = raw_sig.split_at(32);
+        let body: Vec<u8> = int(r).into_iter().chain(int(s)).collect();
+        let mut out = vec![0x30, body.len() as u8];
+        out.extend(body);
+        out
+    };
+    for bad in [
+        der,
+        raw_sig[..63].to_vec(),
+        [raw_sig.clone(), vec![0]].concat(),
+        vec![0; 64],
+    ] {
+        let forged = format!("{input}.{}", B64.encode(&bad));
+        assert_eq!(
+            reason_of(&forged).await,
+            Reason::SignatureInvalid,
+            "{} bytes",
+            bad.len()
+        );
+    }
+}
