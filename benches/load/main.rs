@@ -3,7 +3,7 @@
 //! `jwt_authn` and no auth at all. Results are ratios measured in one run, medians of rounds.
 //!
 //! ```text
-//! cargo bench --bench load                  # the full run (about 10 minutes)
+//! cargo bench --bench load                  # the full run (about 7 minutes)
 //! cargo bench --bench load -- --quick       # shorter rounds
 //! cargo bench --bench load -- --no-envoy    # gRPC only
 //! ```
