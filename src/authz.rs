@@ -256,20 +256,6 @@ fn string_value(s: &str) -> prost_types::Value {
     }
 }
 
-fn to_proto_value(value: &serde_json::Value) -> prost_types::Value {
-    let kind = match value {
-        serde_json::Value::Null => Kind::NullValue(0),
-        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
-        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
-        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.iter().map(to_proto_value).collect(),
-        }),
-        serde_json::Value::Object(map) => Kind::StructValue(to_proto_struct(map)),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
-
 /// The claims as a protobuf `Struct`: from the map, or straight from the cached JSON text in
 /// one pass (no intermediate map).
 fn claims_struct(claims: &ClaimSet) -> prost_types::Struct {
@@ -348,11 +334,13 @@ impl<'de> serde::Deserialize<'de> for ProtoStruct {
     }
 }
 
+/// A parsed map, through the same visitor as the JSON text (`&Value` is a deserializer too).
 fn to_proto_struct(map: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    use serde::Deserialize as _;
     prost_types::Struct {
         fields: map
             .iter()
-            .map(|(k, v)| (k.clone(), to_proto_value(v)))
+            .filter_map(|(k, v)| ProtoValue::deserialize(v).ok().map(|p| (k.clone(), p.0)))
             .collect(),
     }
 }
