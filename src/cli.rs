@@ -137,6 +137,10 @@ pub struct ServeArgs {
     /// After a failed fetch, retries back off exponentially up to this delay.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub jwks_max_retry_delay: Duration,
+    /// How long the last good keys of an issuer stay in use while every refresh fails; after
+    /// that its tokens are answered 503 issuer_unavailable until a refresh succeeds.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub jwks_max_staleness: Duration,
     /// Rescan interval of the policy files, besides change notifications.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
@@ -283,6 +287,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     min_interval: args.jwks_min_refresh,
                     max_interval: args.jwks_max_refresh.max(args.jwks_min_refresh),
                     max_retry_delay: args.jwks_max_retry_delay,
+                    max_staleness: args.jwks_max_staleness,
                     ..RefreshSettings::default()
                 },
                 poll: args.poll_interval,

@@ -20,7 +20,7 @@ use crate::decision::{Allow, ClaimSet, Decision, Deny, Reason};
 use crate::introspect::{self, Answer, IntrospectError, Introspector, Raw};
 use crate::jose::{self, B64, Claims, JoseError};
 use crate::jwe::{self, JweError};
-use crate::jwks::Refetch;
+use crate::jwks::{Refetch, Unusable};
 use crate::policy::route::{normalize_host, normalize_path};
 use crate::policy::spec::IntrospectWhen;
 use crate::policy::{DefaultAction, DenyDetail, Issuer, Policy, Snapshot};
@@ -384,7 +384,7 @@ async fn verify_cached<'p>(
         policy
             .issuers
             .get(i)
-            .and_then(|issuer| issuer.keys.version())
+            .and_then(|issuer| issuer.keys.usable_version(now))
     };
     if let Some(entry) = cache.get(&key, seconds, current_keys)
         && let Some(issuer) = policy.issuers.get(entry.issuer)
@@ -518,9 +518,10 @@ async fn finalize(
             token: signed,
             max_age,
         } => {
-            let Signed { claims, header, .. } = verify_signed(policy, &signed, &mut Trace::off())
-                .await
-                .map_err(|(e, _)| invalid("the signed introspection answer", e))?;
+            let Signed { claims, header, .. } =
+                verify_signed(policy, &signed, now, &mut Trace::off())
+                    .await
+                    .map_err(|(e, _)| invalid("the signed introspection answer", e))?;
             if header.typ.as_deref() != Some("token-introspection+jwt") {
                 return Err(IntrospectError::Invalid(format!(
                     "the signed answer has typ {:?}, not token-introspection+jwt (RFC 9701)",
@@ -597,7 +598,7 @@ async fn verify<'p>(
     now: SystemTime,
     trace: &mut Trace,
 ) -> Result<(Signed<'p>, Option<TimeWindow>), TokenFailure<'p>> {
-    let signed = verify_signed(policy, token, trace).await?;
+    let signed = verify_signed(policy, token, now, trace).await?;
     let (claims, issuer) = (&signed.claims, signed.issuer);
     let fail = |e| (e, Some(issuer));
     validate::check_claims(claims, issuer, policy, now, trace).map_err(fail)?;
@@ -612,10 +613,11 @@ async fn verify<'p>(
 async fn verify_signed<'p>(
     policy: &'p Policy,
     token: &str,
+    now: SystemTime,
     trace: &mut Trace,
 ) -> Result<Signed<'p>, TokenFailure<'p>> {
     if !jwe::is_compact_jwe(token) {
-        return verify_jws(policy, token, trace).await;
+        return verify_jws(policy, token, now, trace).await;
     }
     if trace.is_on()
         && let Ok(jwe) = jwe::parse(token)
@@ -646,7 +648,7 @@ async fn verify_signed<'p>(
     }
     let jws_shaped = jose::is_compact(inner, 3);
     if jws_shaped && (policy.require_signed || !is_unsecured(inner)) {
-        return verify_jws(policy, inner, trace).await;
+        return verify_jws(policy, inner, now, trace).await;
     }
     if policy.require_signed {
         return Err((
@@ -724,6 +726,7 @@ fn unsigned_claims<'p>(
 async fn verify_jws<'p>(
     policy: &'p Policy,
     token: &str,
+    now: SystemTime,
     trace: &mut Trace,
 ) -> Result<Signed<'p>, TokenFailure<'p>> {
     let jws = jose::parse(token).map_err(|e| (ValidationError::Malformed(e), None))?;
@@ -752,22 +755,19 @@ async fn verify_jws<'p>(
         format!("{alg:?} is allowed for this issuer")
     });
     let fail = |e| (e, Some(issuer));
-    let keys = match issuer.keys.current() {
-        Some(keys) => keys,
-        None => {
+    let unavailable = |e: Unusable| {
+        fail(ValidationError::IssuerUnavailable {
+            issuer: issuer.issuer.clone(),
+            detail: e.to_string(),
+        })
+    };
+    let keys = match issuer.keys.usable(now) {
+        Ok(keys) => keys,
+        Err(Unusable::NeverFetched(_)) => {
             issuer.keys.refresh_on_miss(None).await;
-            issuer.keys.current().ok_or_else(|| {
-                let detail = issuer
-                    .keys
-                    .status()
-                    .last_error
-                    .unwrap_or_else(|| "the first fetch has not finished".into());
-                fail(ValidationError::IssuerUnavailable {
-                    issuer: issuer.issuer.clone(),
-                    detail,
-                })
-            })?
+            issuer.keys.usable(now).map_err(unavailable)?
         }
+        Err(stale) => return Err(unavailable(stale)),
     };
     trace.pass("keys", || {
         format!("{}: {} usable keys", issuer.keys.id(), keys.len())

@@ -19,7 +19,7 @@ pub use fetch::{FetchError, FetchSettings, Fetcher};
 pub use key::{KeyError, KeyKind, VerifyingKey};
 pub use keyset::{KeySet, KeySetError};
 pub use source::{
-    Endpoints, KeySource, Origin, Refetch, RefreshSettings, SourceError, SourceStatus,
+    Endpoints, KeySource, Origin, Refetch, RefreshSettings, SourceError, SourceStatus, Unusable,
 };
 
 /// The registry of remote key sources, keyed by origin. Holds only `Weak` references: a

@@ -29,6 +29,10 @@ pub struct RefreshSettings {
     pub miss_refetch_interval: Duration,
     /// Retry delay after a failed fetch grows up to this.
     pub max_retry_delay: Duration,
+    /// How long the last good keys keep being used while every refresh fails. Past it, the
+    /// issuer's tokens are answered 503 `issuer_unavailable` instead of being judged by keys
+    /// the issuer may have revoked since.
+    pub max_staleness: Duration,
 }
 
 impl Default for RefreshSettings {
@@ -39,6 +43,7 @@ impl Default for RefreshSettings {
             max_interval: Duration::from_secs(3600),
             miss_refetch_interval: Duration::from_secs(30),
             max_retry_delay: Duration::from_secs(30),
+            max_staleness: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -123,6 +128,8 @@ pub struct KeySource {
     settings: RefreshSettings,
     key_hits: AtomicU64,
     key_misses: AtomicU64,
+    /// Unix seconds of the last successful fetch (0: never). Read on the request path.
+    fresh_at: AtomicU64,
 }
 
 impl std::fmt::Debug for KeySource {
@@ -145,6 +152,23 @@ pub enum Refetch {
     Failed,
     /// A fixed source: nothing to fetch.
     Fixed,
+}
+
+/// Why a source has no keys to judge tokens with right now.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    /// No fetch has succeeded yet.
+    #[error("{0}")]
+    NeverFetched(String),
+    /// The last successful fetch is older than [`RefreshSettings::max_staleness`].
+    #[error(
+        "the keys were last refreshed {age} ago, more than the {max} they may be used without a refresh (--jwks-max-staleness); last error: {last_error}"
+    )]
+    Stale {
+        age: String,
+        max: String,
+        last_error: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -221,6 +245,7 @@ impl KeySource {
             settings,
             key_hits: AtomicU64::new(0),
             key_misses: AtomicU64::new(0),
+            fresh_at: AtomicU64::new(0),
         })
     }
 
@@ -248,6 +273,56 @@ impl KeySource {
     /// The current keys; `None` until a fetch has succeeded once.
     pub fn current(&self) -> Option<Arc<KeySet>> {
         self.keys.load_full()
+    }
+
+    /// The keys to judge tokens with at `now`: the current set, unless none was ever fetched or
+    /// every refresh has failed for longer than [`RefreshSettings::max_staleness`].
+    pub fn usable(&self, now: SystemTime) -> Result<Arc<KeySet>, Unusable> {
+        match self.keys.load_full() {
+            Some(keys) => match self.stale_for(now) {
+                None => Ok(keys),
+                Some(age) => Err(Unusable::Stale {
+                    age: humantime::format_duration(age).to_string(),
+                    max: humantime::format_duration(self.settings.max_staleness).to_string(),
+                    last_error: self
+                        .lock()
+                        .status
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "none yet; the next refresh is due".into()),
+                }),
+            },
+            None => Err(Unusable::NeverFetched(
+                self.lock()
+                    .status
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "the first fetch has not finished".into()),
+            )),
+        }
+    }
+
+    /// How long past its last successful fetch a remote source is, when that is more than the
+    /// allowed staleness (`None`: fresh enough, or a fixed source).
+    fn stale_for(&self, now: SystemTime) -> Option<Duration> {
+        // Fixed sources never go stale.
+        self.fetcher.as_ref()?;
+        let fresh_at = self.fresh_at.load(Ordering::Relaxed);
+        let age = Duration::from_secs(
+            now.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .saturating_sub(fresh_at),
+        );
+        (age > self.settings.max_staleness).then_some(age)
+    }
+
+    /// The version of the keys usable at `now` (see [`Self::usable`]), for the verified-token
+    /// cache: a stale source matches no cached entry.
+    pub fn usable_version(&self, now: SystemTime) -> Option<u64> {
+        if self.stale_for(now).is_some() {
+            return None;
+        }
+        self.version()
     }
 
     /// Replaces the keys as a fetch would (tests of what depends on key changes).
@@ -307,9 +382,15 @@ impl KeySource {
                 Ok((keys, _)) => {
                     status.key_count = keys.len();
                     status.rejected_keys = keys.rejected.len();
-                    status.last_success = Some(SystemTime::now());
+                    let now = SystemTime::now();
+                    status.last_success = Some(now);
                     status.last_error = None;
                     status.fetches_ok += 1;
+                    self.fresh_at.store(
+                        now.duration_since(SystemTime::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs()),
+                        Ordering::Relaxed,
+                    );
                 }
                 Err(error) => {
                     status.last_error = Some(error.to_string());
@@ -339,7 +420,16 @@ impl KeySource {
                 }
                 Err(error) => {
                     let have_keys = self.keys.load().is_some();
-                    tracing::warn!(source = %self.id, %error, keeping_last_good_keys = have_keys,
+                    let now = SystemTime::now();
+                    let age = have_keys.then(|| {
+                        let fresh_at = self.fresh_at.load(Ordering::Relaxed);
+                        now.duration_since(SystemTime::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs())
+                            .saturating_sub(fresh_at)
+                    });
+                    let stale = self.stale_for(now).is_some();
+                    tracing::warn!(source = %self.id, %error, keeping_last_good_keys = have_keys && !stale,
+                        keys_age_seconds = age, max_staleness_seconds = self.settings.max_staleness.as_secs(),
                         "key set refresh failed");
                     Err(error)
                 }

@@ -213,9 +213,10 @@ async fn key_rotation_is_picked_up_without_restart_with_one_coalesced_fetch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn last_good_keys_keep_working_when_the_idp_goes_down() {
+async fn last_good_keys_serve_until_the_maximum_staleness_then_503_then_recover() {
     let key = rsa("k1");
     let idp = idp(&[&key]).await;
+    let addr = idp.addr();
     let iss = idp.issuer();
     // A short refresh interval, so tollgate really tries (and fails) while the IdP is down.
     idp.set_cache_control(Some("max-age=0"));
@@ -228,6 +229,8 @@ async fn last_good_keys_keep_working_when_the_idp_goes_down() {
             "200ms",
             "--jwks-max-retry-delay",
             "200ms",
+            "--jwks-max-staleness",
+            "4s",
         ],
     );
     let url = tollgate.url();
@@ -250,18 +253,55 @@ async fn last_good_keys_keep_working_when_the_idp_goes_down() {
         "refreshes failed while the IdP is down:\n{}",
         tollgate.metrics()
     );
-    for _ in 0..5 {
-        assert_eq!(
-            outcome(&check(&url, "/", Some(&token)).await),
-            (true, 200, "valid".into())
-        );
-    }
+    // Within the staleness bound, the last good keys judge.
+    assert_eq!(
+        outcome(&check(&url, "/", Some(&token)).await),
+        (true, 200, "valid".into())
+    );
     assert!(
         tollgate
             .log_events("key set refresh failed")
             .iter()
             .any(|e| e["keeping_last_good_keys"] == true)
     );
+
+    // Past it: 503, not an allow by keys the issuer may have revoked, and not a 401.
+    let stale = eventually(Duration::from_secs(10), async || {
+        !outcome(&check(&url, "/", Some(&token)).await).0
+    })
+    .await;
+    assert!(stale, "the keys never went stale");
+    let response = check(&url, "/", Some(&token)).await;
+    assert_eq!(
+        outcome(&response),
+        (false, 503, "issuer_unavailable".into())
+    );
+    let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else {
+        panic!("denied response")
+    };
+    assert!(
+        denied.body.contains("last refreshed") && denied.body.contains("jwks-max-staleness"),
+        "{}",
+        denied.body
+    );
+    let age = metric(&tollgate.metrics(), "tollgate_jwks_age_seconds{").expect("age metric");
+    assert!(age >= 4.0, "tollgate_jwks_age_seconds {age}");
+    assert!(
+        tollgate
+            .log_events("key set refresh failed")
+            .iter()
+            .any(|e| e["keeping_last_good_keys"] == false
+                && e["keys_age_seconds"].as_u64() >= Some(4))
+    );
+
+    // The IdP comes back on the same address: the keys load without a restart.
+    let idp = IdpServer::start(addr, jwks(&[&key])).await.expect("idp");
+    let recovered = eventually(Duration::from_secs(10), async || {
+        outcome(&check(&url, "/", Some(&token)).await) == (true, 200, "valid".into())
+    })
+    .await;
+    assert!(recovered, "{}", tollgate.metrics());
+    drop(idp);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
