@@ -156,6 +156,8 @@ async fn run(rounds: usize, measure: bool) {
             max_entries: 0,
             ..Default::default()
         },
+        grpc_tls: None,
+        drain_timeout: Duration::from_secs(5),
     };
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(serve::run(

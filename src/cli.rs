@@ -14,6 +14,7 @@ use crate::policy::DefaultAction;
 use crate::policy::files::FileLoader;
 use crate::serve::{self, PolicySource, ServeConfig};
 use crate::telemetry::{self, LogFormat};
+use crate::tls::TlsFiles;
 use crate::verified::CacheLimits;
 use crate::{client, demo};
 
@@ -101,6 +102,20 @@ pub struct ServeArgs {
     /// gRPC listen address (ext_authz and grpc.health.v1).
     #[arg(long, default_value = "127.0.0.1:9001", env = "TOLLGATE_GRPC_ADDR")]
     pub grpc_addr: SocketAddr,
+    /// Serve gRPC over TLS with this certificate chain (PEM); reloaded when it changes.
+    #[arg(long, env = "TOLLGATE_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --grpc-tls-cert.
+    #[arg(long, env = "TOLLGATE_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// Mutual TLS: refuse gRPC clients (Envoy) whose certificate does not chain to these CA
+    /// certificates (PEM). Needs --grpc-tls-cert.
+    #[arg(long, env = "TOLLGATE_GRPC_CLIENT_CA", requires = "grpc_tls_cert")]
+    pub grpc_client_ca: Option<PathBuf>,
+    /// After SIGTERM: how long in-flight checks and open connections get to finish before
+    /// they are closed. New connections are refused from the signal on.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
     /// Serve HTTP forward authentication (`/auth`, for nginx auth_request, ingress-nginx and
     /// Traefik forwardAuth) on this address.
     #[arg(long, env = "TOLLGATE_HTTP_ADDR")]
@@ -270,7 +285,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 _ => None,
             };
             telemetry::set_denial_log_limit(args.denial_log_limit);
+            let grpc_tls = match (args.grpc_tls_cert, args.grpc_tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert,
+                    key,
+                    client_ca: args.grpc_client_ca,
+                }),
+                _ => None,
+            };
             let config = ServeConfig {
+                grpc_tls,
+                drain_timeout: args.drain_timeout,
                 webhook,
                 http_addr: args.http_addr,
                 trusted_proxies: args.trusted_proxies,

@@ -121,6 +121,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         http_addr: None,
         trusted_proxies: Vec::new(),
         token_cache: Default::default(),
+        grpc_tls: None,
+        drain_timeout: Duration::from_secs(5),
     };
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -38,6 +38,7 @@ pub mod policy;
 pub mod proto;
 pub mod serve;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;
 pub mod validate;
 pub mod verified;

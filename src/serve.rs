@@ -20,6 +20,7 @@ use crate::jwks::{FetchSettings, Fetcher, KeySources, RefreshSettings};
 use crate::metrics::Metrics;
 use crate::policy::files::{FileLoader, spawn_watch};
 use crate::policy::{DefaultAction, SharedSnapshot};
+use crate::tls::{self, ReloadingTls, TlsFiles};
 use crate::verified::{CacheLimits, TokenCache};
 
 /// Where policies come from.
@@ -50,6 +51,10 @@ pub struct ServeConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Bounds of the verified-token cache (`max_entries: 0` turns it off).
     pub token_cache: CacheLimits,
+    /// TLS (and, with a client CA, mutual TLS) on the gRPC listener.
+    pub grpc_tls: Option<TlsFiles>,
+    /// After SIGTERM, how long in-flight checks and open connections get to finish.
+    pub drain_timeout: Duration,
 }
 
 /// The addresses actually bound (port 0 resolved).
@@ -62,6 +67,15 @@ pub struct Bound {
     /// The HTTP forward-auth endpoint (`--http-addr`).
     pub http: Option<SocketAddr>,
 }
+
+/// Streams one gRPC connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// Largest HTTP/2 header block a gRPC client may send (the Check itself travels in the body,
+/// bounded by the decoding limit of the service).
+const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
+type BoxedServer =
+    std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
 /// Runs until `shutdown` resolves. `on_bound` is called once the listeners are bound.
 pub async fn run(
@@ -88,6 +102,13 @@ pub async fn run(
         )?),
         PolicySource::Files(_) => None,
     };
+    let grpc_tls = match &config.grpc_tls {
+        Some(files) => Some(
+            ReloadingTls::start(files.clone(), &[b"h2"], "grpc")
+                .context("loading the gRPC TLS files")?,
+        ),
+        None => None,
+    };
     let fetcher = Fetcher::new(config.fetch.clone()).context("creating the HTTP client")?;
     let sources = KeySources::new(fetcher, config.refresh.clone());
     let token_cache = TokenCache::new(config.token_cache);
@@ -109,8 +130,12 @@ pub async fn run(
         None => None,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let stopping_health = health_reporter.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // Health checkers (Envoy's, the kubelet's gRPC probe) stop sending new work first.
+        set_health(&stopping_health, tonic_health::ServingStatus::NotServing).await;
         let _ = stop_tx.send(true);
     });
 
@@ -164,7 +189,6 @@ pub async fn run(
         "listening"
     );
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
     tokio::spawn(become_ready(
         shared.clone(),
@@ -179,16 +203,27 @@ pub async fn run(
     };
 
     let service = AuthzService::new(shared.clone(), metrics.clone());
-    let grpc = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .max_concurrent_streams(Some(1024))
+        // Bounds per connection: streams at once, header block size, and RST floods.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
+        .http2_max_pending_accept_reset_streams(Some(100))
         .add_service(health_service)
-        .add_service(service.into_server())
-        .serve_with_incoming_shutdown(
+        .add_service(service.into_server());
+    let grpc: BoxedServer = match grpc_tls {
+        Some(tls) => {
+            tracing::info!(mutual = tls.mutual(), "gRPC listener uses TLS");
+            let incoming = tls::incoming(grpc_listener, tls, stop_rx.clone());
+            Box::pin(router.serve_with_incoming_shutdown(incoming, wait_stop(stop_rx.clone())))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(
             // Without TCP_NODELAY, small Check answers wait on delayed ACKs (tens of ms).
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             wait_stop(stop_rx.clone()),
-        );
+        )),
+    };
+    let grpc = async { grpc.await.map_err(anyhow::Error::from) };
     let http = http_listener.map(|listener| {
         let app = ForwardAuth::new(
             shared.clone(),
@@ -206,13 +241,28 @@ pub async fn run(
     let admin = axum::serve(admin_listener, admin::router(shared, metrics))
         .with_graceful_shutdown(wait_stop(stop_rx.clone()));
 
-    let (grpc_result, admin_result, http_result) =
+    let servers = async {
         tokio::join!(grpc, async { admin.await }, async {
             match http {
                 Some(server) => server.await,
                 None => Ok(()),
             }
-        });
+        })
+    };
+    // After the stop signal, the servers refuse new connections and finish what is in flight;
+    // past the drain timeout, whatever is left is cut.
+    let drain_deadline = async {
+        wait_stop(stop_rx.clone()).await;
+        tokio::time::sleep(config.drain_timeout).await;
+    };
+    let (grpc_result, admin_result, http_result) = tokio::select! {
+        results = servers => results,
+        () = drain_deadline => {
+            tracing::warn!(drain_timeout = ?config.drain_timeout,
+                "drain timeout reached: closing the connections still open");
+            (Ok(()), Ok(()), Ok(()))
+        }
+    };
     watch.abort();
     grpc_result.context("gRPC server")?;
     admin_result.context("admin server")?;

@@ -2,31 +2,28 @@
 //! `AdmissionReview`s with [`super::admission::review`] against this replica's current view.
 //!
 //! The certificate comes from files (a cert-manager Certificate, or the one the Helm chart
-//! generates) and is re-read when the files change, so rotation needs no restart.
+//! generates) and is re-read when the files change ([`crate::tls`]), so rotation needs no
+//! restart.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use kube::api::DynamicObject;
 use kube::core::admission::AdmissionReview;
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::admission;
 use super::index::IndexView;
 use crate::jwks::KeySources;
+use crate::tls::{ReloadingTls, TlsFiles};
 
 /// Where the webhook listens and its certificate files (PEM).
 #[derive(Clone, Debug)]
@@ -34,45 +31,6 @@ pub struct WebhookConfig {
     pub addr: SocketAddr,
     pub cert: PathBuf,
     pub key: PathBuf,
-}
-
-/// Serves the certificate from files, reloading it when they change.
-#[derive(Debug)]
-struct ReloadingCert {
-    current: ArcSwap<CertifiedKey>,
-}
-
-impl ResolvesServerCert for ReloadingCert {
-    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
-    }
-}
-
-fn load(config: &WebhookConfig) -> anyhow::Result<CertifiedKey> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&config.cert)
-        .with_context(|| format!("reading {}", config.cert.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing {}", config.cert.display()))?;
-    anyhow::ensure!(
-        !chain.is_empty(),
-        "{} holds no certificate",
-        config.cert.display()
-    );
-    let key = PrivateKeyDer::from_pem_file(&config.key)
-        .with_context(|| format!("reading {}", config.key.display()))?;
-    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
-        .context("unsupported private key")?;
-    Ok(CertifiedKey::new(chain, signing))
-}
-
-fn modified(config: &WebhookConfig) -> Option<(SystemTime, SystemTime)> {
-    let cert = std::fs::metadata(&config.cert)
-        .and_then(|m| m.modified())
-        .ok()?;
-    let key = std::fs::metadata(&config.key)
-        .and_then(|m| m.modified())
-        .ok()?;
-    Some((cert, key))
 }
 
 #[derive(Clone)]
@@ -101,18 +59,15 @@ pub async fn spawn_webhook(
     views: watch::Receiver<Arc<IndexView>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<SocketAddr> {
-    let resolver = Arc::new(ReloadingCert {
-        current: ArcSwap::from_pointee(load(&config)?),
-    });
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS versions")?
-    .with_no_client_auth()
-    .with_cert_resolver(resolver.clone());
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let tls = ReloadingTls::start(
+        TlsFiles {
+            cert: config.cert.clone(),
+            key: config.key.clone(),
+            client_ca: None,
+        },
+        &[b"h2", b"http/1.1"],
+        "webhook",
+    )?;
     let listener = TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("binding the webhook address {}", config.addr))?;
@@ -123,28 +78,6 @@ pub async fn spawn_webhook(
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(WebhookState { views, key_sources });
 
-    // Certificate rotation.
-    let reload_config = config.clone();
-    tokio::spawn(async move {
-        let mut seen = modified(&reload_config);
-        loop {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            let now = modified(&reload_config);
-            if now.is_some() && now != seen {
-                match load(&reload_config) {
-                    Ok(key) => {
-                        resolver.current.store(Arc::new(key));
-                        tracing::info!("webhook certificate reloaded");
-                        seen = now;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "webhook certificate changed but does not load; keeping the old one")
-                    }
-                }
-            }
-        }
-    });
-
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -152,7 +85,7 @@ pub async fn spawn_webhook(
                 _ = shutdown.wait_for(|stop| *stop) => return,
             };
             let Ok((stream, _)) = accepted else { continue };
-            let acceptor = acceptor.clone();
+            let acceptor = tls.acceptor();
             let app = app.clone();
             tokio::spawn(async move {
                 let Ok(tls) =

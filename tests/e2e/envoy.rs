@@ -63,7 +63,13 @@ impl Drop for Envoy {
     }
 }
 
-fn envoy_config(listen: u16, tollgate: SocketAddr, upstream: SocketAddr) -> String {
+/// `tollgate_transport`: YAML for the tollgate cluster's `transport_socket` (TLS), or "".
+fn envoy_config(
+    listen: u16,
+    tollgate: SocketAddr,
+    upstream: SocketAddr,
+    tollgate_transport: &str,
+) -> String {
     format!(
         r#"
 static_resources:
@@ -116,6 +122,7 @@ static_resources:
     load_assignment:
       cluster_name: tollgate
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}}}]}}]
+{tollgate_transport}
   - name: upstream
     type: STATIC
     connect_timeout: 1s
@@ -135,10 +142,24 @@ pub async fn start_envoy(
     tollgate: SocketAddr,
     upstream: SocketAddr,
 ) -> Envoy {
+    start_envoy_with(binary, tollgate, upstream, "").await
+}
+
+/// [`start_envoy`] with a `transport_socket` (YAML, indented for the cluster) towards tollgate.
+pub async fn start_envoy_with(
+    binary: &std::path::Path,
+    tollgate: SocketAddr,
+    upstream: SocketAddr,
+    tollgate_transport: &str,
+) -> Envoy {
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
     let config = dir.path().join("envoy.yaml");
-    std::fs::write(&config, envoy_config(port, tollgate, upstream)).expect("write config");
+    std::fs::write(
+        &config,
+        envoy_config(port, tollgate, upstream, tollgate_transport),
+    )
+    .expect("write config");
     let child = Command::new(binary)
         .arg("-c")
         .arg(&config)

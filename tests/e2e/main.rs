@@ -9,6 +9,7 @@ mod envoy;
 mod explain;
 mod introspection;
 mod kubernetes;
+mod mtls;
 mod nginx;
 mod serve;
 mod support;
