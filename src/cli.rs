@@ -35,7 +35,7 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Validate policy files offline and print every problem; exits 1 if any.
     CheckPolicy {
-        /// Policy files or directories of `*.yaml`/`*.yml` files.
+        /// Policy files or directories of `*.yaml`/`*.yml`/`*.json` files.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },

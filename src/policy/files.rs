@@ -89,10 +89,11 @@ pub struct FileLoader {
     loaded_once: bool,
 }
 
-fn is_yaml(path: &Path) -> bool {
+/// Files of a policy directory that are read, as `kubectl apply -f <dir>` reads them.
+fn is_policy_file(path: &Path) -> bool {
     matches!(
         path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
+        Some("yaml" | "yml" | "json")
     )
 }
 
@@ -165,7 +166,7 @@ impl FileLoader {
                     Ok(entries) => {
                         for entry in entries.flatten() {
                             let p = entry.path();
-                            if is_yaml(&p) && !hidden(&p) && p.is_file() {
+                            if is_policy_file(&p) && !hidden(&p) && p.is_file() {
                                 files.push(p);
                             }
                         }

@@ -4,6 +4,7 @@
 mod apiserver;
 mod cli;
 mod deploy;
+mod drain;
 mod encrypted;
 mod envoy;
 mod explain;

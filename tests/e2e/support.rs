@@ -181,15 +181,25 @@ impl Tollgate {
 
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        send_signal(self.child.id(), "TERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.child.id(), signal);
+    }
+
+    /// Waits for the process to exit; fails the test after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "tollgate did not stop on SIGTERM"
+                "tollgate did not exit within {timeout:?}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
