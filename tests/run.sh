@@ -95,3 +95,15 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "== tests"
 cargo test --locked --all-targets
 cargo test --locked --doc
+
+# The soak run: steady load while the IdP rotates keys, stops and comes back, and policies
+# change; every decision judged. TOLLGATE_SOAK_SECONDS=3600 runs it longer.
+echo "== soak (${TOLLGATE_SOAK_SECONDS:-120} s)"
+cargo test --locked --bench load -- --soak "${TOLLGATE_SOAK_SECONDS:-120}"
+
+# Fuzzing for a bounded time per target (the corpora are also replayed by `cargo test`).
+# TOLLGATE_FUZZ_SECONDS=0 leaves it out; fuzz/README.md has the longer runs.
+if [ "${TOLLGATE_FUZZ_SECONDS:-60}" != 0 ]; then
+  echo "== fuzz (${TOLLGATE_FUZZ_SECONDS:-60} s per target)"
+  bash fuzz/run.sh "${TOLLGATE_FUZZ_SECONDS:-60}"
+fi

@@ -142,12 +142,12 @@ impl Decoder for Raw {
 
 /// One connection's client.
 #[derive(Clone)]
-enum Client {
+pub enum Client {
     Grpc(tonic::client::Grpc<Channel>),
     Http2(hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>),
 }
 
-async fn connect(protocol: Protocol, addr: SocketAddr) -> anyhow::Result<Client> {
+pub async fn connect(protocol: Protocol, addr: SocketAddr) -> anyhow::Result<Client> {
     Ok(match protocol {
         Protocol::Grpc => {
             let channel = Endpoint::from_shared(format!("http://{addr}"))?
@@ -172,19 +172,27 @@ async fn connect(protocol: Protocol, addr: SocketAddr) -> anyhow::Result<Client>
 
 const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
 
+/// Sends one encoded `CheckRequest` and returns the answer.
+pub async fn check(
+    grpc: &mut tonic::client::Grpc<Channel>,
+    body: Bytes,
+) -> anyhow::Result<CheckResponse> {
+    grpc.ready().await?;
+    Ok(grpc
+        .unary(
+            tonic::Request::new(body),
+            PathAndQuery::from_static(CHECK),
+            Raw,
+        )
+        .await?
+        .into_inner())
+}
+
 /// Sends one request; `Ok(None)` if the answer is right, `Ok(Some(what))` if it is wrong.
 async fn send(client: &mut Client, request: &Prepared) -> anyhow::Result<Option<String>> {
     match client {
         Client::Grpc(grpc) => {
-            grpc.ready().await?;
-            let response = grpc
-                .unary(
-                    tonic::Request::new(request.body.clone()),
-                    PathAndQuery::from_static(CHECK),
-                    Raw,
-                )
-                .await?
-                .into_inner();
+            let response = check(grpc, request.body.clone()).await?;
             let code = response.status.as_ref().map_or(-1, |s| s.code);
             let (http, body) = match &response.http_response {
                 Some(tollgate::proto::auth::check_response::HttpResponse::DeniedResponse(d)) => {

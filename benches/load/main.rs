@@ -6,6 +6,7 @@
 //! cargo bench --bench load                  # the full run (about 7 minutes)
 //! cargo bench --bench load -- --quick       # shorter rounds
 //! cargo bench --bench load -- --no-envoy    # gRPC only
+//! cargo test --bench load -- --soak 150     # the soak run: every decision judged (soak.rs)
 //! ```
 //!
 //! Under `cargo test` it runs a smoke pass: every scenario briefly, every answer checked. It
@@ -16,6 +17,7 @@ mod envoy;
 mod generator;
 mod report;
 mod servers;
+mod soak;
 mod workload;
 
 use std::path::PathBuf;
@@ -137,6 +139,11 @@ fn main() -> ExitCode {
             }
         };
     }
+    let soak_seconds = args
+        .iter()
+        .position(|a| a == "--soak")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.parse::<u64>());
     let options = Options::from_args(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -149,6 +156,37 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(seconds) = soak_seconds {
+        let Ok(seconds) = seconds else {
+            eprintln!("--soak takes a number of seconds");
+            return ExitCode::FAILURE;
+        };
+        let rate = args
+            .iter()
+            .position(|a| a == "--soak-rate")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(400);
+        let out = std::env::var_os("TOLLGATE_BENCH_OUT").map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tollgate-bench"),
+            PathBuf::from,
+        );
+        return match runtime.block_on(soak::run(seconds, rate, &out.join("soak"))) {
+            Ok(report) => {
+                println!("{}", report.markdown());
+                if report.passed() {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("soak FAILED: see the figures above");
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("soak: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(run(options.clone())) {
         Ok(report) => {
             if options.smoke {
