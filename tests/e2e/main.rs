@@ -8,6 +8,7 @@ mod drain;
 mod encrypted;
 mod envoy;
 mod explain;
+mod hostile;
 mod introspection;
 mod kubernetes;
 mod mtls;

@@ -145,6 +145,10 @@ impl Tollgate {
         format!("http://{}", self.grpc)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
