@@ -24,6 +24,10 @@ const SECRET: &str = "s3cret:with&specials";
 
 struct Idp {
     calls: AtomicU64,
+    /// `flap-*` tokens: the answer cycles through failures and one positive answer per turn.
+    flaps: AtomicU64,
+    /// `flap-*` tokens answered active, recorded before the answer is sent.
+    positives: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 fn answer(claims: Value) -> Response {
@@ -67,6 +71,23 @@ async fn introspect(
         .unwrap_or("")
         .to_string();
     let kind = token.split('-').next().unwrap_or("");
+    if kind == "flap" {
+        return match idp.flaps.fetch_add(1, Ordering::SeqCst) % 5 {
+            0 => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+            1 => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                answer(active(json!({})))
+            }
+            2 => (StatusCode::OK, "{\"active\": tru").into_response(),
+            3 => StatusCode::BAD_GATEWAY.into_response(),
+            _ => {
+                if let Ok(mut positives) = idp.positives.lock() {
+                    positives.insert(token.clone());
+                }
+                answer(active(json!({})))
+            }
+        };
+    }
     match kind {
         "active" => answer(active(json!({}))),
         "otheraud" => answer(active(json!({"aud": "api://billing"}))),
@@ -155,6 +176,8 @@ async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Response {
 async fn start() -> (String, Arc<Idp>) {
     let idp = Arc::new(Idp {
         calls: AtomicU64::new(0),
+        flaps: AtomicU64::new(0),
+        positives: std::sync::Mutex::new(std::collections::HashSet::new()),
     });
     let app = Router::new()
         .route("/introspect", post(introspect))
@@ -266,6 +289,75 @@ async fn a_thousand_concurrent_requests_for_one_new_token_cause_one_introspectio
         assert_eq!(task.await.expect("task"), (200, Reason::Valid));
     }
     assert_eq!(s.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_introspection_endpoint_never_yields_an_allow_without_a_positive_answer() {
+    // Each call is, in turn: 503, too slow, truncated JSON, 502, active.
+    let s = Arc::new(setup(json!({"timeout": "200ms", "cache": {"defaultTtl": "1h"}})).await);
+    let tokens: Vec<String> = (0..8).map(|i| format!("flap-{i}")).collect();
+    let mut requests = 0u64;
+    let mut allowed = std::collections::HashSet::new();
+    for _round in 0..12 {
+        let tasks: Vec<_> = tokens
+            .iter()
+            .map(|token| {
+                let (s, token) = (s.clone(), token.clone());
+                tokio::spawn(async move {
+                    let decision = s.check(&token).await;
+                    (token, outcome(&decision))
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (token, (status, reason)) = task.await.expect("task");
+            requests += 1;
+            if status == 200 {
+                assert_eq!(reason, Reason::Valid);
+                let positive = s
+                    .idp
+                    .positives
+                    .lock()
+                    .map(|p| p.contains(&token))
+                    .unwrap_or(false);
+                assert!(positive, "{token} allowed without a positive answer");
+                allowed.insert(token);
+            } else {
+                assert!(
+                    matches!(
+                        reason,
+                        Reason::IntrospectionUnavailable
+                            | Reason::IntrospectionTimeout
+                            | Reason::IntrospectionInvalid
+                            | Reason::IntrospectionFailed
+                    ),
+                    "{token}: {status} {reason:?}"
+                );
+                assert!(
+                    status >= 500,
+                    "an IdP failure is not the client's fault: {status}"
+                );
+            }
+        }
+    }
+    // Positive answers are cached, so the IdP's load falls as tokens get through: once a token
+    // is allowed it is never asked about again.
+    let positives = s.idp.positives.lock().map(|p| p.len()).unwrap_or(0);
+    assert_eq!(allowed.len(), positives, "every positive answer was used");
+    assert!(
+        positives >= 4,
+        "only {positives} positive answers in {requests} requests"
+    );
+    assert!(
+        s.calls() < requests,
+        "{} introspection calls for {requests} requests",
+        s.calls()
+    );
+    let calls = s.calls();
+    for token in &allowed {
+        assert_eq!(outcome(&s.check(token).await), (200, Reason::Valid));
+    }
+    assert_eq!(s.calls(), calls, "cached positives cause no calls");
 }
 
 #[tokio::test]

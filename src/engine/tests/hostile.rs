@@ -307,3 +307,74 @@ async fn es256_signatures_must_be_raw_and_64_bytes() {
         );
     }
 }
+
+#[test]
+fn oversized_policies_are_refused_with_the_field_and_the_limit() {
+    let rules: Vec<String> = (0..10_000)
+        .map(|i| format!("{{paths: [/r{i}], requiredClaims: [{{name: roles, values: [r{i}]}}]}}"))
+        .collect();
+    let hosts: Vec<String> = (0..10_000).map(|i| format!("h{i}.example.com")).collect();
+    let spec = spec_with(&format!(
+        "{{match: {{hosts: [{}]}}, rules: [{}]}}",
+        hosts.join(", "),
+        rules.join(", ")
+    ));
+    let error = try_compile("huge", &spec).expect_err("over the limits");
+    let text = error.to_string();
+    assert!(
+        text.contains("spec.rules") && text.contains("10000 entries; at most 1000 are allowed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spec.match.hosts") && text.contains("at most 1000"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_thousand_rules_and_path_bombs_are_judged_in_bounded_work() {
+    // The most rules a policy may have: routing stays a linear scan over prefixes (no regular
+    // expressions anywhere, so nothing can backtrack).
+    let rules: Vec<String> = (0..1000)
+        .map(|i| format!("{{paths: [/r{i}/x], requiredClaims: [{{name: roles, values: [r{i}]}}]}}"))
+        .collect();
+    let policy = mk_policy(
+        "rules",
+        &format!(
+            "{{match: {{hosts: [api.example.com]}}, rules: [{}]}}",
+            rules.join(", ")
+        ),
+    );
+    let s = snapshot(&[policy], DefaultAction::Deny);
+    let token = RSA.mint(&good_claims()).expect("mint");
+    let deny = decide(&s, &req("/r999/x/1").bearer(&token)).await;
+    assert_eq!(denied(&deny).reason, Reason::InsufficientScope);
+    let allow = decide(&s, &req("/elsewhere").bearer(&token)).await;
+    assert!(matches!(allow, Decision::Allow(_)));
+
+    // Paths built to be expensive: tens of thousands of dot segments, encoded dots and slashes,
+    // invalid percent escapes. Each is normalized once, and none escapes into a rule's path.
+    let bombs = [
+        format!("/r7/x{}", "/..".repeat(20_000)),
+        format!("/r7/x/{}", "%2e%2e/".repeat(20_000)),
+        format!("/{}", "%".repeat(50_000)),
+        format!("/r7/x{}", "/./".repeat(20_000)),
+        format!("/{}r7/x", "/".repeat(50_000)),
+    ];
+    for path in &bombs {
+        let decision = decide(&s, &req(path).bearer(&token)).await;
+        // The decision is the one for the path the upstream will see.
+        let expected = match crate::policy::route::normalize_path(path) {
+            Err(_) => Reason::RequestMalformed,
+            Ok(normal) if normal == "/r7/x" || normal.starts_with("/r7/x/") => {
+                Reason::InsufficientScope
+            }
+            Ok(_) => Reason::Valid,
+        };
+        let got = match &decision {
+            Decision::Allow(allow) => allow.reason,
+            Decision::Deny(deny) => deny.reason,
+        };
+        assert_eq!(got, expected, "{}", &path[..40]);
+    }
+}
