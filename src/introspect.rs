@@ -20,7 +20,7 @@ use url::Url;
 
 use crate::decision::Reason;
 use crate::jose::Claims;
-use crate::jwks::{FetchError, Fetcher, KeySource};
+use crate::jwks::{FetchError, Fetcher, KeySource, Reach};
 use crate::policy::spec::{ClientAuthMethod, IntrospectWhen, IntrospectionResponse};
 
 /// Cache settings of one policy.
@@ -129,7 +129,7 @@ impl moka::Expiry<[u8; 32], Arc<Answer>> for AnswerExpiry {
 /// A policy's introspection client and answer cache.
 pub struct Introspector {
     pub endpoint: EndpointSource,
-    pub allow_insecure: bool,
+    pub reach: Reach,
     pub client_id: String,
     client_secret: String,
     pub auth_method: ClientAuthMethod,
@@ -157,7 +157,7 @@ impl std::fmt::Debug for Introspector {
 /// Everything an [`Introspector`] is built from (compiled from the policy).
 pub struct IntrospectorConfig {
     pub endpoint: EndpointSource,
-    pub allow_insecure: bool,
+    pub reach: Reach,
     pub client_id: String,
     pub client_secret: String,
     pub auth_method: ClientAuthMethod,
@@ -195,7 +195,7 @@ impl Introspector {
             .build();
         Introspector {
             endpoint: config.endpoint,
-            allow_insecure: config.allow_insecure,
+            reach: config.reach,
             client_id: config.client_id,
             client_secret: config.client_secret,
             auth_method: config.auth_method,
@@ -291,7 +291,7 @@ impl Introspector {
         let request = match self.response {
             IntrospectionResponse::Userinfo => self
                 .fetcher
-                .request(reqwest::Method::GET, &url)
+                .request(reqwest::Method::GET, &url, self.reach)
                 .header(reqwest::header::ACCEPT, "application/json")
                 .header(reqwest::header::AUTHORIZATION, format!("Bearer {token}")),
             _ => {
@@ -307,7 +307,7 @@ impl Introspector {
                     .append_pair("token_type_hint", "access_token");
                 let mut request = self
                     .fetcher
-                    .request(reqwest::Method::POST, &url)
+                    .request(reqwest::Method::POST, &url, self.reach)
                     .header(reqwest::header::ACCEPT, accept);
                 match self.auth_method {
                     ClientAuthMethod::ClientSecretBasic => {
@@ -331,7 +331,7 @@ impl Introspector {
         };
         let answer = self
             .fetcher
-            .exchange(&url, self.allow_insecure, request, self.timeout)
+            .exchange(&url, self.reach, request, self.timeout)
             .await
             .map_err(|e| match e {
                 FetchError::Timeout(t) => IntrospectError::Timeout(t),
@@ -341,6 +341,7 @@ impl Introspector {
                 FetchError::Insecure(url) => {
                     IntrospectError::Invalid(format!("{url} is not https"))
                 }
+                FetchError::Forbidden(reason) => IntrospectError::Invalid(reason),
                 FetchError::Status(status) => IntrospectError::Failed { status, hint: "" },
                 FetchError::Transport(detail) => IntrospectError::Unavailable(detail),
             })?;

@@ -8,6 +8,7 @@
 //! ```
 
 pub mod fetch;
+pub mod guard;
 pub mod key;
 pub mod keyset;
 pub mod source;
@@ -16,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 pub use fetch::{FetchError, FetchSettings, Fetcher};
+pub use guard::Reach;
 pub use key::{KeyError, KeyKind, VerifyingKey};
 pub use keyset::{KeySet, KeySetError};
 pub use source::{

@@ -1,11 +1,14 @@
-//! Outbound HTTP for key material: timeouts, a body size limit, a redirect policy that never
-//! downgrades to plain HTTP, and a bound on concurrent calls.
+//! Outbound HTTP for key material and introspection: timeouts, a body size limit, a redirect
+//! policy that never downgrades to plain HTTP, the address guard of [`super::guard`], and a
+//! bound on concurrent calls.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use url::Url;
+
+use super::guard::{self, GuardedResolver, Reach};
 
 /// Limits for every outbound call.
 #[derive(Clone, Debug)]
@@ -48,6 +51,9 @@ pub enum FetchError {
     /// A plain-HTTP URL without `allowInsecureHttp`.
     #[error("{0} is not https (set allowInsecureHttp on the issuer to allow it)")]
     Insecure(String),
+    /// A link-local or cloud metadata address without `allowMetadataAddresses`.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// A successful response: the body and how long it may be cached.
@@ -58,50 +64,74 @@ pub struct Fetched {
     pub max_age: Option<Duration>,
 }
 
-/// The shared HTTP client for discovery and key sets.
+/// The shared HTTP clients for discovery, key sets and introspection.
 #[derive(Clone)]
 pub struct Fetcher {
-    client: reqwest::Client,
+    /// Never reaches link-local or metadata addresses.
+    guarded: reqwest::Client,
+    /// For policies with `allowMetadataAddresses: true`.
+    open: reqwest::Client,
     permits: Arc<Semaphore>,
     settings: FetchSettings,
 }
 
+fn build_client(settings: &FetchSettings, guarded: bool) -> Result<reqwest::Client, FetchError> {
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        let downgrade = attempt.url().scheme() != "https"
+            && attempt.previous().iter().any(|u| u.scheme() == "https");
+        if attempt.previous().len() >= 3 {
+            attempt.error("more than 3 redirects")
+        } else if downgrade {
+            attempt.error("redirect from https to plain http refused")
+        } else if let Some(reason) = guarded
+            .then(|| guard::forbidden_url(attempt.url()))
+            .flatten()
+        {
+            attempt.error(format!("redirect refused: {reason}"))
+        } else {
+            attempt.follow()
+        }
+    });
+    let mut builder = reqwest::Client::builder()
+        .timeout(settings.timeout)
+        .connect_timeout(settings.connect_timeout)
+        .redirect(redirects)
+        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
+        .no_proxy();
+    if guarded {
+        builder = builder.dns_resolver(Arc::new(GuardedResolver));
+    }
+    builder
+        .build()
+        .map_err(|e| FetchError::Transport(e.to_string()))
+}
+
 impl Fetcher {
     pub fn new(settings: FetchSettings) -> Result<Self, FetchError> {
-        let redirects = reqwest::redirect::Policy::custom(|attempt| {
-            let downgrade = attempt.url().scheme() != "https"
-                && attempt.previous().iter().any(|u| u.scheme() == "https");
-            if attempt.previous().len() >= 3 {
-                attempt.error("more than 3 redirects")
-            } else if downgrade {
-                attempt.error("redirect from https to plain http refused")
-            } else {
-                attempt.follow()
-            }
-        });
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.connect_timeout)
-            .redirect(redirects)
-            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
-            .no_proxy()
-            .build()
-            .map_err(|e| FetchError::Transport(e.to_string()))?;
         Ok(Fetcher {
-            client,
+            guarded: build_client(&settings, true)?,
+            open: build_client(&settings, false)?,
             permits: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
             settings,
         })
     }
 
-    /// GETs `url` as JSON, refusing plain HTTP unless `allow_insecure`; non-2xx is an error.
-    pub async fn get(&self, url: &Url, allow_insecure: bool) -> Result<Fetched, FetchError> {
+    fn client(&self, reach: Reach) -> &reqwest::Client {
+        if reach.metadata {
+            &self.open
+        } else {
+            &self.guarded
+        }
+    }
+
+    /// GETs `url` as JSON within `reach`; non-2xx is an error.
+    pub async fn get(&self, url: &Url, reach: Reach) -> Result<Fetched, FetchError> {
         let request = self
-            .client
+            .client(reach)
             .get(url.clone())
             .header(reqwest::header::ACCEPT, "application/json");
         let answer = self
-            .exchange(url, allow_insecure, request, self.settings.timeout)
+            .exchange(url, reach, request, self.settings.timeout)
             .await?;
         if !(200..300).contains(&answer.status) {
             return Err(FetchError::Status(answer.status));
@@ -112,9 +142,14 @@ impl Fetcher {
         })
     }
 
-    /// A request builder on the shared client (for `exchange`).
-    pub fn request(&self, method: reqwest::Method, url: &Url) -> reqwest::RequestBuilder {
-        self.client.request(method, url.clone())
+    /// A request builder on the client for `reach` (for `exchange` with the same `reach`).
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        url: &Url,
+        reach: Reach,
+    ) -> reqwest::RequestBuilder {
+        self.client(reach).request(method, url.clone())
     }
 
     /// Sends `request` (to `url`) within `timeout`, the body size limit and the concurrency
@@ -122,11 +157,11 @@ impl Fetcher {
     pub async fn exchange(
         &self,
         url: &Url,
-        allow_insecure: bool,
+        reach: Reach,
         request: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<Answer, FetchError> {
-        check_scheme(url, allow_insecure)?;
+        check_reach(url, reach)?;
         let _permit = self
             .permits
             .acquire()
@@ -188,12 +223,16 @@ pub struct Answer {
     pub body: bytes::Bytes,
 }
 
-/// Refuses non-https URLs unless allowed.
-pub fn check_scheme(url: &Url, allow_insecure: bool) -> Result<(), FetchError> {
+/// Refuses non-https URLs and link-local or metadata hosts, unless `reach` allows them.
+pub fn check_reach(url: &Url, reach: Reach) -> Result<(), FetchError> {
     match url.scheme() {
-        "https" => Ok(()),
-        "http" if allow_insecure => Ok(()),
-        _ => Err(FetchError::Insecure(url.to_string())),
+        "https" => {}
+        "http" if reach.insecure_http => {}
+        _ => return Err(FetchError::Insecure(url.to_string())),
+    }
+    match guard::forbidden_url(url) {
+        Some(reason) if !reach.metadata => Err(FetchError::Forbidden(reason)),
+        _ => Ok(()),
     }
 }
 
@@ -253,16 +292,42 @@ mod tests {
     }
 
     #[test]
-    fn plain_http_needs_explicit_permission() {
+    fn plain_http_and_metadata_addresses_need_explicit_permission() {
         let http = Url::parse("http://idp.example/keys").expect("url");
         let https = Url::parse("https://idp.example/keys").expect("url");
         let file = Url::parse("file:///etc/passwd").expect("url");
-        assert!(check_scheme(&https, false).is_ok());
+        let metadata = Url::parse("http://169.254.169.254/latest/meta-data/").expect("url");
+        let strict = Reach::default();
+        let insecure = Reach::new(true, false);
+        assert!(check_reach(&https, strict).is_ok());
         assert!(matches!(
-            check_scheme(&http, false),
+            check_reach(&http, strict),
             Err(FetchError::Insecure(_))
         ));
-        assert!(check_scheme(&http, true).is_ok());
-        assert!(check_scheme(&file, true).is_err());
+        assert!(check_reach(&http, insecure).is_ok());
+        assert!(check_reach(&file, Reach::new(true, true)).is_err());
+        assert!(matches!(
+            check_reach(&metadata, insecure),
+            Err(FetchError::Forbidden(_))
+        ));
+        assert!(check_reach(&metadata, Reach::new(true, true)).is_ok());
+    }
+
+    /// A host name that resolves only to a link-local address is refused at connect time, so
+    /// DNS cannot smuggle the metadata service past the check of the URL.
+    #[tokio::test]
+    async fn names_resolving_to_link_local_addresses_are_refused() {
+        use reqwest::dns::Resolve as _;
+        let error = GuardedResolver
+            .resolve("169.254.169.254".parse().expect("name"))
+            .await
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("link-local"), "{error}");
+        let ok = GuardedResolver
+            .resolve("localhost".parse().expect("name"))
+            .await
+            .expect("localhost resolves");
+        assert!(ok.count() >= 1);
     }
 }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::fetch::{FetchError, Fetcher};
+use super::guard::Reach;
 use super::keyset::{KeySet, KeySetError};
 
 /// How key sets are refreshed. Shared by every source.
@@ -54,12 +55,12 @@ pub enum Origin {
     /// Inline JWKS, PEM keys or a shared secret: never refreshed.
     Fixed,
     /// A JWKS URI.
-    JwksUri { url: Url, allow_insecure: bool },
+    JwksUri { url: Url, reach: Reach },
     /// OpenID discovery: the document's `issuer` must equal `issuer`, then its `jwks_uri`.
     Discovery {
         url: Url,
         issuer: String,
-        allow_insecure: bool,
+        reach: Reach,
     },
 }
 
@@ -445,32 +446,26 @@ impl KeySource {
         &self,
         fetcher: &Fetcher,
     ) -> Result<(KeySet, Option<Duration>), SourceError> {
-        let (jwks_url, allow_insecure) = match &self.origin {
+        let (jwks_url, reach) = match &self.origin {
             Origin::Fixed => unreachable_fixed(),
-            Origin::JwksUri {
-                url,
-                allow_insecure,
-            } => (url.clone(), *allow_insecure),
-            Origin::Discovery {
-                url,
-                issuer,
-                allow_insecure,
-            } => (
+            Origin::JwksUri { url, reach } => (url.clone(), *reach),
+            Origin::Discovery { url, issuer, reach } => (
                 {
-                    let (jwks, endpoints) = discover(fetcher, url, issuer, *allow_insecure).await?;
+                    let (jwks, endpoints) = discover(fetcher, url, issuer, *reach).await?;
                     self.endpoints.store(Some(Arc::new(endpoints)));
                     jwks
                 },
-                *allow_insecure,
+                *reach,
             ),
         };
-        let fetched = fetcher
-            .get(&jwks_url, allow_insecure)
-            .await
-            .map_err(|error| SourceError::JwksFetch {
-                url: jwks_url.to_string(),
-                error,
-            })?;
+        let fetched =
+            fetcher
+                .get(&jwks_url, reach)
+                .await
+                .map_err(|error| SourceError::JwksFetch {
+                    url: jwks_url.to_string(),
+                    error,
+                })?;
         let keys =
             KeySet::from_jwks_json(&fetched.body).map_err(|error| SourceError::JwksInvalid {
                 url: jwks_url.to_string(),
@@ -528,16 +523,15 @@ async fn discover(
     fetcher: &Fetcher,
     url: &Url,
     issuer: &str,
-    allow_insecure: bool,
+    reach: Reach,
 ) -> Result<(Url, Endpoints), SourceError> {
-    let fetched =
-        fetcher
-            .get(url, allow_insecure)
-            .await
-            .map_err(|error| SourceError::DiscoveryFetch {
-                url: url.to_string(),
-                error,
-            })?;
+    let fetched = fetcher
+        .get(url, reach)
+        .await
+        .map_err(|error| SourceError::DiscoveryFetch {
+            url: url.to_string(),
+            error,
+        })?;
     let doc: DiscoveryDocument =
         serde_json::from_slice(&fetched.body).map_err(|e| SourceError::DiscoveryInvalid {
             url: url.to_string(),

@@ -20,7 +20,7 @@ use crate::azure::{self, AzureIssuer};
 use crate::claims::ClaimRequirement;
 use crate::introspect::{CacheSettings, EndpointSource, Introspector, IntrospectorConfig};
 use crate::jwe::{self, Decryptor};
-use crate::jwks::{KeySet, KeySource, KeySources, Origin, VerifyingKey};
+use crate::jwks::{KeySet, KeySource, KeySources, Origin, Reach, VerifyingKey};
 
 /// Bounds that keep one policy's cost predictable.
 pub mod limits {
@@ -599,7 +599,7 @@ fn compile_azure(
         ("spec.azureAd.authority", &authority),
         ("spec.azureAd.v1IssuerHost", &v1_host),
     ] {
-        if let Some(url) = parse_url(c, field, text, spec.allow_insecure_http)
+        if let Some(url) = parse_url(c, field, text, Reach::new(spec.allow_insecure_http, false))
             && url.path() != "/"
         {
             c.invalid(
@@ -849,7 +849,7 @@ fn token_location(c: &mut Checker, spec: &JwtPolicySpec) -> TokenLocation {
     }
 }
 
-fn parse_url(c: &mut Checker, field: &str, text: &str, allow_insecure: bool) -> Option<Url> {
+fn parse_url(c: &mut Checker, field: &str, text: &str, reach: Reach) -> Option<Url> {
     let url = match Url::parse(text) {
         Ok(url) => url,
         Err(e) => {
@@ -859,7 +859,7 @@ fn parse_url(c: &mut Checker, field: &str, text: &str, allow_insecure: bool) -> 
     };
     match url.scheme() {
         "https" => {}
-        "http" if allow_insecure => {}
+        "http" if reach.insecure_http => {}
         "http" => {
             c.invalid(field, format!("{text} is plain http; use https (or set allowInsecureHttp: true for local development)"));
             return None;
@@ -874,6 +874,12 @@ fn parse_url(c: &mut Checker, field: &str, text: &str, allow_insecure: bool) -> 
     }
     if url.host_str().is_none_or(str::is_empty) {
         c.invalid(field, format!("{text} has no host"));
+        return None;
+    }
+    if !reach.metadata
+        && let Some(reason) = crate::jwks::guard::forbidden_url(&url)
+    {
+        c.invalid(field, reason);
         return None;
     }
     if !url.username().is_empty() || url.password().is_some() {
@@ -892,6 +898,7 @@ fn compile_issuer(
     ctx: &CompileContext<'_>,
 ) -> Option<Issuer> {
     let before = c.problems.len();
+    let reach = Reach::new(spec.allow_insecure_http, spec.allow_metadata_addresses);
     if spec.issuer.is_empty() {
         c.invalid(format!("{field}.issuer"), "must not be empty");
     }
@@ -1020,18 +1027,8 @@ fn compile_issuer(
             }
         }
     } else if let Some(jwks_uri) = &spec.jwks_uri {
-        parse_url(
-            c,
-            &format!("{field}.jwksUri"),
-            jwks_uri,
-            spec.allow_insecure_http,
-        )
-        .map(|url| {
-            ctx.key_sources.remote(Origin::JwksUri {
-                url,
-                allow_insecure: spec.allow_insecure_http,
-            })
-        })
+        parse_url(c, &format!("{field}.jwksUri"), jwks_uri, reach)
+            .map(|url| ctx.key_sources.remote(Origin::JwksUri { url, reach }))
     } else {
         let (dfield, text) = match &spec.discovery {
             Some(d) => (format!("{field}.discovery"), d.clone()),
@@ -1043,11 +1040,11 @@ fn compile_issuer(
                 ),
             ),
         };
-        parse_url(c, &dfield, &text, spec.allow_insecure_http).map(|url| {
+        parse_url(c, &dfield, &text, reach).map(|url| {
             ctx.key_sources.remote(Origin::Discovery {
                 url,
                 issuer: spec.issuer.clone(),
-                allow_insecure: spec.allow_insecure_http,
+                reach,
             })
         })
     };
@@ -1116,7 +1113,7 @@ fn compile_introspection(
             c,
             "spec.introspection.endpoint",
             text,
-            spec.allow_insecure_http,
+            Reach::new(spec.allow_insecure_http, spec.allow_metadata_addresses),
         )
         .map(EndpointSource::Fixed),
         None => match issuers.first().map(|i| (i.keys.origin(), &i.keys)) {
@@ -1227,7 +1224,7 @@ fn compile_introspection(
     }
     let config = IntrospectorConfig {
         endpoint: endpoint?,
-        allow_insecure: spec.allow_insecure_http,
+        reach: Reach::new(spec.allow_insecure_http, spec.allow_metadata_addresses),
         client_id: spec.client_id.clone(),
         client_secret,
         auth_method: spec.auth_method.unwrap_or_default(),

@@ -343,6 +343,11 @@ pub struct IssuerSpec {
     /// Allow plain-http discovery/JWKS URLs (local development only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_insecure_http: bool,
+    /// Allow discovery/JWKS URLs on link-local or cloud metadata addresses (169.254.0.0/16,
+    /// fe80::/10, metadata.google.internal, …), refused by default so a policy cannot make
+    /// tollgate read instance credentials.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_metadata_addresses: bool,
 }
 
 /// An inline JSON Web Key Set.
@@ -530,6 +535,9 @@ pub struct IntrospectionSpec {
     /// Allow a plain-http endpoint (local development only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_insecure_http: bool,
+    /// Allow an endpoint on a link-local or cloud metadata address (refused by default).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_metadata_addresses: bool,
 }
 
 /// Where the introspection client secret is.

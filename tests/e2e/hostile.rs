@@ -311,6 +311,7 @@ async fn hostile_idp() -> (String, Arc<AtomicU64>, Arc<AtomicU64>) {
     let slow_counter = slow_hits.clone();
     let base = Arc::new(std::sync::OnceLock::<String>::new());
     let base_for_discovery = base.clone();
+    let base_for_meta = base.clone();
     let discovery = move |kind: &'static str| {
         let base = base_for_discovery.clone();
         move || {
@@ -369,7 +370,26 @@ async fn hostile_idp() -> (String, Arc<AtomicU64>, Arc<AtomicU64>) {
                 async move { axum::Json(body) }
             }),
         )
+        // Discovery that points the key set at the cloud metadata service.
         .route(
+            "/meta/.well-known/openid-configuration",
+            get(move || {
+                let base = base_for_meta.get().cloned().unwrap_or_default();
+                async move {
+                    axum::Json(json!({"issuer": format!("{base}/meta"),
+                        "jwks_uri": "http://169.254.169.254/latest/meta-data/iam/security-credentials/"}))
+                }
+            }),
+        )
+        // A key set that redirects there.
+        .route(
+            "/bounce/.well-known/openid-configuration",
+            get(discovery("bounce")),
+        )
+        .route(
+            "/bounce/jwks",
+            get(|| async { Redirect::temporary("http://169.254.169.254/latest/meta-data/") }),
+        )        .route(
             "/slow/.well-known/openid-configuration",
             get(discovery("slow")),
         )
@@ -399,7 +419,7 @@ async fn hostile_idp() -> (String, Arc<AtomicU64>, Arc<AtomicU64>) {
 async fn a_hostile_identity_provider_costs_bounded_work_and_answers_503() {
     let (base, huge_hits, slow_hits) = hostile_idp().await;
     let dir = tempfile::tempdir().expect("dir");
-    for kind in ["huge", "loop", "many", "slow"] {
+    for kind in ["huge", "loop", "many", "slow", "meta", "bounce"] {
         let extra = format!("  match: {{hosts: [{kind}.example.com]}}\n");
         write_policy(
             dir.path(),
@@ -415,7 +435,7 @@ async fn a_hostile_identity_provider_costs_bounded_work_and_answers_503() {
     // Ready within the fetch timeout, even with an IdP that never answers.
     assert!(started.elapsed() < Duration::from_secs(15));
     let key = rsa("k1");
-    for kind in ["huge", "loop", "many", "slow"] {
+    for kind in ["huge", "loop", "many", "slow", "meta", "bounce"] {
         let token = key
             .mint(&claims(&format!("{base}/{kind}"), json!({})))
             .expect("mint");
@@ -450,6 +470,8 @@ async fn a_hostile_identity_provider_costs_bounded_work_and_answers_503() {
             "huge" => "larger than 1048576 bytes",
             "loop" => "redirect",
             "many" => "more than the 100 accepted",
+            "meta" => "169.254.169.254 is a link-local address",
+            "bounce" => "redirect refused: 169.254.169.254 is a link-local address",
             _ => "timed out",
         };
         assert!(denied.body.contains(expected), "{kind}: {}", denied.body);

@@ -378,3 +378,39 @@ async fn a_thousand_rules_and_path_bombs_are_judged_in_bounded_work() {
         assert_eq!(got, expected, "{}", &path[..40]);
     }
 }
+
+#[test]
+fn metadata_addresses_in_policies_are_refused_unless_allowed() {
+    for (field, extra) in [
+        (
+            "spec.issuers[0].jwksUri",
+            r#"{issuers: [{issuer: "https://idp.example.com/", audiences: [a], jwksUri: "http://169.254.169.254/latest/meta-data/", allowInsecureHttp: true}]}"#,
+        ),
+        (
+            "spec.issuers[0].discovery",
+            r#"{issuers: [{issuer: "https://idp.example.com/", audiences: [a], discovery: "https://metadata.google.internal/computeMetadata/v1/"}]}"#,
+        ),
+        (
+            "spec.issuers[0].jwksUri",
+            r#"{issuers: [{issuer: "https://idp.example.com/", audiences: [a], jwksUri: "https://[fd00:ec2::254]/keys"}]}"#,
+        ),
+    ] {
+        let refused = spec(&format!(
+            "{{match: {{hosts: [api.example.com]}}, {}}}",
+            &extra[1..extra.len() - 1]
+        ));
+        let error = try_compile("meta", &refused).expect_err(field);
+        let text = error.to_string();
+        assert!(
+            text.contains(field) && text.contains("allowMetadataAddresses: true"),
+            "{text}"
+        );
+        // The escape hatch, for an IdP that really lives on a link-local address.
+        let allowed = extra.replace("}]}", ", allowMetadataAddresses: true}]}");
+        let permitted = spec(&format!(
+            "{{match: {{hosts: [api.example.com]}}, {}}}",
+            &allowed[1..allowed.len() - 1]
+        ));
+        assert!(try_compile("meta", &permitted).is_ok(), "{allowed}");
+    }
+}

@@ -1,0 +1,149 @@
+//! Where outbound calls may go. A policy names URLs (discovery, JWKS, introspection), and a
+//! discovery document names more; none of them may make tollgate fetch from the cloud metadata
+//! services (instance credentials live there) or other link-local addresses, unless the policy
+//! says `allowMetadataAddresses: true`. The check applies to the URL as written, to every
+//! redirect, and to every address a host name resolves to (so a DNS name pointing at
+//! 169.254.169.254 is refused as well).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use url::{Host, Url};
+
+/// What an outbound call may reach besides public endpoints over https.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Reach {
+    /// Plain `http://` (`allowInsecureHttp`).
+    pub insecure_http: bool,
+    /// Link-local and cloud metadata addresses (`allowMetadataAddresses`).
+    pub metadata: bool,
+}
+
+impl Reach {
+    pub fn new(insecure_http: bool, metadata: bool) -> Self {
+        Reach {
+            insecure_http,
+            metadata,
+        }
+    }
+}
+
+/// Host names of metadata services (GCP, AWS).
+const METADATA_NAMES: [&str; 5] = [
+    "metadata",
+    "metadata.google.internal",
+    "metadata.goog",
+    "instance-data",
+    "instance-data.ec2.internal",
+];
+
+/// Why an address is off limits, or `None`.
+pub fn forbidden_ip(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => forbidden_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => forbidden_v4(v4),
+            None => forbidden_v6(v6),
+        },
+    }
+}
+
+fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    if ip.is_link_local() {
+        // 169.254.169.254 (AWS, GCP, Azure, OCI, DigitalOcean, …) and the rest of 169.254/16.
+        Some("a link-local address (cloud metadata services answer on 169.254.169.254)")
+    } else if ip == Ipv4Addr::new(100, 100, 100, 200) {
+        Some("the Alibaba Cloud metadata address")
+    } else {
+        None
+    }
+}
+
+fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
+    if (ip.segments()[0] & 0xffc0) == 0xfe80 {
+        Some("a link-local address")
+    } else if ip == Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254) {
+        Some("the AWS metadata address")
+    } else {
+        None
+    }
+}
+
+/// Why `url`'s host is off limits as written (an address or a metadata service's name).
+pub fn forbidden_url(url: &Url) -> Option<String> {
+    let reason = match url.host()? {
+        Host::Ipv4(ip) => forbidden_ip(IpAddr::V4(ip)),
+        Host::Ipv6(ip) => forbidden_ip(IpAddr::V6(ip)),
+        Host::Domain(name) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            METADATA_NAMES
+                .contains(&name.as_str())
+                .then_some("the name of a cloud metadata service")
+        }
+    }?;
+    Some(format!(
+        "{} is {reason}; tollgate does not fetch from it unless allowMetadataAddresses: true",
+        url.host_str().unwrap_or_default()
+    ))
+}
+
+/// A resolver that drops forbidden addresses from every answer, and fails when none is left.
+#[derive(Debug, Default)]
+pub struct GuardedResolver;
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = resolved
+                .iter()
+                .copied()
+                .filter(|addr| forbidden_ip(addr.ip()).is_none())
+                .collect();
+            if allowed.is_empty() && !resolved.is_empty() {
+                let reason = forbidden_ip(resolved[0].ip()).unwrap_or("forbidden");
+                return Err(format!(
+                    "{host} resolves to {}, {reason}; tollgate does not fetch from it unless allowMetadataAddresses: true",
+                    resolved[0].ip()
+                )
+                .into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_and_link_local_addresses_are_recognized() {
+        for url in [
+            "http://169.254.169.254/latest/meta-data/",
+            "https://169.254.1.7/jwks",
+            "http://[fe80::1]/",
+            "http://[fd00:ec2::254]/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://100.100.100.200/",
+            "http://metadata.google.internal/computeMetadata/v1/",
+            "http://Metadata.Google.Internal./",
+            "http://metadata/",
+        ] {
+            let url = Url::parse(url).expect("url");
+            assert!(forbidden_url(&url).is_some(), "{url}");
+        }
+        for url in [
+            "https://login.microsoftonline.com/",
+            "http://127.0.0.1:8080/",
+            "https://10.0.0.5/",
+            "http://[::1]/",
+            "https://metadata.example.com/",
+        ] {
+            let url = Url::parse(url).expect("url");
+            assert_eq!(forbidden_url(&url), None, "{url}");
+        }
+    }
+}
