@@ -286,13 +286,17 @@ async fn last_good_keys_serve_until_the_maximum_staleness_then_503_then_recover(
     );
     let age = metric(&tollgate.metrics(), "tollgate_jwks_age_seconds{").expect("age metric");
     assert!(age >= 4.0, "tollgate_jwks_age_seconds {age}");
-    assert!(
+    // The next failed refresh says the keys are no longer kept, and how old they are.
+    let logged = eventually(Duration::from_secs(5), async || {
         tollgate
             .log_events("key set refresh failed")
             .iter()
-            .any(|e| e["keeping_last_good_keys"] == false
-                && e["keys_age_seconds"].as_u64() >= Some(4))
-    );
+            .any(|e| {
+                e["keeping_last_good_keys"] == false && e["keys_age_seconds"].as_u64() >= Some(4)
+            })
+    })
+    .await;
+    assert!(logged, "{}", tollgate.logs().join("\n"));
 
     // The IdP comes back on the same address: the keys load without a restart.
     let idp = IdpServer::start(addr, jwks(&[&key])).await.expect("idp");
