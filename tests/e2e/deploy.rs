@@ -313,6 +313,46 @@ fn the_helm_chart_lints_renders_and_types_check() {
         .expect_err("trusted proxies are required with http");
     assert!(no_proxies.contains("trustedProxies"), "{no_proxies}");
 
+    // Mutual TLS on the gRPC port: the Secret is mounted and the flags point into it.
+    let rendered = check_objects(
+        &tools
+            .helm(&[
+                "template",
+                "tollgate",
+                chart,
+                "--set",
+                "grpcTls.enabled=true",
+                "--set",
+                "grpcTls.secretName=tollgate-grpc",
+            ])
+            .expect("grpcTls renders"),
+    );
+    let args = deployment_flags(&rendered.deployments[0]);
+    for flag in [
+        "--grpc-tls-cert=/etc/tollgate/grpc-tls/tls.crt",
+        "--grpc-tls-key=/etc/tollgate/grpc-tls/tls.key",
+        "--grpc-client-ca=/etc/tollgate/grpc-tls/ca.crt",
+        "--drain-timeout=20s",
+    ] {
+        assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
+    }
+    let pod = rendered.deployments[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    assert!(
+        pod.volumes.iter().flatten().any(|v| v.name == "grpc-tls"
+            && v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("tollgate-grpc")),
+        "{:?}",
+        pod.volumes
+    );
+    assert_eq!(pod.termination_grace_period_seconds, Some(30));
+    let no_secret = tools
+        .helm(&["template", "t", chart, "--set", "grpcTls.enabled=true"])
+        .expect_err("the Secret is required with grpcTls");
+    assert!(no_secret.contains("secretName"), "{no_secret}");
+
     // Defaults.
     let rendered = check_objects(
         &tools
