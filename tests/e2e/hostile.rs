@@ -427,6 +427,15 @@ async fn a_hostile_identity_provider_costs_bounded_work_and_answers_503() {
             &policy_yaml(kind, &format!("{base}/{kind}"), &extra),
         );
     }
+    write_policy(
+        dir.path(),
+        "nowhere.yaml",
+        &policy_yaml(
+            "nowhere",
+            "https://idp.tollgate.invalid",
+            "  match: {hosts: [nowhere.example.com]}\n",
+        ),
+    );
     let started = Instant::now();
     let tollgate = Tollgate::start(
         dir.path(),
@@ -476,6 +485,20 @@ async fn a_hostile_identity_provider_costs_bounded_work_and_answers_503() {
         };
         assert!(denied.body.contains(expected), "{kind}: {}", denied.body);
     }
+    // A host that does not resolve: the same 503, with the resolver's error.
+    let nowhere = "https://idp.tollgate.invalid";
+    let token = key.mint(&claims(nowhere, json!({}))).expect("mint");
+    let probe = Probe {
+        host: "nowhere.example.com".into(),
+        path: "/".into(),
+        method: "GET".into(),
+        token: Some(token),
+        ..Probe::default()
+    };
+    let answer = tollgate::client::send(&tollgate.url(), &probe)
+        .await
+        .expect("answer");
+    assert_eq!(outcome(&answer), (false, 503, "issuer_unavailable".into()));
     // The 50 MB body was asked for, not read to its end.
     assert!(huge_hits.load(Ordering::SeqCst) >= 1);
 
