@@ -62,6 +62,20 @@ static DENIAL_LINES: LogLimiter = LogLimiter {
     suppressed: AtomicU64::new(0),
 };
 
+/// Refused TLS handshakes: a scanner or a misconfigured client must not flood the log either.
+static CONNECTION_LINES: LogLimiter = LogLimiter {
+    limit: AtomicU64::new(10),
+    window: AtomicU64::new(0),
+    in_window: AtomicU64::new(0),
+    suppressed: AtomicU64::new(0),
+};
+
+/// `Some(lines suppressed since the last one)` if a connection-level line (a refused TLS
+/// handshake) may be logged now: at most 10 per second.
+pub fn admit_connection_line() -> Option<u64> {
+    CONNECTION_LINES.admit()
+}
+
 /// Sets the most denial lines logged per second (0: every denial).
 pub fn set_denial_log_limit(lines_per_second: u64) {
     DENIAL_LINES

@@ -282,9 +282,15 @@ pub fn incoming(
                         let _ = tx.send(Ok(TlsConnection { stream })).await;
                     }
                     Ok(Err(error)) => {
-                        tracing::info!(%peer, %error, "TLS handshake refused");
+                        if let Some(suppressed_before) = crate::telemetry::admit_connection_line() {
+                            tracing::info!(%peer, %error, suppressed_before, "TLS handshake refused");
+                        }
                     }
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    Err(_) => {
+                        if let Some(suppressed_before) = crate::telemetry::admit_connection_line() {
+                            tracing::info!(%peer, suppressed_before, "TLS handshake timed out");
+                        }
+                    }
                 }
             });
         }
