@@ -313,6 +313,54 @@ mod tests {
         assert!(check_reach(&metadata, Reach::new(true, true)).is_ok());
     }
 
+    /// However many fetches are asked for at once, at most `max_concurrent` reach the network.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn outbound_calls_in_flight_are_bounded() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (in_flight, highest) = (now.clone(), peak.clone());
+        let app = axum::Router::new().route(
+            "/keys",
+            axum::routing::get(move || {
+                let (in_flight, highest) = (in_flight.clone(), highest.clone());
+                async move {
+                    let n = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    highest.fetch_max(n, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    axum::Json(serde_json::json!({"keys": []}))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = Url::parse(&format!(
+            "http://{}/keys",
+            listener.local_addr().expect("addr")
+        ))
+        .expect("url");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let fetcher = Fetcher::new(FetchSettings {
+            max_concurrent: 3,
+            ..FetchSettings::default()
+        })
+        .expect("fetcher");
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let (fetcher, url) = (fetcher.clone(), url.clone());
+                tokio::spawn(async move { fetcher.get(&url, Reach::new(true, false)).await })
+            })
+            .collect();
+        for call in calls {
+            assert!(call.await.expect("task").is_ok());
+        }
+        let peak = peak.load(Ordering::SeqCst);
+        assert!((2..=3).contains(&peak), "{peak} calls in flight at once");
+    }
+
     /// A host name that resolves only to a link-local address is refused at connect time, so
     /// DNS cannot smuggle the metadata service past the check of the URL.
     #[tokio::test]

@@ -313,7 +313,20 @@ async fn an_unreachable_idp_at_start_answers_503_then_recovers_without_restart()
     let port = free_port();
     let iss = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().expect("dir");
-    write_policy(dir.path(), "p.yaml", &policy_yaml("orders", &iss, ""));
+    write_policy(
+        dir.path(),
+        "p.yaml",
+        &policy_yaml("orders", &iss, "  match: {paths: [/]}\n"),
+    );
+    // Another policy whose IdP is up is not held back by the one that is down.
+    let healthy_key = rsa("h1");
+    let healthy_idp = idp(&[&healthy_key]).await;
+    let healthy_iss = healthy_idp.issuer();
+    write_policy(
+        dir.path(),
+        "healthy.yaml",
+        &policy_yaml("payments", &healthy_iss, "  match: {paths: [/payments]}\n"),
+    );
     // Ready even though the keys could not be fetched: the failure is visible, not hidden.
     let tollgate = Tollgate::start(
         dir.path(),
@@ -331,6 +344,13 @@ async fn an_unreachable_idp_at_start_answers_503_then_recovers_without_restart()
     assert_eq!(
         outcome(&response),
         (false, 503, "issuer_unavailable".into())
+    );
+    let healthy = healthy_key
+        .mint(&claims(&healthy_iss, json!({})))
+        .expect("mint");
+    assert_eq!(
+        outcome(&check(&url, "/payments/1", Some(&healthy)).await),
+        (true, 200, "valid".into())
     );
 
     let idp = IdpServer::start(
