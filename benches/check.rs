@@ -150,6 +150,7 @@ async fn run(rounds: usize, measure: bool) {
         webhook: None,
         http_addr: Some("127.0.0.1:0".parse().expect("addr")),
         trusted_proxies: Vec::new(),
+        http_header_timeout: tollgate::http::listener::HEADER_READ_TIMEOUT,
         // Every JWT row verifies the token on each request; the cached path is measured by
         // `cargo bench --bench load` and `--bench stages`.
         token_cache: tollgate::verified::CacheLimits {

@@ -130,6 +130,10 @@ pub struct ServeArgs {
         value_parser = crate::http::parse_trusted
     )]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a forward-auth client may take to send a request's head; slower connections
+    /// are closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Duration,
     /// Admin HTTP listen address (/healthz, /readyz, /metrics).
     #[arg(long, default_value = "127.0.0.1:9090", env = "TOLLGATE_ADMIN_ADDR")]
     pub admin_addr: SocketAddr,
@@ -299,6 +303,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 webhook,
                 http_addr: args.http_addr,
                 trusted_proxies: args.trusted_proxies,
+                http_header_timeout: args.http_header_timeout,
                 source,
                 grpc_addr: args.grpc_addr,
                 admin_addr: args.admin_addr,

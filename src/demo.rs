@@ -120,6 +120,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         webhook: None,
         http_addr: None,
         trusted_proxies: Vec::new(),
+        http_header_timeout: crate::http::listener::HEADER_READ_TIMEOUT,
         token_cache: Default::default(),
         grpc_tls: None,
         drain_timeout: Duration::from_secs(5),

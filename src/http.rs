@@ -12,6 +12,7 @@
 //! caller's address is in `--trusted-proxies` (see [`original`]). The token comes from the
 //! headers as the policy says, like in gRPC mode.
 
+pub mod listener;
 pub mod original;
 
 use std::net::{IpAddr, SocketAddr};
@@ -52,7 +53,8 @@ impl ForwardAuth {
         }
     }
 
-    /// `/auth` with any method. Serve with `into_make_service_with_connect_info::<SocketAddr>`.
+    /// `/auth` with any method. Serve with [`listener::serve`] (or anything that provides
+    /// `ConnectInfo<SocketAddr>`).
     pub fn router(self) -> Router {
         Router::new()
             .route("/auth", axum::routing::any(handle))

@@ -49,6 +49,8 @@ pub struct ServeConfig {
     pub http_addr: Option<SocketAddr>,
     /// Addresses whose X-Original-* / X-Forwarded-* headers describe the request.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long an HTTP forward-auth client may take to send a request head.
+    pub http_header_timeout: Duration,
     /// Bounds of the verified-token cache (`max_entries: 0` turns it off).
     pub token_cache: CacheLimits,
     /// TLS (and, with a client CA, mutual TLS) on the gRPC listener.
@@ -230,23 +232,18 @@ pub async fn run(
             metrics.clone(),
             config.trusted_proxies.clone(),
         )
-        .router()
-        .into_make_service_with_connect_info::<SocketAddr>();
-        // Small answers: do not wait on delayed ACKs.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, app).with_graceful_shutdown(wait_stop(stop_rx.clone()))
+        .router();
+        crate::http::listener::serve(listener, app, config.http_header_timeout, stop_rx.clone())
     });
     let admin = axum::serve(admin_listener, admin::router(shared, metrics))
         .with_graceful_shutdown(wait_stop(stop_rx.clone()));
 
     let servers = async {
         tokio::join!(grpc, async { admin.await }, async {
-            match http {
-                Some(server) => server.await,
-                None => Ok(()),
+            if let Some(server) = http {
+                server.await;
             }
+            Ok::<(), std::io::Error>(())
         })
     };
     // After the stop signal, the servers refuse new connections and finish what is in flight;

@@ -535,3 +535,58 @@ async fn a_hostile_identity_provider_costs_bounded_work_and_answers_503() {
     let fetches = slow_hits.load(Ordering::SeqCst) - before;
     assert!(fetches <= 1, "{fetches} fetches for 200 checks");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_its_request_head_is_cut_off() {
+    let key = rsa("k1");
+    let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
+        .await
+        .expect("idp");
+    let iss = idp.issuer();
+    let dir = tempfile::tempdir().expect("dir");
+    write_policy(dir.path(), "p.yaml", &policy_yaml("orders", &iss, ""));
+    let tollgate = Tollgate::start(
+        dir.path(),
+        &["--http-addr", "127.0.0.1:0", "--http-header-timeout", "1s"],
+    );
+    let addr = tollgate.http.expect("http addr");
+    let token = key.mint(&claims(&iss, json!({}))).expect("mint");
+    let slow = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let began = Instant::now();
+        // Half a head, then a byte now and then: never the blank line that ends it.
+        let _ = stream.write_all(format!("GET /auth HTTP/1.1\r\nHost: {HOST}\r\n").as_bytes());
+        let mut closed = false;
+        for _ in 0..8 {
+            std::thread::sleep(Duration::from_millis(400));
+            if stream.write_all(b"X-Slow: 1\r\n").is_err() {
+                closed = true;
+                break;
+            }
+        }
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        (closed || !rest.is_empty(), began.elapsed(), rest)
+    });
+    // Meanwhile a normal client is served.
+    let ok = format!(
+        "GET /auth HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {token}\r\nX-Original-URI: /orders/1\r\nConnection: close\r\n\r\n"
+    );
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.write_all(ok.as_bytes()).expect("write");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (cut, took, rest) = slow.await.expect("slow client");
+    assert!(cut, "the trickling connection was never closed");
+    assert!(took < Duration::from_secs(8), "closed after {took:?}");
+    // hyper answers 408 when it gives up on a head (or just closes).
+    let head = String::from_utf8_lossy(&rest);
+    assert!(
+        head.is_empty() || head.starts_with("HTTP/1.1 408"),
+        "{head}"
+    );
+}
