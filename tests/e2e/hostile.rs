@@ -48,6 +48,11 @@ fn reason(response: &CheckResponse) -> String {
 
 /// Tollgate with one policy whose keys come from a local IdP, and a token it accepts.
 async fn serving() -> (Tollgate, IdpServer, String, tempfile::TempDir) {
+    serving_with(&["--token-cache-entries", "0"]).await
+}
+
+/// [`serving`] with the HTTP endpoint and extra flags.
+async fn serving_with(extra: &[&str]) -> (Tollgate, IdpServer, String, tempfile::TempDir) {
     let key = rsa("k1");
     let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
         .await
@@ -55,10 +60,9 @@ async fn serving() -> (Tollgate, IdpServer, String, tempfile::TempDir) {
     let iss = idp.issuer();
     let dir = tempfile::tempdir().expect("dir");
     write_policy(dir.path(), "p.yaml", &policy_yaml("orders", &iss, ""));
-    let tollgate = Tollgate::start(
-        dir.path(),
-        &["--http-addr", "127.0.0.1:0", "--token-cache-entries", "0"],
-    );
+    let mut flags = vec!["--http-addr", "127.0.0.1:0"];
+    flags.extend_from_slice(extra);
+    let tollgate = Tollgate::start(dir.path(), &flags);
     let token = key.mint(&claims(&iss, json!({}))).expect("mint");
     (tollgate, idp, token, dir)
 }
@@ -538,19 +542,8 @@ async fn a_hostile_identity_provider_costs_bounded_work_and_answers_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_trickling_its_request_head_is_cut_off() {
-    let key = rsa("k1");
-    let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
-        .await
-        .expect("idp");
-    let iss = idp.issuer();
-    let dir = tempfile::tempdir().expect("dir");
-    write_policy(dir.path(), "p.yaml", &policy_yaml("orders", &iss, ""));
-    let tollgate = Tollgate::start(
-        dir.path(),
-        &["--http-addr", "127.0.0.1:0", "--http-header-timeout", "1s"],
-    );
+    let (tollgate, _idp, token, _dir) = serving_with(&["--http-header-timeout", "1s"]).await;
     let addr = tollgate.http.expect("http addr");
-    let token = key.mint(&claims(&iss, json!({}))).expect("mint");
     let slow = tokio::task::spawn_blocking(move || {
         let mut stream = std::net::TcpStream::connect(addr).expect("connect");
         stream
