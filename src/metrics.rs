@@ -38,6 +38,12 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    listener: &'static str,
+    outcome: &'static str,
+}
+
 /// All metrics of one process.
 pub struct Metrics {
     registry: Registry,
@@ -47,6 +53,7 @@ pub struct Metrics {
     policies: Gauge,
     policy_problems: Gauge,
     reload_duration: Histogram,
+    handshakes: Family<HandshakeLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -103,6 +110,12 @@ impl Metrics {
             "Policy documents that failed to parse or compile in the last reload",
             policy_problems.clone(),
         );
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on a listener by outcome (ok, refused, timeout)",
+            handshakes.clone(),
+        );
         if let Some(sources) = sources {
             registry.register_collector(Box::new(SourceCollector { sources }));
         }
@@ -117,6 +130,7 @@ impl Metrics {
             policies,
             policy_problems,
             reload_duration,
+            handshakes,
         })
     }
 
@@ -142,6 +156,13 @@ impl Metrics {
         self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
         self.reload_duration.observe(duration.as_secs_f64());
         self.set_policies(policies, problems);
+    }
+
+    /// Counts a TLS handshake on `listener` (`ok`, `refused`, `timeout`).
+    pub fn tls_handshake(&self, listener: &'static str, outcome: &'static str) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels { listener, outcome })
+            .inc();
     }
 
     /// Sets the policy gauges (served policies, policies with problems).

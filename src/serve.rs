@@ -216,7 +216,7 @@ pub async fn run(
     let grpc: BoxedServer = match grpc_tls {
         Some(tls) => {
             tracing::info!(mutual = tls.mutual(), "gRPC listener uses TLS");
-            let incoming = tls::incoming(grpc_listener, tls, stop_rx.clone());
+            let incoming = tls::incoming(grpc_listener, tls, metrics.clone(), stop_rx.clone());
             Box::pin(router.serve_with_incoming_shutdown(incoming, wait_stop(stop_rx.clone())))
         }
         None => Box::pin(router.serve_with_incoming_shutdown(

@@ -248,6 +248,7 @@ impl AsyncWrite for TlsConnection {
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
+    metrics: Arc<crate::metrics::Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> ReceiverStream<io::Result<TlsConnection>> {
     let (tx, rx) = mpsc::channel(64);
@@ -274,19 +275,23 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = tls.acceptor();
             let tx = tx.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                 drop(permit);
                 match handshake {
                     Ok(Ok(stream)) => {
+                        metrics.tls_handshake("grpc", "ok");
                         let _ = tx.send(Ok(TlsConnection { stream })).await;
                     }
                     Ok(Err(error)) => {
+                        metrics.tls_handshake("grpc", "refused");
                         if let Some(suppressed_before) = crate::telemetry::admit_connection_line() {
                             tracing::info!(%peer, %error, suppressed_before, "TLS handshake refused");
                         }
                     }
                     Err(_) => {
+                        metrics.tls_handshake("grpc", "timeout");
                         if let Some(suppressed_before) = crate::telemetry::admit_connection_line() {
                             tracing::info!(%peer, suppressed_before, "TLS handshake timed out");
                         }

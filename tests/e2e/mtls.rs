@@ -251,6 +251,18 @@ async fn mutual_tls_between_envoy_and_tollgate() {
     let answer = get(envoy.port, "/orders/1", &[("authorization", &good)]).await;
     assert_eq!(answer.status, 403, "{}", answer.body);
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let metrics = tollgate.metrics();
+    let refused = metric(
+        &metrics,
+        "tollgate_tls_handshakes_total{listener=\"grpc\",outcome=\"refused\"}",
+    )
+    .unwrap_or(0.0);
+    let ok = metric(
+        &metrics,
+        "tollgate_tls_handshakes_total{listener=\"grpc\",outcome=\"ok\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(refused >= 3.0 && ok >= 2.0, "{metrics}");
     assert!(
         tollgate
             .log_events("TLS handshake refused")
