@@ -55,20 +55,10 @@ struct LogLimiter {
 
 static START: OnceLock<Instant> = OnceLock::new();
 
-static DENIAL_LINES: LogLimiter = LogLimiter {
-    limit: AtomicU64::new(DEFAULT_DENIAL_LOG_LIMIT),
-    window: AtomicU64::new(0),
-    in_window: AtomicU64::new(0),
-    suppressed: AtomicU64::new(0),
-};
+static DENIAL_LINES: LogLimiter = LogLimiter::new(DEFAULT_DENIAL_LOG_LIMIT);
 
 /// Refused TLS handshakes: a scanner or a misconfigured client must not flood the log either.
-static CONNECTION_LINES: LogLimiter = LogLimiter {
-    limit: AtomicU64::new(10),
-    window: AtomicU64::new(0),
-    in_window: AtomicU64::new(0),
-    suppressed: AtomicU64::new(0),
-};
+static CONNECTION_LINES: LogLimiter = LogLimiter::new(10);
 
 /// `Some(lines suppressed since the last one)` if a connection-level line (a refused TLS
 /// handshake) may be logged now: at most 10 per second.
@@ -84,6 +74,15 @@ pub fn set_denial_log_limit(lines_per_second: u64) {
 }
 
 impl LogLimiter {
+    const fn new(lines_per_second: u64) -> Self {
+        LogLimiter {
+            limit: AtomicU64::new(lines_per_second),
+            window: AtomicU64::new(0),
+            in_window: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
     /// `Some(lines suppressed since the last one logged)` if this line may be logged.
     fn admit(&self) -> Option<u64> {
         let limit = self.limit.load(Ordering::Relaxed);

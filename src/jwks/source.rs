@@ -308,13 +308,14 @@ impl KeySource {
     fn stale_for(&self, now: SystemTime) -> Option<Duration> {
         // Fixed sources never go stale.
         self.fetcher.as_ref()?;
-        let fresh_at = self.fresh_at.load(Ordering::Relaxed);
-        let age = Duration::from_secs(
-            now.duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-                .saturating_sub(fresh_at),
-        );
+        let age = self.age(now);
         (age > self.settings.max_staleness).then_some(age)
+    }
+
+    /// Time since the last successful fetch (whole seconds).
+    fn age(&self, now: SystemTime) -> Duration {
+        let fresh_at = self.fresh_at.load(Ordering::Relaxed);
+        Duration::from_secs(unix_secs(now).saturating_sub(fresh_at))
     }
 
     /// The version of the keys usable at `now` (see [`Self::usable`]), for the verified-token
@@ -387,11 +388,7 @@ impl KeySource {
                     status.last_success = Some(now);
                     status.last_error = None;
                     status.fetches_ok += 1;
-                    self.fresh_at.store(
-                        now.duration_since(SystemTime::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_secs()),
-                        Ordering::Relaxed,
-                    );
+                    self.fresh_at.store(unix_secs(now), Ordering::Relaxed);
                 }
                 Err(error) => {
                     status.last_error = Some(error.to_string());
@@ -422,12 +419,7 @@ impl KeySource {
                 Err(error) => {
                     let have_keys = self.keys.load().is_some();
                     let now = SystemTime::now();
-                    let age = have_keys.then(|| {
-                        let fresh_at = self.fresh_at.load(Ordering::Relaxed);
-                        now.duration_since(SystemTime::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_secs())
-                            .saturating_sub(fresh_at)
-                    });
+                    let age = have_keys.then(|| self.age(now).as_secs());
                     let stale = self.stale_for(now).is_some();
                     tracing::warn!(source = %self.id, %error, keeping_last_good_keys = have_keys && !stale,
                         keys_age_seconds = age, max_staleness_seconds = self.settings.max_staleness.as_secs(),
@@ -512,6 +504,11 @@ impl KeySource {
             Err(_) => Refetch::Failed,
         }
     }
+}
+
+fn unix_secs(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn unreachable_fixed() -> ! {
