@@ -208,26 +208,16 @@ fn judge(request: &CheckRequest) -> Decision {
 
 /// A check request for `path` with these headers, as Envoy sends it.
 pub fn request(path: &str, headers: &[(&str, &str)]) -> CheckRequest {
-    use tollgate::proto::auth::AttributeContext;
-    use tollgate::proto::auth::attribute_context::{HttpRequest, Request};
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    host: HOST.into(),
-                    path: path.into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    tollgate::client::check_request(&tollgate::client::Probe {
+        host: HOST.into(),
+        path: path.into(),
+        method: "GET".into(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    })
 }
 
 /// `token`: the input as a bearer token (JWS or JWE) on a protected path.
