@@ -153,7 +153,9 @@ pub async fn run(
             );
             spawn_policy_gauges(metrics.clone(), views.clone());
             if let Some(webhook_config) = config.webhook.clone() {
-                webhook = Some(spawn_webhook(webhook_config, views, stop_rx.clone()).await?);
+                webhook = Some(
+                    spawn_webhook(webhook_config, views, metrics.clone(), stop_rx.clone()).await?,
+                );
             }
             index.abort_handle()
         }
@@ -216,7 +218,8 @@ pub async fn run(
     let grpc: BoxedServer = match grpc_tls {
         Some(tls) => {
             tracing::info!(mutual = tls.mutual(), "gRPC listener uses TLS");
-            let incoming = tls::incoming(grpc_listener, tls, metrics.clone(), stop_rx.clone());
+            let incoming =
+                tls::incoming(grpc_listener, tls, "grpc", metrics.clone(), stop_rx.clone());
             Box::pin(router.serve_with_incoming_shutdown(incoming, wait_stop(stop_rx.clone())))
         }
         None => Box::pin(router.serve_with_incoming_shutdown(

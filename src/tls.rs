@@ -6,9 +6,9 @@
 //! configuration and says why in the log. Each accepted connection uses the configuration current
 //! at its handshake.
 //!
-//! [`incoming`] turns a TCP listener into a stream of TLS connections for tonic: handshakes run
-//! on their own tasks, bounded in number and in time, so a slow or silent client cannot stall
-//! the accept loop.
+//! [`incoming`] turns a TCP listener into a stream of TLS connections (for the gRPC server and
+//! the admission webhook): handshakes run on their own tasks, bounded in number and in time, so
+//! a slow or silent client cannot stall the accept loop.
 
 use std::io;
 use std::path::PathBuf;
@@ -248,6 +248,7 @@ impl AsyncWrite for TlsConnection {
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<ReloadingTls>,
+    name: &'static str,
     metrics: Arc<crate::metrics::Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> ReceiverStream<io::Result<TlsConnection>> {
@@ -266,7 +267,7 @@ pub fn incoming(
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors and the like: wait a little rather than spin.
-                    tracing::warn!(%error, "accepting a gRPC connection failed");
+                    tracing::warn!(listener = name, %error, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -281,19 +282,19 @@ pub fn incoming(
                 drop(permit);
                 match handshake {
                     Ok(Ok(stream)) => {
-                        metrics.tls_handshake("grpc", "ok");
+                        metrics.tls_handshake(name, "ok");
                         let _ = tx.send(Ok(TlsConnection { stream })).await;
                     }
                     Ok(Err(error)) => {
-                        metrics.tls_handshake("grpc", "refused");
+                        metrics.tls_handshake(name, "refused");
                         if let Some(suppressed_before) = crate::telemetry::admit_connection_line() {
-                            tracing::info!(%peer, %error, suppressed_before, "TLS handshake refused");
+                            tracing::info!(listener = name, %peer, %error, suppressed_before, "TLS handshake refused");
                         }
                     }
                     Err(_) => {
-                        metrics.tls_handshake("grpc", "timeout");
+                        metrics.tls_handshake(name, "timeout");
                         if let Some(suppressed_before) = crate::telemetry::admit_connection_line() {
-                            tracing::info!(%peer, suppressed_before, "TLS handshake timed out");
+                            tracing::info!(listener = name, %peer, suppressed_before, "TLS handshake timed out");
                         }
                     }
                 }

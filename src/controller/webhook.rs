@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -19,11 +18,13 @@ use kube::api::DynamicObject;
 use kube::core::admission::AdmissionReview;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
 
 use super::admission;
 use super::index::IndexView;
 use crate::jwks::KeySources;
-use crate::tls::{ReloadingTls, TlsFiles};
+use crate::metrics::Metrics;
+use crate::tls::{self, ReloadingTls, TlsFiles};
 
 /// Where the webhook listens and its certificate files (PEM).
 #[derive(Clone, Debug)]
@@ -57,7 +58,8 @@ async fn validate(
 pub async fn spawn_webhook(
     config: WebhookConfig,
     views: watch::Receiver<Arc<IndexView>>,
-    mut shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<SocketAddr> {
     let tls = ReloadingTls::start(
         TlsFiles {
@@ -78,25 +80,14 @@ pub async fn spawn_webhook(
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(WebhookState { views, key_sources });
 
+    // Handshakes bounded in number and time, as on the gRPC listener.
+    let mut connections = tls::incoming(listener, tls, "webhook", metrics, shutdown);
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            };
-            let Ok((stream, _)) = accepted else { continue };
-            let acceptor = tls.acceptor();
-            let app = app.clone();
+        while let Some(Ok(connection)) = connections.next().await {
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
             tokio::spawn(async move {
-                let Ok(tls) =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
-                else {
-                    return;
-                };
-                let Ok(tls) = tls else { return };
-                let service = hyper_util::service::TowerToHyperService::new(app);
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
+                    .serve_connection(TokioIo::new(connection), service)
                     .await;
             });
         }
