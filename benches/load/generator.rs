@@ -147,15 +147,18 @@ pub enum Client {
     Http2(hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>),
 }
 
+/// One gRPC connection, for drivers that send with [`check`] and judge answers themselves.
+pub async fn connect_grpc(addr: SocketAddr) -> anyhow::Result<tonic::client::Grpc<Channel>> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(tonic::client::Grpc::new(channel))
+}
+
 pub async fn connect(protocol: Protocol, addr: SocketAddr) -> anyhow::Result<Client> {
     Ok(match protocol {
-        Protocol::Grpc => {
-            let channel = Endpoint::from_shared(format!("http://{addr}"))?
-                .tcp_nodelay(true)
-                .connect()
-                .await?;
-            Client::Grpc(tonic::client::Grpc::new(channel))
-        }
+        Protocol::Grpc => Client::Grpc(connect_grpc(addr).await?),
         Protocol::Http2 => {
             let tcp = tokio::net::TcpStream::connect(addr).await?;
             tcp.set_nodelay(true)?;

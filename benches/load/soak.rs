@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use tollgate::local_issuer::server::IdpServer;
 use tollgate::local_issuer::{SigningKey, jwks, now_secs};
 
-use crate::generator::{self, Client, Protocol};
+use crate::generator;
 use crate::servers;
 use crate::workload::{AUDIENCE, HOST};
 
@@ -302,10 +302,7 @@ pub async fn run(seconds: u64, rate: u64, out: &Path) -> anyhow::Result<SoakRepo
     let deadline = start + Duration::from_secs(seconds);
     let mut load = Vec::new();
     for t in 0..tasks {
-        let Client::Grpc(mut client) = generator::connect(Protocol::Grpc, tollgate.addr).await?
-        else {
-            anyhow::bail!("a gRPC client was asked for");
-        };
+        let mut client = generator::connect_grpc(tollgate.addr).await?;
         let (current, toggles, tally, histogram) = (
             current.clone(),
             toggles.clone(),
@@ -385,9 +382,7 @@ pub async fn run(seconds: u64, rate: u64, out: &Path) -> anyhow::Result<SoakRepo
     // The events, one per tick, in a fixed cycle.
     let tick = Duration::from_secs(3);
     let mut events = Vec::new();
-    let Client::Grpc(mut probe) = generator::connect(Protocol::Grpc, tollgate.addr).await? else {
-        anyhow::bail!("a gRPC client was asked for");
-    };
+    let mut probe = generator::connect_grpc(tollgate.addr).await?;
     let mut accepts = false;
     let mut probes = 0usize;
     let mut step = 0usize;
