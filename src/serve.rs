@@ -242,12 +242,13 @@ pub async fn run(
         .with_graceful_shutdown(wait_stop(stop_rx.clone()));
 
     let servers = async {
-        tokio::join!(grpc, async { admin.await }, async {
+        // The forward-auth listener handles its own connection errors; it ends without one.
+        let (grpc, admin, ()) = tokio::join!(grpc, async { admin.await }, async {
             if let Some(server) = http {
                 server.await;
             }
-            Ok::<(), std::io::Error>(())
-        })
+        });
+        (grpc, admin)
     };
     // After the stop signal, the servers refuse new connections and finish what is in flight;
     // past the drain timeout, whatever is left is cut.
@@ -255,18 +256,17 @@ pub async fn run(
         wait_stop(stop_rx.clone()).await;
         tokio::time::sleep(config.drain_timeout).await;
     };
-    let (grpc_result, admin_result, http_result) = tokio::select! {
+    let (grpc_result, admin_result) = tokio::select! {
         results = servers => results,
         () = drain_deadline => {
             tracing::warn!(drain_timeout = ?config.drain_timeout,
                 "drain timeout reached: closing the connections still open");
-            (Ok(()), Ok(()), Ok(()))
+            (Ok(()), Ok(()))
         }
     };
     watch.abort();
     grpc_result.context("gRPC server")?;
     admin_result.context("admin server")?;
-    http_result.context("HTTP forward-auth server")?;
     tracing::info!("stopped");
     Ok(())
 }
