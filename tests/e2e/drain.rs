@@ -36,13 +36,7 @@ async fn slow_introspection(delay: Duration) -> (String, Arc<AtomicU64>) {
             },
         ),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (addr, _) = serve_app(app).await;
     (format!("http://{addr}/introspect"), calls)
 }
 

@@ -40,13 +40,7 @@ pub async fn counting_echo_upstream() -> (
             axum::Json(map)
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (addr, task) = serve_app(app).await;
     (addr, hits, task)
 }
 

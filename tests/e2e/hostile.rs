@@ -393,7 +393,8 @@ async fn hostile_idp() -> (String, Arc<AtomicU64>, Arc<AtomicU64>) {
         .route(
             "/bounce/jwks",
             get(|| async { Redirect::temporary("http://169.254.169.254/latest/meta-data/") }),
-        )        .route(
+        )
+        .route(
             "/slow/.well-known/openid-configuration",
             get(discovery("slow")),
         )
@@ -408,14 +409,11 @@ async fn hostile_idp() -> (String, Arc<AtomicU64>, Arc<AtomicU64>) {
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    // The discovery documents name the server's own address, known once it listens; no request
+    // can arrive before the address is handed out below.
+    let (addr, _) = serve_app(app).await;
+    let url = format!("http://{addr}");
     let _ = base.set(url.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
     (url, hits, slow_hits)
 }
 

@@ -285,13 +285,8 @@ async fn the_phantom_token_reaches_the_upstream_through_envoy() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let endpoint = format!("http://{}/introspect", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (addr, _) = serve_app(app).await;
+    let endpoint = format!("http://{addr}/introspect");
 
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(dir.path().join("gateway.secret"), "s").expect("write");

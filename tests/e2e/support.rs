@@ -347,6 +347,19 @@ pub fn metric(metrics: &str, prefix: &str) -> Option<f64> {
         .ok()
 }
 
+/// Serves `app` on a port of 127.0.0.1 chosen at run time, for as long as the test runs (or
+/// until the returned task is aborted).
+pub async fn serve_app(app: axum::Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, task)
+}
+
 /// A free port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
