@@ -176,8 +176,16 @@ pub async fn rebuild(
     })
 }
 
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "not met" }
+/// A target's name, the figure measured, and whether it was met (`None`: a figure reported,
+/// with no bound to meet).
+pub type Target = (String, String, Option<bool>);
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "not met",
+        None => "reported",
+    }
 }
 
 impl Report {
@@ -189,15 +197,30 @@ impl Report {
         self.envoy.iter().find(|r| r.name == name)
     }
 
+    /// Envoy with the ext_authz row `name` against Envoy with a trivial-allow ext_authz:
+    /// throughput at least `min` times the baseline.
+    fn envoy_ratio(&self, name: &str, min: f64, token: &str) -> Option<Target> {
+        let (t, base) = (
+            self.envoy_row(name)?,
+            self.envoy_row("ext_authz -> trivial allow")?,
+        );
+        let ratio = t.rate / base.rate;
+        Some((
+            format!("Envoy + ext_authz(tollgate) >= {min} x Envoy + ext_authz(trivial), {token}"),
+            format!("{:.0} vs {:.0} req/s: {ratio:.2}x", t.rate, base.rate),
+            Some(ratio >= min),
+        ))
+    }
+
     /// Every target with its measured figure and ratio.
-    pub fn targets(&self) -> Vec<(String, String, bool)> {
+    pub fn targets(&self) -> Vec<Target> {
         let mut out = Vec::new();
         if let Some(a) = self.row("(a)") {
             let ratio = a.rate / a.baseline_rate;
             out.push((
                 "Cache-hit Check throughput >= 0.9 x trivial-allow baseline".into(),
                 format!("{:.0} vs {:.0} req/s: {ratio:.2}x", a.rate, a.baseline_rate),
-                ratio >= 0.9,
+                Some(ratio >= 0.9),
             ));
             out.push((
                 "Server CPU per cached check <= 30 us".into(),
@@ -205,7 +228,7 @@ impl Report {
                     "{:.1} us (baseline server {:.1} us)",
                     a.cpu_us, a.baseline_cpu_us
                 ),
-                a.cpu_us <= 30.0,
+                Some(a.cpu_us <= 30.0),
             ));
         }
         if let Some(b) = self.row("(b) a fresh RS256") {
@@ -219,12 +242,12 @@ impl Report {
                     self.verify_rs256_us,
                     b.cpu_us / (b.baseline_cpu_us + self.verify_rs256_us)
                 ),
-                b.cpu_us <= bound,
+                Some(b.cpu_us <= bound),
             ));
             out.push((
                 "Server CPU per uncached RS256 check <= 70 us".into(),
                 format!("{:.1} us", b.cpu_us),
-                b.cpu_us <= 70.0,
+                Some(b.cpu_us <= 70.0),
             ));
             if let Some(c) = self.row("(c) invalid") {
                 out.push((
@@ -235,7 +258,7 @@ impl Report {
                         b.cpu_us,
                         c.cpu_us / b.cpu_us
                     ),
-                    c.cpu_us <= b.cpu_us * 1.05,
+                    Some(c.cpu_us <= b.cpu_us * 1.05),
                 ));
             }
             if let Some(m) = self.row("(c) malformed") {
@@ -247,34 +270,12 @@ impl Report {
                         b.cpu_us,
                         m.cpu_us / b.cpu_us
                     ),
-                    m.cpu_us <= b.cpu_us * 0.6,
+                    Some(m.cpu_us <= b.cpu_us * 0.6),
                 ));
             }
         }
-        if let (Some(t), Some(base)) = (
-            self.envoy_row("ext_authz -> tollgate"),
-            self.envoy_row("ext_authz -> trivial allow"),
-        ) {
-            let ratio = t.rate / base.rate;
-            out.push((
-                "Envoy + ext_authz(tollgate) >= 0.95 x Envoy + ext_authz(trivial), cached token"
-                    .into(),
-                format!("{:.0} vs {:.0} req/s: {ratio:.2}x", t.rate, base.rate),
-                ratio >= 0.95,
-            ));
-        }
-        if let (Some(t), Some(base)) = (
-            self.envoy_row(crate::UNCACHED_ENVOY),
-            self.envoy_row("ext_authz -> trivial allow"),
-        ) {
-            let ratio = t.rate / base.rate;
-            out.push((
-                "Envoy + ext_authz(tollgate) >= 0.9 x Envoy + ext_authz(trivial), uncached RS256"
-                    .into(),
-                format!("{:.0} vs {:.0} req/s: {ratio:.2}x", t.rate, base.rate),
-                ratio >= 0.9,
-            ));
-        }
+        out.extend(self.envoy_ratio("ext_authz -> tollgate", 0.95, "cached token"));
+        out.extend(self.envoy_ratio(crate::UNCACHED_ENVOY, 0.9, "uncached RS256"));
         if let (Some(t), Some(jwt)) = (
             self.envoy_row("ext_authz -> tollgate"),
             self.envoy_row("jwt_authn (JWT cache on)"),
@@ -290,7 +291,7 @@ impl Report {
                     t.rate / jwt.rate,
                     recovered / jwt.rate
                 ),
-                true,
+                None,
             ));
         }
         if let Some(point) = self
@@ -301,7 +302,7 @@ impl Report {
             out.push((
                 "Open loop at 50% of the Envoy + tollgate maximum: p99 <= 1 ms".into(),
                 format!("{:.0} req/s: p99 {:.0} us", point.rate, point.p99_us),
-                point.p99_us <= 1000.0,
+                Some(point.p99_us <= 1000.0),
             ));
         }
         let rss_mib = self.memory_peak_kib as f64 / 1024.0;
@@ -316,13 +317,13 @@ impl Report {
                 self.memory_kib as f64 / 1024.0,
                 self.cache_weight / 1048576.0
             ),
-            rss_mib <= 128.0,
+            Some(rss_mib <= 128.0),
         ));
         let r = &self.rebuild;
         out.push((
             format!("Snapshot rebuild of {} policies <= 100 ms", r.policies),
             format!("{:.1} ms ({} reloads)", r.reload_ms, r.reloads),
-            r.reload_ms <= 100.0,
+            Some(r.reload_ms <= 100.0),
         ));
         out.push((
             "p99 during a rebuild within 2x of steady state".into(),
@@ -333,7 +334,7 @@ impl Report {
                 r.rate,
                 r.during_p99_us / r.steady_p99_us.max(1.0)
             ),
-            r.during_p99_us <= 2.0 * r.steady_p99_us,
+            Some(r.during_p99_us <= 2.0 * r.steady_p99_us),
         ));
         out
     }
@@ -421,12 +422,7 @@ impl Report {
         let _ = writeln!(s, "| target | measured | |");
         let _ = writeln!(s, "|---|---|---|");
         for (target, measured, met) in self.targets() {
-            let verdict = if target.ends_with("(reported)") {
-                "reported"
-            } else {
-                verdict(met)
-            };
-            let _ = writeln!(s, "| {target} | {measured} | {verdict} |");
+            let _ = writeln!(s, "| {target} | {measured} | {} |", verdict(met));
         }
         s
     }
