@@ -98,3 +98,15 @@ pub fn compile_with(
 pub fn mk_policy(name: &str, extra: &str) -> Arc<Policy> {
     Arc::new(try_compile(name, &spec_with(extra)).expect("policy compiles"))
 }
+
+/// Serves `app` on a port of 127.0.0.1 chosen at run time, for as long as the test runs.
+pub async fn serve(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}

@@ -183,13 +183,7 @@ async fn start() -> (String, Arc<Idp>) {
         .route("/introspect", post(introspect))
         .route("/userinfo", get(userinfo))
         .with_state(idp.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = crate::fixtures::serve(app).await;
     (format!("http://{addr}"), idp)
 }
 

@@ -332,17 +332,8 @@ mod tests {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = Url::parse(&format!(
-            "http://{}/keys",
-            listener.local_addr().expect("addr")
-        ))
-        .expect("url");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = crate::fixtures::serve(app).await;
+        let url = Url::parse(&format!("http://{addr}/keys")).expect("url");
         let fetcher = Fetcher::new(FetchSettings {
             max_concurrent: 3,
             ..FetchSettings::default()
