@@ -60,7 +60,7 @@ fn main() {
 
 async fn run(rounds: usize, measure: bool) {
     let key = SigningKey::rsa("k1", "RS256", 2048).expect("key");
-    let claims = json!({"iss": ISSUER, "sub": "alice", "aud": AUDIENCE, "scope": "orders.read",
+    let claims = json!({"iss": ISSUER, "sub": "user-1", "aud": AUDIENCE, "scope": "orders.read",
         "exp": now_secs() + 3600, "iat": now_secs()});
     let jwt = key.mint(&claims).expect("mint");
 

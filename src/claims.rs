@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn header_values() {
-        assert_eq!(header_value(&json!("alice")), Some("alice".into()));
+        assert_eq!(header_value(&json!("user-1")), Some("user-1".into()));
         assert_eq!(header_value(&json!(["a", "b", 3])), Some("a,b,3".into()));
         assert_eq!(header_value(&json!(42)), Some("42".into()));
         assert_eq!(header_value(&json!({"a": 1})), Some("{\"a\":1}".into()));

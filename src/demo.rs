@@ -87,7 +87,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     let policy_file = write_policy(dir.path(), &issuer)?;
 
     let now = now_secs();
-    let claims = |exp: i64, scp: &str| json!({"iss": issuer, "sub": "alice", "aud": AUDIENCE, "scp": scp, "iat": now - 60, "exp": exp});
+    let claims = |exp: i64, scp: &str| json!({"iss": issuer, "sub": "user-1", "aud": AUDIENCE, "scp": scp, "iat": now - 60, "exp": exp});
     let examples = vec![
         Example {
             title: "accepted: valid token with scope orders.read",

@@ -32,7 +32,7 @@ pub fn trusted_jwks() -> Value {
 /// Claims of a token that passes the default policy.
 pub fn good_claims() -> Value {
     let now = now_secs();
-    json!({"iss": ISSUER, "sub": "alice", "aud": AUDIENCE, "iat": now - 10, "exp": now + 600,
+    json!({"iss": ISSUER, "sub": "user-1", "aud": AUDIENCE, "iat": now - 10, "exp": now + 600,
         "scp": "orders.read orders.write", "roles": ["user"]})
 }
 

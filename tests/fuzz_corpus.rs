@@ -131,7 +131,7 @@ fn write_seeds() {
     // Far in the future, so the seeds stay valid.
     let exp = 4_102_444_800_i64; // 2100-01-01
     let claims = |extra: serde_json::Value| {
-        let mut c = json!({"iss": harness::ISSUER, "aud": harness::AUDIENCE, "sub": "alice",
+        let mut c = json!({"iss": harness::ISSUER, "aud": harness::AUDIENCE, "sub": "user-1",
             "scp": "fuzz.read", "iat": 1_700_000_000, "exp": exp});
         for (k, v) in extra.as_object().expect("object") {
             c[k] = v.clone();
@@ -156,7 +156,7 @@ fn write_seeds() {
     )
     .expect("encrypt");
     let dir_encrypted = tollgate::jwe::encrypt(
-        b"{\"sub\":\"alice\"}",
+        b"{\"sub\":\"user-1\"}",
         &jwe_key,
         KeyManagement::Dir,
         ContentEncryption::A128CbcHs256,

@@ -65,7 +65,7 @@ async fn allow_carries_headers_and_claims_metadata() {
     let header = ok.headers[0].header.as_ref().expect("header");
     assert_eq!(
         (header.key.as_str(), header.value.as_str()),
-        ("x-user-id", "alice")
+        ("x-user-id", "user-1")
     );
     assert_eq!(
         ok.headers[0].append_action,
@@ -81,7 +81,7 @@ async fn allow_carries_headers_and_claims_metadata() {
     };
     assert_eq!(
         claims.fields["sub"].kind,
-        Some(Kind::StringValue("alice".into()))
+        Some(Kind::StringValue("user-1".into()))
     );
 }
 
@@ -265,7 +265,7 @@ async fn the_trace_header_returns_the_trace_only_with_the_secret() {
 #[test]
 fn cached_claims_give_the_same_metadata_as_parsed_ones() {
     let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_value(
-        serde_json::json!({"sub": "alice", "n": 3, "neg": -2, "f": 1.5, "ok": true, "none": null,
+        serde_json::json!({"sub": "user-1", "n": 3, "neg": -2, "f": 1.5, "ok": true, "none": null,
             "roles": ["a", "b"], "nested": {"deep": [1, {"x": "y"}]}, "esc": "q\"\\u00e9"}),
     )
     .expect("claims");

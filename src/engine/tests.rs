@@ -102,7 +102,7 @@ async fn a_valid_token_is_allowed_with_forward_headers() {
     assert!(
         allow
             .headers_to_set
-            .contains(&("x-user-id".into(), "alice".into()))
+            .contains(&("x-user-id".into(), "user-1".into()))
     );
     // The token has no email: the client's own x-email must not reach the upstream.
     assert_eq!(allow.headers_to_remove, ["x-email"]);
@@ -115,8 +115,11 @@ async fn a_valid_token_is_allowed_with_forward_headers() {
         .clone();
     let decoded: serde_json::Value =
         serde_json::from_slice(&B64.decode(payload).expect("b64")).expect("json");
-    assert_eq!(decoded["sub"], "alice");
-    assert_eq!(allow.claims.as_ref().expect("claims").map()["sub"], "alice");
+    assert_eq!(decoded["sub"], "user-1");
+    assert_eq!(
+        allow.claims.as_ref().expect("claims").map()["sub"],
+        "user-1"
+    );
     assert_eq!(allow.issuer.as_deref(), Some(ISSUER));
 }
 

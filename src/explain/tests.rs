@@ -28,7 +28,7 @@ fn at() -> SystemTime {
 
 fn claims(changes: Value) -> Value {
     let at = AT as i64;
-    let mut claims = json!({"iss": ISSUER, "sub": "alice", "aud": AUDIENCE, "iat": at - 60,
+    let mut claims = json!({"iss": ISSUER, "sub": "user-1", "aud": AUDIENCE, "iat": at - 60,
         "exp": at + 3600, "scp": "orders.read", "roles": ["user"]});
     for (k, v) in changes.as_object().expect("object") {
         if v.is_null() {

@@ -99,7 +99,7 @@ async fn traefik_and_nginx_headers_describe_the_request() {
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
-    assert_eq!(answer.header("x-user-id"), Some("alice"));
+    assert_eq!(answer.header("x-user-id"), Some("user-1"));
     assert_eq!(answer.header("authorization"), Some(auth_header.as_str()));
 
     // nginx auth_request: a client's own X-Forwarded-Uri naming the anonymous path does not

@@ -35,7 +35,7 @@ fn answer(claims: Value) -> Response {
 }
 
 fn active(extra: Value) -> Value {
-    let mut claims = json!({"active": true, "iss": ISSUER, "sub": "alice", "aud": AUDIENCE,
+    let mut claims = json!({"active": true, "iss": ISSUER, "sub": "user-1", "aud": AUDIENCE,
         "exp": now_secs() + 600, "scope": "orders.read", "client_id": "web"});
     for (k, v) in extra.as_object().expect("object") {
         claims[k] = v.clone();
@@ -100,7 +100,7 @@ async fn introspect(
             .into_response(),
         "inactive" => answer(json!({"active": false})),
         "phantom" => answer(active(
-            json!({"jwt": RSA.mint(&claims_with(json!({"sub": "alice-from-jwt"}))).expect("mint")}),
+            json!({"jwt": RSA.mint(&claims_with(json!({"sub": "user-1-from-jwt"}))).expect("mint")}),
         )),
         "badphantom" => answer(active(
             json!({"jwt": ROGUE.mint(&good_claims()).expect("mint")}),
@@ -113,7 +113,7 @@ async fn introspect(
             answer(active(json!({})))
         }
         "garbage" => (StatusCode::OK, "<html>not json</html>").into_response(),
-        "noactive" => answer(json!({"sub": "alice"})),
+        "noactive" => answer(json!({"sub": "user-1"})),
         "stringactive" => answer(json!({"active": "true"})),
         "huge" => answer(json!({"active": true, "pad": "x".repeat(2 * 1024 * 1024)})),
         // application/jwt (Curity): the body is the JWT; 204 is inactive.
@@ -166,9 +166,9 @@ async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Response {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
-        Some("Bearer known") => {
-            answer(json!({"iss": ISSUER, "sub": "alice", "aud": AUDIENCE, "exp": now_secs() + 600}))
-        }
+        Some("Bearer known") => answer(
+            json!({"iss": ISSUER, "sub": "user-1", "aud": AUDIENCE, "exp": now_secs() + 600}),
+        ),
         _ => StatusCode::UNAUTHORIZED.into_response(),
     }
 }
@@ -256,7 +256,7 @@ async fn an_active_opaque_token_is_allowed_and_cached() {
     let s = setup(json!({})).await;
     let decision = s.check("active-1").await;
     assert_eq!(outcome(&decision), (200, Reason::Valid));
-    assert_eq!(set_header(&decision, "x-user-id"), Some("alice"));
+    assert_eq!(set_header(&decision, "x-user-id"), Some("user-1"));
     assert_eq!(
         set_header(&decision, "authorization"),
         None,
@@ -457,7 +457,7 @@ async fn the_phantom_token_replaces_the_opaque_one_after_verification() {
     assert!(forwarded.starts_with("Bearer ey"), "{forwarded}");
     assert_eq!(
         set_header(&decision, "x-user-id"),
-        Some("alice-from-jwt"),
+        Some("user-1-from-jwt"),
         "claims come from the verified JWT"
     );
     assert_eq!(

@@ -177,7 +177,7 @@ fn every_failure_has_its_reason() {
             "tampered payload",
             {
                 let t = mint(&RSA, &good);
-                let other = mint(&RSA, &claims_with(json!({"sub": "mallory"})));
+                let other = mint(&RSA, &claims_with(json!({"sub": "forged-user"})));
                 let parts: Vec<&str> = t.split('.').collect();
                 let other_parts: Vec<&str> = other.split('.').collect();
                 format!("{}.{}.{}", parts[0], other_parts[1], parts[2])

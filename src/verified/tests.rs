@@ -13,7 +13,7 @@ fn limits(max_entries: usize, max_bytes: u64) -> CacheLimits {
 }
 
 fn claims(exp: f64) -> Arc<Claims> {
-    let value = json!({"iss": ISSUER, "sub": "alice", "aud": AUDIENCE, "exp": exp, "iat": 1000});
+    let value = json!({"iss": ISSUER, "sub": "user-1", "aud": AUDIENCE, "exp": exp, "iat": 1000});
     Arc::new(serde_json::from_value(value).expect("claims"))
 }
 

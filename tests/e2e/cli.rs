@@ -35,7 +35,7 @@ fn demo_shows_one_token_accepted_and_one_rejected() {
     );
     assert!(stdout.contains("── accepted: valid token with scope orders.read ──\nGET https://api.example.com/orders/42"), "{stdout}");
     assert!(
-        stdout.contains("  ALLOW\n    set header     x-user-id: alice"),
+        stdout.contains("  ALLOW\n    set header     x-user-id: user-1"),
         "{stdout}"
     );
     assert!(stdout.contains("  DENY 401\n"), "{stdout}");

@@ -265,14 +265,14 @@ async fn envoy_ext_authz_end_to_end() {
     let answer = get(
         port,
         "/orders/7",
-        &[("authorization", &bearer), ("x-user-id", "mallory")],
+        &[("authorization", &bearer), ("x-user-id", "forged-user")],
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let seen = answer.json();
-    assert_eq!(seen["x-user-id"], "alice");
+    assert_eq!(seen["x-user-id"], "user-1");
     assert_eq!(
-        seen["x-meta-sub"], "alice",
+        seen["x-meta-sub"], "user-1",
         "claims reach Envoy as dynamic metadata"
     );
     assert!(

@@ -275,7 +275,7 @@ async fn the_phantom_token_reaches_the_upstream_through_envoy() {
             async move {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let active = body.contains("token=opaque-");
-                let claims = json!({"iss": issuer, "sub": "alice", "aud": RESOURCE_OPAQUE, "scope": "orders.read",
+                let claims = json!({"iss": issuer, "sub": "user-1", "aud": RESOURCE_OPAQUE, "scope": "orders.read",
                     "client_id": "web", "exp": now_secs() + 600, "iat": now_secs()});
                 let jwt = key.mint(&claims).expect("mint");
                 let mut answer = claims.clone();

@@ -149,14 +149,14 @@ async fn nginx_auth_request_end_to_end() {
         "/orders/7",
         vec![
             ("authorization", bearer.clone()),
-            ("x-user-id", "mallory".into()),
+            ("x-user-id", "forged-user".into()),
         ],
     )
     .await;
     assert_eq!(answer.status, 200, "{}\n{}", answer.body, nginx.error_log());
     let seen = upstream_saw(&answer);
     assert_eq!(
-        seen["x-user-id"], "alice",
+        seen["x-user-id"], "user-1",
         "the claim replaces the client's own header"
     );
     assert_eq!(seen["authorization"], bearer.as_str());
@@ -198,7 +198,7 @@ async fn nginx_auth_request_end_to_end() {
     assert_eq!(answer.status, 401, "spoofed path: {}", answer.body);
     assert_eq!(answer.challenge(), "Bearer realm=\"api.example.com\"");
     // The real anonymous path needs no token, and a client cannot smuggle an identity through it.
-    let answer = get("/orders/healthz", vec![("x-user-id", "mallory".into())]).await;
+    let answer = get("/orders/healthz", vec![("x-user-id", "forged-user".into())]).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert!(upstream_saw(&answer).get("x-user-id").is_none());
     // Dot segments (plain or percent-encoded) cannot walk out of the anonymous path: tollgate
@@ -266,7 +266,7 @@ async fn traefik_forward_auth_header_contract() {
         .await
         .expect("auth");
     assert_eq!(ok.status(), 200);
-    assert_eq!(ok.headers()["x-user-id"], "alice");
+    assert_eq!(ok.headers()["x-user-id"], "user-1");
     let denied = forward_auth(http, "/orders/7", None).await.expect("auth");
     assert_eq!(denied.status(), 401);
     assert_eq!(

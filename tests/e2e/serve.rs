@@ -49,7 +49,7 @@ async fn valid_and_invalid_tokens_over_grpc() {
         .filter_map(|h| h.header.as_ref())
         .map(|h| (h.key.clone(), h.value.clone()))
         .collect();
-    assert_eq!(set, [("x-user-id".to_string(), "alice".to_string())]);
+    assert_eq!(set, [("x-user-id".to_string(), "user-1".to_string())]);
     let metadata = response.dynamic_metadata.as_ref().expect("metadata");
     assert!(metadata.fields.contains_key("claims"));
 

@@ -268,7 +268,7 @@ pub fn policy_yaml(name: &str, issuer: &str, spec_extra: &str) -> String {
 /// Claims that pass `policy_yaml` policies.
 pub fn claims(issuer: &str, extra: Value) -> Value {
     let now = tollgate::local_issuer::now_secs();
-    let mut c = json!({"iss": issuer, "sub": "alice", "aud": AUDIENCE, "iat": now - 5, "exp": now + 600, "scp": "orders.read"});
+    let mut c = json!({"iss": issuer, "sub": "user-1", "aud": AUDIENCE, "iat": now - 5, "exp": now + 600, "scp": "orders.read"});
     for (k, v) in extra.as_object().expect("object") {
         if v.is_null() {
             c.as_object_mut().expect("object").remove(k);

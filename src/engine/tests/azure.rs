@@ -67,9 +67,9 @@ fn v1_claims(tenant: &str) -> Value {
         "aud": "api://orders", "iss": format!("https://sts.windows.net/{tenant}/"),
         "iat": now - 60, "nbf": now - 60, "exp": now + 3600,
         "acr": "1", "aio": "E2ZgYDjn", "amr": ["pwd"], "appid": CALLER, "appidacr": "1",
-        "name": "Alice", "oid": "7f2a0e2c-2f63-4c1a-8b0a-51c0e0f6a0a1", "scp": "orders.read",
+        "name": "A User", "oid": "7f2a0e2c-2f63-4c1a-8b0a-51c0e0f6a0a1", "scp": "orders.read",
         "roles": ["Orders.Reader"], "sub": "l3_roISQU222bULS9yi2k0XpqpOiMz5H3ZACo1GeXA",
-        "tid": tenant, "unique_name": "alice@contoso.com", "ver": "1.0",
+        "tid": tenant, "unique_name": "user-1@contoso.com", "ver": "1.0",
     })
 }
 
@@ -78,8 +78,8 @@ fn v2_claims(base: &str, tenant: &str) -> Value {
     json!({
         "aud": API_CLIENT_ID, "iss": format!("{base}/{tenant}/v2.0"),
         "iat": now - 60, "nbf": now - 60, "exp": now + 3600,
-        "azp": CALLER, "azpacr": "1", "name": "Alice",
-        "oid": "7f2a0e2c-2f63-4c1a-8b0a-51c0e0f6a0a1", "preferred_username": "alice@contoso.com",
+        "azp": CALLER, "azpacr": "1", "name": "A User",
+        "oid": "7f2a0e2c-2f63-4c1a-8b0a-51c0e0f6a0a1", "preferred_username": "user-1@contoso.com",
         "rh": "0.AXEA", "scp": "orders.read", "roles": ["Orders.Reader"],
         "sub": "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "tid": tenant,
         "uti": "fqiBqXLPj0eQa82S-IYFAA", "ver": "2.0",

@@ -169,7 +169,7 @@ async fn a_nested_token_of_every_algorithm_pair_is_validated_like_any_other() {
                 let allow = allowed(&decision);
                 assert_eq!(
                     allow.claims.as_ref().expect("claims").map()["sub"],
-                    "alice",
+                    "user-1",
                     "{alg} {enc}"
                 );
                 pairs += 1;
@@ -338,7 +338,7 @@ async fn unsigned_encrypted_claims_pass_only_when_the_policy_says_so() {
     let decision = judge_token(&policy, &token).await;
     assert_eq!(
         allowed(&decision).claims.as_ref().expect("claims").map()["sub"],
-        "alice"
+        "user-1"
     );
 
     // The claims still meet every check: an expired one is refused.
