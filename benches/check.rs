@@ -144,12 +144,16 @@ async fn run(rounds: usize, measure: bool) {
         grpc_addr: "127.0.0.1:0".parse().expect("addr"),
         admin_addr: "127.0.0.1:0".parse().expect("addr"),
         default_action: DefaultAction::Deny,
+        delegations: tollgate::policy::HostDelegations::none(),
         fetch: FetchSettings::default(),
         refresh: RefreshSettings::default(),
         poll: Duration::from_secs(3600),
         webhook: None,
         http_addr: Some("127.0.0.1:0".parse().expect("addr")),
-        trusted_proxies: Vec::new(),
+        trusted_proxies: vec![(
+            "127.0.0.0/8".parse().expect("cidr"),
+            tollgate::http::Family::Nginx,
+        )],
         http_header_timeout: tollgate::http::listener::HEADER_READ_TIMEOUT,
         // Every JWT row verifies the token on each request; the cached path is measured by
         // `cargo bench --bench load` and `--bench stages`.
@@ -217,7 +221,7 @@ async fn run(rounds: usize, measure: bool) {
     let forward_auth = || {
         http.get(&auth_url)
             .header("host", "jwt.example")
-            .header("x-original-uri", "/")
+            .header("x-original-url", "https://jwt.example/")
             .header("x-original-method", "GET")
             .header("authorization", format!("Bearer {jwt}"))
             .send()

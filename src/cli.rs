@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,8 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::controller::watch::WatchOptions;
 use crate::controller::webhook::WebhookConfig;
 use crate::jwks::{FetchSettings, KeySources, RefreshSettings};
-use crate::policy::DefaultAction;
 use crate::policy::files::FileLoader;
+use crate::policy::{DefaultAction, HostDelegations, SnapshotSettings};
 use crate::serve::{self, PolicySource, ServeConfig};
 use crate::telemetry::{self, LogFormat};
 use crate::tls::TlsFiles;
@@ -38,6 +39,10 @@ pub enum Command {
         /// Policy files or directories of `*.yaml`/`*.yml`/`*.json` files.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// The host delegation file the servers use (`serve --host-delegations`), so host
+        /// ownership is checked as they check it.
+        #[arg(long, env = "TOLLGATE_HOST_DELEGATIONS")]
+        host_delegations: Option<PathBuf>,
     },
     /// Send one Check to a running ext_authz server and print the decision.
     Authorize(AuthorizeArgs),
@@ -120,8 +125,9 @@ pub struct ServeArgs {
     /// Traefik forwardAuth) on this address.
     #[arg(long, env = "TOLLGATE_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
-    /// Addresses (CIDRs) whose X-Original-* / X-Forwarded-* headers are believed; from others
-    /// they are ignored. Set it to the addresses of your proxies (the pod network).
+    /// Addresses (CIDRs) of the proxies allowed to call the forward-auth endpoint; calls from
+    /// anywhere else are refused (403 proxy_not_trusted). Set it to your proxies' addresses
+    /// (their pod network). `CIDR=nginx` or `CIDR=traefik` gives a network its own family.
     #[arg(
         long,
         env = "TOLLGATE_TRUSTED_PROXIES",
@@ -129,7 +135,14 @@ pub struct ServeArgs {
         default_value = crate::http::DEFAULT_TRUSTED_PROXIES,
         value_parser = crate::http::parse_trusted
     )]
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub trusted_proxies: Vec<crate::http::TrustedProxy>,
+    /// Which headers describe the original request on the forward-auth endpoint: `nginx`
+    /// (X-Original-URL and X-Original-Method, as auth_request with the example configuration
+    /// and ingress-nginx send them) or `traefik` (X-Forwarded-Method/-Proto/-Host/-Uri, as
+    /// forwardAuth sends them). Required with --http-addr unless every --trusted-proxies entry
+    /// names its family: it is never guessed from the request.
+    #[arg(long, env = "TOLLGATE_FORWARD_AUTH_FAMILY", value_enum)]
+    pub forward_auth_family: Option<crate::http::Family>,
     /// How long a forward-auth client may take to send a request's head; slower connections
     /// are closed.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -140,6 +153,11 @@ pub struct ServeArgs {
     /// What happens to requests no policy matches.
     #[arg(long, value_enum, default_value_t = DefaultAction::Deny)]
     pub default_action: DefaultAction,
+    /// A HostDelegations file: hosts a cluster operator gives to namespaces. A delegated host
+    /// belongs to its namespace whatever policies other namespaces create; other hosts belong
+    /// to the namespace of the oldest policy naming them (docs/security.md). Read at start.
+    #[arg(long, env = "TOLLGATE_HOST_DELEGATIONS")]
+    pub host_delegations: Option<PathBuf>,
     /// Timeout of each discovery/JWKS request.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub fetch_timeout: Duration,
@@ -302,12 +320,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 drain_timeout: args.drain_timeout,
                 webhook,
                 http_addr: args.http_addr,
-                trusted_proxies: args.trusted_proxies,
+                trusted_proxies: match args.http_addr {
+                    Some(_) => crate::http::resolve_families(
+                        &args.trusted_proxies,
+                        args.forward_auth_family,
+                    )
+                    .map_err(anyhow::Error::msg)?,
+                    None => Vec::new(),
+                },
                 http_header_timeout: args.http_header_timeout,
                 source,
                 grpc_addr: args.grpc_addr,
                 admin_addr: args.admin_addr,
                 default_action: args.default_action,
+                delegations: load_delegations(args.host_delegations.as_deref())?,
                 fetch: FetchSettings {
                     timeout: args.fetch_timeout,
                     ..FetchSettings::default()
@@ -330,7 +356,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             serve::run(config, serve::shutdown_signal(), |_, _| {}).await?;
             Ok(0)
         }
-        Command::CheckPolicy { paths } => check_policy(paths),
+        Command::CheckPolicy {
+            paths,
+            host_delegations,
+        } => check_policy(paths, host_delegations.as_deref()),
         Command::Authorize(args) => {
             let probe = client::Probe {
                 host: args.host,
@@ -424,18 +453,43 @@ async fn explain_run(args: ExplainArgs) -> anyhow::Result<i32> {
     Ok(if explanation.allowed() { 0 } else { 1 })
 }
 
-fn check_policy(paths: Vec<PathBuf>) -> anyhow::Result<i32> {
+/// Reads `--host-delegations` (none: ownership by age alone).
+fn load_delegations(path: Option<&std::path::Path>) -> anyhow::Result<Arc<HostDelegations>> {
+    Ok(match path {
+        Some(path) => Arc::new(HostDelegations::load(path)?),
+        None => HostDelegations::none(),
+    })
+}
+
+fn check_policy(paths: Vec<PathBuf>, delegations: Option<&std::path::Path>) -> anyhow::Result<i32> {
     for path in &paths {
         anyhow::ensure!(path.exists(), "{} does not exist", path.display());
     }
     let sources = KeySources::offline().context("creating the HTTP client")?;
-    let mut loader = FileLoader::new(paths, sources, DefaultAction::Deny);
+    let settings = SnapshotSettings {
+        default_action: DefaultAction::Deny,
+        delegations: load_delegations(delegations)?,
+    };
+    let mut loader = FileLoader::new(paths, sources, settings);
     let (snapshot, report) = loader.reload();
     for problem in &report.problems {
         println!("error: {}: {}", problem.location, problem.message);
     }
     for conflict in &report.conflicts {
         println!("error: policy {}: {conflict}", conflict.policy);
+    }
+    let mut warnings: Vec<String> = snapshot
+        .iter()
+        .flat_map(|s| s.policies())
+        .flat_map(|p| {
+            p.warnings
+                .iter()
+                .map(move |w| format!("warning: policy {}: {}: {}", p.id, w.field, w.message))
+        })
+        .collect();
+    warnings.sort();
+    for warning in &warnings {
+        println!("{warning}");
     }
     let mut ids: Vec<String> = snapshot
         .iter()

@@ -64,8 +64,11 @@ pub enum Reason {
     NoPolicy,
     /// The route names a policy (`tollgate.dev/policy`) that is not loaded.
     PolicyNotFound,
-    /// The check request itself is malformed (no HTTP attributes, bad path).
+    /// The check request itself is malformed (no HTTP attributes), or the request is one an
+    /// upstream could read in more than one way (its path, its method, its forwarded headers).
     RequestMalformed,
+    /// A forward-auth call from an address outside `--trusted-proxies` (403).
+    ProxyNotTrusted,
     /// Introspection answered that the token is not active (expired, revoked, unknown).
     TokenInactive,
     /// The introspection endpoint answered 503 or could not be reached (answers 503).
@@ -84,7 +87,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 33] = [
+    pub const ALL: [Reason; 34] = [
         Reason::Valid,
         Reason::Anonymous,
         Reason::DefaultAllow,
@@ -111,6 +114,7 @@ impl Reason {
         Reason::NoPolicy,
         Reason::PolicyNotFound,
         Reason::RequestMalformed,
+        Reason::ProxyNotTrusted,
         Reason::TokenInactive,
         Reason::IntrospectionUnavailable,
         Reason::IntrospectionTimeout,
@@ -149,6 +153,7 @@ impl Reason {
             Reason::NoPolicy => "no_policy",
             Reason::PolicyNotFound => "policy_not_found",
             Reason::RequestMalformed => "request_malformed",
+            Reason::ProxyNotTrusted => "proxy_not_trusted",
             Reason::TokenInactive => "token_inactive",
             Reason::IntrospectionUnavailable => "introspection_unavailable",
             Reason::IntrospectionTimeout => "introspection_timeout",
@@ -167,6 +172,7 @@ impl Reason {
             Reason::RequestMalformed => Some("invalid_request"),
             Reason::NoPolicy
             | Reason::PolicyNotFound
+            | Reason::ProxyNotTrusted
             | Reason::IssuerUnavailable
             | Reason::IntrospectionUnavailable
             | Reason::IntrospectionTimeout
@@ -187,6 +193,7 @@ impl Reason {
                 | Reason::DefaultAllow
                 | Reason::NoPolicy
                 | Reason::PolicyNotFound
+                | Reason::ProxyNotTrusted
                 | Reason::IssuerUnavailable
                 | Reason::IntrospectionUnavailable
                 | Reason::IntrospectionTimeout
@@ -236,6 +243,23 @@ impl Decision {
             Decision::Allow(a) => a.trace.as_ref(),
             Decision::Deny(d) => d.trace.as_ref(),
         }
+    }
+
+    /// The path as judged, when the request got that far.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            Decision::Allow(a) => a.path.as_deref(),
+            Decision::Deny(d) => d.path.as_deref(),
+        }
+    }
+
+    /// Records the path as judged.
+    pub fn with_path(mut self, path: String) -> Self {
+        match &mut self {
+            Decision::Allow(a) => a.path = Some(path),
+            Decision::Deny(d) => d.path = Some(path),
+        }
+        self
     }
 
     /// Attaches a trace (if it recorded anything).
@@ -298,6 +322,8 @@ pub struct Allow {
     pub issuer: Option<String>,
     /// Every check the request went through, when tracing was on.
     pub trace: Option<Arc<Trace>>,
+    /// The path as judged (see `route::read_path`), once it could be read.
+    pub path: Option<String>,
 }
 
 /// A denied request and the HTTP answer the client receives.
@@ -319,6 +345,8 @@ pub struct Deny {
     pub token_id: Option<String>,
     /// Every check the request went through, when tracing was on.
     pub trace: Option<Arc<Trace>>,
+    /// The path as judged (see `route::read_path`), once it could be read.
+    pub path: Option<String>,
 }
 
 #[cfg(test)]

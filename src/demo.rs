@@ -114,6 +114,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         grpc_addr: options.grpc_addr,
         admin_addr: options.admin_addr,
         default_action: DefaultAction::Deny,
+        delegations: crate::policy::HostDelegations::none(),
         fetch: FetchSettings::default(),
         refresh: RefreshSettings::default(),
         poll: Duration::from_secs(5),

@@ -21,9 +21,9 @@ use crate::introspect::{self, Answer, IntrospectError, Introspector, Raw};
 use crate::jose::{self, B64, Claims, JoseError};
 use crate::jwe::{self, JweError};
 use crate::jwks::{Refetch, Unusable};
-use crate::policy::route::{normalize_host, normalize_path};
+use crate::policy::route::{PathCase, normalize_host, read_path};
 use crate::policy::spec::IntrospectWhen;
-use crate::policy::{DefaultAction, DenyDetail, Issuer, Policy, Snapshot};
+use crate::policy::{DefaultAction, DenyDetail, Issuer, Policy, Rule, Snapshot};
 use crate::trace::{self, Trace};
 use crate::validate::{self, TimeWindow, ValidationError};
 use crate::verified::{self, ClaimHeaders, TokenCache};
@@ -49,29 +49,45 @@ pub async fn check_traced(
     mut trace: Trace,
 ) -> Decision {
     let host = normalize_host(request.host);
-    let path = match normalize_path(request.path) {
+    let path = match read_path(request.path) {
         Ok(path) => path,
         Err(e) => {
+            let text = format!("the path {e} ({})", e.class());
             trace.fail(
                 "request",
                 Reason::RequestMalformed,
-                || e.to_string(),
-                || None,
+                || text.clone(),
+                || Some("send the path as the upstream should serve it: tollgate refuses what an upstream could read in more than one way (docs/security.md)".into()),
             );
-            return deny(
-                None,
-                &host,
-                Reason::RequestMalformed,
-                e.to_string(),
-                None,
-                None,
-            )
-            .with_trace(trace);
+            return deny(None, &host, Reason::RequestMalformed, text, None, None).with_trace(trace);
         }
     };
-    let policy = match request.policy {
+    check_path(snapshot, request, &host, &path, now, trace)
+        .await
+        .with_path(path)
+}
+
+/// [`check_traced`] once the path is read.
+async fn check_path(
+    snapshot: &Snapshot,
+    request: &Request<'_>,
+    host: &str,
+    path: &str,
+    now: SystemTime,
+    mut trace: Trace,
+) -> Decision {
+    if let Err(text) = method_override(request) {
+        trace.fail(
+            "request",
+            Reason::RequestMalformed,
+            || text.clone(),
+            || None,
+        );
+        return deny(None, &host, Reason::RequestMalformed, text, None, None).with_trace(trace);
+    }
+    let explicit = match request.policy {
         Some(id) => match snapshot.policy(id) {
-            Some(policy) => policy,
+            Some(policy) => Some(policy),
             None => {
                 let text = format!("the route selects policy {id:?}, which is not loaded");
                 trace.fail("policy", Reason::PolicyNotFound, || text.clone(), || None);
@@ -79,29 +95,36 @@ pub async fn check_traced(
                     .with_trace(trace);
             }
         },
-        None => match snapshot.select(&host, &path, request.method) {
-            Some(policy) => policy,
-            None if snapshot.default_action == DefaultAction::Allow => {
-                trace.info("policy", || {
-                    "no policy matches; --default-action allow lets the request through".into()
-                });
-                return Decision::Allow(Allow {
-                    reason: Reason::DefaultAllow,
-                    ..Allow::default()
-                })
-                .with_trace(trace);
-            }
-            None => {
-                let text = format!(
-                    "no policy matches host {host:?}, path {path:?}, method {}",
-                    request.method
-                );
-                trace.fail("policy", Reason::NoPolicy, || text.clone(), || {
-                    Some("add a policy whose match covers the request, or select one with the route's tollgate.dev/policy context extension".into())
-                });
-                return deny(None, &host, Reason::NoPolicy, text, None, None).with_trace(trace);
-            }
-        },
+        None => None,
+    };
+    let (policy, rule) = match select(snapshot, explicit, &host, path, request.method) {
+        Ok(Some(found)) => found,
+        Ok(None) if snapshot.default_action == DefaultAction::Allow => {
+            trace.info("policy", || {
+                "no policy matches; --default-action allow lets the request through".into()
+            });
+            return Decision::Allow(Allow {
+                reason: Reason::DefaultAllow,
+                ..Allow::default()
+            })
+            .with_trace(trace);
+        }
+        Ok(None) => {
+            let text = format!(
+                "no policy matches host {host:?}, path {path:?}, method {}",
+                request.method
+            );
+            trace.fail("policy", Reason::NoPolicy, || text.clone(), || {
+                Some("add a policy whose match covers the request, or select one with the route's tollgate.dev/policy context extension".into())
+            });
+            return deny(None, &host, Reason::NoPolicy, text, None, None).with_trace(trace);
+        }
+        Err(text) => {
+            trace.fail("request", Reason::RequestMalformed, || text.clone(), || {
+                Some("set match.pathCase (Exact or IgnoreCase) in the policy to say how its upstream compares letter case".into())
+            });
+            return deny(None, &host, Reason::RequestMalformed, text, None, None).with_trace(trace);
+        }
     };
     trace.info("policy", || {
         format!(
@@ -110,15 +133,129 @@ pub async fn check_traced(
         )
     });
     let cache = snapshot.token_cache.as_deref();
-    judge_traced(policy, cache, request, &host, &path, now, trace).await
+    judge_traced(policy, rule, cache, request, &host, now, trace).await
+}
+
+/// Headers and the query parameter with which frameworks let a client run another method
+/// (Express `method-override`, Rails, Laravel, Spring's `HiddenHttpMethodFilter`, ASP.NET).
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Refuses a request whose method an upstream could take from a header or the `_method`
+/// query parameter, unless that names the request's own method: it would otherwise be judged
+/// as one method and run as another.
+fn method_override(request: &Request<'_>) -> Result<(), String> {
+    for name in METHOD_OVERRIDES {
+        if let Some(value) = request.headers.get(name)
+            && !value.trim().eq_ignore_ascii_case(request.method)
+        {
+            return Err(format!(
+                "the {name} header asks for another method than {}; upstreams may run that method, so the request is refused",
+                request.method
+            ));
+        }
+    }
+    let query = request.path.split_once('?').map_or("", |(_, q)| q);
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = key.replace("%5F", "_").replace("%5f", "_");
+        if key.eq_ignore_ascii_case("_method") && !value.eq_ignore_ascii_case(request.method) {
+            return Err(format!(
+                "the _method query parameter asks for another method than {}; upstreams may run that method, so the request is refused",
+                request.method
+            ));
+        }
+    }
+    Ok(())
+}
+
+type Selection<'s> = Option<(&'s Arc<Policy>, Option<&'s Rule>)>;
+
+/// The policy (and its rule) judging a request. When letter case changes the answer (a
+/// prefix matches only in another case), the policies' `match.pathCase` must say how their
+/// upstream reads the path; otherwise the request is refused with the reason.
+fn select<'s>(
+    snapshot: &'s Snapshot,
+    explicit: Option<&'s Arc<Policy>>,
+    host: &str,
+    path: &str,
+    method: &str,
+) -> Result<Selection<'s>, String> {
+    let pick = |ignore_case: bool| -> Selection<'s> {
+        let policy = explicit.or_else(|| snapshot.select(host, path, method, ignore_case))?;
+        Some((policy, policy.rule_for(path, method, ignore_case)))
+    };
+    let exact = pick(false);
+    let case_matters = snapshot.has_upper_prefixes()
+        || explicit.is_some_and(|p| {
+            p.rules
+                .iter()
+                .any(|r| r.paths.iter().any(|x| x.has_upper()))
+        })
+        || path.bytes().any(|b| b.is_ascii_uppercase());
+    if !case_matters {
+        return Ok(exact);
+    }
+    let folded = pick(true);
+    let same = match (exact, folded) {
+        (None, None) => true,
+        (Some((a, ra)), Some((b, rb))) => {
+            Arc::ptr_eq(a, b)
+                && match (ra, rb) {
+                    (None, None) => true,
+                    (Some(x), Some(y)) => std::ptr::eq(x, y),
+                    _ => false,
+                }
+        }
+        _ => false,
+    };
+    if same {
+        return Ok(exact);
+    }
+    let says = |selection: Selection<'_>| selection.and_then(|(p, _)| p.path_case);
+    let exact_declared = says(exact).or_else(|| exact.map_or(says(folded), |_| None));
+    let exact_ok = exact_declared == Some(PathCase::Exact);
+    let folded_ok = says(folded) == Some(PathCase::IgnoreCase);
+    match (exact_ok, folded_ok) {
+        (true, false) => Ok(exact),
+        (false, true) => Ok(folded),
+        _ => {
+            let describe = |selection: Selection<'_>| match selection {
+                None => "no policy".to_string(),
+                Some((policy, None)) => format!("policy {}", policy.id),
+                Some((policy, Some(rule))) => format!(
+                    "policy {} rule for {}",
+                    policy.id,
+                    if rule.paths.is_empty() {
+                        "every path".to_string()
+                    } else {
+                        rule.paths
+                            .iter()
+                            .map(|p| p.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            };
+            Err(format!(
+                "the path {path:?} is judged by {} as written and by {} ignoring letter case; \
+                 match.pathCase does not say which one its upstream serves",
+                describe(exact),
+                describe(folded)
+            ))
+        }
+    }
 }
 
 async fn judge_traced(
     policy: &Arc<Policy>,
+    rule: Option<&Rule>,
     cache: Option<&TokenCache>,
     request: &Request<'_>,
     host: &str,
-    path: &str,
     now: SystemTime,
     mut trace: Trace,
 ) -> Decision {
@@ -137,7 +274,7 @@ async fn judge_traced(
     }
     // A traced request is verified in full, so the trace shows every check.
     let cache = cache.filter(|_| !trace.is_on());
-    let decision = judge_inner(policy, cache, request, host, path, now, &mut trace).await;
+    let decision = judge_inner(policy, rule, cache, request, host, now, &mut trace).await;
     if trace.is_on()
         && let Decision::Deny(deny) = &decision
         && trace.failure().is_none()
@@ -154,17 +291,16 @@ async fn judge_traced(
 
 async fn judge_inner(
     policy: &Arc<Policy>,
+    rule: Option<&Rule>,
     cache: Option<&TokenCache>,
     request: &Request<'_>,
     host: &str,
-    path: &str,
     now: SystemTime,
     trace: &mut Trace,
 ) -> Decision {
-    let rule = policy.rule_for(path, request.method);
     if rule.is_some_and(|r| r.allow_anonymous) {
         trace.pass("rule", || "allowAnonymous: the token is not read".into());
-        return Decision::Allow(Allow {
+        let mut out = Allow {
             policy: Some(policy.id.clone()),
             reason: Reason::Anonymous,
             // Never let a client supply the identity headers itself.
@@ -173,7 +309,14 @@ async fn judge_inner(
                 .map(str::to_owned)
                 .collect(),
             ..Allow::default()
-        });
+        };
+        // keepToken: false holds here too: whatever token the client sent stays with tollgate.
+        if !policy.forward.keep_token {
+            for source in [TokenSource::Header, TokenSource::Query, TokenSource::Cookie] {
+                remove_token(policy, request, source, &mut out);
+            }
+        }
+        return Decision::Allow(out);
     }
     let (token, source) = match request::extract(&policy.token, request) {
         Ok(found) => found,
@@ -862,7 +1005,7 @@ fn allow(
     out.headers_to_set.extend(from_claims.set.iter().cloned());
     out.headers_to_remove
         .extend(from_claims.remove.iter().cloned());
-    let remove_token = match &verified.phantom {
+    let drop_token = match &verified.phantom {
         // Phantom token: the upstream gets the JWT, and the opaque token leaves wherever it was.
         Some(jwt) => {
             out.headers_to_set
@@ -871,27 +1014,34 @@ fn allow(
         }
         None => !policy.forward.keep_token,
     };
-    if remove_token {
-        match source {
-            TokenSource::Header => out.headers_to_remove.push(policy.token.header.clone()),
-            TokenSource::Query => out
-                .query_params_to_remove
-                .extend(policy.token.query.clone()),
-            TokenSource::Cookie => {
-                let name = policy.token.cookie.as_deref().unwrap_or_default();
-                match request
-                    .headers
-                    .get("cookie")
-                    .and_then(|c| request::cookie_without(&c, name))
-                {
-                    Some(rest) => out.headers_to_set.push(("cookie".into(), rest)),
-                    None => out.headers_to_remove.push("cookie".into()),
-                }
-            }
-        }
+    if drop_token {
+        remove_token(policy, request, source, &mut out);
     }
     out.claims = Some(claims);
     Decision::Allow(out)
+}
+
+/// Takes the token out of the place `source` names, so the upstream does not receive it.
+fn remove_token(policy: &Policy, request: &Request<'_>, source: TokenSource, out: &mut Allow) {
+    match source {
+        TokenSource::Header => out.headers_to_remove.push(policy.token.header.clone()),
+        TokenSource::Query => out
+            .query_params_to_remove
+            .extend(policy.token.query.clone()),
+        TokenSource::Cookie => {
+            let Some(name) = policy.token.cookie.as_deref() else {
+                return;
+            };
+            let Some(cookies) = request.headers.get("cookie") else {
+                return;
+            };
+            match request::cookie_without(&cookies, name) {
+                Some(rest) if rest == *cookies => {}
+                Some(rest) => out.headers_to_set.push(("cookie".into(), rest)),
+                None => out.headers_to_remove.push("cookie".into()),
+            }
+        }
+    }
 }
 
 /// RFC 6750 quoted-string content: printable ASCII without `"` and `\`.
@@ -932,7 +1082,10 @@ pub fn deny(
 ) -> Decision {
     let configured = policy.map_or(401, |p| p.deny.status);
     let status = match reason {
-        Reason::InsufficientScope | Reason::NoPolicy | Reason::PolicyNotFound => 403,
+        Reason::InsufficientScope
+        | Reason::NoPolicy
+        | Reason::PolicyNotFound
+        | Reason::ProxyNotTrusted => 403,
         Reason::IssuerUnavailable
         | Reason::NotReady
         | Reason::IntrospectionUnavailable
@@ -991,6 +1144,7 @@ pub fn deny(
         hint,
         token_id,
         trace: None,
+        path: None,
     })
 }
 

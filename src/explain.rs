@@ -212,8 +212,8 @@ pub async fn explain(
         // Put the token where the policy reads it.
         let (name, scheme) = match explicit.as_ref().or_else(|| {
             let host = crate::policy::route::normalize_host(&host);
-            let path = crate::policy::route::normalize_path(&path).ok()?;
-            snapshot.select(&host, &path, &method)
+            let path = crate::policy::route::read_path(&path).ok()?;
+            snapshot.select(&host, &path, &method, false)
         }) {
             Some(p) => (p.token.header.clone(), p.token.scheme.clone()),
             None => ("authorization".into(), Some("Bearer".into())),

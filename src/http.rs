@@ -1,16 +1,17 @@
-//! Forward authentication over HTTP (`GET /auth`, any method) for proxies that do not speak
+//! Forward authentication over HTTP (`/auth`, any method) for proxies that do not speak
 //! Envoy's gRPC API: nginx `auth_request` (and ingress-nginx's `auth-url`) and Traefik's
 //! `forwardAuth`. The same engine, the same decisions, reason codes, metrics and logs; only the
 //! transport differs.
 //!
 //! ```text
-//! proxy ── GET /auth (client headers + X-Original-* / X-Forwarded-*) ──► original request
-//!       ◄── 200 + headers for the upstream  |  401/403 + WWW-Authenticate + JSON  |  5xx
+//! proxy ── GET /auth (client headers + its family's X-Original-* or X-Forwarded-*) ──► original request
+//!       ◄── 200 + headers for the upstream  |  401/403 + WWW-Authenticate + JSON  |  4xx/5xx
 //! ```
 //!
-//! The original request's method, host and path come from the proxy's headers only when the
-//! caller's address is in `--trusted-proxies` (see [`original`]). The token comes from the
-//! headers as the policy says, like in gRPC mode.
+//! Only calls from `--trusted-proxies` are judged (others get 403 `proxy_not_trusted`), and the
+//! original request's method, host and path come from the headers of that proxy's configured
+//! family (see [`original`]). The token comes from the headers as the policy says, like in gRPC
+//! mode.
 
 pub mod listener;
 pub mod original;
@@ -32,20 +33,53 @@ use crate::metrics::Metrics;
 use crate::policy::SharedSnapshot;
 use crate::telemetry::{self, RequestInfo};
 use crate::trace;
+pub use original::Family;
 
 /// Trusted by default: the loopback addresses (a proxy on the same host or in the same pod).
 pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.0/8,::1/128";
+
+/// A `--trusted-proxies` entry: addresses, and the family of headers their proxy sends
+/// (`None`: the `--forward-auth-family` default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrustedProxy {
+    pub net: IpNet,
+    pub family: Option<Family>,
+}
+
+/// Gives every trusted proxy entry its family; an entry without one takes `default`, and
+/// without a default that is an error: which headers describe a request is never guessed.
+pub fn resolve_families(
+    proxies: &[TrustedProxy],
+    default: Option<Family>,
+) -> Result<Vec<(IpNet, Family)>, String> {
+    proxies
+        .iter()
+        .map(|p| match p.family.or(default) {
+            Some(family) => Ok((p.net, family)),
+            None => Err(format!(
+                "--trusted-proxies {} names no proxy family: set --forward-auth-family nginx|traefik, or write {}=nginx",
+                p.net, p.net
+            )),
+        })
+        .collect()
+}
 
 /// The forward-auth endpoint's state.
 #[derive(Clone)]
 pub struct ForwardAuth {
     shared: Arc<SharedSnapshot>,
     metrics: Arc<Metrics>,
-    trusted: Arc<Vec<IpNet>>,
+    /// Trusted proxy networks and their header family, most specific network first.
+    trusted: Arc<Vec<(IpNet, Family)>>,
 }
 
 impl ForwardAuth {
-    pub fn new(shared: Arc<SharedSnapshot>, metrics: Arc<Metrics>, trusted: Vec<IpNet>) -> Self {
+    pub fn new(
+        shared: Arc<SharedSnapshot>,
+        metrics: Arc<Metrics>,
+        mut trusted: Vec<(IpNet, Family)>,
+    ) -> Self {
+        trusted.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
         ForwardAuth {
             shared,
             metrics,
@@ -61,9 +95,13 @@ impl ForwardAuth {
             .with_state(self)
     }
 
-    fn trusts(&self, peer: IpAddr) -> bool {
+    /// The header family of a trusted proxy (the most specific network containing it).
+    fn family_of(&self, peer: IpAddr) -> Option<Family> {
         let peer = peer.to_canonical();
-        self.trusted.iter().any(|net| net.contains(&peer))
+        self.trusted
+            .iter()
+            .find(|(net, _)| net.contains(&peer))
+            .map(|(_, family)| *family)
     }
 
     /// Judges one forward-auth request.
@@ -79,39 +117,38 @@ impl ForwardAuth {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let trusted = self.trusts(peer);
-        let original = match original::original(headers, method, uri, trusted) {
+        let unknown = |family| original::Original {
+            method: method.as_str().to_string(),
+            host: String::new(),
+            target: uri.path().to_string(),
+            family,
+        };
+        let Some(family) = self.family_of(peer) else {
+            tracing::debug!(%peer, "forward-auth call from an address outside --trusted-proxies");
+            let decision = engine::deny(
+                None,
+                "",
+                Reason::ProxyNotTrusted,
+                format!("{peer} is not in --trusted-proxies"),
+                None,
+                None,
+            );
+            return (decision, request_id, unknown(None));
+        };
+        let original = match original::original(headers, family) {
             Ok(original) => original,
             Err(e) => {
-                let fallback = original::Original {
-                    method: method.as_str().to_string(),
-                    host: String::new(),
-                    target: uri.path().to_string(),
-                    family: "malformed",
-                };
                 let decision = engine::deny(
                     None,
                     "",
                     Reason::RequestMalformed,
-                    format!("forwarded request headers: {e}"),
+                    format!("forwarded request headers ({family}): {e}"),
                     None,
                     None,
                 );
-                return (decision, request_id, fallback);
+                return (decision, request_id, unknown(Some(family)));
             }
         };
-        if !trusted
-            && [
-                "x-original-uri",
-                "x-original-url",
-                "x-forwarded-uri",
-                "x-forwarded-host",
-            ]
-            .iter()
-            .any(|h| headers.contains_key(*h))
-        {
-            tracing::debug!(%peer, "forwarded headers from an address outside --trusted-proxies ignored");
-        }
         if !self.shared.is_ready() {
             return (engine::not_ready(&original.host), request_id, original);
         }
@@ -228,11 +265,27 @@ async fn handle(
 }
 
 /// Parses `--trusted-proxies` entries: CIDRs (`10.0.0.0/8`) or single addresses.
-pub fn parse_trusted(text: &str) -> Result<IpNet, String> {
-    let text = text.trim();
-    text.parse::<IpNet>()
-        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{text:?} is not an address or a CIDR like 10.0.0.0/8"))
+/// Parses a `--trusted-proxies` entry: a CIDR (`10.0.0.0/8`) or a single address, optionally
+/// with the family of headers that proxy sends (`10.0.0.0/8=traefik`).
+pub fn parse_trusted(text: &str) -> Result<TrustedProxy, String> {
+    let (net, family) =
+        match text.trim().split_once('=') {
+            Some((net, family)) => (
+                net.trim(),
+                Some(Family::parse(family).ok_or_else(|| {
+                    format!("{family:?} is not a proxy family (nginx or traefik)")
+                })?),
+            ),
+            None => (text.trim(), None),
+        };
+    let net = net
+        .parse::<IpNet>()
+        .or_else(|_| net.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{net:?} is not an address or a CIDR like 10.0.0.0/8"))?;
+    Ok(TrustedProxy {
+        net: net.trunc(),
+        family,
+    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod files;
+pub mod owners;
 pub mod route;
 pub mod snapshot;
 pub mod spec;
@@ -12,5 +13,8 @@ pub use compile::{
     CompileContext, CompileError, DenyConfig, FileSecrets, Forward, Issuer, Policy, Problem,
     ProblemKind, Rule, SecretSource, TokenLocation, compile,
 };
-pub use snapshot::{Conflict, DefaultAction, SharedSnapshot, Snapshot};
+pub use owners::HostDelegations;
+pub use snapshot::{
+    Conflict, ConflictKind, DefaultAction, SharedSnapshot, Snapshot, SnapshotSettings,
+};
 pub use spec::{DenyDetail, JwtPolicySpec, PolicyDocument};

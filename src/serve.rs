@@ -19,7 +19,7 @@ use crate::http::ForwardAuth;
 use crate::jwks::{FetchSettings, Fetcher, KeySources, RefreshSettings};
 use crate::metrics::Metrics;
 use crate::policy::files::{FileLoader, spawn_watch};
-use crate::policy::{DefaultAction, SharedSnapshot};
+use crate::policy::{DefaultAction, HostDelegations, SharedSnapshot, SnapshotSettings};
 use crate::tls::{self, ReloadingTls, TlsFiles};
 use crate::verified::{CacheLimits, TokenCache};
 
@@ -39,6 +39,8 @@ pub struct ServeConfig {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub default_action: DefaultAction,
+    /// Hosts a cluster operator gave to namespaces (`--host-delegations`).
+    pub delegations: Arc<HostDelegations>,
     pub fetch: FetchSettings,
     pub refresh: RefreshSettings,
     /// Rescan interval of policy files, in addition to change notifications.
@@ -47,8 +49,9 @@ pub struct ServeConfig {
     pub webhook: Option<WebhookConfig>,
     /// The HTTP forward-auth endpoint (`/auth`), if enabled.
     pub http_addr: Option<SocketAddr>,
-    /// Addresses whose X-Original-* / X-Forwarded-* headers describe the request.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The proxies allowed to call the forward-auth endpoint, and the family of headers each
+    /// sends to describe the request.
+    pub trusted_proxies: Vec<(ipnet::IpNet, crate::http::Family)>,
     /// How long an HTTP forward-auth client may take to send a request head.
     pub http_header_timeout: Duration,
     /// Bounds of the verified-token cache (`max_entries: 0` turns it off).
@@ -141,6 +144,10 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
+    let settings = SnapshotSettings {
+        default_action: config.default_action,
+        delegations: config.delegations.clone(),
+    };
     let mut webhook = None;
     let watch = match (&config.source, kube_client) {
         (PolicySource::Kubernetes(options), Some(client)) => {
@@ -148,7 +155,7 @@ pub async fn run(
                 client,
                 options,
                 sources.clone(),
-                config.default_action,
+                settings.clone(),
                 shared.clone(),
             );
             spawn_policy_gauges(metrics.clone(), views.clone());
@@ -161,7 +168,7 @@ pub async fn run(
         }
         (PolicySource::Files(paths), _) => {
             let reload_metrics = metrics.clone();
-            let loader = FileLoader::new(paths.clone(), sources.clone(), config.default_action);
+            let loader = FileLoader::new(paths.clone(), sources.clone(), settings.clone());
             spawn_watch(loader, shared.clone(), config.poll, move |report| {
                 if report.changed {
                     reload_metrics.reloaded(

@@ -122,7 +122,11 @@ pub struct RequestInfo<'a> {
 /// Logs one decision: denials at info, allows at debug; with `RUST_LOG=tollgate::trace=debug`
 /// every denial also gets a line with the trace of its checks.
 pub fn log_decision(info: &RequestInfo<'_>, decision: &Decision) {
-    let path = info.path.split('?').next().unwrap_or("");
+    // The path as judged; as received (without the query, which may hold a token) when it
+    // could not be read.
+    let path = decision
+        .path()
+        .unwrap_or_else(|| info.path.split('?').next().unwrap_or(""));
     if let (Decision::Deny(deny), Some(steps)) = (decision, decision.trace()) {
         tracing::debug!(
             target: trace::LOG_TARGET,

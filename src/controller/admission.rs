@@ -17,7 +17,9 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use super::index::IndexView;
 use crate::jwks::KeySources;
 use crate::policy::spec::{JwtPolicy, SecretSpec};
-use crate::policy::{CompileContext, DefaultAction, Policy, SecretSource, Snapshot, compile};
+use crate::policy::{
+    CompileContext, DefaultAction, Policy, SecretSource, Snapshot, SnapshotSettings, compile,
+};
 
 /// Stands in for Secrets at admission time: references must be well formed, values are not read.
 struct ReferencedSecrets;
@@ -114,7 +116,10 @@ fn judge(
     ordered.sort_by(|a, b| (a.0.as_str(), &*a.1.id).cmp(&(b.0.as_str(), &*b.1.id)));
     let (_, conflicts) = Snapshot::build(
         ordered.into_iter().map(|(_, p)| p).collect(),
-        DefaultAction::Deny,
+        SnapshotSettings {
+            default_action: DefaultAction::Deny,
+            delegations: current.delegations.clone(),
+        },
     );
     match conflicts.into_iter().find(|c| c.policy == candidate.id) {
         Some(conflict) => Err(format!("HostConflict: {conflict}")),

@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, watch};
 use crate::jwks::KeySources;
 use crate::policy::spec::{JwtPolicy, JwtPolicyStatus, SecretSpec};
 use crate::policy::{
-    CompileContext, CompileError, Conflict, DefaultAction, Policy, Problem, ProblemKind,
-    SecretSource, SharedSnapshot, Snapshot, compile,
+    CompileContext, CompileError, Conflict, HostDelegations, Policy, Problem, ProblemKind,
+    SecretSource, SharedSnapshot, Snapshot, SnapshotSettings, compile,
 };
 
 /// Which namespace a policy watch covers (`None`: all namespaces).
@@ -80,6 +80,8 @@ pub(crate) type SecretData = Option<BTreeMap<String, Vec<u8>>>;
 #[derive(Clone, Debug, Default)]
 pub struct IndexView {
     pub policies: Vec<PolicyView>,
+    /// The operator's host delegations, which the admission webhook applies as the index does.
+    pub delegations: Arc<HostDelegations>,
 }
 
 /// One policy in an [`IndexView`].
@@ -194,7 +196,7 @@ pub(crate) fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
 /// The index. See the module documentation.
 pub struct PolicyIndex {
     key_sources: Arc<KeySources>,
-    default_action: DefaultAction,
+    settings: SnapshotSettings,
     policies: BTreeMap<Arc<str>, PolicyState>,
     /// Reported Secrets (a key is present once its watch has listed it).
     secrets: HashMap<SecretKey, SecretData>,
@@ -209,12 +211,12 @@ impl PolicyIndex {
     /// `scopes`: the policy watches that will report (`[None]` for all namespaces).
     pub fn new(
         key_sources: Arc<KeySources>,
-        default_action: DefaultAction,
+        settings: impl Into<SnapshotSettings>,
         scopes: Vec<Scope>,
     ) -> Self {
         PolicyIndex {
             key_sources,
-            default_action,
+            settings: settings.into(),
             policies: BTreeMap::new(),
             secrets: HashMap::new(),
             policy_buffers: HashMap::new(),
@@ -437,7 +439,10 @@ impl PolicyIndex {
                 }
             })
             .collect();
-        IndexView { policies }
+        IndexView {
+            policies,
+            delegations: self.settings.delegations.clone(),
+        }
     }
 
     /// The snapshot of every serving policy, oldest first (the older keeps a contested route).
@@ -450,7 +455,7 @@ impl PolicyIndex {
         serving.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         Snapshot::build(
             serving.into_iter().map(|(_, _, p)| p).collect(),
-            self.default_action,
+            self.settings.clone(),
         )
     }
 }

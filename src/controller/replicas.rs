@@ -293,6 +293,7 @@ mod tests {
                 policy: Some(policy),
                 status: None,
             }],
+            delegations: crate::policy::HostDelegations::none(),
         }));
         expect(serde_json::json!({"shop/orders": 4})).await;
     }

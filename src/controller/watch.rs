@@ -18,7 +18,7 @@ use super::leader;
 use super::replicas::{self, Identity};
 use crate::jwks::KeySources;
 use crate::policy::spec::JwtPolicy;
-use crate::policy::{DefaultAction, SharedSnapshot};
+use crate::policy::{SharedSnapshot, SnapshotSettings};
 
 /// The index task and its stream of views.
 pub type IndexHandle = (
@@ -79,14 +79,13 @@ pub fn spawn_kubernetes(
     client: Client,
     options: &WatchOptions,
     key_sources: Arc<KeySources>,
-    default_action: DefaultAction,
+    settings: SnapshotSettings,
     shared: Arc<SharedSnapshot>,
 ) -> IndexHandle {
     let identity = identity(&client, options);
     tracing::info!(replica = %identity.name, namespace = %identity.namespace, instance = %identity.instance,
         "Kubernetes mode");
-    let (index, views) =
-        spawn_controller(client.clone(), options, key_sources, default_action, shared);
+    let (index, views) = spawn_controller(client.clone(), options, key_sources, settings, shared);
     replicas::spawn_heartbeat(client.clone(), identity.clone(), views.clone());
     let reports = replicas::spawn_replica_watch(client.clone(), &identity);
     leader::spawn_status_writer(client, identity, views.clone(), reports);
@@ -98,7 +97,7 @@ pub fn spawn_controller(
     client: Client,
     options: &WatchOptions,
     key_sources: Arc<KeySources>,
-    default_action: DefaultAction,
+    settings: impl Into<SnapshotSettings>,
     shared: Arc<SharedSnapshot>,
 ) -> IndexHandle {
     let scopes: Vec<Scope> = if options.namespaces.is_empty() {
@@ -120,7 +119,7 @@ pub fn spawn_controller(
         tx,
         running: HashMap::new(),
     };
-    let index = PolicyIndex::new(key_sources, default_action, scopes);
+    let index = PolicyIndex::new(key_sources, settings, scopes);
     spawn_index(index, shared, rx, move |index| {
         secrets.update(index.referenced_secrets());
         index.forget_unreferenced_secrets();

@@ -1,30 +1,102 @@
 //! Which request a forward-auth call is about, from the headers the proxy sends.
 //!
-//! Two families, never mixed:
+//! Which headers describe the original request is **configuration, never inference**: every
+//! trusted proxy address has one family (`--forward-auth-family`, or `CIDR=family` in
+//! `--trusted-proxies`), and only the headers that proxy itself sets are read:
 //!
 //! | family | sent by | method | host | path and query |
 //! |---|---|---|---|---|
-//! | nginx | `auth_request`, ingress-nginx | `X-Original-Method` | `X-Original-URL` | `X-Original-URL`, else `X-Original-URI` |
-//! | Traefik | `forwardAuth` | `X-Forwarded-Method` | `X-Forwarded-Host` | `X-Forwarded-Uri` |
+//! | `nginx` | `auth_request` (the example), ingress-nginx `auth-url` | `X-Original-Method` | `X-Original-URL` | `X-Original-URL` |
+//! | `traefik` | `forwardAuth` | `X-Forwarded-Method` | `X-Forwarded-Host` | `X-Forwarded-Uri` |
 //!
-//! When any `X-Original-*` header is present the request is read the nginx way and every
-//! `X-Forwarded-*` header is ignored: nginx's `auth_request` passes the client's own headers on
-//! to the subrequest, so a client-sent `X-Forwarded-Uri: /healthz` would otherwise choose the
-//! path it is judged by. Whatever a family does not say comes from the auth request itself
-//! (its method, `Host`, and target). From an address outside `--trusted-proxies` none of these
-//! headers is read at all.
-//!
-//! A malformed header is an error (answered 400), never a fallback: a half-understood request
-//! must not be judged as some other request.
+//! A proxy in front of tollgate passes many client headers on (nginx's `auth_request` all of
+//! them, Traefik's `forwardAuth` all of them unless `authRequestHeaders` is set). Guessing the
+//! family from which headers are present would let a client choose: a `DELETE /orders/admin/1`
+//! carrying `X-Original-URL: https://api.example.com/orders/healthz` through Traefik would be
+//! judged as the health path. So a request that misses a header its family always sets, that
+//! carries the other family's headers, or that sends one of them twice (in any letter case), is
+//! refused (400) — never guessed. The auth request's own method, `Host` and target are never
+//! used: they describe the call to tollgate, not the client's request.
 
-use http::{HeaderMap, Method, Uri};
+use http::{HeaderMap, Uri};
+
+/// The proxy family whose headers describe the original request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Family {
+    /// nginx `auth_request` with `X-Original-URL` and `X-Original-Method` set (ingress-nginx
+    /// sets both itself).
+    Nginx,
+    /// Traefik `forwardAuth`: `X-Forwarded-Method`, `-Proto`, `-Host` and `-Uri`.
+    Traefik,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Nginx => "nginx",
+            Family::Traefik => "traefik",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Family> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "nginx" => Some(Family::Nginx),
+            "traefik" => Some(Family::Traefik),
+            _ => None,
+        }
+    }
+
+    /// The headers this family's proxy always sets (all of them must be present).
+    fn required(self) -> &'static [&'static str] {
+        match self {
+            Family::Nginx => &["x-original-url", "x-original-method"],
+            Family::Traefik => &[
+                "x-forwarded-method",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-forwarded-uri",
+            ],
+        }
+    }
+
+    /// Headers only the *other* families' proxies set: present, they mean a client wrote them
+    /// (or the family is configured wrong).
+    fn foreign(self) -> &'static [&'static str] {
+        match self {
+            Family::Nginx => &["x-forwarded-uri", "x-forwarded-method"],
+            Family::Traefik => &["x-original-url", "x-original-uri", "x-original-method"],
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Why the forwarded headers cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ForwardedError {
-    /// A header appears more than once.
+    /// A header appears more than once (in any letter case).
     #[error("header {0} is sent more than once")]
     Repeated(&'static str),
+    /// A header the family's proxy always sets is missing.
+    #[error(
+        "header {header} is missing; the {family} proxy always sets it (is --forward-auth-family right for this proxy?)"
+    )]
+    Missing {
+        header: &'static str,
+        family: Family,
+    },
+    /// A header of another family is present.
+    #[error(
+        "header {header} belongs to another proxy family than {family}; a client may have sent it, so the request is refused"
+    )]
+    Foreign {
+        header: &'static str,
+        family: Family,
+    },
     /// A header's value is not what it must be.
     #[error("header {header}: {why}")]
     Invalid { header: &'static str, why: String },
@@ -38,8 +110,9 @@ pub struct Original {
     pub host: String,
     /// Origin-form target: path and query.
     pub target: String,
-    /// Which headers described it (for logs): `nginx`, `traefik` or `direct`.
-    pub family: &'static str,
+    /// Which family's headers described it (none when the call was refused before reading
+    /// them).
+    pub family: Option<Family>,
 }
 
 fn one<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<&'h str>, ForwardedError> {
@@ -63,18 +136,35 @@ fn one<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<&'h str>
     Ok(Some(text))
 }
 
+fn required<'h>(
+    headers: &'h HeaderMap,
+    name: &'static str,
+    family: Family,
+) -> Result<&'h str, ForwardedError> {
+    one(headers, name)?.ok_or(ForwardedError::Missing {
+        header: name,
+        family,
+    })
+}
+
 fn method(header: &'static str, text: &str) -> Result<String, ForwardedError> {
-    match Method::from_bytes(text.as_bytes()) {
-        Ok(m) if text.len() <= 32 => Ok(m.as_str().to_string()),
-        _ => Err(ForwardedError::Invalid {
+    let token = !text.is_empty()
+        && text.len() <= 32
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if token {
+        Ok(text.to_string())
+    } else {
+        Err(ForwardedError::Invalid {
             header,
             why: format!("{text:?} is not an HTTP method"),
-        }),
+        })
     }
 }
 
 fn target(header: &'static str, text: &str) -> Result<String, ForwardedError> {
-    if !text.starts_with('/') || text.starts_with("//") {
+    if !text.starts_with('/') {
         return Err(ForwardedError::Invalid {
             header,
             why: "must be a path starting with / (origin-form)".into(),
@@ -88,7 +178,8 @@ fn target(header: &'static str, text: &str) -> Result<String, ForwardedError> {
 }
 
 fn host(header: &'static str, text: &str) -> Result<String, ForwardedError> {
-    let valid = text.len() <= 255
+    let valid = !text.is_empty()
+        && text.len() <= 255
         && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
@@ -102,108 +193,90 @@ fn host(header: &'static str, text: &str) -> Result<String, ForwardedError> {
     }
 }
 
-/// Reads the original request. `trusted`: the auth request comes from a trusted proxy.
-pub fn original(
-    headers: &HeaderMap,
-    own_method: &Method,
-    own_uri: &Uri,
-    trusted: bool,
-) -> Result<Original, ForwardedError> {
-    let own_target = own_uri
-        .path_and_query()
-        .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
-    let own_host = match one(headers, "host")? {
-        Some(h) => host("Host", h)?,
-        None => own_uri
-            .authority()
-            .map_or_else(String::new, |a| a.to_string()),
-    };
-    let direct = Original {
-        method: own_method.as_str().to_string(),
-        host: own_host,
-        target: own_target,
-        family: "direct",
-    };
-    if !trusted {
-        return Ok(direct);
+fn scheme(header: &'static str, text: &str) -> Result<(), ForwardedError> {
+    if text == "http" || text == "https" {
+        Ok(())
+    } else {
+        Err(ForwardedError::Invalid {
+            header,
+            why: format!("{text:?} is not http or https"),
+        })
     }
-    let url = one(headers, "x-original-url")?;
-    let uri = one(headers, "x-original-uri")?;
-    let original_method = one(headers, "x-original-method")?;
-    if url.is_some() || uri.is_some() || original_method.is_some() {
-        let mut out = Original {
-            family: "nginx",
-            ..direct
-        };
-        if let Some(m) = original_method {
-            out.method = method("X-Original-Method", m)?;
-        }
-        if let Some(url) = url {
-            let parsed: Uri =
-                url.parse()
-                    .map_err(|e: http::uri::InvalidUri| ForwardedError::Invalid {
-                        header: "X-Original-URL",
-                        why: e.to_string(),
-                    })?;
-            let (Some(scheme), Some(authority)) = (parsed.scheme_str(), parsed.authority()) else {
-                return Err(ForwardedError::Invalid {
-                    header: "X-Original-URL",
-                    why: "must be an absolute http(s) URL".into(),
-                });
-            };
-            if scheme != "http" && scheme != "https" {
-                return Err(ForwardedError::Invalid {
-                    header: "X-Original-URL",
-                    why: format!("scheme {scheme:?} is not http or https"),
-                });
-            }
-            if authority.as_str().contains('@') {
-                return Err(ForwardedError::Invalid {
-                    header: "X-Original-URL",
-                    why: "credentials in the URL".into(),
-                });
-            }
-            out.host = host("X-Original-URL", authority.as_str())?;
-            out.target = parsed
-                .path_and_query()
-                .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
-            if out.target.is_empty() {
-                out.target = "/".into();
-            }
-        } else if let Some(uri) = uri {
-            out.target = target("X-Original-URI", uri)?;
-        }
-        return Ok(out);
+}
+
+/// Reads the original request the way `family`'s proxy describes it.
+pub fn original(headers: &HeaderMap, family: Family) -> Result<Original, ForwardedError> {
+    // Repeated and foreign headers first: each must be refused whatever else is wrong.
+    for name in family.required() {
+        one(headers, name)?;
     }
-    let forwarded_uri = one(headers, "x-forwarded-uri")?;
-    let forwarded_host = one(headers, "x-forwarded-host")?;
-    let forwarded_method = one(headers, "x-forwarded-method")?;
-    if let Some(proto) = one(headers, "x-forwarded-proto")?
-        && proto != "http"
-        && proto != "https"
+    if let Some(header) = family
+        .foreign()
+        .iter()
+        .find(|name| headers.contains_key(**name))
     {
-        return Err(ForwardedError::Invalid {
-            header: "X-Forwarded-Proto",
-            why: format!("{proto:?} is not http or https"),
-        });
+        return Err(ForwardedError::Foreign { header, family });
     }
-    if forwarded_uri.is_none() && forwarded_host.is_none() && forwarded_method.is_none() {
-        return Ok(direct);
+    match family {
+        Family::Nginx => {
+            let method = method(
+                "X-Original-Method",
+                required(headers, "x-original-method", family)?,
+            )?;
+            let url = required(headers, "x-original-url", family)?;
+            let invalid = |why: String| ForwardedError::Invalid {
+                header: "X-Original-URL",
+                why,
+            };
+            // Split by hand: a URL parser would normalize the path this header must carry as
+            // the client sent it.
+            let (scheme_part, rest) = url
+                .split_once("://")
+                .ok_or_else(|| invalid("must be an absolute http(s) URL".into()))?;
+            scheme("X-Original-URL", scheme_part)?;
+            let (authority, path) = match rest.find(['/', '?', '#']) {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/"),
+            };
+            if authority.contains('@') {
+                return Err(invalid("credentials in the URL".into()));
+            }
+            let host = host("X-Original-URL", authority)?;
+            let target = if path.starts_with('?') {
+                format!("/{path}")
+            } else {
+                path.to_string()
+            };
+            let target = self::target("X-Original-URL", &target)?;
+            Ok(Original {
+                method,
+                host,
+                target,
+                family: Some(family),
+            })
+        }
+        Family::Traefik => {
+            scheme(
+                "X-Forwarded-Proto",
+                required(headers, "x-forwarded-proto", family)?,
+            )?;
+            Ok(Original {
+                method: method(
+                    "X-Forwarded-Method",
+                    required(headers, "x-forwarded-method", family)?,
+                )?,
+                host: host(
+                    "X-Forwarded-Host",
+                    required(headers, "x-forwarded-host", family)?,
+                )?,
+                target: target(
+                    "X-Forwarded-Uri",
+                    required(headers, "x-forwarded-uri", family)?,
+                )?,
+                family: Some(family),
+            })
+        }
     }
-    let mut out = Original {
-        family: "traefik",
-        ..direct
-    };
-    if let Some(m) = forwarded_method {
-        out.method = method("X-Forwarded-Method", m)?;
-    }
-    if let Some(h) = forwarded_host {
-        out.host = host("X-Forwarded-Host", h)?;
-    }
-    if let Some(uri) = forwarded_uri {
-        out.target = target("X-Forwarded-Uri", uri)?;
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -223,135 +296,232 @@ mod tests {
 
     fn read(
         pairs: &[(&str, &str)],
-        trusted: bool,
-    ) -> Result<(String, String, String, &'static str), ForwardedError> {
-        let uri: Uri = "/auth".parse().expect("uri");
-        original(&headers(pairs), &Method::GET, &uri, trusted)
-            .map(|o| (o.method, o.host, o.target, o.family))
+        family: Family,
+    ) -> Result<(String, String, String), ForwardedError> {
+        original(&headers(pairs), family).map(|o| (o.method, o.host, o.target))
     }
 
-    fn ok(
-        method: &str,
-        host: &str,
-        target: &str,
-        family: &'static str,
-    ) -> Result<(String, String, String, &'static str), ForwardedError> {
-        Ok((method.into(), host.into(), target.into(), family))
-    }
+    const NGINX: [(&str, &str); 3] = [
+        ("host", "tollgate:8080"),
+        ("x-original-url", "https://api.example.com/orders/7?x=1"),
+        ("x-original-method", "DELETE"),
+    ];
+    const TRAEFIK: [(&str, &str); 5] = [
+        ("host", "tollgate:8080"),
+        ("x-forwarded-method", "PUT"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "api.example.com"),
+        ("x-forwarded-uri", "/orders/1"),
+    ];
 
-    #[test]
-    fn each_family_and_its_precedence() {
-        let cases: Vec<(Vec<(&str, &str)>, _)> = vec![
-            // nginx auth_request with the example's explicit headers.
-            (
-                vec![
-                    ("host", "tollgate:8080"),
-                    ("x-original-uri", "/orders/7?x=1"),
-                    ("x-original-method", "DELETE"),
-                ],
-                ok("DELETE", "tollgate:8080", "/orders/7?x=1", "nginx"),
-            ),
-            // ingress-nginx: X-Original-URL carries the host; it wins over X-Original-URI.
-            (
-                vec![
-                    ("host", "tollgate.tollgate.svc"),
-                    (
-                        "x-original-url",
-                        "https://api.example.com/orders?access_token=t",
-                    ),
-                    ("x-original-uri", "/elsewhere"),
-                    ("x-original-method", "POST"),
-                ],
-                ok("POST", "api.example.com", "/orders?access_token=t", "nginx"),
-            ),
-            // A client's own X-Forwarded-* reach tollgate through nginx: ignored as a family.
-            (
-                vec![
-                    ("host", "api.example.com"),
-                    ("x-original-uri", "/orders/admin"),
-                    ("x-forwarded-uri", "/healthz"),
-                    ("x-forwarded-host", "public.example.com"),
-                    ("x-forwarded-method", "GET"),
-                ],
-                ok("GET", "api.example.com", "/orders/admin", "nginx"),
-            ),
-            // Traefik forwardAuth.
-            (
-                vec![
-                    ("host", "tollgate:8080"),
-                    ("x-forwarded-method", "PUT"),
-                    ("x-forwarded-proto", "https"),
-                    ("x-forwarded-host", "api.example.com"),
-                    ("x-forwarded-uri", "/orders/1"),
-                ],
-                ok("PUT", "api.example.com", "/orders/1", "traefik"),
-            ),
-            // Nothing forwarded: the auth request is the request.
-            (
-                vec![("host", "api.example.com")],
-                ok("GET", "api.example.com", "/auth", "direct"),
-            ),
-        ];
-        for (pairs, expected) in cases {
-            assert_eq!(read(&pairs, true), expected, "{pairs:?}");
-        }
+    fn with(
+        base: &[(&'static str, &'static str)],
+        extra: &[(&'static str, &'static str)],
+    ) -> Vec<(&'static str, &'static str)> {
+        base.iter().chain(extra).copied().collect()
     }
 
     #[test]
-    fn untrusted_peers_are_judged_as_themselves() {
-        let pairs = [
-            ("host", "tollgate:8080"),
-            ("x-original-uri", "/healthz"),
-            ("x-forwarded-uri", "/healthz"),
-            ("x-forwarded-host", "public.example.com"),
-        ];
+    fn each_family_reads_only_its_own_headers() {
+        let ok = |m: &str, h: &str, t: &str| Ok((m.to_string(), h.to_string(), t.to_string()));
         assert_eq!(
-            read(&pairs, false),
-            ok("GET", "tollgate:8080", "/auth", "direct")
+            read(&NGINX, Family::Nginx),
+            ok("DELETE", "api.example.com", "/orders/7?x=1")
+        );
+        // X-Original-URI is not read: ingress-nginx does not set it, so a client could.
+        assert_eq!(
+            read(
+                &with(&NGINX, &[("x-original-uri", "/orders/healthz")]),
+                Family::Nginx
+            ),
+            ok("DELETE", "api.example.com", "/orders/7?x=1")
+        );
+        // The path travels as the client sent it, dot segments and all, for the engine to judge.
+        assert_eq!(
+            read(
+                &[
+                    ("x-original-url", "http://h:8443/a/../b/%2e?q"),
+                    ("x-original-method", "GET")
+                ],
+                Family::Nginx
+            ),
+            ok("GET", "h:8443", "/a/../b/%2e?q")
+        );
+        assert_eq!(
+            read(
+                &[("x-original-url", "http://h"), ("x-original-method", "GET")],
+                Family::Nginx
+            ),
+            ok("GET", "h", "/")
+        );
+        assert_eq!(
+            read(&TRAEFIK, Family::Traefik),
+            ok("PUT", "api.example.com", "/orders/1")
         );
     }
 
     #[test]
+    fn the_other_familys_headers_missing_ones_and_repeats_are_refused() {
+        let cases: Vec<(Vec<(&str, &str)>, Family, &str)> = vec![
+            // The attack: Traefik copies a client's X-Original-URL onto the auth request.
+            (
+                with(
+                    &TRAEFIK,
+                    &[("x-original-url", "https://api.example.com/orders/healthz")],
+                ),
+                Family::Traefik,
+                "x-original-url belongs to another proxy family",
+            ),
+            (
+                with(&TRAEFIK, &[("x-original-method", "GET")]),
+                Family::Traefik,
+                "another proxy family",
+            ),
+            (
+                with(&TRAEFIK, &[("x-original-uri", "/healthz")]),
+                Family::Traefik,
+                "another proxy family",
+            ),
+            (
+                with(&NGINX, &[("x-forwarded-uri", "/orders/healthz")]),
+                Family::Nginx,
+                "another proxy family",
+            ),
+            (
+                with(&NGINX, &[("x-forwarded-method", "GET")]),
+                Family::Nginx,
+                "another proxy family",
+            ),
+            // nginx configured where Traefik calls: nothing is guessed from the auth request.
+            (TRAEFIK.to_vec(), Family::Nginx, "another proxy family"),
+            (
+                vec![("x-original-method", "GET")],
+                Family::Nginx,
+                "x-original-url is missing",
+            ),
+            (
+                NGINX.to_vec(),
+                Family::Traefik,
+                "x-forwarded-method is missing",
+            ),
+            (
+                vec![("x-original-url", "https://h/x")],
+                Family::Nginx,
+                "x-original-method is missing",
+            ),
+            (
+                TRAEFIK
+                    .iter()
+                    .copied()
+                    .filter(|(k, _)| *k != "x-forwarded-host")
+                    .collect(),
+                Family::Traefik,
+                "x-forwarded-host is missing",
+            ),
+            // Twice, in another letter case: still twice.
+            (
+                with(
+                    &NGINX,
+                    &[("X-ORIGINAL-URL", "https://api.example.com/orders/healthz")],
+                ),
+                Family::Nginx,
+                "sent more than once",
+            ),
+            (
+                with(&TRAEFIK, &[("X-Forwarded-Uri", "/orders/healthz")]),
+                Family::Traefik,
+                "sent more than once",
+            ),
+            (
+                with(&TRAEFIK, &[("x-forwarded-host", "evil.example")]),
+                Family::Traefik,
+                "sent more than once",
+            ),
+        ];
+        for (pairs, family, expected) in cases {
+            let err = read(&pairs, family).expect_err(expected);
+            assert!(err.to_string().contains(expected), "{pairs:?}: {err}");
+        }
+    }
+
+    #[test]
     fn malformed_headers_are_errors_not_fallbacks() {
-        let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        let nginx = |url: &'static str, method: &'static str| {
+            vec![("x-original-url", url), ("x-original-method", method)]
+        };
+        let cases: Vec<(Vec<(&str, &str)>, Family, &str)> = vec![
             (
-                vec![("x-original-uri", "/a"), ("x-original-uri", "/b")],
-                "x-original-uri is sent more than once",
+                nginx("/relative", "GET"),
+                Family::Nginx,
+                "must be an absolute",
             ),
             (
-                vec![("x-original-uri", "orders")],
-                "X-Original-URI: must be a path",
+                nginx("ftp://h/x", "GET"),
+                Family::Nginx,
+                "\"ftp\" is not http",
             ),
             (
-                vec![("x-original-uri", "//evil.example/x")],
-                "X-Original-URI: must be a path",
-            ),
-            (vec![("x-original-method", "GE T")], "X-Original-Method"),
-            (
-                vec![("x-original-url", "/relative")],
-                "X-Original-URL: must be an absolute",
+                nginx("https://user@h/x", "GET"),
+                Family::Nginx,
+                "credentials",
             ),
             (
-                vec![("x-original-url", "ftp://h/x")],
-                "X-Original-URL: scheme \"ftp\"",
+                nginx("https://a b/x", "GET"),
+                Family::Nginx,
+                "is not a host",
             ),
+            (nginx("https:///x", "GET"), Family::Nginx, "is not a host"),
             (
-                vec![("x-original-url", "https://user@h/x")],
-                "X-Original-URL: credentials",
+                nginx("https://h/x", "GE T"),
+                Family::Nginx,
+                "X-Original-Method",
             ),
+            (nginx("https://h/x", ""), Family::Nginx, "empty"),
             (
-                vec![("x-forwarded-uri", "x")],
+                TRAEFIK
+                    .iter()
+                    .map(|&(k, v)| {
+                        if k == "x-forwarded-uri" {
+                            (k, "x")
+                        } else {
+                            (k, v)
+                        }
+                    })
+                    .collect(),
+                Family::Traefik,
                 "X-Forwarded-Uri: must be a path",
             ),
-            (vec![("x-forwarded-host", "a b")], "X-Forwarded-Host"),
             (
-                vec![("x-forwarded-uri", "/a"), ("x-forwarded-proto", "gopher")],
+                TRAEFIK
+                    .iter()
+                    .map(|&(k, v)| {
+                        if k == "x-forwarded-proto" {
+                            (k, "gopher")
+                        } else {
+                            (k, v)
+                        }
+                    })
+                    .collect(),
+                Family::Traefik,
                 "X-Forwarded-Proto",
             ),
-            (vec![("x-forwarded-method", "")], "empty"),
+            (
+                TRAEFIK
+                    .iter()
+                    .map(|&(k, v)| {
+                        if k == "x-forwarded-host" {
+                            (k, "a/b")
+                        } else {
+                            (k, v)
+                        }
+                    })
+                    .collect(),
+                Family::Traefik,
+                "X-Forwarded-Host",
+            ),
         ];
-        for (pairs, expected) in cases {
-            let err = read(&pairs, true).expect_err(expected);
+        for (pairs, family, expected) in cases {
+            let err = read(&pairs, family).expect_err(expected);
             assert!(err.to_string().contains(expected), "{pairs:?}: {err}");
         }
     }

@@ -10,9 +10,9 @@ use base64::Engine as _;
 use jsonwebtoken::Algorithm;
 use url::Url;
 
-use super::route::{HostPattern, Methods, PathPrefix};
+use super::route::{HostPattern, Methods, PathCase, PathPrefix};
 use super::spec::{
-    AzureAdSpec, ClaimRequirementSpec, DecryptionSpec, DenyDetail, IntrospectionResponse,
+    self, AzureAdSpec, ClaimRequirementSpec, DecryptionSpec, DenyDetail, IntrospectionResponse,
     IntrospectionSpec, IssuerSpec, JwtPolicySpec, SecretEncoding, SecretKeyRef, SecretSpec,
     TraceHeaderSpec,
 };
@@ -56,6 +56,8 @@ pub enum ProblemKind {
     InvalidSpec,
     /// A referenced secret (file or Kubernetes Secret) could not be read.
     SecretNotFound,
+    /// Not an error: something that compiles but can never apply (a shadowed rule).
+    Warning,
 }
 
 /// One thing wrong with a policy.
@@ -238,7 +240,7 @@ pub struct Rule {
 
 impl Rule {
     /// The length of the longest matching prefix, if the rule matches (0 for "all paths").
-    pub fn match_len(&self, path: &str, method: &str) -> Option<usize> {
+    pub fn match_len(&self, path: &str, method: &str, ignore_case: bool) -> Option<usize> {
         if !self.methods.matches(method) {
             return None;
         }
@@ -247,7 +249,7 @@ impl Rule {
         }
         self.paths
             .iter()
-            .filter(|p| p.matches(path))
+            .filter(|p| p.matches(path, ignore_case))
             .map(PathPrefix::len)
             .max()
     }
@@ -298,6 +300,11 @@ pub struct Policy {
     pub azure: Option<AzureProfile>,
     /// `debug.traceHeader`, if any.
     pub trace_header: Option<TraceHeader>,
+    /// How the upstream compares letter case in paths; `None`: unknown, so a path whose
+    /// match depends on letter case is refused.
+    pub path_case: Option<PathCase>,
+    /// Rules that can never apply (check-policy, the webhook and status warn about them).
+    pub warnings: Vec<Problem>,
     /// Unique per compilation in this process: verified-token cache entries belong to one
     /// compiled policy, so a recompiled one never sees its predecessor's.
     pub instance: u64,
@@ -313,13 +320,26 @@ impl Policy {
         self.issuers.iter().find(|i| i.issuer == iss)
     }
 
+    /// The policy's namespace.
+    pub fn namespace(&self) -> &str {
+        self.id.split_once('/').map_or(&*self.id, |(ns, _)| ns)
+    }
+
     /// The rule for a request: the matching rule with the longest path prefix; on a tie, one
-    /// that names methods over one that does not, then the first listed.
-    pub fn rule_for(&self, path: &str, method: &str) -> Option<&Rule> {
-        let mut best: Option<(&Rule, (usize, bool))> = None;
+    /// that names methods over one that does not, then the first listed. An `OPTIONS` request
+    /// (a CORS preflight, which carries no token) is taken first by the longest rule naming
+    /// `OPTIONS`, so a longer rule for all methods does not shadow it.
+    pub fn rule_for(&self, path: &str, method: &str, ignore_case: bool) -> Option<&Rule> {
+        let options = method.eq_ignore_ascii_case("OPTIONS")
+            && self.rules.iter().any(|r| r.methods.names("OPTIONS"));
+        let mut best: Option<(&Rule, (bool, usize, bool))> = None;
         for rule in &self.rules {
-            if let Some(len) = rule.match_len(path, method) {
-                let rank = (len, !rule.methods.is_all());
+            if let Some(len) = rule.match_len(path, method, ignore_case) {
+                let rank = (
+                    options && rule.methods.names("OPTIONS"),
+                    len,
+                    !rule.methods.is_all(),
+                );
                 if best.as_ref().is_none_or(|(_, r)| rank > *r) {
                     best = Some((rule, rank));
                 }
@@ -557,6 +577,7 @@ pub fn compile(
             problems: c.problems,
         });
     }
+    let warnings = rule_warnings(&paths, &methods, &rules);
     Ok(Policy {
         id,
         hosts,
@@ -575,6 +596,11 @@ pub fn compile(
         require_signed,
         azure,
         trace_header,
+        path_case: spec.match_.path_case.map(|case| match case {
+            spec::PathCase::Exact => PathCase::Exact,
+            spec::PathCase::IgnoreCase => PathCase::IgnoreCase,
+        }),
+        warnings,
         instance: next_instance(),
     })
 }
@@ -792,6 +818,77 @@ fn compile_trace_header(
             None
         }
     }
+}
+
+/// Rules that compile but can never apply: outside the policy's paths or methods, or taken
+/// entirely by an earlier rule with the same prefix.
+fn rule_warnings(paths: &[PathPrefix], methods: &Methods, rules: &[Rule]) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut warn = |field: String, message: String| {
+        out.push(Problem {
+            field,
+            message,
+            kind: ProblemKind::Warning,
+        })
+    };
+    let list = |prefixes: &[PathPrefix]| {
+        prefixes
+            .iter()
+            .map(PathPrefix::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let root = [PathPrefix::root()];
+    let of = |rule: &Rule| -> Vec<PathPrefix> {
+        if rule.paths.is_empty() {
+            root.to_vec()
+        } else {
+            rule.paths.clone()
+        }
+    };
+    for (i, rule) in rules.iter().enumerate() {
+        let field = format!("spec.rules[{i}]");
+        if !paths.is_empty() {
+            for (j, prefix) in rule.paths.iter().enumerate() {
+                if !paths.iter().any(|p| prefix.within(p) || p.within(prefix)) {
+                    warn(
+                        format!("{field}.paths[{j}]"),
+                        format!(
+                            "{prefix} is outside match.paths ({}): this part of the rule can never apply",
+                            list(paths)
+                        ),
+                    );
+                }
+            }
+        }
+        if !rule.methods.overlaps(methods) {
+            warn(
+                format!("{field}.methods"),
+                format!(
+                    "the policy judges only {}: this rule can never apply",
+                    methods.as_slice().join(", ")
+                ),
+            );
+            continue;
+        }
+        let shadowed_by = of(rule).iter().try_fold(None, |found, prefix| {
+            let earlier = rules[..i].iter().position(|other| {
+                of(other).contains(prefix)
+                    && rule.methods.within(&other.methods)
+                    && rule.methods.is_all() == other.methods.is_all()
+            })?;
+            Some(found.or(Some(earlier)))
+        });
+        if let Some(Some(earlier)) = shadowed_by {
+            warn(
+                field,
+                format!(
+                    "spec.rules[{earlier}] has the same paths and takes every method of this rule first: this rule can never apply"
+                ),
+            );
+        }
+    }
+    out
 }
 
 fn prefixes(c: &mut Checker, field: &str, paths: &[String]) -> Vec<PathPrefix> {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::compile::{CompileContext, FileSecrets, Policy, compile, file_digest};
-use super::snapshot::{Conflict, DefaultAction, SharedSnapshot, Snapshot};
+use super::snapshot::{Conflict, SharedSnapshot, Snapshot, SnapshotSettings};
 use super::spec::{API_VERSION, KIND, PolicyDocument};
 use crate::jwks::KeySources;
 
@@ -85,7 +85,7 @@ pub struct FileLoader {
     policies: BTreeMap<Arc<str>, PolicyEntry>,
     next_order: u64,
     key_sources: Arc<KeySources>,
-    default_action: DefaultAction,
+    settings: SnapshotSettings,
     loaded_once: bool,
 }
 
@@ -139,7 +139,7 @@ impl FileLoader {
     pub fn new(
         paths: Vec<PathBuf>,
         key_sources: Arc<KeySources>,
-        default_action: DefaultAction,
+        settings: impl Into<SnapshotSettings>,
     ) -> Self {
         FileLoader {
             paths,
@@ -147,7 +147,7 @@ impl FileLoader {
             policies: BTreeMap::new(),
             next_order: 0,
             key_sources,
-            default_action,
+            settings: settings.into(),
             loaded_once: false,
         }
     }
@@ -348,7 +348,7 @@ impl FileLoader {
         ordered.sort_by_key(|(order, _)| *order);
         let (snapshot, conflicts) = Snapshot::build(
             ordered.into_iter().map(|(_, p)| p).collect(),
-            self.default_action,
+            self.settings.clone(),
         );
         report.policies = snapshot.len();
         report.conflicts = conflicts;

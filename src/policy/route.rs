@@ -1,9 +1,31 @@
-//! Request matching primitives: host patterns, normalized paths, segment-aware prefixes and
+//! Request matching primitives: host patterns, the path as judged, segment-aware prefixes and
 //! method sets. Shared by policy selection and per-path rules, so both see the same path.
 //!
-//! Paths are normalized before matching because a policy's anonymous or weaker rules must never
-//! be reachable by spelling a protected path differently (`/a/../admin`, `//admin`,
-//! `/%61dmin`). Encoded `/` and `\` stay encoded, so they never create a segment boundary.
+//! # The path tollgate judges is the path the upstream serves
+//!
+//! A rule that does not match falls back to looser checks (an `allowAnonymous` rule skips the
+//! token), so every difference between how tollgate and the upstream read a path fails *open*.
+//! Proxies and frameworks disagree about encoded slashes, `;` parameters, dot segments, double
+//! encoding and more (nginx decodes `%2F` and resolves `..` when `proxy_pass` carries a URI,
+//! Tomcat strips `;` parameters, IIS treats `\` as `/`). So [`read_path`] does not pick one
+//! reading: a path that some upstream could read in more than one way is refused (400
+//! `request_malformed`, with the class in the log and `explain`). What is left has exactly one
+//! meaning: escapes of characters that mean the same encoded or not are decoded (`%61` is `a`),
+//! the others are kept upper-cased (`%3F`, `%20`, `%C3%A9`).
+//!
+//! | class | example | why it is refused |
+//! |---|---|---|
+//! | encoded `/` | `/a%2Fb` | decoded into a segment boundary by nginx (URI-bearing `proxy_pass`) and many frameworks |
+//! | `\` raw or encoded | `/a%5Cb` | a path separator on Windows, IIS and some Java servers |
+//! | `;` parameters | `/a;x=1/b`, `/..;/` | stripped by Tomcat, Jetty and Spring before routing |
+//! | dot segments | `/a/../b`, `/%2e%2e/` | resolved by some hops and not by others |
+//! | empty segments | `/a//b` | merged by nginx and Envoy, not by every upstream |
+//! | double encoding | `/%252e%252e/` | decoded twice by some stacks |
+//! | `#`, control characters, space | `/a#b`, `/a%00b` | truncate or split the path in some parsers |
+//! | invalid escapes, raw non-ASCII, invalid or overlong UTF-8 | `/%zz`, `/%C0%AF` | no single reading |
+//!
+//! Letter case and `HEAD` are matters of matching, not reading: see [`PathPrefix::matches`] and
+//! [`Methods::matches`].
 
 use std::fmt;
 
@@ -18,13 +40,22 @@ pub enum HostPattern {
     Any,
 }
 
+/// How a policy's upstream compares letter case in paths (`match.pathCase`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathCase {
+    /// `/Admin` is another path than `/admin`.
+    Exact,
+    /// Prefixes match in any letter case.
+    IgnoreCase,
+}
+
 /// Why a pattern, path or method was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RouteError {
     #[error("host {0:?}: {1}")]
     Host(String, &'static str),
     #[error("path {0:?}: {1}")]
-    Path(String, &'static str),
+    Path(String, String),
     #[error("method {0:?} is not an HTTP method token")]
     Method(String),
 }
@@ -116,8 +147,75 @@ pub fn normalize_host(host: &str) -> String {
     without_dot.to_ascii_lowercase()
 }
 
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+/// Longest path tollgate reads (bytes before the query); longer requests are refused.
+pub const MAX_PATH_BYTES: usize = 8 * 1024;
+
+/// Why a request path is refused: each is a way an upstream could read the path differently
+/// from tollgate (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// Empty, or not starting with `/` (only origin-form targets are judged).
+    #[error("does not start with /")]
+    NotOrigin,
+    /// Longer than [`MAX_PATH_BYTES`].
+    #[error("is longer than {MAX_PATH_BYTES} bytes")]
+    TooLong,
+    /// `%2F`: an upstream may decode it into a segment boundary.
+    #[error("contains an encoded / (%2F), which some upstreams decode into a path separator")]
+    EncodedSlash,
+    /// `\` or `%5C`: a path separator for some servers.
+    #[error("contains a backslash, which some upstreams read as /")]
+    Backslash,
+    /// `;` or `%3B`: path parameters, stripped by some servers before routing.
+    #[error("contains ; (a path parameter), which some upstreams strip before routing")]
+    Parameters,
+    /// A `.` or `..` segment, in any encoding.
+    #[error(
+        "contains a . or .. segment (in any encoding), which some hops resolve and others do not"
+    )]
+    DotSegment,
+    /// `//`: an empty segment.
+    #[error("contains an empty segment (//), which some hops merge and others do not")]
+    EmptySegment,
+    /// `%25` followed by two hex digits: decoded twice by some stacks.
+    #[error("is double-encoded (%25 followed by hex digits)")]
+    DoubleEncoding,
+    /// `%` not followed by two hex digits.
+    #[error("contains an invalid percent-escape")]
+    BadEscape,
+    /// `#` in the request target.
+    #[error("contains # (a fragment is never sent to a server)")]
+    Fragment,
+    /// A control character, space or DEL, raw or encoded (`%00`, `%0A`, …; a space only raw).
+    #[error("contains a control character, NUL or a raw space")]
+    Control,
+    /// A raw byte above 0x7F (request targets are ASCII; UTF-8 travels percent-encoded).
+    #[error("contains a raw non-ASCII byte")]
+    NotAscii,
+    /// Percent-escapes that decode to invalid or overlong UTF-8.
+    #[error("contains escapes that are not valid UTF-8 (or are overlong)")]
+    BadUtf8,
+}
+
+impl PathError {
+    /// A bounded code for logs and metrics: `encoded_slash`, `dot_segment`, ….
+    pub fn class(self) -> &'static str {
+        match self {
+            PathError::NotOrigin => "not_origin_form",
+            PathError::TooLong => "too_long",
+            PathError::EncodedSlash => "encoded_slash",
+            PathError::Backslash => "backslash",
+            PathError::Parameters => "path_parameters",
+            PathError::DotSegment => "dot_segment",
+            PathError::EmptySegment => "empty_segment",
+            PathError::DoubleEncoding => "double_encoding",
+            PathError::BadEscape => "invalid_escape",
+            PathError::Fragment => "fragment",
+            PathError::Control => "control_character",
+            PathError::NotAscii => "raw_non_ascii",
+            PathError::BadUtf8 => "invalid_utf8",
+        }
+    }
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -129,94 +227,136 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// Normalizes a request path for matching: drops the query and fragment, decodes
-/// percent-encoded unreserved characters (and upper-cases the other escapes), merges repeated
-/// slashes and removes `.`/`..` segments (RFC 3986 §5.2.4). Encoded `/`, `\` and other reserved
-/// characters stay encoded. Invalid escapes or a path not starting with `/` are errors.
-pub fn normalize_path(raw: &str) -> Result<String, RouteError> {
-    let path = raw.split(['?', '#']).next().unwrap_or("");
-    if path.is_empty() {
-        return Ok("/".to_string());
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn push_escape(out: &mut String, value: u8) {
+    out.push('%');
+    out.push(char::from(HEX[usize::from(value >> 4)]));
+    out.push(char::from(HEX[usize::from(value & 15)]));
+}
+
+/// Checks that the escaped bytes above 0x7F just read (`run`) form valid UTF-8.
+fn check_utf8(run: &mut Vec<u8>) -> Result<(), PathError> {
+    if !run.is_empty() {
+        std::str::from_utf8(run).map_err(|_| PathError::BadUtf8)?;
+        run.clear();
+    }
+    Ok(())
+}
+
+/// The path of a request target as tollgate judges it, or why it cannot be judged.
+///
+/// The query is dropped. Escapes of printable ASCII characters are decoded except `%20`,
+/// `%23` (`#`), `%25` (`%`) and `%3F` (`?`), which are kept (upper-cased) like escaped UTF-8.
+/// Everything an upstream could read in more than one way is a [`PathError`]. Letter case is
+/// kept. Runs in one pass over the bytes, plus one over the segments.
+pub fn read_path(target: &str) -> Result<String, PathError> {
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    if path.len() > MAX_PATH_BYTES {
+        return Err(PathError::TooLong);
     }
     if !path.starts_with('/') {
-        return Err(RouteError::Path(truncate(raw), "does not start with /"));
+        return Err(PathError::NotOrigin);
     }
     let bytes = path.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut out = String::with_capacity(bytes.len());
+    let mut high: Vec<u8> = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        if b == b'%' {
-            let (Some(hi), Some(lo)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            ) else {
-                return Err(RouteError::Path(truncate(raw), "invalid percent-encoding"));
-            };
-            let value = hi * 16 + lo;
-            if is_unreserved(value) {
-                decoded.push(value);
-            } else {
-                decoded.extend_from_slice(format!("%{value:02X}").as_bytes());
+        if b != b'%' {
+            check_utf8(&mut high)?;
+            match b {
+                b'\\' => return Err(PathError::Backslash),
+                b'#' => return Err(PathError::Fragment),
+                b';' => return Err(PathError::Parameters),
+                0..=0x20 | 0x7f => return Err(PathError::Control),
+                0x80.. => return Err(PathError::NotAscii),
+                _ => out.push(char::from(b)),
             }
-            i += 3;
-        } else if b == b'\\' || b < 0x20 || b == 0x7f {
-            return Err(RouteError::Path(
-                truncate(raw),
-                "contains a backslash or control character",
-            ));
-        } else {
-            decoded.push(b);
             i += 1;
+            continue;
         }
-    }
-    // Only ASCII was pushed for escapes, and the input was valid UTF-8.
-    let decoded = String::from_utf8(decoded)
-        .map_err(|_| RouteError::Path(truncate(raw), "is not UTF-8 after decoding"))?;
-    let trailing_slash =
-        decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
+        let (Some(hi), Some(lo)) = (
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) else {
+            return Err(PathError::BadEscape);
+        };
+        let value = hi * 16 + lo;
+        i += 3;
+        if value >= 0x80 {
+            high.push(value);
+            push_escape(&mut out, value);
+            continue;
+        }
+        check_utf8(&mut high)?;
+        match value {
+            0..=0x1f | 0x7f => return Err(PathError::Control),
+            b'/' => return Err(PathError::EncodedSlash),
+            b'\\' => return Err(PathError::Backslash),
+            b';' => return Err(PathError::Parameters),
+            b'%' if bytes.get(i).copied().and_then(hex).is_some()
+                && bytes.get(i + 1).copied().and_then(hex).is_some() =>
+            {
+                return Err(PathError::DoubleEncoding);
             }
-            s => segments.push(s),
+            b' ' | b'#' | b'%' | b'?' => push_escape(&mut out, value),
+            _ => out.push(char::from(value)),
         }
     }
-    let mut out = String::with_capacity(decoded.len());
-    for segment in &segments {
-        out.push('/');
-        out.push_str(segment);
-    }
-    if out.is_empty() || (trailing_slash && !segments.is_empty()) {
-        out.push('/');
+    check_utf8(&mut high)?;
+    // Segments: the first is the empty string before the leading '/'; the last may be empty
+    // (a trailing slash).
+    let mut segments = out.split('/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        match segment {
+            "." | ".." => return Err(PathError::DotSegment),
+            "" if segments.peek().is_some() => return Err(PathError::EmptySegment),
+            _ => {}
+        }
     }
     Ok(out)
 }
 
-fn truncate(text: &str) -> String {
-    text.chars().take(80).collect()
-}
+/// Characters that make a path look like a pattern (glob, regex, template) rather than a
+/// literal prefix.
+const PATTERN_CHARS: &[char] = &['*', '?', '[', ']', '{', '}', '(', ')', '^', '$', '|', '#'];
 
 /// A segment-aware path prefix: `/orders` matches `/orders`, `/orders/`, `/orders/1`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PathPrefix(String);
 
 impl PathPrefix {
+    /// A prefix as written in a policy. Patterns are refused rather than matched literally
+    /// (`/orders/admin/*` would otherwise protect only a segment named `*`), and so is
+    /// anything a request path can never be (dot segments, `//`, `;`, encoded `/`).
     pub fn parse(text: &str) -> Result<Self, RouteError> {
-        if text.contains(['?', '#']) {
-            return Err(RouteError::Path(
-                text.to_string(),
-                "a prefix cannot contain ? or #",
+        let refuse = |why: String| Err(RouteError::Path(text.to_string(), why));
+        if let Some(c) = text.chars().find(|c| PATTERN_CHARS.contains(c)) {
+            return refuse(format!(
+                "{c:?} is not a pattern here: paths are literal prefixes matched on whole segments \
+                 (\"/orders/admin\" covers /orders/admin and /orders/admin/7, not /orders/administrator); \
+                 leave out wildcards, regular expressions and the query"
             ));
         }
-        let normalized = normalize_path(text)?;
-        let trimmed = if normalized.len() > 1 {
-            normalized.trim_end_matches('/')
+        if let Some(segment) = text.split('/').find(|s| s.starts_with(':')) {
+            return refuse(format!(
+                "{segment:?} looks like a route parameter: paths are literal prefixes; cut the path before it"
+            ));
+        }
+        let read = match read_path(text) {
+            Ok(read) => read,
+            Err(e) => {
+                return refuse(format!(
+                    "{e}; such requests are refused, so this prefix could never match"
+                ));
+            }
+        };
+        let trimmed = if read.len() > 1 {
+            read.trim_end_matches('/')
         } else {
-            &normalized
+            &read
         };
         Ok(PathPrefix(trimmed.to_string()))
     }
@@ -238,13 +378,32 @@ impl PathPrefix {
         self.0.is_empty()
     }
 
-    /// `path` must already be normalized.
-    pub fn matches(&self, path: &str) -> bool {
+    /// Whether the prefix has upper-case letters (then letter case can change what it matches).
+    pub fn has_upper(&self) -> bool {
+        self.0.bytes().any(|b| b.is_ascii_uppercase())
+    }
+
+    /// Whether `path` (as [`read_path`] returns it) is this prefix or below it. With
+    /// `ignore_case`, ASCII letters match in either case (for upstreams that route that way).
+    pub fn matches(&self, path: &str, ignore_case: bool) -> bool {
         if self.0 == "/" {
             return true;
         }
-        path.starts_with(self.0.as_str())
-            && matches!(path.as_bytes().get(self.0.len()), None | Some(b'/'))
+        let (prefix, path) = (self.0.as_bytes(), path.as_bytes());
+        let Some(head) = path.get(..prefix.len()) else {
+            return false;
+        };
+        let same = if ignore_case {
+            head.eq_ignore_ascii_case(prefix)
+        } else {
+            head == prefix
+        };
+        same && matches!(path.get(prefix.len()), None | Some(b'/'))
+    }
+
+    /// Whether every path this prefix matches is also matched by `other`.
+    pub fn within(&self, other: &PathPrefix) -> bool {
+        other.matches(&self.0, false)
     }
 }
 
@@ -282,13 +441,34 @@ impl Methods {
         self.0.is_empty()
     }
 
+    /// Whether a request with `method` is covered. `HEAD` is covered by `GET` as well: most
+    /// frameworks answer `HEAD` with the `GET` handler, so a `GET`-only rule must judge it.
     pub fn matches(&self, method: &str) -> bool {
-        self.0.is_empty() || self.0.iter().any(|m| m.eq_ignore_ascii_case(method))
+        self.0.is_empty()
+            || self.0.iter().any(|m| m.eq_ignore_ascii_case(method))
+            || (method.eq_ignore_ascii_case("HEAD") && self.0.iter().any(|m| m == "GET"))
     }
 
-    /// Whether some method is in both sets.
+    /// Whether some request method is covered by both sets.
     pub fn overlaps(&self, other: &Methods) -> bool {
-        self.0.is_empty() || other.0.is_empty() || self.0.iter().any(|m| other.0.contains(m))
+        let head = |set: &Methods| set.matches("HEAD");
+        self.0.is_empty()
+            || other.0.is_empty()
+            || self.0.iter().any(|m| other.0.contains(m))
+            || (head(self) && head(other))
+    }
+
+    /// Whether every method `self` covers is covered by `other`.
+    pub fn within(&self, other: &Methods) -> bool {
+        other.is_all()
+            || (!self.is_all()
+                && self.0.iter().all(|m| other.matches(m))
+                && (!self.matches("HEAD") || other.matches("HEAD")))
+    }
+
+    /// Whether the set names `method` itself (not through `HEAD` ⊂ `GET` or "all").
+    pub fn names(&self, method: &str) -> bool {
+        self.0.iter().any(|m| m.eq_ignore_ascii_case(method))
     }
 
     pub fn as_slice(&self) -> &[String] {
@@ -345,28 +525,75 @@ mod tests {
     }
 
     #[test]
-    fn paths_are_normalized() {
+    fn paths_with_one_reading_are_judged_as_written() {
         let cases = [
             ("/orders?x=1", "/orders"),
-            ("/orders#frag", "/orders"),
-            ("", "/"),
+            ("/orders?next=/../admin#x", "/orders"),
             ("/", "/"),
-            ("//orders//1", "/orders/1"),
-            ("/orders/./1", "/orders/1"),
-            ("/orders/healthz/../admin", "/orders/admin"),
-            ("/../../etc", "/etc"),
-            ("/%6Frders", "/orders"),
-            ("/orders/%2e%2e/admin", "/admin"),
-            ("/a%2fb", "/a%2Fb"),
-            ("/a%2Fb/", "/a%2Fb/"),
             ("/orders/", "/orders/"),
-            ("/orders/1/..", "/orders/"),
+            ("/Orders/Admin", "/Orders/Admin"),
+            ("/%6Frders", "/orders"),
+            ("/%7Euser/%2Bplus%3A%40", "/~user/+plus:@"),
+            ("/a%20b%3fc%23d", "/a%20b%3Fc%23d"),
+            ("/100%25", "/100%25"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/a.b/..c/.../c..", "/a.b/..c/.../c.."),
+            ("/a%2Eb", "/a.b"),
         ];
         for (raw, want) in cases {
-            assert_eq!(normalize_path(raw).expect(raw), want, "{raw}");
+            assert_eq!(read_path(raw).expect(raw), want, "{raw}");
         }
-        for bad in ["orders", "/a%zz", "/a%2", "/a\\b", "/a\u{1}b"] {
-            assert!(normalize_path(bad).is_err(), "{bad:?}");
+    }
+
+    #[test]
+    fn paths_an_upstream_could_read_otherwise_are_refused() {
+        use PathError::*;
+        let long = format!("/{}", "a".repeat(MAX_PATH_BYTES));
+        let cases: Vec<(&str, PathError)> = vec![
+            ("", NotOrigin),
+            ("orders", NotOrigin),
+            ("*", NotOrigin),
+            ("http://evil/x", NotOrigin),
+            (&long, TooLong),
+            ("/orders/healthz/..%2Fadmin/1", EncodedSlash),
+            ("/a%2fb", EncodedSlash),
+            ("/a\\b", Backslash),
+            ("/a%5cb", Backslash),
+            ("/orders/admin;x=1/1", Parameters),
+            ("/orders/healthz/..;/admin/1", Parameters),
+            ("/a%3Bb", Parameters),
+            ("/orders/healthz/../admin", DotSegment),
+            ("/orders/./admin", DotSegment),
+            ("/orders/%2e%2e/admin", DotSegment),
+            ("/orders/.%2E/admin", DotSegment),
+            ("/orders/%2e", DotSegment),
+            ("/..", DotSegment),
+            ("/orders/1/..", DotSegment),
+            ("//orders", EmptySegment),
+            ("/orders//admin", EmptySegment),
+            ("/%252e%252e/admin", DoubleEncoding),
+            ("/a%252Fb", DoubleEncoding),
+            ("/a%zz", BadEscape),
+            ("/a%2", BadEscape),
+            ("/a%", BadEscape),
+            ("/a#b", Fragment),
+            ("/a%00b", Control),
+            ("/a%0d%0ab", Control),
+            ("/a b", Control),
+            ("/a\u{1}b", Control),
+            ("/a%7f", Control),
+            ("/caf\u{e9}", NotAscii),
+            ("/%C0%AF", BadUtf8),
+            ("/%E0%80%AF", BadUtf8),
+            ("/%C0%AE%C0%AE/", BadUtf8),
+            ("/%FF", BadUtf8),
+            ("/%A9", BadUtf8),
+            ("/%C3", BadUtf8),
+            ("/%C3/", BadUtf8),
+            ("/%ED%A0%80", BadUtf8),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(read_path(raw), Err(want), "{raw:?}");
         }
     }
 
@@ -381,14 +608,45 @@ mod tests {
             ("/ordersx", false),
             ("/order", false),
             ("/", false),
+            ("/Orders/1", false),
         ] {
-            assert_eq!(p.matches(path), want, "{path}");
+            assert_eq!(p.matches(path, false), want, "{path}");
         }
-        assert!(PathPrefix::root().matches("/anything"));
-        assert!(PathPrefix::parse("/a?b").is_err());
-        // An encoded slash never reaches into a prefix.
-        let admin = PathPrefix::parse("/orders/admin").expect("parse");
-        assert!(!admin.matches(&normalize_path("/orders%2Fadmin").expect("norm")));
+        assert!(p.matches("/ORDERS/1", true));
+        assert!(!p.matches("/ORDERSX", true));
+        assert!(PathPrefix::root().matches("/anything", false));
+        assert_eq!(
+            PathPrefix::parse("/%61dmin").expect("parse").as_str(),
+            "/admin"
+        );
+        assert!(
+            PathPrefix::parse("/orders/admin")
+                .expect("parse")
+                .within(&p)
+        );
+        assert!(!p.within(&PathPrefix::parse("/orders/admin").expect("parse")));
+    }
+
+    #[test]
+    fn patterns_and_unmatchable_prefixes_are_refused() {
+        for (bad, says) in [
+            ("/orders/admin/*", "not a pattern"),
+            ("/orders/*/items", "not a pattern"),
+            ("/orders/.*", "not a pattern"),
+            ("^/orders$", "not a pattern"),
+            ("/orders/{id}", "not a pattern"),
+            ("/orders/[0-9]+", "not a pattern"),
+            ("/a?b", "not a pattern"),
+            ("/orders/:id", "route parameter"),
+            ("/orders/../admin", "could never match"),
+            ("/orders//admin", "could never match"),
+            ("/orders;v=1", "could never match"),
+            ("/a%2Fb", "could never match"),
+            ("orders", "could never match"),
+        ] {
+            let err = PathPrefix::parse(bad).expect_err(bad).to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -401,5 +659,16 @@ mod tests {
         assert!(m.overlaps(&Methods::default()));
         assert!(!m.overlaps(&Methods::parse(&["DELETE".into()]).expect("parse")));
         assert!(Methods::parse(&["GE T".into()]).is_err());
+        // HEAD runs the GET handler in most frameworks: a GET rule judges it.
+        assert!(m.matches("HEAD"));
+        assert!(
+            !Methods::parse(&["POST".into()])
+                .expect("parse")
+                .matches("HEAD")
+        );
+        let head = Methods::parse(&["HEAD".into()]).expect("parse");
+        assert!(head.overlaps(&m) && !head.matches("GET"));
+        assert!(head.within(&m) && !m.within(&head));
+        assert!(m.names("get") && !m.names("HEAD"));
     }
 }

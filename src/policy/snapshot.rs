@@ -1,10 +1,12 @@
 //! The immutable index of compiled policies that every check reads, and the shared handle
 //! through which a new one is published atomically.
 //!
-//! Selection: host first (exact, then wildcards from the longest suffix, then `*`), then the
-//! longest matching path prefix with a matching method. A host level with no matching path falls
-//! through to the next, less specific host level, so a wildcard policy still protects paths an
-//! exact-host policy does not claim.
+//! Selection: first the namespace that owns the host (see [`super::owners`]); then, among that
+//! namespace's policies only, host patterns (exact, then wildcards from the longest suffix,
+//! then `*`) and the longest matching path prefix with a matching method. A host level with no
+//! matching path falls through to the next, less specific level of the same namespace, so a
+//! team's wildcard policy still protects paths its exact-host policy does not claim — and
+//! another namespace's never does.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use super::compile::Policy;
+use super::owners::{self, HostDelegations};
 use super::route::{HostPattern, Methods, PathPrefix};
 use crate::verified::TokenCache;
 
@@ -27,6 +30,24 @@ pub enum DefaultAction {
     Allow,
 }
 
+/// What a snapshot is built with besides the policies.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotSettings {
+    pub default_action: DefaultAction,
+    /// Hosts a cluster operator gave to namespaces (`--host-delegations`).
+    pub delegations: Arc<HostDelegations>,
+}
+
+impl From<DefaultAction> for SnapshotSettings {
+    /// Without delegations: ownership by age alone.
+    fn from(default_action: DefaultAction) -> Self {
+        SnapshotSettings {
+            default_action,
+            delegations: HostDelegations::none(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Route {
     prefix: PathPrefix,
@@ -34,24 +55,55 @@ struct Route {
     policy: Arc<Policy>,
 }
 
-/// A host+path claimed by two policies; the newer one is left out of the snapshot.
+/// Why a policy was left out of the snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// An older policy of the same namespace holds the same host, path and method.
+    Route,
+    /// The host (or a wildcard overlapping it) belongs to another namespace.
+    Host,
+    /// A cluster operator delegated the host to another namespace.
+    Delegated,
+}
+
+/// A policy left out of the snapshot because another one holds what it claims.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conflict {
     /// The policy left out.
     pub policy: Arc<str>,
-    /// The older policy that keeps the route.
+    /// The older policy that keeps the route or owns the host; for a delegation, the
+    /// namespace it is delegated to.
     pub holder: Arc<str>,
     pub host: String,
     pub path: String,
+    pub kind: ConflictKind,
 }
 
 impl std::fmt::Display for Conflict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "host {} path {} is already claimed by {}; give this policy other hosts/paths/methods, or select it explicitly with the route's tollgate.dev/policy context extension",
-            self.host, self.path, self.holder
-        )
+        match self.kind {
+            ConflictKind::Route => write!(
+                f,
+                "host {} path {} is already claimed by {}; give this policy other hosts/paths/methods, or select it explicitly with the route's tollgate.dev/policy context extension",
+                self.host, self.path, self.holder
+            ),
+            ConflictKind::Host => {
+                let namespace = self
+                    .holder
+                    .split_once('/')
+                    .map_or(&*self.holder, |(ns, _)| ns);
+                write!(
+                    f,
+                    "host {} belongs to namespace {namespace} ({} is the oldest policy naming it); a host belongs to one namespace: choose other hosts, or ask a cluster operator to delegate it (--host-delegations)",
+                    self.host, self.holder
+                )
+            }
+            ConflictKind::Delegated => write!(
+                f,
+                "host {} is delegated to namespace {} by the cluster operator (--host-delegations); a host belongs to one namespace",
+                self.host, self.holder
+            ),
+        }
     }
 }
 
@@ -62,6 +114,11 @@ pub struct Snapshot {
     exact: HashMap<String, Vec<Route>>,
     wildcard: HashMap<String, Vec<Route>>,
     any: Vec<Route>,
+    /// The namespace owning each exact host and wildcard (claims and delegations).
+    owners_exact: HashMap<String, Arc<str>>,
+    owners_wildcard: HashMap<String, Arc<str>>,
+    /// Whether some path prefix (of a policy or a rule) has upper-case letters.
+    upper_prefixes: bool,
     /// Increases with every published snapshot.
     pub generation: u64,
     pub default_action: DefaultAction,
@@ -69,37 +126,107 @@ pub struct Snapshot {
     pub token_cache: Option<Arc<TokenCache>>,
 }
 
+/// The first route of `routes` (sorted: longest prefix first) that matches. An `OPTIONS`
+/// request (a CORS preflight carries no token) is taken first by a route that names `OPTIONS`,
+/// so a longer route for all methods does not shadow it.
+fn pick_route<'r, T>(
+    routes: &'r [T],
+    route: impl Fn(&T) -> (&PathPrefix, &Methods),
+    path: &str,
+    method: &str,
+    ignore_case: bool,
+    eligible: impl Fn(&T) -> bool,
+) -> Option<&'r T> {
+    let matching = |r: &&T| {
+        let (prefix, methods) = route(r);
+        eligible(r) && prefix.matches(path, ignore_case) && methods.matches(method)
+    };
+    if method.eq_ignore_ascii_case("OPTIONS")
+        && let Some(found) = routes
+            .iter()
+            .filter(matching)
+            .find(|r| route(r).1.names("OPTIONS"))
+    {
+        return Some(found);
+    }
+    routes.iter().find(matching)
+}
+
 impl Snapshot {
-    /// Indexes `policies`, given oldest first: on a host+path+method collision the older policy
-    /// keeps the route and the newer one is left out whole (reported as a [`Conflict`]).
+    /// Indexes `policies`, given oldest first, with the operator's host delegations. A policy
+    /// naming a host another namespace owns, or a host+path+method an older policy of its
+    /// namespace holds, is left out whole (reported as a [`Conflict`]).
     pub fn build(
         policies: Vec<Arc<Policy>>,
-        default_action: DefaultAction,
+        settings: impl Into<SnapshotSettings>,
     ) -> (Snapshot, Vec<Conflict>) {
+        let settings = settings.into();
+        let delegations = &*settings.delegations;
         let mut snapshot = Snapshot {
-            default_action,
+            default_action: settings.default_action,
             ..Snapshot::default()
         };
+        for (pattern, namespace) in delegations.entries() {
+            snapshot.set_owner(&pattern, namespace);
+        }
+        // Accepted claims on hosts: (pattern, namespace, policy).
+        let mut claims: Vec<(HostPattern, Arc<str>, Arc<str>)> = Vec::new();
+        let mut any_holder: Option<(Arc<str>, Arc<str>)> = None;
         let mut conflicts = Vec::new();
         for policy in policies {
+            let namespace: Arc<str> = policy.namespace().into();
             let root = [PathPrefix::root()];
             let prefixes: &[PathPrefix] = if policy.paths.is_empty() {
                 &root
             } else {
                 &policy.paths
             };
-            let clash = policy.hosts.iter().find_map(|host| {
-                let bucket = snapshot.bucket(host)?;
-                prefixes.iter().find_map(|prefix| {
-                    bucket
-                        .iter()
-                        .find(|r| r.prefix == *prefix && r.methods.overlaps(&policy.methods))
-                        .map(|r| Conflict {
-                            policy: policy.id.clone(),
-                            holder: r.policy.id.clone(),
-                            host: host.to_string(),
-                            path: prefix.to_string(),
-                        })
+            let conflict = |host: &HostPattern, holder: &Arc<str>, kind| Conflict {
+                policy: policy.id.clone(),
+                holder: holder.clone(),
+                host: host.to_string(),
+                path: String::new(),
+                kind,
+            };
+            let host_clash = policy.hosts.iter().find_map(|host| {
+                if *host == HostPattern::Any {
+                    return any_holder
+                        .as_ref()
+                        .filter(|(ns, _)| *ns != namespace)
+                        .map(|(_, holder)| conflict(host, holder, ConflictKind::Host));
+                }
+                let delegated = delegations.covering(host);
+                if let Some((_, owner)) = &delegated
+                    && **owner != namespace
+                {
+                    return Some(conflict(host, owner, ConflictKind::Delegated));
+                }
+                if delegated.is_some() {
+                    return None;
+                }
+                claims
+                    .iter()
+                    .find(|(other, ns, _)| {
+                        *ns != namespace
+                            && owners::overlap(host, other)
+                            && !delegations
+                                .covering(other)
+                                .is_some_and(|(_, owner)| owner == ns)
+                    })
+                    .map(|(_, _, holder)| conflict(host, holder, ConflictKind::Host))
+            });
+            let clash = host_clash.or_else(|| {
+                policy.hosts.iter().find_map(|host| {
+                    let bucket = snapshot.bucket(host)?;
+                    prefixes.iter().find_map(|prefix| {
+                        bucket
+                            .iter()
+                            .find(|r| r.prefix == *prefix && r.methods.overlaps(&policy.methods))
+                            .map(|r| Conflict {
+                                path: prefix.to_string(),
+                                ..conflict(host, &r.policy.id, ConflictKind::Route)
+                            })
+                    })
                 })
             });
             if let Some(conflict) = clash {
@@ -107,6 +234,22 @@ impl Snapshot {
                 continue;
             }
             for host in &policy.hosts {
+                match host {
+                    HostPattern::Any => {
+                        any_holder.get_or_insert_with(|| (namespace.clone(), policy.id.clone()));
+                    }
+                    _ => {
+                        if !claims
+                            .iter()
+                            .any(|(h, ns, _)| h == host && *ns == namespace)
+                        {
+                            claims.push((host.clone(), namespace.clone(), policy.id.clone()));
+                        }
+                        if delegations.covering(host).is_none() {
+                            snapshot.set_owner(host, &namespace);
+                        }
+                    }
+                }
                 let bucket = match host {
                     HostPattern::Exact(h) => snapshot.exact.entry(h.clone()).or_default(),
                     HostPattern::Wildcard(s) => snapshot.wildcard.entry(s.clone()).or_default(),
@@ -120,6 +263,11 @@ impl Snapshot {
                     });
                 }
             }
+            snapshot.upper_prefixes |= prefixes.iter().any(PathPrefix::has_upper)
+                || policy
+                    .rules
+                    .iter()
+                    .any(|r| r.paths.iter().any(PathPrefix::has_upper));
             snapshot.policies.insert(policy.id.clone(), policy);
         }
         for bucket in snapshot
@@ -139,6 +287,22 @@ impl Snapshot {
         (snapshot, conflicts)
     }
 
+    fn set_owner(&mut self, pattern: &HostPattern, namespace: &Arc<str>) {
+        match pattern {
+            HostPattern::Exact(h) => {
+                self.owners_exact
+                    .entry(h.clone())
+                    .or_insert_with(|| namespace.clone());
+            }
+            HostPattern::Wildcard(s) => {
+                self.owners_wildcard
+                    .entry(s.clone())
+                    .or_insert_with(|| namespace.clone());
+            }
+            HostPattern::Any => {}
+        }
+    }
+
     fn bucket(&self, host: &HostPattern) -> Option<&Vec<Route>> {
         match host {
             HostPattern::Exact(h) => self.exact.get(h),
@@ -147,36 +311,63 @@ impl Snapshot {
         }
     }
 
-    /// The policy judging a request. `host` must be normalized (lower case, no port) and
-    /// `path` normalized (see `route::normalize_path`).
-    pub fn select(&self, host: &str, path: &str, method: &str) -> Option<&Arc<Policy>> {
-        fn pick<'s>(routes: &'s [Route], path: &str, method: &str) -> Option<&'s Arc<Policy>> {
-            routes
-                .iter()
-                .find(|r| r.prefix.matches(path) && r.methods.matches(method))
-                .map(|r| &r.policy)
+    /// The namespace that owns a (normalized) request host: the most specific claim or
+    /// delegation covering it. `None`: nobody owns it, and only `*` policies can judge it.
+    pub fn owner(&self, host: &str) -> Option<&Arc<str>> {
+        if let Some(owner) = self.owners_exact.get(host) {
+            return Some(owner);
         }
-        if let Some(found) = self
-            .exact
-            .get(host)
-            .and_then(|routes| pick(routes, path, method))
-        {
+        if !self.owners_wildcard.is_empty() {
+            let mut rest = host;
+            while let Some((_, suffix)) = rest.split_once('.') {
+                if let Some(owner) = self.owners_wildcard.get(suffix) {
+                    return Some(owner);
+                }
+                rest = suffix;
+            }
+        }
+        None
+    }
+
+    /// Whether some prefix has upper-case letters, so letter case can change a match.
+    pub fn has_upper_prefixes(&self) -> bool {
+        self.upper_prefixes
+    }
+
+    /// The policy judging a request. `host` must be normalized (lower case, no port) and
+    /// `path` read by `route::read_path`. With `ignore_case`, prefixes match in any case.
+    pub fn select<'s>(
+        &'s self,
+        host: &str,
+        path: &str,
+        method: &str,
+        ignore_case: bool,
+    ) -> Option<&'s Arc<Policy>> {
+        let owner = self.owner(host);
+        let pick = |routes: &'s [Route]| -> Option<&'s Arc<Policy>> {
+            pick_route(
+                routes,
+                |r| (&r.prefix, &r.methods),
+                path,
+                method,
+                ignore_case,
+                |r| owner.is_none_or(|ns| **ns == *r.policy.namespace()),
+            )
+            .map(|r| &r.policy)
+        };
+        if let Some(found) = self.exact.get(host).and_then(|routes| pick(routes)) {
             return Some(found);
         }
         if !self.wildcard.is_empty() {
             let mut rest = host;
             while let Some((_, suffix)) = rest.split_once('.') {
-                if let Some(found) = self
-                    .wildcard
-                    .get(suffix)
-                    .and_then(|routes| pick(routes, path, method))
-                {
+                if let Some(found) = self.wildcard.get(suffix).and_then(|routes| pick(routes)) {
                     return Some(found);
                 }
                 rest = suffix;
             }
         }
-        pick(&self.any, path, method)
+        pick(&self.any)
     }
 
     /// A policy by `namespace/name` (explicit selection by the route).

@@ -263,13 +263,31 @@ pub struct MatchSpec {
     #[schemars(length(max = 1000), inner(length(min = 1, max = 253)))]
     pub hosts: Vec<String>,
     /// Path prefixes, segment-aware: `/orders` matches `/orders` and `/orders/1`, not
-    /// `/ordersx`. Default: every path.
+    /// `/ordersx`. Literal: no wildcards, regular expressions or route parameters. Default:
+    /// every path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 100), inner(regex(pattern = "^/"), length(max = 1024)))]
+    #[schemars(
+        length(max = 100),
+        inner(regex(pattern = "^/[^*?#]*$"), length(max = 1024))
+    )]
     pub paths: Vec<String>,
-    /// HTTP methods. Default: every method.
+    /// HTTP methods (`GET` also covers `HEAD`). Default: every method.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
+    /// How the upstream compares letter case in paths: `Exact` (`/Admin` is another path than
+    /// `/admin`) or `IgnoreCase` (ASP.NET, IIS: prefixes match in any case). Unset: a request
+    /// whose policy or rule would differ by letter case is refused (400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_case: Option<PathCase>,
+}
+
+/// How an upstream compares letter case in paths.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum PathCase {
+    /// Case-sensitive: `/Admin` and `/admin` are different paths.
+    Exact,
+    /// Case-insensitive: prefixes match in any letter case.
+    IgnoreCase,
 }
 
 /// Where the token is read, in this order: header, query parameter, cookie.
@@ -442,10 +460,12 @@ pub struct ClaimRequirementSpec {
     "(has(self.allowAnonymous) && self.allowAnonymous) != (has(self.requiredClaims) && size(self.requiredClaims) > 0)"
 ).message("a rule needs either requiredClaims or allowAnonymous: true, not both"))]
 pub struct RuleSpec {
-    /// Path prefixes (segment-aware). Default: every path of the policy.
+    /// Path prefixes (segment-aware, literal). Default: every path of the policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = "^/[^*?#]*$"), length(max = 1024)))]
     pub paths: Vec<String>,
-    /// Methods. Default: every method.
+    /// Methods (`GET` also covers `HEAD`; a rule naming `OPTIONS` takes preflights before
+    /// longer rules for all methods). Default: every method.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
     /// Claims required in addition to the policy-wide ones.

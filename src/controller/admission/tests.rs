@@ -52,6 +52,7 @@ fn serving(created: &str) -> IndexView {
             policy: Some(policy),
             status: None,
         }],
+        delegations: crate::policy::HostDelegations::none(),
     }
 }
 
@@ -140,7 +141,8 @@ fn host_conflicts_are_refused_for_the_newer_policy_only() {
     ));
     assert!(!allowed);
     assert!(
-        message.starts_with("HostConflict:") && message.contains("already claimed by test/orders"),
+        message.starts_with("HostConflict:")
+            && message.contains("belongs to namespace test (test/orders is the oldest"),
         "{message}"
     );
     // An update of a policy older than the one serving the host: the older keeps it.

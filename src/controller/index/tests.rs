@@ -9,6 +9,7 @@ use super::*;
 use crate::engine::{self, Headers, Request};
 use crate::fixtures::*;
 use crate::local_issuer::SigningKey;
+use crate::policy::DefaultAction;
 
 fn api_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(
@@ -214,7 +215,9 @@ fn the_older_policy_keeps_a_contested_host() {
     ));
     let (snapshot, conflicts) = index.snapshot();
     assert_eq!(
-        snapshot.select("api.example", "/", "GET").map(|p| &*p.id),
+        snapshot
+            .select("api.example", "/", "GET", false)
+            .map(|p| &*p.id),
         Some("shop/older")
     );
     assert_eq!(conflicts.len(), 1);

@@ -105,6 +105,7 @@ fn a_failing_generation_says_why_and_what_keeps_serving() {
         holder: "shop/older".into(),
         host: "api".into(),
         path: "/".into(),
+        kind: crate::policy::ConflictKind::Route,
     });
     let status = desired_status(&never, &[], SystemTime::now());
     assert_eq!(condition(&status, "Accepted").reason, "HostConflict");

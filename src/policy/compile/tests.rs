@@ -61,13 +61,13 @@ fn a_complete_policy_compiles() {
     );
     assert!(
         policy
-            .rule_for("/orders/healthz/x", "GET")
+            .rule_for("/orders/healthz/x", "GET", false)
             .is_some_and(|r| r.allow_anonymous)
     );
-    assert!(policy.rule_for("/orders/admin", "GET").is_none());
+    assert!(policy.rule_for("/orders/admin", "GET", false).is_none());
     assert!(
         policy
-            .rule_for("/orders/admin/1", "DELETE")
+            .rule_for("/orders/admin/1", "DELETE", false)
             .is_some_and(|r| !r.requirements.is_empty())
     );
 }

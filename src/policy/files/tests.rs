@@ -2,6 +2,7 @@ use std::path::Path;
 
 use super::*;
 use crate::fixtures::*;
+use crate::policy::DefaultAction;
 
 /// A policy document for host `<name>.example.com` (unless `extra` has its own `match`).
 fn doc(name: &str, extra: &str) -> String {

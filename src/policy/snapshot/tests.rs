@@ -9,7 +9,7 @@ fn build(policies: &[&Arc<Policy>]) -> (Snapshot, Vec<Conflict>) {
 }
 
 fn selected<'a>(snapshot: &'a Snapshot, host: &str, path: &str, method: &str) -> Option<&'a str> {
-    snapshot.select(host, path, method).map(|p| &*p.id)
+    snapshot.select(host, path, method, false).map(|p| &*p.id)
 }
 
 #[test]
