@@ -399,10 +399,11 @@ mod tests {
                 Family::Nginx,
                 "x-original-url is missing",
             ),
+            (NGINX.to_vec(), Family::Traefik, "another proxy family"),
             (
-                NGINX.to_vec(),
+                vec![("x-forwarded-uri", "/")],
                 Family::Traefik,
-                "x-forwarded-method is missing",
+                "x-forwarded-proto is missing",
             ),
             (
                 vec![("x-original-url", "https://h/x")],
