@@ -793,7 +793,11 @@ async fn verify_signed<'p>(
     if jws_shaped && (policy.require_signed || !is_unsecured(inner)) {
         return verify_jws(policy, inner, now, trace).await;
     }
-    if policy.require_signed {
+    // Unsigned claims only when the key management proves the sender (compile refuses other
+    // keys; this holds even if a key slipped through).
+    let proves_sender = jwe::KeyManagement::parse(&decrypted.header.alg)
+        .is_some_and(jwe::KeyManagement::proves_sender);
+    if policy.require_signed || !proves_sender {
         return Err((
             ValidationError::NotSigned {
                 cty: decrypted.header.cty.clone(),

@@ -53,6 +53,16 @@ impl KeyManagement {
         }
     }
 
+    /// Whether decrypting proves who encrypted: only the holder of a key shared with the issuer
+    /// can encrypt with `dir` or AES key wrap; anyone with an RSA or EC public key can encrypt
+    /// to it. So only these may carry claims without a signature (`requireSignedTokens: false`).
+    pub fn proves_sender(self) -> bool {
+        matches!(
+            self,
+            KeyManagement::A128Kw | KeyManagement::A256Kw | KeyManagement::Dir
+        )
+    }
+
     /// The algorithm with this exact registered name.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|alg| alg.name() == name)

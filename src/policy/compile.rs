@@ -555,11 +555,11 @@ pub fn compile(
         .introspection
         .as_ref()
         .and_then(|i| compile_introspection(&mut c, namespace, i, &issuers, ctx));
+    let require_signed = spec.require_signed_tokens.unwrap_or(true);
     let decryption = spec
         .decryption
         .as_ref()
-        .and_then(|d| compile_decryption(&mut c, namespace, d, ctx));
-    let require_signed = spec.require_signed_tokens.unwrap_or(true);
+        .and_then(|d| compile_decryption(&mut c, namespace, d, require_signed, ctx));
     if !require_signed && spec.decryption.is_none() {
         c.invalid(
             "spec.requireSignedTokens",
@@ -669,6 +669,7 @@ fn compile_decryption(
     c: &mut Checker,
     namespace: &str,
     spec: &DecryptionSpec,
+    require_signed: bool,
     ctx: &CompileContext<'_>,
 ) -> Option<Arc<Decryptor>> {
     let before = c.problems.len();
@@ -766,6 +767,36 @@ fn compile_decryption(
                 pair[0]
             ),
         );
+    }
+    if !require_signed {
+        // The same rule as the CRD's: every key lists its algorithms, all proving the sender.
+        for (i, entry) in spec.keys.iter().enumerate() {
+            if entry.algorithms.is_empty() {
+                c.invalid(
+                    format!("spec.decryption.keys[{i}].algorithms"),
+                    "with requireSignedTokens: false list the key's algorithms (dir, A128KW or A256KW), so only a key shared with the issuer can carry unsigned claims",
+                );
+            }
+        }
+        for key in &keys {
+            let open: Vec<&str> = key
+                .algorithms()
+                .into_iter()
+                .filter(|alg| !alg.proves_sender())
+                .map(|alg| alg.name())
+                .collect();
+            if !open.is_empty() {
+                c.invalid(
+                    "spec.requireSignedTokens",
+                    format!(
+                        "false accepts claims that are only encrypted, which proves the issuer only when the key is shared with it (dir, A128KW, A256KW); the {} key {} allows {}, with which anyone holding the public key can encrypt claims: sign the tokens, or use a shared key and list its algorithms",
+                        key.describe(),
+                        key.kid.as_deref().unwrap_or("(no kid)"),
+                        open.join(", ")
+                    ),
+                );
+            }
+        }
     }
     if c.problems.len() > before {
         return None;

@@ -83,6 +83,7 @@ pub struct DocumentMetadata {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("(has(self.issuers) && size(self.issuers) > 0) || has(self.azureAd)").message("list at least one issuer, or set azureAd"))]
 #[x_kube(validation = Rule::new("!has(self.requireSignedTokens) || self.requireSignedTokens || has(self.decryption)").message("requireSignedTokens: false only applies to encrypted tokens; configure decryption"))]
+#[x_kube(validation = Rule::new("!has(self.requireSignedTokens) || self.requireSignedTokens || !has(self.decryption) || self.decryption.keys.all(k, has(k.algorithms) && size(k.algorithms) > 0 && !('RSA-OAEP' in k.algorithms) && !('RSA-OAEP-256' in k.algorithms) && !('RSA1_5' in k.algorithms) && !('ECDH-ES' in k.algorithms) && !('ECDH-ES+A128KW' in k.algorithms) && !('ECDH-ES+A256KW' in k.algorithms))").message("requireSignedTokens: false needs every decryption key limited to dir, A128KW or A256KW (keys[].algorithms): with RSA or EC keys anyone holding the public key can encrypt claims"))]
 pub struct JwtPolicySpec {
     /// Which requests this policy judges.
     #[serde(default, rename = "match")]

@@ -323,7 +323,7 @@ async fn unsigned_encrypted_claims_pass_only_when_the_policy_says_so() {
     let policy = mk_policy(
         "unsigned",
         &format!(
-            "{{decryption: {{keys: [{{file: {:?}}}]}}, requireSignedTokens: false}}",
+            "{{decryption: {{keys: [{{file: {:?}, algorithms: [A128KW, dir]}}]}}, requireSignedTokens: false}}",
             aes.file.path()
         ),
     );
@@ -356,6 +356,52 @@ async fn unsigned_encrypted_claims_pass_only_when_the_policy_says_so() {
         denied(&judge_token(&policy, &expired).await).reason,
         Reason::TokenExpired
     );
+}
+
+#[tokio::test]
+async fn claims_anyone_could_encrypt_never_pass_unsigned() {
+    // An RSA or EC public key lets anyone encrypt admin claims: refused when compiling.
+    let rsa = rsa_key("rsa-enc");
+    for extra in [
+        format!(
+            "{{decryption: {{keys: [{{file: {:?}}}]}}, requireSignedTokens: false}}",
+            rsa.file.path()
+        ),
+        format!(
+            "{{decryption: {{keys: [{{file: {:?}, algorithms: [RSA-OAEP-256]}}]}}, requireSignedTokens: false}}",
+            rsa.file.path()
+        ),
+    ] {
+        let err = try_compile("open", &spec_with(&extra)).expect_err(&extra);
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.field.starts_with("spec.") && p.message.contains("shared")),
+            "{extra}: {err}"
+        );
+    }
+    // And at runtime, should such a policy exist anyway: the forged claims are refused.
+    let mut policy = (*mk_policy(
+        "open",
+        &format!(
+            "{{decryption: {{keys: [{{file: {:?}}}]}}}}",
+            rsa.file.path()
+        ),
+    ))
+    .clone();
+    policy.require_signed = false;
+    let forged = jwe::encrypt(
+        claims_with(json!({"roles": ["admin"]}))
+            .to_string()
+            .as_bytes(),
+        &rsa.public,
+        KeyManagement::RsaOaep256,
+        ContentEncryption::A256Gcm,
+        None,
+    )
+    .expect("anyone can encrypt to a public key");
+    let decision = judge_token(&Arc::new(policy), &forged).await;
+    assert_eq!(denied(&decision).reason, Reason::TokenNotSigned);
 }
 
 #[test]

@@ -110,7 +110,9 @@ fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
         json!({"issuers": [issuer(json!({"sharedSecret": {"secretRef": {"name": "s", "key": "k"}}, "algorithms": ["HS256"]}))]}),
         json!({"issuers": [issuer(json!({}))], "rules": [{"paths": ["/a"], "allowAnonymous": true}, {"paths": ["/b"], "requiredClaims": [{"name": "roles"}]}]}),
         json!({"azureAd": {"tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47", "audiences": ["api://orders"], "versions": ["v2"]}}),
-        json!({"issuers": [issuer(json!({}))], "decryption": {"keys": [{"secretRef": {"name": "k", "key": "pem"}}], "allowRsa1_5": true}, "requireSignedTokens": false}),
+        json!({"issuers": [issuer(json!({}))], "decryption": {"keys": [{"secretRef": {"name": "k", "key": "pem"}}], "allowRsa1_5": true}}),
+        json!({"issuers": [issuer(json!({}))], "decryption": {"keys": [{"secretRef": {"name": "k", "key": "jwk"}, "algorithms": ["A256KW", "dir"]}]}, "requireSignedTokens": false}),
+        json!({"issuers": [issuer(json!({}))], "match": {"paths": ["/orders/admin"], "pathCase": "IgnoreCase"}}),
         json!({"issuers": [issuer(json!({}))], "debug": {"traceHeader": {"value": {"secretRef": {"name": "d", "key": "v"}}}}}),
     ];
     for spec in ok {
@@ -161,6 +163,14 @@ fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
         (
             json!({"issuers": [issuer(json!({}))], "requireSignedTokens": false}),
             "configure decryption",
+        ),
+        (
+            json!({"issuers": [issuer(json!({}))], "decryption": {"keys": [{"secretRef": {"name": "k", "key": "pem"}}]}, "requireSignedTokens": false}),
+            "anyone holding the public key",
+        ),
+        (
+            json!({"issuers": [issuer(json!({}))], "decryption": {"keys": [{"secretRef": {"name": "k", "key": "pem"}, "algorithms": ["RSA-OAEP-256"]}]}, "requireSignedTokens": false}),
+            "anyone holding the public key",
         ),
     ];
     for (spec, message) in bad {
