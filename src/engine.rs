@@ -917,12 +917,26 @@ async fn verify_jws<'p>(
         Err(stale) => return Err(unavailable(stale)),
     };
     trace.pass("keys", || {
-        format!("{}: {} usable keys", issuer.keys.id(), keys.len())
+        let mut text = format!("{}: {} usable keys", issuer.keys.id(), keys.len());
+        for rejected in &keys.rejected {
+            text.push_str(&format!(
+                "; refused {}: {}",
+                rejected.kid.as_deref().unwrap_or("(no kid)"),
+                rejected.error
+            ));
+        }
+        text
     });
     let first = validate::verify_signature(&jws, alg, &keys);
-    issuer
-        .keys
-        .record_lookup(!matches!(first, Err(ValidationError::KeyNotFound(_))));
+    // A kid the set does not have, tried in vain against its keys without a kid: as likely a
+    // rotation as any unknown kid, so it refetches too (a keyless key must not block that).
+    let unknown_kid = jws.header.kid.as_deref().filter(|kid| !keys.has_kid(kid));
+    let missed = match &first {
+        Err(ValidationError::KeyNotFound(_)) => true,
+        Err(ValidationError::SignatureInvalid(_)) => unknown_kid.is_some(),
+        _ => false,
+    };
+    issuer.keys.record_lookup(!missed);
     let signed_by = |key: &crate::jwks::VerifyingKey| {
         format!(
             "verified with key {} ({})",
@@ -935,15 +949,12 @@ async fn verify_jws<'p>(
     let mut keys_version = keys.version();
     match first {
         Ok(key) => trace.pass("signature", || signed_by(key)),
-        Err(ValidationError::KeyNotFound(kid)) => {
+        Err(error) if missed => {
             // Rotation: the issuer may have published a new key since the last refresh.
             if issuer.keys.refresh_on_miss(Some(&keys)).await != Refetch::Refreshed {
-                return Err(fail(ValidationError::KeyNotFound(kid)));
+                return Err(fail(error));
             }
-            let keys = issuer
-                .keys
-                .current()
-                .ok_or_else(|| fail(ValidationError::KeyNotFound(kid)))?;
+            let keys = issuer.keys.current().ok_or_else(|| fail(error))?;
             let key = validate::verify_signature(&jws, alg, &keys).map_err(fail)?;
             trace.pass("signature", || {
                 format!("{} after refetching the key set", signed_by(key))

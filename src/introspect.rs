@@ -344,6 +344,9 @@ impl Introspector {
                 FetchError::Forbidden(reason) => IntrospectError::Invalid(reason),
                 FetchError::Status(status) => IntrospectError::Failed { status, hint: "" },
                 FetchError::Transport(detail) => IntrospectError::Unavailable(detail),
+                FetchError::Saturated(waited) => {
+                    IntrospectError::Unavailable(FetchError::Saturated(waited).to_string())
+                }
             })?;
         self.parse(answer)
     }

@@ -197,6 +197,9 @@ pub struct Decrypted {
     pub key: String,
 }
 
+/// Most keys tried for a token whose `kid` names none of them (or that has no `kid`).
+pub const MAX_UNNAMED_TRIES: usize = 2;
+
 /// A policy's decryption keys.
 #[derive(Debug, Clone)]
 pub struct Decryptor {
@@ -221,8 +224,10 @@ impl Decryptor {
         self.allow_rsa1_5
     }
 
-    /// Decrypts a compact JWE with the key its `kid` names (or, without a match, each key
-    /// without a `kid` that fits the algorithms).
+    /// Decrypts a compact JWE with the key its `kid` names (or, without a match, the keys
+    /// without a `kid` that fit the algorithms; a token without `kid`, any key that fits), trying
+    /// at most [`MAX_UNNAMED_TRIES`] keys that the token does not name: each try is a private-key
+    /// operation an unauthenticated client can ask for.
     pub fn decrypt(&self, token: &str) -> Result<Decrypted, JweError> {
         let jwe = parse(token)?;
         let header = &jwe.header;
@@ -284,6 +289,16 @@ impl Decryptor {
                 }
             }
             None => fitting().collect(),
+        };
+        let named = header.kid.as_deref().is_some_and(|kid| {
+            candidates
+                .iter()
+                .any(|(_, key)| key.kid.as_deref() == Some(kid))
+        });
+        let candidates: Vec<_> = if named {
+            candidates
+        } else {
+            candidates.into_iter().take(MAX_UNNAMED_TRIES).collect()
         };
         if candidates.is_empty() {
             return Err(JweError::KeyNotFound {

@@ -11,6 +11,7 @@ pub mod fetch;
 pub mod guard;
 pub mod key;
 pub mod keyset;
+pub mod roca;
 pub mod source;
 
 use std::collections::HashMap;
@@ -28,6 +29,8 @@ pub use source::{
 /// source lives as long as some compiled policy uses it.
 pub struct KeySources {
     fetcher: Fetcher,
+    /// The same clients with the introspection budget.
+    introspection: Fetcher,
     settings: RefreshSettings,
     /// False for offline checks (`tollgate check-policy`, `explain --offline`): sources are
     /// created but never fetched.
@@ -46,6 +49,7 @@ impl std::fmt::Debug for KeySources {
 impl KeySources {
     pub fn new(fetcher: Fetcher, settings: RefreshSettings) -> Arc<Self> {
         Arc::new(KeySources {
+            introspection: fetcher.with_budget(fetcher.settings().max_concurrent_introspection),
             fetcher,
             settings,
             refresh: true,
@@ -55,8 +59,10 @@ impl KeySources {
 
     /// A registry that never fetches, for validating policies offline.
     pub fn offline() -> Result<Arc<Self>, FetchError> {
+        let fetcher = Fetcher::new(FetchSettings::default())?;
         Ok(Arc::new(KeySources {
-            fetcher: Fetcher::new(FetchSettings::default())?,
+            introspection: fetcher.with_budget(fetcher.settings().max_concurrent_introspection),
+            fetcher,
             settings: RefreshSettings::default(),
             refresh: false,
             sources: Mutex::new(HashMap::new()),
@@ -82,9 +88,14 @@ impl KeySources {
         source
     }
 
-    /// The shared HTTP client (introspection uses it too).
+    /// The shared HTTP clients with the key-fetching budget.
     pub fn fetcher(&self) -> &Fetcher {
         &self.fetcher
+    }
+
+    /// The shared HTTP clients with the introspection budget of their own.
+    pub fn introspection_fetcher(&self) -> &Fetcher {
+        &self.introspection
     }
 
     /// Every source some policy still uses.

@@ -117,6 +117,12 @@ pub fn desired_status(
                 keys: i32::try_from(status.key_count).unwrap_or(i32::MAX),
                 last_refresh: status.last_success.map(rfc3339),
                 last_error: status.last_error.map(truncate),
+                rejected_keys: status
+                    .rejected_keys
+                    .into_iter()
+                    .take(10)
+                    .map(truncate)
+                    .collect(),
             }
         })
         .collect();

@@ -268,6 +268,55 @@ fn keys_are_chosen_by_kid_and_wrong_keys_fail_without_detail() {
 }
 
 #[test]
+fn keys_a_token_does_not_name_are_tried_at_most_twice() {
+    // Four RSA keys; tokens without kid (or with a kid no key has) are encrypted to each.
+    let keys: Vec<DecryptionKey> = (0..4)
+        .map(|i| {
+            parse_keys(generated_keys()[0].1.as_bytes()).expect("rsa")[0]
+                .clone()
+                .with_kid(format!("k{i}"))
+        })
+        .collect();
+    let d = Decryptor::new(keys.clone(), false);
+    for (i, key) in keys.iter().enumerate() {
+        let mut public = key.public().expect("public");
+        for kid in [None, Some("unknown")] {
+            public.kid = kid.map(str::to_owned);
+            let token = encrypt(
+                b"x",
+                &public,
+                KeyManagement::RsaOaep256,
+                ContentEncryption::A256Gcm,
+                None,
+            )
+            .expect("encrypts");
+            let result = d.decrypt(&token);
+            match (kid, i < MAX_UNNAMED_TRIES) {
+                // An unknown kid is looked up among keys without kid: there are none.
+                (Some(_), _) => assert!(
+                    matches!(result, Err(JweError::KeyNotFound { .. })),
+                    "{i}: {result:?}"
+                ),
+                (None, true) => assert!(result.is_ok(), "{i}: {result:?}"),
+                // Beyond the bound: the same answer as any other wrong key.
+                (None, false) => assert_eq!(result.err(), Some(JweError::Failed), "{i}"),
+            }
+        }
+        // Named, any key of the set decrypts.
+        public.kid = key.kid.clone();
+        let token = encrypt(
+            b"x",
+            &public,
+            KeyManagement::RsaOaep256,
+            ContentEncryption::A256Gcm,
+            None,
+        )
+        .expect("encrypts");
+        assert!(d.decrypt(&token).is_ok(), "{i} named");
+    }
+}
+
+#[test]
 fn malformed_tokens_are_named() {
     let key = &example("5.8")["key"];
     let d = decryptor(key, false);

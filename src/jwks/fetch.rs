@@ -18,8 +18,11 @@ pub struct FetchSettings {
     pub connect_timeout: Duration,
     /// Most bytes read from a response body.
     pub max_body_bytes: usize,
-    /// Most outbound calls in flight at once.
+    /// Most discovery and key set calls in flight at once.
     pub max_concurrent: usize,
+    /// Most introspection (and userinfo) calls in flight at once: a budget of their own, so a
+    /// flood of random opaque tokens never delays a key refresh.
+    pub max_concurrent_introspection: usize,
 }
 
 impl Default for FetchSettings {
@@ -29,6 +32,7 @@ impl Default for FetchSettings {
             connect_timeout: Duration::from_secs(2),
             max_body_bytes: 1024 * 1024,
             max_concurrent: 16,
+            max_concurrent_introspection: 64,
         }
     }
 }
@@ -54,6 +58,11 @@ pub enum FetchError {
     /// A link-local or cloud metadata address without `allowMetadataAddresses`.
     #[error("{0}")]
     Forbidden(String),
+    /// Every outbound slot of this kind stayed busy for the whole timeout.
+    #[error(
+        "no free slot for an outbound call within {0:?} (too many calls of this kind in flight)"
+    )]
+    Saturated(Duration),
 }
 
 /// A successful response: the body and how long it may be cached.
@@ -64,7 +73,9 @@ pub struct Fetched {
     pub max_age: Option<Duration>,
 }
 
-/// The shared HTTP clients for discovery, key sets and introspection.
+/// The shared HTTP clients for discovery, key sets and introspection. Each purpose has its own
+/// bound on calls in flight ([`Fetcher::with_budget`]); waiting for a slot counts against the
+/// call's timeout.
 #[derive(Clone)]
 pub struct Fetcher {
     /// Never reaches link-local or metadata addresses.
@@ -116,6 +127,22 @@ impl Fetcher {
         })
     }
 
+    /// The same clients with a separate bound of `max_concurrent` calls in flight.
+    pub fn with_budget(&self, max_concurrent: usize) -> Fetcher {
+        Fetcher {
+            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            settings: FetchSettings {
+                max_concurrent,
+                ..self.settings.clone()
+            },
+            ..self.clone()
+        }
+    }
+
+    pub fn settings(&self) -> &FetchSettings {
+        &self.settings
+    }
+
     fn client(&self, reach: Reach) -> &reqwest::Client {
         if reach.metadata {
             &self.open
@@ -162,11 +189,16 @@ impl Fetcher {
         timeout: Duration,
     ) -> Result<Answer, FetchError> {
         check_reach(url, reach)?;
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| FetchError::Transport("fetcher closed".into()))?;
+        let started = std::time::Instant::now();
+        let _permit = match tokio::time::timeout(timeout, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(FetchError::Transport("fetcher closed".into())),
+            Err(_) => return Err(FetchError::Saturated(timeout)),
+        };
+        // The wait for a slot is part of the call's time.
+        let timeout = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
         let limit = self.settings.max_body_bytes;
         let exchange = async {
             let mut response = request
@@ -350,6 +382,61 @@ mod tests {
         }
         let peak = peak.load(Ordering::SeqCst);
         assert!((2..=3).contains(&peak), "{peak} calls in flight at once");
+    }
+
+    /// Introspection has a budget of its own: while every introspection slot hangs on a silent
+    /// endpoint, key sets are still fetched, and a further introspection call gives up within
+    /// its timeout instead of queueing forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_purpose_has_its_own_budget_and_waits_are_bounded() {
+        let app = axum::Router::new()
+            .route(
+                "/introspect",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    "late"
+                }),
+            )
+            .route(
+                "/keys",
+                axum::routing::get(|| async { axum::Json(serde_json::json!({"keys": []})) }),
+            );
+        let addr = crate::fixtures::serve(app).await;
+        let reach = Reach::new(true, false);
+        let keys = Fetcher::new(FetchSettings {
+            timeout: Duration::from_secs(5),
+            max_concurrent: 2,
+            max_concurrent_introspection: 2,
+            ..FetchSettings::default()
+        })
+        .expect("fetcher");
+        let introspection = keys.with_budget(2);
+        let slow = Url::parse(&format!("http://{addr}/introspect")).expect("url");
+        let hanging: Vec<_> = (0..2)
+            .map(|_| {
+                let (fetcher, url) = (introspection.clone(), slow.clone());
+                tokio::spawn(async move { fetcher.get(&url, reach).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        let keys_url = Url::parse(&format!("http://{addr}/keys")).expect("url");
+        assert!(keys.get(&keys_url, reach).await.is_ok());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "key fetch waited"
+        );
+        // A third introspection call finds no slot and says so within its own timeout.
+        let request = introspection.request(reqwest::Method::GET, &slow, reach);
+        let started = std::time::Instant::now();
+        let third = introspection
+            .exchange(&slow, reach, request, Duration::from_millis(300))
+            .await;
+        assert!(matches!(third, Err(FetchError::Saturated(_))), "{third:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        for call in hanging {
+            call.abort();
+        }
     }
 
     /// A host name that resolves only to a link-local address is refused at connect time, so

@@ -51,6 +51,16 @@ pub enum KeyError {
     /// A PEM block that is not a public key tollgate can use.
     #[error("not a usable PEM public key: {0}")]
     Pem(String),
+    /// The RSA modulus has the ROCA fingerprint: its private key can be computed from it.
+    #[error(
+        "the RSA modulus has the ROCA fingerprint (CVE-2017-15361, Infineon RSALib): its private key can be computed from the public key; replace the key at the issuer"
+    )]
+    Roca,
+    /// A key set publishes private key material: whoever fetched it can sign tokens.
+    #[error(
+        "the key set publishes private key material ({0}): anyone who fetched it can sign tokens with it; the key is refused — replace it at the issuer and publish public keys only"
+    )]
+    PrivateMaterial(&'static str),
     /// An HMAC secret shorter than the smallest hash (32 bytes for HS256, RFC 7518 §3.2).
     #[error("shared secret of {0} bytes is too short (at least 32 bytes)")]
     SecretTooShort(usize),
@@ -145,6 +155,13 @@ impl VerifyingKey {
     pub fn from_jwk(value: &serde_json::Value) -> Result<Self, KeyError> {
         let jwk: JwkFields =
             serde_json::from_value(value.clone()).map_err(|e| KeyError::Shape(e.to_string()))?;
+        // A private key in a public set is a leaked key: verifying with it proves nothing.
+        if let Some(member) = ["d", "p", "q", "dp", "dq", "qi", "oth"]
+            .into_iter()
+            .find(|m| value.get(*m).is_some())
+        {
+            return Err(KeyError::PrivateMaterial(member));
+        }
         if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
             return Err(KeyError::NotForSignatures);
         }
@@ -218,6 +235,9 @@ impl VerifyingKey {
         let exponent = e.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
         if exponent < 65537 {
             return Err(KeyError::RsaExponent);
+        }
+        if super::roca::has_roca_fingerprint(n) {
+            return Err(KeyError::Roca);
         }
         Ok(VerifyingKey {
             kid,

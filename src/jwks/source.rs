@@ -92,7 +92,9 @@ pub enum SourceError {
 #[derive(Clone, Debug, Default)]
 pub struct SourceStatus {
     pub key_count: usize,
-    pub rejected_keys: usize,
+    /// Keys of the last fetched set that were refused, as `kid: why` (ROCA, private material,
+    /// too small, …).
+    pub rejected_keys: Vec<String>,
     pub last_success: Option<SystemTime>,
     pub last_error: Option<String>,
     pub fetches_ok: u64,
@@ -383,7 +385,11 @@ impl KeySource {
             match &result {
                 Ok((keys, _)) => {
                     status.key_count = keys.len();
-                    status.rejected_keys = keys.rejected.len();
+                    status.rejected_keys = keys
+                        .rejected
+                        .iter()
+                        .map(|r| format!("{}: {}", r.kid.as_deref().unwrap_or("(no kid)"), r.error))
+                        .collect();
                     let now = SystemTime::now();
                     status.last_success = Some(now);
                     status.last_error = None;

@@ -757,6 +757,16 @@ fn compile_decryption(
             ),
         );
     }
+    let unnamed = keys.iter().filter(|k| k.kid.is_none()).count();
+    if unnamed > jwe::MAX_UNNAMED_TRIES {
+        c.invalid(
+            "spec.decryption.keys",
+            format!(
+                "{unnamed} keys have no kid; a token is tried against at most {} keys it does not name, so give the others a kid (keys[].kid)",
+                jwe::MAX_UNNAMED_TRIES
+            ),
+        );
+    }
     let mut kids: Vec<&str> = keys.iter().filter_map(|k| k.kid.as_deref()).collect();
     kids.sort_unstable();
     if let Some(pair) = kids.windows(2).find(|w| w[0] == w[1]) {
@@ -1364,7 +1374,7 @@ fn compile_introspection(
     };
     Some(Arc::new(Introspector::new(
         config,
-        ctx.key_sources.fetcher().clone(),
+        ctx.key_sources.introspection_fetcher().clone(),
     )))
 }
 

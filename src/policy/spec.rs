@@ -701,6 +701,10 @@ pub struct IssuerStatus {
     /// Why the last fetch failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Keys of the issuer's key set that are refused, and why (`kid: reason`): a key with the
+    /// ROCA weakness, private key material, a key too small.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected_keys: Vec<String>,
 }
 
 /// How many replicas serve the current generation.

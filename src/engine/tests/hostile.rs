@@ -5,7 +5,7 @@ use base64::Engine as _;
 
 use super::*;
 use crate::jose::B64;
-use crate::local_issuer::SigningKey;
+use crate::local_issuer::{SigningKey, jwks};
 
 const PLAIN: &str = "{match: {hosts: [api.example.com]}}";
 
@@ -413,4 +413,63 @@ fn metadata_addresses_in_policies_are_refused_unless_allowed() {
         ));
         assert!(try_compile("meta", &permitted).is_ok(), "{allowed}");
     }
+}
+
+/// A key set whose only key has no `kid`: a token naming the new key of a rotation is tried
+/// against it in vain, and that refetches the set like any unknown `kid` (the key without a
+/// `kid` does not hold the rotation up until the next scheduled refresh).
+#[tokio::test]
+async fn a_key_without_kid_does_not_block_the_refetch_after_a_rotation() {
+    use crate::jwks::{FetchSettings, Fetcher, KeySources, RefreshSettings};
+    use crate::local_issuer::server::IdpServer;
+
+    let old = SigningKey::rsa("old", "RS256", 2048).expect("key");
+    let new = SigningKey::rsa("new", "RS256", 2048).expect("key");
+    let mut keyless = old.jwk().expect("jwk");
+    keyless.as_object_mut().expect("object").remove("kid");
+    let idp = IdpServer::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        json!({"keys": [keyless]}),
+    )
+    .await
+    .expect("idp");
+    let sources = KeySources::new(
+        Fetcher::new(FetchSettings::default()).expect("fetcher"),
+        RefreshSettings {
+            miss_refetch_interval: std::time::Duration::ZERO,
+            ..RefreshSettings::default()
+        },
+    );
+    let policy = Arc::new(
+        crate::fixtures::compile_with(
+            &sources,
+            "test",
+            "rotating",
+            &spec(&format!(
+                "issuers:\n- issuer: {ISSUER}\n  audiences: [{AUDIENCE}]\n  jwksUri: http://{}/jwks\n  allowInsecureHttp: true\n",
+                idp.addr()
+            )),
+        )
+        .expect("compiles"),
+    );
+    let s = Snapshot::build(vec![policy], DefaultAction::Deny).0;
+    let claims = good_claims();
+    // The old key, without kid, verifies tokens without kid.
+    let mut header_less = old.mint(&claims).expect("mint");
+    assert!(matches!(
+        decide(&s, &req("/").bearer(&header_less)).await,
+        Decision::Allow(_)
+    ));
+    // Rotation: the IdP now publishes the new key; a token naming it passes at once.
+    idp.set_jwks(jwks(&[&new]));
+    let rotated = new.mint(&claims).expect("mint");
+    let decision = decide(&s, &req("/").bearer(&rotated)).await;
+    assert!(matches!(decision, Decision::Allow(_)), "{decision:?}");
+    // A token naming a kid nobody publishes is still refused, as key_not_found after the
+    // refetch or signature_invalid, never allowed.
+    header_less = ROGUE.mint(&claims).expect("mint");
+    assert!(matches!(
+        decide(&s, &req("/").bearer(&header_less)).await,
+        Decision::Deny(_)
+    ));
 }

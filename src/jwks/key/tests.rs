@@ -130,6 +130,47 @@ fn weak_or_unfit_keys_are_refused() {
 }
 
 #[test]
+fn roca_moduli_and_published_private_keys_are_refused() {
+    // Wycheproof's ROCA key (json_web_key_test.json, "rejectsKeyWithRocaVulnerability"): it
+    // verifies nothing, from a key set or a PEM.
+    let roca = json!({"kty": "RSA", "kid": "kid-rsa-roca-sign", "e": "AQAB",
+        "n": crate::jwks::roca::tests::WYCHEPROOF_ROCA_N});
+    assert_eq!(VerifyingKey::from_jwk(&roca).err(), Some(KeyError::Roca));
+    let n = B64
+        .decode(crate::jwks::roca::tests::WYCHEPROOF_ROCA_N)
+        .expect("base64url");
+    assert_eq!(
+        VerifyingKey::rsa(None, &n, &[1, 0, 1]).err(),
+        Some(KeyError::Roca)
+    );
+    // A set holding it and a good key keeps the good one and reports the other.
+    let good = SigningKey::rsa("good", "RS256", 2048).expect("rsa");
+    let set =
+        crate::jwks::KeySet::from_jwks_value(&json!({"keys": [roca, good.jwk().expect("jwk")]}))
+            .expect("one usable key");
+    assert_eq!(set.len(), 1);
+    assert_eq!(set.rejected[0].error, KeyError::Roca);
+    assert!(set.rejected[0].error.to_string().contains("CVE-2017-15361"));
+
+    // Private members in a public key set: the key leaked, so it is refused.
+    let mut leaked = good.jwk().expect("jwk");
+    leaked["d"] = json!("c2VjcmV0");
+    assert_eq!(
+        VerifyingKey::from_jwk(&leaked).err(),
+        Some(KeyError::PrivateMaterial("d"))
+    );
+    let mut ec = SigningKey::ec("e", "ES256")
+        .expect("ec")
+        .jwk()
+        .expect("jwk");
+    ec["d"] = json!("c2VjcmV0");
+    assert_eq!(
+        VerifyingKey::from_jwk(&ec).err(),
+        Some(KeyError::PrivateMaterial("d"))
+    );
+}
+
+#[test]
 fn jwk_alg_pins_the_key() {
     let key = SigningKey::rsa("r", "RS256", 2048).expect("rsa");
     let mut jwk = key.jwk().expect("jwk");
