@@ -164,6 +164,61 @@ impl Reason {
         }
     }
 
+    /// The fixed text clients get after the code in `error_description`. The details (which
+    /// audience, which URL failed, which setting to change) go to the log, `explain` and the
+    /// opt-in trace only: they can name internal hosts and configuration, and the request
+    /// (its query may hold a token) is never echoed.
+    pub fn public_text(self) -> &'static str {
+        match self {
+            Reason::Valid => "the token is valid",
+            Reason::Anonymous => "no token is needed here",
+            Reason::DefaultAllow => "no policy applies",
+            Reason::TokenMissing => "no access token in the request",
+            Reason::TokenMalformed => "the access token is malformed",
+            Reason::TokenEncrypted => "the access token is encrypted and cannot be decrypted here",
+            Reason::DecryptionKeyNotFound => "no key here decrypts the access token",
+            Reason::DecryptionFailed => "the access token could not be decrypted",
+            Reason::TokenNotSigned => "the access token is not signed",
+            Reason::AzureGraphToken => {
+                "this token is for Microsoft Graph and cannot be validated by a third party; request a token for your API's scope (api://.../.default)"
+            }
+            Reason::AzureTokenVersion => {
+                "the Azure AD token version (v1.0 or v2.0) is not the one this API accepts"
+            }
+            Reason::UnsupportedCriticalHeader => {
+                "the access token requires an extension (crit) that is not supported"
+            }
+            Reason::AlgorithmNotAllowed => "the access token's algorithm is not accepted",
+            Reason::IssuerNotAllowed => "the access token's issuer is not accepted",
+            Reason::IssuerUnavailable => "the issuer's keys are not available; try again later",
+            Reason::KeyNotFound => "the key that signed the access token is not known",
+            Reason::SignatureInvalid => "the access token's signature is invalid",
+            Reason::AudienceMismatch => "the access token is not meant for this API (audience)",
+            Reason::TokenExpired => "the access token has expired",
+            Reason::TokenNotYetValid => "the access token is not valid yet",
+            Reason::ExpirationMissing => "the access token has no expiration time",
+            Reason::ClaimMismatch => "the access token lacks a claim this API requires",
+            Reason::InsufficientScope => {
+                "the access token lacks the scope or role this request needs"
+            }
+            Reason::NoPolicy => "no policy covers this request",
+            Reason::PolicyNotFound => "the policy this route names is not loaded",
+            Reason::RequestMalformed => {
+                "the request cannot be judged as exactly one request (its path, method or forwarded headers)"
+            }
+            Reason::ProxyNotTrusted => "the caller is not a trusted proxy",
+            Reason::TokenInactive => "the access token is not active",
+            Reason::IntrospectionUnavailable => {
+                "token introspection is unavailable; try again later"
+            }
+            Reason::IntrospectionTimeout => "token introspection timed out; try again later",
+            Reason::IntrospectionFailed => "token introspection failed",
+            Reason::IntrospectionInvalid => "token introspection gave an invalid answer",
+            Reason::NotReady => "policies are still loading; try again shortly",
+            Reason::Internal => "internal error",
+        }
+    }
+
     /// The RFC 6750 `error` code for the challenge, if any. A missing token gets none (§3.1).
     pub fn oauth_error(self) -> Option<&'static str> {
         match self {

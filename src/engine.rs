@@ -593,7 +593,8 @@ async fn introspect_opaque<'p>(
     // exp passing while cached still counts).
     let issuer = answer_issuer(policy, claims).map_err(|e| Failure::Token(e, None))?;
     let fail = |e| Failure::Token(e, Some(issuer));
-    validate::check_claims(claims, issuer, policy, now, trace).map_err(fail)?;
+    validate::check_answer_claims(claims, issuer, policy, intro.accept_without, now, trace)
+        .map_err(fail)?;
     validate::check_azure(claims, issuer, policy, trace).map_err(fail)?;
     validate::check_required(claims, policy, trace).map_err(fail)?;
     Ok(Verified {
@@ -1113,8 +1114,10 @@ pub fn deny(
     };
     let detail = policy.map_or(DenyDetail::Reason, |p| p.deny.detail);
     let message = policy.and_then(|p| p.deny.message.clone());
+    // Clients learn the reason code and its fixed text; `description` (which may name
+    // internal URLs, settings and what the request carried) is for the log and `explain`.
     let public_description = match detail {
-        DenyDetail::Reason => Some(format!("{reason}: {description}")),
+        DenyDetail::Reason => Some(format!("{reason}: {}", reason.public_text())),
         DenyDetail::None => None,
     };
     let www_authenticate = reason.challenges().then(|| {

@@ -138,6 +138,8 @@ pub struct Introspector {
     pub phantom_token: bool,
     pub cache_settings: CacheSettings,
     pub timeout: Duration,
+    /// Claims its answers may lack (their checks are skipped when absent).
+    pub accept_without: AcceptWithout,
     cache: moka::future::Cache<[u8; 32], Arc<Answer>>,
     fetcher: Fetcher,
     /// Calls made to the endpoint (not cache hits).
@@ -155,6 +157,8 @@ impl std::fmt::Debug for Introspector {
 }
 
 /// Everything an [`Introspector`] is built from (compiled from the policy).
+pub use crate::validate::AcceptWithout;
+
 pub struct IntrospectorConfig {
     pub endpoint: EndpointSource,
     pub reach: Reach,
@@ -166,6 +170,7 @@ pub struct IntrospectorConfig {
     pub phantom_token: bool,
     pub cache: CacheSettings,
     pub timeout: Duration,
+    pub accept_without: AcceptWithout,
 }
 
 /// The RFC 6749 §2.3.1 encoding of client credentials for HTTP Basic.
@@ -204,6 +209,7 @@ impl Introspector {
             phantom_token: config.phantom_token,
             cache_settings: config.cache,
             timeout: config.timeout,
+            accept_without: config.accept_without,
             cache,
             fetcher,
             calls: AtomicU64::new(0),

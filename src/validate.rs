@@ -212,7 +212,15 @@ impl ValidationError {
                     _ => " — request a token for one of them, or add the audience to the issuer".into(),
                 }
             )),
-            AudienceMissing => Some(format!("the token has no aud; this policy accepts {}", audiences.join(", "))),
+            AudienceMissing => Some(format!(
+                "the token has no aud; this policy accepts {}{}",
+                audiences.join(", "),
+                if policy.introspection.is_some() {
+                    " (if the IdP's introspection answers never name the audience, say so with introspection.acceptWithout: [aud])"
+                } else {
+                    ""
+                }
+            )),
                         AlgorithmNotAllowed(alg) => issuer.map(|i| {
                 let allowed: Vec<String> = i.algorithms.iter().map(|a| format!("{a:?}")).collect();
                 if alg.starts_with("HS") && !allowed.iter().any(|a| a.starts_with("HS")) {
@@ -272,6 +280,11 @@ impl ValidationError {
             }),
             AzureTenant { .. } => issuer.and_then(|i| i.azure.as_ref()).map(|a| {
                 format!("the issuer is tenant {}; the tid claim must match it", a.tenant)
+            }),
+            ExpirationMissing => Some(if policy.introspection.is_some() {
+                "the token has no exp: issue tokens with exp, set requireExpirationTime: false, or (if the IdP's introspection answers never carry it) introspection.acceptWithout: [exp]".into()
+            } else {
+                "the token has no exp: issue tokens with exp, or set requireExpirationTime: false".into()
             }),
             _ => None,
         }
@@ -559,6 +572,13 @@ fn describe(check: &'static str, claims: &Claims, issuer: &Issuer, now: f64) -> 
     }
 }
 
+/// Claims an answer may lack without being refused (`introspection.acceptWithout`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AcceptWithout {
+    pub aud: bool,
+    pub exp: bool,
+}
+
 /// Checks `exp`, `nbf`, `iat` (with the policy's clock skew) and `aud`, in this order. With the
 /// trace on, every one is checked and recorded; the first failure is the answer.
 pub fn check_claims(
@@ -568,9 +588,37 @@ pub fn check_claims(
     now: SystemTime,
     trace: &mut Trace,
 ) -> Result<(), ValidationError> {
+    check_answer_claims(claims, issuer, policy, AcceptWithout::default(), now, trace)
+}
+
+/// [`check_claims`] for the claims of an introspection or userinfo answer: an `aud` or `exp`
+/// the answer lacks is accepted only when `introspection.acceptWithout` names it (present, it
+/// is always checked).
+pub fn check_answer_claims(
+    claims: &Claims,
+    issuer: &Issuer,
+    policy: &Policy,
+    without: AcceptWithout,
+    now: SystemTime,
+    trace: &mut Trace,
+) -> Result<(), ValidationError> {
     let now = seconds_since_epoch(now);
     let mut first = None;
     for check in ["exp", "nbf", "iat", "aud"] {
+        let absent = !claims.contains_key(check);
+        let accepted_absent = absent
+            && match check {
+                "exp" => without.exp,
+                "aud" => without.aud,
+                _ => false,
+            };
+        if accepted_absent {
+            trace.pass(check, || {
+                "absent from the IdP's answer, accepted without it (introspection.acceptWithout)"
+                    .into()
+            });
+            continue;
+        }
         let outcome = match check {
             "exp" => check_exp(claims, policy, now),
             "nbf" => check_nbf(claims, policy, now),

@@ -229,12 +229,15 @@ pub fn original(headers: &HeaderMap, family: Family) -> Result<Original, Forward
                 why,
             };
             // Split by hand: a URL parser would normalize the path this header must carry as
-            // the client sent it.
+            // the client sent it. nginx builds the URL from the client's Host header, which it
+            // accepts with `?` or `#` in it (`Host: api.example.com?` puts the whole path in
+            // the query of a URL parser): the authority runs to the first `/` and must be a
+            // plain host, or the request is refused.
             let (scheme_part, rest) = url
                 .split_once("://")
                 .ok_or_else(|| invalid("must be an absolute http(s) URL".into()))?;
             scheme("X-Original-URL", scheme_part)?;
-            let (authority, path) = match rest.find(['/', '?', '#']) {
+            let (authority, path) = match rest.find('/') {
                 Some(i) => (&rest[..i], &rest[i..]),
                 None => (rest, "/"),
             };
@@ -242,12 +245,7 @@ pub fn original(headers: &HeaderMap, family: Family) -> Result<Original, Forward
                 return Err(invalid("credentials in the URL".into()));
             }
             let host = host("X-Original-URL", authority)?;
-            let target = if path.starts_with('?') {
-                format!("/{path}")
-            } else {
-                path.to_string()
-            };
-            let target = self::target("X-Original-URL", &target)?;
+            let target = self::target("X-Original-URL", path)?;
             Ok(Original {
                 method,
                 host,
@@ -472,6 +470,27 @@ mod tests {
                 "is not a host",
             ),
             (nginx("https:///x", "GET"), Family::Nginx, "is not a host"),
+            // nginx copies a client's Host header with ? or # into the URL.
+            (
+                nginx("http://api.example.com?/orders/admin/1", "GET"),
+                Family::Nginx,
+                "is not a host",
+            ),
+            (
+                nginx("http://api.example.com#/orders/admin/1", "GET"),
+                Family::Nginx,
+                "is not a host",
+            ),
+            (
+                nginx("http://api.example.com?", "GET"),
+                Family::Nginx,
+                "is not a host",
+            ),
+            (
+                nginx("http://api.example.com\\orders\\healthz?/x", "GET"),
+                Family::Nginx,
+                "is not a host",
+            ),
             (
                 nginx("https://h/x", "GE T"),
                 Family::Nginx,

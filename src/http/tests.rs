@@ -147,10 +147,30 @@ async fn each_family_judges_the_request_its_proxy_describes() {
     )
     .await;
     assert_eq!(spoof.status, 400, "{}", spoof.body);
+    assert!(spoof.body.contains("request_malformed"), "{}", spoof.body);
+    // The reason in full is for the log.
+    let mut map = HeaderMap::new();
+    for (k, v) in plus(
+        traefik("DELETE", "api.example.com", "/orders/admin/1"),
+        &[("x-original-url", "https://api.example.com/orders/healthz")],
+    ) {
+        map.append(k, v.parse().expect("value"));
+    }
+    let (decision, _, _) = traefik_auth
+        .decide(
+            "127.0.0.1".parse().expect("ip"),
+            &Method::GET,
+            &"/auth".parse().expect("uri"),
+            &map,
+        )
+        .await;
+    let Decision::Deny(deny) = decision else {
+        panic!("allowed")
+    };
     assert!(
-        spoof.body.contains("belongs to another proxy family"),
+        deny.description.contains("belongs to another proxy family"),
         "{}",
-        spoof.body
+        deny.description
     );
 
     // nginx: a client's own X-Forwarded-Uri (auth_request passes every client header on) is

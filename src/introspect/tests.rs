@@ -34,6 +34,11 @@ fn answer(claims: Value) -> Response {
     axum::Json(claims).into_response()
 }
 
+fn without(mut claims: Value, member: &str) -> Value {
+    claims.as_object_mut().expect("object").remove(member);
+    claims
+}
+
 fn active(extra: Value) -> Value {
     let mut claims = json!({"active": true, "iss": ISSUER, "sub": "user-1", "aud": AUDIENCE,
         "exp": now_secs() + 600, "scope": "orders.read", "client_id": "web"});
@@ -91,6 +96,9 @@ async fn introspect(
     match kind {
         "active" => answer(active(json!({}))),
         "otheraud" => answer(active(json!({"aud": "api://billing"}))),
+        // RFC 7662 makes aud and exp optional; oidc-provider omits aud without a resource.
+        "noaud" => answer(without(active(json!({})), "aud")),
+        "noexp" => answer(without(active(json!({})), "exp")),
         "otheriss" => answer(active(json!({"iss": "https://evil.example/"}))),
         "shortlived" => answer(active(json!({"exp": now_secs() + 1}))),
         "nocache" => (
@@ -166,10 +174,24 @@ async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Response {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
-        Some("Bearer known") => answer(
-            json!({"iss": ISSUER, "sub": "user-1", "aud": AUDIENCE, "exp": now_secs() + 600}),
-        ),
-        _ => StatusCode::UNAUTHORIZED.into_response(),
+        // What a real OpenID provider answers (oidc-provider 9, scope openid email): the
+        // user's claims, no aud, no exp, no iss.
+        Some("Bearer known") => {
+            answer(json!({"sub": "user-1", "email": "user-1@example.com", "email_verified": true}))
+        }
+        Some("Bearer noscope") => (
+            StatusCode::FORBIDDEN,
+            [(
+                header::WWW_AUTHENTICATE,
+                "Bearer error=\"insufficient_scope\"",
+            )],
+        )
+            .into_response(),
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
+        )
+            .into_response(),
     }
 }
 
@@ -495,11 +517,62 @@ async fn signed_introspection_answers_rfc_9701() {
 
 #[tokio::test]
 async fn userinfo_mode() {
-    let s = setup(json!({"response": "userinfo", "endpoint": "userinfo"})).await;
+    // A userinfo answer proves the token is active for its user, nothing about audience or
+    // expiry: the policy says so explicitly, and then a real answer is accepted.
+    let s = setup(
+        json!({"response": "userinfo", "endpoint": "userinfo", "acceptWithout": ["aud", "exp"]}),
+    )
+    .await;
     assert_eq!(outcome(&s.check("known").await), (200, Reason::Valid));
     assert_eq!(
         outcome(&s.check("unknown").await),
         (401, Reason::TokenInactive)
+    );
+    assert_eq!(
+        outcome(&s.check("noscope").await),
+        (401, Reason::TokenInactive)
+    );
+    // Without saying so, the policy does not compile (never a silent pass, never a policy that
+    // denies every real answer).
+    for accept in [json!([]), json!(["aud"]), json!(["exp"])] {
+        let extra =
+            json!({"introspection": {"endpoint": "https://idp/userinfo", "response": "userinfo",
+            "clientId": CLIENT, "clientSecretRef": {"file": "/dev/null"}, "acceptWithout": accept}})
+            .to_string();
+        let err = try_compile("p", &spec_with(&extra)).expect_err(&extra);
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.field == "spec.introspection.acceptWithout"),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn answers_without_aud_or_exp_pass_only_when_the_policy_says_so() {
+    let strict = setup(json!({})).await;
+    assert_eq!(
+        outcome(&strict.check("noaud-1").await),
+        (401, Reason::AudienceMismatch)
+    );
+    assert_eq!(
+        outcome(&strict.check("noexp-1").await),
+        (401, Reason::ExpirationMissing)
+    );
+    let lenient = setup(json!({"acceptWithout": ["aud", "exp"]})).await;
+    assert_eq!(
+        outcome(&lenient.check("noaud-1").await),
+        (200, Reason::Valid)
+    );
+    assert_eq!(
+        outcome(&lenient.check("noexp-1").await),
+        (200, Reason::Valid)
+    );
+    // A claim that is there is checked all the same.
+    assert_eq!(
+        outcome(&lenient.check("otheraud-1").await),
+        (401, Reason::AudienceMismatch)
     );
 }
 

@@ -18,7 +18,9 @@ use super::spec::{
 };
 use crate::azure::{self, AzureIssuer};
 use crate::claims::ClaimRequirement;
-use crate::introspect::{CacheSettings, EndpointSource, Introspector, IntrospectorConfig};
+use crate::introspect::{
+    AcceptWithout, CacheSettings, EndpointSource, Introspector, IntrospectorConfig,
+};
 use crate::jwe::{self, Decryptor};
 use crate::jwks::{KeySet, KeySource, KeySources, Origin, Reach, VerifyingKey};
 
@@ -1246,6 +1248,16 @@ fn compile_introspection(
     {
         c.invalid("spec.introspection.phantomToken", "this response type carries no JWT to forward; use response: json (a jwt member) or jwt");
     }
+    let accept_without = AcceptWithout {
+        aud: spec.accept_without.contains(&spec::AnswerClaim::Aud),
+        exp: spec.accept_without.contains(&spec::AnswerClaim::Exp),
+    };
+    if userinfo && !(accept_without.aud && accept_without.exp) {
+        c.invalid(
+            "spec.introspection.acceptWithout",
+            "userinfo answers carry no aud and no exp: say so with acceptWithout: [aud, exp] (the answer then proves only that the token is active for its user; use response: json for an answer that names the audience)",
+        );
+    }
     let endpoint = match &spec.endpoint {
         Some(text) => parse_url(
             c,
@@ -1371,6 +1383,7 @@ fn compile_introspection(
         phantom_token: spec.phantom_token,
         cache: settings,
         timeout,
+        accept_without,
     };
     Some(Arc::new(Introspector::new(
         config,

@@ -518,6 +518,9 @@ pub enum DenyDetail {
 #[x_kube(validation = Rule::new(
     "!has(self.endpoint) || self.endpoint.startsWith('https://') || (has(self.allowInsecureHttp) && self.allowInsecureHttp)"
 ).message("the introspection endpoint must be an https URL (allowInsecureHttp: true allows http for development)"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.response) || self.response != 'userinfo' || (has(self.acceptWithout) && 'aud' in self.acceptWithout && 'exp' in self.acceptWithout)"
+).message("userinfo answers carry no aud and no exp: say so with acceptWithout: [aud, exp] (the answer then proves only that the token is active for its user)"))]
 pub struct IntrospectionSpec {
     /// Introspection endpoint (or userinfo endpoint with `response: userinfo`). Default: the
     /// `introspection_endpoint` (`userinfo_endpoint`) of the first issuer's discovery document.
@@ -546,6 +549,14 @@ pub struct IntrospectionSpec {
     /// Forward the JWT the IdP returns instead of the opaque token.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub phantom_token: bool,
+    /// Claims the IdP's answers do not carry, whose checks are then skipped when they are
+    /// absent (a claim present is always checked): `aud` (the audience check), `exp` (the
+    /// expiration requirement; `active: true` already says the token is live). Userinfo answers
+    /// carry neither, so `response: userinfo` needs both: its answer proves only that the token
+    /// is active for its user. Never implied: an answer without them is refused otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub accept_without: Vec<AnswerClaim>,
     /// Answer caching.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<IntrospectionCacheSpec>,
@@ -559,6 +570,16 @@ pub struct IntrospectionSpec {
     /// Allow an endpoint on a link-local or cloud metadata address (refused by default).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_metadata_addresses: bool,
+}
+
+/// A claim an introspection or userinfo answer may lack.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerClaim {
+    /// The audience: without it, the answer does not say which API the token is for.
+    Aud,
+    /// The expiration time.
+    Exp,
 }
 
 /// Where the introspection client secret is.
