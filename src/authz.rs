@@ -80,9 +80,16 @@ impl AuthzService {
             );
             return (decision, info);
         };
+        // Envoy's `id` is its stream number; the x-request-id header is what its access log and
+        // the upstream see, so that is the id the decision log carries when present.
+        let request_id = http
+            .headers
+            .get("x-request-id")
+            .filter(|id| !id.is_empty())
+            .unwrap_or(&http.id);
         let info = RequestInfo {
             transport: "grpc",
-            request_id: &http.id,
+            request_id,
             method: &http.method,
             host: &http.host,
             path: &http.path,

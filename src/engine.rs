@@ -83,7 +83,7 @@ async fn check_path(
             || text.clone(),
             || None,
         );
-        return deny(None, &host, Reason::RequestMalformed, text, None, None).with_trace(trace);
+        return deny(None, host, Reason::RequestMalformed, text, None, None).with_trace(trace);
     }
     let explicit = match request.policy {
         Some(id) => match snapshot.policy(id) {
@@ -91,13 +91,13 @@ async fn check_path(
             None => {
                 let text = format!("the route selects policy {id:?}, which is not loaded");
                 trace.fail("policy", Reason::PolicyNotFound, || text.clone(), || None);
-                return deny(None, &host, Reason::PolicyNotFound, text, None, None)
+                return deny(None, host, Reason::PolicyNotFound, text, None, None)
                     .with_trace(trace);
             }
         },
         None => None,
     };
-    let (policy, rule) = match select(snapshot, explicit, &host, path, request.method) {
+    let (policy, rule) = match select(snapshot, explicit, host, path, request.method) {
         Ok(Some(found)) => found,
         Ok(None) if snapshot.default_action == DefaultAction::Allow => {
             trace.info("policy", || {
@@ -117,13 +117,13 @@ async fn check_path(
             trace.fail("policy", Reason::NoPolicy, || text.clone(), || {
                 Some("add a policy whose match covers the request, or select one with the route's tollgate.dev/policy context extension".into())
             });
-            return deny(None, &host, Reason::NoPolicy, text, None, None).with_trace(trace);
+            return deny(None, host, Reason::NoPolicy, text, None, None).with_trace(trace);
         }
         Err(text) => {
             trace.fail("request", Reason::RequestMalformed, || text.clone(), || {
                 Some("set match.pathCase (Exact or IgnoreCase) in the policy to say how its upstream compares letter case".into())
             });
-            return deny(None, &host, Reason::RequestMalformed, text, None, None).with_trace(trace);
+            return deny(None, host, Reason::RequestMalformed, text, None, None).with_trace(trace);
         }
     };
     trace.info("policy", || {
@@ -133,7 +133,7 @@ async fn check_path(
         )
     });
     let cache = snapshot.token_cache.as_deref();
-    judge_traced(policy, rule, cache, request, &host, now, trace).await
+    judge_traced(policy, rule, cache, request, host, now, trace).await
 }
 
 /// Headers and the query parameter with which frameworks let a client run another method

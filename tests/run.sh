@@ -87,6 +87,15 @@ fi
 "$nginx_bin" -v 2>&1
 export TOLLGATE_NGINX="$nginx_bin"
 
+# Traefik: built from its pinned Go module (tests/peers/traefik: go.mod and go.sum only) into
+# the cache, once per go.sum; the first build takes minutes (tests/peers/traefik/README.md).
+# A failed build ends the run (set -e), so CI never skips the Traefik tests.
+if ! command -v go > /dev/null 2>&1; then export PATH="/usr/local/go/bin:$PATH"; fi
+go version
+traefik_bin=$(bash tests/peers/go-build.sh tests/peers/traefik github.com/traefik/traefik/v3/cmd/traefik traefik | tail -1)
+echo "traefik $(grep -m1 -o 'traefik/v3 v[^ ]*' tests/peers/traefik/go.mod): $traefik_bin"
+export TOLLGATE_TRAEFIK="$traefik_bin"
+
 
 echo "== format, lints"
 cargo fmt --check

@@ -358,9 +358,12 @@ mod tests {
         );
     }
 
+    /// Headers, the family they are read as, and a fragment of the expected error.
+    type Case = (Vec<(&'static str, &'static str)>, Family, &'static str);
+
     #[test]
     fn the_other_familys_headers_missing_ones_and_repeats_are_refused() {
-        let cases: Vec<(Vec<(&str, &str)>, Family, &str)> = vec![
+        let cases: Vec<Case> = vec![
             // The attack: Traefik copies a client's X-Original-URL onto the auth request.
             (
                 with(
@@ -448,7 +451,7 @@ mod tests {
         let nginx = |url: &'static str, method: &'static str| {
             vec![("x-original-url", url), ("x-original-method", method)]
         };
-        let cases: Vec<(Vec<(&str, &str)>, Family, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 nginx("/relative", "GET"),
                 Family::Nginx,

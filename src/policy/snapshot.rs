@@ -209,9 +209,9 @@ impl Snapshot {
                     .find(|(other, ns, _)| {
                         *ns != namespace
                             && owners::overlap(host, other)
-                            && !delegations
+                            && delegations
                                 .covering(other)
-                                .is_some_and(|(_, owner)| owner == ns)
+                                .is_none_or(|(_, owner)| owner != ns)
                     })
                     .map(|(_, _, holder)| conflict(host, holder, ConflictKind::Host))
             });

@@ -40,7 +40,7 @@ fn demo_shows_one_token_accepted_and_one_rejected() {
     );
     assert!(stdout.contains("  DENY 401\n"), "{stdout}");
     assert!(
-        stdout.contains("error_description=\"token_expired: the token expired at"),
+        stdout.contains("error_description=\"token_expired: the access token has expired\""),
         "{stdout}"
     );
     assert!(stdout.contains("  DENY 403\n"), "{stdout}");

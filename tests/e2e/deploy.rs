@@ -9,7 +9,7 @@ use clap::Parser as _;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
@@ -132,6 +132,7 @@ struct Rendered {
     roles: Vec<Role>,
     webhooks: Vec<ValidatingWebhookConfiguration>,
     secrets: Vec<Secret>,
+    config_maps: Vec<ConfigMap>,
     crds: Vec<CustomResourceDefinition>,
     kinds: Vec<String>,
 }
@@ -148,6 +149,7 @@ fn check_objects(yaml: &str) -> Rendered {
             ("v1", "ServiceAccount") => drop(typed::<ServiceAccount>(&doc)),
             ("v1", "Service") => out.services.push(typed(&doc)),
             ("v1", "Secret") => out.secrets.push(typed(&doc)),
+            ("v1", "ConfigMap") => out.config_maps.push(typed(&doc)),
             ("apps/v1", "Deployment") => out.deployments.push(typed(&doc)),
             ("rbac.authorization.k8s.io/v1", "ClusterRole") => out.cluster_roles.push(typed(&doc)),
             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
@@ -204,7 +206,8 @@ fn rules_are_least_privilege(rules: &[PolicyRule]) {
     }
 }
 
-/// The rendered Deployment's tollgate flags, parsed by tollgate itself.
+/// The rendered Deployment's tollgate flags, parsed by tollgate itself, and the forward-auth
+/// proxies given their header families as `serve` does at start.
 fn deployment_flags(deployment: &Deployment) -> Vec<String> {
     let spec = deployment
         .spec
@@ -218,8 +221,15 @@ fn deployment_flags(deployment: &Deployment) -> Vec<String> {
     let args = container.args.clone().expect("args");
     let mut argv = vec!["tollgate".to_string()];
     argv.extend(args.iter().cloned());
-    tollgate::cli::Cli::try_parse_from(&argv)
+    let cli = tollgate::cli::Cli::try_parse_from(&argv)
         .unwrap_or_else(|e| panic!("tollgate rejects the chart's flags {args:?}: {e}"));
+    let tollgate::cli::Command::Serve(serve) = &cli.command else {
+        panic!("the chart runs something else than serve: {args:?}");
+    };
+    if serve.http_addr.is_some() {
+        tollgate::http::resolve_families(&serve.trusted_proxies, serve.forward_auth_family)
+            .unwrap_or_else(|e| panic!("tollgate serve would not start with {args:?}: {e}"));
+    }
     // Restricted pod security.
     let pod = spec.security_context.as_ref().expect("pod securityContext");
     assert_eq!(pod.run_as_non_root, Some(true));
@@ -269,7 +279,7 @@ fn the_helm_chart_lints_renders_and_types_check() {
     let custom = dir.path().join("values.yaml");
     std::fs::write(
         &custom,
-        "replicaCount: 3\nwatchNamespaces: [shop, billing]\nselector: tollgate.dev/shard=a\ndefaultAction: allow\nwebhook:\n  failurePolicy: Ignore\n  certManager: {enabled: true}\nautoscaling: {enabled: true}\nserviceMonitor: {enabled: true}\nnetworkPolicy: {enabled: true, gatewayNamespaceSelector: {matchLabels: {gateway: \"true\"}}}\nhttp: {enabled: true, trustedProxies: [10.244.0.0/16, 10.96.0.0/12]}\n",
+        "replicaCount: 3\nwatchNamespaces: [shop, billing]\nselector: tollgate.dev/shard=a\ndefaultAction: allow\nwebhook:\n  failurePolicy: Ignore\n  certManager: {enabled: true}\nautoscaling: {enabled: true}\nserviceMonitor: {enabled: true}\nnetworkPolicy: {enabled: true, gatewayNamespaceSelector: {matchLabels: {gateway: \"true\"}}}\nhttp: {enabled: true, family: nginx, trustedProxies: [10.244.0.0/16, 10.96.0.0/12]}\n",
     )
     .expect("values");
     let custom = custom.to_str().expect("path");
@@ -289,7 +299,7 @@ fn the_helm_chart_lints_renders_and_types_check() {
         ])
         .expect_err("schema refuses");
     assert!(bad.contains("failurePolicy"), "{bad}");
-    for example in ["ingress-nginx", "traefik"] {
+    for (example, family) in [("ingress-nginx", "nginx"), ("traefik", "traefik")] {
         let values = repo(&format!("deploy/examples/{example}/values.yaml"));
         let rendered = check_objects(
             &tools
@@ -303,15 +313,72 @@ fn the_helm_chart_lints_renders_and_types_check() {
                 .expect("the example's values render"),
         );
         let args = deployment_flags(&rendered.deployments[0]);
-        assert!(
-            args.contains(&"--http-addr=0.0.0.0:8080".to_string()),
-            "{args:?}"
-        );
+        for flag in [
+            "--http-addr=0.0.0.0:8080".to_string(),
+            format!("--forward-auth-family={family}"),
+        ] {
+            assert!(args.contains(&flag), "{example}: {flag} in {args:?}");
+        }
     }
     let no_proxies = tools
         .helm(&["template", "t", chart, "--set", "http.enabled=true"])
         .expect_err("trusted proxies are required with http");
     assert!(no_proxies.contains("trustedProxies"), "{no_proxies}");
+    // The header family is configuration, never guessed: without one the schema refuses.
+    let no_family = tools
+        .helm(&[
+            "template",
+            "t",
+            chart,
+            "--set",
+            "http.enabled=true",
+            "--set",
+            "http.trustedProxies={10.244.0.0/16}",
+        ])
+        .expect_err("a family is required with http");
+    assert!(
+        no_family.contains("at '/http/family': value must be one of 'nginx', 'traefik'"),
+        "{no_family}"
+    );
+    let bad_family = tools
+        .helm(&[
+            "template",
+            "t",
+            chart,
+            "--set",
+            "http.enabled=true",
+            "--set",
+            "http.trustedProxies={10.244.0.0/16=envoy}",
+            "--set",
+            "http.family=nginx",
+        ])
+        .expect_err("only nginx and traefik are families");
+    assert!(
+        bad_family.contains("at '/http/trustedProxies/0'"),
+        "{bad_family}"
+    );
+    // Every network naming its own family needs no default.
+    let rendered = check_objects(
+        &tools
+            .helm(&[
+                "template",
+                "tollgate",
+                chart,
+                "--set",
+                "http.enabled=true",
+                "--set",
+                "http.trustedProxies={10.244.1.0/24=nginx,10.244.2.0/24=traefik}",
+            ])
+            .expect("per-network families render"),
+    );
+    let args = deployment_flags(&rendered.deployments[0]);
+    assert!(
+        args.contains(&"--trusted-proxies=10.244.1.0/24=nginx,10.244.2.0/24=traefik".to_string())
+            && !args.iter().any(|a| a.starts_with("--forward-auth-family")),
+        "{args:?}"
+    );
+
+    host_delegations_render_mount_and_roll(&tools, chart);
 
     // Mutual TLS on the gRPC port: the Secret is mounted and the flags point into it.
     let rendered = check_objects(
@@ -364,6 +431,16 @@ fn the_helm_chart_lints_renders_and_types_check() {
         args.contains(&"--kubernetes".to_string())
             && args.contains(&"--webhook-addr=0.0.0.0:9443".to_string()),
         "{args:?}"
+    );
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--forward-auth-family") || a.starts_with("--host-delegations")),
+        "{args:?}"
+    );
+    assert!(
+        rendered.config_maps.is_empty(),
+        "no delegations, no ConfigMap"
     );
     assert_eq!(
         rendered.deployments[0]
@@ -440,6 +517,7 @@ fn the_helm_chart_lints_renders_and_types_check() {
         "--default-action=allow",
         "--http-addr=0.0.0.0:8080",
         "--trusted-proxies=10.244.0.0/16,10.96.0.0/12",
+        "--forward-auth-family=nginx",
     ] {
         assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
     }
@@ -503,6 +581,186 @@ fn the_helm_chart_lints_renders_and_types_check() {
         .expect("chart CRD"),
         std::fs::read_to_string(repo("crds/jwtpolicies.tollgate.dev.yaml")).expect("CRD"),
         "deploy/helm/tollgate/crds/ differs from crds/: copy crds/jwtpolicies.tollgate.dev.yaml into the chart"
+    );
+}
+
+/// `hostDelegations`: a ConfigMap holding the document tollgate reads, mounted read-only and
+/// named by `--host-delegations`; its checksum on the pod template rolls the pods on a change
+/// (tollgate reads the file only at start).
+fn host_delegations_render_mount_and_roll(tools: &Tools, chart: &str) {
+    let dir = tempfile::tempdir().expect("dir");
+    let values = dir.path().join("delegations.yaml");
+    std::fs::write(
+        &values,
+        "podAnnotations: {team: platform}\nhostDelegations:\n- namespace: shop\n  hosts: [api.example.com, \"*.shop.example.com\"]\n- namespace: billing\n  hosts: [pay.example.com]\n",
+    )
+    .expect("values");
+    let values = values.to_str().expect("path");
+    tools
+        .helm(&["lint", "--strict", chart, "-f", values])
+        .expect("helm lint --strict with hostDelegations");
+    let render = |extra: &[&str]| {
+        let mut args = vec![
+            "template",
+            "tollgate",
+            chart,
+            "--namespace",
+            "tollgate",
+            "-f",
+            values,
+        ];
+        args.extend_from_slice(extra);
+        check_objects(&tools.helm(&args).expect("hostDelegations render"))
+    };
+    let rendered = render(&[]);
+
+    // The ConfigMap holds a document tollgate accepts, as the binary reads it.
+    let config_map = rendered
+        .config_maps
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("tollgate-host-delegations"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no ConfigMap tollgate-host-delegations: {:?}",
+                rendered.kinds
+            )
+        });
+    assert_eq!(config_map.metadata.namespace.as_deref(), Some("tollgate"));
+    let document = config_map
+        .data
+        .as_ref()
+        .and_then(|d| d.get("delegations.yaml"))
+        .expect("delegations.yaml in the ConfigMap")
+        .clone();
+    let delegations = tollgate::policy::HostDelegations::parse(&document)
+        .unwrap_or_else(|e| panic!("tollgate rejects the rendered delegations: {e:#}\n{document}"));
+    for (host, namespace) in [
+        ("api.example.com", "shop"),
+        ("orders.shop.example.com", "shop"),
+        ("pay.example.com", "billing"),
+    ] {
+        assert_eq!(
+            delegations.owner_of_host(host).map(|n| &**n),
+            Some(namespace),
+            "{host}"
+        );
+    }
+    // And `check-policy` with the file: the example policy (namespace shop, api.example.com)
+    // is on a host delegated to its own namespace.
+    let file = dir.path().join("rendered-delegations.yaml");
+    std::fs::write(&file, &document).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("check-policy")
+        .arg("--host-delegations")
+        .arg(&file)
+        .arg(repo("deploy/examples/ingress-nginx/jwtpolicy.yaml"))
+        .output()
+        .expect("check-policy");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The flag names the file where the ConfigMap is mounted, read-only.
+    let deployment = &rendered.deployments[0];
+    let args = deployment_flags(deployment);
+    let path = "/etc/tollgate/host-delegations/delegations.yaml";
+    assert!(
+        args.contains(&format!("--host-delegations={path}")),
+        "{args:?}"
+    );
+    let template = &deployment.spec.as_ref().expect("spec").template;
+    let pod = template.spec.as_ref().expect("pod spec");
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "host-delegations")
+        .expect("host-delegations mount");
+    assert_eq!(mount.read_only, Some(true));
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "host-delegations")
+        .and_then(|v| v.config_map.as_ref())
+        .expect("host-delegations ConfigMap volume");
+    assert_eq!(volume.name, "tollgate-host-delegations");
+    let items: Vec<(&str, &str)> = volume
+        .items
+        .iter()
+        .flatten()
+        .map(|i| (i.key.as_str(), i.path.as_str()))
+        .collect();
+    assert_eq!(
+        format!("{}/{}", mount.mount_path, items[0].1),
+        path,
+        "{items:?}"
+    );
+    assert_eq!(items, [("delegations.yaml", "delegations.yaml")]);
+
+    // The checksum is the rendered document's, beside the user's own annotations.
+    let annotations = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .expect("pod annotations");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, document.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        annotations.get("checksum/host-delegations"),
+        Some(&hex),
+        "{annotations:?}"
+    );
+    assert_eq!(
+        annotations.get("team").map(String::as_str),
+        Some("platform")
+    );
+    // Another delegation, another checksum: `helm upgrade` rolls the pods.
+    let changed = render(&["--set", "hostDelegations[1].hosts[0]=pay.example.org"]);
+    let changed = changed.deployments[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get("checksum/host-delegations").cloned());
+    assert!(changed.as_ref().is_some_and(|c| *c != hex), "{changed:?}");
+
+    // What tollgate would refuse at start is refused at install.
+    let star = tools
+        .helm(&[
+            "template",
+            "t",
+            chart,
+            "--set-json",
+            r#"hostDelegations=[{"namespace":"shop","hosts":["*"]}]"#,
+        ])
+        .expect_err("* cannot be delegated");
+    assert!(star.contains("at '/hostDelegations/0/hosts/0'"), "{star}");
+    let twice = tools
+        .helm(&[
+            "template",
+            "t",
+            chart,
+            "--set-json",
+            r#"hostDelegations=[{"namespace":"shop","hosts":["api.example.com"]},{"namespace":"billing","hosts":["API.example.com"]}]"#,
+        ])
+        .expect_err("one host, two namespaces");
+    assert!(twice.contains("a host belongs to one namespace"), "{twice}");
+    let bad_namespace = tools
+        .helm(&[
+            "template",
+            "t",
+            chart,
+            "--set-json",
+            r#"hostDelegations=[{"namespace":"Shop","hosts":["a.example.com"]}]"#,
+        ])
+        .expect_err("not a namespace name");
+    assert!(
+        bad_namespace.contains("at '/hostDelegations/0/namespace'"),
+        "{bad_namespace}"
     );
 }
 
@@ -637,6 +895,29 @@ fn the_gateway_examples_parse_and_their_policies_compile() {
         );
         assert!(dir.join("README.md").exists());
     }
+}
+
+#[test]
+fn the_traefik_middleware_passes_only_the_token_and_strips_the_debug_header() {
+    let yaml = std::fs::read_to_string(repo("deploy/examples/traefik/middleware.yaml"))
+        .expect("middleware.yaml");
+    let docs = documents(&yaml);
+    let forward = &docs[0]["spec"]["forwardAuth"];
+    // Traefik sets X-Forwarded-* itself and copies only these client headers onto the auth
+    // request: a forged X-Original-URL never reaches tollgate.
+    assert_eq!(forward["trustForwardHeader"], Value::Bool(false));
+    assert_eq!(
+        forward["authRequestHeaders"],
+        serde_json::json!(["Authorization", "Cookie"])
+    );
+    // Listed, so Traefik removes a client's copy; tollgate never answers it.
+    let response: Vec<&str> = forward["authResponseHeaders"]
+        .as_array()
+        .expect("authResponseHeaders")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(response.contains(&"X-Tollgate-Debug"), "{response:?}");
 }
 
 #[test]

@@ -146,14 +146,20 @@ pub async fn start_envoy_with(
     upstream: SocketAddr,
     tollgate_transport: &str,
 ) -> Envoy {
-    let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
-    let config = dir.path().join("envoy.yaml");
-    std::fs::write(
-        &config,
-        envoy_config(port, tollgate, upstream, tollgate_transport),
+    start_envoy_yaml(
+        binary,
+        port,
+        &envoy_config(port, tollgate, upstream, tollgate_transport),
     )
-    .expect("write config");
+    .await
+}
+
+/// Envoy with the configuration `yaml`, whose listener is on 127.0.0.1:`port`.
+pub async fn start_envoy_yaml(binary: &std::path::Path, port: u16, yaml: &str) -> Envoy {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("envoy.yaml");
+    std::fs::write(&config, yaml).expect("write config");
     let child = Command::new(binary)
         .arg("-c")
         .arg(&config)

@@ -60,7 +60,12 @@ async fn serving_with(extra: &[&str]) -> (Tollgate, IdpServer, String, tempfile:
     let iss = idp.issuer();
     let dir = tempfile::tempdir().expect("dir");
     write_policy(dir.path(), "p.yaml", &policy_yaml("orders", &iss, ""));
-    let mut flags = vec!["--http-addr", "127.0.0.1:0"];
+    let mut flags = vec![
+        "--http-addr",
+        "127.0.0.1:0",
+        "--forward-auth-family",
+        "nginx",
+    ];
     flags.extend_from_slice(extra);
     let tollgate = Tollgate::start(dir.path(), &flags);
     let token = key.mint(&claims(&iss, json!({}))).expect("mint");
@@ -291,9 +296,9 @@ async fn oversized_or_crowded_http_heads_are_refused_before_judging() {
         "Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     ));
     assert!(send(crowded.into_bytes()).contains(" 431 "));
-    // Invalid UTF-8 in the original URI: a 400, not a guess at the path.
+    // Invalid UTF-8 in the original URL: a 400, not a guess at the path.
     let mut bad = format!(
-        "GET /auth HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nX-Original-URI: /orders/"
+        "GET /auth HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nX-Original-Method: GET\r\nX-Original-URL: http://{HOST}/orders/"
     )
     .into_bytes();
     bad.extend_from_slice(&[0xff, 0xfe]);
@@ -302,7 +307,7 @@ async fn oversized_or_crowded_http_heads_are_refused_before_judging() {
     assert!(line.contains(" 400 "), "{line}");
     // And a normal request still passes.
     let ok = format!(
-        "GET /auth HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {token}\r\nX-Original-URI: /orders/1\r\nConnection: close\r\n\r\n"
+        "GET /auth HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {token}\r\nX-Original-URL: http://{HOST}/orders/1\r\nX-Original-Method: GET\r\nConnection: close\r\n\r\n"
     );
     assert!(send(ok.into_bytes()).contains(" 200 "));
 }
@@ -485,7 +490,13 @@ async fn a_hostile_identity_provider_costs_bounded_work_and_answers_503() {
             "bounce" => "redirect refused: 169.254.169.254 is a link-local address",
             _ => "timed out",
         };
-        assert!(denied.body.contains(expected), "{kind}: {}", denied.body);
+        // The client learns the reason, never the issuer's URLs or what went wrong there.
+        assert!(!denied.body.contains(expected), "{kind}: {}", denied.body);
+        assert!(!denied.body.contains("http"), "{kind}: {}", denied.body);
+        assert!(
+            denial_logged(&tollgate, "issuer_unavailable", expected).await,
+            "{kind}: no denial logged with {expected:?}"
+        );
     }
     // A host that does not resolve: the same 503, with the resolver's error.
     let nowhere = "https://idp.tollgate.invalid";
@@ -564,7 +575,7 @@ async fn a_client_trickling_its_request_head_is_cut_off() {
     });
     // Meanwhile a normal client is served.
     let ok = format!(
-        "GET /auth HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {token}\r\nX-Original-URI: /orders/1\r\nConnection: close\r\n\r\n"
+        "GET /auth HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Bearer {token}\r\nX-Original-URL: http://{HOST}/orders/1\r\nX-Original-Method: GET\r\nConnection: close\r\n\r\n"
     );
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
     stream.write_all(ok.as_bytes()).expect("write");

@@ -231,10 +231,12 @@ async fn opaque_tokens_from_a_real_openid_provider_through_envoy() {
     .await;
     assert_eq!(answer.status, 502, "{}", answer.body);
     assert!(
-        answer.body.contains("introspection_failed") && answer.body.contains("client secret"),
+        answer.body.contains("introspection_failed") && !answer.body.contains("client"),
         "{}",
         answer.body
     );
+    // The hint at the credentials is for the operator, in the log.
+    assert!(denial_logged(&tollgate, "introspection_failed", "client secret").await);
 
     // Revocation: denied as soon as the cached answer (defaultTtl 1s) expires.
     op.revoke(&opaque).await;
@@ -341,4 +343,163 @@ async fn the_phantom_token_reaches_the_upstream_through_envoy() {
     )
     .await;
     assert_eq!(inactive.status, 401);
+}
+
+impl OpenIdProvider {
+    /// A user-bound opaque access token issued by the provider's own code (its test route,
+    /// `TEST_USER_TOKENS=1`), with an optional resource (audience).
+    async fn user_token(&self, scope: &str, resource: Option<&str>) -> String {
+        let mut body = json!({"sub": "user-1", "scope": scope});
+        if let Some(resource) = resource {
+            body["resource"] = json!(resource);
+        }
+        let answer: Value = reqwest::Client::new()
+            .post(format!("{}/test/user-token", self.issuer))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("user token")
+            .bytes()
+            .await
+            .map(|body| serde_json::from_slice(&body).expect("JSON"))
+            .expect("body");
+        answer["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token: {answer}"))
+            .to_string()
+    }
+}
+
+/// What a real provider's userinfo and introspection answers prove, and what a policy must
+/// say about the checks they cannot support: a userinfo answer carries no `aud` and no `exp`
+/// (it proves only that the token is active for its user); an introspection answer carries
+/// `aud` only for a token issued for a resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn userinfo_and_introspection_answers_of_a_real_provider() {
+    let Some(install) = peer_dir("TOLLGATE_OIDC_PROVIDER_DIR", "oidc-provider (npm)") else {
+        return;
+    };
+    let op = start_provider_with(&install, &[("TEST_USER_TOKENS", Path::new("1"))]);
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("gateway.secret"), "gateway-secret\n").expect("write");
+    let secret = dir.path().join("gateway.secret").display().to_string();
+    let doc = |name: &str, host: &str, introspection: Value| {
+        let mut block = json!({"clientId": "gateway", "clientSecretRef": {"file": secret},
+            "allowInsecureHttp": true, "cache": {"defaultTtl": "1s"}});
+        for (k, v) in introspection.as_object().expect("object") {
+            block[k] = v.clone();
+        }
+        json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {
+                "match": {"hosts": [host]},
+                "issuers": [{"issuer": op.issuer, "audiences": [RESOURCE_OPAQUE], "allowInsecureHttp": true}],
+                "introspection": block,
+                "forward": {"claimsToHeaders": [{"claim": "sub", "header": "x-user-id"}]},
+            }
+        })
+        .to_string()
+    };
+    write_policy(
+        dir.path(),
+        "userinfo.yaml",
+        &doc(
+            "userinfo",
+            "userinfo.example.com",
+            json!({"response": "userinfo", "acceptWithout": ["aud", "exp"]}),
+        ),
+    );
+    write_policy(
+        dir.path(),
+        "strict.yaml",
+        &doc("strict", "strict.example.com", json!({})),
+    );
+    write_policy(
+        dir.path(),
+        "lenient.yaml",
+        &doc(
+            "lenient",
+            "lenient.example.com",
+            json!({"acceptWithout": ["aud"]}),
+        ),
+    );
+    let tollgate = Tollgate::start(dir.path(), &[]);
+    let ask = |host: &'static str, token: String| {
+        let url = tollgate.url();
+        async move {
+            let probe = tollgate::client::Probe {
+                host: host.into(),
+                path: "/".into(),
+                method: "GET".into(),
+                token: Some(token),
+                ..Default::default()
+            };
+            let response = tollgate::client::send(&url, &probe).await.expect("check");
+            let headers: Vec<(String, String)> = match &response.http_response {
+                Some(tollgate::proto::auth::check_response::HttpResponse::OkResponse(ok)) => ok
+                    .headers
+                    .iter()
+                    .filter_map(|h| h.header.as_ref())
+                    .map(|h| (h.key.clone(), h.value.clone()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            (outcome(&response), headers)
+        }
+    };
+
+    // userinfo: a real user token is active for user-1; the policy said it accepts answers
+    // without aud and exp, so it passes, and the user's id reaches the upstream.
+    let user = op.user_token("openid email", None).await;
+    let ((allowed, status, reason), headers) = ask("userinfo.example.com", user.clone()).await;
+    assert!(allowed, "{status} {reason}");
+    assert!(
+        headers.contains(&("x-user-id".into(), "user-1".into())),
+        "{headers:?}"
+    );
+    // A machine token (client credentials) has no user: userinfo refuses it, so does tollgate.
+    let machine = op.token(RESOURCE_OPAQUE).await;
+    let ((allowed, status, reason), _) = ask("userinfo.example.com", machine.clone()).await;
+    assert_eq!(
+        (allowed, status, reason.as_str()),
+        (false, 401, "token_inactive")
+    );
+    // A user token without openid: userinfo answers 403, which is no proof of anything.
+    let no_openid = op.user_token("orders.read", None).await;
+    let ((allowed, _, reason), _) = ask("userinfo.example.com", no_openid).await;
+    assert_eq!((allowed, reason.as_str()), (false, "token_inactive"));
+    // Revoked: refused once the 1 s cache entry ends.
+    op.revoke(&user).await;
+    let refused = eventually(Duration::from_secs(5), async || {
+        !ask("userinfo.example.com", user.clone()).await.0.0
+    })
+    .await;
+    assert!(refused, "a revoked token is refused by userinfo too");
+
+    // Introspection: the provider names the audience only for a token issued for a resource.
+    // Without aud the answer does not say the token is for this API: refused, unless the
+    // policy says it accepts that.
+    let unscoped = op.user_token("openid", None).await;
+    let ((allowed, status, reason), _) = ask("strict.example.com", unscoped.clone()).await;
+    assert_eq!(
+        (allowed, status, reason.as_str()),
+        (false, 401, "audience_mismatch")
+    );
+    assert!(denial_logged(&tollgate, "audience_mismatch", "no aud").await);
+    let ((allowed, _, reason), _) = ask("lenient.example.com", unscoped).await;
+    assert!(allowed, "{reason}");
+    // For the resource, the answer names it: accepted by both policies.
+    let scoped = op.user_token("orders.read", Some(RESOURCE_OPAQUE)).await;
+    for host in ["strict.example.com", "lenient.example.com"] {
+        let ((allowed, _, reason), headers) = ask(host, scoped.clone()).await;
+        assert!(allowed, "{host}: {reason}");
+        assert!(
+            headers.contains(&("x-user-id".into(), "user-1".into())),
+            "{host}: {headers:?}"
+        );
+    }
+    // The machine token's answer names its resource as aud: accepted strictly too.
+    assert!(ask("strict.example.com", machine).await.0.0);
 }

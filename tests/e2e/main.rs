@@ -13,5 +13,7 @@ mod introspection;
 mod kubernetes;
 mod mtls;
 mod nginx;
+mod paths;
 mod serve;
 mod support;
+mod traefik;

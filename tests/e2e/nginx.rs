@@ -1,7 +1,7 @@
 //! Forward authentication through a real nginx (Debian's package; its `auth_request` module is
-//! what ingress-nginx uses), configured with `deploy/examples/nginx/tollgate.conf` itself, and
-//! the Traefik `forwardAuth` header contract against the endpoint directly (Traefik cannot be
-//! installed here).
+//! what ingress-nginx uses), configured with `deploy/examples/nginx/tollgate.conf` itself: the
+//! request tollgate judges is the one nginx serves, whatever headers a client adds. (Traefik:
+//! `traefik.rs`; hostile paths through nginx and Envoy: `paths.rs`.)
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
@@ -18,9 +18,9 @@ use crate::envoy::{Answer, counting_echo_upstream, get_host};
 use crate::support::*;
 
 /// nginx running the example configuration, stopped on drop.
-struct Nginx {
+pub struct Nginx {
     child: Child,
-    port: u16,
+    pub port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -32,14 +32,24 @@ impl Drop for Nginx {
 }
 
 impl Nginx {
-    fn error_log(&self) -> String {
+    pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
 }
 
 const EXAMPLE: &str = include_str!("../../deploy/examples/nginx/tollgate.conf");
 
-async fn start_nginx(bin: &Path, tollgate: SocketAddr, upstream: SocketAddr) -> Nginx {
+pub async fn start_nginx(bin: &Path, tollgate: SocketAddr, upstream: SocketAddr) -> Nginx {
+    start_nginx_with(bin, tollgate, upstream, |site| site).await
+}
+
+/// nginx with the example configuration, its addresses substituted and then `edit` applied.
+pub async fn start_nginx_with(
+    bin: &Path,
+    tollgate: SocketAddr,
+    upstream: SocketAddr,
+    edit: impl FnOnce(String) -> String,
+) -> Nginx {
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
     // The example, with this test's addresses.
@@ -48,6 +58,7 @@ async fn start_nginx(bin: &Path, tollgate: SocketAddr, upstream: SocketAddr) -> 
         .replace("127.0.0.1:9000", &upstream.to_string())
         .replace("127.0.0.1:8000", &format!("127.0.0.1:{port}"));
     assert_ne!(site, EXAMPLE, "the example's addresses were substituted");
+    let site = edit(site);
     std::fs::write(dir.path().join("tollgate.conf"), site).expect("write site");
     let d = dir.path().display();
     let main = format!(
@@ -86,14 +97,23 @@ async fn start_nginx(bin: &Path, tollgate: SocketAddr, upstream: SocketAddr) -> 
 
 /// A GET with the target exactly as written (HTTP clients normalize dot segments themselves).
 fn raw_get(port: u16, target: &str) -> u16 {
+    raw_request(port, "GET", target, HOST, &[])
+}
+
+/// A request with the method, target and Host exactly as written; the answer's status.
+fn raw_request(port: u16, method: &str, target: &str, host: &str, headers: &[(&str, &str)]) -> u16 {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         stream,
-        "GET {target} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+        "{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
     )
     .expect("write");
     let mut answer = String::new();
@@ -121,7 +141,7 @@ async fn orders_idp() -> (SigningKey, IdpServer, String, tempfile::TempDir) {
     (key, idp, iss, dir)
 }
 
-const POLICY: &str = "  match: {hosts: [api.example.com], paths: [/orders]}\n  rules:\n  - {paths: [/orders/healthz], allowAnonymous: true}\n  - {paths: [/orders/admin], requiredClaims: [{name: roles, values: [admin]}]}\n  forward:\n    claimsToHeaders: [{claim: sub, header: x-user-id}]\n";
+const POLICY: &str = "  match: {hosts: [api.example.com], paths: [/orders]}\n  rules:\n  - {paths: [/orders/healthz], allowAnonymous: true}\n  - {paths: [/orders/admin], requiredClaims: [{name: roles, values: [admin]}]}\n  - {paths: [/orders/reports], methods: [GET], requiredClaims: [{name: roles, values: [auditor]}]}\n  forward:\n    claimsToHeaders: [{claim: sub, header: x-user-id}]\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_end_to_end() {
@@ -129,7 +149,15 @@ async fn nginx_auth_request_end_to_end() {
         return;
     };
     let (key, idp, iss, dir) = orders_idp().await;
-    let tollgate = Tollgate::start(dir.path(), &["--http-addr", "127.0.0.1:0"]);
+    let tollgate = Tollgate::start(
+        dir.path(),
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--forward-auth-family",
+            "nginx",
+        ],
+    );
     let http = tollgate.http.expect("http listener");
     let (upstream, hits, _task) = counting_echo_upstream().await;
     let nginx = start_nginx(&nginx_bin, http, upstream).await;
@@ -150,6 +178,7 @@ async fn nginx_auth_request_end_to_end() {
         vec![
             ("authorization", bearer.clone()),
             ("x-user-id", "forged-user".into()),
+            ("x-tollgate-debug", "the-debug-secret-of-the-policy".into()),
         ],
     )
     .await;
@@ -158,6 +187,10 @@ async fn nginx_auth_request_end_to_end() {
     assert_eq!(
         seen["x-user-id"], "user-1",
         "the claim replaces the client's own header"
+    );
+    assert!(
+        seen.get("x-tollgate-debug").is_none(),
+        "the debug secret never reaches the upstream"
     );
     assert_eq!(seen["authorization"], bearer.as_str());
     assert_eq!(hits.load(Ordering::SeqCst), 1);
@@ -173,44 +206,98 @@ async fn nginx_auth_request_end_to_end() {
     )
     .await;
     assert_eq!(answer.status, 401, "{}", answer.body);
-    assert!(
-        answer
-            .challenge()
-            .starts_with("Bearer realm=\"api.example.com\", error=\"invalid_token\", error_description=\"token_expired: the token expired at"),
+    assert_eq!(
+        answer.challenge(),
+        "Bearer realm=\"api.example.com\", error=\"invalid_token\", error_description=\"token_expired: the access token has expired\"",
         "{:?}",
         answer.headers
     );
-    // A client naming the anonymous path itself, while asking for a protected one: judged by
-    // the path it asked for.
+    // A client naming the anonymous path itself, in either family's headers, twice and in
+    // other letter cases, while asking for a protected one: nginx replaces or drops them, and
+    // tollgate judges the path the client asked for.
     let answer = get(
         "/orders/7",
         vec![
             ("x-forwarded-uri", "/orders/healthz".into()),
+            ("X-FORWARDED-URI", "/orders/healthz".into()),
+            ("x-forwarded-method", "GET".into()),
             ("x-original-uri", "/orders/healthz".into()),
             (
                 "x-original-url",
                 "http://api.example.com/orders/healthz".into(),
             ),
+            (
+                "X-Original-Url",
+                "http://api.example.com/orders/healthz".into(),
+            ),
+            ("x-original-method", "GET".into()),
             ("x-forwarded-host", "other.example.com".into()),
         ],
     )
     .await;
     assert_eq!(answer.status, 401, "spoofed path: {}", answer.body);
     assert_eq!(answer.challenge(), "Bearer realm=\"api.example.com\"");
+    let judged = || -> Vec<String> {
+        tollgate
+            .log_events("denied")
+            .iter()
+            .filter(|e| e["reason"] == "token_missing")
+            .map(|e| e["path"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), async || !judged().is_empty()).await,
+        "no denial logged"
+    );
+    assert_eq!(judged(), ["/orders/7"], "the path tollgate judged");
+    // A Host header nginx accepts but that would end a URL early ("api.example.com?"): the
+    // example sends its own server name, so the request is judged as the path it is.
+    for host in ["api.example.com?", "api.example.com#"] {
+        let status = raw_request(nginx.port, "GET", "/orders/7", host, &[]);
+        assert_eq!(status, 401, "Host: {host}");
+    }
     // The real anonymous path needs no token, and a client cannot smuggle an identity through it.
     let answer = get("/orders/healthz", vec![("x-user-id", "forged-user".into())]).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert!(upstream_saw(&answer).get("x-user-id").is_none());
-    // Dot segments (plain or percent-encoded) cannot walk out of the anonymous path: tollgate
-    // normalizes X-Original-URL the way nginx and the upstream resolve it.
+    // Dot segments (plain or percent-encoded), encoded slashes, ; parameters and // cannot
+    // walk out of the anonymous path: an upstream could read them otherwise, so tollgate
+    // refuses them (400 request_malformed) instead of picking one reading. nginx's
+    // auth_request turns every answer but 2xx, 401 and 403 into 500: refused all the same.
     for target in [
         "/orders/healthz/../7",
         "/orders/healthz/%2e%2e/7",
         "/orders/healthz/%2E%2E/7",
+        "/orders/healthz/..%2F7",
+        "/orders/healthz/..;/7",
+        "/orders/healthz;x=1/../7",
     ] {
         let status = raw_get(nginx.port, target);
-        assert_eq!(status, 401, "{target}");
+        assert_eq!(status, 500, "{target}");
     }
+    let refused = || {
+        tollgate
+            .log_events("denied")
+            .iter()
+            .filter(|e| e["reason"] == "request_malformed")
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), async || refused() == 6).await,
+        "tollgate refused each one itself: {}",
+        refused()
+    );
+    // HEAD runs the GET handler: judged as GET, so the admin rule applies to it too.
+    assert_eq!(
+        raw_request(
+            nginx.port,
+            "HEAD",
+            "/orders/reports/1",
+            HOST,
+            &[("authorization", &bearer)]
+        ),
+        403
+    );
     // A rule the token does not meet: 403.
     let answer = get("/orders/admin/1", vec![("authorization", bearer.clone())]).await;
     assert_eq!(answer.status, 403, "{}", answer.body);
@@ -240,79 +327,71 @@ async fn nginx_auth_request_end_to_end() {
     idp.stop().await;
 }
 
-/// Traefik's forwardAuth sends X-Forwarded-Method/-Proto/-Host/-Uri (replacing any a client
-/// sent, with trustForwardHeader off) and copies `authResponseHeaders` from a 2xx answer.
+/// Only the proxies in `--trusted-proxies` may ask: anyone else could ask about requests they
+/// never make and read the answer as a permission slip. And a proxy family is never guessed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn traefik_forward_auth_header_contract() {
+async fn forward_auth_answers_only_trusted_proxies_of_the_configured_family() {
     let (key, idp, iss, dir) = orders_idp().await;
-    let trusted = Tollgate::start(dir.path(), &["--http-addr", "127.0.0.1:0"]);
     let good = key.mint(&claims(&iss, json!({}))).expect("mint");
     let client = reqwest::Client::new();
-    let forward_auth = |base: SocketAddr, uri: &'static str, token: Option<&str>| {
-        let mut request = client
+    let ask = |base: SocketAddr| {
+        client
             .get(format!("http://{base}/auth"))
-            .header("x-forwarded-method", "GET")
-            .header("x-forwarded-proto", "https")
-            .header("x-forwarded-host", HOST)
-            .header("x-forwarded-uri", uri)
-            .header("x-forwarded-for", "203.0.113.9");
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        request.send()
+            .header("x-original-url", "https://api.example.com/orders/7")
+            .header("x-original-method", "GET")
+            .header("authorization", format!("Bearer {good}"))
+            .send()
     };
-    let http = trusted.http.expect("http");
-    let ok = forward_auth(http, "/orders/7", Some(&good))
-        .await
-        .expect("auth");
-    assert_eq!(ok.status(), 200);
-    assert_eq!(ok.headers()["x-user-id"], "user-1");
-    let denied = forward_auth(http, "/orders/7", None).await.expect("auth");
-    assert_eq!(denied.status(), 401);
-    assert_eq!(
-        denied.headers()["www-authenticate"],
-        "Bearer realm=\"api.example.com\""
-    );
-    let body: serde_json::Value =
-        serde_json::from_str(&denied.text().await.expect("body")).expect("json body");
-    assert!(
-        body["error_description"]
-            .as_str()
-            .is_some_and(|d| d.starts_with("token_missing"))
-    );
-    let malformed = client
-        .get(format!("http://{http}/auth"))
-        .header("x-forwarded-uri", "orders")
-        .send()
-        .await
-        .expect("auth");
-    assert_eq!(malformed.status(), 400);
-    trusted.terminate();
-
-    // The same request from an address that is not a trusted proxy: its X-Forwarded-* are
-    // ignored, so it is judged as GET /auth on the tollgate host, which no policy covers.
     let untrusted = Tollgate::start(
         dir.path(),
         &[
             "--http-addr",
             "127.0.0.1:0",
             "--trusted-proxies",
-            "10.0.0.0/8",
+            "10.0.0.0/8=nginx",
         ],
     );
-    let http = untrusted.http.expect("http");
-    let answer = forward_auth(http, "/orders/healthz", None)
-        .await
-        .expect("auth");
+    let answer = ask(untrusted.http.expect("http")).await.expect("auth");
     assert_eq!(answer.status(), 403);
     let body: serde_json::Value =
         serde_json::from_str(&answer.text().await.expect("body")).expect("json body");
-    assert!(
-        body["error_description"]
-            .as_str()
-            .is_some_and(|d| d.starts_with("no_policy")),
-        "{body}"
+    assert_eq!(
+        body["error_description"],
+        "proxy_not_trusted: the caller is not a trusted proxy"
     );
     untrusted.terminate();
+
+    let trusted = Tollgate::start(
+        dir.path(),
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--trusted-proxies",
+            "127.0.0.1=nginx",
+        ],
+    );
+    let answer = ask(trusted.http.expect("http")).await.expect("auth");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-user-id"], "user-1");
+    trusted.terminate();
+
+    // No family configured: tollgate does not start, and says which flag to set.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--policies"])
+        .arg(dir.path())
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .env_remove("TOLLGATE_FORWARD_AUTH_FAMILY")
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--forward-auth-family"), "{stderr}");
     idp.stop().await;
 }

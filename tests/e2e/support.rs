@@ -369,6 +369,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Whether tollgate logged (within 5 s) a denial with `reason` whose description contains
+/// `fragment`: the details that stay in the log, while clients get the reason's fixed text.
+pub async fn denial_logged(tollgate: &Tollgate, reason: &str, fragment: &str) -> bool {
+    eventually(Duration::from_secs(5), async || {
+        tollgate.log_events("denied").iter().any(|e| {
+            e["reason"] == reason
+                && e["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(fragment))
+        })
+    })
+    .await
+}
+
 /// Runs `f` until it returns true or `timeout` passes.
 pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

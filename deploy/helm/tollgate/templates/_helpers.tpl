@@ -25,3 +25,21 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "tollgate.webhookSecret" -}}
 {{- printf "%s-webhook-tls" (include "tollgate.fullname" .) -}}
 {{- end -}}
+
+{{- /* The HostDelegations document tollgate reads (--host-delegations); its sha256 rolls the pods. */ -}}
+{{- define "tollgate.hostDelegations" -}}
+apiVersion: tollgate.dev/v1alpha1
+kind: HostDelegations
+delegations:
+{{- range .Values.hostDelegations }}
+- namespace: {{ .namespace | toJson }}
+  hosts:
+  {{- range .hosts }}
+  - {{ . | toJson }}
+  {{- end }}
+{{- end }}
+{{ end -}}
+
+{{- define "tollgate.hostDelegationsPath" -}}
+/etc/tollgate/host-delegations/delegations.yaml
+{{- end -}}
