@@ -1122,14 +1122,22 @@ pub fn deny(
     };
     let www_authenticate = reason.challenges().then(|| {
         let realm = policy.and_then(|p| p.deny.realm.as_deref()).unwrap_or(host);
-        let mut challenge = format!("Bearer realm=\"{}\"", quoted(realm));
+        let mut params = Vec::with_capacity(3);
+        // No host known (forward-auth headers that could not be read): no empty realm.
+        if !realm.is_empty() {
+            params.push(format!("realm=\"{}\"", quoted(realm)));
+        }
         if let Some(error) = reason.oauth_error() {
-            challenge.push_str(&format!(", error=\"{error}\""));
+            params.push(format!("error=\"{error}\""));
             if let Some(text) = &public_description {
-                challenge.push_str(&format!(", error_description=\"{}\"", quoted(text)));
+                params.push(format!("error_description=\"{}\"", quoted(text)));
             }
         }
-        challenge
+        if params.is_empty() {
+            "Bearer".to_string()
+        } else {
+            format!("Bearer {}", params.join(", "))
+        }
     });
     let error = reason.oauth_error().unwrap_or(match status {
         401 => "unauthorized",

@@ -71,16 +71,23 @@ pub fn review(
             .into_review();
     };
     match judge(object, current, key_sources) {
-        Ok(()) => response.into_review(),
+        Ok(warnings) if warnings.is_empty() => response.into_review(),
+        Ok(warnings) => {
+            // kubectl prints these: rules that compile but can never apply.
+            let mut response = response;
+            response.warnings = Some(warnings);
+            response.into_review()
+        }
         Err(message) => response.deny(message).into_review(),
     }
 }
 
+/// `Ok(warnings)` when the object may be stored; `Err(why)` when it is refused.
 fn judge(
     object: DynamicObject,
     current: &IndexView,
     key_sources: &KeySources,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     let namespace = object
         .metadata
         .namespace
@@ -123,7 +130,11 @@ fn judge(
     );
     match conflicts.into_iter().find(|c| c.policy == candidate.id) {
         Some(conflict) => Err(format!("HostConflict: {conflict}")),
-        None => Ok(()),
+        None => Ok(candidate
+            .warnings
+            .iter()
+            .map(|w| format!("{}: {}", w.field, w.message))
+            .collect()),
     }
 }
 

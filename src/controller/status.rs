@@ -99,11 +99,22 @@ pub fn desired_status(
     } else if let Some(error) = &view.error {
         (false, error.reason(), keeps(error.to_string()))
     } else {
-        (
-            true,
-            "Accepted",
-            format!("generation {generation} compiled"),
-        )
+        let warnings: Vec<String> = view
+            .policy
+            .iter()
+            .flat_map(|p| &p.warnings)
+            .map(|w| format!("{}: {}", w.field, w.message))
+            .collect();
+        let message = if warnings.is_empty() {
+            format!("generation {generation} compiled")
+        } else {
+            // Rules that can never apply are not errors, but they are rarely meant.
+            truncate(format!(
+                "generation {generation} compiled; warning: {}",
+                warnings.join("; warning: ")
+            ))
+        };
+        (true, "Accepted", message)
     };
 
     let issuers: Vec<IssuerStatus> = view

@@ -294,7 +294,11 @@ impl FileLoader {
 
         // 3. Compile what changed; keep last good versions on failure.
         self.policies.retain(|id, _| documents.contains_key(id));
-        for (id, (path, index, doc)) in &documents {
+        // New policies get their age in file order (path, then document): the older of two
+        // keeps a contested host or route, as the older object does in Kubernetes.
+        let mut in_file_order: Vec<_> = documents.iter().collect();
+        in_file_order.sort_by(|a, b| (&(a.1).0, (a.1).1).cmp(&(&(b.1).0, (b.1).1)));
+        for (id, (path, index, doc)) in in_file_order {
             let value = serde_json::to_value(doc).unwrap_or_default();
             let next_order = &mut self.next_order;
             let entry = self.policies.entry(id.clone()).or_insert_with(|| {

@@ -106,6 +106,45 @@ fn check_policy_reports_every_problem_with_its_field() {
             "missing {expected:?} in:\n{stdout}"
         );
     }
+    // Another namespace naming the same host: not loaded, the owner named. And a rule that can
+    // never apply: a warning (it loads).
+    let other = tempfile::tempdir().expect("dir");
+    write_policy(
+        other.path(),
+        "a.yaml",
+        &policy_yaml(
+            "orders",
+            "https://idp.example.com/",
+            "  match: {hosts: [api.example.com], paths: [/orders]}\n  rules: [{paths: [/billing], allowAnonymous: true}]\n",
+        ),
+    );
+    write_policy(
+        other.path(),
+        "b.yaml",
+        &policy_yaml(
+            "squatter",
+            "https://idp.example.com/",
+            "  match: {hosts: [api.example.com], paths: [/orders/admin]}\n",
+        )
+        .replace("namespace: shop", "namespace: other-team"),
+    );
+    let out = tollgate()
+        .arg("check-policy")
+        .arg(other.path())
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for expected in [
+        "error: policy other-team/squatter: host api.example.com belongs to namespace shop (shop/orders is the oldest policy naming it)",
+        "warning: policy shop/orders: spec.rules[0].paths[0]: /billing is outside match.paths",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+
     let missing = tollgate()
         .args(["check-policy", "/nonexistent/policies"])
         .output()

@@ -178,3 +178,39 @@ fn other_kinds_are_refused() {
         "{message}"
     );
 }
+
+#[test]
+fn delegations_and_warnings_reach_the_webhook_answer() {
+    let sources = KeySources::offline().expect("client");
+    // The serving policy (namespace test) is older, but the operator gave the host to shop.
+    let mut view = serving("2025-01-01T00:00:00Z");
+    view.delegations = Arc::new(
+        crate::policy::HostDelegations::parse(
+            "apiVersion: tollgate.dev/v1alpha1\nkind: HostDelegations\ndelegations: [{namespace: shop, hosts: [api.example.com]}]\n",
+        )
+        .expect("delegations"),
+    );
+    let (allowed, message) = verdict(review(
+        admission("CREATE", policy("newcomer", None, spec("api.example.com"))),
+        &view,
+        &sources,
+    ));
+    assert!(allowed, "{message}");
+    // A rule that can never apply: accepted, with a warning kubectl prints.
+    let mut warned = spec("other.example.com");
+    warned["match"]["paths"] = json!(["/orders"]);
+    warned["rules"] = json!([{"paths": ["/billing"], "allowAnonymous": true}]);
+    let answer = review(
+        admission("CREATE", policy("warned", None, warned)),
+        &view,
+        &sources,
+    );
+    let response = answer.response.expect("response");
+    assert!(response.allowed);
+    let warnings = response.warnings.unwrap_or_default();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("spec.rules[0].paths[0]: /billing is outside match.paths"),
+        "{warnings:?}"
+    );
+}

@@ -163,3 +163,25 @@ fn transition_times_move_only_when_a_condition_flips() {
         condition(&first, "Accepted").last_transition_time
     );
 }
+
+#[test]
+fn accepted_says_which_rules_can_never_apply() {
+    let mut warned = view(1, Some(1));
+    warned.policy = Some(mk_policy(
+        "orders",
+        "{match: {paths: [/orders]}, rules: [{paths: [/billing], allowAnonymous: true}]}",
+    ));
+    let status = desired_status(&warned, &[], SystemTime::now());
+    let accepted = condition(&status, "Accepted");
+    assert_eq!(
+        (accepted.status.as_str(), accepted.reason.as_str()),
+        ("True", "Accepted")
+    );
+    assert!(
+        accepted
+            .message
+            .contains("warning: spec.rules[0].paths[0]: /billing is outside match.paths"),
+        "{}",
+        accepted.message
+    );
+}

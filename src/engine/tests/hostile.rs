@@ -473,3 +473,124 @@ async fn a_key_without_kid_does_not_block_the_refetch_after_a_rotation() {
         Decision::Deny(_)
     ));
 }
+
+fn reason(decision: &Decision) -> Reason {
+    match decision {
+        Decision::Allow(allow) => allow.reason,
+        Decision::Deny(deny) => deny.reason,
+    }
+}
+
+/// `/orders/Admin/1` reaches the admin handler of an upstream that routes case-insensitively
+/// (ASP.NET, IIS), and another handler of one that does not. Unless the policy says which, a
+/// path whose rule depends on letter case is refused.
+#[tokio::test]
+async fn letter_case_is_settled_by_the_policy_or_refused() {
+    let rules = "rules: [{paths: [/orders/admin], requiredClaims: [{name: roles, values: [admin]}]}, {paths: [/orders/healthz], allowAnonymous: true}]";
+    let user = RSA.mint(&good_claims()).expect("mint");
+    let cases = [
+        // (pathCase, path, expected reason for a non-admin token)
+        ("", "/orders/admin/1", Reason::InsufficientScope),
+        ("", "/orders/Admin/1", Reason::RequestMalformed),
+        ("", "/ORDERS/healthz", Reason::RequestMalformed),
+        ("", "/orders/Other/1", Reason::Valid),
+        ("pathCase: Exact,", "/orders/Admin/1", Reason::Valid),
+        ("pathCase: Exact,", "/orders/HEALTHZ", Reason::Valid),
+        (
+            "pathCase: IgnoreCase,",
+            "/orders/Admin/1",
+            Reason::InsufficientScope,
+        ),
+        (
+            "pathCase: IgnoreCase,",
+            "/ORDERS/ADMIN",
+            Reason::InsufficientScope,
+        ),
+        (
+            "pathCase: IgnoreCase,",
+            "/Orders/HealthZ/x",
+            Reason::Anonymous,
+        ),
+    ];
+    for (case, path, want) in cases {
+        let policy = mk_policy(
+            "orders",
+            &format!("{{match: {{hosts: [api.example.com], paths: [/orders], {case}}}, {rules}}}"),
+        );
+        let s = Snapshot::build(vec![policy], DefaultAction::Deny).0;
+        let got = reason(&decide(&s, &req(path).bearer(&user)).await);
+        assert_eq!(got, want, "{case} {path}");
+    }
+    // Across policies too: a prefix of one policy matching another's only in another case.
+    let upper = mk_policy(
+        "upper",
+        "{match: {hosts: [api.example.com], paths: [/Reports]}}",
+    );
+    let lower = mk_policy(
+        "lower",
+        "{match: {hosts: [api.example.com], paths: [/]}, rules: [{allowAnonymous: true}]}",
+    );
+    let s = Snapshot::build(vec![upper, lower], DefaultAction::Deny).0;
+    assert_eq!(
+        reason(&decide(&s, &req("/reports/1")).await),
+        Reason::RequestMalformed,
+        "/reports/1 is anonymous as written and protected ignoring case"
+    );
+}
+
+/// HEAD runs the GET handler in most frameworks; a CORS preflight (OPTIONS) carries no token
+/// and must not be taken by a longer rule for all methods; a method-override header would run
+/// another method than the one judged.
+#[tokio::test]
+async fn methods_are_judged_as_the_upstream_runs_them() {
+    let policy = mk_policy(
+        "orders",
+        r#"{match: {hosts: [api.example.com], paths: [/orders]},
+            rules: [{methods: [OPTIONS], allowAnonymous: true},
+                    {paths: [/orders/reports], methods: [GET], requiredClaims: [{name: roles, values: [auditor]}]},
+                    {paths: [/orders/admin], requiredClaims: [{name: roles, values: [admin]}]},
+                    {paths: [/orders/public], methods: [GET], allowAnonymous: true}]}"#,
+    );
+    let s = Snapshot::build(vec![policy], DefaultAction::Deny).0;
+    let user = RSA.mint(&good_claims()).expect("mint");
+    for (method, path, token, want) in [
+        ("HEAD", "/orders/reports/1", true, Reason::InsufficientScope),
+        ("HEAD", "/orders/public/1", false, Reason::Anonymous),
+        ("POST", "/orders/public/1", false, Reason::TokenMissing),
+        ("OPTIONS", "/orders/admin/1", false, Reason::Anonymous),
+        ("DELETE", "/orders/admin/1", true, Reason::InsufficientScope),
+    ] {
+        let mut r = req(path).method(method);
+        if token {
+            r = r.bearer(&user);
+        }
+        assert_eq!(reason(&decide(&s, &r).await), want, "{method} {path}");
+    }
+    for override_header in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ] {
+        let r = req("/orders/public/1")
+            .method("GET")
+            .header(override_header, "DELETE");
+        assert_eq!(
+            reason(&decide(&s, &r).await),
+            Reason::RequestMalformed,
+            "{override_header}"
+        );
+        // Naming the request's own method changes nothing.
+        let r = req("/orders/public/1")
+            .method("GET")
+            .header(override_header, "get");
+        assert_eq!(reason(&decide(&s, &r).await), Reason::Anonymous);
+    }
+    for query in ["?_method=DELETE", "?x=1&%5Fmethod=delete"] {
+        let r = req(&format!("/orders/public/1{query}")).method("GET");
+        assert_eq!(
+            reason(&decide(&s, &r).await),
+            Reason::RequestMalformed,
+            "{query}"
+        );
+    }
+}

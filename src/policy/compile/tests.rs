@@ -312,3 +312,56 @@ fn discovery_is_the_default_source() {
         other => panic!("unexpected origin {other:?}"),
     }
 }
+
+#[test]
+fn rules_that_can_never_apply_are_warned_about() {
+    let policy = mk_policy(
+        "warned",
+        r#"{match: {paths: [/orders], methods: [GET, POST]},
+            rules: [{paths: [/billing], allowAnonymous: true},
+                    {paths: [/orders/a], methods: [DELETE], allowAnonymous: true},
+                    {paths: [/orders/b], methods: [GET], requiredClaims: [{name: roles, values: [x]}]},
+                    {paths: [/orders/b], methods: [GET], allowAnonymous: true},
+                    {paths: [/orders/c], allowAnonymous: true},
+                    {paths: [/orders/c], methods: [GET], requiredClaims: [{name: roles, values: [x]}]},
+                    {paths: [/], requiredClaims: [{name: roles, values: [y]}]}]}"#,
+    );
+    let warnings: Vec<String> = policy
+        .warnings
+        .iter()
+        .map(|w| format!("{}: {}", w.field, w.message))
+        .collect();
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    assert!(warnings[0].starts_with("spec.rules[0].paths[0]: /billing is outside match.paths"));
+    assert!(warnings[1].starts_with("spec.rules[1].methods: the policy judges only GET, POST"));
+    assert!(warnings[2].starts_with("spec.rules[3]: spec.rules[2] has the same paths"));
+    // A rule naming a method over an earlier one for all methods, and the root rule covering
+    // the policy's paths, both apply: no warning for them.
+    assert!(
+        policy
+            .warnings
+            .iter()
+            .all(|w| w.kind == ProblemKind::Warning)
+    );
+}
+
+#[test]
+fn path_patterns_are_refused_with_the_prefix_semantics() {
+    assert_problem(
+        &format!("{{{JWKS_ISSUER}, match: {{paths: [\"/orders/admin/*\"]}}}}"),
+        "spec.match.paths[0]",
+        "not a pattern here: paths are literal prefixes",
+    );
+    assert_problem(
+        &format!(
+            "{{{JWKS_ISSUER}, rules: [{{paths: [\"/orders/{{id}}\"], allowAnonymous: true}}]}}"
+        ),
+        "spec.rules[0].paths[0]",
+        "not a pattern here",
+    );
+    assert_problem(
+        &format!("{{{JWKS_ISSUER}, rules: [{{paths: [/orders/../admin], allowAnonymous: true}}]}}"),
+        "spec.rules[0].paths[0]",
+        "could never match",
+    );
+}

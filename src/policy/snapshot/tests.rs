@@ -1,5 +1,6 @@
 use super::*;
 use crate::fixtures::*;
+use crate::policy::HostDelegations;
 
 fn build(policies: &[&Arc<Policy>]) -> (Snapshot, Vec<Conflict>) {
     Snapshot::build(
@@ -106,4 +107,153 @@ fn published_snapshots_replace_each_other_atomically() {
     // A reader holding the old snapshot still sees all of it.
     assert_eq!(held.len(), 1);
     assert_eq!(shared.load().len(), 0);
+}
+
+fn in_namespace(namespace: &str, name: &str, extra: &str) -> Arc<Policy> {
+    Arc::new(
+        crate::fixtures::compile_with(
+            &crate::jwks::KeySources::offline().expect("client"),
+            namespace,
+            name,
+            &spec_with(extra),
+        )
+        .expect("compiles"),
+    )
+}
+
+fn build_with(policies: &[&Arc<Policy>], delegations: &str) -> (Snapshot, Vec<Conflict>) {
+    let delegations = if delegations.is_empty() {
+        HostDelegations::none()
+    } else {
+        Arc::new(HostDelegations::parse(delegations).expect("delegations"))
+    };
+    Snapshot::build(
+        policies.iter().map(|p| (*p).clone()).collect(),
+        SnapshotSettings {
+            default_action: DefaultAction::Deny,
+            delegations,
+        },
+    )
+}
+
+/// The attack of the issue: another namespace claims a longer prefix of a host with
+/// allowAnonymous, or a wildcard / `*` catching what an exact-host policy does not list.
+#[test]
+fn a_host_belongs_to_one_namespace() {
+    let orders = in_namespace(
+        "shop",
+        "orders",
+        "{match: {hosts: [api.example.com], paths: [/orders]}}",
+    );
+    let squatter = in_namespace(
+        "other-team",
+        "squatter",
+        "{match: {hosts: [api.example.com], paths: [/orders/admin]}, rules: [{allowAnonymous: true}]}",
+    );
+    let wildcard = in_namespace("other-team", "wild", "{match: {hosts: ['*.example.com']}}");
+    let catch_all = in_namespace("other-team", "all", "{match: {hosts: ['*']}}");
+    let (snapshot, conflicts) = build(&[&orders, &squatter, &wildcard, &catch_all]);
+    // The squatter and the overlapping wildcard are not loaded; `*` is, for unowned hosts.
+    let left_out: Vec<(&str, ConflictKind)> =
+        conflicts.iter().map(|c| (&*c.policy, c.kind)).collect();
+    assert_eq!(
+        left_out,
+        [
+            ("other-team/squatter", ConflictKind::Host),
+            ("other-team/wild", ConflictKind::Host)
+        ]
+    );
+    assert!(
+        conflicts[0]
+            .to_string()
+            .contains("belongs to namespace shop (shop/orders is the oldest"),
+        "{}",
+        conflicts[0]
+    );
+    for (host, path, want) in [
+        ("api.example.com", "/orders/admin/1", Some("shop/orders")),
+        // Owned by shop: not judged by another namespace's `*`, even where shop has no path.
+        ("api.example.com", "/billing", None),
+        ("unowned.example.org", "/x", Some("other-team/all")),
+    ] {
+        assert_eq!(selected(&snapshot, host, path, "GET"), want, "{host}{path}");
+    }
+    assert_eq!(
+        snapshot.owner("api.example.com").map(|n| &**n),
+        Some("shop")
+    );
+
+    // The same policies in the other order: the older namespace keeps the host.
+    let (snapshot, conflicts) = build(&[&squatter, &orders]);
+    assert_eq!(&*conflicts[0].policy, "shop/orders");
+    assert_eq!(
+        selected(&snapshot, "api.example.com", "/orders/admin", "GET"),
+        Some("other-team/squatter")
+    );
+}
+
+#[test]
+fn wildcards_and_star_fall_through_only_within_the_owning_namespace() {
+    let exact = in_namespace(
+        "shop",
+        "exact",
+        "{match: {hosts: [api.example.com], paths: [/orders]}}",
+    );
+    let shop_wild = in_namespace("shop", "wild", "{match: {hosts: ['*.example.com']}}");
+    let shop_all = in_namespace("shop", "all", "{match: {hosts: ['*'], paths: [/public]}}");
+    let other_all = in_namespace("other", "all", "{match: {hosts: ['*']}}");
+    let (snapshot, conflicts) = build(&[&exact, &shop_wild, &shop_all, &other_all]);
+    // `*` is held by one namespace: the newer one is left out.
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(&*conflicts[0].policy, "other/all");
+    for (host, path, want) in [
+        ("api.example.com", "/orders/1", Some("shop/exact")),
+        // shop's own wildcard protects what its exact policy does not list.
+        ("api.example.com", "/users", Some("shop/wild")),
+        ("x.example.com", "/", Some("shop/wild")),
+        ("other.org", "/public/a", Some("shop/all")),
+        ("other.org", "/private", None),
+    ] {
+        assert_eq!(selected(&snapshot, host, path, "GET"), want, "{host}{path}");
+    }
+}
+
+#[test]
+fn an_operator_delegates_hosts_to_namespaces() {
+    let delegations = "apiVersion: tollgate.dev/v1alpha1\nkind: HostDelegations\ndelegations:\n\
+                       - {namespace: shop, hosts: [api.example.com, '*.shop.example.com']}\n";
+    let platform = in_namespace("platform", "default", "{match: {hosts: ['*.example.com']}}");
+    let taker = in_namespace("platform", "taker", "{match: {hosts: [api.example.com]}}");
+    let orders = in_namespace(
+        "shop",
+        "orders",
+        "{match: {hosts: [api.example.com], paths: [/orders]}}",
+    );
+    let deep = in_namespace("other", "deep", "{match: {hosts: [a.shop.example.com]}}");
+    // Older policies of other namespaces do not take a delegated host.
+    let (snapshot, conflicts) = build_with(&[&platform, &taker, &deep, &orders], delegations);
+    let left_out: Vec<(&str, ConflictKind)> =
+        conflicts.iter().map(|c| (&*c.policy, c.kind)).collect();
+    assert_eq!(
+        left_out,
+        [
+            ("platform/taker", ConflictKind::Delegated),
+            ("other/deep", ConflictKind::Delegated)
+        ]
+    );
+    assert!(
+        conflicts[0]
+            .to_string()
+            .contains("delegated to namespace shop")
+    );
+    for (host, path, want) in [
+        ("api.example.com", "/orders/1", Some("shop/orders")),
+        // Delegated to shop: the platform's older wildcard never judges it.
+        ("api.example.com", "/other", None),
+        ("a.shop.example.com", "/", None),
+        // The rest of *.example.com stays the platform's.
+        ("www.example.com", "/", Some("platform/default")),
+    ] {
+        assert_eq!(selected(&snapshot, host, path, "GET"), want, "{host}{path}");
+    }
 }
