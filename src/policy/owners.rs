@@ -81,6 +81,67 @@ pub fn overlap(a: &HostPattern, b: &HostPattern) -> bool {
     within(a, b) || within(b, a)
 }
 
+/// The hosts and wildcards policies have claimed, with the first namespace and policy to claim
+/// each, indexed so that finding the claims overlapping a new one costs a few hash lookups (and a
+/// scan only for a new wildcard).
+#[derive(Debug, Default)]
+pub struct Claims {
+    exact: HashMap<String, (Arc<str>, Arc<str>)>,
+    wildcard: HashMap<String, (Arc<str>, Arc<str>)>,
+}
+
+impl Claims {
+    /// Records a claim (the first claimant of a pattern stays).
+    pub fn insert(&mut self, pattern: &HostPattern, namespace: &Arc<str>, policy: &Arc<str>) {
+        let slot = match pattern {
+            HostPattern::Exact(h) => self.exact.entry(h.clone()),
+            HostPattern::Wildcard(s) => self.wildcard.entry(s.clone()),
+            HostPattern::Any => return,
+        };
+        slot.or_insert_with(|| (namespace.clone(), policy.clone()));
+    }
+
+    /// The claims overlapping `pattern`: (the claimed pattern, namespace, policy).
+    pub fn overlapping(&self, pattern: &HostPattern) -> Vec<(HostPattern, &Arc<str>, &Arc<str>)> {
+        let mut out = Vec::new();
+        let wild = |s: &str| HostPattern::Wildcard(s.to_string());
+        let (name, is_wildcard) = match pattern {
+            HostPattern::Exact(h) => (h.as_str(), false),
+            HostPattern::Wildcard(s) => (s.as_str(), true),
+            HostPattern::Any => return out,
+        };
+        if !is_wildcard && let Some((ns, policy)) = self.exact.get(name) {
+            out.push((pattern.clone(), ns, policy));
+        }
+        if is_wildcard && let Some((ns, policy)) = self.wildcard.get(name) {
+            out.push((pattern.clone(), ns, policy));
+        }
+        // Wildcards covering it: *.example.com covers a.example.com and *.a.example.com.
+        let mut rest = name;
+        while let Some((_, suffix)) = rest.split_once('.') {
+            if let Some((ns, policy)) = self.wildcard.get(suffix) {
+                out.push((wild(suffix), ns, policy));
+            }
+            rest = suffix;
+        }
+        // Claims a new wildcard covers.
+        if is_wildcard {
+            let tail = format!(".{name}");
+            for (host, (ns, policy)) in &self.exact {
+                if host.ends_with(&tail) {
+                    out.push((HostPattern::Exact(host.clone()), ns, policy));
+                }
+            }
+            for (suffix, (ns, policy)) in &self.wildcard {
+                if suffix.ends_with(&tail) {
+                    out.push((wild(suffix), ns, policy));
+                }
+            }
+        }
+        out
+    }
+}
+
 impl HostDelegations {
     /// No delegations: ownership is by age alone.
     pub fn none() -> Arc<Self> {
@@ -229,6 +290,43 @@ mod tests {
         }
         assert!(overlap(&p("*.example.com"), &p("a.example.com")));
         assert!(!overlap(&p("a.example.com"), &p("b.example.com")));
+    }
+
+    #[test]
+    fn claims_find_every_overlap_the_brute_force_finds() {
+        let names = [
+            "a.example.com",
+            "*.example.com",
+            "*.b.example.com",
+            "c.b.example.com",
+            "example.com",
+            "*.com",
+            "x.org",
+            "*.x.org",
+        ];
+        let ns: Arc<str> = "ns".into();
+        for i in 0..names.len() {
+            let mut claims = Claims::default();
+            for (j, name) in names.iter().enumerate() {
+                if j != i {
+                    claims.insert(&p(name), &ns, &Arc::from(*name));
+                }
+            }
+            let mut found: Vec<String> = claims
+                .overlapping(&p(names[i]))
+                .iter()
+                .map(|(pattern, _, _)| pattern.to_string())
+                .collect();
+            found.sort();
+            let mut expected: Vec<String> = names
+                .iter()
+                .enumerate()
+                .filter(|(j, other)| *j != i && overlap(&p(names[i]), &p(other)))
+                .map(|(_, other)| other.to_string())
+                .collect();
+            expected.sort();
+            assert_eq!(found, expected, "{}", names[i]);
+        }
     }
 
     #[test]

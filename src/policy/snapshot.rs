@@ -170,7 +170,7 @@ impl Snapshot {
             snapshot.set_owner(&pattern, namespace);
         }
         // Accepted claims on hosts: (pattern, namespace, policy).
-        let mut claims: Vec<(HostPattern, Arc<str>, Arc<str>)> = Vec::new();
+        let mut claims = owners::Claims::default();
         let mut any_holder: Option<(Arc<str>, Arc<str>)> = None;
         let mut conflicts = Vec::new();
         for policy in policies {
@@ -205,13 +205,13 @@ impl Snapshot {
                     return None;
                 }
                 claims
-                    .iter()
+                    .overlapping(host)
+                    .into_iter()
                     .find(|(other, ns, _)| {
-                        *ns != namespace
-                            && owners::overlap(host, other)
+                        **ns != namespace
                             && delegations
                                 .covering(other)
-                                .is_none_or(|(_, owner)| owner != ns)
+                                .is_none_or(|(_, owner)| owner != *ns)
                     })
                     .map(|(_, _, holder)| conflict(host, holder, ConflictKind::Host))
             });
@@ -239,12 +239,7 @@ impl Snapshot {
                         any_holder.get_or_insert_with(|| (namespace.clone(), policy.id.clone()));
                     }
                     _ => {
-                        if !claims
-                            .iter()
-                            .any(|(h, ns, _)| h == host && *ns == namespace)
-                        {
-                            claims.push((host.clone(), namespace.clone(), policy.id.clone()));
-                        }
+                        claims.insert(host, &namespace, &policy.id);
                         if delegations.covering(host).is_none() {
                             snapshot.set_owner(host, &namespace);
                         }
