@@ -158,11 +158,14 @@ fn method_override(request: &Request<'_>) -> Result<(), String> {
             ));
         }
     }
-    let query = request.path.split_once('?').map_or("", |(_, q)| q);
-    for pair in query.split('&') {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = key.replace("%5F", "_").replace("%5f", "_");
-        if key.eq_ignore_ascii_case("_method") && !value.eq_ignore_ascii_case(request.method) {
+    let Some((_, query)) = request.path.split_once('?') else {
+        return Ok(());
+    };
+    // Frameworks decode parameter names and values before reading them (`_%6Dethod`).
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if key.trim().eq_ignore_ascii_case("_method")
+            && !value.trim().eq_ignore_ascii_case(request.method)
+        {
             return Err(format!(
                 "the _method query parameter asks for another method than {}; upstreams may run that method, so the request is refused",
                 request.method

@@ -2,8 +2,11 @@
 //! trusting any of it. Signature and claim checks live in `validate`.
 //!
 //! Strict on purpose: no base64 padding or non-canonical trailing bits (signature malleability),
-//! no duplicate member names in the header or claims (two parsers could read different values),
-//! JSON objects only, and a hard size bound before any decoding.
+//! no duplicate member names in the header or claims, at any depth (two parsers could read
+//! different values), JSON objects only, and a hard size bound before any decoding. Values are
+//! built by our own visitor, not `serde_json::Value`'s: with serde_json's `raw_value` feature
+//! (which a dependency turns on) `Value` reads an object whose member is
+//! `$serde_json::private::RawValue` as the JSON text inside it, which no other parser does.
 
 use std::fmt;
 
@@ -184,20 +187,81 @@ impl<'de> Deserialize<'de> for UniqueObject {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<UniqueObject, A::Error> {
-                let mut map = Map::new();
-                while let Some((key, value)) = access.next_entry::<String, Value>()? {
-                    if map.contains_key(&key) {
-                        return Err(serde::de::Error::custom(format_args!(
-                            "duplicate member {key:?}"
-                        )));
-                    }
-                    map.insert(key, value);
-                }
-                Ok(UniqueObject(map))
+            fn visit_map<A: MapAccess<'de>>(self, access: A) -> Result<UniqueObject, A::Error> {
+                unique_members(access).map(UniqueObject)
             }
         }
         deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// The members of a JSON object, refusing a name given twice.
+fn unique_members<'de, A: MapAccess<'de>>(mut access: A) -> Result<Claims, A::Error> {
+    let mut map = Map::new();
+    while let Some(key) = access.next_key::<String>()? {
+        if map.contains_key(&key) {
+            return Err(serde::de::Error::custom(format_args!(
+                "duplicate member {key:?}"
+            )));
+        }
+        let StrictValue(value) = access.next_value()?;
+        map.insert(key, value);
+    }
+    Ok(map)
+}
+
+/// Any JSON value, with unique member names in every object and no special members.
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor;
+        impl<'de> Visitor<'de> for ValueVisitor {
+            type Value = StrictValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::from(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::from(v)))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<StrictValue, E> {
+                serde_json::Number::from_f64(v)
+                    .map(|n| StrictValue(Value::Number(n)))
+                    .ok_or_else(|| E::custom("a number that is not finite"))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::String(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::String(v)))
+            }
+            fn visit_unit<E>(self) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::Null))
+            }
+            fn visit_none<E>(self) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::Null))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<StrictValue, A::Error> {
+                let mut items = Vec::new();
+                while let Some(StrictValue(item)) = access.next_element()? {
+                    items.push(item);
+                }
+                Ok(StrictValue(Value::Array(items)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, access: A) -> Result<StrictValue, A::Error> {
+                unique_members(access).map(|map| StrictValue(Value::Object(map)))
+            }
+        }
+        deserializer.deserialize_any(ValueVisitor)
     }
 }
 
@@ -296,6 +360,9 @@ mod tests {
             r#""s""#,
             r#"{"sub":"a","sub":"b"}"#,
             r#"{"a":1} x"#,
+            // Duplicates nested in claims, too.
+            r#"{"billing":{"tier":"free","tier":"gold"}}"#,
+            r#"{"a":[{"x":1,"x":2}]}"#,
         ] {
             let t = token(r#"{"alg":"RS256"}"#, payload);
             assert!(
@@ -315,6 +382,22 @@ mod tests {
             B64.encode([0xff, 0xfe, b'{'])
         );
         assert!(matches!(parse(&t), Err(JoseError::Json("payload", _))));
+    }
+
+    /// serde_json's `Value` (with the `raw_value` feature a dependency enables) reads this
+    /// member as the JSON text inside it; tollgate reads it as the object it is.
+    #[test]
+    fn the_raw_value_member_is_an_ordinary_member() {
+        let t = token(
+            r#"{"alg":"RS256"}"#,
+            r#"{"aud":{"$serde_json::private::RawValue":"\"api://orders\""}}"#,
+        );
+        let jws = parse(&t).expect("parses");
+        assert!(jws.claims["aud"].is_object(), "{:?}", jws.claims["aud"]);
+        assert_eq!(
+            jws.claims["aud"]["$serde_json::private::RawValue"],
+            "\"api://orders\""
+        );
     }
 
     #[test]

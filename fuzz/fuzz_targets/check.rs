@@ -1,4 +1,4 @@
-//! A protobuf CheckRequest as Envoy sends it, judged by the fuzz policy. Allowed only if it carries a token signed by the fuzzing key.
+//! A protobuf CheckRequest as Envoy sends it (host, path, method, headers, context extensions), judged against the harness's reference model of the fuzz policy: a wrong allow or a wrong deny is a finding.
 #![no_main]
 
 #[path = "../harness.rs"]

@@ -1,4 +1,4 @@
-//! Policy file content (YAML or JSON): parsed, compiled offline, routed and judged without a token.
+//! Policy file content (YAML or JSON): parsed, compiled offline, routed and judged without a token; an allow needs an allowAnonymous rule that covers the request, on a path the harness's reader accepts.
 #![no_main]
 
 #[path = "../harness.rs"]

@@ -1,4 +1,4 @@
-//! A compact JWS or JWE as the bearer token of a protected request: parsed, decrypted when encrypted, verified and judged. Allowed only if signed by the fuzzing key.
+//! A compact JWS or JWE as the bearer token of four requests (policy-wide claims, a method rule, HEAD under a GET rule, a dotted claim), judged against the harness's reference model: a wrong allow or a wrong deny is a finding.
 #![no_main]
 
 #[path = "../harness.rs"]

@@ -244,6 +244,30 @@ fn check_utf8(run: &mut Vec<u8>) -> Result<(), PathError> {
     Ok(())
 }
 
+/// The byte at `i` once decoded (a valid escape counts as the byte it stands for), and the
+/// position after it.
+fn decoded_at(bytes: &[u8], i: usize) -> Option<(u8, usize)> {
+    match bytes.get(i)? {
+        b'%' => {
+            let value = hex(*bytes.get(i + 1)?)? * 16 + hex(*bytes.get(i + 2)?)?;
+            Some((value, i + 3))
+        }
+        b => Some((*b, i + 1)),
+    }
+}
+
+/// Whether what follows `%25` at `i` reads as two hex digits, raw or themselves escaped
+/// (`%25%32%65`): decoded twice, that is an escape (`%2e`, a dot) again.
+fn escapes_hex_pair(bytes: &[u8], i: usize) -> bool {
+    let Some((first, next)) = decoded_at(bytes, i) else {
+        return false;
+    };
+    let Some((second, _)) = decoded_at(bytes, next) else {
+        return false;
+    };
+    hex(first).is_some() && hex(second).is_some()
+}
+
 /// The path of a request target as tollgate judges it, or why it cannot be judged.
 ///
 /// The query is dropped. Escapes of printable ASCII characters are decoded except `%20`,
@@ -296,11 +320,7 @@ pub fn read_path(target: &str) -> Result<String, PathError> {
             b'/' => return Err(PathError::EncodedSlash),
             b'\\' => return Err(PathError::Backslash),
             b';' => return Err(PathError::Parameters),
-            b'%' if bytes.get(i).copied().and_then(hex).is_some()
-                && bytes.get(i + 1).copied().and_then(hex).is_some() =>
-            {
-                return Err(PathError::DoubleEncoding);
-            }
+            b'%' if escapes_hex_pair(bytes, i) => return Err(PathError::DoubleEncoding),
             b' ' | b'#' | b'%' | b'?' => push_escape(&mut out, value),
             _ => out.push(char::from(value)),
         }
@@ -536,6 +556,8 @@ mod tests {
             ("/%7Euser/%2Bplus%3A%40", "/~user/+plus:@"),
             ("/a%20b%3fc%23d", "/a%20b%3Fc%23d"),
             ("/100%25", "/100%25"),
+            ("/100%25%20off", "/100%25%20off"),
+            ("/100%25x", "/100%25x"),
             ("/caf%c3%a9", "/caf%C3%A9"),
             ("/a.b/..c/.../c..", "/a.b/..c/.../c.."),
             ("/a%2Eb", "/a.b"),
@@ -573,6 +595,10 @@ mod tests {
             ("/orders//admin", EmptySegment),
             ("/%252e%252e/admin", DoubleEncoding),
             ("/a%252Fb", DoubleEncoding),
+            // The hex digits escaped themselves: decoded twice, a dot or a slash all the same.
+            ("/orders/healthz/%25%32%65%25%32%65/admin", DoubleEncoding),
+            ("/orders/healthz/%252%65%252%65/admin", DoubleEncoding),
+            ("/orders/healthz/%25%32%66admin", DoubleEncoding),
             ("/a%zz", BadEscape),
             ("/a%2", BadEscape),
             ("/a%", BadEscape),

@@ -585,7 +585,13 @@ async fn methods_are_judged_as_the_upstream_runs_them() {
             .header(override_header, "get");
         assert_eq!(reason(&decide(&s, &r).await), Reason::Anonymous);
     }
-    for query in ["?_method=DELETE", "?x=1&%5Fmethod=delete"] {
+    for query in [
+        "?_method=DELETE",
+        "?x=1&%5Fmethod=delete",
+        "?_%6Dethod=DELETE",
+        "?%5F%6D%65thod=DEL%45TE",
+        "?_method=+DELETE",
+    ] {
         let r = req(&format!("/orders/public/1{query}")).method("GET");
         assert_eq!(
             reason(&decide(&s, &r).await),
