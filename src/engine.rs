@@ -148,15 +148,25 @@ const METHOD_OVERRIDES: [&str; 3] = [
 /// query parameter, unless that names the request's own method: it would otherwise be judged
 /// as one method and run as another.
 fn method_override(request: &Request<'_>) -> Result<(), String> {
-    for name in METHOD_OVERRIDES {
-        if let Some(value) = request.headers.get(name)
+    // One pass over the headers (most requests carry none of these).
+    let mut overriding = None;
+    request.headers.for_each(|name, value| {
+        if overriding.is_none()
+            && name.len() >= 13
+            && name.as_bytes()[0].eq_ignore_ascii_case(&b'x')
+            && let Some(known) = METHOD_OVERRIDES
+                .iter()
+                .find(|known| name.eq_ignore_ascii_case(known))
             && !value.trim().eq_ignore_ascii_case(request.method)
         {
-            return Err(format!(
-                "the {name} header asks for another method than {}; upstreams may run that method, so the request is refused",
-                request.method
-            ));
+            overriding = Some(*known);
         }
+    });
+    if let Some(name) = overriding {
+        return Err(format!(
+            "the {name} header asks for another method than {}; upstreams may run that method, so the request is refused",
+            request.method
+        ));
     }
     let Some((_, query)) = request.path.split_once('?') else {
         return Ok(());

@@ -338,8 +338,7 @@ impl Snapshot {
         method: &str,
         ignore_case: bool,
     ) -> Option<&'s Arc<Policy>> {
-        let owner = self.owner(host);
-        let pick = |routes: &'s [Route]| -> Option<&'s Arc<Policy>> {
+        let pick = |routes: &'s [Route], owner: Option<&Arc<str>>| -> Option<&'s Arc<Policy>> {
             pick_route(
                 routes,
                 |r| (&r.prefix, &r.methods),
@@ -350,19 +349,25 @@ impl Snapshot {
             )
             .map(|r| &r.policy)
         };
-        if let Some(found) = self.exact.get(host).and_then(|routes| pick(routes)) {
+        // Every route of an exact host belongs to its owner (build refused the others).
+        if let Some(found) = self.exact.get(host).and_then(|routes| pick(routes, None)) {
             return Some(found);
         }
+        let owner = self.owner(host);
         if !self.wildcard.is_empty() {
             let mut rest = host;
             while let Some((_, suffix)) = rest.split_once('.') {
-                if let Some(found) = self.wildcard.get(suffix).and_then(|routes| pick(routes)) {
+                if let Some(found) = self
+                    .wildcard
+                    .get(suffix)
+                    .and_then(|routes| pick(routes, owner))
+                {
                     return Some(found);
                 }
                 rest = suffix;
             }
         }
-        pick(&self.any)
+        pick(&self.any, owner)
     }
 
     /// A policy by `namespace/name` (explicit selection by the route).
