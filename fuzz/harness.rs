@@ -25,10 +25,10 @@
 //!
 //! The model is unsure only where the answer turns on something the documentation leaves
 //! open: a time claim within a second of the clock skew's edge, JSON nested 121–140 deep
-//! (serde_json stops at 128), a number beyond `f64`, and a `_method` query parameter that reads
-//! as the request's own method only once decoded (tollgate may refuse it undecoded, which is
-//! safe). A member name given twice, at any depth, makes the JSON invalid; serde_json's private
-//! `RawValue` marker is an ordinary member name.
+//! (serde_json stops at 128), and a number beyond `f64`. A member name given twice, at any
+//! depth, makes the JSON invalid; serde_json's private `RawValue` marker is an ordinary member
+//! name. A method override (header or `_method` parameter, decoded, PHP's name mangling
+//! included) naming one other method means the request must pass as both methods.
 //!
 //! # The oracle of `jwe`
 //!
@@ -1385,41 +1385,69 @@ pub mod model {
         out
     }
 
-    /// How the request asks for another method than its own.
-    struct Override {
-        /// A header names another method.
-        header: bool,
-        /// A `_method` query parameter, read as frameworks read it, names another method.
-        query: bool,
-        /// Some reading (decoded or not) of the query has a `_method` parameter that does not
-        /// spell the request's method as it is written: tollgate may refuse it.
-        maybe: bool,
+    /// What the request's method-override headers and `_method` query parameters ask for.
+    enum Override {
+        /// Nothing, or the request's own method.
+        None,
+        /// One other method: the upstream may run it, so the request must pass as both.
+        Other(String),
+        /// Values that disagree, or one that is no method: refused.
+        Refused(String),
+    }
+
+    fn is_method_token(value: &str) -> bool {
+        !value.is_empty()
+            && value.len() <= 32
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    }
+
+    /// A parameter name as PHP reads it: spaces around dropped, ` `, `.` and `[` as `_`.
+    fn php_name(name: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8_lossy(name);
+        text.trim()
+            .bytes()
+            .map(|b| if matches!(b, b' ' | b'.' | b'[') { b'_' } else { b })
+            .collect()
     }
 
     fn method_override(headers: &Headers<'_>, target: &str, method: &str) -> Override {
-        let header = OVERRIDE_HEADERS.iter().any(|name| {
-            headers
-                .get(name)
-                .is_some_and(|value| !value.trim().eq_ignore_ascii_case(method))
-        });
-        let (mut query, mut maybe) = (false, false);
+        let mut values: Vec<String> = OVERRIDE_HEADERS
+            .iter()
+            .filter_map(|name| headers.get(name))
+            .map(|value| value.trim().to_string())
+            .collect();
         let params = target.split_once('?').map_or("", |(_, q)| q);
-        for pair in params.split('&') {
+        for pair in params.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let decoded_key = form_decode(key).eq_ignore_ascii_case(b"_method");
-            let decoded_other = !form_decode(value).eq_ignore_ascii_case(method.as_bytes());
-            let raw_key = key
-                .replace("%5F", "_")
-                .replace("%5f", "_")
-                .eq_ignore_ascii_case("_method");
-            let raw_other = !value.eq_ignore_ascii_case(method);
-            query |= decoded_key && decoded_other;
-            maybe |= (decoded_key || raw_key) && (decoded_other || raw_other);
+            if php_name(&form_decode(key)).eq_ignore_ascii_case(b"_method") {
+                values.push(
+                    String::from_utf8_lossy(&form_decode(value))
+                        .trim()
+                        .to_string(),
+                );
+            }
         }
-        Override {
-            header,
-            query,
-            maybe,
+        let mut other: Option<String> = None;
+        for value in values {
+            if value.eq_ignore_ascii_case(method) {
+                continue;
+            }
+            if !is_method_token(&value) {
+                return Override::Refused(format!("{value:?} is no method"));
+            }
+            match &other {
+                Some(seen) if !seen.eq_ignore_ascii_case(&value) => {
+                    return Override::Refused(format!("{seen} and {value} disagree"));
+                }
+                Some(_) => {}
+                None => other = Some(value.to_ascii_uppercase()),
+            }
+        }
+        match other {
+            Some(method) => Override::Other(method),
+            None => Override::None,
         }
     }
 
@@ -1789,29 +1817,36 @@ pub mod model {
             }
         };
         out.path = Some(path.clone());
-        let requested = method_override(headers, target, method);
-        if requested.header {
-            out.verdict = deny(
-                "a method-override header names another method",
-                Some(Reason::RequestMalformed),
-            );
-            return out;
-        }
-        if requested.query {
-            out.verdict = deny("a _method query parameter names another method", None);
-            return out;
-        }
+        let other = match method_override(headers, target, method) {
+            Override::None => None,
+            Override::Other(other) => Some(other),
+            Override::Refused(why) => {
+                out.verdict = deny(
+                    format!("method overrides: {why}"),
+                    Some(Reason::RequestMalformed),
+                );
+                return out;
+            }
+        };
         let (verdict, token) = route(host, &path, method, headers, explicit, t0, t1);
         out.token = token;
-        // tollgate may refuse a `_method` parameter as written (400) before anything else.
-        out.verdict = match verdict {
-            Verdict::Allow(reason) if requested.maybe => Verdict::Unsure {
-                why: "tollgate may refuse the _method parameter as written".into(),
-                reason,
-            },
-            Verdict::Deny { why, .. } if requested.maybe => Verdict::Deny { why, reason: None },
-            other => other,
-        };
+        out.verdict = verdict;
+        // The upstream may run the other method: the request must pass as both, and the
+        // decision is the one for the other method once the own one passes.
+        if let Some(other) = other
+            && !matches!(out.verdict, Verdict::Deny { .. })
+        {
+            let (as_other, token) = route(host, &path, &other, headers, explicit, t0, t1);
+            out.verdict = match (&out.verdict, as_other) {
+                (_, Verdict::Deny { why, reason }) => Verdict::Deny { why, reason },
+                (Verdict::Unsure { why, .. }, Verdict::Allow(reason)) => Verdict::Unsure {
+                    why: why.clone(),
+                    reason,
+                },
+                (_, other_verdict) => other_verdict,
+            };
+            out.token = token.or(out.token);
+        }
         out
     }
 

@@ -21,7 +21,7 @@ use crate::introspect::{self, Answer, IntrospectError, Introspector, Raw};
 use crate::jose::{self, B64, Claims, JoseError};
 use crate::jwe::{self, JweError};
 use crate::jwks::{Refetch, Unusable};
-use crate::policy::route::{PathCase, normalize_host, read_path};
+use crate::policy::route::{PathCase, PathReading, read_host, read_path, read_path_with};
 use crate::policy::spec::IntrospectWhen;
 use crate::policy::{DefaultAction, DenyDetail, Issuer, Policy, Rule, Snapshot};
 use crate::trace::{self, Trace};
@@ -48,9 +48,35 @@ pub async fn check_traced(
     now: SystemTime,
     mut trace: Trace,
 ) -> Decision {
-    let host = normalize_host(request.host);
-    let path = match read_path(request.path) {
-        Ok(path) => path,
+    let host = match read_host(request.host) {
+        Ok(host) => host,
+        Err(why) => {
+            let text = format!("the host has {why}");
+            trace.fail(
+                "request",
+                Reason::RequestMalformed,
+                || text.clone(),
+                || None,
+            );
+            return deny(None, "", Reason::RequestMalformed, text, None, None).with_trace(trace);
+        }
+    };
+    let read = read_path(request.path).map(|path| (path, PathReading::STRICT));
+    // A class a policy accepts (`match.pathReading`): read again with the readings offered;
+    // the policy that judges the request must accept every one the path needed.
+    let read = read.or_else(|e| {
+        let offered = match request.policy.and_then(|id| snapshot.policy(id)) {
+            Some(policy) => policy.path_reading,
+            None => snapshot.readings(),
+        };
+        if offered.covers(e) {
+            read_path_with(request.path, offered)
+        } else {
+            Err(e)
+        }
+    });
+    let (path, reading) = match read {
+        Ok(read) => read,
         Err(e) => {
             let text = format!("the path {e} ({})", e.class());
             trace.fail(
@@ -62,7 +88,7 @@ pub async fn check_traced(
             return deny(None, &host, Reason::RequestMalformed, text, None, None).with_trace(trace);
         }
     };
-    check_path(snapshot, request, &host, &path, now, trace)
+    check_path(snapshot, request, &host, &path, reading, now, trace)
         .await
         .with_path(path)
 }
@@ -73,18 +99,68 @@ async fn check_path(
     request: &Request<'_>,
     host: &str,
     path: &str,
+    reading: PathReading,
     now: SystemTime,
     mut trace: Trace,
 ) -> Decision {
-    if let Err(text) = method_override(request) {
-        trace.fail(
-            "request",
-            Reason::RequestMalformed,
-            || text.clone(),
-            || None,
-        );
-        return deny(None, host, Reason::RequestMalformed, text, None, None).with_trace(trace);
+    let other = match method_override(request) {
+        Ok(other) => other,
+        Err(text) => {
+            trace.fail(
+                "request",
+                Reason::RequestMalformed,
+                || text.clone(),
+                || None,
+            );
+            return deny(None, host, Reason::RequestMalformed, text, None, None).with_trace(trace);
+        }
+    };
+    let Some(other) = other else {
+        return check_method(snapshot, request, host, path, reading, now, trace).await;
+    };
+    // A method override: the upstream may run either method, so the request must pass as both.
+    let traced = trace.is_on();
+    let as_sent = Box::pin(check_method(
+        snapshot, request, host, path, reading, now, trace,
+    ))
+    .await;
+    if !as_sent.is_allow() {
+        return as_sent;
     }
+    let overridden = Request {
+        method: &other,
+        ..*request
+    };
+    let mut trace = if traced { Trace::on() } else { Trace::off() };
+    trace.info("request", || {
+        format!(
+            "a method override asks for {other}: allowed as {}, judged as {other} too",
+            request.method
+        )
+    });
+    Box::pin(check_method(
+        snapshot,
+        &overridden,
+        host,
+        path,
+        reading,
+        now,
+        trace,
+    ))
+    .await
+}
+
+/// [`check_path`] for one method.
+#[allow(clippy::too_many_arguments)]
+async fn check_method(
+    snapshot: &Snapshot,
+    request: &Request<'_>,
+    host: &str,
+    path: &str,
+    reading: PathReading,
+    now: SystemTime,
+    mut trace: Trace,
+) -> Decision {
     let explicit = match request.policy {
         Some(id) => match snapshot.policy(id) {
             Some(policy) => Some(policy),
@@ -126,6 +202,20 @@ async fn check_path(
             return deny(None, host, Reason::RequestMalformed, text, None, None).with_trace(trace);
         }
     };
+    if !policy.path_reading.allows(reading) {
+        let text = format!(
+            "the path is read with {}, and policy {} does not say its upstream reads paths that way (match.pathReading)",
+            describe_reading(reading),
+            policy.id
+        );
+        trace.fail(
+            "request",
+            Reason::RequestMalformed,
+            || text.clone(),
+            || None,
+        );
+        return deny(None, host, Reason::RequestMalformed, text, None, None).with_trace(trace);
+    }
     trace.info("policy", || {
         format!(
             "{} (host {host:?}, path {path:?}, method {})",
@@ -136,6 +226,21 @@ async fn check_path(
     judge_traced(policy, rule, cache, request, host, now, trace).await
 }
 
+/// The readings a path needed, in words.
+fn describe_reading(reading: PathReading) -> String {
+    let mut out = Vec::new();
+    if reading.keep_encoded_slashes {
+        out.push("%2F kept in its segment");
+    }
+    if reading.merge_empty_segments {
+        out.push("// merged");
+    }
+    if reading.strip_parameters {
+        out.push(";parameters stripped");
+    }
+    out.join(", ")
+}
+
 /// Headers and the query parameter with which frameworks let a client run another method
 /// (Express `method-override`, Rails, Laravel, Spring's `HiddenHttpMethodFilter`, ASP.NET).
 const METHOD_OVERRIDES: [&str; 3] = [
@@ -144,45 +249,67 @@ const METHOD_OVERRIDES: [&str; 3] = [
     "x-method-override",
 ];
 
-/// Refuses a request whose method an upstream could take from a header or the `_method`
-/// query parameter, unless that names the request's own method: it would otherwise be judged
-/// as one method and run as another.
-fn method_override(request: &Request<'_>) -> Result<(), String> {
+/// The method an upstream could run instead of the request's own: from a method-override header
+/// or the `_method` query parameter (names and values decoded as frameworks decode them; PHP
+/// also reads `.method` and ` _method` as `_method`). `Ok(None)`: none, or the request's own
+/// method. `Err`: several that disagree, or one that is not a method.
+fn method_override<'r>(request: &Request<'r>) -> Result<Option<String>, String> {
+    let mut found: Option<(String, &'static str)> = None;
+    let mut consider = |value: &str, source: &'static str| -> Result<(), String> {
+        let value = value.trim();
+        if value.eq_ignore_ascii_case(request.method) {
+            return Ok(());
+        }
+        let token = !value.is_empty()
+            && value.len() <= 32
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(format!("{source} names no HTTP method"));
+        }
+        match &found {
+            Some((other, first)) if !other.eq_ignore_ascii_case(value) => Err(format!(
+                "{first} and {source} ask for different methods ({other}, {value})"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                found = Some((value.to_ascii_uppercase(), source));
+                Ok(())
+            }
+        }
+    };
     // One pass over the headers (most requests carry none of these).
-    let mut overriding = None;
+    let mut header_result = Ok(());
     request.headers.for_each(|name, value| {
-        if overriding.is_none()
+        if header_result.is_ok()
             && name.len() >= 13
             && name.as_bytes()[0].eq_ignore_ascii_case(&b'x')
             && let Some(known) = METHOD_OVERRIDES
                 .iter()
                 .find(|known| name.eq_ignore_ascii_case(known))
-            && !value.trim().eq_ignore_ascii_case(request.method)
         {
-            overriding = Some(*known);
+            header_result = consider(value, known);
         }
     });
-    if let Some(name) = overriding {
-        return Err(format!(
-            "the {name} header asks for another method than {}; upstreams may run that method, so the request is refused",
-            request.method
-        ));
-    }
-    let Some((_, query)) = request.path.split_once('?') else {
-        return Ok(());
-    };
-    // Frameworks decode parameter names and values before reading them (`_%6Dethod`).
-    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-        if key.trim().eq_ignore_ascii_case("_method")
-            && !value.trim().eq_ignore_ascii_case(request.method)
-        {
-            return Err(format!(
-                "the _method query parameter asks for another method than {}; upstreams may run that method, so the request is refused",
-                request.method
-            ));
+    header_result?;
+    if let Some((_, query)) = request.path.split_once('?') {
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            if php_name(&key).eq_ignore_ascii_case("_method") {
+                consider(&value, "the _method query parameter")?;
+            }
         }
     }
-    Ok(())
+    Ok(found.map(|(method, _)| method))
+}
+
+/// A query parameter name as PHP reads it: leading spaces dropped, ` `, `.` and `[` turned
+/// into `_` (Laravel and Symfony read `_method` from there).
+fn php_name(name: &str) -> String {
+    name.trim()
+        .chars()
+        .map(|c| if matches!(c, ' ' | '.' | '[') { '_' } else { c })
+        .collect()
 }
 
 type Selection<'s> = Option<(&'s Arc<Policy>, Option<&'s Rule>)>;
@@ -225,14 +352,30 @@ fn select<'s>(
         }
         _ => false,
     };
+    // An upstream that ignores case may fold non-ASCII letters too (Java's equalsIgnoreCase
+    // reads ſ as s), which tollgate does not: escaped non-ASCII is refused there.
+    let ignores_case = |selection: Selection<'_>| {
+        selection.is_some_and(|(p, _)| p.path_case == Some(PathCase::IgnoreCase))
+    };
+    let non_ascii = path
+        .as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'%' && matches!(w[1], b'8'..=b'9' | b'A'..=b'F'));
+    if non_ascii && (ignores_case(exact) || ignores_case(folded)) {
+        return Err(format!(
+            "the path {path:?} has escaped non-ASCII characters, which an upstream that ignores letter case may fold into other letters (match.pathCase: IgnoreCase)"
+        ));
+    }
     if same {
         return Ok(exact);
     }
-    let says = |selection: Selection<'_>| selection.and_then(|(p, _)| p.path_case);
-    let exact_declared = says(exact).or_else(|| exact.map_or(says(folded), |_| None));
-    let exact_ok = exact_declared == Some(PathCase::Exact);
-    let folded_ok = says(folded) == Some(PathCase::IgnoreCase);
-    match (exact_ok, folded_ok) {
+    // Each policy involved must say how its upstream reads case, and they must agree: the
+    // gateway may route the request to either upstream.
+    let says = |selection: Selection<'_>| selection.map(|(p, _)| p.path_case);
+    let agree = |case: PathCase| {
+        says(folded) == Some(Some(case)) && says(exact).is_none_or(|said| said == Some(case))
+    };
+    match (agree(PathCase::Exact), agree(PathCase::IgnoreCase)) {
         (true, false) => Ok(exact),
         (false, true) => Ok(folded),
         _ => {

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use jsonwebtoken::Algorithm;
 use url::Url;
 
-use super::route::{HostPattern, Methods, PathCase, PathPrefix};
+use super::route::{HostPattern, Methods, PathCase, PathPrefix, PathReading};
 use super::spec::{
     self, AzureAdSpec, ClaimRequirementSpec, DecryptionSpec, DenyDetail, IntrospectionResponse,
     IntrospectionSpec, IssuerSpec, JwtPolicySpec, SecretEncoding, SecretKeyRef, SecretSpec,
@@ -305,6 +305,8 @@ pub struct Policy {
     /// How the upstream compares letter case in paths; `None`: unknown, so a path whose
     /// match depends on letter case is refused.
     pub path_case: Option<PathCase>,
+    /// Readings of a path the policy's upstream is known to use (`match.pathReading`).
+    pub path_reading: PathReading,
     /// Rules that can never apply (check-policy, the webhook and status warn about them).
     pub warnings: Vec<Problem>,
     /// Unique per compilation in this process: verified-token cache entries belong to one
@@ -562,6 +564,15 @@ pub fn compile(
         .decryption
         .as_ref()
         .and_then(|d| compile_decryption(&mut c, namespace, d, require_signed, ctx));
+    if !require_signed && issuers.len() > 1 {
+        c.invalid(
+            "spec.requireSignedTokens",
+            format!(
+                "false needs exactly one issuer: an unsigned token's iss is whatever the holder of a shared key wrote, so with {} issuers the key of one could speak for another",
+                issuers.len()
+            ),
+        );
+    }
     if !require_signed && spec.decryption.is_none() {
         c.invalid(
             "spec.requireSignedTokens",
@@ -602,6 +613,16 @@ pub fn compile(
             spec::PathCase::Exact => PathCase::Exact,
             spec::PathCase::IgnoreCase => PathCase::IgnoreCase,
         }),
+        path_reading: spec
+            .match_
+            .path_reading
+            .as_ref()
+            .map(|r| PathReading {
+                keep_encoded_slashes: r.encoded_slashes == Some(spec::EncodedSlashes::Keep),
+                merge_empty_segments: r.empty_segments == Some(spec::EmptySegments::Merge),
+                strip_parameters: r.parameters == Some(spec::PathParameters::Strip),
+            })
+            .unwrap_or_default(),
         warnings,
         instance: next_instance(),
     })

@@ -128,6 +128,54 @@ impl fmt::Display for HostPattern {
     }
 }
 
+/// The host of a request as tollgate judges it: lower case, without the port and a trailing
+/// dot. Refused when it is not a host name or IP literal with an optional numeric port: a host
+/// the proxy routes one way (nginx picks the server by what precedes `:`, Go's `SplitHostPort`
+/// does not check the port) must not be judged as another host that nobody owns. An empty
+/// host stays empty.
+pub fn read_host(raw: &str) -> Result<String, &'static str> {
+    let (name, port) = if let Some(rest) = raw.strip_prefix('[') {
+        let Some((inside, after)) = rest.split_once(']') else {
+            return Err("an IPv6 literal without its closing ]");
+        };
+        if inside.is_empty()
+            || !inside
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return Err("not an IPv6 literal");
+        }
+        match after.strip_prefix(':') {
+            Some(port) => (&raw[..inside.len() + 2], Some(port)),
+            None if after.is_empty() => (raw, None),
+            None => return Err("text after an IPv6 literal"),
+        }
+    } else {
+        match raw.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (raw, None),
+        }
+    };
+    if let Some(port) = port
+        && (port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("a port that is not a number");
+    }
+    if !name.starts_with('[') {
+        let valid = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !valid {
+            return Err("characters a host name cannot have");
+        }
+        if name.is_empty() && port.is_some() {
+            return Err("a port without a host");
+        }
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    Ok(name.to_ascii_lowercase())
+}
+
 /// Lower-cases a request host and strips the port and a trailing dot.
 pub fn normalize_host(host: &str) -> String {
     let host = host.trim();
@@ -268,6 +316,58 @@ fn escapes_hex_pair(bytes: &[u8], i: usize) -> bool {
     hex(first).is_some() && hex(second).is_some()
 }
 
+/// Readings of a path that tollgate refuses unless a policy says its upstream reads the path
+/// that way (`match.pathReading`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathReading {
+    /// `%2F` is a character of its segment: the upstream does not decode it (GitLab-style ids).
+    pub keep_encoded_slashes: bool,
+    /// `//` is read as `/`: the upstream merges empty segments.
+    pub merge_empty_segments: bool,
+    /// `;` and what follows it up to the next `/` are dropped from each segment: the upstream
+    /// strips path parameters (Tomcat, Jetty: `;jsessionid=`).
+    pub strip_parameters: bool,
+}
+
+impl PathReading {
+    /// Every reading refused.
+    pub const STRICT: PathReading = PathReading {
+        keep_encoded_slashes: false,
+        merge_empty_segments: false,
+        strip_parameters: false,
+    };
+
+    /// The readings either allows.
+    pub fn union(self, other: PathReading) -> PathReading {
+        PathReading {
+            keep_encoded_slashes: self.keep_encoded_slashes || other.keep_encoded_slashes,
+            merge_empty_segments: self.merge_empty_segments || other.merge_empty_segments,
+            strip_parameters: self.strip_parameters || other.strip_parameters,
+        }
+    }
+
+    /// Whether every reading `used` needs is allowed here.
+    pub fn allows(self, used: PathReading) -> bool {
+        (!used.keep_encoded_slashes || self.keep_encoded_slashes)
+            && (!used.merge_empty_segments || self.merge_empty_segments)
+            && (!used.strip_parameters || self.strip_parameters)
+    }
+
+    pub fn is_strict(self) -> bool {
+        self == PathReading::STRICT
+    }
+
+    /// Whether this reading would accept what `error` refuses.
+    pub fn covers(self, error: PathError) -> bool {
+        match error {
+            PathError::EncodedSlash => self.keep_encoded_slashes,
+            PathError::EmptySegment => self.merge_empty_segments,
+            PathError::Parameters => self.strip_parameters,
+            _ => false,
+        }
+    }
+}
+
 /// The path of a request target as tollgate judges it, or why it cannot be judged.
 ///
 /// The query is dropped. Escapes of printable ASCII characters are decoded except `%20`,
@@ -275,6 +375,14 @@ fn escapes_hex_pair(bytes: &[u8], i: usize) -> bool {
 /// Everything an upstream could read in more than one way is a [`PathError`]. Letter case is
 /// kept. Runs in one pass over the bytes, plus one over the segments.
 pub fn read_path(target: &str) -> Result<String, PathError> {
+    read_path_with(target, PathReading::STRICT).map(|(path, _)| path)
+}
+
+/// [`read_path`] with the readings `allowed` accepted: the path, and the readings it needed.
+pub fn read_path_with(
+    target: &str,
+    allowed: PathReading,
+) -> Result<(String, PathReading), PathError> {
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     if path.len() > MAX_PATH_BYTES {
         return Err(PathError::TooLong);
@@ -282,9 +390,12 @@ pub fn read_path(target: &str) -> Result<String, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotOrigin);
     }
+    let mut used = PathReading::STRICT;
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(bytes.len());
     let mut high: Vec<u8> = Vec::new();
+    // Inside a path parameter that is being dropped: bytes are still checked, not kept.
+    let mut dropping = false;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -293,9 +404,18 @@ pub fn read_path(target: &str) -> Result<String, PathError> {
             match b {
                 b'\\' => return Err(PathError::Backslash),
                 b'#' => return Err(PathError::Fragment),
+                b';' if allowed.strip_parameters => {
+                    used.strip_parameters = true;
+                    dropping = true;
+                }
                 b';' => return Err(PathError::Parameters),
                 0..=0x20 | 0x7f => return Err(PathError::Control),
                 0x80.. => return Err(PathError::NotAscii),
+                b'/' => {
+                    dropping = false;
+                    out.push('/');
+                }
+                _ if dropping => {}
                 _ => out.push(char::from(b)),
             }
             i += 1;
@@ -311,16 +431,25 @@ pub fn read_path(target: &str) -> Result<String, PathError> {
         i += 3;
         if value >= 0x80 {
             high.push(value);
-            push_escape(&mut out, value);
+            if !dropping {
+                push_escape(&mut out, value);
+            }
             continue;
         }
         check_utf8(&mut high)?;
         match value {
             0..=0x1f | 0x7f => return Err(PathError::Control),
+            b'/' if allowed.keep_encoded_slashes => {
+                used.keep_encoded_slashes = true;
+                if !dropping {
+                    push_escape(&mut out, value);
+                }
+            }
             b'/' => return Err(PathError::EncodedSlash),
             b'\\' => return Err(PathError::Backslash),
             b';' => return Err(PathError::Parameters),
             b'%' if escapes_hex_pair(bytes, i) => return Err(PathError::DoubleEncoding),
+            _ if dropping => {}
             b' ' | b'#' | b'%' | b'?' => push_escape(&mut out, value),
             _ => out.push(char::from(value)),
         }
@@ -328,20 +457,42 @@ pub fn read_path(target: &str) -> Result<String, PathError> {
     check_utf8(&mut high)?;
     // Segments: the first is the empty string before the leading '/'; the last may be empty
     // (a trailing slash).
+    let mut merged: Option<String> = None;
     let mut segments = out.split('/').skip(1).peekable();
     while let Some(segment) = segments.next() {
         match segment {
             "." | ".." => return Err(PathError::DotSegment),
-            "" if segments.peek().is_some() => return Err(PathError::EmptySegment),
+            "" if segments.peek().is_some() => {
+                if !allowed.merge_empty_segments {
+                    return Err(PathError::EmptySegment);
+                }
+                used.merge_empty_segments = true;
+            }
             _ => {}
         }
     }
-    Ok(out)
+    if used.merge_empty_segments {
+        let mut joined = String::with_capacity(out.len());
+        let parts: Vec<&str> = out.split('/').skip(1).collect();
+        let last = parts.len().saturating_sub(1);
+        for (n, part) in parts.iter().enumerate() {
+            if part.is_empty() && n != last {
+                continue;
+            }
+            joined.push('/');
+            joined.push_str(part);
+        }
+        if joined.is_empty() {
+            joined.push('/');
+        }
+        merged = Some(joined);
+    }
+    Ok((merged.unwrap_or(out), used))
 }
 
 /// Characters that make a path look like a pattern (glob, regex, template) rather than a
 /// literal prefix.
-const PATTERN_CHARS: &[char] = &['*', '?', '[', ']', '{', '}', '(', ')', '^', '$', '|', '#'];
+const PATTERN_CHARS: &[char] = &['*', '?', '[', ']', '{', '}', '|', '#'];
 
 /// A segment-aware path prefix: `/orders` matches `/orders`, `/orders/`, `/orders/1`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -532,6 +683,38 @@ mod tests {
     }
 
     #[test]
+    fn request_hosts_are_read_or_refused() {
+        for (raw, want) in [
+            ("API.example.com:8443", "api.example.com"),
+            ("api.example.com.", "api.example.com"),
+            ("[::1]:8080", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("127.0.0.1:80", "127.0.0.1"),
+            ("under_score.internal", "under_score.internal"),
+            ("", ""),
+        ] {
+            assert_eq!(read_host(raw), Ok(want.to_string()), "{raw}");
+        }
+        for bad in [
+            "api.example.com:abc",
+            "api.example.com:",
+            "api.example.com:80:80",
+            "api.example.com:123456",
+            "api example.com",
+            "api.example.com?",
+            "api.example.com\\x",
+            "user@api.example.com",
+            "[::1",
+            "[::1]x",
+            "[zz]",
+            ":80",
+            "::1",
+        ] {
+            assert!(read_host(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn request_hosts_are_normalized() {
         for (raw, want) in [
             ("API.example.com:8443", "api.example.com"),
@@ -624,6 +807,65 @@ mod tests {
     }
 
     #[test]
+    fn readings_a_policy_declares() {
+        let all = PathReading {
+            keep_encoded_slashes: true,
+            merge_empty_segments: true,
+            strip_parameters: true,
+        };
+        for (raw, want, used) in [
+            ("/a%2fb/c", "/a%2Fb/c", (true, false, false)),
+            ("//a//b//", "/a/b/", (false, true, false)),
+            ("/a;jsessionid=1/b;v=2", "/a/b", (false, false, true)),
+            ("/a;x=%00", "", (false, false, false)),
+            ("/plain", "/plain", (false, false, false)),
+        ] {
+            match read_path_with(raw, all) {
+                Ok((path, reading)) => {
+                    assert_eq!(path, want, "{raw}");
+                    assert_eq!(
+                        (
+                            reading.keep_encoded_slashes,
+                            reading.merge_empty_segments,
+                            reading.strip_parameters
+                        ),
+                        used,
+                        "{raw}"
+                    );
+                }
+                // What is dropped is still checked.
+                Err(e) => assert_eq!((raw, e), ("/a;x=%00", PathError::Control)),
+            }
+        }
+        // Never accepted: dot segments (after stripping), encoded ; and the rest.
+        for (raw, error) in [
+            ("/a/..;x/b", PathError::DotSegment),
+            ("/a/.;/b", PathError::DotSegment),
+            ("/a%3Bb", PathError::Parameters),
+            ("/a%5Cb", PathError::Backslash),
+            ("/a//../b", PathError::DotSegment),
+        ] {
+            assert_eq!(
+                read_path_with(raw, all).map(|(p, _)| p),
+                Err(error),
+                "{raw}"
+            );
+        }
+        // Only the readings allowed.
+        let merge_only = PathReading {
+            merge_empty_segments: true,
+            ..PathReading::STRICT
+        };
+        assert_eq!(
+            read_path_with("/a//b%2Fc", merge_only).map(|(p, _)| p),
+            Err(PathError::EncodedSlash)
+        );
+        assert!(all.allows(merge_only) && !merge_only.allows(all));
+        assert!(merge_only.covers(PathError::EmptySegment));
+        assert!(!merge_only.covers(PathError::DotSegment));
+    }
+
+    #[test]
     fn prefixes_are_segment_aware() {
         let p = PathPrefix::parse("/orders/").expect("parse");
         assert_eq!(p.as_str(), "/orders");
@@ -659,7 +901,7 @@ mod tests {
             ("/orders/admin/*", "not a pattern"),
             ("/orders/*/items", "not a pattern"),
             ("/orders/.*", "not a pattern"),
-            ("^/orders$", "not a pattern"),
+            ("^/orders$", "could never match"),
             ("/orders/{id}", "not a pattern"),
             ("/orders/[0-9]+", "not a pattern"),
             ("/a?b", "not a pattern"),

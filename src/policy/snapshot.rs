@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::compile::Policy;
 use super::owners::{self, HostDelegations};
-use super::route::{HostPattern, Methods, PathPrefix};
+use super::route::{HostPattern, Methods, PathPrefix, PathReading};
 use crate::verified::TokenCache;
 
 /// What happens to a request no policy matches.
@@ -119,6 +119,8 @@ pub struct Snapshot {
     owners_wildcard: HashMap<String, Arc<str>>,
     /// Whether some path prefix (of a policy or a rule) has upper-case letters.
     upper_prefixes: bool,
+    /// Every path reading some policy accepts.
+    readings: PathReading,
     /// Increases with every published snapshot.
     pub generation: u64,
     pub default_action: DefaultAction,
@@ -263,6 +265,7 @@ impl Snapshot {
                     .rules
                     .iter()
                     .any(|r| r.paths.iter().any(PathPrefix::has_upper));
+            snapshot.readings = snapshot.readings.union(policy.path_reading);
             snapshot.policies.insert(policy.id.clone(), policy);
         }
         for bucket in snapshot
@@ -322,6 +325,11 @@ impl Snapshot {
             }
         }
         None
+    }
+
+    /// Every path reading some loaded policy accepts.
+    pub fn readings(&self) -> PathReading {
+        self.readings
     }
 
     /// Whether some prefix has upper-case letters, so letter case can change a match.

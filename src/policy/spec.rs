@@ -83,6 +83,7 @@ pub struct DocumentMetadata {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("(has(self.issuers) && size(self.issuers) > 0) || has(self.azureAd)").message("list at least one issuer, or set azureAd"))]
 #[x_kube(validation = Rule::new("!has(self.requireSignedTokens) || self.requireSignedTokens || has(self.decryption)").message("requireSignedTokens: false only applies to encrypted tokens; configure decryption"))]
+#[x_kube(validation = Rule::new("!has(self.requireSignedTokens) || self.requireSignedTokens || (!has(self.azureAd) && has(self.issuers) && size(self.issuers) == 1)").message("requireSignedTokens: false needs exactly one issuer (and no azureAd): an unsigned token's iss is whatever the holder of the shared key wrote"))]
 #[x_kube(validation = Rule::new("!has(self.requireSignedTokens) || self.requireSignedTokens || !has(self.decryption) || self.decryption.keys.all(k, has(k.algorithms) && size(k.algorithms) > 0 && !('RSA-OAEP' in k.algorithms) && !('RSA-OAEP-256' in k.algorithms) && !('RSA1_5' in k.algorithms) && !('ECDH-ES' in k.algorithms) && !('ECDH-ES+A128KW' in k.algorithms) && !('ECDH-ES+A256KW' in k.algorithms))").message("requireSignedTokens: false needs every decryption key limited to dir, A128KW or A256KW (keys[].algorithms): with RSA or EC keys anyone holding the public key can encrypt claims"))]
 pub struct JwtPolicySpec {
     /// Which requests this policy judges.
@@ -280,6 +281,48 @@ pub struct MatchSpec {
     /// whose policy or rule would differ by letter case is refused (400).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_case: Option<PathCase>,
+    /// Readings of a path tollgate otherwise refuses (400) because upstreams disagree about
+    /// them; set one only when this policy's upstream reads paths that way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_reading: Option<PathReadingSpec>,
+}
+
+/// How a policy's upstream reads what tollgate otherwise refuses.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathReadingSpec {
+    /// `Keep`: `%2F` is a character of its segment, never a separator (the upstream does not
+    /// decode it, e.g. GitLab's `projects/group%2Fproject`). Default `Refuse`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoded_slashes: Option<EncodedSlashes>,
+    /// `Merge`: `//` is read as `/`. Default `Refuse`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_segments: Option<EmptySegments>,
+    /// `Strip`: `;` and the rest of its segment are dropped (Tomcat, Jetty: `;jsessionid=`).
+    /// Default `Refuse`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<PathParameters>,
+}
+
+/// `%2F` in a path.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum EncodedSlashes {
+    Refuse,
+    Keep,
+}
+
+/// `//` in a path.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum EmptySegments {
+    Refuse,
+    Merge,
+}
+
+/// `;` parameters in a path.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum PathParameters {
+    Refuse,
+    Strip,
 }
 
 /// How an upstream compares letter case in paths.

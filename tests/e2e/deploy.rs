@@ -898,17 +898,24 @@ fn the_gateway_examples_parse_and_their_policies_compile() {
 }
 
 #[test]
-fn the_traefik_middleware_passes_only_the_token_and_strips_the_debug_header() {
+fn the_traefik_middleware_passes_the_token_and_method_overrides_and_strips_the_debug_header() {
     let yaml = std::fs::read_to_string(repo("deploy/examples/traefik/middleware.yaml"))
         .expect("middleware.yaml");
     let docs = documents(&yaml);
     let forward = &docs[0]["spec"]["forwardAuth"];
     // Traefik sets X-Forwarded-* itself and copies only these client headers onto the auth
-    // request: a forged X-Original-URL never reaches tollgate.
+    // request: a forged X-Original-URL never reaches tollgate, method overrides do (the API may
+    // run the method they name, so tollgate judges it too).
     assert_eq!(forward["trustForwardHeader"], Value::Bool(false));
     assert_eq!(
         forward["authRequestHeaders"],
-        serde_json::json!(["Authorization", "Cookie"])
+        serde_json::json!([
+            "Authorization",
+            "Cookie",
+            "X-HTTP-Method-Override",
+            "X-HTTP-Method",
+            "X-Method-Override"
+        ])
     );
     // Listed, so Traefik removes a client's copy; tollgate never answers it.
     let response: Vec<&str> = forward["authResponseHeaders"]

@@ -15,8 +15,7 @@
 //! upstream served, tollgate judged it and allowed it, and the path it judged (its decision log)
 //! is the path the upstream received, compared after decoding the escapes every server decodes
 //! alike (printable ASCII other than `/ \ ; % ? #`, hex digits upper-cased); or the shipped
-//! Envoy route for the app's health probe, which skips the check, served exactly `/healthz` or
-//! below it. Everything else was refused: by the proxy (4xx) or by tollgate (400
+//! Envoy route for the app's health probe, which skips the check, served exactly `/healthz`. Everything else was refused: by the proxy (4xx) or by tollgate (400
 //! `request_malformed`, which nginx's `auth_request` reports as 500).
 
 use std::collections::HashMap;
@@ -235,7 +234,7 @@ fn judge_run(
                         "{name} #{index} {shown:?}: the upstream served a request tollgate denied ({})",
                         decision["reason"]
                     )),
-                    None if path == "/healthz" || path.starts_with("/healthz/") => {
+                    None if path == "/healthz" => {
                         tally.health_skips += 1;
                     }
                     None => tally.findings.push(format!(

@@ -380,6 +380,17 @@ async fn claims_anyone_could_encrypt_never_pass_unsigned() {
             "{extra}: {err}"
         );
     }
+    // One shared key speaks for one issuer only.
+    let aes = key_file(
+        &json!({"kty": "oct", "kid": "shared", "k": B64.encode([9u8; 16])}).to_string(),
+        None,
+    );
+    let two_issuers = format!(
+        r#"{{issuers: [{{issuer: "https://a.example.com/", audiences: [a], jwksUri: "https://a.example.com/keys"}}, {{issuer: "https://b.example.com/", audiences: [a], jwksUri: "https://b.example.com/keys"}}], decryption: {{keys: [{{file: {:?}, algorithms: [dir, A128KW]}}]}}, requireSignedTokens: false}}"#,
+        aes.file.path()
+    );
+    let err = try_compile("two", &spec(&two_issuers)).expect_err("two issuers");
+    assert!(err.to_string().contains("exactly one issuer"), "{err}");
     // And at runtime, should such a policy exist anyway: the forged claims are refused.
     let mut policy = (*mk_policy(
         "open",

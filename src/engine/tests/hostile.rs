@@ -521,6 +521,34 @@ async fn letter_case_is_settled_by_the_policy_or_refused() {
         let got = reason(&decide(&s, &req(path).bearer(&user)).await);
         assert_eq!(got, want, "{case} {path}");
     }
+    // A policy saying Exact does not speak for another policy that says nothing.
+    let root = mk_policy(
+        "root",
+        "{match: {hosts: [api.example.com], paths: [/], pathCase: Exact}, rules: [{allowAnonymous: true}]}",
+    );
+    let admin = mk_policy(
+        "admin",
+        "{match: {hosts: [api.example.com], paths: [/admin]}}",
+    );
+    let s = Snapshot::build(vec![root, admin.clone()], DefaultAction::Deny).0;
+    assert_eq!(
+        reason(&decide(&s, &req("/ADMIN/x")).await),
+        Reason::RequestMalformed
+    );
+    // Both IgnoreCase: the folded reading, but not for escaped non-ASCII letters (ſ).
+    let ignoring = mk_policy(
+        "ignoring",
+        "{match: {hosts: [api.example.com], paths: [/orders], pathCase: IgnoreCase}, rules: [{paths: [/orders/settings], requiredClaims: [{name: roles, values: [admin]}]}]}",
+    );
+    let s = Snapshot::build(vec![ignoring], DefaultAction::Deny).0;
+    assert_eq!(
+        reason(&decide(&s, &req("/orders/SETTINGS").bearer(&user)).await),
+        Reason::InsufficientScope
+    );
+    assert_eq!(
+        reason(&decide(&s, &req("/orders/%C5%BFETTINGS").bearer(&user)).await),
+        Reason::RequestMalformed
+    );
     // Across policies too: a prefix of one policy matching another's only in another case.
     let upper = mk_policy(
         "upper",
@@ -566,6 +594,8 @@ async fn methods_are_judged_as_the_upstream_runs_them() {
         }
         assert_eq!(reason(&decide(&s, &r).await), want, "{method} {path}");
     }
+    // A method override: the upstream may run either method, so both must pass. GET is
+    // anonymous on /orders/public, DELETE needs a token.
     for override_header in [
         "x-http-method-override",
         "x-http-method",
@@ -576,7 +606,16 @@ async fn methods_are_judged_as_the_upstream_runs_them() {
             .header(override_header, "DELETE");
         assert_eq!(
             reason(&decide(&s, &r).await),
-            Reason::RequestMalformed,
+            Reason::TokenMissing,
+            "{override_header}"
+        );
+        let r = req("/orders/public/1")
+            .method("GET")
+            .header(override_header, "DELETE")
+            .bearer(&user);
+        assert_eq!(
+            reason(&decide(&s, &r).await),
+            Reason::Valid,
             "{override_header}"
         );
         // Naming the request's own method changes nothing.
@@ -585,18 +624,102 @@ async fn methods_are_judged_as_the_upstream_runs_them() {
             .header(override_header, "get");
         assert_eq!(reason(&decide(&s, &r).await), Reason::Anonymous);
     }
+    // As the clients of Google APIs and OData send it: POST with PATCH, both judged.
+    let r = req("/orders/1")
+        .method("POST")
+        .header("x-http-method-override", "PATCH")
+        .bearer(&user);
+    assert_eq!(reason(&decide(&s, &r).await), Reason::Valid);
+    // The admin rule holds whichever method runs.
+    let r = req("/orders/admin/1")
+        .method("POST")
+        .header("x-http-method-override", "DELETE")
+        .bearer(&user);
+    assert_eq!(reason(&decide(&s, &r).await), Reason::InsufficientScope);
     for query in [
         "?_method=DELETE",
         "?x=1&%5Fmethod=delete",
         "?_%6Dethod=DELETE",
         "?%5F%6D%65thod=DEL%45TE",
         "?_method=+DELETE",
+        // PHP reads `.method` and ` _method` as `_method`.
+        "?.method=DELETE",
+        "?%20_method=DELETE",
     ] {
         let r = req(&format!("/orders/public/1{query}")).method("GET");
         assert_eq!(
             reason(&decide(&s, &r).await),
-            Reason::RequestMalformed,
+            Reason::TokenMissing,
             "{query}"
         );
+    }
+    // Overrides that disagree, or name no method: refused.
+    for (header, query) in [
+        ("PATCH", "?_method=DELETE"),
+        ("DE LETE", ""),
+        ("", "?_method="),
+    ] {
+        let mut r = req(&format!("/orders/public/1{query}")).method("GET");
+        if !header.is_empty() {
+            r = r.header("x-http-method-override", header);
+        }
+        assert_eq!(
+            reason(&decide(&s, &r).await),
+            Reason::RequestMalformed,
+            "{header:?} {query:?}"
+        );
+    }
+}
+
+/// A policy may say its upstream reads what tollgate otherwise refuses: `%2F` inside an id
+/// (GitLab), `//` merged, `;jsessionid` stripped. Only that policy's requests are read so, and
+/// what stays ambiguous (dot segments) is refused all the same.
+#[tokio::test]
+async fn a_policy_can_declare_how_its_upstream_reads_paths() {
+    let gitlab = mk_policy(
+        "gitlab",
+        "{match: {hosts: [api.example.com], paths: [/projects], pathReading: {encodedSlashes: Keep, emptySegments: Merge, parameters: Strip}}, rules: [{paths: [/projects/admin], requiredClaims: [{name: roles, values: [admin]}]}]}",
+    );
+    let orders = mk_policy(
+        "orders",
+        "{match: {hosts: [api.example.com], paths: [/orders]}}",
+    );
+    let s = Snapshot::build(vec![gitlab, orders], DefaultAction::Deny).0;
+    let user = RSA.mint(&good_claims()).expect("mint");
+    let judged = |d: &Decision| d.path().map(str::to_owned);
+    for (path, want, judged_as) in [
+        (
+            "/projects/group%2Fproject/issues",
+            Reason::Valid,
+            Some("/projects/group%2Fproject/issues"),
+        ),
+        ("/projects//1", Reason::Valid, Some("/projects/1")),
+        (
+            "/projects/1;jsessionid=abc/x",
+            Reason::Valid,
+            Some("/projects/1/x"),
+        ),
+        // Merged, the admin rule applies; with the parameter stripped too.
+        (
+            "/projects//admin",
+            Reason::InsufficientScope,
+            Some("/projects/admin"),
+        ),
+        (
+            "/projects/admin;x=1",
+            Reason::InsufficientScope,
+            Some("/projects/admin"),
+        ),
+        // Still refused: dot segments, an encoded ;, and the other policy's paths.
+        ("/projects/x/..;/admin", Reason::RequestMalformed, None),
+        ("/projects/a%3Bb", Reason::RequestMalformed, None),
+        ("/orders/group%2Fproject", Reason::RequestMalformed, None),
+        ("/orders//1", Reason::RequestMalformed, None),
+    ] {
+        let decision = decide(&s, &req(path).bearer(&user)).await;
+        assert_eq!(reason(&decision), want, "{path}");
+        if let Some(judged_as) = judged_as {
+            assert_eq!(judged(&decision).as_deref(), Some(judged_as), "{path}");
+        }
     }
 }

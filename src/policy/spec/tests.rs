@@ -169,6 +169,10 @@ fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
             "anyone holding the public key",
         ),
         (
+            json!({"issuers": [issuer(json!({})), issuer(json!({"issuer": "https://other.example.com/"}))], "decryption": {"keys": [{"secretRef": {"name": "k", "key": "jwk"}, "algorithms": ["dir"]}]}, "requireSignedTokens": false}),
+            "exactly one issuer",
+        ),
+        (
             json!({"issuers": [issuer(json!({}))], "decryption": {"keys": [{"secretRef": {"name": "k", "key": "pem"}, "algorithms": ["RSA-OAEP-256"]}]}, "requireSignedTokens": false}),
             "anyone holding the public key",
         ),
