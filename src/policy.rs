@@ -15,6 +15,6 @@ pub use compile::{
 };
 pub use owners::HostDelegations;
 pub use snapshot::{
-    Conflict, ConflictKind, DefaultAction, SharedSnapshot, Snapshot, SnapshotSettings,
+    Claimant, Conflict, ConflictKind, DefaultAction, SharedSnapshot, Snapshot, SnapshotSettings,
 };
 pub use spec::{DenyDetail, JwtPolicySpec, PolicyDocument};

@@ -18,7 +18,7 @@ use super::index::IndexView;
 use crate::jwks::KeySources;
 use crate::policy::spec::{JwtPolicy, SecretSpec};
 use crate::policy::{
-    CompileContext, DefaultAction, Policy, SecretSource, Snapshot, SnapshotSettings, compile,
+    Claimant, CompileContext, DefaultAction, SecretSource, Snapshot, SnapshotSettings, compile,
 };
 
 /// Stands in for Secrets at admission time: references must be well formed, values are not read.
@@ -110,19 +110,26 @@ fn judge(
     // Host/path conflicts: order every served policy and the candidate by creation time (a new
     // object is the newest) and see whether the candidate keeps its routes.
     let candidate = Arc::new(compiled);
-    let mut ordered: Vec<(String, Arc<Policy>)> = current
+    let mut ordered: Vec<(String, Arc<str>, Claimant)> = current
         .policies
         .iter()
         .filter(|p| p.id != candidate.id)
-        .filter_map(|p| Some((p.created.clone(), p.policy.clone()?)))
+        .map(|p| {
+            let claimant = match &p.policy {
+                Some(policy) => Claimant::Serving(policy.clone()),
+                None => Claimant::failing(p.id.clone(), &p.hosts),
+            };
+            (p.created.clone(), p.id.clone(), claimant)
+        })
         .collect();
     ordered.push((
         created.unwrap_or_else(|| "9999-12-31T23:59:59Z".into()),
-        candidate.clone(),
+        candidate.id.clone(),
+        Claimant::Serving(candidate.clone()),
     ));
-    ordered.sort_by(|a, b| (a.0.as_str(), &*a.1.id).cmp(&(b.0.as_str(), &*b.1.id)));
-    let (_, conflicts) = Snapshot::build(
-        ordered.into_iter().map(|(_, p)| p).collect(),
+    ordered.sort_by(|a, b| (a.0.as_str(), &*a.1).cmp(&(b.0.as_str(), &*b.1)));
+    let (_, conflicts) = Snapshot::build_claimants(
+        ordered.into_iter().map(|(_, _, c)| c).collect(),
         SnapshotSettings {
             default_action: DefaultAction::Deny,
             delegations: current.delegations.clone(),

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use crate::jwks::KeySources;
 use crate::policy::spec::{JwtPolicy, JwtPolicyStatus, SecretSpec};
 use crate::policy::{
-    CompileContext, CompileError, Conflict, HostDelegations, Policy, Problem, ProblemKind,
+    Claimant, CompileContext, CompileError, Conflict, HostDelegations, Policy, Problem, ProblemKind,
     SecretSource, SharedSnapshot, Snapshot, SnapshotSettings, compile,
 };
 
@@ -108,6 +108,8 @@ pub struct PolicyView {
     pub policy: Option<Arc<Policy>>,
     /// The status on the object as last seen.
     pub status: Option<JwtPolicyStatus>,
+    /// The hosts its spec names, which it holds even while it does not compile.
+    pub hosts: Vec<String>,
 }
 
 impl IndexView {
@@ -436,6 +438,11 @@ impl PolicyIndex {
                     conflict,
                     policy: state.compiled.clone(),
                     status: state.status.clone(),
+                    hosts: state
+                        .object
+                        .as_ref()
+                        .map(|o| o.spec.match_.hosts.clone())
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -445,16 +452,26 @@ impl PolicyIndex {
         }
     }
 
-    /// The snapshot of every serving policy, oldest first (the older keeps a contested route).
+    /// The snapshot of every serving policy, oldest first (the older keeps a contested route);
+    /// a policy that does not compile and has no last good version holds its hosts all the same.
     pub fn snapshot(&self) -> (Snapshot, Vec<Conflict>) {
-        let mut serving: Vec<(&str, &Arc<str>, Arc<Policy>)> = self
+        let mut claimants: Vec<(&str, &Arc<str>, Claimant)> = self
             .policies
             .iter()
-            .filter_map(|(id, s)| s.compiled.clone().map(|p| (s.created.as_str(), id, p)))
+            .filter_map(|(id, s)| {
+                let claimant = match (&s.compiled, &s.object) {
+                    (Some(policy), _) => Claimant::Serving(policy.clone()),
+                    (None, Some(object)) => {
+                        Claimant::failing(id.clone(), &object.spec.match_.hosts)
+                    }
+                    (None, None) => return None,
+                };
+                Some((s.created.as_str(), id, claimant))
+            })
             .collect();
-        serving.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        Snapshot::build(
-            serving.into_iter().map(|(_, _, p)| p).collect(),
+        claimants.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        Snapshot::build_claimants(
+            claimants.into_iter().map(|(_, _, c)| c).collect(),
             self.settings.clone(),
         )
     }

@@ -292,6 +292,7 @@ mod tests {
                 conflict: None,
                 policy: Some(policy),
                 status: None,
+                hosts: Vec::new(),
             }],
             delegations: crate::policy::HostDelegations::none(),
         }));

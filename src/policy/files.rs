@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::compile::{CompileContext, FileSecrets, Policy, compile, file_digest};
-use super::snapshot::{Conflict, SharedSnapshot, Snapshot, SnapshotSettings};
+use super::snapshot::{Claimant, Conflict, SharedSnapshot, Snapshot, SnapshotSettings};
 use super::spec::{API_VERSION, KIND, PolicyDocument};
 use crate::jwks::KeySources;
 
@@ -343,15 +343,34 @@ impl FileLoader {
             }
         }
 
-        // 4. Build the snapshot, oldest policies first.
-        let mut ordered: Vec<(u64, Arc<Policy>)> = self
+        // 4. Build the snapshot, oldest policies first. One that does not compile (and has no
+        // last good version) still holds its hosts.
+        let mut ordered: Vec<(u64, Claimant)> = self
             .policies
-            .values()
-            .filter_map(|e| e.compiled.clone().map(|p| (e.order, p)))
+            .iter()
+            .filter_map(|(id, e)| {
+                let claimant = match (&e.compiled, &e.failed) {
+                    (Some(policy), _) => Claimant::Serving(policy.clone()),
+                    (None, Some(failed)) => {
+                        let hosts: Vec<String> = failed["spec"]["match"]["hosts"]
+                            .as_array()
+                            .map(|hosts| {
+                                hosts
+                                    .iter()
+                                    .filter_map(|h| h.as_str().map(str::to_owned))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        Claimant::failing(id.clone(), &hosts)
+                    }
+                    (None, None) => return None,
+                };
+                Some((e.order, claimant))
+            })
             .collect();
         ordered.sort_by_key(|(order, _)| *order);
-        let (snapshot, conflicts) = Snapshot::build(
-            ordered.into_iter().map(|(_, p)| p).collect(),
+        let (snapshot, conflicts) = Snapshot::build_claimants(
+            ordered.into_iter().map(|(_, c)| c).collect(),
             self.settings.clone(),
         );
         report.policies = snapshot.len();

@@ -154,12 +154,132 @@ fn pick_route<'r, T>(
     routes.iter().find(matching)
 }
 
+/// A policy as the snapshot sees it: serving (compiled), or failing to compile with no last
+/// good version. A failing policy serves nothing, but it still holds the hosts it names, so a
+/// broken policy never hands its hosts to another namespace's wildcard or `*` (its requests are
+/// denied, `no_policy`, until it compiles), and every replica agrees whatever compiled where.
+#[derive(Clone, Debug)]
+pub enum Claimant {
+    Serving(Arc<Policy>),
+    Failing {
+        /// `namespace/name`.
+        id: Arc<str>,
+        /// The hosts its spec names (those that parse); `*` when it names none.
+        hosts: Vec<HostPattern>,
+    },
+}
+
+impl Claimant {
+    /// A failing policy's claim, from the host names of its spec.
+    pub fn failing(id: Arc<str>, hosts: &[String]) -> Claimant {
+        let mut parsed: Vec<HostPattern> = hosts
+            .iter()
+            .filter_map(|h| HostPattern::parse(h).ok())
+            .collect();
+        if hosts.is_empty() {
+            parsed.push(HostPattern::Any);
+        }
+        Claimant::Failing { id, hosts: parsed }
+    }
+}
+
+/// Who holds what while a snapshot is built.
+#[derive(Default)]
+struct Holdings {
+    claims: owners::Claims,
+    any_holder: Option<(Arc<str>, Arc<str>)>,
+}
+
+impl Holdings {
+    /// The first host of `hosts` that another namespace owns (or that is delegated away).
+    fn clash(
+        &self,
+        id: &Arc<str>,
+        namespace: &Arc<str>,
+        hosts: &[HostPattern],
+        delegations: &HostDelegations,
+    ) -> Option<Conflict> {
+        let conflict = |host: &HostPattern, holder: &Arc<str>, kind| Conflict {
+            policy: id.clone(),
+            holder: holder.clone(),
+            host: host.to_string(),
+            path: String::new(),
+            kind,
+        };
+        hosts.iter().find_map(|host| {
+            if *host == HostPattern::Any {
+                return self
+                    .any_holder
+                    .as_ref()
+                    .filter(|(ns, _)| ns != namespace)
+                    .map(|(_, holder)| conflict(host, holder, ConflictKind::Host));
+            }
+            let delegated = delegations.covering(host);
+            if let Some((_, owner)) = &delegated
+                && *owner != namespace
+            {
+                return Some(conflict(host, owner, ConflictKind::Delegated));
+            }
+            if delegated.is_some() {
+                return None;
+            }
+            self.claims
+                .overlapping(host)
+                .into_iter()
+                .find(|(other, ns, _)| {
+                    *ns != namespace
+                        && delegations
+                            .covering(other)
+                            .is_none_or(|(_, owner)| owner != *ns)
+                })
+                .map(|(_, _, holder)| conflict(host, holder, ConflictKind::Host))
+        })
+    }
+
+    /// Records `hosts` as held by `namespace` (through `id`).
+    fn hold(
+        &mut self,
+        snapshot: &mut Snapshot,
+        id: &Arc<str>,
+        namespace: &Arc<str>,
+        hosts: &[HostPattern],
+        delegations: &HostDelegations,
+    ) {
+        for host in hosts {
+            match host {
+                HostPattern::Any => {
+                    self.any_holder
+                        .get_or_insert_with(|| (namespace.clone(), id.clone()));
+                }
+                _ => {
+                    self.claims.insert(host, namespace, id);
+                    if delegations.covering(host).is_none() {
+                        snapshot.set_owner(host, namespace);
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Snapshot {
     /// Indexes `policies`, given oldest first, with the operator's host delegations. A policy
     /// naming a host another namespace owns, or a host+path+method an older policy of its
     /// namespace holds, is left out whole (reported as a [`Conflict`]).
     pub fn build(
         policies: Vec<Arc<Policy>>,
+        settings: impl Into<SnapshotSettings>,
+    ) -> (Snapshot, Vec<Conflict>) {
+        Self::build_claimants(
+            policies.into_iter().map(Claimant::Serving).collect(),
+            settings,
+        )
+    }
+
+    /// [`Self::build`] with the policies that fail to compile (and have no last good version)
+    /// among them, in age order: they hold their hosts, and serve nothing.
+    pub fn build_claimants(
+        claimants: Vec<Claimant>,
         settings: impl Into<SnapshotSettings>,
     ) -> (Snapshot, Vec<Conflict>) {
         let settings = settings.into();
@@ -171,11 +291,22 @@ impl Snapshot {
         for (pattern, namespace) in delegations.entries() {
             snapshot.set_owner(&pattern, namespace);
         }
-        // Accepted claims on hosts: (pattern, namespace, policy).
-        let mut claims = owners::Claims::default();
-        let mut any_holder: Option<(Arc<str>, Arc<str>)> = None;
+        let mut holdings = Holdings::default();
         let mut conflicts = Vec::new();
-        for policy in policies {
+        for claimant in claimants {
+            let policy = match claimant {
+                Claimant::Failing { id, hosts } => {
+                    let namespace: Arc<str> = id.split_once('/').map_or(&*id, |(ns, _)| ns).into();
+                    if holdings
+                        .clash(&id, &namespace, &hosts, delegations)
+                        .is_none()
+                    {
+                        holdings.hold(&mut snapshot, &id, &namespace, &hosts, delegations);
+                    }
+                    continue;
+                }
+                Claimant::Serving(policy) => policy,
+            };
             let namespace: Arc<str> = policy.namespace().into();
             let root = [PathPrefix::root()];
             let prefixes: &[PathPrefix] = if policy.paths.is_empty() {
@@ -183,40 +314,7 @@ impl Snapshot {
             } else {
                 &policy.paths
             };
-            let conflict = |host: &HostPattern, holder: &Arc<str>, kind| Conflict {
-                policy: policy.id.clone(),
-                holder: holder.clone(),
-                host: host.to_string(),
-                path: String::new(),
-                kind,
-            };
-            let host_clash = policy.hosts.iter().find_map(|host| {
-                if *host == HostPattern::Any {
-                    return any_holder
-                        .as_ref()
-                        .filter(|(ns, _)| *ns != namespace)
-                        .map(|(_, holder)| conflict(host, holder, ConflictKind::Host));
-                }
-                let delegated = delegations.covering(host);
-                if let Some((_, owner)) = &delegated
-                    && **owner != namespace
-                {
-                    return Some(conflict(host, owner, ConflictKind::Delegated));
-                }
-                if delegated.is_some() {
-                    return None;
-                }
-                claims
-                    .overlapping(host)
-                    .into_iter()
-                    .find(|(other, ns, _)| {
-                        **ns != namespace
-                            && delegations
-                                .covering(other)
-                                .is_none_or(|(_, owner)| owner != *ns)
-                    })
-                    .map(|(_, _, holder)| conflict(host, holder, ConflictKind::Host))
-            });
+            let host_clash = holdings.clash(&policy.id, &namespace, &policy.hosts, delegations);
             let clash = host_clash.or_else(|| {
                 policy.hosts.iter().find_map(|host| {
                     let bucket = snapshot.bucket(host)?;
@@ -225,8 +323,11 @@ impl Snapshot {
                             .iter()
                             .find(|r| r.prefix == *prefix && r.methods.overlaps(&policy.methods))
                             .map(|r| Conflict {
+                                policy: policy.id.clone(),
+                                holder: r.policy.id.clone(),
+                                host: host.to_string(),
                                 path: prefix.to_string(),
-                                ..conflict(host, &r.policy.id, ConflictKind::Route)
+                                kind: ConflictKind::Route,
                             })
                     })
                 })
@@ -235,18 +336,14 @@ impl Snapshot {
                 conflicts.push(conflict);
                 continue;
             }
+            holdings.hold(
+                &mut snapshot,
+                &policy.id,
+                &namespace,
+                &policy.hosts,
+                delegations,
+            );
             for host in &policy.hosts {
-                match host {
-                    HostPattern::Any => {
-                        any_holder.get_or_insert_with(|| (namespace.clone(), policy.id.clone()));
-                    }
-                    _ => {
-                        claims.insert(host, &namespace, &policy.id);
-                        if delegations.covering(host).is_none() {
-                            snapshot.set_owner(host, &namespace);
-                        }
-                    }
-                }
                 let bucket = match host {
                     HostPattern::Exact(h) => snapshot.exact.entry(h.clone()).or_default(),
                     HostPattern::Wildcard(s) => snapshot.wildcard.entry(s.clone()).or_default(),

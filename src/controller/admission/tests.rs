@@ -51,6 +51,7 @@ fn serving(created: &str) -> IndexView {
             conflict: None,
             policy: Some(policy),
             status: None,
+            hosts: Vec::new(),
         }],
         delegations: crate::policy::HostDelegations::none(),
     }

@@ -49,6 +49,7 @@ fn view(error: Option<CompileError>) -> IndexView {
             conflict: None,
             policy: Some(mk_policy("orders", "")),
             status: None,
+            hosts: Vec::new(),
         }],
         delegations: crate::policy::HostDelegations::none(),
     }

@@ -17,6 +17,7 @@ fn view(generation: i64, serving: Option<i64>) -> PolicyView {
         conflict: None,
         policy: serving.map(|_| mk_policy("orders", "")),
         status: None,
+        hosts: Vec::new(),
     }
 }
 

@@ -257,3 +257,47 @@ fn an_operator_delegates_hosts_to_namespaces() {
         assert_eq!(selected(&snapshot, host, path, "GET"), want, "{host}{path}");
     }
 }
+
+/// A policy that does not compile (and never did) serves nothing, but keeps its hosts: they
+/// are not handed to another namespace's wildcard or `*` meanwhile, so its requests are denied
+/// rather than judged by someone else's policy.
+#[test]
+fn a_failing_policy_still_holds_its_hosts() {
+    let broken = Claimant::failing("shop/orders".into(), &["api.example.com".to_string()]);
+    let catch_all = in_namespace(
+        "other-team",
+        "all",
+        "{match: {hosts: ['*']}, rules: [{allowAnonymous: true}]}",
+    );
+    let squatter = in_namespace(
+        "other-team",
+        "squatter",
+        "{match: {hosts: [api.example.com]}, rules: [{allowAnonymous: true}]}",
+    );
+    let (snapshot, conflicts) = Snapshot::build_claimants(
+        vec![
+            broken,
+            Claimant::Serving(catch_all),
+            Claimant::Serving(squatter),
+        ],
+        DefaultAction::Deny,
+    );
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(&*conflicts[0].policy, "other-team/squatter");
+    assert_eq!(&*conflicts[0].holder, "shop/orders");
+    assert_eq!(selected(&snapshot, "api.example.com", "/", "GET"), None);
+    assert_eq!(
+        selected(&snapshot, "elsewhere.example.org", "/", "GET"),
+        Some("other-team/all")
+    );
+    // A failing policy without hosts holds `*` for its namespace.
+    let (snapshot, conflicts) = Snapshot::build_claimants(
+        vec![
+            Claimant::failing("shop/all".into(), &[]),
+            Claimant::Serving(in_namespace("other-team", "all", "{match: {hosts: ['*']}}")),
+        ],
+        DefaultAction::Deny,
+    );
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(selected(&snapshot, "any.example.org", "/", "GET"), None);
+}
