@@ -1408,7 +1408,13 @@ pub mod model {
         let text = String::from_utf8_lossy(name);
         text.trim()
             .bytes()
-            .map(|b| if matches!(b, b' ' | b'.' | b'[') { b'_' } else { b })
+            .map(|b| {
+                if matches!(b, b' ' | b'.' | b'[') {
+                    b'_'
+                } else {
+                    b
+                }
+            })
             .collect()
     }
 

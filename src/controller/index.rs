@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, watch};
 use crate::jwks::KeySources;
 use crate::policy::spec::{JwtPolicy, JwtPolicyStatus, SecretSpec};
 use crate::policy::{
-    Claimant, CompileContext, CompileError, Conflict, HostDelegations, Policy, Problem, ProblemKind,
-    SecretSource, SharedSnapshot, Snapshot, SnapshotSettings, compile,
+    Claimant, CompileContext, CompileError, Conflict, HostDelegations, Policy, Problem,
+    ProblemKind, SecretSource, SharedSnapshot, Snapshot, SnapshotSettings, compile,
 };
 
 /// Which namespace a policy watch covers (`None`: all namespaces).

@@ -32,11 +32,29 @@ pub const DELEGATIONS_API_VERSION: &str = "tollgate.dev/v1alpha1";
 /// `kind` of a delegation file.
 pub const DELEGATIONS_KIND: &str = "HostDelegations";
 
+/// Which hosts a namespace may claim without a delegation (`undelegatedHosts`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum Undelegated {
+    /// Any host, wildcard or `*`: the oldest policy naming it owns it (the default; fits a
+    /// cluster whose policy authors trust each other).
+    #[default]
+    OldestClaim,
+    /// Exact hosts by the oldest claim; a wildcard or `*` only when delegated (a tenant cannot
+    /// take every future subdomain or every unowned host).
+    ExactHostsOnly,
+    /// Nothing: every host a policy names must be delegated to its namespace.
+    Refused,
+}
+
 /// Hosts a cluster operator has given to namespaces.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostDelegations {
     exact: HashMap<String, Arc<str>>,
     wildcard: HashMap<String, Arc<str>>,
+    /// The namespace `*` is delegated to, if any.
+    any: Option<Arc<str>>,
+    /// What may be claimed without a delegation.
+    pub undelegated: Undelegated,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +62,8 @@ pub struct HostDelegations {
 struct DelegationsDocument {
     api_version: String,
     kind: String,
+    #[serde(default)]
+    undelegated_hosts: Undelegated,
     #[serde(default)]
     delegations: Vec<DelegationEntry>,
 }
@@ -173,7 +193,10 @@ impl HostDelegations {
                 doc.kind
             );
         }
-        let mut out = HostDelegations::default();
+        let mut out = HostDelegations {
+            undelegated: doc.undelegated_hosts,
+            ..HostDelegations::default()
+        };
         for (i, entry) in doc.delegations.iter().enumerate() {
             let field = format!("delegations[{i}]");
             let namespace = entry.namespace.trim();
@@ -192,9 +215,15 @@ impl HostDelegations {
                 let slot = match &pattern {
                     HostPattern::Exact(h) => out.exact.entry(h.clone()),
                     HostPattern::Wildcard(s) => out.wildcard.entry(s.clone()),
-                    HostPattern::Any => anyhow::bail!(
-                        "{field}.hosts[{j}]: \"*\" cannot be delegated; name hosts or wildcards like *.example.com"
-                    ),
+                    HostPattern::Any => {
+                        match &out.any {
+                            Some(taken) if *taken != namespace => anyhow::bail!(
+                                "{field}.hosts[{j}]: \"*\" is already delegated to namespace {taken}"
+                            ),
+                            _ => out.any = Some(namespace.clone()),
+                        }
+                        continue;
+                    }
                 };
                 match slot {
                     std::collections::hash_map::Entry::Occupied(taken)
@@ -216,7 +245,21 @@ impl HostDelegations {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.wildcard.is_empty()
+        self.exact.is_empty() && self.wildcard.is_empty() && self.any.is_none()
+    }
+
+    /// The namespace `*` (the hosts nobody owns) is delegated to.
+    pub fn any(&self) -> Option<&Arc<str>> {
+        self.any.as_ref()
+    }
+
+    /// Whether a policy may claim `pattern` without a delegation covering it.
+    pub fn claimable_undelegated(&self, pattern: &HostPattern) -> bool {
+        match self.undelegated {
+            Undelegated::OldestClaim => true,
+            Undelegated::ExactHostsOnly => matches!(pattern, HostPattern::Exact(_)),
+            Undelegated::Refused => false,
+        }
     }
 
     /// The delegation covering `pattern` most specifically: (the delegated pattern, namespace).
@@ -363,8 +406,12 @@ mod tests {
                 "expected apiVersion",
             ),
             (
-                "apiVersion: tollgate.dev/v1alpha1\nkind: HostDelegations\ndelegations: [{namespace: a, hosts: ['*']}]\n",
-                "cannot be delegated",
+                "apiVersion: tollgate.dev/v1alpha1\nkind: HostDelegations\ndelegations: [{namespace: a, hosts: ['*']}, {namespace: b, hosts: ['*']}]\n",
+                "\"*\" is already delegated to namespace a",
+            ),
+            (
+                "apiVersion: tollgate.dev/v1alpha1\nkind: HostDelegations\nundelegatedHosts: Sometimes\n",
+                "undelegatedHosts",
             ),
             (
                 "apiVersion: tollgate.dev/v1alpha1\nkind: HostDelegations\ndelegations: [{namespace: a, hosts: [h]}, {namespace: b, hosts: [H]}]\n",

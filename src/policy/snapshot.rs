@@ -64,6 +64,9 @@ pub enum ConflictKind {
     Host,
     /// A cluster operator delegated the host to another namespace.
     Delegated,
+    /// The host is delegated to nobody, and the operator's delegations allow no undelegated
+    /// claim of its kind (`undelegatedHosts`).
+    NotDelegated,
 }
 
 /// A policy left out of the snapshot because another one holds what it claims.
@@ -101,6 +104,11 @@ impl std::fmt::Display for Conflict {
             ConflictKind::Delegated => write!(
                 f,
                 "host {} is delegated to namespace {} by the cluster operator (--host-delegations); a host belongs to one namespace",
+                self.host, self.holder
+            ),
+            ConflictKind::NotDelegated => write!(
+                f,
+                "host {} is not delegated to namespace {}, and the cluster operator's host delegations (undelegatedHosts) allow no such claim without one",
                 self.host, self.holder
             ),
         }
@@ -208,11 +216,20 @@ impl Holdings {
         };
         hosts.iter().find_map(|host| {
             if *host == HostPattern::Any {
-                return self
-                    .any_holder
-                    .as_ref()
-                    .filter(|(ns, _)| ns != namespace)
-                    .map(|(_, holder)| conflict(host, holder, ConflictKind::Host));
+                return match delegations.any() {
+                    Some(owner) if owner != namespace => {
+                        Some(conflict(host, owner, ConflictKind::Delegated))
+                    }
+                    Some(_) => None,
+                    None if !delegations.claimable_undelegated(host) => {
+                        Some(conflict(host, namespace, ConflictKind::NotDelegated))
+                    }
+                    None => self
+                        .any_holder
+                        .as_ref()
+                        .filter(|(ns, _)| ns != namespace)
+                        .map(|(_, holder)| conflict(host, holder, ConflictKind::Host)),
+                };
             }
             let delegated = delegations.covering(host);
             if let Some((_, owner)) = &delegated
@@ -222,6 +239,9 @@ impl Holdings {
             }
             if delegated.is_some() {
                 return None;
+            }
+            if !delegations.claimable_undelegated(host) {
+                return Some(conflict(host, namespace, ConflictKind::NotDelegated));
             }
             self.claims
                 .overlapping(host)

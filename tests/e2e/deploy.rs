@@ -735,10 +735,50 @@ fn host_delegations_render_mount_and_roll(tools: &Tools, chart: &str) {
             "t",
             chart,
             "--set-json",
-            r#"hostDelegations=[{"namespace":"shop","hosts":["*"]}]"#,
+            r#"hostDelegations=[{"namespace":"shop","hosts":["**"]}]"#,
         ])
-        .expect_err("* cannot be delegated");
+        .expect_err("** is no host");
     assert!(star.contains("at '/hostDelegations/0/hosts/0'"), "{star}");
+    let mode = tools
+        .helm(&[
+            "template",
+            "t",
+            chart,
+            "--set",
+            "undelegatedHosts=Sometimes",
+        ])
+        .expect_err("no such mode");
+    assert!(mode.contains("undelegatedHosts"), "{mode}");
+    // A stricter mode alone renders the file too, and `*` may be delegated.
+    let strict = tools
+        .helm(&[
+            "template",
+            "t",
+            chart,
+            "--set",
+            "undelegatedHosts=ExactHostsOnly",
+            "--set-json",
+            r#"hostDelegations=[{"namespace":"platform","hosts":["*"]}]"#,
+        ])
+        .expect("strict renders");
+    let document = strict
+        .split("delegations.yaml: |")
+        .nth(1)
+        .map(|rest| {
+            rest.lines()
+                .skip(1)
+                .take_while(|l| l.starts_with("    "))
+                .map(|l| &l[4..])
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .expect("the delegations document");
+    let parsed = tollgate::policy::HostDelegations::parse(&document).expect("tollgate reads it");
+    assert_eq!(
+        parsed.undelegated,
+        tollgate::policy::owners::Undelegated::ExactHostsOnly
+    );
+    assert_eq!(parsed.any().map(|n| &**n), Some("platform"));
     let twice = tools
         .helm(&[
             "template",

@@ -301,3 +301,54 @@ fn a_failing_policy_still_holds_its_hosts() {
     assert_eq!(conflicts.len(), 1);
     assert_eq!(selected(&snapshot, "any.example.org", "/", "GET"), None);
 }
+
+/// In a cluster whose tenants do not trust each other, the operator decides what may be claimed
+/// without a delegation: nobody takes every future subdomain, or every unowned host, first.
+#[test]
+fn delegations_can_require_a_delegation_for_wildcards_or_for_everything() {
+    let exact_only = "apiVersion: tollgate.dev/v1alpha1\nkind: HostDelegations\nundelegatedHosts: ExactHostsOnly\n\
+                      delegations:\n- {namespace: platform, hosts: ['*', '*.example.com']}\n";
+    let early_wildcard = in_namespace("tenant-a", "wild", "{match: {hosts: ['*.example.org']}}");
+    let early_star = in_namespace("tenant-a", "all", "{match: {hosts: ['*']}}");
+    let exact = in_namespace("tenant-b", "api", "{match: {hosts: [api.example.org]}}");
+    let platform = in_namespace("platform", "all", "{match: {hosts: ['*']}}");
+    let (snapshot, conflicts) = build_with(
+        &[&early_wildcard, &early_star, &exact, &platform],
+        exact_only,
+    );
+    let left_out: Vec<(&str, ConflictKind)> =
+        conflicts.iter().map(|c| (&*c.policy, c.kind)).collect();
+    assert_eq!(
+        left_out,
+        [
+            ("tenant-a/wild", ConflictKind::NotDelegated),
+            ("tenant-a/all", ConflictKind::Delegated)
+        ]
+    );
+    assert!(
+        conflicts[0].to_string().contains("undelegatedHosts"),
+        "{}",
+        conflicts[0]
+    );
+    assert_eq!(
+        selected(&snapshot, "api.example.org", "/", "GET"),
+        Some("tenant-b/api")
+    );
+    assert_eq!(
+        selected(&snapshot, "x.example.org", "/", "GET"),
+        Some("platform/all")
+    );
+
+    // Refused: every host must be delegated.
+    let strict = "apiVersion: tollgate.dev/v1alpha1\nkind: HostDelegations\nundelegatedHosts: Refused\n\
+                  delegations:\n- {namespace: tenant-b, hosts: [api.example.org]}\n";
+    let other = in_namespace("tenant-b", "other", "{match: {hosts: [other.example.org]}}");
+    let (snapshot, conflicts) = build_with(&[&exact, &other], strict);
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(&*conflicts[0].policy, "tenant-b/other");
+    assert_eq!(conflicts[0].kind, ConflictKind::NotDelegated);
+    assert_eq!(
+        selected(&snapshot, "api.example.org", "/", "GET"),
+        Some("tenant-b/api")
+    );
+}

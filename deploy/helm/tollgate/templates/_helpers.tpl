@@ -30,6 +30,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "tollgate.hostDelegations" -}}
 apiVersion: tollgate.dev/v1alpha1
 kind: HostDelegations
+undelegatedHosts: {{ .Values.undelegatedHosts | default "OldestClaim" }}
 delegations:
 {{- range .Values.hostDelegations }}
 - namespace: {{ .namespace | toJson }}
@@ -39,6 +40,11 @@ delegations:
   {{- end }}
 {{- end }}
 {{ end -}}
+
+{{- /* Whether tollgate gets a delegations file: delegations, or a stricter undelegatedHosts. */ -}}
+{{- define "tollgate.hasHostDelegations" -}}
+{{- if or .Values.hostDelegations (ne (.Values.undelegatedHosts | default "OldestClaim") "OldestClaim") -}}true{{- end -}}
+{{- end -}}
 
 {{- define "tollgate.hostDelegationsPath" -}}
 /etc/tollgate/host-delegations/delegations.yaml
