@@ -1,7 +1,8 @@
 //! The forward-auth listener: HTTP/1.1 connections with bounds a proxy never hits and a slow
-//! client always does. Only HTTP/1.1: the proxies that call it (nginx, Traefik, Envoy's HTTP
-//! ext_authz) speak it, and HTTP/2 (h2c) has no equivalent of the header timeout below, so an
-//! h2c connection preface is answered as a malformed HTTP/1 request and the connection closed. A request head must arrive within the header timeout (default
+//! client always does. Only HTTP/1.1: the proxies that call it (nginx, Traefik) speak it, and
+//! HTTP/2 (h2c) has no equivalent of the header timeout below, so an h2c connection preface is
+//! answered as a malformed HTTP/1 request and the connection closed. A request head must arrive
+//! within the header timeout (default
 //! [`HEADER_READ_TIMEOUT`]; a client trickling bytes cannot hold a connection open), it is
 //! limited in size (hyper answers 431 past it), and on shutdown every connection finishes its
 //! request and closes.
