@@ -1283,6 +1283,36 @@ pub mod model {
         Some(best.map(|(i, _)| i))
     }
 
+    /// A host a proxy routes one way only: a DNS-ish name or a bracketed IPv6 literal, with an
+    /// optional port of 1 to 5 digits (nginx and Go route `api.example.com:abc` to
+    /// `api.example.com`). Empty is readable (and matches no host).
+    fn host_readable(raw: &str) -> bool {
+        let digits =
+            |port: &str| (1..=5).contains(&port.len()) && port.bytes().all(|b| b.is_ascii_digit());
+        if raw.is_empty() {
+            return true;
+        }
+        if let Some(rest) = raw.strip_prefix('[') {
+            let Some(end) = rest.find(']') else {
+                return false;
+            };
+            let (inside, after) = (&rest[..end], &rest[end + 1..]);
+            let literal = !inside.is_empty()
+                && inside
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            return literal && (after.is_empty() || after.strip_prefix(':').is_some_and(digits));
+        }
+        let (name, port) = match raw.find(':') {
+            Some(at) => (&raw[..at], Some(&raw[at + 1..])),
+            None => (raw, None),
+        };
+        let name_ok = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        name_ok && port.is_none_or(|p| !name.is_empty() && digits(p))
+    }
+
     /// The request's host is the policy's: any letter case, any port, a trailing dot.
     fn host_is_ours(raw: &str) -> bool {
         let host = raw.trim();
@@ -1812,6 +1842,13 @@ pub mod model {
             path: None,
             token: None,
         };
+        if !host_readable(host) {
+            out.verdict = deny(
+                "the host is not a host name with a numeric port",
+                Some(Reason::RequestMalformed),
+            );
+            return out;
+        }
         let path = match read_path(target) {
             Ok(path) => path,
             Err(class) => {
