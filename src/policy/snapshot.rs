@@ -62,6 +62,9 @@ pub enum ConflictKind {
     Route,
     /// The host (or a wildcard overlapping it) belongs to another namespace.
     Host,
+    /// The host belongs to another namespace through a policy that does not compile: it holds
+    /// the host (denied) until it compiles.
+    HostOfFailing,
     /// A cluster operator delegated the host to another namespace.
     Delegated,
     /// The host is delegated to nobody, and the operator's delegations allow no undelegated
@@ -98,6 +101,17 @@ impl std::fmt::Display for Conflict {
                 write!(
                     f,
                     "host {} belongs to namespace {namespace} ({} is the oldest policy naming it); a host belongs to one namespace: choose other hosts, or ask a cluster operator to delegate it (--host-delegations)",
+                    self.host, self.holder
+                )
+            }
+            ConflictKind::HostOfFailing => {
+                let namespace = self
+                    .holder
+                    .split_once('/')
+                    .map_or(&*self.holder, |(ns, _)| ns);
+                write!(
+                    f,
+                    "host {} belongs to namespace {namespace}: {} is the oldest policy naming it, and it does not compile, so it holds the host (its requests are denied) until it does; fix it, or ask a cluster operator to delegate the host (--host-delegations)",
                     self.host, self.holder
                 )
             }
@@ -313,9 +327,11 @@ impl Snapshot {
         }
         let mut holdings = Holdings::default();
         let mut conflicts = Vec::new();
+        let mut failing: HashSet<Arc<str>> = HashSet::new();
         for claimant in claimants {
             let policy = match claimant {
                 Claimant::Failing { id, hosts } => {
+                    failing.insert(id.clone());
                     let namespace: Arc<str> = id.split_once('/').map_or(&*id, |(ns, _)| ns).into();
                     if holdings
                         .clash(&id, &namespace, &hosts, delegations)
@@ -352,7 +368,10 @@ impl Snapshot {
                     })
                 })
             });
-            if let Some(conflict) = clash {
+            if let Some(mut conflict) = clash {
+                if conflict.kind == ConflictKind::Host && failing.contains(&conflict.holder) {
+                    conflict.kind = ConflictKind::HostOfFailing;
+                }
                 conflicts.push(conflict);
                 continue;
             }

@@ -79,7 +79,7 @@ fn check_policy_reports_every_problem_with_its_field() {
         "ok: 1 policies (shop/good)\n"
     );
 
-    let bad = "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nmetadata: {name: bad}\nspec:\n  issuers: [{issuer: 'https://idp/', jwksUri: 'http://idp/keys', algorithms: [none]}]\n  clockSkew: 2h\n";
+    let bad = "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nmetadata: {name: bad}\nspec:\n  match: {hosts: [bad.example.com]}\n  issuers: [{issuer: 'https://idp/', jwksUri: 'http://idp/keys', algorithms: [none]}]\n  clockSkew: 2h\n";
     write_policy(dir.path(), "bad.yaml", bad);
     write_policy(
         dir.path(),

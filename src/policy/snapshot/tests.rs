@@ -285,6 +285,8 @@ fn a_failing_policy_still_holds_its_hosts() {
     assert_eq!(conflicts.len(), 1);
     assert_eq!(&*conflicts[0].policy, "other-team/squatter");
     assert_eq!(&*conflicts[0].holder, "shop/orders");
+    assert_eq!(conflicts[0].kind, ConflictKind::HostOfFailing);
+    assert!(conflicts[0].to_string().contains("does not compile"));
     assert_eq!(selected(&snapshot, "api.example.com", "/", "GET"), None);
     assert_eq!(
         selected(&snapshot, "elsewhere.example.org", "/", "GET"),
