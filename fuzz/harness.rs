@@ -1449,11 +1449,23 @@ pub mod model {
     }
 
     fn method_override(headers: &Headers<'_>, target: &str, method: &str) -> Override {
-        let mut values: Vec<String> = OVERRIDE_HEADERS
-            .iter()
-            .filter_map(|name| headers.get(name))
-            .map(|value| value.trim().to_string())
-            .collect();
+        // Names in any letter case; a name given twice (two lines, or two spellings) is refused.
+        let entries: Vec<(&str, &str)> = match headers {
+            Headers::Map(map) => map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            Headers::List(list) => list.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+        };
+        let mut values: Vec<String> = Vec::new();
+        for name in OVERRIDE_HEADERS {
+            let found: Vec<&str> = entries
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+                .collect();
+            if found.len() > 1 {
+                return Override::Refused(format!("{name} given twice"));
+            }
+            values.extend(found.iter().map(|v| v.trim().to_string()));
+        }
         let params = target.split_once('?').map_or("", |(_, q)| q);
         for pair in params.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));

@@ -279,17 +279,26 @@ fn method_override<'r>(request: &Request<'r>) -> Result<Option<String>, String> 
             }
         }
     };
-    // One pass over the headers (most requests carry none of these).
+    // One pass over the headers (most requests carry none of these); names in any letter case,
+    // and one sent twice is refused (frameworks would read "DELETE, PATCH" or either one).
     let mut header_result = Ok(());
+    let mut seen = [false; METHOD_OVERRIDES.len()];
     request.headers.for_each(|name, value| {
         if header_result.is_ok()
             && name.len() >= 13
             && name.as_bytes()[0].eq_ignore_ascii_case(&b'x')
-            && let Some(known) = METHOD_OVERRIDES
+            && let Some(at) = METHOD_OVERRIDES
                 .iter()
-                .find(|known| name.eq_ignore_ascii_case(known))
+                .position(|known| name.eq_ignore_ascii_case(known))
         {
-            header_result = consider(value, known);
+            header_result = if std::mem::replace(&mut seen[at], true) {
+                Err(format!(
+                    "the {} header is sent more than once",
+                    METHOD_OVERRIDES[at]
+                ))
+            } else {
+                consider(value, METHOD_OVERRIDES[at])
+            };
         }
     });
     header_result?;

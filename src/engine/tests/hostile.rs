@@ -653,6 +653,16 @@ async fn methods_are_judged_as_the_upstream_runs_them() {
             "{query}"
         );
     }
+    // In another letter case, the same header; twice, refused.
+    let r = req("/orders/public/1")
+        .method("GET")
+        .header("X-HTTP-Method-Override", "DELETE");
+    assert_eq!(reason(&decide(&s, &r).await), Reason::TokenMissing);
+    let r = req("/orders/public/1")
+        .method("GET")
+        .header("x-http-method-override", "DELETE")
+        .header("X-Http-Method-Override", "DELETE");
+    assert_eq!(reason(&decide(&s, &r).await), Reason::RequestMalformed);
     // Overrides that disagree, or name no method: refused.
     for (header, query) in [
         ("PATCH", "?_method=DELETE"),
