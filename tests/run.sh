@@ -96,6 +96,16 @@ traefik_bin=$(bash tests/peers/go-build.sh tests/peers/traefik github.com/traefi
 echo "traefik $(grep -m1 -o 'traefik/v3 v[^ ]*' tests/peers/traefik/go.mod): $traefik_bin"
 export TOLLGATE_TRAEFIK="$traefik_bin"
 
+# kube-apiserver and etcd: built from their Go modules (tests/kube: go.mod and go.sum only) into
+# the cache, once per go.sum; the tests run a real control plane with them (tests/e2e/cluster.rs).
+kube_version=$(grep -m1 -o 'k8s.io/kubernetes v[^ ]*' tests/kube/go.mod | cut -d' ' -f2)
+apiserver_bin=$(GO_BUILD_LDFLAGS="-X k8s.io/component-base/version.gitVersion=$kube_version -X k8s.io/component-base/version.gitMajor=$(echo "$kube_version" | cut -d. -f1 | tr -d v) -X k8s.io/component-base/version.gitMinor=$(echo "$kube_version" | cut -d. -f2) -X k8s.io/component-base/version.gitTreeState=clean" \
+  bash tests/peers/go-build.sh tests/kube k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver | tail -1)
+etcd_bin=$(bash tests/peers/go-build.sh tests/kube go.etcd.io/etcd/server/v3 etcd | tail -1)
+"$apiserver_bin" --version
+"$etcd_bin" --version | sed -n 1p
+export TOLLGATE_KUBE_APISERVER="$apiserver_bin" TOLLGATE_ETCD="$etcd_bin"
+
 
 echo "== format, lints"
 cargo fmt --check

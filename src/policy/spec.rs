@@ -173,7 +173,11 @@ pub struct AzureAdSpec {
     pub versions: Vec<AzureVersion>,
     /// The API's Application ID URI (`api://…`) and/or client id. Required.
     #[serde(default)]
-    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 1024)))]
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(length(min = 1, max = 1024)),
+        transform = no_default
+    )]
     pub audiences: Vec<String>,
     /// Applications allowed to call (`appid` of v1 tokens, `azp` of v2). Default: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -392,7 +396,11 @@ pub struct IssuerSpec {
     pub shared_secret: Option<SecretSpec>,
     /// Accepted `aud` values; a token must name at least one. Required.
     #[serde(default)]
-    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 1024)))]
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(length(min = 1, max = 1024)),
+        transform = no_default
+    )]
     pub audiences: Vec<String>,
     /// Allowed signature algorithms. Default: every asymmetric algorithm that fits the key
     /// (HS* only with `sharedSecret`). `none` is never accepted.
@@ -687,7 +695,7 @@ pub struct IntrospectionCacheSpec {
     pub negative_ttl: Option<String>,
     /// Most cached answers (default 100000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 10000000))]
+    #[schemars(range(min = 1, max = 10000000), transform = kubernetes_int64)]
     pub max_entries: Option<u64>,
 }
 
@@ -697,7 +705,7 @@ pub struct IntrospectionCacheSpec {
 pub struct DenySpec {
     /// Status for token failures (default 401, 400–499). Failed `rules` answer 403.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 400, max = 499))]
+    #[schemars(range(min = 400, max = 499), transform = kubernetes_int32)]
     pub status: Option<u16>,
     /// Human message in the JSON body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -721,6 +729,23 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
 
 /// Where `crdgen` writes the CRD, relative to the repository root.
 pub const CRD_FILE: &str = "crds/jwtpolicies.tollgate.dev.yaml";
+
+/// Drops the `default` schemars derives from `#[serde(default)]`: a required list defaults to
+/// empty in Rust (so that its absence gets the compiler's message), but the API server refuses a
+/// CRD whose default breaks the field's own `minItems`.
+fn no_default(schema: &mut Schema) {
+    schema.remove("default");
+}
+
+/// Kubernetes knows the integer formats `int32` and `int64` only (the API server warns about
+/// schemars' `uint16`/`uint64`); the ranges stay in `minimum`/`maximum`.
+fn kubernetes_int32(schema: &mut Schema) {
+    schema.insert("format".into(), "int32".into());
+}
+
+fn kubernetes_int64(schema: &mut Schema) {
+    schema.insert("format".into(), "int64".into());
+}
 
 fn jwk_list_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({

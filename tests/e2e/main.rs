@@ -3,6 +3,7 @@
 
 mod apiserver;
 mod cli;
+mod cluster;
 mod deploy;
 mod drain;
 mod encrypted;
@@ -14,6 +15,7 @@ mod kubernetes;
 mod mtls;
 mod nginx;
 mod paths;
+mod replicas;
 mod serve;
 mod support;
 mod traefik;
