@@ -149,15 +149,18 @@ pub async fn run(
         delegations: config.delegations.clone(),
     };
     let mut webhook = None;
+    let mut farewell = None;
     let watch = match (&config.source, kube_client) {
         (PolicySource::Kubernetes(options), Some(client)) => {
-            let (index, views) = controller::watch::spawn_kubernetes(
+            let ((index, views), goodbye) = controller::watch::spawn_kubernetes(
                 client,
                 options,
                 sources.clone(),
                 settings.clone(),
                 shared.clone(),
+                stop_rx.clone(),
             );
+            farewell = Some(goodbye);
             spawn_policy_gauges(metrics.clone(), views.clone());
             if let Some(webhook_config) = config.webhook.clone() {
                 webhook = Some(
@@ -272,6 +275,10 @@ pub async fn run(
         }
     };
     watch.abort();
+    if let Some(farewell) = farewell {
+        // The status Lease is released and the heartbeat marked as ending (bounded waits).
+        let _ = tokio::time::timeout(Duration::from_secs(5), farewell).await;
+    }
     grpc_result.context("gRPC server")?;
     admin_result.context("admin server")?;
     tracing::info!("stopped");

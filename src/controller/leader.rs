@@ -26,14 +26,20 @@ pub const FIELD_MANAGER: &str = "tollgate";
 /// Status is recomputed at least this often (key refresh results change over time).
 pub const RESYNC: Duration = Duration::from_secs(10);
 
+/// How long a stopping replica waits for the API server to take its status Lease back.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Starts the status writer of this replica; it writes only while this replica holds the Lease.
 pub fn spawn_status_writer(
     client: Client,
     identity: Identity,
     mut views: watch::Receiver<Arc<IndexView>>,
     mut replicas: watch::Receiver<Vec<ReplicaReport>>,
-) {
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let stopped = super::watch::stopped(stop);
+        tokio::pin!(stopped);
         let manager = loop {
             let built = LeaseManagerBuilder::new(client.clone(), identity.status_lease_name())
                 .with_namespace(identity.namespace.clone())
@@ -46,11 +52,14 @@ pub fn spawn_status_writer(
                 Ok(manager) => break manager,
                 Err(error) => {
                     tracing::warn!(%error, "cannot set up the status Lease; retrying");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        () = &mut stopped => return,
+                    }
                 }
             }
         };
-        let (mut leader, _lease_task) = manager.watch().await;
+        let (mut leader, lease_task) = manager.watch().await;
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -78,6 +87,29 @@ pub fn spawn_status_writer(
                     tracing::info!(leader = *leader.borrow(), "status Lease holder changed");
                 }
                 _ = ticker.tick() => {}
+                () = &mut stopped => {
+                    // Closing the channel makes the manager release the Lease if it holds it.
+                    let held = *leader.borrow();
+                    drop(leader);
+                    match tokio::time::timeout(RELEASE_TIMEOUT, lease_task).await {
+                        Ok(Ok(Ok(_))) => {
+                            if held {
+                                tracing::info!("released the status Lease");
+                            }
+                        }
+                        Ok(Ok(Err(error))) => {
+                            tracing::warn!(%error, "could not release the status Lease; it expires on its own")
+                        }
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "the status Lease task failed; the Lease expires on its own")
+                        }
+                        Err(_) => tracing::warn!(
+                            timeout = ?RELEASE_TIMEOUT,
+                            "releasing the status Lease timed out; it expires on its own"
+                        ),
+                    }
+                    return;
+                }
             }
             if !*leader.borrow() {
                 continue;
@@ -86,7 +118,7 @@ pub fn spawn_status_writer(
             let reports = replicas.borrow().clone();
             writer.sync(&view, &reports).await;
         }
-    });
+    })
 }
 
 struct StatusWriter {

@@ -104,13 +104,17 @@ pub fn spawn_heartbeat(
     client: Client,
     identity: Identity,
     mut views: watch::Receiver<Arc<IndexView>>,
-) {
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &identity.namespace);
         let name = identity.lease_name();
         let params = PatchParams::apply("tollgate-replica").force();
         let mut ticker = tokio::time::interval(identity.heartbeat);
-        let validity = (identity.heartbeat * 3).as_secs().max(1);
+        let mut validity = (identity.heartbeat * 3).as_secs().max(1);
+        let stopped = super::watch::stopped(stop);
+        tokio::pin!(stopped);
+        let mut ending = false;
         loop {
             let loaded = views.borrow_and_update().loaded();
             let lease = json!({
@@ -131,15 +135,35 @@ pub fn spawn_heartbeat(
                                         "leaseDurationSeconds": validity,
                 },
             });
-            if let Err(error) = api.patch(&name, &params, &Patch::Apply(&lease)).await {
-                tracing::warn!(lease = %name, %error, "could not renew the replica heartbeat Lease");
+            let written = tokio::time::timeout(
+                identity.heartbeat.max(Duration::from_secs(1)),
+                api.patch(&name, &params, &Patch::Apply(&lease)),
+            )
+            .await;
+            match written {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(lease = %name, %error, "could not renew the replica heartbeat Lease")
+                }
+                Err(_) => {
+                    tracing::warn!(lease = %name, "renewing the replica heartbeat Lease timed out")
+                }
+            }
+            if ending {
+                return;
             }
             tokio::select! {
                 _ = ticker.tick() => {}
                 changed = views.changed() => if changed.is_err() { return },
+                () = &mut stopped => {
+                    // The last renewal expires at once: the count of replicas drops it now
+                    // rather than three heartbeats later (no `delete` permission needed).
+                    validity = 1;
+                    ending = true;
+                }
             }
         }
-    });
+    })
 }
 
 /// Follows every replica's heartbeat Lease of this instance.
@@ -229,7 +253,8 @@ mod tests {
             status_lease: Duration::from_secs(15),
         };
         let (views, view) = watch::channel(Arc::new(IndexView::default()));
-        spawn_heartbeat(client, identity, view);
+        let (_stop, stop) = watch::channel(false);
+        spawn_heartbeat(client, identity, view, stop);
         let mut expect = async |loaded: serde_json::Value| {
             let (request, send) =
                 tokio::time::timeout(Duration::from_secs(5), handle.next_request())

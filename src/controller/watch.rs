@@ -75,21 +75,40 @@ pub fn identity(client: &Client, options: &WatchOptions) -> Identity {
 
 /// Runs Kubernetes mode: the watches and index (snapshots into `shared`), this replica's
 /// heartbeat, and the status writer (active while this replica holds the status Lease).
+///
+/// When `stop` turns true the replica says goodbye: its heartbeat Lease is marked as ending
+/// (the `loaded N/M` count drops it at once) and the status Lease is released, so another
+/// replica writes status without waiting for the Lease to expire. The returned task ends when
+/// both are done.
 pub fn spawn_kubernetes(
     client: Client,
     options: &WatchOptions,
     key_sources: Arc<KeySources>,
     settings: SnapshotSettings,
     shared: Arc<SharedSnapshot>,
-) -> IndexHandle {
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (IndexHandle, tokio::task::JoinHandle<()>) {
     let identity = identity(&client, options);
     tracing::info!(replica = %identity.name, namespace = %identity.namespace, instance = %identity.instance,
         "Kubernetes mode");
     let (index, views) = spawn_controller(client.clone(), options, key_sources, settings, shared);
-    replicas::spawn_heartbeat(client.clone(), identity.clone(), views.clone());
+    let heartbeat = replicas::spawn_heartbeat(
+        client.clone(),
+        identity.clone(),
+        views.clone(),
+        stop.clone(),
+    );
     let reports = replicas::spawn_replica_watch(client.clone(), &identity);
-    leader::spawn_status_writer(client, identity, views.clone(), reports);
-    (index, views)
+    let writer = leader::spawn_status_writer(client, identity, views.clone(), reports, stop);
+    let goodbye = tokio::spawn(async move {
+        let _ = tokio::join!(heartbeat, writer);
+    });
+    ((index, views), goodbye)
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+pub async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Starts the watches and the index task that publishes snapshots into `shared`.

@@ -546,10 +546,10 @@ impl Cluster {
         use base64::Engine as _;
         let ca = base64::engine::general_purpose::STANDARD.encode(cert_pem);
         let patch = serde_json::json!([
-            {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
-            {"op": "add", "path": "/webhooks/0/clientConfig/url",
-             "value": format!("https://127.0.0.1:{port}/validate-jwtpolicy")},
-            {"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": ca},
+            {"op": "replace", "path": "/webhooks/0/clientConfig", "value": {
+                "url": format!("https://127.0.0.1:{port}/validate-jwtpolicy"),
+                "caBundle": ca,
+            }},
         ]);
         self.kubectl(&[
             "patch",

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tollgate::local_issuer::server::IdpServer;
 use tollgate::local_issuer::{SigningKey, jwks};
 
-use crate::cluster::Cluster;
+use crate::cluster::{ChartReplicas, Cluster};
 use crate::support::*;
 
 const RELEASE: &str = "tg";
@@ -54,11 +54,40 @@ async fn status_becomes(cluster: &Cluster, what: &str, check: impl Fn(&Value) ->
 }
 
 fn status_holder(cluster: &Cluster) -> Option<String> {
-    cluster
-        .get("lease", Some(NAMESPACE), &format!("{DEPLOYMENT}-status"))?["spec"]
-        ["holderIdentity"]
+    cluster.get(
+        "lease",
+        Some(NAMESPACE),
+        &format!("tollgate-{DEPLOYMENT}-status"),
+    )?["spec"]["holderIdentity"]
         .as_str()
         .map(str::to_owned)
+}
+
+/// The chart's Deployment as three local replicas (with short Lease timings, so failover is
+/// quick), and a policy namespace `shop`.
+async fn install(cluster: &Cluster) -> (ChartReplicas, Vec<Option<Tollgate>>) {
+    cluster.helm_install(RELEASE, NAMESPACE, &[]);
+    let mut chart = cluster.chart_replicas(NAMESPACE, DEPLOYMENT);
+    chart.args.extend(
+        ["--heartbeat-interval=1s", "--status-lease-duration=3s"]
+            .iter()
+            .map(|a| a.to_string()),
+    );
+    let replicas: Vec<Option<Tollgate>> = (0..3)
+        .map(|i| Some(chart.start(&format!("replica-{i}"))))
+        .collect();
+    cluster.kubectl(&["create", "namespace", "shop"]);
+    (chart, replicas)
+}
+
+fn secret(name: &str, key: &[u8]) -> String {
+    use base64::Engine as _;
+    serde_json::to_string(&json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": "shop"},
+        "data": {"key": base64::engine::general_purpose::STANDARD.encode(key)},
+    }))
+    .expect("json")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,41 +95,227 @@ async fn the_chart_installs_and_three_replicas_converge_as_its_service_account()
     let Some(cluster) = Cluster::start() else {
         return;
     };
-    cluster.helm_install(RELEASE, NAMESPACE, &[]);
-    let chart = cluster.chart_replicas(NAMESPACE, DEPLOYMENT);
+    let (chart, mut replicas) = install(&cluster).await;
+    let first = replicas[0].as_ref().expect("replica");
+    assert!(
+        first.webhook.is_some(),
+        "the chart's Deployment serves the webhook"
+    );
+    cluster.point_webhook_at(
+        DEPLOYMENT,
+        first.webhook.expect("webhook").port(),
+        chart.webhook_cert.as_deref().expect("webhook certificate"),
+    );
     let key = SigningKey::ec("k1", "ES256").expect("key");
     let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
         .await
         .expect("idp");
     let iss = idp.issuer();
-    let mut replicas: Vec<Option<Tollgate>> = (0..3)
-        .map(|i| Some(chart.start(&format!("replica-{i}"))))
-        .collect();
-    let webhook = replicas[0]
-        .as_ref()
-        .and_then(|r| r.webhook)
-        .expect("the chart's Deployment serves the webhook");
-    cluster.point_webhook_at(
-        DEPLOYMENT,
-        webhook.port(),
-        chart.webhook_cert.as_deref().expect("webhook certificate"),
-    );
-    cluster.kubectl(&["create", "namespace", "shop"]);
     cluster.apply(&policy("orders", spec(&iss, "api://v1")));
 
     let token = |aud: &str| key.mint(&claims(&iss, json!({"aud": aud}))).expect("mint");
-    let (v1, v2) = (token("api://v1"), token("api://v2"));
+    let (v1, v2, v3) = (token("api://v1"), token("api://v2"), token("api://v3"));
     for replica in replicas.iter().flatten() {
         assert!(eventually(Duration::from_secs(5), async || allowed(replica, &v1).await).await);
         assert!(!allowed(replica, &v2).await);
     }
     status_becomes(&cluster, "generation 1 on 3/3, Ready", |s| {
-        s["observedGeneration"] == 1 && s["loaded"] == "3/3"
+        s["observedGeneration"] == 1
+            && s["loaded"] == "3/3"
+            && s["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+    })
+    .await;
+
+    // Update: every replica enforces the new generation; status follows.
+    cluster.apply(&policy("orders", spec(&iss, "api://v2")));
+    let changed = Instant::now();
+    for replica in replicas.iter().flatten() {
+        assert!(
+            eventually(Duration::from_secs(5), async || allowed(replica, &v2).await
+                && !allowed(replica, &v1).await)
+            .await
+        );
+    }
+    eprintln!(
+        "3 replicas enforced generation 2 within {:?}",
+        changed.elapsed()
+    );
+    status_becomes(&cluster, "generation 2 on 3/3", |s| {
+        s["observedGeneration"] == 2 && s["loaded"] == "3/3"
     })
     .await;
     eprintln!(
-        "{}",
+        "kubectl get jwtpolicies -A -o wide (3 replicas):\n{}",
         cluster.kubectl(&["get", "jwtpolicies", "-A", "-o", "wide"])
     );
-    drop(replicas.pop());
+
+    // A Secret-backed issuer, then the Secret rotates.
+    let internal = "https://internal.example.com";
+    cluster.apply(&secret("hmac", &[1u8; 32]));
+    cluster.apply(&policy(
+        "internal",
+        json!({
+            "match": {"hosts": ["internal.example.com"]},
+            "issuers": [{"issuer": internal, "audiences": [AUDIENCE],
+                         "sharedSecret": {"secretRef": {"name": "hmac", "key": "key"}}}],
+        }),
+    ));
+    let hmac = |k: u8| {
+        SigningKey::hmac("h", "HS256", &[k; 32])
+            .mint(&claims(internal, json!({})))
+            .expect("mint")
+    };
+    let internal_allows = async |replica: &Tollgate, token: &str| {
+        outcome(&check_host(&replica.url(), "internal.example.com", Some(token)).await).0
+    };
+    for replica in replicas.iter().flatten() {
+        assert!(
+            eventually(Duration::from_secs(5), async || internal_allows(
+                replica,
+                &hmac(1)
+            )
+            .await)
+            .await
+        );
+    }
+    cluster.apply(&secret("hmac", &[2u8; 32]));
+    for replica in replicas.iter().flatten() {
+        assert!(
+            eventually(Duration::from_secs(5), async || internal_allows(
+                replica,
+                &hmac(2)
+            )
+            .await
+                && !internal_allows(replica, &hmac(1)).await)
+            .await,
+            "the rotated Secret applies on every replica"
+        );
+    }
+
+    // The API server calls the chart's webhook: a policy that compiles is admitted (above); one
+    // that does not is refused with the compiler's message.
+    let refused = cluster
+        .try_apply(&policy("squatter", spec(&iss, "api://v9")))
+        .expect_err("a second policy for the same host is refused");
+    assert!(
+        refused.contains("denied the request")
+            && refused.contains("HostConflict")
+            && refused.contains("shop/orders"),
+        "{refused}"
+    );
+
+    // The status writer dies (SIGKILL, no goodbye): another replica takes the Lease over.
+    let leader = status_holder(&cluster).expect("a replica holds the status Lease");
+    let index: usize = leader
+        .trim_start_matches("replica-")
+        .parse()
+        .expect("replica name");
+    drop(replicas[index].take());
+    let point_webhook = |replica: &Tollgate| {
+        cluster.point_webhook_at(
+            DEPLOYMENT,
+            replica.webhook.expect("webhook address").port(),
+            chart.webhook_cert.as_deref().expect("webhook certificate"),
+        )
+    };
+    point_webhook(replicas.iter().flatten().next().expect("a live replica"));
+    cluster.apply(&policy("orders", spec(&iss, "api://v3")));
+    for replica in replicas.iter().flatten() {
+        assert!(eventually(Duration::from_secs(5), async || allowed(replica, &v3).await).await);
+    }
+    status_becomes(&cluster, "generation 3 on the 2 live replicas", |s| {
+        s["observedGeneration"] == 3 && s["loaded"] == "2/2"
+    })
+    .await;
+    let successor = status_holder(&cluster).expect("a new holder");
+    assert_ne!(successor, leader, "the status Lease moved");
+    eprintln!(
+        "after {leader} was killed ({successor} writes status):\n{}",
+        cluster.kubectl(&["get", "jwtpolicies", "-A", "-o", "wide"])
+    );
+
+    // A graceful stop releases the Lease at once: the last replica holds it before the
+    // stopped holder's Lease would have expired.
+    let index: usize = successor
+        .trim_start_matches("replica-")
+        .parse()
+        .expect("replica name");
+    let stopped = Instant::now();
+    let holder = replicas[index].take().expect("holder");
+    let holder_logs = holder.logs.clone();
+    let status = holder.terminate();
+    assert!(status.success(), "{status}");
+    let goodbye = holder_logs.lock().expect("logs").join("\n");
+    assert!(
+        goodbye.contains("released the status Lease"),
+        "a graceful stop releases the status Lease:\n{goodbye}"
+    );
+    let last = replicas.iter().flatten().next().expect("one replica left");
+    let taken = eventually(Duration::from_secs(10), async || {
+        status_holder(&cluster).is_some_and(|h| h != successor)
+    })
+    .await;
+    assert!(
+        taken,
+        "the Lease was not taken over: {:?}",
+        status_holder(&cluster)
+    );
+    eprintln!(
+        "a graceful stop handed the status Lease over in {:?}",
+        stopped.elapsed()
+    );
+    status_becomes(&cluster, "generation 3 on the last replica", |s| {
+        s["observedGeneration"] == 3 && s["loaded"] == "1/1"
+    })
+    .await;
+
+    point_webhook(last);
+
+    // Deleted: stops matching on every replica.
+    cluster.kubectl(&["delete", "jwtpolicy", "orders", "-n", "shop"]);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            outcome(&check(&last.url(), "/", Some(&v3)).await).2 == "no_policy"
+        })
+        .await
+    );
+
+    // The webhook is down (the last replica stopped): the chart's failurePolicy (Fail) refuses.
+    let webhook = last.webhook.expect("webhook address");
+    replicas.clear();
+    let refused = cluster
+        .try_apply(&policy("orders", spec(&iss, "api://v4")))
+        .expect_err("failurePolicy: Fail refuses while the webhook is down");
+    assert!(refused.contains("failed calling webhook"), "{refused}");
+    // failurePolicy: Ignore (a helm upgrade) admits. The test's re-pointed clientConfig (url)
+    // would merge with the chart's (service) into an invalid object: the upgrade recreates it.
+    cluster.kubectl(&["delete", "validatingwebhookconfiguration", DEPLOYMENT]);
+    cluster
+        .helm(&[
+            "upgrade",
+            RELEASE,
+            &chart_path(),
+            "-n",
+            NAMESPACE,
+            "--reuse-values",
+            "--set",
+            "webhook.failurePolicy=Ignore",
+        ])
+        .expect("helm upgrade");
+    cluster.point_webhook_at(
+        DEPLOYMENT,
+        webhook.port(),
+        chart.webhook_cert.as_deref().expect("webhook certificate"),
+    );
+    cluster.apply(&policy("orders", spec(&iss, "api://v4")));
+}
+
+fn chart_path() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/helm/tollgate")
+        .display()
+        .to_string()
 }

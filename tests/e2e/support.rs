@@ -291,6 +291,18 @@ pub async fn check(tollgate: &str, path: &str, token: Option<&str>) -> CheckResp
     client::send(tollgate, &probe).await.expect("Check RPC")
 }
 
+/// Sends one Check of `GET /` for `host`.
+pub async fn check_host(tollgate: &str, host: &str, token: Option<&str>) -> CheckResponse {
+    let probe = Probe {
+        host: host.into(),
+        path: "/".into(),
+        method: "GET".into(),
+        token: token.map(str::to_owned),
+        ..Probe::default()
+    };
+    client::send(tollgate, &probe).await.expect("Check RPC")
+}
+
 /// (allowed, HTTP status, reason) of a response.
 pub fn outcome(response: &CheckResponse) -> (bool, u16, String) {
     let allowed = client::allowed(response);
