@@ -27,21 +27,36 @@ pub fn router(shared: Arc<SharedSnapshot>, metrics: Arc<Metrics>) -> Router {
         .with_state(AdminState { shared, metrics })
 }
 
+/// Ready once the first policies are loaded; a source that fails afterwards (the API server
+/// away, a permission withdrawn) keeps the replica ready on its last good policies, and the
+/// answer names the problem either way.
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let snapshot = state.shared.load();
+    let mut problems = String::new();
+    for (source, ago, problem) in state.shared.source_problems() {
+        problems.push_str(&format!(
+            "{source}: failed {}s ago: {problem}\n",
+            ago.as_secs()
+        ));
+    }
     if state.shared.is_ready() {
-        (
-            StatusCode::OK,
-            format!(
-                "ready: {} policies, generation {}\n",
-                snapshot.len(),
-                snapshot.generation
-            ),
-        )
+        let serving = format!(
+            "ready: {} policies, generation {}\n",
+            snapshot.len(),
+            snapshot.generation
+        );
+        if problems.is_empty() {
+            (StatusCode::OK, serving)
+        } else {
+            (
+                StatusCode::OK,
+                format!("{serving}serving the last good policies; failing sources:\n{problems}"),
+            )
+        }
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: loading policies and fetching their keys\n".to_string(),
+            format!("not ready: loading policies and fetching their keys\n{problems}"),
         )
     }
 }

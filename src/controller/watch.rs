@@ -131,12 +131,14 @@ pub fn spawn_controller(
             scope.clone(),
             options.selector.clone(),
             tx.clone(),
+            shared.clone(),
         );
     }
     let mut secrets = SecretWatches {
         client,
         tx,
         running: HashMap::new(),
+        shared: shared.clone(),
     };
     let index = PolicyIndex::new(key_sources, settings, scopes);
     spawn_index(index, shared, rx, move |index| {
@@ -145,12 +147,44 @@ pub fn spawn_controller(
     })
 }
 
+/// Whether a watch failed because the API server refused this replica's identity a verb
+/// (403): a configuration problem (the ServiceAccount's RBAC), not a passing fault.
+fn forbidden(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 403,
+        watcher::Error::WatchError(status) => status.code == 403,
+        _ => false,
+    }
+}
+
+/// Logs a failed watch (an error when forbidden, a warning otherwise) and records it for
+/// `/readyz`; the watch retries with backoff.
+fn watch_failed(shared: &SharedSnapshot, source: &str, error: &watcher::Error) {
+    if forbidden(error) {
+        tracing::error!(source, %error,
+            "the API server forbids this watch: grant the verb to tollgate's ServiceAccount (the chart's RBAC); retrying, the last good policies keep serving");
+    } else {
+        tracing::warn!(source, %error, "watch failed; retrying, the last good policies keep serving");
+    }
+    shared.set_source_problem(source, Some(error.to_string()));
+}
+
 fn spawn_policy_watch(
     client: Client,
     scope: Scope,
     selector: Option<String>,
     tx: mpsc::Sender<Change>,
+    shared: Arc<SharedSnapshot>,
 ) {
+    let source = format!(
+        "JwtPolicy watch ({})",
+        scope.as_deref().map_or_else(
+            || "all namespaces".to_string(),
+            |ns| format!("namespace {ns}")
+        )
+    );
     tokio::spawn(async move {
         let resource = jwt_policy_resource();
         let api: Api<DynamicObject> = match &scope {
@@ -165,12 +199,12 @@ fn spawn_policy_watch(
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => {
+                    shared.set_source_problem(&source, None);
                     if tx.send(Change::Policy(scope.clone(), event)).await.is_err() {
                         return;
                     }
                 }
-                Err(error) => tracing::warn!(namespace = scope.as_deref().unwrap_or("*"), %error,
-                    "JwtPolicy watch failed; retrying, the last good policies keep serving"),
+                Err(error) => watch_failed(&shared, &source, &error),
             }
         }
     });
@@ -181,14 +215,17 @@ struct SecretWatches {
     client: Client,
     tx: mpsc::Sender<Change>,
     running: HashMap<SecretKey, tokio::task::JoinHandle<()>>,
+    shared: Arc<SharedSnapshot>,
 }
 
 impl SecretWatches {
     fn update(&mut self, wanted: BTreeSet<SecretKey>) {
+        let shared = self.shared.clone();
         self.running.retain(|key, task| {
             let keep = wanted.contains(key);
             if !keep {
                 task.abort();
+                shared.set_source_problem(&secret_source(key), None);
             }
             keep
         });
@@ -201,11 +238,14 @@ impl SecretWatches {
             let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
             let tx = self.tx.clone();
             let task_key = key.clone();
+            let shared = self.shared.clone();
             let task = tokio::spawn(async move {
+                let source = secret_source(&task_key);
                 let mut events = watcher(api, config).default_backoff().boxed();
                 while let Some(event) = events.next().await {
                     match event {
                         Ok(event) => {
+                            shared.set_source_problem(&source, None);
                             if tx
                                 .send(Change::Secret(task_key.clone(), event))
                                 .await
@@ -214,16 +254,17 @@ impl SecretWatches {
                                 return;
                             }
                         }
-                        Err(error) => {
-                            tracing::warn!(secret = %format!("{}/{}", task_key.0, task_key.1), %error,
-                            "Secret watch failed; retrying")
-                        }
+                        Err(error) => watch_failed(&shared, &source, &error),
                     }
                 }
             });
             self.running.insert(key, task);
         }
     }
+}
+
+fn secret_source(key: &SecretKey) -> String {
+    format!("Secret watch ({}/{})", key.0, key.1)
 }
 
 impl Drop for SecretWatches {

@@ -11,6 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -532,12 +533,18 @@ impl Snapshot {
     }
 }
 
+/// How long `/readyz` shows a source's last failure.
+const SOURCE_PROBLEM_MEMORY: Duration = Duration::from_secs(60);
+
 /// The current snapshot, swapped atomically, plus readiness and a change feed.
 pub struct SharedSnapshot {
     current: ArcSwap<Snapshot>,
     ready: AtomicBool,
     changes: watch::Sender<u64>,
     token_cache: Option<Arc<TokenCache>>,
+    /// What keeps a policy source from being read (a watch the API server refuses, …), by
+    /// source, with when it last failed; shown by `/readyz`. Never read on the request path.
+    source_problems: std::sync::Mutex<std::collections::BTreeMap<String, (Instant, String)>>,
 }
 
 impl SharedSnapshot {
@@ -560,7 +567,37 @@ impl SharedSnapshot {
             ready: AtomicBool::new(false),
             changes: watch::channel(0).0,
             token_cache,
+            source_problems: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         })
+    }
+
+    /// Records (`Some`) or clears (`None`) why `source` cannot be read.
+    pub fn set_source_problem(&self, source: &str, problem: Option<String>) {
+        let mut problems = self
+            .source_problems
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match problem {
+            Some(problem) => {
+                problems.insert(source.to_string(), (Instant::now(), problem));
+            }
+            None => {
+                problems.remove(source);
+            }
+        }
+    }
+
+    /// Why sources could not be read lately: (source, how long ago, problem), sorted by source.
+    /// A watch that keeps failing records its error again on every retry (at most 30 s
+    /// apart); one that recovered without a change to report is forgotten after a minute.
+    pub fn source_problems(&self) -> Vec<(String, Duration, String)> {
+        self.source_problems
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(_, (at, _))| at.elapsed() <= SOURCE_PROBLEM_MEMORY)
+            .map(|(source, (at, problem))| (source.clone(), at.elapsed(), problem.clone()))
+            .collect()
     }
 
     pub fn token_cache(&self) -> Option<&Arc<TokenCache>> {

@@ -319,3 +319,176 @@ fn chart_path() -> String {
         .display()
         .to_string()
 }
+
+/// The readiness answer of a replica: (status, body).
+fn readiness(replica: &Tollgate) -> (u16, String) {
+    http_get(&format!("http://{}/readyz", replica.admin)).unwrap_or((0, String::new()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verb_missing_from_the_chart_rbac_surfaces_instead_of_a_silent_stall() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    cluster.helm_install(RELEASE, NAMESPACE, &["--set", "webhook.enabled=false"]);
+    let chart = cluster.chart_replicas(NAMESPACE, DEPLOYMENT);
+    cluster.kubectl(&["create", "namespace", "shop"]);
+    let key = SigningKey::ec("k1", "ES256").expect("key");
+    let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
+        .await
+        .expect("idp");
+    let iss = idp.issuer();
+    cluster.apply(&policy("orders", spec(&iss, "api://v1")));
+    let token = key
+        .mint(&claims(&iss, json!({"aud": "api://v1"})))
+        .expect("mint");
+
+    // The ClusterRole loses `list` on jwtpolicies: the replica cannot load any policy.
+    let role = format!("{DEPLOYMENT}-policies");
+    let rules = cluster
+        .get("clusterrole", None, &role)
+        .expect("the chart's ClusterRole")["rules"]
+        .clone();
+    let verbs = rules[0]["verbs"].clone();
+    assert_eq!(rules[0]["resources"], json!(["jwtpolicies"]));
+    let without_list: Vec<&Value> = verbs
+        .as_array()
+        .expect("verbs")
+        .iter()
+        .filter(|v| *v != "list")
+        .collect();
+    cluster.kubectl(&[
+        "patch",
+        "clusterrole",
+        &role,
+        "--type",
+        "json",
+        "-p",
+        &json!([{"op": "replace", "path": "/rules/0/verbs", "value": without_list}]).to_string(),
+    ]);
+    let replica = chart.spawn("replica-0");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (status, body) = readiness(&replica);
+    assert_eq!(status, 503, "not ready without its policies: {body}");
+    assert!(
+        body.contains("forbidden") && body.contains("jwtpolicies"),
+        "readiness says why: {body}"
+    );
+    let logs = replica.logs().join("\n");
+    assert!(
+        logs.contains("\"level\":\"ERROR\"") && logs.contains("forbidden") && logs.contains("list"),
+        "the log names the missing permission:\n{logs}"
+    );
+    assert!(!allowed(&replica, &token).await);
+
+    // The verb comes back: the replica loads and becomes ready without a restart.
+    cluster.kubectl(&[
+        "patch",
+        "clusterrole",
+        &role,
+        "--type",
+        "json",
+        "-p",
+        &json!([{"op": "replace", "path": "/rules/0/verbs", "value": verbs}]).to_string(),
+    ]);
+    replica.wait_ready(Duration::from_secs(60));
+    assert!(allowed(&replica, &token).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_ride_out_api_server_and_etcd_restarts_and_an_expired_watch() {
+    let Some(mut cluster) = Cluster::start() else {
+        return;
+    };
+    cluster.helm_install(RELEASE, NAMESPACE, &["--set", "webhook.enabled=false"]);
+    let chart = cluster.chart_replicas(NAMESPACE, DEPLOYMENT);
+    cluster.kubectl(&["create", "namespace", "shop"]);
+    let key = SigningKey::ec("k1", "ES256").expect("key");
+    let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
+        .await
+        .expect("idp");
+    let iss = idp.issuer();
+    let token = |aud: &str| key.mint(&claims(&iss, json!({"aud": aud}))).expect("mint");
+    cluster.apply(&policy("orders", spec(&iss, "api://v1")));
+    let replica = chart.start("replica-0");
+    let enforces = async |aud: &str, within: Duration| {
+        let (wanted, other) = (token(aud), token("api://none"));
+        eventually(within, async || {
+            allowed(&replica, &wanted).await && !allowed(&replica, &other).await
+        })
+        .await
+    };
+    assert!(enforces("api://v1", Duration::from_secs(5)).await);
+
+    // kube-apiserver stops: the replica keeps judging with its last good policies, stays ready,
+    // and says which source fails; it comes back and a change made then applies.
+    cluster.stop_apiserver();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(allowed(&replica, &token("api://v1")).await);
+    let (status, body) = readiness(&replica);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("JwtPolicy watch"), "{body}");
+    cluster.start_apiserver();
+    cluster.apply(&policy("orders", spec(&iss, "api://v2")));
+    assert!(
+        enforces("api://v2", Duration::from_secs(40)).await,
+        "the change after the API server's restart applies"
+    );
+
+    // etcd stops under a running API server: the same.
+    cluster.stop_etcd();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(allowed(&replica, &token("api://v2")).await);
+    assert_eq!(readiness(&replica).0, 200);
+    cluster.start_etcd();
+    cluster.wait_apiserver_ready();
+    cluster.apply(&policy("orders", spec(&iss, "api://v3")));
+    assert!(
+        enforces("api://v3", Duration::from_secs(40)).await,
+        "the change after etcd's restart applies"
+    );
+
+    // The watch expires: the replica is frozen while the API server restarts, policies change
+    // and etcd compacts its history, so it resumes from a resource version that is gone (410).
+    // It lists again and loses no change: the update and the new policy both apply.
+    replica.signal("STOP");
+    cluster.stop_apiserver();
+    cluster.start_apiserver();
+    cluster.apply(&policy("orders", spec(&iss, "api://v4")));
+    cluster.apply(&policy(
+        "billing",
+        json!({
+            "match": {"hosts": ["billing.example.com"]},
+            "issuers": [{"issuer": iss, "audiences": ["api://billing"], "allowInsecureHttp": true}],
+        }),
+    ));
+    cluster.compact_etcd();
+    replica.signal("CONT");
+    assert!(
+        enforces("api://v4", Duration::from_secs(40)).await,
+        "the update made while the watch was away applies"
+    );
+    let billing = token("api://billing");
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            outcome(&check_host(&replica.url(), "billing.example.com", Some(&billing)).await).0
+        })
+        .await,
+        "the policy created while the watch was away loads"
+    );
+    let logs = replica.logs();
+    let expired: Vec<&String> = logs
+        .iter()
+        .filter(|l| {
+            l.contains("JwtPolicy watch")
+                && l.contains("too old resource version")
+                && l.contains("Expired")
+        })
+        .collect();
+    assert!(
+        !expired.is_empty(),
+        "the watch expired (410 Gone) and was relisted:\n{}",
+        logs.join("\n")
+    );
+    assert_eq!(readiness(&replica).0, 200);
+}
