@@ -87,6 +87,11 @@ impl Cluster {
         std::fs::write(dir.path().join("sa.key"), key.serialize_pem()).expect("sa key");
         std::fs::write(dir.path().join("sa.pub"), key.public_key_pem()).expect("sa key");
         std::fs::write(
+            dir.path().join("audit-policy.yaml"),
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
+        )
+        .expect("audit policy");
+        std::fs::write(
             dir.path().join("tokens.csv"),
             format!("{ADMIN_TOKEN},admin,admin,system:masters\n"),
         )
@@ -222,6 +227,10 @@ impl Cluster {
             "--disable-admission-plugins",
             "ServiceAccount",
             "--enable-priority-and-fairness=false",
+            "--audit-policy-file",
+            &dir.join("audit-policy.yaml").display().to_string(),
+            "--audit-log-path",
+            &dir.join("audit.log").display().to_string(),
             "--v",
             "0",
         ]
@@ -393,6 +402,15 @@ impl Cluster {
             "60s",
             "crd/jwtpolicies.tollgate.dev",
         ]);
+    }
+
+    /// The API server's audit log so far (metadata of every request), one event per entry.
+    pub fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
     }
 
     /// Compacts etcd's history up to its current revision (etcd's JSON gateway), so watches from

@@ -9,7 +9,7 @@ use tollgate::jwe::{self, ContentEncryption, KeyManagement};
 use tollgate::local_issuer::server::IdpServer;
 use tollgate::local_issuer::{SigningKey, jwks};
 
-use crate::apiserver::{FakeApiServer, Kind, jwt_policy, secret};
+use crate::cluster::Cluster;
 use crate::support::*;
 
 fn explain(args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> Output {
@@ -200,30 +200,36 @@ async fn explain_fetches_keys_by_discovery_unless_offline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_reads_a_policy_and_its_secrets_from_the_cluster() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    cluster.install_crd();
+    cluster.kubectl(&["create", "namespace", "shop"]);
     let signer = SigningKey::rsa("k1", "RS256", 2048).expect("key");
-    let api = FakeApiServer::start().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let kubeconfig = api.kubeconfig(dir.path());
     // An encrypted-token policy whose decryption key is in a Secret.
     let aes =
         json!({"kty": "oct", "kid": "enc-1", "k": "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA"});
-    api.apply(
-        Kind::Secret,
-        secret("shop", "token-keys", &[("jwk", aes.to_string().as_bytes())]),
+    cluster.apply(
+        &json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "token-keys", "namespace": "shop"},
+            "stringData": {"jwk": aes.to_string()},
+        })
+        .to_string(),
     );
-    api.apply(
-        Kind::JwtPolicy,
-        jwt_policy(
-            "shop",
-            "orders",
-            Default::default(),
-            json!({
+    cluster.apply(
+        &json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy",
+            "metadata": {"name": "orders", "namespace": "shop"},
+            "spec": {
                 "match": {"hosts": [HOST]},
                 "issuers": [{"issuer": "https://idp.example.com/", "audiences": [AUDIENCE], "jwks": jwks(&[&signer])}],
                 "decryption": {"keys": [{"secretRef": {"name": "token-keys", "key": "jwk"}}]},
-            }),
-        ),
+            },
+        })
+        .to_string(),
     );
+    let kubeconfig = cluster.kubeconfig.clone();
     let public = jwe::parse_keys(aes.to_string().as_bytes()).expect("key")[0]
         .public()
         .expect("public");
@@ -259,12 +265,18 @@ async fn explain_reads_a_policy_and_its_secrets_from_the_cluster() {
         ),
         "{stdout}"
     );
-    assert!(
-        api.requests()
-            .iter()
-            .any(|r| r == "GET Secret ns=shop name=token-keys"),
-        "{:?}",
-        api.requests()
+    // It read exactly the Secret the policy names (the API server's audit log).
+    let secret_reads: Vec<String> = cluster
+        .audit()
+        .iter()
+        .filter(|e| e["objectRef"]["resource"] == "secrets" && e["user"]["username"] == "admin")
+        .filter(|e| e["verb"] != "patch" && e["verb"] != "create")
+        .map(|e| format!("{} {}", e["verb"], e["requestURI"]))
+        .collect();
+    assert_eq!(
+        secret_reads,
+        ["\"get\" \"/api/v1/namespaces/shop/secrets/token-keys\""],
+        "{secret_reads:?}"
     );
     let missing = tokio::task::spawn_blocking(move || {
         explain(

@@ -1,7 +1,6 @@
 //! Black-box tests over real sockets: the `tollgate` binary, a local identity provider, and the
 //! real peers (Envoy). One test binary, so the suite links once.
 
-mod apiserver;
 mod cli;
 mod cluster;
 mod deploy;
@@ -11,7 +10,6 @@ mod envoy;
 mod explain;
 mod hostile;
 mod introspection;
-mod kubernetes;
 mod mtls;
 mod nginx;
 mod paths;

@@ -492,3 +492,197 @@ async fn replicas_ride_out_api_server_and_etcd_restarts_and_an_expired_watch() {
     );
     assert_eq!(readiness(&replica).0, 200);
 }
+
+/// `spec` in a JwtPolicy CRD that accepts anything, as an older or looser version of the CRD
+/// might have: objects stored under it stay as they are when the strict CRD replaces it.
+fn loose_crd() -> String {
+    let mut crd: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("crds/jwtpolicies.tollgate.dev.yaml"),
+        )
+        .expect("CRD"),
+    )
+    .expect("CRD YAML");
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"] =
+        json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    serde_json::to_string(&crd).expect("json")
+}
+
+fn labelled(namespace: &str, name: &str, shard: &str, spec: Value) -> String {
+    serde_json::to_string(&json!({
+        "apiVersion": "tollgate.dev/v1alpha1",
+        "kind": "JwtPolicy",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"tollgate.dev/shard": shard}},
+        "spec": spec,
+    }))
+    .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespaced_sharded_install_reads_only_its_policies_and_secrets_by_name() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    // An object the strict CRD would refuse, stored under a looser one before it.
+    cluster.apply(&loose_crd());
+    cluster.kubectl(&[
+        "wait",
+        "--for",
+        "condition=Established",
+        "crd/jwtpolicies.tollgate.dev",
+    ]);
+    for namespace in ["shop", "billing"] {
+        cluster.kubectl(&["create", "namespace", namespace]);
+    }
+    cluster.apply(&labelled(
+        "shop",
+        "broken",
+        "a",
+        json!({"issuers": "not a list"}),
+    ));
+    cluster.install_crd();
+    let refused = cluster
+        .try_apply(&labelled(
+            "shop",
+            "broken2",
+            "a",
+            json!({"issuers": "not a list"}),
+        ))
+        .expect_err("the strict CRD refuses it now");
+    assert!(refused.contains("issuers"), "{refused}");
+
+    let iss = "https://internal.example.com";
+    let hmac_spec = |host: &str| {
+        json!({
+            "match": {"hosts": [host]},
+            "issuers": [{"issuer": iss, "audiences": [AUDIENCE], "sharedSecret": {"secretRef": {"name": "hmac", "key": "key"}}}],
+        })
+    };
+    let secret_in = |namespace: &str, key: u8| {
+        use base64::Engine as _;
+        serde_json::to_string(&json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "hmac", "namespace": namespace},
+            "data": {"key": base64::engine::general_purpose::STANDARD.encode([key; 32])},
+        }))
+        .expect("json")
+    };
+    cluster.apply(&secret_in("shop", 1));
+    cluster.apply(&secret_in("billing", 1));
+    cluster.apply(&labelled("shop", "hmac", "a", hmac_spec(HOST)));
+    cluster.apply(&labelled(
+        "shop",
+        "other-shard",
+        "b",
+        hmac_spec("b.example.com"),
+    ));
+    cluster.apply(&labelled(
+        "billing",
+        "elsewhere",
+        "a",
+        hmac_spec("c.example.com"),
+    ));
+
+    cluster.helm_install(
+        RELEASE,
+        NAMESPACE,
+        &[
+            "--set",
+            "webhook.enabled=false",
+            "--set",
+            "watchNamespaces={shop}",
+            "--set",
+            "selector=tollgate.dev/shard=a",
+        ],
+    );
+    let chart = cluster.chart_replicas(NAMESPACE, DEPLOYMENT);
+    let replica = chart.start("solo");
+    let mint = |key: u8| {
+        SigningKey::hmac("h", "HS256", &[key; 32])
+            .mint(&claims(iss, json!({})))
+            .expect("mint")
+    };
+    assert!(
+        eventually(Duration::from_secs(5), async || allowed(&replica, &mint(1))
+            .await)
+        .await
+    );
+    assert!(!allowed(&replica, &mint(2)).await);
+
+    // Rotation of the referenced Secret.
+    cluster.apply(&secret_in("shop", 2));
+    assert!(
+        eventually(Duration::from_secs(5), async || allowed(&replica, &mint(2))
+            .await
+            && !allowed(&replica, &mint(1)).await)
+        .await
+    );
+
+    // The object that does not parse is logged and skipped; the watch goes on.
+    let logs = replica.logs().join("\n");
+    assert!(
+        logs.contains("shop/broken") && logs.contains("does not parse"),
+        "{logs}"
+    );
+    // Other shard, other namespace: not this deployment's.
+    for host in ["b.example.com", "c.example.com"] {
+        let answer = check_host(&replica.url(), host, Some(&mint(2))).await;
+        assert_eq!(outcome(&answer).2, "no_policy", "{host}");
+    }
+    // The chart's namespaced RBAC: no JwtPolicy or Secret outside the watched namespace.
+    let account = format!("system:serviceaccount:{NAMESPACE}:{DEPLOYMENT}");
+    for (verb, resource, namespace, expected) in [
+        ("list", "jwtpolicies.tollgate.dev", "shop", "yes"),
+        ("list", "jwtpolicies.tollgate.dev", "billing", "no"),
+        ("get", "secrets", "billing", "no"),
+    ] {
+        let answer = cluster.kubectl_output(&[
+            "auth", "can-i", verb, resource, "-n", namespace, "--as", &account,
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&answer.stdout).trim(),
+            expected,
+            "{verb} {resource} in {namespace}"
+        );
+    }
+    // The API server's audit log: the replica read its Secret by name, and its policies only
+    // in its namespace with its selector.
+    let requests: Vec<(String, String)> = cluster
+        .audit()
+        .iter()
+        .filter(|e| e["user"]["username"] == account.as_str() && e["stage"] == "ResponseComplete")
+        .filter_map(|e| {
+            Some((
+                e["objectRef"]["resource"].as_str()?.to_string(),
+                e["requestURI"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let secrets: Vec<&String> = requests
+        .iter()
+        .filter(|(resource, _)| resource == "secrets")
+        .map(|(_, uri)| uri)
+        .collect();
+    assert!(!secrets.is_empty(), "{requests:?}");
+    assert!(
+        secrets
+            .iter()
+            .all(|uri| uri.starts_with("/api/v1/namespaces/shop/secrets?")
+                && uri.contains("fieldSelector=metadata.name%3Dhmac")),
+        "{secrets:?}"
+    );
+    let policies: Vec<&String> = requests
+        .iter()
+        .filter(|(resource, _)| resource == "jwtpolicies")
+        .map(|(_, uri)| uri)
+        .filter(|uri| !uri.contains("/status"))
+        .collect();
+    assert!(!policies.is_empty(), "{requests:?}");
+    assert!(
+        policies.iter().all(|uri| uri
+            .starts_with("/apis/tollgate.dev/v1alpha1/namespaces/shop/jwtpolicies")
+            && uri.contains("labelSelector=tollgate.dev%2Fshard%3Da")),
+        "{policies:?}"
+    );
+}

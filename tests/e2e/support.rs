@@ -61,30 +61,6 @@ impl Tollgate {
         Self::spawn_with(&args, &[])
     }
 
-    /// `tollgate serve --kubernetes` as pod `pod` against the API server of `kubeconfig`, once
-    /// ready. Heartbeats and the status Lease run on short timings so tests see failover fast.
-    pub fn start_kubernetes(kubeconfig: &Path, pod: &str, extra: &[&str]) -> Tollgate {
-        let mut args: Vec<String> = [
-            "--kubernetes",
-            "--heartbeat-interval",
-            "1s",
-            "--status-lease-duration",
-            "3s",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-        args.extend(extra.iter().map(|a| a.to_string()));
-        let envs = [
-            ("KUBECONFIG", kubeconfig.display().to_string()),
-            ("POD_NAME", pod.to_string()),
-            ("POD_NAMESPACE", "tollgate".to_string()),
-        ];
-        let tollgate = Self::spawn_with(&args, &envs);
-        tollgate.wait_ready(Duration::from_secs(30));
-        tollgate
-    }
-
     /// `tollgate serve <args>` with extra environment variables, without waiting for readiness.
     pub fn spawn_with(args: &[String], envs: &[(&str, String)]) -> Tollgate {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
