@@ -1,5 +1,5 @@
 // Pinned kube-apiserver and etcd for tollgate's tests against a real API server: only go.mod and
-// go.sum are committed. Built by tests/kube/build.sh into the test cache.
+// go.sum are committed. tests/run.sh builds both into the test cache with tests/peers/go-build.sh.
 module tollgate.test/kube
 
 go 1.26.0
