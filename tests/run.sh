@@ -106,6 +106,14 @@ etcd_bin=$(bash tests/peers/go-build.sh tests/kube go.etcd.io/etcd/server/v3 etc
 "$etcd_bin" --version | sed -n 1p
 export TOLLGATE_KUBE_APISERVER="$apiserver_bin" TOLLGATE_ETCD="$etcd_bin"
 
+# The CRDs of Gateway API, Envoy Gateway, Istio, Contour, Emissary, Traefik, cert-manager and the
+# Prometheus operator, from their pinned Go modules (tests/kube/crds: go.mod and go.sum only;
+# fetched, not built), collected into the cache once per go.mod and go.sum; examples_schemas.rs
+# installs them and dry-runs every example against them.
+gateway_crds=$(bash tests/kube/crds.sh | tail -1)
+echo "gateway CRDs: $gateway_crds"
+export TOLLGATE_GATEWAY_CRDS="$gateway_crds"
+
 
 echo "== format, lints"
 cargo fmt --check

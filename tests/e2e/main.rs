@@ -7,6 +7,7 @@ mod deploy;
 mod drain;
 mod encrypted;
 mod envoy;
+mod examples_schemas;
 mod explain;
 mod hostile;
 mod introspection;
