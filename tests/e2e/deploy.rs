@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::support::*;
 
-fn repo(path: &str) -> PathBuf {
+pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
@@ -72,7 +72,8 @@ impl Tools {
     }
 }
 
-fn documents(yaml: &str) -> Vec<Value> {
+/// The YAML documents of `yaml`, without empty ones.
+pub fn documents(yaml: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(yaml)
         .map(|d| serde::Deserialize::deserialize(d).expect("YAML document"))
         .filter(|v: &Value| !v.is_null())

@@ -10,6 +10,7 @@ mod envoy;
 mod examples_schemas;
 mod explain;
 mod hostile;
+mod install;
 mod introspection;
 mod mtls;
 mod nginx;

@@ -49,3 +49,38 @@ delegations:
 {{- define "tollgate.hostDelegationsPath" -}}
 /etc/tollgate/host-delegations/delegations.yaml
 {{- end -}}
+
+{{- /* `selector` (a label selector string, as kubectl takes it) as LabelSelector
+matchExpressions: the webhook's objectSelector, so that a deployment judges the policies it
+serves and no others (a sharded deployment that is down blocks only its own shard). */ -}}
+{{- define "tollgate.selectorExpressions" -}}
+{{- range regexFindAll "[^,(]+(\\([^)]*\\))?" . -1 }}
+{{- $term := trim . }}
+{{- if regexMatch "^[^\\s=!()]+\\s+(in|notin)\\s*\\(.*\\)$" $term }}
+{{- $key := regexReplaceAll "^([^\\s=!()]+)\\s+(in|notin)\\s*\\((.*)\\)$" $term "${1}" }}
+{{- $operator := regexReplaceAll "^([^\\s=!()]+)\\s+(in|notin)\\s*\\((.*)\\)$" $term "${2}" }}
+{{- $values := list }}
+{{- range splitList "," (regexReplaceAll "^([^\\s=!()]+)\\s+(in|notin)\\s*\\((.*)\\)$" $term "${3}") }}
+{{- $values = append $values (trim .) }}
+{{- end }}
+- key: {{ $key | toJson }}
+  operator: {{ ternary "In" "NotIn" (eq $operator "in") }}
+  values: {{ $values | toJson }}
+{{- else if regexMatch "^[^\\s=!()]+\\s*(==|=|!=)\\s*[^\\s=!()]*$" $term }}
+{{- $key := regexReplaceAll "^([^\\s=!()]+)\\s*(==|=|!=)\\s*([^\\s=!()]*)$" $term "${1}" }}
+{{- $operator := regexReplaceAll "^([^\\s=!()]+)\\s*(==|=|!=)\\s*([^\\s=!()]*)$" $term "${2}" }}
+{{- $value := regexReplaceAll "^([^\\s=!()]+)\\s*(==|=|!=)\\s*([^\\s=!()]*)$" $term "${3}" }}
+- key: {{ $key | toJson }}
+  operator: {{ ternary "NotIn" "In" (eq $operator "!=") }}
+  values: [{{ $value | toJson }}]
+{{- else if regexMatch "^!\\s*[^\\s=!()]+$" $term }}
+- key: {{ trimPrefix "!" $term | trim | toJson }}
+  operator: DoesNotExist
+{{- else if regexMatch "^[^\\s=!()]+$" $term }}
+- key: {{ $term | toJson }}
+  operator: Exists
+{{- else }}
+{{- fail (printf "selector: cannot read %q as a label selector term (key=value, key!=value, key in (a,b), key notin (a,b), key, !key)" $term) }}
+{{- end }}
+{{- end }}
+{{- end -}}
