@@ -535,7 +535,8 @@ pub fn compile(
     let clock_skew = match &spec.clock_skew {
         None => limits::DEFAULT_CLOCK_SKEW_SECS,
         Some(text) => match humantime::parse_duration(text) {
-            Ok(d) if d.as_secs() <= limits::MAX_CLOCK_SKEW_SECS => d.as_secs(),
+            // Compared in full: the CRD refuses 10m1ms as well.
+            Ok(d) if d <= Duration::from_secs(limits::MAX_CLOCK_SKEW_SECS) => d.as_secs(),
             Ok(_) => {
                 c.invalid(
                     "spec.clockSkew",

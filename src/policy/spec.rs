@@ -84,7 +84,7 @@ pub struct DocumentMetadata {
 #[x_kube(validation = Rule::new("(has(self.issuers) && size(self.issuers) > 0) || has(self.azureAd)").message("list at least one issuer, or set azureAd"))]
 #[x_kube(validation = Rule::new("!has(self.requireSignedTokens) || self.requireSignedTokens || has(self.decryption)").message("requireSignedTokens: false only applies to encrypted tokens; configure decryption"))]
 #[x_kube(validation = Rule::new("!has(self.requireSignedTokens) || self.requireSignedTokens || (!has(self.azureAd) && has(self.issuers) && size(self.issuers) == 1)").message("requireSignedTokens: false needs exactly one issuer (and no azureAd): an unsigned token's iss is whatever the holder of the shared key wrote"))]
-#[x_kube(validation = Rule::new("!has(self.requireSignedTokens) || self.requireSignedTokens || !has(self.decryption) || self.decryption.keys.all(k, has(k.algorithms) && size(k.algorithms) > 0 && !('RSA-OAEP' in k.algorithms) && !('RSA-OAEP-256' in k.algorithms) && !('RSA1_5' in k.algorithms) && !('ECDH-ES' in k.algorithms) && !('ECDH-ES+A128KW' in k.algorithms) && !('ECDH-ES+A256KW' in k.algorithms))").message("requireSignedTokens: false needs every decryption key limited to dir, A128KW or A256KW (keys[].algorithms): with RSA or EC keys anyone holding the public key can encrypt claims"))]
+#[x_kube(validation = Rule::new("!has(self.requireSignedTokens) || self.requireSignedTokens || !has(self.decryption) || self.decryption.keys.all(k, has(k.algorithms) && size(k.algorithms) > 0 && k.algorithms.all(a, a in ['dir', 'A128KW', 'A256KW']))").message("requireSignedTokens: false needs every decryption key limited to dir, A128KW or A256KW (keys[].algorithms): with RSA or EC keys anyone holding the public key can encrypt claims"))]
 pub struct JwtPolicySpec {
     /// Which requests this policy judges.
     #[serde(default, rename = "match")]
@@ -370,7 +370,7 @@ pub struct TokenSpec {
     "has(self.discovery) || has(self.jwksUri) || has(self.jwks) || (has(self.publicKeys) && size(self.publicKeys) > 0) || has(self.sharedSecret) || self.issuer.startsWith('https://') || ((has(self.allowInsecureHttp) && self.allowInsecureHttp) && self.issuer.startsWith('http://'))"
 ).message("without another key source the issuer is used for OpenID discovery and must be an https URL"))]
 #[x_kube(validation = Rule::new(
-    "!has(self.algorithms) || has(self.sharedSecret) == self.algorithms.all(a, a.startsWith('HS'))"
+    "!has(self.algorithms) || self.algorithms.all(a, a.startsWith('HS') == has(self.sharedSecret))"
 ).message("HS256/HS384/HS512 need sharedSecret, and sharedSecret allows only HS256/HS384/HS512"))]
 pub struct IssuerSpec {
     /// The exact `iss` value of this issuer's tokens.

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cluster;
+mod crd;
 mod deploy;
 mod drain;
 mod encrypted;

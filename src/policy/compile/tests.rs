@@ -192,6 +192,7 @@ fn bad_specs_name_the_field_and_the_fix() {
             "not a valid header",
         ),
         ("clockSkew: 1h", "spec.clockSkew", "10m maximum"),
+        ("clockSkew: 10m1ms", "spec.clockSkew", "10m maximum"),
         ("clockSkew: soon", "spec.clockSkew", "not a duration"),
         (
             "rules: [{paths: [/a]}]",
