@@ -9,6 +9,7 @@ mod encrypted;
 mod envoy;
 mod explain;
 mod hostile;
+mod image;
 mod introspection;
 mod kubernetes;
 mod mtls;
