@@ -96,6 +96,13 @@ traefik_bin=$(bash tests/peers/go-build.sh tests/peers/traefik github.com/traefi
 echo "traefik $(grep -m1 -o 'traefik/v3 v[^ ]*' tests/peers/traefik/go.mod): $traefik_bin"
 export TOLLGATE_TRAEFIK="$traefik_bin"
 
+# The container image, built without a Docker engine by deploy/image/build.sh (the release
+# binary in the same target folder as the benchmarks' builds, Debian 12 packages unpacked with
+# dpkg-deb, assembled by crane from its pinned module deploy/image/crane); tests/e2e/image.rs
+# runs tollgate from the image's own layers. A failed build ends the run.
+image_layout=$(bash deploy/image/build.sh | tail -1)
+export TOLLGATE_IMAGE="$image_layout"
+
 
 echo "== format, lints"
 cargo fmt --check
