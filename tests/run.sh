@@ -114,6 +114,13 @@ gateway_crds=$(bash tests/kube/crds.sh | tail -1)
 echo "gateway CRDs: $gateway_crds"
 export TOLLGATE_GATEWAY_CRDS="$gateway_crds"
 
+# The container image, built without a Docker engine by deploy/image/build.sh (the release
+# binary in the same target folder as the benchmarks' builds, Debian 12 packages unpacked with
+# dpkg-deb, assembled by crane from its pinned module deploy/image/crane); tests/e2e/image.rs
+# runs tollgate from the image's own layers. A failed build ends the run.
+image_layout=$(bash deploy/image/build.sh | tail -1)
+export TOLLGATE_IMAGE="$image_layout"
+
 
 echo "== format, lints"
 cargo fmt --check

@@ -11,6 +11,7 @@ mod envoy;
 mod examples_schemas;
 mod explain;
 mod hostile;
+mod image;
 mod install;
 mod introspection;
 mod mtls;

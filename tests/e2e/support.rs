@@ -63,7 +63,8 @@ impl Tollgate {
 
     /// `tollgate serve <args>` with extra environment variables, without waiting for readiness.
     pub fn spawn_with(args: &[String], envs: &[(&str, String)]) -> Tollgate {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        command
             .arg("serve")
             .args([
                 "--grpc-addr",
@@ -76,7 +77,14 @@ impl Tollgate {
             .args(args)
             .env("RUST_LOG", "info")
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        Self::spawn_command(command)
+    }
+
+    /// Runs `command`, a `tollgate serve --log-format json` however it is started (e.g. from a
+    /// container image's root filesystem), and waits for the addresses it logs.
+    pub fn spawn_command(mut command: Command) -> Tollgate {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -104,9 +112,16 @@ impl Tollgate {
                 sink.lock().expect("logs").push(line);
             }
         });
-        let (grpc, admin, webhook, http) = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("tollgate printed its listening addresses");
+        let (grpc, admin, webhook, http) =
+            rx.recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| {
+                    // Give the reader a moment to collect the last lines of a process that exited.
+                    std::thread::sleep(Duration::from_millis(200));
+                    panic!(
+                        "tollgate printed no listening addresses; its log:\n{}",
+                        logs.lock().expect("logs").join("\n")
+                    )
+                });
         Tollgate {
             child,
             grpc: grpc.parse().expect("grpc addr"),
