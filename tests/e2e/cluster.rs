@@ -394,14 +394,22 @@ impl Cluster {
         )
         .expect("CRD");
         self.apply(&crd);
-        self.kubectl(&[
+        self.wait_established(&["jwtpolicies.tollgate.dev"], "60s");
+    }
+
+    /// Waits until each CustomResourceDefinition named is Established (at most `timeout`, a
+    /// kubectl duration); fails the test otherwise.
+    pub fn wait_established(&self, crds: &[&str], timeout: &str) {
+        let names: Vec<String> = crds.iter().map(|name| format!("crd/{name}")).collect();
+        let mut args = vec![
             "wait",
             "--for",
             "condition=Established",
             "--timeout",
-            "60s",
-            "crd/jwtpolicies.tollgate.dev",
-        ]);
+            timeout,
+        ];
+        args.extend(names.iter().map(String::as_str));
+        self.kubectl(&args);
     }
 
     /// The API server's audit log so far (metadata of every request), one event per entry.

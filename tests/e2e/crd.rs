@@ -96,14 +96,7 @@ fn install(cluster: &Cluster) {
         "the server warned about crds/:\n{}",
         warnings.join("\n")
     );
-    cluster.kubectl(&[
-        "wait",
-        "--for",
-        "condition=Established",
-        "--timeout",
-        "60s",
-        "crd/jwtpolicies.tollgate.dev",
-    ]);
+    cluster.wait_established(&["jwtpolicies.tollgate.dev"], "60s");
     let crd = cluster
         .get("crd", None, "jwtpolicies.tollgate.dev")
         .expect("the CRD exists");

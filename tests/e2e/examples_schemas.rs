@@ -144,20 +144,15 @@ fn install_bundle(cluster: &Cluster, bundle: &Path) -> Vec<String> {
         if let Err(e) = cluster.try_apply(&stream.join("\n---\n")) {
             panic!("installing the CRDs of {}: {e}", folder.display());
         }
-        names.extend(
-            crds.iter()
-                .map(|c| format!("crd/{}", c["metadata"]["name"].as_str().expect("CRD name"))),
-        );
+        names.extend(crds.iter().map(|c| {
+            c["metadata"]["name"]
+                .as_str()
+                .expect("CRD name")
+                .to_string()
+        }));
     }
-    let mut wait = vec![
-        "wait",
-        "--for",
-        "condition=Established",
-        "--timeout",
-        "120s",
-    ];
-    wait.extend(names.iter().map(String::as_str));
-    cluster.kubectl(&wait);
+    let waited: Vec<&str> = names.iter().map(String::as_str).collect();
+    cluster.wait_established(&waited, "120s");
     names
 }
 

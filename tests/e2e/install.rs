@@ -29,8 +29,7 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{Value, json};
 use tollgate::client::{self, Probe};
-use tollgate::local_issuer::server::IdpServer;
-use tollgate::local_issuer::{SigningKey, jwks};
+use tollgate::local_issuer::SigningKey;
 use tollgate::proto::auth::CheckResponse;
 use tollgate::proto::auth::authorization_client::AuthorizationClient;
 
@@ -40,32 +39,7 @@ use crate::support::*;
 
 const CRD: &str = "jwtpolicies.tollgate.dev";
 
-/// An identity provider on 127.0.0.1 and the key it signs with.
-struct Idp {
-    key: SigningKey,
-    issuer: String,
-    _server: IdpServer,
-}
-
 impl Idp {
-    async fn start() -> Idp {
-        let key = SigningKey::ec("k1", "ES256").expect("key");
-        let server = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
-            .await
-            .expect("idp");
-        Idp {
-            key,
-            issuer: server.issuer(),
-            _server: server,
-        }
-    }
-
-    fn token(&self, audience: &str) -> String {
-        self.key
-            .mint(&claims(&self.issuer, json!({"aud": audience})))
-            .expect("mint")
-    }
-
     /// A JwtPolicy for `host` accepting this issuer's tokens for `audience(host)`.
     fn policy(&self, namespace: &str, name: &str, host: &str, labels: Value) -> String {
         json!({
@@ -984,14 +958,7 @@ async fn the_plain_manifests_apply_server_side_and_run() {
     let base = repo("deploy/kubernetes").display().to_string();
     cluster.kubectl(&["apply", "--server-side", "-k", &base]);
     assert_on_server(&cluster, &cluster.kubectl(&["kustomize", &base]));
-    cluster.kubectl(&[
-        "wait",
-        "--for",
-        "condition=Established",
-        "--timeout",
-        "30s",
-        &format!("crd/{CRD}"),
-    ]);
+    cluster.wait_established(&[CRD], "30s");
     let idp = Idp::start().await;
     let chart = cluster.chart_replicas("tollgate", "tollgate");
     assert!(chart.webhook_cert.is_none(), "base serves no webhook");

@@ -5,8 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tollgate::local_issuer::server::IdpServer;
-use tollgate::local_issuer::{SigningKey, jwks};
+use tollgate::local_issuer::SigningKey;
 
 use crate::cluster::{ChartReplicas, Cluster};
 use crate::support::*;
@@ -80,11 +79,21 @@ async fn install(cluster: &Cluster) -> (ChartReplicas, Vec<Option<Tollgate>>) {
     (chart, replicas)
 }
 
-fn secret(name: &str, key: &[u8]) -> String {
+/// The chart without its webhook, its Deployment as `ChartReplicas` (none started), and the
+/// policy namespace `shop`.
+fn install_without_webhook(cluster: &Cluster) -> ChartReplicas {
+    cluster.helm_install(RELEASE, NAMESPACE, &["--set", "webhook.enabled=false"]);
+    let chart = cluster.chart_replicas(NAMESPACE, DEPLOYMENT);
+    cluster.kubectl(&["create", "namespace", "shop"]);
+    chart
+}
+
+/// A Secret `namespace/name` holding `key` under the key `key`.
+fn secret(namespace: &str, name: &str, key: &[u8]) -> String {
     use base64::Engine as _;
     serde_json::to_string(&json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": name, "namespace": "shop"},
+        "metadata": {"name": name, "namespace": namespace},
         "data": {"key": base64::engine::general_purpose::STANDARD.encode(key)},
     }))
     .expect("json")
@@ -106,14 +115,11 @@ async fn the_chart_installs_and_three_replicas_converge_as_its_service_account()
         first.webhook.expect("webhook").port(),
         chart.webhook_cert.as_deref().expect("webhook certificate"),
     );
-    let key = SigningKey::ec("k1", "ES256").expect("key");
-    let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
-        .await
-        .expect("idp");
-    let iss = idp.issuer();
+    let idp = Idp::start().await;
+    let iss = idp.issuer.clone();
     cluster.apply(&policy("orders", spec(&iss, "api://v1")));
 
-    let token = |aud: &str| key.mint(&claims(&iss, json!({"aud": aud}))).expect("mint");
+    let token = |aud: &str| idp.token(aud);
     let (v1, v2, v3) = (token("api://v1"), token("api://v2"), token("api://v3"));
     for replica in replicas.iter().flatten() {
         assert!(eventually(Duration::from_secs(5), async || allowed(replica, &v1).await).await);
@@ -154,7 +160,7 @@ async fn the_chart_installs_and_three_replicas_converge_as_its_service_account()
 
     // A Secret-backed issuer, then the Secret rotates.
     let internal = "https://internal.example.com";
-    cluster.apply(&secret("hmac", &[1u8; 32]));
+    cluster.apply(&secret("shop", "hmac", &[1u8; 32]));
     cluster.apply(&policy(
         "internal",
         json!({
@@ -181,7 +187,7 @@ async fn the_chart_installs_and_three_replicas_converge_as_its_service_account()
             .await
         );
     }
-    cluster.apply(&secret("hmac", &[2u8; 32]));
+    cluster.apply(&secret("shop", "hmac", &[2u8; 32]));
     for replica in replicas.iter().flatten() {
         assert!(
             eventually(Duration::from_secs(5), async || internal_allows(
@@ -330,18 +336,11 @@ async fn a_verb_missing_from_the_chart_rbac_surfaces_instead_of_a_silent_stall()
     let Some(cluster) = Cluster::start() else {
         return;
     };
-    cluster.helm_install(RELEASE, NAMESPACE, &["--set", "webhook.enabled=false"]);
-    let chart = cluster.chart_replicas(NAMESPACE, DEPLOYMENT);
-    cluster.kubectl(&["create", "namespace", "shop"]);
-    let key = SigningKey::ec("k1", "ES256").expect("key");
-    let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
-        .await
-        .expect("idp");
-    let iss = idp.issuer();
+    let chart = install_without_webhook(&cluster);
+    let idp = Idp::start().await;
+    let iss = idp.issuer.clone();
     cluster.apply(&policy("orders", spec(&iss, "api://v1")));
-    let token = key
-        .mint(&claims(&iss, json!({"aud": "api://v1"})))
-        .expect("mint");
+    let token = idp.token("api://v1");
 
     // The ClusterRole loses `list` on jwtpolicies: the replica cannot load any policy.
     let role = format!("{DEPLOYMENT}-policies");
@@ -400,15 +399,10 @@ async fn replicas_ride_out_api_server_and_etcd_restarts_and_an_expired_watch() {
     let Some(mut cluster) = Cluster::start() else {
         return;
     };
-    cluster.helm_install(RELEASE, NAMESPACE, &["--set", "webhook.enabled=false"]);
-    let chart = cluster.chart_replicas(NAMESPACE, DEPLOYMENT);
-    cluster.kubectl(&["create", "namespace", "shop"]);
-    let key = SigningKey::ec("k1", "ES256").expect("key");
-    let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
-        .await
-        .expect("idp");
-    let iss = idp.issuer();
-    let token = |aud: &str| key.mint(&claims(&iss, json!({"aud": aud}))).expect("mint");
+    let chart = install_without_webhook(&cluster);
+    let idp = Idp::start().await;
+    let iss = idp.issuer.clone();
+    let token = |aud: &str| idp.token(aud);
     cluster.apply(&policy("orders", spec(&iss, "api://v1")));
     let replica = chart.start("replica-0");
     let enforces = async |aud: &str, within: Duration| {
@@ -526,12 +520,7 @@ async fn a_namespaced_sharded_install_reads_only_its_policies_and_secrets_by_nam
     };
     // An object the strict CRD would refuse, stored under a looser one before it.
     cluster.apply(&loose_crd());
-    cluster.kubectl(&[
-        "wait",
-        "--for",
-        "condition=Established",
-        "crd/jwtpolicies.tollgate.dev",
-    ]);
+    cluster.wait_established(&["jwtpolicies.tollgate.dev"], "60s");
     for namespace in ["shop", "billing"] {
         cluster.kubectl(&["create", "namespace", namespace]);
     }
@@ -559,15 +548,7 @@ async fn a_namespaced_sharded_install_reads_only_its_policies_and_secrets_by_nam
             "issuers": [{"issuer": iss, "audiences": [AUDIENCE], "sharedSecret": {"secretRef": {"name": "hmac", "key": "key"}}}],
         })
     };
-    let secret_in = |namespace: &str, key: u8| {
-        use base64::Engine as _;
-        serde_json::to_string(&json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "hmac", "namespace": namespace},
-            "data": {"key": base64::engine::general_purpose::STANDARD.encode([key; 32])},
-        }))
-        .expect("json")
-    };
+    let secret_in = |namespace: &str, key: u8| secret(namespace, "hmac", &[key; 32]);
     cluster.apply(&secret_in("shop", 1));
     cluster.apply(&secret_in("billing", 1));
     cluster.apply(&labelled("shop", "hmac", "a", hmac_spec(HOST)));

@@ -397,3 +397,34 @@ pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> 
     }
     false
 }
+
+/// An identity provider on 127.0.0.1 and the ES256 key it signs with; stopped on drop.
+pub struct Idp {
+    pub key: tollgate::local_issuer::SigningKey,
+    pub issuer: String,
+    _server: tollgate::local_issuer::server::IdpServer,
+}
+
+impl Idp {
+    pub async fn start() -> Idp {
+        let key = tollgate::local_issuer::SigningKey::ec("k1", "ES256").expect("key");
+        let server = tollgate::local_issuer::server::IdpServer::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            tollgate::local_issuer::jwks(&[&key]),
+        )
+        .await
+        .expect("idp");
+        Idp {
+            key,
+            issuer: server.issuer(),
+            _server: server,
+        }
+    }
+
+    /// A token of this issuer for `audience`.
+    pub fn token(&self, audience: &str) -> String {
+        self.key
+            .mint(&claims(&self.issuer, json!({"aud": audience})))
+            .expect("mint")
+    }
+}
