@@ -287,6 +287,7 @@ async fn run(rounds: usize, measure: bool) {
                 method: "GET",
                 headers: Headers::List(headers),
                 policy: None,
+                route: None,
             };
             let start = Instant::now();
             let decision = if traced {

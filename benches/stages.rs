@@ -79,6 +79,7 @@ fn stages(c: &mut Criterion) {
         method: "GET",
         headers: Headers::Map(&headers),
         policy: None,
+        route: None,
     };
     let keys = policy.issuers[0].keys.current().expect("inline keys");
     let now = SystemTime::now();

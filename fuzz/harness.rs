@@ -2301,6 +2301,7 @@ pub fn policy(data: &[u8]) {
                     method,
                     headers: tollgate::engine::Headers::Map(&empty),
                     policy: None,
+                    route: None,
                 };
                 let decision = fixture.runtime.block_on(tollgate::engine::check(
                     &snapshot,

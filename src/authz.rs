@@ -127,17 +127,53 @@ impl AuthzService {
         } else {
             &http.host
         };
+        let route = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.route_metadata_context.as_ref())
+            .and_then(route_from_metadata);
         let req = engine::Request {
             host,
             path: &http.path,
             method: &http.method,
             headers,
             policy,
+            route: route.as_ref(),
         };
         let snapshot = self.shared.load_full();
         let decision = engine::check(&snapshot, &req, SystemTime::now()).await;
         (decision, info)
     }
+}
+
+/// The filter metadata namespace under which Envoy Gateway describes the Gateway API object a
+/// route comes from (`resources: [{kind, namespace, name, sectionName}]`).
+pub const ENVOY_GATEWAY_METADATA: &str = "envoy-gateway";
+
+/// The HTTPRoute (and rule) of a request, from Envoy Gateway's route metadata when the ext_authz
+/// filter forwards it (`route_metadata_context`). `None` when absent or not an HTTPRoute.
+pub fn route_from_metadata(
+    metadata: &crate::proto::core::Metadata,
+) -> Option<crate::policy::snapshot::RouteName> {
+    let fields = &metadata.filter_metadata.get(ENVOY_GATEWAY_METADATA)?.fields;
+    let Some(Kind::ListValue(list)) = fields.get("resources")?.kind.as_ref() else {
+        return None;
+    };
+    let Some(Kind::StructValue(first)) = list.values.first()?.kind.as_ref() else {
+        return None;
+    };
+    let text = |key: &str| match first.fields.get(key)?.kind.as_ref()? {
+        Kind::StringValue(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    if text("kind")? != "HTTPRoute" {
+        return None;
+    }
+    Some(crate::policy::snapshot::RouteName {
+        namespace: text("namespace")?,
+        name: text("name")?,
+        section: text("sectionName"),
+    })
 }
 
 #[tonic::async_trait]

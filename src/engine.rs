@@ -22,6 +22,7 @@ use crate::jose::{self, B64, Claims, JoseError};
 use crate::jwe::{self, JweError};
 use crate::jwks::{Refetch, Unusable};
 use crate::policy::route::{PathCase, PathReading, read_host, read_path, read_path_with};
+use crate::policy::snapshot::MatchInput;
 use crate::policy::spec::IntrospectWhen;
 use crate::policy::{DefaultAction, DenyDetail, Issuer, Policy, Rule, Snapshot};
 use crate::trace::{self, Trace};
@@ -173,7 +174,24 @@ async fn check_method(
         },
         None => None,
     };
-    let (policy, rule) = match select(snapshot, explicit, host, path, request.method) {
+    let (headers, query) = match route_values(snapshot, request) {
+        Ok(values) => values,
+        Err(text) => {
+            trace.fail(
+                "request",
+                Reason::RequestMalformed,
+                || text.clone(),
+                || None,
+            );
+            return deny(None, host, Reason::RequestMalformed, text, None, None).with_trace(trace);
+        }
+    };
+    let input = MatchInput {
+        headers: &headers,
+        query: &query,
+        route: request.route,
+    };
+    let (policy, rule) = match select(snapshot, explicit, host, path, request.method, &input) {
         Ok(Some(found)) => found,
         Ok(None) if snapshot.default_action == DefaultAction::Allow => {
             trace.info("policy", || {
@@ -323,6 +341,67 @@ fn php_name(name: &str) -> String {
 
 type Selection<'s> = Option<(&'s Arc<Policy>, Option<&'s Rule>)>;
 
+/// The request's values of the headers and query parameters some route entry matches on
+/// (HTTPRoute `Exact` matches). Gateways disagree about a header sent twice (Envoy joins the
+/// values, others take the first) and about encoded query names and values, so a request that
+/// sends a matched header or parameter twice, or encodes a matched parameter, is refused: which
+/// route serves it cannot be known. Nothing is read when no route matches on either.
+#[allow(clippy::type_complexity)]
+fn route_values(
+    snapshot: &Snapshot,
+    request: &Request<'_>,
+) -> Result<(Vec<(String, String)>, Vec<(String, String)>), String> {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let names = snapshot.matched_headers();
+    if !names.is_empty() {
+        let mut repeated = None;
+        request.headers.for_each(|name, value| {
+            if let Some(known) = names.iter().find(|n| name.eq_ignore_ascii_case(n)) {
+                if headers.iter().any(|(n, _)| n == known) {
+                    repeated = Some(known.clone());
+                }
+                headers.push((known.clone(), value.to_string()));
+            }
+        });
+        if let Some(name) = repeated {
+            return Err(format!(
+                "the {name} header is sent more than once, and a route matches on it: gateways disagree about which value counts"
+            ));
+        }
+        // Envoy's `headers` map has repeated headers already joined with ","; a route's
+        // exact value with a comma stays comparable, and a joined value never matches one
+        // without.
+    }
+    let mut query: Vec<(String, String)> = Vec::new();
+    let names = snapshot.matched_query();
+    if !names.is_empty()
+        && let Some((_, raw)) = request.path.split_once('?')
+    {
+        for pair in raw.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decoded: String = url::form_urlencoded::parse(key.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            let Some(known) = names.iter().find(|n| **n == decoded) else {
+                continue;
+            };
+            if key != decoded || value.contains(['%', '+']) {
+                return Err(format!(
+                    "the query parameter {known} is encoded, and a route matches on it: gateways and upstreams decode it differently"
+                ));
+            }
+            if query.iter().any(|(n, _)| n == known) {
+                return Err(format!(
+                    "the query parameter {known} is sent more than once, and a route matches on it: gateways disagree about which value counts"
+                ));
+            }
+            query.push((known.clone(), value.to_string()));
+        }
+    }
+    Ok((headers, query))
+}
+
 /// The policy (and its rule) judging a request. When letter case changes the answer (a
 /// prefix matches only in another case), the policies' `match.pathCase` must say how their
 /// upstream reads the path; otherwise the request is refused with the reason.
@@ -332,9 +411,11 @@ fn select<'s>(
     host: &str,
     path: &str,
     method: &str,
+    input: &MatchInput<'_>,
 ) -> Result<Selection<'s>, String> {
     let pick = |ignore_case: bool| -> Selection<'s> {
-        let policy = explicit.or_else(|| snapshot.select(host, path, method, ignore_case))?;
+        let policy =
+            explicit.or_else(|| snapshot.select_with(host, path, method, ignore_case, input))?;
         Some((policy, policy.rule_for(path, method, ignore_case)))
     };
     let exact = pick(false);

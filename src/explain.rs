@@ -231,6 +231,7 @@ pub async fn explain(
         method: &method,
         headers: Headers::Map(&headers),
         policy: explicit.as_ref().map(|p| &*p.id),
+        route: None,
     };
     let decision = engine::check_traced(snapshot, &engine_request, now, Trace::on()).await;
     let mut trace = decision

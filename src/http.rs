@@ -162,6 +162,7 @@ impl ForwardAuth {
             method: &original.method,
             headers: Headers::List(&list),
             policy: None,
+            route: None,
         };
         let snapshot = self.shared.load_full();
         let decision = engine::check(&snapshot, &request, SystemTime::now()).await;

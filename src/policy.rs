@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod files;
+pub mod gateway;
 pub mod owners;
 pub mod route;
 pub mod snapshot;

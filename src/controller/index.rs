@@ -21,6 +21,11 @@ use kube::runtime::watcher;
 use tokio::sync::{mpsc, watch};
 
 use crate::jwks::KeySources;
+use crate::policy::gateway::{
+    self, AncestorState, Attacher, Attachment, GatewayObject, GatewaySpec, HttpRouteSpec,
+    ObjectKey, RouteObject,
+};
+use crate::policy::route::HostPattern;
 use crate::policy::spec::{JwtPolicy, JwtPolicyStatus, SecretSpec};
 use crate::policy::{
     Claimant, CompileContext, CompileError, Conflict, HostDelegations, Policy, Problem,
@@ -38,6 +43,27 @@ pub enum Change {
     Policy(Scope, watcher::Event<DynamicObject>),
     /// Events of the watch on one referenced Secret.
     Secret(SecretKey, watcher::Event<Secret>),
+    /// `HTTPRoute` or `Gateway` objects of one watch scope (watched while some policy has
+    /// `targetRefs`).
+    Gateway(GatewayKind, Scope, watcher::Event<DynamicObject>),
+}
+
+/// The Gateway API kinds the index follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GatewayKind {
+    HttpRoute,
+    Gateway,
+}
+
+impl GatewayKind {
+    pub const ALL: [GatewayKind; 2] = [GatewayKind::HttpRoute, GatewayKind::Gateway];
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            GatewayKind::HttpRoute => "HTTPRoute",
+            GatewayKind::Gateway => "Gateway",
+        }
+    }
 }
 
 /// `namespace/name` of a Secret.
@@ -64,6 +90,9 @@ pub struct PolicyState {
     pub status: Option<JwtPolicyStatus>,
     /// `metadata.uid`.
     pub uid: Option<String>,
+    /// The current generation compiled, before its route entries are attached (policies with
+    /// `targetRefs` are re-attached, not recompiled, when routes change).
+    base: Option<Arc<Policy>>,
 }
 
 impl PolicyState {
@@ -108,8 +137,11 @@ pub struct PolicyView {
     pub policy: Option<Arc<Policy>>,
     /// The status on the object as last seen.
     pub status: Option<JwtPolicyStatus>,
-    /// The hosts its spec names, which it holds even while it does not compile.
+    /// The hosts its spec names (or its routes derive), which it holds even while it does
+    /// not compile.
     pub hosts: Vec<String>,
+    /// Per target ancestor: whether the target resolved and the policy judges it there.
+    pub ancestors: Vec<AncestorState>,
 }
 
 impl IndexView {
@@ -207,6 +239,12 @@ pub struct PolicyIndex {
     /// The watch scopes that must list once before anything is published.
     scopes: BTreeSet<Scope>,
     listed_scopes: BTreeSet<Scope>,
+    routes: BTreeMap<ObjectKey, RouteObject>,
+    gateways: BTreeMap<ObjectKey, GatewayObject>,
+    gateway_buffers: HashMap<(GatewayKind, Scope), Vec<DynamicObject>>,
+    /// The Gateway API watches that have listed once.
+    gateway_listed: BTreeSet<(GatewayKind, Scope)>,
+    attachments: HashMap<Arc<str>, Attachment>,
 }
 
 impl PolicyIndex {
@@ -225,7 +263,34 @@ impl PolicyIndex {
             secret_buffers: HashMap::new(),
             scopes: scopes.into_iter().collect(),
             listed_scopes: BTreeSet::new(),
+            routes: BTreeMap::new(),
+            gateways: BTreeMap::new(),
+            gateway_buffers: HashMap::new(),
+            gateway_listed: BTreeSet::new(),
+            attachments: HashMap::new(),
         }
+    }
+
+    /// Whether some policy has `targetRefs`, so HTTPRoutes and Gateways must be watched.
+    pub fn wants_gateway_api(&self) -> bool {
+        self.policies.values().any(|p| {
+            p.object
+                .as_ref()
+                .is_some_and(|o| !o.spec.target_refs.is_empty())
+        })
+    }
+
+    /// The scopes the Gateway API watches cover (those of the policy watches).
+    pub fn scopes(&self) -> impl Iterator<Item = &Scope> {
+        self.scopes.iter()
+    }
+
+    /// Forgets routes and Gateways once no policy targets any (their watches are stopped).
+    pub fn forget_gateway_api(&mut self) {
+        self.routes.clear();
+        self.gateways.clear();
+        self.gateway_buffers.clear();
+        self.gateway_listed.clear();
     }
 
     /// Whether every policy watch listed once and every referenced Secret has reported.
@@ -235,6 +300,12 @@ impl PolicyIndex {
                 .referenced_secrets()
                 .iter()
                 .all(|k| self.secrets.contains_key(k))
+            && (!self.wants_gateway_api()
+                || self.scopes.iter().all(|scope| {
+                    GatewayKind::ALL
+                        .iter()
+                        .all(|k| self.gateway_listed.contains(&(*k, scope.clone())))
+                }))
     }
 
     /// Per-policy state, for status and logs.
@@ -252,10 +323,173 @@ impl PolicyIndex {
 
     /// Applies one event. Returns whether the set of serving policies may have changed.
     pub fn apply(&mut self, change: Change) -> bool {
-        match change {
+        let changed = match change {
             Change::Policy(scope, event) => self.apply_policy_event(scope, event),
             Change::Secret(key, event) => self.apply_secret_event(key, event),
+            Change::Gateway(kind, scope, event) => self.apply_gateway_event(kind, scope, event),
+        };
+        if changed {
+            self.reattach();
         }
+        changed
+    }
+
+    fn apply_gateway_event(
+        &mut self,
+        kind: GatewayKind,
+        scope: Scope,
+        event: watcher::Event<DynamicObject>,
+    ) -> bool {
+        match event {
+            watcher::Event::Init => {
+                self.gateway_buffers.insert((kind, scope), Vec::new());
+                false
+            }
+            watcher::Event::InitApply(object) => {
+                self.gateway_buffers
+                    .entry((kind, scope))
+                    .or_default()
+                    .push(object);
+                false
+            }
+            watcher::Event::InitDone => {
+                let objects = self
+                    .gateway_buffers
+                    .remove(&(kind, scope.clone()))
+                    .unwrap_or_default();
+                let in_scope = |key: &ObjectKey| scope.as_ref().is_none_or(|ns| *ns == key.0);
+                match kind {
+                    GatewayKind::HttpRoute => self.routes.retain(|k, _| !in_scope(k)),
+                    GatewayKind::Gateway => self.gateways.retain(|k, _| !in_scope(k)),
+                }
+                for object in objects {
+                    self.upsert_gateway_object(kind, &object);
+                }
+                self.gateway_listed.insert((kind, scope));
+                true
+            }
+            watcher::Event::Apply(object) => self.upsert_gateway_object(kind, &object),
+            watcher::Event::Delete(object) => {
+                let key = object_key(&object);
+                match kind {
+                    GatewayKind::HttpRoute => self.routes.remove(&key).is_some(),
+                    GatewayKind::Gateway => self.gateways.remove(&key).is_some(),
+                }
+            }
+        }
+    }
+
+    /// Records an HTTPRoute or Gateway; one whose spec does not parse is dropped (it attaches
+    /// nothing) with a warning. Returns whether anything tollgate reads changed.
+    fn upsert_gateway_object(&mut self, kind: GatewayKind, object: &DynamicObject) -> bool {
+        let key = object_key(object);
+        let spec = object.data.get("spec").cloned().unwrap_or_default();
+        match kind {
+            GatewayKind::HttpRoute => match serde_json::from_value::<HttpRouteSpec>(spec) {
+                Ok(spec) => {
+                    let route = RouteObject {
+                        namespace: key.0.clone(),
+                        name: key.1.clone(),
+                        created: object
+                            .metadata
+                            .creation_timestamp
+                            .as_ref()
+                            .map(|t| t.0.to_string())
+                            .unwrap_or_default(),
+                        spec,
+                    };
+                    self.routes.insert(key, route.clone()) != Some(route)
+                }
+                Err(e) => {
+                    tracing::warn!(route = %format!("{}/{}", key.0, key.1), error = %e,
+                        "skipping an HTTPRoute whose spec tollgate cannot read");
+                    self.routes.remove(&key).is_some()
+                }
+            },
+            GatewayKind::Gateway => match serde_json::from_value::<GatewaySpec>(spec) {
+                Ok(spec) => {
+                    let gateway = GatewayObject {
+                        namespace: key.0.clone(),
+                        name: key.1.clone(),
+                        spec,
+                    };
+                    self.gateways.insert(key, gateway.clone()) != Some(gateway)
+                }
+                Err(e) => {
+                    tracing::warn!(gateway = %format!("{}/{}", key.0, key.1), error = %e,
+                        "skipping a Gateway whose spec tollgate cannot read");
+                    self.gateways.remove(&key).is_some()
+                }
+            },
+        }
+    }
+
+    /// Derives every targeting policy's route entries and per-ancestor status again, and
+    /// attaches the entries to their compiled policies. Returns whether any changed.
+    fn reattach(&mut self) -> bool {
+        let attachers: Vec<Attacher<'_>> = self
+            .policies
+            .iter()
+            .filter_map(|(id, state)| {
+                let object = state.object.as_ref()?;
+                if object.spec.target_refs.is_empty() {
+                    return None;
+                }
+                Some(Attacher {
+                    id: id.clone(),
+                    namespace: id.split_once('/').map_or("default", |(ns, _)| ns),
+                    created: &state.created,
+                    targets: &object.spec.target_refs,
+                })
+            })
+            .collect();
+        let attachments = gateway::attach(&attachers, &self.routes, &self.gateways);
+        if attachments == self.attachments {
+            return false;
+        }
+        let changed: Vec<Arc<str>> = self
+            .policies
+            .keys()
+            .filter(|id| attachments.get(*id) != self.attachments.get(*id))
+            .cloned()
+            .collect();
+        self.attachments = attachments;
+        for id in changed {
+            self.settle(&id);
+        }
+        true
+    }
+
+    /// Puts a policy's compiled base and its attachment together: serving with its route
+    /// entries, or (when its routes cannot be judged) not accepted, keeping the last good.
+    fn settle(&mut self, id: &Arc<str>) {
+        let attachment = self.attachments.get(id);
+        let Some(state) = self.policies.get_mut(id) else {
+            return;
+        };
+        let Some(base) = state.base.clone() else {
+            return;
+        };
+        if !base.is_targeted() {
+            state.compiled = Some(base);
+            state.compiled_generation = Some(state.generation);
+            state.error = None;
+            return;
+        }
+        let empty = Attachment::default();
+        let attachment = attachment.unwrap_or(&empty);
+        if !attachment.problems.is_empty() {
+            let error = CompileError {
+                problems: attachment.problems.clone(),
+            };
+            tracing::warn!(policy = %id, kept_last_good = state.compiled.is_some(), error = %error,
+                "JwtPolicy's routes cannot be judged as the gateway routes them");
+            state.error = Some(error);
+            return;
+        }
+        state.compiled = Some(Arc::new(base.attach(attachment.entries.clone())));
+        state.compiled_generation = Some(state.generation);
+        state.error = None;
     }
 
     fn apply_policy_event(&mut self, scope: Scope, event: watcher::Event<DynamicObject>) -> bool {
@@ -406,13 +640,14 @@ impl PolicyIndex {
         state.secrets = referenced_secrets(&namespace, policy);
         match result {
             Ok(compiled) => {
-                state.compiled = Some(Arc::new(compiled));
-                state.compiled_generation = Some(generation);
-                state.error = None;
+                state.base = Some(Arc::new(compiled));
+                state.generation = generation;
+                self.settle(&id);
             }
             Err(error) => {
                 tracing::warn!(policy = %id, generation, kept_last_good = state.compiled.is_some(),
                     error = %error, "JwtPolicy does not compile");
+                state.base = None;
                 state.error = Some(error);
             }
         }
@@ -438,10 +673,22 @@ impl PolicyIndex {
                     conflict,
                     policy: state.compiled.clone(),
                     status: state.status.clone(),
-                    hosts: state
-                        .object
-                        .as_ref()
-                        .map(|o| o.spec.match_.hosts.clone())
+                    hosts: match self.attachments.get(id) {
+                        Some(attachment) => attachment
+                            .hosts()
+                            .iter()
+                            .map(HostPattern::to_string)
+                            .collect(),
+                        None => state
+                            .object
+                            .as_ref()
+                            .map(|o| o.spec.match_.hosts.clone())
+                            .unwrap_or_default(),
+                    },
+                    ancestors: self
+                        .attachments
+                        .get(id)
+                        .map(|a| a.ancestors.clone())
                         .unwrap_or_default(),
                 }
             })
@@ -461,6 +708,16 @@ impl PolicyIndex {
             .filter_map(|(id, s)| {
                 let claimant = match (&s.compiled, &s.object) {
                     (Some(policy), _) => Claimant::Serving(policy.clone()),
+                    (None, Some(object)) if !object.spec.target_refs.is_empty() => {
+                        Claimant::Failing {
+                            id: id.clone(),
+                            hosts: self
+                                .attachments
+                                .get(id)
+                                .map(Attachment::hosts)
+                                .unwrap_or_default(),
+                        }
+                    }
                     (None, Some(object)) => {
                         Claimant::failing(id.clone(), &object.spec.match_.hosts)
                     }
@@ -488,6 +745,7 @@ fn empty_state(generation: i64, created: &str) -> PolicyState {
         object: None,
         status: None,
         uid: None,
+        base: None,
     }
 }
 
@@ -495,6 +753,17 @@ fn object_id(object: &DynamicObject) -> Arc<str> {
     let namespace = object.metadata.namespace.as_deref().unwrap_or("default");
     let name = object.metadata.name.as_deref().unwrap_or("");
     format!("{namespace}/{name}").into()
+}
+
+fn object_key(object: &DynamicObject) -> ObjectKey {
+    (
+        object
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        object.metadata.name.clone().unwrap_or_default(),
+    )
 }
 
 fn secret_key(secret: &Secret) -> SecretKey {

@@ -318,6 +318,7 @@ mod tests {
                 policy: Some(policy),
                 status: None,
                 hosts: Vec::new(),
+                ancestors: Vec::new(),
             }],
             delegations: crate::policy::HostDelegations::none(),
         }));

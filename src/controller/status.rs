@@ -8,7 +8,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::index::PolicyView;
-use crate::policy::spec::{IssuerStatus, JwtPolicyStatus, ReplicaCounts};
+use crate::policy::gateway::{self, AncestorState};
+use crate::policy::spec::{
+    AncestorRefStatus, IssuerStatus, JwtPolicyStatus, PolicyAncestorStatus, ReplicaCounts,
+};
 
 /// What one replica reports it serves, read from its heartbeat Lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,7 +175,34 @@ pub fn desired_status(
         loaded: i32::try_from(loaded).unwrap_or(i32::MAX),
         total: i32::try_from(alive.len()).unwrap_or(i32::MAX),
     };
+    let ancestors = ancestor_statuses(view, previous, now);
+    let (accepted, accepted_reason, accepted_message) = match &view.policy {
+        // A policy attached to routes that judges nothing says why.
+        Some(policy) if accepted && policy.is_targeted() && policy.entries.is_empty() => {
+            let failing: Vec<&AncestorState> = view
+                .ancestors
+                .iter()
+                .filter(|a| a.accepted.is_err())
+                .collect();
+            let reason = failing
+                .first()
+                .and_then(|a| a.accepted.as_ref().err())
+                .map_or("NoRoutes", |(reason, _)| *reason);
+            let why: Vec<String> = failing
+                .iter()
+                .filter_map(|a| a.accepted.as_ref().err())
+                .map(|(_, message)| message.clone())
+                .collect();
+            (
+                false,
+                reason,
+                truncate(format!("the policy judges no request: {}", why.join("; "))),
+            )
+        }
+        _ => (accepted, accepted_reason, accepted_message),
+    };
     JwtPolicyStatus {
+        ancestors,
         observed_generation: Some(generation),
         conditions: vec![
             condition(
@@ -198,6 +228,94 @@ pub fn desired_status(
         loaded: Some(format!("{}/{}", counts.loaded, counts.total)),
         replicas: Some(counts),
     }
+}
+
+/// The controller name in ancestor statuses.
+pub const CONTROLLER_NAME: &str = "tollgate.dev/jwtpolicy-controller";
+
+/// Gateway API allows 16 ancestors per policy status.
+const MAX_ANCESTORS: usize = 16;
+
+/// Per-ancestor status (GEP-713), keeping transition times of conditions that did not change.
+fn ancestor_statuses(
+    view: &PolicyView,
+    previous: Option<&JwtPolicyStatus>,
+    now: SystemTime,
+) -> Vec<PolicyAncestorStatus> {
+    let mut out: Vec<PolicyAncestorStatus> = Vec::new();
+    for state in view.ancestors.iter().take(MAX_ANCESTORS) {
+        let reference = AncestorRefStatus {
+            group: gateway::GROUP.into(),
+            kind: state.ancestor.kind.clone(),
+            namespace: state.ancestor.namespace.clone(),
+            name: state.ancestor.name.clone(),
+            section_name: state.ancestor.section_name.clone(),
+        };
+        let before = previous.and_then(|p| {
+            p.ancestors
+                .iter()
+                .find(|a| a.ancestor_ref == reference)
+                .map(|a| JwtPolicyStatus {
+                    conditions: a.conditions.clone(),
+                    ..JwtPolicyStatus::default()
+                })
+        });
+        let make = |type_: &str, ok_reason: &str, outcome: &gateway::Outcome| match outcome {
+            Ok(message) => condition(
+                type_,
+                true,
+                ok_reason,
+                message.clone(),
+                view.generation,
+                before.as_ref(),
+                now,
+            ),
+            Err((reason, message)) => condition(
+                type_,
+                false,
+                reason,
+                message.clone(),
+                view.generation,
+                before.as_ref(),
+                now,
+            ),
+        };
+        let conditions = vec![
+            make("Accepted", "Accepted", &state.accepted),
+            make("ResolvedRefs", "ResolvedRefs", &state.resolved),
+        ];
+        // Two targets can share an ancestor (two routes on one Gateway): one entry, where a
+        // failure wins over success.
+        if let Some(existing) = out.iter_mut().find(|a| a.ancestor_ref == reference) {
+            for new in conditions {
+                if let Some(old) = existing
+                    .conditions
+                    .iter_mut()
+                    .find(|c| c.type_ == new.type_)
+                    && old.status == "True"
+                    && new.status == "False"
+                {
+                    *old = new;
+                } else if let Some(old) = existing
+                    .conditions
+                    .iter_mut()
+                    .find(|c| c.type_ == new.type_)
+                    && old.status == "True"
+                    && new.status == "True"
+                    && !old.message.contains(&new.message)
+                {
+                    old.message = truncate(format!("{}; {}", old.message, new.message));
+                }
+            }
+            continue;
+        }
+        out.push(PolicyAncestorStatus {
+            ancestor_ref: reference,
+            controller_name: CONTROLLER_NAME.into(),
+            conditions,
+        });
+    }
+    out
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio::sync::mpsc;
 
-use super::index::{Change, IndexView, PolicyIndex, Scope, SecretKey, spawn_index};
+use super::index::{Change, GatewayKind, IndexView, PolicyIndex, Scope, SecretKey, spawn_index};
 use super::leader;
 use super::replicas::{self, Identity};
 use crate::jwks::KeySources;
@@ -140,11 +140,175 @@ pub fn spawn_controller(
         running: HashMap::new(),
         shared: shared.clone(),
     };
+    let mut gateway_api = GatewayWatches {
+        client: secrets.client.clone(),
+        tx: secrets.tx.clone(),
+        running: Vec::new(),
+        shared: shared.clone(),
+    };
     let index = PolicyIndex::new(key_sources, settings, scopes);
     spawn_index(index, shared, rx, move |index| {
         secrets.update(index.referenced_secrets());
         index.forget_unreferenced_secrets();
+        let wanted = index.wants_gateway_api();
+        if wanted != !gateway_api.running.is_empty() {
+            if wanted {
+                gateway_api.start(index.scopes().cloned().collect());
+            } else {
+                gateway_api.stop();
+                index.forget_gateway_api();
+            }
+        }
     })
+}
+
+/// The HTTPRoute and Gateway API resource (`gateway.networking.k8s.io/v1`).
+pub fn gateway_resource(kind: GatewayKind) -> ApiResource {
+    let plural = match kind {
+        GatewayKind::HttpRoute => "httproutes",
+        GatewayKind::Gateway => "gateways",
+    };
+    ApiResource {
+        group: crate::policy::gateway::GROUP.into(),
+        version: "v1".into(),
+        api_version: format!("{}/v1", crate::policy::gateway::GROUP),
+        kind: kind.kind().into(),
+        plural: plural.into(),
+    }
+}
+
+/// Watches of HTTPRoutes and Gateways (per policy scope), running while some policy has
+/// `targetRefs`. When the API server does not serve the kind (Gateway API's CRDs are not
+/// installed) the watch reports an empty list, so the other policies keep being published and
+/// the targeting ones say their targets are not found; it keeps retrying, and lists for real
+/// once the CRDs are installed.
+struct GatewayWatches {
+    client: Client,
+    tx: mpsc::Sender<Change>,
+    running: Vec<tokio::task::JoinHandle<()>>,
+    shared: Arc<SharedSnapshot>,
+}
+
+impl GatewayWatches {
+    fn start(&mut self, scopes: Vec<Scope>) {
+        for scope in scopes {
+            for kind in GatewayKind::ALL {
+                let resource = gateway_resource(kind);
+                let api: Api<DynamicObject> = match &scope {
+                    None => Api::all_with(self.client.clone(), &resource),
+                    Some(namespace) => {
+                        Api::namespaced_with(self.client.clone(), namespace, &resource)
+                    }
+                };
+                let source = format!(
+                    "{} watch ({})",
+                    kind.kind(),
+                    scope.as_deref().map_or_else(
+                        || "all namespaces".to_string(),
+                        |ns| format!("namespace {ns}")
+                    )
+                );
+                let tx = self.tx.clone();
+                let shared = self.shared.clone();
+                let scope = scope.clone();
+                self.running.push(tokio::spawn(async move {
+                    let mut events = watcher(api, watcher::Config::default())
+                        .default_backoff()
+                        .boxed();
+                    let mut listed = false;
+                    while let Some(event) = events.next().await {
+                        let event = match event {
+                            Ok(event) => {
+                                shared.set_source_problem(&source, None);
+                                if matches!(event, watcher::Event::InitDone) {
+                                    listed = true;
+                                }
+                                event
+                            }
+                            // Never listed: publish the other policies rather than wait.
+                            Err(error) if !listed && (not_served(&error) || forbidden(&error)) => {
+                                if forbidden(&error) {
+                                    watch_failed(&shared, &source, &error);
+                                }
+                                else {
+                                    shared.set_source_problem(
+                                        &source,
+                                        Some(format!(
+                                            "the API server does not serve {} (are Gateway API's CRDs installed?): policies with targetRefs judge nothing",
+                                            kind.kind()
+                                        )),
+                                    );
+                                    tracing::warn!(source, %error,
+                                        "Gateway API kind not served; policies with targetRefs judge nothing until it is");
+                                }
+                                listed = true;
+                                for empty in [watcher::Event::Init, watcher::Event::InitDone] {
+                                    if tx
+                                        .send(Change::Gateway(kind, scope.clone(), empty))
+                                        .await
+                                        .is_err()
+                                    {
+                                        return;
+                                    }
+                                }
+                                continue;
+                            }
+                            Err(error) => {
+                                if not_served(&error) {
+                                    shared.set_source_problem(
+                                        &source,
+                                        Some(format!("the API server no longer serves {}: {error}", kind.kind())),
+                                    );
+                                } else {
+                                    watch_failed(&shared, &source, &error);
+                                }
+                                continue;
+                            }
+                        };
+                        if tx
+                            .send(Change::Gateway(kind, scope.clone(), event))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }));
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        for task in self.running.drain(..) {
+            task.abort();
+        }
+        for kind in GatewayKind::ALL {
+            for problem in self.shared.source_problems() {
+                if problem.0.starts_with(kind.kind()) {
+                    self.shared.set_source_problem(&problem.0, None);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for GatewayWatches {
+    fn drop(&mut self) {
+        for task in &self.running {
+            task.abort();
+        }
+    }
+}
+
+/// Whether a watch failed because the API server does not serve the resource (404).
+fn not_served(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 404,
+        watcher::Error::WatchError(status) => status.code == 404,
+        _ => false,
+    }
 }
 
 /// Whether a watch failed because the API server refused this replica's identity a verb

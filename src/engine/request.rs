@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::policy::TokenLocation;
+use crate::policy::snapshot::RouteName;
 
 /// The request's headers, as each transport has them.
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +60,9 @@ pub struct Request<'a> {
     pub headers: Headers<'a>,
     /// `namespace/name` of a policy the route selects explicitly.
     pub policy: Option<&'a str>,
+    /// The HTTPRoute (and rule) the gateway says the request is on (Envoy Gateway's route
+    /// metadata): only policies attached to it can judge the request.
+    pub route: Option<&'a RouteName>,
 }
 
 /// Where a token was found.
@@ -297,6 +301,7 @@ mod tests {
             method: "GET",
             headers: Headers::List(&list),
             policy: None,
+            route: None,
         };
         extract(loc, &req).map(|(t, s)| (t.into_owned(), s))
     }

@@ -52,6 +52,7 @@ async fn decide(snapshot: &Snapshot, r: &Req) -> Decision {
         method: r.method,
         headers: Headers::Map(&r.headers),
         policy: r.policy,
+        route: None,
     };
     check(snapshot, &request, SystemTime::now()).await
 }

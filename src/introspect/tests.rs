@@ -246,6 +246,7 @@ impl Setup {
             method: "GET",
             headers: Headers::List(&headers),
             policy: None,
+            route: None,
         };
         engine::check(&self.snapshot, &request, SystemTime::now()).await
     }
@@ -435,6 +436,7 @@ async fn a_wrong_client_secret_is_a_502_with_a_hint() {
         path: "/",
         method: "GET",
         headers: Headers::List(&headers),
+        route: None,
         policy: None,
     };
     let Decision::Deny(deny) = engine::check(&snapshot, &request, SystemTime::now()).await else {

@@ -10,11 +10,12 @@ use base64::Engine as _;
 use jsonwebtoken::Algorithm;
 use url::Url;
 
+use super::gateway::{self, RouteEntry};
 use super::route::{HostPattern, Methods, PathCase, PathPrefix, PathReading};
 use super::spec::{
     self, AzureAdSpec, ClaimRequirementSpec, DecryptionSpec, DenyDetail, IntrospectionResponse,
     IntrospectionSpec, IssuerSpec, JwtPolicySpec, SecretEncoding, SecretKeyRef, SecretSpec,
-    TraceHeaderSpec,
+    TargetRefSpec, TraceHeaderSpec,
 };
 use crate::azure::{self, AzureIssuer};
 use crate::claims::ClaimRequirement;
@@ -60,6 +61,8 @@ pub enum ProblemKind {
     SecretNotFound,
     /// Not an error: something that compiles but can never apply (a shadowed rule).
     Warning,
+    /// A targeted route has a match tollgate cannot judge the way the gateway routes it.
+    UnsupportedRoute,
 }
 
 /// One thing wrong with a policy.
@@ -99,6 +102,12 @@ impl CompileError {
             .any(|p| p.kind == ProblemKind::SecretNotFound)
         {
             "SecretNotFound"
+        } else if self
+            .problems
+            .iter()
+            .all(|p| p.kind == ProblemKind::UnsupportedRoute)
+        {
+            "UnsupportedRouteMatch"
         } else {
             "InvalidSpec"
         }
@@ -280,9 +289,15 @@ pub struct DenyConfig {
 pub struct Policy {
     /// `namespace/name`
     pub id: Arc<str>,
+    /// The hosts it claims for its namespace: `match.hosts`, or those of its route entries.
     pub hosts: Vec<HostPattern>,
     /// Empty: every path.
     pub paths: Vec<PathPrefix>,
+    /// `targetRefs`: the Gateway API objects it attaches to (empty: `match` decides).
+    pub targets: Vec<TargetRefSpec>,
+    /// What it judges when it has targets, derived from the routes ([`Policy::attach`]);
+    /// until then, nothing.
+    pub entries: Arc<[RouteEntry]>,
     pub methods: Methods,
     pub token: TokenLocation,
     pub issuers: Vec<Issuer>,
@@ -449,7 +464,10 @@ pub fn compile(
             Err(e) => c.invalid(format!("spec.match.hosts[{i}]"), e.to_string()),
         }
     }
-    if hosts.is_empty() {
+    let targeted = !spec.target_refs.is_empty();
+    if targeted {
+        target_refs(&mut c, spec);
+    } else if hosts.is_empty() {
         hosts.push(HostPattern::Any);
     }
     let paths = prefixes(&mut c, "spec.match.paths", &spec.match_.paths);
@@ -596,6 +614,8 @@ pub fn compile(
         id,
         hosts,
         paths,
+        targets: spec.target_refs.clone(),
+        entries: Arc::from(Vec::new()),
         methods,
         token,
         issuers,
@@ -627,6 +647,77 @@ pub fn compile(
         warnings,
         instance: next_instance(),
     })
+}
+
+/// `targetRefs`: Gateway API kinds in the policy's namespace, exclusive with `match`'s hosts,
+/// paths and methods.
+fn target_refs(c: &mut Checker, spec: &JwtPolicySpec) {
+    c.at_most("spec.targetRefs", &spec.target_refs, 16);
+    for (field, set) in [
+        ("spec.match.hosts", !spec.match_.hosts.is_empty()),
+        ("spec.match.paths", !spec.match_.paths.is_empty()),
+        ("spec.match.methods", !spec.match_.methods.is_empty()),
+    ] {
+        if set {
+            c.invalid(
+                field,
+                "targetRefs and match.hosts/paths/methods are exclusive: the routes say which requests the policy judges",
+            );
+        }
+    }
+    for (i, target) in spec.target_refs.iter().enumerate() {
+        if target.group != gateway::GROUP {
+            c.invalid(
+                format!("spec.targetRefs[{i}].group"),
+                format!("must be {}", gateway::GROUP),
+            );
+        }
+        if !matches!(target.kind.as_str(), "HTTPRoute" | "Gateway") {
+            c.invalid(
+                format!("spec.targetRefs[{i}].kind"),
+                "must be HTTPRoute or Gateway",
+            );
+        }
+        if !valid_name(&target.name, 253) {
+            c.invalid(
+                format!("spec.targetRefs[{i}].name"),
+                "must be a DNS subdomain name",
+            );
+        }
+        if spec.target_refs[..i].iter().any(|t| {
+            t.kind == target.kind && t.name == target.name && t.section_name == target.section_name
+        }) {
+            c.invalid(
+                format!("spec.targetRefs[{i}]"),
+                "names the same target as an earlier entry",
+            );
+        }
+    }
+}
+
+impl Policy {
+    /// This policy with the requests its targets derive (see [`gateway::attach`]); it claims
+    /// their hosts for its namespace. A policy without targets is returned as it is.
+    pub fn attach(&self, entries: Vec<RouteEntry>) -> Policy {
+        let mut policy = self.clone();
+        if policy.targets.is_empty() {
+            return policy;
+        }
+        let mut hosts: Vec<HostPattern> = Vec::new();
+        for entry in &entries {
+            if !hosts.contains(&entry.host) {
+                hosts.push(entry.host.clone());
+            }
+        }
+        policy.hosts = hosts;
+        policy.entries = entries.into();
+        policy
+    }
+
+    /// Whether what it judges is derived from Gateway API routes.
+    pub fn is_targeted(&self) -> bool {
+        !self.targets.is_empty()
+    }
 }
 
 fn compile_azure(

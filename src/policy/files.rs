@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::compile::{CompileContext, FileSecrets, Policy, compile, file_digest};
+use super::compile::{
+    CompileContext, CompileError, FileSecrets, Policy, Problem, ProblemKind, compile, file_digest,
+};
 use super::snapshot::{Claimant, Conflict, SharedSnapshot, Snapshot, SnapshotSettings};
 use super::spec::{API_VERSION, KIND, PolicyDocument};
 use crate::jwks::KeySources;
@@ -323,7 +325,20 @@ impl FileLoader {
                 secrets: &secrets,
             };
             let namespace = doc.metadata.namespace.as_deref().unwrap_or("default");
-            match compile(namespace, &doc.metadata.name, &doc.spec, &ctx) {
+            let compiled = compile(namespace, &doc.metadata.name, &doc.spec, &ctx)
+                .and_then(|policy| {
+                    if policy.is_targeted() {
+                        return Err(CompileError {
+                            problems: vec![Problem {
+                                field: "spec.targetRefs".into(),
+                                message: "targetRefs attach to Gateway API objects, which only Kubernetes mode reads; in policy files use match.hosts, match.paths and match.methods".into(),
+                                kind: ProblemKind::InvalidSpec,
+                            }],
+                        });
+                    }
+                    Ok(policy)
+                });
+            match compiled {
                 Ok(policy) => {
                     entry.compiled = Some(Arc::new(policy));
                     entry.document = Some(value);
@@ -351,6 +366,14 @@ impl FileLoader {
             .filter_map(|(id, e)| {
                 let claimant = match (&e.compiled, &e.failed) {
                     (Some(policy), _) => Claimant::Serving(policy.clone()),
+                    // targetRefs: refused in files, and never a claim on every host.
+                    (None, Some(failed))
+                        if failed["spec"]["targetRefs"]
+                            .as_array()
+                            .is_some_and(|t| !t.is_empty()) =>
+                    {
+                        return None;
+                    }
                     (None, Some(failed)) => {
                         let hosts: Vec<String> = failed["spec"]["match"]["hosts"]
                             .as_array()

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use super::compile::Policy;
+use super::gateway::{PathMatch, RouteId, RouteOrder};
 use super::owners::{self, HostDelegations};
 use super::route::{HostPattern, Methods, PathPrefix, PathReading};
 use crate::verified::TokenCache;
@@ -51,9 +52,60 @@ impl From<DefaultAction> for SnapshotSettings {
 
 #[derive(Clone, Debug)]
 struct Route {
-    prefix: PathPrefix,
+    path: PathMatch,
     methods: Methods,
+    /// `Exact` header matches of a route entry (lower-case name, value).
+    headers: Vec<(String, String)>,
+    /// `Exact` query parameter matches of a route entry.
+    query: Vec<(String, String)>,
+    /// The route rule a route entry comes from, and its precedence among equal matches.
+    origin: Option<(RouteId, RouteOrder)>,
     policy: Arc<Policy>,
+}
+
+impl Route {
+    fn matches(&self, path: &str, method: &str, ignore_case: bool, input: &MatchInput<'_>) -> bool {
+        self.path.matches(path, ignore_case)
+            && self.methods.matches(method)
+            && self
+                .headers
+                .iter()
+                .all(|(n, v)| input.headers.iter().any(|(k, w)| k == n && w == v))
+            && self
+                .query
+                .iter()
+                .all(|(n, v)| input.query.iter().any(|(k, w)| k == n && w == v))
+    }
+
+    /// Whether two routes match exactly the same requests.
+    fn same_match(&self, other: &Route) -> bool {
+        self.path == other.path
+            && self.methods.overlaps(&other.methods)
+            && self.headers == other.headers
+            && self.query == other.query
+    }
+}
+
+/// What selection needs of a request besides host, path and method: the values of the headers
+/// and query parameters some route entry matches on, and the route the gateway names.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MatchInput<'a> {
+    /// (lower-case name, value) of each header in [`Snapshot::matched_headers`] the request
+    /// carries (each at most once: a repeated one is refused before selection).
+    pub headers: &'a [(String, String)],
+    /// (name, value) of each query parameter in [`Snapshot::matched_query`] the request carries.
+    pub query: &'a [(String, String)],
+    /// The HTTPRoute rule the gateway says the request is on (Envoy Gateway's route metadata).
+    pub route: Option<&'a RouteName>,
+}
+
+/// An HTTPRoute (and rule) as a gateway names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteName {
+    pub namespace: String,
+    pub name: String,
+    /// The rule's name, if the gateway says.
+    pub section: Option<String>,
 }
 
 /// Why a policy was left out of the snapshot.
@@ -142,6 +194,11 @@ pub struct Snapshot {
     owners_wildcard: HashMap<String, Arc<str>>,
     /// Whether some path prefix (of a policy or a rule) has upper-case letters.
     upper_prefixes: bool,
+    /// Header names (lower case) and query parameter names some route entry matches on.
+    matched_headers: Vec<String>,
+    matched_query: Vec<String>,
+    /// `namespace/name` of every HTTPRoute some policy's entries come from.
+    routed: HashSet<String>,
     /// Every path reading some policy accepts.
     readings: PathReading,
     /// Increases with every published snapshot.
@@ -149,32 +206,6 @@ pub struct Snapshot {
     pub default_action: DefaultAction,
     /// The verified-token cache of the serving process (none in offline checks).
     pub token_cache: Option<Arc<TokenCache>>,
-}
-
-/// The first route of `routes` (sorted: longest prefix first) that matches. An `OPTIONS`
-/// request (a CORS preflight carries no token) is taken first by a route that names `OPTIONS`,
-/// so a longer route for all methods does not shadow it.
-fn pick_route<'r, T>(
-    routes: &'r [T],
-    route: impl Fn(&T) -> (&PathPrefix, &Methods),
-    path: &str,
-    method: &str,
-    ignore_case: bool,
-    eligible: impl Fn(&T) -> bool,
-) -> Option<&'r T> {
-    let matching = |r: &&T| {
-        let (prefix, methods) = route(r);
-        eligible(r) && prefix.matches(path, ignore_case) && methods.matches(method)
-    };
-    if method.eq_ignore_ascii_case("OPTIONS")
-        && let Some(found) = routes
-            .iter()
-            .filter(matching)
-            .find(|r| route(r).1.names("OPTIONS"))
-    {
-        return Some(found);
-    }
-    routes.iter().find(matching)
 }
 
 /// A policy as the snapshot sees it: serving (compiled), or failing to compile with no last
@@ -297,6 +328,55 @@ impl Holdings {
     }
 }
 
+/// A policy's routes: its route entries when it has targets, else `match.hosts` × paths with
+/// its methods.
+fn routes_of(policy: &Arc<Policy>) -> Vec<(HostPattern, Route)> {
+    if policy.is_targeted() {
+        return policy
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.host.clone(),
+                    Route {
+                        path: e.path.clone(),
+                        methods: e.methods.clone(),
+                        headers: e.headers.clone(),
+                        query: e.query.clone(),
+                        origin: Some((e.route.clone(), e.order.clone())),
+                        policy: policy.clone(),
+                    },
+                )
+            })
+            .collect();
+    }
+    let root = [PathPrefix::root()];
+    let prefixes: &[PathPrefix] = if policy.paths.is_empty() {
+        &root
+    } else {
+        &policy.paths
+    };
+    policy
+        .hosts
+        .iter()
+        .flat_map(|host| {
+            prefixes.iter().map(move |prefix| {
+                (
+                    host.clone(),
+                    Route {
+                        path: PathMatch::Prefix(prefix.clone()),
+                        methods: policy.methods.clone(),
+                        headers: Vec::new(),
+                        query: Vec::new(),
+                        origin: None,
+                        policy: policy.clone(),
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
 impl Snapshot {
     /// Indexes `policies`, given oldest first, with the operator's host delegations. A policy
     /// naming a host another namespace owns, or a host+path+method an older policy of its
@@ -345,28 +425,23 @@ impl Snapshot {
                 Claimant::Serving(policy) => policy,
             };
             let namespace: Arc<str> = policy.namespace().into();
-            let root = [PathPrefix::root()];
-            let prefixes: &[PathPrefix] = if policy.paths.is_empty() {
-                &root
-            } else {
-                &policy.paths
-            };
+            let routes = routes_of(&policy);
             let host_clash = holdings.clash(&policy.id, &namespace, &policy.hosts, delegations);
             let clash = host_clash.or_else(|| {
-                policy.hosts.iter().find_map(|host| {
+                routes.iter().find_map(|(host, route)| {
                     let bucket = snapshot.bucket(host)?;
-                    prefixes.iter().find_map(|prefix| {
-                        bucket
-                            .iter()
-                            .find(|r| r.prefix == *prefix && r.methods.overlaps(&policy.methods))
-                            .map(|r| Conflict {
-                                policy: policy.id.clone(),
-                                holder: r.policy.id.clone(),
-                                host: host.to_string(),
-                                path: prefix.to_string(),
-                                kind: ConflictKind::Route,
-                            })
-                    })
+                    bucket
+                        .iter()
+                        .find(|r| {
+                            r.same_match(route) && (r.origin.is_none() || route.origin.is_none())
+                        })
+                        .map(|r| Conflict {
+                            policy: policy.id.clone(),
+                            holder: r.policy.id.clone(),
+                            host: host.to_string(),
+                            path: route.path.to_string(),
+                            kind: ConflictKind::Route,
+                        })
                 })
             });
             if let Some(mut conflict) = clash {
@@ -383,25 +458,34 @@ impl Snapshot {
                 &policy.hosts,
                 delegations,
             );
-            for host in &policy.hosts {
+            for (host, route) in routes {
+                snapshot.upper_prefixes |= route.path.has_upper();
+                for (name, _) in &route.headers {
+                    if !snapshot.matched_headers.contains(name) {
+                        snapshot.matched_headers.push(name.clone());
+                    }
+                }
+                for (name, _) in &route.query {
+                    if !snapshot.matched_query.contains(name) {
+                        snapshot.matched_query.push(name.clone());
+                    }
+                }
+                if let Some((id, _)) = &route.origin {
+                    snapshot
+                        .routed
+                        .insert(format!("{}/{}", id.namespace, id.name));
+                }
                 let bucket = match host {
-                    HostPattern::Exact(h) => snapshot.exact.entry(h.clone()).or_default(),
-                    HostPattern::Wildcard(s) => snapshot.wildcard.entry(s.clone()).or_default(),
+                    HostPattern::Exact(h) => snapshot.exact.entry(h).or_default(),
+                    HostPattern::Wildcard(s) => snapshot.wildcard.entry(s).or_default(),
                     HostPattern::Any => &mut snapshot.any,
                 };
-                for prefix in prefixes {
-                    bucket.push(Route {
-                        prefix: prefix.clone(),
-                        methods: policy.methods.clone(),
-                        policy: policy.clone(),
-                    });
-                }
+                bucket.push(route);
             }
-            snapshot.upper_prefixes |= prefixes.iter().any(PathPrefix::has_upper)
-                || policy
-                    .rules
-                    .iter()
-                    .any(|r| r.paths.iter().any(PathPrefix::has_upper));
+            snapshot.upper_prefixes |= policy
+                .rules
+                .iter()
+                .any(|r| r.paths.iter().any(PathPrefix::has_upper));
             snapshot.readings = snapshot.readings.union(policy.path_reading);
             snapshot.policies.insert(policy.id.clone(), policy);
         }
@@ -411,12 +495,21 @@ impl Snapshot {
             .chain(snapshot.wildcard.values_mut())
             .chain([&mut snapshot.any])
         {
-            // Longest prefix first; routes naming methods before catch-all ones of equal length.
+            // Gateway API precedence: exact paths, then the longest prefix, then routes naming
+            // a method, then more header matches, then more query matches; among route entries
+            // that still tie, the older route (then namespace/name, rule and match order).
             bucket.sort_by(|a, b| {
-                b.prefix
-                    .len()
-                    .cmp(&a.prefix.len())
+                b.path
+                    .is_exact()
+                    .cmp(&a.path.is_exact())
+                    .then(b.path.len().cmp(&a.path.len()))
                     .then(a.methods.is_all().cmp(&b.methods.is_all()))
+                    .then(b.headers.len().cmp(&a.headers.len()))
+                    .then(b.query.len().cmp(&a.query.len()))
+                    .then_with(|| match (&a.origin, &b.origin) {
+                        (Some((_, x)), Some((_, y))) => x.cmp(y),
+                        _ => std::cmp::Ordering::Equal,
+                    })
             });
         }
         (snapshot, conflicts)
@@ -464,6 +557,16 @@ impl Snapshot {
         None
     }
 
+    /// Header names (lower case) some route entry matches on.
+    pub fn matched_headers(&self) -> &[String] {
+        &self.matched_headers
+    }
+
+    /// Query parameter names some route entry matches on.
+    pub fn matched_query(&self) -> &[String] {
+        &self.matched_query
+    }
+
     /// Every path reading some loaded policy accepts.
     pub fn readings(&self) -> PathReading {
         self.readings
@@ -483,16 +586,56 @@ impl Snapshot {
         method: &str,
         ignore_case: bool,
     ) -> Option<&'s Arc<Policy>> {
+        self.select_with(host, path, method, ignore_case, &MatchInput::default())
+    }
+
+    /// [`Self::select`] with the headers and query parameters route entries match on, and the
+    /// route the gateway names. When the gateway names an HTTPRoute that policies are attached
+    /// to, only that route's entries (of the named rule, if it says) can judge the request;
+    /// when it names another route, no route entry can (they belong to routes the gateway
+    /// did not choose), only `match` policies.
+    pub fn select_with<'s>(
+        &'s self,
+        host: &str,
+        path: &str,
+        method: &str,
+        ignore_case: bool,
+        input: &MatchInput<'_>,
+    ) -> Option<&'s Arc<Policy>> {
+        let named = input.route.map(|r| {
+            let known = self.routed.contains(&format!("{}/{}", r.namespace, r.name));
+            (r, known)
+        });
+        let eligible_origin = |route: &Route| match (named, &route.origin) {
+            (None, _) => true,
+            (Some((_, true)), None) => false,
+            (Some((_, false)), None) => true,
+            (Some((_, false)), Some(_)) => false,
+            (Some((r, true)), Some((id, _))) => {
+                *id.namespace == *r.namespace
+                    && *id.name == *r.name
+                    && r.section
+                        .as_deref()
+                        .is_none_or(|s| id.rule.as_deref() == Some(s))
+            }
+        };
         let pick = |routes: &'s [Route], owner: Option<&Arc<str>>| -> Option<&'s Arc<Policy>> {
-            pick_route(
-                routes,
-                |r| (&r.prefix, &r.methods),
-                path,
-                method,
-                ignore_case,
-                |r| owner.is_none_or(|ns| **ns == *r.policy.namespace()),
-            )
-            .map(|r| &r.policy)
+            let eligible = |r: &&Route| {
+                owner.is_none_or(|ns| **ns == *r.policy.namespace())
+                    && eligible_origin(r)
+                    && r.matches(path, method, ignore_case, input)
+            };
+            // An `OPTIONS` request (a CORS preflight carries no token) is taken first by a
+            // route that names `OPTIONS`, so a longer route for all methods does not shadow it.
+            if method.eq_ignore_ascii_case("OPTIONS")
+                && let Some(found) = routes
+                    .iter()
+                    .filter(eligible)
+                    .find(|r| r.methods.names("OPTIONS"))
+            {
+                return Some(&found.policy);
+            }
+            routes.iter().find(eligible).map(|r| &r.policy)
         };
         // Every route of an exact host belongs to its owner (build refused the others).
         if let Some(found) = self.exact.get(host).and_then(|routes| pick(routes, None)) {

@@ -81,14 +81,25 @@ pub struct DocumentMetadata {
     )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("!has(self.targetRefs) || size(self.targetRefs) == 0 || !has(self.match) || ((!has(self.match.hosts) || size(self.match.hosts) == 0) && (!has(self.match.paths) || size(self.match.paths) == 0) && (!has(self.match.methods) || size(self.match.methods) == 0))").message("targetRefs and match.hosts/paths/methods are exclusive: the routes say which requests the policy judges"))]
 #[x_kube(validation = Rule::new("(has(self.issuers) && size(self.issuers) > 0) || has(self.azureAd)").message("list at least one issuer, or set azureAd"))]
 #[x_kube(validation = Rule::new("!has(self.requireSignedTokens) || self.requireSignedTokens || has(self.decryption)").message("requireSignedTokens: false only applies to encrypted tokens; configure decryption"))]
 #[x_kube(validation = Rule::new("!has(self.requireSignedTokens) || self.requireSignedTokens || (!has(self.azureAd) && has(self.issuers) && size(self.issuers) == 1)").message("requireSignedTokens: false needs exactly one issuer (and no azureAd): an unsigned token's iss is whatever the holder of the shared key wrote"))]
 #[x_kube(validation = Rule::new("!has(self.requireSignedTokens) || self.requireSignedTokens || !has(self.decryption) || self.decryption.keys.all(k, has(k.algorithms) && size(k.algorithms) > 0 && k.algorithms.all(a, a in ['dir', 'A128KW', 'A256KW']))").message("requireSignedTokens: false needs every decryption key limited to dir, A128KW or A256KW (keys[].algorithms): with RSA or EC keys anyone holding the public key can encrypt claims"))]
 pub struct JwtPolicySpec {
-    /// Which requests this policy judges.
+    /// Which requests this policy judges, by host, path and method. Exclusive with
+    /// `targetRefs` (only `pathCase` and `pathReading` apply to both).
     #[serde(default, rename = "match")]
     pub match_: MatchSpec,
+    /// Gateway API objects this policy attaches to (GEP-713, same namespace): an `HTTPRoute`
+    /// (optionally one rule, by `sectionName`) or a `Gateway` (optionally one listener). The
+    /// hosts, paths, methods, headers and query parameters it judges are derived from the
+    /// routes and follow their edits. Exclusive with `match.hosts`, `match.paths` and
+    /// `match.methods`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(x, self.exists_one(y, x.kind == y.kind && x.name == y.name && (has(x.sectionName) ? x.sectionName : '') == (has(y.sectionName) ? y.sectionName : '')))").message("targetRefs must not name the same target twice"))]
+    pub target_refs: Vec<TargetRefSpec>,
     /// Where the token is read. Default: `Authorization: Bearer <token>`.
     #[serde(default)]
     pub token: TokenSpec,
@@ -257,6 +268,30 @@ pub struct TraceHeaderSpec {
     pub name: Option<String>,
     /// The value the header must carry: a Secret key or a file (at least 16 bytes).
     pub value: SecretSpec,
+}
+
+/// A Gateway API object a policy attaches to (GEP-713 `LocalPolicyTargetReferenceWithSectionName`).
+#[derive(
+    Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetRefSpec {
+    /// `gateway.networking.k8s.io`.
+    #[schemars(regex(pattern = r"^gateway\.networking\.k8s\.io$"))]
+    pub group: String,
+    /// `HTTPRoute` or `Gateway`.
+    #[schemars(regex(pattern = "^(HTTPRoute|Gateway)$"))]
+    pub kind: String,
+    /// The object's name, in the policy's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// An HTTPRoute rule's `name`, or a Gateway listener's `name`. Unset: the whole object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 253)
+    )]
+    pub section_name: Option<String>,
 }
 
 /// Request matching. Empty lists match everything.
@@ -775,6 +810,36 @@ pub struct JwtPolicyStatus {
     /// The same as numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<ReplicaCounts>,
+    /// Per Gateway API ancestor of each `targetRefs` entry (GEP-713): `Accepted` (the policy
+    /// judges the target's requests there; reasons `TargetNotFound`, `NotAttached`,
+    /// `Conflicted`, `Invalid`, `NoRoutes`) and `ResolvedRefs` (the target and the Gateway it
+    /// attaches to exist).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub ancestors: Vec<PolicyAncestorStatus>,
+}
+
+/// The status of a policy at one ancestor (Gateway API `PolicyAncestorStatus`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAncestorStatus {
+    pub ancestor_ref: AncestorRefStatus,
+    /// `tollgate.dev/jwtpolicy-controller`.
+    pub controller_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Gateway API `ParentReference` of an ancestor.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AncestorRefStatus {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
 }
 
 /// Key status of one issuer.

@@ -52,6 +52,7 @@ fn serving(created: &str) -> IndexView {
             policy: Some(policy),
             status: None,
             hosts: Vec::new(),
+            ancestors: Vec::new(),
         }],
         delegations: crate::policy::HostDelegations::none(),
     }

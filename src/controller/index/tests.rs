@@ -233,6 +233,7 @@ async fn allowed(index: &PolicyIndex, token: &str) -> bool {
         method: "GET",
         headers: Headers::List(&headers),
         policy: None,
+        route: None,
     };
     engine::check(&snapshot, &request, SystemTime::now())
         .await

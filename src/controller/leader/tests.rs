@@ -50,6 +50,7 @@ fn view(error: Option<CompileError>) -> IndexView {
             policy: Some(mk_policy("orders", "")),
             status: None,
             hosts: Vec::new(),
+            ancestors: Vec::new(),
         }],
         delegations: crate::policy::HostDelegations::none(),
     }

@@ -18,6 +18,7 @@ fn view(generation: i64, serving: Option<i64>) -> PolicyView {
         policy: serving.map(|_| mk_policy("orders", "")),
         status: None,
         hosts: Vec::new(),
+        ancestors: Vec::new(),
     }
 }
 

@@ -122,6 +122,7 @@ fn request<'a>(r: &'a Req, host: Option<&'a str>) -> Request<'a> {
         method: r.method,
         headers: Headers::Map(&r.headers),
         policy: None,
+        route: None,
     }
 }
 
