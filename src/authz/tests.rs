@@ -275,3 +275,65 @@ fn cached_claims_give_the_same_metadata_as_parsed_ones() {
     assert_eq!(parsed, cached);
     assert_eq!(parsed.fields.len(), 9);
 }
+
+/// Envoy Gateway's route metadata, as its xDS puts it on a route.
+fn envoy_gateway_metadata(resource: serde_json::Value) -> crate::proto::core::Metadata {
+    fn value(v: &serde_json::Value) -> prost_types::Value {
+        let kind = match v {
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+                values: items.iter().map(value).collect(),
+            }),
+            serde_json::Value::Object(map) => Kind::StructValue(prost_types::Struct {
+                fields: map.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
+            }),
+            _ => Kind::NullValue(0),
+        };
+        prost_types::Value { kind: Some(kind) }
+    }
+    let Some(Kind::StructValue(fields)) = value(&serde_json::json!({"resources": [resource]})).kind
+    else {
+        unreachable!("an object is a struct");
+    };
+    crate::proto::core::Metadata {
+        filter_metadata: HashMap::from([(ENVOY_GATEWAY_METADATA.to_string(), fields)]),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn envoy_gateway_route_metadata_names_the_route_and_rule() {
+    use crate::policy::snapshot::RouteName;
+    let read = |resource| route_from_metadata(&envoy_gateway_metadata(resource));
+    assert_eq!(
+        read(
+            serde_json::json!({"kind": "HTTPRoute", "namespace": "shop", "name": "orders", "sectionName": "write"})
+        ),
+        Some(RouteName {
+            namespace: "shop".into(),
+            name: "orders".into(),
+            section: Some("write".into()),
+        })
+    );
+    assert_eq!(
+        read(serde_json::json!({"kind": "HTTPRoute", "namespace": "shop", "name": "orders"})),
+        Some(RouteName {
+            namespace: "shop".into(),
+            name: "orders".into(),
+            section: None,
+        })
+    );
+    // Not an HTTPRoute, or incomplete: no route is named (selection by host and path).
+    assert_eq!(
+        read(serde_json::json!({"kind": "GRPCRoute", "namespace": "shop", "name": "orders"})),
+        None
+    );
+    assert_eq!(
+        read(serde_json::json!({"kind": "HTTPRoute", "name": "orders"})),
+        None
+    );
+    assert_eq!(
+        route_from_metadata(&crate::proto::core::Metadata::default()),
+        None
+    );
+}

@@ -344,3 +344,88 @@ mod azure;
 mod cache;
 mod encrypted;
 mod hostile;
+
+/// A policy attached to one route that matches on a header and a query parameter.
+fn header_and_query_routed() -> Snapshot {
+    use crate::policy::gateway::{self, Attacher, GatewayObject, RouteObject};
+    let policy = mk_policy(
+        "beta",
+        "{targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: beta}]}",
+    );
+    let route = RouteObject {
+        namespace: "test".into(),
+        name: "beta".into(),
+        created: "2026-01-01T00:00:00Z".into(),
+        spec: serde_yaml::from_str(
+            "parentRefs: [{name: eg}]\nhostnames: [api.example.com]\nrules: [{matches: [{path: {value: /orders}, headers: [{name: x-beta, value: 'yes'}], queryParams: [{name: v, value: '2'}]}]}]",
+        )
+        .expect("route"),
+    };
+    let gateway = GatewayObject {
+        namespace: "test".into(),
+        name: "eg".into(),
+        spec: serde_yaml::from_str("listeners: [{name: http, protocol: HTTP, port: 80}]")
+            .expect("gateway"),
+    };
+    let attachments = gateway::attach(
+        &[Attacher {
+            id: policy.id.clone(),
+            namespace: "test",
+            created: "2026-01-01T00:00:00Z",
+            targets: &policy.targets,
+        }],
+        &std::collections::BTreeMap::from([(("test".into(), "beta".into()), route)]),
+        &std::collections::BTreeMap::from([(("test".into(), "eg".into()), gateway)]),
+    );
+    let attached = Arc::new(policy.attach(attachments[&policy.id].entries.clone()));
+    snapshot(&[attached], DefaultAction::Deny)
+}
+
+#[tokio::test]
+async fn route_header_and_query_matches_are_read_one_way_or_refused() {
+    let snapshot = header_and_query_routed();
+    let token = good();
+    let ok = decide(
+        &snapshot,
+        &req("/orders/1?v=2").header("x-beta", "yes").bearer(&token),
+    )
+    .await;
+    assert_eq!(allowed(&ok).policy.as_deref(), Some("test/beta"));
+    // Without the header or with another value, the route does not match.
+    let other = decide(&snapshot, &req("/orders/1?v=2").bearer(&token)).await;
+    assert_eq!(denied(&other).reason, Reason::NoPolicy);
+    // Query parameters that gateways and upstreams read differently are refused.
+    for path in [
+        "/orders/1?v=2&v=3",
+        "/orders/1?%76=2",
+        "/orders/1?v=%32",
+        "/orders/1?v=2+",
+    ] {
+        let d = decide(&snapshot, &req(path).header("x-beta", "yes").bearer(&token)).await;
+        assert_eq!(denied(&d).reason, Reason::RequestMalformed, "{path}");
+        assert_eq!(denied(&d).status, 400, "{path}");
+    }
+    // A matched header sent twice (one header line each) is refused.
+    let list = vec![
+        ("x-beta".to_string(), "yes".to_string()),
+        ("X-Beta".to_string(), "no".to_string()),
+        ("authorization".to_string(), format!("Bearer {token}")),
+    ];
+    let request = Request {
+        host: "api.example.com",
+        path: "/orders/1?v=2",
+        method: "GET",
+        headers: Headers::List(&list),
+        policy: None,
+        route: None,
+    };
+    let d = check(&snapshot, &request, SystemTime::now()).await;
+    assert_eq!(denied(&d).reason, Reason::RequestMalformed);
+    assert!(
+        denied(&d)
+            .description
+            .contains("x-beta header is sent more than once"),
+        "{}",
+        denied(&d).description
+    );
+}

@@ -474,3 +474,180 @@ fn an_update_without_a_spec_change_recompiles_nothing() {
             .expect("compiled")
     ));
 }
+
+fn gateway_object(
+    kind: GatewayKind,
+    namespace: &str,
+    name: &str,
+    created: &str,
+    spec: serde_json::Value,
+) -> DynamicObject {
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "gateway.networking.k8s.io",
+        "v1",
+        kind.kind(),
+    ));
+    let mut object = DynamicObject::new(name, &resource).data(json!({"spec": spec}));
+    object.metadata = ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        generation: Some(1),
+        creation_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            created.parse().expect("timestamp"),
+        )),
+        ..ObjectMeta::default()
+    };
+    object
+}
+
+fn targeted_spec(route: &str) -> serde_json::Value {
+    json!({
+        "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": route}],
+        "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": trusted_jwks()}],
+    })
+}
+
+fn orders_route(path_type: &str, path: &str) -> DynamicObject {
+    gateway_object(
+        GatewayKind::HttpRoute,
+        "shop",
+        "orders",
+        T0,
+        json!({
+            "parentRefs": [{"name": "eg"}],
+            "hostnames": ["api.example.com"],
+            "rules": [{"matches": [{"path": {"type": path_type, "value": path}}]}],
+        }),
+    )
+}
+
+fn selected_route(index: &PolicyIndex, host: &str, path: &str) -> Option<String> {
+    let (snapshot, _) = index.snapshot();
+    snapshot
+        .select_with(host, path, "GET", false, &Default::default())
+        .map(|p| p.id.to_string())
+}
+
+fn list_gateway_api(
+    index: &mut PolicyIndex,
+    routes: Vec<DynamicObject>,
+    gateways: Vec<DynamicObject>,
+) {
+    for (kind, objects) in [
+        (GatewayKind::HttpRoute, routes),
+        (GatewayKind::Gateway, gateways),
+    ] {
+        index.apply(Change::Gateway(kind, None, watcher::Event::Init));
+        for object in objects {
+            index.apply(Change::Gateway(
+                kind,
+                None,
+                watcher::Event::InitApply(object),
+            ));
+        }
+        index.apply(Change::Gateway(kind, None, watcher::Event::InitDone));
+    }
+}
+
+#[test]
+fn a_policy_attached_to_a_route_judges_its_requests_and_follows_its_edits() {
+    let mut index = synced_index();
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("p", 1, T0, targeted_spec("orders"))),
+    ));
+    assert!(index.wants_gateway_api());
+    assert!(
+        !index.synced(),
+        "nothing is published before the routes and Gateways are listed"
+    );
+    let gateway = gateway_object(
+        GatewayKind::Gateway,
+        "shop",
+        "eg",
+        T0,
+        json!({"listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]}),
+    );
+    list_gateway_api(
+        &mut index,
+        vec![orders_route("PathPrefix", "/orders")],
+        vec![gateway],
+    );
+    assert!(index.synced());
+    assert_eq!(
+        selected_route(&index, "api.example.com", "/orders/1").as_deref(),
+        Some("shop/p")
+    );
+    assert_eq!(selected_route(&index, "api.example.com", "/cart"), None);
+    assert_eq!(selected_route(&index, "other.example.com", "/orders"), None);
+
+    // The route is edited: the policy follows, without a new generation of its own.
+    assert!(index.apply(Change::Gateway(
+        GatewayKind::HttpRoute,
+        None,
+        watcher::Event::Apply(orders_route("Exact", "/cart")),
+    )));
+    assert_eq!(selected_route(&index, "api.example.com", "/orders/1"), None);
+    assert_eq!(
+        selected_route(&index, "api.example.com", "/cart").as_deref(),
+        Some("shop/p")
+    );
+    assert_eq!(selected_route(&index, "api.example.com", "/cart/1"), None);
+
+    // A match tollgate cannot judge: not accepted, the last good entries keep serving.
+    index.apply(Change::Gateway(
+        GatewayKind::HttpRoute,
+        None,
+        watcher::Event::Apply(orders_route("RegularExpression", "/c.*")),
+    ));
+    let view = index.view(&[]);
+    let policy = &view.policies[0];
+    let error = policy.error.as_ref().expect("not accepted");
+    assert_eq!(error.reason(), "UnsupportedRouteMatch");
+    assert!(error.to_string().contains("RegularExpression"), "{error}");
+    assert_eq!(
+        selected_route(&index, "api.example.com", "/cart").as_deref(),
+        Some("shop/p")
+    );
+
+    // The route is deleted: the policy judges nothing, and holds no host.
+    index.apply(Change::Gateway(
+        GatewayKind::HttpRoute,
+        None,
+        watcher::Event::Delete(orders_route("Exact", "/cart")),
+    ));
+    assert_eq!(selected_route(&index, "api.example.com", "/cart"), None);
+    let view = index.view(&[]);
+    assert!(view.policies[0].error.is_none());
+    assert!(view.policies[0].hosts.is_empty());
+    assert_eq!(
+        view.policies[0].ancestors[0]
+            .accepted
+            .clone()
+            .expect_err("gone")
+            .0,
+        "TargetNotFound"
+    );
+}
+
+#[test]
+fn without_gateway_api_the_other_policies_still_publish() {
+    let mut index = synced_index();
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("plain", 1, T0, spec("plain.example", json!({})))),
+    ));
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("p", 1, T1, targeted_spec("orders"))),
+    ));
+    // What the watch sends when the API server does not serve the kinds: an empty list.
+    list_gateway_api(&mut index, Vec::new(), Vec::new());
+    assert!(index.synced());
+    assert_eq!(
+        selected_route(&index, "plain.example", "/").as_deref(),
+        Some("shop/plain")
+    );
+    // The targeting policy claims no host: not even `*`.
+    assert_eq!(selected_route(&index, "any.example", "/"), None);
+}

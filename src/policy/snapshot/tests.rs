@@ -354,3 +354,181 @@ fn delegations_can_require_a_delegation_for_wildcards_or_for_everything() {
         Some("tenant-b/api")
     );
 }
+
+/// Policies attached to HTTPRoutes of one Gateway, derived as the controller derives them:
+/// `(policy, route created, route spec)`, each policy targeting the route of its name.
+fn attached(routes: &[(&str, &str, &str)]) -> Vec<Arc<Policy>> {
+    use crate::policy::gateway::{self, Attacher, GatewayObject, RouteObject};
+    let gateway = GatewayObject {
+        namespace: "test".into(),
+        name: "eg".into(),
+        spec: serde_yaml::from_str("listeners: [{name: http, protocol: HTTP, port: 80}]")
+            .expect("gateway"),
+    };
+    let route_objects: std::collections::BTreeMap<_, _> = routes
+        .iter()
+        .map(|(name, created, yaml)| {
+            let route = RouteObject {
+                namespace: "test".into(),
+                name: name.to_string(),
+                created: created.to_string(),
+                spec: serde_yaml::from_str(&format!("parentRefs: [{{name: eg}}]\n{yaml}"))
+                    .expect("route"),
+            };
+            (("test".to_string(), name.to_string()), route)
+        })
+        .collect();
+    let gateways = std::collections::BTreeMap::from([(("test".into(), "eg".into()), gateway)]);
+    let policies: Vec<Arc<Policy>> = routes
+        .iter()
+        .map(|(name, _, _)| {
+            mk_policy(
+                name,
+                &format!("{{targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {name}}}]}}"),
+            )
+        })
+        .collect();
+    let targets: Vec<Vec<crate::policy::spec::TargetRefSpec>> =
+        policies.iter().map(|p| p.targets.clone()).collect();
+    let attachers: Vec<Attacher<'_>> = policies
+        .iter()
+        .zip(&targets)
+        .map(|(p, t)| Attacher {
+            id: p.id.clone(),
+            namespace: "test",
+            created: "2026-01-01T00:00:00Z",
+            targets: t,
+        })
+        .collect();
+    let attachments = gateway::attach(&attachers, &route_objects, &gateways);
+    policies
+        .iter()
+        .map(|p| {
+            let attachment = &attachments[&p.id];
+            assert!(attachment.problems.is_empty(), "{:?}", attachment.problems);
+            Arc::new(p.attach(attachment.entries.clone()))
+        })
+        .collect()
+}
+
+#[test]
+fn route_entries_follow_gateway_api_precedence() {
+    let policies = attached(&[
+        (
+            "prefix",
+            "2026-01-02T00:00:00Z",
+            "hostnames: [api.example.com]\nrules: [{matches: [{path: {type: PathPrefix, value: /orders}}]}]",
+        ),
+        (
+            "exact",
+            "2026-01-03T00:00:00Z",
+            "hostnames: [api.example.com]\nrules: [{matches: [{path: {type: Exact, value: /orders/admin}}]}]",
+        ),
+        (
+            "header",
+            "2026-01-04T00:00:00Z",
+            "hostnames: [api.example.com]\nrules: [{matches: [{path: {type: PathPrefix, value: /orders}, headers: [{name: X-Beta, value: 'yes'}]}]}]",
+        ),
+        (
+            "query",
+            "2026-01-05T00:00:00Z",
+            "hostnames: [api.example.com]\nrules: [{matches: [{path: {type: PathPrefix, value: /orders}, queryParams: [{name: v, value: '2'}]}]}]",
+        ),
+        (
+            "older",
+            "2026-01-01T00:00:00Z",
+            "hostnames: [api.example.com]\nrules: [{matches: [{path: {type: PathPrefix, value: /cart}}]}]",
+        ),
+        (
+            "younger",
+            "2026-01-09T00:00:00Z",
+            "hostnames: [api.example.com]\nrules: [{matches: [{path: {type: PathPrefix, value: /cart}}]}]",
+        ),
+    ]);
+    let refs: Vec<&Arc<Policy>> = policies.iter().collect();
+    let (snapshot, conflicts) = build(&refs);
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+    assert_eq!(snapshot.matched_headers(), ["x-beta"]);
+    assert_eq!(snapshot.matched_query(), ["v"]);
+    let beta = [("x-beta".to_string(), "yes".to_string())];
+    let v2 = [("v".to_string(), "2".to_string())];
+    let cases: [(&str, &[(String, String)], &[(String, String)], Option<&str>); 8] = [
+        ("/orders/1", &[], &[], Some("test/prefix")),
+        // Exact beats any prefix; a path below it is not exact.
+        ("/orders/admin", &beta, &[], Some("test/exact")),
+        ("/orders/admin/x", &[], &[], Some("test/prefix")),
+        // More header matches beat fewer; headers beat query parameters.
+        ("/orders/1", &beta, &[], Some("test/header")),
+        ("/orders/1", &beta, &v2, Some("test/header")),
+        ("/orders/1", &[], &v2, Some("test/query")),
+        // Equal matches: the older route, as the gateway picks.
+        ("/cart", &[], &[], Some("test/older")),
+        ("/users", &[], &[], None),
+    ];
+    for (path, headers, query, want) in cases {
+        let input = MatchInput {
+            headers,
+            query,
+            route: None,
+        };
+        assert_eq!(
+            snapshot
+                .select_with("api.example.com", path, "GET", false, &input)
+                .map(|p| &*p.id),
+            want,
+            "{path} {headers:?} {query:?}"
+        );
+    }
+}
+
+#[test]
+fn a_route_named_by_the_gateway_is_judged_only_by_its_own_policy() {
+    let policies = attached(&[
+        (
+            "orders",
+            "2026-01-01T00:00:00Z",
+            "hostnames: [api.example.com]\nrules: [{name: read, matches: [{path: {value: /orders}, method: GET}]}, {name: write, matches: [{path: {value: /orders}}]}]",
+        ),
+        (
+            "shadow",
+            "2026-01-02T00:00:00Z",
+            "hostnames: [api.example.com]\nrules: [{matches: [{path: {type: Exact, value: /orders/1}}]}]",
+        ),
+    ]);
+    let plain = mk_policy(
+        "plain",
+        "{match: {hosts: [api.example.com], paths: [/orders/1]}}",
+    );
+    let mut refs: Vec<&Arc<Policy>> = policies.iter().collect();
+    refs.push(&plain);
+    let (snapshot, conflicts) = build(&refs);
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+    let pick = |route: Option<RouteName>| {
+        let input = MatchInput {
+            route: route.as_ref(),
+            ..MatchInput::default()
+        };
+        snapshot
+            .select_with("api.example.com", "/orders/1", "POST", false, &input)
+            .map(|p| p.id.to_string())
+    };
+    let named = |name: &str, section: Option<&str>| {
+        Some(RouteName {
+            namespace: "test".into(),
+            name: name.into(),
+            section: section.map(str::to_string),
+        })
+    };
+    // By host and path alone, the exact route wins.
+    assert_eq!(pick(None).as_deref(), Some("test/shadow"));
+    // The gateway says the request is on route orders: only its entries count.
+    assert_eq!(pick(named("orders", None)).as_deref(), Some("test/orders"));
+    assert_eq!(
+        pick(named("orders", Some("write"))).as_deref(),
+        Some("test/orders")
+    );
+    // Rule read is GET only: a POST on it matches none of its entries.
+    assert_eq!(pick(named("orders", Some("read"))), None);
+    // A route no policy is attached to: only `match` policies can judge it.
+    assert_eq!(pick(named("other", None)).as_deref(), Some("test/plain"));
+}
