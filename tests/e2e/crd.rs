@@ -468,7 +468,45 @@ fn cases() -> Vec<Case> {
             with_issuer(json!({"requireSignedTokens": null})),
             Accepted,
         ),
+        case(
+            "targetRefs to an HTTPRoute rule and a Gateway, with pathCase",
+            with_issuer(json!({
+                "targetRefs": [
+                    {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "orders", "sectionName": "read"},
+                    {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "orders"},
+                    {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "eg"},
+                ],
+                "match": {"pathCase": "Exact"},
+            })),
+            Accepted,
+        ),
         // Refused by a CEL rule.
+        case(
+            "targetRefs with match.hosts",
+            with_issuer(json!({
+                "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "orders"}],
+                "match": {"hosts": ["api.example.com"]},
+            })),
+            Rule("targetRefs and match.hosts/paths/methods are exclusive"),
+        ),
+        case(
+            "targetRefs with match.methods",
+            with_issuer(json!({
+                "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "eg"}],
+                "match": {"methods": ["GET"]},
+            })),
+            Rule("targetRefs and match.hosts/paths/methods are exclusive"),
+        ),
+        case(
+            "the same target twice",
+            with_issuer(json!({
+                "targetRefs": [
+                    {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "orders"},
+                    {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "orders"},
+                ],
+            })),
+            Rule("must not name the same target twice"),
+        ),
         case(
             "jwksUri and discovery",
             json!({"issuers": [issuer(json!({"jwksUri": "https://idp/keys", "discovery": "https://idp/d"}))]}),

@@ -10,6 +10,7 @@ mod encrypted;
 mod envoy;
 mod examples_schemas;
 mod explain;
+mod gateway_api;
 mod hostile;
 mod image;
 mod install;
