@@ -47,12 +47,12 @@ pub struct ServeConfig {
     pub poll: Duration,
     /// The admission webhook (Kubernetes mode only).
     pub webhook: Option<WebhookConfig>,
-    /// The HTTP forward-auth endpoint (`/auth`), if enabled.
+    /// The HTTP listener (forward auth on `/auth`, Envoy's HTTP ext_authz), if enabled.
     pub http_addr: Option<SocketAddr>,
-    /// The proxies allowed to call the forward-auth endpoint, and the family of headers each
+    /// The proxies allowed to call the HTTP listener, and the family of headers each
     /// sends to describe the request.
     pub trusted_proxies: Vec<(ipnet::IpNet, crate::http::Family)>,
-    /// How long an HTTP forward-auth client may take to send a request head.
+    /// How long an HTTP client may take to send a request head (or leave a connection idle).
     pub http_header_timeout: Duration,
     /// The path prefix Envoy's HTTP ext_authz puts before the original path (family `envoy`).
     pub ext_authz_path_prefix: crate::http::PathPrefix,
@@ -71,7 +71,7 @@ pub struct Bound {
     pub admin: SocketAddr,
     /// The admission webhook (Kubernetes mode with `--webhook-addr`).
     pub webhook: Option<SocketAddr>,
-    /// The HTTP forward-auth endpoint (`--http-addr`).
+    /// The HTTP listener (`--http-addr`).
     pub http: Option<SocketAddr>,
 }
 
