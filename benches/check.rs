@@ -155,6 +155,7 @@ async fn run(rounds: usize, measure: bool) {
             tollgate::http::Family::Nginx,
         )],
         http_header_timeout: tollgate::http::listener::HEADER_READ_TIMEOUT,
+        ext_authz_path_prefix: tollgate::http::PathPrefix::default(),
         // Every JWT row verifies the token on each request; the cached path is measured by
         // `cargo bench --bench load` and `--bench stages`.
         token_cache: tollgate::verified::CacheLimits {

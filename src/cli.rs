@@ -121,13 +121,15 @@ pub struct ServeArgs {
     /// they are closed. New connections are refused from the signal on.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
-    /// Serve HTTP forward authentication (`/auth`, for nginx auth_request, ingress-nginx and
-    /// Traefik forwardAuth) on this address.
+    /// Serve HTTP authorization on this address: forward auth (`/auth`, for nginx auth_request,
+    /// ingress-nginx and Traefik forwardAuth) and Envoy's HTTP ext_authz protocol (family
+    /// `envoy`: Envoy http_service, Envoy Gateway extAuth.http, Istio envoyExtAuthzHttp, Gateway
+    /// API ExternalAuth with protocol HTTP).
     #[arg(long, env = "TOLLGATE_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
-    /// Addresses (CIDRs) of the proxies allowed to call the forward-auth endpoint; calls from
-    /// anywhere else are refused (403 proxy_not_trusted). Set it to your proxies' addresses
-    /// (their pod network). `CIDR=nginx` or `CIDR=traefik` gives a network its own family.
+    /// Addresses (CIDRs) of the proxies allowed to call the HTTP listener; calls from anywhere
+    /// else are refused (403 proxy_not_trusted). Set it to your proxies' addresses (their pod
+    /// network). `CIDR=nginx`, `CIDR=traefik` or `CIDR=envoy` gives a network its own family.
     #[arg(
         long,
         env = "TOLLGATE_TRUSTED_PROXIES",
@@ -136,15 +138,28 @@ pub struct ServeArgs {
         value_parser = crate::http::parse_trusted
     )]
     pub trusted_proxies: Vec<crate::http::TrustedProxy>,
-    /// Which headers describe the original request on the forward-auth endpoint: `nginx`
-    /// (X-Original-URL and X-Original-Method, as auth_request with the example configuration
-    /// and ingress-nginx send them) or `traefik` (X-Forwarded-Method/-Proto/-Host/-Uri, as
-    /// forwardAuth sends them). Required with --http-addr unless every --trusted-proxies entry
-    /// names its family: it is never guessed from the request.
+    /// What describes the original request on the HTTP listener: `nginx` (X-Original-URL and
+    /// X-Original-Method on /auth, as auth_request with the example configuration and
+    /// ingress-nginx send them), `traefik` (X-Forwarded-Method/-Proto/-Host/-Uri on /auth, as
+    /// forwardAuth sends them) or `envoy` (the call itself: its method, Host, and target after
+    /// --ext-authz-path-prefix, as Envoy's HTTP ext_authz sends them). Required with
+    /// --http-addr unless every --trusted-proxies entry names its family: it is never guessed
+    /// from the request.
     #[arg(long, env = "TOLLGATE_FORWARD_AUTH_FAMILY", value_enum)]
     pub forward_auth_family: Option<crate::http::Family>,
-    /// How long a forward-auth client may take to send a request's head; slower connections
-    /// are closed.
+    /// The path prefix the `envoy` family's proxy puts before the original path and query
+    /// (Envoy http_service.path_prefix, Envoy Gateway extAuth.http.path, Istio pathPrefix,
+    /// Gateway API http.path): set the same on both sides. A call without it is refused (400).
+    /// Never empty.
+    #[arg(
+        long,
+        env = "TOLLGATE_EXT_AUTHZ_PATH_PREFIX",
+        default_value = crate::http::PathPrefix::DEFAULT,
+        value_parser = crate::http::PathPrefix::parse
+    )]
+    pub ext_authz_path_prefix: crate::http::PathPrefix,
+    /// How long a client of the HTTP listener may take to send a request's head, and may leave
+    /// a kept-alive connection idle; slower connections are closed.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub http_header_timeout: Duration,
     /// Admin HTTP listen address (/healthz, /readyz, /metrics).
@@ -329,6 +344,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     None => Vec::new(),
                 },
                 http_header_timeout: args.http_header_timeout,
+                ext_authz_path_prefix: args.ext_authz_path_prefix,
                 source,
                 grpc_addr: args.grpc_addr,
                 admin_addr: args.admin_addr,

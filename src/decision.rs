@@ -67,7 +67,7 @@ pub enum Reason {
     /// The check request itself is malformed (no HTTP attributes), or the request is one an
     /// upstream could read in more than one way (its path, its method, its forwarded headers).
     RequestMalformed,
-    /// A forward-auth call from an address outside `--trusted-proxies` (403).
+    /// A call to the HTTP listener from an address outside `--trusted-proxies` (403).
     ProxyNotTrusted,
     /// Introspection answered that the token is not active (expired, revoked, unknown).
     TokenInactive,

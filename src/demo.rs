@@ -122,6 +122,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         http_addr: None,
         trusted_proxies: Vec::new(),
         http_header_timeout: crate::http::listener::HEADER_READ_TIMEOUT,
+        ext_authz_path_prefix: crate::http::PathPrefix::default(),
         token_cache: Default::default(),
         grpc_tls: None,
         drain_timeout: Duration::from_secs(5),

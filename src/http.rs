@@ -1,17 +1,35 @@
-//! Forward authentication over HTTP (`/auth`, any method) for proxies that do not speak
-//! Envoy's gRPC API: nginx `auth_request` (and ingress-nginx's `auth-url`) and Traefik's
-//! `forwardAuth`. The same engine, the same decisions, reason codes, metrics and logs; only the
+//! Authorization over HTTP for proxies that do not use Envoy's gRPC API: forward auth (`/auth`,
+//! any method) for nginx `auth_request` (and ingress-nginx's `auth-url`) and Traefik's
+//! `forwardAuth`, and Envoy's HTTP ext_authz protocol (any path under a prefix) for Envoy,
+//! Envoy Gateway, Istio and Gateway API `ExternalAuth` with `protocol: HTTP`. The same engine,
+//! the same decisions, reason codes, metrics (`transport="http"`) and logs as gRPC; only the
 //! transport differs.
 //!
 //! ```text
-//! proxy ── GET /auth (client headers + its family's X-Original-* or X-Forwarded-*) ──► original request
+//! nginx/Traefik ── GET /auth (client headers + X-Original-* or X-Forwarded-*) ──► original request
+//! Envoy ── <method> <prefix><path and query>, Host, allowed headers ─────────────► original request
 //!       ◄── 200 + headers for the upstream  |  401/403 + WWW-Authenticate + JSON  |  4xx/5xx
 //! ```
 //!
 //! Only calls from `--trusted-proxies` are judged (others get 403 `proxy_not_trusted`), and the
-//! original request's method, host and path come from the headers of that proxy's configured
-//! family (see [`original`]). The token comes from the headers as the policy says, like in gRPC
-//! mode.
+//! original request's method, host and path come from what that proxy's configured family
+//! sends (see [`original`]). The token comes from the headers as the policy says, like in gRPC
+//! mode. Routing follows the family of the caller: nginx and Traefik are answered on `/auth`
+//! only (any other path is 404, as it always was), an `envoy` caller on every path.
+//!
+//! What an allow says differs by family, each in the terms its proxy understands:
+//!
+//! | | nginx, traefik | envoy |
+//! |---|---|---|
+//! | headers to set | in the answer; the proxy copies the ones it is told to | in the answer; Envoy copies those in `allowed_upstream_headers` |
+//! | the token kept | echoed in its header, so copying it keeps it | not echoed: Envoy leaves the request's own headers alone |
+//! | headers to remove (`keepToken: false`, identity headers the token cannot fill, the debug header) | not echoed: copying removes them | `x-envoy-auth-headers-to-remove: a, b`, which Envoy applies after setting |
+//!
+//! A denial is the same for every family: the status, `WWW-Authenticate`, the JSON body. Envoy
+//! passes them to the client, except 5xx (`not_ready`, IdP trouble), which Envoy takes for a
+//! failure of the authorization server: it answers `status_on_error` (403 unless configured) and,
+//! with `failure_mode_allow: true`, lets the request through. Over gRPC tollgate can send a 503
+//! as a denial; over HTTP it cannot, so `failure_mode_allow` must stay false.
 
 pub mod listener;
 pub mod original;
@@ -24,7 +42,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use ipnet::IpNet;
 
 use crate::decision::{Decision, Reason};
@@ -33,7 +51,11 @@ use crate::metrics::Metrics;
 use crate::policy::SharedSnapshot;
 use crate::telemetry::{self, RequestInfo};
 use crate::trace;
-pub use original::Family;
+pub use original::{Family, PathPrefix};
+
+/// The header Envoy's HTTP ext_authz reads, on an allow, for the request headers to remove
+/// (comma-separated), after it has set the allowed upstream headers.
+pub const ENVOY_HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
 /// Trusted by default: the loopback addresses (a proxy on the same host or in the same pod).
 pub const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.0/8,::1/128";
@@ -57,7 +79,7 @@ pub fn resolve_families(
         .map(|p| match p.family.or(default) {
             Some(family) => Ok((p.net, family)),
             None => Err(format!(
-                "--trusted-proxies {} names no proxy family: set --forward-auth-family nginx|traefik, or write {}=nginx",
+                "--trusted-proxies {} names no proxy family: set --forward-auth-family nginx|traefik|envoy, or write {}=nginx",
                 p.net, p.net
             )),
         })
@@ -71,6 +93,8 @@ pub struct ForwardAuth {
     metrics: Arc<Metrics>,
     /// Trusted proxy networks and their header family, most specific network first.
     trusted: Arc<Vec<(IpNet, Family)>>,
+    /// The path prefix of the `envoy` family.
+    prefix: Arc<PathPrefix>,
 }
 
 impl ForwardAuth {
@@ -78,21 +102,35 @@ impl ForwardAuth {
         shared: Arc<SharedSnapshot>,
         metrics: Arc<Metrics>,
         mut trusted: Vec<(IpNet, Family)>,
+        prefix: PathPrefix,
     ) -> Self {
         trusted.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
         ForwardAuth {
             shared,
             metrics,
             trusted: Arc::new(trusted),
+            prefix: Arc::new(prefix),
         }
     }
 
-    /// `/auth` with any method. Serve with [`listener::serve`] (or anything that provides
-    /// `ConnectInfo<SocketAddr>`).
+    /// `/auth` with any method, and every other path for `envoy` callers. Serve with
+    /// [`listener::serve`] (or anything that provides `ConnectInfo<SocketAddr>`).
     pub fn router(self) -> Router {
         Router::new()
             .route("/auth", axum::routing::any(handle))
+            .fallback(fallback)
             .with_state(self)
+    }
+
+    /// Whether a call to another path than `/auth` is judged: from an `envoy` caller, or from
+    /// an untrusted address when some network is `envoy` (refused as on `/auth`, so a missing
+    /// `--trusted-proxies` entry shows as `proxy_not_trusted`, not as a 404). nginx and
+    /// Traefik callers, and everyone when no network is `envoy`, get 404 there as before.
+    fn serves_any_path(&self, peer: IpAddr) -> bool {
+        match self.family_of(peer) {
+            Some(family) => family == Family::Envoy,
+            None => self.trusted.iter().any(|(_, f)| *f == Family::Envoy),
+        }
     }
 
     /// The header family of a trusted proxy (the most specific network containing it).
@@ -117,10 +155,15 @@ impl ForwardAuth {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
+        // A call refused before its request was read is logged with what is known of it: the
+        // call's method and path (its whole target for `envoy`, where that is the request's).
         let unknown = |family| original::Original {
             method: method.as_str().to_string(),
             host: String::new(),
-            target: uri.path().to_string(),
+            target: match family {
+                Some(Family::Envoy) => uri.to_string(),
+                _ => uri.path().to_string(),
+            },
             family,
         };
         let Some(family) = self.family_of(peer) else {
@@ -135,14 +178,22 @@ impl ForwardAuth {
             );
             return (decision, request_id, unknown(None));
         };
-        let original = match original::original(headers, family) {
+        let call = original::Call {
+            method,
+            uri,
+            headers,
+        };
+        let original = match original::original(&call, family, &self.prefix) {
             Ok(original) => original,
             Err(e) => {
                 let decision = engine::deny(
                     None,
                     "",
                     Reason::RequestMalformed,
-                    format!("forwarded request headers ({family}): {e}"),
+                    match family {
+                        Family::Envoy => format!("the envoy ext_authz call: {e}"),
+                        _ => format!("forwarded request headers ({family}): {e}"),
+                    },
                     None,
                     None,
                 );
@@ -171,11 +222,20 @@ impl ForwardAuth {
 
     /// The value the upstream should receive in the policy's token header, echoed back so a
     /// proxy that copies it (`auth_request_set` + `proxy_set_header`, `authResponseHeaders`)
-    /// keeps the token when `keepToken` says so and drops it otherwise.
-    fn kept_token(&self, decision: &Decision, headers: &HeaderMap) -> Option<(String, String)> {
+    /// keeps the token when `keepToken` says so and drops it otherwise. Not for `envoy`: Envoy
+    /// keeps the request's headers unless told to remove them.
+    fn kept_token(
+        &self,
+        family: Option<Family>,
+        decision: &Decision,
+        headers: &HeaderMap,
+    ) -> Option<(String, String)> {
         let Decision::Allow(allow) = decision else {
             return None;
         };
+        if family == Some(Family::Envoy) {
+            return None;
+        }
         let snapshot = self.shared.load();
         // Without a policy (`--default-action allow`) the request passes as it came.
         let name = match allow.policy.as_deref() {
@@ -201,13 +261,32 @@ fn header_pair(name: &str, value: &str) -> Option<(HeaderName, HeaderValue)> {
     ))
 }
 
-/// The HTTP answer for a decision.
-pub fn to_response(decision: &Decision, kept_token: Option<(String, String)>) -> Response {
+/// The HTTP answer for a decision, in the terms of the caller's family (`None`: refused before
+/// the family was known).
+pub fn to_response(
+    decision: &Decision,
+    family: Option<Family>,
+    kept_token: Option<(String, String)>,
+) -> Response {
     let trace = decision
         .trace()
         .filter(|t| t.expose)
         .map(|t| (trace::RESPONSE_HEADER.to_string(), t.to_header_value()));
     let (status, headers, body): (StatusCode, Vec<(String, String)>, Body) = match decision {
+        // What the gRPC answer's `OkHttpResponse` says: the headers to set, those to remove,
+        // the trace. Nothing else: Envoy may copy any header of this answer upstream (its
+        // `allowed_upstream_headers` can be a pattern), and caches nothing.
+        Decision::Allow(allow) if family == Some(Family::Envoy) => {
+            let mut headers = allow.headers_to_set.clone();
+            if !allow.headers_to_remove.is_empty() {
+                headers.push((
+                    ENVOY_HEADERS_TO_REMOVE.into(),
+                    allow.headers_to_remove.join(", "),
+                ));
+            }
+            headers.extend(trace);
+            (StatusCode::OK, headers, Body::empty())
+        }
         Decision::Allow(allow) => {
             let mut headers = allow.headers_to_set.clone();
             headers.extend(kept_token);
@@ -261,24 +340,36 @@ async fn handle(
         path: &original.target,
     };
     telemetry::log_decision(&info, &decision);
-    let kept = auth.kept_token(&decision, &headers);
-    to_response(&decision, kept)
+    let kept = auth.kept_token(original.family, &decision, &headers);
+    to_response(&decision, original.family, kept)
 }
 
-/// Parses `--trusted-proxies` entries: CIDRs (`10.0.0.0/8`) or single addresses.
+/// Every path but `/auth`: judged for `envoy` callers, 404 for the others.
+async fn fallback(
+    state: State<ForwardAuth>,
+    connect: ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if !state.serves_any_path(connect.0.ip()) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    handle(state, connect, method, uri, headers).await
+}
+
 /// Parses a `--trusted-proxies` entry: a CIDR (`10.0.0.0/8`) or a single address, optionally
 /// with the family of headers that proxy sends (`10.0.0.0/8=traefik`).
 pub fn parse_trusted(text: &str) -> Result<TrustedProxy, String> {
-    let (net, family) =
-        match text.trim().split_once('=') {
-            Some((net, family)) => (
-                net.trim(),
-                Some(Family::parse(family).ok_or_else(|| {
-                    format!("{family:?} is not a proxy family (nginx or traefik)")
-                })?),
-            ),
-            None => (text.trim(), None),
-        };
+    let (net, family) = match text.trim().split_once('=') {
+        Some((net, family)) => (
+            net.trim(),
+            Some(Family::parse(family).ok_or_else(|| {
+                format!("{family:?} is not a proxy family (nginx, traefik or envoy)")
+            })?),
+        ),
+        None => (text.trim(), None),
+    };
     let net = net
         .parse::<IpNet>()
         .or_else(|_| net.parse::<IpAddr>().map(IpNet::from))

@@ -7,12 +7,13 @@
 //!                               jwks::KeySources (shared,                      │ load()
 //!                               self-refreshing key sets)                      ▼
 //! Envoy ── gRPC Check ──► authz ──► engine::check ──► validate (pure) ──► Decision
-//!                                                                       ├─► metrics, telemetry
-//!                                                                       └─► CheckResponse
+//! nginx, Traefik (/auth), ──► http ──┘                                  ├─► metrics, telemetry
+//! Envoy HTTP ext_authz                                                  └─► CheckResponse, HTTP answer
 //! ```
 //!
 //! Layering: `jose`, `claims`, `validate`, `engine` and `policy` know neither protobuf nor
-//! HTTP servers; `authz` is the only server-side module that knows protobuf.
+//! HTTP servers; `authz` is the only server-side module that knows protobuf, `http` the only
+//! one that serves HTTP authorization.
 
 pub mod admin;
 pub mod authz;

@@ -47,13 +47,15 @@ pub struct ServeConfig {
     pub poll: Duration,
     /// The admission webhook (Kubernetes mode only).
     pub webhook: Option<WebhookConfig>,
-    /// The HTTP forward-auth endpoint (`/auth`), if enabled.
+    /// The HTTP listener (forward auth on `/auth`, Envoy's HTTP ext_authz), if enabled.
     pub http_addr: Option<SocketAddr>,
-    /// The proxies allowed to call the forward-auth endpoint, and the family of headers each
+    /// The proxies allowed to call the HTTP listener, and the family of headers each
     /// sends to describe the request.
     pub trusted_proxies: Vec<(ipnet::IpNet, crate::http::Family)>,
-    /// How long an HTTP forward-auth client may take to send a request head.
+    /// How long an HTTP client may take to send a request head (or leave a connection idle).
     pub http_header_timeout: Duration,
+    /// The path prefix Envoy's HTTP ext_authz puts before the original path (family `envoy`).
+    pub ext_authz_path_prefix: crate::http::PathPrefix,
     /// Bounds of the verified-token cache (`max_entries: 0` turns it off).
     pub token_cache: CacheLimits,
     /// TLS (and, with a client CA, mutual TLS) on the gRPC listener.
@@ -69,7 +71,7 @@ pub struct Bound {
     pub admin: SocketAddr,
     /// The admission webhook (Kubernetes mode with `--webhook-addr`).
     pub webhook: Option<SocketAddr>,
-    /// The HTTP forward-auth endpoint (`--http-addr`).
+    /// The HTTP listener (`--http-addr`).
     pub http: Option<SocketAddr>,
 }
 
@@ -202,6 +204,22 @@ pub async fn run(
         http = optional(bound.http),
         "listening"
     );
+    if bound.http.is_some() {
+        let families: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(|(net, family)| format!("{net}={family}"))
+            .collect();
+        let envoy = config
+            .trusted_proxies
+            .iter()
+            .any(|(_, family)| *family == crate::http::Family::Envoy);
+        tracing::info!(
+            trusted_proxies = families.join(","),
+            ext_authz_path_prefix = envoy.then(|| config.ext_authz_path_prefix.to_string()),
+            "HTTP authorization: the header family of each trusted network"
+        );
+    }
 
     set_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
     tokio::spawn(become_ready(
@@ -244,6 +262,7 @@ pub async fn run(
             shared.clone(),
             metrics.clone(),
             config.trusted_proxies.clone(),
+            config.ext_authz_path_prefix.clone(),
         )
         .router();
         crate::http::listener::serve(listener, app, config.http_header_timeout, stop_rx.clone())

@@ -1,11 +1,11 @@
-//! The forward-auth listener: HTTP/1.1 connections with bounds a proxy never hits and a slow
-//! client always does. Only HTTP/1.1: the proxies that call it (nginx, Traefik) speak it, and
-//! HTTP/2 (h2c) has no equivalent of the header timeout below, so an h2c connection preface is
-//! answered as a malformed HTTP/1 request and the connection closed. A request head must arrive
-//! within the header timeout (default
-//! [`HEADER_READ_TIMEOUT`]; a client trickling bytes cannot hold a connection open), it is
-//! limited in size (hyper answers 431 past it), and on shutdown every connection finishes its
-//! request and closes.
+//! The HTTP listener: HTTP/1.1 connections with bounds a proxy never hits and a slow client
+//! always does. Only HTTP/1.1: the proxies that call it (nginx, Traefik, and Envoy's HTTP
+//! ext_authz with its cluster's default protocol) speak it, and HTTP/2 (h2c) has no equivalent
+//! of the header timeout below, so an h2c connection preface is answered as a malformed HTTP/1
+//! request and the connection closed. A request head must arrive within the header timeout
+//! (default [`HEADER_READ_TIMEOUT`]; a client trickling bytes cannot hold a connection open, and
+//! a kept-alive connection idle that long is closed), it is limited in size (hyper answers 431
+//! past it), and on shutdown every connection finishes its request and closes.
 
 use std::net::SocketAddr;
 use std::time::Duration;

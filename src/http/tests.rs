@@ -30,7 +30,10 @@ fn auth(
         .map(|t| parse_trusted(t).expect("cidr"))
         .collect();
     let trusted = resolve_families(&trusted, None).expect("every entry names its family");
-    (ForwardAuth::new(shared, metrics.clone(), trusted), metrics)
+    (
+        ForwardAuth::new(shared, metrics.clone(), trusted, PathPrefix::default()),
+        metrics,
+    )
 }
 
 struct Answer {
@@ -46,9 +49,20 @@ impl Answer {
 }
 
 async fn call(service: &ForwardAuth, peer: &str, headers: &[(&str, &str)]) -> Answer {
+    call_at(service, peer, "GET", "/auth", headers).await
+}
+
+/// A call of `method target` to the router.
+async fn call_at(
+    service: &ForwardAuth,
+    peer: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
     let peer: SocketAddr = peer.parse().expect("peer");
     let app = service.clone().router().layer(MockConnectInfo(peer));
-    let mut request = Request::builder().method("GET").uri("/auth");
+    let mut request = Request::builder().method(method).uri(target);
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
@@ -367,4 +381,517 @@ async fn not_ready_answers_503_and_keep_token_false_drops_the_token() {
             "{url}: the proxy copies nothing: the token is dropped"
         );
     }
+}
+
+// The `envoy` family: Envoy's HTTP ext_authz protocol.
+
+const ENVOY: &str = "127.0.0.0/8=envoy";
+
+/// The orders policy with a rule needing a role, and the token dropped before the upstream.
+const ORDERS_ENVOY: &str = r#"{match: {hosts: [api.example.com], paths: [/orders]},
+    rules: [{paths: [/orders/healthz], allowAnonymous: true},
+            {paths: [/orders/admin], requiredClaims: [{name: roles, values: [admin]}]}],
+    forward: {claimsToHeaders: [{claim: sub, header: x-user-id}], keepToken: false}}"#;
+
+/// Call target, headers, and a fragment of the logged description.
+type Refusal = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+/// Method, host, path and query, token, and the expected status and reason.
+type ParityCase<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, u16, &'a str);
+
+#[tokio::test]
+async fn envoy_callers_are_judged_on_any_path_and_answered_in_envoys_terms() {
+    let (service, metrics) = auth(true, ENVOY, vec![mk_policy("orders", ORDERS_ENVOY)]);
+    let token = RSA.mint(&good_claims()).expect("mint");
+    let bearer = bearer(&token);
+    const HOST: (&str, &str) = ("host", "api.example.com");
+
+    // Allowed: the claim header to set, the token to remove in Envoy's header, nothing else
+    // (no echoed token, no cache-control Envoy could copy upstream).
+    let ok = call_at(
+        &service,
+        "127.0.0.1:1",
+        "DELETE",
+        "/ext-authz/orders/7?x=1",
+        &[HOST, ("authorization", &bearer), ("x-user-id", "forged")],
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.header("x-user-id"), Some("user-1"));
+    assert_eq!(ok.header(ENVOY_HEADERS_TO_REMOVE), Some("authorization"));
+    let names: Vec<&str> = ok
+        .headers
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| *k != "content-length")
+        .collect();
+    assert_eq!(
+        names,
+        ["x-user-id", ENVOY_HEADERS_TO_REMOVE],
+        "{:?}",
+        ok.headers
+    );
+    assert_eq!(ok.body, "");
+
+    // Anonymous: a client's own identity header is removed, never passed on.
+    let anonymous = call_at(
+        &service,
+        "127.0.0.1:1",
+        "GET",
+        "/ext-authz/orders/healthz",
+        &[HOST, ("x-user-id", "forged"), ("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(anonymous.status, 200, "{}", anonymous.body);
+    assert_eq!(anonymous.header("x-user-id"), None);
+    assert_eq!(
+        anonymous.header(ENVOY_HEADERS_TO_REMOVE),
+        Some("x-user-id, authorization")
+    );
+
+    // Denied: status, challenge and JSON body, as for every family.
+    let missing = call_at(
+        &service,
+        "127.0.0.1:1",
+        "GET",
+        "/ext-authz/orders/7",
+        &[HOST],
+    )
+    .await;
+    assert_eq!(missing.status, 401, "{}", missing.body);
+    assert_eq!(
+        missing.header("www-authenticate"),
+        Some("Bearer realm=\"api.example.com\"")
+    );
+    assert_eq!(missing.header("content-type"), Some("application/json"));
+    assert_eq!(missing.header(ENVOY_HEADERS_TO_REMOVE), None);
+    let body: serde_json::Value = serde_json::from_str(&missing.body).expect("json");
+    assert_eq!(body["error"], "unauthorized", "{body}");
+
+    // Calls that do not follow the protocol: 400, with the reason in the log.
+    // (target, headers, fragment of the logged description)
+    let refused: &[Refusal] = &[
+        (
+            "/auth",
+            &[HOST],
+            "is not /ext-authz/<original path and query>",
+        ),
+        (
+            "/orders/7",
+            &[HOST],
+            "must be --ext-authz-path-prefix /ext-authz",
+        ),
+        ("/ext-authzorders/7", &[HOST], "is not /ext-authz/"),
+        ("/ext-authz/orders/7", &[], "header host is missing"),
+        (
+            "/ext-authz/orders/7",
+            &[HOST, ("host", "other.example")],
+            "header host is sent more than once",
+        ),
+    ];
+    for &(target, headers, fragment) in refused {
+        let answer = call_at(&service, "127.0.0.1:1", "GET", target, headers).await;
+        assert_eq!(answer.status, 400, "{target}: {}", answer.body);
+        let body: serde_json::Value = serde_json::from_str(&answer.body).expect("json");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("request_malformed")),
+            "{target}: {body}"
+        );
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(*k, v.parse().expect("value"));
+        }
+        let (decision, _, original) = service
+            .decide(
+                "127.0.0.1".parse().expect("ip"),
+                &Method::GET,
+                &target.parse().expect("uri"),
+                &map,
+            )
+            .await;
+        let Decision::Deny(deny) = decision else {
+            panic!("{target}: allowed")
+        };
+        assert!(
+            deny.description.starts_with("the envoy ext_authz call: ")
+                && deny.description.contains(fragment),
+            "{target}: {}",
+            deny.description
+        );
+        assert_eq!(original.target, target, "logged as called");
+    }
+
+    // The X-Original-*/X-Forwarded-* headers of the other families are neither read nor
+    // refused: a CDN's X-Forwarded-Host passes, a forged X-Original-URL changes nothing.
+    let forged = call_at(
+        &service,
+        "127.0.0.1:1",
+        "GET",
+        "/ext-authz/orders/admin/1",
+        &[
+            HOST,
+            ("authorization", &bearer),
+            ("x-original-url", "https://api.example.com/orders/healthz"),
+            ("x-forwarded-uri", "/orders/healthz"),
+            ("x-forwarded-host", "cdn.example"),
+        ],
+    )
+    .await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert!(
+        forged.body.contains("insufficient_scope"),
+        "{}",
+        forged.body
+    );
+
+    let text = metrics.encode();
+    for line in [
+        "tollgate_decisions_total{transport=\"http\",policy=\"test/orders\",result=\"allow\",reason=\"valid\"} 1",
+        "tollgate_decisions_total{transport=\"http\",policy=\"test/orders\",result=\"allow\",reason=\"anonymous\"} 1",
+        "tollgate_decisions_total{transport=\"http\",policy=\"\",result=\"deny\",reason=\"request_malformed\"} 5",
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn the_path_a_caller_may_use_depends_on_its_family() {
+    // 10.1/16 nginx, 10.2/16 traefik, 10.3/16 envoy; 10.9.0.1 is trusted by nobody.
+    let mixed = "10.1.0.0/16=nginx,10.2.0.0/16=traefik,10.3.0.0/16=envoy";
+    let (service, _) = auth(true, mixed, vec![mk_policy("any", "{}")]);
+    let (without_envoy, _) = auth(true, "10.1.0.0/16=nginx,10.2.0.0/16=traefik", vec![]);
+    let host = [("host", "api.example.com")];
+    // (service, peer, target, status)
+    let cases: &[(&ForwardAuth, &str, &str, u16)] = &[
+        // nginx and Traefik: /auth only, as before.
+        (&service, "10.1.0.1:1", "/ext-authz/x", 404),
+        (&service, "10.2.0.1:1", "/ext-authz/x", 404),
+        (&service, "10.1.0.1:1", "/auth/x", 404),
+        (&service, "10.2.0.1:1", "/", 404),
+        // On /auth they are judged (here: their headers are missing).
+        (&service, "10.1.0.1:1", "/auth", 400),
+        (&service, "10.2.0.1:1", "/auth", 400),
+        // Envoy: any path is judged; /auth is not its protocol.
+        (&service, "10.3.0.1:1", "/ext-authz/x", 401),
+        (&service, "10.3.0.1:1", "/auth", 400),
+        (&service, "10.3.0.1:1", "/x", 400),
+        // Anyone else: refused where an Envoy would be served, so a missing trusted network
+        // reads as such.
+        (&service, "10.9.0.1:1", "/ext-authz/x", 403),
+        (&service, "10.9.0.1:1", "/auth", 403),
+        // Without an envoy network, other paths are 404 for everyone, as before.
+        (&without_envoy, "10.9.0.1:1", "/ext-authz/x", 404),
+        (&without_envoy, "10.9.0.1:1", "/auth", 403),
+    ];
+    for &(service, peer, target, status) in cases {
+        let answer = call_at(service, peer, "GET", target, &host).await;
+        assert_eq!(answer.status, status, "{peer} {target}: {}", answer.body);
+        if status == 404 {
+            assert_eq!(answer.body, "", "{peer} {target}");
+        }
+        if status == 403 {
+            assert!(answer.body.contains("proxy_not_trusted"), "{}", answer.body);
+        }
+    }
+}
+
+/// The same request through the `envoy` family and through gRPC `Check`: the same decision,
+/// status, reason, headers to set and to remove.
+#[tokio::test]
+async fn envoy_over_http_decides_exactly_as_grpc() {
+    use crate::authz::AuthzService;
+    use crate::proto::auth::attribute_context::{HttpRequest, Request as AttrRequest};
+    use crate::proto::auth::{AttributeContext, CheckRequest};
+
+    let shared = SharedSnapshot::new(DefaultAction::Deny);
+    shared.publish(Snapshot::build(vec![mk_policy("orders", ORDERS_ENVOY)], DefaultAction::Deny).0);
+    shared.set_ready();
+    let metrics = Metrics::new(None, None);
+    let grpc = AuthzService::new(shared.clone(), metrics.clone());
+    let trusted = resolve_families(&[parse_trusted(ENVOY).expect("cidr")], None).expect("family");
+    let http = ForwardAuth::new(shared, metrics, trusted, PathPrefix::default());
+
+    let good = RSA.mint(&good_claims()).expect("mint");
+    let admin = RSA
+        .mint(&claims_with(serde_json::json!({"roles": ["admin"]})))
+        .expect("mint");
+    let billing = RSA
+        .mint(&claims_with(serde_json::json!({"aud": "api://billing"})))
+        .expect("mint");
+    let expired = RSA
+        .mint(&claims_with(serde_json::json!({"exp": 1_000_000})))
+        .expect("mint");
+    let rogue = ROGUE.mint(&good_claims()).expect("mint");
+    // (method, host, path and query, token, expected status and reason)
+    let cases: &[ParityCase] = &[
+        (
+            "GET",
+            "api.example.com",
+            "/orders/7",
+            Some(&good),
+            200,
+            "valid",
+        ),
+        (
+            "POST",
+            "api.example.com:443",
+            "/orders/7?x=1",
+            Some(&good),
+            200,
+            "valid",
+        ),
+        (
+            "GET",
+            "api.example.com",
+            "/orders/admin/1",
+            Some(&admin),
+            200,
+            "valid",
+        ),
+        (
+            "GET",
+            "api.example.com",
+            "/orders/healthz",
+            None,
+            200,
+            "anonymous",
+        ),
+        (
+            "GET",
+            "api.example.com",
+            "/orders/7",
+            None,
+            401,
+            "token_missing",
+        ),
+        (
+            "GET",
+            "api.example.com",
+            "/orders/7",
+            Some(&billing),
+            401,
+            "audience_mismatch",
+        ),
+        (
+            "GET",
+            "api.example.com",
+            "/orders/7",
+            Some(&expired),
+            401,
+            "token_expired",
+        ),
+        (
+            "GET",
+            "api.example.com",
+            "/orders/7",
+            Some(&rogue),
+            401,
+            "signature_invalid",
+        ),
+        (
+            "GET",
+            "api.example.com",
+            "/orders/7",
+            Some("not-a-jwt"),
+            401,
+            "token_malformed",
+        ),
+        (
+            "GET",
+            "api.example.com",
+            "/orders/admin/1",
+            Some(&good),
+            403,
+            "insufficient_scope",
+        ),
+        (
+            "DELETE",
+            "api.example.com",
+            "/orders/admin/1",
+            Some(&good),
+            403,
+            "insufficient_scope",
+        ),
+        (
+            "GET",
+            "other.example.com",
+            "/orders/7",
+            Some(&good),
+            403,
+            "no_policy",
+        ),
+        // Hostile paths: refused by the same path reader, whatever the token.
+        (
+            "GET",
+            "api.example.com",
+            "/orders/healthz/..%2Fadmin/1",
+            None,
+            400,
+            "request_malformed",
+        ),
+        (
+            "GET",
+            "api.example.com",
+            "/orders/healthz/../admin/1",
+            Some(&good),
+            400,
+            "request_malformed",
+        ),
+        (
+            "GET",
+            "api.example.com",
+            "/orders/%2Fadmin",
+            Some(&good),
+            400,
+            "request_malformed",
+        ),
+        (
+            "GET",
+            "api.example.com",
+            "/orders/admin;x=1/1",
+            Some(&admin),
+            400,
+            "request_malformed",
+        ),
+        (
+            "GET",
+            "api.example.com",
+            "/orders/%252e%252e/admin",
+            Some(&good),
+            400,
+            "request_malformed",
+        ),
+        (
+            "GET",
+            "api.example.com",
+            "//orders/admin",
+            Some(&good),
+            400,
+            "request_malformed",
+        ),
+        (
+            "GET",
+            "api.example.com",
+            "/orders/%2e%2e/admin",
+            None,
+            400,
+            "request_malformed",
+        ),
+        (
+            "GET",
+            "api.example.com",
+            "/orders/Admin/1",
+            Some(&good),
+            400,
+            "request_malformed",
+        ),
+        (
+            "GET",
+            "api.example.com:abc",
+            "/orders/healthz",
+            None,
+            400,
+            "request_malformed",
+        ),
+    ];
+    let outcome = |decision: &Decision| match decision {
+        Decision::Allow(allow) => (
+            200,
+            allow.reason.as_str(),
+            allow.policy.clone(),
+            allow.headers_to_set.clone(),
+            allow.headers_to_remove.clone(),
+        ),
+        Decision::Deny(deny) => (
+            deny.status,
+            deny.reason.as_str(),
+            deny.policy.clone(),
+            Vec::new(),
+            Vec::new(),
+        ),
+    };
+    for &(method, host, path, token, status, reason) in cases {
+        let what = format!("{method} {host}{path} (token: {})", token.is_some());
+        let mut headers = std::collections::HashMap::from([
+            (":authority".to_string(), host.to_string()),
+            (":method".to_string(), method.to_string()),
+            (":path".to_string(), path.to_string()),
+        ]);
+        let mut map = HeaderMap::new();
+        map.insert("host", host.parse().expect("host"));
+        if let Some(token) = token {
+            headers.insert("authorization".into(), bearer(token));
+            map.insert("authorization", bearer(token).parse().expect("value"));
+        }
+        let check = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(AttrRequest {
+                    time: None,
+                    http: Some(HttpRequest {
+                        method: method.into(),
+                        host: host.into(),
+                        path: path.into(),
+                        headers,
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+        };
+        let (by_grpc, _) = grpc.decide(&check).await;
+        let method_ = Method::from_bytes(method.as_bytes()).expect("method");
+        let uri: Uri = format!("/ext-authz{path}").parse().expect("uri");
+        let (by_http, _, original) = http
+            .decide("127.0.0.1".parse().expect("ip"), &method_, &uri, &map)
+            .await;
+        assert_eq!(
+            (
+                original.method.as_str(),
+                original.host.as_str(),
+                original.target.as_str()
+            ),
+            (method, host, path),
+            "{what}"
+        );
+        assert_eq!(outcome(&by_http), outcome(&by_grpc), "{what}");
+        assert_eq!(
+            (outcome(&by_http).0, outcome(&by_http).1),
+            (status, reason),
+            "{what}"
+        );
+        if let (Decision::Deny(h), Decision::Deny(g)) = (&by_http, &by_grpc) {
+            assert_eq!(
+                (&h.www_authenticate, &h.body, &h.description),
+                (&g.www_authenticate, &g.body, &g.description),
+                "{what}"
+            );
+        }
+        // And the answer on the wire carries that status.
+        let mut pairs = vec![("host", host)];
+        let auth_value = token.map(bearer);
+        if let Some(value) = &auth_value {
+            pairs.push(("authorization", value));
+        }
+        let answer = call_at(&http, "127.0.0.1:1", method, &uri.to_string(), &pairs).await;
+        assert_eq!(answer.status, status, "{what}: {}", answer.body);
+    }
+}
+
+#[test]
+fn the_envoy_family_is_a_family_like_the_others() {
+    let entry = parse_trusted("10.3.0.0/16=envoy").expect("entry");
+    assert_eq!(entry.family, Some(Family::Envoy));
+    let err = resolve_families(&[parse_trusted("10.0.0.0/8").expect("entry")], None)
+        .expect_err("no family");
+    assert!(err.contains("nginx|traefik|envoy"), "{err}");
+    assert!(
+        parse_trusted("10.0.0.0/8=istio")
+            .expect_err("not a family")
+            .contains("nginx, traefik or envoy")
+    );
 }

@@ -338,7 +338,7 @@ fn the_helm_chart_lints_renders_and_types_check() {
         ])
         .expect_err("a family is required with http");
     assert!(
-        no_family.contains("at '/http/family': value must be one of 'nginx', 'traefik'"),
+        no_family.contains("at '/http/family': value must be one of 'nginx', 'traefik', 'envoy'"),
         "{no_family}"
     );
     let bad_family = tools
@@ -349,11 +349,11 @@ fn the_helm_chart_lints_renders_and_types_check() {
             "--set",
             "http.enabled=true",
             "--set",
-            "http.trustedProxies={10.244.0.0/16=envoy}",
+            "http.trustedProxies={10.244.0.0/16=haproxy}",
             "--set",
             "http.family=nginx",
         ])
-        .expect_err("only nginx and traefik are families");
+        .expect_err("only nginx, traefik and envoy are families");
     assert!(
         bad_family.contains("at '/http/trustedProxies/0'"),
         "{bad_family}"
@@ -377,6 +377,79 @@ fn the_helm_chart_lints_renders_and_types_check() {
         args.contains(&"--trusted-proxies=10.244.1.0/24=nginx,10.244.2.0/24=traefik".to_string())
             && !args.iter().any(|a| a.starts_with("--forward-auth-family")),
         "{args:?}"
+    );
+
+    // The envoy family: its path prefix is passed along (and parsed by tollgate in
+    // deployment_flags), by default or for one network; a prefix tollgate refuses is refused
+    // by the schema first.
+    for (sets, prefix) in [
+        (
+            vec!["http.family=envoy", "http.trustedProxies={10.244.0.0/16}"],
+            "/ext-authz",
+        ),
+        (
+            vec![
+                "http.trustedProxies={10.244.1.0/24=nginx,10.244.3.0/24=envoy}",
+                "http.extAuthzPathPrefix=/check/v1",
+            ],
+            "/check/v1",
+        ),
+    ] {
+        let mut args = vec!["template", "tollgate", chart, "--set", "http.enabled=true"];
+        for set in &sets {
+            args.extend(["--set", set]);
+        }
+        let rendered = check_objects(&tools.helm(&args).expect("the envoy family renders"));
+        let flags = deployment_flags(&rendered.deployments[0]);
+        assert!(
+            flags.contains(&format!("--ext-authz-path-prefix={prefix}")),
+            "{sets:?}: {flags:?}"
+        );
+    }
+    for bad in ["", "/", "/ext-authz/", "ext-authz", "/a/../b", "/a b"] {
+        let set = format!("http.extAuthzPathPrefix={bad}");
+        let refused = tools
+            .helm(&[
+                "template",
+                "t",
+                chart,
+                "--set",
+                "http.enabled=true",
+                "--set",
+                "http.family=envoy",
+                "--set",
+                "http.trustedProxies={10.244.0.0/16}",
+                "--set-string",
+                &set,
+            ])
+            .expect_err("not a prefix");
+        assert!(
+            refused.contains("at '/http/extAuthzPathPrefix'"),
+            "{bad:?}: {refused}"
+        );
+        assert!(tollgate::http::PathPrefix::parse(bad).is_err(), "{bad:?}");
+    }
+    let rendered = check_objects(
+        &tools
+            .helm(&[
+                "template",
+                "tollgate",
+                chart,
+                "--set",
+                "http.enabled=true",
+                "--set",
+                "http.family=nginx",
+                "--set",
+                "http.trustedProxies={10.244.0.0/16}",
+            ])
+            .expect("nginx renders"),
+    );
+    let flags = deployment_flags(&rendered.deployments[0]);
+    assert!(
+        !flags
+            .iter()
+            .any(|f| f.starts_with("--ext-authz-path-prefix")),
+        "no envoy network, no prefix: {flags:?}"
     );
 
     host_delegations_render_mount_and_roll(&tools, chart);

@@ -46,6 +46,20 @@ delegations:
 {{- if or .Values.hostDelegations (ne (.Values.undelegatedHosts | default "OldestClaim") "OldestClaim") -}}true{{- end -}}
 {{- end -}}
 
+{{- /* Whether the HTTP listener serves the envoy family (by default, or for a network). */ -}}
+{{- define "tollgate.httpEnvoy" -}}
+{{- $envoy := eq (.Values.http.family | default "") "envoy" -}}
+{{- range .Values.http.trustedProxies }}{{ if hasSuffix "=envoy" . }}{{ $envoy = true }}{{ end }}{{ end -}}
+{{- if $envoy }}true{{ end -}}
+{{- end -}}
+
+{{- /* Whether the HTTP listener serves nginx or Traefik on /auth (by default, or for a network). */ -}}
+{{- define "tollgate.httpForwardAuth" -}}
+{{- $yes := has (.Values.http.family | default "") (list "nginx" "traefik") -}}
+{{- range .Values.http.trustedProxies }}{{ if or (hasSuffix "=nginx" .) (hasSuffix "=traefik" .) }}{{ $yes = true }}{{ end }}{{ end -}}
+{{- if $yes }}true{{ end -}}
+{{- end -}}
+
 {{- define "tollgate.hostDelegationsPath" -}}
 /etc/tollgate/host-delegations/delegations.yaml
 {{- end -}}
