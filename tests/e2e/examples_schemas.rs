@@ -608,24 +608,36 @@ fn the_gateway_api_examples_are_accepted_by_the_experimental_channel() {
     );
 }
 
-/// The Traefik CRDs come from the module of the Traefik the tests run.
+/// The Traefik and Envoy Gateway CRDs come from the modules of the Traefik and Envoy Gateway
+/// the tests run.
 #[test]
-fn the_traefik_crds_are_those_of_the_traefik_peer() {
-    let version = |go_mod: &str| {
+fn the_traefik_and_envoy_gateway_crds_are_those_of_the_peers() {
+    let version = |go_mod: &str, module: &str| {
         std::fs::read_to_string(repo(go_mod))
             .expect("go.mod")
             .lines()
             .find_map(|l| {
                 let mut words = l.split_whitespace();
-                (words.next() == Some("github.com/traefik/traefik/v3"))
-                    .then(|| words.next().expect("version").to_string())
+                (words.next() == Some(module)).then(|| words.next().expect("version").to_string())
             })
-            .unwrap_or_else(|| panic!("{go_mod} requires no Traefik"))
+            .unwrap_or_else(|| panic!("{go_mod} requires no {module}"))
     };
-    assert_eq!(
-        version("tests/kube/crds/go.mod"),
-        version("tests/peers/traefik/go.mod")
-    );
+    for (module, peer) in [
+        (
+            "github.com/traefik/traefik/v3",
+            "tests/peers/traefik/go.mod",
+        ),
+        (
+            "github.com/envoyproxy/gateway",
+            "tests/peers/envoy-gateway/go.mod",
+        ),
+    ] {
+        assert_eq!(
+            version("tests/kube/crds/go.mod", module),
+            version(peer, module),
+            "{module}"
+        );
+    }
 }
 
 /// A label, annotation or node-selector value that is not a string (what `--set key=true`

@@ -8,6 +8,7 @@ mod deploy;
 mod drain;
 mod encrypted;
 mod envoy;
+mod envoy_gateway;
 mod examples_schemas;
 mod explain;
 mod hostile;
