@@ -96,6 +96,16 @@ traefik_bin=$(bash tests/peers/go-build.sh tests/peers/traefik github.com/traefi
 echo "traefik $(grep -m1 -o 'traefik/v3 v[^ ]*' tests/peers/traefik/go.mod): $traefik_bin"
 export TOLLGATE_TRAEFIK="$traefik_bin"
 
+# Envoy Gateway: built from its pinned Go module (tests/peers/envoy-gateway: go.mod and go.sum
+# only) into the cache, once per go.sum and flags. tests/e2e/envoy_gateway.rs runs it standalone
+# (file provider, Envoy as a host process: the Envoy above, which it finds where func-e looks, so
+# nothing is downloaded). A failed build ends the run (set -e).
+eg_version=$(grep -m1 -o 'envoyproxy/gateway v[^ ]*' tests/peers/envoy-gateway/go.mod | cut -d' ' -f2)
+envoy_gateway_bin=$(GO_BUILD_LDFLAGS="-s -w -X github.com/envoyproxy/gateway/internal/cmd/version.envoyGatewayVersion=$eg_version" \
+  bash tests/peers/go-build.sh tests/peers/envoy-gateway github.com/envoyproxy/gateway/cmd/envoy-gateway envoy-gateway | tail -1)
+echo "envoy-gateway $eg_version: $envoy_gateway_bin"
+export TOLLGATE_ENVOY_GATEWAY="$envoy_gateway_bin"
+
 # kube-apiserver and etcd: built from their Go modules (tests/kube: go.mod and go.sum only) into
 # the cache, once per go.sum; the tests run a real control plane with them (tests/e2e/cluster.rs).
 kube_version=$(grep -m1 -o 'k8s.io/kubernetes v[^ ]*' tests/kube/go.mod | cut -d' ' -f2)

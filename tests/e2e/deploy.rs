@@ -975,6 +975,13 @@ fn the_plain_manifests_are_the_chart_rendered_and_type_check() {
 fn the_gateway_examples_parse_and_their_policies_compile() {
     for (gateway, file, port) in [
         ("envoy-gateway", "gateway.yaml", "9001"),
+        (
+            "envoy-gateway",
+            "securitypolicy-http.yaml",
+            "path: /ext-authz",
+        ),
+        ("gateway-api", "httproute-grpc.yaml", "9001"),
+        ("gateway-api", "httproute-http.yaml", "path: /ext-authz"),
         ("istio", "gateway.yaml", "9001"),
         ("contour", "gateway.yaml", "9001"),
         ("emissary", "gateway.yaml", "9001"),

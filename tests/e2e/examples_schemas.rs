@@ -7,11 +7,16 @@
 //! whole admission chain, OpenAPI schema, unknown fields, CEL rules, nothing stored):
 //!
 //! - every YAML file under deploy/examples/, all its documents;
+//! - the Gateway API examples (deploy/examples/gateway-api/, the `ExternalAuth` filter) in a
+//!   second API server with Gateway API's experimental channel instead of the standard one: a
+//!   cluster has one channel or the other (the experimental CRDs have the same names and replace
+//!   the standard ones), and swapping them in one API server would leave the test guessing when
+//!   the new schemas are served, as nothing signals it;
 //! - the chart rendered with each example's `values.yaml` (`helm template`);
 //! - the chart's optional objects (ServiceMonitor, cert-manager Issuer and Certificate, HPA,
 //!   NetworkPolicy) and the kustomize manifests of deploy/kubernetes.
 //!
-//! Complete by construction: the test walks deploy/examples/, so a new file is judged without
+//! Complete by construction: the tests walk deploy/examples/, so a new file is judged without
 //! being named here. A YAML file there that holds no Kubernetes objects must be listed in
 //! `NOT_OBJECTS` with what checks it instead; a kind that no installed CRD serves fails with a
 //! message naming the bundle to extend. Under `CI=true` a missing CRD bundle fails the test.
@@ -33,7 +38,8 @@ const NOT_OBJECTS: &[(&str, &str)] = &[(
     "Traefik's file-provider configuration: a real Traefik runs it in tests/e2e/traefik.rs",
 )];
 
-/// The folders of the CRD bundle (tests/kube/crds.sh); each must bring at least one CRD.
+/// The folders of the CRD bundle (tests/kube/crds.sh) installed for every example but the
+/// experimental ones; each must bring at least one CRD.
 const SOURCES: &[&str] = &[
     "gateway-api",
     "envoy-gateway",
@@ -43,6 +49,20 @@ const SOURCES: &[&str] = &[
     "traefik",
     "cert-manager",
     "prometheus-operator",
+];
+
+/// The bundle's folder with Gateway API's experimental channel: the same CRD names as
+/// `gateway-api/`, with more fields and kinds, installed in an API server of its own.
+const EXPERIMENTAL_SOURCE: &str = "gateway-api-experimental";
+
+/// The examples folder judged with `EXPERIMENTAL_SOURCE` instead of the standard channel.
+const EXPERIMENTAL_EXAMPLES: &str = "gateway-api";
+
+/// Example files that use a JwtPolicy field the CRD in crds/ does not have yet, and that field:
+/// judged like any other once the CRD has it, skipped until then.
+const WAITING_FOR_THE_CRD: &[(&str, &str)] = &[
+    // enabled when the CRD has targetRefs (remove this entry then)
+    ("gateway-api/jwtpolicy-targetrefs.yaml", "targetRefs"),
 ];
 
 /// The namespace the chart renders are dry-run into.
@@ -113,29 +133,34 @@ fn crds_of(dir: &Path) -> Vec<Value> {
     crds
 }
 
-/// Installs every CRD of the bundle (server-side apply: some are too large for the annotation
-/// a client-side apply writes) and waits until each is Established; returns their names.
-fn install_bundle(cluster: &Cluster, bundle: &Path) -> Vec<String> {
-    let mut folders: Vec<PathBuf> = std::fs::read_dir(bundle)
+/// Installs every CRD of the bundle's folders `sources` (server-side apply: some are too large
+/// for the annotation a client-side apply writes) and waits until each is Established; returns
+/// their names. A folder of the bundle that no test installs fails the test.
+fn install_bundle(cluster: &Cluster, bundle: &Path, sources: &[&str]) -> Vec<String> {
+    let found: BTreeSet<String> = std::fs::read_dir(bundle)
         .expect("CRD bundle")
         .map(|e| e.expect("entry").path())
         .filter(|p| p.is_dir())
-        .collect();
-    folders.sort();
-    let found: BTreeSet<String> = folders
-        .iter()
         .map(|f| f.file_name().expect("name").to_string_lossy().into_owned())
         .collect();
-    for source in SOURCES {
+    for source in SOURCES.iter().chain([&EXPERIMENTAL_SOURCE]) {
         assert!(
             found.contains(*source),
             "the CRD bundle {} has no {source}/: run tests/kube/crds.sh",
             bundle.display()
         );
     }
+    for folder in &found {
+        assert!(
+            SOURCES.contains(&folder.as_str()) || folder == EXPERIMENTAL_SOURCE,
+            "the CRD bundle {} has a folder {folder}/ that no test installs: add it to SOURCES",
+            bundle.display()
+        );
+    }
     let mut names = Vec::new();
-    for folder in &folders {
-        let crds = crds_of(folder);
+    for source in sources {
+        let folder = bundle.join(source);
+        let crds = crds_of(&folder);
         assert!(!crds.is_empty(), "no CRD in {}", folder.display());
         let stream: Vec<String> = crds
             .iter()
@@ -201,6 +226,124 @@ fn kinds(yaml: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Which Gateway API channel an examples folder is judged with.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Channel {
+    Standard,
+    Experimental,
+}
+
+/// The example files of one channel, sorted: objects (name, text), the chart's values files,
+/// and the namespaces the objects name.
+struct Examples {
+    objects: Vec<(String, String)>,
+    values: Vec<(String, PathBuf)>,
+    namespaces: BTreeSet<String>,
+}
+
+/// Sorts the files under deploy/examples/ of `channel`: objects, the chart's values, or listed
+/// as neither (`NOT_OBJECTS`); a file `WAITING_FOR_THE_CRD` is left out while the JwtPolicy CRD
+/// lacks its field.
+fn examples(channel: Channel) -> Examples {
+    let root = repo("deploy/examples");
+    let crd = std::fs::read_to_string(repo("crds/jwtpolicies.tollgate.dev.yaml")).expect("CRD");
+    let mut found = Examples {
+        objects: Vec::new(),
+        values: Vec::new(),
+        namespaces: BTreeSet::from([CHART_NAMESPACE.to_string()]),
+    };
+    for file in yaml_files(&root) {
+        let name = relative(&file, &root);
+        let experimental = name.starts_with(&format!("{EXPERIMENTAL_EXAMPLES}/"));
+        if experimental != (channel == Channel::Experimental) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("example");
+        let docs = documents(&text, &name);
+        if let Some((_, field)) = WAITING_FOR_THE_CRD.iter().find(|(f, _)| *f == name)
+            && !crd.contains(&format!(" {field}:"))
+        {
+            assert!(
+                docs.iter()
+                    .all(|d| d["kind"] == "JwtPolicy" && !d["spec"][*field].is_null()),
+                "{name} is waiting for the CRD's {field}, so it should hold JwtPolicies using it"
+            );
+            eprintln!("SKIPPED: {name} uses {field}, which the JwtPolicy CRD does not have yet");
+            continue;
+        }
+        if NOT_OBJECTS.iter().any(|(listed, _)| *listed == name) {
+            assert!(
+                !docs.iter().any(is_object),
+                "{name} is listed in NOT_OBJECTS but holds Kubernetes objects"
+            );
+        } else if file.file_name().is_some_and(|f| f == VALUES_FILE) {
+            found.values.push((name, file));
+        } else {
+            assert!(!docs.is_empty(), "{name}: no document");
+            for doc in &docs {
+                assert!(
+                    is_object(doc),
+                    "{name}: a document without apiVersion and kind; if the file is not meant \
+                     for Kubernetes, list it in NOT_OBJECTS with what checks it:\n{doc}"
+                );
+                if let Some(ns) = doc["metadata"]["namespace"].as_str() {
+                    found.namespaces.insert(ns.to_string());
+                }
+            }
+            found.objects.push((name, text));
+        }
+    }
+    for (name, why) in NOT_OBJECTS {
+        assert!(
+            root.join(name).is_file(),
+            "NOT_OBJECTS lists {name} ({why}), which is gone"
+        );
+    }
+    for (name, field) in WAITING_FOR_THE_CRD {
+        assert!(
+            root.join(name).is_file(),
+            "WAITING_FOR_THE_CRD lists {name} ({field}), which is gone"
+        );
+    }
+    found
+}
+
+/// Creates the namespaces (a dry run into a missing namespace is refused).
+fn create_namespaces(cluster: &Cluster, namespaces: &BTreeSet<String>) {
+    for ns in namespaces {
+        cluster.apply(
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}).to_string(),
+        );
+    }
+}
+
+/// Each kind `objects` use judges the fields under its spec: one it does not know is refused,
+/// so an accepted example has no misspelt or misplaced field there. Returns what was not.
+fn unknown_fields_refused(cluster: &Cluster, objects: &[(String, String)]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (name, text) in objects {
+        for doc in documents(text, name) {
+            let mut probe = doc.clone();
+            let Some(spec) = probe["spec"].as_object_mut() else {
+                continue;
+            };
+            spec.insert("tollgateProbe".into(), json!(true));
+            let what = format!(
+                "deploy/examples/{name}: {} with an unknown field",
+                doc["kind"]
+            );
+            match dry_run(cluster, &what, &probe.to_string()) {
+                Err(e) if e.contains("tollgateProbe") => {}
+                outcome => failures.push(format!(
+                    "{what}: not refused as unknown, so the schema does not judge this kind's \
+                     fields: {outcome:?}"
+                )),
+            }
+        }
+    }
+    failures
+}
+
 #[test]
 fn every_example_and_optional_chart_object_is_accepted_by_the_real_schemas() {
     let Some(bundle) = peer_dir(
@@ -212,7 +355,7 @@ fn every_example_and_optional_chart_object_is_accepted_by_the_real_schemas() {
     let Some(cluster) = Cluster::start() else {
         return;
     };
-    let installed = install_bundle(&cluster, &bundle);
+    let installed = install_bundle(&cluster, &bundle, SOURCES);
     cluster.install_crd();
     eprintln!(
         "installed {} CRDs from {}",
@@ -220,50 +363,13 @@ fn every_example_and_optional_chart_object_is_accepted_by_the_real_schemas() {
         bundle.display()
     );
 
-    // Sort the example files: objects, the chart's values, or listed as neither.
-    let examples = repo("deploy/examples");
-    let mut objects = Vec::new();
-    let mut values = Vec::new();
-    let mut namespaces = BTreeSet::from([CHART_NAMESPACE.to_string()]);
-    for file in yaml_files(&examples) {
-        let name = relative(&file, &examples);
-        let text = std::fs::read_to_string(&file).expect("example");
-        let docs = documents(&text, &name);
-        if NOT_OBJECTS.iter().any(|(listed, _)| *listed == name) {
-            assert!(
-                !docs.iter().any(is_object),
-                "{name} is listed in NOT_OBJECTS but holds Kubernetes objects"
-            );
-        } else if file.file_name().is_some_and(|f| f == VALUES_FILE) {
-            values.push((name, file));
-        } else {
-            assert!(!docs.is_empty(), "{name}: no document");
-            for doc in &docs {
-                assert!(
-                    is_object(doc),
-                    "{name}: a document without apiVersion and kind; if the file is not meant \
-                     for Kubernetes, list it in NOT_OBJECTS with what checks it:\n{doc}"
-                );
-                if let Some(ns) = doc["metadata"]["namespace"].as_str() {
-                    namespaces.insert(ns.to_string());
-                }
-            }
-            objects.push((name, text));
-        }
-    }
-    for (name, why) in NOT_OBJECTS {
-        assert!(
-            examples.join(name).is_file(),
-            "NOT_OBJECTS lists {name} ({why}), which is gone"
-        );
-    }
+    let Examples {
+        objects,
+        values,
+        namespaces,
+    } = examples(Channel::Standard);
     assert!(!objects.is_empty() && !values.is_empty());
-    // Namespaces for real: a dry run into a missing namespace is refused.
-    for ns in &namespaces {
-        cluster.apply(
-            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}).to_string(),
-        );
-    }
+    create_namespaces(&cluster, &namespaces);
 
     // The check refuses what it should: a field no schema knows, a warning from the server (a
     // deprecated field), and a kind no CRD serves.
@@ -294,6 +400,20 @@ fn every_example_and_optional_chart_object_is_accepted_by_the_real_schemas() {
     unknown["kind"] = json!("KongPlugin");
     let refused = dry_run(&cluster, "unknown kind", &unknown.to_string()).expect_err("refused");
     assert!(refused.contains("no installed CRD serves"), "{refused}");
+    // Why the Gateway API examples have an API server of their own: the standard channel's
+    // HTTPRoute has no ExternalAuth filter.
+    for route in external_auth_routes(&examples(Channel::Experimental).objects) {
+        let refused = dry_run(
+            &cluster,
+            "ExternalAuth on the standard channel",
+            &route.to_string(),
+        )
+        .expect_err("the standard channel refuses the ExternalAuth filter");
+        assert!(
+            refused.contains(".filters[0].externalAuth: field not declared in schema"),
+            "{refused}"
+        );
+    }
 
     let mut failures = Vec::new();
     let mut judged = Vec::new();
@@ -378,28 +498,7 @@ fn every_example_and_optional_chart_object_is_accepted_by_the_real_schemas() {
         judge(format!("kubectl kustomize {kustomization}"), &rendered);
     }
 
-    // Each kind an example uses judges the fields under its spec: one it does not know is
-    // refused, so an accepted example has no misspelt or misplaced field there.
-    for (name, text) in &objects {
-        for doc in documents(text, name) {
-            let mut probe = doc.clone();
-            let Some(spec) = probe["spec"].as_object_mut() else {
-                continue;
-            };
-            spec.insert("tollgateProbe".into(), json!(true));
-            let what = format!(
-                "deploy/examples/{name}: {} with an unknown field",
-                doc["kind"]
-            );
-            match dry_run(&cluster, &what, &probe.to_string()) {
-                Err(e) if e.contains("tollgateProbe") => {}
-                outcome => failures.push(format!(
-                    "{what}: not refused as unknown, so the schema does not judge this kind's \
-                     fields: {outcome:?}"
-                )),
-            }
-        }
-    }
+    failures.extend(unknown_fields_refused(&cluster, &objects));
     for what in &judged {
         eprintln!("accepted: {what}");
     }
@@ -410,24 +509,135 @@ fn every_example_and_optional_chart_object_is_accepted_by_the_real_schemas() {
     );
 }
 
-/// The Traefik CRDs come from the module of the Traefik the tests run.
+/// The HTTPRoutes among the Gateway API examples `objects`, one per protocol of the
+/// `ExternalAuth` filter.
+fn external_auth_routes(objects: &[(String, String)]) -> Vec<Value> {
+    let routes: Vec<Value> = objects
+        .iter()
+        .flat_map(|(name, text)| documents(text, name))
+        .filter(|d| d["kind"] == "HTTPRoute")
+        .collect();
+    let mut protocols: Vec<&str> = routes
+        .iter()
+        .flat_map(|r| r["spec"]["rules"].as_array().expect("rules"))
+        .flat_map(|rule| rule["filters"].as_array().expect("filters"))
+        .filter(|f| f["type"] == "ExternalAuth")
+        .map(|f| f["externalAuth"]["protocol"].as_str().expect("protocol"))
+        .collect();
+    protocols.sort();
+    assert_eq!(protocols, ["GRPC", "HTTP"], "one route per protocol");
+    routes
+}
+
+/// The Gateway API examples (GEP-1494's `ExternalAuth` filter, experimental channel) in an API
+/// server with the experimental channel's CRDs, as a cluster using the filter has them.
 #[test]
-fn the_traefik_crds_are_those_of_the_traefik_peer() {
-    let version = |go_mod: &str| {
+fn the_gateway_api_examples_are_accepted_by_the_experimental_channel() {
+    let Some(bundle) = peer_dir(
+        "TOLLGATE_GATEWAY_CRDS",
+        "the gateways' and operators' CRDs (tests/kube/crds.sh)",
+    ) else {
+        return;
+    };
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let installed = install_bundle(&cluster, &bundle, &[EXPERIMENTAL_SOURCE]);
+    cluster.install_crd();
+    eprintln!(
+        "installed {} CRDs from {}/{EXPERIMENTAL_SOURCE}",
+        installed.len(),
+        bundle.display()
+    );
+    let Examples {
+        objects,
+        values,
+        namespaces,
+    } = examples(Channel::Experimental);
+    assert!(values.is_empty(), "no chart values here: {values:?}");
+    let names: Vec<&str> = objects.iter().map(|(n, _)| n.as_str()).collect();
+    for expected in [
+        "gateway-api/httproute-grpc.yaml",
+        "gateway-api/httproute-http.yaml",
+        "gateway-api/jwtpolicy.yaml",
+    ] {
+        assert!(names.contains(&expected), "{expected} in {names:?}");
+    }
+    create_namespaces(&cluster, &namespaces);
+
+    // The experimental schema judges the filter: its rules refuse a filter whose protocol and
+    // settings disagree, and a misspelt field in it.
+    let routes = external_auth_routes(&objects);
+    let mut grpc_without_grpc = routes
+        .iter()
+        .find(|r| r["spec"]["rules"][0]["filters"][0]["externalAuth"]["protocol"] == "GRPC")
+        .expect("a GRPC route")
+        .clone();
+    let filter = &mut grpc_without_grpc["spec"]["rules"][0]["filters"][0]["externalAuth"];
+    filter.as_object_mut().expect("filter").remove("grpc");
+    filter["http"] = json!({"path": "/ext-authz"});
+    let refused = dry_run(
+        &cluster,
+        "GRPC with http settings",
+        &grpc_without_grpc.to_string(),
+    )
+    .expect_err("refused");
+    assert!(
+        refused.contains("grpc must be specified when protocol is set to 'GRPC'")
+            && refused.contains("protocol must be 'HTTP' when http is set"),
+        "{refused}"
+    );
+    let mut misspelt = routes[0].clone();
+    misspelt["spec"]["rules"][0]["filters"][0]["externalAuth"]["backendRefs"] =
+        misspelt["spec"]["rules"][0]["filters"][0]["externalAuth"]["backendRef"].clone();
+    let refused = dry_run(&cluster, "backendRefs", &misspelt.to_string()).expect_err("refused");
+    assert!(refused.contains("backendRefs"), "{refused}");
+
+    let mut failures = Vec::new();
+    for (name, text) in &objects {
+        match dry_run(&cluster, &format!("deploy/examples/{name}"), text) {
+            Ok(()) => eprintln!("accepted: deploy/examples/{name}"),
+            Err(e) => failures.push(e),
+        }
+    }
+    failures.extend(unknown_fields_refused(&cluster, &objects));
+    assert!(
+        failures.is_empty(),
+        "refused by the real schemas:\n\n{}",
+        failures.join("\n\n")
+    );
+}
+
+/// The Traefik and Envoy Gateway CRDs come from the modules of the Traefik and Envoy Gateway
+/// the tests run.
+#[test]
+fn the_traefik_and_envoy_gateway_crds_are_those_of_the_peers() {
+    let version = |go_mod: &str, module: &str| {
         std::fs::read_to_string(repo(go_mod))
             .expect("go.mod")
             .lines()
             .find_map(|l| {
                 let mut words = l.split_whitespace();
-                (words.next() == Some("github.com/traefik/traefik/v3"))
-                    .then(|| words.next().expect("version").to_string())
+                (words.next() == Some(module)).then(|| words.next().expect("version").to_string())
             })
-            .unwrap_or_else(|| panic!("{go_mod} requires no Traefik"))
+            .unwrap_or_else(|| panic!("{go_mod} requires no {module}"))
     };
-    assert_eq!(
-        version("tests/kube/crds/go.mod"),
-        version("tests/peers/traefik/go.mod")
-    );
+    for (module, peer) in [
+        (
+            "github.com/traefik/traefik/v3",
+            "tests/peers/traefik/go.mod",
+        ),
+        (
+            "github.com/envoyproxy/gateway",
+            "tests/peers/envoy-gateway/go.mod",
+        ),
+    ] {
+        assert_eq!(
+            version("tests/kube/crds/go.mod", module),
+            version(peer, module),
+            "{module}"
+        );
+    }
 }
 
 /// A label, annotation or node-selector value that is not a string (what `--set key=true`

@@ -8,6 +8,7 @@ mod deploy;
 mod drain;
 mod encrypted;
 mod envoy;
+mod envoy_gateway;
 mod envoy_http;
 mod examples_schemas;
 mod explain;

@@ -6,7 +6,8 @@
 #   bash tests/kube/crds.sh
 #
 # The folder's path is the last line on stdout (progress goes to stderr); it holds one folder
-# per source (gateway-api/, istio/, ...) with that project's CRD files as shipped, and
+# per source (gateway-api/, gateway-api-experimental/, istio/, ...) with that project's CRD files
+# as shipped, and
 # SOURCES (module, version and file of each). tests/e2e/examples_schemas.rs installs them
 # into a real API server (TOLLGATE_GATEWAY_CRDS=<folder>).
 #
@@ -32,13 +33,18 @@ fi
 command -v go > /dev/null 2>&1 || die "'go' not found in PATH"
 
 # What to take from each module: <module> <folder> <file pattern relative to the module>...
+# A module may have more than one line (one folder each).
 # Gateway API's standard channel (what a cluster has unless it opts into experimental fields;
-# Envoy Gateway's own copy of these CRDs is left out). Istio's CRDs come from istio.io/api,
+# Envoy Gateway's own copy of these CRDs is left out), and its experimental channel in a folder
+# of its own: the same CRD names with more fields and kinds (the ExternalAuth filter of GEP-1494),
+# which replace the standard ones in a cluster, so a test installs one folder or the other.
+# Istio's CRDs come from istio.io/api,
 # where they are generated (istio.io/istio only copies them, and the proxy serves it only as
 # pseudo-versions of a far larger module). Emissary's file also holds its conversion webhook's
 # Deployment and RBAC, which the test leaves out.
 SOURCES='
 sigs.k8s.io/gateway-api gateway-api config/crd/standard/gateway.networking.k8s.io_*.yaml
+sigs.k8s.io/gateway-api gateway-api-experimental config/crd/experimental/gateway.networking.k8s.io_*.yaml config/crd/experimental/gateway.networking.x-k8s.io_*.yaml
 github.com/envoyproxy/gateway envoy-gateway charts/gateway-helm/charts/crds/crds/generated/gateway.envoyproxy.io_*.yaml
 istio.io/api istio kubernetes/customresourcedefinitions.gen.yaml
 github.com/projectcontour/contour contour examples/contour/01-crds.yaml
