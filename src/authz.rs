@@ -87,12 +87,21 @@ impl AuthzService {
             .get("x-request-id")
             .filter(|id| !id.is_empty())
             .unwrap_or(&http.id);
+        let route = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.route_metadata_context.as_ref())
+            .and_then(route_from_metadata);
         let info = RequestInfo {
             transport: "grpc",
             request_id,
             method: &http.method,
             host: &http.host,
             path: &http.path,
+            route: route.as_ref().map(|r| match &r.section {
+                Some(rule) => format!("{}/{} rule {rule}", r.namespace, r.name),
+                None => format!("{}/{}", r.namespace, r.name),
+            }),
         };
         if !self.shared.is_ready() {
             return (engine::not_ready(&http.host), info);
@@ -127,11 +136,6 @@ impl AuthzService {
         } else {
             &http.host
         };
-        let route = request
-            .attributes
-            .as_ref()
-            .and_then(|a| a.route_metadata_context.as_ref())
-            .and_then(route_from_metadata);
         let req = engine::Request {
             host,
             path: &http.path,

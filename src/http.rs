@@ -338,6 +338,7 @@ async fn handle(
         method: &original.method,
         host: &original.host,
         path: &original.target,
+        route: None,
     };
     telemetry::log_decision(&info, &decision);
     let kept = auth.kept_token(original.family, &decision, &headers);

@@ -109,7 +109,7 @@ impl LogLimiter {
 }
 
 /// What the transport knows about the request, for the log line.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RequestInfo<'a> {
     pub transport: &'static str,
     pub request_id: &'a str,
@@ -117,6 +117,8 @@ pub struct RequestInfo<'a> {
     pub host: &'a str,
     /// Path without the query (which may hold a token).
     pub path: &'a str,
+    /// The HTTPRoute (and rule) the gateway named, when it did (Envoy Gateway's route metadata).
+    pub route: Option<String>,
 }
 
 /// Logs one decision: denials at info, allows at debug; with `RUST_LOG=tollgate::trace=debug`
@@ -145,6 +147,7 @@ pub fn log_decision(info: &RequestInfo<'_>, decision: &Decision) {
             method = info.method,
             host = info.host,
             path,
+            route = info.route.as_deref().unwrap_or(""),
             policy = allow.policy.as_deref().unwrap_or(""),
             result = "allow",
             reason = allow.reason.as_str(),
@@ -164,6 +167,7 @@ pub fn log_decision(info: &RequestInfo<'_>, decision: &Decision) {
                 method = info.method,
                 host = info.host,
                 path,
+                route = info.route.as_deref().unwrap_or(""),
                 policy = deny.policy.as_deref().unwrap_or(""),
                 result = "deny",
                 status = deny.status,

@@ -297,7 +297,6 @@ fn envoy_gateway_metadata(resource: serde_json::Value) -> crate::proto::core::Me
     };
     crate::proto::core::Metadata {
         filter_metadata: HashMap::from([(ENVOY_GATEWAY_METADATA.to_string(), fields)]),
-        ..Default::default()
     }
 }
 

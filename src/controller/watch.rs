@@ -151,7 +151,8 @@ pub fn spawn_controller(
         secrets.update(index.referenced_secrets());
         index.forget_unreferenced_secrets();
         let wanted = index.wants_gateway_api();
-        if wanted != !gateway_api.running.is_empty() {
+        // Start the watches when the first policy targets routes, stop them with the last.
+        if wanted == gateway_api.running.is_empty() {
             if wanted {
                 gateway_api.start(index.scopes().cloned().collect());
             } else {

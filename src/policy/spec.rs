@@ -63,6 +63,12 @@ pub struct DocumentMetadata {
     ),
     printcolumn(name = "Hosts", type_ = "string", json_path = ".spec.match.hosts"),
     printcolumn(
+        name = "Targets",
+        type_ = "string",
+        priority = 1,
+        json_path = ".spec.targetRefs[*].name"
+    ),
+    printcolumn(
         name = "Issuers",
         type_ = "string",
         json_path = ".spec.issuers[*].issuer"
@@ -98,7 +104,6 @@ pub struct JwtPolicySpec {
     /// `match.methods`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
-    #[x_kube(validation = Rule::new("self.all(x, self.exists_one(y, x.kind == y.kind && x.name == y.name && (has(x.sectionName) ? x.sectionName : '') == (has(y.sectionName) ? y.sectionName : '')))").message("targetRefs must not name the same target twice"))]
     pub target_refs: Vec<TargetRefSpec>,
     /// Where the token is read. Default: `Authorization: Bearer <token>`.
     #[serde(default)]

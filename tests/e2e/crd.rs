@@ -498,16 +498,6 @@ fn cases() -> Vec<Case> {
             Rule("targetRefs and match.hosts/paths/methods are exclusive"),
         ),
         case(
-            "the same target twice",
-            with_issuer(json!({
-                "targetRefs": [
-                    {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "orders"},
-                    {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "orders"},
-                ],
-            })),
-            Rule("must not name the same target twice"),
-        ),
-        case(
             "jwksUri and discovery",
             json!({"issuers": [issuer(json!({"jwksUri": "https://idp/keys", "discovery": "https://idp/d"}))]}),
             Rule("exactly one of discovery"),

@@ -120,6 +120,7 @@ spec:
     - name: tollgate.dev/policy
       type: Value
       value: {policy}
+    includeRouteMetadata: true
 "#
         )
     };
@@ -462,15 +463,20 @@ async fn envoy_gateway_security_policy_names_the_policy_that_judges_its_route() 
     assert!(
         eventually(Duration::from_secs(5), async || {
             let denied = tollgate.log_events("denied");
-            let by = |path: &str, policy: &str| {
+            // Envoy Gateway's route metadata names the HTTPRoute each request came through.
+            let by = |path: &str, policy: &str, route: &str| {
                 denied.iter().any(|e| {
-                    e["path"] == path && e["policy"] == policy && e["reason"] == "audience_mismatch"
+                    e["path"] == path
+                        && e["policy"] == policy
+                        && e["reason"] == "audience_mismatch"
+                        && e["route"].as_str().is_some_and(|r| r.ends_with(route))
                 })
             };
-            by("/accounts/7", "shop/billing") && by("/orders/1", "shop/orders")
+            by("/accounts/7", "shop/billing", "/accounts")
+                && by("/orders/1", "shop/orders", "/orders")
         })
         .await,
-        "tollgate's denials name the routes' policies: {:?}",
+        "tollgate's denials name the routes' policies and the routes: {:?}",
         tollgate.log_events("denied")
     );
 }

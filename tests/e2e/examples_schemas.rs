@@ -58,13 +58,6 @@ const EXPERIMENTAL_SOURCE: &str = "gateway-api-experimental";
 /// The examples folder judged with `EXPERIMENTAL_SOURCE` instead of the standard channel.
 const EXPERIMENTAL_EXAMPLES: &str = "gateway-api";
 
-/// Example files that use a JwtPolicy field the CRD in crds/ does not have yet, and that field:
-/// judged like any other once the CRD has it, skipped until then.
-const WAITING_FOR_THE_CRD: &[(&str, &str)] = &[
-    // enabled when the CRD has targetRefs (remove this entry then)
-    ("gateway-api/jwtpolicy-targetrefs.yaml", "targetRefs"),
-];
-
 /// The namespace the chart renders are dry-run into.
 const CHART_NAMESPACE: &str = "tollgate";
 
@@ -242,11 +235,9 @@ struct Examples {
 }
 
 /// Sorts the files under deploy/examples/ of `channel`: objects, the chart's values, or listed
-/// as neither (`NOT_OBJECTS`); a file `WAITING_FOR_THE_CRD` is left out while the JwtPolicy CRD
-/// lacks its field.
+/// as neither (`NOT_OBJECTS`).
 fn examples(channel: Channel) -> Examples {
     let root = repo("deploy/examples");
-    let crd = std::fs::read_to_string(repo("crds/jwtpolicies.tollgate.dev.yaml")).expect("CRD");
     let mut found = Examples {
         objects: Vec::new(),
         values: Vec::new(),
@@ -260,17 +251,6 @@ fn examples(channel: Channel) -> Examples {
         }
         let text = std::fs::read_to_string(&file).expect("example");
         let docs = documents(&text, &name);
-        if let Some((_, field)) = WAITING_FOR_THE_CRD.iter().find(|(f, _)| *f == name)
-            && !crd.contains(&format!(" {field}:"))
-        {
-            assert!(
-                docs.iter()
-                    .all(|d| d["kind"] == "JwtPolicy" && !d["spec"][*field].is_null()),
-                "{name} is waiting for the CRD's {field}, so it should hold JwtPolicies using it"
-            );
-            eprintln!("SKIPPED: {name} uses {field}, which the JwtPolicy CRD does not have yet");
-            continue;
-        }
         if NOT_OBJECTS.iter().any(|(listed, _)| *listed == name) {
             assert!(
                 !docs.iter().any(is_object),
@@ -297,12 +277,6 @@ fn examples(channel: Channel) -> Examples {
         assert!(
             root.join(name).is_file(),
             "NOT_OBJECTS lists {name} ({why}), which is gone"
-        );
-    }
-    for (name, field) in WAITING_FOR_THE_CRD {
-        assert!(
-            root.join(name).is_file(),
-            "WAITING_FOR_THE_CRD lists {name} ({field}), which is gone"
         );
     }
     found

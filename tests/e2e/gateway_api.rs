@@ -29,7 +29,7 @@ fn install_gateway_api(cluster: &Cluster, bundle: &Path) {
     for file in &files {
         let text = std::fs::read_to_string(file).expect("CRD file");
         cluster
-            .try_kubectl_stdin(&["apply", "--server-side", "-f", "-"], &text)
+            .try_apply(&text)
             .unwrap_or_else(|e| panic!("installing {}: {e}", file.display()));
     }
     cluster.wait_established(
@@ -187,13 +187,15 @@ async fn a_policy_attached_to_an_httproute_judges_its_requests_and_follows_its_e
         "the route's requests are judged by the attached policy: {:?}",
         replica.logs().iter().rev().take(20).collect::<Vec<_>>()
     );
-    let cases: Vec<(
-        &str,
-        &str,
-        Vec<(&str, &str)>,
-        Option<&str>,
-        (bool, u16, &str),
-    )> = vec![
+    // host, path, headers, token, (allowed, status, reason)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Option<&'a str>,
+        (bool, u16, &'a str),
+    );
+    let cases: Vec<Case<'_>> = vec![
         (
             HOST,
             "/orders/7",
@@ -206,7 +208,7 @@ async fn a_policy_attached_to_an_httproute_judges_its_requests_and_follows_its_e
             "/beta",
             vec![("x-beta", "yes")],
             Some(&token),
-            (true, 200, ""),
+            (true, 200, "valid"),
         ),
         (
             HOST,

@@ -366,3 +366,44 @@ fn path_patterns_are_refused_with_the_prefix_semantics() {
         "could never match",
     );
 }
+
+#[test]
+fn target_refs_are_checked_and_exclude_match() {
+    let ok = try_compile(
+        "t",
+        &spec_with("{targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders}], match: {pathCase: Exact}}"),
+    )
+    .expect("targetRefs compile");
+    assert!(ok.is_targeted());
+    assert!(
+        ok.hosts.is_empty(),
+        "nothing is claimed before routes are attached"
+    );
+    assert!(ok.entries.is_empty());
+    for (extra, field, fragment) in [
+        (
+            "{targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: a}, {group: gateway.networking.k8s.io, kind: HTTPRoute, name: a}]}",
+            "spec.targetRefs[1]",
+            "the same target",
+        ),
+        (
+            "{targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: a}], match: {hosts: [api.example.com]}}",
+            "spec.match.hosts",
+            "exclusive",
+        ),
+        (
+            "{targetRefs: [{group: '', kind: Service, name: a}]}",
+            "spec.targetRefs[0].kind",
+            "HTTPRoute or Gateway",
+        ),
+    ] {
+        let error = try_compile("t", &spec_with(extra)).expect_err(extra);
+        assert!(
+            error
+                .problems
+                .iter()
+                .any(|p| p.field == field && p.message.contains(fragment)),
+            "{extra}: {error}"
+        );
+    }
+}

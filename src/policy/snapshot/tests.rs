@@ -452,7 +452,8 @@ fn route_entries_follow_gateway_api_precedence() {
     assert_eq!(snapshot.matched_query(), ["v"]);
     let beta = [("x-beta".to_string(), "yes".to_string())];
     let v2 = [("v".to_string(), "2".to_string())];
-    let cases: [(&str, &[(String, String)], &[(String, String)], Option<&str>); 8] = [
+    type Pairs<'a> = &'a [(String, String)];
+    let cases: [(&str, Pairs<'_>, Pairs<'_>, Option<&str>); 8] = [
         ("/orders/1", &[], &[], Some("test/prefix")),
         // Exact beats any prefix; a path below it is not exact.
         ("/orders/admin", &beta, &[], Some("test/exact")),
