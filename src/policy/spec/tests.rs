@@ -39,7 +39,7 @@ fn the_crd_names_and_columns() {
         .collect();
     assert_eq!(
         columns,
-        ["Ready", "Hosts", "Issuers", "Loaded", "Reason", "Age"]
+        ["Ready", "Hosts", "Targets", "Issuers", "Loaded", "Reason", "Age"]
     );
 }
 
