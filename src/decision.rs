@@ -64,6 +64,9 @@ pub enum Reason {
     NoPolicy,
     /// The route names a policy (`tollgate.dev/policy`) that is not loaded.
     PolicyNotFound,
+    /// Two policies judge the same HTTPRoute rule the same way (a route attached to two
+    /// listeners, each with its own policy): which one applies cannot be known (403).
+    PolicyConflict,
     /// The check request itself is malformed (no HTTP attributes), or the request is one an
     /// upstream could read in more than one way (its path, its method, its forwarded headers).
     RequestMalformed,
@@ -87,7 +90,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 34] = [
+    pub const ALL: [Reason; 35] = [
         Reason::Valid,
         Reason::Anonymous,
         Reason::DefaultAllow,
@@ -113,6 +116,7 @@ impl Reason {
         Reason::InsufficientScope,
         Reason::NoPolicy,
         Reason::PolicyNotFound,
+        Reason::PolicyConflict,
         Reason::RequestMalformed,
         Reason::ProxyNotTrusted,
         Reason::TokenInactive,
@@ -152,6 +156,7 @@ impl Reason {
             Reason::InsufficientScope => "insufficient_scope",
             Reason::NoPolicy => "no_policy",
             Reason::PolicyNotFound => "policy_not_found",
+            Reason::PolicyConflict => "policy_conflict",
             Reason::RequestMalformed => "request_malformed",
             Reason::ProxyNotTrusted => "proxy_not_trusted",
             Reason::TokenInactive => "token_inactive",
@@ -203,6 +208,9 @@ impl Reason {
             }
             Reason::NoPolicy => "no policy covers this request",
             Reason::PolicyNotFound => "the policy this route names is not loaded",
+            Reason::PolicyConflict => {
+                "two policies claim this request; which one applies cannot be known"
+            }
             Reason::RequestMalformed => {
                 "the request cannot be judged as exactly one request (its path, method or forwarded headers)"
             }
@@ -227,6 +235,7 @@ impl Reason {
             Reason::RequestMalformed => Some("invalid_request"),
             Reason::NoPolicy
             | Reason::PolicyNotFound
+            | Reason::PolicyConflict
             | Reason::ProxyNotTrusted
             | Reason::IssuerUnavailable
             | Reason::IntrospectionUnavailable
@@ -248,6 +257,7 @@ impl Reason {
                 | Reason::DefaultAllow
                 | Reason::NoPolicy
                 | Reason::PolicyNotFound
+                | Reason::PolicyConflict
                 | Reason::ProxyNotTrusted
                 | Reason::IssuerUnavailable
                 | Reason::IntrospectionUnavailable

@@ -213,11 +213,17 @@ async fn check_method(
             });
             return deny(None, host, Reason::NoPolicy, text, None, None).with_trace(trace);
         }
-        Err(text) => {
+        Err(SelectError::Case(text)) => {
             trace.fail("request", Reason::RequestMalformed, || text.clone(), || {
                 Some("set match.pathCase (Exact or IgnoreCase) in the policy to say how its upstream compares letter case".into())
             });
             return deny(None, host, Reason::RequestMalformed, text, None, None).with_trace(trace);
+        }
+        Err(SelectError::Conflict(text)) => {
+            trace.fail("policy", Reason::PolicyConflict, || text.clone(), || {
+                Some("attach one policy to the route (targetRefs: HTTPRoute) instead of one per listener, or give the listeners hostnames that do not overlap".into())
+            });
+            return deny(None, host, Reason::PolicyConflict, text, None, None).with_trace(trace);
         }
     };
     if !policy.path_reading.allows(reading) {
@@ -341,6 +347,18 @@ fn php_name(name: &str) -> String {
 
 type Selection<'s> = Option<(&'s Arc<Policy>, Option<&'s Rule>)>;
 
+/// Why no single policy can judge a request.
+#[derive(Debug, thiserror::Error)]
+enum SelectError {
+    /// Letter case changes the answer and the policies do not say how their upstream reads it
+    /// (400 `request_malformed`).
+    #[error("{0}")]
+    Case(String),
+    /// Two policies have the same entry for the route (403 `policy_conflict`).
+    #[error("{0}")]
+    Conflict(String),
+}
+
 /// The request's values of the headers and query parameters some route entry matches on
 /// (HTTPRoute `Exact` matches). Gateways disagree about a header sent twice (Envoy joins the
 /// values, others take the first) and about encoded query names and values, so a request that
@@ -412,13 +430,29 @@ fn select<'s>(
     path: &str,
     method: &str,
     input: &MatchInput<'_>,
-) -> Result<Selection<'s>, String> {
+) -> Result<Selection<'s>, SelectError> {
+    let ambiguous: std::cell::Cell<Option<(Arc<str>, Arc<str>)>> = std::cell::Cell::new(None);
     let pick = |ignore_case: bool| -> Selection<'s> {
-        let policy =
-            explicit.or_else(|| snapshot.select_with(host, path, method, ignore_case, input))?;
+        let policy = match explicit {
+            Some(policy) => policy,
+            None => {
+                let picked = snapshot.select_with(host, path, method, ignore_case, input)?;
+                if let Some(other) = picked.ambiguous_with {
+                    ambiguous.set(Some((picked.policy.id.clone(), other.clone())));
+                }
+                picked.policy
+            }
+        };
         Some((policy, policy.rule_for(path, method, ignore_case)))
     };
     let exact = pick(false);
+    let refuse_ambiguous = |ambiguous: Option<(Arc<str>, Arc<str>)>| match ambiguous {
+        Some((one, other)) => Err(SelectError::Conflict(format!(
+            "policies {one} and {other} both judge this HTTPRoute rule (the route attaches to listeners each policy targets, with hostnames in common), and the gateway does not say which listener the request came through"
+        ))),
+        None => Ok(()),
+    };
+    refuse_ambiguous(ambiguous.take())?;
     let case_matters = snapshot.has_upper_prefixes()
         || explicit.is_some_and(|p| {
             p.rules
@@ -430,6 +464,7 @@ fn select<'s>(
         return Ok(exact);
     }
     let folded = pick(true);
+    refuse_ambiguous(ambiguous.take())?;
     let same = match (exact, folded) {
         (None, None) => true,
         (Some((a, ra)), Some((b, rb))) => {
@@ -452,9 +487,9 @@ fn select<'s>(
         .windows(2)
         .any(|w| w[0] == b'%' && matches!(w[1], b'8'..=b'9' | b'A'..=b'F'));
     if non_ascii && (ignores_case(exact) || ignores_case(folded)) {
-        return Err(format!(
+        return Err(SelectError::Case(format!(
             "the path {path:?} has escaped non-ASCII characters, which an upstream that ignores letter case may fold into other letters (match.pathCase: IgnoreCase)"
-        ));
+        )));
     }
     if same {
         return Ok(exact);
@@ -486,12 +521,12 @@ fn select<'s>(
                     }
                 ),
             };
-            Err(format!(
+            Err(SelectError::Case(format!(
                 "the path {path:?} is judged by {} as written and by {} ignoring letter case; \
                  match.pathCase does not say which one its upstream serves",
                 describe(exact),
                 describe(folded)
-            ))
+            )))
         }
     }
 }
@@ -1347,6 +1382,7 @@ pub fn deny(
         Reason::InsufficientScope
         | Reason::NoPolicy
         | Reason::PolicyNotFound
+        | Reason::PolicyConflict
         | Reason::ProxyNotTrusted => 403,
         Reason::IssuerUnavailable
         | Reason::NotReady

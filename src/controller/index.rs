@@ -44,8 +44,9 @@ pub enum Change {
     /// Events of the watch on one referenced Secret.
     Secret(SecretKey, watcher::Event<Secret>),
     /// `HTTPRoute` or `Gateway` objects of one watch scope (watched while some policy has
-    /// `targetRefs`).
-    Gateway(GatewayKind, Scope, watcher::Event<DynamicObject>),
+    /// `targetRefs`), from the watches started `generation`-th (events still queued from
+    /// watches stopped since are dropped).
+    Gateway(u64, GatewayKind, Scope, watcher::Event<DynamicObject>),
 }
 
 /// The Gateway API kinds the index follows.
@@ -245,6 +246,11 @@ pub struct PolicyIndex {
     /// The Gateway API watches that have listed once.
     gateway_listed: BTreeSet<(GatewayKind, Scope)>,
     attachments: HashMap<Arc<str>, Attachment>,
+    /// Which start of the Gateway API watches the index follows.
+    gateway_generation: u64,
+    /// Whether a snapshot was published: after that, a policy that starts targeting routes
+    /// does not hold back the others while the route watches list.
+    published: bool,
 }
 
 impl PolicyIndex {
@@ -268,7 +274,21 @@ impl PolicyIndex {
             gateway_buffers: HashMap::new(),
             gateway_listed: BTreeSet::new(),
             attachments: HashMap::new(),
+            gateway_generation: 0,
+            published: false,
         }
+    }
+
+    /// Follows the Gateway API watches started `generation`-th; what the index knew from
+    /// earlier watches is forgotten.
+    pub fn follow_gateway_watches(&mut self, generation: u64) {
+        self.forget_gateway_api();
+        self.gateway_generation = generation;
+    }
+
+    /// Records that a snapshot was published.
+    pub fn mark_published(&mut self) {
+        self.published = true;
     }
 
     /// Whether some policy has `targetRefs`, so HTTPRoutes and Gateways must be watched.
@@ -300,7 +320,8 @@ impl PolicyIndex {
                 .referenced_secrets()
                 .iter()
                 .all(|k| self.secrets.contains_key(k))
-            && (!self.wants_gateway_api()
+            && (self.published
+                || !self.wants_gateway_api()
                 || self.scopes.iter().all(|scope| {
                     GatewayKind::ALL
                         .iter()
@@ -326,7 +347,12 @@ impl PolicyIndex {
         let changed = match change {
             Change::Policy(scope, event) => self.apply_policy_event(scope, event),
             Change::Secret(key, event) => self.apply_secret_event(key, event),
-            Change::Gateway(kind, scope, event) => self.apply_gateway_event(kind, scope, event),
+            Change::Gateway(generation, kind, scope, event) => {
+                if generation != self.gateway_generation {
+                    return false;
+                }
+                self.apply_gateway_event(kind, scope, event)
+            }
         };
         if changed {
             self.reattach();
@@ -806,6 +832,7 @@ pub fn spawn_index(
             views.send_replace(Arc::new(index.view(&conflicts)));
             if changed || !published {
                 published = true;
+                index.mark_published();
                 for conflict in &conflicts {
                     tracing::error!(policy = %conflict.policy, holder = %conflict.holder, "JwtPolicy not served: {conflict}");
                 }

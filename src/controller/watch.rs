@@ -145,6 +145,7 @@ pub fn spawn_controller(
         tx: secrets.tx.clone(),
         running: Vec::new(),
         shared: shared.clone(),
+        generation: 0,
     };
     let index = PolicyIndex::new(key_sources, settings, scopes);
     spawn_index(index, shared, rx, move |index| {
@@ -154,7 +155,8 @@ pub fn spawn_controller(
         // Start the watches when the first policy targets routes, stop them with the last.
         if wanted == gateway_api.running.is_empty() {
             if wanted {
-                gateway_api.start(index.scopes().cloned().collect());
+                let generation = gateway_api.start(index.scopes().cloned().collect());
+                index.follow_gateway_watches(generation);
             } else {
                 gateway_api.stop();
                 index.forget_gateway_api();
@@ -188,10 +190,15 @@ struct GatewayWatches {
     tx: mpsc::Sender<Change>,
     running: Vec<tokio::task::JoinHandle<()>>,
     shared: Arc<SharedSnapshot>,
+    /// How many times the watches were started; events carry it.
+    generation: u64,
 }
 
 impl GatewayWatches {
-    fn start(&mut self, scopes: Vec<Scope>) {
+    /// Starts the watches; returns the generation their events carry.
+    fn start(&mut self, scopes: Vec<Scope>) -> u64 {
+        self.generation += 1;
+        let generation = self.generation;
         for scope in scopes {
             for kind in GatewayKind::ALL {
                 let resource = gateway_resource(kind);
@@ -245,7 +252,7 @@ impl GatewayWatches {
                                 listed = true;
                                 for empty in [watcher::Event::Init, watcher::Event::InitDone] {
                                     if tx
-                                        .send(Change::Gateway(kind, scope.clone(), empty))
+                                        .send(Change::Gateway(generation, kind, scope.clone(), empty))
                                         .await
                                         .is_err()
                                     {
@@ -267,7 +274,7 @@ impl GatewayWatches {
                             }
                         };
                         if tx
-                            .send(Change::Gateway(kind, scope.clone(), event))
+                            .send(Change::Gateway(generation, kind, scope.clone(), event))
                             .await
                             .is_err()
                         {
@@ -277,6 +284,7 @@ impl GatewayWatches {
                 }));
             }
         }
+        generation
     }
 
     fn stop(&mut self) {

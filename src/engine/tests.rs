@@ -429,3 +429,70 @@ async fn route_header_and_query_matches_are_read_one_way_or_refused() {
         denied(&d).description
     );
 }
+
+#[tokio::test]
+async fn a_route_two_listener_policies_judge_is_refused_with_policy_conflict() {
+    use crate::policy::gateway::{self, Attacher, GatewayObject, RouteObject};
+    let sources = crate::jwks::KeySources::offline().expect("client");
+    let policies: Vec<Policy> = ["public", "internal"]
+        .iter()
+        .map(|listener| {
+            compile_with(
+                &sources,
+                "infra",
+                listener,
+                &spec_with(&format!(
+                    "{{targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: eg, sectionName: {listener}}}]}}"
+                )),
+            )
+            .expect("compiles")
+        })
+        .collect();
+    let route = RouteObject {
+        namespace: "infra".into(),
+        name: "orders".into(),
+        created: "2026-01-01T00:00:00Z".into(),
+        spec: serde_yaml::from_str(
+            "parentRefs: [{name: eg}]\nhostnames: [api.example.com]\nrules: [{matches: [{path: {value: /orders}}]}]",
+        )
+        .expect("route"),
+    };
+    let gateway = GatewayObject {
+        namespace: "infra".into(),
+        name: "eg".into(),
+        spec: serde_yaml::from_str(
+            "listeners: [{name: public, protocol: HTTP, port: 80}, {name: internal, protocol: HTTP, port: 8080}]",
+        )
+        .expect("gateway"),
+    };
+    let attachers: Vec<Attacher<'_>> = policies
+        .iter()
+        .map(|p| Attacher {
+            id: p.id.clone(),
+            namespace: "infra",
+            created: "2026-01-01T00:00:00Z",
+            targets: &p.targets,
+        })
+        .collect();
+    let attachments = gateway::attach(
+        &attachers,
+        &std::collections::BTreeMap::from([(("infra".into(), "orders".into()), route)]),
+        &std::collections::BTreeMap::from([(("infra".into(), "eg".into()), gateway)]),
+    );
+    let attached: Vec<Arc<Policy>> = policies
+        .iter()
+        .map(|p| Arc::new(p.attach(attachments[&p.id].entries.clone())))
+        .collect();
+    let snapshot = snapshot(&attached, DefaultAction::Allow);
+    let d = decide(&snapshot, &req("/orders/1").bearer(&good())).await;
+    let deny = denied(&d);
+    assert_eq!((deny.status, deny.reason), (403, Reason::PolicyConflict));
+    assert!(
+        deny.description.contains("infra/public") && deny.description.contains("infra/internal"),
+        "{}",
+        deny.description
+    );
+    // Elsewhere on the host, nothing is claimed: --default-action applies.
+    let other = decide(&snapshot, &req("/cart")).await;
+    assert_eq!(allowed(&other).reason, Reason::DefaultAllow);
+}

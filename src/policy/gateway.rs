@@ -334,6 +334,9 @@ struct Attached<'g> {
     gateway: &'g GatewayObject,
     listener: &'g Listener,
     hosts: Vec<HostPattern>,
+    /// Why tollgate cannot know whether the route attaches here (a listener choosing route
+    /// namespaces by label selector): the policy judging it there is refused, not guessed.
+    unknowable: Option<String>,
 }
 
 /// Derives, for every policy with targets, what it judges and its per-ancestor status.
@@ -467,6 +470,21 @@ pub fn attach(
                 let Some(attachment) = out.get_mut(&owner.id) else {
                     continue;
                 };
+                let field = match target_index(owner, level) {
+                    Some(i) => format!("spec.targetRefs[{i}]"),
+                    None => "spec.targetRefs".to_string(),
+                };
+                if let Some(why) = &place.unknowable {
+                    attachment.problems.push(Problem {
+                        field,
+                        message: format!(
+                            "HTTPRoute {route_key} on Gateway {}/{}: {why}",
+                            place.gateway.namespace, place.gateway.name
+                        ),
+                        kind: ProblemKind::UnsupportedRoute,
+                    });
+                    continue;
+                }
                 derive_rule(
                     attachment,
                     route,
@@ -474,8 +492,7 @@ pub fn attach(
                     rule_index,
                     rule,
                     &place.hosts,
-                    level,
-                    owner,
+                    &field,
                 );
             }
         }
@@ -548,10 +565,14 @@ fn attachments_of<'g>(
                 .as_ref()
                 .is_some_and(|s| *s != listener.name)
                 || parent.port.is_some_and(|p| Some(p) != listener.port)
-                || listener_refuses(listener, gateway, route).is_some()
             {
                 continue;
             }
+            let unknowable = match listener_refuses(listener, gateway, route) {
+                None => None,
+                Some(Refusal::Unknowable(why)) => Some(why),
+                Some(Refusal::Refused(_)) => continue,
+            };
             let hosts = intersect_hosts(&route.spec.hostnames, listener.hostname.as_deref());
             if hosts.is_empty() {
                 continue;
@@ -566,6 +587,7 @@ fn attachments_of<'g>(
                 gateway,
                 listener,
                 hosts,
+                unknowable,
             });
         }
     }
@@ -577,17 +599,33 @@ fn is_gateway_ref(parent: &ParentRef) -> bool {
         && parent.kind.as_deref().is_none_or(|k| k == "Gateway")
 }
 
-/// Why a listener does not take this route, if it does not.
+/// Why a listener does not take a route.
+enum Refusal {
+    /// It does not.
+    Refused(String),
+    /// Whether it does depends on what tollgate does not read.
+    Unknowable(String),
+}
+
+impl Refusal {
+    fn message(self) -> String {
+        match self {
+            Refusal::Refused(why) | Refusal::Unknowable(why) => why,
+        }
+    }
+}
+
+/// Why a listener does not (or may not) take this route, if it does not.
 fn listener_refuses(
     listener: &Listener,
     gateway: &GatewayObject,
     route: &RouteObject,
-) -> Option<String> {
+) -> Option<Refusal> {
     if !matches!(listener.protocol.as_str(), "HTTP" | "HTTPS") {
-        return Some(format!(
+        return Some(Refusal::Refused(format!(
             "listener {} speaks {}, not HTTP",
             listener.name, listener.protocol
-        ));
+        )));
     }
     let allowed = listener.allowed_routes.as_ref();
     if let Some(kinds) = allowed.and_then(|a| a.kinds.as_ref())
@@ -596,7 +634,10 @@ fn listener_refuses(
             .iter()
             .any(|k| k.kind == "HTTPRoute" && k.group.as_deref().is_none_or(|g| g == GROUP))
     {
-        return Some(format!("listener {} allows no HTTPRoute", listener.name));
+        return Some(Refusal::Refused(format!(
+            "listener {} allows no HTTPRoute",
+            listener.name
+        )));
     }
     let from = allowed
         .and_then(|a| a.namespaces.as_ref())
@@ -605,14 +646,14 @@ fn listener_refuses(
     match from {
         "All" => None,
         "Same" if gateway.namespace == route.namespace => None,
-        "Same" => Some(format!(
+        "Same" => Some(Refusal::Refused(format!(
             "listener {} takes routes of namespace {} only",
             listener.name, gateway.namespace
-        )),
-        other => Some(format!(
-            "listener {} chooses route namespaces by {other}, which tollgate cannot follow (it reads no Namespace labels)",
+        ))),
+        other => Some(Refusal::Unknowable(format!(
+            "listener {} chooses route namespaces by {other}, which tollgate cannot follow (it reads no Namespace labels), so whether the route attaches there cannot be known",
             listener.name
-        )),
+        ))),
     }
 }
 
@@ -665,7 +706,6 @@ fn intersect(a: &HostPattern, b: &HostPattern) -> Option<HostPattern> {
 }
 
 /// The entries of one rule on one listener, or the problems that refuse the policy.
-#[allow(clippy::too_many_arguments)]
 fn derive_rule(
     attachment: &mut Attachment,
     route: &RouteObject,
@@ -673,16 +713,8 @@ fn derive_rule(
     rule_index: usize,
     rule: &RouteRule,
     hosts: &[HostPattern],
-    level: Level,
-    owner: &Attacher<'_>,
+    field: &str,
 ) {
-    let field = match owner.targets.iter().position(|t| match level {
-        Level::RouteRule | Level::Route => t.kind == "HTTPRoute" && t.name == route.name,
-        Level::Listener | Level::Gateway => t.kind == "Gateway",
-    }) {
-        Some(i) => format!("spec.targetRefs[{i}]"),
-        None => "spec.targetRefs".to_string(),
-    };
     let default_match = [RouteMatchSpec::default()];
     let matches: &[RouteMatchSpec] = if rule.matches.is_empty() {
         &default_match
@@ -698,7 +730,7 @@ fn derive_rule(
     for (index, m) in matches.iter().enumerate() {
         let at = format!("HTTPRoute {route_key} rules[{rule_index}].matches[{index}]");
         let problem = |message: String| Problem {
-            field: field.clone(),
+            field: field.to_string(),
             message: format!("{at}: {message}"),
             kind: ProblemKind::UnsupportedRoute,
         };
@@ -928,12 +960,14 @@ fn ancestor_states(
                             .iter()
                             .filter(|l| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
                             .map(|l| {
-                                listener_refuses(l, g, route).unwrap_or_else(|| {
-                                    format!(
-                                        "listener {}: no hostname in common with the route",
-                                        l.name
-                                    )
-                                })
+                                listener_refuses(l, g, route)
+                                    .map(Refusal::message)
+                                    .unwrap_or_else(|| {
+                                        format!(
+                                            "listener {}: no hostname in common with the route",
+                                            l.name
+                                        )
+                                    })
                             })
                             .collect();
                         Err((

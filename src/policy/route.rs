@@ -620,6 +620,12 @@ impl Methods {
             || (method.eq_ignore_ascii_case("HEAD") && self.0.iter().any(|m| m == "GET"))
     }
 
+    /// Whether `method` is in the set exactly, as a gateway's route match compares it (no
+    /// `HEAD` for `GET`, letter case significant); an empty set matches every method.
+    pub fn matches_exactly(&self, method: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|m| m == method)
+    }
+
     /// Whether some request method is covered by both sets.
     pub fn overlaps(&self, other: &Methods) -> bool {
         let head = |set: &Methods| set.matches("HEAD");

@@ -60,13 +60,25 @@ struct Route {
     query: Vec<(String, String)>,
     /// The route rule a route entry comes from, and its precedence among equal matches.
     origin: Option<(RouteId, RouteOrder)>,
+    /// The namespace whose host this is: the route's for a route entry (a Gateway's policy
+    /// judges the routes of other namespaces on their hosts), else the policy's.
+    namespace: Arc<str>,
+    /// Another policy with the very same entry for the same route (a route attached to two
+    /// listeners judged by different policies): which one the gateway used cannot be known.
+    ambiguous_with: Option<Arc<str>>,
     policy: Arc<Policy>,
 }
 
 impl Route {
     fn matches(&self, path: &str, method: &str, ignore_case: bool, input: &MatchInput<'_>) -> bool {
+        // A route entry compares the method as the gateway does: exactly.
+        let method_matches = if self.origin.is_some() {
+            self.methods.matches_exactly(method)
+        } else {
+            self.methods.matches(method)
+        };
         self.path.matches(path, ignore_case)
-            && self.methods.matches(method)
+            && method_matches
             && self
                 .headers
                 .iter()
@@ -97,6 +109,14 @@ pub struct MatchInput<'a> {
     pub query: &'a [(String, String)],
     /// The HTTPRoute rule the gateway says the request is on (Envoy Gateway's route metadata).
     pub route: Option<&'a RouteName>,
+}
+
+/// The policy judging a request, as [`Snapshot::select_with`] finds it.
+#[derive(Clone, Copy, Debug)]
+pub struct Picked<'s> {
+    pub policy: &'s Arc<Policy>,
+    /// Another policy with the same entry for the same route: the request must be refused.
+    pub ambiguous_with: Option<&'s Arc<str>>,
 }
 
 /// An HTTPRoute (and rule) as a gateway names it.
@@ -344,6 +364,8 @@ fn routes_of(policy: &Arc<Policy>) -> Vec<(HostPattern, Route)> {
                         headers: e.headers.clone(),
                         query: e.query.clone(),
                         origin: Some((e.route.clone(), e.order.clone())),
+                        namespace: e.route.namespace.clone(),
+                        ambiguous_with: None,
                         policy: policy.clone(),
                     },
                 )
@@ -356,6 +378,8 @@ fn routes_of(policy: &Arc<Policy>) -> Vec<(HostPattern, Route)> {
     } else {
         &policy.paths
     };
+    let namespace: Arc<str> = policy.namespace().into();
+    let namespace = &namespace;
     policy
         .hosts
         .iter()
@@ -369,6 +393,8 @@ fn routes_of(policy: &Arc<Policy>) -> Vec<(HostPattern, Route)> {
                         headers: Vec::new(),
                         query: Vec::new(),
                         origin: None,
+                        namespace: namespace.clone(),
+                        ambiguous_with: None,
                         policy: policy.clone(),
                     },
                 )
@@ -424,9 +450,23 @@ impl Snapshot {
                 }
                 Claimant::Serving(policy) => policy,
             };
-            let namespace: Arc<str> = policy.namespace().into();
             let routes = routes_of(&policy);
-            let host_clash = holdings.clash(&policy.id, &namespace, &policy.hosts, delegations);
+            // The hosts it claims, per namespace: route entries claim for their route's.
+            let mut claims: Vec<(Arc<str>, Vec<HostPattern>)> = Vec::new();
+            if policy.is_targeted() {
+                for (host, route) in &routes {
+                    match claims.iter_mut().find(|(ns, _)| *ns == route.namespace) {
+                        Some((_, hosts)) if hosts.contains(host) => {}
+                        Some((_, hosts)) => hosts.push(host.clone()),
+                        None => claims.push((route.namespace.clone(), vec![host.clone()])),
+                    }
+                }
+            } else {
+                claims.push((policy.namespace().into(), policy.hosts.clone()));
+            }
+            let host_clash = claims
+                .iter()
+                .find_map(|(ns, hosts)| holdings.clash(&policy.id, ns, hosts, delegations));
             let clash = host_clash.or_else(|| {
                 routes.iter().find_map(|(host, route)| {
                     let bucket = snapshot.bucket(host)?;
@@ -451,13 +491,9 @@ impl Snapshot {
                 conflicts.push(conflict);
                 continue;
             }
-            holdings.hold(
-                &mut snapshot,
-                &policy.id,
-                &namespace,
-                &policy.hosts,
-                delegations,
-            );
+            for (namespace, hosts) in &claims {
+                holdings.hold(&mut snapshot, &policy.id, namespace, hosts, delegations);
+            }
             for (host, route) in routes {
                 snapshot.upper_prefixes |= route.path.has_upper();
                 for (name, _) in &route.headers {
@@ -512,7 +548,72 @@ impl Snapshot {
                     })
             });
         }
+        snapshot.mark_ambiguous();
         (snapshot, conflicts)
+    }
+
+    /// Marks route entries that another policy has identically for the same route (a route
+    /// attached to two listeners, each judged by its own policy, with hostnames in common): the
+    /// gateway names the route, never the listener, so such a request is refused.
+    fn mark_ambiguous(&mut self) {
+        type Key = (
+            RouteId,
+            PathMatch,
+            Methods,
+            Vec<(String, String)>,
+            Vec<(String, String)>,
+        );
+        for bucket in self
+            .exact
+            .values_mut()
+            .chain(self.wildcard.values_mut())
+            .chain([&mut self.any])
+        {
+            let mut first: HashMap<Key, Arc<str>> = HashMap::new();
+            let mut clashing: HashMap<Key, Vec<Arc<str>>> = HashMap::new();
+            for route in bucket.iter() {
+                let Some((id, _)) = &route.origin else {
+                    continue;
+                };
+                let key = (
+                    id.clone(),
+                    route.path.clone(),
+                    route.methods.clone(),
+                    route.headers.clone(),
+                    route.query.clone(),
+                );
+                match first.get(&key) {
+                    None => {
+                        first.insert(key, route.policy.id.clone());
+                    }
+                    Some(holder) if *holder != route.policy.id => {
+                        let list = clashing.entry(key).or_insert_with(|| vec![holder.clone()]);
+                        if !list.contains(&route.policy.id) {
+                            list.push(route.policy.id.clone());
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+            if clashing.is_empty() {
+                continue;
+            }
+            for route in bucket.iter_mut() {
+                let Some((id, _)) = &route.origin else {
+                    continue;
+                };
+                let key = (
+                    id.clone(),
+                    route.path.clone(),
+                    route.methods.clone(),
+                    route.headers.clone(),
+                    route.query.clone(),
+                );
+                if let Some(list) = clashing.get(&key) {
+                    route.ambiguous_with = list.iter().find(|p| **p != route.policy.id).cloned();
+                }
+            }
+        }
     }
 
     fn set_owner(&mut self, pattern: &HostPattern, namespace: &Arc<str>) {
@@ -587,6 +688,7 @@ impl Snapshot {
         ignore_case: bool,
     ) -> Option<&'s Arc<Policy>> {
         self.select_with(host, path, method, ignore_case, &MatchInput::default())
+            .map(|picked| picked.policy)
     }
 
     /// [`Self::select`] with the headers and query parameters route entries match on, and the
@@ -601,7 +703,7 @@ impl Snapshot {
         method: &str,
         ignore_case: bool,
         input: &MatchInput<'_>,
-    ) -> Option<&'s Arc<Policy>> {
+    ) -> Option<Picked<'s>> {
         let named = input.route.map(|r| {
             let known = self.routed.contains(&format!("{}/{}", r.namespace, r.name));
             (r, known)
@@ -619,23 +721,32 @@ impl Snapshot {
                         .is_none_or(|s| id.rule.as_deref() == Some(s))
             }
         };
-        let pick = |routes: &'s [Route], owner: Option<&Arc<str>>| -> Option<&'s Arc<Policy>> {
+        let picked = |r: &'s Route| Picked {
+            policy: &r.policy,
+            ambiguous_with: r.ambiguous_with.as_ref(),
+        };
+        let pick = |routes: &'s [Route], owner: Option<&Arc<str>>| -> Option<Picked<'s>> {
             let eligible = |r: &&Route| {
-                owner.is_none_or(|ns| **ns == *r.policy.namespace())
+                owner.is_none_or(|ns| **ns == *r.namespace)
                     && eligible_origin(r)
                     && r.matches(path, method, ignore_case, input)
             };
+            let first = routes.iter().find(eligible)?;
             // An `OPTIONS` request (a CORS preflight carries no token) is taken first by a
-            // route that names `OPTIONS`, so a longer route for all methods does not shadow it.
+            // `match` policy route that names `OPTIONS`, so a longer route for all methods does
+            // not shadow it. Route entries keep the gateway's order: the gateway routes a
+            // preflight like any request.
             if method.eq_ignore_ascii_case("OPTIONS")
+                && first.origin.is_none()
                 && let Some(found) = routes
                     .iter()
                     .filter(eligible)
+                    .filter(|r| r.origin.is_none())
                     .find(|r| r.methods.names("OPTIONS"))
             {
-                return Some(&found.policy);
+                return Some(picked(found));
             }
-            routes.iter().find(eligible).map(|r| &r.policy)
+            Some(picked(first))
         };
         // Every route of an exact host belongs to its owner (build refused the others).
         if let Some(found) = self.exact.get(host).and_then(|routes| pick(routes, None)) {

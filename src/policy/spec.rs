@@ -816,7 +816,7 @@ pub struct JwtPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<ReplicaCounts>,
     /// Per Gateway API ancestor of each `targetRefs` entry (GEP-713): `Accepted` (the policy
-    /// judges the target's requests there; reasons `TargetNotFound`, `NotAttached`,
+    /// judges the target's requests there; reasons `TargetNotFound`, `ParentNotFound`, `NotAttached`,
     /// `Conflicted`, `Invalid`, `NoRoutes`) and `ResolvedRefs` (the target and the Gateway it
     /// attaches to exist).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

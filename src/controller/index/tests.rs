@@ -525,7 +525,7 @@ fn selected_route(index: &PolicyIndex, host: &str, path: &str) -> Option<String>
     let (snapshot, _) = index.snapshot();
     snapshot
         .select_with(host, path, "GET", false, &Default::default())
-        .map(|p| p.id.to_string())
+        .map(|p| p.policy.id.to_string())
 }
 
 fn list_gateway_api(
@@ -537,15 +537,16 @@ fn list_gateway_api(
         (GatewayKind::HttpRoute, routes),
         (GatewayKind::Gateway, gateways),
     ] {
-        index.apply(Change::Gateway(kind, None, watcher::Event::Init));
+        index.apply(Change::Gateway(0, kind, None, watcher::Event::Init));
         for object in objects {
             index.apply(Change::Gateway(
+                0,
                 kind,
                 None,
                 watcher::Event::InitApply(object),
             ));
         }
-        index.apply(Change::Gateway(kind, None, watcher::Event::InitDone));
+        index.apply(Change::Gateway(0, kind, None, watcher::Event::InitDone));
     }
 }
 
@@ -583,6 +584,7 @@ fn a_policy_attached_to_a_route_judges_its_requests_and_follows_its_edits() {
 
     // The route is edited: the policy follows, without a new generation of its own.
     assert!(index.apply(Change::Gateway(
+        0,
         GatewayKind::HttpRoute,
         None,
         watcher::Event::Apply(orders_route("Exact", "/cart")),
@@ -596,6 +598,7 @@ fn a_policy_attached_to_a_route_judges_its_requests_and_follows_its_edits() {
 
     // A match tollgate cannot judge: not accepted, the last good entries keep serving.
     index.apply(Change::Gateway(
+        0,
         GatewayKind::HttpRoute,
         None,
         watcher::Event::Apply(orders_route("RegularExpression", "/c.*")),
@@ -612,6 +615,7 @@ fn a_policy_attached_to_a_route_judges_its_requests_and_follows_its_edits() {
 
     // The route is deleted: the policy judges nothing, and holds no host.
     index.apply(Change::Gateway(
+        0,
         GatewayKind::HttpRoute,
         None,
         watcher::Event::Delete(orders_route("Exact", "/cart")),
@@ -650,4 +654,31 @@ fn without_gateway_api_the_other_policies_still_publish() {
     );
     // The targeting policy claims no host: not even `*`.
     assert_eq!(selected_route(&index, "any.example", "/"), None);
+}
+
+#[test]
+fn events_of_stopped_route_watches_are_dropped_and_a_late_targeting_policy_blocks_nothing() {
+    let mut index = synced_index();
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("plain", 1, T0, spec("plain.example", json!({})))),
+    ));
+    assert!(index.synced());
+    index.mark_published();
+    // A policy starts targeting routes after the first publish: the others keep publishing
+    // while the route watches list.
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("p", 1, T1, targeted_spec("orders"))),
+    ));
+    assert!(index.synced());
+    index.follow_gateway_watches(2);
+    // An event queued by the watches started before (generation 1) changes nothing.
+    assert!(!index.apply(Change::Gateway(
+        1,
+        GatewayKind::HttpRoute,
+        None,
+        watcher::Event::Apply(orders_route("PathPrefix", "/orders")),
+    )));
+    assert_eq!(selected_route(&index, "api.example.com", "/orders"), None);
 }

@@ -459,7 +459,7 @@ fn a_listener_choosing_namespaces_by_selector_attaches_nothing_and_says_why() {
             "shop",
             "orders",
             "2026-01-01T00:00:00Z",
-            "parentRefs: [{name: eg, namespace: infra}]\nrules: []\n",
+            "parentRefs: [{name: eg, namespace: infra}]\nrules: [{}]\n",
         )],
         vec![gateway(
             "infra",
@@ -472,11 +472,20 @@ fn a_listener_choosing_namespaces_by_selector_attaches_nothing_and_says_why() {
         "2026-01-01T00:00:00Z",
         vec![target("HTTPRoute", "orders", None)],
     )]);
-    assert!(out["shop/p"].entries.is_empty());
-    let (reason, message) = out["shop/p"].ancestors[0]
-        .resolved
+    let attachment = &out["shop/p"];
+    assert!(attachment.entries.is_empty());
+    // Whether the route attaches cannot be known: the policy is refused, not guessed.
+    assert_eq!(attachment.problems.len(), 1);
+    assert_eq!(attachment.problems[0].field, "spec.targetRefs[0]");
+    assert!(
+        attachment.problems[0].message.contains("by Selector"),
+        "{:?}",
+        attachment.problems
+    );
+    let (reason, message) = attachment.ancestors[0]
+        .accepted
         .clone()
         .expect_err("selector");
-    assert_eq!(reason, "NotAttached");
+    assert_eq!(reason, "Invalid");
     assert!(message.contains("by Selector"), "{message}");
 }

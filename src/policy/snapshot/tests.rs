@@ -475,7 +475,7 @@ fn route_entries_follow_gateway_api_precedence() {
         assert_eq!(
             snapshot
                 .select_with("api.example.com", path, "GET", false, &input)
-                .map(|p| &*p.id),
+                .map(|p| &*p.policy.id),
             want,
             "{path} {headers:?} {query:?}"
         );
@@ -511,7 +511,7 @@ fn a_route_named_by_the_gateway_is_judged_only_by_its_own_policy() {
         };
         snapshot
             .select_with("api.example.com", "/orders/1", "POST", false, &input)
-            .map(|p| p.id.to_string())
+            .map(|p| p.policy.id.to_string())
     };
     let named = |name: &str, section: Option<&str>| {
         Some(RouteName {
@@ -532,4 +532,208 @@ fn a_route_named_by_the_gateway_is_judged_only_by_its_own_policy() {
     assert_eq!(pick(named("orders", Some("read"))), None);
     // A route no policy is attached to: only `match` policies can judge it.
     assert_eq!(pick(named("other", None)).as_deref(), Some("test/plain"));
+}
+
+/// Policies `(namespace, name, targetRefs YAML)` attached to `routes` `(namespace, name,
+/// created, spec YAML)` on `gateways` `(namespace, name, spec YAML)`, as the controller does.
+fn attach_world(
+    gateways: &[(&str, &str, &str)],
+    routes: &[(&str, &str, &str, &str)],
+    policies: &[(&str, &str, &str)],
+) -> Vec<Arc<Policy>> {
+    use crate::policy::gateway::{self, Attacher, GatewayObject, RouteObject};
+    let gateways: std::collections::BTreeMap<_, _> = gateways
+        .iter()
+        .map(|(ns, name, yaml)| {
+            let g = GatewayObject {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                spec: serde_yaml::from_str(yaml).expect("gateway"),
+            };
+            ((ns.to_string(), name.to_string()), g)
+        })
+        .collect();
+    let routes: std::collections::BTreeMap<_, _> = routes
+        .iter()
+        .map(|(ns, name, created, yaml)| {
+            let r = RouteObject {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                created: created.to_string(),
+                spec: serde_yaml::from_str(yaml).expect("route"),
+            };
+            ((ns.to_string(), name.to_string()), r)
+        })
+        .collect();
+    let sources = crate::jwks::KeySources::offline().expect("client");
+    let compiled: Vec<Policy> = policies
+        .iter()
+        .map(|(ns, name, targets)| {
+            compile_with(
+                &sources,
+                ns,
+                name,
+                &spec_with(&format!("{{targetRefs: {targets}}}")),
+            )
+            .expect("policy compiles")
+        })
+        .collect();
+    let attachers: Vec<Attacher<'_>> = compiled
+        .iter()
+        .map(|p| Attacher {
+            id: p.id.clone(),
+            namespace: p.namespace(),
+            created: "2026-01-01T00:00:00Z",
+            targets: &p.targets,
+        })
+        .collect();
+    let attachments = gateway::attach(&attachers, &routes, &gateways);
+    compiled
+        .iter()
+        .map(|p| {
+            let attachment = &attachments[&p.id];
+            assert!(attachment.problems.is_empty(), "{:?}", attachment.problems);
+            Arc::new(p.attach(attachment.entries.clone()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_route_judged_by_two_listener_policies_is_refused_not_guessed() {
+    // One route on two listeners of one Gateway, each listener with its own policy, and
+    // hostnames in common: the gateway names the route, not the listener.
+    let policies = attach_world(
+        &[(
+            "infra",
+            "eg",
+            "listeners: [{name: public, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}, {name: internal, protocol: HTTP, port: 8080, allowedRoutes: {namespaces: {from: All}}}]",
+        )],
+        &[(
+            "shop",
+            "orders",
+            "2026-01-01T00:00:00Z",
+            "parentRefs: [{name: eg, namespace: infra}]\nhostnames: [api.example.com]\nrules: [{matches: [{path: {value: /orders}}]}]",
+        )],
+        &[
+            (
+                "infra",
+                "public",
+                "[{group: gateway.networking.k8s.io, kind: Gateway, name: eg, sectionName: public}]",
+            ),
+            (
+                "infra",
+                "internal",
+                "[{group: gateway.networking.k8s.io, kind: Gateway, name: eg, sectionName: internal}]",
+            ),
+        ],
+    );
+    let refs: Vec<&Arc<Policy>> = policies.iter().collect();
+    let (snapshot, conflicts) = build(&refs);
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+    let picked = snapshot
+        .select_with(
+            "api.example.com",
+            "/orders/1",
+            "GET",
+            false,
+            &MatchInput::default(),
+        )
+        .expect("picked");
+    assert!(picked.ambiguous_with.is_some(), "{picked:?}");
+}
+
+#[test]
+fn a_gateway_policy_and_a_team_policy_share_the_team_host() {
+    // The platform team's Gateway policy judges every route of the Gateway; a team attaches a
+    // stricter policy to one rule of its route. Both hold the host for the route's namespace.
+    let policies = attach_world(
+        &[(
+            "infra",
+            "eg",
+            "listeners: [{name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}]",
+        )],
+        &[(
+            "shop",
+            "orders",
+            "2026-01-01T00:00:00Z",
+            "parentRefs: [{name: eg, namespace: infra}]\nhostnames: [api.example.com]\nrules: [{name: admin, matches: [{path: {value: /admin}}]}, {name: rest, matches: [{path: {value: /}}]}]",
+        )],
+        &[
+            (
+                "infra",
+                "platform",
+                "[{group: gateway.networking.k8s.io, kind: Gateway, name: eg}]",
+            ),
+            (
+                "shop",
+                "admin",
+                "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders, sectionName: admin}]",
+            ),
+        ],
+    );
+    let refs: Vec<&Arc<Policy>> = policies.iter().collect();
+    let (snapshot, conflicts) = build(&refs);
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+    assert_eq!(
+        snapshot.owner("api.example.com").map(|o| &**o),
+        Some("shop")
+    );
+    assert_eq!(
+        selected(&snapshot, "api.example.com", "/admin/users", "GET"),
+        Some("shop/admin")
+    );
+    assert_eq!(
+        selected(&snapshot, "api.example.com", "/orders", "GET"),
+        Some("infra/platform")
+    );
+    // A match policy of another namespace cannot take the host.
+    let intruder = Arc::new(
+        compile_with(
+            &crate::jwks::KeySources::offline().expect("client"),
+            "other",
+            "intruder",
+            &spec_with("{match: {hosts: [api.example.com], paths: [/admin/users]}}"),
+        )
+        .expect("compiles"),
+    );
+    let mut with_intruder = refs.clone();
+    with_intruder.push(&intruder);
+    let (snapshot, conflicts) = build(&with_intruder);
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(&*conflicts[0].policy, "other/intruder");
+    assert_eq!(
+        selected(&snapshot, "api.example.com", "/admin/users", "GET"),
+        Some("shop/admin")
+    );
+}
+
+#[test]
+fn route_entries_compare_methods_exactly_as_the_gateway_does() {
+    // GET /files is public on one route; every other method of /files goes to a stricter one.
+    let policies = attached(&[
+        (
+            "reads",
+            "2026-01-01T00:00:00Z",
+            "hostnames: [api.example.com]\nrules: [{matches: [{path: {value: /files}, method: GET}]}]",
+        ),
+        (
+            "rest",
+            "2026-01-02T00:00:00Z",
+            "hostnames: [api.example.com]\nrules: [{matches: [{path: {value: /files}}]}]",
+        ),
+    ]);
+    let refs: Vec<&Arc<Policy>> = policies.iter().collect();
+    let (snapshot, _) = build(&refs);
+    assert_eq!(
+        selected(&snapshot, "api.example.com", "/files/1", "GET"),
+        Some("test/reads")
+    );
+    // The gateway sends HEAD, a lower-case get, and OPTIONS to the route for every method.
+    for method in ["HEAD", "get", "OPTIONS", "DELETE"] {
+        assert_eq!(
+            selected(&snapshot, "api.example.com", "/files/1", method),
+            Some("test/rest"),
+            "{method}"
+        );
+    }
 }

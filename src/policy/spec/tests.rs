@@ -39,7 +39,9 @@ fn the_crd_names_and_columns() {
         .collect();
     assert_eq!(
         columns,
-        ["Ready", "Hosts", "Targets", "Issuers", "Loaded", "Reason", "Age"]
+        [
+            "Ready", "Hosts", "Targets", "Issuers", "Loaded", "Reason", "Age"
+        ]
     );
 }
 
