@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! policy files ─► policy::files ─► policy::compile ─► policy::Snapshot ─► SharedSnapshot (ArcSwap)
-//!                                        │                                     │
+//! JwtPolicy, HTTPRoute, Gateway ─► controller ─┘  │ policy::gateway              │
+//!                                   (attach route entries to targetRefs)       │
 //!                               jwks::KeySources (shared,                      │ load()
 //!                               self-refreshing key sets)                      ▼
 //! Envoy ── gRPC Check ──► authz ──► engine::check ──► validate (pure) ──► Decision

@@ -16,6 +16,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 
 use super::index::IndexView;
 use crate::jwks::KeySources;
+use crate::policy::route::HostPattern;
 use crate::policy::spec::{JwtPolicy, SecretSpec};
 use crate::policy::{
     Claimant, CompileContext, DefaultAction, SecretSource, Snapshot, SnapshotSettings, compile,
@@ -117,6 +118,15 @@ fn judge(
         .map(|p| {
             let claimant = match &p.policy {
                 Some(policy) => Claimant::Serving(policy.clone()),
+                // A failing policy attached to routes holds the hosts they derived, if any.
+                None if p.targeted => Claimant::Failing {
+                    id: p.id.clone(),
+                    hosts: p
+                        .hosts
+                        .iter()
+                        .filter_map(|h| HostPattern::parse(h).ok())
+                        .collect(),
+                },
                 None => Claimant::failing(p.id.clone(), &p.hosts),
             };
             (p.created.clone(), p.id.clone(), claimant)

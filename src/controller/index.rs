@@ -143,6 +143,8 @@ pub struct PolicyView {
     pub hosts: Vec<String>,
     /// Per target ancestor: whether the target resolved and the policy judges it there.
     pub ancestors: Vec<AncestorState>,
+    /// Whether it has `targetRefs` (its hosts are derived; none claims none, never `*`).
+    pub targeted: bool,
 }
 
 impl IndexView {
@@ -716,6 +718,10 @@ impl PolicyIndex {
                         .get(id)
                         .map(|a| a.ancestors.clone())
                         .unwrap_or_default(),
+                    targeted: state
+                        .object
+                        .as_ref()
+                        .is_some_and(|o| !o.spec.target_refs.is_empty()),
                 }
             })
             .collect();

@@ -319,6 +319,7 @@ mod tests {
                 status: None,
                 hosts: Vec::new(),
                 ancestors: Vec::new(),
+                targeted: false,
             }],
             delegations: crate::policy::HostDelegations::none(),
         }));

@@ -53,6 +53,7 @@ fn serving(created: &str) -> IndexView {
             status: None,
             hosts: Vec::new(),
             ancestors: Vec::new(),
+            targeted: false,
         }],
         delegations: crate::policy::HostDelegations::none(),
     }
@@ -215,4 +216,27 @@ fn delegations_and_warnings_reach_the_webhook_answer() {
         warnings[0].contains("spec.rules[0].paths[0]: /billing is outside match.paths"),
         "{warnings:?}"
     );
+}
+
+#[test]
+fn a_failing_policy_attached_to_no_route_claims_no_host() {
+    let sources = KeySources::offline().expect("client");
+    // Another namespace's policy with targetRefs that does not compile and derived nothing.
+    let mut view = serving("2026-01-01T00:00:00Z");
+    view.policies[0] = PolicyView {
+        id: "test/routed".into(),
+        name: "routed".into(),
+        policy: None,
+        serving_generation: None,
+        targeted: true,
+        ..view.policies[0].clone()
+    };
+    let run = |object: Value| verdict(review(admission("CREATE", object), &view, &sources));
+    // A policy for every host in namespace shop is not refused for it.
+    assert_eq!(run(policy("all", None, spec("*"))), (true, String::new()));
+    // An untargeted failing policy naming no host holds `*`: the same candidate is refused.
+    view.policies[0].targeted = false;
+    let run = |object: Value| verdict(review(admission("CREATE", object), &view, &sources));
+    let (allowed, message) = run(policy("all", None, spec("*")));
+    assert!(!allowed && message.contains("HostConflict"), "{message}");
 }

@@ -51,6 +51,7 @@ fn view(error: Option<CompileError>) -> IndexView {
             status: None,
             hosts: Vec::new(),
             ancestors: Vec::new(),
+            targeted: false,
         }],
         delegations: crate::policy::HostDelegations::none(),
     }

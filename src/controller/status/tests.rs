@@ -19,6 +19,7 @@ fn view(generation: i64, serving: Option<i64>) -> PolicyView {
         status: None,
         hosts: Vec::new(),
         ancestors: Vec::new(),
+        targeted: false,
     }
 }
 
