@@ -737,3 +737,176 @@ fn route_entries_compare_methods_exactly_as_the_gateway_does() {
         );
     }
 }
+
+mod precedence_model {
+    //! Route-entry selection against a direct reading of Gateway API's precedence: among the
+    //! entries that match, the exact path, then the longest prefix, then a method, then the most
+    //! header matches, then the most query matches, then the oldest route (then namespace/name,
+    //! rule and match order).
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::policy::gateway::{self, Attacher, GatewayObject, RouteObject};
+
+    const PATHS: [&str; 3] = ["/", "/a", "/a/b"];
+    const METHODS: [&str; 3] = ["GET", "POST", "HEAD"];
+
+    /// One rule match: (exact?, path index, method index or none, header x-h value or none,
+    /// query q value or none).
+    type Match = (bool, usize, Option<usize>, Option<u8>, Option<u8>);
+
+    fn yaml(m: &Match) -> String {
+        let (exact, path, method, header, query) = *m;
+        let mut out = format!(
+            "{{path: {{type: {}, value: '{}'}}",
+            if exact { "Exact" } else { "PathPrefix" },
+            PATHS[path]
+        );
+        if let Some(i) = method {
+            out.push_str(&format!(", method: {}", METHODS[i]));
+        }
+        if let Some(v) = header {
+            out.push_str(&format!(", headers: [{{name: x-h, value: '{v}'}}]"));
+        }
+        if let Some(v) = query {
+            out.push_str(&format!(", queryParams: [{{name: q, value: '{v}'}}]"));
+        }
+        out.push('}');
+        out
+    }
+
+    fn path_matches(m: &Match, path: &str) -> bool {
+        let value = PATHS[m.1];
+        if m.0 {
+            return path == value;
+        }
+        value == "/"
+            || path == value
+            || path
+                .strip_prefix(value)
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// The route (index) Gateway API picks, read directly from the specification.
+    fn reference(
+        routes: &[Vec<Match>],
+        path: &str,
+        method: &str,
+        header: Option<u8>,
+        query: Option<u8>,
+    ) -> Option<usize> {
+        let mut best: Option<((bool, usize, bool, usize, usize), (usize, usize), usize)> = None;
+        for (r, matches) in routes.iter().enumerate() {
+            for (i, m) in matches.iter().enumerate() {
+                let ok = path_matches(m, path)
+                    && m.2.is_none_or(|x| METHODS[x] == method)
+                    && m.3.is_none_or(|v| header == Some(v))
+                    && m.4.is_none_or(|v| query == Some(v));
+                if !ok {
+                    continue;
+                }
+                let rank = (
+                    m.0,
+                    PATHS[m.1].len(),
+                    m.2.is_some(),
+                    usize::from(m.3.is_some()),
+                    usize::from(m.4.is_some()),
+                );
+                // Routes are created in index order: the lower index is older.
+                let better = match &best {
+                    None => true,
+                    Some((b, order, _)) => rank > *b || (rank == *b && (r, i) < *order),
+                };
+                if better {
+                    best = Some((rank, (r, i), r));
+                }
+            }
+        }
+        best.map(|(_, _, r)| r)
+    }
+
+    thread_local! {
+        /// Policies r0..r3, each attached to the route of its name (compiled once).
+        static COMPILED: Vec<Arc<Policy>> = (0..4)
+            .map(|r| {
+                mk_policy(
+                    &format!("r{r}"),
+                    &format!("{{targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r{r}}}]}}"),
+                )
+            })
+            .collect();
+    }
+
+    fn arb_match() -> impl Strategy<Value = Match> {
+        (
+            any::<bool>(),
+            0..PATHS.len(),
+            proptest::option::of(0..METHODS.len()),
+            proptest::option::of(0u8..2),
+            proptest::option::of(0u8..2),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+        #[test]
+        fn route_entries_are_selected_as_gateway_api_orders_them(
+            routes in proptest::collection::vec(proptest::collection::vec(arb_match(), 1..3), 1..5),
+            path in 0..4usize,
+            method in 0..METHODS.len(),
+            header in proptest::option::of(0u8..2),
+            query in proptest::option::of(0u8..2),
+        ) {
+            let request_paths = ["/a", "/a/b", "/ab", "/a/b/c"];
+            let path = request_paths[path];
+            let method = METHODS[method];
+            let gateways = std::collections::BTreeMap::from([(
+                ("test".to_string(), "eg".to_string()),
+                GatewayObject {
+                    namespace: "test".into(),
+                    name: "eg".into(),
+                    spec: serde_yaml::from_str("listeners: [{name: http, protocol: HTTP, port: 80}]").expect("gateway"),
+                },
+            )]);
+            let mut objects = std::collections::BTreeMap::new();
+            let mut policies = Vec::new();
+            for (r, matches) in routes.iter().enumerate() {
+                let name = format!("r{r}");
+                let rules: Vec<String> = matches.iter().map(yaml).collect();
+                objects.insert(
+                    ("test".to_string(), name.clone()),
+                    RouteObject {
+                        namespace: "test".into(),
+                        name: name.clone(),
+                        created: format!("2026-01-0{}T00:00:00Z", r + 1),
+                        spec: serde_yaml::from_str(&format!(
+                            "parentRefs: [{{name: eg}}]\nhostnames: [api.example.com]\nrules: [{{matches: [{}]}}]",
+                            rules.join(", ")
+                        ))
+                        .expect("route"),
+                    },
+                );
+                policies.push(COMPILED.with(|compiled| compiled[r].clone()));
+            }
+            let attachers: Vec<Attacher<'_>> = policies
+                .iter()
+                .map(|p| Attacher { id: p.id.clone(), namespace: "test", created: "2026-01-01T00:00:00Z", targets: &p.targets })
+                .collect();
+            let attachments = gateway::attach(&attachers, &objects, &gateways);
+            let attached: Vec<Arc<Policy>> = policies
+                .iter()
+                .map(|p| Arc::new(p.attach(attachments[&p.id].entries.clone())))
+                .collect();
+            let (snapshot, conflicts) = Snapshot::build(attached, DefaultAction::Deny);
+            prop_assert!(conflicts.is_empty());
+            let headers: Vec<(String, String)> = header.iter().map(|v| ("x-h".to_string(), v.to_string())).collect();
+            let queries: Vec<(String, String)> = query.iter().map(|v| ("q".to_string(), v.to_string())).collect();
+            let input = MatchInput { headers: &headers, query: &queries, route: None };
+            let got = snapshot
+                .select_with("api.example.com", path, method, false, &input)
+                .map(|p| p.policy.id.to_string());
+            let want = reference(&routes, path, method, header, query).map(|r| format!("test/r{r}"));
+            prop_assert_eq!(got, want, "{} {} h={:?} q={:?} routes={:?}", method, path, header, query, routes);
+        }
+    }
+}
