@@ -795,7 +795,9 @@ mod precedence_model {
         header: Option<u8>,
         query: Option<u8>,
     ) -> Option<usize> {
-        let mut best: Option<((bool, usize, bool, usize, usize), (usize, usize), usize)> = None;
+        /// (exact, prefix length, method, headers, queries): higher wins.
+        type Rank = (bool, usize, bool, usize, usize);
+        let mut best: Option<(Rank, (usize, usize), usize)> = None;
         for (r, matches) in routes.iter().enumerate() {
             for (i, m) in matches.iter().enumerate() {
                 let ok = path_matches(m, path)
