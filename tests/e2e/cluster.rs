@@ -108,10 +108,35 @@ impl Cluster {
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        let kubeconfig = cluster.kubeconfig_yaml("admin", ADMIN_TOKEN);
-        std::fs::write(&cluster.kubeconfig, kubeconfig).expect("kubeconfig");
-        cluster.start_etcd();
-        cluster.start_apiserver();
+        // A port `free_port` found free can be taken before etcd binds it: start again on
+        // other ports.
+        for attempt in 1.. {
+            match cluster.try_start_etcd() {
+                Ok(()) => break,
+                Err(log) if attempt < 3 && log.contains("address already in use") => {
+                    cluster.etcd = None;
+                    let _ = std::fs::remove_dir_all(cluster.dir.path().join("etcd"));
+                    cluster.etcd_port = free_port();
+                    cluster.etcd_peer_port = free_port();
+                }
+                Err(log) => panic!("etcd not healthy:\n{log}"),
+            }
+        }
+        // A port `free_port` found free can be taken before the API server binds it (another
+        // test's connection): then start again on another port.
+        for attempt in 1.. {
+            let kubeconfig = cluster.kubeconfig_yaml("admin", ADMIN_TOKEN);
+            std::fs::write(&cluster.kubeconfig, kubeconfig).expect("kubeconfig");
+            cluster.spawn_apiserver();
+            match cluster.try_wait_apiserver_ready() {
+                Ok(()) => break,
+                Err(log) if attempt < 3 && log.contains("address already in use") => {
+                    cluster.apiserver = None;
+                    cluster.port = free_port();
+                }
+                Err(log) => panic!("kube-apiserver exited:\n{log}"),
+            }
+        }
         Some(cluster)
     }
 
@@ -154,6 +179,13 @@ impl Cluster {
     }
 
     pub fn start_etcd(&mut self) {
+        if let Err(log) = self.try_start_etcd() {
+            panic!("etcd not healthy:\n{log}");
+        }
+    }
+
+    /// Starts etcd and waits until it is healthy, or `Err(its log)`.
+    fn try_start_etcd(&mut self) -> Result<(), String> {
         let client = format!("http://127.0.0.1:{}", self.etcd_port);
         let peer = format!("http://127.0.0.1:{}", self.etcd_peer_port);
         let args: Vec<String> = [
@@ -184,20 +216,23 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !http_get(&health).is_ok_and(|(status, body)| status == 200 && body.contains("true"))
         {
-            assert!(
-                Instant::now() < deadline,
-                "etcd not healthy:\n{}",
-                self.log_tail("etcd")
-            );
+            let exited = self
+                .etcd
+                .as_mut()
+                .is_some_and(|p| matches!(p.child.try_wait(), Ok(Some(_))));
+            if exited || Instant::now() >= deadline {
+                return Err(self.log_tail("etcd"));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     pub fn stop_etcd(&mut self) {
         self.etcd = None;
     }
 
-    pub fn start_apiserver(&mut self) {
+    fn spawn_apiserver(&mut self) {
         let dir = self.dir.path();
         let key = dir.join("sa.key").display().to_string();
         let public = dir.join("sa.pub").display().to_string();
@@ -240,6 +275,10 @@ impl Cluster {
         args.extend(self.extra.iter().cloned());
         let process = self.spawn(&self.bin.apiserver, &args, "kube-apiserver");
         self.apiserver = Some(process);
+    }
+
+    pub fn start_apiserver(&mut self) {
+        self.spawn_apiserver();
         self.wait_apiserver_ready();
     }
 
@@ -249,19 +288,23 @@ impl Cluster {
 
     /// Waits until `/readyz` answers ok (every post-start hook done, RBAC bootstrapped).
     pub fn wait_apiserver_ready(&mut self) {
+        if let Err(log) = self.try_wait_apiserver_ready() {
+            panic!("kube-apiserver exited:\n{log}");
+        }
+    }
+
+    /// [`Self::wait_apiserver_ready`], or `Err(its log)` when the API server exited.
+    fn try_wait_apiserver_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(process) = &mut self.apiserver
                 && let Ok(Some(status)) = process.child.try_wait()
             {
-                panic!(
-                    "kube-apiserver exited ({status}):\n{}",
-                    self.log_tail("kube-apiserver")
-                );
+                return Err(format!("({status}) {}", self.log_tail("kube-apiserver")));
             }
             let out = self.kubectl_output(&["get", "--raw", "/readyz"]);
             if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
