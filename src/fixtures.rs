@@ -110,3 +110,68 @@ pub async fn serve(app: axum::Router) -> std::net::SocketAddr {
     });
     addr
 }
+
+/// A policy `namespace/name` attached (`targetRefs`) to what `targets` (YAML) names.
+pub fn targeting(namespace: &str, name: &str, targets: &str) -> Arc<Policy> {
+    Arc::new(
+        compile_with(
+            &KeySources::offline().expect("client"),
+            namespace,
+            name,
+            &spec_with(&format!("{{targetRefs: {targets}}}")),
+        )
+        .expect("policy compiles"),
+    )
+}
+
+/// `policies` with the route entries the controller derives for them from `gateways`
+/// `(namespace, name, spec YAML)` and `routes` `(namespace, name, created, spec YAML)`; every
+/// policy counts as created at the same time. Panics when a policy's routes cannot be judged.
+pub fn attach_to(
+    policies: &[Arc<Policy>],
+    gateways: &[(&str, &str, &str)],
+    routes: &[(&str, &str, &str, &str)],
+) -> Vec<Arc<Policy>> {
+    use crate::policy::gateway::{self, Attacher, GatewayObject, RouteObject};
+    let gateways: std::collections::BTreeMap<_, _> = gateways
+        .iter()
+        .map(|(namespace, name, yaml)| {
+            let gateway = GatewayObject {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                spec: serde_yaml::from_str(yaml).expect("gateway"),
+            };
+            ((namespace.to_string(), name.to_string()), gateway)
+        })
+        .collect();
+    let routes: std::collections::BTreeMap<_, _> = routes
+        .iter()
+        .map(|(namespace, name, created, yaml)| {
+            let route = RouteObject {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                created: created.to_string(),
+                spec: serde_yaml::from_str(yaml).expect("route"),
+            };
+            ((namespace.to_string(), name.to_string()), route)
+        })
+        .collect();
+    let attachers: Vec<Attacher<'_>> = policies
+        .iter()
+        .map(|p| Attacher {
+            id: p.id.clone(),
+            namespace: p.namespace(),
+            created: "2026-01-01T00:00:00Z",
+            targets: &p.targets,
+        })
+        .collect();
+    let attachments = gateway::attach(&attachers, &routes, &gateways);
+    policies
+        .iter()
+        .map(|p| {
+            let attachment = &attachments[&p.id];
+            assert!(attachment.problems.is_empty(), "{:?}", attachment.problems);
+            Arc::new(p.attach(attachment.entries.clone()))
+        })
+        .collect()
+}

@@ -347,38 +347,26 @@ mod hostile;
 
 /// A policy attached to one route that matches on a header and a query parameter.
 fn header_and_query_routed() -> Snapshot {
-    use crate::policy::gateway::{self, Attacher, GatewayObject, RouteObject};
-    let policy = mk_policy(
+    let policy = targeting(
+        "test",
         "beta",
-        "{targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: beta}]}",
+        "[{group: gateway.networking.k8s.io, kind: HTTPRoute, name: beta}]",
     );
-    let route = RouteObject {
-        namespace: "test".into(),
-        name: "beta".into(),
-        created: "2026-01-01T00:00:00Z".into(),
-        spec: serde_yaml::from_str(
+    let attached = attach_to(
+        &[policy],
+        &[(
+            "test",
+            "eg",
+            "listeners: [{name: http, protocol: HTTP, port: 80}]",
+        )],
+        &[(
+            "test",
+            "beta",
+            "2026-01-01T00:00:00Z",
             "parentRefs: [{name: eg}]\nhostnames: [api.example.com]\nrules: [{matches: [{path: {value: /orders}, headers: [{name: x-beta, value: 'yes'}], queryParams: [{name: v, value: '2'}]}]}]",
-        )
-        .expect("route"),
-    };
-    let gateway = GatewayObject {
-        namespace: "test".into(),
-        name: "eg".into(),
-        spec: serde_yaml::from_str("listeners: [{name: http, protocol: HTTP, port: 80}]")
-            .expect("gateway"),
-    };
-    let attachments = gateway::attach(
-        &[Attacher {
-            id: policy.id.clone(),
-            namespace: "test",
-            created: "2026-01-01T00:00:00Z",
-            targets: &policy.targets,
-        }],
-        &std::collections::BTreeMap::from([(("test".into(), "beta".into()), route)]),
-        &std::collections::BTreeMap::from([(("test".into(), "eg".into()), gateway)]),
+        )],
     );
-    let attached = Arc::new(policy.attach(attachments[&policy.id].entries.clone()));
-    snapshot(&[attached], DefaultAction::Deny)
+    snapshot(&attached, DefaultAction::Deny)
 }
 
 #[tokio::test]
@@ -432,57 +420,32 @@ async fn route_header_and_query_matches_are_read_one_way_or_refused() {
 
 #[tokio::test]
 async fn a_route_two_listener_policies_judge_is_refused_with_policy_conflict() {
-    use crate::policy::gateway::{self, Attacher, GatewayObject, RouteObject};
-    let sources = crate::jwks::KeySources::offline().expect("client");
-    let policies: Vec<Policy> = ["public", "internal"]
+    let policies: Vec<Arc<Policy>> = ["public", "internal"]
         .iter()
         .map(|listener| {
-            compile_with(
-                &sources,
+            targeting(
                 "infra",
                 listener,
-                &spec_with(&format!(
-                    "{{targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: eg, sectionName: {listener}}}]}}"
-                )),
+                &format!(
+                    "[{{group: gateway.networking.k8s.io, kind: Gateway, name: eg, sectionName: {listener}}}]"
+                ),
             )
-            .expect("compiles")
         })
         .collect();
-    let route = RouteObject {
-        namespace: "infra".into(),
-        name: "orders".into(),
-        created: "2026-01-01T00:00:00Z".into(),
-        spec: serde_yaml::from_str(
-            "parentRefs: [{name: eg}]\nhostnames: [api.example.com]\nrules: [{matches: [{path: {value: /orders}}]}]",
-        )
-        .expect("route"),
-    };
-    let gateway = GatewayObject {
-        namespace: "infra".into(),
-        name: "eg".into(),
-        spec: serde_yaml::from_str(
+    let attached = attach_to(
+        &policies,
+        &[(
+            "infra",
+            "eg",
             "listeners: [{name: public, protocol: HTTP, port: 80}, {name: internal, protocol: HTTP, port: 8080}]",
-        )
-        .expect("gateway"),
-    };
-    let attachers: Vec<Attacher<'_>> = policies
-        .iter()
-        .map(|p| Attacher {
-            id: p.id.clone(),
-            namespace: "infra",
-            created: "2026-01-01T00:00:00Z",
-            targets: &p.targets,
-        })
-        .collect();
-    let attachments = gateway::attach(
-        &attachers,
-        &std::collections::BTreeMap::from([(("infra".into(), "orders".into()), route)]),
-        &std::collections::BTreeMap::from([(("infra".into(), "eg".into()), gateway)]),
+        )],
+        &[(
+            "infra",
+            "orders",
+            "2026-01-01T00:00:00Z",
+            "parentRefs: [{name: eg}]\nhostnames: [api.example.com]\nrules: [{matches: [{path: {value: /orders}}]}]",
+        )],
     );
-    let attached: Vec<Arc<Policy>> = policies
-        .iter()
-        .map(|p| Arc::new(p.attach(attachments[&p.id].entries.clone())))
-        .collect();
     let snapshot = snapshot(&attached, DefaultAction::Allow);
     let d = decide(&snapshot, &req("/orders/1").bearer(&good())).await;
     let deny = denied(&d);

@@ -358,57 +358,34 @@ fn delegations_can_require_a_delegation_for_wildcards_or_for_everything() {
 /// Policies attached to HTTPRoutes of one Gateway, derived as the controller derives them:
 /// `(policy, route created, route spec)`, each policy targeting the route of its name.
 fn attached(routes: &[(&str, &str, &str)]) -> Vec<Arc<Policy>> {
-    use crate::policy::gateway::{self, Attacher, GatewayObject, RouteObject};
-    let gateway = GatewayObject {
-        namespace: "test".into(),
-        name: "eg".into(),
-        spec: serde_yaml::from_str("listeners: [{name: http, protocol: HTTP, port: 80}]")
-            .expect("gateway"),
-    };
-    let route_objects: std::collections::BTreeMap<_, _> = routes
+    let specs: Vec<String> = routes
         .iter()
-        .map(|(name, created, yaml)| {
-            let route = RouteObject {
-                namespace: "test".into(),
-                name: name.to_string(),
-                created: created.to_string(),
-                spec: serde_yaml::from_str(&format!("parentRefs: [{{name: eg}}]\n{yaml}"))
-                    .expect("route"),
-            };
-            (("test".to_string(), name.to_string()), route)
-        })
+        .map(|(_, _, yaml)| format!("parentRefs: [{{name: eg}}]\n{yaml}"))
         .collect();
-    let gateways = std::collections::BTreeMap::from([(("test".into(), "eg".into()), gateway)]);
+    let objects: Vec<(&str, &str, &str, &str)> = routes
+        .iter()
+        .zip(&specs)
+        .map(|((name, created, _), spec)| ("test", *name, *created, spec.as_str()))
+        .collect();
     let policies: Vec<Arc<Policy>> = routes
         .iter()
         .map(|(name, _, _)| {
-            mk_policy(
+            targeting(
+                "test",
                 name,
-                &format!("{{targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {name}}}]}}"),
+                &format!("[{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {name}}}]"),
             )
         })
         .collect();
-    let targets: Vec<Vec<crate::policy::spec::TargetRefSpec>> =
-        policies.iter().map(|p| p.targets.clone()).collect();
-    let attachers: Vec<Attacher<'_>> = policies
-        .iter()
-        .zip(&targets)
-        .map(|(p, t)| Attacher {
-            id: p.id.clone(),
-            namespace: "test",
-            created: "2026-01-01T00:00:00Z",
-            targets: t,
-        })
-        .collect();
-    let attachments = gateway::attach(&attachers, &route_objects, &gateways);
-    policies
-        .iter()
-        .map(|p| {
-            let attachment = &attachments[&p.id];
-            assert!(attachment.problems.is_empty(), "{:?}", attachment.problems);
-            Arc::new(p.attach(attachment.entries.clone()))
-        })
-        .collect()
+    attach_to(
+        &policies,
+        &[(
+            "test",
+            "eg",
+            "listeners: [{name: http, protocol: HTTP, port: 80}]",
+        )],
+        &objects,
+    )
 }
 
 #[test]
@@ -541,61 +518,11 @@ fn attach_world(
     routes: &[(&str, &str, &str, &str)],
     policies: &[(&str, &str, &str)],
 ) -> Vec<Arc<Policy>> {
-    use crate::policy::gateway::{self, Attacher, GatewayObject, RouteObject};
-    let gateways: std::collections::BTreeMap<_, _> = gateways
+    let compiled: Vec<Arc<Policy>> = policies
         .iter()
-        .map(|(ns, name, yaml)| {
-            let g = GatewayObject {
-                namespace: ns.to_string(),
-                name: name.to_string(),
-                spec: serde_yaml::from_str(yaml).expect("gateway"),
-            };
-            ((ns.to_string(), name.to_string()), g)
-        })
+        .map(|(namespace, name, targets)| targeting(namespace, name, targets))
         .collect();
-    let routes: std::collections::BTreeMap<_, _> = routes
-        .iter()
-        .map(|(ns, name, created, yaml)| {
-            let r = RouteObject {
-                namespace: ns.to_string(),
-                name: name.to_string(),
-                created: created.to_string(),
-                spec: serde_yaml::from_str(yaml).expect("route"),
-            };
-            ((ns.to_string(), name.to_string()), r)
-        })
-        .collect();
-    let sources = crate::jwks::KeySources::offline().expect("client");
-    let compiled: Vec<Policy> = policies
-        .iter()
-        .map(|(ns, name, targets)| {
-            compile_with(
-                &sources,
-                ns,
-                name,
-                &spec_with(&format!("{{targetRefs: {targets}}}")),
-            )
-            .expect("policy compiles")
-        })
-        .collect();
-    let attachers: Vec<Attacher<'_>> = compiled
-        .iter()
-        .map(|p| Attacher {
-            id: p.id.clone(),
-            namespace: p.namespace(),
-            created: "2026-01-01T00:00:00Z",
-            targets: &p.targets,
-        })
-        .collect();
-    let attachments = gateway::attach(&attachers, &routes, &gateways);
-    compiled
-        .iter()
-        .map(|p| {
-            let attachment = &attachments[&p.id];
-            assert!(attachment.problems.is_empty(), "{:?}", attachment.problems);
-            Arc::new(p.attach(attachment.entries.clone()))
-        })
-        .collect()
+    attach_to(&compiled, gateways, routes)
 }
 
 #[test]
@@ -746,7 +673,6 @@ mod precedence_model {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::policy::gateway::{self, Attacher, GatewayObject, RouteObject};
 
     const PATHS: [&str; 3] = ["/", "/a", "/a/b"];
     const METHODS: [&str; 3] = ["GET", "POST", "HEAD"];
@@ -862,43 +788,29 @@ mod precedence_model {
             let request_paths = ["/a", "/a/b", "/ab", "/a/b/c"];
             let path = request_paths[path];
             let method = METHODS[method];
-            let gateways = std::collections::BTreeMap::from([(
-                ("test".to_string(), "eg".to_string()),
-                GatewayObject {
-                    namespace: "test".into(),
-                    name: "eg".into(),
-                    spec: serde_yaml::from_str("listeners: [{name: http, protocol: HTTP, port: 80}]").expect("gateway"),
-                },
-            )]);
-            let mut objects = std::collections::BTreeMap::new();
-            let mut policies = Vec::new();
-            for (r, matches) in routes.iter().enumerate() {
-                let name = format!("r{r}");
-                let rules: Vec<String> = matches.iter().map(yaml).collect();
-                objects.insert(
-                    ("test".to_string(), name.clone()),
-                    RouteObject {
-                        namespace: "test".into(),
-                        name: name.clone(),
-                        created: format!("2026-01-0{}T00:00:00Z", r + 1),
-                        spec: serde_yaml::from_str(&format!(
-                            "parentRefs: [{{name: eg}}]\nhostnames: [api.example.com]\nrules: [{{matches: [{}]}}]",
-                            rules.join(", ")
-                        ))
-                        .expect("route"),
-                    },
-                );
-                policies.push(COMPILED.with(|compiled| compiled[r].clone()));
-            }
-            let attachers: Vec<Attacher<'_>> = policies
+            let names: Vec<String> = (0..routes.len()).map(|r| format!("r{r}")).collect();
+            let created: Vec<String> =
+                (0..routes.len()).map(|r| format!("2026-01-0{}T00:00:00Z", r + 1)).collect();
+            let specs: Vec<String> = routes
                 .iter()
-                .map(|p| Attacher { id: p.id.clone(), namespace: "test", created: "2026-01-01T00:00:00Z", targets: &p.targets })
+                .map(|matches| {
+                    let rules: Vec<String> = matches.iter().map(yaml).collect();
+                    format!(
+                        "parentRefs: [{{name: eg}}]\nhostnames: [api.example.com]\nrules: [{{matches: [{}]}}]",
+                        rules.join(", ")
+                    )
+                })
                 .collect();
-            let attachments = gateway::attach(&attachers, &objects, &gateways);
-            let attached: Vec<Arc<Policy>> = policies
-                .iter()
-                .map(|p| Arc::new(p.attach(attachments[&p.id].entries.clone())))
+            let objects: Vec<(&str, &str, &str, &str)> = (0..routes.len())
+                .map(|r| ("test", names[r].as_str(), created[r].as_str(), specs[r].as_str()))
                 .collect();
+            let policies: Vec<Arc<Policy>> =
+                COMPILED.with(|compiled| compiled[..routes.len()].to_vec());
+            let attached = attach_to(
+                &policies,
+                &[("test", "eg", "listeners: [{name: http, protocol: HTTP, port: 80}]")],
+                &objects,
+            );
             let (snapshot, conflicts) = Snapshot::build(attached, DefaultAction::Deny);
             prop_assert!(conflicts.is_empty());
             let headers: Vec<(String, String)> = header.iter().map(|v| ("x-h".to_string(), v.to_string())).collect();
