@@ -27,6 +27,7 @@ pub mod decision;
 pub mod demo;
 pub mod engine;
 pub mod explain;
+pub mod expression;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod http;
