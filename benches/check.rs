@@ -289,6 +289,7 @@ async fn run(rounds: usize, measure: bool) {
                 headers: Headers::List(headers),
                 policy: None,
                 route: None,
+                source: Default::default(),
             };
             let start = Instant::now();
             let decision = if traced {

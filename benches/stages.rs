@@ -80,6 +80,7 @@ fn stages(c: &mut Criterion) {
         headers: Headers::Map(&headers),
         policy: None,
         route: None,
+        source: Default::default(),
     };
     let keys = policy.issuers[0].keys.current().expect("inline keys");
     let now = SystemTime::now();

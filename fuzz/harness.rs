@@ -2302,6 +2302,7 @@ pub fn policy(data: &[u8]) {
                     headers: tollgate::engine::Headers::Map(&empty),
                     policy: None,
                     route: None,
+                    source: Default::default(),
                 };
                 let decision = fixture.runtime.block_on(tollgate::engine::check(
                     &snapshot,

@@ -136,6 +136,19 @@ impl AuthzService {
         } else {
             &http.host
         };
+        let peer = request.attributes.as_ref().and_then(|a| a.source.as_ref());
+        let source = engine::Peer {
+            address: peer
+                .and_then(|p| p.address.as_ref())
+                .and_then(|a| match &a.address {
+                    Some(crate::proto::core::address::Address::SocketAddress(s)) => {
+                        Some(s.address.as_str())
+                    }
+                    _ => None,
+                })
+                .filter(|a| !a.is_empty()),
+            principal: peer.map(|p| p.principal.as_str()).filter(|p| !p.is_empty()),
+        };
         let req = engine::Request {
             host,
             path: &http.path,
@@ -143,6 +156,7 @@ impl AuthzService {
             headers,
             policy,
             route: route.as_ref(),
+            source,
         };
         let snapshot = self.shared.load_full();
         let decision = engine::check(&snapshot, &req, SystemTime::now()).await;

@@ -60,6 +60,9 @@ pub enum Reason {
     ClaimMismatch,
     /// A `rules` entry for this path/method is not satisfied (403).
     InsufficientScope,
+    /// A CEL condition (`when`) of the policy or the rule is not true (403, or the
+    /// condition's `status`).
+    ConditionFailed,
     /// No policy matches the request's host, path and method.
     NoPolicy,
     /// The route names a policy (`tollgate.dev/policy`) that is not loaded.
@@ -90,7 +93,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 35] = [
+    pub const ALL: [Reason; 36] = [
         Reason::Valid,
         Reason::Anonymous,
         Reason::DefaultAllow,
@@ -114,6 +117,7 @@ impl Reason {
         Reason::ExpirationMissing,
         Reason::ClaimMismatch,
         Reason::InsufficientScope,
+        Reason::ConditionFailed,
         Reason::NoPolicy,
         Reason::PolicyNotFound,
         Reason::PolicyConflict,
@@ -154,6 +158,7 @@ impl Reason {
             Reason::ExpirationMissing => "expiration_missing",
             Reason::ClaimMismatch => "claim_mismatch",
             Reason::InsufficientScope => "insufficient_scope",
+            Reason::ConditionFailed => "condition_failed",
             Reason::NoPolicy => "no_policy",
             Reason::PolicyNotFound => "policy_not_found",
             Reason::PolicyConflict => "policy_conflict",
@@ -206,6 +211,7 @@ impl Reason {
             Reason::InsufficientScope => {
                 "the access token lacks the scope or role this request needs"
             }
+            Reason::ConditionFailed => "the request does not meet a condition of this API",
             Reason::NoPolicy => "no policy covers this request",
             Reason::PolicyNotFound => "the policy this route names is not loaded",
             Reason::PolicyConflict => {
@@ -231,7 +237,7 @@ impl Reason {
     pub fn oauth_error(self) -> Option<&'static str> {
         match self {
             Reason::Valid | Reason::Anonymous | Reason::DefaultAllow | Reason::TokenMissing => None,
-            Reason::InsufficientScope => Some("insufficient_scope"),
+            Reason::InsufficientScope | Reason::ConditionFailed => Some("insufficient_scope"),
             Reason::RequestMalformed => Some("invalid_request"),
             Reason::NoPolicy
             | Reason::PolicyNotFound

@@ -17,10 +17,12 @@ use base64::Engine as _;
 
 use crate::claims;
 use crate::decision::{Allow, ClaimSet, Decision, Deny, Reason};
+use crate::expression::{Inputs, RequestView};
 use crate::introspect::{self, Answer, IntrospectError, Introspector, Raw};
 use crate::jose::{self, B64, Claims, JoseError};
 use crate::jwe::{self, JweError};
 use crate::jwks::{Refetch, Unusable};
+use crate::policy::compile::Cel;
 use crate::policy::route::{PathCase, PathReading, read_host, read_path, read_path_with};
 use crate::policy::snapshot::MatchInput;
 use crate::policy::spec::IntrospectWhen;
@@ -29,7 +31,7 @@ use crate::trace::{self, Trace};
 use crate::validate::{self, TimeWindow, ValidationError};
 use crate::verified::{self, ClaimHeaders, TokenCache};
 
-pub use request::{Headers, Request, TokenSource};
+pub use request::{Headers, Peer, Request, TokenSource};
 
 /// Judges one request against a snapshot. The checks are traced when the debug line of
 /// [`trace::LOG_TARGET`] is enabled, or when the policy's trace header matches.
@@ -247,7 +249,7 @@ async fn check_method(
         )
     });
     let cache = snapshot.token_cache.as_deref();
-    judge_traced(policy, rule, cache, request, host, now, trace).await
+    judge_traced(policy, rule, cache, request, host, path, now, trace).await
 }
 
 /// The readings a path needed, in words.
@@ -531,12 +533,14 @@ fn select<'s>(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn judge_traced(
     policy: &Arc<Policy>,
     rule: Option<&Rule>,
     cache: Option<&TokenCache>,
     request: &Request<'_>,
     host: &str,
+    path: &str,
     now: SystemTime,
     mut trace: Trace,
 ) -> Decision {
@@ -555,7 +559,7 @@ async fn judge_traced(
     }
     // A traced request is verified in full, so the trace shows every check.
     let cache = cache.filter(|_| !trace.is_on());
-    let decision = judge_inner(policy, rule, cache, request, host, now, &mut trace).await;
+    let decision = judge_inner(policy, rule, cache, request, host, path, now, &mut trace).await;
     if trace.is_on()
         && let Decision::Deny(deny) = &decision
         && trace.failure().is_none()
@@ -570,17 +574,37 @@ async fn judge_traced(
     decision.with_trace(trace)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn judge_inner(
     policy: &Arc<Policy>,
     rule: Option<&Rule>,
     cache: Option<&TokenCache>,
     request: &Request<'_>,
     host: &str,
+    path: &str,
     now: SystemTime,
     trace: &mut Trace,
 ) -> Decision {
+    let view = || RequestView {
+        method: request.method,
+        host,
+        path,
+        query: request.path.split_once('?').map(|(_, q)| q),
+        headers: request.headers,
+        address: request.source.address,
+        principal: request.source.principal,
+    };
     if rule.is_some_and(|r| r.allow_anonymous) {
         trace.pass("rule", || "allowAnonymous: the token is not read".into());
+        let cel = policy
+            .cel
+            .as_ref()
+            .map(|cel| (cel, Inputs::new(&cel.reads, None, &view(), now)));
+        if let Some((cel, inputs)) = &cel
+            && let Err(denied) = conditions(policy, rule, cel, inputs, host, None, trace)
+        {
+            return denied;
+        }
         let mut out = Allow {
             policy: Some(policy.id.clone()),
             reason: Reason::Anonymous,
@@ -591,6 +615,9 @@ async fn judge_inner(
                 .collect(),
             ..Allow::default()
         };
+        if let Some((cel, inputs)) = &cel {
+            computed_headers(policy, cel, inputs, &mut out, trace);
+        }
         // keepToken: false holds here too: whatever token the client sent stays with tollgate.
         if !policy.forward.keep_token {
             for source in [TokenSource::Header, TokenSource::Query, TokenSource::Cookie] {
@@ -652,7 +679,106 @@ async fn judge_inner(
             trace.pass("rule", || requirement.describe());
         }
     }
-    allow(policy, verified, request, source)
+    let Some(cel) = &policy.cel else {
+        return allow(policy, verified, request, source);
+    };
+    let inputs = if cel.reads.claims() {
+        Inputs::new(&cel.reads, Some(&verified.claims.map()), &view(), now)
+    } else {
+        Inputs::new(&cel.reads, None, &view(), now)
+    };
+    if let Err(denied) = conditions(policy, rule, cel, &inputs, host, Some(token_id()), trace) {
+        return denied;
+    }
+    let mut decision = allow(policy, verified, request, source);
+    if let Decision::Allow(out) = &mut decision {
+        computed_headers(policy, cel, &inputs, out, trace);
+    }
+    decision
+}
+
+/// Checks the policy's and then the rule's `when` conditions: the first that is not true
+/// (false, or an error) denies.
+fn conditions(
+    policy: &Policy,
+    rule: Option<&Rule>,
+    cel: &Cel,
+    inputs: &Inputs,
+    host: &str,
+    token_id: Option<String>,
+    trace: &mut Trace,
+) -> Result<(), Decision> {
+    let all = policy
+        .when
+        .iter()
+        .chain(rule.into_iter().flat_map(|r| &r.when));
+    for condition in all {
+        let e = &condition.expression;
+        let failure = match e.condition(&cel.environment, inputs) {
+            Ok(true) => {
+                trace.pass("condition", || {
+                    format!(
+                        "{} `{}` is true ({})",
+                        condition.field,
+                        e.source,
+                        e.describe_inputs(inputs)
+                    )
+                });
+                continue;
+            }
+            Ok(false) => "is false".to_string(),
+            Err(error) => format!("failed: {error}"),
+        };
+        let text = format!("{} `{}` {failure}", condition.field, e.source);
+        trace.fail(
+            "condition",
+            Reason::ConditionFailed,
+            || format!("{text} ({})", e.describe_inputs(inputs)),
+            || condition.message.clone(),
+        );
+        return Err(deny_with(
+            Some(policy),
+            host,
+            Reason::ConditionFailed,
+            text,
+            condition.message.clone(),
+            token_id,
+            Some(Said {
+                text: condition.message.as_deref(),
+                status: Some(condition.status),
+            }),
+        ));
+    }
+    Ok(())
+}
+
+/// Sets the headers `forward.headers` computes; one whose expression fails or reads claims
+/// the request does not have is removed, so a client-sent value never passes.
+fn computed_headers(
+    policy: &Policy,
+    cel: &Cel,
+    inputs: &Inputs,
+    out: &mut Allow,
+    trace: &mut Trace,
+) {
+    for header in &policy.forward.computed {
+        match header.expression.header(&cel.environment, inputs) {
+            Ok(value) => {
+                trace.pass("forward", || format!("{}: {value:?}", header.name));
+                out.headers_to_remove.retain(|h| *h != header.name);
+                out.headers_to_set.push((header.name.clone(), value));
+            }
+            Err(error) => {
+                trace.info("forward", || {
+                    format!(
+                        "{} removed: `{}` {error}",
+                        header.name, header.expression.source
+                    )
+                });
+                out.headers_to_remove.push(header.name.clone());
+            }
+        }
+    }
 }
 
 /// A token that passed, and what the upstream may receive instead of it.
@@ -1260,6 +1386,7 @@ fn forward_headers(policy: &Policy) -> impl Iterator<Item = &str> {
         .iter()
         .map(|(_, header)| header.as_str())
         .chain(policy.forward.payload_header.as_deref())
+        .chain(policy.forward.computed.iter().map(|h| h.name.as_str()))
 }
 
 /// The headers a token's claims fill for the upstream.
@@ -1377,6 +1504,28 @@ pub fn deny(
     hint: Option<String>,
     token_id: Option<String>,
 ) -> Decision {
+    deny_with(policy, host, reason, description, hint, token_id, None)
+}
+
+/// What a denial says in place of its reason's fixed text and status: a failed condition's
+/// `message` and `status`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Said<'a> {
+    text: Option<&'a str>,
+    status: Option<u16>,
+}
+
+/// [`deny`], with what the policy says about this denial.
+fn deny_with(
+    policy: Option<&Policy>,
+    host: &str,
+    reason: Reason,
+    description: String,
+    hint: Option<String>,
+    token_id: Option<String>,
+    said: Option<Said<'_>>,
+) -> Decision {
+    let said = said.unwrap_or_default();
     let configured = policy.map_or(401, |p| p.deny.status);
     let status = match reason {
         Reason::InsufficientScope
@@ -1394,12 +1543,16 @@ pub fn deny(
         Reason::Internal => 500,
         _ => configured,
     };
+    let status = said.status.unwrap_or(status);
     let detail = policy.map_or(DenyDetail::Reason, |p| p.deny.detail);
     let message = policy.and_then(|p| p.deny.message.clone());
     // Clients learn the reason code and its fixed text; `description` (which may name
     // internal URLs, settings and what the request carried) is for the log and `explain`.
     let public_description = match detail {
-        DenyDetail::Reason => Some(format!("{reason}: {}", reason.public_text())),
+        DenyDetail::Reason => Some(format!(
+            "{reason}: {}",
+            said.text.unwrap_or(reason.public_text())
+        )),
         DenyDetail::None => None,
     };
     let www_authenticate = reason.challenges().then(|| {

@@ -232,6 +232,7 @@ pub async fn explain(
         headers: Headers::Map(&headers),
         policy: explicit.as_ref().map(|p| &*p.id),
         route: None,
+        source: Default::default(),
     };
     let decision = engine::check_traced(snapshot, &engine_request, now, Trace::on()).await;
     let mut trace = decision

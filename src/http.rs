@@ -214,6 +214,7 @@ impl ForwardAuth {
             headers: Headers::List(&list),
             policy: None,
             route: None,
+            source: Default::default(),
         };
         let snapshot = self.shared.load_full();
         let decision = engine::check(&snapshot, &request, SystemTime::now()).await;

@@ -63,6 +63,17 @@ pub struct Request<'a> {
     /// The HTTPRoute (and rule) the gateway says the request is on (Envoy Gateway's route
     /// metadata): only policies attached to it can judge the request.
     pub route: Option<&'a RouteName>,
+    /// The client, as the gateway saw it (CEL's `source`).
+    pub source: Peer<'a>,
+}
+
+/// The client of a request as the gateway reports it; empty when it does not.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Peer<'a> {
+    /// The address of the connection's peer.
+    pub address: Option<&'a str>,
+    /// The identity of its TLS client certificate (Envoy: the URI SAN, else the subject).
+    pub principal: Option<&'a str>,
 }
 
 /// Where a token was found.
@@ -302,6 +313,7 @@ mod tests {
             headers: Headers::List(&list),
             policy: None,
             route: None,
+            source: Default::default(),
         };
         extract(loc, &req).map(|(t, s)| (t.into_owned(), s))
     }

@@ -53,6 +53,7 @@ async fn decide(snapshot: &Snapshot, r: &Req) -> Decision {
         headers: Headers::Map(&r.headers),
         policy: r.policy,
         route: None,
+        source: Default::default(),
     };
     check(snapshot, &request, SystemTime::now()).await
 }
@@ -342,6 +343,7 @@ async fn methods_and_error_descriptions_are_safe_in_headers() {
 
 mod azure;
 mod cache;
+mod cel;
 mod encrypted;
 mod hostile;
 
@@ -406,6 +408,7 @@ async fn route_header_and_query_matches_are_read_one_way_or_refused() {
         headers: Headers::List(&list),
         policy: None,
         route: None,
+        source: Default::default(),
     };
     let d = check(&snapshot, &request, SystemTime::now()).await;
     assert_eq!(denied(&d).reason, Reason::RequestMalformed);

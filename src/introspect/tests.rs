@@ -247,6 +247,7 @@ impl Setup {
             headers: Headers::List(&headers),
             policy: None,
             route: None,
+            source: Default::default(),
         };
         engine::check(&self.snapshot, &request, SystemTime::now()).await
     }
@@ -437,6 +438,7 @@ async fn a_wrong_client_secret_is_a_502_with_a_hint() {
         method: "GET",
         headers: Headers::List(&headers),
         route: None,
+        source: Default::default(),
         policy: None,
     };
     let Decision::Deny(deny) = engine::check(&snapshot, &request, SystemTime::now()).await else {

@@ -19,6 +19,7 @@ use super::spec::{
 };
 use crate::azure::{self, AzureIssuer};
 use crate::claims::ClaimRequirement;
+use crate::expression::{Environment, Expression, Reads};
 use crate::introspect::{
     AcceptWithout, CacheSettings, EndpointSource, Introspector, IntrospectorConfig,
 };
@@ -247,6 +248,35 @@ pub struct Rule {
     pub methods: Methods,
     pub requirements: Vec<ClaimRequirement>,
     pub allow_anonymous: bool,
+    /// CEL conditions after the policy-wide ones.
+    pub when: Vec<Condition>,
+}
+
+/// A CEL condition (`when`).
+#[derive(Clone, Debug)]
+pub struct Condition {
+    /// Where it is written, e.g. `spec.rules[2].when[0]`.
+    pub field: String,
+    pub expression: Arc<Expression>,
+    pub message: Option<String>,
+    /// The status of the denial when it is not true.
+    pub status: u16,
+}
+
+/// A header computed with CEL (`forward.headers`).
+#[derive(Clone, Debug)]
+pub struct ComputedHeader {
+    /// Lower-case name.
+    pub name: String,
+    pub expression: Arc<Expression>,
+}
+
+/// What a policy's CEL expressions need at request time: their functions and the inputs
+/// any of them reads.
+#[derive(Clone, Debug)]
+pub struct Cel {
+    pub environment: Arc<Environment>,
+    pub reads: Reads,
 }
 
 impl Rule {
@@ -273,6 +303,8 @@ pub struct Forward {
     pub claims_to_headers: Vec<(String, String)>,
     pub payload_header: Option<String>,
     pub keep_token: bool,
+    /// Headers computed with CEL.
+    pub computed: Vec<ComputedHeader>,
 }
 
 /// How denials are answered.
@@ -327,6 +359,10 @@ pub struct Policy {
     /// Unique per compilation in this process: verified-token cache entries belong to one
     /// compiled policy, so a recompiled one never sees its predecessor's.
     pub instance: u64,
+    /// Policy-wide CEL conditions.
+    pub when: Vec<Condition>,
+    /// The CEL environment, when the policy has expressions.
+    pub cel: Option<Cel>,
 }
 
 fn next_instance() -> u64 {
@@ -536,10 +572,16 @@ pub fn compile(
                 "allowAnonymous and requiredClaims contradict each other; keep one",
             );
         }
-        if !rule.allow_anonymous && reqs.is_empty() {
+        let when = expressions::conditions(
+            &mut c,
+            &format!("{field}.when"),
+            &rule.when,
+            rule.allow_anonymous,
+        );
+        if !rule.allow_anonymous && reqs.is_empty() && rule.when.is_empty() {
             c.invalid(
                 field.clone(),
-                "a rule needs requiredClaims or allowAnonymous: true",
+                "a rule needs requiredClaims, when, or allowAnonymous: true",
             );
         }
         rules.push(Rule {
@@ -547,6 +589,7 @@ pub fn compile(
             methods,
             requirements: reqs,
             allow_anonymous: rule.allow_anonymous,
+            when,
         });
     }
 
@@ -572,7 +615,11 @@ pub fn compile(
         },
     };
 
-    let forward = forward(&mut c, spec, &token);
+    let mut forward = forward(&mut c, spec, &token);
+    let anonymous_rules = spec.rules.iter().any(|r| r.allow_anonymous);
+    let when = expressions::conditions(&mut c, "spec.when", &spec.when, anonymous_rules);
+    forward.computed = expressions::headers(&mut c, &spec.forward.headers, &forward, &token);
+    let cel = expressions::environment(&when, &rules, &forward);
     let deny = deny_config(&mut c, spec);
     let introspection = spec
         .introspection
@@ -646,6 +693,8 @@ pub fn compile(
             .unwrap_or_default(),
         warnings,
         instance: next_instance(),
+        when,
+        cel,
     })
 }
 
@@ -1598,6 +1647,7 @@ fn forward(c: &mut Checker, spec: &JwtPolicySpec, token: &TokenLocation) -> Forw
         claims_to_headers,
         payload_header,
         keep_token: f.keep_token.unwrap_or(true),
+        computed: Vec::new(),
     }
 }
 
@@ -1632,6 +1682,8 @@ fn deny_config(c: &mut Checker, spec: &JwtPolicySpec) -> DenyConfig {
         realm: d.realm.clone(),
     }
 }
+
+mod expressions;
 
 #[cfg(test)]
 mod tests;

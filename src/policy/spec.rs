@@ -154,6 +154,47 @@ pub struct JwtPolicySpec {
     /// Opt-in diagnostics for live traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debug: Option<DebugSpec>,
+    /// CEL conditions every request must meet, checked after the token (and the rule's
+    /// `requiredClaims`); each sees `claims`, `request`, `source` and `now` (docs/cel.md). The
+    /// first that is not true denies with 403 `condition_failed` and its `message`. Requests
+    /// of `allowAnonymous` rules meet them too, without `claims`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub when: Vec<ConditionSpec>,
+}
+
+/// A CEL condition (docs/cel.md).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConditionSpec {
+    /// A CEL expression that is true when the request may pass, e.g.
+    /// `request.headers['x-tenant'] in claims.tenants`. Checked and costed when the policy
+    /// compiles; an error while evaluating it counts as not true.
+    #[schemars(length(min = 1, max = 4096))]
+    pub expression: String,
+    /// What the denial says when the condition is not true (in `error_description` unless
+    /// `deny.detail: none`, and in the log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub message: Option<String>,
+    /// The status of that denial (default 403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 400, max = 499), transform = kubernetes_int32)]
+    pub status: Option<u16>,
+}
+
+/// A header computed with CEL (docs/cel.md).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ComputedHeaderSpec {
+    /// Header name. A value the client sent itself is always replaced or removed.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// A CEL expression of `claims`, `request`, `source` and `now` that yields the value, e.g.
+    /// `claims.tid + '/' + claims.sub`. An error, a result that is not a string, or a string a
+    /// header cannot carry removes the header.
+    #[schemars(length(min = 1, max = 4096))]
+    pub expression: String,
 }
 
 /// Azure AD token versions.
@@ -549,8 +590,11 @@ pub struct ClaimRequirementSpec {
 #[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new(
-    "(has(self.allowAnonymous) && self.allowAnonymous) != (has(self.requiredClaims) && size(self.requiredClaims) > 0)"
+    "!((has(self.allowAnonymous) && self.allowAnonymous) && has(self.requiredClaims) && size(self.requiredClaims) > 0)"
 ).message("a rule needs either requiredClaims or allowAnonymous: true, not both"))]
+#[x_kube(validation = Rule::new(
+    "(has(self.allowAnonymous) && self.allowAnonymous) || (has(self.requiredClaims) && size(self.requiredClaims) > 0) || (has(self.when) && size(self.when) > 0)"
+).message("a rule needs requiredClaims, when, or allowAnonymous: true"))]
 pub struct RuleSpec {
     /// Path prefixes (segment-aware, literal). Default: every path of the policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -566,6 +610,11 @@ pub struct RuleSpec {
     /// Let matching requests through without a token (the token is not read).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_anonymous: bool,
+    /// CEL conditions for these paths/methods, after the policy-wide ones (docs/cel.md).
+    /// In an `allowAnonymous` rule they cannot read `claims`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub when: Vec<ConditionSpec>,
 }
 
 /// What the upstream receives on allow.
@@ -582,6 +631,10 @@ pub struct ForwardSpec {
     /// Whether the token stays in the request (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_token: Option<bool>,
+    /// Headers computed with CEL from the claims and the request (docs/cel.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<ComputedHeaderSpec>,
 }
 
 /// One claim copied into a header.

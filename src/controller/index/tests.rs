@@ -234,6 +234,7 @@ async fn allowed(index: &PolicyIndex, token: &str) -> bool {
         headers: Headers::List(&headers),
         policy: None,
         route: None,
+        source: Default::default(),
     };
     engine::check(&snapshot, &request, SystemTime::now())
         .await

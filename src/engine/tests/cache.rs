@@ -123,6 +123,7 @@ fn request<'a>(r: &'a Req, host: Option<&'a str>) -> Request<'a> {
         headers: Headers::Map(&r.headers),
         policy: None,
         route: None,
+        source: Default::default(),
     }
 }
 
