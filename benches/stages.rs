@@ -40,32 +40,59 @@ fn spec(key: &SigningKey) -> JwtPolicySpec {
     .expect("spec")
 }
 
-fn setup() -> (Arc<tollgate::policy::Policy>, String) {
-    let key = SigningKey::rsa("rs", "RS256", 2048).expect("key");
-    let now = now_secs();
-    let token = key
-        .mint(
-            &json!({"iss": ISSUER, "sub": "user-1", "aud": AUDIENCE, "iat": now, "exp": now + 3600,
-            "scope": "orders.read orders.write", "email": "user-1@example.com", "roles": ["user"]}),
-        )
-        .expect("mint");
-    let spec = spec(&key);
+/// `spec` with what platform teams write in CEL: the tenant header must be one of the token's
+/// tenants, a role OR a scope, and a header computed from two claims (docs/cel.md).
+fn cel_spec(key: &SigningKey) -> JwtPolicySpec {
+    let mut spec = spec(key);
+    let extra: JwtPolicySpec = serde_json::from_value(json!({
+        "when": [{"expression": "request.headers['x-tenant'] in claims.tenants && ('admin' in claims.roles || 'orders.write' in claims.scope.split(' '))"}],
+        "forward": {"headers": [{"name": "x-tenant-user", "expression": "request.headers['x-tenant'] + '/' + claims.sub"}]},
+    }))
+    .expect("cel spec");
+    spec.when = extra.when;
+    spec.forward.headers = extra.forward.headers;
+    spec
+}
+
+fn compile_spec(spec: &JwtPolicySpec) -> Arc<tollgate::policy::Policy> {
     let sources = KeySources::offline().expect("sources");
     let policy = compile(
         "bench",
         "main",
-        &spec,
+        spec,
         &CompileContext {
             key_sources: &sources,
             secrets: &FileSecrets::new(None),
         },
     )
     .expect("compiles");
-    (Arc::new(policy), token)
+    Arc::new(policy)
+}
+
+/// The plain policy, the same with CEL, and a token both accept.
+fn setup_both() -> (
+    Arc<tollgate::policy::Policy>,
+    Arc<tollgate::policy::Policy>,
+    String,
+) {
+    let key = SigningKey::rsa("rs", "RS256", 2048).expect("key");
+    let now = now_secs();
+    let token = key
+        .mint(
+            &json!({"iss": ISSUER, "sub": "user-1", "aud": AUDIENCE, "iat": now, "exp": now + 3600,
+            "scope": "orders.read orders.write", "email": "user-1@example.com", "roles": ["user"],
+            "tenants": ["acme", "globex"]}),
+        )
+        .expect("mint");
+    (
+        compile_spec(&spec(&key)),
+        compile_spec(&cel_spec(&key)),
+        token,
+    )
 }
 
 fn stages(c: &mut Criterion) {
-    let (policy, token) = setup();
+    let (policy, cel_policy, token) = setup_both();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -73,6 +100,7 @@ fn stages(c: &mut Criterion) {
     let mut headers = HashMap::new();
     headers.insert("authorization".to_string(), format!("Bearer {token}"));
     headers.insert("user-agent".to_string(), "bench/1.0".to_string());
+    headers.insert("x-tenant".to_string(), "acme".to_string());
     let request = Request {
         host: "api.bench.example",
         path: "/orders/1",
@@ -119,6 +147,40 @@ fn stages(c: &mut Criterion) {
     cached.token_cache = TokenCache::new(CacheLimits::default());
     c.bench_function("engine::check, verified-token cache hit", |b| {
         b.iter(|| runtime.block_on(engine::check(&cached, black_box(&request), now)))
+    });
+    // The same cached check with a CEL condition and a computed header: their cost is the
+    // difference between the two lines (docs/cel.md, docs/benchmarks.md).
+    let mut with_cel = Snapshot::build(vec![cel_policy.clone()], DefaultAction::Deny).0;
+    with_cel.token_cache = TokenCache::new(CacheLimits::default());
+    let decision = runtime.block_on(engine::check(&with_cel, &request, now));
+    assert!(decision.is_allow(), "{decision:?}");
+    c.bench_function(
+        "engine::check, cache hit, CEL condition + computed header",
+        |b| b.iter(|| runtime.block_on(engine::check(&with_cel, black_box(&request), now))),
+    );
+    let cel = cel_policy.cel.as_ref().expect("expressions");
+    let view = tollgate::expression::RequestView {
+        method: "GET",
+        host: "api.bench.example",
+        path: "/orders/1",
+        query: None,
+        headers: Headers::Map(&headers),
+        address: None,
+        principal: None,
+    };
+    let claims = jose::parse(&token).expect("parses").claims;
+    c.bench_function("6 CEL: inputs + condition + header", |b| {
+        b.iter(|| {
+            let inputs =
+                tollgate::expression::Inputs::new(&cel.reads, Some(black_box(&claims)), &view, now);
+            let ok = cel_policy.when[0]
+                .expression
+                .condition(&cel.environment, &inputs);
+            let header = cel_policy.forward.computed[0]
+                .expression
+                .header(&cel.environment, &inputs);
+            (ok, header)
+        })
     });
     let shared =
         SharedSnapshot::with_cache(DefaultAction::Deny, TokenCache::new(CacheLimits::default()));

@@ -1408,7 +1408,10 @@ pub struct RequestView<'a> {
 /// The converted inputs of one request, shared by every expression evaluated for it.
 pub struct Inputs {
     claims: Result<Value, String>,
-    request: Result<Value, String>,
+    /// The request's fields that converted.
+    request: Value,
+    /// The fields that could not be, and why: only expressions that read them fail.
+    request_errors: Vec<(&'static str, String)>,
     source: Value,
     now: Value,
 }
@@ -1617,31 +1620,38 @@ impl Inputs {
                 }
             }
         };
-        let request_value = (|| -> Result<Value, String> {
-            let mut out = HashMap::new();
-            if reads.method {
-                out.insert(key("method"), string(request.method));
+        let mut fields = HashMap::new();
+        let mut request_errors = Vec::new();
+        if reads.method {
+            fields.insert(key("method"), string(request.method));
+        }
+        if reads.host {
+            fields.insert(key("host"), string(request.host));
+        }
+        if reads.path {
+            if request.path.len() as u64 > limits::STRING {
+                request_errors.push(("path", "the path is too long".to_string()));
+            } else {
+                fields.insert(key("path"), string(request.path));
             }
-            if reads.host {
-                out.insert(key("host"), string(request.host));
-            }
-            if reads.path {
-                if request.path.len() as u64 > limits::STRING {
-                    return Err("the path is too long".into());
+        }
+        if !reads.headers.is_none() {
+            match headers_value(request.headers, &reads.headers) {
+                Ok(v) => {
+                    fields.insert(key("headers"), v);
                 }
-                out.insert(key("path"), string(request.path));
+                Err(e) => request_errors.push(("headers", e)),
             }
-            if !reads.headers.is_none() {
-                out.insert(
-                    key("headers"),
-                    headers_value(request.headers, &reads.headers)?,
-                );
+        }
+        if !reads.query.is_none() {
+            match query_value(request.query, &reads.query) {
+                Ok(v) => {
+                    fields.insert(key("query"), v);
+                }
+                Err(e) => request_errors.push(("query", e)),
             }
-            if !reads.query.is_none() {
-                out.insert(key("query"), query_value(request.query, &reads.query)?);
-            }
-            Ok(map(out))
-        })();
+        }
+        let request_value = map(fields);
         let source = if reads.source {
             let mut out = HashMap::new();
             out.insert(key("address"), string(request.address.unwrap_or("")));
@@ -1659,6 +1669,7 @@ impl Inputs {
         Inputs {
             claims,
             request: request_value,
+            request_errors,
             source,
             now,
         }
@@ -1674,8 +1685,17 @@ impl Expression {
         }
         let r = &self.reads;
         if r.method || r.host || r.path || !r.headers.is_none() || !r.query.is_none() {
-            let request = inputs.request.clone().map_err(EvalError::Input)?;
-            ctx.add_variable_from_value("request", request);
+            for (field, error) in &inputs.request_errors {
+                let read = match *field {
+                    "path" => r.path,
+                    "headers" => !r.headers.is_none(),
+                    _ => !r.query.is_none(),
+                };
+                if read {
+                    return Err(EvalError::Input(error.clone()));
+                }
+            }
+            ctx.add_variable_from_value("request", inputs.request.clone());
         }
         if r.source {
             ctx.add_variable_from_value("source", inputs.source.clone());
@@ -1726,7 +1746,7 @@ impl Expression {
         for path in &self.paths {
             let root = match path[0].as_str() {
                 "claims" => inputs.claims.as_ref().ok(),
-                "request" => inputs.request.as_ref().ok(),
+                "request" => Some(&inputs.request),
                 "source" => Some(&inputs.source),
                 "now" => Some(&inputs.now),
                 _ => None,

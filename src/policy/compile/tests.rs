@@ -197,7 +197,7 @@ fn bad_specs_name_the_field_and_the_fix() {
         (
             "rules: [{paths: [/a]}]",
             "spec.rules[0]",
-            "needs requiredClaims or allowAnonymous",
+            "needs requiredClaims, when, or allowAnonymous",
         ),
         (
             "rules: [{paths: [/a], allowAnonymous: true, requiredClaims: [{name: x}]}]",

@@ -132,6 +132,9 @@ fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
         json!({"issuers": [issuer(json!({}))], "decryption": {"keys": [{"secretRef": {"name": "k", "key": "jwk"}, "algorithms": ["A256KW", "dir"]}]}, "requireSignedTokens": false}),
         json!({"issuers": [issuer(json!({}))], "match": {"paths": ["/orders/admin"], "pathCase": "IgnoreCase"}}),
         json!({"issuers": [issuer(json!({}))], "debug": {"traceHeader": {"value": {"secretRef": {"name": "d", "key": "v"}}}}}),
+        json!({"issuers": [issuer(json!({}))], "when": [{"expression": "request.headers['x-tenant'] in claims.tenants", "message": "m", "status": 403}],
+            "rules": [{"paths": ["/a"], "when": [{"expression": "'admin' in claims.roles"}]}, {"paths": ["/h"], "allowAnonymous": true, "when": [{"expression": "request.method == 'GET'"}]}],
+            "forward": {"headers": [{"name": "x-tenant-user", "expression": "claims.tid + '/' + claims.sub"}]}}),
     ];
     for spec in ok {
         assert_eq!(cel(&policy(spec.clone())), Ok(()), "{spec}");
@@ -171,7 +174,7 @@ fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
         ),
         (
             json!({"issuers": [issuer(json!({}))], "rules": [{"paths": ["/a"]}]}),
-            "either requiredClaims or allowAnonymous",
+            "a rule needs requiredClaims, when, or allowAnonymous",
         ),
         (
             json!({"issuers": [issuer(json!({}))], "rules": [{"allowAnonymous": true, "requiredClaims": [{"name": "x"}]}]}),
