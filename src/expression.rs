@@ -1181,9 +1181,19 @@ fn collect(
             }
         }
         Expr::Call(call) if call.func_name == "@in" && call.target.is_none() => {
+            // Only maps known to be maps: `'admin' in claims.roles` reads a list.
+            let is_map = |path: &Vec<String>| {
+                matches!(
+                    path.iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .as_slice(),
+                    ["claims"] | ["request", "headers"] | ["request", "query"]
+                )
+            };
             if let (Some(key), Some(mut path)) = (
                 call.args.first().and_then(Checker::literal_string),
-                call.args.get(1).and_then(chain),
+                call.args.get(1).and_then(chain).filter(is_map),
             ) {
                 path.push(key.to_string());
                 record(&path, false);

@@ -441,3 +441,43 @@ fn policy_sources_are_files_or_cluster_names() {
     let err = load_files("/nonexistent/policy.yaml".into(), sources).expect_err("missing");
     assert!(err.to_string().contains("does not exist"));
 }
+
+#[tokio::test]
+async fn conditions_show_their_expression_inputs_and_result() {
+    let snapshot = single(mk_policy(
+        "tenants",
+        r#"{match: {hosts: [api.example.com]},
+            when: [{expression: "request.headers['x-tenant'] in claims.tenants", message: "wrong tenant"}],
+            rules: [{paths: [/admin], when: [{expression: "'admin' in claims.roles"}]}]}"#,
+    ));
+    let token = RSA
+        .mint(&claims(json!({"tenants": ["acme", "globex"]})))
+        .expect("mint");
+    let ask = |path: &str, tenant: &str| ExplainRequest {
+        token: Some(token.clone()),
+        host: Some("api.example.com".into()),
+        path: Some(path.into()),
+        method: Some("GET".into()),
+        headers: vec![("x-tenant".into(), tenant.into())],
+        at: Some(at()),
+    };
+    let pass = explain(&snapshot, &ask("/orders", "acme"), true)
+        .await
+        .expect("explains");
+    let text = render_text(&pass);
+    assert!(
+        text.contains("spec.when[0] `request.headers['x-tenant'] in claims.tenants` is true (request.headers[\"x-tenant\"] = \"acme\", claims.tenants = [\"acme\", \"globex\"])"),
+        "{text}"
+    );
+    let fail = explain(&snapshot, &ask("/admin", "acme"), true)
+        .await
+        .expect("explains");
+    assert_eq!((fail.decision, fail.reason), ("deny", "condition_failed"));
+    let text = render_text(&fail);
+    assert!(
+        text.contains(
+            "spec.rules[0].when[0] `'admin' in claims.roles` is false (claims.roles = [\"user\"])"
+        ),
+        "{text}"
+    );
+}
