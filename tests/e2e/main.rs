@@ -21,6 +21,7 @@ mod mtls;
 mod nginx;
 mod paths;
 mod replicas;
+mod resource_metadata;
 mod serve;
 mod support;
 mod traefik;
