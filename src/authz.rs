@@ -279,13 +279,13 @@ pub fn to_check_response(decision: &Decision) -> CheckResponse {
                 500..=599 => code::INTERNAL,
                 _ => code::PERMISSION_DENIED,
             };
-            let mut headers = vec![
-                header("content-type", "application/json"),
-                header("cache-control", "no-store"),
-            ];
-            if let Some(challenge) = &deny.www_authenticate {
-                headers.push(header("www-authenticate", challenge));
-            }
+            // A metadata document (status 200) keeps a non-OK code: with OK, Envoy would let
+            // the request through to the upstream instead of sending the document.
+            let mut headers: Vec<HeaderValueOption> = deny
+                .headers()
+                .iter()
+                .map(|(name, value)| header(name, value))
+                .collect();
             headers.extend(trace);
             CheckResponse {
                 status: Some(crate::proto::google::rpc::Status {

@@ -89,11 +89,15 @@ pub enum Reason {
     NotReady,
     /// A bug or an unexpected internal state (answers 500).
     Internal,
+    /// A GET or HEAD of a protected resource metadata URL a policy declares (RFC 9728):
+    /// answered with the document (200) by tollgate itself, never by the upstream; 404 from
+    /// forward authentication, which can only let the request through.
+    ResourceMetadata,
 }
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 36] = [
+    pub const ALL: [Reason; 37] = [
         Reason::Valid,
         Reason::Anonymous,
         Reason::DefaultAllow,
@@ -130,6 +134,7 @@ impl Reason {
         Reason::IntrospectionInvalid,
         Reason::NotReady,
         Reason::Internal,
+        Reason::ResourceMetadata,
     ];
 
     /// The stable snake_case code.
@@ -171,6 +176,7 @@ impl Reason {
             Reason::IntrospectionInvalid => "introspection_invalid",
             Reason::NotReady => "not_ready",
             Reason::Internal => "internal_error",
+            Reason::ResourceMetadata => "resource_metadata",
         }
     }
 
@@ -230,6 +236,9 @@ impl Reason {
             Reason::IntrospectionInvalid => "token introspection gave an invalid answer",
             Reason::NotReady => "policies are still loading; try again shortly",
             Reason::Internal => "internal error",
+            Reason::ResourceMetadata => {
+                "the protected resource metadata is served by tollgate at this URL, not through forward authentication"
+            }
         }
     }
 
@@ -249,7 +258,8 @@ impl Reason {
             | Reason::IntrospectionFailed
             | Reason::IntrospectionInvalid
             | Reason::NotReady
-            | Reason::Internal => None,
+            | Reason::Internal
+            | Reason::ResourceMetadata => None,
             _ => Some("invalid_token"),
         }
     }
@@ -272,6 +282,7 @@ impl Reason {
                 | Reason::IntrospectionInvalid
                 | Reason::NotReady
                 | Reason::Internal
+                | Reason::ResourceMetadata
         )
     }
 }
@@ -418,6 +429,34 @@ pub struct Deny {
     pub trace: Option<Arc<Trace>>,
     /// The path as judged (see `route::read_path`), once it could be read.
     pub path: Option<String>,
+}
+
+impl Deny {
+    /// Whether the answer is a protected resource metadata document (status 200), which the
+    /// proxy sends as its own reply.
+    pub fn is_document(&self) -> bool {
+        self.reason == Reason::ResourceMetadata && self.status == 200
+    }
+
+    /// The answer's headers besides the trace: content type, caching and the challenge. A
+    /// metadata document is public: cached for [`crate::policy::compile::MAX_AGE_SECS`] and
+    /// readable by browser-based clients (CORS); anything else is `no-store`.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![("content-type", "application/json".to_string())];
+        if self.is_document() {
+            out.push((
+                "cache-control",
+                format!("public, max-age={}", crate::policy::compile::MAX_AGE_SECS),
+            ));
+            out.push(("access-control-allow-origin", "*".to_string()));
+        } else {
+            out.push(("cache-control", "no-store".to_string()));
+        }
+        if let Some(challenge) = &self.www_authenticate {
+            out.push(("www-authenticate", challenge.clone()));
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //!
 //! The only I/O is a coalesced, rate-limited key refetch when a token names an unknown `kid`.
 
+mod metadata;
 pub mod request;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::trace::{self, Trace};
 use crate::validate::{self, TimeWindow, ValidationError};
 use crate::verified::{self, ClaimHeaders, TokenCache};
 
+pub use metadata::resource_metadata;
 pub use request::{Headers, Peer, Request, TokenSource};
 
 /// Judges one request against a snapshot. The checks are traced when the debug line of
@@ -176,6 +178,11 @@ async fn check_method(
         },
         None => None,
     };
+    if let Some(answer) =
+        metadata::answer(snapshot, explicit, host, path, request.method, &mut trace)
+    {
+        return answer.with_trace(trace);
+    }
     let (headers, query) = match route_values(snapshot, request) {
         Ok(values) => values,
         Err(text) => {
@@ -1541,6 +1548,7 @@ fn deny_with(
         Reason::IntrospectionInvalid => 500,
         Reason::RequestMalformed => 400,
         Reason::Internal => 500,
+        Reason::ResourceMetadata => 404,
         _ => configured,
     };
     let status = said.status.unwrap_or(status);
@@ -1568,6 +1576,11 @@ fn deny_with(
                 params.push(format!("error_description=\"{}\"", quoted(text)));
             }
         }
+        // RFC 9728 §5.1: where the client finds the authorization servers for this resource.
+        // The URL holds only characters a quoted-string carries unescaped (compile checks).
+        if let Some(resource) = policy.and_then(|p| p.resource.as_deref()) {
+            params.push(format!("resource_metadata=\"{}\"", resource.metadata_url));
+        }
         if params.is_empty() {
             "Bearer".to_string()
         } else {
@@ -1579,6 +1592,7 @@ fn deny_with(
         403 => "forbidden",
         503 => "temporarily_unavailable",
         400 => "invalid_request",
+        404 => "not_found",
         _ => "server_error",
     });
     let mut body = serde_json::Map::new();

@@ -90,7 +90,8 @@ pub struct RequestSummary {
 /// The explanation: the decision, the decoded token, every check.
 #[derive(Clone, Debug, Serialize)]
 pub struct Explanation {
-    /// `allow` or `deny`.
+    /// `allow`, `deny`, or `answer` (tollgate answers itself: a protected resource metadata
+    /// document, which the upstream never sees).
     pub decision: &'static str,
     /// The HTTP status the client would get (200 when allowed).
     pub status: u16,
@@ -247,7 +248,11 @@ pub async fn explain(
         Decision::Deny(deny) => (deny.status, Some(deny.description.clone())),
     };
     Ok(Explanation {
-        decision: if decision.is_allow() { "allow" } else { "deny" },
+        decision: match &decision {
+            Decision::Allow(_) => "allow",
+            Decision::Deny(deny) if deny.is_document() => "answer",
+            Decision::Deny(_) => "deny",
+        },
         status,
         reason: decision.reason().as_str(),
         description,
@@ -341,6 +346,13 @@ pub fn render_text(e: &Explanation) -> String {
     }
     let verdict = if e.allowed() {
         format!("ALLOWED ({})", e.reason)
+    } else if e.decision == "answer" {
+        format!(
+            "ANSWERED {} {}: {} (by tollgate; the upstream is not called)",
+            e.status,
+            e.reason,
+            e.description.as_deref().unwrap_or_default()
+        )
     } else if e.unverified {
         format!(
             "NOT VERIFIED {} {}: {}; run without --offline to check the signature",

@@ -48,7 +48,8 @@ use ipnet::IpNet;
 use crate::decision::{Decision, Reason};
 use crate::engine::{self, Headers};
 use crate::metrics::Metrics;
-use crate::policy::SharedSnapshot;
+use crate::policy::compile::WELL_KNOWN;
+use crate::policy::{SharedSnapshot, Snapshot};
 use crate::telemetry::{self, RequestInfo};
 use crate::trace;
 pub use original::{Family, PathPrefix};
@@ -113,11 +114,17 @@ impl ForwardAuth {
         }
     }
 
-    /// `/auth` with any method, and every other path for `envoy` callers. Serve with
-    /// [`listener::serve`] (or anything that provides `ConnectInfo<SocketAddr>`).
+    /// `/auth` with any method, every other path for `envoy` callers (under their prefix),
+    /// and the protected resource metadata documents policies declare, for every caller.
+    /// Serve with [`listener::serve`] (or anything that provides `ConnectInfo<SocketAddr>`).
     pub fn router(self) -> Router {
         Router::new()
             .route("/auth", axum::routing::any(handle))
+            .route(WELL_KNOWN, axum::routing::get(metadata))
+            .route(
+                &format!("{WELL_KNOWN}/{{*rest}}"),
+                axum::routing::get(metadata),
+            )
             .fallback(fallback)
             .with_state(self)
     }
@@ -218,7 +225,11 @@ impl ForwardAuth {
         };
         let snapshot = self.shared.load_full();
         let decision = engine::check(&snapshot, &request, SystemTime::now()).await;
-        (decision, request_id, original)
+        (
+            unanswerable(&snapshot, decision, &original.host),
+            request_id,
+            original,
+        )
     }
 
     /// The value the upstream should receive in the policy's token header, echoed back so a
@@ -296,13 +307,11 @@ pub fn to_response(
             (StatusCode::OK, headers, Body::empty())
         }
         Decision::Deny(deny) => {
-            let mut headers = vec![
-                ("content-type".to_string(), "application/json".to_string()),
-                ("cache-control".to_string(), "no-store".to_string()),
-            ];
-            if let Some(challenge) = &deny.www_authenticate {
-                headers.push(("www-authenticate".into(), challenge.clone()));
-            }
+            let mut headers: Vec<(String, String)> = deny
+                .headers()
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value))
+                .collect();
             headers.extend(trace);
             (
                 StatusCode::from_u16(deny.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -344,6 +353,68 @@ async fn handle(
     telemetry::log_decision(&info, &decision);
     let kept = auth.kept_token(original.family, &decision, &headers);
     to_response(&decision, original.family, kept)
+}
+
+/// A metadata document cannot travel through forward authentication: every 2xx answer lets
+/// the request through to the upstream. Such a check is refused (404 `resource_metadata`) and
+/// logged with what to change: route the well-known path to tollgate's own endpoint.
+fn unanswerable(snapshot: &Snapshot, decision: Decision, host: &str) -> Decision {
+    match decision {
+        Decision::Deny(deny) if deny.is_document() => {
+            let policy = deny.policy.as_deref().and_then(|id| snapshot.policy(id));
+            let mut refused = engine::deny(
+                policy.map(|p| &**p),
+                host,
+                Reason::ResourceMetadata,
+                "a protected resource metadata document was asked for through forward authentication, which can only let the request through to the upstream".into(),
+                Some(format!(
+                    "route {WELL_KNOWN} (and the paths under it) to tollgate's HTTP listener, which serves the documents itself (docs/kubernetes.md)"
+                )),
+                None,
+            );
+            if let (Decision::Deny(out), Some(path)) = (&mut refused, deny.path) {
+                out.path = Some(path);
+            }
+            refused
+        }
+        other => other,
+    }
+}
+
+/// `GET`/`HEAD /.well-known/oauth-protected-resource[/…]`: the document a policy declares for
+/// the request's `Host` and path, from any caller (the documents are public). Never a
+/// forward-auth check: checks come on `/auth` or under the envoy prefix.
+async fn metadata(
+    State(auth): State<ForwardAuth>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let start = Instant::now();
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let decision = if auth.shared.is_ready() {
+        engine::resource_metadata(&auth.shared.load(), host, uri.path(), method.as_str())
+    } else {
+        engine::not_ready(host)
+    };
+    auth.metrics.observe("http", &decision, start.elapsed());
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let info = RequestInfo {
+        transport: "http",
+        request_id,
+        method: method.as_str(),
+        host,
+        path: uri.path(),
+        route: None,
+    };
+    telemetry::log_decision(&info, &decision);
+    to_response(&decision, None, None)
 }
 
 /// Every path but `/auth`: judged for `envoy` callers, 404 for the others.

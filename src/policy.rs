@@ -16,6 +16,7 @@ pub use compile::{
 };
 pub use owners::HostDelegations;
 pub use snapshot::{
-    Claimant, Conflict, ConflictKind, DefaultAction, SharedSnapshot, Snapshot, SnapshotSettings,
+    Claimant, Conflict, ConflictKind, DefaultAction, ResourceEntry, SharedSnapshot, Snapshot,
+    SnapshotSettings,
 };
 pub use spec::{DenyDetail, JwtPolicySpec, PolicyDocument};

@@ -154,6 +154,18 @@ pub fn log_decision(info: &RequestInfo<'_>, decision: &Decision) {
             issuer = allow.issuer.as_deref().unwrap_or(""),
             "allowed"
         ),
+        Decision::Deny(deny) if deny.is_document() => tracing::debug!(
+            transport = info.transport,
+            request_id = info.request_id,
+            method = info.method,
+            host = info.host,
+            path,
+            route = info.route.as_deref().unwrap_or(""),
+            policy = deny.policy.as_deref().unwrap_or(""),
+            result = "answer",
+            reason = deny.reason.as_str(),
+            "answered with a protected resource metadata document"
+        ),
         Decision::Deny(deny) => {
             if !tracing::enabled!(tracing::Level::INFO) {
                 return;

@@ -146,6 +146,7 @@ fn judge(
         },
     );
     match conflicts.into_iter().find(|c| c.policy == candidate.id) {
+        Some(conflict) if conflict.keeps_serving() => Err(format!("ResourceConflict: {conflict}")),
         Some(conflict) => Err(format!("HostConflict: {conflict}")),
         None => Ok(candidate
             .warnings

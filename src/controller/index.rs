@@ -696,7 +696,9 @@ impl PolicyIndex {
                     uid: state.uid.clone(),
                     created: state.created.clone(),
                     generation: state.generation,
-                    serving_generation: state.compiled_generation.filter(|_| conflict.is_none()),
+                    serving_generation: state
+                        .compiled_generation
+                        .filter(|_| conflict.as_ref().is_none_or(Conflict::keeps_serving)),
                     error: state.error.clone(),
                     conflict,
                     policy: state.compiled.clone(),
@@ -840,7 +842,11 @@ pub fn spawn_index(
                 published = true;
                 index.mark_published();
                 for conflict in &conflicts {
-                    tracing::error!(policy = %conflict.policy, holder = %conflict.holder, "JwtPolicy not served: {conflict}");
+                    if conflict.keeps_serving() {
+                        tracing::error!(policy = %conflict.policy, holder = %conflict.holder, "JwtPolicy's resource metadata not served: {conflict}");
+                    } else {
+                        tracing::error!(policy = %conflict.policy, holder = %conflict.holder, "JwtPolicy not served: {conflict}");
+                    }
                 }
                 let generation = shared.publish(snapshot);
                 tracing::debug!(

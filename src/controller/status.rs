@@ -98,7 +98,12 @@ pub fn desired_status(
         _ => text,
     };
     let (accepted, accepted_reason, accepted_message) = if let Some(conflict) = &view.conflict {
-        (false, "HostConflict", keeps(conflict.to_string()))
+        let reason = if conflict.keeps_serving() {
+            "ResourceConflict"
+        } else {
+            "HostConflict"
+        };
+        (false, reason, keeps(conflict.to_string()))
     } else if let Some(error) = &view.error {
         (false, error.reason(), keeps(error.to_string()))
     } else {

@@ -481,3 +481,34 @@ async fn conditions_show_their_expression_inputs_and_result() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_metadata_request_is_explained_as_answered_by_tollgate() {
+    let policy = crate::fixtures::mk_policy(
+        "mcp",
+        "{match: {hosts: [api.example.com], paths: [/mcp]}, resourceMetadata: {resource: 'https://api.example.com/mcp'}}",
+    );
+    let snapshot = Snapshot::build(vec![policy], DefaultAction::Deny).0;
+    let request = ExplainRequest {
+        token: None,
+        host: Some("api.example.com".into()),
+        path: Some("/.well-known/oauth-protected-resource/mcp".into()),
+        method: Some("GET".into()),
+        headers: Vec::new(),
+        at: None,
+    };
+    let explanation = explain(&snapshot, &request, true).await.expect("explains");
+    assert_eq!(explanation.decision, "answer");
+    assert_eq!(explanation.status, 200);
+    assert_eq!(explanation.reason, "resource_metadata");
+    assert_eq!(explanation.policy.as_deref(), Some("test/mcp"));
+    let text = render_text(&explanation);
+    assert!(
+        text.contains("protected resource metadata of https://api.example.com/mcp (RFC 9728)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ANSWERED 200 resource_metadata: answered with the protected resource metadata of https://api.example.com/mcp (by tollgate; the upstream is not called)"),
+        "{text}"
+    );
+}

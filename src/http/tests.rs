@@ -895,3 +895,90 @@ fn the_envoy_family_is_a_family_like_the_others() {
             .contains("nginx, traefik or envoy")
     );
 }
+
+const MCP: &str = "{match: {hosts: [api.example.com], paths: [/mcp]}, resourceMetadata: {resource: 'https://api.example.com/mcp'}}";
+const MCP_METADATA: &str = "/.well-known/oauth-protected-resource/mcp";
+
+#[tokio::test]
+async fn the_listener_serves_declared_metadata_documents_to_any_caller() {
+    let (service, _) = auth(
+        true,
+        "10.0.0.0/8=nginx,10.1.0.0/16=envoy",
+        vec![mk_policy("mcp", MCP)],
+    );
+    // A proxy routing the path to tollgate (nginx, Envoy without a check prefix), or anyone.
+    for peer in ["10.0.0.1:1", "10.1.0.1:1", "192.0.2.1:1"] {
+        let answer = call_at(
+            &service,
+            peer,
+            "GET",
+            MCP_METADATA,
+            &[("host", "api.example.com")],
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{peer}: {}", answer.body);
+        assert_eq!(answer.header("content-type"), Some("application/json"));
+        assert_eq!(answer.header("cache-control"), Some("public, max-age=300"));
+        let doc: serde_json::Value = serde_json::from_str(&answer.body).expect("json");
+        assert_eq!(doc["resource"], "https://api.example.com/mcp");
+    }
+    let head = call_at(
+        &service,
+        "10.0.0.1:1",
+        "HEAD",
+        MCP_METADATA,
+        &[("host", "api.example.com")],
+    )
+    .await;
+    assert_eq!(head.status, 200);
+    for (method, target, host, status) in [
+        ("GET", MCP_METADATA, "other.example.com", 403),
+        (
+            "GET",
+            "/.well-known/oauth-protected-resource",
+            "api.example.com",
+            403,
+        ),
+        ("POST", MCP_METADATA, "api.example.com", 405),
+    ] {
+        let answer = call_at(&service, "10.0.0.1:1", method, target, &[("host", host)]).await;
+        assert_eq!(
+            answer.status, status,
+            "{method} {host}{target}: {}",
+            answer.body
+        );
+        assert_ne!(answer.header("cache-control"), Some("public, max-age=300"));
+    }
+}
+
+#[tokio::test]
+async fn forward_auth_never_lets_a_metadata_request_through() {
+    let (service, _) = auth(
+        true,
+        "10.0.0.0/8=nginx,10.1.0.0/16=envoy",
+        vec![mk_policy("mcp", MCP)],
+    );
+    // nginx asks about the well-known path: a 2xx would send it upstream unchecked.
+    let nginx = send(
+        &service,
+        "10.0.0.1:1",
+        &nginx(
+            "https://api.example.com/.well-known/oauth-protected-resource/mcp",
+            "GET",
+        ),
+    )
+    .await;
+    assert_eq!(nginx.status, 404, "{}", nginx.body);
+    assert!(nginx.body.contains("resource_metadata"), "{}", nginx.body);
+    // Envoy's HTTP ext_authz check of the same request, under its prefix.
+    let envoy = call_at(
+        &service,
+        "10.1.0.1:1",
+        "GET",
+        &format!("/ext-authz{MCP_METADATA}"),
+        &[("host", "api.example.com")],
+    )
+    .await;
+    assert_eq!(envoy.status, 404, "{}", envoy.body);
+    assert_eq!(envoy.header("cache-control"), Some("no-store"));
+}

@@ -10,6 +10,10 @@ use base64::Engine as _;
 use jsonwebtoken::Algorithm;
 use url::Url;
 
+mod resource;
+
+pub use resource::{MAX_AGE_SECS, ProtectedResource, WELL_KNOWN};
+
 use super::gateway::{self, RouteEntry};
 use super::route::{HostPattern, Methods, PathCase, PathPrefix, PathReading};
 use super::spec::{
@@ -363,6 +367,8 @@ pub struct Policy {
     pub when: Vec<Condition>,
     /// The CEL environment, when the policy has expressions.
     pub cel: Option<Cel>,
+    /// `resourceMetadata`: the protected resource and its RFC 9728 document, if declared.
+    pub resource: Option<Arc<ProtectedResource>>,
 }
 
 fn next_instance() -> u64 {
@@ -651,12 +657,23 @@ pub fn compile(
         .and_then(|d| d.trace_header.as_ref())
         .and_then(|t| compile_trace_header(&mut c, namespace, t, &token, ctx));
 
+    let mut resource_warnings = Vec::new();
+    let resource = resource::compile_resource(
+        &mut c,
+        spec,
+        &hosts,
+        &issuers,
+        &token,
+        &mut resource_warnings,
+    );
+
     if !c.problems.is_empty() {
         return Err(CompileError {
             problems: c.problems,
         });
     }
-    let warnings = rule_warnings(&paths, &methods, &rules);
+    let mut warnings = rule_warnings(&paths, &methods, &rules);
+    warnings.extend(resource_warnings);
     Ok(Policy {
         id,
         hosts,
@@ -695,6 +712,7 @@ pub fn compile(
         instance: next_instance(),
         when,
         cel,
+        resource,
     })
 }
 

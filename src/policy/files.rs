@@ -418,7 +418,7 @@ pub fn log_report(report: &LoadReport) {
     }
     for conflict in &report.conflicts {
         tracing::error!(policy = %conflict.policy, holder = %conflict.holder, host = %conflict.host,
-            path = %conflict.path, "policy rejected: {conflict}");
+            path = %conflict.path, serving = conflict.keeps_serving(), "policy rejected: {conflict}");
     }
     if report.changed {
         tracing::info!(

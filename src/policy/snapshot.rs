@@ -143,6 +143,9 @@ pub enum ConflictKind {
     /// The host is delegated to nobody, and the operator's delegations allow no undelegated
     /// claim of its kind (`undelegatedHosts`).
     NotDelegated,
+    /// Another policy declares the same protected resource metadata URL with another
+    /// document. Both policies keep serving; the metadata URL is refused (`policy_conflict`).
+    Resource,
 }
 
 /// A policy left out of the snapshot because another one holds what it claims.
@@ -198,8 +201,30 @@ impl std::fmt::Display for Conflict {
                 "host {} is not delegated to namespace {}, and the cluster operator's host delegations (undelegatedHosts) allow no such claim without one",
                 self.host, self.holder
             ),
+            ConflictKind::Resource => write!(
+                f,
+                "policy {} declares the protected resource metadata at https://{}{} too, with another document: it is refused (403 policy_conflict) until both policies declare the same spec.resourceMetadata or different resources",
+                self.holder, self.host, self.path
+            ),
         }
     }
+}
+
+impl Conflict {
+    /// Whether the policy still serves its requests: a conflict over its resource metadata
+    /// refuses only that document.
+    pub fn keeps_serving(&self) -> bool {
+        self.kind == ConflictKind::Resource
+    }
+}
+
+/// Who answers a protected resource metadata URL (see [`Snapshot::resource`]).
+#[derive(Clone, Debug)]
+pub enum ResourceEntry {
+    /// The policy declaring it (the oldest, when several declare the same document).
+    Served(Arc<Policy>),
+    /// Policies declaring it with different documents, oldest first: refused.
+    Conflicted(Vec<Arc<str>>),
 }
 
 /// An immutable view of every loaded policy.
@@ -226,6 +251,8 @@ pub struct Snapshot {
     pub default_action: DefaultAction,
     /// The verified-token cache of the serving process (none in offline checks).
     pub token_cache: Option<Arc<TokenCache>>,
+    /// Protected resource metadata documents: host → well-known path → who answers.
+    resources: HashMap<String, HashMap<String, ResourceEntry>>,
 }
 
 /// A policy as the snapshot sees it: serving (compiled), or failing to compile with no last
@@ -435,6 +462,7 @@ impl Snapshot {
         let mut holdings = Holdings::default();
         let mut conflicts = Vec::new();
         let mut failing: HashSet<Arc<str>> = HashSet::new();
+        let mut declared: Vec<Arc<Policy>> = Vec::new();
         for claimant in claimants {
             let policy = match claimant {
                 Claimant::Failing { id, hosts } => {
@@ -463,6 +491,17 @@ impl Snapshot {
                 }
             } else {
                 claims.push((policy.namespace().into(), policy.hosts.clone()));
+            }
+            // A declared resource claims its host for the policy's namespace: no other
+            // namespace can name the authorization servers of a host it does not own.
+            if let Some(resource) = &policy.resource {
+                let host = HostPattern::Exact(resource.host.clone());
+                let namespace: Arc<str> = policy.namespace().into();
+                match claims.iter_mut().find(|(ns, _)| *ns == namespace) {
+                    Some((_, hosts)) if hosts.contains(&host) => {}
+                    Some((_, hosts)) => hosts.push(host),
+                    None => claims.push((namespace, vec![host])),
+                }
             }
             let host_clash = claims
                 .iter()
@@ -523,8 +562,12 @@ impl Snapshot {
                 .iter()
                 .any(|r| r.paths.iter().any(PathPrefix::has_upper));
             snapshot.readings = snapshot.readings.union(policy.path_reading);
+            if policy.resource.is_some() {
+                declared.push(policy.clone());
+            }
             snapshot.policies.insert(policy.id.clone(), policy);
         }
+        conflicts.extend(snapshot.index_resources(declared));
         for bucket in snapshot
             .exact
             .values_mut()
@@ -614,6 +657,59 @@ impl Snapshot {
                 }
             }
         }
+    }
+
+    /// Indexes the resource metadata of the served policies that declare a resource, oldest
+    /// first. Policies declaring the same URL share it when their documents are equal;
+    /// otherwise the URL is refused and each of them gets a [`ConflictKind::Resource`].
+    fn index_resources(&mut self, declared: Vec<Arc<Policy>>) -> Vec<Conflict> {
+        // (host, well-known path) and the policies declaring it, oldest first.
+        type Group = ((String, String), Vec<Arc<Policy>>);
+        let mut groups: Vec<Group> = Vec::new();
+        for policy in declared {
+            let Some(resource) = &policy.resource else {
+                continue;
+            };
+            let key = (resource.host.clone(), resource.path.clone());
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, group)) => group.push(policy),
+                None => groups.push((key, vec![policy])),
+            }
+        }
+        let document = |p: &Arc<Policy>| p.resource.as_ref().map(|r| r.document.clone());
+        let mut conflicts = Vec::new();
+        for ((host, path), group) in groups {
+            let first = document(&group[0]);
+            let entry = if group.iter().all(|p| document(p) == first) {
+                ResourceEntry::Served(group[0].clone())
+            } else {
+                for policy in &group {
+                    let mine = document(policy);
+                    let Some(holder) = group.iter().find(|other| document(other) != mine) else {
+                        continue;
+                    };
+                    conflicts.push(Conflict {
+                        policy: policy.id.clone(),
+                        holder: holder.id.clone(),
+                        host: host.clone(),
+                        path: path.clone(),
+                        kind: ConflictKind::Resource,
+                    });
+                }
+                ResourceEntry::Conflicted(group.iter().map(|p| p.id.clone()).collect())
+            };
+            self.resources.entry(host).or_default().insert(path, entry);
+        }
+        conflicts
+    }
+
+    /// Who answers the protected resource metadata URL `path` (read, without the query) on
+    /// `host` (normalized), if a policy declares one there.
+    pub fn resource(&self, host: &str, path: &str) -> Option<&ResourceEntry> {
+        if self.resources.is_empty() || !path.starts_with(super::compile::WELL_KNOWN) {
+            return None;
+        }
+        self.resources.get(host)?.get(path)
     }
 
     fn set_owner(&mut self, pattern: &HostPattern, namespace: &Arc<str>) {

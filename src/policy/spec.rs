@@ -161,6 +161,13 @@ pub struct JwtPolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub when: Vec<ConditionSpec>,
+    /// The OAuth 2.0 protected resource this policy guards (RFC 9728): tollgate answers
+    /// `GET /.well-known/oauth-protected-resource<path of resource>` on the resource's host
+    /// with its metadata document, and names that URL in the `resource_metadata` parameter of
+    /// the policy's `WWW-Authenticate` challenges, so clients (MCP clients among them) discover
+    /// where to get a token. Declaring a resource claims its host for the policy's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_metadata: Option<ResourceMetadataSpec>,
 }
 
 /// A CEL condition (docs/cel.md).
@@ -195,6 +202,44 @@ pub struct ComputedHeaderSpec {
     /// header cannot carry removes the header.
     #[schemars(length(min = 1, max = 4096))]
     pub expression: String,
+}
+
+/// An OAuth 2.0 protected resource and its metadata (RFC 9728 §2).
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceMetadataSpec {
+    /// The resource identifier: an https URL without query or fragment, with a lower-case
+    /// host and no default port, written exactly as clients name the resource (they compare
+    /// it as a string with the document's `resource`), e.g. `https://api.example.com/mcp`.
+    /// Its metadata is served at `https://api.example.com/.well-known/oauth-protected-resource/mcp`
+    /// (for `https://api.example.com`: `…/.well-known/oauth-protected-resource`).
+    #[schemars(length(min = 9, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') && !self.contains('#') && !self.contains('?')").message("resource must be an https URL without query or fragment (RFC 9728 §2)"))]
+    pub resource: String,
+    /// Issuer identifiers of the authorization servers that issue tokens for this resource
+    /// (`authorization_servers`). Default: the policy's issuers that are https URLs, and for
+    /// Azure AD issuers (azureAd or hand-written) the tenant's v2.0 issuer, whose discovery
+    /// document serves v1 and v2 tokens alike.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 9, max = 2048)))]
+    #[x_kube(validation = Rule::new("self.all(s, s.startsWith('https://'))").message("authorization servers are https issuer identifiers"))]
+    pub authorization_servers: Vec<String>,
+    /// Scope values clients may request to reach this resource (`scopes_supported`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = r"^[!#-\[\]-~]+$"), length(min = 1, max = 256))
+    )]
+    pub scopes_supported: Vec<String>,
+    /// A human-readable name of the resource (`resource_name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub resource_name: Option<String>,
+    /// An https URL of the resource's documentation for developers (`resource_documentation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://')").message("resourceDocumentation must be an https URL"))]
+    pub resource_documentation: Option<String>,
 }
 
 /// Azure AD token versions.
@@ -855,7 +900,8 @@ pub struct JwtPolicyStatus {
     /// The `metadata.generation` the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Accepted` (the spec compiled; reasons `InvalidSpec`, `SecretNotFound`, `HostConflict`) and
+    /// `Accepted` (the spec compiled; reasons `InvalidSpec`, `SecretNotFound`, `HostConflict`,
+    /// `ResourceConflict`: its resource metadata is refused, its requests are still judged) and
     /// `Ready` (every issuer's keys fetched; reason `IssuerUnreachable` when not).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -227,6 +227,6 @@ fn the_example_policies_are_valid() {
         .expect("run");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "ok: 3 policies (shop/internal, shop/inventory, shop/orders)\n"
+        "ok: 4 policies (shop/internal, shop/inventory, shop/mcp, shop/orders)\n"
     );
 }

@@ -22,6 +22,7 @@ mod mtls;
 mod nginx;
 mod paths;
 mod replicas;
+mod resource_metadata;
 mod serve;
 mod support;
 mod traefik;

@@ -227,3 +227,62 @@ fn the_example_policies_pass_the_crd_rules() {
     }
     assert_eq!(names, ["orders", "internal", "inventory"]);
 }
+
+#[test]
+fn cel_rules_of_resource_metadata() {
+    let with =
+        |metadata: Value| json!({"issuers": [issuer(json!({}))], "resourceMetadata": metadata});
+    let ok = [
+        json!({"resource": "https://api.example.com"}),
+        json!({"resource": "https://api.example.com/mcp", "authorizationServers": ["https://login.example.com/t/v2.0"], "scopesSupported": ["mcp.tools"], "resourceName": "MCP", "resourceDocumentation": "https://docs.example.com/mcp"}),
+    ];
+    for metadata in ok {
+        assert_eq!(cel(&policy(with(metadata.clone()))), Ok(()), "{metadata}");
+    }
+    let bad = [
+        (
+            json!({"resource": "http://api.example.com/mcp"}),
+            "without query or fragment",
+        ),
+        (
+            json!({"resource": "https://api.example.com/mcp#x"}),
+            "without query or fragment",
+        ),
+        (
+            json!({"resource": "https://api.example.com/mcp?v=1"}),
+            "without query or fragment",
+        ),
+        (
+            json!({"resource": "https://api.example.com/mcp", "authorizationServers": ["http://login.example.com/"]}),
+            "https issuer identifiers",
+        ),
+        (
+            json!({"resource": "https://api.example.com/mcp", "resourceDocumentation": "http://docs.example.com/"}),
+            "resourceDocumentation must be an https URL",
+        ),
+    ];
+    for (metadata, message) in bad {
+        let err = cel(&policy(with(metadata.clone()))).expect_err(&metadata.to_string());
+        assert!(err.contains(message), "{metadata}: {err}");
+    }
+}
+
+#[test]
+fn the_mcp_example_passes_the_crd_rules_and_compiles() {
+    let path = format!("{}/examples/policies/mcp.yaml", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("example");
+    let docs = crate::policy::files::parse_documents(text.as_bytes()).expect("parses");
+    assert_eq!(docs.len(), 1);
+    for (_, doc) in docs {
+        assert_eq!(
+            cel(&policy(serde_json::to_value(&doc.spec).expect("json"))),
+            Ok(())
+        );
+        let policy = crate::fixtures::try_compile(&doc.metadata.name, &doc.spec).expect("compiles");
+        let resource = policy.resource.expect("declares a resource");
+        assert_eq!(
+            resource.metadata_url,
+            "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
+        );
+    }
+}
