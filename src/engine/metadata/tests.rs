@@ -39,6 +39,7 @@ async fn decide(
         headers: Headers::Map(&headers),
         policy,
         route: None,
+        source: Default::default(),
     };
     check(snapshot, &request, SystemTime::now()).await
 }
