@@ -86,11 +86,14 @@ pub enum Reason {
     NotReady,
     /// A bug or an unexpected internal state (answers 500).
     Internal,
+    /// Allowed because the policy is in `mode: dryRun`; it would have denied the request
+    /// (the decision's `dry_run` says with which reason).
+    DryRun,
 }
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 35] = [
+    pub const ALL: [Reason; 36] = [
         Reason::Valid,
         Reason::Anonymous,
         Reason::DefaultAllow,
@@ -126,6 +129,7 @@ impl Reason {
         Reason::IntrospectionInvalid,
         Reason::NotReady,
         Reason::Internal,
+        Reason::DryRun,
     ];
 
     /// The stable snake_case code.
@@ -166,6 +170,7 @@ impl Reason {
             Reason::IntrospectionInvalid => "introspection_invalid",
             Reason::NotReady => "not_ready",
             Reason::Internal => "internal_error",
+            Reason::DryRun => "dry_run",
         }
     }
 
@@ -224,13 +229,18 @@ impl Reason {
             Reason::IntrospectionInvalid => "token introspection gave an invalid answer",
             Reason::NotReady => "policies are still loading; try again shortly",
             Reason::Internal => "internal error",
+            Reason::DryRun => "the policy is in dry-run mode and lets the request through",
         }
     }
 
     /// The RFC 6750 `error` code for the challenge, if any. A missing token gets none (§3.1).
     pub fn oauth_error(self) -> Option<&'static str> {
         match self {
-            Reason::Valid | Reason::Anonymous | Reason::DefaultAllow | Reason::TokenMissing => None,
+            Reason::Valid
+            | Reason::Anonymous
+            | Reason::DefaultAllow
+            | Reason::DryRun
+            | Reason::TokenMissing => None,
             Reason::InsufficientScope => Some("insufficient_scope"),
             Reason::RequestMalformed => Some("invalid_request"),
             Reason::NoPolicy
@@ -255,6 +265,7 @@ impl Reason {
             Reason::Valid
                 | Reason::Anonymous
                 | Reason::DefaultAllow
+                | Reason::DryRun
                 | Reason::NoPolicy
                 | Reason::PolicyNotFound
                 | Reason::PolicyConflict
@@ -327,6 +338,14 @@ impl Decision {
         self
     }
 
+    /// The denial a dry-run policy recorded instead of answering (`mode: dryRun`).
+    pub fn would_deny(&self) -> Option<&Deny> {
+        match self {
+            Decision::Allow(a) => a.dry_run.as_deref(),
+            Decision::Deny(_) => None,
+        }
+    }
+
     /// Attaches a trace (if it recorded anything).
     pub fn with_trace(mut self, trace: Trace) -> Self {
         if trace.is_on() {
@@ -389,6 +408,10 @@ pub struct Allow {
     pub trace: Option<Arc<Trace>>,
     /// The path as judged (see `route::read_path`), once it could be read.
     pub path: Option<String>,
+    /// Set when the policy is in `mode: dryRun` and would have denied the request: the denial
+    /// it would have answered (status, reason, description, hint). The request is allowed
+    /// (`reason` is `dry_run`) without identity headers unless the token itself passed.
+    pub dry_run: Option<Box<Deny>>,
 }
 
 /// A denied request and the HTTP answer the client receives.

@@ -327,6 +327,8 @@ pub struct Policy {
     /// Unique per compilation in this process: verified-token cache entries belong to one
     /// compiled policy, so a recompiled one never sees its predecessor's.
     pub instance: u64,
+    /// `mode: dryRun`: a denial becomes an allow that records it ([`crate::dry_run`]).
+    pub dry_run: bool,
 }
 
 fn next_instance() -> u64 {
@@ -646,6 +648,7 @@ pub fn compile(
             .unwrap_or_default(),
         warnings,
         instance: next_instance(),
+        dry_run: spec.mode == spec::PolicyMode::DryRun,
     })
 }
 
