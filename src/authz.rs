@@ -205,6 +205,9 @@ impl Authorization for AuthzService {
         let (decision, info) = self.decide(&request).await;
         self.metrics.observe("grpc", &decision, start.elapsed());
         telemetry::log_decision(&info, &decision);
+        self.shared
+            .dry_run()
+            .observe(&info, &decision, SystemTime::now());
         Ok(Response::new(to_check_response(&decision)))
     }
 }
@@ -242,6 +245,17 @@ pub fn to_check_response(decision: &Decision) -> CheckResponse {
             }
             if let Some(issuer) = &allow.issuer {
                 metadata.insert("issuer".to_string(), string_value(issuer));
+            }
+            // A dry-run policy's would-be denial, for the gateway's access log
+            // (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:dry_run)%`).
+            if let Some(deny) = &allow.dry_run {
+                metadata.insert("dry_run".to_string(), string_value(deny.reason.as_str()));
+                metadata.insert(
+                    "dry_run_status".to_string(),
+                    prost_types::Value {
+                        kind: Some(Kind::NumberValue(f64::from(deny.status))),
+                    },
+                );
             }
             if let Some(claims) = &allow.claims {
                 metadata.insert(

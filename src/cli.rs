@@ -210,6 +210,11 @@ pub struct ServeArgs {
     /// Longest a cached verification is used before the token is verified again.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub token_cache_max_age: Duration,
+    /// Most "dry run: would deny" log lines per dry-run policy and minute (0: every one). The
+    /// lines left out are counted in the next line's `suppressed_before`; the metrics and
+    /// `status.dryRun` count every would-be denial.
+    #[arg(long, default_value_t = crate::dry_run::DEFAULT_LOG_LIMIT, env = "TOLLGATE_DRY_RUN_LOG_LIMIT")]
+    pub dry_run_log_limit: u64,
 }
 
 #[derive(Debug, Args)]
@@ -322,6 +327,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 _ => None,
             };
             telemetry::set_denial_log_limit(args.denial_log_limit);
+            crate::dry_run::set_log_limit(args.dry_run_log_limit);
             let grpc_tls = match (args.grpc_tls_cert, args.grpc_tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {
                     cert,
@@ -509,6 +515,14 @@ fn check_policy(paths: Vec<PathBuf>, delegations: Option<&std::path::Path>) -> a
                 .map(move |w| format!("warning: policy {}: {}: {}", p.id, w.field, w.message))
         })
         .collect();
+    // A policy on trial enforces nothing: say so, so it is not mistaken for one that does.
+    warnings.extend(
+        snapshot
+            .iter()
+            .flat_map(|s| s.policies())
+            .filter(|p| p.dry_run)
+            .map(|p| format!("note: policy {}: mode: dryRun: it allows every request and records what it would deny", p.id)),
+    );
     warnings.sort();
     for warning in &warnings {
         println!("{warning}");

@@ -93,11 +93,14 @@ pub enum Reason {
     /// answered with the document (200) by tollgate itself, never by the upstream; 404 from
     /// forward authentication, which can only let the request through.
     ResourceMetadata,
+    /// Allowed because the policy is in `mode: dryRun`; it would have denied the request
+    /// (the decision's `dry_run` says with which reason).
+    DryRun,
 }
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 37] = [
+    pub const ALL: [Reason; 38] = [
         Reason::Valid,
         Reason::Anonymous,
         Reason::DefaultAllow,
@@ -135,6 +138,7 @@ impl Reason {
         Reason::NotReady,
         Reason::Internal,
         Reason::ResourceMetadata,
+        Reason::DryRun,
     ];
 
     /// The stable snake_case code.
@@ -177,6 +181,7 @@ impl Reason {
             Reason::NotReady => "not_ready",
             Reason::Internal => "internal_error",
             Reason::ResourceMetadata => "resource_metadata",
+            Reason::DryRun => "dry_run",
         }
     }
 
@@ -239,13 +244,18 @@ impl Reason {
             Reason::ResourceMetadata => {
                 "the protected resource metadata is served by tollgate at this URL, not through forward authentication"
             }
+            Reason::DryRun => "the policy is in dry-run mode and lets the request through",
         }
     }
 
     /// The RFC 6750 `error` code for the challenge, if any. A missing token gets none (§3.1).
     pub fn oauth_error(self) -> Option<&'static str> {
         match self {
-            Reason::Valid | Reason::Anonymous | Reason::DefaultAllow | Reason::TokenMissing => None,
+            Reason::Valid
+            | Reason::Anonymous
+            | Reason::DefaultAllow
+            | Reason::DryRun
+            | Reason::TokenMissing => None,
             Reason::InsufficientScope | Reason::ConditionFailed => Some("insufficient_scope"),
             Reason::RequestMalformed => Some("invalid_request"),
             Reason::NoPolicy
@@ -271,6 +281,7 @@ impl Reason {
             Reason::Valid
                 | Reason::Anonymous
                 | Reason::DefaultAllow
+                | Reason::DryRun
                 | Reason::NoPolicy
                 | Reason::PolicyNotFound
                 | Reason::PolicyConflict
@@ -344,6 +355,14 @@ impl Decision {
         self
     }
 
+    /// The denial a dry-run policy recorded instead of answering (`mode: dryRun`).
+    pub fn would_deny(&self) -> Option<&Deny> {
+        match self {
+            Decision::Allow(a) => a.dry_run.as_deref(),
+            Decision::Deny(_) => None,
+        }
+    }
+
     /// Attaches a trace (if it recorded anything).
     pub fn with_trace(mut self, trace: Trace) -> Self {
         if trace.is_on() {
@@ -406,6 +425,10 @@ pub struct Allow {
     pub trace: Option<Arc<Trace>>,
     /// The path as judged (see `route::read_path`), once it could be read.
     pub path: Option<String>,
+    /// Set when the policy is in `mode: dryRun` and would have denied the request: the denial
+    /// it would have answered (status, reason, description, hint). The request is allowed
+    /// (`reason` is `dry_run`) without identity headers unless the token itself passed.
+    pub dry_run: Option<Box<Deny>>,
 }
 
 /// A denied request and the HTTP answer the client receives.

@@ -129,7 +129,8 @@ async fn check_path(
         snapshot, request, host, path, reading, now, trace,
     ))
     .await;
-    if !as_sent.is_allow() {
+    // A denial, or a dry-run policy's would-be denial, of the method as sent is the answer.
+    if !as_sent.is_allow() || as_sent.would_deny().is_some() {
         return as_sent;
     }
     let overridden = Request {
@@ -578,7 +579,49 @@ async fn judge_traced(
             || deny.hint.clone(),
         );
     }
+    let decision = match decision {
+        Decision::Deny(deny) if policy.dry_run => {
+            let allow = dry_run_allow(policy, request);
+            would_deny(allow, deny, &mut trace)
+        }
+        decision => decision,
+    };
     decision.with_trace(trace)
+}
+
+/// What the upstream receives when a dry-run policy would have denied a request whose token
+/// did not pass (or was not there): what an anonymous rule sends. No identity header (the
+/// policy's `claimsToHeaders` and `payloadHeader`) travels, whatever the client sent, nor the
+/// debug header; the token is removed from every place the policy reads when `keepToken` is
+/// false.
+fn dry_run_allow(policy: &Arc<Policy>, request: &Request<'_>) -> Allow {
+    let mut out = Allow {
+        policy: Some(policy.id.clone()),
+        headers_to_remove: forward_headers(policy)
+            .chain(policy.trace_header.as_ref().map(|t| t.name.as_str()))
+            .map(str::to_owned)
+            .collect(),
+        ..Allow::default()
+    };
+    if !policy.forward.keep_token {
+        for source in [TokenSource::Header, TokenSource::Query, TokenSource::Cookie] {
+            remove_token(policy, request, source, &mut out);
+        }
+    }
+    out
+}
+
+/// `mode: dryRun`: `allow` goes through, carrying the denial the policy would have answered.
+fn would_deny(mut allow: Allow, deny: Deny, trace: &mut Trace) -> Decision {
+    trace.info("mode", || {
+        format!(
+            "dry run: would deny with {} ({}); allowed because the policy has mode: dryRun",
+            deny.reason, deny.status
+        )
+    });
+    allow.reason = Reason::DryRun;
+    allow.dry_run = Some(Box::new(deny));
+    Decision::Allow(allow)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -664,6 +707,7 @@ async fn judge_inner(
         Ok(verified) => verified,
         Err(failure) => return failure.deny(policy, host, token_id(), trace),
     };
+    let mut unmet_rule = None;
     if let Some(rule) = rule.filter(|r| !r.requirements.is_empty()) {
         let claims = verified.claims.map();
         for requirement in &rule.requirements {
@@ -674,17 +718,36 @@ async fn judge_inner(
                         requirement.describe()
                     ))
                 });
-                return deny(
-                    Some(policy),
-                    host,
-                    Reason::InsufficientScope,
-                    unmet.detail,
-                    None,
-                    Some(token_id()),
-                );
+                unmet_rule = Some((unmet.detail, requirement));
+                break;
             }
             trace.pass("rule", || requirement.describe());
         }
+    }
+    if let Some((detail, requirement)) = unmet_rule {
+        let denial = deny(
+            Some(policy),
+            host,
+            Reason::InsufficientScope,
+            detail,
+            None,
+            Some(token_id()),
+        );
+        // Dry run: the token passed, so its verified claims fill the identity headers as on
+        // any allow; only the rule's requirement is unmet.
+        return match denial {
+            Decision::Deny(mut denial) if policy.dry_run => {
+                denial.hint = Some(format!(
+                    "this path/method needs {}: grant it to the client, or change spec.rules",
+                    requirement.describe()
+                ));
+                match allow(policy, verified, request, source) {
+                    Decision::Allow(allowed) => would_deny(allowed, denial, trace),
+                    other => other,
+                }
+            }
+            denial => denial,
+        };
     }
     let Some(cel) = &policy.cel else {
         return allow(policy, verified, request, source);
@@ -694,14 +757,22 @@ async fn judge_inner(
     } else {
         Inputs::new(&cel.reads, None, &view(), now)
     };
-    if let Err(denied) = conditions(policy, rule, cel, &inputs, host, Some(token_id()), trace) {
-        return denied;
-    }
+    let failed = match conditions(policy, rule, cel, &inputs, host, Some(token_id()), trace) {
+        Err(denial) if !policy.dry_run => return denial,
+        result => result.err(),
+    };
     let mut decision = allow(policy, verified, request, source);
     if let Decision::Allow(out) = &mut decision {
         computed_headers(policy, cel, &inputs, out, trace);
     }
-    decision
+    match (failed, decision) {
+        // Dry run: the token passed, so its verified claims fill the identity headers as on
+        // any allow; only the condition is not met.
+        (Some(Decision::Deny(denial)), Decision::Allow(allowed)) => {
+            would_deny(allowed, denial, trace)
+        }
+        (_, decision) => decision,
+    }
 }
 
 /// Checks the policy's and then the rule's `when` conditions: the first that is not true
@@ -1625,3 +1696,6 @@ fn deny_with(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod dry_run_tests;

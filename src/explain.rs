@@ -107,6 +107,17 @@ pub struct Explanation {
     pub unverified: bool,
     #[serde(flatten)]
     pub trace: Trace,
+    /// The policy is in `mode: dryRun` and would have denied the request (which is allowed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<WouldDeny>,
+}
+
+/// The denial a dry-run policy records instead of answering.
+#[derive(Clone, Debug, Serialize)]
+pub struct WouldDeny {
+    pub status: u16,
+    pub reason: &'static str,
+    pub description: String,
 }
 
 impl Explanation {
@@ -240,8 +251,12 @@ pub async fn explain(
         .trace()
         .map(|t| (**t).clone())
         .unwrap_or_else(Trace::on);
+    // A dry-run policy's would-be denial is explained like a denial.
+    let judged = decision
+        .would_deny()
+        .map_or(decision.reason(), |d| d.reason);
     let unverified = offline
-        && decision.reason() == Reason::IssuerUnavailable
+        && judged == Reason::IssuerUnavailable
         && continue_unverified(snapshot, &decision, &mut trace, now);
     let (status, description) = match &decision {
         Decision::Allow(_) => (200, None),
@@ -261,6 +276,11 @@ pub async fn explain(
         offline,
         unverified,
         trace,
+        dry_run: decision.would_deny().map(|deny| WouldDeny {
+            status: deny.status,
+            reason: deny.reason.as_str(),
+            description: deny.description.clone(),
+        }),
     })
 }
 
@@ -370,6 +390,12 @@ pub fn render_text(e: &Explanation) -> String {
     };
     out.push_str(&verdict);
     out.push('\n');
+    if let Some(would) = &e.dry_run {
+        out.push_str(&format!(
+            "dry run: would deny with {} ({}): {}\n",
+            would.reason, would.status, would.description
+        ));
+    }
     out
 }
 

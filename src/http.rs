@@ -351,6 +351,9 @@ async fn handle(
         route: None,
     };
     telemetry::log_decision(&info, &decision);
+    auth.shared
+        .dry_run()
+        .observe(&info, &decision, SystemTime::now());
     let kept = auth.kept_token(original.family, &decision, &headers);
     to_response(&decision, original.family, kept)
 }

@@ -9,7 +9,8 @@
 //!                               self-refreshing key sets)                      ▼
 //! Envoy ── gRPC Check ──► authz ──► engine::check ──► validate (pure) ──► Decision
 //! nginx, Traefik (/auth), ──► http ──┘                                  ├─► metrics, telemetry
-//! Envoy HTTP ext_authz                                                  └─► CheckResponse, HTTP answer
+//! Envoy HTTP ext_authz                                                  ├─► dry_run (mode: dryRun)
+//!                                                                       └─► CheckResponse, HTTP answer
 //! ```
 //!
 //! Layering: `jose`, `claims`, `validate`, `engine` and `policy` know neither protobuf nor
@@ -25,6 +26,7 @@ pub mod client;
 pub mod controller;
 pub mod decision;
 pub mod demo;
+pub mod dry_run;
 pub mod engine;
 pub mod explain;
 pub mod expression;

@@ -27,6 +27,14 @@ struct DecisionLabels {
     reason: &'static str,
 }
 
+/// Would-be denials of dry-run policies: one series per policy and reason code, bounded like
+/// the decision counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DryRunLabels {
+    policy: String,
+    reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LatencyLabels {
     transport: &'static str,
@@ -54,6 +62,7 @@ pub struct Metrics {
     policy_problems: Gauge,
     reload_duration: Histogram,
     handshakes: Family<HandshakeLabels, Counter>,
+    dry_run_denials: Family<DryRunLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,6 +125,12 @@ impl Metrics {
             "TLS handshakes on a listener by outcome (ok, refused, timeout)",
             handshakes.clone(),
         );
+        let dry_run_denials = Family::<DryRunLabels, Counter>::default();
+        registry.register(
+            "dry_run_denials",
+            "Requests a policy in mode: dryRun would have denied (and allowed), by policy and reason",
+            dry_run_denials.clone(),
+        );
         if let Some(sources) = sources {
             registry.register_collector(Box::new(SourceCollector { sources }));
         }
@@ -131,6 +146,7 @@ impl Metrics {
             policy_problems,
             reload_duration,
             handshakes,
+            dry_run_denials,
         })
     }
 
@@ -148,6 +164,14 @@ impl Metrics {
         self.latency
             .get_or_create(&LatencyLabels { transport, result })
             .observe(elapsed.as_secs_f64());
+        if let Some(deny) = decision.would_deny() {
+            self.dry_run_denials
+                .get_or_create(&DryRunLabels {
+                    policy: decision.policy().unwrap_or("").to_string(),
+                    reason: deny.reason.as_str(),
+                })
+                .inc();
+        }
     }
 
     /// Records a reload and how long it took.
@@ -329,5 +353,55 @@ impl Collector for CacheCollector {
             [(vec![], ConstGauge::new(stats.weight as f64))],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::{Allow, Reason};
+    use crate::fixtures::mk_policy;
+
+    #[test]
+    fn dry_run_denials_are_counted_by_policy_and_reason_only() {
+        let metrics = Metrics::new(None, None);
+        let policy = mk_policy("orders", "{mode: dryRun}");
+        let deny =
+            |reason| crate::engine::deny(Some(&policy), "h", reason, "why".into(), None, None);
+        let would = |reason| match deny(reason) {
+            Decision::Deny(d) => Decision::Allow(Allow {
+                policy: Some(policy.id.clone()),
+                reason: Reason::DryRun,
+                dry_run: Some(Box::new(d)),
+                ..Allow::default()
+            }),
+            allow => allow,
+        };
+        for decision in [
+            would(Reason::TokenExpired),
+            would(Reason::TokenExpired),
+            would(Reason::IssuerUnavailable),
+            // An enforced denial and a plain allow are decisions, not dry-run denials.
+            deny(Reason::TokenExpired),
+            Decision::Allow(Allow {
+                policy: Some(policy.id.clone()),
+                ..Allow::default()
+            }),
+        ] {
+            metrics.observe("grpc", &decision, Duration::from_millis(1));
+        }
+        let text = metrics.encode();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tollgate_dry_run_denials_total"))
+            .collect();
+        assert_eq!(
+            series,
+            [
+                "tollgate_dry_run_denials_total{policy=\"test/orders\",reason=\"token_expired\"} 2",
+                "tollgate_dry_run_denials_total{policy=\"test/orders\",reason=\"issuer_unavailable\"} 1",
+            ],
+            "{text}"
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::decision::Decision;
+use crate::decision::{Allow, Decision, Deny};
 use crate::trace;
 
 /// Log output format.
@@ -129,7 +129,11 @@ pub fn log_decision(info: &RequestInfo<'_>, decision: &Decision) {
     let path = decision
         .path()
         .unwrap_or_else(|| info.path.split('?').next().unwrap_or(""));
-    if let (Decision::Deny(deny), Some(steps)) = (decision, decision.trace()) {
+    let denied = match decision {
+        Decision::Deny(deny) => Some(deny),
+        Decision::Allow(allow) => allow.dry_run.as_deref(),
+    };
+    if let (Some(deny), Some(steps)) = (denied, decision.trace()) {
         tracing::debug!(
             target: trace::LOG_TARGET,
             request_id = info.request_id,
@@ -192,6 +196,35 @@ pub fn log_decision(info: &RequestInfo<'_>, decision: &Decision) {
             )
         }
     }
+}
+
+/// Logs what a dry-run policy would have denied (at info, like a denial): the request is
+/// allowed, and the line says with which status, reason, description and hint it would not
+/// have been. `suppressed` counts the lines of this policy left out since its last one
+/// (`--dry-run-log-limit`).
+pub fn log_would_deny(info: &RequestInfo<'_>, allow: &Allow, deny: &Deny, suppressed: u64) {
+    let path = allow
+        .path
+        .as_deref()
+        .unwrap_or_else(|| info.path.split('?').next().unwrap_or(""));
+    tracing::info!(
+        transport = info.transport,
+        request_id = info.request_id,
+        method = info.method,
+        host = info.host,
+        path,
+        route = info.route.as_deref().unwrap_or(""),
+        policy = allow.policy.as_deref().unwrap_or(""),
+        result = "allow",
+        dry_run = true,
+        status = deny.status,
+        reason = deny.reason.as_str(),
+        description = %deny.description,
+        hint = deny.hint.as_deref().unwrap_or(""),
+        token = deny.token_id.as_deref().unwrap_or(""),
+        suppressed_before = suppressed,
+        "dry run: would deny"
+    );
 }
 
 #[cfg(test)]

@@ -336,3 +336,57 @@ fn envoy_gateway_route_metadata_names_the_route_and_rule() {
         None
     );
 }
+
+/// A dry-run policy over the whole gRPC path: the answer allows and tells the gateway what it
+/// would have denied, the metric counts it, the replica's window holds it.
+#[tokio::test]
+async fn a_dry_run_policy_allows_and_reports_what_it_would_deny() {
+    let shared = SharedSnapshot::new(DefaultAction::Deny);
+    let policy = mk_policy(
+        "orders",
+        "{mode: dryRun, match: {hosts: [api.example.com]}, forward: {claimsToHeaders: [{claim: sub, header: x-user-id}]}}",
+    );
+    shared.publish(Snapshot::build(vec![policy], DefaultAction::Deny).0);
+    shared.set_ready();
+    let metrics = Metrics::new(None, None);
+    let service = AuthzService::new(shared.clone(), metrics.clone());
+    let expired = RSA
+        .mint(&claims_with(serde_json::json!({"exp": 1})))
+        .expect("mint");
+    for token in [None, Some(expired.as_str()), Some(expired.as_str())] {
+        let response = service
+            .check(tonic::Request::new(request(http(token))))
+            .await
+            .expect("an answer")
+            .into_inner();
+        let Some(HttpResponse::OkResponse(ok)) = &response.http_response else {
+            panic!("expected an allow, got {response:?}");
+        };
+        assert_eq!(ok.headers_to_remove, ["x-user-id"]);
+        assert!(ok.headers.is_empty());
+        let fields = &response.dynamic_metadata.expect("metadata").fields;
+        let reason = if token.is_some() {
+            "token_expired"
+        } else {
+            "token_missing"
+        };
+        assert_eq!(fields["dry_run"], string_value(reason));
+        assert_eq!(
+            fields["dry_run_status"].kind,
+            Some(Kind::NumberValue(401.0))
+        );
+        assert!(!fields.contains_key("claims"));
+    }
+    let text = metrics.encode();
+    for line in [
+        "tollgate_dry_run_denials_total{policy=\"test/orders\",reason=\"token_missing\"} 1",
+        "tollgate_dry_run_denials_total{policy=\"test/orders\",reason=\"token_expired\"} 2",
+        "tollgate_decisions_total{transport=\"grpc\",policy=\"test/orders\",result=\"allow\",reason=\"dry_run\"} 3",
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
+    let report = shared.dry_run().report(std::time::SystemTime::now());
+    let (_, window) = &report["test/orders"];
+    assert_eq!(window.requests, 3);
+    assert_eq!(window.denials["token_expired"], 2);
+}

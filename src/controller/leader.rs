@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::index::{IndexView, PolicyView};
 use super::replicas::Identity;
-use super::status::{ReplicaReport, desired_status};
+use super::status::{ReplicaReport, desired_status, same_but_dry_run_counts};
 use super::watch::jwt_policy_resource;
 use crate::policy::spec::JwtPolicyStatus;
 
@@ -72,6 +72,8 @@ pub fn spawn_status_writer(
             recorder,
             written: HashMap::new(),
             evented: HashSet::new(),
+            counted: HashMap::new(),
+            count_every: identity.heartbeat * 3,
         };
         let mut ticker = tokio::time::interval(RESYNC);
         loop {
@@ -128,6 +130,11 @@ struct StatusWriter {
     written: HashMap<Arc<str>, JwtPolicyStatus>,
     /// (policy, generation, reason) already recorded as an Event.
     evented: HashSet<(Arc<str>, i64, String)>,
+    /// When each dry-run policy's status was last written.
+    counted: HashMap<Arc<str>, std::time::Instant>,
+    /// New dry-run counts alone are written at most this often (every replica's heartbeat
+    /// changes them; three heartbeats keep the writes per policy independent of the replicas).
+    count_every: Duration,
 }
 
 impl StatusWriter {
@@ -137,9 +144,23 @@ impl StatusWriter {
             let desired = desired_status(policy, reports, now);
             let unchanged = policy.status.as_ref() == Some(&desired)
                 || self.written.get(&policy.id) == Some(&desired);
-            if !unchanged {
+            let only_counts = self
+                .written
+                .get(&policy.id)
+                .or(policy.status.as_ref())
+                .is_some_and(|old| same_but_dry_run_counts(old, &desired));
+            let counted_lately = self
+                .counted
+                .get(&policy.id)
+                .is_some_and(|at| at.elapsed() < self.count_every);
+            let skip = unchanged || (only_counts && counted_lately);
+            if !skip {
                 match write_status(&self.client, policy, &desired).await {
                     Ok(()) => {
+                        if desired.dry_run.is_some() {
+                            self.counted
+                                .insert(policy.id.clone(), std::time::Instant::now());
+                        }
                         self.written.insert(policy.id.clone(), desired);
                     }
                     Err(error) => {
@@ -150,6 +171,8 @@ impl StatusWriter {
             self.record_event(policy).await;
         }
         self.written
+            .retain(|id, _| view.policies.iter().any(|p| p.id == *id));
+        self.counted
             .retain(|id, _| view.policies.iter().any(|p| p.id == *id));
     }
 

@@ -29,9 +29,16 @@ use tokio::sync::watch;
 
 use super::index::IndexView;
 use super::status::ReplicaReport;
+use crate::dry_run::{DryRunLedger, WindowReport};
 
 /// Annotation holding a replica's load report (JSON: `namespace/name` → generation).
 pub const LOADED_ANNOTATION: &str = "tollgate.dev/loaded";
+/// Annotation holding a replica's dry-run counts (JSON: `namespace/name` →
+/// [`WindowReport`]), for the policies it serves in `mode: dryRun`.
+pub const DRY_RUN_ANNOTATION: &str = "tollgate.dev/dry-run";
+/// The most bytes of the dry-run annotation (the API server allows 256 KiB of annotations per
+/// object): the policies past it, in name order, are left out of this replica's report.
+pub const DRY_RUN_ANNOTATION_BYTES: usize = 64 * 1024;
 /// Label naming the tollgate deployment a replica Lease belongs to.
 pub const INSTANCE_LABEL: &str = "tollgate.dev/instance";
 /// Label marking replica heartbeat Leases.
@@ -96,7 +103,72 @@ pub fn parse_report(lease: &Lease) -> Option<ReplicaReport> {
         loaded,
         renewed: spec.renew_time.as_ref().map(|t| SystemTime::from(t.0)),
         lease_duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
+        dry_run: lease
+            .annotations()
+            .get(DRY_RUN_ANNOTATION)
+            .and_then(|text| serde_json::from_str::<BTreeMap<String, WindowReport>>(text).ok())
+            .unwrap_or_default(),
     })
+}
+
+/// This replica's dry-run report: the window counts of each policy it serves in dry run, with
+/// the generation it serves (counts of a compiled policy the view does not hold yet wait for
+/// the next heartbeat), at most [`DRY_RUN_ANNOTATION_BYTES`] of JSON.
+pub fn dry_run_report(view: &IndexView, ledger: &DryRunLedger, now: SystemTime) -> String {
+    report_within(view, ledger, now, DRY_RUN_ANNOTATION_BYTES)
+}
+
+/// [`dry_run_report`] in at most `budget` bytes.
+fn report_within(
+    view: &IndexView,
+    ledger: &DryRunLedger,
+    now: SystemTime,
+    budget: usize,
+) -> String {
+    let counts = ledger.report(now);
+    let mut out = String::from("{");
+    let mut left_out = 0usize;
+    let mut policies: Vec<_> = view.policies.iter().collect();
+    policies.sort_by(|a, b| a.id.cmp(&b.id));
+    for policy in policies {
+        let (Some(compiled), Some(generation)) = (&policy.policy, policy.serving_generation) else {
+            continue;
+        };
+        let Some((instance, window)) = counts.get(&policy.id) else {
+            continue;
+        };
+        if *instance != compiled.instance {
+            continue;
+        }
+        let entry = WindowReport {
+            generation,
+            ..window.clone()
+        };
+        let (Ok(key), Ok(value)) = (
+            serde_json::to_string(&*policy.id),
+            serde_json::to_string(&entry),
+        ) else {
+            continue;
+        };
+        if out.len() + key.len() + value.len() + 3 > budget {
+            left_out += 1;
+            continue;
+        }
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(&key);
+        out.push(':');
+        out.push_str(&value);
+    }
+    out.push('}');
+    if left_out > 0 {
+        tracing::warn!(
+            left_out,
+            "the dry-run report is full: some dry-run policies get no status.dryRun counts from this replica"
+        );
+    }
+    out
 }
 
 /// Keeps this replica's heartbeat Lease current: on every new index view and every heartbeat.
@@ -105,6 +177,7 @@ pub fn spawn_heartbeat(
     identity: Identity,
     mut views: watch::Receiver<Arc<IndexView>>,
     stop: watch::Receiver<bool>,
+    dry_run: Arc<DryRunLedger>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &identity.namespace);
@@ -116,7 +189,13 @@ pub fn spawn_heartbeat(
         tokio::pin!(stopped);
         let mut ending = false;
         loop {
-            let loaded = views.borrow_and_update().loaded();
+            let (loaded, dry_run) = {
+                let view = views.borrow_and_update();
+                (
+                    view.loaded(),
+                    dry_run_report(&view, &dry_run, SystemTime::now()),
+                )
+            };
             let lease = json!({
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
@@ -127,7 +206,10 @@ pub fn spawn_heartbeat(
                         ROLE_LABEL: "replica",
                         INSTANCE_LABEL: identity.instance,
                     },
-                    "annotations": {LOADED_ANNOTATION: serde_json::to_string(&loaded).unwrap_or_default()},
+                    "annotations": {
+                        LOADED_ANNOTATION: serde_json::to_string(&loaded).unwrap_or_default(),
+                        DRY_RUN_ANNOTATION: dry_run,
+                    },
                 },
                 "spec": {
                     "holderIdentity": identity.name,
@@ -254,7 +336,13 @@ mod tests {
         };
         let (views, view) = watch::channel(Arc::new(IndexView::default()));
         let (_stop, stop) = watch::channel(false);
-        spawn_heartbeat(client, identity, view, stop);
+        spawn_heartbeat(
+            client,
+            identity,
+            view,
+            stop,
+            crate::dry_run::DryRunLedger::new(),
+        );
         let mut expect = async |loaded: serde_json::Value| {
             let (request, send) =
                 tokio::time::timeout(Duration::from_secs(5), handle.next_request())
@@ -360,5 +448,112 @@ mod tests {
         let mut bad = lease.clone();
         bad.metadata.annotations = Some([(LOADED_ANNOTATION.to_string(), "{".to_string())].into());
         assert!(parse_report(&bad).expect("report").loaded.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod dry_run_tests {
+    use super::*;
+    use crate::decision::{Allow, Decision, Reason};
+    use crate::fixtures::mk_policy;
+    use crate::telemetry::RequestInfo;
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use kube::api::ObjectMeta;
+
+    fn view_of(policy: Arc<crate::policy::Policy>, serving: i64) -> IndexView {
+        let (namespace, name) = policy.id.split_once('/').expect("namespace/name");
+        IndexView {
+            policies: vec![super::super::index::PolicyView {
+                id: policy.id.clone(),
+                namespace: namespace.into(),
+                name: name.into(),
+                uid: None,
+                created: String::new(),
+                generation: serving,
+                serving_generation: Some(serving),
+                error: None,
+                conflict: None,
+                policy: Some(policy),
+                status: None,
+                hosts: Vec::new(),
+                ancestors: Vec::new(),
+                targeted: false,
+            }],
+            delegations: crate::policy::HostDelegations::none(),
+        }
+    }
+
+    #[test]
+    fn the_report_carries_the_served_generation_and_round_trips_through_a_lease() {
+        let trial = mk_policy("orders", "{mode: dryRun}");
+        let ledger = DryRunLedger::new();
+        let now = SystemTime::now();
+        ledger.sync([&trial].into_iter(), now);
+        let Decision::Deny(deny) = crate::engine::deny(
+            Some(&trial),
+            "h",
+            Reason::TokenExpired,
+            "why".into(),
+            None,
+            None,
+        ) else {
+            unreachable!("a denial")
+        };
+        let decision = Decision::Allow(Allow {
+            policy: Some(trial.id.clone()),
+            reason: Reason::DryRun,
+            dry_run: Some(Box::new(deny)),
+            ..Allow::default()
+        });
+        ledger.observe(&RequestInfo::default(), &decision, now);
+        let text = dry_run_report(&view_of(trial.clone(), 7), &ledger, now);
+        let lease = Lease {
+            metadata: ObjectMeta {
+                annotations: Some([(DRY_RUN_ANNOTATION.to_string(), text)].into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                renew_time: Some(MicroTime(Timestamp::now())),
+                lease_duration_seconds: Some(30),
+                ..LeaseSpec::default()
+            }),
+        };
+        let report = parse_report(&lease).expect("report");
+        let window = &report.dry_run["test/orders"];
+        assert_eq!((window.generation, window.requests), (7, 1));
+        assert_eq!(window.denials["token_expired"], 1);
+
+        // The view serves another compilation than the ledger counted: nothing to report yet.
+        let recompiled = mk_policy("orders", "{mode: dryRun}");
+        assert_eq!(dry_run_report(&view_of(recompiled, 8), &ledger, now), "{}");
+        // An enforcing policy is never in the report.
+        let enforcing = mk_policy("orders", "{}");
+        ledger.sync([&enforcing].into_iter(), now);
+        assert_eq!(dry_run_report(&view_of(enforcing, 9), &ledger, now), "{}");
+    }
+
+    #[test]
+    fn the_report_stays_within_its_budget() {
+        let policies: Vec<_> = (0..40)
+            .map(|i| mk_policy(&format!("trial-{i:04}"), "{mode: dryRun}"))
+            .collect();
+        let ledger = DryRunLedger::new();
+        let now = SystemTime::now();
+        ledger.sync(policies.iter(), now);
+        let view = IndexView {
+            policies: policies
+                .iter()
+                .flat_map(|p| view_of(p.clone(), 1).policies)
+                .collect(),
+            delegations: crate::policy::HostDelegations::none(),
+        };
+        let text = report_within(&view, &ledger, now, 1000);
+        assert!(text.len() <= 1000, "{}", text.len());
+        let parsed: BTreeMap<String, WindowReport> = serde_json::from_str(&text).expect("json");
+        assert!(parsed.len() > 5 && parsed.len() < 40, "{}", parsed.len());
+        let all = dry_run_report(&view, &ledger, now);
+        let parsed_all: BTreeMap<String, WindowReport> = serde_json::from_str(&all).expect("json");
+        assert_eq!(parsed_all.len(), 40, "64 KiB holds them all");
+        assert!(parsed.contains_key("test/trial-0000"), "name order");
     }
 }

@@ -8,9 +8,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::index::PolicyView;
+use crate::dry_run::{self, WindowReport};
 use crate::policy::gateway::{self, AncestorState};
 use crate::policy::spec::{
-    AncestorRefStatus, IssuerStatus, JwtPolicyStatus, PolicyAncestorStatus, ReplicaCounts,
+    AncestorRefStatus, DryRunDenial, DryRunStatus, IssuerStatus, JwtPolicyStatus,
+    PolicyAncestorStatus, ReplicaCounts,
 };
 
 /// What one replica reports it serves, read from its heartbeat Lease.
@@ -23,6 +25,8 @@ pub struct ReplicaReport {
     pub renewed: Option<SystemTime>,
     /// How long a renewal stays valid.
     pub lease_duration: Duration,
+    /// Per dry-run policy it serves (`namespace/name`): what it would have denied recently.
+    pub dry_run: BTreeMap<String, WindowReport>,
 }
 
 impl ReplicaReport {
@@ -232,7 +236,78 @@ pub fn desired_status(
         issuers,
         loaded: Some(format!("{}/{}", counts.loaded, counts.total)),
         replicas: Some(counts),
+        dry_run: dry_run_status(view, &alive, now),
     }
+}
+
+/// `status.dryRun` of a policy whose serving generation is in dry run: the window counts of
+/// the live replicas serving that generation, summed. `None` for a policy that enforces.
+fn dry_run_status(
+    view: &PolicyView,
+    alive: &[&ReplicaReport],
+    now: SystemTime,
+) -> Option<DryRunStatus> {
+    let generation = view.serving_generation?;
+    if !view.policy.as_ref().is_some_and(|p| p.dry_run) {
+        return None;
+    }
+    let reports: Vec<&WindowReport> = alive
+        .iter()
+        .filter_map(|r| r.dry_run.get(&*view.id))
+        .filter(|w| w.generation == generation)
+        .collect();
+    let mut denials: BTreeMap<&str, u64> = BTreeMap::new();
+    for report in &reports {
+        for (reason, n) in &report.denials {
+            *denials.entry(reason.as_str()).or_default() += n;
+        }
+    }
+    let mut denials: Vec<(&str, u64)> = denials.into_iter().collect();
+    // Most frequent first; equal counts by reason code, so the order is stable.
+    denials.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let would_deny: u64 = denials.iter().map(|(_, n)| n).sum();
+    // The counts are complete from the time the last counted replica began counting; when
+    // that is a window ago or more, `since` has nothing to add.
+    let window_start = now - Duration::from_secs(dry_run::WINDOW_MINUTES * 60);
+    let since = reports
+        .iter()
+        .map(|r| SystemTime::UNIX_EPOCH + Duration::from_secs(r.since))
+        .max()
+        .filter(|since| *since > window_start)
+        .map(rfc3339);
+    Some(DryRunStatus {
+        window: dry_run::window_text(),
+        observed_generation: generation,
+        since,
+        replicas: i32::try_from(reports.len()).unwrap_or(i32::MAX),
+        requests: count(reports.iter().map(|r| r.requests).sum()),
+        would_deny: count(would_deny),
+        denials: denials
+            .into_iter()
+            .take(64)
+            .map(|(reason, n)| DryRunDenial {
+                reason: reason.to_string(),
+                count: count(n),
+            })
+            .collect(),
+    })
+}
+
+/// Whether two statuses differ at most in their dry-run counts (`requests`, `wouldDeny`,
+/// `denials`, `since`): such a change alone is written at a bounded rate.
+pub fn same_but_dry_run_counts(a: &JwtPolicyStatus, b: &JwtPolicyStatus) -> bool {
+    let shape = |s: &JwtPolicyStatus| {
+        let mut s = s.clone();
+        if let Some(d) = &mut s.dry_run {
+            d.requests = 0;
+            d.would_deny = 0;
+            d.denials.clear();
+            d.since = None;
+        }
+        s
+    };
+    shape(a) == shape(b)
 }
 
 /// The controller name in ancestor statuses.

@@ -91,12 +91,14 @@ pub fn spawn_kubernetes(
     let identity = identity(&client, options);
     tracing::info!(replica = %identity.name, namespace = %identity.namespace, instance = %identity.instance,
         "Kubernetes mode");
+    let dry_run = shared.dry_run().clone();
     let (index, views) = spawn_controller(client.clone(), options, key_sources, settings, shared);
     let heartbeat = replicas::spawn_heartbeat(
         client.clone(),
         identity.clone(),
         views.clone(),
         stop.clone(),
+        dry_run,
     );
     let reports = replicas::spawn_replica_watch(client.clone(), &identity);
     let writer = leader::spawn_status_writer(client, identity, views.clone(), reports, stop);

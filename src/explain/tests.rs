@@ -262,6 +262,15 @@ fn cases(enc_key: &tempfile::NamedTempFile) -> Vec<Case> {
             Some(token(json!({"aud": "api://payments"}))),
         )
         .expect("deny", "issuer_unavailable"),
+        case(
+            "dry-run",
+            single(mk_policy(
+                "orders",
+                &ORDERS.replacen('{', "{mode: dryRun, ", 1),
+            )),
+            Some(token(json!({"exp": AT - 600}))),
+        )
+        .expect("allow", "dry_run"),
     ]
 }
 

@@ -982,3 +982,41 @@ async fn forward_auth_never_lets_a_metadata_request_through() {
     assert_eq!(envoy.status, 404, "{}", envoy.body);
     assert_eq!(envoy.header("cache-control"), Some("no-store"));
 }
+
+/// A dry-run policy over forward auth: a would-be denial is a 200 that echoes neither the
+/// token (keepToken: false) nor an identity header, and the replica's window records it.
+#[tokio::test]
+async fn forward_auth_allows_and_records_what_a_dry_run_policy_would_deny() {
+    let policy = mk_policy(
+        "orders",
+        "{mode: dryRun, match: {hosts: [api.example.com]}, forward: {claimsToHeaders: [{claim: sub, header: x-user-id}], keepToken: false}}",
+    );
+    let (nginx_auth, metrics) = auth(true, NGINX, vec![policy]);
+    let expired = RSA
+        .mint(&claims_with(serde_json::json!({"exp": 1})))
+        .expect("mint");
+    let answer = send(
+        &nginx_auth,
+        "127.0.0.1:50000",
+        &plus(
+            nginx("https://api.example.com/orders/1", "GET"),
+            &[
+                ("authorization", &bearer(&expired)),
+                ("x-user-id", "forged"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.header("x-user-id"), None);
+    assert_eq!(answer.header("authorization"), None);
+    let text = metrics.encode();
+    assert!(
+        text.contains(
+            "tollgate_dry_run_denials_total{policy=\"test/orders\",reason=\"token_expired\"} 1"
+        ),
+        "{text}"
+    );
+    let report = nginx_auth.shared.dry_run().report(SystemTime::now());
+    assert_eq!(report["test/orders"].1.denials["token_expired"], 1);
+}

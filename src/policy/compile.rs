@@ -369,6 +369,8 @@ pub struct Policy {
     pub cel: Option<Cel>,
     /// `resourceMetadata`: the protected resource and its RFC 9728 document, if declared.
     pub resource: Option<Arc<ProtectedResource>>,
+    /// `mode: dryRun`: a denial becomes an allow that records it ([`crate::dry_run`]).
+    pub dry_run: bool,
 }
 
 fn next_instance() -> u64 {
@@ -713,6 +715,7 @@ pub fn compile(
         when,
         cel,
         resource,
+        dry_run: spec.mode == spec::PolicyMode::DryRun,
     })
 }
 

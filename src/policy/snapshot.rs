@@ -20,6 +20,7 @@ use super::compile::Policy;
 use super::gateway::{PathMatch, RouteId, RouteOrder};
 use super::owners::{self, HostDelegations};
 use super::route::{HostPattern, Methods, PathPrefix, PathReading};
+use crate::dry_run::DryRunLedger;
 use crate::verified::TokenCache;
 
 /// What happens to a request no policy matches.
@@ -895,6 +896,8 @@ pub struct SharedSnapshot {
     /// What keeps a policy source from being read (a watch the API server refuses, …), by
     /// source, with when it last failed; shown by `/readyz`. Never read on the request path.
     source_problems: std::sync::Mutex<std::collections::BTreeMap<String, (Instant, String)>>,
+    /// What the dry-run policies of the served snapshot would have denied.
+    dry_run: Arc<DryRunLedger>,
 }
 
 impl SharedSnapshot {
@@ -918,6 +921,7 @@ impl SharedSnapshot {
             changes: watch::channel(0).0,
             token_cache,
             source_problems: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            dry_run: DryRunLedger::new(),
         })
     }
 
@@ -950,6 +954,11 @@ impl SharedSnapshot {
             .collect()
     }
 
+    /// The dry-run counts of this process (`mode: dryRun` policies).
+    pub fn dry_run(&self) -> &Arc<DryRunLedger> {
+        &self.dry_run
+    }
+
     pub fn token_cache(&self) -> Option<&Arc<TokenCache>> {
         self.token_cache.as_ref()
     }
@@ -972,6 +981,8 @@ impl SharedSnapshot {
         snapshot.generation = generation;
         snapshot.token_cache = self.token_cache.clone();
         let live: HashSet<u64> = snapshot.policies.values().map(|p| p.instance).collect();
+        self.dry_run
+            .sync(snapshot.policies.values(), std::time::SystemTime::now());
         self.current.store(Arc::new(snapshot));
         if let Some(cache) = &self.token_cache
             && previous

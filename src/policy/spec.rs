@@ -74,6 +74,13 @@ pub struct DocumentMetadata {
         json_path = ".spec.issuers[*].issuer"
     ),
     printcolumn(name = "Loaded", type_ = "string", json_path = ".status.loaded"),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(
+        name = "Would-Deny",
+        type_ = "integer",
+        priority = 1,
+        json_path = ".status.dryRun.wouldDeny"
+    ),
     printcolumn(
         name = "Reason",
         type_ = "string",
@@ -168,6 +175,13 @@ pub struct JwtPolicySpec {
     /// where to get a token. Declaring a resource claims its host for the policy's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_metadata: Option<ResourceMetadataSpec>,
+    /// `enforce` (default): a request the policy denies is answered with its denial.
+    /// `dryRun`: every request is judged fully but allowed; what the policy would have denied
+    /// is counted (`tollgate_dry_run_denials_total`), logged (rate-limited, with the reason and
+    /// the hint) and summed in `status.dryRun`. Identity headers are set only from a token that
+    /// passed; a request that would have been denied reaches the upstream without them.
+    #[serde(default, skip_serializing_if = "PolicyMode::is_enforce")]
+    pub mode: PolicyMode,
 }
 
 /// A CEL condition (docs/cel.md).
@@ -240,6 +254,24 @@ pub struct ResourceMetadataSpec {
     #[schemars(length(min = 9, max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('https://')").message("resourceDocumentation must be an https URL"))]
     pub resource_documentation: Option<String>,
+}
+
+/// Whether a policy's denials are answered (`enforce`) or only recorded (`dryRun`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+pub enum PolicyMode {
+    /// Denials are answered.
+    #[default]
+    #[serde(rename = "enforce")]
+    Enforce,
+    /// Denials are counted, logged and shown in status; the request is allowed.
+    #[serde(rename = "dryRun")]
+    DryRun,
+}
+
+impl PolicyMode {
+    pub fn is_enforce(&self) -> bool {
+        *self == PolicyMode::Enforce
+    }
 }
 
 /// Azure AD token versions.
@@ -921,6 +953,50 @@ pub struct JwtPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub ancestors: Vec<PolicyAncestorStatus>,
+    /// Present while the serving generation has `mode: dryRun`: what it would have denied over
+    /// the recent window, summed over the replicas serving that generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<DryRunStatus>,
+}
+
+/// What a dry-run policy would have denied recently (`status.dryRun`). Every replica counts the
+/// requests it judges in one-minute buckets and reports the last `window` in its heartbeat
+/// Lease; the status writer sums the replicas serving `observedGeneration`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRunStatus {
+    /// How far back the counts reach, e.g. `10m` (in whole minutes: the current minute and
+    /// the ones before it).
+    #[schemars(length(max = 16))]
+    pub window: String,
+    /// The generation whose decisions are counted (counting restarts with every new one).
+    pub observed_generation: i64,
+    /// RFC 3339 time from which the counts are complete, when that is less than one window
+    /// ago: the latest time a counted replica began judging with this generation (a new
+    /// generation, a restarted replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub since: Option<String>,
+    /// Replicas whose counts are included (those serving `observedGeneration`).
+    pub replicas: i32,
+    /// Requests the policy judged in the window.
+    pub requests: i64,
+    /// Of those, the requests it would have denied (allowed because of `mode: dryRun`).
+    pub would_deny: i64,
+    /// The would-be denials by reason code (docs/reasons.md), most frequent first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub denials: Vec<DryRunDenial>,
+}
+
+/// How often a dry-run policy would have denied for one reason.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRunDenial {
+    /// The reason code the denial would have carried (`token_expired`, `insufficient_scope`, …).
+    #[schemars(length(max = 64))]
+    pub reason: String,
+    pub count: i64,
 }
 
 /// The status of a policy at one ancestor (Gateway API `PolicyAncestorStatus`).

@@ -58,7 +58,7 @@ impl Drop for Envoy {
 }
 
 /// `tollgate_transport`: YAML for the tollgate cluster's `transport_socket` (TLS), or "".
-fn envoy_config(
+pub fn envoy_config(
     listen: u16,
     tollgate: SocketAddr,
     upstream: SocketAddr,

@@ -7,6 +7,7 @@ mod cluster;
 mod crd;
 mod deploy;
 mod drain;
+mod dry_run;
 mod encrypted;
 mod envoy;
 mod envoy_gateway;

@@ -1,6 +1,7 @@
 //! The status writer against kube's mock client: each test scripts the API calls it expects
 //! (method, path, body) and answers them; a call that never comes fails by timeout.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -30,6 +31,8 @@ fn writer() -> (StatusWriter, ApiServerHandle) {
             recorder,
             written: HashMap::new(),
             evented: HashSet::new(),
+            counted: HashMap::new(),
+            count_every: Duration::from_secs(3600),
         },
         handle,
     )
@@ -66,6 +69,7 @@ fn reports(generation: i64) -> Vec<ReplicaReport> {
             loaded: [("shop/orders".to_string(), generation)].into(),
             renewed: Some(SystemTime::now()),
             lease_duration: Duration::from_secs(30),
+            dry_run: BTreeMap::new(),
         })
         .collect()
 }
@@ -208,6 +212,65 @@ async fn a_compile_error_is_reported_in_status_and_one_event() {
         assert_eq!(event["reason"], "InvalidSpec");
         assert_eq!(event["regarding"]["name"], "orders");
         assert_eq!(event["regarding"]["uid"], "uid-1");
+        quiet(&mut handle).await;
+    };
+    tokio::join!(sync, api);
+}
+
+/// Two replicas serving generation 2 of a dry-run shop/orders, each with its window counts.
+fn dry_run_reports(expired: [u64; 2]) -> Vec<ReplicaReport> {
+    let mut reports = reports(2);
+    for (report, n) in reports.iter_mut().zip(expired) {
+        report.dry_run = BTreeMap::from([(
+            "shop/orders".to_string(),
+            crate::dry_run::WindowReport {
+                generation: 2,
+                since: 0,
+                requests: 10,
+                denials: BTreeMap::from([("token_expired".to_string(), n)]),
+            },
+        )]);
+    }
+    reports
+}
+
+#[tokio::test]
+async fn new_dry_run_counts_alone_are_written_at_a_bounded_rate() {
+    let (mut writer, mut handle) = writer();
+    let mut view = view(None);
+    view.policies[0].policy = Some(mk_policy("orders", "{mode: dryRun}"));
+    let path = "/apis/tollgate.dev/v1alpha1/namespaces/shop/jwtpolicies/orders/status";
+    let sync = async {
+        writer.sync(&view, &dry_run_reports([1, 2])).await;
+        // Only the counts changed, within the interval: not written.
+        writer.sync(&view, &dry_run_reports([5, 2])).await;
+        // One replica less changes more than the counts: written at once.
+        let one = dry_run_reports([5, 2])
+            .into_iter()
+            .take(1)
+            .collect::<Vec<_>>();
+        writer.sync(&view, &one).await;
+        // Once the interval has passed, new counts are written again.
+        writer.count_every = Duration::ZERO;
+        writer.sync(&view, &dry_run_reports([7, 2])).await;
+    };
+    let api = async {
+        let body = expect(&mut handle, "PATCH", path, stored()).await;
+        let dry_run = &body["status"]["dryRun"];
+        assert_eq!(dry_run["window"], "10m");
+        assert_eq!(dry_run["observedGeneration"], 2);
+        assert_eq!(dry_run["replicas"], 2);
+        assert_eq!(dry_run["requests"], 20);
+        assert_eq!(dry_run["wouldDeny"], 3);
+        assert_eq!(
+            dry_run["denials"],
+            json!([{"reason": "token_expired", "count": 3}])
+        );
+        let body = expect(&mut handle, "PATCH", path, stored()).await;
+        assert_eq!(body["status"]["dryRun"]["replicas"], 1);
+        assert_eq!(body["status"]["dryRun"]["wouldDeny"], 5);
+        let body = expect(&mut handle, "PATCH", path, stored()).await;
+        assert_eq!(body["status"]["dryRun"]["wouldDeny"], 9);
         quiet(&mut handle).await;
     };
     tokio::join!(sync, api);

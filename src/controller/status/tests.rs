@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::dry_run::WindowReport;
 use crate::fixtures::*;
 use crate::policy::{CompileError, Conflict, Problem, ProblemKind};
 
@@ -31,6 +32,7 @@ fn replica(name: &str, generation: Option<i64>, renewed_ago: u64) -> ReplicaRepo
             .unwrap_or_default(),
         renewed: Some(SystemTime::now() - Duration::from_secs(renewed_ago)),
         lease_duration: Duration::from_secs(30),
+        dry_run: BTreeMap::new(),
     }
 }
 
@@ -187,4 +189,134 @@ fn accepted_says_which_rules_can_never_apply() {
         "{}",
         accepted.message
     );
+}
+
+fn counted(
+    name: &str,
+    generation: i64,
+    since: SystemTime,
+    requests: u64,
+    denials: &[(&str, u64)],
+) -> ReplicaReport {
+    let mut report = replica(name, Some(generation), 1);
+    report.dry_run = BTreeMap::from([(
+        "shop/orders".to_string(),
+        WindowReport {
+            generation,
+            since: since
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_secs(),
+            requests,
+            denials: denials.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+        },
+    )]);
+    report
+}
+
+#[test]
+fn dry_run_counts_are_summed_over_the_replicas_serving_the_generation() {
+    let now = SystemTime::now();
+    let mut v = view(3, Some(3));
+    v.policy = Some(mk_policy("orders", "{mode: dryRun}"));
+    let long_ago = now - Duration::from_secs(3600);
+    let replicas = [
+        counted(
+            "a",
+            3,
+            long_ago,
+            100,
+            &[("token_expired", 4), ("insufficient_scope", 1)],
+        ),
+        counted(
+            "b",
+            3,
+            long_ago,
+            50,
+            &[("token_expired", 2), ("token_missing", 6)],
+        ),
+        // An older generation's counts, and a dead replica's, are not this generation's.
+        counted("old", 2, long_ago, 1000, &[("token_expired", 500)]),
+        ReplicaReport {
+            renewed: Some(now - Duration::from_secs(300)),
+            ..counted("dead", 3, long_ago, 1000, &[("token_expired", 500)])
+        },
+    ];
+    let status = desired_status(&v, &replicas, now);
+    let dry_run = status.dry_run.expect("status.dryRun");
+    assert_eq!(dry_run.window, "10m");
+    assert_eq!(dry_run.observed_generation, 3);
+    assert_eq!(dry_run.replicas, 2);
+    assert_eq!((dry_run.requests, dry_run.would_deny), (150, 13));
+    let denials: Vec<(&str, i64)> = dry_run
+        .denials
+        .iter()
+        .map(|d| (d.reason.as_str(), d.count))
+        .collect();
+    assert_eq!(
+        denials,
+        [
+            ("token_expired", 6),
+            ("token_missing", 6),
+            ("insufficient_scope", 1)
+        ],
+        "most frequent first, ties by reason"
+    );
+    assert_eq!(dry_run.since, None, "counting began more than a window ago");
+
+    // A replica that began counting two minutes ago: the counts are complete from then.
+    let recent = now - Duration::from_secs(120);
+    let status = desired_status(
+        &v,
+        &[
+            counted("a", 3, long_ago, 1, &[]),
+            counted("b", 3, recent, 1, &[]),
+        ],
+        now,
+    );
+    let dry_run = status.dry_run.expect("status.dryRun");
+    assert_eq!(dry_run.since.as_deref(), Some(&*rfc3339(recent)));
+    assert!(dry_run.denials.is_empty() && dry_run.would_deny == 0);
+
+    // No replica has reported yet: the block is there, with nothing counted.
+    let status = desired_status(&v, &[replica("a", Some(3), 1)], now);
+    let dry_run = status.dry_run.expect("status.dryRun");
+    assert_eq!((dry_run.replicas, dry_run.requests), (0, 0));
+}
+
+#[test]
+fn an_enforcing_policy_has_no_dry_run_status() {
+    let replicas = [counted(
+        "a",
+        3,
+        SystemTime::now(),
+        5,
+        &[("token_expired", 5)],
+    )];
+    let status = desired_status(&view(3, Some(3)), &replicas, SystemTime::now());
+    assert_eq!(status.dry_run, None);
+    let mut v = view(3, None);
+    v.policy = None;
+    assert_eq!(
+        desired_status(&v, &replicas, SystemTime::now()).dry_run,
+        None
+    );
+}
+
+#[test]
+fn only_count_changes_are_told_apart() {
+    let now = SystemTime::now();
+    let mut v = view(3, Some(3));
+    v.policy = Some(mk_policy("orders", "{mode: dryRun}"));
+    let one = desired_status(&v, &[counted("a", 3, now, 5, &[("token_expired", 5)])], now);
+    let more = desired_status(&v, &[counted("a", 3, now, 9, &[("token_missing", 1)])], now);
+    assert!(same_but_dry_run_counts(&one, &more));
+    let two = desired_status(
+        &v,
+        &[counted("a", 3, now, 5, &[]), counted("b", 3, now, 5, &[])],
+        now,
+    );
+    assert!(!same_but_dry_run_counts(&one, &two), "replicas changed");
+    let enforcing = desired_status(&view(3, Some(3)), &[replica("a", Some(3), 1)], now);
+    assert!(!same_but_dry_run_counts(&one, &enforcing));
 }

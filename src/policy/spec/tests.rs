@@ -40,7 +40,15 @@ fn the_crd_names_and_columns() {
     assert_eq!(
         columns,
         [
-            "Ready", "Hosts", "Targets", "Issuers", "Loaded", "Reason", "Age"
+            "Ready",
+            "Hosts",
+            "Targets",
+            "Issuers",
+            "Loaded",
+            "Mode",
+            "Would-Deny",
+            "Reason",
+            "Age"
         ]
     );
 }
