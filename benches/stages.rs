@@ -173,12 +173,9 @@ fn stages(c: &mut Criterion) {
         b.iter(|| {
             let inputs =
                 tollgate::expression::Inputs::new(&cel.reads, Some(black_box(&claims)), &view, now);
-            let ok = cel_policy.when[0]
-                .expression
-                .condition(&cel.environment, &inputs);
-            let header = cel_policy.forward.computed[0]
-                .expression
-                .header(&cel.environment, &inputs);
+            let scope = cel.environment.scope(&inputs);
+            let ok = cel_policy.when[0].expression.condition(&scope);
+            let header = cel_policy.forward.computed[0].expression.header(&scope);
             (ok, header)
         })
     });

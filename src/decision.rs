@@ -398,6 +398,51 @@ impl ClaimSet {
     }
 }
 
+impl ClaimSet {
+    /// The claims `keep` wants, as a map: from the JSON form, the others are skipped without
+    /// being built (a cache hit whose CEL expressions read two claims parses two).
+    pub fn subset(&self, keep: &dyn Fn(&str) -> bool) -> std::borrow::Cow<'_, Claims> {
+        match self {
+            ClaimSet::Parsed(claims) => std::borrow::Cow::Borrowed(claims),
+            ClaimSet::Json(json) => {
+                let mut de = serde_json::Deserializer::from_str(json);
+                std::borrow::Cow::Owned(
+                    serde::de::DeserializeSeed::deserialize(Subset(keep), &mut de)
+                        .unwrap_or_default(),
+                )
+            }
+        }
+    }
+}
+
+/// Deserializes the members of a JSON object that a predicate keeps.
+struct Subset<'k>(&'k dyn Fn(&str) -> bool);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Subset<'_> {
+    type Value = Claims;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Claims, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Subset<'_> {
+    type Value = Claims;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object of claims")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Claims, A::Error> {
+        let mut out = Claims::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if (self.0)(&key) {
+                out.insert(key.into_owned(), map.next_value()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Both forms print as the map, so equal claims look equal.
 impl fmt::Debug for ClaimSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -18,12 +18,11 @@ use base64::Engine as _;
 
 use crate::claims;
 use crate::decision::{Allow, ClaimSet, Decision, Deny, Reason};
-use crate::expression::{Inputs, RequestView};
+use crate::expression::{Inputs, RequestView, Scope};
 use crate::introspect::{self, Answer, IntrospectError, Introspector, Raw};
 use crate::jose::{self, B64, Claims, JoseError};
 use crate::jwe::{self, JweError};
 use crate::jwks::{Refetch, Unusable};
-use crate::policy::compile::Cel;
 use crate::policy::route::{PathCase, PathReading, read_host, read_path, read_path_with};
 use crate::policy::snapshot::MatchInput;
 use crate::policy::spec::IntrospectWhen;
@@ -646,14 +645,17 @@ async fn judge_inner(
     };
     if rule.is_some_and(|r| r.allow_anonymous) {
         trace.pass("rule", || "allowAnonymous: the token is not read".into());
-        let cel = policy
+        let inputs = policy
             .cel
             .as_ref()
             .map(|cel| (cel, Inputs::new(&cel.reads, None, &view(), now)));
-        if let Some((cel, inputs)) = &cel
-            && let Err(denied) = conditions(policy, rule, cel, inputs, host, None, trace)
+        let scope = inputs
+            .as_ref()
+            .map(|(cel, inputs)| cel.environment.scope(inputs));
+        if let Some(scope) = &scope
+            && let Err(denied) = conditions(policy, rule, scope, host, None, trace)
         {
-            return denied;
+            return *denied;
         }
         let mut out = Allow {
             policy: Some(policy.id.clone()),
@@ -665,8 +667,8 @@ async fn judge_inner(
                 .collect(),
             ..Allow::default()
         };
-        if let Some((cel, inputs)) = &cel {
-            computed_headers(policy, cel, inputs, &mut out, trace);
+        if let Some(scope) = &scope {
+            computed_headers(policy, scope, &mut out, trace);
         }
         // keepToken: false holds here too: whatever token the client sent stays with tollgate.
         if !policy.forward.keep_token {
@@ -753,19 +755,25 @@ async fn judge_inner(
         return allow(policy, verified, request, source);
     };
     let inputs = if cel.reads.claims() {
-        Inputs::new(&cel.reads, Some(&verified.claims.map()), &view(), now)
+        Inputs::new(
+            &cel.reads,
+            Some(&verified.claims.subset(&|name| cel.reads.claims.wants(name))),
+            &view(),
+            now,
+        )
     } else {
         Inputs::new(&cel.reads, None, &view(), now)
     };
-    let failed = match conditions(policy, rule, cel, &inputs, host, Some(token_id()), trace) {
-        Err(denial) if !policy.dry_run => return denial,
+    let scope = cel.environment.scope(&inputs);
+    let failed = match conditions(policy, rule, &scope, host, Some(token_id()), trace) {
+        Err(denial) if !policy.dry_run => return *denial,
         result => result.err(),
     };
     let mut decision = allow(policy, verified, request, source);
     if let Decision::Allow(out) = &mut decision {
-        computed_headers(policy, cel, &inputs, out, trace);
+        computed_headers(policy, &scope, out, trace);
     }
-    match (failed, decision) {
+    match (failed.map(|d| *d), decision) {
         // Dry run: the token passed, so its verified claims fill the identity headers as on
         // any allow; only the condition is not met.
         (Some(Decision::Deny(denial)), Decision::Allow(allowed)) => {
@@ -780,26 +788,25 @@ async fn judge_inner(
 fn conditions(
     policy: &Policy,
     rule: Option<&Rule>,
-    cel: &Cel,
-    inputs: &Inputs,
+    scope: &Scope<'_>,
     host: &str,
     token_id: Option<String>,
     trace: &mut Trace,
-) -> Result<(), Decision> {
+) -> Result<(), Box<Decision>> {
     let all = policy
         .when
         .iter()
         .chain(rule.into_iter().flat_map(|r| &r.when));
     for condition in all {
         let e = &condition.expression;
-        let failure = match e.condition(&cel.environment, inputs) {
+        let failure = match e.condition(&scope) {
             Ok(true) => {
                 trace.pass("condition", || {
                     format!(
                         "{} `{}` is true ({})",
                         condition.field,
                         e.source,
-                        e.describe_inputs(inputs)
+                        e.describe_inputs(scope.inputs())
                     )
                 });
                 continue;
@@ -811,10 +818,10 @@ fn conditions(
         trace.fail(
             "condition",
             Reason::ConditionFailed,
-            || format!("{text} ({})", e.describe_inputs(inputs)),
+            || format!("{text} ({})", e.describe_inputs(scope.inputs())),
             || condition.message.clone(),
         );
-        return Err(deny_with(
+        return Err(Box::new(deny_with(
             Some(policy),
             host,
             Reason::ConditionFailed,
@@ -825,22 +832,16 @@ fn conditions(
                 text: condition.message.as_deref(),
                 status: Some(condition.status),
             }),
-        ));
+        )));
     }
     Ok(())
 }
 
 /// Sets the headers `forward.headers` computes; one whose expression fails or reads claims
 /// the request does not have is removed, so a client-sent value never passes.
-fn computed_headers(
-    policy: &Policy,
-    cel: &Cel,
-    inputs: &Inputs,
-    out: &mut Allow,
-    trace: &mut Trace,
-) {
+fn computed_headers(policy: &Policy, scope: &Scope<'_>, out: &mut Allow, trace: &mut Trace) {
     for header in &policy.forward.computed {
-        match header.expression.header(&cel.environment, inputs) {
+        match header.expression.header(&scope) {
             Ok(value) => {
                 trace.pass("forward", || format!("{}: {value:?}", header.name));
                 out.headers_to_remove.retain(|h| *h != header.name);

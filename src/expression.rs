@@ -97,7 +97,8 @@ impl Keys {
         }
     }
 
-    fn wants(&self, key: &str) -> bool {
+    /// Whether `key` is read.
+    pub fn wants(&self, key: &str) -> bool {
         match self {
             Keys::None => false,
             Keys::Named(keys) => keys.contains(key),
@@ -1082,13 +1083,11 @@ fn signature(
         }
         ("sets.contains" | "sets.intersects" | "sets.equivalent", false) => {
             arity(2)?;
-            for i in 0..2 {
-                if !matches!(a[i].ty, Ty::List(_) | Ty::Dyn) {
-                    return Err(type_error(format!(
-                        "{name}() needs lists, not a {}",
-                        describe(&a[i].ty)
-                    )));
-                }
+            if let Some(other) = a.iter().find(|s| !matches!(s.ty, Ty::List(_) | Ty::Dyn)) {
+                return Err(type_error(format!(
+                    "{name}() needs lists, not a {}",
+                    describe(&other.ty)
+                )));
             }
             let per = cost_bytes(a[0].elem().bytes().min(a[1].elem().bytes()));
             Ok((
@@ -1399,6 +1398,43 @@ impl Environment {
     }
 }
 
+/// The variables of one request, handed to the interpreter once for all the expressions
+/// evaluated for it.
+pub struct Scope<'a> {
+    context: Context<'a>,
+    inputs: &'a Inputs,
+}
+
+impl Environment {
+    /// A scope with the inputs that converted (an expression reading one that did not fails
+    /// before it runs).
+    pub fn scope<'a>(&'a self, inputs: &'a Inputs) -> Scope<'a> {
+        let mut context = self.context.new_inner_scope();
+        if inputs.reads_claims
+            && let Ok(claims) = &inputs.claims
+        {
+            context.add_variable_from_value("claims", claims.clone());
+        }
+        if inputs.reads_request {
+            context.add_variable_from_value("request", inputs.request.clone());
+        }
+        if !matches!(inputs.source, Value::Null) {
+            context.add_variable_from_value("source", inputs.source.clone());
+        }
+        if !matches!(inputs.now, Value::Null) {
+            context.add_variable_from_value("now", inputs.now.clone());
+        }
+        Scope { context, inputs }
+    }
+}
+
+impl Scope<'_> {
+    /// The inputs, for [`Expression::describe_inputs`].
+    pub fn inputs(&self) -> &Inputs {
+        self.inputs
+    }
+}
+
 /// What a request offers expressions, before conversion.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestView<'a> {
@@ -1422,6 +1458,8 @@ pub struct Inputs {
     request: Value,
     /// The fields that could not be, and why: only expressions that read them fail.
     request_errors: Vec<(&'static str, String)>,
+    reads_claims: bool,
+    reads_request: bool,
     source: Value,
     now: Value,
 }
@@ -1680,6 +1718,12 @@ impl Inputs {
             claims,
             request: request_value,
             request_errors,
+            reads_claims: !reads.claims.is_none(),
+            reads_request: reads.method
+                || reads.host
+                || reads.path
+                || !reads.headers.is_none()
+                || !reads.query.is_none(),
             source,
             now,
         }
@@ -1687,40 +1731,32 @@ impl Inputs {
 }
 
 impl Expression {
-    fn run(&self, env: &Environment, inputs: &Inputs) -> Result<Value, EvalError> {
-        let mut ctx = env.context.new_inner_scope();
-        if !self.reads.claims.is_none() {
-            let claims = inputs.claims.clone().map_err(EvalError::Input)?;
-            ctx.add_variable_from_value("claims", claims);
+    fn run(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
+        let inputs = scope.inputs;
+        if !self.reads.claims.is_none()
+            && let Err(error) = &inputs.claims
+        {
+            return Err(EvalError::Input(error.clone()));
         }
         let r = &self.reads;
-        if r.method || r.host || r.path || !r.headers.is_none() || !r.query.is_none() {
-            for (field, error) in &inputs.request_errors {
-                let read = match *field {
-                    "path" => r.path,
-                    "headers" => !r.headers.is_none(),
-                    _ => !r.query.is_none(),
-                };
-                if read {
-                    return Err(EvalError::Input(error.clone()));
-                }
+        for (field, error) in &inputs.request_errors {
+            let read = match *field {
+                "path" => r.path,
+                "headers" => !r.headers.is_none(),
+                _ => !r.query.is_none(),
+            };
+            if read {
+                return Err(EvalError::Input(error.clone()));
             }
-            ctx.add_variable_from_value("request", inputs.request.clone());
-        }
-        if r.source {
-            ctx.add_variable_from_value("source", inputs.source.clone());
-        }
-        if r.now {
-            ctx.add_variable_from_value("now", inputs.now.clone());
         }
         self.program
-            .execute(&ctx)
+            .execute(&scope.context)
             .map_err(|e| EvalError::Failed(bounded(&e.to_string(), 200)))
     }
 
     /// A condition's result.
-    pub fn condition(&self, env: &Environment, inputs: &Inputs) -> Result<bool, EvalError> {
-        match self.run(env, inputs)? {
+    pub fn condition(&self, scope: &Scope<'_>) -> Result<bool, EvalError> {
+        match self.run(scope)? {
             Value::Bool(b) => Ok(b),
             other => Err(EvalError::Type(type_name(&other), "bool")),
         }
@@ -1728,8 +1764,8 @@ impl Expression {
 
     /// A header value: a string of visible ASCII and spaces, at most
     /// [`limits::HEADER_VALUE`] bytes.
-    pub fn header(&self, env: &Environment, inputs: &Inputs) -> Result<String, EvalError> {
-        match self.run(env, inputs)? {
+    pub fn header(&self, scope: &Scope<'_>) -> Result<String, EvalError> {
+        match self.run(scope)? {
             Value::String(s) => {
                 if s.len() > limits::HEADER_VALUE {
                     return Err(EvalError::Input(format!(

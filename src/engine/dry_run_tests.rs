@@ -54,6 +54,7 @@ async fn decide_as(
         headers: Headers::Map(&headers),
         policy: None,
         route: None,
+        source: Default::default(),
     };
     check(snapshot, &request, SystemTime::now()).await
 }
@@ -385,6 +386,7 @@ async fn the_trace_says_what_it_would_have_done() {
         headers: Headers::Map(&headers),
         policy: None,
         route: None,
+        source: Default::default(),
     };
     let decision = check_traced(&trial, &request, SystemTime::now(), Trace::on()).await;
     let steps = &decision.trace().expect("trace").steps;

@@ -58,7 +58,7 @@ fn eval(source: &str, c: serde_json::Value, req: &Req) -> Result<bool, EvalError
         &req.view(true),
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
     );
-    e.condition(&env, &inputs)
+    e.condition(&env.scope(&inputs))
 }
 
 #[test]
@@ -251,7 +251,7 @@ fn anonymous_requests_have_no_claims() {
     let req = Req::new(&[], None);
     let inputs = Inputs::new(&e.reads, None, &req.view(false), SystemTime::now());
     assert!(matches!(
-        e.condition(&env, &inputs),
+        e.condition(&env.scope(&inputs)),
         Err(EvalError::Input(_))
     ));
 }
@@ -265,7 +265,7 @@ fn headers_are_strings_a_header_can_carry() {
         let e = compile(source, Kind::Header).expect("compiles");
         let env = Environment::new([&e]);
         let inputs = Inputs::new(&e.reads, Some(&token), &view, SystemTime::now());
-        e.header(&env, &inputs)
+        e.header(&env.scope(&inputs))
     };
     assert_eq!(
         run("claims.tid + '/' + claims.sub"),
