@@ -799,7 +799,7 @@ fn conditions(
         .chain(rule.into_iter().flat_map(|r| &r.when));
     for condition in all {
         let e = &condition.expression;
-        let failure = match e.condition(&scope) {
+        let failure = match e.condition(scope) {
             Ok(true) => {
                 trace.pass("condition", || {
                     format!(
@@ -841,7 +841,7 @@ fn conditions(
 /// the request does not have is removed, so a client-sent value never passes.
 fn computed_headers(policy: &Policy, scope: &Scope<'_>, out: &mut Allow, trace: &mut Trace) {
     for header in &policy.forward.computed {
-        match header.expression.header(&scope) {
+        match header.expression.header(scope) {
             Ok(value) => {
                 trace.pass("forward", || format!("{}: {value:?}", header.name));
                 out.headers_to_remove.retain(|h| *h != header.name);
