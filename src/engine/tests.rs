@@ -344,6 +344,7 @@ mod azure;
 mod cache;
 mod encrypted;
 mod hostile;
+mod issuers;
 
 /// A policy attached to one route that matches on a header and a query parameter.
 fn header_and_query_routed() -> Snapshot {

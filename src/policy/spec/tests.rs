@@ -132,6 +132,11 @@ fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
         json!({"issuers": [issuer(json!({}))], "decryption": {"keys": [{"secretRef": {"name": "k", "key": "jwk"}, "algorithms": ["A256KW", "dir"]}]}, "requireSignedTokens": false}),
         json!({"issuers": [issuer(json!({}))], "match": {"paths": ["/orders/admin"], "pathCase": "IgnoreCase"}}),
         json!({"issuers": [issuer(json!({}))], "debug": {"traceHeader": {"value": {"secretRef": {"name": "d", "key": "v"}}}}}),
+        json!({"issuers": [issuer(json!({"maxTokenLifetime": "1h"}))]}),
+        json!({"issuers": [issuer(json!({"maxTokenLifetime": "1s"})), issuer(json!({"issuer": "https://b.example.com/", "maxTokenLifetime": "8760h"}))]}),
+        json!({"azureAd": {"tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47", "audiences": ["api://orders"], "maxTokenLifetime": "90m"}}),
+        json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}", "tenants": ["acme", "globex"]}))]}),
+        json!({"issuers": [issuer(json!({"issuer": "https://login.microsoftonline.com/{tenantid}/v2.0", "tenants": ["72f988bf-86f1-41af-91ab-2d7cd011db47"]}))]}),
     ];
     for spec in ok {
         assert_eq!(cel(&policy(spec.clone())), Ok(()), "{spec}");
@@ -201,6 +206,30 @@ fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
         (
             json!({"issuers": [issuer(json!({}))], "decryption": {"keys": [{"secretRef": {"name": "k", "key": "jwk"}, "algorithms": ["A192KW"]}]}, "requireSignedTokens": false}),
             "anyone holding the public key",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"maxTokenLifetime": "8761h"}))]}),
+            "maxTokenLifetime must be at least 1s and at most 8760h",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"maxTokenLifetime": "999ms"}))]}),
+            "maxTokenLifetime must be at least 1s and at most 8760h",
+        ),
+        (
+            json!({"azureAd": {"tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47", "audiences": ["api://orders"], "maxTokenLifetime": "0s"}}),
+            "maxTokenLifetime must be at least 1s and at most 8760h",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}"}))]}),
+            "needs tenants",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenantid}", "tenants": []}))]}),
+            "needs tenants",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"tenants": ["acme"]}))]}),
+            "tenants need a template",
         ),
     ];
     for (spec, message) in bad {
