@@ -266,15 +266,18 @@ mod tests {
         );
     }
 
+    /// Policy-wide requirements, a rule's, and the scope (or an error fragment).
+    type Case = (
+        Vec<ClaimRequirement>,
+        Vec<ClaimRequirement>,
+        Result<Option<&'static str>, &'static str>,
+    );
+
     #[test]
     fn the_challenge_scope_names_what_a_new_token_needs() {
         use MatchMode::*;
         let sp = Some(" ");
-        let cases: Vec<(
-            Vec<ClaimRequirement>,
-            Vec<ClaimRequirement>,
-            Result<Option<&str>, &str>,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             // all: every value; any: the first.
             (
                 vec![],

@@ -1373,10 +1373,38 @@ fn compile_issuer(
     })
 }
 
-/// `maxTokenLifetime`: a duration from 1s to 8760h, as the CRD's rule says.
+/// Whether `text` is written as the CRD's pattern `^([0-9]+(ms|s|m|h))+$` asks (Go's
+/// duration units, which the API server's CEL `duration()` reads).
+fn duration_units(text: &str) -> bool {
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        match ["ms", "s", "m", "h"]
+            .iter()
+            .find(|unit| rest.starts_with(**unit))
+        {
+            Some(unit) => rest = &rest[unit.len()..],
+            None => return false,
+        }
+    }
+    !text.is_empty()
+}
+
+/// `maxTokenLifetime`: a duration from 1s to 8760h, as the CRD's pattern and rule say.
 fn max_token_lifetime(c: &mut Checker, field: &str, text: &str) -> Option<Duration> {
     let min = Duration::from_secs(limits::MIN_TOKEN_LIFETIME_SECS);
     let max = Duration::from_secs(limits::MAX_TOKEN_LIFETIME_SECS);
+    if !duration_units(text) {
+        c.invalid(
+            field,
+            format!("{text:?} is not a duration like 1h or 90m (units h, m, s, ms)"),
+        );
+        return None;
+    }
     match humantime::parse_duration(text) {
         Ok(d) if d < min => c.invalid(
             field,

@@ -172,6 +172,9 @@ pub enum AzureVersion {
 #[x_kube(validation = Rule::new(
     "has(self.tenantId) != (has(self.tenants) && size(self.tenants) > 0)"
 ).message("set tenantId, or tenants for a multi-tenant application, not both"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.maxTokenLifetime) || (duration(self.maxTokenLifetime) >= duration('1s') && duration(self.maxTokenLifetime) <= duration('8760h'))"
+).message("azureAd.maxTokenLifetime must be between 1s and 8760h"))]
 pub struct AzureAdSpec {
     /// The directory (tenant) id, a GUID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,7 +220,6 @@ pub struct AzureAdSpec {
     /// for 60 to 90 minutes (up to 28 hours with continuous access evaluation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('8760h')").message("maxTokenLifetime must be at least 1s and at most 8760h"))]
     pub max_token_lifetime: Option<String>,
 }
 

@@ -415,6 +415,11 @@ fn max_token_lifetime_is_bounded_and_per_issuer() {
         ("0s", "less than the 1s minimum"),
         ("8761h", "more than the 8760h maximum"),
         ("forever", "not a duration like 1h"),
+        // What the CRD's pattern refuses, compile refuses too.
+        ("1d", "not a duration like 1h"),
+        ("1h 30m", "not a duration like 1h"),
+        ("h", "not a duration like 1h"),
+        ("99999999999999999999h", "not a duration like 1h"),
     ] {
         assert_problem(
             &format!(

@@ -217,7 +217,7 @@ fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
         ),
         (
             json!({"azureAd": {"tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47", "audiences": ["api://orders"], "maxTokenLifetime": "0s"}}),
-            "maxTokenLifetime must be at least 1s and at most 8760h",
+            "azureAd.maxTokenLifetime must be between 1s and 8760h",
         ),
         (
             json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}"}))]}),
