@@ -582,8 +582,11 @@ pub fn compile(
                 "a rule needs requiredClaims or allowAnonymous: true",
             );
         }
+        // Only a rule's own requirement on a scope claim can make its challenge name scopes.
+        let scoped = reqs.iter().any(ClaimRequirement::is_scope);
         let scope = match crate::claims::challenge_scope(&required_claims, &reqs) {
-            Ok(scope) => scope,
+            Ok(scope) => scope.filter(|_| scoped),
+            Err(_) if !scoped => None,
             Err(why) => {
                 scope_warnings.push(Problem {
                     field: format!("{field}.requiredClaims"),

@@ -595,3 +595,33 @@ fn expanded_issuers_are_bounded() {
     );
     assert_problem(&three, "spec.issuers", "192 issuers");
 }
+
+#[test]
+fn only_rules_requiring_a_scope_name_one_in_their_challenge() {
+    let policy = mk_policy(
+        "scoped",
+        r#"{requiredClaims: [{name: scp, separator: " ", values: [api]}, {name: scope, values: ["two words"]}],
+            rules: [{paths: [/a], requiredClaims: [{name: roles, values: [admin]}]},
+                    {paths: [/b], allowAnonymous: true},
+                    {paths: [/c], requiredClaims: [{name: scp, match: all, separator: " ", values: [c.read]}]}]}"#,
+    );
+    let scopes: Vec<Option<&str>> = policy.rules.iter().map(|r| r.scope.as_deref()).collect();
+    assert_eq!(scopes, [None, None, None]);
+    // The policy-wide value that is no scope token spoils only the rule whose challenge needs it.
+    let warned: Vec<&str> = policy
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("names no scope"))
+        .map(|w| w.field.as_str())
+        .collect();
+    assert_eq!(warned, ["spec.rules[2].requiredClaims"]);
+    let clean = mk_policy(
+        "clean",
+        r#"{requiredClaims: [{name: scp, separator: " ", values: [api]}],
+            rules: [{paths: [/a], requiredClaims: [{name: roles, values: [admin]}]},
+                    {paths: [/c], requiredClaims: [{name: scp, match: all, separator: " ", values: [c.read, c.write]}]}]}"#,
+    );
+    let scopes: Vec<Option<&str>> = clean.rules.iter().map(|r| r.scope.as_deref()).collect();
+    assert_eq!(scopes, [None, Some("api c.read c.write")]);
+    assert!(clean.warnings.is_empty(), "{:?}", clean.warnings);
+}
