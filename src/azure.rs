@@ -208,6 +208,7 @@ pub fn expand(spec: &AzureAdSpec) -> Result<Vec<Expanded>, Vec<(String, String)>
                     audiences: spec.audiences.clone(),
                     algorithms: vec!["RS256".into()],
                     allow_insecure_http: spec.allow_insecure_http,
+                    max_token_lifetime: spec.max_token_lifetime.clone(),
                     ..IssuerSpec::default()
                 },
                 azure: AzureIssuer {

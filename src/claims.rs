@@ -66,6 +66,11 @@ pub fn claim_values(value: &Value, separator: Option<&str>) -> Vec<String> {
 }
 
 impl ClaimRequirement {
+    /// Whether it is a requirement on a scope claim (`scope`, `scp`).
+    pub fn is_scope(&self) -> bool {
+        SCOPE_CLAIMS.contains(&self.name.as_str())
+    }
+
     /// The requirement in words: `scp with one of ["orders.read"]`.
     pub fn describe(&self) -> String {
         if self.values.is_empty() {
@@ -111,6 +116,59 @@ impl ClaimRequirement {
             self.name, self.values, missing
         ))
     }
+}
+
+/// The claims that carry OAuth scopes: `scope` (RFC 8693, RFC 9068) and `scp` (Azure AD, Okta).
+pub const SCOPE_CLAIMS: [&str; 2] = ["scope", "scp"];
+
+/// Longest `scope` a challenge names: what `WWW-Authenticate` quoting keeps whole.
+pub const MAX_CHALLENGE_SCOPE: usize = 400;
+
+/// Whether `text` is a scope token (RFC 6749 §3.3): printable ASCII but space, `"` and `\`.
+pub fn is_scope_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+/// The `scope` an `insufficient_scope` challenge names for a rule (RFC 6750 §3): every scope a
+/// token needs to pass both the policy-wide requirements and the rule's, as far as they are
+/// requirements on a scope claim (`scope`, `scp`). A `match: all` requirement contributes every
+/// value; a `match: any` one its first value (one scope that suffices: list the narrowest
+/// first); one without values, nothing. In order, without repeats. `Ok(None)`: the rule
+/// requires no scope. `Err`: a value is not a scope token, or the list is too long to quote
+/// whole; the challenge then names none rather than an incomplete one.
+pub fn challenge_scope(
+    policy_wide: &[ClaimRequirement],
+    rule: &[ClaimRequirement],
+) -> Result<Option<String>, String> {
+    let mut scopes: Vec<&str> = Vec::new();
+    for requirement in policy_wide.iter().chain(rule).filter(|r| r.is_scope()) {
+        let values = match requirement.mode {
+            MatchMode::All => &requirement.values[..],
+            MatchMode::Any => &requirement.values[..requirement.values.len().min(1)],
+        };
+        for value in values {
+            if !is_scope_token(value) {
+                return Err(format!(
+                    "{value:?} of claim {:?} is not a scope token (RFC 6749 §3.3: no spaces, quotes or backslashes)",
+                    requirement.name
+                ));
+            }
+            if !scopes.contains(&value.as_str()) {
+                scopes.push(value);
+            }
+        }
+    }
+    let scope = scopes.join(" ");
+    if scope.len() > MAX_CHALLENGE_SCOPE {
+        return Err(format!(
+            "the scopes it requires take {} characters, more than the {MAX_CHALLENGE_SCOPE} a challenge carries",
+            scope.len()
+        ));
+    }
+    Ok((!scope.is_empty()).then_some(scope))
 }
 
 /// A claim as a header value: strings as they are, arrays joined with `,`, objects as JSON.
@@ -206,6 +264,100 @@ mod tests {
             "{}",
             unmet.detail
         );
+    }
+
+    /// Policy-wide requirements, a rule's, and the scope (or an error fragment).
+    type Case = (
+        Vec<ClaimRequirement>,
+        Vec<ClaimRequirement>,
+        Result<Option<&'static str>, &'static str>,
+    );
+
+    #[test]
+    fn the_challenge_scope_names_what_a_new_token_needs() {
+        use MatchMode::*;
+        let sp = Some(" ");
+        let cases: Vec<Case> = vec![
+            // all: every value; any: the first.
+            (
+                vec![],
+                vec![req("scp", All, sp, &["orders.read", "orders.write"])],
+                Ok(Some("orders.read orders.write")),
+            ),
+            (
+                vec![],
+                vec![req("scope", Any, sp, &["orders.write", "orders.admin"])],
+                Ok(Some("orders.write")),
+            ),
+            // The policy-wide scopes first, then the rule's, each once; other claims never.
+            (
+                vec![
+                    req("scope", All, sp, &["api"]),
+                    req("roles", All, None, &["admin"]),
+                ],
+                vec![
+                    req("scp", All, sp, &["api", "orders.write"]),
+                    req("groups", Any, None, &["ops"]),
+                ],
+                Ok(Some("api orders.write")),
+            ),
+            // Nothing to name: no scope requirement, or only presence.
+            (vec![], vec![req("roles", All, None, &["admin"])], Ok(None)),
+            (vec![], vec![req("scp", Any, None, &[])], Ok(None)),
+            // Claims only named like scope claims do not count.
+            (
+                vec![],
+                vec![
+                    req("scopes", All, None, &["a"]),
+                    req("x.scp", All, None, &["b"]),
+                ],
+                Ok(None),
+            ),
+            // A value no scope token can be: no scope rather than a wrong one.
+            (
+                vec![],
+                vec![req("scope", All, None, &["a b"])],
+                Err("not a scope token"),
+            ),
+            (
+                vec![],
+                vec![req("scope", All, sp, &["ok", "say\"hi\""])],
+                Err("not a scope token"),
+            ),
+            (
+                vec![],
+                vec![req("scope", All, sp, &["caf\u{e9}"])],
+                Err("not a scope token"),
+            ),
+        ];
+        for (policy_wide, rule, want) in cases {
+            let got = challenge_scope(&policy_wide, &rule);
+            match want {
+                Ok(want) => assert_eq!(got.as_ref().map(Option::as_deref), Ok(want), "{rule:?}"),
+                Err(fragment) => assert!(
+                    got.as_ref().is_err_and(|e| e.contains(fragment)),
+                    "{rule:?}: {got:?}"
+                ),
+            }
+        }
+        let many: Vec<String> = (0..60).map(|i| format!("orders.scope{i:03}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let long = challenge_scope(&[], &[req("scp", All, sp, &many)]);
+        assert!(long.is_err_and(|e| e.contains("more than the 400")));
+    }
+
+    #[test]
+    fn scope_tokens_follow_rfc_6749() {
+        for ok in [
+            "orders.read",
+            "api://orders/.default",
+            "a!#$%&'()*+,-./:;<=>?@[]^_`{|}~",
+        ] {
+            assert!(is_scope_token(ok), "{ok}");
+        }
+        for bad in ["", "a b", "a\"b", "a\\b", "a\tb", "\u{7f}", "\u{e9}"] {
+            assert!(!is_scope_token(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub enum Reason {
     TokenNotYetValid,
     /// The token has no `exp` and the policy requires one.
     ExpirationMissing,
+    /// The token lives longer than its issuer's `maxTokenLifetime` (`exp - iat`, or
+    /// `exp - now` without `iat`).
+    TokenLifetimeExceeded,
     /// A policy-wide `requiredClaims` entry is not satisfied.
     ClaimMismatch,
     /// A `rules` entry for this path/method is not satisfied (403).
@@ -100,7 +103,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 38] = [
+    pub const ALL: [Reason; 39] = [
         Reason::Valid,
         Reason::Anonymous,
         Reason::DefaultAllow,
@@ -122,6 +125,7 @@ impl Reason {
         Reason::TokenExpired,
         Reason::TokenNotYetValid,
         Reason::ExpirationMissing,
+        Reason::TokenLifetimeExceeded,
         Reason::ClaimMismatch,
         Reason::InsufficientScope,
         Reason::ConditionFailed,
@@ -165,6 +169,7 @@ impl Reason {
             Reason::TokenExpired => "token_expired",
             Reason::TokenNotYetValid => "token_not_yet_valid",
             Reason::ExpirationMissing => "expiration_missing",
+            Reason::TokenLifetimeExceeded => "token_lifetime_exceeded",
             Reason::ClaimMismatch => "claim_mismatch",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::ConditionFailed => "condition_failed",
@@ -218,6 +223,9 @@ impl Reason {
             Reason::TokenExpired => "the access token has expired",
             Reason::TokenNotYetValid => "the access token is not valid yet",
             Reason::ExpirationMissing => "the access token has no expiration time",
+            Reason::TokenLifetimeExceeded => {
+                "the access token's lifetime is longer than this API accepts"
+            }
             Reason::ClaimMismatch => "the access token lacks a claim this API requires",
             Reason::InsufficientScope => {
                 "the access token lacks the scope or role this request needs"

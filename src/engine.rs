@@ -720,20 +720,30 @@ async fn judge_inner(
                         requirement.describe()
                     ))
                 });
-                unmet_rule = Some((unmet.detail, requirement));
+                // RFC 6750 §3: a scope a client can request, when a scope was what failed.
+                let scope = rule.scope.as_deref().filter(|_| requirement.is_scope());
+                if let Some(scope) = scope {
+                    trace.info("challenge", || {
+                        format!("the insufficient_scope challenge names scope=\"{scope}\": the scopes this rule and spec.requiredClaims require")
+                    });
+                }
+                unmet_rule = Some((unmet.detail, requirement, scope));
                 break;
             }
             trace.pass("rule", || requirement.describe());
         }
     }
-    if let Some((detail, requirement)) = unmet_rule {
-        let denial = deny(
-            Some(policy),
-            host,
-            Reason::InsufficientScope,
-            detail,
-            None,
-            Some(token_id()),
+    if let Some((detail, requirement, scope)) = unmet_rule {
+        let denial = with_scope(
+            deny(
+                Some(policy),
+                host,
+                Reason::InsufficientScope,
+                detail,
+                None,
+                Some(token_id()),
+            ),
+            scope,
         );
         // Dry run: the token passed, so its verified claims fill the identity headers as on
         // any allow; only the rule's requirement is unmet.
@@ -1096,7 +1106,7 @@ fn answer_issuer<'p>(policy: &'p Policy, claims: &Claims) -> Result<&'p Issuer, 
     match claims.get("iss") {
         Some(serde_json::Value::String(iss)) => policy
             .issuer(iss)
-            .ok_or_else(|| ValidationError::IssuerNotAllowed(iss.clone())),
+            .ok_or_else(|| validate::unknown_issuer(policy, iss)),
         Some(_) => Err(ValidationError::ClaimType {
             claim: "iss",
             expected: "a string",
@@ -1234,7 +1244,7 @@ async fn verify<'p>(
     validate::check_claims(claims, issuer, policy, now, trace).map_err(fail)?;
     validate::check_azure(claims, issuer, policy, trace).map_err(fail)?;
     validate::check_required(claims, policy, trace).map_err(fail)?;
-    let window = TimeWindow::of(claims, policy);
+    let window = TimeWindow::of(claims, issuer, policy);
     Ok((signed, window))
 }
 
@@ -1338,7 +1348,7 @@ fn unsigned_claims<'p>(
     };
     let issuer = policy
         .issuer(&iss)
-        .ok_or_else(|| (ValidationError::IssuerNotAllowed(iss.clone()), None))?;
+        .ok_or_else(|| (validate::unknown_issuer(policy, &iss), None))?;
     let header = jose::Header {
         alg: decrypted.header.alg.clone(),
         kid: decrypted.header.kid.clone(),
@@ -1384,7 +1394,7 @@ async fn verify_jws<'p>(
             .and_then(|iss| policy.issuer(iss));
         (e, named)
     })?;
-    trace.pass("issuer", || format!("{} is accepted", issuer.issuer));
+    trace.pass("issuer", || validate::describe_issuer(policy, issuer));
     trace.pass("algorithm", || {
         format!("{alg:?} is allowed for this issuer")
     });
@@ -1560,6 +1570,17 @@ fn quoted(text: &str) -> String {
         }
     }
     out
+}
+
+/// An `insufficient_scope` denial whose challenge names `scope` (RFC 6750 §3), checked when
+/// the policy compiled to be scope tokens that quoting keeps whole.
+fn with_scope(mut decision: Decision, scope: Option<&str>) -> Decision {
+    if let (Decision::Deny(deny), Some(scope)) = (&mut decision, scope)
+        && let Some(challenge) = &mut deny.www_authenticate
+    {
+        challenge.push_str(&format!(", scope=\"{}\"", quoted(scope)));
+    }
+    decision
 }
 
 /// The answer while policies or keys are still loading: 503 `not_ready`, never an allow.

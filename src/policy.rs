@@ -9,6 +9,7 @@ pub mod owners;
 pub mod route;
 pub mod snapshot;
 pub mod spec;
+pub mod tenants;
 
 pub use compile::{
     CompileContext, CompileError, DenyConfig, FileSecrets, Forward, Issuer, Policy, Problem,

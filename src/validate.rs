@@ -112,6 +112,52 @@ pub enum ValidationError {
     /// The `tid` claim is not the tenant of the token's issuer.
     #[error("the token's tid {tid:?} is not the tenant of its issuer")]
     AzureTenant { tid: String },
+    /// The token lives longer than its issuer's `maxTokenLifetime` allows.
+    #[error("{0}")]
+    LifetimeExceeded(Lifetime),
+    /// `iss` has the shape of an issuer template, for a tenant the template does not allow.
+    #[error("tenant {tenant:?} is not allowed for the issuer template {template:?}")]
+    TenantNotAllowed { tenant: String, template: String },
+}
+
+/// Why a token lives too long, by its own claims (never the clock, so the answer is the same
+/// however often it is asked).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Lifetime {
+    /// `exp - iat`, in seconds.
+    Issued(f64),
+    /// The `exp` of a token without `iat`, too far from now.
+    Remaining { exp: f64 },
+    /// The `iat` of a token without `exp`, too long ago.
+    Age { iat: f64 },
+    /// Neither `exp` nor `iat`: nothing bounds it.
+    Unbounded,
+}
+
+impl std::fmt::Display for Lifetime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Lifetime::Issued(s) => write!(
+                f,
+                "the token is valid for {}{} (exp - iat), longer than its issuer allows",
+                if s >= SPAN_LIMIT { "more than " } else { "" },
+                span(s)
+            ),
+            Lifetime::Remaining { exp } => write!(
+                f,
+                "the token has no iat and expires at {} (exp - now), later than its issuer allows",
+                rfc3339(exp)
+            ),
+            Lifetime::Age { iat } => write!(
+                f,
+                "the token has no exp and was issued at {}, longer ago than its issuer lets a token live",
+                rfc3339(iat)
+            ),
+            Lifetime::Unbounded => f.write_str(
+                "the token has neither exp nor iat: nothing bounds its lifetime, and its issuer limits it",
+            ),
+        }
+    }
 }
 
 impl ValidationError {
@@ -139,6 +185,8 @@ impl ValidationError {
             AzureGraph(_) => Reason::AzureGraphToken,
             AzureVersion { .. } => Reason::AzureTokenVersion,
             AzureTenant { .. } => Reason::IssuerNotAllowed,
+            LifetimeExceeded(_) => Reason::TokenLifetimeExceeded,
+            TenantNotAllowed { .. } => Reason::IssuerNotAllowed,
         }
     }
 
@@ -164,6 +212,8 @@ impl ValidationError {
             AudienceMissing | AudienceMismatch(_) => "aud",
             ClaimUnmet(_) => "requiredClaims",
             AzureGraph(_) | AzureCaller { .. } | AzureTenant { .. } => "azure",
+            LifetimeExceeded(_) => "lifetime",
+            TenantNotAllowed { .. } => "issuer",
         }
     }
 
@@ -281,6 +331,23 @@ impl ValidationError {
             AzureTenant { .. } => issuer.and_then(|i| i.azure.as_ref()).map(|a| {
                 format!("the issuer is tenant {}; the tid claim must match it", a.tenant)
             }),
+            LifetimeExceeded(_) => issuer.and_then(|i| i.max_lifetime).map(|max| {
+                format!(
+                    "{} allows tokens of at most {} (maxTokenLifetime; exp - iat, or exp - now without iat): have the issuer issue shorter-lived tokens, or raise maxTokenLifetime if it is deliberate",
+                    issuer.map_or("the issuer", |i| i.issuer.as_str()),
+                    humantime::format_duration(max)
+                )
+            }),
+            TenantNotAllowed { tenant, template } => policy
+                .templates
+                .iter()
+                .find(|t| &t.issuer == template)
+                .map(|t| {
+                    format!(
+                        "{}.tenants allows {:?}; add {tenant:?} if this tenant is trusted",
+                        t.field, t.tenants
+                    )
+                }),
             ExpirationMissing => Some(if policy.introspection.is_some() {
                 "the token has no exp: issue tokens with exp, set requireExpirationTime: false, or (if the IdP's introspection answers never carry it) introspection.acceptWithout: [exp]".into()
             } else {
@@ -325,14 +392,44 @@ pub fn route<'p>(
             return Err(ValidationError::AzureGraph(graph));
         }
     }
-    let issuer = issuer.ok_or_else(|| {
-        version_mismatch(policy, iss)
-            .unwrap_or_else(|| ValidationError::IssuerNotAllowed(iss.clone()))
-    })?;
+    let issuer = issuer.ok_or_else(|| unknown_issuer(policy, iss))?;
     if !issuer.algorithms.contains(&alg) {
         return Err(ValidationError::AlgorithmNotAllowed(alg_name.clone()));
     }
     Ok((issuer, alg))
+}
+
+/// Why the policy has no issuer for `iss`: a tenant an issuer template does not allow, an
+/// Azure v1/v2 mix-up, or an issuer it does not know.
+pub fn unknown_issuer(policy: &Policy, iss: &str) -> ValidationError {
+    if let Some((template, tenant)) = policy
+        .templates
+        .iter()
+        .find_map(|t| t.tenant_of(iss).map(|tenant| (t, tenant)))
+    {
+        return ValidationError::TenantNotAllowed {
+            tenant: tenant.to_string(),
+            template: template.issuer.clone(),
+        };
+    }
+    version_mismatch(policy, iss)
+        .unwrap_or_else(|| ValidationError::IssuerNotAllowed(iss.to_string()))
+}
+
+/// How the trace names an accepted issuer: with its tenant when a template expanded it.
+pub fn describe_issuer(policy: &Policy, issuer: &Issuer) -> String {
+    match issuer.tenant.as_ref().and_then(|t| {
+        policy
+            .templates
+            .get(t.template)
+            .map(|template| (t, template))
+    }) {
+        Some((tenant, template)) => format!(
+            "{} is accepted: tenant {:?} of the issuer template {} ({}.tenants)",
+            issuer.issuer, tenant.name, template.issuer, template.field
+        ),
+        None => format!("{} is accepted", issuer.issuer),
+    }
 }
 
 /// What `iss` says about an Azure tenant, knowing the policy's own Azure authority.
@@ -481,8 +578,11 @@ fn rfc3339(seconds: f64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// The longest span [`span`] writes out (about 31,700 years).
+const SPAN_LIMIT: f64 = 1e12;
+
 fn span(seconds: f64) -> String {
-    let secs = seconds.abs().min(1e12) as u64;
+    let secs = seconds.abs().min(SPAN_LIMIT) as u64;
     humantime::format_duration(Duration::from_secs(secs)).to_string()
 }
 
@@ -519,6 +619,31 @@ fn check_iat(claims: &Claims, policy: &Policy, now: f64) -> Result<(), Validatio
         Some(iat) if now + (policy.clock_skew as f64) < iat => {
             Err(ValidationError::IssuedInFuture { at: rfc3339(iat) })
         }
+        _ => Ok(()),
+    }
+}
+
+/// `maxTokenLifetime`: `exp - iat`, or `exp - now` (with the clock skew, as it compares with
+/// this host's clock) without `iat`. Without `exp` the token lives until `iat` plus the
+/// maximum; with neither, nothing bounds it.
+fn check_lifetime(
+    claims: &Claims,
+    issuer: &Issuer,
+    policy: &Policy,
+    now: f64,
+) -> Result<(), ValidationError> {
+    let Some(max) = issuer.max_lifetime else {
+        return Ok(());
+    };
+    let (max, skew) = (max.as_secs_f64(), policy.clock_skew as f64);
+    let exceeded = |lifetime| Err(ValidationError::LifetimeExceeded(lifetime));
+    match (numeric_date(claims, "exp")?, numeric_date(claims, "iat")?) {
+        (Some(exp), Some(iat)) if exp - iat > max => exceeded(Lifetime::Issued(exp - iat)),
+        // The same comparison as `TimeWindow::holds` makes with `not_before = exp - max`.
+        (Some(exp), None) if now + skew < exp - max => exceeded(Lifetime::Remaining { exp }),
+        // The same comparison as `TimeWindow::holds` makes with `expires = iat + max`.
+        (None, Some(iat)) if now >= iat + max + skew => exceeded(Lifetime::Age { iat }),
+        (None, None) => exceeded(Lifetime::Unbounded),
         _ => Ok(()),
     }
 }
@@ -564,6 +689,26 @@ fn describe(check: &'static str, claims: &Claims, issuer: &Issuer, now: f64) -> 
         ("nbf", Some(t)) => format!("valid since {}", rfc3339(t)),
         ("iat", Some(t)) => format!("issued {} ({} ago)", rfc3339(t), span(now - t)),
         ("nbf" | "iat", None) => "absent".into(),
+        ("lifetime", _) => {
+            let max = issuer
+                .max_lifetime
+                .map(|m| humantime::format_duration(m).to_string())
+                .unwrap_or_default();
+            match (date("exp"), date("iat")) {
+                (Some(exp), Some(iat)) => {
+                    format!("valid for {} (exp - iat), at most {max}", span(exp - iat))
+                }
+                (Some(exp), None) => format!(
+                    "no iat; expires in {} (exp - now), at most {max}",
+                    span(exp - now)
+                ),
+                (None, Some(iat)) => format!(
+                    "no exp; accepted until iat + {max} ({})",
+                    rfc3339(iat + issuer.max_lifetime.map_or(0.0, |m| m.as_secs_f64()))
+                ),
+                (None, None) => "unbounded".into(),
+            }
+        }
         _ => format!(
             "{:?} is accepted (the issuer accepts {:?})",
             audiences(claims).unwrap_or_default(),
@@ -604,7 +749,18 @@ pub fn check_answer_claims(
 ) -> Result<(), ValidationError> {
     let now = seconds_since_epoch(now);
     let mut first = None;
-    for check in ["exp", "nbf", "iat", "aud"] {
+    for check in ["exp", "nbf", "iat", "lifetime", "aud"] {
+        if check == "lifetime" && issuer.max_lifetime.is_none() {
+            continue;
+        }
+        // An answer without exp that is accepted without it: `active: true` (re-asked when the
+        // cached answer ends) bounds the token, not its claims.
+        if check == "lifetime" && without.exp && !claims.contains_key("exp") {
+            trace.pass(check, || {
+                "exp absent from the IdP's answer (introspection.acceptWithout): the IdP's active: true bounds the token".into()
+            });
+            continue;
+        }
         let absent = !claims.contains_key(check);
         let accepted_absent = absent
             && match check {
@@ -623,6 +779,7 @@ pub fn check_answer_claims(
             "exp" => check_exp(claims, policy, now),
             "nbf" => check_nbf(claims, policy, now),
             "iat" => check_iat(claims, policy, now),
+            "lifetime" => check_lifetime(claims, issuer, policy, now),
             _ => check_aud(claims, issuer),
         };
         match outcome {
@@ -656,18 +813,32 @@ pub struct TimeWindow {
 }
 
 impl TimeWindow {
-    /// The window of claims that passed [`check_claims`]; `None` if their time claims are not
-    /// usable (then they did not pass).
-    pub fn of(claims: &Claims, policy: &Policy) -> Option<TimeWindow> {
+    /// The window of claims that passed [`check_claims`] for `issuer`; `None` if their time
+    /// claims are not usable (then they did not pass). The issuer's `maxTokenLifetime` narrows
+    /// it by the comparisons `check_lifetime` makes: a token without `iat` starts to pass at
+    /// `exp - max`, one without `exp` stops at `iat + max`.
+    pub fn of(claims: &Claims, issuer: &Issuer, policy: &Policy) -> Option<TimeWindow> {
         let nbf = numeric_date(claims, "nbf").ok()?;
         let iat = numeric_date(claims, "iat").ok()?;
         let exp = numeric_date(claims, "exp").ok()?;
         if exp.is_none() && policy.require_exp {
             return None;
         }
+        let max = issuer.max_lifetime.map(|m| m.as_secs_f64());
+        let (from_lifetime, until_lifetime) = match (max, exp, iat) {
+            (None, ..) => (None, None),
+            (Some(_), None, None) => return None,
+            (Some(max), Some(exp), None) => (Some(exp - max), None),
+            (Some(max), None, Some(iat)) => (None, Some(iat + max)),
+            (Some(_), Some(_), Some(_)) => (None, None),
+        };
         Some(TimeWindow {
-            not_before: nbf.into_iter().chain(iat).fold(f64::NEG_INFINITY, f64::max),
-            expires: exp.unwrap_or(f64::INFINITY),
+            not_before: nbf
+                .into_iter()
+                .chain(iat)
+                .chain(from_lifetime)
+                .fold(f64::NEG_INFINITY, f64::max),
+            expires: exp.or(until_lifetime).unwrap_or(f64::INFINITY),
             skew: policy.clock_skew as f64,
         })
     }

@@ -346,6 +346,7 @@ mod cache;
 mod cel;
 mod encrypted;
 mod hostile;
+mod issuers;
 
 /// A policy attached to one route that matches on a header and a query parameter.
 fn header_and_query_routed() -> Snapshot {

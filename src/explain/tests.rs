@@ -62,6 +62,18 @@ fn azure() -> Snapshot {
     single(Arc::new(try_compile("azure", &spec).expect("compiles")))
 }
 
+/// An issuer template with two tenants, `maxTokenLifetime` and a rule requiring scopes.
+fn tenants() -> Snapshot {
+    let spec = spec(&format!(
+        r#"{{match: {{hosts: [api.example.com], paths: [/orders]}},
+            issuers: [{{issuer: "https://kc.example.com/realms/{{tenant}}", tenants: [acme, globex],
+                        audiences: ["api://orders"], jwks: {}, maxTokenLifetime: 2h}}],
+            rules: [{{paths: [/orders/admin], requiredClaims: [{{name: scp, match: all, separator: " ", values: [orders.read, orders.admin]}}]}}]}}"#,
+        jwks(&[&RSA])
+    ));
+    single(Arc::new(try_compile("tenants", &spec).expect("compiles")))
+}
+
 /// A policy whose issuer publishes its keys by discovery (never fetched offline).
 fn remote() -> Snapshot {
     let spec =
@@ -256,6 +268,33 @@ fn cases(enc_key: &tempfile::NamedTempFile) -> Vec<Case> {
             ),
         )
         .expect("deny", "azure_token_version"),
+        case(
+            "tenant",
+            tenants(),
+            Some(token(json!({"iss": "https://kc.example.com/realms/globex"}))),
+        )
+        .expect("allow", "valid"),
+        case(
+            "tenant-not-allowed",
+            tenants(),
+            Some(token(json!({"iss": "https://kc.example.com/realms/initech"}))),
+        )
+        .expect("deny", "issuer_not_allowed"),
+        case(
+            "lifetime",
+            tenants(),
+            Some(token(
+                json!({"iss": "https://kc.example.com/realms/acme", "exp": 9_223_372_036_854_775_808u64}),
+            )),
+        )
+        .expect("deny", "token_lifetime_exceeded"),
+        case(
+            "scope-challenge",
+            tenants(),
+            Some(token(json!({"iss": "https://kc.example.com/realms/acme"}))),
+        )
+        .path("GET", "/orders/admin")
+        .expect("deny", "insufficient_scope"),
         case(
             "offline-unverified",
             remote(),

@@ -21,6 +21,7 @@ use super::spec::{
     IntrospectionSpec, IssuerSpec, JwtPolicySpec, SecretEncoding, SecretKeyRef, SecretSpec,
     TargetRefSpec, TraceHeaderSpec,
 };
+use super::tenants::{self, IssuerTemplate, Tenant};
 use crate::azure::{self, AzureIssuer};
 use crate::claims::ClaimRequirement;
 use crate::expression::{Environment, Expression, Reads};
@@ -42,6 +43,11 @@ pub mod limits {
     pub const FORWARD_HEADERS: usize = 64;
     pub const MAX_CLOCK_SKEW_SECS: u64 = 600;
     pub const DEFAULT_CLOCK_SKEW_SECS: u64 = 30;
+    /// Issuers of a policy once issuer templates and `azureAd` are expanded.
+    pub const EXPANDED_ISSUERS: usize = 128;
+    /// Bounds of `maxTokenLifetime` (as the CRD's rule: 1s to 8760h).
+    pub const MIN_TOKEN_LIFETIME_SECS: u64 = 1;
+    pub const MAX_TOKEN_LIFETIME_SECS: u64 = 8760 * 3600;
 }
 
 const ASYMMETRIC: [Algorithm; 9] = [
@@ -210,6 +216,10 @@ pub struct Issuer {
     pub keys: Arc<KeySource>,
     /// The Azure AD tenant and token version, when the issuer has Azure's shape.
     pub azure: Option<AzureIssuer>,
+    /// The longest a token may live (`maxTokenLifetime`).
+    pub max_lifetime: Option<Duration>,
+    /// The tenant, when an issuer template expanded to this issuer.
+    pub tenant: Option<Tenant>,
 }
 
 /// What an `azureAd` profile adds beyond its issuers.
@@ -254,6 +264,9 @@ pub struct Rule {
     pub allow_anonymous: bool,
     /// CEL conditions after the policy-wide ones.
     pub when: Vec<Condition>,
+    /// What its `insufficient_scope` challenge names in `scope` (RFC 6750 §3), when one of its
+    /// requirements on `scope`/`scp` fails: see [`crate::claims::challenge_scope`].
+    pub scope: Option<String>,
 }
 
 /// A CEL condition (`when`).
@@ -371,6 +384,9 @@ pub struct Policy {
     pub resource: Option<Arc<ProtectedResource>>,
     /// `mode: dryRun`: a denial becomes an allow that records it ([`crate::dry_run`]).
     pub dry_run: bool,
+    /// Issuer templates (`{tenant}` in `issuer`): their tenants are among `issuers`; the
+    /// templates name the tenant of an `iss` none of them admits.
+    pub templates: Vec<IssuerTemplate>,
 }
 
 fn next_instance() -> u64 {
@@ -529,18 +545,41 @@ pub fn compile(
             "at least one issuer is required (or an azureAd profile)",
         );
     }
+    c.at_most("spec.issuers", &spec.issuers, limits::ISSUERS);
     let mut issuers: Vec<Issuer> = Vec::new();
+    let mut templates: Vec<IssuerTemplate> = Vec::new();
     for (i, issuer) in spec.issuers.iter().enumerate() {
         let field = format!("spec.issuers[{i}]");
-        if issuers.iter().any(|known| known.issuer == issuer.issuer) {
-            c.invalid(
-                format!("{field}.issuer"),
-                format!("{:?} is listed twice", issuer.issuer),
-            );
-            continue;
-        }
-        if let Some(mut compiled) = compile_issuer(&mut c, &field, namespace, &id, issuer, ctx) {
+        let expanded = match tenants::expand(&field, issuer) {
+            Ok(expanded) => expanded,
+            Err(problems) => {
+                for (field, message) in problems {
+                    c.invalid(field, message);
+                }
+                continue;
+            }
+        };
+        let template = expanded.template.map(|t| {
+            templates.push(t);
+            templates.len() - 1
+        });
+        for (spec, tenant) in expanded.issuers {
+            if issuers.iter().any(|known| known.issuer == spec.issuer) {
+                c.invalid(
+                    format!("{field}.issuer"),
+                    format!("{:?} is listed twice", spec.issuer),
+                );
+                continue;
+            }
+            let Some(mut compiled) = compile_issuer(&mut c, &field, namespace, &id, &spec, ctx)
+            else {
+                // What is wrong with one tenant's issuer is wrong with the template's.
+                break;
+            };
             compiled.azure = azure::classify(&compiled.issuer);
+            compiled.tenant = tenant
+                .zip(template)
+                .map(|(name, template)| Tenant { name, template });
             issuers.push(compiled);
         }
     }
@@ -548,13 +587,13 @@ pub fn compile(
         .azure_ad
         .as_ref()
         .map(|profile| compile_azure(&mut c, namespace, &id, profile, &mut issuers, ctx));
-    if issuers.len() > limits::ISSUERS {
+    if issuers.len() > limits::EXPANDED_ISSUERS {
         c.invalid(
             "spec.issuers",
             format!(
-                "{} issuers (with those azureAd expands to); at most {} are allowed",
+                "{} issuers (with those issuer templates and azureAd expand to); at most {} are allowed",
                 issuers.len(),
-                limits::ISSUERS
+                limits::EXPANDED_ISSUERS
             ),
         );
     }
@@ -562,6 +601,7 @@ pub fn compile(
     let required_claims = requirements(&mut c, "spec.requiredClaims", &spec.required_claims);
     c.at_most("spec.rules", &spec.rules, limits::RULES);
     let mut rules = Vec::with_capacity(spec.rules.len());
+    let mut scope_warnings = Vec::new();
     for (i, rule) in spec.rules.iter().enumerate() {
         let field = format!("spec.rules[{i}]");
         let paths = prefixes(&mut c, &format!("{field}.paths"), &rule.paths);
@@ -592,12 +632,27 @@ pub fn compile(
                 "a rule needs requiredClaims, when, or allowAnonymous: true",
             );
         }
+        // Only a rule's own requirement on a scope claim can make its challenge name scopes.
+        let scoped = reqs.iter().any(ClaimRequirement::is_scope);
+        let scope = match crate::claims::challenge_scope(&required_claims, &reqs) {
+            Ok(scope) => scope.filter(|_| scoped),
+            Err(_) if !scoped => None,
+            Err(why) => {
+                scope_warnings.push(Problem {
+                    field: format!("{field}.requiredClaims"),
+                    message: format!("its insufficient_scope challenge names no scope: {why}"),
+                    kind: ProblemKind::Warning,
+                });
+                None
+            }
+        };
         rules.push(Rule {
             paths,
             methods,
             requirements: reqs,
             allow_anonymous: rule.allow_anonymous,
             when,
+            scope,
         });
     }
 
@@ -676,6 +731,7 @@ pub fn compile(
     }
     let mut warnings = rule_warnings(&paths, &methods, &rules);
     warnings.extend(resource_warnings);
+    warnings.extend(scope_warnings);
     Ok(Policy {
         id,
         hosts,
@@ -716,6 +772,7 @@ pub fn compile(
         cel,
         resource,
         dry_run: spec.mode == spec::PolicyMode::DryRun,
+        templates,
     })
 }
 
@@ -1371,6 +1428,10 @@ fn compile_issuer(
             })
         })
     };
+    let max_lifetime = spec
+        .max_token_lifetime
+        .as_deref()
+        .and_then(|text| max_token_lifetime(c, &format!("{field}.maxTokenLifetime"), text));
     if c.problems.len() > before {
         return None;
     }
@@ -1380,7 +1441,56 @@ fn compile_issuer(
         algorithms,
         keys: keys?,
         azure: None,
+        max_lifetime,
+        tenant: None,
     })
+}
+
+/// Whether `text` is written as the CRD's pattern `^([0-9]+(ms|s|m|h))+$` asks (Go's
+/// duration units, which the API server's CEL `duration()` reads).
+fn duration_units(text: &str) -> bool {
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        match ["ms", "s", "m", "h"]
+            .iter()
+            .find(|unit| rest.starts_with(**unit))
+        {
+            Some(unit) => rest = &rest[unit.len()..],
+            None => return false,
+        }
+    }
+    !text.is_empty()
+}
+
+/// `maxTokenLifetime`: a duration from 1s to 8760h, as the CRD's pattern and rule say.
+fn max_token_lifetime(c: &mut Checker, field: &str, text: &str) -> Option<Duration> {
+    let min = Duration::from_secs(limits::MIN_TOKEN_LIFETIME_SECS);
+    let max = Duration::from_secs(limits::MAX_TOKEN_LIFETIME_SECS);
+    if !duration_units(text) {
+        c.invalid(
+            field,
+            format!("{text:?} is not a duration like 1h or 90m (units h, m, s, ms)"),
+        );
+        return None;
+    }
+    match humantime::parse_duration(text) {
+        Ok(d) if d < min => c.invalid(
+            field,
+            format!("{text} is less than the 1s minimum: a token must live long enough to be used"),
+        ),
+        Ok(d) if d > max => c.invalid(field, format!("{text} is more than the 8760h maximum")),
+        Ok(d) => return Some(d),
+        Err(e) => c.invalid(
+            field,
+            format!("{text:?} is not a duration like 1h or 90m: {e}"),
+        ),
+    }
+    None
 }
 
 fn duration(

@@ -290,6 +290,9 @@ pub enum AzureVersion {
 #[x_kube(validation = Rule::new(
     "has(self.tenantId) != (has(self.tenants) && size(self.tenants) > 0)"
 ).message("set tenantId, or tenants for a multi-tenant application, not both"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.maxTokenLifetime) || (duration(self.maxTokenLifetime) >= duration('1s') && duration(self.maxTokenLifetime) <= duration('8760h'))"
+).message("azureAd.maxTokenLifetime must be between 1s and 8760h"))]
 pub struct AzureAdSpec {
     /// The directory (tenant) id, a GUID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -330,6 +333,12 @@ pub struct AzureAdSpec {
     /// Allow a plain-http authority (local development only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_insecure_http: bool,
+    /// The longest a token may live (`exp - iat`, or `exp - now` without `iat`), e.g. `1h`:
+    /// `maxTokenLifetime` of every issuer the profile expands to. Azure issues access tokens
+    /// for 60 to 90 minutes (up to 28 hours with continuous access evaluation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    pub max_token_lifetime: Option<String>,
 }
 
 /// Private keys that decrypt encrypted access tokens.
@@ -530,6 +539,9 @@ pub struct TokenSpec {
 #[x_kube(validation = Rule::new(
     "!has(self.algorithms) || self.algorithms.all(a, a.startsWith('HS') == has(self.sharedSecret))"
 ).message("HS256/HS384/HS512 need sharedSecret, and sharedSecret allows only HS256/HS384/HS512"))]
+#[x_kube(validation = Rule::new(
+    "(self.issuer.contains('{tenant}') || self.issuer.contains('{tenantid}')) == (has(self.tenants) && size(self.tenants) > 0)"
+).message("an issuer template ({tenant} or {tenantid} in issuer) needs tenants, and tenants need a template"))]
 pub struct IssuerSpec {
     /// The exact `iss` value of this issuer's tokens.
     #[schemars(length(min = 1, max = 2048))]
@@ -576,6 +588,30 @@ pub struct IssuerSpec {
     /// tollgate read instance credentials.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_metadata_addresses: bool,
+    /// The longest a token of this issuer may live, e.g. `1h` (at least `1s`, at most
+    /// `8760h`): its `exp - iat`, or `exp - now` (with `clockSkew`) when it has no `iat`. A
+    /// token that would live longer is refused (`token_lifetime_exceeded`), however far in the
+    /// future its `exp`. A token without `exp` (`requireExpirationTime: false`) is accepted
+    /// until `iat` plus this, and refused without `iat`. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('8760h')").message("maxTokenLifetime must be at least 1s and at most 8760h"))]
+    pub max_token_lifetime: Option<String>,
+    /// The tenants of an issuer template: when `issuer` (and `discovery` or `jwksUri`, if set)
+    /// contains `{tenant}` (or Azure's spelling `{tenantid}`), each tenant listed expands to
+    /// an issuer of its own, with its own keys; a token of a tenant not listed is refused
+    /// (`issuer_not_allowed`). Required with a template, refused without one. The placeholder
+    /// stands only in a URL's path, never in its host. At most 64 tenants, each letters,
+    /// digits, `.`, `_` and `-` (starting with a letter or digit, at most 64).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(
+            length(min = 1, max = 64),
+            regex(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+        )
+    )]
+    pub tenants: Vec<String>,
 }
 
 /// An inline JSON Web Key Set.

@@ -425,3 +425,240 @@ fn descriptions_never_contain_the_token() {
     assert!(!err.to_string().contains(signature));
     assert!(!err.to_string().contains(&token[..30]));
 }
+
+/// A policy whose one issuer (the trusted keys) has `maxTokenLifetime: 1h`.
+fn lifetime_policy(extra: &str) -> Policy {
+    let mut spec = spec_with(extra);
+    spec.issuers[0].max_token_lifetime = Some("1h".into());
+    try_compile("p", &spec).expect("compiles")
+}
+
+#[test]
+fn max_token_lifetime_bounds_exp_minus_iat_or_exp_minus_now() {
+    let now = now_secs();
+    // 2^63: what an issuer that never wants a token to end signs.
+    let far = json!(9_223_372_036_854_775_808u64);
+    let policy = lifetime_policy("{clockSkew: 30s}");
+    let optional_exp = lifetime_policy("{clockSkew: 30s, requireExpirationTime: false}");
+    let cases = [
+        (
+            "exp - iat is the limit",
+            &policy,
+            json!({"iat": now - 10, "exp": now - 10 + 3600}),
+            None,
+        ),
+        (
+            "exp - iat a second over",
+            &policy,
+            json!({"iat": now - 10, "exp": now - 10 + 3601}),
+            Some("exp - iat"),
+        ),
+        (
+            "exp 2^63",
+            &policy,
+            json!({"iat": now - 10, "exp": far}),
+            Some("exp - iat"),
+        ),
+        (
+            "an old iat does not excuse a far exp",
+            &policy,
+            json!({"iat": now - 7200, "exp": now + 3600}),
+            Some("exp - iat"),
+        ),
+        (
+            "no iat, exp - now within the limit and skew",
+            &policy,
+            json!({"iat": null, "exp": now + 3620}),
+            None,
+        ),
+        (
+            "no iat, exp - now over the limit and skew",
+            &policy,
+            json!({"iat": null, "exp": now + 3700}),
+            Some("exp - now"),
+        ),
+        (
+            "no iat, exp 2^63",
+            &policy,
+            json!({"iat": null, "exp": far}),
+            Some("exp - now"),
+        ),
+        (
+            "no exp, issued within the limit",
+            &optional_exp,
+            json!({"exp": null, "iat": now - 3000}),
+            None,
+        ),
+        (
+            "no exp, issued before the limit",
+            &optional_exp,
+            json!({"exp": null, "iat": now - 3700}),
+            Some("issued"),
+        ),
+        (
+            "neither exp nor iat",
+            &optional_exp,
+            json!({"exp": null, "iat": null}),
+            Some("neither"),
+        ),
+    ];
+    for (name, policy, changes, want) in cases {
+        let got = run(policy, &mint(&RSA, &claims_with(changes)));
+        match want {
+            None => assert_eq!(got, Ok(()), "{name}"),
+            Some(fragment) => {
+                let err = got.expect_err(name);
+                assert_eq!(
+                    err.reason(),
+                    crate::decision::Reason::TokenLifetimeExceeded,
+                    "{name}"
+                );
+                assert_eq!(err.check(), "lifetime", "{name}");
+                assert!(err.to_string().contains(fragment), "{name}: {err}");
+                let hint = err.hint(policy, policy.issuers.first()).expect("hint");
+                assert!(
+                    hint.contains("at most 1h") && hint.contains("maxTokenLifetime"),
+                    "{hint}"
+                );
+            }
+        }
+    }
+    // Without the limit, today's behaviour: a far exp passes.
+    let unlimited = mk_policy("u", "");
+    assert_eq!(
+        run(&unlimited, &mint(&RSA, &claims_with(json!({"exp": far})))),
+        Ok(())
+    );
+}
+
+#[test]
+fn the_lifetime_check_is_traced() {
+    let policy = lifetime_policy("");
+    let now = now_secs();
+    let mut trace = Trace::on();
+    let token = mint(
+        &RSA,
+        &claims_with(json!({"iat": now - 10, "exp": now + 1790})),
+    );
+    run_traced(&policy, &token, &mut trace).expect("passes");
+    let step = trace
+        .steps
+        .iter()
+        .find(|s| s.check == "lifetime")
+        .expect("a lifetime step");
+    assert_eq!(step.detail, "valid for 30m (exp - iat), at most 1h");
+    // Without a limit there is no such step.
+    let mut trace = Trace::on();
+    run_traced(&mk_policy("u", ""), &token, &mut trace).expect("passes");
+    assert!(trace.steps.iter().all(|s| s.check != "lifetime"));
+}
+
+#[test]
+fn introspection_answers_meet_the_lifetime_limit_unless_they_carry_no_exp() {
+    let policy = lifetime_policy("");
+    let issuer = &policy.issuers[0];
+    let now = now_secs();
+    let claims = |v: Value| -> crate::jose::Claims { serde_json::from_value(v).expect("claims") };
+    let check = |c: &crate::jose::Claims, without: AcceptWithout| {
+        check_answer_claims(
+            c,
+            issuer,
+            &policy,
+            without,
+            SystemTime::now(),
+            &mut Trace::on(),
+        )
+    };
+    let long = claims(json!({"aud": AUDIENCE, "iat": now, "exp": now + 86_400}));
+    assert_eq!(
+        check(&long, AcceptWithout::default()).map_err(|e| e.reason()),
+        Err(crate::decision::Reason::TokenLifetimeExceeded)
+    );
+    assert_eq!(
+        check(
+            &long,
+            AcceptWithout {
+                aud: false,
+                exp: true
+            }
+        )
+        .map_err(|e| e.reason()),
+        Err(crate::decision::Reason::TokenLifetimeExceeded),
+        "an exp present is always checked"
+    );
+    // An answer without exp, accepted without it: the IdP's `active` bounds the token.
+    let no_exp = claims(json!({"aud": AUDIENCE}));
+    assert_eq!(
+        check(
+            &no_exp,
+            AcceptWithout {
+                aud: false,
+                exp: true
+            }
+        ),
+        Ok(())
+    );
+    let short = claims(json!({"aud": AUDIENCE, "iat": now, "exp": now + 600}));
+    assert_eq!(check(&short, AcceptWithout::default()), Ok(()));
+}
+
+/// A policy with a `{tenant}` template (two tenants), sharing the trusted keys.
+fn tenant_policy() -> Policy {
+    let spec = spec(&format!(
+        "issuers:\n- {{issuer: 'https://kc.example.com/realms/{{tenant}}', tenants: [acme, globex], audiences: [{AUDIENCE}], jwks: {jwks}}}\n",
+        jwks = crate::local_issuer::jwks(&[&RSA]),
+    ));
+    try_compile("p", &spec).expect("compiles")
+}
+
+#[test]
+fn a_template_admits_its_tenants_and_names_the_others() {
+    let policy = tenant_policy();
+    let of = |tenant: &str| {
+        mint(
+            &RSA,
+            &claims_with(json!({"iss": format!("https://kc.example.com/realms/{tenant}")})),
+        )
+    };
+    assert_eq!(run(&policy, &of("acme")), Ok(()));
+    assert_eq!(run(&policy, &of("globex")), Ok(()));
+    let err = run(&policy, &of("initech")).expect_err("not listed");
+    assert_eq!(
+        err,
+        ValidationError::TenantNotAllowed {
+            tenant: "initech".into(),
+            template: "https://kc.example.com/realms/{tenant}".into()
+        }
+    );
+    assert_eq!(err.reason(), crate::decision::Reason::IssuerNotAllowed);
+    assert!(
+        err.to_string()
+            .contains("tenant \"initech\" is not allowed"),
+        "{err}"
+    );
+    let hint = err.hint(&policy, None).expect("hint");
+    assert!(
+        hint.contains("spec.issuers[0].tenants allows [\"acme\", \"globex\"]")
+            && hint.contains("add \"initech\""),
+        "{hint}"
+    );
+    // Not of the template's shape: the plain refusal.
+    let other = mint(
+        &RSA,
+        &claims_with(json!({"iss": "https://kc.example.com/other/acme"})),
+    );
+    assert!(matches!(
+        run(&policy, &other),
+        Err(ValidationError::IssuerNotAllowed(_))
+    ));
+    // The trace says which tenant the token resolved to.
+    let mut trace = Trace::on();
+    let globex = of("globex");
+    let jws = jose::parse(&globex).expect("jws");
+    let (issuer, _) = route(&jws, &policy).expect("routes");
+    trace.pass("issuer", || describe_issuer(&policy, issuer));
+    assert_eq!(
+        trace.steps[0].detail,
+        "https://kc.example.com/realms/globex is accepted: tenant \"globex\" of the issuer template https://kc.example.com/realms/{tenant} (spec.issuers[0].tenants)"
+    );
+}

@@ -19,7 +19,7 @@ fn claims(exp: f64) -> Arc<Claims> {
 
 fn window(claims: &Claims, skew: &str) -> TimeWindow {
     let policy = try_compile("w", &spec_with(&format!("clockSkew: {skew}"))).expect("policy");
-    TimeWindow::of(claims, &policy).expect("window")
+    TimeWindow::of(claims, &policy.issuers[0], &policy).expect("window")
 }
 
 fn put(cache: &TokenCache, policy: u64, n: u8, claims: Arc<Claims>, now: f64) {
@@ -163,10 +163,10 @@ fn the_window_uses_the_checks_own_comparisons() {
         &spec_with("{requireExpirationTime: false, clockSkew: 0s}"),
     )
     .expect("policy");
-    let w = TimeWindow::of(&no_exp, &policy).expect("window");
+    let w = TimeWindow::of(&no_exp, &policy.issuers[0], &policy).expect("window");
     assert!(!w.holds(1499.0));
     assert!(w.holds(1e12));
     // A string exp never passed the checks, so it has no window.
     let bad: Claims = serde_json::from_value(json!({"exp": "2000"})).expect("claims");
-    assert!(TimeWindow::of(&bad, &policy).is_none());
+    assert!(TimeWindow::of(&bad, &policy.issuers[0], &policy).is_none());
 }

@@ -230,3 +230,56 @@ fn the_example_policies_are_valid() {
         "ok: 4 policies (shop/internal, shop/inventory, shop/mcp, shop/orders)\n"
     );
 }
+
+#[test]
+fn check_policy_names_lifetime_tenant_and_scope_problems() {
+    let dir = tempfile::tempdir().expect("dir");
+    let spec = "  issuers:\n  - {issuer: 'https://kc.example.com/realms/{tenant}', audiences: [a]}\n  - {issuer: 'https://{tenant}.okta.example/', tenants: [acme], audiences: [a]}\n  - {issuer: 'https://kc.example.com/realms/{tenantid}', tenants: [acme, ../admin], audiences: [a]}\n  - {issuer: https://idp.example.com/, audiences: [a], maxTokenLifetime: 9000h}\n";
+    write_policy(
+        dir.path(),
+        "bad.yaml",
+        &format!(
+            "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nmetadata: {{name: bad, namespace: shop}}\nspec:\n{spec}"
+        ),
+    );
+    let out = tollgate()
+        .arg("check-policy")
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for expected in [
+        "spec.issuers[0].tenants: an issuer template needs the tenants it accepts",
+        "spec.issuers[1].issuer: the tenant placeholder may stand only in the path",
+        "spec.issuers[2].tenants[1]: \"../admin\" is not a tenant",
+        "spec.issuers[3].maxTokenLifetime: 9000h is more than the 8760h maximum",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    // A rule whose scope no challenge can name: it loads, with a warning.
+    let ok = tempfile::tempdir().expect("dir");
+    write_policy(
+        ok.path(),
+        "scoped.yaml",
+        &policy_yaml(
+            "scoped",
+            "https://idp.example.com/",
+            "  rules: [{paths: [/a], requiredClaims: [{name: scope, values: [\"two words\"]}]}]\n",
+        ),
+    );
+    let out = tollgate()
+        .arg("check-policy")
+        .arg(ok.path())
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: policy shop/scoped: spec.rules[0].requiredClaims: its insufficient_scope challenge names no scope: \"two words\""),
+        "{stdout}"
+    );
+}

@@ -480,7 +480,67 @@ fn cases() -> Vec<Case> {
             })),
             Accepted,
         ),
+        case(
+            "maxTokenLifetime 1s and 8760h",
+            json!({"issuers": [issuer(json!({"maxTokenLifetime": "1s"})), issuer(json!({"issuer": "https://other.example.com/", "maxTokenLifetime": "8760h"}))]}),
+            Accepted,
+        ),
+        case(
+            "azureAd maxTokenLifetime 90m",
+            json!({"azureAd": {"tenantId": TENANT, "audiences": ["api://orders"], "maxTokenLifetime": "90m"}}),
+            Accepted,
+        ),
+        case(
+            "issuer templates of both spellings",
+            json!({"issuers": [
+                issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}", "tenants": ["acme", "globex"]})),
+                issuer(json!({"issuer": "https://login.microsoftonline.com/{tenantid}/v2.0", "tenants": [TENANT, OTHER_TENANT]})),
+            ]}),
+            Accepted,
+        ),
+        case(
+            "32 issuer templates of 64 tenants, 2048-byte issuers",
+            json!({"issuers": (0..32).map(|i| issuer(json!({
+                "issuer": format!("https://kc{i:02}.example.com/{}/{{tenant}}", "r".repeat(2048 - 34)),
+                "jwksUri": "https://kc.example.com/certs",
+                "tenants": (0..64).map(|t| format!("{t:02}{}", "t".repeat(62))).collect::<Vec<_>>(),
+                "maxTokenLifetime": format!("{}h", "0".repeat(28) + "1"),
+            }))).collect::<Vec<_>>()}),
+            Accepted,
+        ),
         // Refused by a CEL rule.
+        case(
+            "maxTokenLifetime 8761h",
+            with_issuer(json!({"issuers": [issuer(json!({"maxTokenLifetime": "8761h"}))]})),
+            Rule("maxTokenLifetime must be at least 1s"),
+        ),
+        case(
+            "maxTokenLifetime 999ms",
+            with_issuer(json!({"issuers": [issuer(json!({"maxTokenLifetime": "999ms"}))]})),
+            Rule("maxTokenLifetime must be at least 1s"),
+        ),
+        case(
+            "maxTokenLifetime beyond a Go duration",
+            with_issuer(
+                json!({"issuers": [issuer(json!({"maxTokenLifetime": "99999999999999999999h"}))]}),
+            ),
+            Rule("maxTokenLifetime must be at least 1s"),
+        ),
+        case(
+            "azureAd maxTokenLifetime 0s",
+            json!({"azureAd": {"tenantId": TENANT, "audiences": ["a"], "maxTokenLifetime": "0s"}}),
+            Rule("azureAd.maxTokenLifetime"),
+        ),
+        case(
+            "an issuer template without tenants",
+            json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}"}))]}),
+            Rule("needs tenants"),
+        ),
+        case(
+            "tenants without a template",
+            json!({"issuers": [issuer(json!({"tenants": ["acme"]}))]}),
+            Rule("needs tenants"),
+        ),
         case(
             "targetRefs with match.hosts",
             with_issuer(json!({
@@ -725,6 +785,21 @@ fn cases() -> Vec<Case> {
         case(
             "clockSkew 1d",
             with_issuer(json!({"clockSkew": "1d"})),
+            Schema("should match '^([0-9]+(ms|s|m|h))+$'"),
+        ),
+        case(
+            "a tenant with a slash",
+            json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}", "tenants": ["a/b"]}))]}),
+            Schema("should match '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'"),
+        ),
+        case(
+            "65 tenants",
+            json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}", "tenants": (0..65).map(|t| format!("t{t}")).collect::<Vec<_>>()}))]}),
+            Schema("must have at most 64 items"),
+        ),
+        case(
+            "maxTokenLifetime 1d",
+            with_issuer(json!({"issuers": [issuer(json!({"maxTokenLifetime": "1d"}))]})),
             Schema("should match '^([0-9]+(ms|s|m|h))+$'"),
         ),
         case(

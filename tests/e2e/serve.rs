@@ -587,3 +587,183 @@ async fn every_denial_is_traced_in_the_log_when_asked() {
     tollgate.terminate();
     idp.stop().await;
 }
+
+/// A Keycloak-like server on 127.0.0.1 serving any realm: discovery and the realm's own key
+/// set (`sets`, by realm). Records every path asked for.
+async fn realms(
+    sets: Vec<(&'static str, serde_json::Value)>,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::extract::{Path, State};
+    use axum::routing::get;
+    type Shared = (
+        String,
+        std::sync::Arc<Vec<(&'static str, serde_json::Value)>>,
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    );
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let state: Shared = (base.clone(), std::sync::Arc::new(sets), asked.clone());
+    let app = axum::Router::new()
+        .route(
+            "/realms/{realm}/.well-known/openid-configuration",
+            get(
+                |State((base, _, asked)): State<Shared>, Path(realm): Path<String>| async move {
+                    asked
+                        .lock()
+                        .expect("lock")
+                        .push(format!("{realm} discovery"));
+                    axum::Json(json!({
+                        "issuer": format!("{base}/realms/{realm}"),
+                        "jwks_uri": format!("{base}/realms/{realm}/certs"),
+                    }))
+                },
+            ),
+        )
+        .route(
+            "/realms/{realm}/certs",
+            get(
+                |State((_, sets, asked)): State<Shared>, Path(realm): Path<String>| async move {
+                    asked.lock().expect("lock").push(format!("{realm} keys"));
+                    let own = sets
+                        .iter()
+                        .find(|(r, _)| *r == realm)
+                        .map_or_else(|| jwks(&[]), |(_, set)| set.clone());
+                    axum::Json(own)
+                },
+            ),
+        )
+        .with_state(state);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (base, asked)
+}
+
+fn challenge(response: &tollgate::proto::auth::CheckResponse) -> String {
+    let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else {
+        panic!("denied")
+    };
+    denied
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .find(|h| h.key == "www-authenticate")
+        .map(|h| h.value.clone())
+        .expect("challenge")
+}
+
+/// The issue's three policy features through `tollgate serve` and gRPC: tenants of an issuer
+/// template with keys of their own (others refused and never fetched), `maxTokenLifetime`
+/// against an `exp` of 2^63, and the `scope` an `insufficient_scope` challenge names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_lifetimes_and_scope_challenges_over_grpc() {
+    let (acme_key, globex_key, initech_key) = (rsa("acme"), rsa("globex"), rsa("initech"));
+    let (base, asked) = realms(vec![
+        ("acme", jwks(&[&acme_key])),
+        ("globex", jwks(&[&globex_key])),
+        ("initech", jwks(&[&initech_key])),
+    ])
+    .await;
+    let dir = tempfile::tempdir().expect("dir");
+    let policy = format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nmetadata: {{name: orders, namespace: shop}}\nspec:\n  issuers:\n  - issuer: '{base}/realms/{{tenant}}'\n    tenants: [acme, globex]\n    audiences: [\"{AUDIENCE}\"]\n    allowInsecureHttp: true\n    maxTokenLifetime: 1h\n  rules:\n  - paths: [/orders/admin]\n    requiredClaims: [{{name: scp, match: all, separator: \" \", values: [orders.read, orders.admin]}}]\n"
+    );
+    write_policy(dir.path(), "orders.yaml", &policy);
+    let tollgate = Tollgate::start(dir.path(), &[]);
+    let url = tollgate.url();
+    let iss = |realm: &str| format!("{base}/realms/{realm}");
+
+    // Listed tenants pass, each with its own keys.
+    for (realm, key) in [("acme", &acme_key), ("globex", &globex_key)] {
+        let token = key.mint(&claims(&iss(realm), json!({}))).expect("mint");
+        assert_eq!(
+            outcome(&check(&url, "/orders", Some(&token)).await),
+            (true, 200, "valid".into()),
+            "{realm}"
+        );
+    }
+    // A tenant the IdP serves but the policy does not list: refused, named in the log.
+    let initech = initech_key
+        .mint(&claims(&iss("initech"), json!({})))
+        .expect("mint");
+    let response = check(&url, "/orders", Some(&initech)).await;
+    assert_eq!(
+        outcome(&response),
+        (false, 401, "issuer_not_allowed".into())
+    );
+    assert!(challenge(&response).contains("error=\"invalid_token\""));
+    assert!(
+        denial_logged(
+            &tollgate,
+            "issuer_not_allowed",
+            "tenant \"initech\" is not allowed for the issuer template"
+        )
+        .await
+    );
+    // One tenant's key does not speak for another.
+    let forged = acme_key
+        .mint(&claims(&iss("globex"), json!({})))
+        .expect("mint");
+    assert_eq!(
+        outcome(&check(&url, "/orders", Some(&forged)).await),
+        (false, 401, "key_not_found".into())
+    );
+    let fetched = asked.lock().expect("lock").clone();
+    assert!(
+        fetched.iter().all(|a| !a.starts_with("initech")),
+        "{fetched:?}"
+    );
+    assert!(fetched.contains(&"acme keys".to_string()), "{fetched:?}");
+
+    // An exp of 2^63 on a valid signature: its own reason.
+    let now = tollgate::local_issuer::now_secs();
+    let forever = acme_key
+        .mint(&claims(
+            &iss("acme"),
+            json!({"iat": now, "exp": 9_223_372_036_854_775_808u64}),
+        ))
+        .expect("mint");
+    let response = check(&url, "/orders", Some(&forever)).await;
+    assert_eq!(
+        outcome(&response),
+        (false, 401, "token_lifetime_exceeded".into())
+    );
+    assert!(
+        challenge(&response)
+            .contains("error=\"invalid_token\", error_description=\"token_lifetime_exceeded: "),
+        "{}",
+        challenge(&response)
+    );
+    let hour = acme_key
+        .mint(&claims(
+            &iss("acme"),
+            json!({"iat": now, "exp": now + 3600}),
+        ))
+        .expect("mint");
+    assert!(outcome(&check(&url, "/orders", Some(&hour)).await).0);
+
+    // A missing scope: 403 with the scopes to request.
+    let read_only = acme_key
+        .mint(&claims(&iss("acme"), json!({"scp": "orders.read"})))
+        .expect("mint");
+    let response = check(&url, "/orders/admin", Some(&read_only)).await;
+    assert_eq!(
+        outcome(&response),
+        (false, 403, "insufficient_scope".into())
+    );
+    assert!(
+        challenge(&response).ends_with(", scope=\"orders.read orders.admin\""),
+        "{}",
+        challenge(&response)
+    );
+    let admin = acme_key
+        .mint(&claims(
+            &iss("acme"),
+            json!({"scp": "orders.read orders.admin"}),
+        ))
+        .expect("mint");
+    assert!(outcome(&check(&url, "/orders/admin", Some(&admin)).await).0);
+}

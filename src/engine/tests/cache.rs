@@ -28,24 +28,27 @@ fn at(offset_ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis((*BASE * 1000 + offset_ms) as u64)
 }
 
+/// A token of `key` with `good_claims` changed; times are seconds from `BASE`.
+fn mint_at(key: &SigningKey, changes: serde_json::Value) -> String {
+    let b = *BASE;
+    let mut claims = claims_with(changes);
+    for name in ["iat", "exp", "nbf"] {
+        match claims.get(name) {
+            Some(v) if v.is_i64() && v.as_i64().is_some_and(|o| o.abs() < 1_000_000) => {
+                claims[name] = json!(b + v.as_i64().unwrap_or_default());
+            }
+            Some(v) if v.is_f64() => {
+                claims[name] = json!(b as f64 + v.as_f64().unwrap_or_default());
+            }
+            _ => {}
+        }
+    }
+    key.mint(&claims).expect("mint")
+}
+
 /// Tokens whose windows, signatures and claims differ; times are seconds from `BASE`.
 static TOKENS: LazyLock<Vec<String>> = LazyLock::new(|| {
-    let b = *BASE;
-    let with = |key: &SigningKey, changes: serde_json::Value| {
-        let mut claims = claims_with(changes);
-        for name in ["iat", "exp", "nbf"] {
-            match claims.get(name) {
-                Some(v) if v.is_i64() && v.as_i64().is_some_and(|o| o.abs() < 1_000_000) => {
-                    claims[name] = json!(b + v.as_i64().unwrap_or_default());
-                }
-                Some(v) if v.is_f64() => {
-                    claims[name] = json!(b as f64 + v.as_f64().unwrap_or_default());
-                }
-                _ => {}
-            }
-        }
-        key.mint(&claims).expect("mint")
-    };
+    let with = mint_at;
     vec![
         with(&RSA, json!({"iat": -5, "exp": 60})),
         with(&EC, json!({"iat": -5, "exp": 30, "roles": ["admin"]})),
@@ -88,7 +91,11 @@ enum Step {
 }
 
 fn steps() -> impl Strategy<Value = Vec<Step>> {
-    let check = (0..11usize, -130_000i64..130_000, 0..3usize).prop_map(|(token, ms, path)| {
+    steps_for(TOKENS.len())
+}
+
+fn steps_for(tokens: usize) -> impl Strategy<Value = Vec<Step>> {
+    let check = (0..tokens, -130_000i64..130_000, 0..3usize).prop_map(|(token, ms, path)| {
         // Whole seconds half of the time, so the window's edges are hit exactly.
         let offset_ms = if ms % 2 == 0 { ms / 1000 * 1000 } else { ms };
         Step::Check {
@@ -135,7 +142,16 @@ async fn judge_at(s: &Snapshot, token: &str, path: &str, now: SystemTime) -> Dec
 }
 
 async fn run(steps: Vec<Step>, cache: &Arc<TokenCache>) -> Result<(), TestCaseError> {
-    let mut policy = mk_policy("orders", POLICY);
+    run_with(POLICY, &TOKENS, steps, cache).await
+}
+
+async fn run_with(
+    spec: &str,
+    tokens: &[String],
+    steps: Vec<Step>,
+    cache: &Arc<TokenCache>,
+) -> Result<(), TestCaseError> {
+    let mut policy = mk_policy("orders", spec);
     let (mut plain, mut cached) = snapshots(&policy, cache);
     for step in steps {
         match step {
@@ -145,7 +161,7 @@ async fn run(steps: Vec<Step>, cache: &Arc<TokenCache>) -> Result<(), TestCaseEr
                 path,
             } => {
                 let now = at(offset_ms);
-                let token = &TOKENS[token];
+                let token = &tokens[token];
                 // Twice through the cache: the second is a hit whenever the first was cached.
                 let first = judge_at(&cached, token, PATHS[path], now).await;
                 let second = judge_at(&cached, token, PATHS[path], now).await;
@@ -159,7 +175,7 @@ async fn run(steps: Vec<Step>, cache: &Arc<TokenCache>) -> Result<(), TestCaseEr
                 }
             }
             Step::Recompile => {
-                policy = mk_policy("orders", POLICY);
+                policy = mk_policy("orders", spec);
                 (plain, cached) = snapshots(&policy, cache);
             }
         }
@@ -176,6 +192,80 @@ proptest! {
         let cache = TokenCache::new(CacheLimits::default()).expect("cache");
         runtime.block_on(run(steps, &cache))?;
     }
+
+    /// With `maxTokenLifetime`, a token without `iat` passes only from `exp - max`, and one
+    /// without `exp` only until `iat + max`: the cache keeps neither a moment longer.
+    #[test]
+    fn the_cache_never_changes_a_decision_under_a_lifetime_limit(steps in steps_for(LIFETIME_TOKENS.len())) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let cache = TokenCache::new(CacheLimits::default()).expect("cache");
+        runtime.block_on(run_with(&LIFETIME_POLICY, &LIFETIME_TOKENS, steps, &cache))?;
+    }
+}
+
+/// [`POLICY`] with `maxTokenLifetime: 70s` and tokens without `exp` accepted.
+static LIFETIME_POLICY: LazyLock<String> = LazyLock::new(|| {
+    let issuers = json!([{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": trusted_jwks(), "maxTokenLifetime": "70s"}]);
+    format!(
+        "{}, requireExpirationTime: false, issuers: {issuers}}}",
+        POLICY
+            .trim_end()
+            .strip_suffix('}')
+            .expect("a YAML flow mapping")
+    )
+});
+
+/// [`TOKENS`] and tokens whose lifetime decides: without `iat`, without `exp`, without both,
+/// and one whose `exp` is 2^63.
+static LIFETIME_TOKENS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    let mut tokens = TOKENS.clone();
+    tokens.extend([
+        mint_at(&RSA, json!({"iat": null, "exp": 100})),
+        mint_at(&EC, json!({"iat": null, "exp": 50.5})),
+        mint_at(&RSA, json!({"iat": -20, "exp": null})),
+        mint_at(&ED, json!({"iat": 30.5, "exp": null})),
+        mint_at(&RSA, json!({"iat": null, "exp": null})),
+        mint_at(
+            &RSA,
+            json!({"iat": -5, "exp": 9_223_372_036_854_775_808u64}),
+        ),
+    ]);
+    tokens
+});
+
+#[tokio::test]
+async fn lifetime_edges_hold_with_and_without_the_cache() {
+    let cache = cache();
+    let policy = mk_policy("orders", &LIFETIME_POLICY);
+    let (plain, cached) = snapshots(&policy, &cache);
+    let n = TOKENS.len();
+    // (token, seconds from BASE, reason)
+    let cases = [
+        // exp 100 without iat: exp - now within 70s + 10s skew from 20s on.
+        (n, 19_999, Reason::TokenLifetimeExceeded),
+        (n, 20_000, Reason::Valid),
+        (n, 99_999, Reason::Valid),
+        (n, 110_000, Reason::TokenExpired),
+        // iat -20 without exp: accepted until iat + 70s + 10s skew.
+        (n + 2, 0, Reason::Valid),
+        (n + 2, 59_999, Reason::Valid),
+        (n + 2, 60_000, Reason::TokenLifetimeExceeded),
+        (n + 4, 0, Reason::TokenLifetimeExceeded),
+        (n + 5, 0, Reason::TokenLifetimeExceeded),
+        // exp - iat = 65s: within the limit.
+        (0, 0, Reason::Valid),
+    ];
+    for (token, ms, want) in cases {
+        for s in [&cached, &cached, &plain] {
+            let decision = judge_at(s, &LIFETIME_TOKENS[token], "/orders/1", at(ms)).await;
+            assert_eq!(
+                decision.reason(),
+                want,
+                "token {token} at {ms} ms: {decision:?}"
+            );
+        }
+    }
+    assert!(cache.stats().hits > 0, "{:?}", cache.stats());
 }
 
 fn cache() -> Arc<TokenCache> {

@@ -407,3 +407,221 @@ fn target_refs_are_checked_and_exclude_match() {
         );
     }
 }
+
+#[test]
+fn max_token_lifetime_is_bounded_and_per_issuer() {
+    for (value, fragment) in [
+        ("500ms", "less than the 1s minimum"),
+        ("0s", "less than the 1s minimum"),
+        ("8761h", "more than the 8760h maximum"),
+        ("forever", "not a duration like 1h"),
+        // What the CRD's pattern refuses, compile refuses too.
+        ("1d", "not a duration like 1h"),
+        ("1h 30m", "not a duration like 1h"),
+        ("h", "not a duration like 1h"),
+        ("99999999999999999999h", "not a duration like 1h"),
+    ] {
+        assert_problem(
+            &format!(
+                "issuers: [{{issuer: https://idp/, audiences: [a], jwksUri: https://idp/keys, maxTokenLifetime: {value}}}]"
+            ),
+            "spec.issuers[0].maxTokenLifetime",
+            fragment,
+        );
+    }
+    let spec: JwtPolicySpec = serde_yaml::from_str(
+        "issuers: [{issuer: https://a/, audiences: [a], jwksUri: https://a/keys, maxTokenLifetime: 1h30m}, {issuer: https://b/, audiences: [a], jwksUri: https://b/keys}]",
+    )
+    .expect("yaml");
+    let policy = try_compile("p", &spec).expect("compiles");
+    assert_eq!(
+        policy.issuers[0].max_lifetime,
+        Some(Duration::from_secs(5400))
+    );
+    assert_eq!(policy.issuers[1].max_lifetime, None);
+    // azureAd: every issuer it expands to; a bad value is named under azureAd.
+    let spec: JwtPolicySpec = serde_yaml::from_str(
+        "azureAd: {tenantId: 72f988bf-86f1-41af-91ab-2d7cd011db47, audiences: [api://orders], maxTokenLifetime: 2h}",
+    )
+    .expect("yaml");
+    let policy = try_compile("p", &spec).expect("compiles");
+    assert_eq!(policy.issuers.len(), 2);
+    assert!(
+        policy
+            .issuers
+            .iter()
+            .all(|i| i.max_lifetime == Some(Duration::from_secs(7200)))
+    );
+    assert_problem(
+        "azureAd: {tenantId: 72f988bf-86f1-41af-91ab-2d7cd011db47, audiences: [api://orders], maxTokenLifetime: 9000h}",
+        "spec.azureAd.maxTokenLifetime",
+        "8760h maximum",
+    );
+}
+
+#[test]
+fn issuer_templates_expand_per_tenant_with_their_own_key_sources() {
+    let sources = KeySources::offline().expect("client");
+    let spec: JwtPolicySpec = serde_yaml::from_str(
+        "issuers:\n- {issuer: https://idp/static, audiences: [a], jwksUri: https://idp/keys}\n- {issuer: 'https://kc.example.com/realms/{tenant}', tenants: [acme, globex], audiences: [a], maxTokenLifetime: 1h}\n- {issuer: 'https://login.microsoftonline.com/{tenantid}/v2.0', jwksUri: https://login.microsoftonline.com/common/discovery/v2.0/keys, tenants: [72f988bf-86f1-41af-91ab-2d7cd011db47], audiences: [a]}",
+    )
+    .expect("yaml");
+    let policy = compile_with(&sources, "ns", "p", &spec).expect("compiles");
+    let issuers: Vec<(&str, Option<&str>, String)> = policy
+        .issuers
+        .iter()
+        .map(|i| {
+            (
+                i.issuer.as_str(),
+                i.tenant.as_ref().map(|t| t.name.as_str()),
+                i.keys.id().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(issuers.len(), 4, "{issuers:?}");
+    assert_eq!(issuers[0].1, None);
+    assert_eq!(
+        (issuers[1].0, issuers[1].1),
+        ("https://kc.example.com/realms/acme", Some("acme"))
+    );
+    assert!(
+        issuers[1]
+            .2
+            .contains("https://kc.example.com/realms/acme/.well-known/openid-configuration"),
+        "{}",
+        issuers[1].2
+    );
+    assert!(
+        issuers[2].2.contains("realms/globex/.well-known"),
+        "{}",
+        issuers[2].2
+    );
+    // Each tenant has the template's settings.
+    assert!(
+        policy.issuers[1..3]
+            .iter()
+            .all(|i| i.max_lifetime == Some(Duration::from_secs(3600)))
+    );
+    // An Entra template is an Azure issuer (its tid is checked), its keys the common ones.
+    assert_eq!(
+        policy.issuers[3].azure.as_ref().map(|a| a.tenant.as_str()),
+        Some("72f988bf-86f1-41af-91ab-2d7cd011db47")
+    );
+    assert_eq!(policy.templates.len(), 2);
+    assert_eq!(policy.templates[0].field, "spec.issuers[1]");
+    assert_eq!(policy.templates[1].field, "spec.issuers[2]");
+    assert_eq!(
+        policy.issuers[3].tenant.as_ref().map(|t| t.template),
+        Some(1)
+    );
+    // Nothing else is created: 1 + 2 + 1 sources, nothing for tenants not listed.
+    assert_eq!(sources.live().len(), 4);
+}
+
+#[test]
+fn bad_issuer_templates_name_the_field() {
+    let cases = [
+        (
+            "issuers: [{issuer: 'https://kc/realms/{tenant}', audiences: [a]}]",
+            "spec.issuers[0].tenants",
+            "needs the tenants it accepts",
+        ),
+        (
+            "issuers: [{issuer: https://kc/realms/acme, tenants: [acme], audiences: [a]}]",
+            "spec.issuers[0].tenants",
+            "apply only to an issuer template",
+        ),
+        (
+            "issuers: [{issuer: 'https://{tenant}.okta.example/', tenants: [acme], audiences: [a]}]",
+            "spec.issuers[0].issuer",
+            "only in the path",
+        ),
+        (
+            "issuers: [{issuer: 'https://kc/realms/{tenant}', jwksUri: 'https://{tenant}.keys.example/certs', tenants: [acme], audiences: [a]}]",
+            "spec.issuers[0].jwksUri",
+            "only in the path",
+        ),
+        (
+            "issuers: [{issuer: 'https://kc/realms/{tenant}', tenants: [../../admin], audiences: [a]}]",
+            "spec.issuers[0].tenants[0]",
+            "is not a tenant",
+        ),
+        (
+            "issuers: [{issuer: 'http://kc/realms/{tenant}', tenants: [acme], audiences: [a]}]",
+            "spec.issuers[0].issuer",
+            "plain http",
+        ),
+        (
+            "issuers: [{issuer: 'https://169.254.169.254/{tenant}', tenants: [acme], audiences: [a]}]",
+            "spec.issuers[0].issuer",
+            "metadata",
+        ),
+        (
+            "issuers: [{issuer: https://kc/realms/acme, audiences: [a], jwksUri: https://kc/k}, {issuer: 'https://kc/realms/{tenant}', tenants: [globex, acme], audiences: [a]}]",
+            "spec.issuers[1].issuer",
+            "\"https://kc/realms/acme\" is listed twice",
+        ),
+    ];
+    for (yaml, field, fragment) in cases {
+        assert_problem(yaml, field, fragment);
+    }
+    // A URL problem of a template is reported once, not once per tenant.
+    let found = problems(
+        "issuers: [{issuer: 'http://kc/realms/{tenant}', tenants: [a, b, c], audiences: [a]}]",
+    );
+    assert_eq!(found.len(), 1, "{found:?}");
+}
+
+#[test]
+fn expanded_issuers_are_bounded() {
+    let tenants: Vec<String> = (0..64).map(|i| format!("t{i}")).collect();
+    let template = |n: usize| {
+        format!(
+            "{{issuer: 'https://kc{n}.example/realms/{{tenant}}', tenants: [{}], audiences: [a]}}",
+            tenants.join(", ")
+        )
+    };
+    let two = format!("issuers: [{}, {}]", template(0), template(1));
+    let spec: JwtPolicySpec = serde_yaml::from_str(&two).expect("yaml");
+    assert_eq!(
+        try_compile("p", &spec).expect("128 issuers").issuers.len(),
+        128
+    );
+    let three = format!(
+        "issuers: [{}, {}, {}]",
+        template(0),
+        template(1),
+        template(2)
+    );
+    assert_problem(&three, "spec.issuers", "192 issuers");
+}
+
+#[test]
+fn only_rules_requiring_a_scope_name_one_in_their_challenge() {
+    let policy = mk_policy(
+        "scoped",
+        r#"{requiredClaims: [{name: scp, separator: " ", values: [api]}, {name: scope, values: ["two words"]}],
+            rules: [{paths: [/a], requiredClaims: [{name: roles, values: [admin]}]},
+                    {paths: [/b], allowAnonymous: true},
+                    {paths: [/c], requiredClaims: [{name: scp, match: all, separator: " ", values: [c.read]}]}]}"#,
+    );
+    let scopes: Vec<Option<&str>> = policy.rules.iter().map(|r| r.scope.as_deref()).collect();
+    assert_eq!(scopes, [None, None, None]);
+    // The policy-wide value that is no scope token spoils only the rule whose challenge needs it.
+    let warned: Vec<&str> = policy
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("names no scope"))
+        .map(|w| w.field.as_str())
+        .collect();
+    assert_eq!(warned, ["spec.rules[2].requiredClaims"]);
+    let clean = mk_policy(
+        "clean",
+        r#"{requiredClaims: [{name: scp, separator: " ", values: [api]}],
+            rules: [{paths: [/a], requiredClaims: [{name: roles, values: [admin]}]},
+                    {paths: [/c], requiredClaims: [{name: scp, match: all, separator: " ", values: [c.read, c.write]}]}]}"#,
+    );
+    let scopes: Vec<Option<&str>> = clean.rules.iter().map(|r| r.scope.as_deref()).collect();
+    assert_eq!(scopes, [None, Some("api c.read c.write")]);
+    assert!(clean.warnings.is_empty(), "{:?}", clean.warnings);
+}

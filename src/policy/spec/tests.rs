@@ -143,6 +143,11 @@ fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
         json!({"issuers": [issuer(json!({}))], "when": [{"expression": "request.headers['x-tenant'] in claims.tenants", "message": "m", "status": 403}],
             "rules": [{"paths": ["/a"], "when": [{"expression": "'admin' in claims.roles"}]}, {"paths": ["/h"], "allowAnonymous": true, "when": [{"expression": "request.method == 'GET'"}]}],
             "forward": {"headers": [{"name": "x-tenant-user", "expression": "claims.tid + '/' + claims.sub"}]}}),
+        json!({"issuers": [issuer(json!({"maxTokenLifetime": "1h"}))]}),
+        json!({"issuers": [issuer(json!({"maxTokenLifetime": "1s"})), issuer(json!({"issuer": "https://b.example.com/", "maxTokenLifetime": "8760h"}))]}),
+        json!({"azureAd": {"tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47", "audiences": ["api://orders"], "maxTokenLifetime": "90m"}}),
+        json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}", "tenants": ["acme", "globex"]}))]}),
+        json!({"issuers": [issuer(json!({"issuer": "https://login.microsoftonline.com/{tenantid}/v2.0", "tenants": ["72f988bf-86f1-41af-91ab-2d7cd011db47"]}))]}),
     ];
     for spec in ok {
         assert_eq!(cel(&policy(spec.clone())), Ok(()), "{spec}");
@@ -212,6 +217,30 @@ fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
         (
             json!({"issuers": [issuer(json!({}))], "decryption": {"keys": [{"secretRef": {"name": "k", "key": "jwk"}, "algorithms": ["A192KW"]}]}, "requireSignedTokens": false}),
             "anyone holding the public key",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"maxTokenLifetime": "8761h"}))]}),
+            "maxTokenLifetime must be at least 1s and at most 8760h",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"maxTokenLifetime": "999ms"}))]}),
+            "maxTokenLifetime must be at least 1s and at most 8760h",
+        ),
+        (
+            json!({"azureAd": {"tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47", "audiences": ["api://orders"], "maxTokenLifetime": "0s"}}),
+            "azureAd.maxTokenLifetime must be between 1s and 8760h",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}"}))]}),
+            "needs tenants",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenantid}", "tenants": []}))]}),
+            "needs tenants",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"tenants": ["acme"]}))]}),
+            "tenants need a template",
         ),
     ];
     for (spec, message) in bad {

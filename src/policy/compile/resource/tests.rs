@@ -135,6 +135,8 @@ fn authorization_servers_default_to_the_issuers_that_clients_can_discover() {
             algorithms: Vec::new(),
             keys: crate::jwks::KeySource::fixed("test", crate::jwks::KeySet::default()),
             azure: crate::azure::classify(&i.issuer),
+            max_lifetime: None,
+            tenant: None,
         })
         .collect();
     assert_eq!(
