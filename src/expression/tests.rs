@@ -293,3 +293,78 @@ fn explain_shows_inputs() {
         "request.headers[\"x-tenant\"] = \"acme\", claims.tenants = [\"acme\"]"
     );
 }
+
+mod hostile {
+    //! Claims, headers and query strings a client controls never make an expression panic,
+    //! and never turn an evaluation error into a value.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
+            ".{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("[a-z]{1,3}", inner, 0..4)
+                    .prop_map(|m| { serde_json::Value::Object(m.into_iter().collect()) }),
+            ]
+        })
+    }
+
+    const EXPRESSIONS: &[&str] = &[
+        "request.headers['x-tenant'] in claims.tenants",
+        "'admin' in claims.roles || 'orders.write' in claims.scope.split(' ')",
+        "claims.tenants.exists(t, t.startsWith(request.headers['x-tenant']))",
+        "size(claims.roles) > 0 && claims.roles.all(r, r.matches('^[a-z]+$'))",
+        "timestamp(claims.exp) > now && int(claims.n) + 1 > 0",
+        "claims.a.b.c == request.query.v",
+        "sets.intersects(claims.roles, ['a', 'b']) && claims.scope.lowerAscii().trim() != ''",
+        "claims.scope.split(' ').filter(s, s.endsWith('.read')).size() < 3",
+        "string(claims.n) + claims.scope == request.headers['x-tenant']",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn hostile_inputs_never_panic(
+            claims in prop::collection::btree_map(
+                prop_oneof![Just("tenants".to_string()), Just("roles".to_string()),
+                    Just("scope".to_string()), Just("exp".to_string()), Just("n".to_string()),
+                    Just("a".to_string()), "[a-z]{1,4}"],
+                json_value(),
+                0..8,
+            ),
+            header in ".{0,16}",
+            query in "[a-z=&%+0-9]{0,24}",
+        ) {
+            let claims: serde_json::Map<String, serde_json::Value> = claims.into_iter().collect();
+            let headers = vec![("x-tenant".to_string(), header)];
+            let view = RequestView {
+                method: "GET",
+                host: "api.example.com",
+                path: "/",
+                query: Some(&query),
+                headers: Headers::List(&headers),
+                address: None,
+                principal: None,
+            };
+            for source in EXPRESSIONS {
+                let e = compile(source, Kind::Condition).expect("compiles");
+                let env = Environment::new([&e]);
+                let inputs = Inputs::new(&e.reads, Some(&claims), &view, SystemTime::now());
+                // Ok(bool) or a typed error; a panic fails the test.
+                let _ = e.condition(&env.scope(&inputs));
+            }
+        }
+    }
+}
