@@ -660,7 +660,55 @@ fn cases() -> Vec<Case> {
         case(
             "a rule with neither requiredClaims nor allowAnonymous",
             with_issuer(json!({"rules": [{"paths": ["/a"]}]})),
-            Rule("either requiredClaims or allowAnonymous"),
+            Rule("a rule needs requiredClaims, when, or allowAnonymous"),
+        ),
+        case(
+            "a rule with only a CEL condition",
+            with_issuer(
+                json!({"rules": [{"paths": ["/a"], "when": [{"expression": "request.method == 'GET'", "status": 400}]}]}),
+            ),
+            Accepted,
+        ),
+        case(
+            "an anonymous rule with a CEL condition, a policy condition and a computed header",
+            with_issuer(json!({
+                "when": [{"expression": "request.headers['x-api-version'] == '2'"}],
+                "rules": [{"paths": ["/h"], "allowAnonymous": true, "when": [{"expression": "request.method == 'GET'"}]}],
+                "forward": {"headers": [{"name": "x-tenant-user", "expression": "claims.tid + '/' + claims.sub"}]},
+            })),
+            Accepted,
+        ),
+        case(
+            "a protected resource with its authorization servers",
+            with_issuer(json!({"resourceMetadata": {
+                "resource": "https://api.example.com/mcp",
+                "authorizationServers": ["https://idp.example.com/"],
+                "resourceDocumentation": "https://docs.example.com/mcp",
+            }})),
+            Accepted,
+        ),
+        case(
+            "an http authorization server",
+            with_issuer(json!({"resourceMetadata": {
+                "resource": "https://api.example.com/mcp",
+                "authorizationServers": ["http://idp.example.com/"],
+            }})),
+            Rule("authorization servers are https"),
+        ),
+        case(
+            "a resource with a query",
+            with_issuer(
+                json!({"resourceMetadata": {"resource": "https://api.example.com/mcp?x=1"}}),
+            ),
+            Rule("resource must be an https URL"),
+        ),
+        case(
+            "http resource documentation",
+            with_issuer(json!({"resourceMetadata": {
+                "resource": "https://api.example.com/mcp",
+                "resourceDocumentation": "http://docs.example.com/",
+            }})),
+            Rule("resourceDocumentation must be an https URL"),
         ),
         case(
             "a rule with both",
@@ -670,7 +718,7 @@ fn cases() -> Vec<Case> {
         case(
             "a rule with allowAnonymous false only",
             with_issuer(json!({"rules": [{"paths": ["/a"], "allowAnonymous": false}]})),
-            Rule("either requiredClaims or allowAnonymous"),
+            Rule("a rule needs requiredClaims, when, or allowAnonymous"),
         ),
         case(
             "http introspection endpoint",
@@ -1228,21 +1276,23 @@ fn max_length(schema: &Value, path: &str) -> usize {
 
 /// The lists the CRD's rules iterate, below `spec`: lists whose items carry rules (run once per
 /// item) and lists a rule walks with `all`/`exists`/`in`.
-const ITERATED: [&str; 6] = [
+const ITERATED: [&str; 7] = [
     "issuers",
     "issuers[].algorithms",
     "rules",
     "decryption.keys",
     "decryption.keys[].algorithms",
     "introspection.acceptWithout",
+    "resourceMetadata.authorizationServers",
 ];
 
 /// The rules that walk a list (by a fragment of their message); their lists are in `ITERATED`.
-const ITERATING_RULES: [&str; 4] = [
+const ITERATING_RULES: [&str; 5] = [
     "none is never accepted",
     "need sharedSecret",
     "anyone holding the public key",
     "userinfo answers carry no aud",
+    "authorization servers are https issuer identifiers",
 ];
 
 /// Every list of the schema (below `spec`) whose items carry CEL rules.
@@ -1376,6 +1426,15 @@ fn objects_at_the_schema_maxima_stay_within_the_cel_cost_budget() {
             .collect()
     };
 
+    let servers = |last: &str| -> Vec<String> {
+        let n = max_items(&schema, "resourceMetadata.authorizationServers");
+        let len = max_length(&schema, "resourceMetadata.authorizationServers[]");
+        let mut all: Vec<String> = (0..n - 1)
+            .map(|i| long(&format!("https://as{i}.example.com/"), len))
+            .collect();
+        all.push(long(last, len));
+        all
+    };
     let accepted = [
         (
             "every issuer and rule at the maximum",
@@ -1383,6 +1442,7 @@ fn objects_at_the_schema_maxima_stay_within_the_cel_cost_budget() {
                 "issuers": many_issuers("EdDSA"),
                 "rules": rule_list,
                 "introspection": introspection,
+                "resourceMetadata": {"resource": "https://api.example.com/mcp", "authorizationServers": servers("https://last.example.com/")},
             }),
         ),
         (
@@ -1404,6 +1464,7 @@ fn objects_at_the_schema_maxima_stay_within_the_cel_cost_budget() {
         "requireSignedTokens": false,
         "rules": rule_list,
         "introspection": introspection,
+        "resourceMetadata": {"resource": "https://api.example.com/mcp", "authorizationServers": servers("http://last.example.com/")},
     });
 
     let filled = |spec: &Value, path: &str| {
@@ -1488,6 +1549,7 @@ fn objects_at_the_schema_maxima_stay_within_the_cel_cost_budget() {
         "none is never accepted",
         "exactly one issuer",
         "anyone holding the public key",
+        "authorization servers are https issuer identifiers",
     ]
     .iter()
     .map(|f| message(f))
