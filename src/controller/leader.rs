@@ -77,18 +77,10 @@ pub fn spawn_status_writer(
         };
         let mut ticker = tokio::time::interval(RESYNC);
         loop {
+            // The stop comes first: when the index stops too, its channels close in the
+            // same moment, and a random pick would end the task without releasing the Lease.
             tokio::select! {
-                changed = views.changed() => if changed.is_err() { return },
-                changed = replicas.changed() => if changed.is_err() { return },
-                changed = leader.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    // A new leader rewrites whatever differs; a former one forgets what it wrote.
-                    writer.written.clear();
-                    tracing::info!(leader = *leader.borrow(), "status Lease holder changed");
-                }
-                _ = ticker.tick() => {}
+                biased;
                 () = &mut stopped => {
                     // Closing the channel makes the manager release the Lease if it holds it.
                     let held = *leader.borrow();
@@ -112,6 +104,17 @@ pub fn spawn_status_writer(
                     }
                     return;
                 }
+                changed = views.changed() => if changed.is_err() { return },
+                changed = replicas.changed() => if changed.is_err() { return },
+                changed = leader.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // A new leader rewrites whatever differs; a former one forgets what it wrote.
+                    writer.written.clear();
+                    tracing::info!(leader = *leader.borrow(), "status Lease holder changed");
+                }
+                _ = ticker.tick() => {}
             }
             if !*leader.borrow() {
                 continue;
