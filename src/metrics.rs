@@ -391,15 +391,17 @@ mod tests {
             metrics.observe("grpc", &decision, Duration::from_millis(1));
         }
         let text = metrics.encode();
-        let series: Vec<&str> = text
+        // A metric family encodes its series in no particular order.
+        let mut series: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("tollgate_dry_run_denials_total"))
             .collect();
+        series.sort_unstable();
         assert_eq!(
             series,
             [
-                "tollgate_dry_run_denials_total{policy=\"test/orders\",reason=\"token_expired\"} 2",
                 "tollgate_dry_run_denials_total{policy=\"test/orders\",reason=\"issuer_unavailable\"} 1",
+                "tollgate_dry_run_denials_total{policy=\"test/orders\",reason=\"token_expired\"} 2",
             ],
             "{text}"
         );
