@@ -764,16 +764,13 @@ async fn judge_inner(
     let Some(cel) = &policy.cel else {
         return allow(policy, verified, request, source);
     };
-    let inputs = if cel.reads.claims() {
-        Inputs::new(
-            &cel.reads,
-            Some(&verified.claims.subset(&|name| cel.reads.claims.wants(name))),
-            &view(),
-            now,
-        )
-    } else {
-        Inputs::new(&cel.reads, None, &view(), now)
-    };
+    // The claims stay borrowed by the inputs while `verified` moves into the allow.
+    let claim_set = verified.claims.clone();
+    let claims = cel
+        .reads
+        .claims()
+        .then(|| claim_set.subset(&|name| cel.reads.claims.wants(name)));
+    let inputs = Inputs::new(&cel.reads, claims.as_deref(), &view(), now);
     let scope = cel.environment.scope(&inputs);
     let failed = match conditions(policy, rule, &scope, host, Some(token_id()), trace) {
         Err(denial) if !policy.dry_run => return *denial,

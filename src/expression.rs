@@ -26,6 +26,7 @@
 //! expressions read `claims.tenant` and `request.headers['x-tenant']` converts one claim and
 //! one header, not the whole token and request.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
@@ -155,6 +156,9 @@ pub struct Expression {
     paths: Vec<Vec<String>>,
     /// Literal regular expressions, compiled once.
     regexes: Arc<HashMap<String, regex::Regex>>,
+    /// How to evaluate it over the inputs as they are, when every operation it uses has a
+    /// plan ([`plan`]); else the interpreter runs it.
+    plan: Option<plan::Plan>,
 }
 
 impl fmt::Debug for Expression {
@@ -1296,12 +1300,14 @@ pub fn compile(source: &str, kind: Kind) -> Result<Expression, CheckError> {
         &mut paths,
     );
     check_header_names(&reads)?;
+    let plan = plan::plan(program.expression());
     Ok(Expression {
         source: source.into(),
         program,
         reads,
         cost: checked.cost,
         paths,
+        plan,
         regexes: Arc::new(checker.regexes),
     })
 }
@@ -1398,40 +1404,54 @@ impl Environment {
     }
 }
 
-/// The variables of one request, handed to the interpreter once for all the expressions
-/// evaluated for it.
+/// The variables of one request, shared by every expression evaluated for it. Expressions
+/// with a plan read the inputs where they are; the interpreter's context (its own copy of
+/// every variable) is built only when an expression needs it.
 pub struct Scope<'a> {
-    context: Context<'a>,
-    inputs: &'a Inputs,
+    environment: &'a Environment,
+    inputs: &'a Inputs<'a>,
+    context: OnceCell<Context<'a>>,
 }
 
 impl Environment {
-    /// A scope with the inputs that converted (an expression reading one that did not fails
+    /// A scope over the inputs that converted (an expression reading one that did not fails
     /// before it runs).
-    pub fn scope<'a>(&'a self, inputs: &'a Inputs) -> Scope<'a> {
-        let mut context = self.context.new_inner_scope();
-        if inputs.reads_claims
-            && let Ok(claims) = &inputs.claims
-        {
-            context.add_variable_from_value("claims", claims.clone());
+    pub fn scope<'a>(&'a self, inputs: &'a Inputs<'a>) -> Scope<'a> {
+        Scope {
+            environment: self,
+            inputs,
+            context: OnceCell::new(),
         }
-        if inputs.reads_request {
-            context.add_variable_from_value("request", inputs.request.clone());
-        }
-        if !matches!(inputs.source, Value::Null) {
-            context.add_variable_from_value("source", inputs.source.clone());
-        }
-        if !matches!(inputs.now, Value::Null) {
-            context.add_variable_from_value("now", inputs.now.clone());
-        }
-        Scope { context, inputs }
     }
 }
 
-impl Scope<'_> {
+impl<'a> Scope<'a> {
     /// The inputs, for [`Expression::describe_inputs`].
-    pub fn inputs(&self) -> &Inputs {
+    pub fn inputs(&self) -> &Inputs<'a> {
         self.inputs
+    }
+
+    /// The interpreter's context, built on first use.
+    fn context(&self) -> &Context<'a> {
+        self.context.get_or_init(|| {
+            let values = self.inputs.values();
+            let mut context = self.environment.context.new_inner_scope();
+            if self.inputs.reads_claims
+                && let Ok(claims) = &values.claims
+            {
+                context.add_variable_from_value("claims", claims.clone());
+            }
+            if self.inputs.reads_request {
+                context.add_variable_from_value("request", values.request.clone());
+            }
+            if !matches!(values.source, Value::Null) {
+                context.add_variable_from_value("source", values.source.clone());
+            }
+            if !matches!(values.now, Value::Null) {
+                context.add_variable_from_value("now", values.now.clone());
+            }
+            context
+        })
     }
 }
 
@@ -1451,15 +1471,58 @@ pub struct RequestView<'a> {
     pub principal: Option<&'a str>,
 }
 
-/// The converted inputs of one request, shared by every expression evaluated for it.
-pub struct Inputs {
-    claims: Result<Value, String>,
-    /// The request's fields that converted.
-    request: Value,
-    /// The fields that could not be, and why: only expressions that read them fail.
+/// The inputs of one request, checked against the evaluation bounds and borrowed from the
+/// request and the claims; the interpreter's values are built from them only when an
+/// expression without a plan runs.
+pub struct Inputs<'a> {
+    /// The claims expressions read (`None` when none is read), or why they cannot be.
+    claims: Result<Option<ClaimsRead<'a>>, String>,
+    method: &'a str,
+    host: &'a str,
+    path: Option<&'a str>,
+    /// The headers read, when they convert.
+    headers: Option<Vec<(&'a str, &'a str)>>,
+    /// The query parameters read, decoded, when they convert.
+    query: Option<Vec<(String, String)>>,
+    /// The request's fields that could not be converted, and why: only expressions that read
+    /// them fail.
     request_errors: Vec<(&'static str, String)>,
+    reads: &'a Reads,
     reads_claims: bool,
     reads_request: bool,
+    address: &'a str,
+    principal: &'a str,
+    now: Option<chrono::DateTime<chrono::FixedOffset>>,
+    values: OnceCell<Values>,
+}
+
+/// The claims, and which of them the expressions read.
+#[derive(Clone, Copy)]
+pub(crate) struct ClaimsRead<'a> {
+    pub(crate) map: &'a serde_json::Map<String, serde_json::Value>,
+    pub(crate) wanted: &'a Keys,
+}
+
+impl<'a> ClaimsRead<'a> {
+    /// A claim the expressions read.
+    pub(crate) fn get(&self, name: &str) -> Option<&'a serde_json::Value> {
+        if self.wanted.wants(name) {
+            self.map.get(name)
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&'a String, &'a serde_json::Value)> {
+        let wanted = self.wanted;
+        self.map.iter().filter(move |(k, _)| wanted.wants(k))
+    }
+}
+
+/// The inputs as the interpreter takes them.
+struct Values {
+    claims: Result<Value, String>,
+    request: Value,
     source: Value,
     now: Value,
 }
@@ -1478,13 +1541,13 @@ fn map(entries: HashMap<Key, Value>) -> Value {
     })
 }
 
-/// A JSON value as CEL sees it, within the evaluation bounds.
-fn json_value(
+/// Checks a claim against the evaluation bounds, charging `budget`.
+fn check_json(
     v: &serde_json::Value,
     depth: usize,
     at: &str,
     budget: &mut u64,
-) -> Result<Value, String> {
+) -> Result<(), String> {
     let size = match v {
         serde_json::Value::String(s) => s.len() as u64 + 2,
         _ => 8,
@@ -1501,23 +1564,17 @@ fn json_value(
             limits::DEPTH
         ));
     }
-    Ok(match v {
-        serde_json::Value::Null => Value::Null,
-        serde_json::Value::Bool(b) => Value::Bool(*b),
-        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => Value::Int(i),
-            (None, Some(u), _) => Value::UInt(u),
-            (_, _, Some(f)) => Value::Float(f),
-            _ => return Err(format!("the claim {at} is not a representable number")),
-        },
-        serde_json::Value::String(s) => {
-            if s.len() as u64 > limits::STRING {
-                return Err(format!(
-                    "the claim {at} is longer than {} bytes",
-                    limits::STRING
-                ));
-            }
-            string(s)
+    match v {
+        serde_json::Value::Number(n)
+            if n.as_i64().is_none() && n.as_u64().is_none() && n.as_f64().is_none() =>
+        {
+            return Err(format!("the claim {at} is not a representable number"));
+        }
+        serde_json::Value::String(s) if s.len() as u64 > limits::STRING => {
+            return Err(format!(
+                "the claim {at} is longer than {} bytes",
+                limits::STRING
+            ));
         }
         serde_json::Value::Array(items) => {
             if items.len() as u64 > limits::LIST {
@@ -1526,12 +1583,9 @@ fn json_value(
                     limits::LIST
                 ));
             }
-            Value::List(Arc::new(
-                items
-                    .iter()
-                    .map(|i| json_value(i, depth + 1, at, budget))
-                    .collect::<Result<_, _>>()?,
-            ))
+            for item in items {
+                check_json(item, depth + 1, at, budget)?;
+            }
         }
         serde_json::Value::Object(members) => {
             if members.len() as u64 > limits::LIST {
@@ -1540,13 +1594,36 @@ fn json_value(
                     limits::LIST
                 ));
             }
-            let mut out = HashMap::with_capacity(members.len());
-            for (k, v) in members {
-                out.insert(key(k), json_value(v, depth + 1, at, budget)?);
+            for item in members.values() {
+                check_json(item, depth + 1, at, budget)?;
             }
-            map(out)
         }
-    })
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A checked claim as the interpreter sees it.
+fn json_value(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Value::Int(i),
+            (None, Some(u), _) => Value::UInt(u),
+            (_, _, Some(f)) => Value::Float(f),
+            // check_json refused it.
+            _ => Value::Null,
+        },
+        serde_json::Value::String(s) => string(s),
+        serde_json::Value::Array(items) => {
+            Value::List(Arc::new(items.iter().map(json_value).collect()))
+        }
+        serde_json::Value::Object(members) => map(members
+            .iter()
+            .map(|(k, v)| (key(k), json_value(v)))
+            .collect()),
+    }
 }
 
 /// Form-decodes a query component (`+` is a space, as the frameworks behind gateways read it).
@@ -1558,8 +1635,8 @@ fn decode_query(part: &str) -> Option<String> {
         .map(|s| s.into_owned())
 }
 
-fn query_value(raw: Option<&str>, wanted: &Keys) -> Result<Value, String> {
-    let mut out: HashMap<Key, Value> = HashMap::new();
+fn query_params(raw: Option<&str>, wanted: &Keys) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -1588,158 +1665,127 @@ fn query_value(raw: Option<&str>, wanted: &Keys) -> Result<Value, String> {
         if seen.len() as u64 > limits::QUERY {
             return Err(format!("more than {} query parameters", limits::QUERY));
         }
-        out.insert(key(&name), string(&value));
+        out.push((name, value));
     }
-    Ok(map(out))
+    Ok(out)
 }
 
-fn headers_value(headers: crate::engine::Headers<'_>, wanted: &Keys) -> Result<Value, String> {
-    let mut out: HashMap<Key, Value> = HashMap::new();
+fn request_headers<'a>(
+    headers: crate::engine::Headers<'a>,
+    wanted: &Keys,
+) -> Result<Vec<(&'a str, &'a str)>, String> {
+    let mut out: Vec<(&'a str, &'a str)> = Vec::new();
     let mut error = None;
-    let mut count = 0u64;
     let mut bytes = 0u64;
-    headers.for_each(|name, value| {
+    headers.for_each_borrowed(|name, value| {
         if error.is_some() || !wanted.wants(name) || name.starts_with(':') {
             return;
         }
-        count += 1;
         bytes += value.len() as u64;
         if bytes > limits::STRING {
             error = Some(format!(
                 "the headers read are longer than {} bytes",
                 limits::STRING
             ));
-        } else if count > limits::HEADERS {
+        } else if out.len() as u64 >= limits::HEADERS {
             error = Some(format!("more than {} request headers", limits::HEADERS));
         } else if value.len() as u64 > limits::STRING {
             error = Some(format!(
                 "the header {name} is longer than {} bytes",
                 limits::STRING
             ));
-        } else if out.insert(key(name), string(value)).is_some() {
+        } else if out.iter().any(|(n, _)| *n == name) {
             error = Some(format!(
                 "the header {name} is sent more than once; the upstream may read either"
             ));
+        } else {
+            out.push((name, value));
         }
     });
     match error {
         Some(e) => Err(e),
-        None => Ok(map(out)),
+        None => Ok(out),
     }
 }
 
-impl Inputs {
-    /// Converts what `reads` names: claims (when given: `None` for anonymous requests), the
+impl<'a> Inputs<'a> {
+    /// Checks what `reads` names: claims (when given: `None` for anonymous requests), the
     /// request, the source and the time.
     pub fn new(
-        reads: &Reads,
-        claims: Option<&serde_json::Map<String, serde_json::Value>>,
-        request: &RequestView<'_>,
+        reads: &'a Reads,
+        claims: Option<&'a serde_json::Map<String, serde_json::Value>>,
+        request: &RequestView<'a>,
         now: SystemTime,
-    ) -> Inputs {
+    ) -> Inputs<'a> {
         let claims = match (claims, &reads.claims) {
-            (_, Keys::None) => Ok(map(HashMap::new())),
+            (_, Keys::None) => Ok(None),
             (None, _) => Err("the request carries no token (an anonymous rule)".to_string()),
-            (Some(claims), wanted) => {
-                if matches!(wanted, Keys::All) && claims.len() as u64 > limits::LIST {
+            (Some(map), wanted) => {
+                if matches!(wanted, Keys::All) && map.len() as u64 > limits::LIST {
                     Err(format!("the token has more than {} claims", limits::LIST))
                 } else {
-                    let mut out = HashMap::new();
-                    let mut failed = None;
+                    let read = ClaimsRead { map, wanted };
                     let mut budget = limits::CLAIMS;
-                    for (k, v) in claims {
-                        if !wanted.wants(k) {
-                            continue;
-                        }
-                        match json_value(v, 0, k, &mut budget) {
-                            Ok(v) => {
-                                out.insert(key(k), v);
-                            }
-                            Err(e) => {
-                                failed = Some(e);
-                                break;
-                            }
-                        }
-                    }
-                    match failed {
-                        Some(e) => Err(e),
-                        None => Ok(map(out)),
-                    }
+                    read.iter()
+                        .try_for_each(|(k, v)| check_json(v, 0, k, &mut budget))
+                        .map(|()| Some(read))
                 }
             }
         };
-        let mut fields = HashMap::new();
         let mut request_errors = Vec::new();
-        if reads.method {
-            fields.insert(key("method"), string(request.method));
-        }
-        if reads.host {
-            fields.insert(key("host"), string(request.host));
-        }
-        if reads.path {
-            if request.path.len() as u64 > limits::STRING {
-                request_errors.push(("path", "the path is too long".to_string()));
-            } else {
-                fields.insert(key("path"), string(request.path));
-            }
-        }
-        if !reads.headers.is_none() {
-            match headers_value(request.headers, &reads.headers) {
-                Ok(v) => {
-                    fields.insert(key("headers"), v);
-                }
-                Err(e) => request_errors.push(("headers", e)),
-            }
-        }
-        if !reads.query.is_none() {
-            match query_value(request.query, &reads.query) {
-                Ok(v) => {
-                    fields.insert(key("query"), v);
-                }
-                Err(e) => request_errors.push(("query", e)),
-            }
-        }
-        let request_value = map(fields);
-        let source = if reads.source {
-            let mut out = HashMap::new();
-            out.insert(key("address"), string(request.address.unwrap_or("")));
-            out.insert(key("principal"), string(request.principal.unwrap_or("")));
-            map(out)
+        let path = if reads.path && request.path.len() as u64 > limits::STRING {
+            request_errors.push(("path", "the path is too long".to_string()));
+            None
         } else {
-            Value::Null
+            Some(request.path)
         };
-        let now = if reads.now {
-            let at: chrono::DateTime<chrono::Utc> = now.into();
-            Value::Timestamp(at.fixed_offset())
+        let headers = if reads.headers.is_none() {
+            None
         } else {
-            Value::Null
+            request_headers(request.headers, &reads.headers)
+                .map_err(|e| request_errors.push(("headers", e)))
+                .ok()
+        };
+        let query = if reads.query.is_none() {
+            None
+        } else {
+            query_params(request.query, &reads.query)
+                .map_err(|e| request_errors.push(("query", e)))
+                .ok()
         };
         Inputs {
             claims,
-            request: request_value,
+            method: request.method,
+            host: request.host,
+            path,
+            headers,
+            query,
             request_errors,
+            reads,
             reads_claims: !reads.claims.is_none(),
             reads_request: reads.method
                 || reads.host
                 || reads.path
                 || !reads.headers.is_none()
                 || !reads.query.is_none(),
-            source,
-            now,
+            address: request.address.unwrap_or(""),
+            principal: request.principal.unwrap_or(""),
+            now: reads.now.then(|| {
+                let at: chrono::DateTime<chrono::Utc> = now.into();
+                at.fixed_offset()
+            }),
+            values: OnceCell::new(),
         }
     }
-}
 
-impl Expression {
-    fn run(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
-        let inputs = scope.inputs;
-        if !self.reads.claims.is_none()
-            && let Err(error) = &inputs.claims
+    /// Whether an expression reading `r` may run: not if an input it reads did not convert.
+    fn gate(&self, r: &Reads) -> Result<(), EvalError> {
+        if !r.claims.is_none()
+            && let Err(error) = &self.claims
         {
             return Err(EvalError::Input(error.clone()));
         }
-        let r = &self.reads;
-        for (field, error) in &inputs.request_errors {
+        for (field, error) in &self.request_errors {
             let read = match *field {
                 "path" => r.path,
                 "headers" => !r.headers.is_none(),
@@ -1749,52 +1795,158 @@ impl Expression {
                 return Err(EvalError::Input(error.clone()));
             }
         }
+        Ok(())
+    }
+
+    /// The interpreter's values, built on first use from what the expressions read.
+    fn values(&self) -> &Values {
+        self.values.get_or_init(|| {
+            let claims = match &self.claims {
+                Ok(None) => Ok(map(HashMap::new())),
+                Ok(Some(read)) => Ok(map(read
+                    .iter()
+                    .map(|(k, v)| (key(k), json_value(v)))
+                    .collect())),
+                Err(e) => Err(e.clone()),
+            };
+            let reads = self.reads;
+            let mut fields = HashMap::new();
+            if reads.method {
+                fields.insert(key("method"), string(self.method));
+            }
+            if reads.host {
+                fields.insert(key("host"), string(self.host));
+            }
+            if reads.path
+                && let Some(path) = self.path
+            {
+                fields.insert(key("path"), string(path));
+            }
+            if let Some(headers) = &self.headers {
+                fields.insert(
+                    key("headers"),
+                    map(headers.iter().map(|(k, v)| (key(k), string(v))).collect()),
+                );
+            }
+            if let Some(query) = &self.query {
+                fields.insert(
+                    key("query"),
+                    map(query.iter().map(|(k, v)| (key(k), string(v))).collect()),
+                );
+            }
+            let source = if reads.source {
+                let mut out = HashMap::new();
+                out.insert(key("address"), string(self.address));
+                out.insert(key("principal"), string(self.principal));
+                map(out)
+            } else {
+                Value::Null
+            };
+            Values {
+                claims,
+                request: map(fields),
+                source,
+                now: self.now.map_or(Value::Null, Value::Timestamp),
+            }
+        })
+    }
+}
+
+impl Expression {
+    fn run(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
+        scope.inputs.gate(&self.reads)?;
         self.program
-            .execute(&scope.context)
+            .execute(scope.context())
             .map_err(|e| EvalError::Failed(bounded(&e.to_string(), 200)))
+    }
+
+    /// The result by the plan when it has one and it decides, else by the interpreter. In
+    /// debug builds (every test) both run and must agree.
+    fn decide<T>(
+        &self,
+        scope: &Scope<'_>,
+        planned: impl Fn(plan::V<'_>) -> Option<T>,
+        interpreted: impl Fn(Value) -> Result<T, EvalError>,
+    ) -> Result<T, EvalError>
+    where
+        T: PartialEq + fmt::Debug,
+    {
+        if let Some(plan) = &self.plan
+            && scope.inputs.gate(&self.reads).is_ok()
+            && let Ok(value) = plan::eval(plan, scope.inputs, &self.regexes)
+            && let Some(out) = planned(value)
+        {
+            #[cfg(debug_assertions)]
+            {
+                let by_interpreter = self.run(scope).and_then(&interpreted);
+                assert_eq!(
+                    by_interpreter.as_ref().ok(),
+                    Some(&out),
+                    "the plan and the interpreter disagree on {:?}",
+                    self.source
+                );
+            }
+            return Ok(out);
+        }
+        self.run(scope).and_then(interpreted)
     }
 
     /// A condition's result.
     pub fn condition(&self, scope: &Scope<'_>) -> Result<bool, EvalError> {
-        match self.run(scope)? {
-            Value::Bool(b) => Ok(b),
-            other => Err(EvalError::Type(type_name(&other), "bool")),
-        }
+        self.decide(
+            scope,
+            |v| match v {
+                plan::V::Bool(b) => Some(b),
+                _ => None,
+            },
+            |v| match v {
+                Value::Bool(b) => Ok(b),
+                other => Err(EvalError::Type(type_name(&other), "bool")),
+            },
+        )
     }
 
     /// A header value: a string of visible ASCII and spaces, at most
     /// [`limits::HEADER_VALUE`] bytes.
     pub fn header(&self, scope: &Scope<'_>) -> Result<String, EvalError> {
-        match self.run(scope)? {
-            Value::String(s) => {
-                if s.len() > limits::HEADER_VALUE {
-                    return Err(EvalError::Input(format!(
-                        "the value is longer than {} bytes",
-                        limits::HEADER_VALUE
-                    )));
-                }
-                if s.bytes()
-                    .any(|b| !(b == b'\t' || (b' '..=b'~').contains(&b)))
-                {
-                    return Err(EvalError::Input(
-                        "the value has characters a header cannot carry".into(),
-                    ));
-                }
-                Ok(s.trim().to_string())
-            }
-            other => Err(EvalError::Type(type_name(&other), "string")),
+        let value = self.decide(
+            scope,
+            |v| match v {
+                plan::V::Str(s) => Some(s.into_owned()),
+                _ => None,
+            },
+            |v| match v {
+                Value::String(s) => Ok(s.to_string()),
+                other => Err(EvalError::Type(type_name(&other), "string")),
+            },
+        )?;
+        if value.len() > limits::HEADER_VALUE {
+            return Err(EvalError::Input(format!(
+                "the value is longer than {} bytes",
+                limits::HEADER_VALUE
+            )));
         }
+        if value
+            .bytes()
+            .any(|b| !(b == b'\t' || (b' '..=b'~').contains(&b)))
+        {
+            return Err(EvalError::Input(
+                "the value has characters a header cannot carry".into(),
+            ));
+        }
+        Ok(value.trim().to_string())
     }
 
     /// The inputs the expression reads, as `explain` shows them.
-    pub fn describe_inputs(&self, inputs: &Inputs) -> String {
+    pub fn describe_inputs(&self, inputs: &Inputs<'_>) -> String {
         let mut out = Vec::new();
         for path in &self.paths {
+            let values = inputs.values();
             let root = match path[0].as_str() {
-                "claims" => inputs.claims.as_ref().ok(),
-                "request" => Some(&inputs.request),
-                "source" => Some(&inputs.source),
-                "now" => Some(&inputs.now),
+                "claims" => values.claims.as_ref().ok(),
+                "request" => Some(&values.request),
+                "source" => Some(&values.source),
+                "now" => Some(&values.now),
                 _ => None,
             };
             let mut value = root;
@@ -1892,6 +2044,8 @@ pub fn show(v: &Value) -> String {
         Value::Function(..) | Value::Opaque(_) => "(function)".into(),
     }
 }
+
+mod plan;
 
 #[cfg(test)]
 mod tests;

@@ -25,6 +25,14 @@ impl<'a> Headers<'a> {
         }
     }
 
+    /// [`Headers::for_each`] with the names and values borrowed for as long as the headers.
+    pub fn for_each_borrowed(&self, mut f: impl FnMut(&'a str, &'a str)) {
+        match *self {
+            Headers::Map(map) => map.iter().for_each(|(k, v)| f(k, v)),
+            Headers::List(list) => list.iter().for_each(|(k, v)| f(k, v)),
+        }
+    }
+
     /// The value of `name` (lower case). Repeated headers are joined with ", " as HTTP does,
     /// so a token sent twice never silently picks one of them.
     pub fn get(&self, name: &str) -> Option<Cow<'a, str>> {

@@ -333,6 +333,156 @@ mod hostile {
         "string(claims.n) + claims.scope == request.headers['x-tenant']",
     ];
 
+    /// Expressions of the kinds plans cover, built at random: strings, lists, ints and the
+    /// conditions over them, with operands of the wrong type now and then.
+    fn expression() -> impl Strategy<Value = String> {
+        let strings = prop_oneof![
+            Just("'a'".to_string()),
+            Just("'admin'".to_string()),
+            Just("''".to_string()),
+            Just("'x y'".to_string()),
+            Just("claims.sub".to_string()),
+            Just("claims.scope".to_string()),
+            Just("claims.tenants[0]".to_string()),
+            Just("claims['sub']".to_string()),
+            Just("request.headers['x-tenant']".to_string()),
+            Just("request.method".to_string()),
+            Just("request.path".to_string()),
+            Just("request.query.v".to_string()),
+            Just("source.address".to_string()),
+        ];
+        let strings = strings.prop_recursive(2, 8, 2, |inner| {
+            prop_oneof![
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} + {b})")),
+                (inner.clone(), inner).prop_map(|(a, b)| format!("(true ? {a} : {b})")),
+            ]
+        });
+        let lists = prop_oneof![
+            Just("claims.roles".to_string()),
+            Just("claims.tenants".to_string()),
+            Just("claims.n".to_string()),
+            Just("['a', 'admin', 'b']".to_string()),
+            Just("[1, 2]".to_string()),
+            Just("[]".to_string()),
+            strings.clone().prop_map(|s| format!("{s}.split(' ')")),
+            strings
+                .clone()
+                .prop_map(|s| format!("claims.roles.map(r, r + {s})")),
+            strings
+                .clone()
+                .prop_map(|s| format!("claims.roles.filter(r, r != {s})")),
+        ];
+        let ints = prop_oneof![
+            Just("1".to_string()),
+            Just("-3".to_string()),
+            Just("0u".to_string()),
+            Just("claims.n".to_string()),
+            Just("claims.exp".to_string()),
+            lists.clone().prop_map(|l| format!("size({l})")),
+            strings.clone().prop_map(|s| format!("{s}.size()")),
+        ];
+        let leaves = prop_oneof![
+            (strings.clone(), strings.clone()).prop_map(|(a, b)| format!("{a} == {b}")),
+            (strings.clone(), strings.clone()).prop_map(|(a, b)| format!("{a} != {b}")),
+            (strings.clone(), strings.clone()).prop_map(|(a, b)| format!("{a} < {b}")),
+            (strings.clone(), lists.clone()).prop_map(|(a, l)| format!("{a} in {l}")),
+            (ints.clone(), lists.clone()).prop_map(|(a, l)| format!("{a} in {l}")),
+            (strings.clone(), strings.clone()).prop_map(|(a, b)| format!("{a}.startsWith({b})")),
+            (strings.clone(), strings.clone()).prop_map(|(a, b)| format!("{a}.endsWith({b})")),
+            (strings.clone(), strings.clone()).prop_map(|(a, b)| format!("{a}.contains({b})")),
+            (ints.clone(), ints.clone()).prop_map(|(a, b)| format!("{a} <= {b}")),
+            (ints.clone(), ints.clone()).prop_map(|(a, b)| format!("{a} + {b} > {b}")),
+            (lists.clone(), strings.clone()).prop_map(|(l, s)| format!("{l}.exists(x, x == {s})")),
+            (lists.clone(), strings.clone())
+                .prop_map(|(l, s)| format!("{l}.all(x, x.startsWith({s}))")),
+            (lists.clone(), strings.clone())
+                .prop_map(|(l, s)| format!("{l}.exists_one(x, x == {s})")),
+            strings
+                .clone()
+                .prop_map(|s| format!("{s}.matches('^[a-z]+$')")),
+            strings.clone().prop_map(|s| format!("'admin' in {s}")),
+            Just("has(claims.sub)".to_string()),
+            Just("has(claims.a.b)".to_string()),
+            Just("has(request.headers.x)".to_string()),
+            Just("claims.flag".to_string()),
+            Just("claims.a.b == 'c'".to_string()),
+            Just("'x-tenant' in request.headers".to_string()),
+            Just("claims.flag == null".to_string()),
+        ];
+        leaves.prop_recursive(3, 16, 2, |inner| {
+            prop_oneof![
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} && {b})")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} || {b})")),
+                inner.clone().prop_map(|a| format!("!({a})")),
+                (inner.clone(), inner.clone(), inner)
+                    .prop_map(|(a, b, c)| format!("({a} ? {b} : {c})")),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Where a plan decides, the interpreter decides the same; the plan decides most of
+        /// these expressions.
+        #[test]
+        fn plans_decide_as_the_interpreter(
+            source in expression(),
+            claims in prop::collection::btree_map(
+                prop_oneof![Just("sub".to_string()), Just("scope".to_string()),
+                    Just("roles".to_string()), Just("tenants".to_string()),
+                    Just("n".to_string()), Just("exp".to_string()), Just("flag".to_string()),
+                    Just("a".to_string())],
+                prop_oneof![
+                    3 => prop_oneof![Just("admin"), Just("a"), Just(""), Just("x y"), Just("b")]
+                        .prop_map(serde_json::Value::from),
+                    2 => prop::collection::vec(
+                        prop_oneof![Just("admin"), Just("a"), Just("x y"), Just("b")], 0..4)
+                        .prop_map(serde_json::Value::from),
+                    1 => json_value(),
+                ],
+                0..8,
+            ),
+            header in prop_oneof![Just("a"), Just("admin"), Just(""), Just("x y")],
+            query in prop_oneof![Just("v=a"), Just("v=admin"), Just(""), Just("v=1&v=2")],
+        ) {
+            let Ok(e) = compile(&source, Kind::Condition) else {
+                return Ok(());
+            };
+            let claims: serde_json::Map<String, serde_json::Value> = claims.into_iter().collect();
+            let headers = vec![("x-tenant".to_string(), header.to_string())];
+            let view = RequestView {
+                method: "GET",
+                host: "api.example.com",
+                path: "/a",
+                query: Some(query),
+                headers: Headers::List(&headers),
+                address: Some("10.0.0.7"),
+                principal: None,
+            };
+            let env = Environment::new([&e]);
+            let inputs = Inputs::new(&e.reads, Some(&claims), &view, SystemTime::now());
+            let scope = env.scope(&inputs);
+            let by_interpreter = e.run(&scope);
+            if let Some(plan) = &e.plan
+                && inputs.gate(&e.reads).is_ok()
+                && let Ok(planned) = plan::eval(plan, &inputs, &e.regexes)
+            {
+                let by_interpreter = by_interpreter.map_err(|err| format!("{err}"));
+                match planned {
+                    plan::V::Bool(b) => prop_assert_eq!(
+                        by_interpreter,
+                        Ok(Value::Bool(b)),
+                        "{}", source
+                    ),
+                    other => prop_assert!(
+                        by_interpreter.is_err() || !matches!(by_interpreter, Ok(Value::Bool(_))),
+                        "{}: the plan gave {:?}", source, other
+                    ),
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
         #[test]
@@ -365,6 +515,90 @@ mod hostile {
                 // Ok(bool) or a typed error; a panic fails the test.
                 let _ = e.condition(&env.scope(&inputs));
             }
+        }
+    }
+}
+
+/// The conditions and headers docs/cel.md shows are evaluated by their plans, not by the
+/// interpreter.
+#[test]
+fn typical_expressions_are_decided_by_their_plans() {
+    let token = claims(serde_json::json!({
+        "sub": "user-1",
+        "tenants": ["acme", "globex"],
+        "roles": ["reader"],
+        "scope": "orders.read orders.write",
+        "groups": ["team-a", "team-b"],
+        "email_verified": true,
+        "acr": 2,
+    }));
+    let req = Req::new(
+        &[("x-tenant", "acme"), ("x-api-version", "2")],
+        Some("tool=search"),
+    );
+    let view = req.view(true);
+    let cases: &[(&str, Kind, &str)] = &[
+        (
+            "request.headers['x-tenant'] in claims.tenants && ('admin' in claims.roles || 'orders.write' in claims.scope.split(' '))",
+            Kind::Condition,
+            "true",
+        ),
+        (
+            "claims.groups.exists(g, g.startsWith('team-'))",
+            Kind::Condition,
+            "true",
+        ),
+        (
+            "claims.email_verified && claims.acr >= 2",
+            Kind::Condition,
+            "true",
+        ),
+        (
+            "request.method == 'POST' && request.path.startsWith('/orders/')",
+            Kind::Condition,
+            "true",
+        ),
+        (
+            "request.query.tool in ['search', 'fetch']",
+            Kind::Condition,
+            "true",
+        ),
+        (
+            "has(claims.act) || request.headers['x-api-version'] != '1'",
+            Kind::Condition,
+            "true",
+        ),
+        (
+            "request.headers['x-tenant'] + '/' + claims.sub",
+            Kind::Header,
+            "acme/user-1",
+        ),
+        (
+            "claims.tenants.size() > 1 ? 'multi' : claims.tenants[0]",
+            Kind::Header,
+            "multi",
+        ),
+    ];
+    for (source, kind, want) in cases {
+        let e = compile(source, *kind).expect("compiles");
+        let plan = e
+            .plan
+            .as_ref()
+            .unwrap_or_else(|| panic!("{source}: no plan"));
+        let env = Environment::new([&e]);
+        let inputs = Inputs::new(&e.reads, Some(&token), &view, SystemTime::now());
+        let got = match plan::eval(plan, &inputs, &e.regexes) {
+            Ok(plan::V::Bool(b)) => b.to_string(),
+            Ok(plan::V::Str(s)) => s.into_owned(),
+            other => panic!("{source}: the plan gave {other:?}"),
+        };
+        assert_eq!(&got, want, "{source}");
+        let scope = env.scope(&inputs);
+        match kind {
+            Kind::Condition => {
+                assert_eq!(e.condition(&scope).expect("evaluates").to_string(), *want)
+            }
+            Kind::Header => assert_eq!(e.header(&scope).expect("evaluates"), *want),
         }
     }
 }
