@@ -304,7 +304,7 @@ fn string_value(value: &Any<'_>) -> Option<String> {
         | Tag::NumericString
         | Tag::VisibleString => std::str::from_utf8(data).ok().map(str::to_owned),
         Tag::BmpString => {
-            if data.len() % 2 != 0 {
+            if !data.len().is_multiple_of(2) {
                 return None;
             }
             let units = data
@@ -315,7 +315,7 @@ fn string_value(value: &Any<'_>) -> Option<String> {
                 .ok()
         }
         Tag::UniversalString => {
-            if data.len() % 4 != 0 {
+            if !data.len().is_multiple_of(4) {
                 return None;
             }
             data.chunks_exact(4)

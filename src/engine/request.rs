@@ -74,6 +74,10 @@ pub struct Peer<'a> {
     pub address: Option<&'a str>,
     /// The identity of its TLS client certificate (Envoy: the URI SAN, else the subject).
     pub principal: Option<&'a str>,
+    /// Its TLS client certificate as the gateway sends it (Envoy with
+    /// `include_peer_certificate: true`: the URL-encoded PEM of the leaf), unparsed: see
+    /// [`crate::client_cert`].
+    pub certificate: Option<&'a str>,
 }
 
 /// Where a token was found.
