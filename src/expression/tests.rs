@@ -502,6 +502,23 @@ fn explain_shows_certificate_fields() {
     );
 }
 
+#[test]
+fn the_documented_examples_compile() {
+    let doc = include_str!("../../docs/cel.md");
+    let block = doc
+        .split("```cel\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/cel.md has a cel block");
+    let mut count = 0;
+    for line in block.lines().filter(|l| !l.trim().is_empty()) {
+        let expression = line.rsplit_once(" //").map_or(line, |(e, _)| e).trim();
+        compile(expression, Kind::Condition).unwrap_or_else(|e| panic!("{expression}: {e}"));
+        count += 1;
+    }
+    assert!(count >= 6, "{block}");
+}
+
 mod hostile {
     //! Claims, headers, query strings and certificates a client controls never make an
     //! expression panic, and never turn an evaluation error into a value.
