@@ -167,6 +167,7 @@ fn stages(c: &mut Criterion) {
         headers: Headers::Map(&headers),
         address: None,
         principal: None,
+        certificate: None,
     };
     let claims = jose::parse(&token).expect("parses").claims;
     c.bench_function("6 CEL: inputs + condition + header", |b| {

@@ -148,6 +148,9 @@ impl AuthzService {
                 })
                 .filter(|a| !a.is_empty()),
             principal: peer.map(|p| p.principal.as_str()).filter(|p| !p.is_empty()),
+            certificate: peer
+                .map(|p| p.certificate.as_str())
+                .filter(|c| !c.is_empty()),
         };
         let req = engine::Request {
             host,

@@ -642,6 +642,7 @@ async fn judge_inner(
         headers: request.headers,
         address: request.source.address,
         principal: request.source.principal,
+        certificate: request.source.certificate,
     };
     if rule.is_some_and(|r| r.allow_anonymous) {
         trace.pass("rule", || "allowAnonymous: the token is not read".into());

@@ -24,7 +24,8 @@
 //!
 //! Inputs are built per request from what the policy's expressions read: a policy whose
 //! expressions read `claims.tenant` and `request.headers['x-tenant']` converts one claim and
-//! one header, not the whole token and request.
+//! one header, not the whole token and request; the client certificate is parsed only for a
+//! policy that reads `source.certificate`.
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -37,6 +38,8 @@ use kube_cel::cel::common::ast::{
 };
 use kube_cel::cel::objects::{Key, Map};
 use kube_cel::cel::{self, Context, ExecutionError, FunctionContext, Program, Value};
+
+use crate::client_cert::ClientCertificate;
 
 /// Bounds of evaluation, and of what the cost estimate assumes.
 pub mod limits {
@@ -59,6 +62,10 @@ pub mod limits {
     pub const SOURCE: usize = 4096;
     /// Bytes of a computed header value.
     pub const HEADER_VALUE: usize = 8 * 1024;
+    /// Bytes of the client certificate (its PEM text) that are parsed for
+    /// `source.certificate`. Each text field of the certificate is then shorter than
+    /// [`STRING`], and each of its name lists is held to [`LIST`] names.
+    pub const CERTIFICATE: usize = crate::client_cert::MAX_BYTES;
 }
 
 /// What an expression computes.
@@ -122,6 +129,8 @@ pub struct Reads {
     pub headers: Keys,
     pub query: Keys,
     pub source: bool,
+    /// `source.certificate` (or all of `source`): the client certificate is parsed.
+    pub certificate: bool,
     pub now: bool,
 }
 
@@ -134,6 +143,7 @@ impl Reads {
         self.headers.merge(&other.headers);
         self.query.merge(&other.query);
         self.source |= other.source;
+        self.certificate |= other.certificate;
         self.now |= other.now;
     }
 
@@ -224,6 +234,7 @@ enum Ty {
     Map(Box<Shape>, Box<Shape>),
     Request,
     Source,
+    Certificate,
 }
 
 /// A type with the most bytes (strings) or elements (lists, maps) its values can have, and
@@ -324,6 +335,7 @@ fn describe(ty: &Ty) -> String {
         Ty::Map(key, value) => format!("map({}, {})", describe(&key.ty), describe(&value.ty)),
         Ty::Request => "request".into(),
         Ty::Source => "source".into(),
+        Ty::Certificate => "certificate".into(),
     }
 }
 
@@ -358,7 +370,20 @@ fn comparable(a: &Shape, b: &Shape) -> bool {
 }
 
 const REQUEST_FIELDS: [&str; 5] = ["method", "host", "path", "headers", "query"];
-const SOURCE_FIELDS: [&str; 2] = ["address", "principal"];
+const SOURCE_FIELDS: [&str; 3] = ["address", "principal", "certificate"];
+const CERTIFICATE_FIELDS: [&str; 11] = [
+    "subject",
+    "issuer",
+    "dnsNames",
+    "uris",
+    "emails",
+    "ips",
+    "fingerprint",
+    "thumbprint",
+    "notBefore",
+    "notAfter",
+    "serial",
+];
 
 fn request_field(field: &str) -> Option<Shape> {
     Some(match field {
@@ -385,6 +410,23 @@ fn source_field(field: &str) -> Option<Shape> {
     Some(match field {
         "address" => Shape::string(64),
         "principal" => Shape::string(limits::STRING),
+        "certificate" => Shape::of(Ty::Certificate),
+        _ => return None,
+    })
+}
+
+/// The fields of `source.certificate`. Its text is bounded by [`limits::CERTIFICATE`]: a
+/// name or a list of names cannot be longer than [`limits::STRING`] (an escaped subject is at
+/// most three times, an IP address as text at most three times, the bytes of the DER).
+fn certificate_field(field: &str) -> Option<Shape> {
+    let names =
+        || Shape::list(Shape::string(limits::STRING), limits::LIST).with_total(limits::STRING);
+    Some(match field {
+        "subject" | "issuer" | "serial" => Shape::string(limits::STRING),
+        "dnsNames" | "uris" | "emails" | "ips" => names(),
+        "fingerprint" => Shape::string(64),
+        "thumbprint" => Shape::string(43),
+        "notBefore" | "notAfter" => Shape::of(Ty::Timestamp),
         _ => return None,
     })
 }
@@ -556,6 +598,12 @@ impl Checker {
                 type_error(format!(
                     "source has no field {field:?} (fields: {})",
                     SOURCE_FIELDS.join(", ")
+                ))
+            })?,
+            Ty::Certificate => certificate_field(field).ok_or_else(|| {
+                type_error(format!(
+                    "source.certificate has no field {field:?} (fields: {})",
+                    CERTIFICATE_FIELDS.join(", ")
                 ))
             })?,
             Ty::Map(key, value) => {
@@ -1166,6 +1214,10 @@ fn collect(
                 Some(q) if !whole_map => reads.query.add(q),
                 _ => reads.query = Keys::All,
             },
+            (Some("source"), None | Some("certificate")) => {
+                reads.source = true;
+                reads.certificate = true;
+            }
             (Some("source"), _) => reads.source = true,
             (Some("now"), _) => reads.now = true,
             _ => {}
@@ -1469,6 +1521,9 @@ pub struct RequestView<'a> {
     pub address: Option<&'a str>,
     /// The authenticated identity of the client's certificate as the gateway reports it.
     pub principal: Option<&'a str>,
+    /// The client's certificate as the gateway sends it (Envoy: URL-encoded PEM), parsed
+    /// only when an expression reads `source.certificate`.
+    pub certificate: Option<&'a str>,
 }
 
 /// The inputs of one request, checked against the evaluation bounds and borrowed from the
@@ -1492,6 +1547,9 @@ pub struct Inputs<'a> {
     reads_request: bool,
     address: &'a str,
     principal: &'a str,
+    /// `source.certificate` when read and sent, or why it cannot be read: expressions that
+    /// read it fail.
+    certificate: Result<Option<Value>, String>,
     now: Option<chrono::DateTime<chrono::FixedOffset>>,
     values: OnceCell<Values>,
 }
@@ -1753,6 +1811,15 @@ impl<'a> Inputs<'a> {
                 .map_err(|e| request_errors.push(("query", e)))
                 .ok()
         };
+        // No certificate: no `certificate` key, so `has(source.certificate)` is false and
+        // reading any of its fields fails (a condition denies, a header is removed).
+        let certificate = match request.certificate {
+            Some(sent) if reads.certificate => ClientCertificate::from_envoy(sent)
+                .map_err(|e| e.to_string())
+                .and_then(|c| certificate_value(&c))
+                .map(Some),
+            _ => Ok(None),
+        };
         Inputs {
             claims,
             method: request.method,
@@ -1770,6 +1837,7 @@ impl<'a> Inputs<'a> {
                 || !reads.query.is_none(),
             address: request.address.unwrap_or(""),
             principal: request.principal.unwrap_or(""),
+            certificate,
             now: reads.now.then(|| {
                 let at: chrono::DateTime<chrono::Utc> = now.into();
                 at.fixed_offset()
@@ -1782,6 +1850,11 @@ impl<'a> Inputs<'a> {
     fn gate(&self, r: &Reads) -> Result<(), EvalError> {
         if !r.claims.is_none()
             && let Err(error) = &self.claims
+        {
+            return Err(EvalError::Input(error.clone()));
+        }
+        if r.certificate
+            && let Err(error) = &self.certificate
         {
             return Err(EvalError::Input(error.clone()));
         }
@@ -1838,6 +1911,9 @@ impl<'a> Inputs<'a> {
                 let mut out = HashMap::new();
                 out.insert(key("address"), string(self.address));
                 out.insert(key("principal"), string(self.principal));
+                if let Ok(Some(certificate)) = &self.certificate {
+                    out.insert(key("certificate"), certificate.clone());
+                }
                 map(out)
             } else {
                 Value::Null
@@ -1850,6 +1926,40 @@ impl<'a> Inputs<'a> {
             }
         })
     }
+}
+
+/// `source.certificate`: the fields of a parsed client certificate, within the bounds.
+fn certificate_value(cert: &ClientCertificate) -> Result<Value, String> {
+    let names = |what: &str, names: &[String]| {
+        if names.len() as u64 > limits::LIST {
+            return Err(format!(
+                "the client certificate has more than {} {what}",
+                limits::LIST
+            ));
+        }
+        Ok(Value::List(Arc::new(
+            names.iter().map(|n| string(n)).collect(),
+        )))
+    };
+    let mut out = HashMap::with_capacity(CERTIFICATE_FIELDS.len());
+    out.insert(key("subject"), string(&cert.subject));
+    out.insert(key("issuer"), string(&cert.issuer));
+    out.insert(key("dnsNames"), names("DNS names", &cert.dns_names)?);
+    out.insert(key("uris"), names("URIs", &cert.uris)?);
+    out.insert(key("emails"), names("email addresses", &cert.emails)?);
+    out.insert(key("ips"), names("IP addresses", &cert.ips)?);
+    out.insert(key("fingerprint"), string(&cert.fingerprint()));
+    out.insert(key("thumbprint"), string(&cert.thumbprint()));
+    out.insert(
+        key("notBefore"),
+        Value::Timestamp(cert.not_before.fixed_offset()),
+    );
+    out.insert(
+        key("notAfter"),
+        Value::Timestamp(cert.not_after.fixed_offset()),
+    );
+    out.insert(key("serial"), string(&cert.serial));
+    Ok(map(out))
 }
 
 impl Expression {

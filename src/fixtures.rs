@@ -175,3 +175,38 @@ pub fn attach_to(
         })
         .collect()
 }
+
+/// A client certificate for `CN=billing-client,O=Partners` (serial `0a`, valid 2026–2030)
+/// with `dns_names`, a SPIFFE URI, an email and an IP address as SANs: the text Envoy sends
+/// for it (URL-encoded PEM) and the SHA-256 of its DER, computed here.
+pub fn client_certificate(dns_names: &[&str]) -> (String, Vec<u8>) {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Partners");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "billing-client");
+    params.subject_alt_names = dns_names
+        .iter()
+        .map(|n| SanType::DnsName((*n).try_into().expect("ia5")))
+        .chain([
+            SanType::URI("spiffe://partners.example/billing".try_into().expect("ia5")),
+            SanType::Rfc822Name("ops@partners.example".try_into().expect("ia5")),
+            SanType::IpAddress("192.0.2.7".parse().expect("ip")),
+        ])
+        .collect();
+    params.serial_number = Some(vec![0x0a].into());
+    params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2030, 1, 1);
+    let cert = params
+        .self_signed(&KeyPair::generate().expect("key"))
+        .expect("cert");
+    let encoded =
+        percent_encoding::utf8_percent_encode(&cert.pem(), percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.der());
+    (encoded, digest.as_ref().to_vec())
+}

@@ -23,6 +23,7 @@ pub mod azure;
 pub mod claims;
 pub mod cli;
 pub mod client;
+pub mod client_cert;
 pub mod controller;
 pub mod decision;
 pub mod demo;

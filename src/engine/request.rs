@@ -80,8 +80,13 @@ pub struct Request<'a> {
 pub struct Peer<'a> {
     /// The address of the connection's peer.
     pub address: Option<&'a str>,
-    /// The identity of its TLS client certificate (Envoy: the URI SAN, else the subject).
+    /// The identity of its TLS client certificate (Envoy: the first URI SAN, else the first
+    /// DNS SAN, else the subject).
     pub principal: Option<&'a str>,
+    /// Its TLS client certificate as the gateway sends it (Envoy with
+    /// `include_peer_certificate: true`: the URL-encoded PEM of the leaf), unparsed: see
+    /// [`crate::client_cert`].
+    pub certificate: Option<&'a str>,
 }
 
 /// Where a token was found.

@@ -13,6 +13,7 @@ struct Req {
     method: &'static str,
     headers: HashMap<String, String>,
     policy: Option<&'static str>,
+    certificate: Option<String>,
 }
 
 fn req(path: &str) -> Req {
@@ -22,6 +23,7 @@ fn req(path: &str) -> Req {
         method: "GET",
         headers: HashMap::new(),
         policy: None,
+        certificate: None,
     }
 }
 
@@ -43,6 +45,11 @@ impl Req {
         self.policy = Some(p);
         self
     }
+    /// The client certificate, as Envoy sends it.
+    fn certificate(mut self, encoded: &str) -> Self {
+        self.certificate = Some(encoded.into());
+        self
+    }
 }
 
 async fn decide(snapshot: &Snapshot, r: &Req) -> Decision {
@@ -53,7 +60,10 @@ async fn decide(snapshot: &Snapshot, r: &Req) -> Decision {
         headers: Headers::Map(&r.headers),
         policy: r.policy,
         route: None,
-        source: Default::default(),
+        source: Peer {
+            certificate: r.certificate.as_deref(),
+            ..Peer::default()
+        },
     };
     check(snapshot, &request, SystemTime::now()).await
 }

@@ -3,6 +3,7 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::engine::Headers;
+use crate::fixtures::client_certificate;
 
 fn claims(json: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
     match json {
@@ -44,6 +45,7 @@ impl Req {
             },
             address: Some("10.0.0.7"),
             principal: None,
+            certificate: None,
         }
     }
 }
@@ -294,9 +296,232 @@ fn explain_shows_inputs() {
     );
 }
 
+/// Evaluates a condition (or, with `Kind::Header`, a header) for a request whose client
+/// sent `certificate`.
+fn eval_with_certificate(
+    source: &str,
+    kind: Kind,
+    certificate: Option<&str>,
+) -> Result<String, EvalError> {
+    let e = compile(source, kind).expect("compiles");
+    let env = Environment::new([&e]);
+    let req = Req::new(&[], None);
+    let view = RequestView {
+        certificate,
+        ..req.view(false)
+    };
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let inputs = Inputs::new(&e.reads, None, &view, now);
+    let scope = env.scope(&inputs);
+    match kind {
+        Kind::Condition => e.condition(&scope).map(|b| b.to_string()),
+        Kind::Header => e.header(&scope),
+    }
+}
+
+#[test]
+fn certificate_fields_decide_conditions_and_fill_headers() {
+    let (encoded, digest) = client_certificate(&["billing.partners.example"]);
+    let cert = Some(encoded.as_str());
+    let cases = [
+        "has(source.certificate)",
+        "source.certificate.dnsNames.exists(n, n.endsWith('.partners.example'))",
+        "source.certificate.dnsNames == ['billing.partners.example']",
+        "'spiffe://partners.example/billing' in source.certificate.uris",
+        "source.certificate.emails == ['ops@partners.example']",
+        "source.certificate.ips == ['192.0.2.7']",
+        "source.certificate.subject == 'CN=billing-client,O=Partners'",
+        "source.certificate.issuer == source.certificate.subject",
+        "source.certificate.notBefore < now && now < source.certificate.notAfter",
+        "source.certificate.notAfter == timestamp('2030-01-01T00:00:00Z')",
+        "source.certificate.serial == '0a'",
+        "size(source.certificate.fingerprint) == 64 && size(source.certificate.thumbprint) == 43",
+    ];
+    for source in cases {
+        assert_eq!(
+            eval_with_certificate(source, Kind::Condition, cert),
+            Ok("true".into()),
+            "{source}"
+        );
+    }
+    assert_eq!(
+        eval_with_certificate(
+            "source.certificate.dnsNames.exists(n, n.endsWith('.other.example'))",
+            Kind::Condition,
+            cert
+        ),
+        Ok("false".into())
+    );
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        eval_with_certificate("source.certificate.fingerprint", Kind::Header, cert),
+        Ok(hex)
+    );
+    use base64::Engine as _;
+    assert_eq!(
+        eval_with_certificate("source.certificate.thumbprint", Kind::Header, cert),
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest))
+    );
+}
+
+#[test]
+fn without_a_certificate_its_fields_fail_and_has_is_false() {
+    assert_eq!(
+        eval_with_certificate("has(source.certificate)", Kind::Condition, None),
+        Ok("false".into())
+    );
+    assert_eq!(
+        eval_with_certificate(
+            "!has(source.certificate) || source.certificate.subject == 'CN=x'",
+            Kind::Condition,
+            None
+        ),
+        Ok("true".into())
+    );
+    // Reading a field fails: a condition denies even when negated, a header is removed.
+    for source in [
+        "source.certificate.subject == 'CN=billing-client,O=Partners'",
+        "source.certificate.subject != 'CN=blocked'",
+        "!source.certificate.dnsNames.exists(n, n == 'blocked.example')",
+        "size(source.certificate.uris) == 0",
+    ] {
+        assert!(
+            matches!(
+                eval_with_certificate(source, Kind::Condition, None),
+                Err(EvalError::Failed(_))
+            ),
+            "{source}"
+        );
+    }
+    assert!(eval_with_certificate("source.certificate.fingerprint", Kind::Header, None).is_err());
+}
+
+#[test]
+fn a_malformed_certificate_fails_only_the_expressions_that_read_it() {
+    let (encoded, _) = client_certificate(&["billing.partners.example"]);
+    let truncated = &encoded[..encoded.len() / 2];
+    let oversized = "A".repeat(limits::CERTIFICATE + 1);
+    for (bad, why) in [
+        (truncated, "not one PEM certificate"),
+        ("not a certificate", "not one PEM certificate"),
+        (oversized.as_str(), "at most 16384"),
+    ] {
+        for source in [
+            "has(source.certificate)",
+            "!has(source.certificate)",
+            "source.certificate.subject != 'CN=blocked'",
+        ] {
+            match eval_with_certificate(source, Kind::Condition, Some(bad)) {
+                Err(EvalError::Input(e)) => assert!(e.contains(why), "{source}: {e}"),
+                other => panic!("{source}: {other:?}"),
+            }
+        }
+        // An expression that does not read the certificate does not parse it.
+        assert_eq!(
+            eval_with_certificate("source.address == '10.0.0.7'", Kind::Condition, Some(bad)),
+            Ok("true".into())
+        );
+    }
+    // More names than the evaluation bounds allow.
+    let many: Vec<String> = (0..=limits::LIST).map(|i| format!("n{i}.x")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let (crowded, _) = client_certificate(&many);
+    match eval_with_certificate(
+        "size(source.certificate.dnsNames) > 0",
+        Kind::Condition,
+        Some(&crowded),
+    ) {
+        Err(EvalError::Input(e)) => assert!(e.contains("more than 1024 DNS names"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn certificate_fields_are_checked_and_estimated() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "source.certificate.subjct == 'x'",
+            "source.certificate has no field \"subjct\" (fields: subject, issuer, dnsNames, uris, emails, ips, fingerprint, thumbprint, notBefore, notAfter, serial)",
+        ),
+        (
+            "source.certifcate.subject == 'x'",
+            "source has no field \"certifcate\" (fields: address, principal, certificate)",
+        ),
+        ("source.certificate.notAfter == 'x'", "never true"),
+        ("source.certificate.dnsNames + 1 == 1", "cannot add"),
+        ("source.certificate.subject", "not a bool"),
+    ];
+    for (source, want) in cases {
+        let error = compile(source, Kind::Condition)
+            .expect_err(source)
+            .to_string();
+        assert!(error.contains(want), "{source}: {error}");
+    }
+    let reads = |source: &str| compile(source, Kind::Condition).expect(source).reads;
+    let address = reads("source.address == '10.0.0.7'");
+    assert!(address.source && !address.certificate);
+    for source in [
+        "has(source.certificate)",
+        "source.certificate.subject == 'x'",
+        "'a' in source.certificate.dnsNames",
+    ] {
+        let r = reads(source);
+        assert!(r.source && r.certificate, "{source}");
+    }
+    let exists = compile(
+        "source.certificate.dnsNames.exists(n, n.endsWith('.partners.example'))",
+        Kind::Condition,
+    )
+    .expect("compiles");
+    assert!(exists.cost < 20_000, "{}", exists.cost);
+}
+
+#[test]
+fn explain_shows_certificate_fields() {
+    let (encoded, _) = client_certificate(&["billing.partners.example"]);
+    let e = compile(
+        "source.certificate.dnsNames.exists(n, n.endsWith('.partners.example')) && source.certificate.subject != ''",
+        Kind::Condition,
+    )
+    .expect("compiles");
+    let req = Req::new(&[], None);
+    let view = RequestView {
+        certificate: Some(&encoded),
+        ..req.view(false)
+    };
+    let inputs = Inputs::new(&e.reads, None, &view, SystemTime::now());
+    assert_eq!(
+        e.describe_inputs(&inputs),
+        "source.certificate.dnsNames = [\"billing.partners.example\"], \
+         source.certificate.subject = \"CN=billing-client,O=Partners\""
+    );
+    let absent = Inputs::new(&e.reads, None, &req.view(false), SystemTime::now());
+    assert_eq!(
+        e.describe_inputs(&absent),
+        "source.certificate.dnsNames = (absent), source.certificate.subject = (absent)"
+    );
+}
+
+#[test]
+fn the_documented_examples_compile() {
+    let doc = include_str!("../../docs/cel.md");
+    let block = doc
+        .split("```cel\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/cel.md has a cel block");
+    let mut count = 0;
+    for line in block.lines().filter(|l| !l.trim().is_empty()) {
+        let expression = line.rsplit_once(" //").map_or(line, |(e, _)| e).trim();
+        compile(expression, Kind::Condition).unwrap_or_else(|e| panic!("{expression}: {e}"));
+        count += 1;
+    }
+    assert!(count >= 6, "{block}");
+}
+
 mod hostile {
-    //! Claims, headers and query strings a client controls never make an expression panic,
-    //! and never turn an evaluation error into a value.
+    //! Claims, headers, query strings and certificates a client controls never make an
+    //! expression panic, and never turn an evaluation error into a value.
     use proptest::prelude::*;
 
     use super::*;
@@ -331,6 +556,7 @@ mod hostile {
         "sets.intersects(claims.roles, ['a', 'b']) && claims.scope.lowerAscii().trim() != ''",
         "claims.scope.split(' ').filter(s, s.endsWith('.read')).size() < 3",
         "string(claims.n) + claims.scope == request.headers['x-tenant']",
+        "has(source.certificate) && source.certificate.dnsNames.exists(n, n == request.headers['x-tenant'])",
     ];
 
     /// Expressions of the kinds plans cover, built at random: strings, lists, ints and the
@@ -458,6 +684,7 @@ mod hostile {
                 headers: Headers::List(&headers),
                 address: Some("10.0.0.7"),
                 principal: None,
+                certificate: None,
             };
             let env = Environment::new([&e]);
             let inputs = Inputs::new(&e.reads, Some(&claims), &view, SystemTime::now());
@@ -496,6 +723,7 @@ mod hostile {
             ),
             header in ".{0,16}",
             query in "[a-z=&%+0-9]{0,24}",
+            certificate in "(-----BEGIN CERTIFICATE-----)?[A-Za-z0-9%+/= \n-]{0,48}",
         ) {
             let claims: serde_json::Map<String, serde_json::Value> = claims.into_iter().collect();
             let headers = vec![("x-tenant".to_string(), header)];
@@ -507,6 +735,7 @@ mod hostile {
                 headers: Headers::List(&headers),
                 address: None,
                 principal: None,
+                certificate: Some(&certificate),
             };
             for source in EXPRESSIONS {
                 let e = compile(source, Kind::Condition).expect("compiles");

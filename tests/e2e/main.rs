@@ -3,6 +3,7 @@
 
 mod cel;
 mod cli;
+mod client_cert;
 mod cluster;
 mod crd;
 mod deploy;

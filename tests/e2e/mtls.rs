@@ -23,12 +23,12 @@ use crate::support::*;
 const SERVER_NAME: &str = "tollgate.tollgate.svc";
 
 /// A CA and the PEM files it issued, written into a folder.
-struct Pki {
-    dir: PathBuf,
+pub(crate) struct Pki {
+    pub(crate) dir: PathBuf,
 }
 
 impl Pki {
-    fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    pub(crate) fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -55,11 +55,11 @@ impl Pki {
         std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).expect("write");
     }
 
-    fn write_ca(&self, ca: &CertifiedIssuer<'static, KeyPair>, name: &str) {
+    pub(crate) fn write_ca(&self, ca: &CertifiedIssuer<'static, KeyPair>, name: &str) {
         std::fs::write(self.path(&format!("{name}.crt")), ca.pem()).expect("write");
     }
 
-    fn path(&self, file: &str) -> PathBuf {
+    pub(crate) fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
     }
 

@@ -200,3 +200,80 @@ async fn cached_tokens_meet_conditions_on_every_request() {
         assert_eq!(d.is_allow(), pass, "{tenant}");
     }
 }
+
+/// Partner requests: a token, and a client certificate with a DNS name under
+/// partners.example; the certificate's fingerprint travels to the upstream. Its health
+/// rule takes no token but still wants the certificate.
+const PARTNERS: &str = r#"{match: {hosts: [api.example.com], paths: [/partners]},
+    when: [{expression: "source.certificate.dnsNames.exists(n, n.endsWith('.partners.example'))", message: "a partner certificate is required"}],
+    rules: [{paths: [/partners/healthz], allowAnonymous: true, when: [{expression: "has(source.certificate)"}]}],
+    forward: {headers: [{name: x-client-cert-sha256, expression: "source.certificate.fingerprint"}]}}"#;
+
+#[tokio::test]
+async fn certificate_conditions_and_headers() {
+    let s = snapshot(&[mk_policy("partners", PARTNERS)], DefaultAction::Deny);
+    let token = good();
+    let (partner, digest) = crate::fixtures::client_certificate(&["billing.partners.example"]);
+    let (other, _) = crate::fixtures::client_certificate(&["billing.other.example"]);
+
+    let ok = decide(
+        &s,
+        &req("/partners/1")
+            .bearer(&token)
+            .certificate(&partner)
+            .header("x-client-cert-sha256", "forged"),
+    )
+    .await;
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        allowed(&ok).headers_to_set,
+        vec![("x-client-cert-sha256".to_string(), hex)]
+    );
+
+    // Another SAN, no certificate, or one that does not parse: the condition denies.
+    for (r, why) in [
+        (
+            req("/partners/1").bearer(&token).certificate(&other),
+            "is false",
+        ),
+        (
+            req("/partners/1").bearer(&token),
+            "No such key: certificate",
+        ),
+        (
+            req("/partners/1").bearer(&token).certificate("garbage"),
+            "not one PEM certificate",
+        ),
+    ] {
+        let d = decide(&s, &r).await;
+        let deny = denied(&d);
+        assert_eq!((deny.status, deny.reason), (403, Reason::ConditionFailed));
+        assert!(deny.description.contains(why), "{}", deny.description);
+        assert!(
+            deny.body.contains("a partner certificate is required"),
+            "{}",
+            deny.body
+        );
+    }
+
+    // Without a token, the certificate alone decides the anonymous rule (after the policy's
+    // condition, which anonymous requests meet too).
+    let health = decide(&s, &req("/partners/healthz").certificate(&partner)).await;
+    let allow = allowed(&health);
+    assert_eq!(allow.reason, Reason::Anonymous);
+    assert!(
+        allow
+            .headers_to_set
+            .iter()
+            .any(|(k, _)| k == "x-client-cert-sha256")
+    );
+    for r in [
+        req("/partners/healthz"),
+        req("/partners/healthz").certificate(&other),
+    ] {
+        assert_eq!(
+            denied(&decide(&s, &r).await).reason,
+            Reason::ConditionFailed
+        );
+    }
+}
