@@ -606,7 +606,13 @@ pub fn compile(
                     // Its tenants' issuers are built at request time: what is wrong with them
                     // is wrong now, for any tenant (listed tenants are compiled below anyway).
                     if issuer.tenants.is_empty() {
-                        let probe = tenants::for_tenant(issuer, "tenant");
+                        // As written: a URL parser takes the placeholder as path characters, and
+                        // the messages show the template.
+                        let probe = IssuerSpec {
+                            tenants: Vec::new(),
+                            admit_tenants: None,
+                            ..issuer.clone()
+                        };
                         let _ = compile_issuer(
                             &mut c,
                             &field,
