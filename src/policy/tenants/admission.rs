@@ -6,7 +6,8 @@
 //!                                             │ true                       (nothing fetched)
 //!        admitted (moka: idle expiry) ◄── hit ─┤
 //!        failed (moka: negative TTL)  ◄── hit ─┼─────────────────────────► issuer_unavailable
-//!                                             │ miss: one first use per tenant, coalesced
+//!                                             │ miss: one first use per tenant, coalesced,
+//!                                             │ in a task of its own
 //!        a slot free? ──no──────────────────────────────────────────────► issuer_unavailable
 //!             │ yes                                              (no admitted tenant evicted)
 //!        build the issuer (URL checks, SSRF guard, shared key source of its URL)
@@ -14,7 +15,9 @@
 //! ```
 //!
 //! The snapshot the request path reads stays immutable: what changes lives here, in caches the
-//! compiled template owns, shared by every clone of the policy and dropped with it.
+//! compiled template owns, shared by every clone of the policy and dropped with it. A first use
+//! runs in a task of its own, which the requests waiting for it share: a request that goes away
+//! (the proxy's timeout) neither stops the fetch nor leaves its slot taken.
 //!
 //! Bound and eviction: at most `maxTenants` tenants hold a slot at once (those admitted, and
 //! those whose first fetch runs). A tenant no token named for
@@ -27,9 +30,13 @@
 //! its tokens costs one fetch per interval. First fetches and refreshes of admitted tenants
 //! have their own budget of outbound calls, so they never delay the refresh of listed issuers.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, Shared};
 
 use super::TenantCondition;
 use crate::expression::{Environment, EvalError};
@@ -76,6 +83,9 @@ struct Blueprint {
     template: usize,
 }
 
+/// A first use under way, shared by the requests that wait for it.
+type FirstUse = Shared<BoxFuture<'static, Result<Arc<Issuer>, AdmitError>>>;
+
 /// The tenants one template's condition admitted, and those that failed.
 pub struct Admission {
     /// Where the template is written, e.g. `spec.issuers[2]`.
@@ -89,6 +99,8 @@ pub struct Admission {
     held: Arc<AtomicUsize>,
     /// Tenants whose first fetch failed, with why, for the negative TTL.
     failed: moka::future::Cache<Arc<str>, Arc<str>>,
+    /// First uses under way, by tenant.
+    first_uses: Mutex<HashMap<Arc<str>, FirstUse>>,
     idle: Duration,
     negative_ttl: Duration,
 }
@@ -148,6 +160,7 @@ impl Admission {
             admitted,
             held,
             failed,
+            first_uses: Mutex::new(HashMap::new()),
             idle: settings.admitted_idle,
             negative_ttl: settings.miss_refetch_interval,
         }
@@ -171,7 +184,7 @@ impl Admission {
     /// The issuer of `tenant`, which the condition admits (the caller asked [`Self::admits`]):
     /// the one admitted already, or built now and its keys fetched, once however many requests
     /// ask at the same time.
-    pub async fn issuer(&self, tenant: &str) -> Result<Admitted, AdmitError> {
+    pub async fn issuer(self: &Arc<Self>, tenant: &str) -> Result<Admitted, AdmitError> {
         if let Some(issuer) = self.admitted.get(tenant).await {
             return Ok(Admitted {
                 issuer,
@@ -181,14 +194,29 @@ impl Admission {
         if let Some(detail) = self.failed.get(tenant).await {
             return Err(self.unavailable(detail.to_string()));
         }
-        self.admitted
-            .try_get_with(Arc::from(tenant), self.first_use(tenant))
-            .await
-            .map(|issuer| Admitted {
-                issuer,
-                first: true,
-            })
-            .map_err(|e| (*e).clone())
+        let first_use = {
+            let mut first_uses = self
+                .first_uses
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            first_uses
+                .entry(Arc::from(tenant))
+                .or_insert_with_key(|tenant| {
+                    let task = tokio::spawn(Arc::clone(self).first_use(tenant.clone()));
+                    async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(AdmitError::Invalid(format!("the first use failed: {e}")))
+                        })
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        first_use.await.map(|issuer| Admitted {
+            issuer,
+            first: true,
+        })
     }
 
     fn unavailable(&self, detail: String) -> AdmitError {
@@ -198,9 +226,24 @@ impl Admission {
         }
     }
 
-    /// Builds a tenant's issuer in a slot of its own; a failure gives the slot back, and a
-    /// failed fetch is remembered for the negative TTL.
-    async fn first_use(&self, tenant: &str) -> Result<Arc<Issuer>, AdmitError> {
+    /// A first use, in a task of its own: its result is in the caches before the requests
+    /// waiting for it stop sharing it.
+    async fn first_use(self: Arc<Self>, tenant: Arc<str>) -> Result<Arc<Issuer>, AdmitError> {
+        let result = self.admit_now(&tenant).await;
+        self.first_uses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&tenant);
+        result
+    }
+
+    /// Builds a tenant's issuer in a slot of its own, which the admitted entry then holds; a
+    /// failure gives the slot back, and a failed fetch is remembered for the negative TTL.
+    async fn admit_now(&self, tenant: &Arc<str>) -> Result<Arc<Issuer>, AdmitError> {
+        // Admitted by a first use that ended while this one started.
+        if let Some(issuer) = self.admitted.get(&**tenant).await {
+            return Ok(issuer);
+        }
         if !self.reserve().await {
             return Err(AdmitError::Full {
                 field: self.field.clone(),
@@ -208,16 +251,21 @@ impl Admission {
                 idle: humantime::format_duration(self.idle).to_string(),
             });
         }
-        let built = self.build(tenant).await;
-        if let Err(error) = &built {
-            self.release();
-            if let AdmitError::Unavailable { detail, .. } = error {
-                self.failed
-                    .insert(Arc::from(tenant), Arc::from(detail.as_str()))
-                    .await;
+        match self.build(tenant).await {
+            Ok(issuer) => {
+                self.admitted.insert(tenant.clone(), issuer.clone()).await;
+                Ok(issuer)
+            }
+            Err(error) => {
+                self.release();
+                if let AdmitError::Unavailable { detail, .. } = &error {
+                    self.failed
+                        .insert(tenant.clone(), Arc::from(detail.as_str()))
+                        .await;
+                }
+                Err(error)
             }
         }
-        built
     }
 
     async fn reserve(&self) -> bool {

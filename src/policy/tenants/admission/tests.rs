@@ -29,10 +29,10 @@ fn policy(sources: &KeySources, name: &str, idp: &Realms, extra: &str) -> Policy
     compile_with(sources, "shop", name, &spec(&yaml)).expect("compiles")
 }
 
-fn admission(policy: &Policy) -> &Admission {
+fn admission(policy: &Policy) -> &Arc<Admission> {
     policy.templates[0]
         .admission
-        .as_deref()
+        .as_ref()
         .expect("an admission")
 }
 
@@ -227,4 +227,34 @@ async fn offline_a_tenant_is_admitted_without_fetching() {
     let admitted = admission(&policy).issuer("acme").await.expect("acme");
     assert!(admitted.issuer.keys.current().is_none());
     assert_eq!(idp.asked(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_first_use_outlives_the_request_that_started_it() {
+    let idp = Realms::start(&["acme"]).await;
+    idp.slow_discovery(300);
+    let sources = sources(Duration::from_secs(3600), Duration::from_secs(30));
+    let policy = policy(
+        &sources,
+        "orders",
+        &idp,
+        "admitTenants: {expression: 'true', maxTenants: 2}",
+    );
+    let a = admission(&policy);
+    // The proxy gives up on both requests while their tenants' discovery is answered.
+    for tenant in ["ghost", "acme"] {
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), a.issuer(tenant)).await;
+        assert!(gave_up.is_err(), "{tenant} answered within 50ms");
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Both first uses ended: acme holds a slot, ghost none and is remembered.
+    assert_eq!(a.held(), 1);
+    assert!(a.cached("acme").await.is_some());
+    assert!(!a.issuer("acme").await.expect("acme").first);
+    assert!(matches!(
+        a.issuer("ghost").await,
+        Err(AdmitError::Unavailable { .. })
+    ));
+    assert_eq!(idp.asked_for("acme"), ["acme discovery", "acme keys"]);
+    assert_eq!(idp.asked_for("ghost"), ["ghost discovery"]);
 }
