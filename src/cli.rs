@@ -515,6 +515,25 @@ fn check_policy(paths: Vec<PathBuf>, delegations: Option<&std::path::Path>) -> a
                 .map(move |w| format!("warning: policy {}: {}: {}", p.id, w.field, w.message))
         })
         .collect();
+    // Tenants admitted by a condition are known only when their tokens come: say how.
+    warnings.extend(snapshot.iter().flat_map(|s| s.policies()).flat_map(|p| {
+        p.templates.iter().filter_map(move |t| {
+            let admission = t.admission.as_ref()?;
+            Some(format!(
+                "note: policy {}: {}: tenants of {} for which `{}` is true are admitted when a token first names them (their keys fetched then; at most {} at once{})",
+                p.id,
+                t.field,
+                t.issuer,
+                admission.condition.expression.source,
+                admission.condition.max_tenants,
+                if t.tenants.is_empty() {
+                    String::new()
+                } else {
+                    format!(", besides the listed {}", t.tenants.join(", "))
+                }
+            ))
+        })
+    }));
     // A policy on trial enforces nothing: say so, so it is not mistaken for one that does.
     warnings.extend(
         snapshot

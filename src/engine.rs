@@ -6,7 +6,9 @@
 //!         ─► exp/nbf/iat/aud ─► requiredClaims ─► rule requirements ─► Allow + forward headers
 //! ```
 //!
-//! The only I/O is a coalesced, rate-limited key refetch when a token names an unknown `kid`.
+//! The only I/O is a coalesced, rate-limited key refetch when a token names an unknown `kid`,
+//! and the first fetch of a tenant an issuer template's condition admits (coalesced, bounded,
+//! failures remembered for a while: see [`crate::policy::tenants::admission`]).
 
 mod metadata;
 pub mod request;
@@ -26,10 +28,10 @@ use crate::jwks::{Refetch, Unusable};
 use crate::policy::route::{PathCase, PathReading, read_host, read_path, read_path_with};
 use crate::policy::snapshot::MatchInput;
 use crate::policy::spec::IntrospectWhen;
-use crate::policy::{DefaultAction, DenyDetail, Issuer, Policy, Rule, Snapshot};
+use crate::policy::{DefaultAction, DenyDetail, IssuerRef, Policy, Rule, Snapshot};
 use crate::trace::{self, Trace};
 use crate::validate::{self, TimeWindow, ValidationError};
-use crate::verified::{self, ClaimHeaders, TokenCache};
+use crate::verified::{self, CachedIssuer, ClaimHeaders, TokenCache};
 
 pub use metadata::resource_metadata;
 pub use request::{Headers, Peer, Request, TokenSource};
@@ -871,7 +873,7 @@ fn computed_headers(policy: &Policy, scope: &Scope<'_>, out: &mut Allow, trace: 
 /// A token that passed, and what the upstream may receive instead of it.
 struct Verified<'p> {
     claims: ClaimSet,
-    issuer: &'p Issuer,
+    issuer: IssuerRef<'p>,
     /// The JWT introspection returned, forwarded in place of the opaque token.
     phantom: Option<String>,
     /// The headers the claims fill, when the verified-token cache has them already.
@@ -882,14 +884,14 @@ struct Verified<'p> {
 struct Signed<'p> {
     claims: Claims,
     header: jose::Header,
-    issuer: &'p Issuer,
+    issuer: IssuerRef<'p>,
     /// The version of the issuer's key set that verified it.
     keys_version: u64,
 }
 
 /// Why a token did not pass.
 enum Failure<'p> {
-    Token(ValidationError, Option<&'p Issuer>),
+    Token(ValidationError, Option<IssuerRef<'p>>),
     Introspection(IntrospectError),
     Inactive,
 }
@@ -898,7 +900,7 @@ impl Failure<'_> {
     fn deny(self, policy: &Policy, host: &str, token_id: String, trace: &mut Trace) -> Decision {
         match self {
             Failure::Token(error, issuer) => {
-                let hint = error.hint(policy, issuer);
+                let hint = error.hint(policy, issuer.as_deref());
                 if trace.failure().is_none() {
                     trace.fail(
                         error.check(),
@@ -907,13 +909,22 @@ impl Failure<'_> {
                         || hint.clone(),
                     );
                 }
-                deny(
+                // A tenant the template's condition refuses: its message is the denial's.
+                let said = match &error {
+                    ValidationError::TenantNotAdmitted(refusal) => refusal.message.as_deref(),
+                    _ => None,
+                };
+                deny_with(
                     Some(policy),
                     host,
                     error.reason(),
                     error.to_string(),
                     hint,
                     Some(token_id),
+                    said.map(|text| Said {
+                        text: Some(text),
+                        status: None,
+                    }),
                 )
             }
             Failure::Introspection(error) => {
@@ -954,7 +965,7 @@ impl Failure<'_> {
     }
 }
 
-fn token_failure<'p>((error, issuer): (ValidationError, Option<&'p Issuer>)) -> Failure<'p> {
+fn token_failure<'p>((error, issuer): TokenFailure<'p>) -> Failure<'p> {
     Failure::Token(error, issuer)
 }
 
@@ -1014,17 +1025,17 @@ async fn verify_cached<'p>(
     token: &str,
     digest: &[u8; 32],
     now: SystemTime,
-) -> Result<(ClaimSet, &'p Issuer, Option<Arc<ClaimHeaders>>), Failure<'p>> {
+) -> Result<(ClaimSet, IssuerRef<'p>, Option<Arc<ClaimHeaders>>), Failure<'p>> {
     let key = verified::Key::new(policy.instance, *digest);
     let seconds = validate::seconds_since_epoch(now);
-    let current_keys = |i: usize| {
-        policy
-            .issuers
-            .get(i)
-            .and_then(|issuer| issuer.keys.usable_version(now))
+    let cached = |issuer: &CachedIssuer| match issuer {
+        CachedIssuer::Listed(i) => policy.issuers.get(*i).map(IssuerRef::Listed),
+        CachedIssuer::Admitted(issuer) => Some(IssuerRef::Admitted(issuer.clone())),
     };
+    let current_keys =
+        |issuer: &CachedIssuer| cached(issuer).and_then(|i| i.keys.usable_version(now));
     if let Some(entry) = cache.get(&key, seconds, current_keys)
-        && let Some(issuer) = policy.issuers.get(entry.issuer)
+        && let Some(issuer) = cached(&entry.issuer)
     {
         return Ok((
             ClaimSet::Json(entry.claims.clone()),
@@ -1037,18 +1048,20 @@ async fn verify_cached<'p>(
         .map_err(token_failure)?;
     let claims = Arc::new(signed.claims);
     let headers = Arc::new(claim_headers(policy, &claims));
-    if let (Some(window), Some(index)) = (
-        window,
-        policy
+    let issuer = match &signed.issuer {
+        IssuerRef::Listed(listed) => policy
             .issuers
             .iter()
-            .position(|i| std::ptr::eq(i, signed.issuer)),
-    ) {
+            .position(|i| std::ptr::eq(i, *listed))
+            .map(CachedIssuer::Listed),
+        IssuerRef::Admitted(admitted) => Some(CachedIssuer::Admitted(admitted.clone())),
+    };
+    if let (Some(window), Some(issuer)) = (window, issuer) {
         let json: Arc<str> = serde_json::to_string(&*claims).unwrap_or_default().into();
         cache.insert(
             key,
             json,
-            index,
+            issuer,
             signed.keys_version,
             headers.clone(),
             window,
@@ -1085,11 +1098,13 @@ async fn introspect_opaque<'p>(
     trace.claims(|| (**claims).clone());
     // The answer's claims meet the same checks as a JWT's (cached answers are re-checked, so an
     // exp passing while cached still counts).
-    let issuer = answer_issuer(policy, claims).map_err(|e| Failure::Token(e, None))?;
-    let fail = |e| Failure::Token(e, Some(issuer));
-    validate::check_answer_claims(claims, issuer, policy, intro.accept_without, now, trace)
+    let issuer = answer_issuer(policy, claims, trace)
+        .await
+        .map_err(|e| Failure::Token(e, None))?;
+    let fail = |e| Failure::Token(e, Some(issuer.clone()));
+    validate::check_answer_claims(claims, &issuer, policy, intro.accept_without, now, trace)
         .map_err(fail)?;
-    validate::check_azure(claims, issuer, policy, trace).map_err(fail)?;
+    validate::check_azure(claims, &issuer, policy, trace).map_err(fail)?;
     validate::check_required(claims, policy, trace).map_err(fail)?;
     Ok(Verified {
         claims: ClaimSet::Parsed(claims.clone()),
@@ -1099,18 +1114,92 @@ async fn introspect_opaque<'p>(
     })
 }
 
-/// The issuer an introspection answer speaks for: its `iss`, or the policy's first issuer.
-fn answer_issuer<'p>(policy: &'p Policy, claims: &Claims) -> Result<&'p Issuer, ValidationError> {
+/// The issuer an introspection answer speaks for: its `iss` (a tenant an issuer template's
+/// condition admits among them), or the policy's first issuer.
+async fn answer_issuer<'p>(
+    policy: &'p Policy,
+    claims: &Claims,
+    trace: &mut Trace,
+) -> Result<IssuerRef<'p>, ValidationError> {
     match claims.get("iss") {
-        Some(serde_json::Value::String(iss)) => policy
-            .issuer(iss)
-            .ok_or_else(|| validate::unknown_issuer(policy, iss)),
+        Some(serde_json::Value::String(iss)) => match policy.issuer(iss) {
+            Some(issuer) => Ok(IssuerRef::Listed(issuer)),
+            None => admit(policy, iss, validate::unknown_issuer(policy, iss), trace).await,
+        },
         Some(_) => Err(ValidationError::ClaimType {
             claim: "iss",
             expected: "a string",
         }),
-        None => policy.issuers.first().ok_or(ValidationError::IssuerMissing),
+        None => policy
+            .issuers
+            .first()
+            .map(IssuerRef::Listed)
+            .ok_or(ValidationError::IssuerMissing),
     }
+}
+
+/// The issuer of a token whose `iss` no listed issuer has, when it names a tenant an issuer
+/// template's condition admits: built (and its keys fetched) the first time, from then on the
+/// one the template holds. `refused`: the answer when no template's condition admits it.
+async fn admit<'p>(
+    policy: &'p Policy,
+    iss: &str,
+    refused: ValidationError,
+    trace: &mut Trace,
+) -> Result<IssuerRef<'p>, ValidationError> {
+    if !matches!(refused, ValidationError::TenantNotAllowed { .. }) {
+        return Err(refused);
+    }
+    let mut refusal = None;
+    for template in &policy.templates {
+        let (Some(admission), Some(tenant)) = (&template.admission, template.tenant_of(iss)) else {
+            continue;
+        };
+        let expression = &admission.condition.expression.source;
+        let outcome = match admission.admits(tenant) {
+            Ok(true) => None,
+            Ok(false) => Some("is false".to_string()),
+            Err(error) => Some(format!("failed: {error}")),
+        };
+        if let Some(outcome) = outcome {
+            refusal.get_or_insert_with(|| {
+                ValidationError::TenantNotAdmitted(Box::new(validate::TenantRefusal {
+                    tenant: tenant.to_string(),
+                    template: template.issuer.clone(),
+                    field: admission.field.clone(),
+                    expression: expression.to_string(),
+                    outcome,
+                    message: admission.condition.message.clone(),
+                }))
+            });
+            continue;
+        }
+        trace.pass("tenant", || {
+            format!(
+                "{tenant:?} of the issuer template {}: {}.admitTenants `{expression}` is true (tenant = {tenant:?})",
+                template.issuer, admission.field
+            )
+        });
+        return match admission.issuer(tenant).await {
+            Ok(admitted) => {
+                if admitted.first {
+                    trace.info("tenant", || {
+                        format!(
+                            "{tenant:?} admitted now: its issuer built and its keys ({}) fetched on first use",
+                            admitted.issuer.keys.id()
+                        )
+                    });
+                }
+                Ok(IssuerRef::Admitted(admitted.issuer))
+            }
+            Err(cause) => Err(ValidationError::TenantUnavailable {
+                tenant: tenant.to_string(),
+                template: template.issuer.clone(),
+                cause: Box::new(cause),
+            }),
+        };
+    }
+    Err(refusal.unwrap_or(refused))
 }
 
 fn exp(claims: &Claims) -> Option<f64> {
@@ -1226,7 +1315,7 @@ async fn active(
     })
 }
 
-type TokenFailure<'p> = (ValidationError, Option<&'p Issuer>);
+type TokenFailure<'p> = (ValidationError, Option<IssuerRef<'p>>);
 
 /// Checks a JWT completely: signature with its issuer's keys, then time, audience and the
 /// policy-wide required claims. Also says when its time checks pass.
@@ -1237,8 +1326,8 @@ async fn verify<'p>(
     trace: &mut Trace,
 ) -> Result<(Signed<'p>, Option<TimeWindow>), TokenFailure<'p>> {
     let signed = verify_signed(policy, token, now, trace).await?;
-    let (claims, issuer) = (&signed.claims, signed.issuer);
-    let fail = |e| (e, Some(issuer));
+    let (claims, issuer) = (&signed.claims, &signed.issuer);
+    let fail = |e| (e, Some(issuer.clone()));
     validate::check_claims(claims, issuer, policy, now, trace).map_err(fail)?;
     validate::check_azure(claims, issuer, policy, trace).map_err(fail)?;
     validate::check_required(claims, policy, trace).map_err(fail)?;
@@ -1344,8 +1433,10 @@ fn unsigned_claims<'p>(
             ));
         }
     };
+    // Never a tenant admitted by a condition: requireSignedTokens: false refuses them.
     let issuer = policy
         .issuer(&iss)
+        .map(IssuerRef::Listed)
         .ok_or_else(|| (validate::unknown_issuer(policy, &iss), None))?;
     let header = jose::Header {
         alg: decrypted.header.alg.clone(),
@@ -1383,20 +1474,37 @@ async fn verify_jws<'p>(
                 .map_or_else(|| "(none)".to_string(), |k| format!("{k:?}"))
         )
     });
-    let (issuer, alg) = validate::route(&jws, policy).map_err(|e| {
-        // The issuer named by `iss` (if accepted) makes the hint precise.
-        let named = jws
-            .claims
-            .get("iss")
-            .and_then(|v| v.as_str())
-            .and_then(|iss| policy.issuer(iss));
-        (e, named)
-    })?;
-    trace.pass("issuer", || validate::describe_issuer(policy, issuer));
+    let (issuer, alg) = match validate::route(&jws, policy) {
+        Ok((issuer, alg)) => (IssuerRef::Listed(issuer), alg),
+        Err(refused @ ValidationError::TenantNotAllowed { .. }) => {
+            let iss = jws
+                .claims
+                .get("iss")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
+            let issuer = admit(policy, iss, refused, trace)
+                .await
+                .map_err(|e| (e, None))?;
+            let alg =
+                validate::algorithm_for(&jws, &issuer).map_err(|e| (e, Some(issuer.clone())))?;
+            (issuer, alg)
+        }
+        Err(e) => {
+            // The issuer named by `iss` (if accepted) makes the hint precise.
+            let named = jws
+                .claims
+                .get("iss")
+                .and_then(|v| v.as_str())
+                .and_then(|iss| policy.issuer(iss))
+                .map(IssuerRef::Listed);
+            return Err((e, named));
+        }
+    };
+    trace.pass("issuer", || validate::describe_issuer(policy, &issuer));
     trace.pass("algorithm", || {
         format!("{alg:?} is allowed for this issuer")
     });
-    let fail = |e| (e, Some(issuer));
+    let fail = |e| (e, Some(issuer.clone()));
     let unavailable = |e: Unusable| {
         fail(ValidationError::IssuerUnavailable {
             issuer: issuer.issuer.clone(),

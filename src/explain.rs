@@ -18,7 +18,7 @@ use crate::decision::{Decision, Reason};
 use crate::engine::{self, Headers, Request};
 use crate::jwks::KeySources;
 use crate::policy::files::FileLoader;
-use crate::policy::{DefaultAction, Policy, Snapshot};
+use crate::policy::{DefaultAction, IssuerRef, Policy, Snapshot};
 use crate::trace::{Outcome, Step, Trace};
 use crate::validate;
 
@@ -257,7 +257,7 @@ pub async fn explain(
         .map_or(decision.reason(), |d| d.reason);
     let unverified = offline
         && judged == Reason::IssuerUnavailable
-        && continue_unverified(snapshot, &decision, &mut trace, now);
+        && continue_unverified(snapshot, &decision, &mut trace, now).await;
     let (status, description) = match &decision {
         Decision::Allow(_) => (200, None),
         Decision::Deny(deny) => (deny.status, Some(deny.description.clone())),
@@ -286,7 +286,7 @@ pub async fn explain(
 
 /// Offline, a remote issuer's keys are missing: check the (unverified) claims anyway, so the
 /// rest of the explanation is still useful. True when the claims were checked.
-fn continue_unverified(
+async fn continue_unverified(
     snapshot: &Snapshot,
     decision: &Decision,
     trace: &mut Trace,
@@ -298,22 +298,38 @@ fn continue_unverified(
     let Some(claims) = trace.claims.clone() else {
         return false;
     };
-    let Some(issuer) = claims
-        .get("iss")
-        .and_then(Value::as_str)
-        .and_then(|iss| policy.issuer(iss))
-    else {
+    let Some(iss) = claims.get("iss").and_then(Value::as_str) else {
         return false;
     };
+    let issuer = match policy.issuer(iss) {
+        Some(listed) => IssuerRef::Listed(listed),
+        // A tenant an issuer template's condition admitted (offline: without its keys).
+        None => match admitted(policy, iss).await {
+            Some(issuer) => IssuerRef::Admitted(issuer),
+            None => return false,
+        },
+    };
     let mut rest = Trace::on();
-    let _ = validate::check_claims(&claims, issuer, policy, now, &mut rest)
-        .and_then(|()| validate::check_azure(&claims, issuer, policy, &mut rest))
+    let _ = validate::check_claims(&claims, &issuer, policy, now, &mut rest)
+        .and_then(|()| validate::check_azure(&claims, &issuer, policy, &mut rest))
         .and_then(|()| validate::check_required(&claims, policy, &mut rest));
     for mut step in rest.steps {
         step.detail = format!("{} (unverified)", step.detail);
         trace.steps.push(step);
     }
     true
+}
+
+/// The issuer of a tenant some issuer template of `policy` has admitted for `iss`.
+async fn admitted(policy: &Policy, iss: &str) -> Option<Arc<crate::policy::Issuer>> {
+    for template in &policy.templates {
+        if let (Some(admission), Some(tenant)) = (&template.admission, template.tenant_of(iss))
+            && let Some(issuer) = admission.cached(tenant).await
+        {
+            return Some(issuer);
+        }
+    }
+    None
 }
 
 fn pretty(object: &serde_json::Map<String, Value>) -> String {

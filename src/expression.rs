@@ -66,6 +66,9 @@ pub mod limits {
     /// `source.certificate`. Each text field of the certificate is then shorter than
     /// [`STRING`], and each of its name lists is held to [`LIST`] names.
     pub const CERTIFICATE: usize = crate::client_cert::MAX_BYTES;
+    /// Bytes of the tenant an `admitTenants` expression reads (as `policy::tenants` bounds a
+    /// tenant's name).
+    pub const TENANT: u64 = 64;
 }
 
 /// What an expression computes.
@@ -75,6 +78,10 @@ pub enum Kind {
     Condition,
     /// A header value: a string.
     Header,
+    /// Whether an issuer template admits a tenant (`admitTenants`): a bool of `tenant` alone,
+    /// the tenant's name from the token's unverified `iss`. Nothing of the token is verified
+    /// yet, so `claims`, `request`, `source` and `now` are not variables of it.
+    Tenant,
 }
 
 /// Which keys of a map an expression reads: named ones, or any.
@@ -450,6 +457,7 @@ fn scan(list: &Shape, bytes: u64) -> u64 {
 }
 
 struct Checker {
+    kind: Kind,
     scopes: Vec<(String, Shape)>,
     reads: Reads,
     paths: Vec<Vec<String>>,
@@ -473,6 +481,9 @@ impl Checker {
     fn lookup(&self, name: &str) -> Option<Shape> {
         if let Some((_, shape)) = self.scopes.iter().rev().find(|(n, _)| n == name) {
             return Some(shape.clone());
+        }
+        if self.kind == Kind::Tenant {
+            return (name == "tenant").then(|| Shape::string(limits::TENANT));
         }
         Some(match name {
             "claims" => Shape::map(Shape::string(256), Shape::dyn_(), limits::LIST)
@@ -505,9 +516,14 @@ impl Checker {
             }),
             Expr::Ident(name) => {
                 let shape = self.lookup(name).ok_or_else(|| {
-                    type_error(format!(
-                        "undeclared reference to {name:?}: the variables are claims, request, source and now"
-                    ))
+                    type_error(match self.kind {
+                        Kind::Tenant => format!(
+                            "undeclared reference to {name:?}: an admitTenants expression sees only tenant (the tenant's name from the token's iss, before anything of the token is verified)"
+                        ),
+                        Kind::Condition | Kind::Header => format!(
+                            "undeclared reference to {name:?}: the variables are claims, request, source and now"
+                        ),
+                    })
                 })?;
                 ok(shape, 1)
             }
@@ -1323,6 +1339,7 @@ pub fn compile(source: &str, kind: Kind) -> Result<Expression, CheckError> {
         CheckError::Syntax(e.to_string().lines().take(6).collect::<Vec<_>>().join(" "))
     })?;
     let mut checker = Checker {
+        kind,
         scopes: Vec::new(),
         reads: Reads::default(),
         paths: Vec::new(),
@@ -1330,7 +1347,7 @@ pub fn compile(source: &str, kind: Kind) -> Result<Expression, CheckError> {
     };
     let checked = checker.check(program.expression())?;
     let expected = match kind {
-        Kind::Condition => Ty::Bool,
+        Kind::Condition | Kind::Tenant => Ty::Bool,
         Kind::Header => Ty::String,
     };
     if !checked.shape.is(&expected) {
@@ -2045,6 +2062,24 @@ impl Expression {
             ));
         }
         Ok(value.trim().to_string())
+    }
+
+    /// Whether an `admitTenants` expression ([`Kind::Tenant`]) admits `tenant`; an error counts
+    /// as not admitted at the caller, as a condition's does.
+    pub fn admits(&self, environment: &Environment, tenant: &str) -> Result<bool, EvalError> {
+        if tenant.len() as u64 > limits::TENANT {
+            return Err(EvalError::Input(format!(
+                "the tenant is longer than {} bytes",
+                limits::TENANT
+            )));
+        }
+        let mut context = environment.context.new_inner_scope();
+        context.add_variable_from_value("tenant", string(tenant));
+        match self.program.execute(&context) {
+            Ok(Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(EvalError::Type(type_name(&other), "bool")),
+            Err(e) => Err(EvalError::Failed(bounded(&e.to_string(), 200))),
+        }
     }
 
     /// The inputs the expression reads, as `explain` shows them.

@@ -210,3 +210,124 @@ pub fn client_certificate(dns_names: &[&str]) -> (String, Vec<u8>) {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.der());
     (encoded, digest.as_ref().to_vec())
 }
+
+/// The signing key of a realm of [`Realms`]: one per realm name, made on first use (EC P-256,
+/// so many tenants cost little), its `kid` the realm's name.
+pub fn realm_key(realm: &str) -> Arc<SigningKey> {
+    static KEYS: LazyLock<std::sync::Mutex<std::collections::HashMap<String, Arc<SigningKey>>>> =
+        LazyLock::new(Default::default);
+    let mut keys = KEYS.lock().expect("lock");
+    keys.entry(realm.to_string())
+        .or_insert_with(|| Arc::new(SigningKey::ec(realm, "ES256").expect("ec key")))
+        .clone()
+}
+
+/// A Keycloak-like identity provider on 127.0.0.1: `/realms/{realm}` discovery and the realm's
+/// own key set for the realms it knows, 404 for any other realm (an unknown tenant). Records
+/// every path asked for; can answer discovery slowly, so first uses overlap.
+#[derive(Clone)]
+pub struct Realms {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    known: Arc<Vec<String>>,
+    asked: Arc<std::sync::Mutex<Vec<String>>>,
+    delay: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Realms {
+    pub async fn start(known: &[&str]) -> Realms {
+        use axum::extract::{Path, State};
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse;
+        use axum::routing::get;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let realms = Realms {
+            base: format!("http://{}", listener.local_addr().expect("addr")),
+            known: Arc::new(known.iter().map(|r| r.to_string()).collect()),
+            asked: Arc::default(),
+            delay: Arc::default(),
+        };
+        let app = axum::Router::new()
+            .route(
+                "/realms/{realm}/.well-known/openid-configuration",
+                get(
+                    |State(r): State<Realms>, Path(realm): Path<String>| async move {
+                        r.record(format!("{realm} discovery"));
+                        let delay = r.delay.load(std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                        if !r.known.contains(&realm) {
+                            return StatusCode::NOT_FOUND.into_response();
+                        }
+                        axum::Json(json!({
+                            "issuer": r.issuer(&realm),
+                            "jwks_uri": format!("{}/certs", r.issuer(&realm)),
+                        }))
+                        .into_response()
+                    },
+                ),
+            )
+            .route(
+                "/realms/{realm}/certs",
+                get(
+                    |State(r): State<Realms>, Path(realm): Path<String>| async move {
+                        r.record(format!("{realm} keys"));
+                        if !r.known.contains(&realm) {
+                            return StatusCode::NOT_FOUND.into_response();
+                        }
+                        axum::Json(jwks(&[&realm_key(&realm)])).into_response()
+                    },
+                ),
+            )
+            .with_state(realms.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        realms
+    }
+
+    fn record(&self, what: String) {
+        self.asked.lock().expect("lock").push(what);
+    }
+
+    /// Answers discovery after `ms` milliseconds from now on.
+    pub fn slow_discovery(&self, ms: u64) {
+        self.delay.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The issuer of a realm.
+    pub fn issuer(&self, realm: &str) -> String {
+        format!("{}/realms/{realm}", self.base)
+    }
+
+    /// What was asked about `realm`, in order (`acme discovery`, `acme keys`).
+    pub fn asked_for(&self, realm: &str) -> Vec<String> {
+        let prefix = format!("{realm} ");
+        self.asked
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|a| a.starts_with(&prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// Everything asked, in order.
+    pub fn asked(&self) -> Vec<String> {
+        self.asked.lock().expect("lock").clone()
+    }
+
+    /// A token of `realm` (signed with the realm's key) that passes otherwise, with `changes`
+    /// as [`claims_with`] applies them.
+    pub fn token(&self, realm: &str, changes: Value) -> String {
+        self.token_signed_by(realm, realm, changes)
+    }
+
+    /// A token naming `realm` in `iss`, signed with the key of `signer`.
+    pub fn token_signed_by(&self, realm: &str, signer: &str, changes: Value) -> String {
+        let mut claims = claims_with(changes);
+        claims["iss"] = json!(self.issuer(realm));
+        realm_key(signer).mint(&claims).expect("mint")
+    }
+}

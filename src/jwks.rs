@@ -31,6 +31,11 @@ pub struct KeySources {
     fetcher: Fetcher,
     /// The same clients with the introspection budget.
     introspection: Fetcher,
+    /// The same clients with the budget of tenants admitted by an issuer template's condition.
+    admitted: Fetcher,
+    /// Itself, for what must hold the registry beyond compilation (tenants admitted at
+    /// request time).
+    this: Weak<KeySources>,
     settings: RefreshSettings,
     /// False for offline checks (`tollgate check-policy`, `explain --offline`): sources are
     /// created but never fetched.
@@ -48,37 +53,54 @@ impl std::fmt::Debug for KeySources {
 
 impl KeySources {
     pub fn new(fetcher: Fetcher, settings: RefreshSettings) -> Arc<Self> {
-        Arc::new(KeySources {
-            introspection: fetcher.with_budget(fetcher.settings().max_concurrent_introspection),
-            fetcher,
-            settings,
-            refresh: true,
-            sources: Mutex::new(HashMap::new()),
-        })
+        Self::build(fetcher, settings, true)
     }
 
     /// A registry that never fetches, for validating policies offline.
     pub fn offline() -> Result<Arc<Self>, FetchError> {
         let fetcher = Fetcher::new(FetchSettings::default())?;
-        Ok(Arc::new(KeySources {
+        Ok(Self::build(fetcher, RefreshSettings::default(), false))
+    }
+
+    fn build(fetcher: Fetcher, settings: RefreshSettings, refresh: bool) -> Arc<Self> {
+        Arc::new_cyclic(|this| KeySources {
             introspection: fetcher.with_budget(fetcher.settings().max_concurrent_introspection),
+            admitted: fetcher.with_budget(fetcher.settings().max_concurrent_admitted),
             fetcher,
-            settings: RefreshSettings::default(),
-            refresh: false,
+            this: this.clone(),
+            settings,
+            refresh,
             sources: Mutex::new(HashMap::new()),
-        }))
+        })
+    }
+
+    /// The registry itself, shared.
+    pub fn handle(&self) -> Arc<KeySources> {
+        self.this
+            .upgrade()
+            .expect("invariant: a KeySources lives in the Arc its constructor returned")
     }
 
     /// The shared source for `origin`, created (and its refresh started) on first use.
     pub fn remote(&self, origin: Origin) -> Arc<KeySource> {
+        self.remote_with(origin, &self.fetcher)
+    }
+
+    /// The shared source for `origin` of a tenant an issuer template admitted by its
+    /// condition: created with the budget of admitted tenants, unless some policy uses the
+    /// source already.
+    pub fn remote_admitted(&self, origin: Origin) -> Arc<KeySource> {
+        self.remote_with(origin, &self.admitted)
+    }
+
+    fn remote_with(&self, origin: Origin, fetcher: &Fetcher) -> Arc<KeySource> {
         let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = sources.get(&origin).and_then(Weak::upgrade) {
             return existing;
         }
         sources.retain(|_, weak| weak.strong_count() > 0);
         let source = if self.refresh {
-            let source =
-                KeySource::remote(origin.clone(), self.fetcher.clone(), self.settings.clone());
+            let source = KeySource::remote(origin.clone(), fetcher.clone(), self.settings.clone());
             source::spawn_refresh(&source);
             source
         } else {
@@ -86,6 +108,16 @@ impl KeySources {
         };
         sources.insert(origin, Arc::downgrade(&source));
         source
+    }
+
+    /// How sources refresh.
+    pub fn settings(&self) -> &RefreshSettings {
+        &self.settings
+    }
+
+    /// False for offline checks: sources are never fetched.
+    pub fn fetches(&self) -> bool {
+        self.refresh
     }
 
     /// The shared HTTP clients with the key-fetching budget.

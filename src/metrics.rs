@@ -2,7 +2,8 @@
 //! the live sources at scrape time, so they never go stale).
 //!
 //! Label values are bounded: policy ids (as many as loaded policies), reason codes, transports,
-//! key source URLs. Tokens, subjects and hosts are never labels.
+//! key source URLs (those of tenants an issuer template admits by its condition among them: at
+//! most its `maxTenants`). Tokens, subjects and hosts are never labels.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

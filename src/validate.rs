@@ -19,6 +19,7 @@ use crate::jose::{Claims, JoseError, Jws};
 use crate::jwe::JweError;
 use crate::jwks::{KeySet, VerifyingKey};
 use crate::policy::spec::AzureVersion;
+use crate::policy::tenants::AdmitError;
 use crate::policy::{Issuer, Policy};
 use crate::trace::Trace;
 
@@ -118,6 +119,33 @@ pub enum ValidationError {
     /// `iss` has the shape of an issuer template, for a tenant the template does not allow.
     #[error("tenant {tenant:?} is not allowed for the issuer template {template:?}")]
     TenantNotAllowed { tenant: String, template: String },
+    /// `iss` names a tenant of an issuer template that its condition (`admitTenants`) does not
+    /// admit (false, or an error), nor its list.
+    #[error("tenant {:?} is not admitted by the issuer template {:?}: {}.admitTenants `{}` {}", .0.tenant, .0.template, .0.field, .0.expression, .0.outcome)]
+    TenantNotAdmitted(Box<TenantRefusal>),
+    /// A tenant the condition admits has no keys to judge its token with: its first fetch
+    /// failed, or every slot of the template is held.
+    #[error("tenant {tenant:?} of the issuer template {template:?} is admitted, but {cause}")]
+    TenantUnavailable {
+        tenant: String,
+        template: String,
+        cause: Box<AdmitError>,
+    },
+}
+
+/// A tenant an issuer template's condition refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantRefusal {
+    pub tenant: String,
+    /// The template's issuer, as written.
+    pub template: String,
+    /// Where the template is written, e.g. `spec.issuers[2]`.
+    pub field: String,
+    pub expression: String,
+    /// `is false`, or `failed: …`.
+    pub outcome: String,
+    /// The template's `admitTenants.message`.
+    pub message: Option<String>,
 }
 
 /// Why a token lives too long, by its own claims (never the clock, so the answer is the same
@@ -186,7 +214,8 @@ impl ValidationError {
             AzureVersion { .. } => Reason::AzureTokenVersion,
             AzureTenant { .. } => Reason::IssuerNotAllowed,
             LifetimeExceeded(_) => Reason::TokenLifetimeExceeded,
-            TenantNotAllowed { .. } => Reason::IssuerNotAllowed,
+            TenantNotAllowed { .. } | TenantNotAdmitted(_) => Reason::IssuerNotAllowed,
+            TenantUnavailable { .. } => Reason::IssuerUnavailable,
         }
     }
 
@@ -213,7 +242,8 @@ impl ValidationError {
             ClaimUnmet(_) => "requiredClaims",
             AzureGraph(_) | AzureCaller { .. } | AzureTenant { .. } => "azure",
             LifetimeExceeded(_) => "lifetime",
-            TenantNotAllowed { .. } => "issuer",
+            TenantNotAllowed { .. } | TenantNotAdmitted(_) => "issuer",
+            TenantUnavailable { .. } => "keys",
         }
     }
 
@@ -348,6 +378,26 @@ impl ValidationError {
                         t.field, t.tenants
                     )
                 }),
+            TenantNotAdmitted(refusal) => {
+                let TenantRefusal { tenant, field, .. } = &**refusal;
+                let listed = policy
+                    .templates
+                    .iter()
+                    .find(|t| &t.field == field)
+                    .filter(|t| !t.tenants.is_empty())
+                    .map(|t| format!(" and {field}.tenants lists {:?}", t.tenants))
+                    .unwrap_or_default();
+                Some(format!(
+                    "{field}.admitTenants admits the tenants its expression is true for{listed}; if {tenant:?} is trusted, change the expression or list it"
+                ))
+            }
+            TenantUnavailable { cause, .. } => Some(match &**cause {
+                AdmitError::Full { field, .. } => format!(
+                    "raise {field}.admitTenants.maxTenants, or narrow its expression to the tenants you expect (tollgate keeps the tenants in use rather than evict them for new ones)"
+                ),
+                AdmitError::Unavailable { .. } => "check that the tenant exists at the identity provider and that its discovery (or jwksUri) answers from tollgate: a tenant the expression admits is fetched when a token first names it".into(),
+                AdmitError::Invalid(_) => "the template's URLs with this tenant in them do not compile: check the issuer template".into(),
+            }),
             ExpirationMissing => Some(if policy.introspection.is_some() {
                 "the token has no exp: issue tokens with exp, set requireExpirationTime: false, or (if the IdP's introspection answers never carry it) introspection.acceptWithout: [exp]".into()
             } else {
@@ -416,7 +466,8 @@ pub fn unknown_issuer(policy: &Policy, iss: &str) -> ValidationError {
         .unwrap_or_else(|| ValidationError::IssuerNotAllowed(iss.to_string()))
 }
 
-/// How the trace names an accepted issuer: with its tenant when a template expanded it.
+/// How the trace names an accepted issuer: with its tenant when a template expanded it, or
+/// its condition admitted it.
 pub fn describe_issuer(policy: &Policy, issuer: &Issuer) -> String {
     match issuer.tenant.as_ref().and_then(|t| {
         policy
@@ -425,11 +476,32 @@ pub fn describe_issuer(policy: &Policy, issuer: &Issuer) -> String {
             .map(|template| (t, template))
     }) {
         Some((tenant, template)) => format!(
-            "{} is accepted: tenant {:?} of the issuer template {} ({}.tenants)",
-            issuer.issuer, tenant.name, template.issuer, template.field
+            "{} is accepted: tenant {:?} of the issuer template {} ({}.{})",
+            issuer.issuer,
+            tenant.name,
+            template.issuer,
+            template.field,
+            if tenant.admitted {
+                "admitTenants"
+            } else {
+                "tenants"
+            }
         ),
         None => format!("{} is accepted", issuer.issuer),
     }
+}
+
+/// The algorithm of a token routed to `issuer` by other means than [`route`] (a tenant an
+/// issuer template admitted): `route`'s last check.
+pub fn algorithm_for(jws: &Jws<'_>, issuer: &Issuer) -> Result<Algorithm, ValidationError> {
+    let alg_name = &jws.header.alg;
+    let alg: Algorithm = alg_name
+        .parse()
+        .map_err(|_| ValidationError::AlgorithmUnsupported(alg_name.clone()))?;
+    if !issuer.algorithms.contains(&alg) {
+        return Err(ValidationError::AlgorithmNotAllowed(alg_name.clone()));
+    }
+    Ok(alg)
 }
 
 /// What `iss` says about an Azure tenant, knowing the policy's own Azure authority.

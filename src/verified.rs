@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use quick_cache::Weighter;
 
+use crate::policy::Issuer;
 use crate::validate::TimeWindow;
 
 /// Bounds of the cache.
@@ -61,13 +62,22 @@ impl ClaimHeaders {
     }
 }
 
+/// The issuer that verified a cached token.
+#[derive(Clone, Debug)]
+pub enum CachedIssuer {
+    /// Index of the issuer in the policy's `issuers`.
+    Listed(usize),
+    /// A tenant an issuer template's condition admitted: its issuer itself, which the entry
+    /// keeps (the entry belongs to the policy instance whose condition admitted it).
+    Admitted(Arc<Issuer>),
+}
+
 /// What a verified token concluded.
 #[derive(Debug)]
 pub struct Entry {
     /// The claims as compact JSON: a parsed map would take several times the memory.
     pub claims: Arc<str>,
-    /// Index of the issuer in the policy's `issuers`.
-    pub issuer: usize,
+    pub issuer: CachedIssuer,
     pub headers: Arc<ClaimHeaders>,
     keys_version: u64,
     /// When the claims' time checks pass.
@@ -169,13 +179,13 @@ impl TokenCache {
 
     /// The entry for `key` if it still decides as a verification would: `now` (seconds since
     /// the epoch) inside its window and before `max_age`, and its issuer's current key set
-    /// (`current_keys(issuer index)`) the one that verified it. An entry that no longer holds is
+    /// (`current_keys(issuer)`) the one that verified it. An entry that no longer holds is
     /// removed.
     pub fn get(
         &self,
         key: &Key,
         now: f64,
-        current_keys: impl FnOnce(usize) -> Option<u64>,
+        current_keys: impl FnOnce(&CachedIssuer) -> Option<u64>,
     ) -> Option<Arc<Entry>> {
         let Some(entry) = self.cache.get(key) else {
             self.misses.fetch_add(1, Ordering::Relaxed);
@@ -183,7 +193,7 @@ impl TokenCache {
         };
         let usable = entry.window.holds(now)
             && now < entry.stale_at
-            && current_keys(entry.issuer) == Some(entry.keys_version);
+            && current_keys(&entry.issuer) == Some(entry.keys_version);
         if usable {
             self.hits.fetch_add(1, Ordering::Relaxed);
             Some(entry)
@@ -201,7 +211,7 @@ impl TokenCache {
         &self,
         key: Key,
         claims: Arc<str>,
-        issuer: usize,
+        issuer: CachedIssuer,
         keys_version: u64,
         headers: Arc<ClaimHeaders>,
         window: TimeWindow,

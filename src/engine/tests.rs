@@ -351,6 +351,7 @@ async fn methods_and_error_descriptions_are_safe_in_headers() {
     );
 }
 
+mod admitted;
 mod azure;
 mod cache;
 mod cel;

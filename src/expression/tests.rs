@@ -316,6 +316,7 @@ fn eval_with_certificate(
     match kind {
         Kind::Condition => e.condition(&scope).map(|b| b.to_string()),
         Kind::Header => e.header(&scope),
+        Kind::Tenant => panic!("certificate expressions are conditions or headers"),
     }
 }
 
@@ -505,18 +506,25 @@ fn explain_shows_certificate_fields() {
 #[test]
 fn the_documented_examples_compile() {
     let doc = include_str!("../../docs/cel.md");
-    let block = doc
-        .split("```cel\n")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("docs/cel.md has a cel block");
     let mut count = 0;
-    for line in block.lines().filter(|l| !l.trim().is_empty()) {
-        let expression = line.rsplit_once(" //").map_or(line, |(e, _)| e).trim();
-        compile(expression, Kind::Condition).unwrap_or_else(|e| panic!("{expression}: {e}"));
-        count += 1;
+    for block in doc
+        .split("```cel\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+    {
+        for line in block.lines().filter(|l| !l.trim().is_empty()) {
+            let expression = line.rsplit_once(" //").map_or(line, |(e, _)| e).trim();
+            // The admitTenants examples see `tenant` alone.
+            let kind = if expression.starts_with("tenant") {
+                Kind::Tenant
+            } else {
+                Kind::Condition
+            };
+            compile(expression, kind).unwrap_or_else(|e| panic!("{expression}: {e}"));
+            count += 1;
+        }
     }
-    assert!(count >= 6, "{block}");
+    assert!(count >= 9, "{count} examples");
 }
 
 mod hostile {
@@ -828,6 +836,74 @@ fn typical_expressions_are_decided_by_their_plans() {
                 assert_eq!(e.condition(&scope).expect("evaluates").to_string(), *want)
             }
             Kind::Header => assert_eq!(e.header(&scope).expect("evaluates"), *want),
+            Kind::Tenant => panic!("{source}: tenant expressions have no plan"),
         }
     }
+}
+
+#[test]
+fn a_tenant_expression_sees_only_the_tenant() {
+    let admits = |source: &str, tenant: &str| {
+        let e = compile(source, Kind::Tenant).expect(source);
+        let env = Environment::new([&e]);
+        e.admits(&env, tenant)
+    };
+    let prefix = "tenant.startsWith('cust-') && size(tenant) <= 12";
+    assert_eq!(admits(prefix, "cust-1"), Ok(true));
+    assert_eq!(admits(prefix, "acme"), Ok(false));
+    assert_eq!(admits(prefix, "cust-123456789"), Ok(false));
+    let pattern =
+        "tenant.matches('^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$')";
+    assert_eq!(
+        admits(pattern, "72f988bf-86f1-41af-91ab-2d7cd011db47"),
+        Ok(true)
+    );
+    assert_eq!(admits(pattern, "common"), Ok(false));
+    assert_eq!(admits("tenant in ['acme', 'globex']", "globex"), Ok(true));
+    // An evaluation error is an error, never an admission.
+    assert!(matches!(
+        admits("int(tenant) > 3", "acme"),
+        Err(EvalError::Failed(_))
+    ));
+    assert!(matches!(
+        admits("true", &"a".repeat(65)),
+        Err(EvalError::Input(_))
+    ));
+
+    // Nothing of the token, the request or the clock is a variable: it is not verified yet.
+    for source in [
+        "claims.tid == tenant",
+        "request.host.startsWith(tenant)",
+        "source.address != ''",
+        "now > timestamp('2020-01-01T00:00:00Z')",
+    ] {
+        let error = compile(source, Kind::Tenant).expect_err(source).to_string();
+        assert!(
+            error.contains("an admitTenants expression sees only tenant"),
+            "{source}: {error}"
+        );
+    }
+    // ...and `tenant` is no variable of the other expressions.
+    assert!(
+        compile("tenant == 'acme'", Kind::Condition)
+            .expect_err("tenant in a condition")
+            .to_string()
+            .contains("undeclared reference to \"tenant\"")
+    );
+    for (source, want) in [
+        ("tenant", "is a string, not a bool"),
+        ("tenant + 1 == 'a'", "cannot add"),
+        ("tenant.startsWith(", "does not parse"),
+    ] {
+        let error = compile(source, Kind::Tenant).expect_err(source).to_string();
+        assert!(error.contains(want), "{source}: {error}");
+    }
+    // The cost limit holds; a tenant is short, so only a literal list can make one costly.
+    let cheap = compile(
+        "tenant in ['a', 'b'] || tenant.endsWith('-eu')",
+        Kind::Tenant,
+    )
+    .expect("cheap");
+    assert!(cheap.cost < 100, "{}", cheap.cost);
+    assert!(cheap.reads == Reads::default(), "{:?}", cheap.reads);
 }

@@ -23,6 +23,10 @@ pub struct FetchSettings {
     /// Most introspection (and userinfo) calls in flight at once: a budget of their own, so a
     /// flood of random opaque tokens never delays a key refresh.
     pub max_concurrent_introspection: usize,
+    /// Most discovery and key set calls in flight at once for tenants an issuer template
+    /// admits by its condition (`admitTenants`): a budget of their own, so a stream of new
+    /// tenants never delays the refresh of the issuers policies list.
+    pub max_concurrent_admitted: usize,
 }
 
 impl Default for FetchSettings {
@@ -33,6 +37,7 @@ impl Default for FetchSettings {
             max_body_bytes: 1024 * 1024,
             max_concurrent: 16,
             max_concurrent_introspection: 64,
+            max_concurrent_admitted: 4,
         }
     }
 }

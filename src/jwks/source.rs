@@ -34,6 +34,9 @@ pub struct RefreshSettings {
     /// issuer's tokens are answered 503 `issuer_unavailable` instead of being judged by keys
     /// the issuer may have revoked since.
     pub max_staleness: Duration,
+    /// How long a tenant an issuer template admitted by its condition (`admitTenants`) keeps
+    /// its slot while no token names it.
+    pub admitted_idle: Duration,
 }
 
 impl Default for RefreshSettings {
@@ -45,6 +48,7 @@ impl Default for RefreshSettings {
             miss_refetch_interval: Duration::from_secs(30),
             max_retry_delay: Duration::from_secs(30),
             max_staleness: Duration::from_secs(24 * 3600),
+            admitted_idle: Duration::from_secs(3600),
         }
     }
 }

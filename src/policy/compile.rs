@@ -21,7 +21,7 @@ use super::spec::{
     IntrospectionSpec, IssuerSpec, JwtPolicySpec, SecretEncoding, SecretKeyRef, SecretSpec,
     TargetRefSpec, TraceHeaderSpec,
 };
-use super::tenants::{self, IssuerTemplate, Tenant};
+use super::tenants::{self, Admission, IssuerTemplate, Tenant};
 use crate::azure::{self, AzureIssuer};
 use crate::claims::ClaimRequirement;
 use crate::expression::{Environment, Expression, Reads};
@@ -220,6 +220,37 @@ pub struct Issuer {
     pub max_lifetime: Option<Duration>,
     /// The tenant, when an issuer template expanded to this issuer.
     pub tenant: Option<Tenant>,
+}
+
+/// The issuer a token is judged by: one the policy lists (issuer templates' listed tenants
+/// among them), or a tenant an issuer template's condition admitted, which its template's
+/// admission holds ([`tenants::admission`]).
+#[derive(Clone, Debug)]
+pub enum IssuerRef<'p> {
+    Listed(&'p Issuer),
+    Admitted(Arc<Issuer>),
+}
+
+impl std::ops::Deref for IssuerRef<'_> {
+    type Target = Issuer;
+
+    fn deref(&self) -> &Issuer {
+        match self {
+            IssuerRef::Listed(issuer) => issuer,
+            IssuerRef::Admitted(issuer) => issuer,
+        }
+    }
+}
+
+/// Where a compiled issuer's remote keys come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeysFrom {
+    /// The shared source of the URL.
+    Shared,
+    /// The shared source of the URL, created with the budget of tenants a condition admits.
+    Admitted,
+    /// A source of its own that is never fetched: the spec is only checked.
+    Probe,
 }
 
 /// What an `azureAd` profile adds beyond its issuers.
@@ -559,10 +590,54 @@ pub fn compile(
                 continue;
             }
         };
-        let template = expanded.template.map(|t| {
-            templates.push(t);
-            templates.len() - 1
-        });
+        let template = match expanded.template {
+            Some(mut t) => {
+                let index = templates.len();
+                if let Some(other) = templates.iter().find(|o| o.same_shape(&t)) {
+                    c.invalid(
+                        format!("{field}.issuer"),
+                        format!(
+                            "reads like the issuer template of {} ({}): a token's iss would name a tenant of both; keep one",
+                            other.field, other.issuer
+                        ),
+                    );
+                }
+                if let Some(condition) = expanded.condition {
+                    // Its tenants' issuers are built at request time: what is wrong with them
+                    // is wrong now, for any tenant (listed tenants are compiled below anyway).
+                    if issuer.tenants.is_empty() {
+                        // As written: a URL parser takes the placeholder as path characters, and
+                        // the messages show the template.
+                        let probe = IssuerSpec {
+                            tenants: Vec::new(),
+                            admit_tenants: None,
+                            ..issuer.clone()
+                        };
+                        let _ = compile_issuer(
+                            &mut c,
+                            &field,
+                            namespace,
+                            &id,
+                            &probe,
+                            ctx,
+                            KeysFrom::Probe,
+                        );
+                    }
+                    t.admission = Some(Arc::new(Admission::new(
+                        &field,
+                        condition,
+                        issuer,
+                        namespace,
+                        id.clone(),
+                        index,
+                        ctx.key_sources,
+                    )));
+                }
+                templates.push(t);
+                Some(index)
+            }
+            None => None,
+        };
         for (spec, tenant) in expanded.issuers {
             if issuers.iter().any(|known| known.issuer == spec.issuer) {
                 c.invalid(
@@ -571,15 +646,18 @@ pub fn compile(
                 );
                 continue;
             }
-            let Some(mut compiled) = compile_issuer(&mut c, &field, namespace, &id, &spec, ctx)
+            let Some(mut compiled) =
+                compile_issuer(&mut c, &field, namespace, &id, &spec, ctx, KeysFrom::Shared)
             else {
                 // What is wrong with one tenant's issuer is wrong with the template's.
                 break;
             };
             compiled.azure = azure::classify(&compiled.issuer);
-            compiled.tenant = tenant
-                .zip(template)
-                .map(|(name, template)| Tenant { name, template });
+            compiled.tenant = tenant.zip(template).map(|(name, template)| Tenant {
+                name,
+                template,
+                admitted: false,
+            });
             issuers.push(compiled);
         }
     }
@@ -700,6 +778,12 @@ pub fn compile(
                 "false needs exactly one issuer: an unsigned token's iss is whatever the holder of a shared key wrote, so with {} issuers the key of one could speak for another",
                 issuers.len()
             ),
+        );
+    }
+    if !require_signed && templates.iter().any(|t| t.admission.is_some()) {
+        c.invalid(
+            "spec.requireSignedTokens",
+            "false needs exactly one issuer, and admitTenants admits any number",
         );
     }
     if !require_signed && spec.decryption.is_none() {
@@ -886,9 +970,15 @@ fn compile_azure(
                     );
                     continue;
                 }
-                if let Some(mut issuer) =
-                    compile_issuer(c, "spec.azureAd", namespace, policy_id, &e.spec, ctx)
-                {
+                if let Some(mut issuer) = compile_issuer(
+                    c,
+                    "spec.azureAd",
+                    namespace,
+                    policy_id,
+                    &e.spec,
+                    ctx,
+                    KeysFrom::Shared,
+                ) {
                     issuer.azure = Some(e.azure);
                     issuers.push(issuer);
                 }
@@ -1269,6 +1359,62 @@ fn parse_url(c: &mut Checker, field: &str, text: &str, reach: Reach) -> Option<U
     Some(url)
 }
 
+/// Secrets at request time: none (a template that admits tenants by a condition has no
+/// shared secret).
+struct NoSecrets;
+
+impl SecretSource for NoSecrets {
+    fn read(&self, _namespace: &str, _spec: &SecretSpec) -> Result<Vec<u8>, String> {
+        Err("no secret is read for a tenant admitted at request time".into())
+    }
+}
+
+/// The issuer of one tenant an issuer template's condition admitted, built when a token first
+/// names it: compiled as a listed tenant's issuer is (the same URL checks and SSRF guard), its
+/// keys from the shared source of its URL. `Err`: what is wrong, as `field: message`.
+pub(crate) fn admitted_issuer(
+    field: &str,
+    namespace: &str,
+    policy_id: &str,
+    template: &IssuerSpec,
+    tenant: &str,
+    template_index: usize,
+    key_sources: &KeySources,
+) -> Result<Issuer, String> {
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
+    let ctx = CompileContext {
+        key_sources,
+        secrets: &NoSecrets,
+    };
+    let spec = tenants::for_tenant(template, tenant);
+    let compiled = compile_issuer(
+        &mut c,
+        field,
+        namespace,
+        policy_id,
+        &spec,
+        &ctx,
+        KeysFrom::Admitted,
+    );
+    match compiled {
+        Some(mut issuer) if c.problems.is_empty() => {
+            issuer.azure = azure::classify(&issuer.issuer);
+            issuer.tenant = Some(Tenant {
+                name: tenant.to_string(),
+                template: template_index,
+                admitted: true,
+            });
+            Ok(issuer)
+        }
+        _ => Err(CompileError {
+            problems: c.problems,
+        }
+        .to_string()),
+    }
+}
+
 fn compile_issuer(
     c: &mut Checker,
     field: &str,
@@ -1276,7 +1422,13 @@ fn compile_issuer(
     policy_id: &str,
     spec: &IssuerSpec,
     ctx: &CompileContext<'_>,
+    keys_from: KeysFrom,
 ) -> Option<Issuer> {
+    let remote = |origin: Origin| match keys_from {
+        KeysFrom::Shared => ctx.key_sources.remote(origin),
+        KeysFrom::Admitted => ctx.key_sources.remote_admitted(origin),
+        KeysFrom::Probe => KeySource::unfetched(origin),
+    };
     let before = c.problems.len();
     let reach = Reach::new(spec.allow_insecure_http, spec.allow_metadata_addresses);
     if spec.issuer.is_empty() {
@@ -1408,7 +1560,7 @@ fn compile_issuer(
         }
     } else if let Some(jwks_uri) = &spec.jwks_uri {
         parse_url(c, &format!("{field}.jwksUri"), jwks_uri, reach)
-            .map(|url| ctx.key_sources.remote(Origin::JwksUri { url, reach }))
+            .map(|url| remote(Origin::JwksUri { url, reach }))
     } else {
         let (dfield, text) = match &spec.discovery {
             Some(d) => (format!("{field}.discovery"), d.clone()),
@@ -1421,7 +1573,7 @@ fn compile_issuer(
             ),
         };
         parse_url(c, &dfield, &text, reach).map(|url| {
-            ctx.key_sources.remote(Origin::Discovery {
+            remote(Origin::Discovery {
                 url,
                 issuer: spec.issuer.clone(),
                 reach,
@@ -1563,10 +1715,17 @@ fn compile_introspection(
             Some((Origin::Discovery { .. }, keys)) => {
                 Some(EndpointSource::Discovered(keys.clone()))
             }
-            _ => {
+            Some(_) => {
                 c.invalid(
                     "spec.introspection.endpoint",
                     "set the endpoint: the first issuer does not use OpenID discovery",
+                );
+                None
+            }
+            None => {
+                c.invalid(
+                    "spec.introspection.endpoint",
+                    "set the endpoint: the policy lists no issuer whose discovery could name it (tenants admitted by a condition are not known when it compiles)",
                 );
                 None
             }

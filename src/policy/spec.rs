@@ -540,8 +540,11 @@ pub struct TokenSpec {
     "!has(self.algorithms) || self.algorithms.all(a, a.startsWith('HS') == has(self.sharedSecret))"
 ).message("HS256/HS384/HS512 need sharedSecret, and sharedSecret allows only HS256/HS384/HS512"))]
 #[x_kube(validation = Rule::new(
-    "(self.issuer.contains('{tenant}') || self.issuer.contains('{tenantid}')) == (has(self.tenants) && size(self.tenants) > 0)"
-).message("an issuer template ({tenant} or {tenantid} in issuer) needs tenants, and tenants need a template"))]
+    "(self.issuer.contains('{tenant}') || self.issuer.contains('{tenantid}')) == ((has(self.tenants) && size(self.tenants) > 0) || has(self.admitTenants))"
+).message("an issuer template ({tenant} or {tenantid} in issuer) needs tenants or admitTenants, and tenants and admitTenants need a template"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.admitTenants) || (!has(self.jwks) && !(has(self.publicKeys) && size(self.publicKeys) > 0) && !has(self.sharedSecret))"
+).message("admitTenants fetches each tenant's keys when a token first names it: use discovery or jwksUri, not keys written in the policy"))]
 pub struct IssuerSpec {
     /// The exact `iss` value of this issuer's tokens.
     #[schemars(length(min = 1, max = 2048))]
@@ -612,6 +615,41 @@ pub struct IssuerSpec {
         )
     )]
     pub tenants: Vec<String>,
+    /// Tenants of an issuer template admitted by a CEL condition on the tenant's name, for
+    /// tenant sets too large or too open to list: a token of a tenant `tenants` does not list
+    /// is accepted when `expression` is true for it. The tenant's issuer is built when a token
+    /// first names it (its URLs checked as at load, its keys from the shared source of its URL,
+    /// fetched then); a tenant the expression refuses is refused (`issuer_not_allowed`) and
+    /// nothing is fetched for it. With `tenants` too, a token's tenant is accepted when either
+    /// admits it. Keys must come from discovery or `jwksUri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admit_tenants: Option<TenantAdmissionSpec>,
+}
+
+/// Which tenants an issuer template admits beyond those it lists (`admitTenants`), and how
+/// many it holds at once.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TenantAdmissionSpec {
+    /// A CEL expression of `tenant` (a string: the tenant's name from the token's `iss`) that
+    /// is true for a tenant to admit, e.g. `tenant.startsWith('cust-')` or
+    /// `tenant.matches('^[0-9a-f-]{36}$')`. Nothing of the token is verified when it runs, so
+    /// it sees no claims, request or time. Checked and costed when the policy compiles; an
+    /// error while evaluating it refuses the tenant.
+    #[schemars(length(min = 1, max = 4096))]
+    pub expression: String,
+    /// What the denial of a tenant the expression refuses says (in `error_description` unless
+    /// `deny.detail: none`, and in the log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub message: Option<String>,
+    /// The most tenants admitted by the expression held at once (default 100, at most 1000;
+    /// listed tenants do not count). A tenant no token named for an hour leaves its slot; while
+    /// every slot is held, a new tenant is answered 503 `issuer_unavailable` and no admitted
+    /// tenant is evicted for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000), transform = kubernetes_int32)]
+    pub max_tenants: Option<u32>,
 }
 
 /// An inline JSON Web Key Set.

@@ -1,17 +1,23 @@
 //! Multi-tenant issuers: an issuer whose `issuer` (and `discovery` or `jwksUri`) holds the
 //! placeholder `{tenant}` (or Azure's spelling `{tenantid}`, as Entra's common discovery
-//! document publishes it), with the tenants it accepts listed in `tenants`.
+//! document publishes it), with the tenants it accepts listed in `tenants`, admitted by a CEL
+//! condition on the tenant's name in `admitTenants`, or both.
 //!
 //! ```text
 //! issuer: https://kc.example.com/realms/{tenant}      ─► https://kc.example.com/realms/acme
 //! tenants: [acme, globex]                                https://kc.example.com/realms/globex
+//! admitTenants: {expression: "tenant.startsWith('cust-')"}
+//!                            ─► at request time: https://kc.example.com/realms/cust-7 (admission)
 //! ```
 //!
-//! Each tenant expands, when the policy compiles, to an issuer spec of its own that compiles
-//! like a hand-written one (as `azureAd.tenants` does): its URLs meet the same checks and the
-//! SSRF guard, and its keys come from the shared key source of its URL. Nothing is fetched for
-//! a tenant that is not listed. The [`IssuerTemplate`] stays in the compiled policy to name
-//! the tenant of an `iss` no issuer accepts (`issuer_not_allowed`, with the tenant).
+//! Each listed tenant expands, when the policy compiles, to an issuer spec of its own that
+//! compiles like a hand-written one (as `azureAd.tenants` does): its URLs meet the same checks
+//! and the SSRF guard, and its keys come from the shared key source of its URL. A tenant the
+//! condition admits gets the same issuer when a token first names it ([`admission`]): the
+//! compiled policy stays immutable, the admitted tenants live in a bounded cache the template
+//! owns. Nothing is fetched for a tenant that is neither listed nor admitted. The
+//! [`IssuerTemplate`] stays in the compiled policy to name the tenant of an `iss` no issuer
+//! accepts (`issuer_not_allowed`, with the tenant).
 //!
 //! A tenant is substituted into URLs, so it is a short run of `[A-Za-z0-9._-]` starting with a
 //! letter or digit (never `.` or `..`, which a URL parser reads as a path step), and the
@@ -19,8 +25,14 @@
 //! from.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use super::spec::IssuerSpec;
+use crate::expression::{self, Expression, Kind};
+
+pub mod admission;
+
+pub use admission::{Admission, AdmitError};
 
 /// Both spellings of the placeholder.
 pub const PLACEHOLDERS: [&str; 2] = ["{tenant}", "{tenantid}"];
@@ -28,6 +40,13 @@ pub const PLACEHOLDERS: [&str; 2] = ["{tenant}", "{tenantid}"];
 pub const MAX_TENANTS: usize = 64;
 /// Longest tenant.
 pub const MAX_TENANT_LEN: usize = 64;
+/// Tenants a condition admits that one template holds at once, unless `maxTenants` says.
+pub const DEFAULT_ADMITTED: usize = 100;
+/// The most `maxTenants` may say.
+pub const MAX_ADMITTED: usize = 1000;
+
+// An admitTenants expression is costed for tenants of this length.
+const _: () = assert!(MAX_TENANT_LEN as u64 == expression::limits::TENANT);
 
 /// Whether `text` is a tenant: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
 pub fn valid_tenant(text: &str) -> bool {
@@ -55,6 +74,19 @@ fn substitute(text: &str, tenant: &str) -> String {
         .fold(text.to_string(), |out, p| out.replace(p, tenant))
 }
 
+/// The issuer spec of one tenant of a template: the tenant in its URLs, neither list nor
+/// condition.
+pub fn for_tenant(spec: &IssuerSpec, tenant: &str) -> IssuerSpec {
+    IssuerSpec {
+        issuer: substitute(&spec.issuer, tenant),
+        discovery: spec.discovery.as_deref().map(|d| substitute(d, tenant)),
+        jwks_uri: spec.jwks_uri.as_deref().map(|j| substitute(j, tenant)),
+        tenants: Vec::new(),
+        admit_tenants: None,
+        ..spec.clone()
+    }
+}
+
 /// Whether the placeholder stands in the scheme or host of a URL (`scheme://host…`).
 fn in_host(text: &str) -> bool {
     let Some((scheme, rest)) = text.split_once("://") else {
@@ -70,11 +102,13 @@ pub struct Tenant {
     pub name: String,
     /// Index of its template in the policy's `templates`.
     pub template: usize,
+    /// Admitted by the template's condition (`admitTenants`), not listed in `tenants`.
+    pub admitted: bool,
 }
 
 /// An issuer template as the compiled policy keeps it: how its issuers read, and which
 /// tenants it admits.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct IssuerTemplate {
     /// Where the policy writes it, e.g. `spec.issuers[2]`.
     pub field: String,
@@ -83,8 +117,10 @@ pub struct IssuerTemplate {
     /// What the issuer reads before and after the placeholder.
     prefix: String,
     suffix: String,
-    /// The tenants admitted, each compiled to an issuer of the policy.
+    /// The tenants listed, each compiled to an issuer of the policy.
     pub tenants: Vec<String>,
+    /// The tenants its condition admits (`admitTenants`), built when a token names them.
+    pub admission: Option<Arc<Admission>>,
 }
 
 impl IssuerTemplate {
@@ -94,6 +130,19 @@ impl IssuerTemplate {
             .strip_suffix(self.suffix.as_str())
             .filter(|tenant| valid_tenant(tenant))
     }
+
+    /// Whether another template's issuers read the same (`{tenant}` and `{tenantid}` alike).
+    pub fn same_shape(&self, other: &IssuerTemplate) -> bool {
+        self.prefix == other.prefix && self.suffix == other.suffix
+    }
+}
+
+/// `admitTenants`, checked: the expression compiled and costed, the bound.
+#[derive(Clone, Debug)]
+pub struct TenantCondition {
+    pub expression: Arc<Expression>,
+    pub message: Option<String>,
+    pub max_tenants: usize,
 }
 
 /// An issuer spec expanded: one spec per tenant, or the spec as it is.
@@ -101,6 +150,8 @@ pub struct Expanded<'s> {
     pub template: Option<IssuerTemplate>,
     /// Each issuer to compile, with its tenant's name for a template.
     pub issuers: Vec<(Cow<'s, IssuerSpec>, Option<String>)>,
+    /// The template's condition, when it admits tenants by one.
+    pub condition: Option<TenantCondition>,
 }
 
 /// Expands the issuer at `field` into one issuer per tenant when it is a template, or says
@@ -121,6 +172,12 @@ pub fn expand<'s>(
                 "tenants apply only to an issuer template: write {tenant} where the tenant stands in issuer".into(),
             ));
         }
+        if spec.admit_tenants.is_some() {
+            problems.push((
+                format!("{field}.admitTenants"),
+                "admitTenants applies only to an issuer template: write {tenant} where the tenant stands in issuer".into(),
+            ));
+        }
         for (name, url) in urls {
             if url.is_some_and(has_placeholder) {
                 problems.push((
@@ -133,6 +190,7 @@ pub fn expand<'s>(
             Ok(Expanded {
                 template: None,
                 issuers: vec![(Cow::Borrowed(spec), None)],
+                condition: None,
             })
         } else {
             Err(problems)
@@ -155,12 +213,16 @@ pub fn expand<'s>(
             ));
         }
     }
-    if spec.tenants.is_empty() {
+    if spec.tenants.is_empty() && spec.admit_tenants.is_none() {
         problems.push((
             format!("{field}.tenants"),
-            "an issuer template needs the tenants it accepts, e.g. tenants: [acme, globex]; tokens of other tenants are refused".into(),
+            "an issuer template needs the tenants it accepts, e.g. tenants: [acme, globex], or a condition that admits them, e.g. admitTenants: {expression: \"tenant.startsWith('cust-')\"}; tokens of other tenants are refused".into(),
         ));
     }
+    let condition = spec
+        .admit_tenants
+        .as_ref()
+        .and_then(|admit| condition(field, spec, admit, &mut problems));
     if spec.tenants.len() > MAX_TENANTS {
         problems.push((
             format!("{field}.tenants"),
@@ -197,24 +259,71 @@ pub fn expand<'s>(
         prefix: spec.issuer[..placeholder.0].to_string(),
         suffix: spec.issuer[placeholder.0 + placeholder.1..].to_string(),
         tenants: spec.tenants.clone(),
+        admission: None,
     };
     let issuers = spec
         .tenants
         .iter()
-        .map(|tenant| {
-            let expanded = IssuerSpec {
-                issuer: substitute(&spec.issuer, tenant),
-                discovery: spec.discovery.as_deref().map(|d| substitute(d, tenant)),
-                jwks_uri: spec.jwks_uri.as_deref().map(|j| substitute(j, tenant)),
-                tenants: Vec::new(),
-                ..spec.clone()
-            };
-            (Cow::Owned(expanded), Some(tenant.clone()))
-        })
+        .map(|tenant| (Cow::Owned(for_tenant(spec, tenant)), Some(tenant.clone())))
         .collect();
     Ok(Expanded {
         template: Some(template),
         issuers,
+        condition,
+    })
+}
+
+/// Checks `admitTenants`: its expression of `tenant`, its message, its bound, and that the
+/// keys of its tenants are fetched (a condition over keys written in the policy would admit
+/// tenants that all share them).
+fn condition(
+    field: &str,
+    spec: &IssuerSpec,
+    admit: &super::spec::TenantAdmissionSpec,
+    problems: &mut Vec<(String, String)>,
+) -> Option<TenantCondition> {
+    let at = format!("{field}.admitTenants");
+    let before = problems.len();
+    let inline = [
+        spec.jwks.as_ref().map(|_| "jwks"),
+        (!spec.public_keys.is_empty()).then_some("publicKeys"),
+        spec.shared_secret.as_ref().map(|_| "sharedSecret"),
+    ];
+    if let Some(source) = inline.into_iter().flatten().next() {
+        problems.push((
+            at.clone(),
+            format!("admitTenants fetches each tenant's keys when a token first names it: use discovery or jwksUri, not {source} (keys written in the policy are every tenant's; list the tenants instead)"),
+        ));
+    }
+    if let Some(message) = &admit.message
+        && (message.len() > 256 || message.chars().any(char::is_control))
+    {
+        problems.push((
+            format!("{at}.message"),
+            "at most 256 characters, no control characters".into(),
+        ));
+    }
+    let max_tenants = admit.max_tenants.map_or(DEFAULT_ADMITTED, |n| n as usize);
+    if !(1..=MAX_ADMITTED).contains(&max_tenants) {
+        problems.push((
+            format!("{at}.maxTenants"),
+            format!("{max_tenants} is not between 1 and {MAX_ADMITTED}"),
+        ));
+    }
+    let expression = match expression::compile(&admit.expression, Kind::Tenant) {
+        Ok(compiled) => Some(Arc::new(compiled)),
+        Err(e) => {
+            problems.push((format!("{at}.expression"), e.to_string()));
+            None
+        }
+    };
+    if problems.len() > before {
+        return None;
+    }
+    Some(TenantCondition {
+        expression: expression?,
+        message: admit.message.clone(),
+        max_tenants,
     })
 }
 

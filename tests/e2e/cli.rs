@@ -283,3 +283,51 @@ fn check_policy_names_lifetime_tenant_and_scope_problems() {
         "{stdout}"
     );
 }
+
+#[test]
+fn check_policy_names_tenant_condition_problems_and_notes_each_condition() {
+    let dir = tempfile::tempdir().expect("dir");
+    let spec = "  issuers:\n  - {issuer: 'https://kc.example.com/realms/{tenant}', admitTenants: {expression: 'claims.tid == tenant'}, audiences: [a]}\n  - {issuer: 'http://kc2.example.com/realms/{tenant}', admitTenants: {expression: 'true'}, audiences: [a]}\n  - {issuer: https://idp.example.com/, admitTenants: {expression: 'true'}, audiences: [a]}\n";
+    write_policy(
+        dir.path(),
+        "bad.yaml",
+        &format!(
+            "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nmetadata: {{name: bad, namespace: shop}}\nspec:\n{spec}"
+        ),
+    );
+    let out = tollgate()
+        .arg("check-policy")
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for expected in [
+        "spec.issuers[0].admitTenants.expression: undeclared reference to \"claims\": an admitTenants expression sees only tenant",
+        "spec.issuers[1].issuer: http://kc2.example.com/realms/{tenant}/.well-known/openid-configuration is plain http",
+        "spec.issuers[2].admitTenants: admitTenants applies only to an issuer template",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+
+    let ok = tempfile::tempdir().expect("dir");
+    write_policy(
+        ok.path(),
+        "tenants.yaml",
+        "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nmetadata: {name: tenants, namespace: shop}\nspec:\n  issuers:\n  - {issuer: 'https://kc.example.com/realms/{tenant}', tenants: [acme], admitTenants: {expression: \"tenant.startsWith('cust-')\", maxTenants: 20}, audiences: [a]}\n",
+    );
+    let out = tollgate()
+        .arg("check-policy")
+        .arg(ok.path())
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("note: policy shop/tenants: spec.issuers[0]: tenants of https://kc.example.com/realms/{tenant} for which `tenant.startsWith('cust-')` is true are admitted when a token first names them (their keys fetched then; at most 20 at once, besides the listed acme)"),
+        "{stdout}"
+    );
+}

@@ -508,6 +508,14 @@ fn cases() -> Vec<Case> {
             }))).collect::<Vec<_>>()}),
             Accepted,
         ),
+        case(
+            "issuer templates admitting tenants by a condition, alone and with a list",
+            json!({"issuers": [
+                issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}", "admitTenants": {"expression": "tenant.startsWith('cust-')", "message": "customer realms only"}})),
+                issuer(json!({"issuer": "https://login.microsoftonline.com/{tenantid}/v2.0", "tenants": [TENANT], "admitTenants": {"expression": "tenant.matches('^[0-9a-f-]{36}$')", "maxTenants": 1000}})),
+            ]}),
+            Accepted,
+        ),
         // Refused by a CEL rule.
         case(
             "maxTokenLifetime 8761h",
@@ -540,6 +548,30 @@ fn cases() -> Vec<Case> {
             "tenants without a template",
             json!({"issuers": [issuer(json!({"tenants": ["acme"]}))]}),
             Rule("needs tenants"),
+        ),
+        case(
+            "admitTenants without a template",
+            json!({"issuers": [issuer(json!({"admitTenants": {"expression": "true"}}))]}),
+            Rule("needs tenants"),
+        ),
+        case(
+            "admitTenants with a shared secret",
+            json!({"issuers": [issuer(json!({
+                "issuer": "https://kc.example.com/realms/{tenant}",
+                "admitTenants": {"expression": "true"},
+                "sharedSecret": {"secretRef": {"name": "s", "key": "k"}},
+                "algorithms": ["HS256"],
+            }))]}),
+            Rule("admitTenants fetches each tenant's keys"),
+        ),
+        case(
+            "admitTenants with inline JWKS",
+            json!({"issuers": [issuer(json!({
+                "issuer": "https://kc.example.com/realms/{tenant}",
+                "admitTenants": {"expression": "true"},
+                "jwks": {"keys": [{"kty": "oct", "k": "AAAA"}]},
+            }))]}),
+            Rule("admitTenants fetches each tenant's keys"),
         ),
         case(
             "targetRefs with match.hosts",
@@ -839,6 +871,16 @@ fn cases() -> Vec<Case> {
             "a tenant with a slash",
             json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}", "tenants": ["a/b"]}))]}),
             Schema("should match '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'"),
+        ),
+        case(
+            "maxTenants 1001",
+            json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}", "admitTenants": {"expression": "true", "maxTenants": 1001}}))]}),
+            Schema("should be less than or equal to 1000"),
+        ),
+        case(
+            "admitTenants without an expression",
+            json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}", "admitTenants": {"maxTenants": 5}}))]}),
+            Schema("expression: Required value"),
         ),
         case(
             "65 tenants",

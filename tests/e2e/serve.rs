@@ -588,8 +588,8 @@ async fn every_denial_is_traced_in_the_log_when_asked() {
     idp.stop().await;
 }
 
-/// A Keycloak-like server on 127.0.0.1 serving any realm: discovery and the realm's own key
-/// set (`sets`, by realm). Records every path asked for.
+/// A Keycloak-like server on 127.0.0.1: discovery and the realm's own key set for the realms
+/// of `sets`, 404 for others. Records every path asked for.
 async fn realms(
     sets: Vec<(&'static str, serde_json::Value)>,
 ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
@@ -610,15 +610,20 @@ async fn realms(
         .route(
             "/realms/{realm}/.well-known/openid-configuration",
             get(
-                |State((base, _, asked)): State<Shared>, Path(realm): Path<String>| async move {
+                |State((base, sets, asked)): State<Shared>, Path(realm): Path<String>| async move {
+                    use axum::response::IntoResponse;
                     asked
                         .lock()
                         .expect("lock")
                         .push(format!("{realm} discovery"));
+                    if !sets.iter().any(|(r, _)| *r == realm) {
+                        return axum::http::StatusCode::NOT_FOUND.into_response();
+                    }
                     axum::Json(json!({
                         "issuer": format!("{base}/realms/{realm}"),
                         "jwks_uri": format!("{base}/realms/{realm}/certs"),
                     }))
+                    .into_response()
                 },
             ),
         )
@@ -766,4 +771,130 @@ async fn tenants_lifetimes_and_scope_challenges_over_grpc() {
         ))
         .expect("mint");
     assert!(outcome(&check(&url, "/orders/admin", Some(&admin)).await).0);
+}
+
+/// Tenants of an issuer template admitted by a CEL condition, through `tollgate serve` and
+/// gRPC with a discovery server per tenant path: admitted on first use with their own keys,
+/// refused by the condition without a fetch, a tenant the IdP does not know answered 503 and
+/// not asked again at once, the bound keeping the tenants in use; `tollgate explain` names the
+/// tenant tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_admitted_by_a_condition_over_grpc() {
+    let keys: Vec<(&'static str, SigningKey)> = ["acme", "cust-1", "cust-2", "cust-3", "initech"]
+        .into_iter()
+        .map(|realm| (realm, SigningKey::ec(realm, "ES256").expect("key")))
+        .collect();
+    let key = |realm: &str| &keys.iter().find(|(r, _)| *r == realm).expect("realm").1;
+    let (base, asked) = realms(keys.iter().map(|(r, k)| (*r, jwks(&[k]))).collect()).await;
+    let asked_for = |realm: &str| -> Vec<String> {
+        let prefix = format!("{realm} ");
+        asked
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|a| a.starts_with(&prefix))
+            .cloned()
+            .collect()
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let policy = format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nmetadata: {{name: orders, namespace: shop}}\nspec:\n  issuers:\n  - issuer: '{base}/realms/{{tenant}}'\n    tenants: [acme]\n    admitTenants:\n      expression: \"tenant.startsWith('cust-')\"\n      message: customer realms only\n      maxTenants: 2\n    audiences: [\"{AUDIENCE}\"]\n    allowInsecureHttp: true\n"
+    );
+    let file = write_policy(dir.path(), "orders.yaml", &policy);
+    let tollgate = Tollgate::start(dir.path(), &[]);
+    let url = tollgate.url();
+    let iss = |realm: &str| format!("{base}/realms/{realm}");
+    let token = |realm: &str, signer: &str| {
+        key(signer)
+            .mint(&claims(&iss(realm), json!({})))
+            .expect("mint")
+    };
+
+    // A tenant the condition admits and the IdP does not know: 503, remembered, one fetch.
+    for _ in 0..3 {
+        let response = check(&url, "/orders", Some(&token("cust-9", "cust-1"))).await;
+        assert_eq!(
+            outcome(&response),
+            (false, 503, "issuer_unavailable".into())
+        );
+    }
+    assert!(denial_logged(&tollgate, "issuer_unavailable", "tenant \"cust-9\"").await);
+    assert_eq!(asked_for("cust-9"), ["cust-9 discovery"]);
+
+    // The listed tenant and two admitted ones pass, each with its own keys, fetched once.
+    for realm in ["acme", "cust-1", "cust-1", "cust-2", "cust-1"] {
+        assert_eq!(
+            outcome(&check(&url, "/orders", Some(&token(realm, realm))).await),
+            (true, 200, "valid".into()),
+            "{realm}"
+        );
+    }
+    assert_eq!(asked_for("cust-1"), ["cust-1 discovery", "cust-1 keys"]);
+    let forged = token("cust-2", "cust-1");
+    assert_eq!(
+        outcome(&check(&url, "/orders", Some(&forged)).await),
+        (false, 401, "key_not_found".into())
+    );
+
+    // maxTenants 2: a third admitted tenant waits, the two in use keep working.
+    let response = check(&url, "/orders", Some(&token("cust-3", "cust-3"))).await;
+    assert_eq!(
+        outcome(&response),
+        (false, 503, "issuer_unavailable".into())
+    );
+    assert!(denial_logged(&tollgate, "issuer_unavailable", "are in use").await);
+    assert_eq!(asked_for("cust-3"), Vec::<String>::new());
+    for realm in ["cust-1", "cust-2"] {
+        assert!(outcome(&check(&url, "/orders", Some(&token(realm, realm))).await).0);
+    }
+
+    // A tenant the condition refuses: 401 with the policy's message, never fetched.
+    let response = check(&url, "/orders", Some(&token("initech", "initech"))).await;
+    assert_eq!(
+        outcome(&response),
+        (false, 401, "issuer_not_allowed".into())
+    );
+    assert!(
+        challenge(&response).contains(
+            "error=\"invalid_token\", error_description=\"issuer_not_allowed: customer realms only\""
+        ),
+        "{}",
+        challenge(&response)
+    );
+    assert!(
+        denial_logged(
+            &tollgate,
+            "issuer_not_allowed",
+            "is not admitted by the issuer template"
+        )
+        .await
+    );
+    assert_eq!(asked_for("initech"), Vec::<String>::new());
+    tollgate.terminate();
+
+    // explain names the tenant tried and what the condition said.
+    let explain = |realm: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["explain", "--policy"])
+            .arg(&file)
+            .args(["--token", &token(realm, realm)])
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("explain");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let admitted = explain("cust-2");
+    assert!(
+        admitted.contains(&format!(
+            "✓ tenant     \"cust-2\" of the issuer template {base}/realms/{{tenant}}: spec.issuers[0].admitTenants `tenant.startsWith('cust-')` is true (tenant = \"cust-2\")"
+        )) && admitted.ends_with("ALLOWED (valid)\n"),
+        "{admitted}"
+    );
+    let refused = explain("initech");
+    assert!(
+        refused.contains(&format!(
+            "✗ issuer  tenant \"initech\" is not admitted by the issuer template \"{base}/realms/{{tenant}}\": spec.issuers[0].admitTenants `tenant.startsWith('cust-')` is false"
+        )),
+        "{refused}"
+    );
 }

@@ -625,3 +625,132 @@ fn only_rules_requiring_a_scope_name_one_in_their_challenge() {
     assert_eq!(scopes, [None, Some("api c.read c.write")]);
     assert!(clean.warnings.is_empty(), "{:?}", clean.warnings);
 }
+
+#[test]
+fn templates_admitting_tenants_by_a_condition_compile_without_creating_a_source() {
+    let sources = KeySources::offline().expect("client");
+    let spec: JwtPolicySpec = serde_yaml::from_str(
+        "issuers:\n- {issuer: 'https://kc.example.com/realms/{tenant}', admitTenants: {expression: \"tenant.startsWith('cust-')\"}, audiences: [a]}\n- {issuer: 'https://login.microsoftonline.com/{tenantid}/v2.0', tenants: [72f988bf-86f1-41af-91ab-2d7cd011db47], admitTenants: {expression: \"tenant.matches('^[0-9a-f-]{36}$')\", message: 'Entra tenants only', maxTenants: 1000}, audiences: [a]}",
+    )
+    .expect("yaml");
+    let policy = compile_with(&sources, "shop", "orders", &spec).expect("compiles");
+    // Only the listed tenant is an issuer; the conditions' tenants come with their tokens.
+    assert_eq!(policy.issuers.len(), 1);
+    assert_eq!(sources.live().len(), 1, "no source for a condition");
+    let admissions: Vec<(&str, usize, Option<&str>)> = policy
+        .templates
+        .iter()
+        .map(|t| {
+            let a = t.admission.as_deref().expect("an admission");
+            (
+                &*a.condition.expression.source,
+                a.condition.max_tenants,
+                a.condition.message.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        admissions,
+        [
+            ("tenant.startsWith('cust-')", 100, None),
+            (
+                "tenant.matches('^[0-9a-f-]{36}$')",
+                1000,
+                Some("Entra tenants only")
+            ),
+        ]
+    );
+    let condition = policy.templates[0].admission.as_deref().expect("admission");
+    assert_eq!(condition.admits("cust-7"), Ok(true));
+    assert_eq!(condition.admits("acme"), Ok(false));
+}
+
+#[test]
+fn bad_tenant_conditions_name_the_field() {
+    let template = |extra: &str| {
+        format!("issuers: [{{issuer: 'https://kc/realms/{{tenant}}', audiences: [a], {extra}}}]")
+    };
+    let cases = [
+        (
+            template("admitTenants: {expression: \"tenant.startsWith(\"}"),
+            "spec.issuers[0].admitTenants.expression",
+            "does not parse",
+        ),
+        (
+            template("admitTenants: {expression: \"claims.tid == tenant\"}"),
+            "spec.issuers[0].admitTenants.expression",
+            "an admitTenants expression sees only tenant",
+        ),
+        (
+            template("admitTenants: {expression: \"request.headers['x-tenant'] == tenant\"}"),
+            "spec.issuers[0].admitTenants.expression",
+            "sees only tenant",
+        ),
+        (
+            template("admitTenants: {expression: \"tenant\"}"),
+            "spec.issuers[0].admitTenants.expression",
+            "not a bool",
+        ),
+        (
+            template("admitTenants: {expression: 'true', maxTenants: 1001}"),
+            "spec.issuers[0].admitTenants.maxTenants",
+            "1001 is not between 1 and 1000",
+        ),
+        (
+            template("admitTenants: {expression: 'true', maxTenants: 0}"),
+            "spec.issuers[0].admitTenants.maxTenants",
+            "0 is not between 1 and 1000",
+        ),
+        (
+            template("admitTenants: {expression: 'true', message: \"two\\nlines\"}"),
+            "spec.issuers[0].admitTenants.message",
+            "no control characters",
+        ),
+        (
+            template(
+                "admitTenants: {expression: 'true'}, jwks: {keys: [{kty: oct, k: AAAA, kid: s}]}",
+            ),
+            "spec.issuers[0].admitTenants",
+            "use discovery or jwksUri, not jwks",
+        ),
+        (
+            template(""),
+            "spec.issuers[0].tenants",
+            "or a condition that admits them, e.g. admitTenants:",
+        ),
+        (
+            "issuers: [{issuer: https://kc/realms/acme, admitTenants: {expression: 'true'}, audiences: [a]}]".into(),
+            "spec.issuers[0].admitTenants",
+            "applies only to an issuer template",
+        ),
+        // The template's URLs are checked when it compiles, though no tenant is listed.
+        (
+            "issuers: [{issuer: 'http://kc/realms/{tenant}', admitTenants: {expression: 'true'}, audiences: [a]}]".into(),
+            "spec.issuers[0].issuer",
+            "plain http",
+        ),
+        (
+            "issuers: [{issuer: 'https://kc/realms/{tenant}', discovery: 'https://169.254.169.254/{tenant}/conf', admitTenants: {expression: 'true'}, audiences: [a]}]".into(),
+            "spec.issuers[0].discovery",
+            "metadata",
+        ),
+        (
+            "issuers: [{issuer: 'https://kc/realms/{tenant}', admitTenants: {expression: 'true'}, audiences: []}]".into(),
+            "spec.issuers[0].audiences",
+            "list the audiences",
+        ),
+        (
+            "issuers: [{issuer: 'https://kc/realms/{tenant}', tenants: [acme], audiences: [a]}, {issuer: 'https://kc/realms/{tenantid}', admitTenants: {expression: 'true'}, audiences: [a]}]".into(),
+            "spec.issuers[1].issuer",
+            "reads like the issuer template of spec.issuers[0]",
+        ),
+        (
+            "{issuers: [{issuer: 'https://kc/realms/{tenant}', admitTenants: {expression: 'true'}, audiences: [a]}], requireSignedTokens: false, decryption: {keys: [{file: /nonexistent}]}}".into(),
+            "spec.requireSignedTokens",
+            "admitTenants admits any number",
+        ),
+    ];
+    for (yaml, field, fragment) in cases {
+        assert_problem(&yaml, field, fragment);
+    }
+}

@@ -148,6 +148,8 @@ fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
         json!({"azureAd": {"tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47", "audiences": ["api://orders"], "maxTokenLifetime": "90m"}}),
         json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}", "tenants": ["acme", "globex"]}))]}),
         json!({"issuers": [issuer(json!({"issuer": "https://login.microsoftonline.com/{tenantid}/v2.0", "tenants": ["72f988bf-86f1-41af-91ab-2d7cd011db47"]}))]}),
+        json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}", "admitTenants": {"expression": "tenant.startsWith('cust-')"}}))]}),
+        json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}", "jwksUri": "https://kc.example.com/realms/{tenant}/certs", "tenants": ["acme"], "admitTenants": {"expression": "true", "message": "m", "maxTenants": 1000}}))]}),
     ];
     for spec in ok {
         assert_eq!(cel(&policy(spec.clone())), Ok(()), "{spec}");
@@ -240,7 +242,19 @@ fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
         ),
         (
             json!({"issuers": [issuer(json!({"tenants": ["acme"]}))]}),
-            "tenants need a template",
+            "tenants and admitTenants need a template",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"admitTenants": {"expression": "true"}}))]}),
+            "tenants and admitTenants need a template",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}", "admitTenants": {"expression": "true"}, "sharedSecret": {"file": "k"}, "algorithms": ["HS256"]}))]}),
+            "admitTenants fetches each tenant's keys when a token first names it",
+        ),
+        (
+            json!({"issuers": [issuer(json!({"issuer": "https://kc.example.com/realms/{tenant}", "admitTenants": {"expression": "true"}, "publicKeys": [{"pem": "x"}]}))]}),
+            "admitTenants fetches each tenant's keys when a token first names it",
         ),
     ];
     for (spec, message) in bad {
