@@ -339,9 +339,11 @@ fn string_value(s: &str) -> prost_types::Value {
 fn claims_struct(claims: &ClaimSet) -> prost_types::Struct {
     match claims {
         ClaimSet::Parsed(map) => to_proto_struct(map),
-        ClaimSet::Json(json) => serde_json::from_str::<ProtoStruct>(json)
-            .map(|s| s.0)
-            .unwrap_or_default(),
+        ClaimSet::Json(json) | ClaimSet::Cached { json, .. } => {
+            serde_json::from_str::<ProtoStruct>(json)
+                .map(|s| s.0)
+                .unwrap_or_default()
+        }
     }
 }
 

@@ -390,6 +390,12 @@ impl Decision {
 pub enum ClaimSet {
     Parsed(Arc<Claims>),
     Json(Arc<str>),
+    /// From the cache, with the claims the policy's expressions read kept parsed (so a hit
+    /// evaluates them without scanning the JSON).
+    Cached {
+        json: Arc<str>,
+        read: Arc<Claims>,
+    },
 }
 
 type Claims = serde_json::Map<String, serde_json::Value>;
@@ -399,7 +405,7 @@ impl ClaimSet {
     pub fn map(&self) -> std::borrow::Cow<'_, Claims> {
         match self {
             ClaimSet::Parsed(claims) => std::borrow::Cow::Borrowed(claims),
-            ClaimSet::Json(json) => {
+            ClaimSet::Json(json) | ClaimSet::Cached { json, .. } => {
                 std::borrow::Cow::Owned(serde_json::from_str(json).unwrap_or_default())
             }
         }
@@ -408,10 +414,14 @@ impl ClaimSet {
 
 impl ClaimSet {
     /// The claims `keep` wants, as a map: from the JSON form, the others are skipped without
-    /// being built (a cache hit whose CEL expressions read two claims parses two).
+    /// being built (a cache hit whose CEL expressions read two claims parses two). A cached
+    /// set's parsed claims are those its policy's expressions read, which is what `keep`
+    /// wants (the cache key names the policy).
     pub fn subset(&self, keep: &dyn Fn(&str) -> bool) -> std::borrow::Cow<'_, Claims> {
         match self {
-            ClaimSet::Parsed(claims) => std::borrow::Cow::Borrowed(claims),
+            ClaimSet::Parsed(claims) | ClaimSet::Cached { read: claims, .. } => {
+                std::borrow::Cow::Borrowed(claims)
+            }
             ClaimSet::Json(json) => {
                 let mut de = serde_json::Deserializer::from_str(json);
                 std::borrow::Cow::Owned(

@@ -1037,11 +1037,14 @@ async fn verify_cached<'p>(
     if let Some(entry) = cache.get(&key, seconds, current_keys)
         && let Some(issuer) = cached(&entry.issuer)
     {
-        return Ok((
-            ClaimSet::Json(entry.claims.clone()),
-            issuer,
-            Some(entry.headers.clone()),
-        ));
+        let claims = match &entry.read {
+            Some(read) => ClaimSet::Cached {
+                json: entry.claims.clone(),
+                read: read.clone(),
+            },
+            None => ClaimSet::Json(entry.claims.clone()),
+        };
+        return Ok((claims, issuer, Some(entry.headers.clone())));
     }
     let (signed, window) = verify(policy, token, now, &mut Trace::off())
         .await
@@ -1058,9 +1061,24 @@ async fn verify_cached<'p>(
     };
     if let (Some(window), Some(issuer)) = (window, issuer) {
         let json: Arc<str> = serde_json::to_string(&*claims).unwrap_or_default().into();
+        // The claims the expressions read stay parsed: a hit then evaluates them as they are.
+        let read = policy
+            .cel
+            .as_ref()
+            .filter(|cel| cel.reads.claims())
+            .map(|cel| {
+                Arc::new(
+                    claims
+                        .iter()
+                        .filter(|(k, _)| cel.reads.claims.wants(k))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                )
+            });
         cache.insert(
             key,
             json,
+            read,
             issuer,
             signed.keys_version,
             headers.clone(),

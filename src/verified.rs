@@ -77,6 +77,8 @@ pub enum CachedIssuer {
 pub struct Entry {
     /// The claims as compact JSON: a parsed map would take several times the memory.
     pub claims: Arc<str>,
+    /// The claims the policy's CEL expressions read, parsed (none when they read none).
+    pub read: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     pub issuer: CachedIssuer,
     pub headers: Arc<ClaimHeaders>,
     keys_version: u64,
@@ -149,6 +151,22 @@ impl std::fmt::Debug for TokenCache {
 /// cache's own slot.
 const ENTRY_OVERHEAD: u64 = 256;
 
+/// About what a parsed map of claims takes in memory: its text and, per value, the map entry
+/// or list slot and allocation that hold it.
+fn parsed_bytes(claims: &serde_json::Map<String, serde_json::Value>) -> u64 {
+    fn value(v: &serde_json::Value) -> u64 {
+        48 + match v {
+            serde_json::Value::String(s) => s.len() as u64,
+            serde_json::Value::Array(items) => items.iter().map(value).sum(),
+            serde_json::Value::Object(members) => {
+                members.iter().map(|(k, v)| k.len() as u64 + value(v)).sum()
+            }
+            _ => 0,
+        }
+    }
+    claims.iter().map(|(k, v)| k.len() as u64 + value(v)).sum()
+}
+
 impl TokenCache {
     /// A cache with these bounds; `None` when `max_entries` is 0 (caching off).
     pub fn new(limits: CacheLimits) -> Option<Arc<Self>> {
@@ -211,6 +229,7 @@ impl TokenCache {
         &self,
         key: Key,
         claims: Arc<str>,
+        read: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
         issuer: CachedIssuer,
         keys_version: u64,
         headers: Arc<ClaimHeaders>,
@@ -220,9 +239,13 @@ impl TokenCache {
         if !window.holds(now) {
             return;
         }
-        let bytes = ENTRY_OVERHEAD + claims.len() as u64 + headers.bytes() as u64;
+        let bytes = ENTRY_OVERHEAD
+            + claims.len() as u64
+            + read.as_deref().map_or(0, parsed_bytes)
+            + headers.bytes() as u64;
         let entry = Entry {
             claims,
+            read,
             issuer,
             headers,
             keys_version,

@@ -27,6 +27,7 @@ fn put(cache: &TokenCache, policy: u64, n: u8, claims: Arc<Claims>, now: f64) {
     cache.insert(
         Key::new(policy, [n; 32]),
         serde_json::to_string(&*claims).expect("json").into(),
+        None,
         CachedIssuer::Listed(0),
         7,
         Arc::new(ClaimHeaders::default()),
@@ -116,6 +117,7 @@ fn both_bounds_hold() {
         cache.insert(
             Key::new(1, [n; 32]),
             big.clone(),
+            None,
             CachedIssuer::Listed(0),
             7,
             Arc::new(ClaimHeaders::default()),

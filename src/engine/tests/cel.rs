@@ -199,6 +199,10 @@ async fn cached_tokens_meet_conditions_on_every_request() {
         .await;
         assert_eq!(d.is_allow(), pass, "{tenant}");
     }
+    // The last two were judged from the cache entry, with the claims the condition reads
+    // kept parsed in it.
+    let stats = s.token_cache.as_ref().expect("cache").stats();
+    assert_eq!((stats.misses, stats.hits), (1, 2), "{stats:?}");
 }
 
 /// Partner requests: a token, and a client certificate with a DNS name under
