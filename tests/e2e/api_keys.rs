@@ -213,3 +213,73 @@ fn sha256_hex(text: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Through a real nginx with `deploy/examples/nginx/tollgate.conf`: a key in the header passes
+/// and never reaches the upstream (the example clears it); a key in the query is refused
+/// before the upstream sees it, since nginx could not remove it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_through_nginx_forward_auth() {
+    let Some(nginx_bin) = peer("TOLLGATE_NGINX", "nginx (Debian)") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).expect("keys dir");
+    std::fs::write(
+        keys.join("acme.yaml"),
+        key_secret("acme", ACME, "acme", "orders:read"),
+    )
+    .expect("write");
+    write_policy(
+        dir.path(),
+        "orders.yaml",
+        "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nmetadata: {name: orders, namespace: shop}\nspec:\n  match: {hosts: [api.example.com]}\n  apiKeys:\n    secretSelector: {matchLabels: {tollgate.dev/api-key: orders}}\n    dir: keys\n    header: x-api-key\n    query: api_key\n  forward:\n    claimsToHeaders: [{claim: sub, header: x-user-id}]\n",
+    );
+    let tollgate = Tollgate::start(
+        dir.path(),
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--forward-auth-family",
+            "nginx",
+        ],
+    );
+    let http = tollgate.http.expect("http listener");
+    let (upstream, hits, _task) = crate::envoy::counting_echo_upstream().await;
+    let nginx = crate::nginx::start_nginx(&nginx_bin, http, upstream).await;
+
+    let answer = get_via(
+        nginx.port,
+        "/orders/1",
+        &[("x-api-key", ACME), ("x-user-id", "forged")],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let seen = answer.json();
+    assert_eq!(seen["x-user-id"], "acme");
+    assert!(
+        seen.get("x-api-key").is_none(),
+        "the key reached the upstream: {seen}"
+    );
+
+    let answer = get_via(nginx.port, "/orders/1", &[("x-api-key", GLOBEX)]).await;
+    assert_eq!(answer.status, 401, "{}", answer.body);
+    assert_eq!(
+        answer.challenge(),
+        "ApiKey realm=\"api.example.com\", header=\"x-api-key\", query=\"api_key\""
+    );
+
+    // auth_request turns tollgate's 400 into 500; either way the upstream never sees the key.
+    let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+    let answer = get_via(nginx.port, &format!("/orders/1?api_key={ACME}"), &[]).await;
+    assert_eq!(answer.status, 500, "{}", answer.body);
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), before);
+    assert!(
+        denial_logged(&tollgate, "request_malformed", "an API key in the query").await,
+        "the refusal is logged with its reason"
+    );
+}
+
+async fn get_via(port: u16, path: &str, headers: &[(&str, &str)]) -> crate::envoy::Answer {
+    crate::envoy::get_host(port, HOST, path, headers).await
+}
