@@ -99,11 +99,19 @@ pub enum Reason {
     /// Allowed because the policy is in `mode: dryRun`; it would have denied the request
     /// (the decision's `dry_run` says with which reason).
     DryRun,
+    /// A policy that accepts only API keys: no key in the request (401, `ApiKey` challenge).
+    ApiKeyMissing,
+    /// The API key is not one of the policy's keys, or cannot be one (sent twice, bad
+    /// characters) (401, `ApiKey` challenge).
+    ApiKeyInvalid,
+    /// The request carries both an API key and a token and the policy does not say which
+    /// counts (`apiKeys.withToken: Refuse`) (400).
+    ApiKeyAmbiguous,
 }
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 39] = [
+    pub const ALL: [Reason; 42] = [
         Reason::Valid,
         Reason::Anonymous,
         Reason::DefaultAllow,
@@ -143,6 +151,9 @@ impl Reason {
         Reason::Internal,
         Reason::ResourceMetadata,
         Reason::DryRun,
+        Reason::ApiKeyMissing,
+        Reason::ApiKeyInvalid,
+        Reason::ApiKeyAmbiguous,
     ];
 
     /// The stable snake_case code.
@@ -187,6 +198,9 @@ impl Reason {
             Reason::Internal => "internal_error",
             Reason::ResourceMetadata => "resource_metadata",
             Reason::DryRun => "dry_run",
+            Reason::ApiKeyMissing => "api_key_missing",
+            Reason::ApiKeyInvalid => "api_key_invalid",
+            Reason::ApiKeyAmbiguous => "api_key_ambiguous",
         }
     }
 
@@ -253,6 +267,11 @@ impl Reason {
                 "the protected resource metadata is served by tollgate at this URL, not through forward authentication"
             }
             Reason::DryRun => "the policy is in dry-run mode and lets the request through",
+            Reason::ApiKeyMissing => "no API key in the request",
+            Reason::ApiKeyInvalid => "the API key is not valid",
+            Reason::ApiKeyAmbiguous => {
+                "the request carries both an API key and an access token; send one"
+            }
         }
     }
 
@@ -277,7 +296,10 @@ impl Reason {
             | Reason::IntrospectionInvalid
             | Reason::NotReady
             | Reason::Internal
-            | Reason::ResourceMetadata => None,
+            | Reason::ResourceMetadata
+            | Reason::ApiKeyMissing
+            | Reason::ApiKeyInvalid => None,
+            Reason::ApiKeyAmbiguous => Some("invalid_request"),
             _ => Some("invalid_token"),
         }
     }
@@ -302,7 +324,13 @@ impl Reason {
                 | Reason::NotReady
                 | Reason::Internal
                 | Reason::ResourceMetadata
+                | Reason::ApiKeyAmbiguous
         )
+    }
+
+    /// Whether the challenge is an `ApiKey` one (where the key goes), not `Bearer`.
+    pub fn is_api_key(self) -> bool {
+        matches!(self, Reason::ApiKeyMissing | Reason::ApiKeyInvalid)
     }
 }
 
@@ -480,6 +508,9 @@ pub struct Allow {
     pub headers_to_remove: Vec<String>,
     /// Query parameters removed from the upstream request (a token read from the query).
     pub query_params_to_remove: Vec<String>,
+    /// The policy reads an API key from the query: only a transport that removes
+    /// `query_params_to_remove` may let the request through (forward authentication cannot).
+    pub query_key: bool,
     /// The verified claims, for the proxy's dynamic metadata.
     pub claims: Option<ClaimSet>,
     /// The issuer that signed the token.

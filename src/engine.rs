@@ -18,6 +18,7 @@ use std::time::SystemTime;
 
 use base64::Engine as _;
 
+use crate::apikeys;
 use crate::claims;
 use crate::decision::{Allow, ClaimSet, Decision, Deny, Reason};
 use crate::expression::{Inputs, RequestView, Scope};
@@ -609,6 +610,7 @@ fn dry_run_allow(policy: &Arc<Policy>, request: &Request<'_>) -> Allow {
             remove_token(policy, request, source, &mut out);
         }
     }
+    remove_key(policy, request, &mut out);
     out
 }
 
@@ -679,39 +681,15 @@ async fn judge_inner(
                 remove_token(policy, request, source, &mut out);
             }
         }
+        remove_key(policy, request, &mut out);
         return Decision::Allow(out);
     }
-    let (token, source) = match request::extract(&policy.token, request) {
-        Ok(found) => found,
-        Err(request::ExtractError::Missing(places)) => {
-            let text = format!("no token in {places}");
-            trace.fail(
-                "token",
-                Reason::TokenMissing,
-                || text.clone(),
-                || Some(format!("the client must send the token in {places}")),
-            );
-            return deny(Some(policy), host, Reason::TokenMissing, text, None, None);
-        }
-        Err(request::ExtractError::Malformed(why)) => {
-            trace.fail("token", Reason::TokenMalformed, || why.clone(), || None);
-            return deny(Some(policy), host, Reason::TokenMalformed, why, None, None);
-        }
-    };
-    let digest = jose::sha256(token.as_bytes());
-    let token_id = || jose::fingerprint_of(&digest);
-    trace.info("token", || {
-        format!(
-            "from the {} ({} bytes, fingerprint {})",
-            source.describe(&policy.token),
-            token.len(),
-            token_id()
-        )
-    });
-    let verified = match authenticate(policy, cache, &token, &digest, now, trace).await {
-        Ok(verified) => verified,
-        Err(failure) => return failure.deny(policy, host, token_id(), trace),
-    };
+    let (verified, source, token_id) =
+        match credential(policy, cache, request, host, now, trace).await {
+            Ok(found) => found,
+            Err(denied) => return *denied,
+        };
+    let token_id = || token_id.clone();
     let mut unmet_rule = None;
     if let Some(rule) = rule.filter(|r| !r.requirements.is_empty()) {
         let claims = verified.claims.map();
@@ -791,6 +769,174 @@ async fn judge_inner(
         }
         (_, decision) => decision,
     }
+}
+
+/// What the request authenticates with: a token, or an API key (`apiKeys`). Returns what
+/// passed, where the token was (`None` for a key), and the fingerprint the logs name it by
+/// (a key's: its [`apikeys::key_id`]).
+async fn credential<'p>(
+    policy: &'p Policy,
+    cache: Option<&TokenCache>,
+    request: &Request<'_>,
+    host: &str,
+    now: SystemTime,
+    trace: &mut Trace,
+) -> Result<(Verified<'p>, Option<TokenSource>, String), Box<Decision>> {
+    if let Some(keys) = &policy.api_keys {
+        let key = match request::extract_key(keys, request) {
+            Ok(key) => key,
+            Err(why) => {
+                trace.fail("api key", Reason::ApiKeyInvalid, || why.clone(), || None);
+                let denial = deny(Some(policy), host, Reason::ApiKeyInvalid, why, None, None);
+                return Err(Box::new(denial));
+            }
+        };
+        let tokens = !policy.issuers.is_empty() || !policy.templates.is_empty();
+        let token_sent = tokens
+            && !matches!(
+                request::extract(&policy.token, request),
+                Err(request::ExtractError::Missing(_))
+            );
+        match key {
+            Some(_) if token_sent && keys.with_token == apikeys::WithToken::Refuse => {
+                let text = format!(
+                    "both an API key (in the {}) and a token were sent, and spec.apiKeys.withToken is Refuse",
+                    keys.describe()
+                );
+                trace.fail(
+                    "api key",
+                    Reason::ApiKeyAmbiguous,
+                    || text.clone(),
+                    || Some("the client must send either the API key or the token".into()),
+                );
+                let denial = deny(
+                    Some(policy),
+                    host,
+                    Reason::ApiKeyAmbiguous,
+                    text,
+                    None,
+                    None,
+                );
+                return Err(Box::new(denial));
+            }
+            Some(_) if token_sent => {
+                trace.info("api key", || {
+                    "a token was sent too: the token is judged (apiKeys.withToken: Token) and the key removed".into()
+                });
+            }
+            Some((key, source)) => {
+                return judge_key(policy, keys, &key, source, host, trace)
+                    .map(|(verified, id)| (verified, None, id));
+            }
+            None if !tokens => {
+                let text = format!("no API key in {}", keys.describe());
+                trace.fail(
+                    "api key",
+                    Reason::ApiKeyMissing,
+                    || text.clone(),
+                    || {
+                        Some(format!(
+                            "the client must send its key in {}",
+                            keys.describe()
+                        ))
+                    },
+                );
+                let denial = deny(Some(policy), host, Reason::ApiKeyMissing, text, None, None);
+                return Err(Box::new(denial));
+            }
+            None => {}
+        }
+    }
+    let (token, source) = match request::extract(&policy.token, request) {
+        Ok(found) => found,
+        Err(request::ExtractError::Missing(places)) => {
+            let text = format!("no token in {places}");
+            trace.fail(
+                "token",
+                Reason::TokenMissing,
+                || text.clone(),
+                || Some(format!("the client must send the token in {places}")),
+            );
+            let denial = deny(Some(policy), host, Reason::TokenMissing, text, None, None);
+            return Err(Box::new(denial));
+        }
+        Err(request::ExtractError::Malformed(why)) => {
+            trace.fail("token", Reason::TokenMalformed, || why.clone(), || None);
+            let denial = deny(Some(policy), host, Reason::TokenMalformed, why, None, None);
+            return Err(Box::new(denial));
+        }
+    };
+    let digest = jose::sha256(token.as_bytes());
+    let token_id = jose::fingerprint_of(&digest);
+    trace.info("token", || {
+        format!(
+            "from the {} ({} bytes, fingerprint {})",
+            source.describe(&policy.token),
+            token.len(),
+            token_id
+        )
+    });
+    match authenticate(policy, cache, &token, &digest, now, trace).await {
+        Ok(verified) => Ok((verified, Some(source), token_id)),
+        Err(failure) => Err(Box::new(failure.deny(policy, host, token_id, trace))),
+    }
+}
+
+/// Looks the key up and checks the policy's `requiredClaims` against its claims. The key
+/// itself is hashed here and never copied, logged or traced: only its id is.
+fn judge_key<'p>(
+    policy: &'p Policy,
+    keys: &apikeys::ApiKeys,
+    key: &str,
+    source: request::KeySource,
+    host: &str,
+    trace: &mut Trace,
+) -> Result<(Verified<'p>, String), Box<Decision>> {
+    let digest = apikeys::digest(key.as_bytes());
+    let id = apikeys::key_id(&digest);
+    let Some(record) = keys.lookup(&digest) else {
+        let text = format!(
+            "the API key {id} from the {} is not one of the policy's keys",
+            source.describe(keys)
+        );
+        trace.fail(
+            "api key",
+            Reason::ApiKeyInvalid,
+            || text.clone(),
+            || Some("the key was never issued, or its Secret was removed".into()),
+        );
+        let denial = deny(
+            Some(policy),
+            host,
+            Reason::ApiKeyInvalid,
+            text,
+            None,
+            Some(id),
+        );
+        return Err(Box::new(denial));
+    };
+    trace.pass("api key", || {
+        format!(
+            "key {id} of {} from the {} ({})",
+            record.owner,
+            source.describe(keys),
+            record.source
+        )
+    });
+    if let Err(error) = validate::check_required(&record.claims.map(), policy, trace) {
+        return Err(Box::new(
+            Failure::Token(error, None).deny(policy, host, id, trace),
+        ));
+    }
+    Ok((
+        Verified {
+            claims: record.claims.clone(),
+            issuer: None,
+            phantom: None,
+            headers: None,
+        },
+        id,
+    ))
 }
 
 /// Checks the policy's and then the rule's `when` conditions: the first that is not true
@@ -873,7 +1019,8 @@ fn computed_headers(policy: &Policy, scope: &Scope<'_>, out: &mut Allow, trace: 
 /// A token that passed, and what the upstream may receive instead of it.
 struct Verified<'p> {
     claims: ClaimSet,
-    issuer: IssuerRef<'p>,
+    /// `None` for an API key.
+    issuer: Option<IssuerRef<'p>>,
     /// The JWT introspection returned, forwarded in place of the opaque token.
     phantom: Option<String>,
     /// The headers the claims fill, when the verified-token cache has them already.
@@ -1011,7 +1158,7 @@ async fn authenticate<'p>(
     }
     Ok(Verified {
         claims,
-        issuer,
+        issuer: Some(issuer),
         phantom: None,
         headers,
     })
@@ -1126,7 +1273,7 @@ async fn introspect_opaque<'p>(
     validate::check_required(claims, policy, trace).map_err(fail)?;
     Ok(Verified {
         claims: ClaimSet::Parsed(claims.clone()),
-        issuer,
+        issuer: Some(issuer),
         phantom: jwt.clone().filter(|_| intro.phantom_token),
         headers: None,
     })
@@ -1623,12 +1770,12 @@ fn allow(
     policy: &Arc<Policy>,
     verified: Verified<'_>,
     request: &Request<'_>,
-    source: TokenSource,
+    source: Option<TokenSource>,
 ) -> Decision {
     let mut out = Allow {
         policy: Some(policy.id.clone()),
         reason: Reason::Valid,
-        issuer: Some(verified.issuer.issuer.clone()),
+        issuer: verified.issuer.as_ref().map(|i| i.issuer.clone()),
         ..Allow::default()
     };
     let claims = verified.claims;
@@ -1647,13 +1794,14 @@ fn allow(
         Some(jwt) => {
             out.headers_to_set
                 .push(("authorization".into(), format!("Bearer {jwt}")));
-            !(source == TokenSource::Header && policy.token.header == "authorization")
+            !(source == Some(TokenSource::Header) && policy.token.header == "authorization")
         }
         None => !policy.forward.keep_token,
     };
-    if drop_token {
+    if drop_token && let Some(source) = source {
         remove_token(policy, request, source, &mut out);
     }
+    remove_key(policy, request, &mut out);
     out.claims = Some(claims);
     Decision::Allow(out)
 }
@@ -1678,6 +1826,20 @@ fn remove_token(policy: &Policy, request: &Request<'_>, source: TokenSource, out
                 None => out.headers_to_remove.push("cookie".into()),
             }
         }
+    }
+}
+
+/// Takes the API key out of the places the policy reads it: the upstream never receives a
+/// key (`keepToken` does not apply to keys). A key in the query can only be removed by
+/// Envoy's gRPC check: forward authentication refuses such a request (`query_key`).
+fn remove_key(policy: &Policy, request: &Request<'_>, out: &mut Allow) {
+    let Some(keys) = &policy.api_keys else {
+        return;
+    };
+    out.headers_to_remove.extend(keys.header.clone());
+    if let Some(query) = &keys.query {
+        out.query_params_to_remove.push(query.clone());
+        out.query_key |= !matches!(request::from_query(request.path, query), Ok(None));
     }
 }
 
@@ -1763,7 +1925,8 @@ fn deny_with(
         | Reason::IntrospectionTimeout => 503,
         Reason::IntrospectionFailed => 502,
         Reason::IntrospectionInvalid => 500,
-        Reason::RequestMalformed => 400,
+        Reason::RequestMalformed | Reason::ApiKeyAmbiguous => 400,
+        Reason::ApiKeyMissing | Reason::ApiKeyInvalid => 401,
         Reason::Internal => 500,
         Reason::ResourceMetadata => 404,
         _ => configured,
@@ -1798,10 +1961,23 @@ fn deny_with(
         if let Some(resource) = policy.and_then(|p| p.resource.as_deref()) {
             params.push(format!("resource_metadata=\"{}\"", resource.metadata_url));
         }
-        if params.is_empty() {
-            "Bearer".to_string()
+        let scheme = if reason.is_api_key() {
+            // Where the key goes, in place of OAuth's error parameters.
+            params.retain(|p| p.starts_with("realm="));
+            params.extend(
+                policy
+                    .and_then(|p| p.api_keys.as_deref())
+                    .map(|k| k.challenge_params())
+                    .unwrap_or_default(),
+            );
+            "ApiKey"
         } else {
-            format!("Bearer {}", params.join(", "))
+            "Bearer"
+        };
+        if params.is_empty() {
+            scheme.to_string()
+        } else {
+            format!("{scheme} {}", params.join(", "))
         }
     });
     let error = reason.oauth_error().unwrap_or(match status {
@@ -1845,3 +2021,6 @@ mod tests;
 
 #[cfg(test)]
 mod dry_run_tests;
+
+#[cfg(test)]
+mod api_key_tests;

@@ -363,6 +363,18 @@ async fn handle(
 /// logged with what to change: route the well-known path to tollgate's own endpoint.
 fn unanswerable(snapshot: &Snapshot, decision: Decision, host: &str) -> Decision {
     match decision {
+        // The upstream would receive the key: forward authentication cannot change the query.
+        Decision::Allow(allow) if allow.query_key => {
+            let policy = allow.policy.as_deref().and_then(|id| snapshot.policy(id));
+            engine::deny(
+                policy.map(|p| &**p),
+                host,
+                Reason::RequestMalformed,
+                "an API key in the query would reach the upstream: forward authentication cannot remove a query parameter".into(),
+                Some("send the key in the apiKeys.header, or check through Envoy's gRPC ext_authz, which removes the parameter".into()),
+                None,
+            )
+        }
         Decision::Deny(deny) if deny.is_document() => {
             let policy = deny.policy.as_deref().and_then(|id| snapshot.policy(id));
             let mut refused = engine::deny(

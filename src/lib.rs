@@ -18,6 +18,7 @@
 //! one that serves HTTP authorization.
 
 pub mod admin;
+pub mod apikeys;
 pub mod authz;
 pub mod azure;
 pub mod claims;

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
-use super::index::{SecretCache, referenced_secrets, secret_data};
+use super::index::{SecretCache, referenced_secrets, referenced_selectors, secret_data};
 use crate::jwks::KeySources;
 use crate::policy::spec::JwtPolicy;
 use crate::policy::{CompileContext, CompileError, Policy, compile};
@@ -46,6 +46,20 @@ pub async fn fetch_policy(
         .map_err(FetchError::Cluster)?
         .ok_or_else(|| FetchError::NotFound(id.clone()))?;
     let secrets_api: Api<Secret> = Api::namespaced(client, namespace);
+    let mut selected = HashMap::new();
+    for key in referenced_selectors(namespace, &object) {
+        let listed = secrets_api
+            .list(&kube::api::ListParams::default().labels(&key.1))
+            .await
+            .with_context(|| format!("listing the Secrets labelled {} in {}", key.1, key.0))
+            .map_err(FetchError::Cluster)?;
+        let by_name = listed
+            .items
+            .iter()
+            .map(|s| (s.metadata.name.clone().unwrap_or_default(), secret_data(s)))
+            .collect();
+        selected.insert(key, by_name);
+    }
     let mut secrets = HashMap::new();
     for key in referenced_secrets(namespace, &object) {
         let secret = secrets_api
@@ -55,7 +69,10 @@ pub async fn fetch_policy(
             .map_err(FetchError::Cluster)?;
         secrets.insert(key, secret.as_ref().map(secret_data));
     }
-    let cache = SecretCache { secrets: &secrets };
+    let cache = SecretCache {
+        secrets: &secrets,
+        selected: &selected,
+    };
     compile(
         namespace,
         name,

@@ -21,6 +21,7 @@ use kube::runtime::watcher;
 use tokio::sync::{mpsc, watch};
 
 use crate::jwks::KeySources;
+use crate::policy::compile::SelectedSecret;
 use crate::policy::gateway::{
     self, AncestorState, Attacher, Attachment, GatewayObject, GatewaySpec, HttpRouteSpec,
     ObjectKey, RouteObject,
@@ -43,6 +44,8 @@ pub enum Change {
     Policy(Scope, watcher::Event<DynamicObject>),
     /// Events of the watch on one referenced Secret.
     Secret(SecretKey, watcher::Event<Secret>),
+    /// Events of the watch on the Secrets one `apiKeys.secretSelector` selects.
+    Selected(SelectorKey, watcher::Event<Secret>),
     /// `HTTPRoute` or `Gateway` objects of one watch scope (watched while some policy has
     /// `targetRefs`), from the watches started `generation`-th (events still queued from
     /// watches stopped since are dropped).
@@ -70,6 +73,38 @@ impl GatewayKind {
 /// `namespace/name` of a Secret.
 pub type SecretKey = (String, String);
 
+/// A namespace and a label selector (`k=v,k2=v2`, sorted): the Secrets of `apiKeys`.
+pub type SelectorKey = (String, String);
+
+/// The Secrets a selector selects: name → data.
+pub(crate) type Selected = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+
+/// The label selector of `labels`, in the API server's syntax (compilation checks that the
+/// names and values are label syntax, so the text is unambiguous).
+pub(crate) fn label_selector(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The selectors of the Secrets a policy's `apiKeys` read.
+pub(crate) fn referenced_selectors(namespace: &str, policy: &JwtPolicy) -> BTreeSet<SelectorKey> {
+    policy
+        .spec
+        .api_keys
+        .iter()
+        .filter(|k| !k.secret_selector.match_labels.is_empty())
+        .map(|k| {
+            (
+                namespace.to_string(),
+                label_selector(&k.secret_selector.match_labels),
+            )
+        })
+        .collect()
+}
+
 /// What the index knows about one `JwtPolicy`.
 #[derive(Clone, Debug)]
 pub struct PolicyState {
@@ -85,6 +120,8 @@ pub struct PolicyState {
     pub error: Option<CompileError>,
     /// Secrets the current generation references.
     pub secrets: BTreeSet<SecretKey>,
+    /// Label selectors of the Secrets the current generation reads (`apiKeys`).
+    pub selectors: BTreeSet<SelectorKey>,
     /// The object as last seen, to recompile when a Secret changes.
     object: Option<Arc<JwtPolicy>>,
     /// The status on the object as last seen (also for objects whose spec does not parse).
@@ -160,6 +197,8 @@ impl IndexView {
 /// Secret values for compilation, from the watched (or fetched) Secrets.
 pub(crate) struct SecretCache<'a> {
     pub(crate) secrets: &'a HashMap<SecretKey, SecretData>,
+    /// Secrets by label selector, once their watch (or list) reported.
+    pub(crate) selected: &'a HashMap<SelectorKey, Selected>,
 }
 
 impl SecretSource for SecretCache<'_> {
@@ -180,6 +219,28 @@ impl SecretSource for SecretCache<'_> {
                 reference.name, reference.key
             )
         })
+    }
+
+    fn select(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        _dir: Option<&str>,
+    ) -> Result<Vec<SelectedSecret>, String> {
+        let selector = label_selector(labels);
+        let selected = self
+            .selected
+            .get(&(namespace.to_string(), selector.clone()))
+            .ok_or_else(|| {
+                format!("the Secrets labelled {selector} in {namespace} are not listed yet")
+            })?;
+        Ok(selected
+            .iter()
+            .map(|(name, data)| SelectedSecret {
+                source: format!("Secret {namespace}/{name}"),
+                data: data.clone(),
+            })
+            .collect())
     }
 }
 
@@ -239,6 +300,9 @@ pub struct PolicyIndex {
     secrets: HashMap<SecretKey, SecretData>,
     policy_buffers: HashMap<Scope, Vec<DynamicObject>>,
     secret_buffers: HashMap<SecretKey, Vec<Secret>>,
+    /// Secrets by label selector (a selector is present once its watch has listed).
+    selected: HashMap<SelectorKey, Selected>,
+    selected_buffers: HashMap<SelectorKey, Vec<Secret>>,
     /// The watch scopes that must list once before anything is published.
     scopes: BTreeSet<Scope>,
     listed_scopes: BTreeSet<Scope>,
@@ -269,6 +333,8 @@ impl PolicyIndex {
             secrets: HashMap::new(),
             policy_buffers: HashMap::new(),
             secret_buffers: HashMap::new(),
+            selected: HashMap::new(),
+            selected_buffers: HashMap::new(),
             scopes: scopes.into_iter().collect(),
             listed_scopes: BTreeSet::new(),
             routes: BTreeMap::new(),
@@ -322,6 +388,10 @@ impl PolicyIndex {
                 .referenced_secrets()
                 .iter()
                 .all(|k| self.secrets.contains_key(k))
+            && self
+                .referenced_selectors()
+                .iter()
+                .all(|k| self.selected.contains_key(k))
             && (self.published
                 || !self.wants_gateway_api()
                 || self.scopes.iter().all(|scope| {
@@ -344,11 +414,20 @@ impl PolicyIndex {
             .collect()
     }
 
+    /// Every label selector some policy's `apiKeys` reads.
+    pub fn referenced_selectors(&self) -> BTreeSet<SelectorKey> {
+        self.policies
+            .values()
+            .flat_map(|p| p.selectors.iter().cloned())
+            .collect()
+    }
+
     /// Applies one event. Returns whether the set of serving policies may have changed.
     pub fn apply(&mut self, change: Change) -> bool {
         let changed = match change {
             Change::Policy(scope, event) => self.apply_policy_event(scope, event),
             Change::Secret(key, event) => self.apply_secret_event(key, event),
+            Change::Selected(key, event) => self.apply_selected_event(key, event),
             Change::Gateway(generation, kind, scope, event) => {
                 if generation != self.gateway_generation {
                     return false;
@@ -578,11 +657,58 @@ impl PolicyIndex {
         self.recompile_for(&BTreeSet::from([key]))
     }
 
+    fn apply_selected_event(&mut self, key: SelectorKey, event: watcher::Event<Secret>) -> bool {
+        let name = |s: &Secret| s.metadata.name.clone().unwrap_or_default();
+        let mut selected = self.selected.get(&key).cloned();
+        match event {
+            watcher::Event::Init => {
+                self.selected_buffers.insert(key, Vec::new());
+                return false;
+            }
+            watcher::Event::InitApply(secret) => {
+                self.selected_buffers.entry(key).or_default().push(secret);
+                return false;
+            }
+            watcher::Event::InitDone => {
+                let listed = self.selected_buffers.remove(&key).unwrap_or_default();
+                selected = Some(listed.iter().map(|s| (name(s), secret_data(s))).collect());
+            }
+            watcher::Event::Apply(secret) => {
+                selected
+                    .get_or_insert_default()
+                    .insert(name(&secret), secret_data(&secret));
+            }
+            watcher::Event::Delete(secret) => {
+                selected.get_or_insert_default().remove(&name(&secret));
+            }
+        }
+        let Some(selected) = selected else {
+            return false;
+        };
+        if self.selected.get(&key) == Some(&selected) {
+            return false;
+        }
+        self.selected.insert(key.clone(), selected);
+        let affected: Vec<Arc<JwtPolicy>> = self
+            .policies
+            .values()
+            .filter(|p| p.selectors.contains(&key))
+            .filter_map(|p| p.object.clone())
+            .collect();
+        for policy in &affected {
+            self.compile_into_state(policy);
+        }
+        !affected.is_empty()
+    }
+
     /// Forgets Secrets no policy references any more (their watches are stopped).
     pub fn forget_unreferenced_secrets(&mut self) {
         let referenced = self.referenced_secrets();
         self.secrets.retain(|k, _| referenced.contains(k));
         self.secret_buffers.retain(|k, _| referenced.contains(k));
+        let selectors = self.referenced_selectors();
+        self.selected.retain(|k, _| selectors.contains(k));
+        self.selected_buffers.retain(|k, _| selectors.contains(k));
     }
 
     /// Recompiles the policies that reference any of `secrets`.
@@ -654,6 +780,7 @@ impl PolicyIndex {
         let id: Arc<str> = format!("{namespace}/{name}").into();
         let secrets = SecretCache {
             secrets: &self.secrets,
+            selected: &self.selected,
         };
         let ctx = CompileContext {
             key_sources: &self.key_sources,
@@ -666,6 +793,7 @@ impl PolicyIndex {
         };
         state.object = Some(policy.clone());
         state.secrets = referenced_secrets(&namespace, policy);
+        state.selectors = referenced_selectors(&namespace, policy);
         match result {
             Ok(compiled) => {
                 state.base = Some(Arc::new(compiled));
@@ -776,6 +904,7 @@ fn empty_state(generation: i64, created: &str) -> PolicyState {
         compiled_generation: None,
         error: None,
         secrets: BTreeSet::new(),
+        selectors: BTreeSet::new(),
         object: None,
         status: None,
         uid: None,

@@ -13,7 +13,9 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio::sync::mpsc;
 
-use super::index::{Change, GatewayKind, IndexView, PolicyIndex, Scope, SecretKey, spawn_index};
+use super::index::{
+    Change, GatewayKind, IndexView, PolicyIndex, Scope, SecretKey, SelectorKey, spawn_index,
+};
 use super::leader;
 use super::replicas::{self, Identity};
 use crate::jwks::KeySources;
@@ -140,6 +142,7 @@ pub fn spawn_controller(
         client,
         tx,
         running: HashMap::new(),
+        labelled: HashMap::new(),
         shared: shared.clone(),
     };
     let mut gateway_api = GatewayWatches {
@@ -152,6 +155,7 @@ pub fn spawn_controller(
     let index = PolicyIndex::new(key_sources, settings, scopes);
     spawn_index(index, shared, rx, move |index| {
         secrets.update(index.referenced_secrets());
+        secrets.update_selected(index.referenced_selectors());
         index.forget_unreferenced_secrets();
         let wanted = index.wants_gateway_api();
         // Start the watches when the first policy targets routes, stop them with the last.
@@ -385,15 +389,61 @@ fn spawn_policy_watch(
     });
 }
 
-/// One watch per referenced Secret, started and stopped as policies come and go.
+/// One watch per referenced Secret, and one per label selector of `apiKeys`, started and
+/// stopped as policies come and go.
 struct SecretWatches {
     client: Client,
     tx: mpsc::Sender<Change>,
     running: HashMap<SecretKey, tokio::task::JoinHandle<()>>,
+    labelled: HashMap<SelectorKey, tokio::task::JoinHandle<()>>,
     shared: Arc<SharedSnapshot>,
 }
 
 impl SecretWatches {
+    /// A label-selected watch per `apiKeys.secretSelector`: a key Secret added, changed or
+    /// removed recompiles the policies that select it.
+    fn update_selected(&mut self, wanted: BTreeSet<SelectorKey>) {
+        let shared = self.shared.clone();
+        self.labelled.retain(|key, task| {
+            let keep = wanted.contains(key);
+            if !keep {
+                task.abort();
+                shared.set_source_problem(&selector_source(key), None);
+            }
+            keep
+        });
+        for key in wanted {
+            if self.labelled.contains_key(&key) {
+                continue;
+            }
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.0);
+            let config = watcher::Config::default().labels(&key.1);
+            let tx = self.tx.clone();
+            let task_key = key.clone();
+            let shared = self.shared.clone();
+            let task = tokio::spawn(async move {
+                let source = selector_source(&task_key);
+                let mut events = watcher(api, config).default_backoff().boxed();
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(event) => {
+                            shared.set_source_problem(&source, None);
+                            if tx
+                                .send(Change::Selected(task_key.clone(), event))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(error) => watch_failed(&shared, &source, &error),
+                    }
+                }
+            });
+            self.labelled.insert(key, task);
+        }
+    }
+
     fn update(&mut self, wanted: BTreeSet<SecretKey>) {
         let shared = self.shared.clone();
         self.running.retain(|key, task| {
@@ -442,9 +492,13 @@ fn secret_source(key: &SecretKey) -> String {
     format!("Secret watch ({}/{})", key.0, key.1)
 }
 
+fn selector_source(key: &SelectorKey) -> String {
+    format!("Secret watch ({}, labels {})", key.0, key.1)
+}
+
 impl Drop for SecretWatches {
     fn drop(&mut self) {
-        for task in self.running.values() {
+        for task in self.running.values().chain(self.labelled.values()) {
             task.abort();
         }
     }

@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use crate::apikeys::ApiKeys;
 use crate::policy::TokenLocation;
 use crate::policy::snapshot::RouteName;
 
@@ -190,6 +191,68 @@ pub fn extract<'a>(
     }
 }
 
+/// Where an API key was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    Header,
+    Query,
+}
+
+impl KeySource {
+    pub fn describe(self, keys: &ApiKeys) -> String {
+        match self {
+            KeySource::Header => format!("{} header", keys.header.as_deref().unwrap_or_default()),
+            KeySource::Query => format!(
+                "query parameter {}",
+                keys.query.as_deref().unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// Reads the API key from the header or the query parameter the policy names: `Ok(None)` when
+/// neither has one, an error (for the log, never with the key) when it cannot be one key.
+pub fn extract_key<'a>(
+    keys: &ApiKeys,
+    request: &Request<'a>,
+) -> Result<Option<(Cow<'a, str>, KeySource)>, String> {
+    let mut found = None;
+    if let Some(name) = &keys.header
+        && let Some(value) = request.headers.get(name)
+    {
+        let trimmed = value.trim();
+        if !trimmed.is_empty() {
+            // Repeated headers arrive joined with ", ": never pick one of them.
+            if !trimmed.bytes().all(|b| b.is_ascii_graphic()) || trimmed.contains(',') {
+                return Err(format!(
+                    "the {name} header is not one key (sent twice, or with spaces or other characters a key cannot have)"
+                ));
+            }
+            found = Some((
+                match value {
+                    Cow::Borrowed(v) => Cow::Borrowed(v.trim()),
+                    Cow::Owned(v) => Cow::Owned(v.trim().to_string()),
+                },
+                KeySource::Header,
+            ));
+        }
+    }
+    if let Some(param) = &keys.query
+        && let Some(key) = from_query(request.path, param).map_err(|e| e.to_string())?
+    {
+        if found.is_some() {
+            return Err("the API key was sent in more than one place".into());
+        }
+        if !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "the {param} query parameter has characters a key cannot have"
+            ));
+        }
+        found = Some((Cow::Owned(key), KeySource::Query));
+    }
+    Ok(found)
+}
+
 fn describe(location: &TokenLocation) -> String {
     let mut places = vec![match &location.scheme {
         Some(scheme) => format!("the {} header ({scheme} scheme)", location.header),
@@ -249,7 +312,7 @@ fn from_header<'a>(
     }))
 }
 
-fn from_query(path: &str, param: &str) -> Result<Option<String>, ExtractError> {
+pub(crate) fn from_query(path: &str, param: &str) -> Result<Option<String>, ExtractError> {
     let Some((_, query)) = path.split_once('?') else {
         return Ok(None);
     };

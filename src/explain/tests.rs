@@ -560,3 +560,38 @@ async fn a_metadata_request_is_explained_as_answered_by_tollgate() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn an_api_key_is_explained_by_its_id_never_its_value() {
+    let snapshot = load_files(
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/policies/api-keys.yaml"
+        )),
+        KeySources::offline().expect("client"),
+    )
+    .expect("the example loads");
+    let key = "0d9c4b1f6e2a8d7c5b3a1f0e9d8c7b6a5f4e3d2c1b0a9f8e";
+    let id = crate::apikeys::key_id(&crate::apikeys::digest(key.as_bytes()));
+    let request = |key: &str| ExplainRequest {
+        headers: vec![("x-api-key".into(), key.into())],
+        ..ExplainRequest::default()
+    };
+    let explanation = explain(&snapshot, &request(key), true)
+        .await
+        .expect("explains");
+    let text = render_text(&explanation);
+    assert!(explanation.allowed(), "{text}");
+    assert!(text.contains(&format!("key {id} of acme")), "{text}");
+    assert!(!text.contains(&key[..12]), "{text}");
+
+    let wrong = format!("{}0", &key[..key.len() - 1]);
+    let explanation = explain(&snapshot, &request(&wrong), true)
+        .await
+        .expect("explains");
+    let text = render_text(&explanation);
+    assert_eq!(explanation.reason, "api_key_invalid", "{text}");
+    let wrong_id = crate::apikeys::key_id(&crate::apikeys::digest(wrong.as_bytes()));
+    assert!(text.contains(&wrong_id), "{text}");
+    assert!(!text.contains(&wrong[..12]), "{text}");
+}

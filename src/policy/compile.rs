@@ -22,6 +22,7 @@ use super::spec::{
     TargetRefSpec, TraceHeaderSpec,
 };
 use super::tenants::{self, Admission, IssuerTemplate, Tenant};
+use crate::apikeys::{self, ApiKeys, KeyData, KeyRecord, WithToken};
 use crate::azure::{self, AzureIssuer};
 use crate::claims::ClaimRequirement;
 use crate::expression::{Environment, Expression, Reads};
@@ -125,10 +126,29 @@ impl CompileError {
     }
 }
 
+/// One Secret a label selector picked (`apiKeys`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SelectedSecret {
+    /// Where it came from, for messages: `namespace/name`, or `file (name)` in file mode.
+    pub source: String,
+    pub data: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
 /// Reads secret values referenced by a policy.
 pub trait SecretSource: Send + Sync {
     /// The raw bytes of the referenced secret, or why they cannot be read.
     fn read(&self, namespace: &str, spec: &SecretSpec) -> Result<Vec<u8>, String>;
+
+    /// The Secrets in `namespace` carrying all of `labels` (in file mode: the Secret
+    /// manifests in `dir`), sorted by source.
+    fn select(
+        &self,
+        _namespace: &str,
+        _labels: &std::collections::BTreeMap<String, String>,
+        _dir: Option<&str>,
+    ) -> Result<Vec<SelectedSecret>, String> {
+        Err("Secrets selected by label cannot be read here".into())
+    }
 
     /// False when `read` only stands in for values it cannot see (admission review): the
     /// content of keys is then checked later, by the replicas.
@@ -158,11 +178,96 @@ impl FileSecrets {
     }
 }
 
-/// A digest of a secret file's content, or `None` when it cannot be read.
+/// A digest of a secret file's content (of a folder's: its files' names and contents), or
+/// `None` when it cannot be read.
 pub fn file_digest(path: &std::path::Path) -> Option<[u8; 32]> {
+    if path.is_dir() {
+        return dir_digest(path);
+    }
     std::fs::read(path)
         .ok()
         .map(|bytes| crate::jose::sha256(&bytes))
+}
+
+/// The most files an `apiKeys.dir` may hold.
+const MAX_KEY_FILES: usize = crate::apikeys::MAX_KEYS;
+
+fn key_files(dir: &std::path::Path) -> Result<Vec<PathBuf>, String> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
+        let manifest = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| n.starts_with('.'));
+        if manifest && !hidden && path.is_file() {
+            files.push(path);
+        }
+        if files.len() > MAX_KEY_FILES {
+            return Err(format!(
+                "{}: more than {MAX_KEY_FILES} files",
+                dir.display()
+            ));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn dir_digest(dir: &std::path::Path) -> Option<[u8; 32]> {
+    let mut all = Vec::new();
+    for path in key_files(dir).ok()? {
+        all.extend_from_slice(path.as_os_str().as_encoded_bytes());
+        all.push(0);
+        all.extend_from_slice(&std::fs::read(&path).ok().map(|b| crate::jose::sha256(&b))?);
+    }
+    Some(crate::jose::sha256(&all))
+}
+
+/// The Secret manifests of one file that carry all of `labels`.
+fn secrets_in(
+    path: &std::path::Path,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<SelectedSecret>, String> {
+    use serde::Deserialize as _;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.len() > 64 * 1024 {
+        return Err(format!("{}: larger than 64 KiB", path.display()));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, document) in serde_yaml::Deserializer::from_slice(&bytes).enumerate() {
+        let value = serde_json::Value::deserialize(document)
+            .map_err(|e| format!("{} document {i}: {e}", path.display()))?;
+        if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some("Secret") {
+            continue;
+        }
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(value)
+            .map_err(|e| format!("{} document {i}: not a Secret: {e}", path.display()))?;
+        let carried = secret.metadata.labels.unwrap_or_default();
+        if !labels.iter().all(|(k, v)| carried.get(k) == Some(v)) {
+            continue;
+        }
+        let mut data: std::collections::BTreeMap<String, Vec<u8>> = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        for (k, v) in secret.string_data.unwrap_or_default() {
+            data.insert(k, v.into_bytes());
+        }
+        let name = secret.metadata.name.unwrap_or_default();
+        out.push(SelectedSecret {
+            source: format!("{} ({name})", path.display()),
+            data,
+        });
+    }
+    Ok(out)
 }
 
 impl SecretSource for FileSecrets {
@@ -187,6 +292,33 @@ impl SecretSource for FileSecrets {
             read.push((path, crate::jose::sha256(&bytes)));
         }
         Ok(bytes)
+    }
+
+    fn select(
+        &self,
+        _namespace: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+        dir: Option<&str>,
+    ) -> Result<Vec<SelectedSecret>, String> {
+        let Some(dir) = dir else {
+            return Err(
+                "in file mode set apiKeys.dir: the folder of the key Secrets' manifests".into(),
+            );
+        };
+        let path = match &self.base_dir {
+            Some(base) if PathBuf::from(dir).is_relative() => base.join(dir),
+            _ => PathBuf::from(dir),
+        };
+        // The digest first: a change while the files are read is seen on the next reload.
+        let digest = dir_digest(&path);
+        let mut out = Vec::new();
+        for file in key_files(&path)? {
+            out.extend(secrets_in(&file, labels)?);
+        }
+        if let (Ok(mut read), Some(digest)) = (self.read.lock(), digest) {
+            read.push((path, digest));
+        }
+        Ok(out)
     }
 }
 
@@ -418,6 +550,8 @@ pub struct Policy {
     /// Issuer templates (`{tenant}` in `issuer`): their tenants are among `issuers`; the
     /// templates name the tenant of an `iss` none of them admits.
     pub templates: Vec<IssuerTemplate>,
+    /// `apiKeys`, if configured.
+    pub api_keys: Option<Arc<ApiKeys>>,
 }
 
 fn next_instance() -> u64 {
@@ -570,12 +704,17 @@ pub fn compile(
     let token = token_location(&mut c, spec);
 
     // issuers
-    if spec.issuers.is_empty() && spec.azure_ad.is_none() {
+    if spec.issuers.is_empty() && spec.azure_ad.is_none() && spec.api_keys.is_none() {
         c.invalid(
             "spec.issuers",
-            "at least one issuer is required (or an azureAd profile)",
+            "at least one issuer is required (or an azureAd profile, or apiKeys)",
         );
     }
+    let api_keys = spec
+        .api_keys
+        .as_ref()
+        .and_then(|keys| compile_api_keys(&mut c, namespace, keys, &token, ctx))
+        .map(Arc::new);
     c.at_most("spec.issuers", &spec.issuers, limits::ISSUERS);
     let mut issuers: Vec<Issuer> = Vec::new();
     let mut templates: Vec<IssuerTemplate> = Vec::new();
@@ -857,6 +996,7 @@ pub fn compile(
         resource,
         dry_run: spec.mode == spec::PolicyMode::DryRun,
         templates,
+        api_keys,
     })
 }
 
@@ -1841,6 +1981,120 @@ fn compile_introspection(
         config,
         ctx.key_sources.introspection_fetcher().clone(),
     )))
+}
+
+/// `spec.apiKeys`: where keys are read, and the keys of the selected Secrets (hashed; a
+/// Secret that is not a usable key fails the policy, which keeps its last good version).
+fn compile_api_keys(
+    c: &mut Checker,
+    namespace: &str,
+    spec: &spec::ApiKeysSpec,
+    token: &TokenLocation,
+    ctx: &CompileContext<'_>,
+) -> Option<ApiKeys> {
+    let field = "spec.apiKeys";
+    let before = c.problems.len();
+    let labels = &spec.secret_selector.match_labels;
+    if labels.is_empty() {
+        c.invalid(
+            format!("{field}.secretSelector.matchLabels"),
+            "name at least one label: an empty selector would make every Secret of the namespace a key",
+        );
+    }
+    // Label syntax: the selector is sent to the API server as `k=v,…`.
+    let label_text = |t: &str, max: usize| {
+        t.len() <= max
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+    };
+    for (k, v) in labels {
+        if k.is_empty() || !label_text(k, 317) || !label_text(v, 63) || v.contains('/') {
+            c.invalid(
+                format!("{field}.secretSelector.matchLabels"),
+                format!("{k:?}: {v:?} is not a label name and value"),
+            );
+        }
+    }
+    let header = match (&spec.header, &spec.query) {
+        (Some(h), _) => Some(h.to_ascii_lowercase()),
+        (None, Some(_)) => None,
+        (None, None) => Some("x-api-key".to_string()),
+    };
+    if let Some(h) = &header {
+        if !valid_header_name(h) || RESERVED_HEADERS.contains(&h.as_str()) || h == "cookie" {
+            c.invalid(
+                format!("{field}.header"),
+                "not a header name a key can travel in",
+            );
+        } else if *h == token.header {
+            c.invalid(
+                format!("{field}.header"),
+                format!("{h} carries the token (spec.token.header); name another header"),
+            );
+        }
+    }
+    if let Some(q) = &spec.query {
+        if q.is_empty() || q.len() > 256 || !q.bytes().all(is_token_char) {
+            c.invalid(format!("{field}.query"), "not a query parameter name");
+        } else if token.query.as_deref() == Some(q.as_str()) {
+            c.invalid(
+                format!("{field}.query"),
+                format!("{q} carries the token (spec.token.query); name another parameter"),
+            );
+        }
+    }
+    let with_token = match spec.with_token.unwrap_or_default() {
+        spec::ApiKeyWithToken::Refuse => WithToken::Refuse,
+        spec::ApiKeyWithToken::Token => WithToken::Token,
+    };
+    let mut keys = ApiKeys::new(header, spec.query.clone(), with_token);
+    if c.problems.len() > before || !ctx.secrets.has_values() {
+        return (c.problems.len() == before).then_some(keys);
+    }
+    let selected = match ctx.secrets.select(namespace, labels, spec.dir.as_deref()) {
+        Ok(selected) => selected,
+        Err(message) => {
+            c.secret(format!("{field}.secretSelector"), message);
+            return None;
+        }
+    };
+    if selected.len() > apikeys::MAX_KEYS {
+        c.invalid(
+            format!("{field}.secretSelector"),
+            format!(
+                "selects {} Secrets; at most {} keys are allowed",
+                selected.len(),
+                apikeys::MAX_KEYS
+            ),
+        );
+        return None;
+    }
+    for secret in &selected {
+        let get = |name: &str| secret.data.get(name).map(Vec::as_slice);
+        let data = KeyData {
+            key: get("key"),
+            owner: get("owner"),
+            scopes: get("scopes"),
+        };
+        match KeyRecord::new(secret.source.clone(), &data) {
+            Ok(record) => {
+                if let Err(duplicate) = keys.insert(record) {
+                    c.invalid(
+                        format!("{field}.secretSelector"),
+                        format!(
+                            "{} holds {duplicate}: every key must be unique",
+                            secret.source
+                        ),
+                    );
+                }
+            }
+            Err(error) => c.invalid(
+                format!("{field}.secretSelector"),
+                format!("{} {error}", secret.source),
+            ),
+        }
+    }
+    (c.problems.len() == before).then_some(keys)
 }
 
 fn decode_secret(raw: &[u8], encoding: SecretEncoding) -> Result<Vec<u8>, String> {

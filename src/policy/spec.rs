@@ -95,7 +95,7 @@ pub struct DocumentMetadata {
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("!has(self.targetRefs) || size(self.targetRefs) == 0 || !has(self.match) || ((!has(self.match.hosts) || size(self.match.hosts) == 0) && (!has(self.match.paths) || size(self.match.paths) == 0) && (!has(self.match.methods) || size(self.match.methods) == 0))").message("targetRefs and match.hosts/paths/methods are exclusive: the routes say which requests the policy judges"))]
-#[x_kube(validation = Rule::new("(has(self.issuers) && size(self.issuers) > 0) || has(self.azureAd)").message("list at least one issuer, or set azureAd"))]
+#[x_kube(validation = Rule::new("(has(self.issuers) && size(self.issuers) > 0) || has(self.azureAd) || has(self.apiKeys)").message("list at least one issuer, or set azureAd or apiKeys"))]
 #[x_kube(validation = Rule::new("!has(self.requireSignedTokens) || self.requireSignedTokens || has(self.decryption)").message("requireSignedTokens: false only applies to encrypted tokens; configure decryption"))]
 #[x_kube(validation = Rule::new("!has(self.requireSignedTokens) || self.requireSignedTokens || (!has(self.azureAd) && has(self.issuers) && size(self.issuers) == 1)").message("requireSignedTokens: false needs exactly one issuer (and no azureAd): an unsigned token's iss is whatever the holder of the shared key wrote"))]
 #[x_kube(validation = Rule::new("!has(self.requireSignedTokens) || self.requireSignedTokens || !has(self.decryption) || self.decryption.keys.all(k, has(k.algorithms) && size(k.algorithms) > 0 && k.algorithms.all(a, a in ['dir', 'A128KW', 'A256KW']))").message("requireSignedTokens: false needs every decryption key limited to dir, A128KW or A256KW (keys[].algorithms): with RSA or EC keys anyone holding the public key can encrypt claims"))]
@@ -127,6 +127,11 @@ pub struct JwtPolicySpec {
     /// Keys that decrypt encrypted (JWE) access tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decryption: Option<DecryptionSpec>,
+    /// API keys accepted beside (or instead of) tokens: each key is a Secret selected by
+    /// label, with its owner and scopes, which `requiredClaims`, `rules`, `when` and
+    /// `forward` read as the claims `sub` and `scope` (docs/api-keys.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<ApiKeysSpec>,
     /// Whether a decrypted token must contain a signed JWT, validated like any other (default
     /// true). `false` accepts encrypted claims without a signature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -503,6 +508,54 @@ pub enum PathCase {
     Exact,
     /// Case-insensitive: prefixes match in any letter case.
     IgnoreCase,
+}
+
+/// API keys (docs/api-keys.md). Each key is one Secret (data `key`, `owner`, optional
+/// `scopes`), selected by label in the policy's namespace; in file mode, the Secret manifests
+/// in `dir`, selected by the same labels.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiKeysSpec {
+    /// Which Secrets hold the keys: all of these labels (at least one). Adding or removing a
+    /// matching Secret takes effect without a restart.
+    pub secret_selector: SecretSelectorSpec,
+    /// File mode only: the folder of Secret manifests (`*.yaml`, `*.yml`, `*.json`), relative
+    /// to the policy file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub dir: Option<String>,
+    /// Header carrying the key, its whole value (default `x-api-key` unless `query` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub header: Option<String>,
+    /// Query parameter carrying the key. It is removed before the request goes upstream, which
+    /// only Envoy's gRPC check can do: forward authentication (HTTP) refuses such a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub query: Option<String>,
+    /// A request with both a key and a token: `Refuse` (default, 400 `api_key_ambiguous`) or
+    /// `Token` (the token is judged, the key is removed and ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with_token: Option<ApiKeyWithToken>,
+}
+
+/// Labels selecting Secrets.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretSelectorSpec {
+    /// Label name → value; a Secret must carry all of them.
+    #[serde(default)]
+    pub match_labels: std::collections::BTreeMap<String, String>,
+}
+
+/// What a request carrying both an API key and a token gets.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum ApiKeyWithToken {
+    /// Denied as ambiguous (400 `api_key_ambiguous`).
+    #[default]
+    Refuse,
+    /// The token is judged; the key is ignored and removed.
+    Token,
 }
 
 /// Where the token is read, in this order: header, query parameter, cookie.

@@ -227,7 +227,7 @@ fn the_example_policies_are_valid() {
         .expect("run");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "ok: 4 policies (shop/internal, shop/inventory, shop/mcp, shop/orders)\n"
+        "ok: 5 policies (shop/internal, shop/inventory, shop/mcp, shop/orders, shop/partners)\n"
     );
 }
 

@@ -215,6 +215,23 @@ impl SecretSource for Secrets {
             _ => Err("file: is for policy files; in Kubernetes use secretRef: {name, key}".into()),
         }
     }
+
+    /// One usable key Secret for any selector, as the replicas' label watch would list.
+    fn select(
+        &self,
+        namespace: &str,
+        _labels: &std::collections::BTreeMap<String, String>,
+        _dir: Option<&str>,
+    ) -> Result<Vec<tollgate::policy::compile::SelectedSecret>, String> {
+        Ok(vec![tollgate::policy::compile::SelectedSecret {
+            source: format!("Secret {namespace}/key"),
+            data: [
+                ("key".to_string(), vec![b'k'; 32]),
+                ("owner".to_string(), b"owner".to_vec()),
+            ]
+            .into(),
+        }])
+    }
 }
 
 /// tollgate's verdict on a spec in Kubernetes mode: what the webhook and the replicas decide.
@@ -772,6 +789,11 @@ fn cases() -> Vec<Case> {
             Rule("userinfo answers carry no aud"),
         ),
         case("an empty spec", json!({}), Rule("list at least one issuer")),
+        case(
+            "API keys without issuers",
+            json!({"apiKeys": {"secretSelector": {"matchLabels": {"tollgate.dev/api-key": "orders"}}}}),
+            Accepted,
+        ),
         case(
             "empty issuers",
             json!({"issuers": []}),

@@ -1,6 +1,7 @@
 //! Black-box tests over real sockets: the `tollgate` binary, a local identity provider, and the
 //! real peers (Envoy). One test binary, so the suite links once.
 
+mod api_keys;
 mod cel;
 mod cli;
 mod client_cert;

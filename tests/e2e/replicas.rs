@@ -667,3 +667,125 @@ async fn a_namespaced_sharded_install_reads_only_its_policies_and_secrets_by_nam
         "{policies:?}"
     );
 }
+
+/// A key Secret of `apiKeys` (labelled `tollgate.dev/api-key: orders` when `labelled`).
+fn key_secret(name: &str, key: &str, owner: &str, labelled: bool) -> String {
+    let labels = if labelled {
+        json!({"tollgate.dev/api-key": "orders"})
+    } else {
+        json!({"other": "orders"})
+    };
+    serde_json::to_string(&json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": "shop", "labels": labels},
+        "stringData": {"key": key, "owner": owner, "scopes": "orders:read"},
+    }))
+    .expect("json")
+}
+
+/// (allowed, status, reason, the upstream's x-owner) of a check with `key` in `x-api-key`.
+async fn with_key(replica: &Tollgate, key: &str) -> (bool, u16, String, Option<String>) {
+    let probe = tollgate::client::Probe {
+        host: HOST.into(),
+        path: "/".into(),
+        method: "GET".into(),
+        headers: vec![("x-api-key".into(), key.into())],
+        ..Default::default()
+    };
+    let answer = tollgate::client::send(&replica.url(), &probe)
+        .await
+        .expect("Check RPC");
+    let owner = match &answer.http_response {
+        Some(tollgate::proto::auth::check_response::HttpResponse::OkResponse(ok)) => ok
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == "x-owner")
+            .map(|h| h.value.clone()),
+        _ => None,
+    };
+    let (allowed, status, reason) = outcome(&answer);
+    (allowed, status, reason, owner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_secrets_added_and_removed_by_label_take_effect_without_a_restart() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    // The chart's RBAC, as its ServiceAccount: the label-selected list/watch must be allowed.
+    let chart = install_without_webhook(&cluster);
+    const ACME: &str = "acme-9f8e7d6c5b4a39281706f5e4d3c2b1a0";
+    const GLOBEX: &str = "globex-0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+    cluster.apply(&key_secret("key-acme", ACME, "acme", true));
+    cluster.apply(&policy(
+        "orders",
+        json!({
+            "match": {"hosts": [HOST]},
+            "apiKeys": {"secretSelector": {"matchLabels": {"tollgate.dev/api-key": "orders"}}},
+            "forward": {"claimsToHeaders": [{"claim": "sub", "header": "x-owner"}]},
+        }),
+    ));
+    let replica = chart.start("replica-0");
+    let accepted = eventually(Duration::from_secs(10), async || {
+        with_key(&replica, ACME).await.0
+    })
+    .await;
+    assert!(
+        accepted,
+        "the labelled key Secret was not read: {:?}",
+        with_key(&replica, ACME).await
+    );
+    assert_eq!(
+        with_key(&replica, ACME).await,
+        (true, 200, "valid".into(), Some("acme".into()))
+    );
+    assert_eq!(
+        with_key(&replica, GLOBEX).await,
+        (false, 401, "api_key_invalid".into(), None)
+    );
+
+    // A Secret without the label is not a key; once labelled, it is (no restart).
+    cluster.apply(&key_secret("key-globex", GLOBEX, "globex", false));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !with_key(&replica, GLOBEX).await.0,
+        "an unlabelled Secret is a key"
+    );
+    cluster.apply(&key_secret("key-globex", GLOBEX, "globex", true));
+    let added = eventually(Duration::from_secs(10), async || {
+        with_key(&replica, GLOBEX).await == (true, 200, "valid".into(), Some("globex".into()))
+    })
+    .await;
+    assert!(added, "the added key was not accepted without a restart");
+
+    // Deleting a key Secret revokes its key.
+    cluster.kubectl(&["delete", "secret", "-n", "shop", "key-acme"]);
+    let removed = eventually(Duration::from_secs(10), async || {
+        with_key(&replica, ACME).await.2 == "api_key_invalid"
+    })
+    .await;
+    assert!(removed, "the deleted key still works");
+    assert!(with_key(&replica, GLOBEX).await.0);
+
+    // A key Secret that is no key (too short) fails the policy: the last good keys serve on,
+    // and the status names the Secret, never the key.
+    cluster.apply(&key_secret("key-short", "short-key", "initech", true));
+    status_becomes(&cluster, "the short key refused", |s| {
+        s["conditions"].as_array().is_some_and(|c| {
+            c.iter().any(|c| {
+                c["type"] == "Accepted"
+                    && c["status"] == "False"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("shop/key-short") && !m.contains("short-key\""))
+            })
+        })
+    })
+    .await;
+    assert!(with_key(&replica, GLOBEX).await.0);
+    assert!(
+        !replica.logs().join("\n").contains(&GLOBEX[..16]),
+        "a key is in the log"
+    );
+}

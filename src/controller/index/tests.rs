@@ -683,3 +683,119 @@ fn events_of_stopped_route_watches_are_dropped_and_a_late_targeting_policy_block
     )));
     assert_eq!(selected_route(&index, "api.example.com", "/orders"), None);
 }
+
+fn key_secret(name: &str, key: &str, owner: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("shop".into()),
+            labels: Some(BTreeMap::from([(
+                "tollgate.dev/api-key".to_string(),
+                "orders".to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([
+            ("key".to_string(), ByteString(key.as_bytes().to_vec())),
+            ("owner".to_string(), ByteString(owner.as_bytes().to_vec())),
+        ])),
+        ..Secret::default()
+    }
+}
+
+async fn key_allowed(index: &PolicyIndex, key: &str) -> bool {
+    let (snapshot, _) = index.snapshot();
+    let headers = vec![("x-api-key".to_string(), key.to_string())];
+    let request = Request {
+        host: "k.example",
+        path: "/",
+        method: "GET",
+        headers: Headers::List(&headers),
+        policy: None,
+        route: None,
+        source: Default::default(),
+    };
+    engine::check(&snapshot, &request, SystemTime::now())
+        .await
+        .is_allow()
+}
+
+#[tokio::test]
+async fn api_key_secrets_are_selected_by_label_and_follow_their_watch() {
+    const ACME: &str = "acme-0123456789abcdef0123456789abcdef";
+    const GLOBEX: &str = "globex-0123456789abcdef0123456789abcdef";
+    let mut index = synced_index();
+    let keys = json!({"match": {"hosts": ["k.example"]},
+        "apiKeys": {"secretSelector": {"matchLabels": {"tollgate.dev/api-key": "orders"}}}});
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("k", 1, T0, keys)),
+    ));
+    let selector = (
+        "shop".to_string(),
+        "tollgate.dev/api-key=orders".to_string(),
+    );
+    assert_eq!(
+        index.referenced_selectors(),
+        BTreeSet::from([selector.clone()])
+    );
+    assert!(!index.synced(), "the selector's watch has not listed yet");
+    assert_eq!(
+        index.policies["shop/k"]
+            .error
+            .as_ref()
+            .expect("not listed")
+            .reason(),
+        "SecretNotFound"
+    );
+
+    index.apply(Change::Selected(selector.clone(), watcher::Event::Init));
+    index.apply(Change::Selected(
+        selector.clone(),
+        watcher::Event::InitApply(key_secret("acme", ACME, "acme")),
+    ));
+    assert!(index.apply(Change::Selected(selector.clone(), watcher::Event::InitDone)));
+    assert!(index.synced());
+    assert!(index.policies["shop/k"].current());
+    assert!(key_allowed(&index, ACME).await);
+    assert!(!key_allowed(&index, GLOBEX).await);
+
+    // A key Secret added: accepted; removed: refused.
+    assert!(index.apply(Change::Selected(
+        selector.clone(),
+        watcher::Event::Apply(key_secret("globex", GLOBEX, "globex")),
+    )));
+    assert!(key_allowed(&index, GLOBEX).await);
+    assert!(index.apply(Change::Selected(
+        selector.clone(),
+        watcher::Event::Delete(key_secret("acme", ACME, "acme")),
+    )));
+    assert!(!key_allowed(&index, ACME).await);
+    assert!(key_allowed(&index, GLOBEX).await);
+
+    // A Secret that is not a usable key fails the policy; the last good keys keep serving.
+    index.apply(Change::Selected(
+        selector.clone(),
+        watcher::Event::Apply(key_secret("short", "too-short", "x")),
+    ));
+    assert!(!index.policies["shop/k"].current());
+    let error = index.policies["shop/k"]
+        .error
+        .as_ref()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains("Secret shop/short") && error.contains("at least 32"),
+        "{error}"
+    );
+    assert!(!error.contains("too-short"), "{error}");
+    assert!(key_allowed(&index, GLOBEX).await);
+
+    // The policy gone, its selector is forgotten.
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Delete(object("k", 1, T0, json!({}))),
+    ));
+    index.forget_unreferenced_secrets();
+    assert!(index.referenced_selectors().is_empty());
+}

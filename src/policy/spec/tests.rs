@@ -195,7 +195,10 @@ fn cel_rules_accept_good_policies_and_name_the_problem_in_bad_ones() {
             json!({"issuers": [issuer(json!({}))], "rules": [{"allowAnonymous": true, "requiredClaims": [{"name": "x"}]}]}),
             "either requiredClaims or allowAnonymous",
         ),
-        (json!({}), "list at least one issuer, or set azureAd"),
+        (
+            json!({}),
+            "list at least one issuer, or set azureAd or apiKeys",
+        ),
         (
             json!({"azureAd": {"tenantId": "t", "tenants": ["u"], "audiences": ["a"]}}),
             "set tenantId, or tenants",
