@@ -5,10 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 
-use super::index::{SecretCache, referenced_secrets, secret_data};
+use super::index::{
+    SecretCache, config_map_data, referenced_config_maps, referenced_secrets, secret_data,
+};
 use crate::jwks::KeySources;
 use crate::policy::spec::JwtPolicy;
 use crate::policy::{CompileContext, CompileError, Policy, compile};
@@ -45,6 +47,16 @@ pub async fn fetch_policy(
         .with_context(|| format!("reading JwtPolicy {id}"))
         .map_err(FetchError::Cluster)?
         .ok_or_else(|| FetchError::NotFound(id.clone()))?;
+    let config_maps_api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let mut config_maps = HashMap::new();
+    for key in referenced_config_maps(namespace, &object) {
+        let config_map = config_maps_api
+            .get_opt(&key.1)
+            .await
+            .with_context(|| format!("reading ConfigMap {}/{}", key.0, key.1))
+            .map_err(FetchError::Cluster)?;
+        config_maps.insert(key, config_map.as_ref().map(config_map_data));
+    }
     let secrets_api: Api<Secret> = Api::namespaced(client, namespace);
     let mut secrets = HashMap::new();
     for key in referenced_secrets(namespace, &object) {
@@ -55,7 +67,10 @@ pub async fn fetch_policy(
             .map_err(FetchError::Cluster)?;
         secrets.insert(key, secret.as_ref().map(secret_data));
     }
-    let cache = SecretCache { secrets: &secrets };
+    let cache = SecretCache {
+        secrets: &secrets,
+        config_maps: &config_maps,
+    };
     compile(
         namespace,
         name,

@@ -6,15 +6,16 @@
 //! - A policy that fails to compile keeps its last good version (reported in its state).
 //! - An object that does not even parse as a `JwtPolicy` is recorded as invalid and skipped; it
 //!   never stops the watch.
-//! - Secrets are watched one by one (a name-selected watch per referenced Secret, never a
-//!   cluster-wide list); a change recompiles exactly the policies that reference it.
+//! - Secrets (and the ConfigMaps `keysFrom` names) are watched one by one (a name-selected
+//!   watch per referenced object, never a cluster-wide list); a change recompiles exactly the
+//!   policies that reference it.
 //! - Nothing is published until the policy list is complete and every referenced Secret has
 //!   reported (present or absent), so a policy is never judged before its Secret was read.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt as _;
 use kube::api::DynamicObject;
 use kube::runtime::watcher;
@@ -26,7 +27,7 @@ use crate::policy::gateway::{
     ObjectKey, RouteObject,
 };
 use crate::policy::route::HostPattern;
-use crate::policy::spec::{JwtPolicy, JwtPolicyStatus, SecretSpec};
+use crate::policy::spec::{ConfigMapKeyRef, JwtPolicy, JwtPolicyStatus, SecretSpec};
 use crate::policy::{
     Claimant, CompileContext, CompileError, Conflict, HostDelegations, Policy, Problem,
     ProblemKind, SecretSource, SharedSnapshot, Snapshot, SnapshotSettings, compile,
@@ -43,6 +44,8 @@ pub enum Change {
     Policy(Scope, watcher::Event<DynamicObject>),
     /// Events of the watch on one referenced Secret.
     Secret(SecretKey, watcher::Event<Secret>),
+    /// Events of the watch on one referenced ConfigMap.
+    ConfigMap(SecretKey, watcher::Event<ConfigMap>),
     /// `HTTPRoute` or `Gateway` objects of one watch scope (watched while some policy has
     /// `targetRefs`), from the watches started `generation`-th (events still queued from
     /// watches stopped since are dropped).
@@ -67,7 +70,7 @@ impl GatewayKind {
     }
 }
 
-/// `namespace/name` of a Secret.
+/// `namespace/name` of a Secret (or of a ConfigMap).
 pub type SecretKey = (String, String);
 
 /// What the index knows about one `JwtPolicy`.
@@ -85,6 +88,8 @@ pub struct PolicyState {
     pub error: Option<CompileError>,
     /// Secrets the current generation references.
     pub secrets: BTreeSet<SecretKey>,
+    /// ConfigMaps the current generation references.
+    pub config_maps: BTreeSet<SecretKey>,
     /// The object as last seen, to recompile when a Secret changes.
     object: Option<Arc<JwtPolicy>>,
     /// The status on the object as last seen (also for objects whose spec does not parse).
@@ -160,6 +165,7 @@ impl IndexView {
 /// Secret values for compilation, from the watched (or fetched) Secrets.
 pub(crate) struct SecretCache<'a> {
     pub(crate) secrets: &'a HashMap<SecretKey, SecretData>,
+    pub(crate) config_maps: &'a HashMap<SecretKey, SecretData>,
 }
 
 impl SecretSource for SecretCache<'_> {
@@ -177,6 +183,24 @@ impl SecretSource for SecretCache<'_> {
         data.get(&reference.key).cloned().ok_or_else(|| {
             format!(
                 "Secret {namespace}/{} has no key {:?}",
+                reference.name, reference.key
+            )
+        })
+    }
+
+    fn read_config_map(
+        &self,
+        namespace: &str,
+        reference: &ConfigMapKeyRef,
+    ) -> Result<Vec<u8>, String> {
+        let data = self
+            .config_maps
+            .get(&(namespace.to_string(), reference.name.clone()))
+            .and_then(Option::as_ref)
+            .ok_or_else(|| format!("ConfigMap {namespace}/{} not found", reference.name))?;
+        data.get(&reference.key).cloned().ok_or_else(|| {
+            format!(
+                "ConfigMap {namespace}/{} has no key {:?}",
                 reference.name, reference.key
             )
         })
@@ -209,12 +233,44 @@ pub(crate) fn referenced_secrets(namespace: &str, policy: &JwtPolicy) -> BTreeSe
         .iter()
         .filter_map(|d| d.trace_header.as_ref()?.value.secret_ref.as_ref())
         .map(|r| r.name.clone());
+    let keys = policy
+        .spec
+        .issuers
+        .iter()
+        .filter_map(|i| i.keys_from.as_ref()?.secret_ref.as_ref())
+        .map(|r| r.name.clone());
     shared
         .chain(introspection)
         .chain(decryption)
         .chain(trace)
+        .chain(keys)
         .map(|name| (namespace.to_string(), name))
         .collect()
+}
+
+/// The ConfigMaps a policy reads (`keysFrom.configMapRef`), as `(namespace, name)`.
+pub(crate) fn referenced_config_maps(namespace: &str, policy: &JwtPolicy) -> BTreeSet<SecretKey> {
+    policy
+        .spec
+        .issuers
+        .iter()
+        .filter_map(|i| i.keys_from.as_ref()?.config_map_ref.as_ref())
+        .map(|r| (namespace.to_string(), r.name.clone()))
+        .collect()
+}
+
+/// The data of a ConfigMap: `data` as UTF-8 bytes, and `binaryData`.
+pub(crate) fn config_map_data(config_map: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
+    let mut data: BTreeMap<String, Vec<u8>> = config_map
+        .binary_data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    for (k, v) in config_map.data.iter().flatten() {
+        data.insert(k.clone(), v.clone().into_bytes());
+    }
+    data
 }
 
 pub(crate) fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
@@ -237,8 +293,11 @@ pub struct PolicyIndex {
     policies: BTreeMap<Arc<str>, PolicyState>,
     /// Reported Secrets (a key is present once its watch has listed it).
     secrets: HashMap<SecretKey, SecretData>,
+    /// Reported ConfigMaps, likewise.
+    config_maps: HashMap<SecretKey, SecretData>,
     policy_buffers: HashMap<Scope, Vec<DynamicObject>>,
     secret_buffers: HashMap<SecretKey, Vec<Secret>>,
+    config_map_buffers: HashMap<SecretKey, Vec<ConfigMap>>,
     /// The watch scopes that must list once before anything is published.
     scopes: BTreeSet<Scope>,
     listed_scopes: BTreeSet<Scope>,
@@ -267,8 +326,10 @@ impl PolicyIndex {
             settings: settings.into(),
             policies: BTreeMap::new(),
             secrets: HashMap::new(),
+            config_maps: HashMap::new(),
             policy_buffers: HashMap::new(),
             secret_buffers: HashMap::new(),
+            config_map_buffers: HashMap::new(),
             scopes: scopes.into_iter().collect(),
             listed_scopes: BTreeSet::new(),
             routes: BTreeMap::new(),
@@ -322,6 +383,10 @@ impl PolicyIndex {
                 .referenced_secrets()
                 .iter()
                 .all(|k| self.secrets.contains_key(k))
+            && self
+                .referenced_config_maps()
+                .iter()
+                .all(|k| self.config_maps.contains_key(k))
             && (self.published
                 || !self.wants_gateway_api()
                 || self.scopes.iter().all(|scope| {
@@ -344,11 +409,20 @@ impl PolicyIndex {
             .collect()
     }
 
+    /// Every ConfigMap some policy references.
+    pub fn referenced_config_maps(&self) -> BTreeSet<SecretKey> {
+        self.policies
+            .values()
+            .flat_map(|p| p.config_maps.iter().cloned())
+            .collect()
+    }
+
     /// Applies one event. Returns whether the set of serving policies may have changed.
     pub fn apply(&mut self, change: Change) -> bool {
         let changed = match change {
             Change::Policy(scope, event) => self.apply_policy_event(scope, event),
             Change::Secret(key, event) => self.apply_secret_event(key, event),
+            Change::ConfigMap(key, event) => self.apply_config_map_event(key, event),
             Change::Gateway(generation, kind, scope, event) => {
                 if generation != self.gateway_generation {
                     return false;
@@ -552,45 +626,46 @@ impl PolicyIndex {
     }
 
     fn apply_secret_event(&mut self, key: SecretKey, event: watcher::Event<Secret>) -> bool {
-        let data = match event {
-            watcher::Event::Init => {
-                self.secret_buffers.insert(key, Vec::new());
-                return false;
-            }
-            watcher::Event::InitApply(secret) => {
-                self.secret_buffers.entry(key).or_default().push(secret);
-                return false;
-            }
-            watcher::Event::InitDone => {
-                let listed = self.secret_buffers.remove(&key).unwrap_or_default();
-                listed
-                    .iter()
-                    .find(|s| secret_key(s) == key)
-                    .map(secret_data)
-            }
-            watcher::Event::Apply(secret) => Some(secret_data(&secret)),
-            watcher::Event::Delete(_) => None,
+        let Some(data) = stored_event(&mut self.secret_buffers, &key, event, secret_data) else {
+            return false;
         };
         if self.secrets.get(&key) == Some(&data) {
             return false;
         }
         self.secrets.insert(key.clone(), data);
-        self.recompile_for(&BTreeSet::from([key]))
+        self.recompile_for(|p| p.secrets.contains(&key))
     }
 
-    /// Forgets Secrets no policy references any more (their watches are stopped).
+    fn apply_config_map_event(&mut self, key: SecretKey, event: watcher::Event<ConfigMap>) -> bool {
+        let Some(data) = stored_event(&mut self.config_map_buffers, &key, event, config_map_data)
+        else {
+            return false;
+        };
+        if self.config_maps.get(&key) == Some(&data) {
+            return false;
+        }
+        self.config_maps.insert(key.clone(), data);
+        self.recompile_for(|p| p.config_maps.contains(&key))
+    }
+
+    /// Forgets Secrets and ConfigMaps no policy references any more (their watches are
+    /// stopped).
     pub fn forget_unreferenced_secrets(&mut self) {
         let referenced = self.referenced_secrets();
         self.secrets.retain(|k, _| referenced.contains(k));
         self.secret_buffers.retain(|k, _| referenced.contains(k));
+        let referenced = self.referenced_config_maps();
+        self.config_maps.retain(|k, _| referenced.contains(k));
+        self.config_map_buffers
+            .retain(|k, _| referenced.contains(k));
     }
 
-    /// Recompiles the policies that reference any of `secrets`.
-    fn recompile_for(&mut self, secrets: &BTreeSet<SecretKey>) -> bool {
+    /// Recompiles the policies `affects` picks.
+    fn recompile_for(&mut self, affects: impl Fn(&PolicyState) -> bool) -> bool {
         let affected: Vec<Arc<JwtPolicy>> = self
             .policies
             .values()
-            .filter(|p| p.secrets.iter().any(|s| secrets.contains(s)))
+            .filter(|p| affects(p))
             .filter_map(|p| p.object.clone())
             .collect();
         for policy in &affected {
@@ -654,6 +729,7 @@ impl PolicyIndex {
         let id: Arc<str> = format!("{namespace}/{name}").into();
         let secrets = SecretCache {
             secrets: &self.secrets,
+            config_maps: &self.config_maps,
         };
         let ctx = CompileContext {
             key_sources: &self.key_sources,
@@ -666,6 +742,7 @@ impl PolicyIndex {
         };
         state.object = Some(policy.clone());
         state.secrets = referenced_secrets(&namespace, policy);
+        state.config_maps = referenced_config_maps(&namespace, policy);
         match result {
             Ok(compiled) => {
                 state.base = Some(Arc::new(compiled));
@@ -776,6 +853,7 @@ fn empty_state(generation: i64, created: &str) -> PolicyState {
         compiled_generation: None,
         error: None,
         secrets: BTreeSet::new(),
+        config_maps: BTreeSet::new(),
         object: None,
         status: None,
         uid: None,
@@ -800,11 +878,37 @@ fn object_key(object: &DynamicObject) -> ObjectKey {
     )
 }
 
-fn secret_key(secret: &Secret) -> SecretKey {
+fn stored_key<K: kube::Resource>(object: &K) -> SecretKey {
     (
-        secret.namespace().unwrap_or_else(|| "default".into()),
-        secret.name_any(),
+        object.namespace().unwrap_or_else(|| "default".into()),
+        object.name_any(),
     )
+}
+
+/// One event of a name-selected watch (Secret or ConfigMap): the object's data once known
+/// (`Some(None)`: absent), `None` while a relist is still buffered.
+fn stored_event<K: kube::Resource>(
+    buffers: &mut HashMap<SecretKey, Vec<K>>,
+    key: &SecretKey,
+    event: watcher::Event<K>,
+    data: fn(&K) -> BTreeMap<String, Vec<u8>>,
+) -> Option<SecretData> {
+    match event {
+        watcher::Event::Init => {
+            buffers.insert(key.clone(), Vec::new());
+            None
+        }
+        watcher::Event::InitApply(object) => {
+            buffers.entry(key.clone()).or_default().push(object);
+            None
+        }
+        watcher::Event::InitDone => {
+            let listed = buffers.remove(key).unwrap_or_default();
+            Some(listed.iter().find(|o| stored_key(*o) == *key).map(data))
+        }
+        watcher::Event::Apply(object) => Some(Some(data(&object))),
+        watcher::Event::Delete(_) => Some(None),
+    }
 }
 
 /// Runs the index: applies changes as they arrive, coalescing whatever is already queued into

@@ -17,9 +17,9 @@ pub use resource::{MAX_AGE_SECS, ProtectedResource, WELL_KNOWN};
 use super::gateway::{self, RouteEntry};
 use super::route::{HostPattern, Methods, PathCase, PathPrefix, PathReading};
 use super::spec::{
-    self, AzureAdSpec, ClaimRequirementSpec, DecryptionSpec, DenyDetail, IntrospectionResponse,
-    IntrospectionSpec, IssuerSpec, JwtPolicySpec, SecretEncoding, SecretKeyRef, SecretSpec,
-    TargetRefSpec, TraceHeaderSpec,
+    self, AzureAdSpec, ClaimRequirementSpec, ConfigMapKeyRef, DecryptionSpec, DenyDetail,
+    IntrospectionResponse, IntrospectionSpec, IssuerSpec, JwtPolicySpec, KeyMaterialSpec,
+    SecretEncoding, SecretKeyRef, SecretSpec, TargetRefSpec, TraceHeaderSpec,
 };
 use super::tenants::{self, Admission, IssuerTemplate, Tenant};
 use crate::azure::{self, AzureIssuer};
@@ -129,6 +129,15 @@ impl CompileError {
 pub trait SecretSource: Send + Sync {
     /// The raw bytes of the referenced secret, or why they cannot be read.
     fn read(&self, namespace: &str, spec: &SecretSpec) -> Result<Vec<u8>, String>;
+
+    /// The bytes of a key of a ConfigMap (Kubernetes mode only).
+    fn read_config_map(
+        &self,
+        _namespace: &str,
+        _reference: &ConfigMapKeyRef,
+    ) -> Result<Vec<u8>, String> {
+        Err("configMapRef needs Kubernetes mode; in file mode use file:".to_string())
+    }
 
     /// False when `read` only stands in for values it cannot see (admission review): the
     /// content of keys is then checked later, by the replicas.
@@ -1457,6 +1466,7 @@ fn compile_issuer(
         spec.jwks_uri.as_ref().map(|_| "jwksUri"),
         spec.jwks.as_ref().map(|_| "jwks"),
         (!spec.public_keys.is_empty()).then_some("publicKeys"),
+        spec.keys_from.as_ref().map(|_| "keysFrom"),
         spec.shared_secret.as_ref().map(|_| "sharedSecret"),
     ]
     .into_iter()
@@ -1537,6 +1547,16 @@ fn compile_issuer(
             }
         }
         Some(KeySource::fixed(fixed_id(), KeySet::from_keys(keys)))
+    } else if let Some(stored) = &spec.keys_from {
+        stored_keys(
+            c,
+            &format!("{field}.keysFrom"),
+            namespace,
+            stored,
+            &algorithms,
+            ctx,
+        )
+        .map(|set| KeySource::fixed(fixed_id(), set))
     } else if let Some(secret) = &spec.shared_secret {
         let sfield = format!("{field}.sharedSecret");
         match ctx.secrets.read(namespace, secret) {
@@ -1596,6 +1616,83 @@ fn compile_issuer(
         max_lifetime,
         tenant: None,
     })
+}
+
+/// `keysFrom`: the public keys kept in a Secret, a ConfigMap or a file. Every key must fit one
+/// of the issuer's `algorithms`, so a stored key never widens (or silently narrows) what the
+/// policy says it accepts.
+fn stored_keys(
+    c: &mut Checker,
+    field: &str,
+    namespace: &str,
+    spec: &KeyMaterialSpec,
+    algorithms: &[Algorithm],
+    ctx: &CompileContext<'_>,
+) -> Option<KeySet> {
+    let given = [
+        spec.file.is_some(),
+        spec.secret_ref.is_some(),
+        spec.config_map_ref.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        c.invalid(field, "give exactly one of file, secretRef, configMapRef");
+        return None;
+    }
+    let read = match &spec.config_map_ref {
+        Some(reference) => ctx.secrets.read_config_map(namespace, reference),
+        None => ctx.secrets.read(
+            namespace,
+            &SecretSpec {
+                file: spec.file.clone(),
+                secret_ref: spec.secret_ref.clone(),
+                encoding: None,
+            },
+        ),
+    };
+    let raw = match read {
+        Ok(_) if !ctx.secrets.has_values() => {
+            // Admission review: the reference is well formed; the replicas read the keys.
+            return Some(KeySet::default());
+        }
+        Ok(raw) => raw,
+        Err(e) => {
+            c.secret(field, e);
+            return None;
+        }
+    };
+    let set = match KeySet::from_stored(&raw) {
+        Ok(set) => set,
+        Err(e) => {
+            c.invalid(field, e.to_string());
+            return None;
+        }
+    };
+    let before = c.problems.len();
+    for rejected in &set.rejected {
+        c.invalid(
+            field,
+            format!(
+                "key {}: {}",
+                rejected.kid.as_deref().unwrap_or("(no kid)"),
+                rejected.error
+            ),
+        );
+    }
+    for (i, key) in set.keys().iter().enumerate() {
+        if !algorithms.iter().any(|alg| key.fits(*alg)) {
+            let allowed: Vec<String> = algorithms.iter().map(|a| format!("{a:?}")).collect();
+            c.invalid(
+                field,
+                format!(
+                    "key {} ({}) fits none of the issuer's algorithms ({}); list an algorithm for it or remove the key",
+                    key.kid.clone().unwrap_or_else(|| format!("#{i}")),
+                    key.kind.describe(),
+                    allowed.join(", ")
+                ),
+            );
+        }
+    }
+    (c.problems.len() == before).then_some(set)
 }
 
 /// Whether `text` is written as the CRD's pattern `^([0-9]+(ms|s|m|h))+$` asks (Go's

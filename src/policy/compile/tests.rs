@@ -754,3 +754,78 @@ fn bad_tenant_conditions_name_the_field() {
         assert_problem(&yaml, field, fragment);
     }
 }
+
+#[test]
+fn issuer_keys_from_a_file_are_checked_against_the_algorithms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = dir.path().join("keys.pem");
+    std::fs::write(&pem, EC.public_pem().expect("pem")).expect("write");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, trusted_jwks().to_string()).expect("write");
+    let private = dir.path().join("private.pem");
+    std::fs::write(
+        &private,
+        "-----BEGIN RSA PRIVATE KEY-----\nAA==\n-----END RSA PRIVATE KEY-----\n",
+    )
+    .expect("write");
+    let issuer = |keys_from: String, algorithms: &str| {
+        format!(
+            "issuers: [{{issuer: https://idp/, audiences: [a], algorithms: [{algorithms}], keysFrom: {keys_from}}}]"
+        )
+    };
+    let file = |path: &std::path::Path| format!("{{file: '{}'}}", path.display());
+
+    let spec: JwtPolicySpec = serde_yaml::from_str(&issuer(file(&pem), "ES256")).expect("yaml");
+    let policy = try_compile("p", &spec).expect("EC key for ES256");
+    let keys = policy.issuers[0].keys.current().expect("fixed keys");
+    assert_eq!(keys.len(), 1);
+    let spec: JwtPolicySpec =
+        serde_yaml::from_str(&issuer(file(&jwks), "RS256, PS256, ES256, EdDSA")).expect("yaml");
+    assert_eq!(
+        try_compile("p", &spec).expect("jwks").issuers[0]
+            .keys
+            .current()
+            .expect("keys")
+            .len(),
+        4
+    );
+
+    assert_problem(
+        &issuer(file(&pem), "RS256"),
+        "spec.issuers[0].keysFrom",
+        "fits none of the issuer's algorithms (RS256)",
+    );
+    assert_problem(
+        &issuer(file(&private), "RS256"),
+        "spec.issuers[0].keysFrom",
+        "is a private key: store only the public key",
+    );
+    assert_problem(
+        &issuer("{configMapRef: {name: keys, key: k}}".into(), "RS256"),
+        "spec.issuers[0].keysFrom",
+        "configMapRef needs Kubernetes mode",
+    );
+    assert_problem(
+        &issuer(
+            format!(
+                "{{file: '{}', secretRef: {{name: s, key: k}}}}",
+                pem.display()
+            ),
+            "ES256",
+        ),
+        "spec.issuers[0].keysFrom",
+        "exactly one of file, secretRef, configMapRef",
+    );
+    assert_problem(
+        "issuers: [{issuer: https://idp/, audiences: [a], jwksUri: https://idp/k, keysFrom: {file: k}}]",
+        "spec.issuers[0]",
+        "jwksUri and keysFrom",
+    );
+    let missing: JwtPolicySpec =
+        serde_yaml::from_str(&issuer("{file: /nonexistent/keys.pem}".into(), "ES256"))
+            .expect("yaml");
+    assert_eq!(
+        try_compile("p", &missing).expect_err("missing").reason(),
+        "SecretNotFound"
+    );
+}
