@@ -237,7 +237,13 @@ pub(crate) fn referenced_secrets(namespace: &str, policy: &JwtPolicy) -> BTreeSe
         .spec
         .issuers
         .iter()
-        .filter_map(|i| i.keys_from.as_ref()?.secret_ref.as_ref())
+        .flat_map(|i| {
+            [
+                i.keys_from.as_ref().and_then(|k| k.secret_ref.as_ref()),
+                i.ca_bundle.as_ref().and_then(|b| b.secret_ref.as_ref()),
+            ]
+        })
+        .flatten()
         .map(|r| r.name.clone());
     shared
         .chain(introspection)
@@ -248,13 +254,19 @@ pub(crate) fn referenced_secrets(namespace: &str, policy: &JwtPolicy) -> BTreeSe
         .collect()
 }
 
-/// The ConfigMaps a policy reads (`keysFrom.configMapRef`), as `(namespace, name)`.
+/// The ConfigMaps a policy reads (`keysFrom` and `caBundle`), as `(namespace, name)`.
 pub(crate) fn referenced_config_maps(namespace: &str, policy: &JwtPolicy) -> BTreeSet<SecretKey> {
     policy
         .spec
         .issuers
         .iter()
-        .filter_map(|i| i.keys_from.as_ref()?.config_map_ref.as_ref())
+        .flat_map(|i| {
+            [
+                i.keys_from.as_ref().and_then(|k| k.config_map_ref.as_ref()),
+                i.ca_bundle.as_ref().and_then(|b| b.config_map_ref.as_ref()),
+            ]
+        })
+        .flatten()
         .map(|r| (namespace.to_string(), r.name.clone()))
         .collect()
 }

@@ -102,6 +102,30 @@ pub fn forbidden_url(url: &Url) -> Option<String> {
     ))
 }
 
+/// Before a call through an egress proxy (which resolves the name itself, so the guarded
+/// resolver never sees it): refuses a host name that resolves here to any forbidden address.
+/// A name that does not resolve here is left to the proxy (environments with a proxy often
+/// resolve only through it); the address literals and metadata names were checked already.
+pub async fn check_destination(url: &Url) -> Result<(), String> {
+    let Some(Host::Domain(name)) = url.host() else {
+        return Ok(());
+    };
+    let Ok(addrs) =
+        tokio::net::lookup_host((name, url.port_or_known_default().unwrap_or(443))).await
+    else {
+        return Ok(());
+    };
+    for addr in addrs {
+        if let Some(reason) = forbidden_ip(addr.ip()) {
+            return Err(format!(
+                "{name} resolves to {}, {reason}; tollgate does not fetch from it (through the proxy either) unless allowMetadataAddresses: true",
+                addr.ip()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A resolver that drops forbidden addresses from every answer, and fails when none is left.
 #[derive(Debug, Default)]
 pub struct GuardedResolver;

@@ -545,6 +545,9 @@ pub struct TokenSpec {
 #[x_kube(validation = Rule::new(
     "!has(self.admitTenants) || (!has(self.jwks) && !(has(self.publicKeys) && size(self.publicKeys) > 0) && !has(self.keysFrom) && !has(self.sharedSecret))"
 ).message("admitTenants fetches each tenant's keys when a token first names it: use discovery or jwksUri, not keys written in the policy"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.caBundle) || (!has(self.jwks) && !(has(self.publicKeys) && size(self.publicKeys) > 0) && !has(self.keysFrom) && !has(self.sharedSecret) && !has(self.admitTenants))"
+).message("caBundle is for keys fetched over https: use it with discovery or jwksUri (and not with admitTenants)"))]
 pub struct IssuerSpec {
     /// The exact `iss` value of this issuer's tokens.
     #[schemars(length(min = 1, max = 2048))]
@@ -574,6 +577,13 @@ pub struct IssuerSpec {
     /// HMAC shared secret (HS256/384/512 are accepted only with one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_secret: Option<SecretSpec>,
+    /// The CA certificates (PEM) that this issuer's discovery and key set servers are checked
+    /// against, for identity providers with a private CA: a key of a Secret or ConfigMap in the
+    /// policy's namespace, or a file (file mode). They replace the system's roots for this
+    /// issuer (a public CA is not trusted unless its certificate is in the bundle). Watched:
+    /// a new bundle applies without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundleSpec>,
     /// Accepted `aud` values; a token must name at least one. Required.
     #[serde(default)]
     #[schemars(
@@ -688,6 +698,26 @@ pub struct PublicKeySpec {
     "(has(self.file) ? 1 : 0) + (has(self.secretRef) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0) == 1"
 ).message("keysFrom needs exactly one of file, secretRef, configMapRef"))]
 pub struct KeyMaterialSpec {
+    /// A file (file mode; relative paths are relative to the policy file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub file: Option<String>,
+    /// A key of a Secret in the policy's namespace (Kubernetes mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// A key of a ConfigMap in the policy's namespace (Kubernetes mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ConfigMapKeyRef>,
+}
+
+/// Where an issuer's CA bundle (`caBundle`) is read: exactly one of `file`, `secretRef`,
+/// `configMapRef`.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(
+    "(has(self.secretRef) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0) + (has(self.file) ? 1 : 0) == 1"
+).message("caBundle needs exactly one of file, secretRef, configMapRef"))]
+pub struct CaBundleSpec {
     /// A file (file mode; relative paths are relative to the policy file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]

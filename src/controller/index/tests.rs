@@ -783,3 +783,61 @@ fn events_of_stopped_route_watches_are_dropped_and_a_late_targeting_policy_block
     )));
     assert_eq!(selected_route(&index, "api.example.com", "/orders"), None);
 }
+
+/// A CA bundle in a ConfigMap: referenced and watched like keys, and a new bundle recompiles
+/// the policy onto a key source under the new trust.
+#[test]
+fn a_ca_bundle_from_a_config_map_is_watched() {
+    let mut index = synced_index();
+    let with_bundle = json!({"issuers": [
+        {"issuer": ISSUER, "audiences": [AUDIENCE], "jwksUri": "https://idp.example.com/keys",
+         "caBundle": {"configMapRef": {"name": "idp-ca", "key": "ca.crt"}}},
+    ]});
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("h", 1, T0, spec("h.example", with_bundle))),
+    ));
+    assert_eq!(
+        index.referenced_config_maps(),
+        BTreeSet::from([key("idp-ca")])
+    );
+    assert!(!index.synced());
+    let ca = |_: ()| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .self_signed(&rcgen::KeyPair::generate().expect("key"))
+            .expect("CA")
+            .pem()
+    };
+    assert!(index.apply(Change::ConfigMap(
+        key("idp-ca"),
+        watcher::Event::Apply(config_map("idp-ca", "ca.crt", &ca(()))),
+    )));
+    assert!(index.synced());
+    assert!(index.policies["shop/h"].current());
+    let source = |index: &PolicyIndex| {
+        index.policies["shop/h"]
+            .base
+            .as_ref()
+            .expect("compiled")
+            .issuers[0]
+            .keys
+            .clone()
+    };
+    let first = source(&index);
+    assert!(index.apply(Change::ConfigMap(
+        key("idp-ca"),
+        watcher::Event::Apply(config_map("idp-ca", "ca.crt", &ca(()))),
+    )));
+    assert!(
+        !Arc::ptr_eq(&first, &source(&index)),
+        "a new trust, a new source"
+    );
+    assert!(index.apply(Change::ConfigMap(
+        key("idp-ca"),
+        watcher::Event::Apply(config_map("idp-ca", "ca.crt", "not a certificate")),
+    )));
+    let error = index.policies["shop/h"].error.as_ref().expect("refused");
+    assert!(error.to_string().contains("no PEM certificate"), "{error}");
+}

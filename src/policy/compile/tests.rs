@@ -829,3 +829,75 @@ fn issuer_keys_from_a_file_are_checked_against_the_algorithms() {
         "SecretNotFound"
     );
 }
+
+#[tokio::test]
+async fn a_ca_bundle_is_part_of_the_key_source_identity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = serve(axum::Router::new()).await;
+    let (ca, _) = private_ca_https(backend).await;
+    let (other, _) = private_ca_https(backend).await;
+    std::fs::write(dir.path().join("ca.pem"), &ca).expect("write");
+    std::fs::write(dir.path().join("other.pem"), &other).expect("write");
+    let issuer = |extra: &str| -> JwtPolicySpec {
+        serde_yaml::from_str(&format!(
+            "issuers: [{{issuer: https://idp/, audiences: [a], jwksUri: https://idp/keys{extra}}}]"
+        ))
+        .expect("yaml")
+    };
+    let bundle = |file: &str| {
+        format!(
+            ", caBundle: {{file: '{}'}}",
+            dir.path().join(file).display()
+        )
+    };
+    let sources = KeySources::offline().expect("client");
+    let plain = compile_with(&sources, "ns", "plain", &issuer("")).expect("plain");
+    let trusted = compile_with(&sources, "ns", "trusted", &issuer(&bundle("ca.pem"))).expect("ca");
+    let again = compile_with(&sources, "ns", "again", &issuer(&bundle("ca.pem"))).expect("ca");
+    let other =
+        compile_with(&sources, "ns", "other", &issuer(&bundle("other.pem"))).expect("other");
+    let keys = |p: &Policy| p.issuers[0].keys.clone();
+    assert!(
+        Arc::ptr_eq(&keys(&trusted), &keys(&again)),
+        "same URL, same CA: shared"
+    );
+    assert!(
+        !Arc::ptr_eq(&keys(&trusted), &keys(&plain)),
+        "a bundle never leaks to an issuer without one"
+    );
+    assert!(!Arc::ptr_eq(&keys(&trusted), &keys(&other)));
+    assert_eq!(sources.live().len(), 3);
+
+    std::fs::write(
+        dir.path().join("key.pem"),
+        rcgen::KeyPair::generate().expect("key").serialize_pem(),
+    )
+    .expect("write");
+    let yaml =
+        |extra: String| format!("issuers: [{{issuer: https://idp/, audiences: [a]{extra}}}]");
+    assert_problem(
+        &yaml(format!(", jwksUri: https://idp/keys{}", bundle("key.pem"))),
+        "spec.issuers[0].caBundle",
+        "private key",
+    );
+    assert_problem(
+        &yaml(format!(", jwks: {{keys: []}}{}", bundle("ca.pem"))),
+        "spec.issuers[0].caBundle",
+        "not jwks",
+    );
+    assert_problem(
+        &format!(
+            "issuers: [{{issuer: 'https://idp/{{tenant}}', audiences: [a], admitTenants: {{expression: 'true'}}{}}}]",
+            bundle("ca.pem")
+        ),
+        "spec.issuers[0].caBundle",
+        "not supported with admitTenants",
+    );
+    let missing: JwtPolicySpec =
+        serde_yaml::from_str(&yaml(", caBundle: {file: /nonexistent/ca.pem}".into()))
+            .expect("yaml");
+    assert_eq!(
+        try_compile("p", &missing).expect_err("missing").reason(),
+        "SecretNotFound"
+    );
+}
