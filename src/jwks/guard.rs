@@ -159,6 +159,20 @@ impl reqwest::dns::Resolve for GuardedResolver {
 mod tests {
     use super::*;
 
+    /// Before a proxied call: names are resolved and checked; literals and names that do not
+    /// resolve here are left to the URL check and the proxy.
+    #[tokio::test]
+    async fn destinations_are_resolved_before_a_proxied_call() {
+        for url in [
+            "https://localhost:8443/keys",
+            "https://127.0.0.1/keys",
+            "https://name-that-does-not-resolve.invalid/keys",
+        ] {
+            let url = Url::parse(url).expect("url");
+            assert_eq!(check_destination(&url).await, Ok(()), "{url}");
+        }
+    }
+
     #[test]
     fn metadata_and_link_local_addresses_are_recognized() {
         for url in [

@@ -1166,5 +1166,51 @@ async fn issuer_keys_from_a_config_map_and_a_secret_rotate_without_a_restart() {
     cluster.apply(&secret(&second));
     serves(&replica, jwks_host, &token(&second, jwks_host)).await;
     assert!(!allows(&replica, jwks_host, &token(&first, jwks_host)).await);
+
+    // An IdP behind a private CA, its bundle in a ConfigMap: first another CA's (refused),
+    // then the right one (fetched, without a restart).
+    let idp = Idp::start().await;
+    let backend: SocketAddr = idp
+        .issuer
+        .trim_start_matches("http://")
+        .parse()
+        .expect("IdP address");
+    let (ca, front) = crate::key_material::private_ca_front(backend).await;
+    let (other_ca, _) = crate::key_material::private_ca_front(backend).await;
+    let bundle = |pem: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "idp-ca", "namespace": "shop"},
+            "data": {"ca.crt": pem},
+        })
+        .to_string()
+    };
+    let private_host = "private.example.com";
+    cluster.apply(&bundle(&other_ca));
+    cluster.apply(
+        &json!({
+            "apiVersion": "tollgate.dev/v1alpha1",
+            "kind": "JwtPolicy",
+            "metadata": {"name": "private", "namespace": "shop"},
+            "spec": {
+                "match": {"hosts": [private_host]},
+                "issuers": [{"issuer": issuer, "audiences": [audience(private_host)],
+                    "jwksUri": format!("https://{front}/jwks"),
+                    "caBundle": {"configMapRef": {"name": "idp-ca", "key": "ca.crt"}}}],
+            },
+        })
+        .to_string(),
+    );
+    let private_token = token(&idp.key, private_host);
+    let refused = eventually(Duration::from_secs(20), async || {
+        let response = client::send(&replica.url(), &probe(private_host, Some(&private_token)))
+            .await
+            .expect("Check RPC");
+        outcome(&response) == (false, 503, "issuer_unavailable".to_string())
+    })
+    .await;
+    assert!(refused, "logs:\n{}", replica.logs().join("\n"));
+    cluster.apply(&bundle(&ca));
+    serves(&replica, private_host, &private_token).await;
     assert_never_forbidden(&replica);
 }

@@ -25,7 +25,7 @@ use crate::support::*;
 
 /// A fresh CA and an https front on 127.0.0.1 with a certificate from it, passing each
 /// connection's plaintext on to `backend`: (CA certificate PEM, front address).
-async fn private_ca_front(backend: SocketAddr) -> (String, SocketAddr) {
+pub async fn private_ca_front(backend: SocketAddr) -> (String, SocketAddr) {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
