@@ -176,6 +176,11 @@ pub struct ServeArgs {
     /// Timeout of each discovery/JWKS request.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub fetch_timeout: Duration,
+    /// Never send outbound calls (discovery, JWKS, introspection) through the proxy the
+    /// environment names (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY with NO_PROXY); by default they
+    /// use it when one is set.
+    #[arg(long, env = "TOLLGATE_NO_EGRESS_PROXY")]
+    pub no_egress_proxy: bool,
     /// Least time between two key set refetches caused by unknown `kid`s (per source).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub unknown_kid_refetch_interval: Duration,
@@ -358,6 +363,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 delegations: load_delegations(args.host_delegations.as_deref())?,
                 fetch: FetchSettings {
                     timeout: args.fetch_timeout,
+                    egress_proxy: !args.no_egress_proxy,
                     ..FetchSettings::default()
                 },
                 refresh: RefreshSettings {

@@ -17,7 +17,7 @@ pub mod source;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-pub use fetch::{FetchError, FetchSettings, Fetcher};
+pub use fetch::{CaBundle, CaBundleError, FetchError, FetchSettings, Fetcher, TrustId};
 pub use guard::Reach;
 pub use key::{KeyError, KeyKind, VerifyingKey};
 pub use keyset::{KeySet, KeySetError};
@@ -84,6 +84,12 @@ impl KeySources {
     /// The shared source for `origin`, created (and its refresh started) on first use.
     pub fn remote(&self, origin: Origin) -> Arc<KeySource> {
         self.remote_with(origin, &self.fetcher)
+    }
+
+    /// Like [`Self::remote`], fetched through the clients of `bundle` (an issuer with a private
+    /// CA); `origin` must carry the bundle's id, so the source is shared only under that trust.
+    pub fn remote_trusting(&self, origin: Origin, bundle: &CaBundle) -> Arc<KeySource> {
+        self.remote_with(origin, &self.fetcher.with_ca_bundle(bundle))
     }
 
     /// The shared source for `origin` of a tenant an issuer template admitted by its

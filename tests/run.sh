@@ -87,6 +87,32 @@ fi
 "$nginx_bin" -v 2>&1
 export TOLLGATE_NGINX="$nginx_bin"
 
+# tinyproxy: a real forward proxy (CONNECT) for the egress proxy tests, Debian's tinyproxy-bin
+# unpacked into the cache folder like nginx.
+TINYPROXY_VERSION=1.11.1
+TINYPROXY_DEB="$TINYPROXY_VERSION-2.1+deb12u1"
+tinyproxy_dir="$CACHE/tinyproxy-$TINYPROXY_VERSION"
+tinyproxy_bin="$tinyproxy_dir/usr/bin/tinyproxy"
+if [ ! -x "$tinyproxy_bin" ]; then
+  echo "installing Debian tinyproxy-bin $TINYPROXY_DEB into $tinyproxy_dir"
+  rm -rf "$tinyproxy_dir.tmp" && mkdir -p "$tinyproxy_dir.tmp/deb"
+  fetch_tinyproxy() {
+    (cd "$tinyproxy_dir.tmp/deb" && { apt-get download "tinyproxy-bin=$TINYPROXY_DEB" || apt-get download tinyproxy-bin; }) > /dev/null 2>&1
+  }
+  if ! fetch_tinyproxy; then
+    if [ "$(id -u)" = 0 ]; then apt-get update > /dev/null; else sudo -n apt-get update > /dev/null; fi
+    fetch_tinyproxy
+  fi
+  dpkg-deb -x "$tinyproxy_dir.tmp"/deb/tinyproxy-bin_*.deb "$tinyproxy_dir.tmp"
+  rm -rf "$tinyproxy_dir.tmp/deb"
+  rm -rf "$tinyproxy_dir" && mv "$tinyproxy_dir.tmp" "$tinyproxy_dir"
+fi
+if ! "$tinyproxy_bin" -v 2>&1 | grep -q "tinyproxy $TINYPROXY_VERSION"; then
+  echo "expected tinyproxy $TINYPROXY_VERSION at $tinyproxy_bin, found: $("$tinyproxy_bin" -v 2>&1)" >&2
+  exit 1
+fi
+export TOLLGATE_TINYPROXY="$tinyproxy_bin"
+
 # Traefik: built from its pinned Go module (tests/peers/traefik: go.mod and go.sum only) into
 # the cache, once per go.sum; the first build takes minutes (tests/peers/traefik/README.md).
 # A failed build ends the run (set -e), so CI never skips the Traefik tests.

@@ -39,6 +39,17 @@ impl SecretSource for ReferencedSecrets {
         }
     }
 
+    fn read_config_map(
+        &self,
+        _namespace: &str,
+        reference: &crate::policy::spec::ConfigMapKeyRef,
+    ) -> Result<Vec<u8>, String> {
+        if reference.name.is_empty() || reference.key.is_empty() {
+            return Err("configMapRef needs name and key".into());
+        }
+        Ok(Vec::new())
+    }
+
     fn has_values(&self) -> bool {
         false
     }

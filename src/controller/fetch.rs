@@ -5,10 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 
-use super::index::{SecretCache, referenced_secrets, referenced_selectors, secret_data};
+use super::index::{
+    SecretCache, config_map_data, referenced_config_maps, referenced_secrets, referenced_selectors,
+    secret_data,
+};
 use crate::jwks::KeySources;
 use crate::policy::spec::JwtPolicy;
 use crate::policy::{CompileContext, CompileError, Policy, compile};
@@ -45,6 +48,16 @@ pub async fn fetch_policy(
         .with_context(|| format!("reading JwtPolicy {id}"))
         .map_err(FetchError::Cluster)?
         .ok_or_else(|| FetchError::NotFound(id.clone()))?;
+    let config_maps_api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let mut config_maps = HashMap::new();
+    for key in referenced_config_maps(namespace, &object) {
+        let config_map = config_maps_api
+            .get_opt(&key.1)
+            .await
+            .with_context(|| format!("reading ConfigMap {}/{}", key.0, key.1))
+            .map_err(FetchError::Cluster)?;
+        config_maps.insert(key, config_map.as_ref().map(config_map_data));
+    }
     let secrets_api: Api<Secret> = Api::namespaced(client, namespace);
     let mut selected = HashMap::new();
     for key in referenced_selectors(namespace, &object) {
@@ -72,6 +85,7 @@ pub async fn fetch_policy(
     let cache = SecretCache {
         secrets: &secrets,
         selected: &selected,
+        config_maps: &config_maps,
     };
     compile(
         namespace,

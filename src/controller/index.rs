@@ -6,15 +6,16 @@
 //! - A policy that fails to compile keeps its last good version (reported in its state).
 //! - An object that does not even parse as a `JwtPolicy` is recorded as invalid and skipped; it
 //!   never stops the watch.
-//! - Secrets are watched one by one (a name-selected watch per referenced Secret, never a
-//!   cluster-wide list); a change recompiles exactly the policies that reference it.
+//! - Secrets (and the ConfigMaps `keysFrom` names) are watched one by one (a name-selected
+//!   watch per referenced object, never a cluster-wide list); a change recompiles exactly the
+//!   policies that reference it.
 //! - Nothing is published until the policy list is complete and every referenced Secret has
 //!   reported (present or absent), so a policy is never judged before its Secret was read.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt as _;
 use kube::api::DynamicObject;
 use kube::runtime::watcher;
@@ -27,7 +28,7 @@ use crate::policy::gateway::{
     ObjectKey, RouteObject,
 };
 use crate::policy::route::HostPattern;
-use crate::policy::spec::{JwtPolicy, JwtPolicyStatus, SecretSpec};
+use crate::policy::spec::{ConfigMapKeyRef, JwtPolicy, JwtPolicyStatus, SecretSpec};
 use crate::policy::{
     Claimant, CompileContext, CompileError, Conflict, HostDelegations, Policy, Problem,
     ProblemKind, SecretSource, SharedSnapshot, Snapshot, SnapshotSettings, compile,
@@ -46,6 +47,8 @@ pub enum Change {
     Secret(SecretKey, watcher::Event<Secret>),
     /// Events of the watch on the Secrets one `apiKeys.secretSelector` selects.
     Selected(SelectorKey, watcher::Event<Secret>),
+    /// Events of the watch on one referenced ConfigMap.
+    ConfigMap(SecretKey, watcher::Event<ConfigMap>),
     /// `HTTPRoute` or `Gateway` objects of one watch scope (watched while some policy has
     /// `targetRefs`), from the watches started `generation`-th (events still queued from
     /// watches stopped since are dropped).
@@ -70,7 +73,7 @@ impl GatewayKind {
     }
 }
 
-/// `namespace/name` of a Secret.
+/// `namespace/name` of a Secret (or of a ConfigMap).
 pub type SecretKey = (String, String);
 
 /// A namespace and a label selector (`k=v,k2=v2`, sorted): the Secrets of `apiKeys`.
@@ -122,6 +125,8 @@ pub struct PolicyState {
     pub secrets: BTreeSet<SecretKey>,
     /// Label selectors of the Secrets the current generation reads (`apiKeys`).
     pub selectors: BTreeSet<SelectorKey>,
+    /// ConfigMaps the current generation references.
+    pub config_maps: BTreeSet<SecretKey>,
     /// The object as last seen, to recompile when a Secret changes.
     object: Option<Arc<JwtPolicy>>,
     /// The status on the object as last seen (also for objects whose spec does not parse).
@@ -199,6 +204,7 @@ pub(crate) struct SecretCache<'a> {
     pub(crate) secrets: &'a HashMap<SecretKey, SecretData>,
     /// Secrets by label selector, once their watch (or list) reported.
     pub(crate) selected: &'a HashMap<SelectorKey, Selected>,
+    pub(crate) config_maps: &'a HashMap<SecretKey, SecretData>,
 }
 
 impl SecretSource for SecretCache<'_> {
@@ -242,6 +248,24 @@ impl SecretSource for SecretCache<'_> {
             })
             .collect())
     }
+
+    fn read_config_map(
+        &self,
+        namespace: &str,
+        reference: &ConfigMapKeyRef,
+    ) -> Result<Vec<u8>, String> {
+        let data = self
+            .config_maps
+            .get(&(namespace.to_string(), reference.name.clone()))
+            .and_then(Option::as_ref)
+            .ok_or_else(|| format!("ConfigMap {namespace}/{} not found", reference.name))?;
+        data.get(&reference.key).cloned().ok_or_else(|| {
+            format!(
+                "ConfigMap {namespace}/{} has no key {:?}",
+                reference.name, reference.key
+            )
+        })
+    }
 }
 
 /// The Secrets a policy reads, as `(namespace, name)`.
@@ -270,12 +294,56 @@ pub(crate) fn referenced_secrets(namespace: &str, policy: &JwtPolicy) -> BTreeSe
         .iter()
         .filter_map(|d| d.trace_header.as_ref()?.value.secret_ref.as_ref())
         .map(|r| r.name.clone());
+    let keys = policy
+        .spec
+        .issuers
+        .iter()
+        .flat_map(|i| {
+            [
+                i.keys_from.as_ref().and_then(|k| k.secret_ref.as_ref()),
+                i.ca_bundle.as_ref().and_then(|b| b.secret_ref.as_ref()),
+            ]
+        })
+        .flatten()
+        .map(|r| r.name.clone());
     shared
         .chain(introspection)
         .chain(decryption)
         .chain(trace)
+        .chain(keys)
         .map(|name| (namespace.to_string(), name))
         .collect()
+}
+
+/// The ConfigMaps a policy reads (`keysFrom` and `caBundle`), as `(namespace, name)`.
+pub(crate) fn referenced_config_maps(namespace: &str, policy: &JwtPolicy) -> BTreeSet<SecretKey> {
+    policy
+        .spec
+        .issuers
+        .iter()
+        .flat_map(|i| {
+            [
+                i.keys_from.as_ref().and_then(|k| k.config_map_ref.as_ref()),
+                i.ca_bundle.as_ref().and_then(|b| b.config_map_ref.as_ref()),
+            ]
+        })
+        .flatten()
+        .map(|r| (namespace.to_string(), r.name.clone()))
+        .collect()
+}
+
+/// The data of a ConfigMap: `data` as UTF-8 bytes, and `binaryData`.
+pub(crate) fn config_map_data(config_map: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
+    let mut data: BTreeMap<String, Vec<u8>> = config_map
+        .binary_data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    for (k, v) in config_map.data.iter().flatten() {
+        data.insert(k.clone(), v.clone().into_bytes());
+    }
+    data
 }
 
 pub(crate) fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
@@ -298,11 +366,14 @@ pub struct PolicyIndex {
     policies: BTreeMap<Arc<str>, PolicyState>,
     /// Reported Secrets (a key is present once its watch has listed it).
     secrets: HashMap<SecretKey, SecretData>,
+    /// Reported ConfigMaps, likewise.
+    config_maps: HashMap<SecretKey, SecretData>,
     policy_buffers: HashMap<Scope, Vec<DynamicObject>>,
     secret_buffers: HashMap<SecretKey, Vec<Secret>>,
     /// Secrets by label selector (a selector is present once its watch has listed).
     selected: HashMap<SelectorKey, Selected>,
     selected_buffers: HashMap<SelectorKey, Vec<Secret>>,
+    config_map_buffers: HashMap<SecretKey, Vec<ConfigMap>>,
     /// The watch scopes that must list once before anything is published.
     scopes: BTreeSet<Scope>,
     listed_scopes: BTreeSet<Scope>,
@@ -331,10 +402,12 @@ impl PolicyIndex {
             settings: settings.into(),
             policies: BTreeMap::new(),
             secrets: HashMap::new(),
+            config_maps: HashMap::new(),
             policy_buffers: HashMap::new(),
             secret_buffers: HashMap::new(),
             selected: HashMap::new(),
             selected_buffers: HashMap::new(),
+            config_map_buffers: HashMap::new(),
             scopes: scopes.into_iter().collect(),
             listed_scopes: BTreeSet::new(),
             routes: BTreeMap::new(),
@@ -381,7 +454,8 @@ impl PolicyIndex {
         self.gateway_listed.clear();
     }
 
-    /// Whether every policy watch listed once and every referenced Secret has reported.
+    /// Whether every policy watch listed once, every referenced Secret and ConfigMap has
+    /// reported and every `apiKeys` selector has listed.
     pub fn synced(&self) -> bool {
         self.scopes.is_subset(&self.listed_scopes)
             && self
@@ -392,6 +466,10 @@ impl PolicyIndex {
                 .referenced_selectors()
                 .iter()
                 .all(|k| self.selected.contains_key(k))
+            && self
+                .referenced_config_maps()
+                .iter()
+                .all(|k| self.config_maps.contains_key(k))
             && (self.published
                 || !self.wants_gateway_api()
                 || self.scopes.iter().all(|scope| {
@@ -422,12 +500,21 @@ impl PolicyIndex {
             .collect()
     }
 
+    /// Every ConfigMap some policy references.
+    pub fn referenced_config_maps(&self) -> BTreeSet<SecretKey> {
+        self.policies
+            .values()
+            .flat_map(|p| p.config_maps.iter().cloned())
+            .collect()
+    }
+
     /// Applies one event. Returns whether the set of serving policies may have changed.
     pub fn apply(&mut self, change: Change) -> bool {
         let changed = match change {
             Change::Policy(scope, event) => self.apply_policy_event(scope, event),
             Change::Secret(key, event) => self.apply_secret_event(key, event),
             Change::Selected(key, event) => self.apply_selected_event(key, event),
+            Change::ConfigMap(key, event) => self.apply_config_map_event(key, event),
             Change::Gateway(generation, kind, scope, event) => {
                 if generation != self.gateway_generation {
                     return false;
@@ -631,30 +718,14 @@ impl PolicyIndex {
     }
 
     fn apply_secret_event(&mut self, key: SecretKey, event: watcher::Event<Secret>) -> bool {
-        let data = match event {
-            watcher::Event::Init => {
-                self.secret_buffers.insert(key, Vec::new());
-                return false;
-            }
-            watcher::Event::InitApply(secret) => {
-                self.secret_buffers.entry(key).or_default().push(secret);
-                return false;
-            }
-            watcher::Event::InitDone => {
-                let listed = self.secret_buffers.remove(&key).unwrap_or_default();
-                listed
-                    .iter()
-                    .find(|s| secret_key(s) == key)
-                    .map(secret_data)
-            }
-            watcher::Event::Apply(secret) => Some(secret_data(&secret)),
-            watcher::Event::Delete(_) => None,
+        let Some(data) = stored_event(&mut self.secret_buffers, &key, event, secret_data) else {
+            return false;
         };
         if self.secrets.get(&key) == Some(&data) {
             return false;
         }
         self.secrets.insert(key.clone(), data);
-        self.recompile_for(&BTreeSet::from([key]))
+        self.recompile_for(|p| p.secrets.contains(&key))
     }
 
     fn apply_selected_event(&mut self, key: SelectorKey, event: watcher::Event<Secret>) -> bool {
@@ -701,7 +772,20 @@ impl PolicyIndex {
         !affected.is_empty()
     }
 
-    /// Forgets Secrets no policy references any more (their watches are stopped).
+    fn apply_config_map_event(&mut self, key: SecretKey, event: watcher::Event<ConfigMap>) -> bool {
+        let Some(data) = stored_event(&mut self.config_map_buffers, &key, event, config_map_data)
+        else {
+            return false;
+        };
+        if self.config_maps.get(&key) == Some(&data) {
+            return false;
+        }
+        self.config_maps.insert(key.clone(), data);
+        self.recompile_for(|p| p.config_maps.contains(&key))
+    }
+
+    /// Forgets Secrets and ConfigMaps no policy references any more (their watches are
+    /// stopped).
     pub fn forget_unreferenced_secrets(&mut self) {
         let referenced = self.referenced_secrets();
         self.secrets.retain(|k, _| referenced.contains(k));
@@ -709,14 +793,18 @@ impl PolicyIndex {
         let selectors = self.referenced_selectors();
         self.selected.retain(|k, _| selectors.contains(k));
         self.selected_buffers.retain(|k, _| selectors.contains(k));
+        let referenced = self.referenced_config_maps();
+        self.config_maps.retain(|k, _| referenced.contains(k));
+        self.config_map_buffers
+            .retain(|k, _| referenced.contains(k));
     }
 
-    /// Recompiles the policies that reference any of `secrets`.
-    fn recompile_for(&mut self, secrets: &BTreeSet<SecretKey>) -> bool {
+    /// Recompiles the policies `affects` picks.
+    fn recompile_for(&mut self, affects: impl Fn(&PolicyState) -> bool) -> bool {
         let affected: Vec<Arc<JwtPolicy>> = self
             .policies
             .values()
-            .filter(|p| p.secrets.iter().any(|s| secrets.contains(s)))
+            .filter(|p| affects(p))
             .filter_map(|p| p.object.clone())
             .collect();
         for policy in &affected {
@@ -781,6 +869,7 @@ impl PolicyIndex {
         let secrets = SecretCache {
             secrets: &self.secrets,
             selected: &self.selected,
+            config_maps: &self.config_maps,
         };
         let ctx = CompileContext {
             key_sources: &self.key_sources,
@@ -794,6 +883,7 @@ impl PolicyIndex {
         state.object = Some(policy.clone());
         state.secrets = referenced_secrets(&namespace, policy);
         state.selectors = referenced_selectors(&namespace, policy);
+        state.config_maps = referenced_config_maps(&namespace, policy);
         match result {
             Ok(compiled) => {
                 state.base = Some(Arc::new(compiled));
@@ -905,6 +995,7 @@ fn empty_state(generation: i64, created: &str) -> PolicyState {
         error: None,
         secrets: BTreeSet::new(),
         selectors: BTreeSet::new(),
+        config_maps: BTreeSet::new(),
         object: None,
         status: None,
         uid: None,
@@ -929,11 +1020,37 @@ fn object_key(object: &DynamicObject) -> ObjectKey {
     )
 }
 
-fn secret_key(secret: &Secret) -> SecretKey {
+fn stored_key<K: kube::Resource>(object: &K) -> SecretKey {
     (
-        secret.namespace().unwrap_or_else(|| "default".into()),
-        secret.name_any(),
+        object.namespace().unwrap_or_else(|| "default".into()),
+        object.name_any(),
     )
+}
+
+/// One event of a name-selected watch (Secret or ConfigMap): the object's data once known
+/// (`Some(None)`: absent), `None` while a relist is still buffered.
+fn stored_event<K: kube::Resource>(
+    buffers: &mut HashMap<SecretKey, Vec<K>>,
+    key: &SecretKey,
+    event: watcher::Event<K>,
+    data: fn(&K) -> BTreeMap<String, Vec<u8>>,
+) -> Option<SecretData> {
+    match event {
+        watcher::Event::Init => {
+            buffers.insert(key.clone(), Vec::new());
+            None
+        }
+        watcher::Event::InitApply(object) => {
+            buffers.entry(key.clone()).or_default().push(object);
+            None
+        }
+        watcher::Event::InitDone => {
+            let listed = buffers.remove(key).unwrap_or_default();
+            Some(listed.iter().find(|o| stored_key(*o) == *key).map(data))
+        }
+        watcher::Event::Apply(object) => Some(Some(data(&object))),
+        watcher::Event::Delete(_) => Some(None),
+    }
 }
 
 /// Runs the index: applies changes as they arrive, coalescing whatever is already queued into

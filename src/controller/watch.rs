@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -138,12 +138,21 @@ pub fn spawn_controller(
             shared.clone(),
         );
     }
-    let mut secrets = SecretWatches {
+    let mut secrets = NamedWatches::<Secret> {
+        client: client.clone(),
+        tx: tx.clone(),
+        running: HashMap::new(),
+        labelled: HashMap::new(),
+        shared: shared.clone(),
+        change: Change::Secret,
+    };
+    let mut config_maps = NamedWatches::<ConfigMap> {
         client,
         tx,
         running: HashMap::new(),
         labelled: HashMap::new(),
         shared: shared.clone(),
+        change: Change::ConfigMap,
     };
     let mut gateway_api = GatewayWatches {
         client: secrets.client.clone(),
@@ -156,6 +165,7 @@ pub fn spawn_controller(
     spawn_index(index, shared, rx, move |index| {
         secrets.update(index.referenced_secrets());
         secrets.update_selected(index.referenced_selectors());
+        config_maps.update(index.referenced_config_maps());
         index.forget_unreferenced_secrets();
         let wanted = index.wants_gateway_api();
         // Start the watches when the first policy targets routes, stop them with the last.
@@ -389,17 +399,19 @@ fn spawn_policy_watch(
     });
 }
 
-/// One watch per referenced Secret, and one per label selector of `apiKeys`, started and
-/// stopped as policies come and go.
-struct SecretWatches {
+/// One watch per referenced Secret (or ConfigMap), and for Secrets one per label selector of
+/// `apiKeys`, started and stopped as policies come and go.
+struct NamedWatches<K> {
     client: Client,
     tx: mpsc::Sender<Change>,
     running: HashMap<SecretKey, tokio::task::JoinHandle<()>>,
     labelled: HashMap<SelectorKey, tokio::task::JoinHandle<()>>,
     shared: Arc<SharedSnapshot>,
+    /// Wraps an event of the watch on one object for the index.
+    change: fn(SecretKey, watcher::Event<K>) -> Change,
 }
 
-impl SecretWatches {
+impl NamedWatches<Secret> {
     /// A label-selected watch per `apiKeys.secretSelector`: a key Secret added, changed or
     /// removed recompiles the policies that select it.
     fn update_selected(&mut self, wanted: BTreeSet<SelectorKey>) {
@@ -443,14 +455,24 @@ impl SecretWatches {
             self.labelled.insert(key, task);
         }
     }
+}
 
+impl<K> NamedWatches<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
     fn update(&mut self, wanted: BTreeSet<SecretKey>) {
         let shared = self.shared.clone();
         self.running.retain(|key, task| {
             let keep = wanted.contains(key);
             if !keep {
                 task.abort();
-                shared.set_source_problem(&secret_source(key), None);
+                shared.set_source_problem(&watch_source::<K>(key), None);
             }
             keep
         });
@@ -459,23 +481,20 @@ impl SecretWatches {
                 continue;
             }
             let (namespace, name) = key.clone();
-            let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
+            let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
             let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
             let tx = self.tx.clone();
             let task_key = key.clone();
             let shared = self.shared.clone();
+            let change = self.change;
             let task = tokio::spawn(async move {
-                let source = secret_source(&task_key);
+                let source = watch_source::<K>(&task_key);
                 let mut events = watcher(api, config).default_backoff().boxed();
                 while let Some(event) = events.next().await {
                     match event {
                         Ok(event) => {
                             shared.set_source_problem(&source, None);
-                            if tx
-                                .send(Change::Secret(task_key.clone(), event))
-                                .await
-                                .is_err()
-                            {
+                            if tx.send(change(task_key.clone(), event)).await.is_err() {
                                 return;
                             }
                         }
@@ -488,15 +507,15 @@ impl SecretWatches {
     }
 }
 
-fn secret_source(key: &SecretKey) -> String {
-    format!("Secret watch ({}/{})", key.0, key.1)
+fn watch_source<K: kube::Resource<DynamicType = ()>>(key: &SecretKey) -> String {
+    format!("{} watch ({}/{})", K::kind(&()), key.0, key.1)
 }
 
 fn selector_source(key: &SelectorKey) -> String {
     format!("Secret watch ({}, labels {})", key.0, key.1)
 }
 
-impl Drop for SecretWatches {
+impl<K> Drop for NamedWatches<K> {
     fn drop(&mut self) {
         for task in self.running.values().chain(self.labelled.values()) {
             task.abort();

@@ -2,7 +2,8 @@
 //! policy that never downgrades to plain HTTP, the address guard of [`super::guard`], and a
 //! bound on concurrent calls.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -27,6 +28,9 @@ pub struct FetchSettings {
     /// admits by its condition (`admitTenants`): a budget of their own, so a stream of new
     /// tenants never delays the refresh of the issuers policies list.
     pub max_concurrent_admitted: usize,
+    /// Send outbound calls through the proxy the environment names (`HTTPS_PROXY`,
+    /// `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, in upper or lower case), if any.
+    pub egress_proxy: bool,
 }
 
 impl Default for FetchSettings {
@@ -38,6 +42,7 @@ impl Default for FetchSettings {
             max_concurrent: 16,
             max_concurrent_introspection: 64,
             max_concurrent_admitted: 4,
+            egress_proxy: true,
         }
     }
 }
@@ -70,6 +75,83 @@ pub enum FetchError {
     Saturated(Duration),
 }
 
+/// Most distinct CA bundles whose clients are kept for sharing; past it the cache starts over
+/// (sources keep the clients they were given, so nothing in use breaks, only sharing is lost).
+const MAX_CA_BUNDLES: usize = 64;
+/// Most certificates in one CA bundle.
+const MAX_BUNDLE_CERTIFICATES: usize = 100;
+
+/// The identity of a CA bundle: the digest of its certificates, so the same bundle named by
+/// several policies (or read again unchanged) is one set of clients.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TrustId(pub [u8; 32]);
+
+impl std::fmt::Debug for TrustId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ca-bundle:")?;
+        for byte in &self.0[..6] {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The trust roots of an issuer with a private CA: HTTP clients that trust exactly the
+/// bundle's certificates (the system's roots are not added), with every other setting of the
+/// shared clients (timeouts, redirects, the address guard).
+#[derive(Clone, Debug)]
+pub struct CaBundle {
+    pub id: TrustId,
+    /// How many CA certificates the bundle holds.
+    pub certificates: usize,
+    guarded: reqwest::Client,
+    open: reqwest::Client,
+}
+
+/// Why a CA bundle was refused.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum CaBundleError {
+    /// No `CERTIFICATE` PEM block.
+    #[error("no PEM certificate (-----BEGIN CERTIFICATE-----) in the CA bundle")]
+    Empty,
+    /// More certificates than the bound.
+    #[error("the CA bundle has {0} certificates, more than the {MAX_BUNDLE_CERTIFICATES} accepted")]
+    TooMany(usize),
+    /// A PEM block that does not parse, or a private key.
+    #[error("the CA bundle is not PEM certificates: {0}")]
+    Invalid(String),
+    /// The clients could not be built with it.
+    #[error("the CA bundle cannot be used: {0}")]
+    Unusable(String),
+}
+
+/// The DER certificates of a PEM bundle; a private key in it is refused (a CA bundle is
+/// public, and a key there means the wrong file was given).
+fn bundle_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, CaBundleError> {
+    use rustls_pki_types::pem::{PemObject as _, SectionKind};
+    let mut certificates = Vec::new();
+    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem) {
+        match section {
+            Ok((SectionKind::Certificate, der)) => certificates.push(der),
+            Ok((
+                SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey,
+                _,
+            )) => {
+                return Err(CaBundleError::Invalid(
+                    "it holds a private key; give the CA certificates only".into(),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(CaBundleError::Invalid(e.to_string())),
+        }
+    }
+    match certificates.len() {
+        0 => Err(CaBundleError::Empty),
+        n if n > MAX_BUNDLE_CERTIFICATES => Err(CaBundleError::TooMany(n)),
+        _ => Ok(certificates),
+    }
+}
+
 /// A successful response: the body and how long it may be cached.
 #[derive(Debug)]
 pub struct Fetched {
@@ -89,9 +171,32 @@ pub struct Fetcher {
     open: reqwest::Client,
     permits: Arc<Semaphore>,
     settings: FetchSettings,
+    /// Clients of the CA bundles in use, shared by every fetcher cloned from this one.
+    bundles: Arc<Mutex<HashMap<TrustId, CaBundle>>>,
+    /// Whether the environment names a proxy these clients use: then the proxy resolves the
+    /// destination, and the guard resolves it too before each call.
+    proxied: bool,
 }
 
-fn build_client(settings: &FetchSettings, guarded: bool) -> Result<reqwest::Client, FetchError> {
+/// Whether the environment names an egress proxy.
+pub fn proxy_in_environment() -> bool {
+    [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .iter()
+    .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+}
+
+fn build_client(
+    settings: &FetchSettings,
+    guarded: bool,
+    roots: Option<&[Vec<u8>]>,
+) -> Result<reqwest::Client, FetchError> {
     let redirects = reqwest::redirect::Policy::custom(move |attempt| {
         let downgrade = attempt.url().scheme() != "https"
             && attempt.previous().iter().any(|u| u.scheme() == "https");
@@ -112,10 +217,20 @@ fn build_client(settings: &FetchSettings, guarded: bool) -> Result<reqwest::Clie
         .timeout(settings.timeout)
         .connect_timeout(settings.connect_timeout)
         .redirect(redirects)
-        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
-        .no_proxy();
+        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")));
+    if !settings.egress_proxy {
+        builder = builder.no_proxy();
+    }
     if guarded {
         builder = builder.dns_resolver(Arc::new(GuardedResolver));
+    }
+    if let Some(roots) = roots {
+        let certificates = roots
+            .iter()
+            .map(|der| reqwest::Certificate::from_der(der))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| FetchError::Transport(e.to_string()))?;
+        builder = builder.tls_certs_only(certificates);
     }
     builder
         .build()
@@ -125,11 +240,52 @@ fn build_client(settings: &FetchSettings, guarded: bool) -> Result<reqwest::Clie
 impl Fetcher {
     pub fn new(settings: FetchSettings) -> Result<Self, FetchError> {
         Ok(Fetcher {
-            guarded: build_client(&settings, true)?,
-            open: build_client(&settings, false)?,
+            guarded: build_client(&settings, true, None)?,
+            open: build_client(&settings, false, None)?,
             permits: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
+            bundles: Arc::new(Mutex::new(HashMap::new())),
+            proxied: settings.egress_proxy && proxy_in_environment(),
             settings,
         })
+    }
+
+    /// The clients trusting exactly the CA certificates of `pem` (one or more `CERTIFICATE`
+    /// blocks), built once per distinct bundle and shared.
+    pub fn ca_bundle(&self, pem: &[u8]) -> Result<CaBundle, CaBundleError> {
+        let certificates = bundle_certificates(pem)?;
+        let mut digest_input = Vec::new();
+        for der in &certificates {
+            digest_input.extend_from_slice(&crate::jose::sha256(der));
+        }
+        let id = TrustId(crate::jose::sha256(&digest_input));
+        let mut bundles = self.bundles.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bundle) = bundles.get(&id) {
+            return Ok(bundle.clone());
+        }
+        let build = |guarded| {
+            build_client(&self.settings, guarded, Some(&certificates))
+                .map_err(|e| CaBundleError::Unusable(e.to_string()))
+        };
+        let bundle = CaBundle {
+            id,
+            certificates: certificates.len(),
+            guarded: build(true)?,
+            open: build(false)?,
+        };
+        if bundles.len() >= MAX_CA_BUNDLES {
+            bundles.clear();
+        }
+        bundles.insert(id, bundle.clone());
+        Ok(bundle)
+    }
+
+    /// The same fetcher (budget, limits) with the clients of `bundle`.
+    pub fn with_ca_bundle(&self, bundle: &CaBundle) -> Fetcher {
+        Fetcher {
+            guarded: bundle.guarded.clone(),
+            open: bundle.open.clone(),
+            ..self.clone()
+        }
     }
 
     /// The same clients with a separate bound of `max_concurrent` calls in flight.
@@ -194,6 +350,13 @@ impl Fetcher {
         timeout: Duration,
     ) -> Result<Answer, FetchError> {
         check_reach(url, reach)?;
+        if self.proxied && !reach.metadata {
+            // Through a proxy the proxy resolves the name, past the guarded resolver: the
+            // destination is resolved and checked here first.
+            guard::check_destination(url)
+                .await
+                .map_err(FetchError::Forbidden)?;
+        }
         let started = std::time::Instant::now();
         let _permit = match tokio::time::timeout(timeout, self.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
@@ -442,6 +605,60 @@ mod tests {
         for call in hanging {
             call.abort();
         }
+    }
+
+    /// An issuer with a private CA: reached with its bundle, refused with the system's roots
+    /// and with another CA's bundle; the same bundle is one set of clients.
+    #[tokio::test]
+    async fn a_ca_bundle_replaces_the_system_roots_for_its_issuer() {
+        let app = axum::Router::new().route(
+            "/keys",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({"keys": []})) }),
+        );
+        let backend = crate::fixtures::serve(app).await;
+        let (ca, front) = crate::fixtures::private_ca_https(backend).await;
+        let (other_ca, _) = crate::fixtures::private_ca_https(backend).await;
+        let url = Url::parse(&format!("https://{front}/keys")).expect("url");
+        let fetcher = Fetcher::new(FetchSettings::default()).expect("fetcher");
+        let reach = Reach::default();
+
+        let refused = fetcher.get(&url, reach).await.expect_err("system roots");
+        assert!(
+            matches!(&refused, FetchError::Transport(t) if t.contains("certificate")),
+            "{refused:?}"
+        );
+        let bundle = fetcher.ca_bundle(ca.as_bytes()).expect("bundle");
+        assert_eq!(bundle.certificates, 1);
+        let trusted = fetcher.with_ca_bundle(&bundle);
+        assert_eq!(
+            &trusted.get(&url, reach).await.expect("trusted").body[..],
+            br#"{"keys":[]}"#
+        );
+        assert_eq!(
+            fetcher
+                .ca_bundle(format!("# the same\n{ca}").as_bytes())
+                .expect("again")
+                .id,
+            bundle.id
+        );
+        let other = fetcher
+            .ca_bundle(other_ca.as_bytes())
+            .expect("other bundle");
+        assert_ne!(other.id, bundle.id);
+        assert!(
+            fetcher
+                .with_ca_bundle(&other)
+                .get(&url, reach)
+                .await
+                .is_err()
+        );
+
+        assert_eq!(fetcher.ca_bundle(b"").err(), Some(CaBundleError::Empty));
+        let key = rcgen::KeyPair::generate().expect("key").serialize_pem();
+        assert!(matches!(
+            fetcher.ca_bundle(format!("{ca}{key}").as_bytes()),
+            Err(CaBundleError::Invalid(m)) if m.contains("private key")
+        ));
     }
 
     /// A host name that resolves only to a link-local address is refused at connect time, so

@@ -102,6 +102,30 @@ pub fn forbidden_url(url: &Url) -> Option<String> {
     ))
 }
 
+/// Before a call through an egress proxy (which resolves the name itself, so the guarded
+/// resolver never sees it): refuses a host name that resolves here to any forbidden address.
+/// A name that does not resolve here is left to the proxy (environments with a proxy often
+/// resolve only through it); the address literals and metadata names were checked already.
+pub async fn check_destination(url: &Url) -> Result<(), String> {
+    let Some(Host::Domain(name)) = url.host() else {
+        return Ok(());
+    };
+    let Ok(addrs) =
+        tokio::net::lookup_host((name, url.port_or_known_default().unwrap_or(443))).await
+    else {
+        return Ok(());
+    };
+    for addr in addrs {
+        if let Some(reason) = forbidden_ip(addr.ip()) {
+            return Err(format!(
+                "{name} resolves to {}, {reason}; tollgate does not fetch from it (through the proxy either) unless allowMetadataAddresses: true",
+                addr.ip()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A resolver that drops forbidden addresses from every answer, and fails when none is left.
 #[derive(Debug, Default)]
 pub struct GuardedResolver;
@@ -134,6 +158,20 @@ impl reqwest::dns::Resolve for GuardedResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Before a proxied call: names are resolved and checked; literals and names that do not
+    /// resolve here are left to the URL check and the proxy.
+    #[tokio::test]
+    async fn destinations_are_resolved_before_a_proxied_call() {
+        for url in [
+            "https://localhost:8443/keys",
+            "https://127.0.0.1/keys",
+            "https://name-that-does-not-resolve.invalid/keys",
+        ] {
+            let url = Url::parse(url).expect("url");
+            assert_eq!(check_destination(&url).await, Ok(()), "{url}");
+        }
+    }
 
     #[test]
     fn metadata_and_link_local_addresses_are_recognized() {

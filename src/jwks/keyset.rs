@@ -25,6 +25,23 @@ pub enum KeySetError {
     /// Every key was refused; the reasons are listed.
     #[error("no usable signing key in the set ({0})")]
     NoUsableKeys(String),
+    /// Stored keys that are neither a JWKS document nor PEM public keys.
+    #[error(
+        "neither a JWKS document (JSON with a \"keys\" array) nor PEM public keys (-----BEGIN PUBLIC KEY-----)"
+    )]
+    NotKeys,
+    /// A PEM private key where public keys are expected.
+    #[error(
+        "PEM block {0} is a private key: store only the public key (whoever can read a private key can sign tokens)"
+    )]
+    PrivateKey(usize),
+    /// A PEM block that is malformed or not a public key tollgate can use.
+    #[error("PEM block {index} ({label}): {error}")]
+    PemBlock {
+        index: usize,
+        label: String,
+        error: KeyError,
+    },
 }
 
 /// A refused key and why.
@@ -115,6 +132,44 @@ impl KeySet {
         Ok(set)
     }
 
+    /// Public keys as stored in a Secret, a ConfigMap or a file: a JWKS document, or one or
+    /// more PEM blocks (`PUBLIC KEY` or `RSA PUBLIC KEY`; PEM carries no `kid`, so these keys
+    /// are tried for tokens whose `kid` no key has). A private key (a PEM `… PRIVATE KEY`
+    /// block, or a JWK with private members) is refused: whoever can read where it is stored
+    /// could sign tokens. JWKS keys that are refused are listed in `rejected`.
+    pub fn from_stored(bytes: &[u8]) -> Result<Self, KeySetError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| KeySetError::NotKeys)?;
+        let trimmed = text.trim_start_matches('\u{feff}').trim();
+        if trimmed.starts_with('{') {
+            return Self::from_jwks_json(trimmed.as_bytes());
+        }
+        let blocks = pem_blocks(trimmed);
+        if blocks.is_empty() {
+            return Err(KeySetError::NotKeys);
+        }
+        if blocks.len() > MAX_KEYS {
+            return Err(KeySetError::TooManyKeys(blocks.len()));
+        }
+        let mut keys = Vec::with_capacity(blocks.len());
+        for (index, (label, block)) in blocks.into_iter().enumerate() {
+            let error = |error| KeySetError::PemBlock {
+                index,
+                label: label.to_string(),
+                error,
+            };
+            if label.contains("PRIVATE KEY") {
+                return Err(KeySetError::PrivateKey(index));
+            }
+            if label != "PUBLIC KEY" && label != "RSA PUBLIC KEY" {
+                return Err(error(KeyError::Pem(
+                    "expected PUBLIC KEY or RSA PUBLIC KEY (a certificate is not accepted: give its public key)".into(),
+                )));
+            }
+            keys.push(VerifyingKey::from_pem(None, block).map_err(error)?);
+        }
+        Ok(Self::from_keys(keys))
+    }
+
     /// This set's version: unique in the process, so a verified-token cache entry made with it
     /// is recognized as stale once the set is replaced.
     pub fn version(&self) -> u64 {
@@ -172,5 +227,75 @@ impl KeySet {
     /// All keys, for status and diagnostics.
     pub fn keys(&self) -> &[VerifyingKey] {
         &self.keys
+    }
+}
+
+/// The PEM blocks of `text` as `(label, whole block)`; text between blocks is ignored, an
+/// unterminated block ends the list.
+fn pem_blocks(text: &str) -> Vec<(&str, &str)> {
+    const BEGIN: &str = "-----BEGIN ";
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let after = &rest[start + BEGIN.len()..];
+        let Some(label_end) = after.find("-----") else {
+            break;
+        };
+        let label = &after[..label_end];
+        let end_marker = format!("-----END {label}-----");
+        let Some(end) = rest[start..].find(&end_marker) else {
+            break;
+        };
+        let stop = start + end + end_marker.len();
+        blocks.push((label, &rest[start..stop]));
+        rest = &rest[stop..];
+    }
+    blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RSA_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn stored_keys_are_jwks_or_pem_public_keys_never_private_keys() {
+        use crate::fixtures::{EC, RSA};
+        let ec_public = EC.public_pem().expect("EC public key");
+        let other_public = RSA.public_pem().expect("RSA public key");
+        let two = format!("{ec_public}\n# rotated in\n{other_public}");
+        let set = KeySet::from_stored(two.as_bytes()).expect("two PEM keys");
+        assert_eq!(set.len(), 2);
+        assert!(set.has_keyless());
+
+        let private = KeySet::from_stored(RSA_PRIVATE.as_bytes()).expect_err("private key");
+        assert!(private.to_string().contains("private key"), "{private}");
+        let ec_private = format!(
+            "{ec_public}-----BEGIN EC PRIVATE KEY-----\nAA==\n-----END EC PRIVATE KEY-----\n"
+        );
+        assert!(matches!(
+            KeySet::from_stored(ec_private.as_bytes()),
+            Err(KeySetError::PrivateKey(1))
+        ));
+        let certificate = "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----";
+        assert!(KeySet::from_stored(certificate.as_bytes()).is_err());
+        assert_eq!(
+            KeySet::from_stored(b"just text").err(),
+            Some(KeySetError::NotKeys)
+        );
+        assert_eq!(
+            KeySet::from_stored(&[0xff, 0xfe]).err(),
+            Some(KeySetError::NotKeys)
+        );
+
+        let jwks = serde_json::json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": "k1", "x": "AA", "y": "AA", "d": "AA"},
+        ]});
+        let refused = KeySet::from_stored(jwks.to_string().as_bytes()).expect_err("private JWK");
+        assert!(
+            refused.to_string().contains("private key material"),
+            "{refused}"
+        );
     }
 }

@@ -13,7 +13,7 @@ use arc_swap::ArcSwapOption;
 use serde::Deserialize;
 use url::Url;
 
-use super::fetch::{FetchError, Fetcher};
+use super::fetch::{FetchError, Fetcher, TrustId};
 use super::guard::Reach;
 use super::keyset::{KeySet, KeySetError};
 
@@ -58,13 +58,19 @@ impl Default for RefreshSettings {
 pub enum Origin {
     /// Inline JWKS, PEM keys or a shared secret: never refreshed.
     Fixed,
-    /// A JWKS URI.
-    JwksUri { url: Url, reach: Reach },
+    /// A JWKS URI. `trust`: the CA bundle its TLS is checked against (`None`: the system's
+    /// roots); part of the identity, so a source is shared only under the same trust.
+    JwksUri {
+        url: Url,
+        reach: Reach,
+        trust: Option<TrustId>,
+    },
     /// OpenID discovery: the document's `issuer` must equal `issuer`, then its `jwks_uri`.
     Discovery {
         url: Url,
         issuer: String,
         reach: Reach,
+        trust: Option<TrustId>,
     },
 }
 
@@ -450,8 +456,10 @@ impl KeySource {
     ) -> Result<(KeySet, Option<Duration>), SourceError> {
         let (jwks_url, reach) = match &self.origin {
             Origin::Fixed => unreachable_fixed(),
-            Origin::JwksUri { url, reach } => (url.clone(), *reach),
-            Origin::Discovery { url, issuer, reach } => (
+            Origin::JwksUri { url, reach, .. } => (url.clone(), *reach),
+            Origin::Discovery {
+                url, issuer, reach, ..
+            } => (
                 {
                     let (jwks, endpoints) = discover(fetcher, url, issuer, *reach).await?;
                     self.endpoints.store(Some(Arc::new(endpoints)));

@@ -17,9 +17,9 @@ pub use resource::{MAX_AGE_SECS, ProtectedResource, WELL_KNOWN};
 use super::gateway::{self, RouteEntry};
 use super::route::{HostPattern, Methods, PathCase, PathPrefix, PathReading};
 use super::spec::{
-    self, AzureAdSpec, ClaimRequirementSpec, DecryptionSpec, DenyDetail, IntrospectionResponse,
-    IntrospectionSpec, IssuerSpec, JwtPolicySpec, SecretEncoding, SecretKeyRef, SecretSpec,
-    TargetRefSpec, TraceHeaderSpec,
+    self, AzureAdSpec, CaBundleSpec, ClaimRequirementSpec, ConfigMapKeyRef, DecryptionSpec,
+    DenyDetail, IntrospectionResponse, IntrospectionSpec, IssuerSpec, JwtPolicySpec,
+    KeyMaterialSpec, SecretEncoding, SecretKeyRef, SecretSpec, TargetRefSpec, TraceHeaderSpec,
 };
 use super::tenants::{self, Admission, IssuerTemplate, Tenant};
 use crate::apikeys::{self, ApiKeys, KeyData, KeyRecord, WithToken};
@@ -30,7 +30,7 @@ use crate::introspect::{
     AcceptWithout, CacheSettings, EndpointSource, Introspector, IntrospectorConfig,
 };
 use crate::jwe::{self, Decryptor};
-use crate::jwks::{KeySet, KeySource, KeySources, Origin, Reach, VerifyingKey};
+use crate::jwks::{CaBundle, KeySet, KeySource, KeySources, Origin, Reach, VerifyingKey};
 
 /// Bounds that keep one policy's cost predictable.
 pub mod limits {
@@ -148,6 +148,15 @@ pub trait SecretSource: Send + Sync {
         _dir: Option<&str>,
     ) -> Result<Vec<SelectedSecret>, String> {
         Err("Secrets selected by label cannot be read here".into())
+    }
+
+    /// The bytes of a key of a ConfigMap (Kubernetes mode only).
+    fn read_config_map(
+        &self,
+        _namespace: &str,
+        _reference: &ConfigMapKeyRef,
+    ) -> Result<Vec<u8>, String> {
+        Err("configMapRef needs Kubernetes mode; in file mode use file:".to_string())
     }
 
     /// False when `read` only stands in for values it cannot see (admission review): the
@@ -352,6 +361,9 @@ pub struct Issuer {
     pub max_lifetime: Option<Duration>,
     /// The tenant, when an issuer template expanded to this issuer.
     pub tenant: Option<Tenant>,
+    /// The private CA its TLS is checked against (`caBundle`), also for the introspection
+    /// endpoint its discovery names.
+    pub ca_bundle: Option<CaBundle>,
 }
 
 /// The issuer a token is judged by: one the policy lists (issuer templates' listed tenants
@@ -1564,12 +1576,25 @@ fn compile_issuer(
     ctx: &CompileContext<'_>,
     keys_from: KeysFrom,
 ) -> Option<Issuer> {
-    let remote = |origin: Origin| match keys_from {
-        KeysFrom::Shared => ctx.key_sources.remote(origin),
-        KeysFrom::Admitted => ctx.key_sources.remote_admitted(origin),
-        KeysFrom::Probe => KeySource::unfetched(origin),
-    };
     let before = c.problems.len();
+    let bundle = match &spec.ca_bundle {
+        None => None,
+        Some(_) if keys_from != KeysFrom::Shared => {
+            c.invalid(
+                format!("{field}.caBundle"),
+                "caBundle is not supported with admitTenants (a tenant's issuer is built when a token names it, without reading Secrets)",
+            );
+            None
+        }
+        Some(bundle) => ca_bundle(c, &format!("{field}.caBundle"), namespace, bundle, ctx),
+    };
+    let trust = bundle.as_ref().map(|b| b.id);
+    let remote = |origin: Origin| match (keys_from, &bundle) {
+        (KeysFrom::Shared, Some(bundle)) => ctx.key_sources.remote_trusting(origin, bundle),
+        (KeysFrom::Shared, None) => ctx.key_sources.remote(origin),
+        (KeysFrom::Admitted, _) => ctx.key_sources.remote_admitted(origin),
+        (KeysFrom::Probe, _) => KeySource::unfetched(origin),
+    };
     let reach = Reach::new(spec.allow_insecure_http, spec.allow_metadata_addresses);
     if spec.issuer.is_empty() {
         c.invalid(format!("{field}.issuer"), "must not be empty");
@@ -1597,6 +1622,7 @@ fn compile_issuer(
         spec.jwks_uri.as_ref().map(|_| "jwksUri"),
         spec.jwks.as_ref().map(|_| "jwks"),
         (!spec.public_keys.is_empty()).then_some("publicKeys"),
+        spec.keys_from.as_ref().map(|_| "keysFrom"),
         spec.shared_secret.as_ref().map(|_| "sharedSecret"),
     ]
     .into_iter()
@@ -1611,6 +1637,16 @@ fn compile_issuer(
             ),
         );
         return None;
+    }
+    if spec.ca_bundle.is_some()
+        && let Some(inline) = sources
+            .iter()
+            .find(|s| !matches!(**s, "discovery" | "jwksUri"))
+    {
+        c.invalid(
+            format!("{field}.caBundle"),
+            format!("caBundle is for keys fetched over https (discovery or jwksUri), not {inline}"),
+        );
     }
     let symmetric = spec.shared_secret.is_some();
 
@@ -1677,6 +1713,16 @@ fn compile_issuer(
             }
         }
         Some(KeySource::fixed(fixed_id(), KeySet::from_keys(keys)))
+    } else if let Some(stored) = &spec.keys_from {
+        stored_keys(
+            c,
+            &format!("{field}.keysFrom"),
+            namespace,
+            stored,
+            &algorithms,
+            ctx,
+        )
+        .map(|set| KeySource::fixed(fixed_id(), set))
     } else if let Some(secret) = &spec.shared_secret {
         let sfield = format!("{field}.sharedSecret");
         match ctx.secrets.read(namespace, secret) {
@@ -1700,7 +1746,7 @@ fn compile_issuer(
         }
     } else if let Some(jwks_uri) = &spec.jwks_uri {
         parse_url(c, &format!("{field}.jwksUri"), jwks_uri, reach)
-            .map(|url| remote(Origin::JwksUri { url, reach }))
+            .map(|url| remote(Origin::JwksUri { url, reach, trust }))
     } else {
         let (dfield, text) = match &spec.discovery {
             Some(d) => (format!("{field}.discovery"), d.clone()),
@@ -1717,6 +1763,7 @@ fn compile_issuer(
                 url,
                 issuer: spec.issuer.clone(),
                 reach,
+                trust,
             })
         })
     };
@@ -1735,7 +1782,143 @@ fn compile_issuer(
         azure: None,
         max_lifetime,
         tenant: None,
+        ca_bundle: bundle,
     })
+}
+
+/// The bytes of a file, a Secret's key or a ConfigMap's key.
+fn read_stored(
+    namespace: &str,
+    file: &Option<String>,
+    secret_ref: &Option<SecretKeyRef>,
+    config_map_ref: &Option<ConfigMapKeyRef>,
+    ctx: &CompileContext<'_>,
+) -> Result<Vec<u8>, String> {
+    match config_map_ref {
+        Some(reference) => ctx.secrets.read_config_map(namespace, reference),
+        None => ctx.secrets.read(
+            namespace,
+            &SecretSpec {
+                file: file.clone(),
+                secret_ref: secret_ref.clone(),
+                encoding: None,
+            },
+        ),
+    }
+}
+
+/// `caBundle`: the CA certificates an issuer's TLS is checked against, and the clients built
+/// with them (shared by every issuer naming the same certificates).
+fn ca_bundle(
+    c: &mut Checker,
+    field: &str,
+    namespace: &str,
+    spec: &CaBundleSpec,
+    ctx: &CompileContext<'_>,
+) -> Option<CaBundle> {
+    let given = [
+        spec.file.is_some(),
+        spec.secret_ref.is_some(),
+        spec.config_map_ref.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        c.invalid(field, "give exactly one of file, secretRef, configMapRef");
+        return None;
+    }
+    let raw = match read_stored(
+        namespace,
+        &spec.file,
+        &spec.secret_ref,
+        &spec.config_map_ref,
+        ctx,
+    ) {
+        // Admission review: the reference is well formed; the replicas read the bundle.
+        Ok(_) if !ctx.secrets.has_values() => return None,
+        Ok(raw) => raw,
+        Err(e) => {
+            c.secret(field, e);
+            return None;
+        }
+    };
+    match ctx.key_sources.fetcher().ca_bundle(&raw) {
+        Ok(bundle) => Some(bundle),
+        Err(e) => {
+            c.invalid(field, e.to_string());
+            None
+        }
+    }
+}
+
+/// `keysFrom`: the public keys kept in a Secret, a ConfigMap or a file. Every key must fit one
+/// of the issuer's `algorithms`, so a stored key never widens (or silently narrows) what the
+/// policy says it accepts.
+fn stored_keys(
+    c: &mut Checker,
+    field: &str,
+    namespace: &str,
+    spec: &KeyMaterialSpec,
+    algorithms: &[Algorithm],
+    ctx: &CompileContext<'_>,
+) -> Option<KeySet> {
+    let given = [
+        spec.file.is_some(),
+        spec.secret_ref.is_some(),
+        spec.config_map_ref.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        c.invalid(field, "give exactly one of file, secretRef, configMapRef");
+        return None;
+    }
+    let raw = match read_stored(
+        namespace,
+        &spec.file,
+        &spec.secret_ref,
+        &spec.config_map_ref,
+        ctx,
+    ) {
+        Ok(_) if !ctx.secrets.has_values() => {
+            // Admission review: the reference is well formed; the replicas read the keys.
+            return Some(KeySet::default());
+        }
+        Ok(raw) => raw,
+        Err(e) => {
+            c.secret(field, e);
+            return None;
+        }
+    };
+    let set = match KeySet::from_stored(&raw) {
+        Ok(set) => set,
+        Err(e) => {
+            c.invalid(field, e.to_string());
+            return None;
+        }
+    };
+    let before = c.problems.len();
+    for rejected in &set.rejected {
+        c.invalid(
+            field,
+            format!(
+                "key {}: {}",
+                rejected.kid.as_deref().unwrap_or("(no kid)"),
+                rejected.error
+            ),
+        );
+    }
+    for (i, key) in set.keys().iter().enumerate() {
+        if !algorithms.iter().any(|alg| key.fits(*alg)) {
+            let allowed: Vec<String> = algorithms.iter().map(|a| format!("{a:?}")).collect();
+            c.invalid(
+                field,
+                format!(
+                    "key {} ({}) fits none of the issuer's algorithms ({}); list an algorithm for it or remove the key",
+                    key.kid.clone().unwrap_or_else(|| format!("#{i}")),
+                    key.kind.describe(),
+                    allowed.join(", ")
+                ),
+            );
+        }
+    }
+    (c.problems.len() == before).then_some(set)
 }
 
 /// Whether `text` is written as the CRD's pattern `^([0-9]+(ms|s|m|h))+$` asks (Go's
@@ -1843,6 +2026,8 @@ fn compile_introspection(
             "userinfo answers carry no aud and no exp: say so with acceptWithout: [aud, exp] (the answer then proves only that the token is active for its user; use response: json for an answer that names the audience)",
         );
     }
+    // The endpoint the first issuer's discovery names is that issuer's server: its CA bundle.
+    let mut discovered_bundle = None;
     let endpoint = match &spec.endpoint {
         Some(text) => parse_url(
             c,
@@ -1853,6 +2038,7 @@ fn compile_introspection(
         .map(EndpointSource::Fixed),
         None => match issuers.first().map(|i| (i.keys.origin(), &i.keys)) {
             Some((Origin::Discovery { .. }, keys)) => {
+                discovered_bundle = issuers.first().and_then(|i| i.ca_bundle.clone());
                 Some(EndpointSource::Discovered(keys.clone()))
             }
             Some(_) => {
@@ -1977,10 +2163,14 @@ fn compile_introspection(
         timeout,
         accept_without,
     };
-    Some(Arc::new(Introspector::new(
-        config,
-        ctx.key_sources.introspection_fetcher().clone(),
-    )))
+    let fetcher = match &discovered_bundle {
+        Some(bundle) => ctx
+            .key_sources
+            .introspection_fetcher()
+            .with_ca_bundle(bundle),
+        None => ctx.key_sources.introspection_fetcher().clone(),
+    };
+    Some(Arc::new(Introspector::new(config, fetcher)))
 }
 
 /// `spec.apiKeys`: where keys are read, and the keys of the selected Secrets (hashed; a

@@ -577,17 +577,17 @@ pub struct TokenSpec {
 }
 
 /// One accepted issuer. Keys come from exactly one of: `discovery` (the default when nothing
-/// else is set), `jwksUri`, `jwks`, `publicKeys`, `sharedSecret`.
+/// else is set), `jwksUri`, `jwks`, `publicKeys`, `keysFrom`, `sharedSecret`.
 #[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new(
-    "(has(self.discovery) ? 1 : 0) + (has(self.jwksUri) ? 1 : 0) + (has(self.jwks) ? 1 : 0) + (has(self.publicKeys) && size(self.publicKeys) > 0 ? 1 : 0) + (has(self.sharedSecret) ? 1 : 0) <= 1"
-).message("keys must come from exactly one of discovery, jwksUri, jwks, publicKeys, sharedSecret"))]
+    "(has(self.discovery) ? 1 : 0) + (has(self.jwksUri) ? 1 : 0) + (has(self.jwks) ? 1 : 0) + (has(self.publicKeys) && size(self.publicKeys) > 0 ? 1 : 0) + (has(self.keysFrom) ? 1 : 0) + (has(self.sharedSecret) ? 1 : 0) <= 1"
+).message("keys must come from exactly one of discovery, jwksUri, jwks, publicKeys, keysFrom, sharedSecret"))]
 #[x_kube(validation = Rule::new(
     "(has(self.allowInsecureHttp) && self.allowInsecureHttp) || ((!has(self.discovery) || self.discovery.startsWith('https://')) && (!has(self.jwksUri) || self.jwksUri.startsWith('https://')))"
 ).message("discovery and jwksUri must be https URLs (allowInsecureHttp: true allows http for development)"))]
 #[x_kube(validation = Rule::new(
-    "has(self.discovery) || has(self.jwksUri) || has(self.jwks) || (has(self.publicKeys) && size(self.publicKeys) > 0) || has(self.sharedSecret) || self.issuer.startsWith('https://') || ((has(self.allowInsecureHttp) && self.allowInsecureHttp) && self.issuer.startsWith('http://'))"
+    "has(self.discovery) || has(self.jwksUri) || has(self.jwks) || (has(self.publicKeys) && size(self.publicKeys) > 0) || has(self.keysFrom) || has(self.sharedSecret) || self.issuer.startsWith('https://') || ((has(self.allowInsecureHttp) && self.allowInsecureHttp) && self.issuer.startsWith('http://'))"
 ).message("without another key source the issuer is used for OpenID discovery and must be an https URL"))]
 #[x_kube(validation = Rule::new(
     "!has(self.algorithms) || self.algorithms.all(a, a.startsWith('HS') == has(self.sharedSecret))"
@@ -596,8 +596,11 @@ pub struct TokenSpec {
     "(self.issuer.contains('{tenant}') || self.issuer.contains('{tenantid}')) == ((has(self.tenants) && size(self.tenants) > 0) || has(self.admitTenants))"
 ).message("an issuer template ({tenant} or {tenantid} in issuer) needs tenants or admitTenants, and tenants and admitTenants need a template"))]
 #[x_kube(validation = Rule::new(
-    "!has(self.admitTenants) || (!has(self.jwks) && !(has(self.publicKeys) && size(self.publicKeys) > 0) && !has(self.sharedSecret))"
+    "!has(self.admitTenants) || (!has(self.jwks) && !(has(self.publicKeys) && size(self.publicKeys) > 0) && !has(self.keysFrom) && !has(self.sharedSecret))"
 ).message("admitTenants fetches each tenant's keys when a token first names it: use discovery or jwksUri, not keys written in the policy"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.caBundle) || (!has(self.jwks) && !(has(self.publicKeys) && size(self.publicKeys) > 0) && !has(self.keysFrom) && !has(self.sharedSecret) && !has(self.admitTenants))"
+).message("caBundle is for keys fetched over https: use it with discovery or jwksUri (and not with admitTenants)"))]
 pub struct IssuerSpec {
     /// The exact `iss` value of this issuer's tokens.
     #[schemars(length(min = 1, max = 2048))]
@@ -617,9 +620,23 @@ pub struct IssuerSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub public_keys: Vec<PublicKeySpec>,
+    /// Public keys kept in the cluster or on disk: a JWKS document (`{"keys": [...]}`) or one
+    /// or more PEM public keys, read from a key of a Secret or a ConfigMap in the policy's
+    /// namespace (Kubernetes mode) or from a file (file mode). Watched: a change applies
+    /// without a restart. Private keys are refused, and every key must fit one of
+    /// `algorithms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_from: Option<KeyMaterialSpec>,
     /// HMAC shared secret (HS256/384/512 are accepted only with one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_secret: Option<SecretSpec>,
+    /// The CA certificates (PEM) that this issuer's discovery and key set servers are checked
+    /// against, for identity providers with a private CA: a key of a Secret or ConfigMap in the
+    /// policy's namespace, or a file (file mode). They replace the system's roots for this
+    /// issuer (a public CA is not trusted unless its certificate is in the bundle). Watched:
+    /// a new bundle applies without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundleSpec>,
     /// Accepted `aud` values; a token must name at least one. Required.
     #[serde(default)]
     #[schemars(
@@ -724,6 +741,56 @@ pub struct PublicKeySpec {
     pub kid: Option<String>,
     /// `-----BEGIN PUBLIC KEY-----` (RSA, EC P-256/P-384, Ed25519) or `RSA PUBLIC KEY`.
     pub pem: String,
+}
+
+/// Where an issuer's public keys (`keysFrom`) are read: exactly one of `file`, `secretRef`,
+/// `configMapRef`.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(
+    "(has(self.file) ? 1 : 0) + (has(self.secretRef) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0) == 1"
+).message("keysFrom needs exactly one of file, secretRef, configMapRef"))]
+pub struct KeyMaterialSpec {
+    /// A file (file mode; relative paths are relative to the policy file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub file: Option<String>,
+    /// A key of a Secret in the policy's namespace (Kubernetes mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// A key of a ConfigMap in the policy's namespace (Kubernetes mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ConfigMapKeyRef>,
+}
+
+/// Where an issuer's CA bundle (`caBundle`) is read: exactly one of `file`, `secretRef`,
+/// `configMapRef`.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(
+    "(has(self.secretRef) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0) + (has(self.file) ? 1 : 0) == 1"
+).message("caBundle needs exactly one of file, secretRef, configMapRef"))]
+pub struct CaBundleSpec {
+    /// A file (file mode; relative paths are relative to the policy file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub file: Option<String>,
+    /// A key of a Secret in the policy's namespace (Kubernetes mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// A key of a ConfigMap in the policy's namespace (Kubernetes mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ConfigMapKeyRef>,
+}
+
+/// A key of a Kubernetes ConfigMap.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigMapKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// Where a secret value is read.

@@ -287,6 +287,7 @@ fn condition(
     let inline = [
         spec.jwks.as_ref().map(|_| "jwks"),
         (!spec.public_keys.is_empty()).then_some("publicKeys"),
+        spec.keys_from.as_ref().map(|_| "keysFrom"),
         spec.shared_secret.as_ref().map(|_| "sharedSecret"),
     ];
     if let Some(source) = inline.into_iter().flatten().next() {

@@ -188,10 +188,13 @@ fn submit_all(cluster: &Cluster, objects: &[&Value]) -> Vec<Answer> {
 
 /// The Secrets the cases name, with real key material, so tollgate's verdict is the replicas'
 /// (which read the keys), not only the webhook's (which may not): key `pem` holds an EC P-256
-/// private key, key `jwk` a 256-bit AES JWK, any other key 64 bytes.
+/// private key, key `jwk` a 256-bit AES JWK, key `public.pem` (in a Secret or a ConfigMap)
+/// that key's public half, key `ca.crt` a CA certificate, any other key 64 bytes.
 struct Secrets {
     pem: Vec<u8>,
     jwk: Vec<u8>,
+    public: Vec<u8>,
+    ca: Vec<u8>,
 }
 
 impl Secrets {
@@ -199,7 +202,14 @@ impl Secrets {
         use base64::Engine as _;
         let ec = rcgen::KeyPair::generate().expect("EC key");
         let aes = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0x5a; 32]);
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params
+            .self_signed(&rcgen::KeyPair::generate().expect("key"))
+            .expect("CA");
         Secrets {
+            ca: ca.pem().into_bytes(),
+            public: ec.public_key_pem().into_bytes(),
             pem: ec.serialize_pem().into_bytes(),
             jwk: json!({"kty": "oct", "k": aes}).to_string().into_bytes(),
         }
@@ -211,6 +221,8 @@ impl SecretSource for Secrets {
         match &spec.secret_ref {
             Some(r) if r.key == "pem" => Ok(self.pem.clone()),
             Some(r) if r.key == "jwk" => Ok(self.jwk.clone()),
+            Some(r) if r.key == "public.pem" => Ok(self.public.clone()),
+            Some(r) if r.key == "ca.crt" => Ok(self.ca.clone()),
             Some(r) if !r.name.is_empty() && !r.key.is_empty() => Ok(vec![0x5a; 64]),
             _ => Err("file: is for policy files; in Kubernetes use secretRef: {name, key}".into()),
         }
@@ -231,6 +243,21 @@ impl SecretSource for Secrets {
             ]
             .into(),
         }])
+    }
+
+    fn read_config_map(
+        &self,
+        _namespace: &str,
+        reference: &tollgate::policy::spec::ConfigMapKeyRef,
+    ) -> Result<Vec<u8>, String> {
+        match reference.key.as_str() {
+            "public.pem" => Ok(self.public.clone()),
+            "ca.crt" => Ok(self.ca.clone()),
+            _ => Err(format!(
+                "ConfigMap {} has no key {:?}",
+                reference.name, reference.key
+            )),
+        }
     }
 }
 
@@ -615,6 +642,60 @@ fn cases() -> Vec<Case> {
             "publicKeys and sharedSecret",
             json!({"issuers": [issuer(json!({"publicKeys": [{"pem": "x"}], "sharedSecret": secret}))]}),
             Rule("exactly one of discovery"),
+        ),
+        case(
+            "keys from a Secret",
+            json!({"issuers": [issuer(json!({"keysFrom": {"secretRef": {"name": "idp", "key": "public.pem"}}, "algorithms": ["ES256"]}))]}),
+            Accepted,
+        ),
+        case(
+            "keys from a ConfigMap",
+            json!({"issuers": [issuer(json!({"keysFrom": {"configMapRef": {"name": "idp", "key": "public.pem"}}}))]}),
+            Accepted,
+        ),
+        case(
+            "a CA bundle from a ConfigMap for discovery",
+            json!({"issuers": [issuer(json!({"caBundle": {"configMapRef": {"name": "idp-ca", "key": "ca.crt"}}}))]}),
+            Accepted,
+        ),
+        case(
+            "a CA bundle from a Secret for jwksUri",
+            json!({"issuers": [issuer(json!({"jwksUri": "https://idp/keys", "caBundle": {"secretRef": {"name": "idp-ca", "key": "ca.crt"}}}))]}),
+            Accepted,
+        ),
+        case(
+            "a CA bundle with keys written in the policy",
+            json!({"issuers": [issuer(json!({"publicKeys": [{"pem": "x"}], "caBundle": {"secretRef": {"name": "idp-ca", "key": "ca.crt"}}}))]}),
+            Rule("caBundle is for keys fetched over https"),
+        ),
+        case(
+            "a CA bundle naming two places",
+            json!({"issuers": [issuer(json!({"caBundle": {"file": "ca.pem", "secretRef": {"name": "idp-ca", "key": "ca.crt"}}}))]}),
+            Rule("caBundle needs exactly one of"),
+        ),
+        case(
+            "keysFrom and jwksUri",
+            json!({"issuers": [issuer(json!({"keysFrom": {"configMapRef": {"name": "idp", "key": "public.pem"}}, "jwksUri": "https://idp/keys"}))]}),
+            Rule("exactly one of discovery"),
+        ),
+        case(
+            "keysFrom from both a Secret and a ConfigMap",
+            json!({"issuers": [issuer(json!({"keysFrom": {"configMapRef": {"name": "idp", "key": "public.pem"}, "secretRef": {"name": "idp", "key": "public.pem"}}}))]}),
+            Rule("keysFrom needs exactly one of"),
+        ),
+        case(
+            "keysFrom naming nothing",
+            json!({"issuers": [issuer(json!({"keysFrom": {}}))]}),
+            Rule("keysFrom needs exactly one of"),
+        ),
+        case(
+            "admitTenants with keysFrom",
+            json!({"issuers": [issuer(json!({
+                "issuer": "https://kc.example.com/realms/{tenant}",
+                "admitTenants": {"expression": "true"},
+                "keysFrom": {"secretRef": {"name": "idp", "key": "public.pem"}},
+            }))]}),
+            Rule("admitTenants fetches each tenant's keys"),
         ),
         case(
             "jwks and jwksUri",

@@ -196,12 +196,14 @@ fn rules_are_least_privilege(rules: &[PolicyRule]) {
             "{rule:?}"
         );
         let resources = rule.resources.clone().unwrap_or_default();
-        if resources.contains(&"secrets".to_string()) {
-            assert_eq!(
-                rule.verbs,
-                ["get", "list", "watch"],
-                "secrets are read-only"
-            );
+        for read_only in ["secrets", "configmaps"] {
+            if resources.contains(&read_only.to_string()) {
+                assert_eq!(
+                    rule.verbs,
+                    ["get", "list", "watch"],
+                    "{read_only} are read-only"
+                );
+            }
         }
         assert!(!rule.verbs.iter().any(|v| v == "delete"), "{rule:?}");
     }

@@ -1048,3 +1048,169 @@ fn a_field_the_server_dropped_or_changed_is_a_difference() {
         ]
     );
 }
+
+/// Issuer keys kept in the cluster (`keysFrom`): a ConfigMap holding PEM public keys and a
+/// Secret holding a JWKS, read under the chart's ServiceAccount (its RBAC must allow the
+/// ConfigMap), and rotated in place: the replica follows each rotation without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_keys_from_a_config_map_and_a_secret_rotate_without_a_restart() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let (release, namespace, deployment) = ("keys", "keys", "keys-tollgate");
+    cluster.helm_install(release, namespace, &[]);
+    let account = "keys:keys-tollgate";
+    for verb in ["get", "list", "watch"] {
+        assert!(can_i(
+            &cluster,
+            account,
+            verb,
+            "configmaps",
+            &["-n", "shop"]
+        ));
+    }
+    let chart = cluster.chart_replicas(namespace, deployment);
+    let replica = chart.start("keys-0");
+    cluster.point_webhook_at(
+        deployment,
+        replica.webhook.expect("webhook").port(),
+        chart.webhook_cert.as_deref().expect("webhook certificate"),
+    );
+    cluster.kubectl(&["create", "namespace", "shop"]);
+
+    let issuer = "https://keys.example.com/";
+    let first = SigningKey::ec("first", "ES256").expect("key");
+    let second = SigningKey::rsa("second", "RS256", 2048).expect("key");
+    let token = |key: &SigningKey, host: &str| {
+        key.mint(&claims(issuer, json!({"aud": audience(host)})))
+            .expect("mint")
+    };
+    let config_map = |pem: String| {
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "idp-keys", "namespace": "shop"},
+            "data": {"keys.pem": pem},
+        })
+        .to_string()
+    };
+    let policy = |name: &str, host: &str, keys_from: Value| {
+        json!({
+            "apiVersion": "tollgate.dev/v1alpha1",
+            "kind": "JwtPolicy",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {
+                "match": {"hosts": [host]},
+                "issuers": [{"issuer": issuer, "audiences": [audience(host)],
+                    "algorithms": ["ES256", "RS256"], "keysFrom": keys_from}],
+            },
+        })
+        .to_string()
+    };
+
+    // PEM keys from a ConfigMap, then a rotation to another key (and key type).
+    let pem_host = "pem.example.com";
+    cluster.apply(&config_map(first.public_pem().expect("pem")));
+    cluster.apply(&policy(
+        "pem",
+        pem_host,
+        json!({"configMapRef": {"name": "idp-keys", "key": "keys.pem"}}),
+    ));
+    serves(&replica, pem_host, &token(&first, pem_host)).await;
+    assert!(!allows(&replica, pem_host, &token(&second, pem_host)).await);
+    cluster.apply(&config_map(second.public_pem().expect("pem")));
+    serves(&replica, pem_host, &token(&second, pem_host)).await;
+    assert!(!allows(&replica, pem_host, &token(&first, pem_host)).await);
+
+    // A private key put in the ConfigMap by mistake is refused, in the policy's status; the
+    // last good keys keep serving.
+    let private = KeyPair::generate().expect("key").serialize_pem();
+    cluster.apply(&config_map(private));
+    let refused = eventually(Duration::from_secs(20), async || {
+        cluster
+            .get("jwtpolicy", Some("shop"), "pem")
+            .is_some_and(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| {
+                        c["type"] == "Accepted"
+                            && c["status"] == "False"
+                            && c["message"]
+                                .as_str()
+                                .is_some_and(|m| m.contains("is a private key"))
+                    })
+            })
+    })
+    .await;
+    assert!(refused, "logs:\n{}", replica.logs().join("\n"));
+    assert!(allows(&replica, pem_host, &token(&second, pem_host)).await);
+
+    // A JWKS from a Secret, rotated by replacing the Secret's data.
+    let jwks_host = "jwks.example.com";
+    let secret = |key: &SigningKey| {
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "idp-jwks", "namespace": "shop"},
+            "stringData": {"jwks.json": tollgate::local_issuer::jwks(&[key]).to_string()},
+        })
+        .to_string()
+    };
+    cluster.apply(&secret(&first));
+    cluster.apply(&policy(
+        "jwks",
+        jwks_host,
+        json!({"secretRef": {"name": "idp-jwks", "key": "jwks.json"}}),
+    ));
+    serves(&replica, jwks_host, &token(&first, jwks_host)).await;
+    cluster.apply(&secret(&second));
+    serves(&replica, jwks_host, &token(&second, jwks_host)).await;
+    assert!(!allows(&replica, jwks_host, &token(&first, jwks_host)).await);
+
+    // An IdP behind a private CA, its bundle in a ConfigMap: first another CA's (refused),
+    // then the right one (fetched, without a restart).
+    let idp = Idp::start().await;
+    let backend: SocketAddr = idp
+        .issuer
+        .trim_start_matches("http://")
+        .parse()
+        .expect("IdP address");
+    let (ca, front) = crate::key_material::private_ca_front(backend).await;
+    let (other_ca, _) = crate::key_material::private_ca_front(backend).await;
+    let bundle = |pem: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "idp-ca", "namespace": "shop"},
+            "data": {"ca.crt": pem},
+        })
+        .to_string()
+    };
+    let private_host = "private.example.com";
+    cluster.apply(&bundle(&other_ca));
+    cluster.apply(
+        &json!({
+            "apiVersion": "tollgate.dev/v1alpha1",
+            "kind": "JwtPolicy",
+            "metadata": {"name": "private", "namespace": "shop"},
+            "spec": {
+                "match": {"hosts": [private_host]},
+                "issuers": [{"issuer": issuer, "audiences": [audience(private_host)],
+                    "jwksUri": format!("https://{front}/jwks"),
+                    "caBundle": {"configMapRef": {"name": "idp-ca", "key": "ca.crt"}}}],
+            },
+        })
+        .to_string(),
+    );
+    let private_token = token(&idp.key, private_host);
+    let refused = eventually(Duration::from_secs(20), async || {
+        let response = client::send(&replica.url(), &probe(private_host, Some(&private_token)))
+            .await
+            .expect("Check RPC");
+        outcome(&response) == (false, 503, "issuer_unavailable".to_string())
+    })
+    .await;
+    assert!(refused, "logs:\n{}", replica.logs().join("\n"));
+    cluster.apply(&bundle(&ca));
+    serves(&replica, private_host, &private_token).await;
+    assert_never_forbidden(&replica);
+}

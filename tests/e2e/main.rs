@@ -21,6 +21,7 @@ mod hostile;
 mod image;
 mod install;
 mod introspection;
+mod key_material;
 mod mtls;
 mod nginx;
 mod paths;

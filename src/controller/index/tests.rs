@@ -314,6 +314,106 @@ async fn secrets_are_resolved_and_rotation_recompiles_the_policy() {
     assert!(allowed(&index, &new_token).await);
 }
 
+fn config_map(name: &str, key: &str, value: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("shop".into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(key.to_string(), value.to_string())])),
+        ..ConfigMap::default()
+    }
+}
+
+/// Issuer keys from a ConfigMap (PEM) and from a Secret (JWKS): the policy waits for both
+/// watches, and a rotation in either recompiles it.
+#[tokio::test]
+async fn issuer_keys_from_a_config_map_or_a_secret_follow_rotation() {
+    let mut index = synced_index();
+    let from = json!({"issuers": [
+        {"issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["ES256", "RS256"],
+         "keysFrom": {"configMapRef": {"name": "idp-keys", "key": "keys.pem"}}},
+    ]});
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("h", 1, T0, spec("h.example", from))),
+    ));
+    assert_eq!(
+        index.referenced_config_maps(),
+        BTreeSet::from([key("idp-keys")])
+    );
+    assert!(index.referenced_secrets().is_empty());
+    assert!(
+        !index.synced(),
+        "a referenced ConfigMap has not reported yet"
+    );
+    let ec_token = EC.mint(&good_claims()).expect("mint");
+    let rsa_token = RSA.mint(&good_claims()).expect("mint");
+    index.apply(Change::ConfigMap(key("idp-keys"), watcher::Event::Init));
+    index.apply(Change::ConfigMap(
+        key("idp-keys"),
+        watcher::Event::InitApply(config_map(
+            "idp-keys",
+            "keys.pem",
+            &EC.public_pem().expect("pem"),
+        )),
+    ));
+    assert!(index.apply(Change::ConfigMap(key("idp-keys"), watcher::Event::InitDone)));
+    assert!(index.synced());
+    assert!(allowed(&index, &ec_token).await);
+    assert!(!allowed(&index, &rsa_token).await);
+
+    // A Secret of the same name is another object: nothing recompiles.
+    assert!(!index.apply(Change::Secret(
+        key("idp-keys"),
+        watcher::Event::Apply(secret("idp-keys", "keys.pem", b"x"))
+    )));
+    // Rotation to the RSA key.
+    assert!(index.apply(Change::ConfigMap(
+        key("idp-keys"),
+        watcher::Event::Apply(config_map(
+            "idp-keys",
+            "keys.pem",
+            &RSA.public_pem().expect("pem"),
+        )),
+    )));
+    assert!(allowed(&index, &rsa_token).await);
+    assert!(!allowed(&index, &ec_token).await);
+    // A private key stored by mistake is refused; the last good keys keep serving.
+    assert!(index.apply(Change::ConfigMap(
+        key("idp-keys"),
+        watcher::Event::Apply(config_map(
+            "idp-keys",
+            "keys.pem",
+            "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n",
+        )),
+    )));
+    let error = index.policies["shop/h"].error.as_ref().expect("refused");
+    assert!(error.to_string().contains("private key"), "{error}");
+    assert!(allowed(&index, &rsa_token).await);
+
+    // The same issuer's keys from a Secret holding a JWKS.
+    let from_secret = json!({"issuers": [
+        {"issuer": ISSUER, "audiences": [AUDIENCE],
+         "keysFrom": {"secretRef": {"name": "idp-jwks", "key": "jwks.json"}}},
+    ]});
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("h", 2, T0, spec("h.example", from_secret))),
+    ));
+    assert!(index.referenced_config_maps().is_empty());
+    index.forget_unreferenced_secrets();
+    let jwks = crate::local_issuer::jwks(&[&EC]).to_string();
+    assert!(index.apply(Change::Secret(
+        key("idp-jwks"),
+        watcher::Event::Apply(secret("idp-jwks", "jwks.json", jwks.as_bytes()))
+    )));
+    assert!(index.policies["shop/h"].current());
+    assert!(allowed(&index, &ec_token).await);
+    assert!(!allowed(&index, &rsa_token).await);
+}
+
 #[tokio::test]
 async fn decryption_keys_and_the_trace_secret_come_from_secrets() {
     use crate::jwe::{self, ContentEncryption, KeyManagement};
@@ -798,4 +898,62 @@ async fn api_key_secrets_are_selected_by_label_and_follow_their_watch() {
     ));
     index.forget_unreferenced_secrets();
     assert!(index.referenced_selectors().is_empty());
+}
+
+/// A CA bundle in a ConfigMap: referenced and watched like keys, and a new bundle recompiles
+/// the policy onto a key source under the new trust.
+#[test]
+fn a_ca_bundle_from_a_config_map_is_watched() {
+    let mut index = synced_index();
+    let with_bundle = json!({"issuers": [
+        {"issuer": ISSUER, "audiences": [AUDIENCE], "jwksUri": "https://idp.example.com/keys",
+         "caBundle": {"configMapRef": {"name": "idp-ca", "key": "ca.crt"}}},
+    ]});
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("h", 1, T0, spec("h.example", with_bundle))),
+    ));
+    assert_eq!(
+        index.referenced_config_maps(),
+        BTreeSet::from([key("idp-ca")])
+    );
+    assert!(!index.synced());
+    let ca = |_: ()| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .self_signed(&rcgen::KeyPair::generate().expect("key"))
+            .expect("CA")
+            .pem()
+    };
+    assert!(index.apply(Change::ConfigMap(
+        key("idp-ca"),
+        watcher::Event::Apply(config_map("idp-ca", "ca.crt", &ca(()))),
+    )));
+    assert!(index.synced());
+    assert!(index.policies["shop/h"].current());
+    let source = |index: &PolicyIndex| {
+        index.policies["shop/h"]
+            .base
+            .as_ref()
+            .expect("compiled")
+            .issuers[0]
+            .keys
+            .clone()
+    };
+    let first = source(&index);
+    assert!(index.apply(Change::ConfigMap(
+        key("idp-ca"),
+        watcher::Event::Apply(config_map("idp-ca", "ca.crt", &ca(()))),
+    )));
+    assert!(
+        !Arc::ptr_eq(&first, &source(&index)),
+        "a new trust, a new source"
+    );
+    assert!(index.apply(Change::ConfigMap(
+        key("idp-ca"),
+        watcher::Event::Apply(config_map("idp-ca", "ca.crt", "not a certificate")),
+    )));
+    let error = index.policies["shop/h"].error.as_ref().expect("refused");
+    assert!(error.to_string().contains("no PEM certificate"), "{error}");
 }

@@ -754,3 +754,150 @@ fn bad_tenant_conditions_name_the_field() {
         assert_problem(&yaml, field, fragment);
     }
 }
+
+#[test]
+fn issuer_keys_from_a_file_are_checked_against_the_algorithms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = dir.path().join("keys.pem");
+    std::fs::write(&pem, EC.public_pem().expect("pem")).expect("write");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, trusted_jwks().to_string()).expect("write");
+    let private = dir.path().join("private.pem");
+    std::fs::write(
+        &private,
+        "-----BEGIN RSA PRIVATE KEY-----\nAA==\n-----END RSA PRIVATE KEY-----\n",
+    )
+    .expect("write");
+    let issuer = |keys_from: String, algorithms: &str| {
+        format!(
+            "issuers: [{{issuer: https://idp/, audiences: [a], algorithms: [{algorithms}], keysFrom: {keys_from}}}]"
+        )
+    };
+    let file = |path: &std::path::Path| format!("{{file: '{}'}}", path.display());
+
+    let spec: JwtPolicySpec = serde_yaml::from_str(&issuer(file(&pem), "ES256")).expect("yaml");
+    let policy = try_compile("p", &spec).expect("EC key for ES256");
+    let keys = policy.issuers[0].keys.current().expect("fixed keys");
+    assert_eq!(keys.len(), 1);
+    let spec: JwtPolicySpec =
+        serde_yaml::from_str(&issuer(file(&jwks), "RS256, PS256, ES256, EdDSA")).expect("yaml");
+    assert_eq!(
+        try_compile("p", &spec).expect("jwks").issuers[0]
+            .keys
+            .current()
+            .expect("keys")
+            .len(),
+        4
+    );
+
+    assert_problem(
+        &issuer(file(&pem), "RS256"),
+        "spec.issuers[0].keysFrom",
+        "fits none of the issuer's algorithms (RS256)",
+    );
+    assert_problem(
+        &issuer(file(&private), "RS256"),
+        "spec.issuers[0].keysFrom",
+        "is a private key: store only the public key",
+    );
+    assert_problem(
+        &issuer("{configMapRef: {name: keys, key: k}}".into(), "RS256"),
+        "spec.issuers[0].keysFrom",
+        "configMapRef needs Kubernetes mode",
+    );
+    assert_problem(
+        &issuer(
+            format!(
+                "{{file: '{}', secretRef: {{name: s, key: k}}}}",
+                pem.display()
+            ),
+            "ES256",
+        ),
+        "spec.issuers[0].keysFrom",
+        "exactly one of file, secretRef, configMapRef",
+    );
+    assert_problem(
+        "issuers: [{issuer: https://idp/, audiences: [a], jwksUri: https://idp/k, keysFrom: {file: k}}]",
+        "spec.issuers[0]",
+        "jwksUri and keysFrom",
+    );
+    let missing: JwtPolicySpec =
+        serde_yaml::from_str(&issuer("{file: /nonexistent/keys.pem}".into(), "ES256"))
+            .expect("yaml");
+    assert_eq!(
+        try_compile("p", &missing).expect_err("missing").reason(),
+        "SecretNotFound"
+    );
+}
+
+#[tokio::test]
+async fn a_ca_bundle_is_part_of_the_key_source_identity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = serve(axum::Router::new()).await;
+    let (ca, _) = private_ca_https(backend).await;
+    let (other, _) = private_ca_https(backend).await;
+    std::fs::write(dir.path().join("ca.pem"), &ca).expect("write");
+    std::fs::write(dir.path().join("other.pem"), &other).expect("write");
+    let issuer = |extra: &str| -> JwtPolicySpec {
+        serde_yaml::from_str(&format!(
+            "issuers: [{{issuer: https://idp/, audiences: [a], jwksUri: https://idp/keys{extra}}}]"
+        ))
+        .expect("yaml")
+    };
+    let bundle = |file: &str| {
+        format!(
+            ", caBundle: {{file: '{}'}}",
+            dir.path().join(file).display()
+        )
+    };
+    let sources = KeySources::offline().expect("client");
+    let plain = compile_with(&sources, "ns", "plain", &issuer("")).expect("plain");
+    let trusted = compile_with(&sources, "ns", "trusted", &issuer(&bundle("ca.pem"))).expect("ca");
+    let again = compile_with(&sources, "ns", "again", &issuer(&bundle("ca.pem"))).expect("ca");
+    let other =
+        compile_with(&sources, "ns", "other", &issuer(&bundle("other.pem"))).expect("other");
+    let keys = |p: &Policy| p.issuers[0].keys.clone();
+    assert!(
+        Arc::ptr_eq(&keys(&trusted), &keys(&again)),
+        "same URL, same CA: shared"
+    );
+    assert!(
+        !Arc::ptr_eq(&keys(&trusted), &keys(&plain)),
+        "a bundle never leaks to an issuer without one"
+    );
+    assert!(!Arc::ptr_eq(&keys(&trusted), &keys(&other)));
+    assert_eq!(sources.live().len(), 3);
+
+    std::fs::write(
+        dir.path().join("key.pem"),
+        rcgen::KeyPair::generate().expect("key").serialize_pem(),
+    )
+    .expect("write");
+    let yaml =
+        |extra: String| format!("issuers: [{{issuer: https://idp/, audiences: [a]{extra}}}]");
+    assert_problem(
+        &yaml(format!(", jwksUri: https://idp/keys{}", bundle("key.pem"))),
+        "spec.issuers[0].caBundle",
+        "private key",
+    );
+    assert_problem(
+        &yaml(format!(", jwks: {{keys: []}}{}", bundle("ca.pem"))),
+        "spec.issuers[0].caBundle",
+        "not jwks",
+    );
+    assert_problem(
+        &format!(
+            "issuers: [{{issuer: 'https://idp/{{tenant}}', audiences: [a], admitTenants: {{expression: 'true'}}{}}}]",
+            bundle("ca.pem")
+        ),
+        "spec.issuers[0].caBundle",
+        "not supported with admitTenants",
+    );
+    let missing: JwtPolicySpec =
+        serde_yaml::from_str(&yaml(", caBundle: {file: /nonexistent/ca.pem}".into()))
+            .expect("yaml");
+    assert_eq!(
+        try_compile("p", &missing).expect_err("missing").reason(),
+        "SecretNotFound"
+    );
+}

@@ -232,3 +232,29 @@ fn a_changed_secret_file_recompiles_its_policy() {
     );
     assert!(loader.reload().0.is_none(), "and only once");
 }
+
+#[test]
+fn a_changed_key_file_recompiles_its_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("idp-keys.pem");
+    std::fs::write(&keys, EC.public_pem().expect("pem")).expect("write");
+    let yaml = "apiVersion: tollgate.dev/v1alpha1\nkind: JwtPolicy\nmetadata: {name: k}\nspec:\n  issuers: [{issuer: https://idp/, audiences: [a], keysFrom: {file: idp-keys.pem}}]\n";
+    std::fs::write(dir.path().join("k.yaml"), yaml).expect("write");
+    let mut loader = loader(dir.path());
+    let first = loader.reload().0.expect("snapshot");
+    let kind = |snapshot: &Snapshot| {
+        snapshot.policy("default/k").expect("k").issuers[0]
+            .keys
+            .current()
+            .expect("keys")
+            .keys()[0]
+            .kind
+    };
+    assert_eq!(kind(&first), crate::jwks::KeyKind::P256);
+    assert!(loader.reload().0.is_none(), "nothing changed");
+    std::fs::write(&keys, RSA.public_pem().expect("pem")).expect("rotate");
+    let (snapshot, report) = loader.reload();
+    assert!(report.changed);
+    let snapshot = snapshot.expect("the rotation republishes");
+    assert!(matches!(kind(&snapshot), crate::jwks::KeyKind::Rsa { .. }));
+}

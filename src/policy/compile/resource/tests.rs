@@ -137,6 +137,7 @@ fn authorization_servers_default_to_the_issuers_that_clients_can_discover() {
             azure: crate::azure::classify(&i.issuer),
             max_lifetime: None,
             tenant: None,
+            ca_bundle: None,
         })
         .collect();
     assert_eq!(
