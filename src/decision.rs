@@ -99,11 +99,23 @@ pub enum Reason {
     /// Allowed because the policy is in `mode: dryRun`; it would have denied the request
     /// (the decision's `dry_run` says with which reason).
     DryRun,
+    /// The token is bound to a client certificate (RFC 8705 `cnf.x5t#S256`) and the request
+    /// came without one.
+    CertificateMissing,
+    /// The token is bound to a client certificate other than the request's (or its `cnf`
+    /// binding is malformed).
+    CertificateBindingMismatch,
+    /// The policy requires a client certificate (`clientCertificate.required`) and the
+    /// request came without one (403).
+    CertificateRequired,
+    /// A forwarded client certificate header (`x-forwarded-client-cert`, `client-cert`) from
+    /// a proxy not trusted to set it (403).
+    CertificateUntrusted,
 }
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 39] = [
+    pub const ALL: [Reason; 43] = [
         Reason::Valid,
         Reason::Anonymous,
         Reason::DefaultAllow,
@@ -143,6 +155,10 @@ impl Reason {
         Reason::Internal,
         Reason::ResourceMetadata,
         Reason::DryRun,
+        Reason::CertificateMissing,
+        Reason::CertificateBindingMismatch,
+        Reason::CertificateRequired,
+        Reason::CertificateUntrusted,
     ];
 
     /// The stable snake_case code.
@@ -187,6 +203,10 @@ impl Reason {
             Reason::Internal => "internal_error",
             Reason::ResourceMetadata => "resource_metadata",
             Reason::DryRun => "dry_run",
+            Reason::CertificateMissing => "certificate_missing",
+            Reason::CertificateBindingMismatch => "certificate_binding_mismatch",
+            Reason::CertificateRequired => "certificate_required",
+            Reason::CertificateUntrusted => "certificate_untrusted",
         }
     }
 
@@ -253,6 +273,16 @@ impl Reason {
                 "the protected resource metadata is served by tollgate at this URL, not through forward authentication"
             }
             Reason::DryRun => "the policy is in dry-run mode and lets the request through",
+            Reason::CertificateMissing => {
+                "the access token is bound to a client certificate and none was presented"
+            }
+            Reason::CertificateBindingMismatch => {
+                "the access token is bound to another client certificate"
+            }
+            Reason::CertificateRequired => "this API requires a client certificate",
+            Reason::CertificateUntrusted => {
+                "a forwarded client certificate header came from a proxy not trusted to set it"
+            }
         }
     }
 
@@ -277,7 +307,9 @@ impl Reason {
             | Reason::IntrospectionInvalid
             | Reason::NotReady
             | Reason::Internal
-            | Reason::ResourceMetadata => None,
+            | Reason::ResourceMetadata
+            | Reason::CertificateRequired
+            | Reason::CertificateUntrusted => None,
             _ => Some("invalid_token"),
         }
     }
@@ -302,6 +334,8 @@ impl Reason {
                 | Reason::NotReady
                 | Reason::Internal
                 | Reason::ResourceMetadata
+                | Reason::CertificateRequired
+                | Reason::CertificateUntrusted
         )
     }
 }
