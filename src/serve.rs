@@ -52,6 +52,8 @@ pub struct ServeConfig {
     /// The proxies allowed to call the HTTP listener, and the family of headers each
     /// sends to describe the request.
     pub trusted_proxies: Vec<(ipnet::IpNet, crate::http::Family)>,
+    /// The proxies trusted to forward the client's certificate in a header, and which header.
+    pub client_cert_proxies: Vec<(ipnet::IpNet, crate::http::CertHeader)>,
     /// How long an HTTP client may take to send a request head (or leave a connection idle).
     pub http_header_timeout: Duration,
     /// The path prefix Envoy's HTTP ext_authz puts before the original path (family `envoy`).
@@ -264,6 +266,7 @@ pub async fn run(
             config.trusted_proxies.clone(),
             config.ext_authz_path_prefix.clone(),
         )
+        .with_client_cert_proxies(config.client_cert_proxies.clone())
         .router();
         crate::http::listener::serve(listener, app, config.http_header_timeout, stop_rx.clone())
     });
