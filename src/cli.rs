@@ -275,6 +275,10 @@ pub struct ExplainArgs {
     /// Extra request header `name: value` (repeatable).
     #[arg(long = "header", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
+    /// The client's TLS certificate, a PEM file: what the gateway reports of a mutual TLS
+    /// connection (for certificate-bound tokens, `clientCertificate`, `source.certificate`).
+    #[arg(long)]
+    pub client_cert: Option<std::path::PathBuf>,
     /// Never fetch discovery or JWKS: use only keys written in the policy.
     #[arg(long)]
     pub offline: bool,
@@ -477,6 +481,13 @@ async fn explain_run(args: ExplainArgs) -> anyhow::Result<i32> {
         method: args.method,
         headers: args.headers,
         at: args.at,
+        client_certificate: args
+            .client_cert
+            .map(|path| {
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading --client-cert {}", path.display()))
+            })
+            .transpose()?,
     };
     let explanation = explain::explain(&snapshot, &request, args.offline).await?;
     match args.output {
