@@ -216,8 +216,14 @@ pub async fn run(
             .trusted_proxies
             .iter()
             .any(|(_, family)| *family == crate::http::Family::Envoy);
+        let cert_proxies: Vec<String> = config
+            .client_cert_proxies
+            .iter()
+            .map(|(net, header)| format!("{net}={}", header.name()))
+            .collect();
         tracing::info!(
             trusted_proxies = families.join(","),
+            client_cert_proxies = cert_proxies.join(","),
             ext_authz_path_prefix = envoy.then(|| config.ext_authz_path_prefix.to_string()),
             "HTTP authorization: the header family of each trusted network"
         );
