@@ -154,6 +154,7 @@ async fn run(rounds: usize, measure: bool) {
             "127.0.0.0/8".parse().expect("cidr"),
             tollgate::http::Family::Nginx,
         )],
+        client_cert_proxies: Vec::new(),
         http_header_timeout: tollgate::http::listener::HEADER_READ_TIMEOUT,
         ext_authz_path_prefix: tollgate::http::PathPrefix::default(),
         // Every JWT row verifies the token on each request; the cached path is measured by

@@ -138,6 +138,19 @@ pub struct ServeArgs {
         value_parser = crate::http::parse_trusted
     )]
     pub trusted_proxies: Vec<crate::http::TrustedProxy>,
+    /// Proxies (CIDRs) that terminate mutual TLS and forward the client's certificate in a
+    /// header to the HTTP listener: `CIDR` or `CIDR=xfcc` for `x-forwarded-client-cert`
+    /// (Envoy's format, with `Cert="<URL-encoded PEM>"`), `CIDR=client-cert` for RFC 9440
+    /// `Client-Cert`. Default: none. A request carrying either header from any other address,
+    /// or the header its proxy does not set, is refused (403 certificate_untrusted): the
+    /// client may have written it. The proxy must overwrite the header, never append to it.
+    #[arg(
+        long,
+        env = "TOLLGATE_CLIENT_CERT_PROXIES",
+        value_delimiter = ',',
+        value_parser = crate::http::forwarded_cert::parse_cert_proxy
+    )]
+    pub client_cert_proxies: Vec<(ipnet::IpNet, crate::http::CertHeader)>,
     /// What describes the original request on the HTTP listener: `nginx` (X-Original-URL and
     /// X-Original-Method on /auth, as auth_request with the example configuration and
     /// ingress-nginx send them), `traefik` (X-Forwarded-Method/-Proto/-Host/-Uri on /auth, as
@@ -267,6 +280,10 @@ pub struct ExplainArgs {
     /// Extra request header `name: value` (repeatable).
     #[arg(long = "header", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
+    /// The client's TLS certificate, a PEM file: what the gateway reports of a mutual TLS
+    /// connection (for certificate-bound tokens, `clientCertificate`, `source.certificate`).
+    #[arg(long)]
+    pub client_cert: Option<std::path::PathBuf>,
     /// Never fetch discovery or JWKS: use only keys written in the policy.
     #[arg(long)]
     pub offline: bool,
@@ -354,6 +371,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .map_err(anyhow::Error::msg)?,
                     None => Vec::new(),
                 },
+                client_cert_proxies: args.client_cert_proxies,
                 http_header_timeout: args.http_header_timeout,
                 ext_authz_path_prefix: args.ext_authz_path_prefix,
                 source,
@@ -469,6 +487,13 @@ async fn explain_run(args: ExplainArgs) -> anyhow::Result<i32> {
         method: args.method,
         headers: args.headers,
         at: args.at,
+        client_certificate: args
+            .client_cert
+            .map(|path| {
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading --client-cert {}", path.display()))
+            })
+            .transpose()?,
     };
     let explanation = explain::explain(&snapshot, &request, args.offline).await?;
     match args.output {

@@ -107,11 +107,23 @@ pub enum Reason {
     /// The request carries both an API key and a token and the policy does not say which
     /// counts (`apiKeys.withToken: Refuse`) (400).
     ApiKeyAmbiguous,
+    /// The token is bound to a client certificate (RFC 8705 `cnf.x5t#S256`) and the request
+    /// came without one.
+    CertificateMissing,
+    /// The token is bound to a client certificate other than the request's (or its `cnf`
+    /// binding is malformed).
+    CertificateBindingMismatch,
+    /// The policy requires a client certificate (`clientCertificate.required`) and the
+    /// request came without one (403).
+    CertificateRequired,
+    /// A forwarded client certificate header (`x-forwarded-client-cert`, `client-cert`) from
+    /// a proxy not trusted to set it (403).
+    CertificateUntrusted,
 }
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 42] = [
+    pub const ALL: [Reason; 46] = [
         Reason::Valid,
         Reason::Anonymous,
         Reason::DefaultAllow,
@@ -154,6 +166,10 @@ impl Reason {
         Reason::ApiKeyMissing,
         Reason::ApiKeyInvalid,
         Reason::ApiKeyAmbiguous,
+        Reason::CertificateMissing,
+        Reason::CertificateBindingMismatch,
+        Reason::CertificateRequired,
+        Reason::CertificateUntrusted,
     ];
 
     /// The stable snake_case code.
@@ -201,6 +217,10 @@ impl Reason {
             Reason::ApiKeyMissing => "api_key_missing",
             Reason::ApiKeyInvalid => "api_key_invalid",
             Reason::ApiKeyAmbiguous => "api_key_ambiguous",
+            Reason::CertificateMissing => "certificate_missing",
+            Reason::CertificateBindingMismatch => "certificate_binding_mismatch",
+            Reason::CertificateRequired => "certificate_required",
+            Reason::CertificateUntrusted => "certificate_untrusted",
         }
     }
 
@@ -272,6 +292,16 @@ impl Reason {
             Reason::ApiKeyAmbiguous => {
                 "the request carries both an API key and an access token; send one"
             }
+            Reason::CertificateMissing => {
+                "the access token is bound to a client certificate and none was presented"
+            }
+            Reason::CertificateBindingMismatch => {
+                "the access token is bound to another client certificate"
+            }
+            Reason::CertificateRequired => "this API requires a client certificate",
+            Reason::CertificateUntrusted => {
+                "a forwarded client certificate header came from a proxy not trusted to set it"
+            }
         }
     }
 
@@ -298,7 +328,9 @@ impl Reason {
             | Reason::Internal
             | Reason::ResourceMetadata
             | Reason::ApiKeyMissing
-            | Reason::ApiKeyInvalid => None,
+            | Reason::ApiKeyInvalid
+            | Reason::CertificateRequired
+            | Reason::CertificateUntrusted => None,
             Reason::ApiKeyAmbiguous => Some("invalid_request"),
             _ => Some("invalid_token"),
         }
@@ -325,6 +357,8 @@ impl Reason {
                 | Reason::Internal
                 | Reason::ResourceMetadata
                 | Reason::ApiKeyAmbiguous
+                | Reason::CertificateRequired
+                | Reason::CertificateUntrusted
         )
     }
 

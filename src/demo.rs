@@ -121,6 +121,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         webhook: None,
         http_addr: None,
         trusted_proxies: Vec::new(),
+        client_cert_proxies: Vec::new(),
         http_header_timeout: crate::http::listener::HEADER_READ_TIMEOUT,
         ext_authz_path_prefix: crate::http::PathPrefix::default(),
         token_cache: Default::default(),

@@ -20,6 +20,7 @@ use base64::Engine as _;
 
 use crate::apikeys;
 use crate::claims;
+use crate::client_cert::{CertError, ClientCertificate};
 use crate::decision::{Allow, ClaimSet, Decision, Deny, Reason};
 use crate::expression::{Inputs, RequestView, Scope};
 use crate::introspect::{self, Answer, IntrospectError, Introspector, Raw};
@@ -648,6 +649,11 @@ async fn judge_inner(
         principal: request.source.principal,
         certificate: request.source.certificate,
     };
+    if policy.require_client_certificate
+        && let Err(denied) = required_certificate(policy, request, host, trace)
+    {
+        return *denied;
+    }
     if rule.is_some_and(|r| r.allow_anonymous) {
         trace.pass("rule", || "allowAnonymous: the token is not read".into());
         let inputs = policy
@@ -690,6 +696,12 @@ async fn judge_inner(
             Err(denied) => return *denied,
         };
     let token_id = || token_id.clone();
+    // Cache hit or not: the binding is the request's, never remembered with the token.
+    if let Err(denied) =
+        certificate_binding(policy, &verified.claims, request, host, token_id(), trace)
+    {
+        return *denied;
+    }
     let mut unmet_rule = None;
     if let Some(rule) = rule.filter(|r| !r.requirements.is_empty()) {
         let claims = verified.claims.map();
@@ -1881,6 +1893,187 @@ pub fn not_ready(host: &str) -> Decision {
     )
 }
 
+/// The request's client certificate, parsed: `None` when the gateway sent none, an error
+/// when what it sent is not one certificate.
+fn client_certificate(request: &Request<'_>) -> Result<Option<ClientCertificate>, CertError> {
+    request
+        .source
+        .certificate
+        .filter(|sent| !sent.is_empty())
+        .map(ClientCertificate::from_envoy)
+        .transpose()
+}
+
+fn describe_certificate(certificate: &ClientCertificate) -> String {
+    format!(
+        "subject {:?}, issuer {:?}, x5t#S256 {}",
+        certificate.subject,
+        certificate.issuer,
+        certificate.thumbprint()
+    )
+}
+
+fn unreadable_certificate(
+    policy: &Policy,
+    host: &str,
+    error: &CertError,
+    token_id: Option<String>,
+    trace: &mut Trace,
+) -> Box<Decision> {
+    let text = format!("the gateway's client certificate: {error}");
+    trace.fail(
+        "certificate",
+        Reason::RequestMalformed,
+        || text.clone(),
+        || None,
+    );
+    Box::new(deny(
+        Some(policy),
+        host,
+        Reason::RequestMalformed,
+        text,
+        None,
+        token_id,
+    ))
+}
+
+/// `clientCertificate.required`: the request must come with a certificate that parses.
+fn required_certificate(
+    policy: &Policy,
+    request: &Request<'_>,
+    host: &str,
+    trace: &mut Trace,
+) -> Result<(), Box<Decision>> {
+    match client_certificate(request) {
+        Ok(Some(certificate)) => {
+            trace.pass("certificate", || {
+                format!(
+                    "clientCertificate.required: {}",
+                    describe_certificate(&certificate)
+                )
+            });
+            Ok(())
+        }
+        Ok(None) => {
+            let text = "clientCertificate.required: the request came without a client certificate";
+            let hint = "the client must present a TLS client certificate, and the gateway must pass it (Envoy: include_peer_certificate: true; forward auth: a certificate header from a proxy in --client-cert-proxies)";
+            trace.fail(
+                "certificate",
+                Reason::CertificateRequired,
+                || text.into(),
+                || Some(hint.into()),
+            );
+            Err(Box::new(deny(
+                Some(policy),
+                host,
+                Reason::CertificateRequired,
+                text.into(),
+                Some(hint.into()),
+                None,
+            )))
+        }
+        Err(error) => Err(unreadable_certificate(policy, host, &error, None, trace)),
+    }
+}
+
+/// The `x5t#S256` member of a token's `cnf` claim (RFC 8705 §3.1), if it has one. A `cnf`
+/// that is not an object, or a thumbprint that is not a string, is an error: whether the
+/// token is bound cannot be told, so it is not taken as unbound.
+pub fn bound_thumbprint(claims: &ClaimSet) -> Result<Option<String>, &'static str> {
+    // A cache hit holds the claims as JSON this process wrote (member names unescaped): most
+    // tokens are not bound, and those are told without parsing anything.
+    if let ClaimSet::Json(json) = claims
+        && !json.contains("\"cnf\"")
+    {
+        return Ok(None);
+    }
+    let claims = claims.subset(&|name| name == "cnf");
+    match claims.get("cnf") {
+        None => Ok(None),
+        Some(serde_json::Value::Object(cnf)) => match cnf.get("x5t#S256") {
+            None => Ok(None),
+            Some(serde_json::Value::String(thumbprint)) => Ok(Some(thumbprint.clone())),
+            Some(_) => Err("the token's cnf.x5t#S256 is not a string"),
+        },
+        Some(_) => Err("the token's cnf claim is not a JSON object"),
+    }
+}
+
+/// RFC 8705 §3: a token bound to a certificate passes only with that certificate, whatever
+/// the policy says and whether or not the verified-token cache knew the token.
+fn certificate_binding(
+    policy: &Policy,
+    claims: &ClaimSet,
+    request: &Request<'_>,
+    host: &str,
+    token_id: String,
+    trace: &mut Trace,
+) -> Result<(), Box<Decision>> {
+    let fail = |reason: Reason, text: String, hint: &str, trace: &mut Trace| {
+        trace.fail("certificate", reason, || text.clone(), || Some(hint.into()));
+        Box::new(deny(
+            Some(policy),
+            host,
+            reason,
+            text,
+            Some(hint.into()),
+            Some(token_id.clone()),
+        ))
+    };
+    let thumbprint = match bound_thumbprint(claims) {
+        Ok(Some(thumbprint)) => thumbprint,
+        Ok(None) => return Ok(()),
+        Err(why) => {
+            return Err(fail(
+                Reason::CertificateBindingMismatch,
+                why.into(),
+                "the issuer's cnf claim must be an object whose x5t#S256 is the base64url SHA-256 of the certificate (RFC 8705)",
+                trace,
+            ));
+        }
+    };
+    let certificate = match client_certificate(request) {
+        Ok(Some(certificate)) => certificate,
+        Ok(None) => {
+            return Err(fail(
+                Reason::CertificateMissing,
+                format!(
+                    "the token is bound to the client certificate with x5t#S256 {thumbprint}, and the request came without a certificate"
+                ),
+                "the client must present the certificate the token was issued for, and the gateway must pass it (Envoy: include_peer_certificate: true; forward auth: a certificate header from a proxy in --client-cert-proxies)",
+                trace,
+            ));
+        }
+        Err(error) => {
+            return Err(unreadable_certificate(
+                policy,
+                host,
+                &error,
+                Some(token_id.clone()),
+                trace,
+            ));
+        }
+    };
+    if certificate.thumbprint() != thumbprint {
+        return Err(fail(
+            Reason::CertificateBindingMismatch,
+            format!(
+                "the token is bound to the client certificate with x5t#S256 {thumbprint}; the request's is {}",
+                describe_certificate(&certificate)
+            ),
+            "the client must use the certificate the token was issued for (or get a token with its certificate)",
+            trace,
+        ));
+    }
+    trace.pass("certificate", || {
+        format!(
+            "cnf.x5t#S256 matches the client certificate: {}",
+            describe_certificate(&certificate)
+        )
+    });
+    Ok(())
+}
+
 /// Builds a denial: status, challenge and JSON body.
 pub fn deny(
     policy: Option<&Policy>,
@@ -1918,7 +2111,9 @@ fn deny_with(
         | Reason::NoPolicy
         | Reason::PolicyNotFound
         | Reason::PolicyConflict
-        | Reason::ProxyNotTrusted => 403,
+        | Reason::ProxyNotTrusted
+        | Reason::CertificateRequired
+        | Reason::CertificateUntrusted => 403,
         Reason::IssuerUnavailable
         | Reason::NotReady
         | Reason::IntrospectionUnavailable

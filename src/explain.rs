@@ -77,6 +77,8 @@ pub struct ExplainRequest {
     pub headers: Vec<(String, String)>,
     /// Judge as if the clock said this.
     pub at: Option<SystemTime>,
+    /// The client's TLS certificate (PEM), as the gateway would report it.
+    pub client_certificate: Option<String>,
 }
 
 /// What was asked.
@@ -244,7 +246,10 @@ pub async fn explain(
         headers: Headers::Map(&headers),
         policy: explicit.as_ref().map(|p| &*p.id),
         route: None,
-        source: Default::default(),
+        source: crate::engine::Peer {
+            certificate: request.client_certificate.as_deref(),
+            ..Default::default()
+        },
     };
     let decision = engine::check_traced(snapshot, &engine_request, now, Trace::on()).await;
     let mut trace = decision

@@ -31,6 +31,7 @@
 //! with `failure_mode_allow: true`, lets the request through. Over gRPC tollgate can send a 503
 //! as a denial; over HTTP it cannot, so `failure_mode_allow` must stay false.
 
+pub mod forwarded_cert;
 pub mod listener;
 pub mod original;
 
@@ -52,6 +53,7 @@ use crate::policy::compile::WELL_KNOWN;
 use crate::policy::{SharedSnapshot, Snapshot};
 use crate::telemetry::{self, RequestInfo};
 use crate::trace;
+pub use forwarded_cert::{CertHeader, ForwardedCertError};
 pub use original::{Family, PathPrefix};
 
 /// The header Envoy's HTTP ext_authz reads, on an allow, for the request headers to remove
@@ -96,6 +98,9 @@ pub struct ForwardAuth {
     trusted: Arc<Vec<(IpNet, Family)>>,
     /// The path prefix of the `envoy` family.
     prefix: Arc<PathPrefix>,
+    /// Proxies trusted to forward the client's certificate, and the header each sets, most
+    /// specific network first (`--client-cert-proxies`).
+    cert_proxies: Arc<Vec<(IpNet, CertHeader)>>,
 }
 
 impl ForwardAuth {
@@ -111,7 +116,25 @@ impl ForwardAuth {
             metrics,
             trusted: Arc::new(trusted),
             prefix: Arc::new(prefix),
+            cert_proxies: Arc::new(Vec::new()),
         }
+    }
+
+    /// The proxies whose forwarded client certificate header is read
+    /// (`--client-cert-proxies`); a certificate header from anyone else is refused.
+    pub fn with_client_cert_proxies(mut self, mut proxies: Vec<(IpNet, CertHeader)>) -> Self {
+        proxies.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        self.cert_proxies = Arc::new(proxies);
+        self
+    }
+
+    /// The certificate header `peer` is trusted to set, if any.
+    fn cert_header_of(&self, peer: IpAddr) -> Option<CertHeader> {
+        let peer = peer.to_canonical();
+        self.cert_proxies
+            .iter()
+            .find(|(net, _)| net.contains(&peer))
+            .map(|(_, header)| *header)
     }
 
     /// `/auth` with any method, every other path for `envoy` callers (under their prefix),
@@ -210,6 +233,20 @@ impl ForwardAuth {
         if !self.shared.is_ready() {
             return (engine::not_ready(&original.host), request_id, original);
         }
+        let certificate =
+            match forwarded_cert::forwarded_certificate(peer, self.cert_header_of(peer), headers) {
+                Ok(certificate) => certificate,
+                Err(e) => {
+                    let reason = match e {
+                        ForwardedCertError::Untrusted(_) => Reason::CertificateUntrusted,
+                        ForwardedCertError::Malformed(_) => Reason::RequestMalformed,
+                    };
+                    tracing::debug!(%peer, error = %e, "forwarded client certificate refused");
+                    let decision =
+                        engine::deny(None, &original.host, reason, e.to_string(), None, None);
+                    return (decision, request_id, original);
+                }
+            };
         let list: Vec<(String, String)> = headers
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
@@ -221,7 +258,10 @@ impl ForwardAuth {
             headers: Headers::List(&list),
             policy: None,
             route: None,
-            source: Default::default(),
+            source: engine::Peer {
+                certificate: certificate.as_deref(),
+                ..Default::default()
+            },
         };
         let snapshot = self.shared.load_full();
         let decision = engine::check(&snapshot, &request, SystemTime::now()).await;

@@ -52,6 +52,8 @@ pub struct ServeConfig {
     /// The proxies allowed to call the HTTP listener, and the family of headers each
     /// sends to describe the request.
     pub trusted_proxies: Vec<(ipnet::IpNet, crate::http::Family)>,
+    /// The proxies trusted to forward the client's certificate in a header, and which header.
+    pub client_cert_proxies: Vec<(ipnet::IpNet, crate::http::CertHeader)>,
     /// How long an HTTP client may take to send a request head (or leave a connection idle).
     pub http_header_timeout: Duration,
     /// The path prefix Envoy's HTTP ext_authz puts before the original path (family `envoy`).
@@ -214,8 +216,14 @@ pub async fn run(
             .trusted_proxies
             .iter()
             .any(|(_, family)| *family == crate::http::Family::Envoy);
+        let cert_proxies: Vec<String> = config
+            .client_cert_proxies
+            .iter()
+            .map(|(net, header)| format!("{net}={}", header.name()))
+            .collect();
         tracing::info!(
             trusted_proxies = families.join(","),
+            client_cert_proxies = cert_proxies.join(","),
             ext_authz_path_prefix = envoy.then(|| config.ext_authz_path_prefix.to_string()),
             "HTTP authorization: the header family of each trusted network"
         );
@@ -264,6 +272,7 @@ pub async fn run(
             config.trusted_proxies.clone(),
             config.ext_authz_path_prefix.clone(),
         )
+        .with_client_cert_proxies(config.client_cert_proxies.clone())
         .router();
         crate::http::listener::serve(listener, app, config.http_header_timeout, stop_rx.clone())
     });

@@ -353,6 +353,7 @@ async fn methods_and_error_descriptions_are_safe_in_headers() {
 
 mod admitted;
 mod azure;
+mod bound;
 mod cache;
 mod cel;
 mod encrypted;

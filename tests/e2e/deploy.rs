@@ -282,7 +282,7 @@ fn the_helm_chart_lints_renders_and_types_check() {
     let custom = dir.path().join("values.yaml");
     std::fs::write(
         &custom,
-        "replicaCount: 3\nwatchNamespaces: [shop, billing]\nselector: tollgate.dev/shard=a\ndefaultAction: allow\nwebhook:\n  failurePolicy: Ignore\n  certManager: {enabled: true}\nautoscaling: {enabled: true}\nserviceMonitor: {enabled: true}\nnetworkPolicy: {enabled: true, gatewayNamespaceSelector: {matchLabels: {gateway: \"true\"}}}\nhttp: {enabled: true, family: nginx, trustedProxies: [10.244.0.0/16, 10.96.0.0/12]}\n",
+        "replicaCount: 3\nwatchNamespaces: [shop, billing]\nselector: tollgate.dev/shard=a\ndefaultAction: allow\nwebhook:\n  failurePolicy: Ignore\n  certManager: {enabled: true}\nautoscaling: {enabled: true}\nserviceMonitor: {enabled: true}\nnetworkPolicy: {enabled: true, gatewayNamespaceSelector: {matchLabels: {gateway: \"true\"}}}\nhttp: {enabled: true, family: nginx, trustedProxies: [10.244.0.0/16, 10.96.0.0/12], clientCertProxies: [10.244.7.0/24=xfcc]}\n",
     )
     .expect("values");
     let custom = custom.to_str().expect("path");
@@ -323,6 +323,28 @@ fn the_helm_chart_lints_renders_and_types_check() {
             assert!(args.contains(&flag), "{example}: {flag} in {args:?}");
         }
     }
+    let custom_rendered = check_objects(
+        &tools
+            .helm(&["template", "tollgate", chart, "-f", custom])
+            .expect("custom values render"),
+    );
+    let args = deployment_flags(&custom_rendered.deployments[0]);
+    assert!(
+        args.contains(&"--client-cert-proxies=10.244.7.0/24=xfcc".to_string()),
+        "{args:?}"
+    );
+    let bad_header = tools
+        .helm(&[
+            "template",
+            "t",
+            chart,
+            "-f",
+            custom,
+            "--set",
+            "http.clientCertProxies={10.0.0.0/8=pem}",
+        ])
+        .expect_err("schema refuses an unknown certificate header");
+    assert!(bad_header.contains("clientCertProxies"), "{bad_header}");
     let no_proxies = tools
         .helm(&["template", "t", chart, "--set", "http.enabled=true"])
         .expect_err("trusted proxies are required with http");

@@ -290,3 +290,69 @@ async fn explain_reads_a_policy_and_its_secrets_from_the_cluster() {
     assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
     assert!(text(&missing).contains("JwtPolicy shop/payments not found"));
 }
+
+#[test]
+fn explain_checks_a_certificate_bound_token_against_the_client_certificate() {
+    use base64::Engine as _;
+    let key = SigningKey::rsa("k1", "RS256", 2048).expect("key");
+    let dir = tempfile::tempdir().expect("dir");
+    let policy = inline_policy(dir.path(), &key);
+    let certificate = |name: &str| {
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .expect("params")
+            .self_signed(&rcgen::KeyPair::generate().expect("key"))
+            .expect("certificate");
+        (cert.pem(), cert.der().to_vec())
+    };
+    let (mine, der) = certificate("billing.example");
+    let (other, _) = certificate("billing.example");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
+    let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
+    std::fs::write(dir.path().join("mine.pem"), &mine).expect("write");
+    std::fs::write(dir.path().join("other.pem"), &other).expect("write");
+    let token = key
+        .mint(&claims(
+            "https://idp.example.com/",
+            json!({"cnf": {"x5t#S256": thumbprint}}),
+        ))
+        .expect("mint");
+    let run = |cert: Option<&str>| {
+        let path = cert.map(|c| dir.path().join(c).display().to_string());
+        let mut args = vec!["--policy", &policy, "--token", &token];
+        if let Some(path) = &path {
+            args.extend(["--client-cert", path.as_str()]);
+        }
+        let out = explain(&args, None, &[]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(Some("mine.pem"));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("cnf.x5t#S256 matches the client certificate"),
+        "{out}"
+    );
+    for (cert, reason) in [
+        (Some("other.pem"), "certificate_binding_mismatch"),
+        (None, "certificate_missing"),
+    ] {
+        let (code, out) = run(cert);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains(&format!("DENIED 401 {reason}:")), "{out}");
+    }
+    let missing = explain(
+        &[
+            "--policy",
+            &policy,
+            "--token",
+            &token,
+            "--client-cert",
+            "/nonexistent.pem",
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+}

@@ -18,8 +18,8 @@ use tollgate::local_issuer::{SigningKey, jwks, now_secs};
 use crate::envoy::{echo_upstream, get_host, start_envoy};
 use crate::support::*;
 
-const RESOURCE_OPAQUE: &str = "https://api.example.com/opaque";
-const RESOURCE_JWT: &str = "https://api.example.com/jwt";
+pub(crate) const RESOURCE_OPAQUE: &str = "https://api.example.com/opaque";
+pub(crate) const RESOURCE_JWT: &str = "https://api.example.com/jwt";
 
 /// The oidc-provider server of tests/oidc/server.mjs, stopped on drop.
 pub(crate) struct OpenIdProvider {
@@ -35,7 +35,7 @@ impl Drop for OpenIdProvider {
     }
 }
 
-fn start_provider(install: &Path) -> OpenIdProvider {
+pub(crate) fn start_provider(install: &Path) -> OpenIdProvider {
     start_provider_with(install, &[])
 }
 
@@ -89,6 +89,38 @@ impl OpenIdProvider {
             .post(format!("{}/token", self.issuer))
             .basic_auth("web", Some("web-secret"))
             .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "grant_type=client_credentials&scope=orders.read&resource={}",
+                urlencode(resource)
+            ))
+            .send()
+            .await
+            .expect("token request")
+            .bytes()
+            .await
+            .expect("token response");
+        let response: Value = serde_json::from_slice(&body).expect("JSON token response");
+        response["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token: {response}"))
+            .to_string()
+    }
+
+    /// A client_credentials token of the `bound` client, bound (RFC 8705) to the certificate
+    /// whose PEM is `certificate`.
+    pub(crate) async fn bound_token(&self, resource: &str, certificate: &str) -> String {
+        let body = reqwest::Client::new()
+            .post(format!("{}/token", self.issuer))
+            .basic_auth("bound", Some("bound-secret"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header(
+                "x-test-client-cert",
+                percent_encoding::utf8_percent_encode(
+                    certificate,
+                    percent_encoding::NON_ALPHANUMERIC,
+                )
+                .to_string(),
+            )
             .body(format!(
                 "grant_type=client_credentials&scope=orders.read&resource={}",
                 urlencode(resource)

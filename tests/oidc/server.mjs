@@ -1,7 +1,8 @@
 // A real OpenID provider for tollgate's end-to-end tests: npm oidc-provider (OpenID Certified),
 // configured with client_credentials, resource indicators (opaque, JWT and encrypted JWT access
-// tokens), introspection (JSON and RFC 9701 signed), revocation, and userinfo (`/me`) for the
-// account `user-1`. Prints "listening <issuer>" when up.
+// tokens), introspection (JSON and RFC 9701 signed), revocation, userinfo (`/me`) for the
+// account `user-1`, and certificate-bound access tokens (RFC 8705) for the client `bound`, whose
+// certificate the test sends in `x-test-client-cert`. Prints "listening <issuer>" when up.
 //
 // Run: PORT=<port> [ENCRYPTION_KEY=<public key PEM file>] [TEST_USER_TOKENS=1] [CLOCK_TOLERANCE=<s>]
 //   node server.mjs
@@ -109,6 +110,16 @@ const configuration = {
       token_endpoint_auth_method: 'client_secret_basic',
     },
     {
+      // RFC 8705: its access tokens carry cnf.x5t#S256 of the certificate it presented.
+      client_id: 'bound',
+      client_secret: 'bound-secret',
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      tls_client_certificate_bound_access_tokens: true,
+    },
+    {
       // tollgate, introspecting.
       client_id: 'gateway',
       client_secret: 'gateway-secret',
@@ -133,6 +144,19 @@ const configuration = {
       getResourceServerInfo: (ctx, resource) => resourceServerInfo(resource),
     },
     userinfo: { enabled: true },
+    // Certificate-bound access tokens. The token endpoint is plain HTTP here: the test hands
+    // the client's certificate over in a header (URL-encoded PEM, the way a proxy that
+    // terminated mutual TLS forwards it), which stands in for the TLS connection's own.
+    mTLS: {
+      enabled: true,
+      certificateBoundAccessTokens: true,
+      getCertificate(ctx) {
+        const forwarded = ctx.get('x-test-client-cert');
+        return forwarded ? decodeURIComponent(forwarded) : undefined;
+      },
+      certificateAuthorized: () => false,
+      certificateSubjectMatches: () => false,
+    },
   },
   findAccount,
   // openid: sub (the provider's default); the userinfo claims of profile and email.
