@@ -99,11 +99,27 @@ pub enum Reason {
     /// Allowed because the policy is in `mode: dryRun`; it would have denied the request
     /// (the decision's `dry_run` says with which reason).
     DryRun,
+    /// A DPoP-bound token (or the `DPoP` scheme) without a `DPoP` proof header.
+    DpopProofMissing,
+    /// The `DPoP` proof is not valid for this request and token: its form, `typ`, `alg`,
+    /// `jwk`, signature, `htm`, `htu`, `iat`, `ath` or key thumbprint; or more than one proof.
+    DpopProofInvalid,
+    /// The `DPoP` proof's `jti` was already used with this key within the proof window (on
+    /// this replica).
+    DpopReplayed,
+    /// The replay cache is full of proofs still inside their window (answers 503).
+    DpopReplayCacheFull,
+    /// A DPoP-bound token (`cnf.jkt`) presented as a bearer token, or to a policy that does not
+    /// read DPoP.
+    DpopBoundTokenAsBearer,
+    /// The policy requires DPoP (`dpop.mode: required`) and the request presents a bearer
+    /// token, or a token that is not DPoP-bound.
+    DpopRequired,
 }
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 39] = [
+    pub const ALL: [Reason; 45] = [
         Reason::Valid,
         Reason::Anonymous,
         Reason::DefaultAllow,
@@ -143,6 +159,12 @@ impl Reason {
         Reason::Internal,
         Reason::ResourceMetadata,
         Reason::DryRun,
+        Reason::DpopProofMissing,
+        Reason::DpopProofInvalid,
+        Reason::DpopReplayed,
+        Reason::DpopReplayCacheFull,
+        Reason::DpopBoundTokenAsBearer,
+        Reason::DpopRequired,
     ];
 
     /// The stable snake_case code.
@@ -187,6 +209,12 @@ impl Reason {
             Reason::Internal => "internal_error",
             Reason::ResourceMetadata => "resource_metadata",
             Reason::DryRun => "dry_run",
+            Reason::DpopProofMissing => "dpop_proof_missing",
+            Reason::DpopProofInvalid => "dpop_proof_invalid",
+            Reason::DpopReplayed => "dpop_replayed",
+            Reason::DpopReplayCacheFull => "dpop_replay_cache_full",
+            Reason::DpopBoundTokenAsBearer => "dpop_bound_token_as_bearer",
+            Reason::DpopRequired => "dpop_required",
         }
     }
 
@@ -253,6 +281,14 @@ impl Reason {
                 "the protected resource metadata is served by tollgate at this URL, not through forward authentication"
             }
             Reason::DryRun => "the policy is in dry-run mode and lets the request through",
+            Reason::DpopProofMissing => "the DPoP-bound access token needs a DPoP proof",
+            Reason::DpopProofInvalid => "the DPoP proof is not valid for this request",
+            Reason::DpopReplayed => "the DPoP proof was already used",
+            Reason::DpopReplayCacheFull => "too many DPoP proofs at once; try again shortly",
+            Reason::DpopBoundTokenAsBearer => {
+                "the access token is bound to a key (DPoP) and cannot be used as a bearer token"
+            }
+            Reason::DpopRequired => "this API accepts only DPoP-bound access tokens",
         }
     }
 
@@ -265,6 +301,11 @@ impl Reason {
             | Reason::DryRun
             | Reason::TokenMissing => None,
             Reason::InsufficientScope | Reason::ConditionFailed => Some("insufficient_scope"),
+            // RFC 9449 §7.1.
+            Reason::DpopProofMissing | Reason::DpopProofInvalid | Reason::DpopReplayed => {
+                Some("invalid_dpop_proof")
+            }
+            Reason::DpopReplayCacheFull => None,
             Reason::RequestMalformed => Some("invalid_request"),
             Reason::NoPolicy
             | Reason::PolicyNotFound
@@ -302,6 +343,20 @@ impl Reason {
                 | Reason::NotReady
                 | Reason::Internal
                 | Reason::ResourceMetadata
+                | Reason::DpopReplayCacheFull
+        )
+    }
+
+    /// Whether the failure is about the DPoP proof (its error goes in the `DPoP` challenge).
+    pub fn is_dpop(self) -> bool {
+        matches!(
+            self,
+            Reason::DpopProofMissing
+                | Reason::DpopProofInvalid
+                | Reason::DpopReplayed
+                | Reason::DpopReplayCacheFull
+                | Reason::DpopBoundTokenAsBearer
+                | Reason::DpopRequired
         )
     }
 }

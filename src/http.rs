@@ -172,6 +172,7 @@ impl ForwardAuth {
                 _ => uri.path().to_string(),
             },
             family,
+            scheme: None,
         };
         let Some(family) = self.family_of(peer) else {
             tracing::debug!(%peer, "forward-auth call from an address outside --trusted-proxies");
@@ -221,7 +222,10 @@ impl ForwardAuth {
             headers: Headers::List(&list),
             policy: None,
             route: None,
-            source: Default::default(),
+            source: engine::Peer {
+                scheme: original.scheme,
+                ..Default::default()
+            },
         };
         let snapshot = self.shared.load_full();
         let decision = engine::check(&snapshot, &request, SystemTime::now()).await;

@@ -355,6 +355,7 @@ mod admitted;
 mod azure;
 mod cache;
 mod cel;
+mod dpop;
 mod encrypted;
 mod hostile;
 mod issuers;
