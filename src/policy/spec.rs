@@ -217,7 +217,7 @@ pub struct DpopSpec {
     /// 10000000). When all are inside their window, new proofs are refused (503) until some
     /// leave it: size it for the proof rate times `proofMaxAge`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 100, max = 10_000_000))]
+    #[schemars(range(min = 100, max = 10_000_000), transform = kubernetes_int32)]
     pub replay_cache_size: Option<u32>,
 }
 
