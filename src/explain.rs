@@ -77,6 +77,8 @@ pub struct ExplainRequest {
     pub headers: Vec<(String, String)>,
     /// Judge as if the clock said this.
     pub at: Option<SystemTime>,
+    /// The scheme the client used (`https` when not said), for a DPoP proof's `htu`.
+    pub scheme: Option<String>,
 }
 
 /// What was asked.
@@ -222,13 +224,23 @@ pub async fn explain(
         .collect();
     if let Some(token) = &request.token {
         // Put the token where the policy reads it.
-        let (name, scheme) = match explicit.as_ref().or_else(|| {
+        let (name, scheme, dpop) = match explicit.as_ref().or_else(|| {
             let host = crate::policy::route::normalize_host(&host);
             let path = crate::policy::route::read_path(&path).ok()?;
             snapshot.select(&host, &path, &method, false)
         }) {
-            Some(p) => (p.token.header.clone(), p.token.scheme.clone()),
-            None => ("authorization".into(), Some("Bearer".into())),
+            Some(p) => (
+                p.token.header.clone(),
+                p.token.scheme.clone(),
+                p.dpop.is_some(),
+            ),
+            None => ("authorization".into(), Some("Bearer".into()), false),
+        };
+        // With a DPoP proof among the headers, the token goes with the DPoP scheme.
+        let scheme = if dpop && headers.contains_key("dpop") {
+            Some("DPoP".to_string())
+        } else {
+            scheme
         };
         let value = match scheme {
             Some(scheme) => format!("{scheme} {token}"),
@@ -244,7 +256,10 @@ pub async fn explain(
         headers: Headers::Map(&headers),
         policy: explicit.as_ref().map(|p| &*p.id),
         route: None,
-        source: Default::default(),
+        source: crate::engine::Peer {
+            scheme: Some(request.scheme.as_deref().unwrap_or("https")),
+            ..Default::default()
+        },
     };
     let decision = engine::check_traced(snapshot, &engine_request, now, Trace::on()).await;
     let mut trace = decision
