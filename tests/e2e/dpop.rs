@@ -284,3 +284,129 @@ async fn dpop_bound_tokens_from_a_real_openid_provider_through_envoy() {
     }
     tollgate.terminate();
 }
+
+/// A denial through nginx, which passes tollgate's `WWW-Authenticate` on (not its body): with
+/// `dpop.mode: allowed`, a Bearer challenge and a DPoP challenge carrying the error.
+fn assert_challenged(answer: &Answer, reason: &str, error: Option<&str>, what: &str) {
+    assert_eq!(answer.status, 401, "{what}: {}", answer.body);
+    let challenge = answer.challenge();
+    let dpop = challenge
+        .split_once(", DPoP ")
+        .map(|(_, dpop)| dpop)
+        .unwrap_or_else(|| panic!("{what}: no DPoP challenge in {challenge}"));
+    assert!(
+        challenge.starts_with("Bearer realm="),
+        "{what}: {challenge}"
+    );
+    assert!(
+        dpop.contains(&format!("error_description=\"{reason}:")),
+        "{what}: {challenge}"
+    );
+    if let Some(error) = error {
+        assert!(
+            dpop.contains(&format!("error=\"{error}\"")),
+            "{what}: {challenge}"
+        );
+    }
+    assert!(dpop.contains("algs=\"ES256 EdDSA\""), "{what}: {challenge}");
+}
+
+/// The same through nginx's `auth_request` (forward authentication, family `nginx`): the
+/// scheme and host come from the `X-Original-URL` nginx builds, and the proof is read from the
+/// client's own headers, which `auth_request` passes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpop_through_nginx_forward_auth() {
+    let Some(nginx_bin) = peer("TOLLGATE_NGINX", "nginx (Debian)") else {
+        return;
+    };
+    let Some(install) = peer_dir("TOLLGATE_OIDC_PROVIDER_DIR", "oidc-provider (npm)") else {
+        return;
+    };
+    let op = start_provider_with(&install, &[]);
+    let client = SigningKey::ed25519("client-ed").expect("ed key");
+    let (token, response) = bound_token(&op, &client).await;
+    assert_eq!(response["token_type"], "DPoP", "{response}");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let doc = json!({
+        "apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy",
+        "metadata": {"name": "dpop", "namespace": "shop"},
+        "spec": {
+            "match": {"hosts": [HOST]},
+            "issuers": [{"issuer": op.issuer, "audiences": [RESOURCE_JWT], "allowInsecureHttp": true}],
+            "dpop": {"mode": "allowed", "algorithms": ["ES256", "EdDSA"]},
+            "forward": {"claimsToHeaders": [{"claim": "client_id", "header": "x-user-id"}]},
+        }
+    });
+    write_policy(dir.path(), "dpop.yaml", &doc.to_string());
+    let tollgate = Tollgate::start(
+        dir.path(),
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--forward-auth-family",
+            "nginx",
+        ],
+    );
+    let http = tollgate.http.expect("http listener");
+    let (upstream, _task) = echo_upstream().await;
+    let nginx = crate::nginx::start_nginx(&nginx_bin, http, upstream).await;
+
+    let htu = format!("http://{HOST}/orders/1");
+    let proof = |htm: &str, url: &str| {
+        client
+            .dpop_proof(&json!({"jti": jti(), "htm": htm, "htu": url, "iat": now_secs(), "ath": dpop_ath(&token)}))
+            .expect("proof")
+    };
+    let dpop = format!("DPoP {token}");
+    let good = proof("GET", &htu);
+    let answer = send(nginx.port, "/orders/1?x=1", &dpop, &[&good]).await;
+    assert_eq!(answer.status, 200, "{}\n{}", answer.body, nginx.error_log());
+    assert_eq!(answer.json()["x-user-id"], "web");
+    // Replayed, wrong htu, wrong htm, as Bearer: refused with the DPoP challenge.
+    let answer = send(nginx.port, "/orders/1", &dpop, &[&good]).await;
+    assert_challenged(
+        &answer,
+        "dpop_replayed",
+        Some("invalid_dpop_proof"),
+        "replay",
+    );
+    let answer = send(
+        nginx.port,
+        "/orders/1",
+        &dpop,
+        &[&proof("GET", &format!("https://{HOST}/orders/1"))],
+    )
+    .await;
+    assert_challenged(
+        &answer,
+        "dpop_proof_invalid",
+        Some("invalid_dpop_proof"),
+        "https htu over http",
+    );
+    let answer = send(nginx.port, "/orders/1", &dpop, &[&proof("DELETE", &htu)]).await;
+    assert_challenged(
+        &answer,
+        "dpop_proof_invalid",
+        Some("invalid_dpop_proof"),
+        "wrong htm",
+    );
+    let answer = send(
+        nginx.port,
+        "/orders/1",
+        &format!("Bearer {token}"),
+        &[&proof("GET", &htu)],
+    )
+    .await;
+    assert_challenged(
+        &answer,
+        "dpop_bound_token_as_bearer",
+        Some("invalid_token"),
+        "as Bearer",
+    );
+    // dpop: allowed still takes a plain bearer token.
+    let plain = op.token(RESOURCE_JWT).await;
+    let answer = send(nginx.port, "/orders/1", &format!("Bearer {plain}"), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    tollgate.terminate();
+}
