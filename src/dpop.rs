@@ -379,7 +379,7 @@ fn same_uri(htu: &str, scheme: &str, expected: &Expected<'_>) -> bool {
 }
 
 /// The port a host names: `Ok(None)` when it names none, `Err` when it is not a number.
-pub fn port_of(authority: &str) -> Result<Option<u16>, ()> {
+pub fn port_of(authority: &str) -> Result<Option<u16>, std::num::ParseIntError> {
     let after = match authority.strip_prefix('[') {
         Some(rest) => rest.split_once(']').map_or("", |(_, after)| after),
         None => authority,
@@ -389,7 +389,7 @@ pub fn port_of(authority: &str) -> Result<Option<u16>, ()> {
             if port.is_empty() {
                 Ok(None)
             } else {
-                port.parse().map(Some).map_err(|_| ())
+                port.parse().map(Some)
             }
         }
         _ => Ok(None),

@@ -885,7 +885,7 @@ fn proof_of_possession(
     };
     let port = match dpop::port_of(request.host) {
         Ok(port) => port,
-        Err(()) => {
+        Err(_) => {
             return fail(
                 trace,
                 Reason::DpopProofInvalid,
