@@ -484,6 +484,43 @@ mod tests {
         base.iter().chain(extra).copied().collect()
     }
 
+    /// The scheme DPoP's `htu` is compared with: what the family's proxy says, never guessed.
+    #[test]
+    fn the_scheme_comes_from_the_family_or_is_unknown() {
+        let scheme = |pairs: &[(&str, &str)], family, target: &str| {
+            let method = Method::GET;
+            let uri: Uri = target.parse().expect("uri");
+            let headers = headers(pairs);
+            let call = Call {
+                method: &method,
+                uri: &uri,
+                headers: &headers,
+            };
+            original(&call, family, &PathPrefix::default()).map(|o| o.scheme)
+        };
+        assert_eq!(scheme(&NGINX, Family::Nginx, "/auth"), Ok(Some("https")));
+        let http = [
+            ("host", "tollgate:8080"),
+            ("x-original-url", "http://api.example.com/orders/7"),
+            ("x-original-method", "GET"),
+        ];
+        assert_eq!(scheme(&http, Family::Nginx, "/auth"), Ok(Some("http")));
+        assert_eq!(
+            scheme(&TRAEFIK, Family::Traefik, "/auth"),
+            Ok(Some("https"))
+        );
+        // Envoy's HTTP ext_authz call does not carry the scheme; a forwarded one is the client's.
+        let envoy = [("host", "api.example.com"), ("x-forwarded-proto", "https")];
+        assert_eq!(
+            scheme(
+                &envoy,
+                Family::Envoy,
+                &format!("{}/orders", PathPrefix::default())
+            ),
+            Ok(None)
+        );
+    }
+
     #[test]
     fn each_family_reads_only_its_own_headers() {
         let ok = |m: &str, h: &str, t: &str| Ok((m.to_string(), h.to_string(), t.to_string()));

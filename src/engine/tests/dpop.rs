@@ -502,3 +502,21 @@ fn symmetric_proof_algorithms_do_not_compile() {
     .expect_err("10m");
     assert!(e.to_string().contains("spec.dpop.proofMaxAge"), "{e}");
 }
+
+#[tokio::test]
+async fn a_method_override_is_refused_with_a_proof() {
+    // Judged as GET and as DELETE: the proof names GET only.
+    let token = bound_to(&CLIENT);
+    let c = call("/orders/1")
+        .dpop(&token, &proof(&CLIENT, "GET", URL, &token))
+        .header("x-http-method-override", "DELETE");
+    let d = judge(ALLOWED, &c).await;
+    let deny = denied(&d);
+    assert_eq!(deny.reason, Reason::DpopProofInvalid);
+    assert!(
+        deny.description
+            .contains("for method \"GET\", the request is DELETE"),
+        "{}",
+        deny.description
+    );
+}
