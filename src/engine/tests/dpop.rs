@@ -442,6 +442,17 @@ async fn the_verified_token_cache_never_skips_the_proof() {
         denied(&judge_in(&s, &bearer).await).reason,
         Reason::DpopBoundTokenAsBearer
     );
+    // A policy without dpop: the bound token is refused from the cached claims too.
+    let mut s = snapshot(&[mk_policy("dpop-off", DISABLED)], DefaultAction::Deny);
+    s.token_cache = crate::verified::TokenCache::new(Default::default());
+    let plain = call("/orders/1").header("authorization", &format!("Bearer {}", good()));
+    for _ in 0..2 {
+        assert!(judge_in(&s, &plain).await.is_allow());
+        assert_eq!(
+            denied(&judge_in(&s, &bearer).await).reason,
+            Reason::DpopBoundTokenAsBearer
+        );
+    }
 }
 
 #[tokio::test]
