@@ -151,6 +151,7 @@ impl AuthzService {
             certificate: peer
                 .map(|p| p.certificate.as_str())
                 .filter(|c| !c.is_empty()),
+            scheme: Some(http.scheme.as_str()).filter(|s| matches!(*s, "http" | "https")),
         };
         let req = engine::Request {
             host,

@@ -290,6 +290,9 @@ pub struct ExplainArgs {
     /// Judge as if the clock said this time (RFC 3339, e.g. 2026-01-01T00:00:00Z).
     #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
     pub at: Option<std::time::SystemTime>,
+    /// The scheme the client used, which a DPoP proof's `htu` names (`http` or `https`).
+    #[arg(long, default_value = "https", value_parser = ["http", "https"])]
+    pub scheme: String,
     /// Output format.
     #[arg(long, value_enum, default_value_t = ExplainOutput::Text)]
     pub output: ExplainOutput,
@@ -494,6 +497,7 @@ async fn explain_run(args: ExplainArgs) -> anyhow::Result<i32> {
                     .with_context(|| format!("reading --client-cert {}", path.display()))
             })
             .transpose()?,
+        scheme: Some(args.scheme),
     };
     let explanation = explain::explain(&snapshot, &request, args.offline).await?;
     match args.output {

@@ -119,11 +119,27 @@ pub enum Reason {
     /// A forwarded client certificate header (`x-forwarded-client-cert`, `client-cert`) from
     /// a proxy not trusted to set it (403).
     CertificateUntrusted,
+    /// A DPoP-bound token (or the `DPoP` scheme) without a `DPoP` proof header.
+    DpopProofMissing,
+    /// The `DPoP` proof is not valid for this request and token: its form, `typ`, `alg`,
+    /// `jwk`, signature, `htm`, `htu`, `iat`, `ath` or key thumbprint; or more than one proof.
+    DpopProofInvalid,
+    /// The `DPoP` proof's `jti` was already used with this key within the proof window (on
+    /// this replica).
+    DpopReplayed,
+    /// The replay cache is full of proofs still inside their window (answers 503).
+    DpopReplayCacheFull,
+    /// A DPoP-bound token (`cnf.jkt`) presented as a bearer token, or to a policy that does not
+    /// read DPoP.
+    DpopBoundTokenAsBearer,
+    /// The policy requires DPoP (`dpop.mode: required`) and the request presents a bearer
+    /// token, or a token that is not DPoP-bound.
+    DpopRequired,
 }
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 46] = [
+    pub const ALL: [Reason; 52] = [
         Reason::Valid,
         Reason::Anonymous,
         Reason::DefaultAllow,
@@ -170,6 +186,12 @@ impl Reason {
         Reason::CertificateBindingMismatch,
         Reason::CertificateRequired,
         Reason::CertificateUntrusted,
+        Reason::DpopProofMissing,
+        Reason::DpopProofInvalid,
+        Reason::DpopReplayed,
+        Reason::DpopReplayCacheFull,
+        Reason::DpopBoundTokenAsBearer,
+        Reason::DpopRequired,
     ];
 
     /// The stable snake_case code.
@@ -221,6 +243,12 @@ impl Reason {
             Reason::CertificateBindingMismatch => "certificate_binding_mismatch",
             Reason::CertificateRequired => "certificate_required",
             Reason::CertificateUntrusted => "certificate_untrusted",
+            Reason::DpopProofMissing => "dpop_proof_missing",
+            Reason::DpopProofInvalid => "dpop_proof_invalid",
+            Reason::DpopReplayed => "dpop_replayed",
+            Reason::DpopReplayCacheFull => "dpop_replay_cache_full",
+            Reason::DpopBoundTokenAsBearer => "dpop_bound_token_as_bearer",
+            Reason::DpopRequired => "dpop_required",
         }
     }
 
@@ -302,6 +330,14 @@ impl Reason {
             Reason::CertificateUntrusted => {
                 "a forwarded client certificate header came from a proxy not trusted to set it"
             }
+            Reason::DpopProofMissing => "the DPoP-bound access token needs a DPoP proof",
+            Reason::DpopProofInvalid => "the DPoP proof is not valid for this request",
+            Reason::DpopReplayed => "the DPoP proof was already used",
+            Reason::DpopReplayCacheFull => "too many DPoP proofs at once; try again shortly",
+            Reason::DpopBoundTokenAsBearer => {
+                "the access token is bound to a key (DPoP) and cannot be used as a bearer token"
+            }
+            Reason::DpopRequired => "this API accepts only DPoP-bound access tokens",
         }
     }
 
@@ -314,6 +350,11 @@ impl Reason {
             | Reason::DryRun
             | Reason::TokenMissing => None,
             Reason::InsufficientScope | Reason::ConditionFailed => Some("insufficient_scope"),
+            // RFC 9449 §7.1.
+            Reason::DpopProofMissing | Reason::DpopProofInvalid | Reason::DpopReplayed => {
+                Some("invalid_dpop_proof")
+            }
+            Reason::DpopReplayCacheFull => None,
             Reason::RequestMalformed => Some("invalid_request"),
             Reason::NoPolicy
             | Reason::PolicyNotFound
@@ -359,6 +400,20 @@ impl Reason {
                 | Reason::ApiKeyAmbiguous
                 | Reason::CertificateRequired
                 | Reason::CertificateUntrusted
+                | Reason::DpopReplayCacheFull
+        )
+    }
+
+    /// Whether the failure is about the DPoP proof (its error goes in the `DPoP` challenge).
+    pub fn is_dpop(self) -> bool {
+        matches!(
+            self,
+            Reason::DpopProofMissing
+                | Reason::DpopProofInvalid
+                | Reason::DpopReplayed
+                | Reason::DpopReplayCacheFull
+                | Reason::DpopBoundTokenAsBearer
+                | Reason::DpopRequired
         )
     }
 
@@ -475,16 +530,25 @@ impl ClaimSet {
 }
 
 impl ClaimSet {
+    /// The claims the policy's CEL expressions read (`reads` says which): those the cache
+    /// entry kept parsed for them (the cache key names the policy, so they are the same
+    /// claims), else as [`ClaimSet::subset`] finds them.
+    pub fn read_by_expressions(
+        &self,
+        reads: &dyn Fn(&str) -> bool,
+    ) -> std::borrow::Cow<'_, Claims> {
+        match self {
+            ClaimSet::Cached { read, .. } => std::borrow::Cow::Borrowed(read),
+            _ => self.subset(reads),
+        }
+    }
+
     /// The claims `keep` wants, as a map: from the JSON form, the others are skipped without
-    /// being built (a cache hit whose CEL expressions read two claims parses two). A cached
-    /// set's parsed claims are those its policy's expressions read, which is what `keep`
-    /// wants (the cache key names the policy).
+    /// being built.
     pub fn subset(&self, keep: &dyn Fn(&str) -> bool) -> std::borrow::Cow<'_, Claims> {
         match self {
-            ClaimSet::Parsed(claims) | ClaimSet::Cached { read: claims, .. } => {
-                std::borrow::Cow::Borrowed(claims)
-            }
-            ClaimSet::Json(json) => {
+            ClaimSet::Parsed(claims) => std::borrow::Cow::Borrowed(claims),
+            ClaimSet::Json(json) | ClaimSet::Cached { json, .. } => {
                 let mut de = serde_json::Deserializer::from_str(json);
                 std::borrow::Cow::Owned(
                     serde::de::DeserializeSeed::deserialize(Subset(keep), &mut de)

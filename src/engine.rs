@@ -691,17 +691,11 @@ async fn judge_inner(
         return Decision::Allow(out);
     }
     let (verified, source, token_id) =
-        match credential(policy, cache, request, host, now, trace).await {
+        match credential(policy, cache, request, host, path, now, trace).await {
             Ok(found) => found,
             Err(denied) => return *denied,
         };
     let token_id = || token_id.clone();
-    // Cache hit or not: the binding is the request's, never remembered with the token.
-    if let Err(denied) =
-        certificate_binding(policy, &verified.claims, request, host, token_id(), trace)
-    {
-        return *denied;
-    }
     let mut unmet_rule = None;
     if let Some(rule) = rule.filter(|r| !r.requirements.is_empty()) {
         let claims = verified.claims.map();
@@ -762,7 +756,7 @@ async fn judge_inner(
     let claims = cel
         .reads
         .claims()
-        .then(|| claim_set.subset(&|name| cel.reads.claims.wants(name)));
+        .then(|| claim_set.read_by_expressions(&|name| cel.reads.claims.wants(name)));
     let inputs = Inputs::new(&cel.reads, claims.as_deref(), &view(), now);
     let scope = cel.environment.scope(&inputs);
     let failed = match conditions(policy, rule, &scope, host, Some(token_id()), trace) {
@@ -791,9 +785,18 @@ async fn credential<'p>(
     cache: Option<&TokenCache>,
     request: &Request<'_>,
     host: &str,
+    path: &str,
     now: SystemTime,
     trace: &mut Trace,
 ) -> Result<(Verified<'p>, Option<TokenSource>, String), Box<Decision>> {
+    // With DPoP, `Authorization: DPoP` carries a token too.
+    let extract = || {
+        if policy.dpop.is_some() {
+            request::extract_with_dpop(&policy.token, request)
+        } else {
+            request::extract(&policy.token, request).map(|(token, source)| (token, source, false))
+        }
+    };
     if let Some(keys) = &policy.api_keys {
         let key = match request::extract_key(keys, request) {
             Ok(key) => key,
@@ -804,11 +807,7 @@ async fn credential<'p>(
             }
         };
         let tokens = !policy.issuers.is_empty() || !policy.templates.is_empty();
-        let token_sent = tokens
-            && !matches!(
-                request::extract(&policy.token, request),
-                Err(request::ExtractError::Missing(_))
-            );
+        let token_sent = tokens && !matches!(extract(), Err(request::ExtractError::Missing(_)));
         match key {
             Some(_) if token_sent && keys.with_token == apikeys::WithToken::Refuse => {
                 let text = format!(
@@ -859,7 +858,7 @@ async fn credential<'p>(
             None => {}
         }
     }
-    let (token, source) = match request::extract(&policy.token, request) {
+    let (token, source, dpop_scheme) = match extract() {
         Ok(found) => found,
         Err(request::ExtractError::Missing(places)) => {
             let text = format!("no token in {places}");
@@ -888,10 +887,36 @@ async fn credential<'p>(
             token_id
         )
     });
-    match authenticate(policy, cache, &token, &digest, now, trace).await {
-        Ok(verified) => Ok((verified, Some(source), token_id)),
-        Err(failure) => Err(Box::new(failure.deny(policy, host, token_id, trace))),
+    let verified = match authenticate(policy, cache, &token, &digest, now, trace).await {
+        Ok(verified) => verified,
+        Err(failure) => return Err(Box::new(failure.deny(policy, host, token_id, trace))),
+    };
+    // Cache hit or not: the certificate binding (RFC 8705) and the DPoP proof are the
+    // request's, never remembered with the token. The binding first: it refuses a `cnf` that
+    // is not an object, whatever the policy says of DPoP.
+    certificate_binding(
+        policy,
+        &verified.claims,
+        request,
+        host,
+        token_id.clone(),
+        trace,
+    )?;
+    if let Err((reason, text)) = proof_of_possession(
+        policy,
+        &verified.claims,
+        &token,
+        dpop_scheme,
+        request,
+        host,
+        path,
+        now,
+        trace,
+    ) {
+        let denial = deny(Some(policy), host, reason, text, None, Some(token_id));
+        return Err(Box::new(denial));
     }
+    Ok((verified, Some(source), token_id))
 }
 
 /// Looks the key up and checks the policy's `requiredClaims` against its claims. The key
@@ -949,6 +974,144 @@ fn judge_key<'p>(
         },
         id,
     ))
+}
+
+/// DPoP (RFC 9449, [`crate::dpop`]): a token bound to a key (`cnf.jkt`) needs the `DPoP` scheme
+/// and a valid proof made for this request with that key; `dpop.mode: required` accepts no
+/// other token. The failure's reason and description otherwise.
+#[allow(clippy::too_many_arguments)]
+fn proof_of_possession(
+    policy: &Policy,
+    claims: &ClaimSet,
+    token: &str,
+    dpop_scheme: bool,
+    request: &Request<'_>,
+    host: &str,
+    path: &str,
+    now: SystemTime,
+    trace: &mut Trace,
+) -> Result<(), (Reason, String)> {
+    use crate::dpop::{self, Mode};
+    let fail = |trace: &mut Trace, reason: Reason, text: String, hint: Option<String>| {
+        trace.fail("dpop", reason, || text.clone(), || hint.clone());
+        Err((reason, text))
+    };
+    // Most tokens have no `cnf`: the cached JSON text says so without parsing it.
+    let may_be_bound = match claims {
+        ClaimSet::Json(json) | ClaimSet::Cached { json, .. } => json.contains("\"cnf\""),
+        ClaimSet::Parsed(map) => map.contains_key("cnf"),
+    };
+    if !may_be_bound && policy.dpop.is_none() {
+        return Ok(());
+    }
+    let bound = match dpop::bound_key(&claims.subset(&|name| name == "cnf")) {
+        Ok(bound) => bound,
+        Err(text) => return fail(trace, Reason::DpopProofInvalid, text, None),
+    };
+    let Some(settings) = &policy.dpop else {
+        return match bound {
+            Some(_) => fail(trace, Reason::DpopBoundTokenAsBearer,
+                "the token is DPoP-bound (cnf.jkt) and the policy does not check DPoP proofs".into(),
+                Some("set spec.dpop.mode to allowed or required to accept DPoP-bound tokens with their proof".into()),
+            ),
+            None => Ok(()),
+        };
+    };
+    let jkt = match (dpop_scheme, bound, settings.mode) {
+        (false, Some(_), _) => {
+            return fail(
+                trace,
+                Reason::DpopBoundTokenAsBearer,
+                "the token is DPoP-bound (cnf.jkt) and was sent with the Bearer scheme".into(),
+                Some("the client must send Authorization: DPoP <token> with a DPoP proof".into()),
+            );
+        }
+        (false, None, Mode::Required) => {
+            return fail(
+                trace,
+                Reason::DpopRequired,
+                "the policy requires DPoP (dpop.mode: required) and the token is a bearer token"
+                    .into(),
+                Some("the client must get a DPoP-bound token and send it with a DPoP proof".into()),
+            );
+        }
+        (false, None, _) => {
+            trace.info("dpop", || {
+                "a bearer token, not DPoP-bound: no proof needed (dpop.mode: allowed)".into()
+            });
+            return Ok(());
+        }
+        (true, None, _) => {
+            return fail(
+                trace,
+                Reason::DpopProofInvalid,
+                "the token was sent with the DPoP scheme and is not DPoP-bound (no cnf.jkt)".into(),
+                None,
+            );
+        }
+        (true, Some(jkt), _) => jkt,
+    };
+    let proof = match dpop::proof_header(&request.headers) {
+        Ok(proof) => proof,
+        Err(e) => return fail(trace, e.reason(), e.to_string(), None),
+    };
+    let port = match dpop::port_of(request.host) {
+        Ok(port) => port,
+        Err(_) => {
+            return fail(
+                trace,
+                Reason::DpopProofInvalid,
+                "the request's host has an invalid port".into(),
+                None,
+            );
+        }
+    };
+    let seconds = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let expected = dpop::Expected {
+        method: request.method,
+        scheme: request.source.scheme,
+        host,
+        port,
+        path,
+        reading: policy.path_reading,
+        token,
+        jkt: &jkt,
+        now: seconds,
+        skew: policy.clock_skew,
+    };
+    let accepted = match dpop::verify(&proof, settings, &expected) {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            let hint = matches!(e, dpop::DpopError::UnknownScheme).then(|| {
+                "the proxy does not say which scheme the client used (Envoy's HTTP ext_authz family): use the gRPC check, nginx or Traefik for DPoP".to_string()
+            });
+            return fail(trace, e.reason(), e.to_string(), hint);
+        }
+    };
+    trace.pass("dpop", || {
+        format!(
+            "the proof ({}, jwk thumbprint {jkt} = cnf.jkt) is for {} {}, ath is the token's hash, iat {}s ago",
+            accepted.alg,
+            request.method,
+            expected.uri(),
+            i64::try_from(seconds).unwrap_or(i64::MAX).saturating_sub(accepted.iat)
+        )
+    });
+    // Remembered until the proof's iat leaves the window (and no less than the skew from now).
+    let until = u64::try_from(accepted.iat)
+        .unwrap_or(0)
+        .saturating_add(settings.max_age)
+        .max(seconds.saturating_add(policy.clock_skew))
+        .saturating_add(1);
+    if let Err(e) = settings.replay.admit(&jkt, &accepted.jti, seconds, until) {
+        let hint = matches!(e, dpop::DpopError::CacheFull(_))
+            .then(|| "raise spec.dpop.replayCacheSize, or lower proofMaxAge".to_string());
+        return fail(trace, e.reason(), e.to_string(), hint);
+    }
+    trace.pass("dpop", || "the proof's jti is new on this replica".into());
+    Ok(())
 }
 
 /// Checks the policy's and then the rule's `when` conditions: the first that is not true
@@ -2119,6 +2282,7 @@ fn deny_with(
         | Reason::IntrospectionUnavailable
         | Reason::IntrospectionTimeout => 503,
         Reason::IntrospectionFailed => 502,
+        Reason::DpopReplayCacheFull => 503,
         Reason::IntrospectionInvalid => 500,
         Reason::RequestMalformed | Reason::ApiKeyAmbiguous => 400,
         Reason::ApiKeyMissing | Reason::ApiKeyInvalid => 401,
@@ -2140,39 +2304,66 @@ fn deny_with(
     };
     let www_authenticate = reason.challenges().then(|| {
         let realm = policy.and_then(|p| p.deny.realm.as_deref()).unwrap_or(host);
-        let mut params = Vec::with_capacity(3);
-        // No host known (forward-auth headers that could not be read): no empty realm.
-        if !realm.is_empty() {
-            params.push(format!("realm=\"{}\"", quoted(realm)));
-        }
-        if let Some(error) = reason.oauth_error() {
-            params.push(format!("error=\"{error}\""));
-            if let Some(text) = &public_description {
-                params.push(format!("error_description=\"{}\"", quoted(text)));
+        let dpop = policy.and_then(|p| p.dpop.as_ref());
+        // The challenge that carries the error: DPoP's for a proof failure, or when the policy
+        // accepts nothing else (RFC 9449 §7.1); Bearer's otherwise.
+        let on_dpop =
+            dpop.is_some_and(|d| reason.is_dpop() || d.mode == crate::dpop::Mode::Required);
+        let challenge = |scheme: &str, with_error: bool, algs: Option<String>| {
+            let mut params = Vec::with_capacity(4);
+            // No host known (forward-auth headers that could not be read): no empty realm.
+            if !realm.is_empty() {
+                params.push(format!("realm=\"{}\"", quoted(realm)));
             }
-        }
-        // RFC 9728 §5.1: where the client finds the authorization servers for this resource.
-        // The URL holds only characters a quoted-string carries unescaped (compile checks).
-        if let Some(resource) = policy.and_then(|p| p.resource.as_deref()) {
-            params.push(format!("resource_metadata=\"{}\"", resource.metadata_url));
-        }
-        let scheme = if reason.is_api_key() {
+            if with_error && let Some(error) = reason.oauth_error() {
+                params.push(format!("error=\"{error}\""));
+                if let Some(text) = &public_description {
+                    params.push(format!("error_description=\"{}\"", quoted(text)));
+                }
+            }
+            if let Some(algs) = algs {
+                params.push(format!("algs=\"{algs}\""));
+            }
+            // RFC 9728 §5.1: where the client finds the authorization servers for this
+            // resource. The URL holds only characters a quoted-string carries unescaped
+            // (compile checks).
+            if let Some(resource) = policy.and_then(|p| p.resource.as_deref()) {
+                params.push(format!("resource_metadata=\"{}\"", resource.metadata_url));
+            }
+            if params.is_empty() {
+                scheme.to_string()
+            } else {
+                format!("{scheme} {}", params.join(", "))
+            }
+        };
+        if reason.is_api_key() {
             // Where the key goes, in place of OAuth's error parameters.
-            params.retain(|p| p.starts_with("realm="));
+            let mut params = Vec::with_capacity(3);
+            if !realm.is_empty() {
+                params.push(format!("realm=\"{}\"", quoted(realm)));
+            }
             params.extend(
                 policy
                     .and_then(|p| p.api_keys.as_deref())
                     .map(|k| k.challenge_params())
                     .unwrap_or_default(),
             );
-            "ApiKey"
-        } else {
-            "Bearer"
-        };
-        if params.is_empty() {
-            scheme.to_string()
-        } else {
-            format!("{scheme} {}", params.join(", "))
+            return if params.is_empty() {
+                "ApiKey".to_string()
+            } else {
+                format!("ApiKey {}", params.join(", "))
+            };
+        }
+        match dpop {
+            None => challenge("Bearer", true, None),
+            Some(d) => {
+                let dpop = challenge("DPoP", on_dpop, Some(d.algs()));
+                if d.mode == crate::dpop::Mode::Required {
+                    dpop
+                } else {
+                    format!("{}, {dpop}", challenge("Bearer", !on_dpop, None))
+                }
+            }
         }
     });
     let error = reason.oauth_error().unwrap_or(match status {

@@ -79,6 +79,8 @@ pub struct ExplainRequest {
     pub at: Option<SystemTime>,
     /// The client's TLS certificate (PEM), as the gateway would report it.
     pub client_certificate: Option<String>,
+    /// The scheme the client used (`https` when not said), for a DPoP proof's `htu`.
+    pub scheme: Option<String>,
 }
 
 /// What was asked.
@@ -224,13 +226,23 @@ pub async fn explain(
         .collect();
     if let Some(token) = &request.token {
         // Put the token where the policy reads it.
-        let (name, scheme) = match explicit.as_ref().or_else(|| {
+        let (name, scheme, dpop) = match explicit.as_ref().or_else(|| {
             let host = crate::policy::route::normalize_host(&host);
             let path = crate::policy::route::read_path(&path).ok()?;
             snapshot.select(&host, &path, &method, false)
         }) {
-            Some(p) => (p.token.header.clone(), p.token.scheme.clone()),
-            None => ("authorization".into(), Some("Bearer".into())),
+            Some(p) => (
+                p.token.header.clone(),
+                p.token.scheme.clone(),
+                p.dpop.is_some(),
+            ),
+            None => ("authorization".into(), Some("Bearer".into()), false),
+        };
+        // With a DPoP proof among the headers, the token goes with the DPoP scheme.
+        let scheme = if dpop && headers.contains_key("dpop") {
+            Some("DPoP".to_string())
+        } else {
+            scheme
         };
         let value = match scheme {
             Some(scheme) => format!("{scheme} {token}"),
@@ -248,6 +260,7 @@ pub async fn explain(
         route: None,
         source: crate::engine::Peer {
             certificate: request.client_certificate.as_deref(),
+            scheme: Some(request.scheme.as_deref().unwrap_or("https")),
             ..Default::default()
         },
     };

@@ -195,6 +195,7 @@ impl ForwardAuth {
                 _ => uri.path().to_string(),
             },
             family,
+            scheme: None,
         };
         let Some(family) = self.family_of(peer) else {
             tracing::debug!(%peer, "forward-auth call from an address outside --trusted-proxies");
@@ -260,6 +261,7 @@ impl ForwardAuth {
             route: None,
             source: engine::Peer {
                 certificate: certificate.as_deref(),
+                scheme: original.scheme,
                 ..Default::default()
             },
         };

@@ -28,6 +28,7 @@ pub mod client_cert;
 pub mod controller;
 pub mod decision;
 pub mod demo;
+pub mod dpop;
 pub mod dry_run;
 pub mod engine;
 pub mod explain;

@@ -195,6 +195,34 @@ impl SigningKey {
     }
 }
 
+impl SigningKey {
+    /// The RFC 7638 thumbprint of the public key: a DPoP-bound token's `cnf.jkt`.
+    pub fn thumbprint(&self) -> Option<String> {
+        crate::dpop::thumbprint(&self.jwk()?).ok()
+    }
+
+    /// A DPoP proof (RFC 9449) made with this key: header `{typ: dpop+jwt, alg, jwk}`, and
+    /// `claims` (`jti`, `htm`, `htu`, `iat`, `ath`) as given.
+    pub fn dpop_proof(&self, claims: &Value) -> Result<String, IssuerError> {
+        let mut jwk = self
+            .jwk()
+            .ok_or_else(|| IssuerError("an HMAC key has no public JWK".into()))?;
+        if let Some(object) = jwk.as_object_mut() {
+            object.remove("kid");
+            object.remove("use");
+        }
+        self.mint_with_header(
+            &json!({"typ": crate::dpop::PROOF_TYPE, "alg": self.alg, "jwk": jwk}),
+            claims,
+        )
+    }
+}
+
+/// The `ath` of a DPoP proof for `token`: base64url(SHA-256(token)).
+pub fn dpop_ath(token: &str) -> String {
+    B64.encode(crate::jose::sha256(token.as_bytes()))
+}
+
 /// A JWKS document of the given keys' public halves.
 pub fn jwks(keys: &[&SigningKey]) -> Value {
     json!({"keys": keys.iter().filter_map(|k| k.jwk()).collect::<Vec<_>>()})

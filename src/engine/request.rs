@@ -88,6 +88,10 @@ pub struct Peer<'a> {
     /// `include_peer_certificate: true`: the URL-encoded PEM of the leaf), unparsed: see
     /// [`crate::client_cert`].
     pub certificate: Option<&'a str>,
+    /// The scheme the client used (`http` or `https`), as the gateway reports it (Envoy's
+    /// `attributes.request.http.scheme`, the trusted proxy's forwarded scheme): DPoP's `htu`
+    /// is compared with it. `None`: not known, and a DPoP proof is refused.
+    pub scheme: Option<&'a str>,
 }
 
 /// Where a token was found.
@@ -251,6 +255,43 @@ pub fn extract_key<'a>(
         found = Some((Cow::Owned(key), KeySource::Query));
     }
     Ok(found)
+}
+
+/// [`extract`], when the policy also reads DPoP: `Authorization: DPoP <token>` first (RFC 9449
+/// §7.1), and the token is then in no other place the policy reads. The flag says whether the
+/// token came with the `DPoP` scheme.
+pub fn extract_with_dpop<'a>(
+    location: &TokenLocation,
+    request: &Request<'a>,
+) -> Result<(Cow<'a, str>, TokenSource, bool), ExtractError> {
+    let dpop = TokenLocation {
+        header: "authorization".into(),
+        scheme: Some("DPoP".into()),
+        query: None,
+        cookie: None,
+    };
+    let found = match request.headers.get("authorization") {
+        Some(value) => from_header(&dpop, value)?,
+        None => None,
+    };
+    let Some(token) = found else {
+        return extract(location, request).map(|(token, source)| (token, source, false));
+    };
+    match extract(location, request) {
+        Err(ExtractError::Missing(_)) => {}
+        Ok(_) => {
+            return Err(ExtractError::Malformed(
+                "the token was sent in more than one place".into(),
+            ));
+        }
+        Err(malformed) => return Err(malformed),
+    }
+    if !is_b64token(&token) {
+        return Err(ExtractError::Malformed(
+            "the token contains characters a bearer token cannot have".into(),
+        ));
+    }
+    Ok((token, TokenSource::Header, true))
 }
 
 fn describe(location: &TokenLocation) -> String {

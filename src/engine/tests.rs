@@ -356,6 +356,7 @@ mod azure;
 mod bound;
 mod cache;
 mod cel;
+mod dpop;
 mod encrypted;
 mod hostile;
 mod issuers;

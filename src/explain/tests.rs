@@ -509,6 +509,7 @@ async fn conditions_show_their_expression_inputs_and_result() {
         headers: vec![("x-tenant".into(), tenant.into())],
         at: Some(at()),
         client_certificate: None,
+        scheme: None,
     };
     let pass = explain(&snapshot, &ask("/orders", "acme"), true)
         .await
@@ -546,6 +547,7 @@ async fn a_metadata_request_is_explained_as_answered_by_tollgate() {
         headers: Vec::new(),
         at: None,
         client_certificate: None,
+        scheme: None,
     };
     let explanation = explain(&snapshot, &request, true).await.expect("explains");
     assert_eq!(explanation.decision, "answer");
@@ -639,4 +641,52 @@ async fn the_certificate_binding_is_explained() {
         let text = render_text(&denied);
         assert!(text.contains(hint), "{text}");
     }
+}
+
+#[tokio::test]
+async fn the_dpop_proof_checks_are_explained() {
+    let snapshot = single(mk_policy(
+        "dpop",
+        "{match: {hosts: [api.example.com], paths: [/orders]}, dpop: {mode: required}}",
+    ));
+    let client = SigningKey::ec("client", "ES256").expect("ec key");
+    let token = token(json!({"cnf": {"jkt": client.thumbprint().expect("jkt")}}));
+    let proof = |htm: &str| {
+        client
+            .dpop_proof(&json!({"jti": format!("explain-{htm}"), "htm": htm,
+                "htu": "https://api.example.com/orders/1", "iat": AT as i64,
+                "ath": crate::local_issuer::dpop_ath(&token)}))
+            .expect("proof")
+    };
+    let ask = |proof: String| ExplainRequest {
+        token: Some(token.clone()),
+        host: Some("api.example.com".into()),
+        path: Some("/orders/1".into()),
+        headers: vec![("DPoP".into(), proof)],
+        at: Some(at()),
+        ..ExplainRequest::default()
+    };
+    let good = explain(&snapshot, &ask(proof("GET")), true)
+        .await
+        .expect("explains");
+    assert_eq!(good.reason, "valid", "{}", render_text(&good));
+    let text = render_text(&good);
+    assert!(text.contains("the proof (ES256, jwk thumbprint"), "{text}");
+    assert!(
+        text.contains("is for GET https://api.example.com/orders/1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the proof's jti is new on this replica"),
+        "{text}"
+    );
+    let wrong = explain(&snapshot, &ask(proof("POST")), true)
+        .await
+        .expect("explains");
+    assert_eq!(wrong.reason, "dpop_proof_invalid");
+    let text = render_text(&wrong);
+    assert!(
+        text.contains("the DPoP proof is for method \"POST\", the request is GET"),
+        "{text}"
+    );
 }

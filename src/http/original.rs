@@ -227,6 +227,9 @@ pub struct Original {
     /// Which family's headers described it (none when the call was refused before reading
     /// them).
     pub family: Option<Family>,
+    /// The scheme the client used, when the family's proxy says it (nginx's `X-Original-URL`,
+    /// Traefik's `X-Forwarded-Proto`); Envoy's HTTP ext_authz call does not say it.
+    pub scheme: Option<&'static str>,
 }
 
 fn one<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<&'h str>, ForwardedError> {
@@ -307,9 +310,11 @@ fn host(header: &'static str, text: &str) -> Result<String, ForwardedError> {
     }
 }
 
-fn scheme(header: &'static str, text: &str) -> Result<(), ForwardedError> {
-    if text == "http" || text == "https" {
-        Ok(())
+fn scheme(header: &'static str, text: &str) -> Result<&'static str, ForwardedError> {
+    if text == "http" {
+        Ok("http")
+    } else if text == "https" {
+        Ok("https")
     } else {
         Err(ForwardedError::Invalid {
             header,
@@ -356,7 +361,7 @@ pub fn original(
             let (scheme_part, rest) = url
                 .split_once("://")
                 .ok_or_else(|| invalid("must be an absolute http(s) URL".into()))?;
-            scheme("X-Original-URL", scheme_part)?;
+            let scheme = scheme("X-Original-URL", scheme_part)?;
             let (authority, path) = match rest.find('/') {
                 Some(i) => (&rest[..i], &rest[i..]),
                 None => (rest, "/"),
@@ -371,14 +376,16 @@ pub fn original(
                 host,
                 target,
                 family: Some(family),
+                scheme: Some(scheme),
             })
         }
         Family::Traefik => {
-            scheme(
+            let scheme = scheme(
                 "X-Forwarded-Proto",
                 required(headers, "x-forwarded-proto", family)?,
             )?;
             Ok(Original {
+                scheme: Some(scheme),
                 method: method(
                     "X-Forwarded-Method",
                     required(headers, "x-forwarded-method", family)?,
@@ -411,6 +418,7 @@ pub fn original(
                 host,
                 target: original.to_string(),
                 family: Some(family),
+                scheme: None,
             })
         }
     }
@@ -474,6 +482,43 @@ mod tests {
         extra: &[(&'static str, &'static str)],
     ) -> Vec<(&'static str, &'static str)> {
         base.iter().chain(extra).copied().collect()
+    }
+
+    /// The scheme DPoP's `htu` is compared with: what the family's proxy says, never guessed.
+    #[test]
+    fn the_scheme_comes_from_the_family_or_is_unknown() {
+        let scheme = |pairs: &[(&str, &str)], family, target: &str| {
+            let method = Method::GET;
+            let uri: Uri = target.parse().expect("uri");
+            let headers = headers(pairs);
+            let call = Call {
+                method: &method,
+                uri: &uri,
+                headers: &headers,
+            };
+            original(&call, family, &PathPrefix::default()).map(|o| o.scheme)
+        };
+        assert_eq!(scheme(&NGINX, Family::Nginx, "/auth"), Ok(Some("https")));
+        let http = [
+            ("host", "tollgate:8080"),
+            ("x-original-url", "http://api.example.com/orders/7"),
+            ("x-original-method", "GET"),
+        ];
+        assert_eq!(scheme(&http, Family::Nginx, "/auth"), Ok(Some("http")));
+        assert_eq!(
+            scheme(&TRAEFIK, Family::Traefik, "/auth"),
+            Ok(Some("https"))
+        );
+        // Envoy's HTTP ext_authz call does not carry the scheme; a forwarded one is the client's.
+        let envoy = [("host", "api.example.com"), ("x-forwarded-proto", "https")];
+        assert_eq!(
+            scheme(
+                &envoy,
+                Family::Envoy,
+                &format!("{}/orders", PathPrefix::default())
+            ),
+            Ok(None)
+        );
     }
 
     #[test]

@@ -566,6 +566,9 @@ pub struct Policy {
     pub templates: Vec<IssuerTemplate>,
     /// `apiKeys`, if configured.
     pub api_keys: Option<Arc<ApiKeys>>,
+    /// `dpop` (RFC 9449), when its mode is `allowed` or `required`; `None`: disabled, and a
+    /// DPoP-bound token is refused.
+    pub dpop: Option<crate::dpop::Settings>,
 }
 
 fn next_instance() -> u64 {
@@ -951,6 +954,11 @@ pub fn compile(
         .and_then(|d| d.trace_header.as_ref())
         .and_then(|t| compile_trace_header(&mut c, namespace, t, &token, ctx));
 
+    let dpop = spec
+        .dpop
+        .as_ref()
+        .and_then(|d| compile_dpop(&mut c, &id, d));
+
     let mut resource_warnings = Vec::new();
     let resource = resource::compile_resource(
         &mut c,
@@ -1012,6 +1020,72 @@ pub fn compile(
         require_client_certificate: spec.client_certificate.as_ref().is_some_and(|c| c.required),
         templates,
         api_keys,
+        dpop,
+    })
+}
+
+/// `spec.dpop`: `None` when disabled (or invalid, with the problem recorded).
+fn compile_dpop(c: &mut Checker, id: &str, spec: &spec::DpopSpec) -> Option<crate::dpop::Settings> {
+    use crate::dpop::{self, Mode};
+    let mode = match spec.mode {
+        spec::DpopMode::Disabled => Mode::Disabled,
+        spec::DpopMode::Allowed => Mode::Allowed,
+        spec::DpopMode::Required => Mode::Required,
+    };
+    c.at_most("spec.dpop.algorithms", &spec.algorithms, 9);
+    let mut algorithms = Vec::new();
+    for name in &spec.algorithms {
+        match dpop::DEFAULT_ALGORITHMS
+            .iter()
+            .find(|a| dpop::alg_name(**a) == name)
+        {
+            Some(alg) if !algorithms.contains(alg) => algorithms.push(*alg),
+            Some(_) => {}
+            None => c.invalid(
+                "spec.dpop.algorithms",
+                format!("{name:?} is not an asymmetric algorithm (RS256/384/512, PS256/384/512, ES256/384, EdDSA); proofs are never HMAC or none"),
+            ),
+        }
+    }
+    if algorithms.is_empty() {
+        algorithms = dpop::DEFAULT_ALGORITHMS.to_vec();
+    }
+    let max_age = match &spec.proof_max_age {
+        None => 60,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(300) => d.as_secs(),
+            Ok(_) => {
+                c.invalid(
+                    "spec.dpop.proofMaxAge",
+                    format!("{text} is not between 1s and 5m"),
+                );
+                60
+            }
+            Err(e) => {
+                c.invalid(
+                    "spec.dpop.proofMaxAge",
+                    format!("{text:?} is not a duration like 30s or 2m: {e}"),
+                );
+                60
+            }
+        },
+    };
+    let size = spec.replay_cache_size.unwrap_or(100_000);
+    if !(100..=10_000_000).contains(&size) {
+        c.invalid(
+            "spec.dpop.replayCacheSize",
+            format!("{size} is not between 100 and 10000000"),
+        );
+    }
+    if mode == Mode::Disabled {
+        return None;
+    }
+    let replay = dpop::replay_cache_for(id, size as usize);
+    Some(dpop::Settings {
+        mode,
+        algorithms,
+        max_age,
+        replay,
     })
 }
 

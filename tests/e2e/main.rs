@@ -8,6 +8,7 @@ mod client_cert;
 mod cluster;
 mod crd;
 mod deploy;
+mod dpop;
 mod drain;
 mod dry_run;
 mod encrypted;

