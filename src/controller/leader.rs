@@ -82,8 +82,13 @@ pub fn spawn_status_writer(
             tokio::select! {
                 biased;
                 () = &mut stopped => {
+                    // Whether the Lease names this replica, as the API server has it: the
+                    // manager's last word may lag (a renewal that conflicted), and it releases
+                    // the Lease it holds either way.
+                    let held = holds_lease(&writer.client, &identity)
+                        .await
+                        .unwrap_or(*leader.borrow());
                     // Closing the channel makes the manager release the Lease if it holds it.
-                    let held = *leader.borrow();
                     drop(leader);
                     match tokio::time::timeout(RELEASE_TIMEOUT, lease_task).await {
                         Ok(Ok(Ok(_))) => {
@@ -124,6 +129,26 @@ pub fn spawn_status_writer(
             writer.sync(&view, &reports).await;
         }
     })
+}
+
+/// Whether the status Lease names this replica as its holder (`None`: the API server did not
+/// answer within a second).
+async fn holds_lease(client: &Client, identity: &Identity) -> Option<bool> {
+    let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &identity.namespace);
+    let lease = tokio::time::timeout(
+        Duration::from_secs(1),
+        api.get_opt(&identity.status_lease_name()),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    Some(
+        lease
+            .and_then(|l| l.spec)
+            .and_then(|spec| spec.holder_identity)
+            .is_some_and(|holder| holder == identity.name),
+    )
 }
 
 struct StatusWriter {
