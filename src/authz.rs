@@ -282,7 +282,11 @@ pub fn to_check_response(decision: &Decision) -> CheckResponse {
                         .collect(),
                     headers_to_remove: allow.headers_to_remove.clone(),
                     query_parameters_to_remove: allow.query_params_to_remove.clone(),
-                    response_headers_to_add: trace.into_iter().collect(),
+                    // To the client's response: the trace, a renewed DPoP nonce.
+                    response_headers_to_add: trace
+                        .into_iter()
+                        .chain(allow.response_headers.iter().map(|(k, v)| header(k, v)))
+                        .collect(),
                     ..Default::default()
                 })),
                 dynamic_metadata: (!metadata.is_empty())

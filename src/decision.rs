@@ -135,11 +135,15 @@ pub enum Reason {
     /// The policy requires DPoP (`dpop.mode: required`) and the request presents a bearer
     /// token, or a token that is not DPoP-bound.
     DpopRequired,
+    /// The policy sets DPoP nonces (`dpop.nonce`) and the proof carries none, or one that is
+    /// not this server's or has expired: the answer carries a fresh `DPoP-Nonce`
+    /// (`use_dpop_nonce`, RFC 9449 §9).
+    DpopNonceRequired,
 }
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 52] = [
+    pub const ALL: [Reason; 53] = [
         Reason::Valid,
         Reason::Anonymous,
         Reason::DefaultAllow,
@@ -192,6 +196,7 @@ impl Reason {
         Reason::DpopReplayCacheFull,
         Reason::DpopBoundTokenAsBearer,
         Reason::DpopRequired,
+        Reason::DpopNonceRequired,
     ];
 
     /// The stable snake_case code.
@@ -249,6 +254,7 @@ impl Reason {
             Reason::DpopReplayCacheFull => "dpop_replay_cache_full",
             Reason::DpopBoundTokenAsBearer => "dpop_bound_token_as_bearer",
             Reason::DpopRequired => "dpop_required",
+            Reason::DpopNonceRequired => "dpop_nonce_required",
         }
     }
 
@@ -338,6 +344,9 @@ impl Reason {
                 "the access token is bound to a key (DPoP) and cannot be used as a bearer token"
             }
             Reason::DpopRequired => "this API accepts only DPoP-bound access tokens",
+            Reason::DpopNonceRequired => {
+                "the DPoP proof must carry the nonce this server provides in DPoP-Nonce"
+            }
         }
     }
 
@@ -354,6 +363,7 @@ impl Reason {
             Reason::DpopProofMissing | Reason::DpopProofInvalid | Reason::DpopReplayed => {
                 Some("invalid_dpop_proof")
             }
+            Reason::DpopNonceRequired => Some("use_dpop_nonce"),
             Reason::DpopReplayCacheFull => None,
             Reason::RequestMalformed => Some("invalid_request"),
             Reason::NoPolicy
@@ -414,6 +424,7 @@ impl Reason {
                 | Reason::DpopReplayCacheFull
                 | Reason::DpopBoundTokenAsBearer
                 | Reason::DpopRequired
+                | Reason::DpopNonceRequired
         )
     }
 
@@ -609,6 +620,9 @@ pub struct Allow {
     /// The policy reads an API key from the query: only a transport that removes
     /// `query_params_to_remove` may let the request through (forward authentication cannot).
     pub query_key: bool,
+    /// Added to the response the client receives (not the upstream's request): a fresh
+    /// `DPoP-Nonce` when the proof's nonce is due for renewal.
+    pub response_headers: Vec<(&'static str, String)>,
     /// The verified claims, for the proxy's dynamic metadata.
     pub claims: Option<ClaimSet>,
     /// The issuer that signed the token.
@@ -644,6 +658,8 @@ pub struct Deny {
     pub trace: Option<Arc<Trace>>,
     /// The path as judged (see `route::read_path`), once it could be read.
     pub path: Option<String>,
+    /// A fresh `DPoP-Nonce` (RFC 9449 §9), on the 401s of a policy that sets DPoP nonces.
+    pub dpop_nonce: Option<String>,
 }
 
 impl Deny {
@@ -669,6 +685,9 @@ impl Deny {
         }
         if let Some(challenge) = &self.www_authenticate {
             out.push(("www-authenticate", challenge.clone()));
+        }
+        if let Some(nonce) = &self.dpop_nonce {
+            out.push(("dpop-nonce", nonce.clone()));
         }
         out
     }

@@ -75,6 +75,8 @@ pub struct Settings {
     pub max_age: u64,
     /// Proofs already used, per replica.
     pub replay: Arc<ReplayCache>,
+    /// Server-provided nonces (`dpop.nonce`), when the policy sets them.
+    pub nonces: Option<Nonces>,
 }
 
 impl Settings {
@@ -167,6 +169,26 @@ pub enum DpopError {
     /// The scheme the client used is not known (a forward-auth family that does not send it).
     #[error("the request's scheme is not known, so the DPoP proof's htu cannot be compared")]
     UnknownScheme,
+    /// The policy sets nonces and the proof has no `nonce` claim.
+    #[error("the DPoP proof carries no nonce, and this policy requires the one it provides")]
+    NonceMissing,
+    /// The proof's `nonce` is not one this server issued with its current secret, or it
+    /// expired.
+    #[error("the DPoP proof's nonce {0}")]
+    Nonce(NonceError),
+}
+
+/// Why a proof's `nonce` is not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NonceError {
+    #[error("is not a string")]
+    NotString,
+    #[error("is not one this server issued (malformed, or made with another secret)")]
+    Forged,
+    #[error("expired {0}s ago")]
+    Expired(u64),
+    #[error("was issued {0}s in the future")]
+    Future(u64),
 }
 
 impl DpopError {
@@ -177,6 +199,7 @@ impl DpopError {
             DpopError::Missing => Reason::DpopProofMissing,
             DpopError::Replayed => Reason::DpopReplayed,
             DpopError::CacheFull(_) => Reason::DpopReplayCacheFull,
+            DpopError::NonceMissing | DpopError::Nonce(_) => Reason::DpopNonceRequired,
             _ => Reason::DpopProofInvalid,
         }
     }
@@ -223,6 +246,8 @@ pub struct Accepted {
     pub alg: &'static str,
     pub jti: String,
     pub iat: i64,
+    /// When the proof's nonce was issued (seconds since the epoch), under a policy with nonces.
+    pub nonce_issued: Option<u64>,
 }
 
 /// The one `DPoP` header of a request: counted over every header line (any letter case), and a
@@ -332,10 +357,24 @@ pub fn verify(
     if !constant_eq(thumbprint.as_bytes(), expected.jkt.as_bytes()) {
         return Err(DpopError::Thumbprint { proof: thumbprint });
     }
+    // Last: a proof wrong in any other way is invalid, whatever its nonce.
+    let nonce_issued = match &settings.nonces {
+        None => None,
+        Some(nonces) => match claims.get("nonce") {
+            None => return Err(DpopError::NonceMissing),
+            Some(Value::String(nonce)) => Some(
+                nonces
+                    .check(nonce, expected.now, expected.skew)
+                    .map_err(DpopError::Nonce)?,
+            ),
+            Some(_) => return Err(DpopError::Nonce(NonceError::NotString)),
+        },
+    };
     Ok(Accepted {
         alg: alg_name(alg),
         jti: jti.to_string(),
         iat,
+        nonce_issued,
     })
 }
 
@@ -436,6 +475,111 @@ pub fn bound_key(claims: &serde_json::Map<String, Value>) -> Result<Option<Strin
             Some(_) => Err("the token's cnf.jkt is not a thumbprint".into()),
         },
         Some(_) => Err("the token's cnf claim is not an object".into()),
+    }
+}
+
+/// Server-provided nonces (RFC 9449 §9), stateless: a nonce is the time it was issued and a
+/// MAC of it under the policy's nonce secret, so every replica with the same secret accepts
+/// the nonces of the others and none keeps a list.
+///
+/// ```text
+/// nonce = base64url( issued (8 bytes, big-endian seconds) ‖ HMAC-SHA256(secret, label ‖ issued)[..16] )
+/// ```
+///
+/// `issued` is the current time rounded down to half the lifetime, so a nonce handed out is
+/// good for between half and all of `lifetime`, and one value serves every client for half a
+/// lifetime. A proof whose nonce was issued before the current one gets the current one on
+/// its answer (`DPoP-Nonce`), well before it expires.
+#[derive(Clone)]
+pub struct Nonces {
+    key: aws_lc_rs::hmac::Key,
+    /// How long a nonce is accepted, in seconds.
+    pub lifetime: u64,
+}
+
+/// The shortest secret a policy's nonces are made with.
+pub const MIN_NONCE_SECRET_BYTES: usize = 32;
+
+/// Bytes of the MAC a nonce carries.
+const NONCE_TAG_BYTES: usize = 16;
+
+/// Separates nonce MACs from anything else the same secret could be used for.
+const NONCE_LABEL: &[u8] = b"tollgate dpop nonce v1\0";
+
+impl std::fmt::Debug for Nonces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nonces")
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Nonces {
+    /// Nonces made with `secret` (at least [`MIN_NONCE_SECRET_BYTES`]) and accepted for
+    /// `lifetime` seconds (at least 2).
+    pub fn new(secret: &[u8], lifetime: u64) -> Result<Self, String> {
+        if secret.len() < MIN_NONCE_SECRET_BYTES {
+            return Err(format!(
+                "the nonce secret is {} bytes; it needs at least {MIN_NONCE_SECRET_BYTES} random bytes",
+                secret.len()
+            ));
+        }
+        if lifetime < 2 {
+            return Err("the nonce lifetime must be at least 2s".into());
+        }
+        Ok(Nonces {
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret),
+            lifetime,
+        })
+    }
+
+    /// When the nonce handed out at `now` was issued.
+    pub fn issued_at(&self, now: u64) -> u64 {
+        let step = self.lifetime / 2;
+        now - now % step
+    }
+
+    /// The nonce handed out at `now` (seconds since the epoch).
+    pub fn issue(&self, now: u64) -> String {
+        let issued = self.issued_at(now).to_be_bytes();
+        let mut out = Vec::with_capacity(issued.len() + NONCE_TAG_BYTES);
+        out.extend_from_slice(&issued);
+        out.extend_from_slice(&self.tag(&issued).as_ref()[..NONCE_TAG_BYTES]);
+        B64.encode(out)
+    }
+
+    /// When `nonce` was issued, if it is one of ours and still good at `now` (an issue time up
+    /// to `skew` ahead is another replica's clock).
+    pub fn check(&self, nonce: &str, now: u64, skew: u64) -> Result<u64, NonceError> {
+        // 24 bytes are 32 base64url characters; anything longer is not ours (and not decoded).
+        if nonce.len() != 32 {
+            return Err(NonceError::Forged);
+        }
+        let bytes = B64.decode(nonce).map_err(|_| NonceError::Forged)?;
+        let (issued, tag) = bytes.split_at(8);
+        if tag.len() != NONCE_TAG_BYTES
+            || !constant_eq(tag, &self.tag(issued).as_ref()[..NONCE_TAG_BYTES])
+        {
+            return Err(NonceError::Forged);
+        }
+        let mut be = [0u8; 8];
+        be.copy_from_slice(issued);
+        let issued = u64::from_be_bytes(be);
+        if issued > now.saturating_add(skew) {
+            return Err(NonceError::Future(issued - now));
+        }
+        let end = issued.saturating_add(self.lifetime);
+        if now >= end {
+            return Err(NonceError::Expired(now - end));
+        }
+        Ok(issued)
+    }
+
+    fn tag(&self, issued: &[u8]) -> aws_lc_rs::hmac::Tag {
+        let mut context = aws_lc_rs::hmac::Context::with_key(&self.key);
+        context.update(NONCE_LABEL);
+        context.update(issued);
+        context.sign()
     }
 }
 

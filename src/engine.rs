@@ -902,7 +902,8 @@ async fn credential<'p>(
         token_id.clone(),
         trace,
     )?;
-    if let Err((reason, text)) = proof_of_possession(
+    let mut verified = verified;
+    match proof_of_possession(
         policy,
         &verified.claims,
         &token,
@@ -913,8 +914,11 @@ async fn credential<'p>(
         now,
         trace,
     ) {
-        let denial = deny(Some(policy), host, reason, text, None, Some(token_id));
-        return Err(Box::new(denial));
+        Ok(nonce) => verified.dpop_nonce = nonce,
+        Err((reason, text)) => {
+            let denial = deny(Some(policy), host, reason, text, None, Some(token_id));
+            return Err(Box::new(denial));
+        }
     }
     Ok((verified, Some(source), token_id))
 }
@@ -971,6 +975,7 @@ fn judge_key<'p>(
             issuer: None,
             phantom: None,
             headers: None,
+            dpop_nonce: None,
         },
         id,
     ))
@@ -978,7 +983,8 @@ fn judge_key<'p>(
 
 /// DPoP (RFC 9449, [`crate::dpop`]): a token bound to a key (`cnf.jkt`) needs the `DPoP` scheme
 /// and a valid proof made for this request with that key; `dpop.mode: required` accepts no
-/// other token. The failure's reason and description otherwise.
+/// other token. On success, the nonce the client should use next when the policy sets nonces
+/// and the proof's is not the current one; the failure's reason and description otherwise.
 #[allow(clippy::too_many_arguments)]
 fn proof_of_possession(
     policy: &Policy,
@@ -990,7 +996,7 @@ fn proof_of_possession(
     path: &str,
     now: SystemTime,
     trace: &mut Trace,
-) -> Result<(), (Reason, String)> {
+) -> Result<Option<String>, (Reason, String)> {
     use crate::dpop::{self, Mode};
     let fail = |trace: &mut Trace, reason: Reason, text: String, hint: Option<String>| {
         trace.fail("dpop", reason, || text.clone(), || hint.clone());
@@ -1002,7 +1008,7 @@ fn proof_of_possession(
         ClaimSet::Parsed(map) => map.contains_key("cnf"),
     };
     if !may_be_bound && policy.dpop.is_none() {
-        return Ok(());
+        return Ok(None);
     }
     let bound = match dpop::bound_key(&claims.subset(&|name| name == "cnf")) {
         Ok(bound) => bound,
@@ -1014,7 +1020,7 @@ fn proof_of_possession(
                 "the token is DPoP-bound (cnf.jkt) and the policy does not check DPoP proofs".into(),
                 Some("set spec.dpop.mode to allowed or required to accept DPoP-bound tokens with their proof".into()),
             ),
-            None => Ok(()),
+            None => Ok(None),
         };
     };
     let jkt = match (dpop_scheme, bound, settings.mode) {
@@ -1039,7 +1045,7 @@ fn proof_of_possession(
             trace.info("dpop", || {
                 "a bearer token, not DPoP-bound: no proof needed (dpop.mode: allowed)".into()
             });
-            return Ok(());
+            return Ok(None);
         }
         (true, None, _) => {
             return fail(
@@ -1084,9 +1090,11 @@ fn proof_of_possession(
     let accepted = match dpop::verify(&proof, settings, &expected) {
         Ok(accepted) => accepted,
         Err(e) => {
-            let hint = matches!(e, dpop::DpopError::UnknownScheme).then(|| {
-                "the proxy does not say which scheme the client used (Envoy's HTTP ext_authz family): use the gRPC check, nginx or Traefik for DPoP".to_string()
-            });
+            let hint = match e {
+                dpop::DpopError::UnknownScheme => Some("the proxy does not say which scheme the client used (Envoy's HTTP ext_authz family): use the gRPC check, nginx or Traefik for DPoP".to_string()),
+                dpop::DpopError::NonceMissing | dpop::DpopError::Nonce(_) => Some("the client must retry with the nonce of the answer's DPoP-Nonce header (RFC 9449 §9); nonces are made with spec.dpop.nonce.secret".to_string()),
+                _ => None,
+            };
             return fail(trace, e.reason(), e.to_string(), hint);
         }
     };
@@ -1111,7 +1119,19 @@ fn proof_of_possession(
         return fail(trace, e.reason(), e.to_string(), hint);
     }
     trace.pass("dpop", || "the proof's jti is new on this replica".into());
-    Ok(())
+    // The next nonce, once the proof's is no longer the one handed out.
+    let renewed = settings.nonces.as_ref().and_then(|nonces| {
+        let issued = accepted.nonce_issued?;
+        trace.pass("dpop", || {
+            format!(
+                "the proof's nonce is this server's, issued {}s ago (lifetime {}s)",
+                seconds.saturating_sub(issued),
+                nonces.lifetime
+            )
+        });
+        (issued < nonces.issued_at(seconds)).then(|| nonces.issue(seconds))
+    });
+    Ok(renewed)
 }
 
 /// Checks the policy's and then the rule's `when` conditions: the first that is not true
@@ -1200,6 +1220,8 @@ struct Verified<'p> {
     phantom: Option<String>,
     /// The headers the claims fill, when the verified-token cache has them already.
     headers: Option<Arc<ClaimHeaders>>,
+    /// A fresh `DPoP-Nonce` for the client, when the proof's nonce is due for renewal.
+    dpop_nonce: Option<String>,
 }
 
 /// A token whose signature (or decryption) checked out.
@@ -1336,6 +1358,7 @@ async fn authenticate<'p>(
         issuer: Some(issuer),
         phantom: None,
         headers,
+        dpop_nonce: None,
     })
 }
 
@@ -1451,6 +1474,7 @@ async fn introspect_opaque<'p>(
         issuer: Some(issuer),
         phantom: jwt.clone().filter(|_| intro.phantom_token),
         headers: None,
+        dpop_nonce: None,
     })
 }
 
@@ -1977,6 +2001,9 @@ fn allow(
         remove_token(policy, request, source, &mut out);
     }
     remove_key(policy, request, &mut out);
+    if let Some(nonce) = verified.dpop_nonce {
+        out.response_headers.push(("dpop-nonce", nonce));
+    }
     out.claims = Some(claims);
     Decision::Allow(out)
 }
@@ -2283,6 +2310,8 @@ fn deny_with(
         | Reason::IntrospectionTimeout => 503,
         Reason::IntrospectionFailed => 502,
         Reason::DpopReplayCacheFull => 503,
+        // RFC 9449 §9: the client retries with the nonce only on a 401.
+        Reason::DpopNonceRequired => 401,
         Reason::IntrospectionInvalid => 500,
         Reason::RequestMalformed | Reason::ApiKeyAmbiguous => 400,
         Reason::ApiKeyMissing | Reason::ApiKeyInvalid => 401,
@@ -2291,6 +2320,18 @@ fn deny_with(
         _ => configured,
     };
     let status = said.status.unwrap_or(status);
+    // RFC 9449 §9: a policy with nonces hands the current one out with every challenge, so a
+    // client learns it from its first answer, whichever check failed.
+    let dpop_nonce = policy
+        .and_then(|p| p.dpop.as_ref()?.nonces.as_ref())
+        .filter(|_| reason.challenges() && !reason.is_api_key())
+        .map(|nonces| {
+            nonces.issue(
+                SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            )
+        });
     let detail = policy.map_or(DenyDetail::Reason, |p| p.deny.detail);
     let message = policy.and_then(|p| p.deny.message.clone());
     // Clients learn the reason code and its fixed text; `description` (which may name
@@ -2399,6 +2440,7 @@ fn deny_with(
         token_id,
         trace: None,
         path: None,
+        dpop_nonce,
     })
 }
 

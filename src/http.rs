@@ -339,12 +339,14 @@ pub fn to_response(
                 ));
             }
             headers.extend(trace);
+            headers.extend(client_headers(allow));
             (StatusCode::OK, headers, Body::empty())
         }
         Decision::Allow(allow) => {
             let mut headers = allow.headers_to_set.clone();
             headers.extend(kept_token);
             headers.extend(trace);
+            headers.extend(client_headers(allow));
             headers.push(("cache-control".into(), "no-store".into()));
             (StatusCode::OK, headers, Body::empty())
         }
@@ -372,6 +374,16 @@ pub fn to_response(
         }
     }
     response
+}
+
+/// Headers meant for the client's response (`DPoP-Nonce`): a proxy passes them on when told
+/// to (Envoy's `allowed_client_headers_on_success`, nginx's `auth_request_set` and
+/// `add_header`); the upstream may see them too, and they are not secrets.
+fn client_headers(allow: &crate::decision::Allow) -> impl Iterator<Item = (String, String)> + '_ {
+    allow
+        .response_headers
+        .iter()
+        .map(|(name, value)| ((*name).to_string(), value.clone()))
 }
 
 async fn handle(

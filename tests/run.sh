@@ -58,6 +58,18 @@ if [ ! -f "$op_dir/node_modules/oidc-provider/package.json" ]; then
 fi
 export TOLLGATE_OIDC_PROVIDER_DIR="$op_dir"
 
+# A real DPoP client: npm oauth4webapi (RFC 9449 proofs, DPoP-Nonce and use_dpop_nonce handled
+# by the library; the test's client script is tests/oidc/dpop-client.mjs).
+OAUTH4WEBAPI=3.8.8
+o4w_dir="$CACHE/oauth4webapi-$OAUTH4WEBAPI"
+if [ ! -f "$o4w_dir/node_modules/oauth4webapi/package.json" ]; then
+  echo "installing oauth4webapi@$OAUTH4WEBAPI into $o4w_dir"
+  rm -rf "$o4w_dir.tmp" && mkdir -p "$o4w_dir.tmp"
+  npm install --prefix "$o4w_dir.tmp" --no-audit --no-fund --silent "oauth4webapi@$OAUTH4WEBAPI" > /dev/null
+  rm -rf "$o4w_dir" && mv "$o4w_dir.tmp" "$o4w_dir"
+fi
+export TOLLGATE_OAUTH4WEBAPI_DIR="$o4w_dir"
+
 # nginx: Debian's package (its auth_request module is what ingress-nginx uses), unpacked into the
 # cache folder with dpkg-deb: nothing is installed system-wide. The Debian revision is pinned
 # where the mirror still has it; the upstream version is required either way.

@@ -294,6 +294,12 @@ pub(crate) fn referenced_secrets(namespace: &str, policy: &JwtPolicy) -> BTreeSe
         .iter()
         .filter_map(|d| d.trace_header.as_ref()?.value.secret_ref.as_ref())
         .map(|r| r.name.clone());
+    let nonce = policy
+        .spec
+        .dpop
+        .iter()
+        .filter_map(|d| d.nonce.as_ref()?.secret.secret_ref.as_ref())
+        .map(|r| r.name.clone());
     let keys = policy
         .spec
         .issuers
@@ -310,6 +316,7 @@ pub(crate) fn referenced_secrets(namespace: &str, policy: &JwtPolicy) -> BTreeSe
         .chain(introspection)
         .chain(decryption)
         .chain(trace)
+        .chain(nonce)
         .chain(keys)
         .map(|name| (namespace.to_string(), name))
         .collect()

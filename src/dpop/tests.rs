@@ -85,3 +85,70 @@ fn cnf_jkt_is_read_strictly() {
     assert!(bound_key(&claims(json!({"cnf": "abc"}))).is_err());
     assert!(bound_key(&claims(json!({"cnf": {"jkt": 1}}))).is_err());
 }
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+#[test]
+fn nonces_are_accepted_for_their_lifetime_and_no_longer() {
+    let nonces = Nonces::new(SECRET, 60).expect("nonces");
+    let now = 1_800_000_015;
+    let nonce = nonces.issue(now);
+    assert_eq!(nonce.len(), 32, "{nonce}");
+    // One value for every client during half a lifetime.
+    assert_eq!(nonces.issue(now + 14), nonce);
+    assert_ne!(nonces.issue(now + 15), nonce);
+    let issued = nonces.check(&nonce, now, 0).expect("fresh");
+    assert_eq!(issued, 1_800_000_000);
+    assert_eq!(nonces.check(&nonce, issued + 59, 0), Ok(issued));
+    assert_eq!(
+        nonces.check(&nonce, issued + 60, 0),
+        Err(NonceError::Expired(0))
+    );
+    // Issued on a replica whose clock is ahead: within the skew only.
+    assert_eq!(nonces.check(&nonce, issued - 5, 5), Ok(issued));
+    assert_eq!(
+        nonces.check(&nonce, issued - 6, 5),
+        Err(NonceError::Future(6))
+    );
+}
+
+#[test]
+fn nonces_of_another_secret_or_altered_are_refused() {
+    let nonces = Nonces::new(SECRET, 60).expect("nonces");
+    let now = 1_800_000_000;
+    let other = Nonces::new(b"another secret of thirty-two b..", 60).expect("other");
+    assert_eq!(
+        nonces.check(&other.issue(now), now, 0),
+        Err(NonceError::Forged)
+    );
+    // Every byte matters: the time (a later issue time would lengthen its life) and the MAC.
+    let good = nonces.issue(now);
+    let bytes = B64.decode(&good).expect("b64");
+    for i in 0..bytes.len() {
+        let mut changed = bytes.clone();
+        changed[i] ^= 1;
+        assert_eq!(
+            nonces.check(&B64.encode(&changed), now, 0),
+            Err(NonceError::Forged),
+            "byte {i}"
+        );
+    }
+    for hostile in ["", "x", &"A".repeat(32), &format!("{good}A"), &good[..31]] {
+        assert_eq!(
+            nonces.check(hostile, now, 0),
+            Err(NonceError::Forged),
+            "{hostile:?}"
+        );
+    }
+    // Non-canonical base64url (padding, the standard alphabet) is not ours either.
+    let padded = format!("{}=", &good[..31]);
+    assert_eq!(nonces.check(&padded, now, 0), Err(NonceError::Forged));
+}
+
+#[test]
+fn nonce_secrets_must_be_long_enough() {
+    assert!(Nonces::new(&SECRET[..31], 60).is_err());
+    assert!(Nonces::new(SECRET, 1).is_err());
+    let debug = format!("{:?}", Nonces::new(SECRET, 60).expect("nonces"));
+    assert!(!debug.contains("0123"), "{debug}");
+}

@@ -65,6 +65,7 @@ pub(super) fn answer(
                 token_id: None,
                 trace: None,
                 path: None,
+                dpop_nonce: None,
             }))
         }
         ResourceEntry::Conflicted(ids) => {

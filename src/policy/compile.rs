@@ -957,7 +957,7 @@ pub fn compile(
     let dpop = spec
         .dpop
         .as_ref()
-        .and_then(|d| compile_dpop(&mut c, &id, d));
+        .and_then(|d| compile_dpop(&mut c, &id, namespace, d, ctx));
 
     let mut resource_warnings = Vec::new();
     let resource = resource::compile_resource(
@@ -1025,7 +1025,13 @@ pub fn compile(
 }
 
 /// `spec.dpop`: `None` when disabled (or invalid, with the problem recorded).
-fn compile_dpop(c: &mut Checker, id: &str, spec: &spec::DpopSpec) -> Option<crate::dpop::Settings> {
+fn compile_dpop(
+    c: &mut Checker,
+    id: &str,
+    namespace: &str,
+    spec: &spec::DpopSpec,
+    ctx: &CompileContext<'_>,
+) -> Option<crate::dpop::Settings> {
     use crate::dpop::{self, Mode};
     let mode = match spec.mode {
         spec::DpopMode::Disabled => Mode::Disabled,
@@ -1077,6 +1083,10 @@ fn compile_dpop(c: &mut Checker, id: &str, spec: &spec::DpopSpec) -> Option<crat
             format!("{size} is not between 100 and 10000000"),
         );
     }
+    let nonces = spec
+        .nonce
+        .as_ref()
+        .and_then(|n| dpop_nonces(c, namespace, n, ctx));
     if mode == Mode::Disabled {
         return None;
     }
@@ -1086,7 +1096,60 @@ fn compile_dpop(c: &mut Checker, id: &str, spec: &spec::DpopSpec) -> Option<crat
         algorithms,
         max_age,
         replay,
+        nonces,
     })
+}
+
+/// `spec.dpop.nonce`: the secret read and long enough, the lifetime in range.
+fn dpop_nonces(
+    c: &mut Checker,
+    namespace: &str,
+    spec: &spec::DpopNonceSpec,
+    ctx: &CompileContext<'_>,
+) -> Option<crate::dpop::Nonces> {
+    const FIELD: &str = "spec.dpop.nonce";
+    let lifetime = match &spec.lifetime {
+        None => 300,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if d >= Duration::from_secs(10) && d <= Duration::from_secs(3600) => {
+                d.as_secs()
+            }
+            Ok(_) => {
+                c.invalid(
+                    "spec.dpop.nonce.lifetime",
+                    format!("{text} is not between 10s and 1h"),
+                );
+                300
+            }
+            Err(e) => {
+                c.invalid(
+                    "spec.dpop.nonce.lifetime",
+                    format!("{text:?} is not a duration like 30s or 5m: {e}"),
+                );
+                300
+            }
+        },
+    };
+    let secret = match ctx.secrets.read(namespace, &spec.secret) {
+        Ok(raw) => match decode_secret(&raw, spec.secret.encoding.unwrap_or_default()) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                c.invalid(format!("{FIELD}.secret"), e);
+                return None;
+            }
+        },
+        Err(e) => {
+            c.secret(format!("{FIELD}.secret"), e);
+            return None;
+        }
+    };
+    match crate::dpop::Nonces::new(&secret, lifetime) {
+        Ok(nonces) => Some(nonces),
+        Err(e) => {
+            c.invalid(format!("{FIELD}.secret"), e);
+            None
+        }
+    }
 }
 
 /// `targetRefs`: Gateway API kinds in the policy's namespace, exclusive with `match`'s hosts,

