@@ -377,8 +377,8 @@ pub fn to_response(
 }
 
 /// Headers meant for the client's response (`DPoP-Nonce`): a proxy passes them on when told
-/// to (Envoy's `allowed_client_headers_on_success`, nginx's `auth_request_set` and
-/// `add_header`); the upstream may see them too, and they are not secrets.
+/// to (nginx's `auth_request_set` and `add_header`); the upstream may see them too, and they
+/// are not secrets.
 fn client_headers(allow: &crate::decision::Allow) -> impl Iterator<Item = (String, String)> + '_ {
     allow
         .response_headers

@@ -1111,9 +1111,7 @@ fn dpop_nonces(
     let lifetime = match &spec.lifetime {
         None => 300,
         Some(text) => match humantime::parse_duration(text) {
-            Ok(d) if d >= Duration::from_secs(10) && d <= Duration::from_secs(3600) => {
-                d.as_secs()
-            }
+            Ok(d) if d >= Duration::from_secs(10) && d <= Duration::from_secs(3600) => d.as_secs(),
             Ok(_) => {
                 c.invalid(
                     "spec.dpop.nonce.lifetime",

@@ -542,7 +542,10 @@ async fn a_real_dpop_client_follows_tollgates_nonces_through_envoy_and_nginx() {
         let body: Value =
             serde_json::from_str(second.body.as_deref().unwrap_or("")).expect("echo JSON");
         assert_eq!(body["x-user-id"], "web", "{proxy}: {body}");
-        assert!(second.dpop_nonce.is_none(), "{proxy}: still current: {second:?}");
+        assert!(
+            second.dpop_nonce.is_none(),
+            "{proxy}: still current: {second:?}"
+        );
         // 3. After the next half lifetime: still good, and the answer renews it.
         let third = &calls[2];
         assert_eq!(third.status, 200, "{proxy}: {third:?}");

@@ -957,3 +957,46 @@ fn a_ca_bundle_from_a_config_map_is_watched() {
     let error = index.policies["shop/h"].error.as_ref().expect("refused");
     assert!(error.to_string().contains("no PEM certificate"), "{error}");
 }
+
+#[tokio::test]
+async fn the_dpop_nonce_secret_comes_from_a_secret_and_follows_it() {
+    let mut index = synced_index();
+    let extra = json!({
+        "dpop": {"mode": "allowed",
+            "nonce": {"secret": {"secretRef": {"name": "dpop-nonce", "key": "secret"}}}},
+    });
+    index.apply(Change::Policy(
+        None,
+        watcher::Event::Apply(object("dpop", 1, T0, spec("h.example", extra))),
+    ));
+    assert_eq!(
+        index.referenced_secrets(),
+        BTreeSet::from([("shop".to_string(), "dpop-nonce".to_string())])
+    );
+    let name = "dpop-nonce";
+    index.apply(Change::Secret(key(name), watcher::Event::Init));
+    index.apply(Change::Secret(
+        key(name),
+        watcher::Event::InitApply(secret(name, "secret", b"too short")),
+    ));
+    index.apply(Change::Secret(key(name), watcher::Event::InitDone));
+    let error = index.policies["shop/dpop"]
+        .error
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(
+        error.contains("spec.dpop.nonce.secret") && error.contains("at least 32"),
+        "{error}"
+    );
+    // A long enough secret, without a restart.
+    index.apply(Change::Secret(
+        key(name),
+        watcher::Event::Apply(secret(name, "secret", b"0123456789abcdef0123456789abcdef")),
+    ));
+    assert!(
+        index.policies["shop/dpop"].current(),
+        "{:?}",
+        index.policies["shop/dpop"].error
+    );
+}

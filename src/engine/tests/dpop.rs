@@ -561,7 +561,7 @@ fn proof_with_nonce(key: &SigningKey, token: &str, nonce: Option<&str>) -> Strin
     key.dpop_proof(&claims).expect("proof")
 }
 
-fn header<'a>(deny: &'a crate::decision::Deny, name: &str) -> Option<String> {
+fn header(deny: &crate::decision::Deny, name: &str) -> Option<String> {
     deny.headers()
         .into_iter()
         .find(|(n, _)| *n == name)
@@ -595,7 +595,11 @@ async fn a_policy_with_nonces_hands_them_out_and_requires_them() {
     assert_eq!(header(denied(&d), "dpop-nonce"), Some(nonce.clone()));
     // A bearer token passes under mode: allowed without any nonce (nonces are about proofs).
     let bearer = call("/orders/1").header("authorization", &format!("Bearer {}", good()));
-    assert!(allowed(&judge_in(&s, &bearer).await).response_headers.is_empty());
+    assert!(
+        allowed(&judge_in(&s, &bearer).await)
+            .response_headers
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -628,7 +632,10 @@ async fn stale_forged_and_foreign_nonces_are_refused() {
     let d = judge_in(&s, &c).await;
     assert_eq!(denied(&d).reason, Reason::DpopProofInvalid);
     let challenge = header(denied(&d), "www-authenticate").expect("challenge");
-    assert!(challenge.contains("error=\"invalid_dpop_proof\""), "{challenge}");
+    assert!(
+        challenge.contains("error=\"invalid_dpop_proof\""),
+        "{challenge}"
+    );
     // A nonce is no ticket: the proof it is in is used once.
     let one = proof_with_nonce(&CLIENT, &token, Some(&same.issue(now)));
     let c = call("/orders/1").dpop(&token, &one);
@@ -674,7 +681,10 @@ fn nonce_settings_are_checked_when_the_policy_compiles() {
     std::fs::write(&long, "0123456789abcdef0123456789abcdef").expect("write");
     for lifetime in ["5s", "2h", "soon"] {
         let e = try_compile("dpop", &spec(&long, lifetime)).expect_err(lifetime);
-        assert!(e.to_string().contains("spec.dpop.nonce.lifetime"), "{lifetime}: {e}");
+        assert!(
+            e.to_string().contains("spec.dpop.nonce.lifetime"),
+            "{lifetime}: {e}"
+        );
     }
     assert!(try_compile("dpop", &spec(&long, "10s")).is_ok());
 }
