@@ -23,7 +23,7 @@ use crate::mtls::Pki;
 use crate::support::*;
 
 /// The name Envoy's serving certificate is for.
-const SERVER_NAME: &str = "api.example.com";
+pub(crate) const SERVER_NAME: &str = "api.example.com";
 
 /// The subject of the partner certificate, as RFC 4514 writes it (the comma escaped).
 const PARTNER_SUBJECT: &str = "CN=billing-client,O=Partners\\, Inc.";
@@ -48,13 +48,13 @@ const WHOAMI: &str = r#"  match: {hosts: [api.example.com], paths: [/whoami]}
 "#;
 
 /// A client (or server) certificate issued by `ca`: its PEM, its key's PEM and its DER.
-struct Leaf {
-    pem: String,
-    key: String,
-    der: Vec<u8>,
+pub(crate) struct Leaf {
+    pub(crate) pem: String,
+    pub(crate) key: String,
+    pub(crate) der: Vec<u8>,
 }
 
-fn leaf(
+pub(crate) fn leaf(
     ca: &CertifiedIssuer<'static, KeyPair>,
     dn: &[(DnType, &str)],
     dns_names: &[&str],
@@ -195,7 +195,7 @@ async fn start(
 
 /// A GET over TLS to Envoy on `port`, trusting the test CA, with `client` as the client
 /// certificate. `Err` when the TLS handshake (or the request) fails.
-async fn get_tls(
+pub(crate) async fn get_tls(
     port: u16,
     ca: &str,
     client: Option<&Leaf>,
@@ -242,7 +242,7 @@ async fn get_tls(
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -475,7 +475,7 @@ async fn client_certificate_conditions_and_headers_through_envoy() {
 /// A certificate-bound token checked against the certificate Envoy reports, and a policy that
 /// requires a certificate with no CEL at all.
 const BOUND: &str = "  match: {hosts: [api.example.com], paths: [/bound]}\n";
-const REQUIRED: &str = "  match: {hosts: [api.example.com], paths: [/required]}\n  clientCertificate: {required: true}\n";
+pub(crate) const REQUIRED: &str = "  match: {hosts: [api.example.com], paths: [/required]}\n  clientCertificate: {required: true}\n";
 
 /// A request and its expected answer: listener, client certificate, path, token, an extra
 /// header, status, and the reason the denial starts with.

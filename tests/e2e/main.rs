@@ -15,6 +15,7 @@ mod encrypted;
 mod envoy;
 mod envoy_gateway;
 mod envoy_http;
+mod envoy_http_client_cert;
 mod examples_schemas;
 mod explain;
 mod gateway_api;
