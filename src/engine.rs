@@ -30,7 +30,7 @@ use crate::jwks::{Refetch, Unusable};
 use crate::policy::route::{PathCase, PathReading, read_host, read_path, read_path_with};
 use crate::policy::snapshot::MatchInput;
 use crate::policy::spec::IntrospectWhen;
-use crate::policy::{DefaultAction, DenyDetail, IssuerRef, Policy, Rule, Snapshot};
+use crate::policy::{DefaultAction, DenyDetail, IssuerRef, MetadataClaims, Policy, Rule, Snapshot};
 use crate::trace::{self, Trace};
 use crate::validate::{self, TimeWindow, ValidationError};
 use crate::verified::{self, CachedIssuer, ClaimHeaders, TokenCache};
@@ -1405,7 +1405,17 @@ async fn verify_cached<'p>(
         IssuerRef::Admitted(admitted) => Some(CachedIssuer::Admitted(admitted.clone())),
     };
     if let (Some(window), Some(issuer)) = (window, issuer) {
-        let json: Arc<str> = serde_json::to_string(&*claims).unwrap_or_default().into();
+        // Only what a hit reads (`Policy::cached_claims`): a smaller entry, and less to parse.
+        let json = match &policy.cached_claims {
+            None => serde_json::to_string(&*claims),
+            Some(kept) => serde_json::to_string(
+                &claims
+                    .iter()
+                    .filter(|(k, _)| kept.iter().any(|n| n == *k))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            ),
+        };
+        let json: Arc<str> = json.unwrap_or_default().into();
         // The claims the expressions read stay parsed: a hit then evaluates them as they are.
         let read = policy
             .cel
@@ -2004,7 +2014,22 @@ fn allow(
     if let Some(nonce) = verified.dpop_nonce {
         out.response_headers.push(("dpop-nonce", nonce));
     }
-    out.claims = Some(claims);
+    // The dynamic metadata: every claim, or those `forward.metadataClaims` lists.
+    out.claims = match &policy.forward.metadata_claims {
+        MetadataClaims::All => Some(claims),
+        MetadataClaims::Listed(names) if names.is_empty() => None,
+        MetadataClaims::Listed(names) => {
+            let wanted = |name: &str| names.iter().any(|n| n == name);
+            Some(ClaimSet::Parsed(Arc::new(match &claims {
+                ClaimSet::Parsed(map) => map
+                    .iter()
+                    .filter(|(k, _)| wanted(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                _ => claims.subset(&wanted).into_owned(),
+            })))
+        }
+    };
     Decision::Allow(out)
 }
 

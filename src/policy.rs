@@ -12,7 +12,7 @@ pub mod spec;
 pub mod tenants;
 
 pub use compile::{
-    CompileContext, CompileError, DenyConfig, FileSecrets, Forward, Issuer, IssuerRef, Policy,
+    CompileContext, CompileError, DenyConfig, FileSecrets, Forward, Issuer, IssuerRef, MetadataClaims, Policy,
     Problem, ProblemKind, Rule, SecretSource, TokenLocation, compile,
 };
 pub use owners::HostDelegations;

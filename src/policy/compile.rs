@@ -497,6 +497,27 @@ pub struct Forward {
     pub keep_token: bool,
     /// Headers computed with CEL.
     pub computed: Vec<ComputedHeader>,
+    /// The claims an allow returns as Envoy dynamic metadata (`forward.metadataClaims`).
+    pub metadata_claims: MetadataClaims,
+}
+
+/// Which claims an allow returns as Envoy dynamic metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum MetadataClaims {
+    /// Every verified claim (`forward.metadataClaims` absent).
+    #[default]
+    All,
+    /// These top-level claims (none when empty).
+    Listed(Arc<[String]>),
+}
+
+impl MetadataClaims {
+    pub fn wants(&self, name: &str) -> bool {
+        match self {
+            MetadataClaims::All => true,
+            MetadataClaims::Listed(names) => names.iter().any(|n| n == name),
+        }
+    }
 }
 
 /// How denials are answered.
@@ -569,6 +590,35 @@ pub struct Policy {
     /// `dpop` (RFC 9449), when its mode is `allowed` or `required`; `None`: disabled, and a
     /// DPoP-bound token is refused.
     pub dpop: Option<crate::dpop::Settings>,
+    /// The claims a verified-token cache entry keeps: those read after a hit (the metadata
+    /// claims, the rules' requirements, the expressions' claims, `cnf`). `None`: every claim
+    /// (the metadata returns them all, or an expression reads claims as a whole).
+    pub cached_claims: Option<Arc<[String]>>,
+}
+
+/// What [`Policy::cached_claims`] holds: `None` when a hit may read any claim.
+fn cached_claims(forward: &Forward, rules: &[Rule], cel: Option<&Cel>) -> Option<Arc<[String]>> {
+    let MetadataClaims::Listed(metadata) = &forward.metadata_claims else {
+        return None;
+    };
+    let mut names: Vec<String> = metadata.to_vec();
+    // The certificate binding and DPoP read `cnf` on every request.
+    names.push("cnf".into());
+    match cel.map(|cel| &cel.reads.claims) {
+        Some(crate::expression::Keys::All) => return None,
+        Some(crate::expression::Keys::Named(keys)) => names.extend(keys.iter().cloned()),
+        Some(crate::expression::Keys::None) | None => {}
+    }
+    for requirement in rules.iter().flat_map(|r| &r.requirements) {
+        // A dotted name reaches a nested claim when no claim has the literal name.
+        if let Some((top, _)) = requirement.name.split_once('.') {
+            names.push(top.to_string());
+        }
+        names.push(requirement.name.clone());
+    }
+    names.sort();
+    names.dedup();
+    Some(names.into())
 }
 
 fn next_instance() -> u64 {
@@ -977,6 +1027,7 @@ pub fn compile(
     let mut warnings = rule_warnings(&paths, &methods, &rules);
     warnings.extend(resource_warnings);
     warnings.extend(scope_warnings);
+    let cached_claims = cached_claims(&forward, &rules, cel.as_ref());
     Ok(Policy {
         id,
         hosts,
@@ -1021,6 +1072,7 @@ pub fn compile(
         templates,
         api_keys,
         dpop,
+        cached_claims,
     })
 }
 
@@ -2515,11 +2567,30 @@ fn forward(c: &mut Checker, spec: &JwtPolicySpec, token: &TokenLocation) -> Forw
         .payload_header
         .as_ref()
         .map(|h| check_header(c, "spec.forward.payloadHeader".into(), h));
+    let metadata_claims = match &f.metadata_claims {
+        None => MetadataClaims::All,
+        Some(names) => {
+            c.at_most("spec.forward.metadataClaims", names, 64);
+            let mut listed: Vec<String> = Vec::with_capacity(names.len());
+            for (i, name) in names.iter().enumerate() {
+                if name.is_empty() || name.len() > 256 {
+                    c.invalid(
+                        format!("spec.forward.metadataClaims[{i}]"),
+                        "a claim name of 1 to 256 characters",
+                    );
+                } else if !listed.contains(name) {
+                    listed.push(name.clone());
+                }
+            }
+            MetadataClaims::Listed(listed.into())
+        }
+    };
     Forward {
         claims_to_headers,
         payload_header,
         keep_token: f.keep_token.unwrap_or(true),
         computed: Vec::new(),
+        metadata_claims,
     }
 }
 

@@ -995,6 +995,14 @@ pub struct ForwardSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub headers: Vec<ComputedHeaderSpec>,
+    /// The claims an allow returns to Envoy as dynamic metadata (`claims` under
+    /// `envoy.filters.http.ext_authz`), for RBAC, routing or access logs. Absent: every
+    /// verified claim. `[]`: none (the answer carries only the policy and the issuer, and the
+    /// verified-token cache keeps only the claims the policy reads). A list: those top-level
+    /// claims. Envoy's gRPC check only; forward authentication has no metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    pub metadata_claims: Option<Vec<String>>,
 }
 
 /// One claim copied into a header.

@@ -201,7 +201,74 @@ proptest! {
         let cache = TokenCache::new(CacheLimits::default()).expect("cache");
         runtime.block_on(run_with(&LIFETIME_POLICY, &LIFETIME_TOKENS, steps, &cache))?;
     }
+
+    /// A policy whose cache entries keep only some claims decides as one that verifies.
+    #[test]
+    fn the_cache_never_changes_a_decision_when_it_keeps_some_claims(steps in steps()) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let cache = TokenCache::new(CacheLimits::default()).expect("cache");
+        runtime.block_on(run_with(PRUNED_POLICY, &TOKENS, steps, &cache))?;
+    }
 }
+
+#[tokio::test]
+async fn entries_keep_only_the_claims_a_hit_reads() {
+    let cache = cache();
+    let policy = mk_policy("orders", PRUNED_POLICY);
+    assert_eq!(
+        policy.cached_claims.as_deref(),
+        Some(&["cnf", "email", "roles", "scp", "sub"].map(String::from)[..])
+    );
+    let (_, s) = snapshots(&policy, &cache);
+    let token = mint_at(
+        &EC,
+        json!({"iat": -5, "exp": 60, "roles": ["admin"], "email": "a@example.com"}),
+    );
+    let first = judge_at(&s, &token, "/orders/admin", at(0)).await;
+    let digest = crate::jose::sha256(token.as_bytes());
+    let entry = cache
+        .get(
+            &crate::verified::Key::new(policy.instance, digest),
+            *BASE as f64,
+            |_| policy.issuers[0].keys.usable_version(at(0)),
+        )
+        .expect("cached");
+    let kept: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&entry.claims).expect("json");
+    let mut names: Vec<&str> = kept.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["email", "roles", "scp", "sub"]);
+    // The hit decides and answers as the miss did: metadata holds the listed claims only.
+    let second = judge_at(&s, &token, "/orders/admin", at(0)).await;
+    assert_eq!(format!("{first:?}"), format!("{second:?}"));
+    let metadata = allowed(&second).claims.as_ref().expect("metadata claims").map();
+    let mut names: Vec<&str> = metadata.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["scp", "sub"]);
+    // An expression reading every claim, or metadata of every claim: entries keep them all.
+    for spec in [
+        r#"{forward: {metadataClaims: []}, when: [{expression: "size(claims) > 0"}]}"#,
+        r#"{forward: {claimsToHeaders: [{claim: sub, header: x-user-id}]}}"#,
+    ] {
+        assert_eq!(mk_policy("all", spec).cached_claims, None, "{spec}");
+    }
+    assert_eq!(
+        mk_policy("none", "{forward: {metadataClaims: []}}")
+            .cached_claims
+            .as_deref(),
+        Some(&["cnf".to_string()][..])
+    );
+}
+
+/// [`POLICY`] returning two claims as metadata, with a condition on a third: the cache keeps
+/// only the claims a hit reads.
+const PRUNED_POLICY: &str = r#"{match: {hosts: [api.example.com], paths: [/orders]}, clockSkew: 10s,
+    requiredClaims: [{name: scp, separator: " ", values: [orders.read]}],
+    rules: [{paths: [/orders/admin], requiredClaims: [{name: roles, values: [admin]}],
+             when: [{expression: "!has(claims.email) || claims.email.endsWith('@example.com')"}]},
+            {paths: [/orders/healthz], allowAnonymous: true}],
+    forward: {claimsToHeaders: [{claim: sub, header: x-user-id}, {claim: email, header: x-email}],
+              payloadHeader: x-jwt-payload, metadataClaims: [sub, scp]}}"#;
 
 /// [`POLICY`] with `maxTokenLifetime: 70s` and tokens without `exp` accepted.
 static LIFETIME_POLICY: LazyLock<String> = LazyLock::new(|| {
