@@ -31,3 +31,4 @@ mod resource_metadata;
 mod serve;
 mod support;
 mod traefik;
+mod traefik_mtls;
