@@ -605,3 +605,61 @@ async fn certificate_bound_tokens_through_traefik() {
     assert_eq!(upstream.hits(), allowed);
     drop(stack);
 }
+
+/// The file-provider example and the Kubernetes one configure mutual TLS alike: the same
+/// passTLSClientCert, the same client authentication, the middlewares in the same order.
+#[test]
+fn the_mutual_tls_examples_agree() {
+    use serde::Deserialize as _;
+    let file: serde_json::Value = serde_yaml::from_str(MTLS_EXAMPLE).expect("YAML");
+    let resources = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/examples/traefik/middleware-mtls.yaml"
+    ))
+    .expect("middleware-mtls.yaml");
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&resources)
+        .map(|doc| serde_json::Value::deserialize(doc).expect("YAML"))
+        .collect();
+    let kind = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("a {kind} in middleware-mtls.yaml"))
+    };
+    assert_eq!(
+        file["http"]["middlewares"]["client-cert"],
+        kind("Middleware")["spec"]
+    );
+    assert_eq!(kind("Middleware")["metadata"]["name"], "client-cert");
+    assert_eq!(
+        file["tls"]["options"]["client-cert"]["clientAuth"]["clientAuthType"],
+        kind("TLSOption")["spec"]["clientAuth"]["clientAuthType"]
+    );
+    let route = kind("IngressRoute");
+    let names: Vec<&serde_json::Value> = route["spec"]["routes"][0]["middlewares"]
+        .as_array()
+        .expect("middlewares")
+        .iter()
+        .map(|m| &m["name"])
+        .collect();
+    let router = &file["http"]["routers"]["orders-mtls"];
+    assert_eq!(
+        names,
+        router["middlewares"]
+            .as_array()
+            .expect("middlewares")
+            .iter()
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(route["spec"]["routes"][0]["match"], router["rule"]);
+    assert_eq!(
+        route["spec"]["tls"]["options"]["name"],
+        router["tls"]["options"]
+    );
+    // The forwardAuth both use passes the header on.
+    assert!(
+        crate::traefik::example_forward_auth()["authRequestHeaders"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|h| h == HEADER)),
+        "the tollgate middleware's authRequestHeaders lists {HEADER}"
+    );
+}
