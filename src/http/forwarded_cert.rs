@@ -279,7 +279,7 @@ fn traefik_cert(value: &str) -> Result<String, ForwardedCertError> {
     let is_base64 = |element: &str| {
         let body = element.trim_end_matches('=');
         !body.is_empty()
-            && element.len() % 4 == 0
+            && element.len().is_multiple_of(4)
             && element.len() - body.len() <= 2
             && body
                 .bytes()

@@ -339,7 +339,7 @@ async fn what_traefik_forwards_as_the_client_certificate() {
     // one tollgate reads certificates from (docs/security.md).
     let reply = send(stack.trusting, "GET", "/orders/1", &[(HEADER, &forged)]).await;
     assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(last(), [forged.clone()]);
+    assert_eq!(last(), [forged]);
     assert_eq!(calls() - calls_before, 7);
     assert_eq!(upstream.hits() - hits_before, 7);
     drop(stack);
