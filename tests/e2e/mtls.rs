@@ -36,6 +36,19 @@ impl Pki {
         CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca")
     }
 
+    /// An intermediate CA issued by `root`.
+    pub(crate) fn intermediate(
+        root: &CertifiedIssuer<'static, KeyPair>,
+        name: &str,
+    ) -> CertifiedIssuer<'static, KeyPair> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        CertifiedIssuer::signed_by(params, KeyPair::generate().expect("key"), &**root)
+            .expect("intermediate")
+    }
+
     /// Writes `<name>.crt` and `<name>.key`: a leaf for `sans`, issued by `ca`.
     fn leaf(
         &self,

@@ -48,12 +48,12 @@ const POLICY: &str = "  match: {hosts: [api.example.com], paths: [/orders]}\n  r
 
 /// Traefik running the example (entrypoint `web`) and the same middleware without
 /// `authRequestHeaders` (entrypoint `unguarded`), stopped on drop.
-struct Traefik {
+pub(crate) struct Traefik {
     child: Child,
     /// The example's entrypoint.
-    port: u16,
+    pub(crate) port: u16,
     /// The entrypoint whose middleware copies every client header to tollgate.
-    unguarded: u16,
+    pub(crate) unguarded: u16,
     dir: tempfile::TempDir,
 }
 
@@ -65,13 +65,35 @@ impl Drop for Traefik {
 }
 
 impl Traefik {
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("traefik.log")).unwrap_or_default()
+    }
+
+    /// Waits until `GET /orders/ready` on the plain entrypoint `port` gets an answer `ready`
+    /// accepts (Traefik says 404 until it has loaded its files).
+    pub(crate) async fn wait_for_route(&mut self, port: u16, ready: impl Fn(&Reply) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(reply) = try_send(port, "GET", "/orders/ready", &[]).await
+                && ready(&reply)
+            {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                panic!("traefik exited ({status}); log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "traefik's route on port {port} did not answer; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
 /// The `forwardAuth` of the example's middleware.
-fn example_forward_auth() -> Value {
+pub(crate) fn example_forward_auth() -> Value {
     let doc: Value = serde_yaml::from_str(EXAMPLE).expect("dynamic.yaml is YAML");
     doc["http"]["middlewares"]["tollgate"]["forwardAuth"].clone()
 }
@@ -98,10 +120,38 @@ fn unguarded_config(tollgate: SocketAddr) -> String {
     serde_yaml::to_string(&config).expect("yaml")
 }
 
-async fn start_traefik(bin: &Path, tollgate: SocketAddr, upstream: SocketAddr) -> Traefik {
+pub(crate) async fn start_traefik(bin: &Path, tollgate: SocketAddr, upstream: SocketAddr) -> Traefik {
     let dir = tempfile::tempdir().expect("dir");
+    let conf = conf_dir(&dir);
+    // The file provider merges every file of the folder into one configuration: the second
+    // router uses the example's service.
+    std::fs::write(conf.join("dynamic.yaml"), example(tollgate, upstream)).expect("write");
+    std::fs::write(conf.join("unguarded.yaml"), unguarded_config(tollgate)).expect("write");
+    let (port, unguarded) = (free_port(), free_port());
+    let mut traefik = spawn_traefik(bin, dir, &[("web", port), ("unguarded", unguarded)], &[]);
+    // Ready when both routes answer with tollgate's challenge (Traefik says 404 until it has
+    // loaded the file).
+    for port in [port, unguarded] {
+        traefik
+            .wait_for_route(port, |reply| {
+                reply.status == 401 && reply.header("www-authenticate").is_some()
+            })
+            .await;
+    }
+    traefik.unguarded = unguarded;
+    traefik
+}
+
+/// The folder of the file provider's configuration files, in `dir`.
+pub(crate) fn conf_dir(dir: &tempfile::TempDir) -> std::path::PathBuf {
     let conf = dir.path().join("dynamic");
-    std::fs::create_dir(&conf).expect("mkdir");
+    std::fs::create_dir_all(&conf).expect("mkdir");
+    conf
+}
+
+/// `dynamic.yaml` with the addresses of tollgate (or whatever answers its forwardAuth) and of
+/// the upstream substituted.
+pub(crate) fn example(tollgate: SocketAddr, upstream: SocketAddr) -> String {
     let example = EXAMPLE
         .replace(EXAMPLE_TOLLGATE, &tollgate.to_string())
         .replace(EXAMPLE_UPSTREAM, &upstream.to_string());
@@ -110,11 +160,19 @@ async fn start_traefik(bin: &Path, tollgate: SocketAddr, upstream: SocketAddr) -
             && example.contains(&format!("http://{upstream}\"")),
         "the example's addresses were substituted:\n{example}"
     );
-    // The file provider merges every file of the folder into one configuration: the second
-    // router uses the example's service.
-    std::fs::write(conf.join("dynamic.yaml"), example).expect("write example");
-    std::fs::write(conf.join("unguarded.yaml"), unguarded_config(tollgate)).expect("write");
-    let (port, unguarded) = (free_port(), free_port());
+    example
+}
+
+/// Starts Traefik with the configuration files in `conf_dir(&dir)`, the plain HTTP
+/// `entrypoints` (name, port) on 127.0.0.1 and `extra` static arguments. The first entrypoint
+/// is [`Traefik::port`].
+pub(crate) fn spawn_traefik(
+    bin: &Path,
+    dir: tempfile::TempDir,
+    entrypoints: &[(&str, u16)],
+    extra: &[String],
+) -> Traefik {
+    let conf = conf_dir(&dir);
     let child = Command::new(bin)
         .arg("--global.checknewversion=false")
         .arg("--global.sendanonymoususage=false")
@@ -123,10 +181,12 @@ async fn start_traefik(bin: &Path, tollgate: SocketAddr, upstream: SocketAddr) -
             "--log.filePath={}",
             dir.path().join("traefik.log").display()
         ))
-        .arg(format!("--entryPoints.web.address=127.0.0.1:{port}"))
-        .arg(format!(
-            "--entryPoints.unguarded.address=127.0.0.1:{unguarded}"
-        ))
+        .args(
+            entrypoints
+                .iter()
+                .map(|(name, port)| format!("--entryPoints.{name}.address=127.0.0.1:{port}")),
+        )
+        .args(extra)
         .arg(format!("--providers.file.directory={}", conf.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -134,52 +194,32 @@ async fn start_traefik(bin: &Path, tollgate: SocketAddr, upstream: SocketAddr) -
         .process_group(0)
         .spawn()
         .expect("start traefik");
-    let mut traefik = Traefik {
+    Traefik {
         child,
-        port,
-        unguarded,
+        port: entrypoints
+            .first()
+            .map(|(_, port)| *port)
+            .unwrap_or_default(),
+        unguarded: 0,
         dir,
-    };
-    // Ready when both routes answer with tollgate's challenge (Traefik says 404 until it has
-    // loaded the file).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for port in [port, unguarded] {
-        loop {
-            if let Ok(reply) = try_send(port, "GET", "/orders/ready", &[]).await
-                && reply.status == 401
-                && reply.header("www-authenticate").is_some()
-            {
-                break;
-            }
-            if let Some(status) = traefik.child.try_wait().expect("wait") {
-                panic!("traefik exited ({status}); log:\n{}", traefik.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "traefik's route on port {port} did not answer; log:\n{}",
-                traefik.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
-    traefik
 }
 
 /// An upstream that answers the method, raw target and headers it received, as JSON, and
 /// counts requests.
-struct Upstream {
-    addr: SocketAddr,
+pub(crate) struct Upstream {
+    pub(crate) addr: SocketAddr,
     hits: Arc<AtomicU64>,
     _task: tokio::task::JoinHandle<()>,
 }
 
 impl Upstream {
-    fn hits(&self) -> u64 {
+    pub(crate) fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
     }
 }
 
-async fn echo_upstream() -> Upstream {
+pub(crate) async fn echo_upstream() -> Upstream {
     let hits = Arc::new(AtomicU64::new(0));
     let counter = hits.clone();
     let app = Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap| {
@@ -207,27 +247,27 @@ async fn echo_upstream() -> Upstream {
 
 /// An HTTP/1.1 answer as read from the socket.
 #[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: String,
 }
 
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
     }
 
     /// The values of a header the upstream received (its echo).
-    fn upstream_header(&self, name: &str) -> Vec<String> {
+    pub(crate) fn upstream_header(&self, name: &str) -> Vec<String> {
         self.json()["headers"][name.to_ascii_lowercase()]
             .as_array()
             .map(|values| {
@@ -240,7 +280,7 @@ impl Reply {
     }
 
     /// tollgate's reason code, from the JSON body of a denial.
-    fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         self.json()["error_description"]
             .as_str()
             .and_then(|d| d.split(':').next())
@@ -277,7 +317,7 @@ fn answer_is_2xx(raw: &str) -> bool {
 
 /// Sends one request exactly as written (`Host: api.example.com`, then `headers` in order and
 /// letter case, repeats kept) and reads the answer.
-async fn try_send(
+pub(crate) async fn try_send(
     port: u16,
     method: &str,
     target: &str,
@@ -339,7 +379,7 @@ async fn try_send(
     })
 }
 
-async fn send(port: u16, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
+pub(crate) async fn send(port: u16, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
     try_send(port, method, target, headers)
         .await
         .unwrap_or_else(|e| panic!("{method} {target} through traefik: {e}"))

@@ -241,7 +241,11 @@ async fn entries_keep_only_the_claims_a_hit_reads() {
     // The hit decides and answers as the miss did: metadata holds the listed claims only.
     let second = judge_at(&s, &token, "/orders/admin", at(0)).await;
     assert_eq!(format!("{first:?}"), format!("{second:?}"));
-    let metadata = allowed(&second).claims.as_ref().expect("metadata claims").map();
+    let metadata = allowed(&second)
+        .claims
+        .as_ref()
+        .expect("metadata claims")
+        .map();
     let mut names: Vec<&str> = metadata.keys().map(String::as_str).collect();
     names.sort_unstable();
     assert_eq!(names, ["scp", "sub"]);
