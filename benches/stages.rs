@@ -200,6 +200,35 @@ fn stages(c: &mut Criterion) {
             })
         })
     });
+    // What an allow returns, encoded as it goes on the wire: every claim as dynamic metadata
+    // (the default), or none (`forward.metadataClaims: []`).
+    let mut without_metadata = policy.as_ref().clone();
+    without_metadata.forward.metadata_claims =
+        tollgate::policy::MetadataClaims::Listed(Vec::new().into());
+    without_metadata.cached_claims = Some(vec!["cnf".to_string()].into());
+    for (name, policy) in [
+        ("every claim", policy.clone()),
+        ("metadataClaims: []", Arc::new(without_metadata)),
+    ] {
+        let shared = SharedSnapshot::with_cache(
+            DefaultAction::Deny,
+            TokenCache::new(CacheLimits::default()),
+        );
+        shared.publish(Snapshot::build(vec![policy], DefaultAction::Deny).0);
+        shared.set_ready();
+        let service = AuthzService::new(shared, Metrics::new(None, None));
+        c.bench_function(
+            &format!("gRPC decide + response + encode, cache hit, {name}"),
+            |b| {
+                b.iter(|| {
+                    runtime.block_on(async {
+                        let (decision, _) = service.decide(black_box(&check)).await;
+                        prost::Message::encode_to_vec(&to_check_response(&decision))
+                    })
+                })
+            },
+        );
+    }
 }
 
 /// What a policy reload costs per policy: parsing its document and compiling it (inline keys).

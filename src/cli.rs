@@ -235,6 +235,11 @@ pub struct ServeArgs {
     /// `status.dryRun` count every would-be denial.
     #[arg(long, default_value_t = crate::dry_run::DEFAULT_LOG_LIMIT, env = "TOLLGATE_DRY_RUN_LOG_LIMIT")]
     pub dry_run_log_limit: u64,
+    /// Most private-key decryptions (RSA-OAEP, ECDH-ES) of encrypted tokens at once (0: half
+    /// the CPUs, at least 1). 64 times as many may wait; beyond that a check is answered 503
+    /// decryption_overloaded. Tokens from the verified-token cache never wait.
+    #[arg(long, default_value_t = 0, env = "TOLLGATE_DECRYPTION_CONCURRENCY")]
+    pub decryption_concurrency: usize,
 }
 
 #[derive(Debug, Args)]
@@ -331,6 +336,7 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Serve(args) => {
+            crate::jwe::gate::configure(args.decryption_concurrency);
             let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
             let source = if args.kubernetes || (args.policies.is_empty() && in_pod) {
                 PolicySource::Kubernetes(WatchOptions {

@@ -139,11 +139,14 @@ pub enum Reason {
     /// not this server's or has expired: the answer carries a fresh `DPoP-Nonce`
     /// (`use_dpop_nonce`, RFC 9449 §9).
     DpopNonceRequired,
+    /// Too many fresh encrypted tokens wait for a private-key operation (answers 503): the
+    /// decryptions a replica runs at once, and those waiting, are bounded.
+    DecryptionOverloaded,
 }
 
 impl Reason {
     /// Every reason, for documentation and tests.
-    pub const ALL: [Reason; 53] = [
+    pub const ALL: [Reason; 54] = [
         Reason::Valid,
         Reason::Anonymous,
         Reason::DefaultAllow,
@@ -197,6 +200,7 @@ impl Reason {
         Reason::DpopBoundTokenAsBearer,
         Reason::DpopRequired,
         Reason::DpopNonceRequired,
+        Reason::DecryptionOverloaded,
     ];
 
     /// The stable snake_case code.
@@ -255,6 +259,7 @@ impl Reason {
             Reason::DpopBoundTokenAsBearer => "dpop_bound_token_as_bearer",
             Reason::DpopRequired => "dpop_required",
             Reason::DpopNonceRequired => "dpop_nonce_required",
+            Reason::DecryptionOverloaded => "decryption_overloaded",
         }
     }
 
@@ -347,6 +352,9 @@ impl Reason {
             Reason::DpopNonceRequired => {
                 "the DPoP proof must carry the nonce this server provides in DPoP-Nonce"
             }
+            Reason::DecryptionOverloaded => {
+                "too many encrypted tokens to decrypt at once; try again shortly"
+            }
         }
     }
 
@@ -364,7 +372,7 @@ impl Reason {
                 Some("invalid_dpop_proof")
             }
             Reason::DpopNonceRequired => Some("use_dpop_nonce"),
-            Reason::DpopReplayCacheFull => None,
+            Reason::DpopReplayCacheFull | Reason::DecryptionOverloaded => None,
             Reason::RequestMalformed => Some("invalid_request"),
             Reason::NoPolicy
             | Reason::PolicyNotFound
@@ -411,6 +419,7 @@ impl Reason {
                 | Reason::CertificateRequired
                 | Reason::CertificateUntrusted
                 | Reason::DpopReplayCacheFull
+                | Reason::DecryptionOverloaded
         )
     }
 

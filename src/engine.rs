@@ -1728,9 +1728,17 @@ async fn verify_signed<'p>(
     let Some(decryptor) = &policy.decryption else {
         return Err((ValidationError::Malformed(JoseError::Encrypted), None));
     };
-    let decrypted = decryptor
-        .decrypt(token)
-        .map_err(|e| (ValidationError::Decryption(e), None))?;
+    // A private-key operation waits for its turn on the bounded pool (`jwe::gate`), so a
+    // flood of fresh encrypted tokens never holds the runtime's workers.
+    let decrypted = if jwe::Decryptor::uses_private_key(token) {
+        let (decryptor, token) = (decryptor.clone(), token.to_owned());
+        jwe::gate::gate()
+            .run(move || decryptor.decrypt(&token))
+            .await
+    } else {
+        decryptor.decrypt(token)
+    }
+    .map_err(|e| (ValidationError::Decryption(e), None))?;
     trace.pass("decrypt", || {
         format!(
             "JWE alg {}, enc {}, decrypted with key {}",
@@ -2334,7 +2342,7 @@ fn deny_with(
         | Reason::IntrospectionUnavailable
         | Reason::IntrospectionTimeout => 503,
         Reason::IntrospectionFailed => 502,
-        Reason::DpopReplayCacheFull => 503,
+        Reason::DpopReplayCacheFull | Reason::DecryptionOverloaded => 503,
         // RFC 9449 §9: the client retries with the nonce only on a 401.
         Reason::DpopNonceRequired => 401,
         Reason::IntrospectionInvalid => 500,

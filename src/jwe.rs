@@ -16,6 +16,7 @@
 pub mod alg;
 pub mod content;
 mod der;
+pub mod gate;
 pub mod key;
 
 use serde_json::Value;
@@ -62,6 +63,9 @@ pub enum JweError {
     /// Keys were tried and none decrypted the token: a wrong key, or a tampered token.
     #[error("decryption failed: the token was encrypted to another key, or altered")]
     Failed,
+    /// Too many encrypted tokens wait for a private-key operation ([`gate`]).
+    #[error("{0} encrypted tokens already wait to be decrypted; try again shortly")]
+    Overloaded(usize),
 }
 
 impl JweError {
@@ -74,6 +78,7 @@ impl JweError {
             JweError::CriticalHeader(_) => Reason::UnsupportedCriticalHeader,
             JweError::KeyNotFound { .. } => Reason::DecryptionKeyNotFound,
             JweError::Failed => Reason::DecryptionFailed,
+            JweError::Overloaded(_) => Reason::DecryptionOverloaded,
         }
     }
 }
@@ -228,6 +233,20 @@ impl Decryptor {
     /// without a `kid` that fit the algorithms; a token without `kid`, any key that fits), trying
     /// at most [`MAX_UNNAMED_TRIES`] keys that the token does not name: each try is a private-key
     /// operation an unauthenticated client can ask for.
+    /// Whether decrypting `token` takes a private-key operation (RSA, ECDH), which
+    /// [`gate`] bounds; symmetric key management does not.
+    pub fn uses_private_key(token: &str) -> bool {
+        parse(token)
+            .ok()
+            .and_then(|jwe| KeyManagement::parse(&jwe.header.alg))
+            .is_some_and(|alg| {
+                !matches!(
+                    alg,
+                    KeyManagement::A128Kw | KeyManagement::A256Kw | KeyManagement::Dir
+                )
+            })
+    }
+
     pub fn decrypt(&self, token: &str) -> Result<Decrypted, JweError> {
         let jwe = parse(token)?;
         let header = &jwe.header;

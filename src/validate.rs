@@ -339,6 +339,10 @@ impl ValidationError {
             Decryption(JweError::Failed) => Some(
                 "none of spec.decryption.keys decrypts the token (IDX10609): the issuer encrypts to another public key, or the token was altered".into(),
             ),
+            Decryption(JweError::Overloaded(_)) => Some(format!(
+                "fresh encrypted tokens arrive faster than {} private-key operations at a time can decrypt them (--decryption-concurrency); a token seen before comes from the verified-token cache",
+                crate::jwe::gate::gate().concurrency()
+            )),
             Decryption(JweError::Rsa1_5NotAllowed) => Some(
                 "ask the issuer to encrypt with RSA-OAEP-256; if it cannot, set spec.decryption.allowRsa1_5: true".into(),
             ),

@@ -1050,7 +1050,9 @@ fn the_traefik_middleware_passes_the_token_and_method_overrides_and_strips_the_d
     let forward = &docs[0]["spec"]["forwardAuth"];
     // Traefik sets X-Forwarded-* itself and copies only these client headers onto the auth
     // request: a forged X-Original-URL never reaches tollgate, method overrides do (the API may
-    // run the method they name, so tollgate judges it too).
+    // run the method they name, so tollgate judges it too), and so do the DPoP proof and the
+    // client certificate Traefik's passTLSClientCert sets (tollgate refuses the latter unless
+    // Traefik is trusted to set it).
     assert_eq!(forward["trustForwardHeader"], Value::Bool(false));
     assert_eq!(
         forward["authRequestHeaders"],
@@ -1059,7 +1061,9 @@ fn the_traefik_middleware_passes_the_token_and_method_overrides_and_strips_the_d
             "Cookie",
             "X-HTTP-Method-Override",
             "X-HTTP-Method",
-            "X-Method-Override"
+            "X-Method-Override",
+            "DPoP",
+            "X-Forwarded-Tls-Client-Cert"
         ])
     );
     // Listed, so Traefik removes a client's copy; tollgate never answers it.

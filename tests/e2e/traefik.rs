@@ -120,7 +120,11 @@ fn unguarded_config(tollgate: SocketAddr) -> String {
     serde_yaml::to_string(&config).expect("yaml")
 }
 
-pub(crate) async fn start_traefik(bin: &Path, tollgate: SocketAddr, upstream: SocketAddr) -> Traefik {
+pub(crate) async fn start_traefik(
+    bin: &Path,
+    tollgate: SocketAddr,
+    upstream: SocketAddr,
+) -> Traefik {
     let dir = tempfile::tempdir().expect("dir");
     let conf = conf_dir(&dir);
     // The file provider merges every file of the folder into one configuration: the second
