@@ -28,7 +28,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-#[allow(dead_code)]
+// The e2e tests' control plane, the same file (not a copy). Included here so that this module
+// stands alone; the e2e crate, which includes this module for its test, then compiles the file
+// twice (hence duplicate_mod), and uses only part of it here (dead_code).
+#[allow(dead_code, clippy::duplicate_mod)]
 #[path = "../../tests/e2e/control_plane.rs"]
 mod control_plane;
 
@@ -60,6 +63,8 @@ pub struct Settings<'a> {
     /// services writes one AuthConfig per service (Kuadrant generates one per route), so 1,000
     /// hosts are 1,000 AuthConfigs.
     pub hosts: &'a [String],
+    /// Authorino's gRPC port (it listens on every interface), or `None` for a free one.
+    pub grpc_port: Option<u16>,
 }
 
 /// How long the start took.
@@ -87,6 +92,8 @@ pub struct Authorino {
     /// The pinned version (from tests/peers/authorino/go.mod).
     pub version: String,
     pub timings: Timings,
+    /// When `authorino server` was started (`timings` count from here).
+    pub started: Instant,
     log: PathBuf,
     /// Dropped after `child` is killed (Drop below).
     cluster: Cluster,
@@ -302,7 +309,7 @@ pub fn start(settings: Settings<'_>) -> anyhow::Result<Authorino> {
     let kubeconfig = cluster.service_account_kubeconfig(NAMESPACE, SERVICE_ACCOUNT);
     let objects = objects_began.elapsed();
 
-    let grpc_port = free_port();
+    let grpc_port = settings.grpc_port.unwrap_or_else(free_port);
     let metrics: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let health: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let log = cluster.dir.path().join("authorino.log");
@@ -334,6 +341,7 @@ pub fn start(settings: Settings<'_>) -> anyhow::Result<Authorino> {
         metrics,
         health,
         version,
+        started,
         timings: Timings {
             api_server,
             objects,
@@ -343,14 +351,19 @@ pub fn start(settings: Settings<'_>) -> anyhow::Result<Authorino> {
         log,
         cluster,
     };
-    let deadline = started + Duration::from_secs(60) + Duration::from_millis(200) * settings.hosts.len() as u32;
+    let deadline = started
+        + Duration::from_secs(60)
+        + Duration::from_millis(200) * settings.hosts.len() as u32;
     loop {
         authorino.check_running()?;
         if TcpStream::connect_timeout(&authorino.grpc, Duration::from_millis(200)).is_ok() {
             break;
         }
         if Instant::now() >= deadline {
-            bail!("Authorino's gRPC port is not listening:\n{}", authorino.log_tail());
+            bail!(
+                "Authorino's gRPC port is not listening:\n{}",
+                authorino.log_tail()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -358,7 +371,10 @@ pub fn start(settings: Settings<'_>) -> anyhow::Result<Authorino> {
     loop {
         authorino.check_running()?;
         let list = authorino.auth_configs()?;
-        let items = list["items"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let items = list["items"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let ready = items.iter().filter(|item| is_ready(item)).count();
         if ready == settings.hosts.len()
             && http_get(&format!("http://{health}/readyz/authconfigs"))
@@ -420,6 +436,9 @@ mod tests {
         assert_eq!(regex_escape("orders.read"), r"orders\.read");
         assert_eq!(regex_escape("a+b(c)"), r"a\+b\(c\)");
         let yaml = auth_config_yaml("n", "h", "http://i", "api://bench", "orders.read");
-        assert!(yaml.contains(r#"value: "(^| )orders\\.read( |$)""#), "{yaml}");
+        assert!(
+            yaml.contains(r#"value: "(^| )orders\\.read( |$)""#),
+            "{yaml}"
+        );
     }
 }

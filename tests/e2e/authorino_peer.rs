@@ -202,6 +202,7 @@ async fn start(
     kube: authorino::KubeBinaries,
     issuer: &str,
     hosts: Vec<String>,
+    grpc_port: Option<u16>,
 ) -> authorino::Authorino {
     let authorino = authorino.to_path_buf();
     let issuer = issuer.to_string();
@@ -213,6 +214,7 @@ async fn start(
             audience: AUDIENCE,
             scope: SCOPE,
             hosts: &hosts,
+            grpc_port,
         })
     })
     .await
@@ -227,7 +229,7 @@ async fn authorino_peer_judges_the_benchmark_tokens() {
     };
     let Some(kube) = kube_binaries() else { return };
     let idp = Idp::start().await;
-    let authorino = start(&binary, kube, &idp.issuer(), vec![HOST.to_string()]).await;
+    let authorino = start(&binary, kube, &idp.issuer(), vec![HOST.to_string()], None).await;
     eprintln!(
         "Authorino {} ready: API server {:?}, objects {:?}, gRPC listening {:?}, AuthConfig Ready {:?}",
         authorino.version,
@@ -238,8 +240,14 @@ async fn authorino_peer_judges_the_benchmark_tokens() {
     );
     let url = authorino.url();
 
-    let rs = idp.rs256.mint(&idp.claims("user-rs", json!({}))).expect("mint");
-    let es = idp.es256.mint(&idp.claims("user-es", json!({}))).expect("mint");
+    let rs = idp
+        .rs256
+        .mint(&idp.claims("user-rs", json!({})))
+        .expect("mint");
+    let es = idp
+        .es256
+        .mint(&idp.claims("user-es", json!({})))
+        .expect("mint");
     assert_eq!(check(&url, HOST, Some(&rs)).await, allowed("user-rs"));
     assert_eq!(check(&url, HOST, Some(&es)).await, allowed("user-es"));
     // An array audience works as well as a string one.
@@ -268,7 +276,10 @@ async fn authorino_peer_judges_the_benchmark_tokens() {
             "expired",
             Some(
                 idp.rs256
-                    .mint(&idp.claims("u", json!({"iat": now - 7200, "nbf": now - 7200, "exp": now - 600})))
+                    .mint(&idp.claims(
+                        "u",
+                        json!({"iat": now - 7200, "nbf": now - 7200, "exp": now - 600}),
+                    ))
                     .expect("mint"),
             ),
         ),
@@ -355,16 +366,16 @@ async fn authorino_peer_judges_the_benchmark_tokens() {
     assert_eq!(idp.server.jwks_fetches(), before);
 
     // What the benchmark reads besides the answers: health, metrics, and /proc of the pid.
-    let (status, _) = crate::support::http_get(&format!("http://{}/readyz", authorino.health))
-        .expect("readyz");
+    let (status, _) =
+        crate::support::http_get(&format!("http://{}/readyz", authorino.health)).expect("readyz");
     assert_eq!(status, 200);
     let (status, metrics) =
         crate::support::http_get(&format!("http://{}/server-metrics", authorino.metrics))
             .expect("server metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains("auth_server_response_status"), "{metrics}");
-    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", authorino.pid()))
-        .expect("/proc status");
+    let proc_status =
+        std::fs::read_to_string(format!("/proc/{}/status", authorino.pid())).expect("/proc status");
     let rss = proc_status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
@@ -385,30 +396,91 @@ async fn authorino_peer_serves_many_auth_configs() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let idp = Idp::start().await;
-    let hosts: Vec<String> = (0..count).map(|i| format!("h{i:04}.bench.example")).collect();
+    let hosts: Vec<String> = (0..count)
+        .map(|i| format!("h{i:04}.bench.example"))
+        .collect();
     let started = Instant::now();
-    let authorino = start(&binary, kube, &idp.issuer(), hosts.clone()).await;
+    // Meanwhile: when does every host answer something else than "Service not found"? (The
+    // statuses lag behind: Authorino writes them one by one, rate-limited.)
+    let port = crate::support::free_port();
+    let serving = tokio::spawn(every_host_served_at(
+        format!("http://127.0.0.1:{port}"),
+        hosts.clone(),
+    ));
+    let authorino = start(&binary, kube, &idp.issuer(), hosts.clone(), Some(port)).await;
+    let served_at = tokio::time::timeout(std::time::Duration::from_secs(30), serving)
+        .await
+        .expect("every host served")
+        .expect("poller");
     eprintln!(
-        "{count} AuthConfigs: API server {:?}, objects {:?}, gRPC listening {:?}, all Ready {:?} (total {:?})",
+        "{count} AuthConfigs: API server {:?}, objects {:?}, then from Authorino's start: gRPC listening {:?}, every host served {:?}, every status Ready {:?} (total {:?})",
         authorino.timings.api_server,
         authorino.timings.objects,
         authorino.timings.grpc_listening,
+        served_at.saturating_duration_since(authorino.started),
         authorino.timings.auth_configs_ready,
         started.elapsed(),
     );
     let url = authorino.url();
-    let token = idp.rs256.mint(&idp.claims("user-many", json!({}))).expect("mint");
+    let token = idp
+        .rs256
+        .mint(&idp.claims("user-many", json!({})))
+        .expect("mint");
     let bad = idp
         .rs256
         .mint(&idp.claims("u", json!({"aud": "api://other"})))
         .expect("mint");
-    for i in [0, count / 2, count - 1] {
+    let fetches = idp.server.jwks_fetches();
+    let sample = [0, count / 2, count - 1];
+    for i in sample {
         assert_eq!(
             check(&url, &hosts[i], Some(&token)).await,
             allowed("user-many"),
             "{}",
             hosts[i]
         );
-        assert_eq!(check(&url, &hosts[i], Some(&bad)).await.grpc, PERMISSION_DENIED);
+        assert_eq!(
+            check(&url, &hosts[i], Some(&bad)).await.grpc,
+            PERMISSION_DENIED
+        );
+    }
+    // Each AuthConfig keeps its own key set, fetched on its first token: the benchmark warms
+    // every host up before measuring.
+    assert_eq!(idp.server.jwks_fetches() - fetches, sample.len() as u64);
+}
+
+/// Connects to `url` as soon as it accepts, then sends a Check (without a token) for every host
+/// not served yet, round after round, until none answers NOT_FOUND; returns when that happened.
+async fn every_host_served_at(url: String, hosts: Vec<String>) -> Instant {
+    use tollgate::proto::auth::authorization_client::AuthorizationClient;
+    let mut client = loop {
+        match AuthorizationClient::connect(url.clone()).await {
+            Ok(client) => break client,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
+    let mut pending = hosts;
+    loop {
+        let mut still = Vec::new();
+        for host in pending {
+            let request = client::check_request(&Probe {
+                host: host.clone(),
+                path: "/".into(),
+                method: "GET".into(),
+                ..Probe::default()
+            });
+            let served = client
+                .check(request)
+                .await
+                .is_ok_and(|r| r.into_inner().status.is_none_or(|s| s.code != NOT_FOUND));
+            if !served {
+                still.push(host);
+            }
+        }
+        if still.is_empty() {
+            return Instant::now();
+        }
+        pending = still;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-pub use crate::control_plane::Cluster;
 use crate::control_plane::Binaries;
+pub use crate::control_plane::Cluster;
 use crate::support::*;
 
 /// The binaries a cluster needs, or `None` (skip) outside CI when they are not installed.
@@ -54,7 +54,6 @@ impl Cluster {
         self.wait_established(&["jwtpolicies.tollgate.dev"], "60s");
     }
 }
-
 
 /// The chart's Deployment turned into local processes: its `serve` flags (addresses on
 /// 127.0.0.1, files mounted from Secrets and ConfigMaps written to disk), its environment, its

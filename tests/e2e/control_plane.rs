@@ -397,7 +397,11 @@ impl Cluster {
 
     /// `helm <args>` as the admin.
     pub fn helm(&self, args: &[&str]) -> Result<String, String> {
-        let helm = self.bin.helm.as_ref().ok_or("this cluster was started without helm")?;
+        let helm = self
+            .bin
+            .helm
+            .as_ref()
+            .ok_or("this cluster was started without helm")?;
         result(self.tool(helm, args, None))
     }
 
