@@ -42,12 +42,12 @@ impl Drop for Process {
     }
 }
 
-/// etcd and kube-apiserver, running.
+/// etcd and kube-apiserver, running. Dropped in field order: the API server, then etcd, then
+/// their data directory.
 pub struct Cluster {
-    bin: Binaries,
-    pub dir: tempfile::TempDir,
-    etcd: Option<Process>,
     apiserver: Option<Process>,
+    etcd: Option<Process>,
+    bin: Binaries,
     etcd_port: u16,
     etcd_peer_port: u16,
     pub port: u16,
@@ -55,6 +55,7 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     /// Extra kube-apiserver flags this cluster was started with.
     extra: Vec<String>,
+    pub dir: tempfile::TempDir,
 }
 
 impl Cluster {
