@@ -2,10 +2,12 @@
 //! real peers (Envoy). One test binary, so the suite links once.
 
 mod api_keys;
+mod authorino_peer;
 mod cel;
 mod cli;
 mod client_cert;
 mod cluster;
+mod control_plane;
 mod crd;
 mod deploy;
 mod dpop;

@@ -14,6 +14,8 @@ use tollgate::client::{self, Probe};
 use tollgate::proto::auth::CheckResponse;
 use tollgate::proto::auth::check_response::HttpResponse;
 
+pub use crate::control_plane::{free_port, http_get};
+
 pub const AUDIENCE: &str = "api://orders";
 pub const HOST: &str = "api.example.com";
 
@@ -208,38 +210,6 @@ impl Drop for Tollgate {
     }
 }
 
-/// A blocking HTTP/1.0 GET of `http://host:port/path` returning (status, body). Plain std I/O,
-/// so it works inside and outside async tests.
-pub fn http_get(url: &str) -> Result<(u16, String), String> {
-    use std::io::{Read as _, Write as _};
-    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-    let addr: SocketAddr = authority.parse().map_err(|e| format!("{authority}: {e}"))?;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or("no status line")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    Ok((status, body))
-}
-
 /// Writes a policy file (atomically: write, then rename).
 pub fn write_policy(dir: &Path, file: &str, yaml: &str) -> PathBuf {
     let path = dir.join(file);
@@ -361,15 +331,6 @@ pub async fn serve_app(app: axum::Router) -> (SocketAddr, tokio::task::JoinHandl
         let _ = axum::serve(listener, app).await;
     });
     (addr, task)
-}
-
-/// A free port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// Whether tollgate logged (within 5 s) a denial with `reason` whose description contains
