@@ -4,12 +4,12 @@
 //! benchmark relies on is checked: the allows carry `x-user-id`, and each kind of bad token is
 //! denied with the codes recorded here.
 //!
-//! Opt-in: Authorino is not built by tests/run.sh nor in CI. Build it and point
-//! `TOLLGATE_AUTHORINO` at it:
+//! Opt-in, so `#[ignore]`d: Authorino is a peer of the benchmark, not built by tests/run.sh nor
+//! in CI. Build it and point `TOLLGATE_AUTHORINO` at it:
 //!
 //! ```text
 //! export TOLLGATE_AUTHORINO=$(bash tests/peers/go-build.sh tests/peers/authorino github.com/kuadrant/authorino authorino | tail -1)
-//! cargo test --test e2e authorino_peer -- --nocapture
+//! cargo test --test e2e authorino_peer -- --ignored --nocapture
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -37,22 +37,15 @@ const PERMISSION_DENIED: i32 = 7;
 const UNAUTHENTICATED: i32 = 16;
 const NOT_FOUND: i32 = 5;
 
-/// The Authorino binary from `TOLLGATE_AUTHORINO`, or `None` (skip, also under CI: this peer is
-/// opt-in). Set but not a file: the test fails.
+/// The Authorino binary from `TOLLGATE_AUTHORINO`; these tests run only when asked for
+/// (`--ignored`), and then the peer must be there.
 fn authorino_binary() -> Option<PathBuf> {
-    let Some(path) = std::env::var_os("TOLLGATE_AUTHORINO") else {
-        eprintln!(
-            "SKIPPED: Authorino is opt-in (TOLLGATE_AUTHORINO unset); see tests/peers/authorino/README.md"
-        );
-        return None;
-    };
-    let path = PathBuf::from(path);
+    let path = std::env::var_os("TOLLGATE_AUTHORINO").map(PathBuf::from);
     assert!(
-        path.is_file(),
-        "TOLLGATE_AUTHORINO={} is not a file",
-        path.display()
+        path.as_deref().is_some_and(Path::is_file),
+        "TOLLGATE_AUTHORINO must name the Authorino binary (see tests/peers/authorino/README.md), not {path:?}"
     );
-    Some(path)
+    path
 }
 
 fn kube_binaries() -> Option<authorino::KubeBinaries> {
@@ -223,6 +216,7 @@ async fn start(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark peer: TOLLGATE_AUTHORINO=<binary> cargo test --test e2e authorino_peer -- --ignored"]
 async fn authorino_peer_judges_the_benchmark_tokens() {
     let Some(binary) = authorino_binary() else {
         return;
@@ -386,6 +380,7 @@ async fn authorino_peer_judges_the_benchmark_tokens() {
 /// The many-hosts variant: one AuthConfig per host (`TOLLGATE_AUTHORINO_HOSTS`, default 1,000),
 /// each loaded from the API server, each host answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark peer: TOLLGATE_AUTHORINO=<binary> cargo test --test e2e authorino_peer -- --ignored"]
 async fn authorino_peer_serves_many_auth_configs() {
     let Some(binary) = authorino_binary() else {
         return;
