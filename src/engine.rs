@@ -1728,8 +1728,8 @@ async fn verify_signed<'p>(
     let Some(decryptor) = &policy.decryption else {
         return Err((ValidationError::Malformed(JoseError::Encrypted), None));
     };
-    // A private-key operation waits for its turn on the bounded pool (`jwe::gate`), so a
-    // flood of fresh encrypted tokens never holds the runtime's workers.
+    // A private-key operation waits for a decryption thread of its own (`jwe::gate`, lowest
+    // priority), so a flood of fresh encrypted tokens never holds the runtime's workers.
     let decrypted = if jwe::Decryptor::uses_private_key(token) {
         let (decryptor, token) = (decryptor.clone(), token.to_owned());
         jwe::gate::gate()

@@ -28,6 +28,8 @@ pub enum Expect {
     Deny { grpc: i32, http: u16 },
     /// HTTP: exactly this status (through Envoy).
     Status(u16),
+    /// gRPC: allowed, or refused for load (UNAVAILABLE, HTTP 503): a flood's answers.
+    AllowOrOverloaded,
 }
 
 /// One prepared request.
@@ -206,6 +208,7 @@ async fn send(client: &mut Client, request: &Prepared) -> anyhow::Result<Option<
             let right = match request.expect {
                 Expect::Allow => code == 0,
                 Expect::Deny { grpc, http: want } => code == grpc && http == i32::from(want),
+                Expect::AllowOrOverloaded => code == 0 || (code == 14 && http == 503),
                 Expect::Status(_) => false,
             };
             Ok((!right).then(|| {
@@ -244,6 +247,7 @@ async fn send(client: &mut Client, request: &Prepared) -> anyhow::Result<Option<
                 Expect::Allow => status == 200,
                 Expect::Status(want) => status == want,
                 Expect::Deny { http, .. } => status == http,
+                Expect::AllowOrOverloaded => status == 200 || status == 503,
             };
             Ok((!right).then(|| {
                 format!(

@@ -15,6 +15,7 @@
 
 mod envoy;
 mod generator;
+mod jwe;
 mod report;
 mod servers;
 mod soak;
@@ -297,6 +298,7 @@ async fn run(options: Options) -> anyhow::Result<Report> {
     let introspect = introspection_server().await?;
     let dir = tempfile::tempdir()?;
     write_policies(dir.path(), &keys.jwks(), introspect, options.many, None)?;
+    write_jwe_policy(dir.path(), &keys)?;
 
     let baseline = servers::baseline()?;
     let cached = servers::tollgate("tollgate", dir.path(), &[])?;
@@ -472,6 +474,37 @@ async fn run(options: Options) -> anyhow::Result<Report> {
         .await?
     };
 
+    // Fresh encrypted tokens flooding the server while signed ones are judged.
+    let jwe = if options.envoy_only || options.only.as_ref().is_some_and(|o| !o.contains("jwe")) {
+        Vec::new()
+    } else {
+        let unbounded = servers::tollgate(
+            "tollgate (cache off, decryption unbounded)",
+            dir.path(),
+            &[
+                "--token-cache-entries",
+                "0",
+                "--decryption-concurrency",
+                "64",
+            ],
+        )?;
+        let uncached_rate = rows
+            .iter()
+            .find(|r| r.name.starts_with("(b) a fresh RS256"))
+            .map_or(2000.0, |r| r.rate);
+        jwe::contention(
+            &options,
+            &[
+                ("bounded (default)", &uncached),
+                ("unbounded (64)", &unbounded),
+            ],
+            &keys,
+            &rs,
+            uncached_rate,
+        )
+        .await?
+    };
+
     let envoy = if options.envoy {
         envoy_runs(&options, &keys, [&baseline, &cached, &uncached], &hit, &rs).await?
     } else {
@@ -488,6 +521,7 @@ async fn run(options: Options) -> anyhow::Result<Report> {
         cache_entries,
         cache_weight,
         rebuild,
+        jwe,
         envoy: envoy.rows,
         curve: envoy.curve,
     };

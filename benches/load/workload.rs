@@ -18,6 +18,8 @@ pub const ISSUER: &str = "https://idp.bench.example/";
 pub const AUDIENCE: &str = "api://bench";
 pub const HOST: &str = "api.bench.example";
 pub const OPAQUE_HOST: &str = "opaque.bench.example";
+/// Nested tokens: RS256 JWTs encrypted to tollgate's RSA-2048 key (RSA-OAEP-256 / A256GCM).
+pub const JWE_HOST: &str = "jwe.bench.example";
 
 /// Hosts of the many-policies scenario: `h0000.bench.example` …
 pub fn many_host(i: usize) -> String {
@@ -28,15 +30,42 @@ pub struct Keys {
     pub rs256: SigningKey,
     pub es256: SigningKey,
     pub eddsa: SigningKey,
+    /// tollgate's decryption key (PKCS#8 PEM), and its public half for the issuer.
+    pub jwe_private_pem: String,
+    pub jwe_public: tollgate::jwe::EncryptionKey,
 }
 
 impl Keys {
     pub fn new() -> anyhow::Result<Keys> {
+        use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+        let private =
+            aws_lc_rs::rsa::PrivateDecryptingKey::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                .map_err(|e| anyhow::anyhow!("rsa: {e}"))?;
+        let der: Pkcs8V1Der = private.as_der().map_err(|e| anyhow::anyhow!("der: {e}"))?;
+        let jwe_private_pem = pem("PRIVATE KEY", der.as_ref());
+        let mut jwe_public = tollgate::jwe::parse_keys(jwe_private_pem.as_bytes())?
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no key in the PEM"))?
+            .public()?;
+        jwe_public.kid = Some("bench-enc".into());
         Ok(Keys {
             rs256: SigningKey::rsa("rs", "RS256", 2048)?,
             es256: SigningKey::ec("es", "ES256")?,
             eddsa: SigningKey::ed25519("ed")?,
+            jwe_private_pem,
+            jwe_public,
         })
+    }
+
+    /// `token` encrypted to tollgate's key, as a nested JWT.
+    pub fn encrypt(&self, token: &str) -> anyhow::Result<String> {
+        Ok(tollgate::jwe::encrypt(
+            token.as_bytes(),
+            &self.jwe_public,
+            tollgate::jwe::KeyManagement::RsaOaep256,
+            tollgate::jwe::ContentEncryption::A256Gcm,
+            Some("JWT"),
+        )?)
     }
 
     pub fn jwks(&self) -> Value {
@@ -64,8 +93,11 @@ fn policy(name: &str, host: &str, jwks: &Value, extra: Value) -> String {
         "match": {"hosts": [host]},
         "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks}],
         "requiredClaims": [{"name": "scope", "separator": " ", "values": ["orders.read"]}],
+        // What a deployment whose Envoy reads no dynamic metadata sets: the answer carries the
+        // headers only, and cache entries keep only what a hit reads.
         "forward": {"claimsToHeaders": [{"claim": "sub", "header": "x-user-id"},
-                                        {"claim": "email", "header": "x-user-email"}]},
+                                        {"claim": "email", "header": "x-user-email"}],
+                    "metadataClaims": []},
     });
     if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
         for (k, v) in extra {
@@ -75,6 +107,33 @@ fn policy(name: &str, host: &str, jwks: &Value, extra: Value) -> String {
     json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy",
         "metadata": {"name": name, "namespace": "bench"}, "spec": spec})
     .to_string()
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap_or_default())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// The policy of [`JWE_HOST`]: the main policy's checks, and tollgate's decryption key.
+pub fn write_jwe_policy(dir: &Path, keys: &Keys) -> anyhow::Result<()> {
+    let key = dir.join("jwe-key.pem");
+    std::fs::write(&key, &keys.jwe_private_pem)?;
+    let decryption = json!({"decryption": {"keys": [
+        {"file": key.display().to_string(), "kid": "bench-enc"}]}});
+    std::fs::write(
+        dir.join("jwe.yaml"),
+        policy("jwe", JWE_HOST, &keys.jwks(), decryption),
+    )?;
+    Ok(())
 }
 
 /// Writes the policies: the main host, the opaque-token host (introspection at `introspect`),

@@ -4,27 +4,31 @@
 //! sends a flood of fresh (or forged) encrypted tokens could otherwise keep every runtime
 //! worker busy with them, and signed tokens would wait behind.
 //!
-//! So those decryptions run on the blocking pool, at most `concurrency` at a time (half the
-//! CPUs by default, `--decryption-concurrency`), and at most [`QUEUED_PER_PERMIT`] ×
-//! `concurrency` wait for their turn; beyond that a check is answered 503
-//! `decryption_overloaded` at once. The runtime workers keep judging everything else.
-//! Symmetric key management (`A128KW`, `A256KW`, `dir`) costs microseconds and is not gated.
+//! So those decryptions run on threads of their own, `concurrency` of them (half the CPUs by
+//! default, `--decryption-concurrency`), at the lowest scheduling priority: when the CPUs are
+//! busy, the workers that judge requests run first and the decryptions wait. At most
+//! [`QUEUED_PER_PERMIT`] × `concurrency` tokens wait for a decryption thread; beyond that a
+//! check is answered 503 `decryption_overloaded` at once, and a waiting token whose check was
+//! abandoned is never decrypted. Symmetric key management (`A128KW`, `A256KW`, `dir`) costs
+//! microseconds and is not gated.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-use tokio::sync::Semaphore;
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use super::JweError;
+
+/// A decryption waiting for a thread.
+type Job = Box<dyn FnOnce() + Send>;
 
 /// Decryptions that may wait per one that runs.
 pub const QUEUED_PER_PERMIT: usize = 64;
 
 /// The process's gate.
 pub struct Gate {
-    permits: Semaphore,
+    jobs: mpsc::SyncSender<Job>,
     concurrency: usize,
-    queued: AtomicUsize,
+    /// Jobs sent and not yet started.
+    queued: Arc<AtomicUsize>,
     max_queued: usize,
 }
 
@@ -46,27 +50,48 @@ pub fn gate() -> &'static Gate {
     GATE.get_or_init(|| Gate::new(0))
 }
 
-/// Leaves the queue when the wait ends, whether the decryption ran or the check was dropped.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 impl Gate {
+    /// Starts `concurrency` decryption threads (0: [`default_concurrency`]).
     pub fn new(concurrency: usize) -> Gate {
         let concurrency = if concurrency == 0 {
             default_concurrency()
         } else {
             concurrency
         };
+        let max_queued = concurrency.saturating_mul(QUEUED_PER_PERMIT);
+        let (jobs, receiver) = mpsc::sync_channel::<Job>(max_queued);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let queued = Arc::new(AtomicUsize::new(0));
+        for i in 0..concurrency {
+            let (receiver, queued) = (receiver.clone(), queued.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("jwe-decrypt-{i}"))
+                .spawn(move || {
+                    // Requests first: a busy CPU runs the request workers before decryptions.
+                    let _ = thread_priority::set_current_thread_priority(
+                        thread_priority::ThreadPriority::Min,
+                    );
+                    loop {
+                        let job = {
+                            let receiver = receiver
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            receiver.recv()
+                        };
+                        let Ok(job) = job else { return };
+                        queued.fetch_sub(1, Ordering::AcqRel);
+                        job();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a decryption thread");
+            }
+        }
         Gate {
-            permits: Semaphore::new(concurrency),
+            jobs,
             concurrency,
-            queued: AtomicUsize::new(0),
-            max_queued: concurrency.saturating_mul(QUEUED_PER_PERMIT),
+            queued,
+            max_queued,
         }
     }
 
@@ -75,53 +100,60 @@ impl Gate {
         self.concurrency
     }
 
-    /// Decryptions waiting for their turn now.
+    /// Decryptions waiting for a thread now.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
     }
 
-    /// Runs `work` on the blocking pool when its turn comes; [`JweError::Overloaded`] at once
-    /// when the queue is full.
+    /// Runs `work` on a decryption thread when one is free; [`JweError::Overloaded`] at once
+    /// when the queue is full. If the caller stops waiting (the check was abandoned) before a
+    /// thread takes the job, the work is skipped.
     pub async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T, JweError> + Send + 'static,
     ) -> Result<T, JweError> {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            if !done.is_closed() {
+                let _ = done.send(work());
+            }
+        });
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.jobs.try_send(job).is_err() {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(JweError::Overloaded(self.max_queued));
         }
-        let waiting = Waiting(&self.queued);
-        // The semaphore is never closed.
-        let Ok(permit) = self.permits.acquire().await else {
-            return Err(JweError::Overloaded(self.max_queued));
-        };
-        drop(waiting);
-        let result = tokio::task::spawn_blocking(work).await;
-        drop(permit);
-        // A panic inside the decryption decides nothing: the token is refused.
-        result.unwrap_or(Err(JweError::Failed))
+        // A panic inside the decryption (the sender dropped unsent) decides nothing: the
+        // token is refused.
+        result.await.unwrap_or(Err(JweError::Failed))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    async fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn at_most_the_concurrency_runs_and_a_full_queue_is_refused_at_once() {
         let gate = Arc::new(Gate::new(1));
         assert_eq!(gate.concurrency(), 1);
         let (release, held) = std::sync::mpsc::channel::<()>();
-        let held = Arc::new(std::sync::Mutex::new(held));
+        let held = Arc::new(Mutex::new(held));
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        // One runs (blocked until released) and 64 wait: the queue is then full.
-        for _ in 0..=QUEUED_PER_PERMIT {
+        let spawn = |gate: &Arc<Gate>| {
             let (gate, held, running, most) =
                 (gate.clone(), held.clone(), running.clone(), most.clone());
-            tasks.push(tokio::spawn(async move {
+            tokio::spawn(async move {
                 gate.run(move || {
                     let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                     most.fetch_max(now, Ordering::SeqCst);
@@ -130,13 +162,13 @@ mod tests {
                     Ok(())
                 })
                 .await
-            }));
-        }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while gate.queued() < QUEUED_PER_PERMIT {
-            assert!(std::time::Instant::now() < deadline, "{}", gate.queued());
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+            })
+        };
+        // One runs (blocked until released), then 64 wait: the queue is full.
+        let mut tasks = vec![spawn(&gate)];
+        wait_until("the first runs", || running.load(Ordering::SeqCst) == 1).await;
+        tasks.extend((0..QUEUED_PER_PERMIT).map(|_| spawn(&gate)));
+        wait_until("64 wait", || gate.queued() == QUEUED_PER_PERMIT).await;
         let refused = gate.run(|| Ok(())).await;
         assert!(
             matches!(refused, Err(JweError::Overloaded(64))),
@@ -153,7 +185,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_dropped_check_leaves_the_queue() {
+    async fn an_abandoned_check_is_never_decrypted() {
         let gate = Gate::new(1);
         let (release, held) = std::sync::mpsc::channel::<()>();
         let first = gate.run(move || {
@@ -161,20 +193,30 @@ mod tests {
             Ok(())
         });
         tokio::pin!(first);
-        // Start the first (it holds the permit), then give up on a second while it waits.
+        // The first takes the thread; a second waits, and its check is abandoned.
         assert!(
-            tokio::time::timeout(std::time::Duration::from_millis(20), &mut first)
+            tokio::time::timeout(Duration::from_millis(50), &mut first)
                 .await
                 .is_err()
         );
-        let second = gate.run(|| Ok(()));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let second = {
+            let ran = ran.clone();
+            gate.run(move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        };
         assert!(
-            tokio::time::timeout(std::time::Duration::from_millis(20), second)
+            tokio::time::timeout(Duration::from_millis(20), second)
                 .await
                 .is_err()
         );
-        assert_eq!(gate.queued(), 0);
         release.send(()).expect("release");
         assert!(first.await.is_ok());
+        wait_until("the queue drains", || gate.queued() == 0).await;
+        // A third runs after the abandoned one was skipped.
+        assert!(gate.run(|| Ok(())).await.is_ok());
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
     }
 }

@@ -975,6 +975,11 @@ impl SharedSnapshot {
 
     /// Replaces the snapshot; its generation is set to one more than the current one.
     /// The entries of the policies it no longer holds leave the verified-token cache.
+    ///
+    /// Inside a runtime the clean-up (scanning the cache, freeing the previous snapshot's
+    /// policies) runs on the blocking pool, after the new snapshot serves: requests never wait
+    /// behind it on a runtime worker. Dropping an entry only costs a verification later, so a
+    /// clean-up that runs after a newer snapshot is harmless.
     pub fn publish(&self, mut snapshot: Snapshot) -> u64 {
         let previous = self.current.load_full();
         let generation = previous.generation + 1;
@@ -984,15 +989,25 @@ impl SharedSnapshot {
         self.dry_run
             .sync(snapshot.policies.values(), std::time::SystemTime::now());
         self.current.store(Arc::new(snapshot));
-        if let Some(cache) = &self.token_cache
-            && previous
+        self.changes.send_replace(generation);
+        let cache = self.token_cache.clone().filter(|_| {
+            previous
                 .policies
                 .values()
                 .any(|p| !live.contains(&p.instance))
-        {
-            cache.retain_policies(|instance| live.contains(&instance));
+        });
+        let clean_up = move || {
+            if let Some(cache) = cache {
+                cache.retain_policies(|instance| live.contains(&instance));
+            }
+            drop(previous);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(clean_up);
+            }
+            Err(_) => clean_up(),
         }
-        self.changes.send_replace(generation);
         generation
     }
 
