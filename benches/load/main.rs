@@ -527,7 +527,11 @@ async fn envoy_runs(
         ("no auth", envoy::Auth::None),
         (
             "jwt_authn (JWT cache on)",
-            envoy::Auth::JwtAuthn { jwks: &jwks },
+            envoy::Auth::JwtAuthn {
+                jwks: &jwks,
+                issuer: ISSUER,
+                cache: true,
+            },
         ),
         (
             "ext_authz -> trivial allow",
