@@ -23,7 +23,9 @@ pub struct Server {
     pub admin: Option<SocketAddr>,
     /// Envoy's admin address (stats).
     pub envoy_admin: Option<SocketAddr>,
-    /// tollgate's HTTP authorization address, when started with `--http-addr`.
+    /// tollgate's HTTP authorization address, when started with `--http-addr` (the peers
+    /// bench puts nginx in front of it).
+    #[allow(dead_code)]
     pub http: Option<SocketAddr>,
 }
 
@@ -84,6 +86,8 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
 
 impl Server {
     /// A server started elsewhere (its own process group), answering on `addr`; killed on drop.
+    /// (The peers bench starts its peers this way.)
+    #[allow(dead_code)]
     pub fn spawned(name: &str, child: Child, addr: SocketAddr) -> Server {
         Server {
             name: name.into(),

@@ -431,7 +431,7 @@ fn find(
     match peer.find() {
         Ok(path) => Ok(Some(path)),
         Err(e) if options.smoke => {
-            skipped.push(format!("{}: {e:#}", peer.name));
+            skipped.push(format!("{e:#}"));
             Ok(None)
         }
         Err(e) => Err(e),
