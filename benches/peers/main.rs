@@ -18,6 +18,8 @@
 //! out; nothing is timed there. Writes `report.md` and `report.json` to
 //! `target/tollgate-bench/peers/` (or `$TOLLGATE_BENCH_OUT/peers`). See docs/benchmarks.md.
 
+#[path = "../load/chart.rs"]
+mod chart;
 #[allow(dead_code)]
 #[path = "../load/envoy.rs"]
 mod envoy;
@@ -242,6 +244,8 @@ struct Scenario {
     requests: Vec<Prepared>,
     /// The subject each request's token carries (the same order).
     subjects: Vec<Option<String>>,
+    /// Latency against offered load too (open loop at 10 % … 90 % of each path's maximum).
+    curve: bool,
 }
 
 /// The run's processes, by role.
@@ -357,6 +361,7 @@ fn scenarios(idp: &BenchIdp, options: &Options) -> anyhow::Result<Vec<Scenario>>
             allow: true,
             requests: vec![request(HOST, &one, 7)],
             subjects: vec![subject(7)],
+            curve: true,
         },
         Scenario {
             name: "a fresh RS256 token per request",
@@ -368,6 +373,7 @@ fn scenarios(idp: &BenchIdp, options: &Options) -> anyhow::Result<Vec<Scenario>>
                 .map(|(i, t)| request(HOST, t, i as u64))
                 .collect(),
             subjects: (0..pool).map(subject).collect(),
+            curve: false,
         },
         Scenario {
             name: "a fresh ES256 token per request",
@@ -379,6 +385,7 @@ fn scenarios(idp: &BenchIdp, options: &Options) -> anyhow::Result<Vec<Scenario>>
                 .map(|(i, t)| request(HOST, t, i as u64))
                 .collect(),
             subjects: (0..pool).map(|n| subject(100_000 + n)).collect(),
+            curve: false,
         },
         Scenario {
             name: "an invalid RS256 signature",
@@ -390,6 +397,7 @@ fn scenarios(idp: &BenchIdp, options: &Options) -> anyhow::Result<Vec<Scenario>>
                 .map(|(i, t)| request(HOST, &workload::bad_signature(t), i as u64))
                 .collect(),
             subjects: vec![None; options.pool],
+            curve: false,
         },
         Scenario {
             name: "a malformed token",
@@ -399,6 +407,7 @@ fn scenarios(idp: &BenchIdp, options: &Options) -> anyhow::Result<Vec<Scenario>>
                 .map(|i| request(HOST, &format!("not-a-jwt-{i}"), i))
                 .collect(),
             subjects: vec![None; options.pool],
+            curve: false,
         },
         Scenario {
             name: "1,000 hosts (policies), a random host, a cached token",
@@ -408,6 +417,7 @@ fn scenarios(idp: &BenchIdp, options: &Options) -> anyhow::Result<Vec<Scenario>>
                 .map(|i| request(&workload::many_host(i), &one, i as u64))
                 .collect(),
             subjects: vec![subject(7); options.many],
+            curve: false,
         },
     ];
     Ok(all
@@ -465,8 +475,13 @@ async fn run(options: Options) -> anyhow::Result<Report> {
     }
 
     let idp = BenchIdp::start().await?;
-    let dir = tempfile::tempdir()?;
-    let policies = dir.path().join("policies");
+    // Every configuration and log stays in `work/` after the run, to read after a failure.
+    let work = options.out.join("work");
+    if work.exists() {
+        std::fs::remove_dir_all(&work)?;
+    }
+    std::fs::create_dir_all(&work)?;
+    let policies = work.join("policies");
     std::fs::create_dir_all(&policies)?;
     peers::write_tollgate_policies(&policies, &idp, options.many)?;
 
@@ -486,14 +501,14 @@ async fn run(options: Options) -> anyhow::Result<Report> {
         roles.opa = Some([
             add(
                 &mut procs,
-                peers::opa_envoy(bin, "OPA-Envoy", dir.path(), &idp, options.many, true)?,
+                peers::opa_envoy(bin, "OPA-Envoy", &work, &idp, options.many, true)?,
             ),
             add(
                 &mut procs,
                 peers::opa_envoy(
                     bin,
                     "OPA-Envoy (cache off)",
-                    dir.path(),
+                    &work,
                     &idp,
                     options.many,
                     false,
@@ -502,7 +517,7 @@ async fn run(options: Options) -> anyhow::Result<Report> {
         ]);
     }
     if let Some(bin) = &oauth2_bin {
-        roles.oauth2_proxy = Some(add(&mut procs, peers::oauth2_proxy(bin, dir.path(), &idp)?));
+        roles.oauth2_proxy = Some(add(&mut procs, peers::oauth2_proxy(bin, &work, &idp)?));
     }
     let jwks = idp.jwks();
     let issuer = idp.issuer();
@@ -510,7 +525,7 @@ async fn run(options: Options) -> anyhow::Result<Report> {
         let envoy = |name: &str, auth: envoy::Auth<'_>| -> anyhow::Result<Server> {
             let (listen, admin) = (servers::free_port()?, servers::free_port()?);
             let config = envoy::config(listen, admin, &auth);
-            servers::envoy(bin, name, &config, dir.path(), listen, admin)
+            servers::envoy(bin, name, &config, &work, listen, admin)
         };
         let ext = |i: usize, procs: &[Server]| envoy::Auth::ExtAuthz {
             server: procs[i].addr,
@@ -556,27 +571,21 @@ async fn run(options: Options) -> anyhow::Result<Report> {
         let n0 = peers::nginx(
             bin,
             "nginx -> tollgate",
-            dir.path(),
+            &work,
             &http(roles.tollgate[0], &procs)?,
             options.many,
         )?;
         let n1 = peers::nginx(
             bin,
             "nginx -> tollgate (cache off)",
-            dir.path(),
+            &work,
             &http(roles.tollgate[1], &procs)?,
             options.many,
         )?;
         roles.nginx_tollgate = Some([add(&mut procs, n0), add(&mut procs, n1)]);
         if let Some(o) = roles.oauth2_proxy {
             let auth = peers::NginxAuth::Oauth2Proxy(procs[o].addr);
-            let n = peers::nginx(
-                bin,
-                "nginx -> oauth2-proxy",
-                dir.path(),
-                &auth,
-                options.many,
-            )?;
+            let n = peers::nginx(bin, "nginx -> oauth2-proxy", &work, &auth, options.many)?;
             roles.nginx_oauth2_proxy = Some(add(&mut procs, n));
         }
     }
@@ -597,11 +606,12 @@ async fn run(options: Options) -> anyhow::Result<Report> {
     };
     for scenario in scenarios(&idp, &options)? {
         eprintln!("== {}", scenario.name);
-        let rows = run_scenario(&scenario, &roles, &procs, &idp, &options).await?;
+        let (rows, curve) = run_scenario(&scenario, &roles, &procs, &idp, &options).await?;
         report.scenarios.push(ScenarioReport {
             name: scenario.name.to_string(),
             allow: scenario.allow,
             rows,
+            curve,
         });
     }
     report.write(&options.out)?;
@@ -616,7 +626,7 @@ async fn run_scenario(
     procs: &[Server],
     idp: &BenchIdp,
     options: &Options,
-) -> anyhow::Result<Vec<Row>> {
+) -> anyhow::Result<(Vec<Row>, Vec<(Via, chart::CurvePoint)>)> {
     struct Ready {
         target: Target,
         answer: probe::Answer,
@@ -744,31 +754,57 @@ async fn run_scenario(
                 .push((idp.server.jwks_fetches() - fetches) as f64 / sent);
         }
     }
-    // Open loop at half of each target's own maximum: the latency.
+    // Open loop at half of each target's own maximum: the latency (and, for a curve, at more
+    // fractions of it).
+    let fractions: &[f64] = if scenario.curve {
+        &[0.1, 0.25, 0.5, 0.75, 0.9]
+    } else {
+        &[0.5]
+    };
     let mut rows = Vec::new();
+    let mut curve = Vec::new();
     for r in ready {
         let front = &procs[r.target.front];
         let auth = &procs[r.target.auth];
         let max = report::median(r.rates.clone());
-        let rate = ((max * 0.5) as u64).max(20);
-        let outcome = generator::run(
-            r.target.via.protocol(),
-            front.addr,
-            r.workload.clone(),
-            Load::Open {
-                connections: r.target.via.connections(),
-                rate,
-            },
-            options.duration,
-        )
-        .await?;
-        anyhow::ensure!(
-            outcome.wrong == 0 && outcome.errors == 0,
-            "open loop, {} {}: {}",
-            r.target.via.label(),
-            r.target.peer,
-            outcome.first_wrong.as_deref().unwrap_or("")
-        );
+        let mut half = None;
+        for &fraction in fractions {
+            let rate = ((max * fraction) as u64).max(20);
+            let outcome = generator::run(
+                r.target.via.protocol(),
+                front.addr,
+                r.workload.clone(),
+                Load::Open {
+                    connections: r.target.via.connections(),
+                    rate,
+                },
+                options.duration,
+            )
+            .await?;
+            anyhow::ensure!(
+                outcome.wrong == 0 && outcome.errors == 0,
+                "open loop at {rate} req/s, {} {}: {}",
+                r.target.via.label(),
+                r.target.peer,
+                outcome.first_wrong.as_deref().unwrap_or("")
+            );
+            let quantile = |q| outcome.latency.value_at_quantile(q);
+            curve.push((
+                r.target.via,
+                chart::CurvePoint {
+                    series: r.target.peer.to_string(),
+                    fraction,
+                    rate: rate as f64,
+                    p50_us: quantile(0.5) as f64,
+                    p99_us: quantile(0.99) as f64,
+                    p999_us: quantile(0.999) as f64,
+                },
+            ));
+            if fraction == 0.5 {
+                half = Some((rate, quantile(0.5), quantile(0.99)));
+            }
+        }
+        let (rate, p50, p99) = half.context("no run at half the maximum")?;
         let usage = auth.usage()?;
         rows.push(Row {
             via: r.target.via,
@@ -779,14 +815,17 @@ async fn run_scenario(
             auth_cpu_us: report::median(r.auth_cpu),
             proxy_cpu_us: (!r.proxy_cpu.is_empty()).then(|| report::median(r.proxy_cpu)),
             open_rate: rate,
-            p50_us: outcome.latency.value_at_quantile(0.5),
-            p99_us: outcome.latency.value_at_quantile(0.99),
+            p50_us: p50,
+            p99_us: p99,
             rss_mib: usage.rss_kib as f64 / 1024.0,
             jwks_fetches_per_check: report::median(r.fetches),
             judges: r.target.judges,
         });
     }
-    Ok(rows)
+    if !scenario.curve {
+        curve.clear();
+    }
+    Ok((rows, curve))
 }
 
 /// Keeps `server` with the run's procs; its index.

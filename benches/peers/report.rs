@@ -8,6 +8,7 @@ use std::process::Command;
 use serde::Serialize;
 
 use crate::Via;
+use crate::chart::{CurvePoint, chart};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
@@ -39,6 +40,8 @@ pub struct ScenarioReport {
     pub name: String,
     pub allow: bool,
     pub rows: Vec<Row>,
+    /// Latency against offered load, per path (only for the scenarios that draw it).
+    pub curve: Vec<(Via, CurvePoint)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -245,6 +248,26 @@ impl Report {
             out.push_str(&s.markdown());
             out.push('\n');
         }
+        for s in self.scenarios.iter().filter(|s| !s.curve.is_empty()) {
+            out.push_str(&format!(
+                "### Latency against offered load: {} (open loop, fractions of each path's own maximum)\n\n\
+                 | path | peer | fraction | offered req/s | p50 us | p99 us | p99.9 us |\n|---|---|---:|---:|---:|---:|---:|\n",
+                s.name
+            ));
+            for (via, p) in &s.curve {
+                out.push_str(&format!(
+                    "| {} | {} | {:.0}% | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+                    via.label(),
+                    p.series,
+                    p.fraction * 100.0,
+                    p.rate,
+                    p.p50_us,
+                    p.p99_us,
+                    p.p999_us
+                ));
+            }
+            out.push('\n');
+        }
         out.push_str("### Issue-18 targets (tollgate's checks per CPU second of the judging process, over the peer's)\n\n");
         out.push_str(
             "| scenario | path | peer | measured | needed | |\n|---|---|---|---:|---:|---|\n",
@@ -271,6 +294,24 @@ impl Report {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("report.md"), self.markdown())?;
         std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(self)?)?;
+        for s in self.scenarios.iter().filter(|s| !s.curve.is_empty()) {
+            for (via, file) in [
+                (Via::Direct, "latency-direct.png"),
+                (Via::Envoy, "latency-envoy.png"),
+                (Via::Nginx, "latency-nginx.png"),
+            ] {
+                let points: Vec<CurvePoint> = s
+                    .curve
+                    .iter()
+                    .filter(|(v, _)| *v == via)
+                    .map(|(_, p)| p.clone())
+                    .collect();
+                if !points.is_empty() {
+                    let title = format!("p99 against offered load, {}: {}", via.label(), s.name);
+                    chart(&points, &dir.join(file), &title)?;
+                }
+            }
+        }
         Ok(())
     }
 }
