@@ -626,7 +626,7 @@ async fn run_scenario(
     procs: &[Server],
     idp: &BenchIdp,
     options: &Options,
-) -> anyhow::Result<(Vec<Row>, Vec<(Via, chart::CurvePoint)>)> {
+) -> anyhow::Result<(Vec<Row>, Vec<(u64, Via, chart::CurvePoint)>)> {
     struct Ready {
         target: Target,
         answer: probe::Answer,
@@ -781,15 +781,32 @@ async fn run_scenario(
                 options.duration,
             )
             .await?;
+            // At half the maximum every answer must be right. Above it a proxy may fail closed
+            // once the peer falls behind (Envoy: 403 after the ext_authz timeout of 2 s; nginx:
+            // 500): such answers are counted in the curve's point, not hidden, and do not stop
+            // the run. Only where an allow is expected: there a wrong answer is a denial or an
+            // error, never a wrong allow.
+            let failed = outcome.wrong + outcome.errors;
             anyhow::ensure!(
-                outcome.wrong == 0 && outcome.errors == 0,
+                failed == 0 || (fraction > 0.5 && scenario.allow),
                 "open loop at {rate} req/s, {} {}: {}",
                 r.target.via.label(),
                 r.target.peer,
                 outcome.first_wrong.as_deref().unwrap_or("")
             );
+            if failed > 0 {
+                eprintln!(
+                    "open loop at {rate} req/s ({:.0}% of the maximum), {} {}: {failed} of {} answers failed: {}",
+                    fraction * 100.0,
+                    r.target.via.label(),
+                    r.target.peer,
+                    outcome.sent,
+                    outcome.first_wrong.as_deref().unwrap_or("")
+                );
+            }
             let quantile = |q| outcome.latency.value_at_quantile(q);
             curve.push((
+                failed,
                 r.target.via,
                 chart::CurvePoint {
                     series: r.target.peer.to_string(),

@@ -40,8 +40,9 @@ pub struct ScenarioReport {
     pub name: String,
     pub allow: bool,
     pub rows: Vec<Row>,
-    /// Latency against offered load, per path (only for the scenarios that draw it).
-    pub curve: Vec<(Via, CurvePoint)>,
+    /// Latency against offered load, per path (only for the scenarios that draw it), with the
+    /// answers that failed at that load (above half the maximum a proxy may fail closed).
+    pub curve: Vec<(u64, Via, CurvePoint)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -251,12 +252,12 @@ impl Report {
         for s in self.scenarios.iter().filter(|s| !s.curve.is_empty()) {
             out.push_str(&format!(
                 "### Latency against offered load: {} (open loop, fractions of each path's own maximum)\n\n\
-                 | path | peer | fraction | offered req/s | p50 us | p99 us | p99.9 us |\n|---|---|---:|---:|---:|---:|---:|\n",
+                 | path | peer | fraction | offered req/s | p50 us | p99 us | p99.9 us | failed answers |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
                 s.name
             ));
-            for (via, p) in &s.curve {
+            for (failed, via, p) in &s.curve {
                 out.push_str(&format!(
-                    "| {} | {} | {:.0}% | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+                    "| {} | {} | {:.0}% | {:.0} | {:.0} | {:.0} | {:.0} | {failed} |\n",
                     via.label(),
                     p.series,
                     p.fraction * 100.0,
@@ -303,8 +304,8 @@ impl Report {
                 let points: Vec<CurvePoint> = s
                     .curve
                     .iter()
-                    .filter(|(v, _)| *v == via)
-                    .map(|(_, p)| p.clone())
+                    .filter(|(_, v, _)| *v == via)
+                    .map(|(_, _, p)| p.clone())
                     .collect();
                 if !points.is_empty() {
                     let title = format!("p99 against offered load, {}: {}", via.label(), s.name);
