@@ -5,14 +5,17 @@ use std::net::SocketAddr;
 
 use serde_json::Value;
 
-use crate::workload::{AUDIENCE, ISSUER};
+use crate::workload::AUDIENCE;
 
 /// What sits in front of the direct response.
 pub enum Auth<'a> {
     None,
-    /// Envoy's own JWT filter with the same keys, its JWT cache on.
+    /// Envoy's own JWT filter with the same keys, for tokens of `issuer`; `cache`: its JWT cache
+    /// (1,000 tokens) on.
     JwtAuthn {
         jwks: &'a Value,
+        issuer: &'a str,
+        cache: bool,
     },
     /// ext_authz over gRPC to `server`; `allowed_headers`: send only these request headers.
     ExtAuthz {
@@ -27,8 +30,17 @@ pub const PUBLIC_PATH: &str = "/public/health";
 pub fn config(listen: SocketAddr, admin: SocketAddr, auth: &Auth<'_>) -> String {
     let filter = match auth {
         Auth::None => String::new(),
-        Auth::JwtAuthn { jwks } => {
+        Auth::JwtAuthn {
+            jwks,
+            issuer,
+            cache,
+        } => {
             let inline = serde_json::to_string(&jwks.to_string()).unwrap_or_default();
+            let cache = if *cache {
+                "\n                  jwt_cache_config: {jwt_cache_size: 1000}"
+            } else {
+                ""
+            };
             format!(
                 r#"
           - name: envoy.filters.http.jwt_authn
@@ -36,11 +48,10 @@ pub fn config(listen: SocketAddr, admin: SocketAddr, auth: &Auth<'_>) -> String 
               "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
               providers:
                 bench:
-                  issuer: "{ISSUER}"
+                  issuer: "{issuer}"
                   audiences: ["{AUDIENCE}"]
                   local_jwks: {{inline_string: {inline}}}
-                  forward: true
-                  jwt_cache_config: {{jwt_cache_size: 1000}}
+                  forward: true{cache}
               rules:
               - match: {{prefix: "/public"}}
               - match: {{prefix: "/"}}

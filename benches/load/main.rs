@@ -13,6 +13,7 @@
 //! writes `report.md`, `report.json` and `latency.png` to `target/tollgate-bench/` (or
 //! `TOLLGATE_BENCH_OUT`). See docs/benchmarks.md.
 
+mod chart;
 mod envoy;
 mod generator;
 mod jwe;
@@ -129,8 +130,8 @@ fn main() -> ExitCode {
         let replot = || -> anyhow::Result<()> {
             let report: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(dir.join("report.json"))?)?;
-            let curve: Vec<report::CurvePoint> = serde_json::from_value(report["curve"].clone())?;
-            report::chart(&curve, &dir.join("latency.png"))
+            let curve: Vec<chart::CurvePoint> = serde_json::from_value(report["curve"].clone())?;
+            chart::chart(&curve, &dir.join("latency.png"), report::ENVOY_CHART)
         };
         return match replot() {
             Ok(()) => ExitCode::SUCCESS,
@@ -561,7 +562,11 @@ async fn envoy_runs(
         ("no auth", envoy::Auth::None),
         (
             "jwt_authn (JWT cache on)",
-            envoy::Auth::JwtAuthn { jwks: &jwks },
+            envoy::Auth::JwtAuthn {
+                jwks: &jwks,
+                issuer: ISSUER,
+                cache: true,
+            },
         ),
         (
             "ext_authz -> trivial allow",

@@ -23,6 +23,10 @@ pub struct Server {
     pub admin: Option<SocketAddr>,
     /// Envoy's admin address (stats).
     pub envoy_admin: Option<SocketAddr>,
+    /// tollgate's HTTP authorization address, when started with `--http-addr` (the peers
+    /// bench puts nginx in front of it).
+    #[allow(dead_code)]
+    pub http: Option<SocketAddr>,
 }
 
 impl Drop for Server {
@@ -81,6 +85,20 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
 }
 
 impl Server {
+    /// A server started elsewhere (its own process group), answering on `addr`; killed on drop.
+    /// (The peers bench starts its peers this way.)
+    #[allow(dead_code)]
+    pub fn spawned(name: &str, child: Child, addr: SocketAddr) -> Server {
+        Server {
+            name: name.into(),
+            child,
+            addr,
+            admin: None,
+            envoy_admin: None,
+            http: None,
+        }
+    }
+
     /// Envoy's ext_authz and authz-cluster counters that are not zero (for a failure report).
     pub fn envoy_stats(&self) -> String {
         let Some(admin) = self.envoy_admin else {
@@ -151,12 +169,13 @@ pub fn tollgate(name: &str, policies: &Path, extra: &[&str]) -> anyhow::Result<S
         .spawn()
         .context("starting tollgate")?;
     let stderr = child.stderr.take().context("stderr")?;
-    let (grpc, admin) = wait_for(stderr, |line| {
+    let (grpc, admin, http) = wait_for(stderr, |line| {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
         (v["message"] == "listening").then(|| {
             (
                 v["grpc"].as_str().unwrap_or_default().to_string(),
                 v["admin"].as_str().unwrap_or_default().to_string(),
+                v["http"].as_str().map(str::to_string),
             )
         })
     })?;
@@ -166,6 +185,7 @@ pub fn tollgate(name: &str, policies: &Path, extra: &[&str]) -> anyhow::Result<S
         addr: grpc.parse()?,
         admin: Some(admin.parse()?),
         envoy_admin: None,
+        http: http.map(|a| a.parse()).transpose()?,
     };
     server.wait_ready()?;
     Ok(server)
@@ -252,6 +272,7 @@ pub fn baseline() -> anyhow::Result<Server> {
         addr,
         admin: None,
         envoy_admin: None,
+        http: None,
     })
 }
 
@@ -342,6 +363,7 @@ pub fn envoy(
         addr: listen,
         admin: None,
         envoy_admin: Some(admin),
+        http: None,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(listen).is_err() {
