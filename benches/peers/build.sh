@@ -42,6 +42,9 @@ opa=$(bash tests/peers/go-build.sh tests/peers/opa-envoy \
   github.com/open-policy-agent/opa-envoy-plugin/cmd/opa-envoy-plugin opa-envoy | tail -1)
 oauth2_proxy=$(bash tests/peers/go-build.sh tests/peers/oauth2-proxy \
   github.com/oauth2-proxy/oauth2-proxy/v7 oauth2-proxy | tail -1)
+authorino=$(bash tests/peers/go-build.sh tests/peers/authorino \
+  github.com/kuadrant/authorino authorino | tail -1)
 
 echo "TOLLGATE_OPA_ENVOY=$opa"
 echo "TOLLGATE_OAUTH2_PROXY=$oauth2_proxy"
+echo "TOLLGATE_AUTHORINO=$authorino"
