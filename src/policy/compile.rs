@@ -1180,19 +1180,7 @@ fn dpop_nonces(
             }
         },
     };
-    let secret = match ctx.secrets.read(namespace, &spec.secret) {
-        Ok(raw) => match decode_secret(&raw, spec.secret.encoding.unwrap_or_default()) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                c.invalid(format!("{FIELD}.secret"), e);
-                return None;
-            }
-        },
-        Err(e) => {
-            c.secret(format!("{FIELD}.secret"), e);
-            return None;
-        }
-    };
+    let secret = secret_bytes(c, &format!("{FIELD}.secret"), namespace, &spec.secret, ctx)?;
     match crate::dpop::Nonces::new(&secret, lifetime) {
         Ok(nonces) => Some(nonces),
         Err(e) => {
@@ -1511,27 +1499,15 @@ fn compile_trace_header(
         );
         return None;
     }
-    match ctx.secrets.read(namespace, &spec.value) {
-        Ok(raw) => match decode_secret(&raw, spec.value.encoding.unwrap_or_default()) {
-            Ok(value) if value.len() >= 16 && value.iter().all(|b| (b' '..=b'~').contains(b)) => {
-                Some(TraceHeader { name, value })
-            }
-            Ok(_) => {
-                c.invalid(
-                    format!("{field}.value"),
-                    "the value must be at least 16 printable ASCII characters (it guards the trace)",
-                );
-                None
-            }
-            Err(e) => {
-                c.invalid(format!("{field}.value"), e);
-                None
-            }
-        },
-        Err(e) => {
-            c.secret(format!("{field}.value"), e);
-            None
-        }
+    let value = secret_bytes(c, &format!("{field}.value"), namespace, &spec.value, ctx)?;
+    if value.len() >= 16 && value.iter().all(|b| (b' '..=b'~').contains(b)) {
+        Some(TraceHeader { name, value })
+    } else {
+        c.invalid(
+            format!("{field}.value"),
+            "the value must be at least 16 printable ASCII characters (it guards the trace)",
+        );
+        None
     }
 }
 
@@ -1915,25 +1891,15 @@ fn compile_issuer(
         .map(|set| KeySource::fixed(fixed_id(), set))
     } else if let Some(secret) = &spec.shared_secret {
         let sfield = format!("{field}.sharedSecret");
-        match ctx.secrets.read(namespace, secret) {
-            Ok(raw) => match decode_secret(&raw, secret.encoding.unwrap_or_default()) {
-                Ok(bytes) => match VerifyingKey::from_secret(None, &bytes) {
-                    Ok(key) => Some(KeySource::fixed(fixed_id(), KeySet::from_keys(vec![key]))),
-                    Err(e) => {
-                        c.invalid(sfield, e.to_string());
-                        None
-                    }
-                },
+        secret_bytes(c, &sfield, namespace, secret, ctx).and_then(|bytes| {
+            match VerifyingKey::from_secret(None, &bytes) {
+                Ok(key) => Some(KeySource::fixed(fixed_id(), KeySet::from_keys(vec![key]))),
                 Err(e) => {
-                    c.invalid(sfield, e);
+                    c.invalid(sfield, e.to_string());
                     None
                 }
-            },
-            Err(e) => {
-                c.secret(sfield, e);
-                None
             }
-        }
+        })
     } else if let Some(jwks_uri) = &spec.jwks_uri {
         parse_url(c, &format!("{field}.jwksUri"), jwks_uri, reach)
             .map(|url| remote(Origin::JwksUri { url, reach, trust }))
@@ -2475,6 +2441,30 @@ fn compile_api_keys(
         }
     }
     (c.problems.len() == before).then_some(keys)
+}
+
+/// The decoded bytes of a secret value, with the problem recorded under `field` when it
+/// cannot be read (a missing secret) or decoded (invalid).
+fn secret_bytes(
+    c: &mut Checker,
+    field: &str,
+    namespace: &str,
+    spec: &SecretSpec,
+    ctx: &CompileContext<'_>,
+) -> Option<Vec<u8>> {
+    match ctx.secrets.read(namespace, spec) {
+        Ok(raw) => match decode_secret(&raw, spec.encoding.unwrap_or_default()) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                c.invalid(field, e);
+                None
+            }
+        },
+        Err(e) => {
+            c.secret(field, e);
+            None
+        }
+    }
 }
 
 fn decode_secret(raw: &[u8], encoding: SecretEncoding) -> Result<Vec<u8>, String> {
