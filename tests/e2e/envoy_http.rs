@@ -1127,12 +1127,16 @@ async fn dpop_needs_the_scheme_only_grpc_carries() {
     .await;
     assert_eq!(by_http.status, 401, "{by_http:?}");
     assert_eq!(by_http.reason(), "dpop_proof_invalid", "{by_http:?}");
+    // The log line is written as the answer goes out: read it once it is there.
     assert!(
-        stack
-            .tollgate
-            .log_events("denied")
-            .iter()
-            .any(|line| line.to_string().contains("scheme is not known")),
+        eventually(Duration::from_secs(5), async || {
+            stack
+                .tollgate
+                .log_events("denied")
+                .iter()
+                .any(|line| line.to_string().contains("scheme is not known"))
+        })
+        .await,
         "the log says why"
     );
     assert!(
