@@ -351,16 +351,28 @@ pub fn to_response(
             (StatusCode::OK, headers, Body::empty())
         }
         Decision::Deny(deny) => {
+            // nginx's `auth_request` never reads the body of the auth answer: the client gets
+            // nginx's own error page, and a kept-alive connection whose body was left unread
+            // is closed, so each denied request would cost a new connection to tollgate. The
+            // status and `WWW-Authenticate` are what nginx passes on. A document (RFC 9728
+            // metadata) keeps its body: it is the answer.
+            let bodyless = family == Some(Family::Nginx) && !deny.is_document();
             let mut headers: Vec<(String, String)> = deny
                 .headers()
                 .into_iter()
+                .filter(|(name, _)| !(bodyless && *name == "content-type"))
                 .map(|(name, value)| (name.to_string(), value))
                 .collect();
             headers.extend(trace);
+            let body = if bodyless {
+                Body::empty()
+            } else {
+                Body::from(deny.body.clone())
+            };
             (
                 StatusCode::from_u16(deny.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 headers,
-                Body::from(deny.body.clone()),
+                body,
             )
         }
     };

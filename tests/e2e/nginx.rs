@@ -395,3 +395,99 @@ async fn forward_auth_answers_only_trusted_proxies_of_the_configured_family() {
     assert!(stderr.contains("--forward-auth-family"), "{stderr}");
     idp.stop().await;
 }
+
+/// The connections open or closing from nginx to `port` on 127.0.0.1, as the kernel lists them
+/// (`/proc/net/tcp`: established, closing and TIME-WAIT alike): the distinct local ports of
+/// sockets whose remote end is `port`.
+fn connections_to(port: u16) -> std::collections::BTreeSet<u16> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port_of = |address: &str| {
+        address
+            .rsplit(':')
+            .next()
+            .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|row| {
+            let mut fields = row.split_whitespace().skip(1);
+            let local = port_of(fields.next()?)?;
+            let remote = port_of(fields.next()?)?;
+            (remote == port).then_some(local)
+        })
+        .collect()
+}
+
+/// The example keeps its connections to tollgate alive (`upstream` with `keepalive`), and a
+/// denial does not cost one: nginx closes a kept-alive connection whose answer body it did not
+/// read, and `auth_request` reads none, so tollgate answers the nginx family's denials without
+/// a body. Counted in the kernel's socket table, with the real nginx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_keeps_its_connection_to_tollgate_through_denials() {
+    let Some(nginx_bin) = peer("TOLLGATE_NGINX", "nginx (Debian)") else {
+        return;
+    };
+    let (key, idp, iss, dir) = orders_idp().await;
+    let tollgate = Tollgate::start(
+        dir.path(),
+        &[
+            "--http-addr",
+            "127.0.0.1:0",
+            "--forward-auth-family",
+            "nginx",
+        ],
+    );
+    let http = tollgate.http.expect("http listener");
+    let (upstream, hits, _task) = counting_echo_upstream().await;
+    let nginx = start_nginx(&nginx_bin, http, upstream).await;
+    let good = key.mint(&claims(&iss, json!({}))).expect("mint");
+    let expired = key
+        .mint(&claims(
+            &iss,
+            json!({"exp": tollgate::local_issuer::now_secs() - 600}),
+        ))
+        .expect("mint");
+    let cases = [
+        (None, 401),
+        (Some("Bearer not-a-jwt".to_string()), 401),
+        (Some(format!("Bearer {expired}")), 401),
+        (Some(format!("Bearer {good}")), 200),
+    ];
+    for round in 0..10 {
+        for (authorization, status) in &cases {
+            let headers: Vec<(&str, &str)> = authorization
+                .iter()
+                .map(|value| ("authorization", value.as_str()))
+                .collect();
+            let answer = get_host(nginx.port, HOST, "/orders/7", &headers).await;
+            assert_eq!(answer.status, *status, "round {round}: {}", answer.body);
+            if *status == 401 {
+                // What nginx passes on by itself: the challenge with the reason.
+                assert!(
+                    answer
+                        .challenge()
+                        .starts_with("Bearer realm=\"api.example.com\""),
+                    "{:?}",
+                    answer.headers
+                );
+            }
+        }
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        10,
+        "only the allowed requests reached the API"
+    );
+    let opened = connections_to(http.port());
+    assert!(
+        !opened.is_empty() && opened.len() <= 2,
+        "40 checks, 30 of them denied, should share one kept-alive connection (nginx runs one \
+         worker); nginx opened {}: {opened:?}\n{}",
+        opened.len(),
+        nginx.error_log()
+    );
+    drop(nginx);
+    tollgate.terminate();
+    idp.stop().await;
+}
