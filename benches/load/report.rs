@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::generator::{Expect, Load, Protocol, Workload};
 use crate::servers::{Server, metric_sum};
-use crate::workload::{HOST, Keys, check, write_policies};
+use crate::workload::{HOST, Keys, check, render_policies, write_files};
 use crate::{Options, measure, median};
 
 #[derive(Clone, Debug, Serialize)]
@@ -129,13 +129,19 @@ pub async fn rebuild(
             metric_sum(&text, "tollgate_policy_reload_duration_seconds_sum"),
             metric_sum(&text, "tollgate_policy_reload_duration_seconds_count"),
         );
+        // The writer stands for a process elsewhere (a controller, a configuration sync): the
+        // files are rendered before the window, and written at the lowest priority, so that
+        // its CPU on these two shared cores is not charged to the checks.
         let writer = {
-            let (dir, many, jwks) = (dir.to_path_buf(), options.many, keys.jwks());
-            let delay = options.duration / 4;
             let audience = (round % 2 == 0).then_some("api://rebuilt");
+            let files = render_policies(dir, &keys.jwks(), introspect, options.many, audience)?;
+            let delay = options.duration / 4;
             std::thread::spawn(move || {
+                let _ = thread_priority::set_current_thread_priority(
+                    thread_priority::ThreadPriority::Min,
+                );
                 std::thread::sleep(delay);
-                write_policies(&dir, &jwks, introspect, many, audience)
+                write_files(&files)
             })
         };
         let m = measure(Protocol::Grpc, server, &workload, load, options.duration).await?;

@@ -2,7 +2,7 @@
 //! prepared `CheckRequest`s with the decision each must get.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use axum::Router;
 use axum::routing::post;
@@ -145,23 +145,51 @@ pub fn write_policies(
     many: usize,
     extra_audience: Option<&str>,
 ) -> anyhow::Result<()> {
-    std::fs::write(dir.join("client-secret"), "bench-secret")?;
-    std::fs::write(dir.join("main.yaml"), policy("main", HOST, jwks, json!({})))?;
+    write_files(&render_policies(
+        dir,
+        jwks,
+        introspect,
+        many,
+        extra_audience,
+    )?)
+}
+
+/// The files [`write_policies`] writes, rendered: the rebuild run renders them before its
+/// measured window, so that window sees only the writes, as from a process elsewhere.
+pub fn render_policies(
+    dir: &Path,
+    jwks: &Value,
+    introspect: SocketAddr,
+    many: usize,
+    extra_audience: Option<&str>,
+) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let mut files = vec![
+        (dir.join("client-secret"), "bench-secret".to_string()),
+        (dir.join("main.yaml"), policy("main", HOST, jwks, json!({}))),
+    ];
     let introspection = json!({"introspection": {
         "endpoint": format!("http://{introspect}/introspect"), "clientId": "bench",
         "clientSecretRef": {"file": dir.join("client-secret").display().to_string()},
         "allowInsecureHttp": true, "cache": {"defaultTtl": "1h", "maxEntries": 10000}}});
-    std::fs::write(
+    files.push((
         dir.join("opaque.yaml"),
         policy("opaque", OPAQUE_HOST, jwks, introspection),
-    )?;
+    ));
     for i in 0..many {
         let mut doc: Value =
             serde_json::from_str(&policy(&format!("p{i:04}"), &many_host(i), jwks, json!({})))?;
         if let Some(extra) = extra_audience {
             doc["spec"]["issuers"][0]["audiences"] = json!([AUDIENCE, extra]);
         }
-        std::fs::write(dir.join(format!("p{i:04}.yaml")), doc.to_string())?;
+        files.push((dir.join(format!("p{i:04}.yaml")), doc.to_string()));
+    }
+    Ok(files)
+}
+
+/// Writes rendered files.
+pub fn write_files(files: &[(PathBuf, String)]) -> anyhow::Result<()> {
+    for (path, text) in files {
+        std::fs::write(path, text)?;
     }
     Ok(())
 }

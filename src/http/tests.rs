@@ -907,7 +907,7 @@ const MCP_METADATA: &str = "/.well-known/oauth-protected-resource/mcp";
 
 #[tokio::test]
 async fn the_listener_serves_declared_metadata_documents_to_any_caller() {
-    let (service, metrics) = auth(
+    let (service, _) = auth(
         true,
         "10.0.0.0/8=nginx,10.1.0.0/16=envoy",
         vec![mk_policy("mcp", MCP)],
