@@ -347,8 +347,8 @@ async fn set_health(
     }
 }
 
-/// Keeps the policy gauges current in Kubernetes mode: served policies, and objects whose
-/// current generation does not compile or loses a host/path conflict.
+/// Keeps the policy gauges current in Kubernetes mode: served policies (and the generation of
+/// each), and objects whose current generation does not compile or loses a host/path conflict.
 fn spawn_policy_gauges(
     metrics: Arc<Metrics>,
     mut views: tokio::sync::watch::Receiver<Arc<controller::index::IndexView>>,
@@ -367,6 +367,7 @@ fn spawn_policy_gauges(
                 .filter(|p| p.error.is_some() || p.conflict.is_some())
                 .count();
             metrics.set_policies(served, problems);
+            metrics.set_served(view.loaded());
         }
     });
 }
