@@ -228,6 +228,13 @@ impl Metrics {
         self.set_policies(policies, problems);
     }
 
+    /// Counts a snapshot the Kubernetes watch published (a reload whose duration the watch
+    /// does not measure), with the policies that have problems then.
+    pub fn published(&self, problems: usize) {
+        let outcome = if problems == 0 { "ok" } else { "problems" };
+        self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
     /// Counts a TLS handshake on `listener` (`ok`, `refused`, `timeout`).
     pub fn tls_handshake(&self, listener: &'static str, outcome: &'static str) {
         self.handshakes
@@ -259,7 +266,11 @@ struct ServedCollector {
 
 impl Collector for ServedCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let served = self.served.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let served = self
+            .served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         family(
             &mut encoder,
             "policy_generation",
