@@ -71,7 +71,7 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn documents(text: &str, what: &str) -> Vec<Value> {
+pub(crate) fn documents(text: &str, what: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(text)
         .map(|d| {
             serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{what}: not YAML: {e}"))
