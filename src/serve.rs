@@ -355,34 +355,37 @@ fn spawn_policy_gauges(
     mut views: tokio::sync::watch::Receiver<Arc<controller::index::IndexView>>,
     mut published: tokio::sync::watch::Receiver<u64>,
 ) {
+    let problems = |view: &controller::index::IndexView| {
+        view.policies
+            .iter()
+            .filter(|p| p.error.is_some() || p.conflict.is_some())
+            .count()
+    };
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                changed = views.changed() => if changed.is_err() { return },
+                changed = views.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let view = views.borrow_and_update().clone();
+                    let served = view
+                        .policies
+                        .iter()
+                        .filter(|p| p.serving_generation.is_some())
+                        .count();
+                    metrics.set_policies(served, problems(&view));
+                    metrics.set_served(view.loaded());
+                }
                 changed = published.changed() => {
                     if changed.is_err() {
                         return;
                     }
                     // The index sends its view before it publishes: the view is current.
                     published.borrow_and_update();
-                    let view = views.borrow().clone();
-                    metrics.published(view.policies.iter().filter(|p| p.error.is_some() || p.conflict.is_some()).count());
-                    continue;
+                    metrics.published(problems(&views.borrow()));
                 }
             }
-            let view = views.borrow_and_update().clone();
-            let served = view
-                .policies
-                .iter()
-                .filter(|p| p.serving_generation.is_some())
-                .count();
-            let problems = view
-                .policies
-                .iter()
-                .filter(|p| p.error.is_some() || p.conflict.is_some())
-                .count();
-            metrics.set_policies(served, problems);
-            metrics.set_served(view.loaded());
         }
     });
 }
