@@ -540,6 +540,48 @@ async fn rules_and_dashboard_name_only_metrics_and_labels_tollgate_exports() {
         assert!(exported.contains_key(name), "{name} in {exported:?}");
     }
 
+    // The generation each replica reports is the object's metadata.generation, as the status
+    // writer counts it (status.replicas): a change reaches both, and counts as a reload.
+    let reloads = |text: &str| metric(text, "tollgate_policy_reloads_total{outcome=\"ok\"}");
+    let before: Vec<Option<f64>> = replicas.iter().map(|r| reloads(&r.metrics())).collect();
+    let mut changed: Value =
+        serde_json::from_str(&policy("orders", HOST, &op.issuer, false)).expect("json");
+    changed["spec"]["requiredClaims"] = json!([{"name": "client_id", "values": ["web"]}]);
+    cluster.apply(&changed.to_string());
+    let generation = cluster
+        .get("jwtpolicy", Some("shop"), "orders")
+        .expect("the policy")["metadata"]["generation"]
+        .as_i64()
+        .expect("a generation");
+    assert_eq!(generation, 2);
+    for (replica, before) in replicas.iter().zip(before) {
+        let served = eventually(Duration::from_secs(30), async || {
+            replica
+                .metrics()
+                .contains("tollgate_policy_generation{policy=\"shop/orders\"} 2")
+        })
+        .await;
+        assert!(served, "never served generation 2:\n{}", replica.metrics());
+        assert!(
+            reloads(&replica.metrics()) > before,
+            "a published snapshot counts as a reload: {before:?}\n{}",
+            replica.metrics()
+        );
+    }
+    let loaded = eventually(Duration::from_secs(30), async || {
+        cluster
+            .get("jwtpolicy", Some("shop"), "orders")
+            .is_some_and(|p| p["status"]["replicas"] == json!({"loaded": 2, "total": 2}))
+    })
+    .await;
+    assert!(
+        loaded,
+        "status.replicas: {}",
+        cluster
+            .get("jwtpolicy", Some("shop"), "orders")
+            .unwrap_or_default()["status"]
+    );
+
     let mut queries: Vec<(String, String)> = alerts(&stored["spec"]);
     queries.extend(dashboard_queries(&dashboard));
     for (what, expr) in &queries {
