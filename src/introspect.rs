@@ -338,11 +338,6 @@ impl Introspector {
         answer
     }
 
-    /// Where this introspector's calls and lookups are counted.
-    pub fn stats(&self) -> &Arc<IntrospectionStats> {
-        &self.stats
-    }
-
     /// TTL of an active answer: `max-age` (or the default), bounded by the token's `exp` and the
     /// maximum.
     pub fn active_ttl(
