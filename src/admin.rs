@@ -62,6 +62,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
+    state.metrics.set_ready(state.shared.is_ready());
     (
         [(
             header::CONTENT_TYPE,

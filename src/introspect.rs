@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -58,6 +58,16 @@ pub enum IntrospectError {
 }
 
 impl IntrospectError {
+    /// The `outcome` label of the introspection metrics (bounded).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            IntrospectError::Unavailable(_) => "unavailable",
+            IntrospectError::Timeout(_) => "timeout",
+            IntrospectError::Failed { .. } => "failed",
+            IntrospectError::Invalid(_) => "invalid",
+        }
+    }
+
     pub fn reason(&self) -> Reason {
         match self {
             IntrospectError::Unavailable(_) => Reason::IntrospectionUnavailable,
@@ -126,6 +136,75 @@ impl moka::Expiry<[u8; 32], Arc<Answer>> for AnswerExpiry {
     }
 }
 
+/// The outcomes of an introspection call, as metrics count them: the answer (`active`,
+/// `inactive`), or why there was none ([`IntrospectError::outcome`]).
+pub const OUTCOMES: [&str; 6] = [
+    "active",
+    "inactive",
+    "unavailable",
+    "timeout",
+    "failed",
+    "invalid",
+];
+
+/// What one policy's introspection did, for `/metrics`: calls by outcome, their duration, and
+/// lookups in the answer cache. Shared by the successive compilations of the policy (through
+/// [`crate::jwks::KeySources::introspection_stats`]), so the counters survive a recompile and
+/// end with the policy.
+#[derive(Debug)]
+pub struct IntrospectionStats {
+    outcomes: [AtomicU64; OUTCOMES.len()],
+    hits: AtomicU64,
+    misses: AtomicU64,
+    duration: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for IntrospectionStats {
+    fn default() -> Self {
+        IntrospectionStats {
+            outcomes: Default::default(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            // 1 ms … ~16 s (the timeout is at most 30 s)
+            duration: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15),
+            ),
+        }
+    }
+}
+
+impl IntrospectionStats {
+    fn record(&self, result: &Result<Answer, IntrospectError>, elapsed: Duration) {
+        let outcome = match result {
+            Ok(Answer::Active { .. }) => "active",
+            Ok(Answer::Inactive { .. }) => "inactive",
+            Err(e) => e.outcome(),
+        };
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.outcomes[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Calls by outcome, in the order of [`OUTCOMES`].
+    pub fn outcomes(&self) -> [(&'static str, u64); OUTCOMES.len()] {
+        std::array::from_fn(|i| (OUTCOMES[i], self.outcomes[i].load(Ordering::Relaxed)))
+    }
+
+    /// Answer-cache lookups: (answered from the cache or by a call in flight, needed a call).
+    pub fn lookups(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The duration histogram of the calls (answer verification included).
+    pub fn duration(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.duration
+    }
+}
+
 /// A policy's introspection client and answer cache.
 pub struct Introspector {
     pub endpoint: EndpointSource,
@@ -144,6 +223,7 @@ pub struct Introspector {
     fetcher: Fetcher,
     /// Calls made to the endpoint (not cache hits).
     calls: AtomicU64,
+    stats: Arc<IntrospectionStats>,
 }
 
 impl std::fmt::Debug for Introspector {
@@ -171,6 +251,8 @@ pub struct IntrospectorConfig {
     pub cache: CacheSettings,
     pub timeout: Duration,
     pub accept_without: AcceptWithout,
+    /// Where its calls and cache lookups are counted (the policy's, shared across compilations).
+    pub stats: Arc<IntrospectionStats>,
 }
 
 /// The RFC 6749 §2.3.1 encoding of client credentials for HTTP Basic.
@@ -213,6 +295,7 @@ impl Introspector {
             cache,
             fetcher,
             calls: AtomicU64::new(0),
+            stats: config.stats,
         }
     }
 
@@ -227,16 +310,32 @@ impl Introspector {
     }
 
     /// The cached answer for `token`, or `compute`'s, computed once however many callers ask
-    /// at the same time. Errors are not cached.
+    /// at the same time. Errors are not cached. Each computation is counted by outcome, with its
+    /// duration; each lookup as a hit (no computation of its own) or a miss.
     pub async fn answer(
         &self,
         token: &str,
         compute: impl Future<Output = Result<Answer, IntrospectError>>,
     ) -> Result<Arc<Answer>, IntrospectError> {
-        self.cache
-            .try_get_with(digest(token), async { compute.await.map(Arc::new) })
+        let computed = AtomicBool::new(false);
+        let answer = self
+            .cache
+            .try_get_with(digest(token), async {
+                computed.store(true, Ordering::Relaxed);
+                let start = Instant::now();
+                let answer = compute.await;
+                self.stats.record(&answer, start.elapsed());
+                answer.map(Arc::new)
+            })
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone());
+        let counter = if computed.load(Ordering::Relaxed) {
+            &self.stats.misses
+        } else {
+            &self.stats.hits
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        answer
     }
 
     /// TTL of an active answer: `max-age` (or the default), bounded by the token's `exp` and the

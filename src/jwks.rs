@@ -17,6 +17,8 @@ pub mod source;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::introspect::IntrospectionStats;
+
 pub use fetch::{CaBundle, CaBundleError, FetchError, FetchSettings, Fetcher, TrustId};
 pub use guard::Reach;
 pub use key::{KeyError, KeyKind, VerifyingKey};
@@ -41,6 +43,9 @@ pub struct KeySources {
     /// created but never fetched.
     refresh: bool,
     sources: Mutex<HashMap<Origin, Weak<KeySource>>>,
+    /// The introspection counters of each policy (by id) that introspects, held by its
+    /// introspector: a recompiled policy keeps counting where it was (the metrics read them).
+    introspection_stats: Mutex<HashMap<Arc<str>, Weak<IntrospectionStats>>>,
 }
 
 impl std::fmt::Debug for KeySources {
@@ -71,6 +76,7 @@ impl KeySources {
             settings,
             refresh,
             sources: Mutex::new(HashMap::new()),
+            introspection_stats: Mutex::new(HashMap::new()),
         })
     }
 
@@ -134,6 +140,34 @@ impl KeySources {
     /// The shared HTTP clients with the introspection budget of their own.
     pub fn introspection_fetcher(&self) -> &Fetcher {
         &self.introspection
+    }
+
+    /// The introspection counters of policy `id` (`namespace/name`), created on first use and
+    /// shared by its compilations while one of them lives.
+    pub fn introspection_stats(&self, id: &str) -> Arc<IntrospectionStats> {
+        let mut stats = self
+            .introspection_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = stats.get(id).and_then(Weak::upgrade) {
+            return existing;
+        }
+        stats.retain(|_, weak| weak.strong_count() > 0);
+        let created = Arc::new(IntrospectionStats::default());
+        stats.insert(id.into(), Arc::downgrade(&created));
+        created
+    }
+
+    /// The introspection counters of every policy still served, by policy id.
+    pub fn live_introspection(&self) -> Vec<(Arc<str>, Arc<IntrospectionStats>)> {
+        let stats = self
+            .introspection_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        stats
+            .iter()
+            .filter_map(|(id, weak)| Some((id.clone(), weak.upgrade()?)))
+            .collect()
     }
 
     /// Every source some policy still uses.

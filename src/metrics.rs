@@ -1,11 +1,19 @@
-//! Prometheus metrics: decisions, check latency, policy reloads, and key sources (read from
-//! the live sources at scrape time, so they never go stale).
+//! Prometheus metrics: decisions, check latency, policy reloads, readiness, the generation of
+//! each served policy, key sources and introspection (read from the live sources and
+//! introspectors at scrape time, so they never go stale).
 //!
 //! Label values are bounded: policy ids (as many as loaded policies), reason codes, transports,
-//! key source URLs (those of tenants an issuer template admits by its condition among them: at
-//! most its `maxTenants`). Tokens, subjects and hosts are never labels.
+//! key source URLs and the issuers their discovery is for (those of tenants an issuer template
+//! admits by its condition among them: at most its `maxTenants`). Tokens, subjects and hosts are
+//! never labels.
+//!
+//! What the alerts of the Helm chart (docs/operations.md) compare across replicas:
+//! `tollgate_policy_generation` is, per policy, the `metadata.generation` this replica serves —
+//! the very report its heartbeat Lease gives the status writer (`status.replicas`); and
+//! `tollgate_ready` with `tollgate_start_time_seconds` show readiness lost and regained.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::collector::Collector;
@@ -17,7 +25,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::decision::Decision;
-use crate::jwks::{KeySources, SourceStatus};
+use crate::jwks::{KeySources, Origin, SourceStatus};
 use crate::verified::TokenCache;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,6 +72,9 @@ pub struct Metrics {
     reload_duration: Histogram,
     handshakes: Family<HandshakeLabels, Counter>,
     dry_run_denials: Family<DryRunLabels, Counter>,
+    ready: Gauge,
+    /// `namespace/name` → served generation, replaced whole (a scrape never sees half a list).
+    served: Arc<Mutex<Arc<BTreeMap<String, i64>>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -132,6 +143,27 @@ impl Metrics {
             "Requests a policy in mode: dryRun would have denied (and allowed), by policy and reason",
             dry_run_denials.clone(),
         );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 when the replica is ready (policies loaded, their keys fetched once), as /readyz answers",
+            ready.clone(),
+        );
+        let started = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        started.set(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        registry.register(
+            "start_time_seconds",
+            "Unix time the process started (a change is a restart)",
+            started,
+        );
+        let served = Arc::new(Mutex::new(Arc::new(BTreeMap::new())));
+        registry.register_collector(Box::new(ServedCollector {
+            served: served.clone(),
+        }));
         if let Some(sources) = sources {
             registry.register_collector(Box::new(SourceCollector { sources }));
         }
@@ -148,7 +180,20 @@ impl Metrics {
             reload_duration,
             handshakes,
             dry_run_denials,
+            ready,
+            served,
         })
+    }
+
+    /// Sets the readiness gauge (what `/readyz` answers).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// The policies this replica serves (`namespace/name` → `metadata.generation`), as its
+    /// heartbeat reports them (Kubernetes mode).
+    pub fn set_served(&self, served: BTreeMap<String, i64>) {
+        *self.served.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(served);
     }
 
     /// Counts a decision and its latency.
@@ -183,6 +228,13 @@ impl Metrics {
         self.set_policies(policies, problems);
     }
 
+    /// Counts a snapshot the Kubernetes watch published (a reload whose duration the watch
+    /// does not measure), with the policies that have problems then.
+    pub fn published(&self, problems: usize) {
+        let outcome = if problems == 0 { "ok" } else { "problems" };
+        self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
     /// Counts a TLS handshake on `listener` (`ok`, `refused`, `timeout`).
     pub fn tls_handshake(&self, listener: &'static str, outcome: &'static str) {
         self.handshakes
@@ -206,7 +258,43 @@ impl Metrics {
     }
 }
 
-/// Key source metrics, computed from the live sources on each scrape.
+/// The generation of each served policy.
+#[derive(Debug)]
+struct ServedCollector {
+    served: Arc<Mutex<Arc<BTreeMap<String, i64>>>>,
+}
+
+impl Collector for ServedCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let served = self
+            .served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        family(
+            &mut encoder,
+            "policy_generation",
+            "The metadata.generation of each policy this replica serves (Kubernetes mode): the same on every replica once they all loaded it",
+            served.iter().map(|(policy, generation)| {
+                (
+                    vec![("policy", policy.as_str())],
+                    ConstGauge::new(*generation),
+                )
+            }),
+        )
+    }
+}
+
+/// The issuer a key source's discovery document must name; empty for a JWKS URI, which may
+/// serve several issuers.
+fn issuer_of(origin: &Origin) -> &str {
+    match origin {
+        Origin::Discovery { issuer, .. } => issuer,
+        Origin::JwksUri { .. } | Origin::Fixed => "",
+    }
+}
+
+/// Key source and introspection metrics, computed from the live sources on each scrape.
 #[derive(Debug)]
 struct SourceCollector {
     sources: Arc<KeySources>,
@@ -236,26 +324,36 @@ impl Collector for SourceCollector {
         sources.sort_by(|a, b| a.id().cmp(b.id()));
         let statuses: Vec<_> = sources
             .iter()
-            .map(|s| (s.id().to_string(), s.status()))
+            .map(|s| (s.id().to_string(), issuer_of(s.origin()), s.status()))
             .collect();
         let now = SystemTime::now();
-        fn gauge(id: &str, value: f64) -> (Vec<(&'static str, &str)>, ConstGauge<f64>) {
-            (vec![("source", id)], ConstGauge::new(value))
+        fn gauge<'a>(
+            id: &'a str,
+            issuer: &'a str,
+            value: f64,
+        ) -> (Vec<(&'static str, &'a str)>, ConstGauge<f64>) {
+            (
+                vec![("source", id), ("issuer", issuer)],
+                ConstGauge::new(value),
+            )
         }
 
         family(
             &mut encoder,
             "jwks_keys",
             "Usable keys in each key set",
-            statuses.iter().map(|(id, s)| gauge(id, s.key_count as f64)),
+            statuses
+                .iter()
+                .map(|(id, issuer, s)| gauge(id, issuer, s.key_count as f64)),
         )?;
         family(
             &mut encoder,
             "jwks_up",
             "1 if the last fetch of the key set succeeded",
-            statuses.iter().map(|(id, s)| {
+            statuses.iter().map(|(id, issuer, s)| {
                 gauge(
                     id,
+                    issuer,
                     f64::from(u8::from(s.last_success.is_some() && s.last_error.is_none())),
                 )
             }),
@@ -264,22 +362,22 @@ impl Collector for SourceCollector {
             &mut encoder,
             "jwks_age_seconds",
             "Seconds since the key set was last fetched successfully (-1: never)",
-            statuses.iter().map(|(id, s)| {
+            statuses.iter().map(|(id, issuer, s)| {
                 let age = s
                     .last_success
                     .and_then(|t| now.duration_since(t).ok())
                     .map_or(-1.0, |d| d.as_secs_f64());
-                gauge(id, age)
+                gauge(id, issuer, age)
             }),
         )?;
         let counters =
             |label: &'static str, pick: fn(&SourceStatus) -> [(&'static str, u64); 2]| {
                 statuses
                     .iter()
-                    .flat_map(move |(id, s)| {
+                    .flat_map(move |(id, issuer, s)| {
                         pick(s).map(|(value, n)| {
                             (
-                                vec![("source", id.as_str()), (label, value)],
+                                vec![("source", id.as_str()), ("issuer", *issuer), (label, value)],
                                 ConstCounter::new(n),
                             )
                         })
@@ -309,6 +407,43 @@ impl Collector for SourceCollector {
                     ("refreshed", s.miss_refetches),
                     ("rate_limited", s.miss_rate_limited),
                 ]
+            }),
+        )?;
+        let mut introspection = self.sources.live_introspection();
+        introspection.sort_by(|a, b| a.0.cmp(&b.0));
+        family(
+            &mut encoder,
+            "introspection_requests",
+            "Introspection calls (RFC 7662, userinfo) by policy and outcome: active, inactive, or why there was no answer (unavailable, timeout, failed, invalid)",
+            introspection.iter().flat_map(|(policy, stats)| {
+                stats.outcomes().map(|(outcome, n)| {
+                    (
+                        vec![("policy", &**policy), ("outcome", outcome)],
+                        ConstCounter::new(n),
+                    )
+                })
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "introspection_duration_seconds",
+            "Time an introspection call took, its answer's verification included",
+            introspection
+                .iter()
+                .map(|(policy, stats)| (vec![("policy", &**policy)], stats.duration().clone())),
+        )?;
+        family(
+            &mut encoder,
+            "introspection_cache_lookups",
+            "Introspection answer cache lookups by policy: hit (answered without a call of its own, a call in flight shared) or miss",
+            introspection.iter().flat_map(|(policy, stats)| {
+                let (hits, misses) = stats.lookups();
+                [("hit", hits), ("miss", misses)].map(|(result, n)| {
+                    (
+                        vec![("policy", &**policy), ("result", result)],
+                        ConstCounter::new(n),
+                    )
+                })
             }),
         )?;
         Ok(())
@@ -405,6 +540,101 @@ mod tests {
                 "tollgate_dry_run_denials_total{policy=\"test/orders\",reason=\"token_expired\"} 2",
             ],
             "{text}"
+        );
+    }
+
+    fn series(metrics: &Metrics, prefix: &str) -> Vec<String> {
+        let text = metrics.encode();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect();
+        lines.sort_unstable();
+        lines
+    }
+
+    #[test]
+    fn readiness_start_time_and_served_generations() {
+        let metrics = Metrics::new(None, None);
+        assert_eq!(series(&metrics, "tollgate_ready"), ["tollgate_ready 0"]);
+        metrics.set_ready(true);
+        assert_eq!(series(&metrics, "tollgate_ready"), ["tollgate_ready 1"]);
+        let started = metric_value(&metrics, "tollgate_start_time_seconds ");
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        assert!((now - 60.0..=now).contains(&started), "{started} vs {now}");
+
+        // Files mode: no generations to compare.
+        assert_eq!(
+            series(&metrics, "tollgate_policy_generation"),
+            Vec::<String>::new()
+        );
+        metrics.set_served(BTreeMap::from([
+            ("shop/orders".to_string(), 3),
+            ("shop/billing".to_string(), 1),
+        ]));
+        assert_eq!(
+            series(&metrics, "tollgate_policy_generation"),
+            [
+                "tollgate_policy_generation{policy=\"shop/billing\"} 1",
+                "tollgate_policy_generation{policy=\"shop/orders\"} 3",
+            ]
+        );
+        // A policy no longer served leaves; the list is replaced whole.
+        metrics.set_served(BTreeMap::from([("shop/orders".to_string(), 4)]));
+        assert_eq!(
+            series(&metrics, "tollgate_policy_generation"),
+            ["tollgate_policy_generation{policy=\"shop/orders\"} 4"]
+        );
+    }
+
+    fn metric_value(metrics: &Metrics, prefix: &str) -> f64 {
+        series(metrics, prefix)
+            .first()
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {}", metrics.encode()))
+    }
+
+    #[test]
+    fn key_sources_name_the_issuer_their_discovery_is_for() {
+        use crate::jwks::Reach;
+        let sources = KeySources::offline().expect("client");
+        let discovery = "https://idp.example/.well-known/openid-configuration";
+        let jwks = "https://keys.example/jwks.json";
+        let _discovered = sources.remote(Origin::Discovery {
+            url: discovery.parse().expect("url"),
+            issuer: "https://idp.example/".into(),
+            reach: Reach::new(false, false),
+            trust: None,
+        });
+        let _listed = sources.remote(Origin::JwksUri {
+            url: jwks.parse().expect("url"),
+            reach: Reach::new(false, false),
+            trust: None,
+        });
+        let metrics = Metrics::new(Some(sources), None);
+        assert_eq!(
+            series(&metrics, "tollgate_jwks_age_seconds"),
+            [
+                format!(
+                    "tollgate_jwks_age_seconds{{source=\"{discovery}\",issuer=\"https://idp.example/\"}} -1.0"
+                ),
+                format!("tollgate_jwks_age_seconds{{source=\"{jwks}\",issuer=\"\"}} -1.0"),
+            ]
+        );
+        assert_eq!(
+            series(&metrics, "tollgate_jwks_fetches_total{source=\"https://idp"),
+            [
+                format!(
+                    "tollgate_jwks_fetches_total{{source=\"{discovery}\",issuer=\"https://idp.example/\",outcome=\"error\"}} 0"
+                ),
+                format!(
+                    "tollgate_jwks_fetches_total{{source=\"{discovery}\",issuer=\"https://idp.example/\",outcome=\"ok\"}} 0"
+                ),
+            ]
         );
     }
 }

@@ -165,7 +165,7 @@ pub async fn run(
                 stop_rx.clone(),
             );
             farewell = Some(goodbye);
-            spawn_policy_gauges(metrics.clone(), views.clone());
+            spawn_policy_gauges(metrics.clone(), views.clone(), shared.subscribe());
             if let Some(webhook_config) = config.webhook.clone() {
                 webhook = Some(
                     spawn_webhook(webhook_config, views, metrics.clone(), stop_rx.clone()).await?,
@@ -347,26 +347,45 @@ async fn set_health(
     }
 }
 
-/// Keeps the policy gauges current in Kubernetes mode: served policies, and objects whose
-/// current generation does not compile or loses a host/path conflict.
+/// Keeps the policy gauges current in Kubernetes mode: served policies (and the generation of
+/// each), and objects whose current generation does not compile or loses a host/path conflict;
+/// counts each published snapshot as a reload.
 fn spawn_policy_gauges(
     metrics: Arc<Metrics>,
     mut views: tokio::sync::watch::Receiver<Arc<controller::index::IndexView>>,
+    mut published: tokio::sync::watch::Receiver<u64>,
 ) {
+    let problems = |view: &controller::index::IndexView| {
+        view.policies
+            .iter()
+            .filter(|p| p.error.is_some() || p.conflict.is_some())
+            .count()
+    };
     tokio::spawn(async move {
-        while views.changed().await.is_ok() {
-            let view = views.borrow_and_update().clone();
-            let served = view
-                .policies
-                .iter()
-                .filter(|p| p.serving_generation.is_some())
-                .count();
-            let problems = view
-                .policies
-                .iter()
-                .filter(|p| p.error.is_some() || p.conflict.is_some())
-                .count();
-            metrics.set_policies(served, problems);
+        loop {
+            tokio::select! {
+                changed = views.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let view = views.borrow_and_update().clone();
+                    let served = view
+                        .policies
+                        .iter()
+                        .filter(|p| p.serving_generation.is_some())
+                        .count();
+                    metrics.set_policies(served, problems(&view));
+                    metrics.set_served(view.loaded());
+                }
+                changed = published.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // The index sends its view before it publishes: the view is current.
+                    published.borrow_and_update();
+                    metrics.published(problems(&views.borrow()));
+                }
+            }
         }
     });
 }

@@ -144,6 +144,15 @@ envoy_gateway_bin=$(GO_BUILD_LDFLAGS="-s -w -X github.com/envoyproxy/gateway/int
 echo "envoy-gateway $eg_version: $envoy_gateway_bin"
 export TOLLGATE_ENVOY_GATEWAY="$envoy_gateway_bin"
 
+# promtool: built from the pinned Prometheus module (tests/peers/promtool: go.mod and go.sum only)
+# into the cache, once per go.sum; tests/e2e/alerts.rs checks and unit-tests the chart's alerting
+# rules with it (promtool check rules, promtool test rules) and lints tollgate's /metrics.
+prom_version=$(grep -m1 -o 'prometheus/prometheus v[^ ]*' tests/peers/promtool/go.mod | cut -d' ' -f2)
+promtool_bin=$(GO_BUILD_LDFLAGS="-s -w -X github.com/prometheus/common/version.Version=$prom_version" \
+  bash tests/peers/go-build.sh tests/peers/promtool github.com/prometheus/prometheus/cmd/promtool promtool | tail -1)
+"$promtool_bin" --version | sed -n 1p
+export TOLLGATE_PROMTOOL="$promtool_bin"
+
 # kube-apiserver and etcd: built from their Go modules (tests/kube: go.mod and go.sum only) into
 # the cache, once per go.sum; the tests run a real control plane with them (tests/e2e/cluster.rs).
 kube_version=$(grep -m1 -o 'k8s.io/kubernetes v[^ ]*' tests/kube/go.mod | cut -d' ' -f2)

@@ -681,3 +681,90 @@ fn basic_credentials_are_form_encoded_first() {
     assert_eq!(String::from_utf8(decoded).expect("utf8"), "a+b:p%3Aw%26d");
     let _ = SigningKey::hmac("unused", "HS256", b"");
 }
+
+/// The metrics of a policy's introspection: calls by outcome (each answer shape and failure),
+/// cache lookups, durations; counted on across a recompile of the policy, gone with it.
+#[tokio::test]
+async fn calls_and_cache_lookups_are_counted_per_policy_across_recompiles() {
+    let (base, _idp) = start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let secret = dir.path().join("client-secret");
+    std::fs::write(&secret, SECRET).expect("write");
+    let extra = json!({"introspection": {"endpoint": format!("{base}/introspect"), "clientId": CLIENT,
+        "clientSecretRef": {"file": secret.display().to_string()}, "allowInsecureHttp": true}});
+    let sources = crate::jwks::KeySources::offline().expect("client");
+    let compile = || {
+        Arc::new(
+            compile_with(&sources, "shop", "opaque", &spec_with(&extra.to_string()))
+                .expect("policy compiles"),
+        )
+    };
+    let check = async |snapshot: &Snapshot, token: &str| {
+        let headers = vec![("authorization".to_string(), format!("Bearer {token}"))];
+        let request = Request {
+            host: "api.example.com",
+            path: "/",
+            method: "GET",
+            headers: Headers::List(&headers),
+            policy: None,
+            route: None,
+            source: Default::default(),
+        };
+        outcome(&engine::check(snapshot, &request, SystemTime::now()).await).1
+    };
+    let metrics = crate::metrics::Metrics::new(Some(sources.clone()), None);
+    let series = |prefix: &str| {
+        let text = metrics.encode();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect();
+        lines.sort_unstable();
+        lines
+    };
+
+    let first = Snapshot::build(vec![compile()], DefaultAction::Deny).0;
+    for (token, reason) in [
+        ("active-1", Reason::Valid),
+        ("active-1", Reason::Valid),
+        ("inactive-1", Reason::TokenInactive),
+        ("unavailable-1", Reason::IntrospectionUnavailable),
+        ("broken-1", Reason::IntrospectionFailed),
+        ("garbage-1", Reason::IntrospectionInvalid),
+    ] {
+        assert_eq!(check(&first, token).await, reason, "{token}");
+    }
+    let requests = |active: u32| {
+        [
+            format!("tollgate_introspection_requests_total{{policy=\"shop/opaque\",outcome=\"active\"}} {active}"),
+            "tollgate_introspection_requests_total{policy=\"shop/opaque\",outcome=\"failed\"} 1".to_string(),
+            "tollgate_introspection_requests_total{policy=\"shop/opaque\",outcome=\"inactive\"} 1".to_string(),
+            "tollgate_introspection_requests_total{policy=\"shop/opaque\",outcome=\"invalid\"} 1".to_string(),
+            "tollgate_introspection_requests_total{policy=\"shop/opaque\",outcome=\"timeout\"} 0".to_string(),
+            "tollgate_introspection_requests_total{policy=\"shop/opaque\",outcome=\"unavailable\"} 1".to_string(),
+        ]
+    };
+    assert_eq!(series("tollgate_introspection_requests_total"), requests(1));
+    assert_eq!(
+        series("tollgate_introspection_cache_lookups_total"),
+        [
+            "tollgate_introspection_cache_lookups_total{policy=\"shop/opaque\",result=\"hit\"} 1",
+            "tollgate_introspection_cache_lookups_total{policy=\"shop/opaque\",result=\"miss\"} 5",
+        ]
+    );
+    assert_eq!(
+        series("tollgate_introspection_duration_seconds_count"),
+        ["tollgate_introspection_duration_seconds_count{policy=\"shop/opaque\"} 5"]
+    );
+
+    // A recompiled policy (a new introspector, an empty answer cache) counts on.
+    let second = Snapshot::build(vec![compile()], DefaultAction::Deny).0;
+    drop(first);
+    assert_eq!(check(&second, "active-1").await, Reason::Valid);
+    assert_eq!(series("tollgate_introspection_requests_total"), requests(2));
+
+    // A policy no longer served has no series.
+    drop(second);
+    assert_eq!(series("tollgate_introspection_"), Vec::<String>::new());
+}

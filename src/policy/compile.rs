@@ -971,7 +971,7 @@ pub fn compile(
     let introspection = spec
         .introspection
         .as_ref()
-        .and_then(|i| compile_introspection(&mut c, namespace, i, &issuers, ctx));
+        .and_then(|i| compile_introspection(&mut c, &id, namespace, i, &issuers, ctx));
     let require_signed = spec.require_signed_tokens.unwrap_or(true);
     let decryption = spec
         .decryption
@@ -2156,6 +2156,7 @@ fn duration(
 
 fn compile_introspection(
     c: &mut Checker,
+    id: &str,
     namespace: &str,
     spec: &IntrospectionSpec,
     issuers: &[Issuer],
@@ -2318,6 +2319,7 @@ fn compile_introspection(
         cache: settings,
         timeout,
         accept_without,
+        stats: ctx.key_sources.introspection_stats(id),
     };
     let fetcher = match &discovered_bundle {
         Some(bundle) => ctx

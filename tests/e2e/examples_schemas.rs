@@ -13,8 +13,9 @@
 //!   the standard ones), and swapping them in one API server would leave the test guessing when
 //!   the new schemas are served, as nothing signals it;
 //! - the chart rendered with each example's `values.yaml` (`helm template`);
-//! - the chart's optional objects (ServiceMonitor, cert-manager Issuer and Certificate, HPA,
-//!   NetworkPolicy) and the kustomize manifests of deploy/kubernetes.
+//! - the chart's optional objects (ServiceMonitor, PrometheusRule, the dashboard ConfigMap,
+//!   cert-manager Issuer and Certificate, HPA, NetworkPolicy) and the kustomize manifests of
+//!   deploy/kubernetes.
 //!
 //! Complete by construction: the tests walk deploy/examples/, so a new file is judged without
 //! being named here. A YAML file there that holds no Kubernetes objects must be listed in
@@ -71,7 +72,7 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn documents(text: &str, what: &str) -> Vec<Value> {
+pub(crate) fn documents(text: &str, what: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(text)
         .map(|d| {
             serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{what}: not YAML: {e}"))
@@ -418,6 +419,10 @@ fn every_example_and_optional_chart_object_is_accepted_by_the_real_schemas() {
             "--set",
             "serviceMonitor.labels.release=prometheus",
             "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "grafanaDashboard.enabled=true",
+            "--set",
             "webhook.certManager.enabled=true",
             "--set",
             "autoscaling.enabled=true",
@@ -442,6 +447,7 @@ fn every_example_and_optional_chart_object_is_accepted_by_the_real_schemas() {
     let rendered = kinds(&optional);
     for kind in [
         "ServiceMonitor",
+        "PrometheusRule",
         "Certificate",
         "Issuer",
         "HorizontalPodAutoscaler",

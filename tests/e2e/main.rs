@@ -1,6 +1,7 @@
 //! Black-box tests over real sockets: the `tollgate` binary, a local identity provider, and the
 //! real peers (Envoy). One test binary, so the suite links once.
 
+mod alerts;
 mod api_keys;
 mod authorino_peer;
 mod cel;
