@@ -399,7 +399,8 @@ pub fn kube_binaries() -> anyhow::Result<KubeBinaries> {
 
 /// Authorino's identity cache as the benchmark configures it: Authorino's default ttl (60 s),
 /// and 4 MiB per evaluator, because the default 1 MiB refuses every entry above 1,000 bytes
-/// and a bench token's `Authorization` header alone is about 1,100 (see [`IdentityCache`]).
+/// and a bench token's `Authorization` header and claims are 1,200 to 1,500 together (see
+/// [`IdentityCache`]).
 pub const AUTHORINO_CACHE: IdentityCache = IdentityCache {
     ttl: 60,
     size_mib: 4,
