@@ -672,9 +672,10 @@ async fn run(options: Options) -> anyhow::Result<Report> {
             options.many + 1
         ));
         notes.push(format!(
-            "Authorino's cache: the instance judging the cached scenarios has its identity cache on (`authentication.idp.cache` keyed by the `Authorization` header, ttl {} s, `--evaluator-cache-size {}`: the default 1 MiB refuses entries above 1,000 bytes, and a bearer header here with its claims is 1,200 to 1,500); it keeps the verified claims, so a hit skips the signature, while the pattern-matching authorization and the response still run. The fresh-token scenarios go to a second instance without it.",
+            "Authorino's cache: the instance judging the cached scenarios has its identity cache on (`authentication.idp.cache` keyed by the `Authorization` header, ttl {} s, `--evaluator-cache-size {}`: the default 1 MiB refuses entries above 1,000 bytes, and a bearer header here with its claims is 1,200 to 1,500); it keeps the verified claims, so a hit skips the signature, while the pattern-matching authorization and the response still run. freecache allocates that size whole for each of the {} AuthConfigs, which the cache-on instance's RSS shows. The fresh-token scenarios go to a second instance without it.",
             peers::AUTHORINO_CACHE.ttl,
-            peers::AUTHORINO_CACHE.size_mib
+            peers::AUTHORINO_CACHE.size_mib,
+            options.many + 1
         ));
     }
     let mut report = Report {
