@@ -18,8 +18,9 @@
 //! Under `cargo test` it runs a short smoke pass of every path whose binaries are there (so that
 //! the harness itself stays tested in CI, where the peers are not built) and says which it left
 //! out; nothing is timed there. Authorino also needs the control plane tests/run.sh builds
-//! (`TOLLGATE_KUBE_APISERVER`, `TOLLGATE_ETCD`, `TOLLGATE_KUBECTL`). Writes `report.md` and `report.json` to
-//! `target/tollgate-bench/peers/` (or `$TOLLGATE_BENCH_OUT/peers`). See docs/benchmarks.md.
+//! (`TOLLGATE_KUBE_APISERVER`, `TOLLGATE_ETCD`, `TOLLGATE_KUBECTL`). Writes `report.md` and
+//! `report.json` to `target/tollgate-bench/peers/` (or `$TOLLGATE_BENCH_OUT/peers`). See
+//! docs/benchmarks.md.
 
 #[allow(dead_code)]
 mod authorino;
@@ -515,7 +516,7 @@ async fn run(options: Options) -> anyhow::Result<Report> {
     // Authorino's control plane and AuthConfigs take a while (about a minute for 2 x 1,001
     // AuthConfigs, whose statuses it writes at 20 per second): started first, in the background,
     // while the IdP keeps answering its discovery requests on this runtime.
-    let authorino_version = authorino_bin.as_ref().map(|(bin, _)| bin.clone());
+    let authorino_path = authorino_bin.as_ref().map(|(bin, _)| bin.clone());
     let authorino_start = authorino_bin.map(|(bin, kube)| {
         let (work, issuer, many) = (work.clone(), idp.issuer(), options.many);
         tokio::task::spawn_blocking(move || peers::authorino(&bin, kube, &work, &issuer, many))
@@ -651,7 +652,7 @@ async fn run(options: Options) -> anyhow::Result<Report> {
     }
     let versions = report::versions(
         opa_bin.as_deref(),
-        authorino_version
+        authorino_path
             .as_deref()
             .zip(
                 control_plane
