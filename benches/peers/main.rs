@@ -1,6 +1,7 @@
 //! tollgate side by side with what users would pick instead, in one run, on the same tokens from
-//! the same IdP (issue 18): OPA-Envoy (a Rego policy with `io.jwt.decode_verify`) on its gRPC
-//! ext_authz, direct and through the same Envoy (one worker); oauth2-proxy with bearer tokens and
+//! the same IdP (issue 18): OPA-Envoy (a Rego policy with `io.jwt.decode_verify`) and Authorino
+//! (one AuthConfig per host, read from a real API server) on their gRPC ext_authz, direct and
+//! through the same Envoy (one worker); oauth2-proxy with bearer tokens and
 //! tollgate's HTTP forward auth behind the same nginx `auth_request`; Envoy's own `jwt_authn` and
 //! the trivial allow-all ext_authz server as in the load bench.
 //!
@@ -9,15 +10,20 @@
 //! cargo bench --bench peers                    # the full run
 //! cargo bench --bench peers -- --quick         # one round of 2 s per measurement
 //! cargo bench --bench peers -- --only ES256    # the scenarios whose name contains this
-//! cargo bench --bench peers -- --peers opa-envoy   # only these peers (opa-envoy, oauth2-proxy)
+//! cargo bench --bench peers -- --peers authorino   # only these peers (opa-envoy, authorino,
+//!                                                  # oauth2-proxy; comma-separated)
 //! ```
 //!
 //! Under `cargo bench` a peer that is asked for (all by default) and not built fails the run.
 //! Under `cargo test` it runs a short smoke pass of every path whose binaries are there (so that
 //! the harness itself stays tested in CI, where the peers are not built) and says which it left
-//! out; nothing is timed there. Writes `report.md` and `report.json` to
-//! `target/tollgate-bench/peers/` (or `$TOLLGATE_BENCH_OUT/peers`). See docs/benchmarks.md.
+//! out; nothing is timed there. Authorino also needs the control plane tests/run.sh builds
+//! (`TOLLGATE_KUBE_APISERVER`, `TOLLGATE_ETCD`, `TOLLGATE_KUBECTL`). Writes `report.md` and
+//! `report.json` to `target/tollgate-bench/peers/` (or `$TOLLGATE_BENCH_OUT/peers`). See
+//! docs/benchmarks.md.
 
+#[allow(dead_code)]
+mod authorino;
 #[path = "../load/chart.rs"]
 mod chart;
 #[allow(dead_code)]
@@ -65,6 +71,7 @@ pub struct Options {
     pub out: PathBuf,
     pub only: Option<String>,
     pub opa: bool,
+    pub authorino: bool,
     pub oauth2_proxy: bool,
 }
 
@@ -84,18 +91,19 @@ impl Options {
                 PathBuf::from,
             )
             .join("peers");
-        let (opa, oauth2_proxy) = match value("--peers") {
-            None => (true, true),
+        let (opa, authorino, oauth2_proxy) = match value("--peers") {
+            None => (true, true, true),
             Some(list) => {
                 let names: Vec<&str> = list.split(',').map(str::trim).collect();
                 for name in &names {
                     anyhow::ensure!(
-                        matches!(*name, "opa-envoy" | "oauth2-proxy"),
-                        "--peers: unknown peer {name:?} (opa-envoy, oauth2-proxy)"
+                        matches!(*name, "opa-envoy" | "authorino" | "oauth2-proxy"),
+                        "--peers: unknown peer {name:?} (opa-envoy, authorino, oauth2-proxy)"
                     );
                 }
                 (
                     names.contains(&"opa-envoy"),
+                    names.contains(&"authorino"),
                     names.contains(&"oauth2-proxy"),
                 )
             }
@@ -111,6 +119,7 @@ impl Options {
                 out,
                 only: value("--only"),
                 opa,
+                authorino,
                 oauth2_proxy,
             }
         } else {
@@ -124,6 +133,7 @@ impl Options {
                 out: out.join("smoke"),
                 only: value("--only"),
                 opa,
+                authorino,
                 oauth2_proxy,
             }
         })
@@ -254,11 +264,13 @@ struct Roles {
     baseline: usize,
     tollgate: [usize; 2],
     opa: Option<[usize; 2]>,
+    authorino: Option<[usize; 2]>,
     oauth2_proxy: Option<usize>,
     envoy_jwt: Option<[usize; 2]>,
     envoy_baseline: Option<usize>,
     envoy_tollgate: Option<[usize; 2]>,
     envoy_opa: Option<[usize; 2]>,
+    envoy_authorino: Option<[usize; 2]>,
     nginx_tollgate: Option<[usize; 2]>,
     nginx_oauth2_proxy: Option<usize>,
 }
@@ -297,6 +309,9 @@ impl Roles {
         if let Some(opa) = self.opa {
             out.push(t(Via::Direct, "OPA-Envoy", opa[c], opa[c], None, true));
         }
+        if let Some(a) = self.authorino {
+            out.push(t(Via::Direct, "Authorino", a[c], a[c], None, true));
+        }
         if let Some(e) = self.envoy_baseline {
             out.push(t(
                 Via::Envoy,
@@ -319,6 +334,9 @@ impl Roles {
         }
         if let (Some(e), Some(opa)) = (self.envoy_opa, self.opa) {
             out.push(t(Via::Envoy, "OPA-Envoy", e[c], opa[c], Some(e[c]), true));
+        }
+        if let (Some(e), Some(a)) = (self.envoy_authorino, self.authorino) {
+            out.push(t(Via::Envoy, "Authorino", e[c], a[c], Some(e[c]), true));
         }
         if let Some(e) = self.envoy_jwt {
             // In-process: Envoy is both the proxy and the judge.
@@ -452,6 +470,17 @@ async fn run(options: Options) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&options.out)?;
     let mut skipped = Vec::new();
     let opa_bin = find(&peers::OPA_ENVOY, options.opa, &options, &mut skipped)?;
+    let authorino_bin = match find(&peers::AUTHORINO, options.authorino, &options, &mut skipped)? {
+        Some(bin) => match peers::kube_binaries() {
+            Ok(kube) => Some((bin, kube)),
+            Err(e) if options.smoke => {
+                skipped.push(format!("{e:#}"));
+                None
+            }
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
     let oauth2_bin = find(
         &peers::OAUTH2_PROXY,
         options.oauth2_proxy,
@@ -484,6 +513,14 @@ async fn run(options: Options) -> anyhow::Result<Report> {
     let policies = work.join("policies");
     std::fs::create_dir_all(&policies)?;
     peers::write_tollgate_policies(&policies, &idp, options.many)?;
+    // Authorino's control plane and AuthConfigs take a while (about a minute for 2 x 1,001
+    // AuthConfigs, whose statuses it writes at 20 per second): started first, in the background,
+    // while the IdP keeps answering its discovery requests on this runtime.
+    let authorino_path = authorino_bin.as_ref().map(|(bin, _)| bin.clone());
+    let authorino_start = authorino_bin.map(|(bin, kube)| {
+        let (work, issuer, many) = (work.clone(), idp.issuer(), options.many);
+        tokio::task::spawn_blocking(move || peers::authorino(&bin, kube, &work, &issuer, many))
+    });
 
     let mut procs: Vec<Server> = Vec::new();
     let mut roles = Roles {
@@ -519,6 +556,20 @@ async fn run(options: Options) -> anyhow::Result<Report> {
     if let Some(bin) = &oauth2_bin {
         roles.oauth2_proxy = Some(add(&mut procs, peers::oauth2_proxy(bin, &work, &idp)?));
     }
+    // Kept until the end of the run: Authorino's AuthConfigs live there. Declared after
+    // `procs`, so dropped before them on an early return (Authorino is then killed without
+    // its API server, which is harmless).
+    let mut control_plane = None;
+    if let Some(start) = authorino_start {
+        let (plane, [cached, uncached]) = start.await.context("starting Authorino")??;
+        eprintln!(
+            "Authorino {} ready ({} AuthConfigs in each of 2 namespaces)",
+            plane.version,
+            options.many + 1
+        );
+        roles.authorino = Some([add(&mut procs, cached), add(&mut procs, uncached)]);
+        control_plane = Some(plane);
+    }
     let jwks = idp.jwks();
     let issuer = idp.issuer();
     if let Some(bin) = &envoy_bin {
@@ -553,12 +604,22 @@ async fn run(options: Options) -> anyhow::Result<Report> {
             ]),
             None => None,
         };
+        let authorino = match roles.authorino {
+            Some(a) => Some([
+                envoy("ext_authz -> Authorino", ext(a[0], &procs))?,
+                envoy("ext_authz -> Authorino (cache off)", ext(a[1], &procs))?,
+            ]),
+            None => None,
+        };
         let [j0, j1, b, t0, t1] = e;
         roles.envoy_jwt = Some([add(&mut procs, j0), add(&mut procs, j1)]);
         roles.envoy_baseline = Some(add(&mut procs, b));
         roles.envoy_tollgate = Some([add(&mut procs, t0), add(&mut procs, t1)]);
         if let Some([o0, o1]) = opa {
             roles.envoy_opa = Some([add(&mut procs, o0), add(&mut procs, o1)]);
+        }
+        if let Some([a0, a1]) = authorino {
+            roles.envoy_authorino = Some([add(&mut procs, a0), add(&mut procs, a1)]);
         }
     }
     if let Some(bin) = &nginx_bin {
@@ -591,15 +652,38 @@ async fn run(options: Options) -> anyhow::Result<Report> {
     }
     let versions = report::versions(
         opa_bin.as_deref(),
+        authorino_path
+            .as_deref()
+            .zip(
+                control_plane
+                    .as_ref()
+                    .map(authorino::ControlPlane::server_version),
+            )
+            .as_ref()
+            .map(|(bin, kube)| (*bin, kube.as_str())),
         oauth2_bin.as_deref(),
         envoy_bin.as_deref(),
         nginx_bin.as_deref(),
     );
 
+    let mut notes = Vec::new();
+    if roles.authorino.is_some() {
+        notes.push(format!(
+            "Authorino: judge CPU and RSS are those of the `authorino server` process alone; etcd and kube-apiserver, which hold its AuthConfigs ({} per instance, one per host), are not counted.",
+            options.many + 1
+        ));
+        notes.push(format!(
+            "Authorino's cache: the instance judging the cached scenarios has its identity cache on (`authentication.idp.cache` keyed by the `Authorization` header, ttl {} s, `--evaluator-cache-size {}`: the default 1 MiB refuses entries above 1,000 bytes, and a bearer header here with its claims is 1,200 to 1,500); it keeps the verified claims, so a hit skips the signature, while the pattern-matching authorization and the response still run. freecache allocates that size whole for each of the {} AuthConfigs, which the cache-on instance's RSS shows. The fresh-token scenarios go to a second instance without it.",
+            peers::AUTHORINO_CACHE.ttl,
+            peers::AUTHORINO_CACHE.size_mib,
+            options.many + 1
+        ));
+    }
     let mut report = Report {
         options: format!("{options:?}"),
         quick: options.quick,
         versions,
+        notes,
         skipped,
         scenarios: Vec::new(),
         idp_issuer: idp.issuer(),
@@ -616,6 +700,7 @@ async fn run(options: Options) -> anyhow::Result<Report> {
     }
     report.write(&options.out)?;
     drop(procs);
+    drop(control_plane);
     Ok(report)
 }
 
@@ -657,6 +742,19 @@ async fn run_scenario(
                 answer.text,
                 if scenario.allow { "an allow" } else { "a deny" }
             );
+            // A deny is a deny: a refusal of the token (401 or 403), not an error or a 404
+            // (an unknown host) that a proxy could treat otherwise.
+            if !scenario.allow {
+                anyhow::ensure!(
+                    match answer.expect {
+                        Expect::Deny { grpc, http } => grpc != 0 && matches!(http, 401 | 403),
+                        Expect::Status(status) => matches!(status, 401 | 403),
+                        Expect::Allow | Expect::AllowOrOverloaded => false,
+                    },
+                    "{what}: answered {}, not a denial with 401 or 403",
+                    answer.text
+                );
+            }
             if scenario.allow && target.shows_user {
                 anyhow::ensure!(
                     answer.user == scenario.subjects[0],

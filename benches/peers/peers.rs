@@ -1,6 +1,6 @@
 //! The peers' processes and configurations: OPA-Envoy (a Rego policy on its gRPC ext_authz),
-//! oauth2-proxy (bearer tokens, for nginx `auth_request`), nginx itself, and tollgate's policy
-//! files for the same checks. Each binary is the one `benches/peers/build.sh` builds from the
+//! Authorino (AuthConfigs on a real API server, authorino.rs), oauth2-proxy (bearer tokens, for
+//! nginx `auth_request`), nginx itself, and tollgate's policy files for the same checks. Each binary is the one `benches/peers/build.sh` builds from the
 //! pinned module under `tests/peers/`; an environment variable can name another.
 
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
+use crate::authorino::{self, ControlPlane, IdentityCache, KubeBinaries};
 use crate::idp::BenchIdp;
 use crate::servers::{self, Server};
 use crate::workload::{AUDIENCE, HOST, many_host};
@@ -42,6 +43,13 @@ pub const OAUTH2_PROXY: GoPeer = GoPeer {
     env: "TOLLGATE_OAUTH2_PROXY",
     module: "oauth2-proxy",
     binary: "oauth2-proxy",
+};
+
+pub const AUTHORINO: GoPeer = GoPeer {
+    name: "Authorino",
+    env: "TOLLGATE_AUTHORINO",
+    module: "authorino",
+    binary: "authorino",
 };
 
 impl GoPeer {
@@ -367,4 +375,85 @@ pub fn nginx_binary() -> Option<PathBuf> {
     std::env::var_os("TOLLGATE_NGINX")
         .map(PathBuf::from)
         .filter(|p| p.is_file())
+}
+
+/// The control plane Authorino reads its AuthConfigs from: `TOLLGATE_KUBE_APISERVER`,
+/// `TOLLGATE_ETCD` and `TOLLGATE_KUBECTL`, as tests/run.sh builds and installs them.
+pub fn kube_binaries() -> anyhow::Result<KubeBinaries> {
+    let get = |var: &str, what: &str| -> anyhow::Result<PathBuf> {
+        let path = std::env::var_os(var).map(PathBuf::from);
+        match path {
+            Some(path) if path.is_file() => Ok(path),
+            _ => anyhow::bail!(
+                "Authorino needs {what}: set {var} (tests/run.sh builds it and prints the path)"
+            ),
+        }
+    };
+    Ok(KubeBinaries {
+        apiserver: get("TOLLGATE_KUBE_APISERVER", "kube-apiserver")?,
+        etcd: get("TOLLGATE_ETCD", "etcd")?,
+        kubectl: get("TOLLGATE_KUBECTL", "kubectl")?,
+        helm: None,
+    })
+}
+
+/// Authorino's identity cache as the benchmark configures it: Authorino's default ttl (60 s),
+/// and 2 MiB per evaluator, the smallest size that caches these tokens (entries up to 2,024
+/// bytes): the default 1 MiB refuses every entry above 1,000 bytes
+/// and a bench token's `Authorization` header and claims are 1,200 to 1,500 together (see
+/// [`IdentityCache`]).
+pub const AUTHORINO_CACHE: IdentityCache = IdentityCache {
+    ttl: 60,
+    size_mib: 2,
+};
+
+/// The namespaces of the two Authorino instances (cache on, cache off).
+const AUTHORINO_NAMESPACES: [&str; 2] = ["bench", "bench-no-cache"];
+
+/// Authorino, twice on one control plane (each instance watching its own namespace with one
+/// AuthConfig per host): with its identity cache ([`AUTHORINO_CACHE`]), and without it for the
+/// fresh-token scenarios. Both start at once; returns when every AuthConfig of both is `Ready`.
+/// The servers are Authorino's processes only; the control plane stays up while the returned
+/// [`ControlPlane`] is kept. Blocking: call it in `spawn_blocking` (Authorino reads the IdP's
+/// discovery while it loads each AuthConfig).
+pub fn authorino(
+    binary: &Path,
+    kube: KubeBinaries,
+    dir: &Path,
+    issuer: &str,
+    many: usize,
+) -> anyhow::Result<(ControlPlane, [Server; 2])> {
+    let plane = ControlPlane::start(kube)?;
+    let hosts = hosts(many);
+    let dirs = AUTHORINO_NAMESPACES.map(|ns| dir.join(format!("authorino-{ns}")));
+    let [cached, uncached] = std::thread::scope(|scope| {
+        let start = |i: usize| {
+            let (plane, hosts, dirs) = (&plane, &hosts, &dirs);
+            scope.spawn(move || {
+                plane.start_authorino(&authorino::Instance {
+                    authorino: binary,
+                    namespace: AUTHORINO_NAMESPACES[i],
+                    issuer,
+                    audience: AUDIENCE,
+                    scope: SCOPE,
+                    hosts,
+                    grpc_port: None,
+                    identity_cache: (i == 0).then_some(AUTHORINO_CACHE),
+                    dir: Some(&dirs[i]),
+                })
+            })
+        };
+        let handles = [start(0), start(1)];
+        handles.map(|h| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("starting Authorino panicked"))
+                .and_then(|r| r)
+        })
+    });
+    let servers =
+        [(cached?, "Authorino"), (uncached?, "Authorino (cache off)")].map(|(instance, name)| {
+            let grpc = instance.grpc;
+            Server::spawned(name, instance.into_process(), grpc)
+        });
+    Ok((plane, servers))
 }

@@ -50,6 +50,8 @@ pub struct Report {
     pub options: String,
     pub quick: bool,
     pub versions: Vec<(String, String)>,
+    /// What the tables count and how a peer is configured, where that needs saying.
+    pub notes: Vec<String>,
     pub skipped: Vec<String>,
     pub idp_issuer: String,
     pub scenarios: Vec<ScenarioReport>,
@@ -104,8 +106,10 @@ fn pinned(module: &str, path: &str) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// `authorino`: the binary and the version of the API server holding its AuthConfigs.
 pub fn versions(
     opa: Option<&Path>,
+    authorino: Option<(&Path, &str)>,
     oauth2_proxy: Option<&Path>,
     envoy: Option<&Path>,
     nginx: Option<&Path>,
@@ -121,6 +125,16 @@ pub fn versions(
                 "opa-envoy-plugin {} with OPA {} ({})",
                 pinned("opa-envoy", "github.com/open-policy-agent/opa-envoy-plugin"),
                 pinned("opa-envoy", "github.com/open-policy-agent/opa"),
+                bin.display()
+            ),
+        ));
+    }
+    if let Some((bin, kube)) = authorino {
+        out.push((
+            "Authorino".into(),
+            format!(
+                "{} ({}); AuthConfigs on kube-apiserver {kube} with etcd (not counted)",
+                pinned("authorino", "github.com/kuadrant/authorino"),
                 bin.display()
             ),
         ));
@@ -201,7 +215,8 @@ struct Target {
     /// Peer CPU per check / tollgate CPU per check (= tollgate's checks per CPU second over
     /// the peer's).
     ratio: f64,
-    needed: f64,
+    /// `None`: no target set for this peer; the ratio is reported.
+    needed: Option<f64>,
 }
 
 impl Report {
@@ -210,8 +225,9 @@ impl Report {
         for s in &self.scenarios {
             for r in &s.rows {
                 let needed = match (r.via, r.peer.as_str()) {
-                    (Via::Direct | Via::Envoy, "OPA-Envoy") => 3.0,
-                    (Via::Nginx, "oauth2-proxy") => 2.0,
+                    (Via::Direct | Via::Envoy, "OPA-Envoy") => Some(3.0),
+                    (Via::Nginx, "oauth2-proxy") => Some(2.0),
+                    (Via::Direct | Via::Envoy, "Authorino") => None,
                     _ => continue,
                 };
                 let Some(t) = s.tollgate(r.via) else { continue };
@@ -240,6 +256,12 @@ impl Report {
         out.push_str("| component | version |\n|---|---|\n");
         for (name, version) in &self.versions {
             out.push_str(&format!("| {name} | {version} |\n"));
+        }
+        if !self.notes.is_empty() {
+            out.push('\n');
+            for note in &self.notes {
+                out.push_str(&format!("- {note}\n"));
+            }
         }
         if !self.skipped.is_empty() {
             out.push_str(&format!("\nLeft out: {}\n", self.skipped.join("; ")));
@@ -275,16 +297,16 @@ impl Report {
         );
         for t in self.targets() {
             out.push_str(&format!(
-                "| {} | {} | {} | {:.2}x | {:.0}x | {} |\n",
+                "| {} | {} | {} | {:.2}x | {} | {} |\n",
                 t.scenario,
                 t.via.label(),
                 t.peer,
                 t.ratio,
-                t.needed,
-                if t.ratio >= t.needed {
-                    "met"
-                } else {
-                    "not met"
+                t.needed.map_or("-".into(), |n| format!("{n:.0}x")),
+                match t.needed {
+                    None => "no target: reported",
+                    Some(n) if t.ratio >= n => "met",
+                    Some(_) => "not met",
                 }
             ));
         }

@@ -24,6 +24,9 @@ use tollgate::proto::auth::check_response::HttpResponse;
 
 use crate::support::peer;
 
+// The benchmark's own parts (several instances on one control plane, handing a process over)
+// are not used here.
+#[allow(dead_code)]
 #[path = "../../benches/peers/authorino.rs"]
 mod authorino;
 
