@@ -64,6 +64,8 @@ pub struct Metrics {
     reload_duration: Histogram,
     handshakes: Family<HandshakeLabels, Counter>,
     dry_run_denials: Family<DryRunLabels, Counter>,
+    /// The decision log's counts (`tollgate_decision_log_*`, exported while it is on).
+    pub decision_log: Arc<crate::decision_log::Counters>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -132,6 +134,8 @@ impl Metrics {
             "Requests a policy in mode: dryRun would have denied (and allowed), by policy and reason",
             dry_run_denials.clone(),
         );
+        let decision_log = Arc::new(crate::decision_log::Counters::default());
+        registry.register_collector(Box::new(decision_log.collector()));
         if let Some(sources) = sources {
             registry.register_collector(Box::new(SourceCollector { sources }));
         }
@@ -148,6 +152,7 @@ impl Metrics {
             reload_duration,
             handshakes,
             dry_run_denials,
+            decision_log,
         })
     }
 
