@@ -252,7 +252,10 @@ fn decision_log(c: &mut Criterion) {
         path: "/orders/1?page=2".into(),
         method: "GET".into(),
         token: Some(token),
-        headers: vec![("x-request-id".into(), "4bf92f35-77b3-4da6-a3ce-929d0e0e4736".into())],
+        headers: vec![(
+            "x-request-id".into(),
+            "4bf92f35-77b3-4da6-a3ce-929d0e0e4736".into(),
+        )],
         ..Probe::default()
     });
     let dir = tempfile::tempdir().expect("dir");
@@ -270,11 +273,14 @@ fn decision_log(c: &mut Criterion) {
         .expect("on");
     for (name, log) in [("off", DecisionLog::default()), ("to a file", log)] {
         let service = AuthzService::new(shared.clone(), metrics.clone()).with_decision_log(log);
-        c.bench_function(&format!("gRPC Check, cache hit, decision log {name}"), |b| {
-            b.iter(|| {
-                runtime.block_on(service.check(tonic::Request::new(black_box(check.clone()))))
-            })
-        });
+        c.bench_function(
+            &format!("gRPC Check, cache hit, decision log {name}"),
+            |b| {
+                b.iter(|| {
+                    runtime.block_on(service.check(tonic::Request::new(black_box(check.clone()))))
+                })
+            },
+        );
     }
     runtime.block_on(writer.close(std::time::Duration::from_secs(10)));
     let counters = &metrics.decision_log;

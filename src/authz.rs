@@ -174,7 +174,13 @@ impl AuthzService {
 
 /// The downstream client's address as Envoy reports it (`attributes.source.address`).
 fn source_address(request: &CheckRequest) -> Option<&str> {
-    let address = request.attributes.as_ref()?.source.as_ref()?.address.as_ref()?;
+    let address = request
+        .attributes
+        .as_ref()?
+        .source
+        .as_ref()?
+        .address
+        .as_ref()?;
     match &address.address {
         Some(crate::proto::core::address::Address::SocketAddress(s)) if !s.address.is_empty() => {
             Some(s.address.as_str())

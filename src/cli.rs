@@ -251,7 +251,11 @@ pub struct ServeArgs {
     )]
     pub decision_log: crate::decision_log::Output,
     /// Share of allows the decision log records, 0 to 1 (at random; 1: every one).
-    #[arg(long, default_value_t = 1.0, env = "TOLLGATE_DECISION_LOG_SAMPLE_ALLOW")]
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        env = "TOLLGATE_DECISION_LOG_SAMPLE_ALLOW"
+    )]
     pub decision_log_sample_allow: f64,
     /// Share of denials (and dry-run would-be denials) the decision log records, 0 to 1.
     #[arg(long, default_value_t = 1.0, env = "TOLLGATE_DECISION_LOG_SAMPLE_DENY")]

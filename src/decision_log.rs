@@ -22,9 +22,9 @@ use std::fs::File;
 use std::io::{BufWriter, Write as _};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::collector::Collector;
@@ -700,7 +700,10 @@ impl DecisionLog {
                     .ok_or(SettingsError::KeyMissing)?;
                 Subject::Hash {
                     claim: claim.clone(),
-                    key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &read_key(path)?),
+                    key: Box::new(aws_lc_rs::hmac::Key::new(
+                        aws_lc_rs::hmac::HMAC_SHA256,
+                        &read_key(path)?,
+                    )),
                 }
             }
             SubjectMode::Claim(name) => Subject::Claim(name.clone()),
@@ -796,7 +799,7 @@ impl DecisionLog {
 enum Subject {
     Hash {
         claim: String,
-        key: aws_lc_rs::hmac::Key,
+        key: Box<aws_lc_rs::hmac::Key>,
     },
     Claim(String),
     None,
@@ -811,7 +814,9 @@ impl Subject {
             Subject::Claim(claim) => (claim, None),
         };
         let root = claim.split('.').next().unwrap_or(claim);
-        let claims = identity.claims.subset(&|name| name == root || name == claim);
+        let claims = identity
+            .claims
+            .subset(&|name| name == root || name == claim);
         let value = match crate::claims::lookup(&claims, claim)? {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Number(n) => n.to_string(),
@@ -921,8 +926,7 @@ struct DroppedLine {
 
 /// RFC 3339 in UTC with milliseconds.
 fn rfc3339(time: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(time)
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Serializes one entry (with a generated request id when the sent one cannot be logged).
@@ -932,8 +936,7 @@ fn render(entry: &Entry, subject: &Subject, ids: &Rng, out: &mut Vec<u8>) {
         .as_ref()
         .map(|i| i.token_id.as_str())
         .or(entry.token_id.as_deref());
-    let sent = well_formed_id(&entry.request_id)
-        && !is_credential(&entry.request_id, token_id);
+    let sent = well_formed_id(&entry.request_id) && !is_credential(&entry.request_id, token_id);
     let generated;
     let request_id = if sent {
         entry.request_id.as_str()

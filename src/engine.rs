@@ -930,7 +930,14 @@ async fn credential<'p>(
     ) {
         Ok(nonce) => verified.dpop_nonce = nonce,
         Err((reason, text)) => {
-            let denial = deny(Some(policy), host, reason, text, None, Some(token_id.clone()));
+            let denial = deny(
+                Some(policy),
+                host,
+                reason,
+                text,
+                None,
+                Some(token_id.clone()),
+            );
             return Err(identified_by(&verified, Box::new(denial)));
         }
     }

@@ -332,7 +332,9 @@ pub async fn run(
     if let Some(writer) = log_writer
         && !writer.close(Duration::from_secs(5)).await
     {
-        tracing::warn!("the decision log writer did not finish within 5s: its last records are lost");
+        tracing::warn!(
+            "the decision log writer did not finish within 5s: its last records are lost"
+        );
     }
     watch.abort();
     if let Some(farewell) = farewell {
@@ -414,7 +416,9 @@ fn spawn_reopen_on_hangup(reopen: decision_log::Reopen) {
         let Ok(mut hangups) =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
-            tracing::warn!("cannot listen for SIGHUP: the decision log is reopened only when its file is moved");
+            tracing::warn!(
+                "cannot listen for SIGHUP: the decision log is reopened only when its file is moved"
+            );
             return;
         };
         while hangups.recv().await.is_some() {

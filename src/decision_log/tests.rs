@@ -3,8 +3,8 @@ use std::sync::{Condvar, Mutex};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::*;
 use super::Rng;
+use super::*;
 use crate::decision::{Allow, ClaimSet, Deny};
 
 const KEY: &str = "0123456789abcdef0123456789abcdef";
@@ -53,7 +53,10 @@ fn deny(token: &str, reason: Reason) -> Decision {
 fn hash_subject() -> Subject {
     Subject::Hash {
         claim: "sub".into(),
-        key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, KEY.as_bytes()),
+        key: Box::new(aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            KEY.as_bytes(),
+        )),
     }
 }
 
@@ -71,7 +74,10 @@ fn line(info: &RequestInfo<'_>, decision: &Decision, subject: &Subject) -> (Stri
     let mut out = Vec::new();
     render(&entry, subject, &Rng::seeded(1), &mut out);
     let text = String::from_utf8(out).expect("utf-8");
-    assert!(text.ends_with('\n') && text.matches('\n').count() == 1, "{text}");
+    assert!(
+        text.ends_with('\n') && text.matches('\n').count() == 1,
+        "{text}"
+    );
     let value = serde_json::from_str(&text).expect("one JSON object");
     (text, value)
 }
@@ -130,7 +136,10 @@ fn a_denial_names_status_and_fingerprint_and_no_unverified_identity() {
     assert_eq!(v["reason"], "signature_invalid");
     assert_eq!(v["token_fingerprint"], crate::jose::fingerprint(token));
     // The token did not verify: neither its issuer nor its subject is named.
-    assert!(v.get("issuer").is_none() && v.get("subject_hash").is_none(), "{v}");
+    assert!(
+        v.get("issuer").is_none() && v.get("subject_hash").is_none(),
+        "{v}"
+    );
     // No request id was sent: one is made up, and said to be.
     assert_eq!(v["request_id"].as_str().map(str::len), Some(32));
     assert_eq!(v["request_id_generated"], true);
@@ -167,7 +176,10 @@ fn subject_modes() {
     // Another key, another hash: without the key a list of subject ids cannot be matched.
     let other = Subject::Hash {
         claim: "sub".into(),
-        key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &[7u8; 32]),
+        key: Box::new(aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            &[7u8; 32],
+        )),
     };
     let (_, v) = line(&info("r", "/"), &allow(token), &other);
     assert_ne!(v["subject_hash"], "c81fac72a5441371803e220dd730abbe");
@@ -212,7 +224,10 @@ fn dry_run_answers_and_bounds() {
         }
     });
     let (_, v) = line(&info("r", "/"), &document, &Subject::None);
-    assert_eq!((&v["decision"], &v["status"]), (&json!("answer"), &json!(200)));
+    assert_eq!(
+        (&v["decision"], &v["status"]),
+        (&json!("answer"), &json!(200))
+    );
     // Long paths are cut (and said to be); long or odd request ids replaced.
     let long = format!("/{}", "é".repeat(2000));
     let long_id = "a".repeat(MAX_REQUEST_ID + 1);
@@ -335,7 +350,10 @@ fn the_subject_key_is_required_and_long_enough() {
         )
         .map(|_| ())
     };
-    assert!(matches!(start(&settings(None)), Err(SettingsError::KeyMissing)));
+    assert!(matches!(
+        start(&settings(None)),
+        Err(SettingsError::KeyMissing)
+    ));
     assert!(start(&settings(Some(good))).is_ok());
     let mut off_range = settings(None);
     off_range.subject = SubjectMode::None;
@@ -459,14 +477,8 @@ async fn a_blocked_output_drops_and_counts_and_never_blocks_a_check() {
     .expect("start");
     let token = "t0123456789";
     let decision = allow(token);
-    let record = |id: &str| {
-        log.record(
-            &info(id, "/"),
-            &decision,
-            Duration::ZERO,
-            Origin::default(),
-        )
-    };
+    let record =
+        |id: &str| log.record(&info(id, "/"), &decision, Duration::ZERO, Origin::default());
     record("first");
     // The writer flushes the first record and blocks in the output.
     wait_for("the writer to block", || gate.entered());
@@ -622,5 +634,8 @@ fn metrics_are_exported_only_while_on() {
         text.contains("tollgate_decision_log_dropped_total{cause=\"queue_full\"} 1"),
         "{text}"
     );
-    assert!(text.contains("tollgate_decision_log_records_total 0"), "{text}");
+    assert!(
+        text.contains("tollgate_decision_log_records_total 0"),
+        "{text}"
+    );
 }

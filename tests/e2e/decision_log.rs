@@ -24,7 +24,9 @@ fn records(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON record ({e}): {l}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON record ({e}): {l}"))
+        })
         .collect()
 }
 
@@ -33,7 +35,10 @@ fn records(path: &Path) -> Vec<Value> {
 fn subject_hash(issuer: &str, subject: &str) -> String {
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, KEY.as_bytes());
     let tag = aws_lc_rs::hmac::sign(&key, format!("{issuer}\0{subject}").as_bytes());
-    tag.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    tag.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The records that have a given request id, once the writer has flushed them.
@@ -66,7 +71,11 @@ async fn decisions_over_envoy_and_nginx_are_recorded_without_tokens() {
     let dir = tempfile::tempdir().expect("dir");
     let policies = dir.path().join("policies");
     std::fs::create_dir(&policies).expect("dir");
-    write_policy(&policies, "orders.yaml", &policy_yaml("orders", &iss, POLICY));
+    write_policy(
+        &policies,
+        "orders.yaml",
+        &policy_yaml("orders", &iss, POLICY),
+    );
     let key_file = dir.path().join("subject-key");
     std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
     let log = dir.path().join("decisions.jsonl");
@@ -101,7 +110,12 @@ async fn decisions_over_envoy_and_nginx_are_recorded_without_tokens() {
     let bearer = |t: &str| format!("Bearer {t}");
 
     // gRPC through Envoy: the token in the header, then in the query.
-    let answer = get(envoy.port, "/orders/1", &[("authorization", &bearer(&good))]).await;
+    let answer = get(
+        envoy.port,
+        "/orders/1",
+        &[("authorization", &bearer(&good))],
+    )
+    .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     // The id Envoy gave the request, as the upstream received it.
     let id = answer.json()["x-request-id"]
@@ -137,7 +151,12 @@ async fn decisions_over_envoy_and_nginx_are_recorded_without_tokens() {
             "proxy_address": "127.0.0.1",
         })
     );
-    let answer = get(envoy.port, &format!("/orders/2?access_token={good}&page=3"), &[]).await;
+    let answer = get(
+        envoy.port,
+        &format!("/orders/2?access_token={good}&page=3"),
+        &[],
+    )
+    .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let id = answer.json()["x-request-id"]
         .as_str()
@@ -151,7 +170,10 @@ async fn decisions_over_envoy_and_nginx_are_recorded_without_tokens() {
     let answer = get(
         envoy.port,
         "/orders/3",
-        &[("authorization", &bearer(&expired)), ("x-request-id", "envoy-expired")],
+        &[
+            ("authorization", &bearer(&expired)),
+            ("x-request-id", "envoy-expired"),
+        ],
     )
     .await;
     assert_eq!(answer.status, 401);
@@ -237,13 +259,21 @@ async fn decisions_over_envoy_and_nginx_are_recorded_without_tokens() {
             .find(|r| r["path"] == path)
             .unwrap_or_else(|| panic!("no record for {path}: {:?}", records(&log)))
     };
-    assert!(eventually(Duration::from_secs(10), async || records(&log).iter().any(|r| r["path"] == "/orders/10")).await);
+    assert!(
+        eventually(Duration::from_secs(10), async || records(&log)
+            .iter()
+            .any(|r| r["path"] == "/orders/10"))
+        .await
+    );
     // A forged token: denied, named by its fingerprint, with no issuer or subject (it did not
     // verify, so what it claims is not recorded).
     for path in ["/orders/4", "/orders/9"] {
         let forged = by_path(path);
         assert_eq!(forged["reason"], "signature_invalid");
-        assert_eq!(forged["token_fingerprint"], tollgate::jose::fingerprint(&rogue));
+        assert_eq!(
+            forged["token_fingerprint"],
+            tollgate::jose::fingerprint(&rogue)
+        );
         assert!(
             forged.get("issuer").is_none() && forged.get("subject_hash").is_none(),
             "{forged}"
@@ -268,24 +298,37 @@ async fn decisions_over_envoy_and_nginx_are_recorded_without_tokens() {
         "{metrics}"
     );
     assert_eq!(
-        metric(&metrics, "tollgate_decision_log_dropped_total{cause=\"queue_full\"}"),
+        metric(
+            &metrics,
+            "tollgate_decision_log_dropped_total{cause=\"queue_full\"}"
+        ),
         Some(0.0)
     );
     let status = tollgate.terminate();
     assert!(status.success(), "{status}");
 
     // Not one token, in any form, in either file; no query string either.
-    let text = std::fs::read_to_string(&rotated).expect("rotated") + &std::fs::read_to_string(&log).expect("log");
+    let text = std::fs::read_to_string(&rotated).expect("rotated")
+        + &std::fs::read_to_string(&log).expect("log");
     assert_eq!(text.lines().count(), 9, "one record per check: {text}");
     for token in [&good, &expired, &rogue] {
-        assert!(!text.contains(token.as_str()), "a token in the decision log");
+        assert!(
+            !text.contains(token.as_str()),
+            "a token in the decision log"
+        );
         // Not even its signature or payload alone.
         for part in token.split('.') {
             assert!(!text.contains(part), "a token part in the decision log");
         }
     }
-    assert!(!text.contains("access_token") && !text.contains("page=3"), "{text}");
-    assert!(!text.contains("user-1") && !text.contains("mallory"), "a subject in clear: {text}");
+    assert!(
+        !text.contains("access_token") && !text.contains("page=3"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("user-1") && !text.contains("mallory"),
+        "a subject in clear: {text}"
+    );
     drop(envoy);
     drop(nginx);
     idp.stop().await;

@@ -759,8 +759,15 @@ fn decision_log_renders_with_its_key(tools: &Tools, chart: &str) {
             .expect("a claim in clear needs no key"),
     );
     let args = deployment_flags(&clear.deployments[0]);
-    assert!(args.iter().any(|a| a == "--decision-log-subject=claim:email"));
-    assert!(!args.iter().any(|a| a.starts_with("--decision-log-subject-key")));
+    assert!(
+        args.iter()
+            .any(|a| a == "--decision-log-subject=claim:email")
+    );
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--decision-log-subject-key"))
+    );
 }
 
 fn host_delegations_render_mount_and_roll(tools: &Tools, chart: &str) {
