@@ -24,7 +24,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::collector::Collector;
@@ -38,6 +38,9 @@ use crate::telemetry::RequestInfo;
 pub const DEFAULT_QUEUE: usize = 8192;
 /// Records written per second, at most (beyond: dropped, `rate_limited`).
 pub const DEFAULT_LIMIT: u64 = 1000;
+/// How long the writer sleeps when the queue is empty: the queue holds 8192 records, so it
+/// drains faster than checks fill it, and no check pays for waking the writer.
+const IDLE_POLL: Duration = Duration::from_millis(2);
 /// The least length of the subject hash key, in bytes.
 pub const MIN_KEY_BYTES: usize = 32;
 
@@ -1119,11 +1122,16 @@ impl WriterLoop {
     fn run(mut self) {
         let mut next_tick = Instant::now() + self.flush_interval;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(wait) {
+            // Polled, not waited on: a writer blocked in `recv` would make every check that
+            // queues a record wake it with a system call.
+            match self.rx.try_recv() {
                 Ok(Message::Record(entry)) => self.write(&entry),
-                Ok(Message::Wake) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
+                Ok(Message::Wake) => {}
+                Err(TryRecvError::Empty) => {
+                    let wait = next_tick.saturating_duration_since(Instant::now());
+                    std::thread::sleep(wait.min(IDLE_POLL));
+                }
+                Err(TryRecvError::Disconnected) => {
                     self.tick();
                     return;
                 }
