@@ -626,13 +626,24 @@ impl fmt::Debug for ClaimSet {
 /// A credential that passed verification (a token, or an API key), for the decision log: the
 /// fingerprint logs name it by, its issuer, and all its verified claims (shared with the
 /// verified-token cache, not copied: the log reads the subject from them on its own thread).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Identity {
     /// [`crate::jose::fingerprint`] of the token, or an API key's id.
     pub token_id: String,
     /// The issuer that signed (or introspected) the token; `None` for an API key.
     pub issuer: Option<String>,
     pub claims: ClaimSet,
+}
+
+/// The claims are left out: a cache hit holds only those the policy (and the decision log's
+/// subject) read, so a hit and a miss print alike.
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("token_id", &self.token_id)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An allowed request and how to change it before it reaches the upstream.

@@ -54,6 +54,18 @@ const MAX_METHOD: usize = 32;
 const MAX_SUBJECT: usize = 256;
 const MAX_ADDRESS: usize = 64;
 
+/// The claim the decision log's subject comes from, once the log is on: the verified-token
+/// cache keeps it in every entry (`Policy::cached_claims`), so a hit names the same subject
+/// as a miss.
+static SUBJECT_CLAIM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The top-level claim the decision log reads, if it is on and reads one.
+pub fn subject_claim() -> Option<&'static str> {
+    SUBJECT_CLAIM
+        .get()
+        .map(|claim| claim.split('.').next().unwrap_or(claim))
+}
+
 /// Where the records go (`--decision-log`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
@@ -673,6 +685,13 @@ impl DecisionLog {
         settings: &Settings,
         counters: Arc<Counters>,
     ) -> Result<Option<(DecisionLog, Writer)>, SettingsError> {
+        if let (
+            Output::Stdout | Output::File(_),
+            SubjectMode::Hash { claim } | SubjectMode::Claim(claim),
+        ) = (&settings.output, &settings.subject)
+        {
+            let _ = SUBJECT_CLAIM.set(claim.clone());
+        }
         let sink = match &settings.output {
             Output::Off => return Ok(None),
             Output::Stdout => Sink::stream(Box::new(|| Box::new(std::io::stdout()))),

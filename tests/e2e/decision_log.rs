@@ -17,8 +17,9 @@ use crate::support::*;
 const KEY: &str = "8d3f6a0c2b194e7f8a6d5c4b3a29181706f5e4d3c2b1a0998877665544332211";
 
 /// Reads the policy's token from the query too, so a query token is judged (and must still
-/// never be logged).
-const POLICY: &str = "  token: {query: access_token}\n  forward:\n    claimsToHeaders: [{claim: sub, header: x-user-id}]\n";
+/// never be logged). With `metadataClaims: []` the verified-token cache keeps only the claims
+/// a hit reads: the subject must be among them, or hits would be recorded without it.
+const POLICY: &str = "  token: {query: access_token}\n  forward:\n    claimsToHeaders: [{claim: sub, header: x-user-id}]\n    metadataClaims: []\n";
 
 fn records(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
