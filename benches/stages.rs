@@ -231,6 +231,67 @@ fn stages(c: &mut Criterion) {
     }
 }
 
+/// The whole gRPC `Check` of a cached token (decide, metrics, log line, answer) with the
+/// decision log off and on (every record written to a file, subject hashed): what the record
+/// costs the request path. The writer runs on its own thread; the figures say how many records
+/// it wrote and how many found the queue full.
+fn decision_log(c: &mut Criterion) {
+    use tollgate::decision_log::{self, DecisionLog, Dropped};
+    use tollgate::proto::auth::authorization_server::Authorization as _;
+    let (policy, _, token) = setup_both();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let shared =
+        SharedSnapshot::with_cache(DefaultAction::Deny, TokenCache::new(CacheLimits::default()));
+    shared.publish(Snapshot::build(vec![policy], DefaultAction::Deny).0);
+    shared.set_ready();
+    let check = check_request(&Probe {
+        host: "api.bench.example".into(),
+        path: "/orders/1?page=2".into(),
+        method: "GET".into(),
+        token: Some(token),
+        headers: vec![(
+            "x-request-id".into(),
+            "4bf92f35-77b3-4da6-a3ce-929d0e0e4736".into(),
+        )],
+        ..Probe::default()
+    });
+    let dir = tempfile::tempdir().expect("dir");
+    let key = dir.path().join("key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef").expect("key");
+    let metrics = Metrics::new(None, None);
+    let settings = decision_log::Settings {
+        output: decision_log::Output::File(dir.path().join("decisions.jsonl")),
+        limit: 0,
+        subject_key: Some(key),
+        ..decision_log::Settings::default()
+    };
+    let (log, writer) = DecisionLog::spawn(&settings, metrics.decision_log.clone())
+        .expect("decision log")
+        .expect("on");
+    for (name, log) in [("off", DecisionLog::default()), ("to a file", log)] {
+        let service = AuthzService::new(shared.clone(), metrics.clone()).with_decision_log(log);
+        c.bench_function(
+            &format!("gRPC Check, cache hit, decision log {name}"),
+            |b| {
+                b.iter(|| {
+                    runtime.block_on(service.check(tonic::Request::new(black_box(check.clone()))))
+                })
+            },
+        );
+    }
+    runtime.block_on(writer.close(std::time::Duration::from_secs(10)));
+    let counters = &metrics.decision_log;
+    eprintln!(
+        "decision log: {} lines written, {} dropped (queue full), {} (rate limited)",
+        counters.written(),
+        counters.dropped(Dropped::QueueFull),
+        counters.dropped(Dropped::RateLimited)
+    );
+}
+
 /// What a policy reload costs per policy: parsing its document and compiling it (inline keys).
 fn reload(c: &mut Criterion) {
     let key = SigningKey::rsa("rs", "RS256", 2048).expect("key");
@@ -312,5 +373,5 @@ fn reload_many(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, stages, reload, reload_many);
+criterion_group!(benches, stages, decision_log, reload, reload_many);
 criterion_main!(benches);

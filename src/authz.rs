@@ -14,6 +14,7 @@ use prost_types::value::Kind;
 use tonic::{Request, Response, Status};
 
 use crate::decision::{ClaimSet, Decision, Reason};
+use crate::decision_log::{DecisionLog, Origin};
 use crate::engine::{self, Headers};
 use crate::metrics::Metrics;
 use crate::policy::SharedSnapshot;
@@ -45,11 +46,22 @@ mod code {
 pub struct AuthzService {
     shared: Arc<SharedSnapshot>,
     metrics: Arc<Metrics>,
+    decision_log: DecisionLog,
 }
 
 impl AuthzService {
     pub fn new(shared: Arc<SharedSnapshot>, metrics: Arc<Metrics>) -> Self {
-        AuthzService { shared, metrics }
+        AuthzService {
+            shared,
+            metrics,
+            decision_log: DecisionLog::default(),
+        }
+    }
+
+    /// Records every decision in the decision log (`--decision-log`).
+    pub fn with_decision_log(mut self, log: DecisionLog) -> Self {
+        self.decision_log = log;
+        self
     }
 
     /// The tonic server wrapper, with request size bounds.
@@ -138,15 +150,7 @@ impl AuthzService {
         };
         let peer = request.attributes.as_ref().and_then(|a| a.source.as_ref());
         let source = engine::Peer {
-            address: peer
-                .and_then(|p| p.address.as_ref())
-                .and_then(|a| match &a.address {
-                    Some(crate::proto::core::address::Address::SocketAddress(s)) => {
-                        Some(s.address.as_str())
-                    }
-                    _ => None,
-                })
-                .filter(|a| !a.is_empty()),
+            address: source_address(request),
             principal: peer.map(|p| p.principal.as_str()).filter(|p| !p.is_empty()),
             certificate: peer
                 .map(|p| p.certificate.as_str())
@@ -165,6 +169,23 @@ impl AuthzService {
         let snapshot = self.shared.load_full();
         let decision = engine::check(&snapshot, &req, SystemTime::now()).await;
         (decision, info)
+    }
+}
+
+/// The downstream client's address as Envoy reports it (`attributes.source.address`).
+fn source_address(request: &CheckRequest) -> Option<&str> {
+    let address = request
+        .attributes
+        .as_ref()?
+        .source
+        .as_ref()?
+        .address
+        .as_ref()?;
+    match &address.address {
+        Some(crate::proto::core::address::Address::SocketAddress(s)) if !s.address.is_empty() => {
+            Some(s.address.as_str())
+        }
+        _ => None,
     }
 }
 
@@ -205,9 +226,14 @@ impl Authorization for AuthzService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let start = Instant::now();
+        let proxy = request.remote_addr().map(|a| a.ip());
         let request = request.into_inner();
         let (decision, info) = self.decide(&request).await;
         self.metrics.observe("grpc", &decision, start.elapsed());
+        let client = source_address(&request);
+        let origin = Origin { proxy, client };
+        self.decision_log
+            .record(&info, &decision, start.elapsed(), origin);
         telemetry::log_decision(&info, &decision);
         self.shared
             .dry_run()

@@ -240,6 +240,51 @@ pub struct ServeArgs {
     /// decryption_overloaded. Tokens from the verified-token cache never wait.
     #[arg(long, default_value_t = 0, env = "TOLLGATE_DECRYPTION_CONCURRENCY")]
     pub decryption_concurrency: usize,
+    /// The decision log, an audit trail of checks as JSON lines (docs/operations.md): `off`,
+    /// `stdout`, or a file path (appended to, reopened on SIGHUP or when moved away). Never
+    /// holds a token or a query string.
+    #[arg(
+        long,
+        default_value = "off",
+        env = "TOLLGATE_DECISION_LOG",
+        value_parser = crate::decision_log::Output::parse
+    )]
+    pub decision_log: crate::decision_log::Output,
+    /// Share of allows the decision log records, 0 to 1 (at random; 1: every one).
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        env = "TOLLGATE_DECISION_LOG_SAMPLE_ALLOW"
+    )]
+    pub decision_log_sample_allow: f64,
+    /// Share of denials (and dry-run would-be denials) the decision log records, 0 to 1.
+    #[arg(long, default_value_t = 1.0, env = "TOLLGATE_DECISION_LOG_SAMPLE_DENY")]
+    pub decision_log_sample_deny: f64,
+    /// Most decision log records per second (0: no limit). The rest are counted in
+    /// tollgate_decision_log_dropped_total{cause="rate_limited"} and in the next `dropped` record.
+    #[arg(long, default_value_t = crate::decision_log::DEFAULT_LIMIT, env = "TOLLGATE_DECISION_LOG_LIMIT")]
+    pub decision_log_limit: u64,
+    /// What a record says of the subject: `hash` (HMAC-SHA256 of the issuer and `sub`, keyed
+    /// with --decision-log-subject-key), `hash:<claim>`, `claim:<name>` (the claim's value in
+    /// clear) or `none`. Only from a verified token.
+    #[arg(
+        long,
+        default_value = "hash",
+        env = "TOLLGATE_DECISION_LOG_SUBJECT",
+        value_parser = crate::decision_log::SubjectMode::parse
+    )]
+    pub decision_log_subject: crate::decision_log::SubjectMode,
+    /// The key of the subject hash: a file whose text (without the final newline) is the key,
+    /// at least 32 bytes, the same on every replica (`openssl rand -hex 32`). Read at start.
+    #[arg(long, env = "TOLLGATE_DECISION_LOG_SUBJECT_KEY")]
+    pub decision_log_subject_key: Option<PathBuf>,
+    /// Records waiting for the decision log writer, at most; a record that finds the queue
+    /// full is dropped (counted, cause="queue_full"), never waited for.
+    #[arg(long, default_value_t = crate::decision_log::DEFAULT_QUEUE)]
+    pub decision_log_queue: usize,
+    /// How often the decision log is flushed to its output: what a crash loses, at most.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub decision_log_flush_interval: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -369,7 +414,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }),
                 _ => None,
             };
+            let decision_log = crate::decision_log::Settings {
+                output: args.decision_log,
+                sample_allow: args.decision_log_sample_allow,
+                sample_deny: args.decision_log_sample_deny,
+                limit: args.decision_log_limit,
+                subject: args.decision_log_subject,
+                subject_key: args.decision_log_subject_key,
+                queue: args.decision_log_queue,
+                flush_interval: args.decision_log_flush_interval,
+            };
             let config = ServeConfig {
+                decision_log,
                 grpc_tls,
                 drain_timeout: args.drain_timeout,
                 webhook,

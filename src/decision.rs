@@ -508,6 +508,15 @@ impl Decision {
         }
     }
 
+    /// The credential that passed verification, if one did (the decision log's issuer and
+    /// subject come from it, never from a token that failed).
+    pub fn identity(&self) -> Option<&Identity> {
+        match self {
+            Decision::Allow(a) => a.identity.as_ref(),
+            Decision::Deny(d) => d.identity.as_deref(),
+        }
+    }
+
     /// Attaches a trace (if it recorded anything).
     pub fn with_trace(mut self, trace: Trace) -> Self {
         if trace.is_on() {
@@ -614,6 +623,29 @@ impl fmt::Debug for ClaimSet {
     }
 }
 
+/// A credential that passed verification (a token, or an API key), for the decision log: the
+/// fingerprint logs name it by, its issuer, and all its verified claims (shared with the
+/// verified-token cache, not copied: the log reads the subject from them on its own thread).
+#[derive(Clone)]
+pub struct Identity {
+    /// [`crate::jose::fingerprint`] of the token, or an API key's id.
+    pub token_id: String,
+    /// The issuer that signed (or introspected) the token; `None` for an API key.
+    pub issuer: Option<String>,
+    pub claims: ClaimSet,
+}
+
+/// The claims are left out: a cache hit holds only those the policy (and the decision log's
+/// subject) read, so a hit and a miss print alike.
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("token_id", &self.token_id)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An allowed request and how to change it before it reaches the upstream.
 #[derive(Clone, Debug, Default)]
 pub struct Allow {
@@ -644,6 +676,8 @@ pub struct Allow {
     /// it would have answered (status, reason, description, hint). The request is allowed
     /// (`reason` is `dry_run`) without identity headers unless the token itself passed.
     pub dry_run: Option<Box<Deny>>,
+    /// The verified credential (none for an anonymous or default allow).
+    pub identity: Option<Identity>,
 }
 
 /// A denied request and the HTTP answer the client receives.
@@ -669,6 +703,9 @@ pub struct Deny {
     pub path: Option<String>,
     /// A fresh `DPoP-Nonce` (RFC 9449 §9), on the 401s of a policy that sets DPoP nonces.
     pub dpop_nonce: Option<String>,
+    /// The credential, when it passed verification and something after it failed (a rule,
+    /// a condition, the certificate binding, the DPoP proof).
+    pub identity: Option<Box<Identity>>,
 }
 
 impl Deny {

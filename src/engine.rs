@@ -21,7 +21,7 @@ use base64::Engine as _;
 use crate::apikeys;
 use crate::claims;
 use crate::client_cert::{CertError, ClientCertificate};
-use crate::decision::{Allow, ClaimSet, Decision, Deny, Reason};
+use crate::decision::{Allow, ClaimSet, Decision, Deny, Identity, Reason};
 use crate::expression::{Inputs, RequestView, Scope};
 use crate::introspect::{self, Answer, IntrospectError, Introspector, Raw};
 use crate::jose::{self, B64, Claims, JoseError};
@@ -695,6 +695,11 @@ async fn judge_inner(
             Ok(found) => found,
             Err(denied) => return *denied,
         };
+    let identity = Identity {
+        token_id: token_id.clone(),
+        issuer: verified.issuer.as_ref().map(|i| i.issuer.clone()),
+        claims: verified.claims.clone(),
+    };
     let token_id = || token_id.clone();
     let mut unmet_rule = None;
     if let Some(rule) = rule.filter(|r| !r.requirements.is_empty()) {
@@ -740,16 +745,16 @@ async fn judge_inner(
                     "this path/method needs {}: grant it to the client, or change spec.rules",
                     requirement.describe()
                 ));
-                match allow(policy, verified, request, source) {
+                match allow(policy, verified, request, source, identity) {
                     Decision::Allow(allowed) => would_deny(allowed, denial, trace),
                     other => other,
                 }
             }
-            denial => denial,
+            denial => identified(denial, identity),
         };
     }
     let Some(cel) = &policy.cel else {
-        return allow(policy, verified, request, source);
+        return allow(policy, verified, request, source, identity);
     };
     // The claims stay borrowed by the inputs while `verified` moves into the allow.
     let claim_set = verified.claims.clone();
@@ -760,10 +765,10 @@ async fn judge_inner(
     let inputs = Inputs::new(&cel.reads, claims.as_deref(), &view(), now);
     let scope = cel.environment.scope(&inputs);
     let failed = match conditions(policy, rule, &scope, host, Some(token_id()), trace) {
-        Err(denial) if !policy.dry_run => return *denial,
+        Err(denial) if !policy.dry_run => return identified(*denial, identity),
         result => result.err(),
     };
-    let mut decision = allow(policy, verified, request, source);
+    let mut decision = allow(policy, verified, request, source, identity);
     if let Decision::Allow(out) = &mut decision {
         computed_headers(policy, &scope, out, trace);
     }
@@ -894,6 +899,14 @@ async fn credential<'p>(
     // Cache hit or not: the certificate binding (RFC 8705) and the DPoP proof are the
     // request's, never remembered with the token. The binding first: it refuses a `cnf` that
     // is not an object, whatever the policy says of DPoP.
+    let identified_by = |verified: &Verified<'_>, denial: Box<Decision>| {
+        let identity = Identity {
+            token_id: token_id.clone(),
+            issuer: verified.issuer.as_ref().map(|i| i.issuer.clone()),
+            claims: verified.claims.clone(),
+        };
+        Box::new(identified(*denial, identity))
+    };
     certificate_binding(
         policy,
         &verified.claims,
@@ -901,7 +914,8 @@ async fn credential<'p>(
         host,
         token_id.clone(),
         trace,
-    )?;
+    )
+    .map_err(|denial| identified_by(&verified, denial))?;
     let mut verified = verified;
     match proof_of_possession(
         policy,
@@ -916,8 +930,15 @@ async fn credential<'p>(
     ) {
         Ok(nonce) => verified.dpop_nonce = nonce,
         Err((reason, text)) => {
-            let denial = deny(Some(policy), host, reason, text, None, Some(token_id));
-            return Err(Box::new(denial));
+            let denial = deny(
+                Some(policy),
+                host,
+                reason,
+                text,
+                None,
+                Some(token_id.clone()),
+            );
+            return Err(identified_by(&verified, Box::new(denial)));
         }
     }
     Ok((verified, Some(source), token_id))
@@ -1983,16 +2004,29 @@ fn claim_headers(policy: &Policy, claims: &Claims) -> ClaimHeaders {
     out
 }
 
+/// A denial after the credential passed: it names who was denied (in the decision log).
+fn identified(decision: Decision, identity: Identity) -> Decision {
+    match decision {
+        Decision::Deny(mut deny) => {
+            deny.identity = Some(Box::new(identity));
+            Decision::Deny(deny)
+        }
+        allow => allow,
+    }
+}
+
 fn allow(
     policy: &Arc<Policy>,
     verified: Verified<'_>,
     request: &Request<'_>,
     source: Option<TokenSource>,
+    identity: Identity,
 ) -> Decision {
     let mut out = Allow {
         policy: Some(policy.id.clone()),
         reason: Reason::Valid,
         issuer: verified.issuer.as_ref().map(|i| i.issuer.clone()),
+        identity: Some(identity),
         ..Allow::default()
     };
     let claims = verified.claims;
@@ -2474,6 +2508,7 @@ fn deny_with(
         trace: None,
         path: None,
         dpop_nonce,
+        identity: None,
     })
 }
 

@@ -47,6 +47,7 @@ use axum::response::{IntoResponse as _, Response};
 use ipnet::IpNet;
 
 use crate::decision::{Decision, Reason};
+use crate::decision_log::{DecisionLog, Origin};
 use crate::engine::{self, Headers};
 use crate::metrics::Metrics;
 use crate::policy::compile::WELL_KNOWN;
@@ -101,6 +102,7 @@ pub struct ForwardAuth {
     /// Proxies trusted to forward the client's certificate, and the header each sets, most
     /// specific network first (`--client-cert-proxies`).
     cert_proxies: Arc<Vec<(IpNet, CertHeader)>>,
+    decision_log: DecisionLog,
 }
 
 impl ForwardAuth {
@@ -117,7 +119,14 @@ impl ForwardAuth {
             trusted: Arc::new(trusted),
             prefix: Arc::new(prefix),
             cert_proxies: Arc::new(Vec::new()),
+            decision_log: DecisionLog::default(),
         }
+    }
+
+    /// Records every decision in the decision log (`--decision-log`).
+    pub fn with_decision_log(mut self, log: DecisionLog) -> Self {
+        self.decision_log = log;
+        self
     }
 
     /// The proxies whose forwarded client certificate header is read
@@ -416,6 +425,12 @@ async fn handle(
         path: &original.target,
         route: None,
     };
+    let origin = Origin {
+        proxy: Some(peer.ip()),
+        client: None,
+    };
+    auth.decision_log
+        .record(&info, &decision, start.elapsed(), origin);
     telemetry::log_decision(&info, &decision);
     auth.shared
         .dry_run()
@@ -494,6 +509,8 @@ async fn metadata(
         path: uri.path(),
         route: None,
     };
+    auth.decision_log
+        .record(&info, &decision, start.elapsed(), Origin::default());
     telemetry::log_decision(&info, &decision);
     to_response(&decision, None, None)
 }

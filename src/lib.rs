@@ -27,6 +27,7 @@ pub mod client;
 pub mod client_cert;
 pub mod controller;
 pub mod decision;
+pub mod decision_log;
 pub mod demo;
 pub mod dpop;
 pub mod dry_run;

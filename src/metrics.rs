@@ -75,6 +75,8 @@ pub struct Metrics {
     ready: Gauge,
     /// `namespace/name` → served generation, replaced whole (a scrape never sees half a list).
     served: Arc<Mutex<Arc<BTreeMap<String, i64>>>>,
+    /// The decision log's counts (`tollgate_decision_log_*`, exported while it is on).
+    pub decision_log: Arc<crate::decision_log::Counters>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -164,6 +166,8 @@ impl Metrics {
         registry.register_collector(Box::new(ServedCollector {
             served: served.clone(),
         }));
+        let decision_log = Arc::new(crate::decision_log::Counters::default());
+        registry.register_collector(Box::new(decision_log.collector()));
         if let Some(sources) = sources {
             registry.register_collector(Box::new(SourceCollector { sources }));
         }
@@ -182,6 +186,7 @@ impl Metrics {
             dry_run_denials,
             ready,
             served,
+            decision_log,
         })
     }
 

@@ -15,6 +15,7 @@ use crate::authz::AuthzService;
 use crate::controller;
 use crate::controller::watch::WatchOptions;
 use crate::controller::webhook::{WebhookConfig, spawn_webhook};
+use crate::decision_log::{self, DecisionLog};
 use crate::http::ForwardAuth;
 use crate::jwks::{FetchSettings, Fetcher, KeySources, RefreshSettings};
 use crate::metrics::Metrics;
@@ -64,6 +65,8 @@ pub struct ServeConfig {
     pub grpc_tls: Option<TlsFiles>,
     /// After SIGTERM, how long in-flight checks and open connections get to finish.
     pub drain_timeout: Duration,
+    /// The decision log (`--decision-log`; off by default).
+    pub decision_log: decision_log::Settings,
 }
 
 /// The addresses actually bound (port 0 resolved).
@@ -123,6 +126,27 @@ pub async fn run(
     let token_cache = TokenCache::new(config.token_cache);
     let metrics = Metrics::new(Some(sources.clone()), token_cache.clone());
     let shared = SharedSnapshot::with_cache(config.default_action, token_cache);
+    let (decision_log, log_writer) =
+        match DecisionLog::spawn(&config.decision_log, metrics.decision_log.clone())
+            .context("starting the decision log")?
+        {
+            Some((log, writer)) => (log, Some(writer)),
+            None => (DecisionLog::default(), None),
+        };
+    if let Some(writer) = &log_writer {
+        let settings = &config.decision_log;
+        tracing::info!(
+            output = ?settings.output,
+            sample_allow = settings.sample_allow,
+            sample_deny = settings.sample_deny,
+            limit = settings.limit,
+            subject = ?settings.subject,
+            "decision log on"
+        );
+        if matches!(settings.output, decision_log::Output::File(_)) {
+            spawn_reopen_on_hangup(writer.reopener());
+        }
+    }
 
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
@@ -242,7 +266,8 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let service = AuthzService::new(shared.clone(), metrics.clone());
+    let service =
+        AuthzService::new(shared.clone(), metrics.clone()).with_decision_log(decision_log.clone());
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // Bounds per connection: streams at once, header block size, and RST floods.
@@ -273,6 +298,7 @@ pub async fn run(
             config.ext_authz_path_prefix.clone(),
         )
         .with_client_cert_proxies(config.client_cert_proxies.clone())
+        .with_decision_log(decision_log.clone())
         .router();
         crate::http::listener::serve(listener, app, config.http_header_timeout, stop_rx.clone())
     });
@@ -302,6 +328,14 @@ pub async fn run(
             (Ok(()), Ok(()))
         }
     };
+    // The checks are done: what the decision log holds is written and flushed.
+    if let Some(writer) = log_writer
+        && !writer.close(Duration::from_secs(5)).await
+    {
+        tracing::warn!(
+            "the decision log writer did not finish within 5s: its last records are lost"
+        );
+    }
     watch.abort();
     if let Some(farewell) = farewell {
         // The status Lease is released and the heartbeat marked as ending (bounded waits).
@@ -392,6 +426,25 @@ fn spawn_policy_gauges(
 
 fn unreachable_no_client() -> ! {
     panic!("invariant: a Kubernetes client is created for the Kubernetes source")
+}
+
+/// Reopens the decision log file on each SIGHUP (after log rotation moved it away).
+fn spawn_reopen_on_hangup(reopen: decision_log::Reopen) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!(
+                "cannot listen for SIGHUP: the decision log is reopened only when its file is moved"
+            );
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reopening the decision log");
+            reopen.reopen();
+        }
+    });
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

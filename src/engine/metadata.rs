@@ -66,6 +66,7 @@ pub(super) fn answer(
                 trace: None,
                 path: None,
                 dpop_nonce: None,
+                identity: None,
             }))
         }
         ResourceEntry::Conflicted(ids) => {

@@ -604,6 +604,8 @@ fn cached_claims(forward: &Forward, rules: &[Rule], cel: Option<&Cel>) -> Option
     let mut names: Vec<String> = metadata.to_vec();
     // The certificate binding and DPoP read `cnf` on every request.
     names.push("cnf".into());
+    // The decision log names the subject of hits as of misses.
+    names.extend(crate::decision_log::subject_claim().map(str::to_owned));
     match cel.map(|cel| &cel.reads.claims) {
         Some(crate::expression::Keys::All) => return None,
         Some(crate::expression::Keys::Named(keys)) => names.extend(keys.iter().cloned()),

@@ -477,6 +477,7 @@ fn the_helm_chart_lints_renders_and_types_check() {
     );
 
     host_delegations_render_mount_and_roll(&tools, chart);
+    decision_log_renders_with_its_key(&tools, chart);
 
     // Mutual TLS on the gRPC port: the Secret is mounted and the flags point into it.
     let rendered = check_objects(
@@ -685,6 +686,90 @@ fn the_helm_chart_lints_renders_and_types_check() {
 /// `hostDelegations`: a ConfigMap holding the document tollgate reads, mounted read-only and
 /// named by `--host-delegations`; its checksum on the pod template rolls the pods on a change
 /// (tollgate reads the file only at start).
+/// `decisionLog`: the flags tollgate parses, the key Secret mounted where the flag says, and
+/// no install that would hash subjects without a key.
+fn decision_log_renders_with_its_key(tools: &Tools, chart: &str) {
+    let rendered = check_objects(
+        &tools
+            .helm(&[
+                "template",
+                "t",
+                chart,
+                "--set",
+                "decisionLog.enabled=true",
+                "--set",
+                "decisionLog.subjectKeySecret.name=audit-key",
+                "--set-json",
+                "decisionLog.sampleAllow=0.05",
+                "--set-json",
+                "decisionLog.limit=2000000",
+            ])
+            .expect("the decision log renders"),
+    );
+    let deployment = &rendered.deployments[0];
+    let args = deployment_flags(deployment);
+    for flag in [
+        "--decision-log=stdout",
+        "--decision-log-sample-allow=0.05",
+        "--decision-log-sample-deny=1",
+        "--decision-log-limit=2000000",
+        "--decision-log-subject=hash",
+        "--decision-log-subject-key=/etc/tollgate/decision-log/key",
+    ] {
+        assert!(args.iter().any(|a| a == flag), "{flag} in {args:?}");
+    }
+    let pod = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "decision-log-key")
+        .and_then(|v| v.secret.as_ref())
+        .expect("the key Secret is a volume");
+    assert_eq!(volume.secret_name.as_deref(), Some("audit-key"));
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "decision-log-key")
+        .expect("mounted");
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        ("/etc/tollgate/decision-log", Some(true))
+    );
+    let keyless = tools
+        .helm(&["template", "t", chart, "--set", "decisionLog.enabled=true"])
+        .expect_err("hash needs a key");
+    assert!(keyless.contains("subjectKeySecret"), "{keyless}");
+    let clear = check_objects(
+        &tools
+            .helm(&[
+                "template",
+                "t",
+                chart,
+                "--set",
+                "decisionLog.enabled=true",
+                "--set",
+                "decisionLog.subject=claim:email",
+            ])
+            .expect("a claim in clear needs no key"),
+    );
+    let args = deployment_flags(&clear.deployments[0]);
+    assert!(
+        args.iter()
+            .any(|a| a == "--decision-log-subject=claim:email")
+    );
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--decision-log-subject-key"))
+    );
+}
+
 fn host_delegations_render_mount_and_roll(tools: &Tools, chart: &str) {
     let dir = tempfile::tempdir().expect("dir");
     let values = dir.path().join("delegations.yaml");

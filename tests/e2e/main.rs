@@ -10,6 +10,7 @@ mod client_cert;
 mod cluster;
 mod control_plane;
 mod crd;
+mod decision_log;
 mod deploy;
 mod dpop;
 mod drain;

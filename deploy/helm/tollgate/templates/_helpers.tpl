@@ -98,3 +98,10 @@ serves and no others (a sharded deployment that is down blocks only its own shar
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* "true" when the decision log hashes subjects: the key Secret is mounted. */}}
+{{- define "tollgate.decisionLogKey" -}}
+{{- if and .Values.decisionLog.enabled (hasPrefix "hash" .Values.decisionLog.subject) -}}
+true
+{{- end -}}
+{{- end -}}
