@@ -165,6 +165,7 @@ async fn run(rounds: usize, measure: bool) {
         },
         grpc_tls: None,
         drain_timeout: Duration::from_secs(5),
+        tracing: None,
     };
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(serve::run(

@@ -45,11 +45,23 @@ mod code {
 pub struct AuthzService {
     shared: Arc<SharedSnapshot>,
     metrics: Arc<Metrics>,
+    /// OpenTelemetry traces, when on.
+    tracing: Option<crate::otel::Tracing>,
 }
 
 impl AuthzService {
     pub fn new(shared: Arc<SharedSnapshot>, metrics: Arc<Metrics>) -> Self {
-        AuthzService { shared, metrics }
+        AuthzService {
+            shared,
+            metrics,
+            tracing: None,
+        }
+    }
+
+    /// Records a span per check (OpenTelemetry), joined to the caller's trace.
+    pub fn with_tracing(mut self, tracing: Option<crate::otel::Tracing>) -> Self {
+        self.tracing = tracing;
+        self
     }
 
     /// The tonic server wrapper, with request size bounds.
@@ -205,8 +217,15 @@ impl Authorization for AuthzService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let start = Instant::now();
+        let span = self
+            .tracing
+            .as_ref()
+            .map(|tracing| tracing.check_span("grpc", grpc_parent(&request)));
         let request = request.into_inner();
-        let (decision, info) = self.decide(&request).await;
+        let (decision, info) = crate::otel::traced(span.as_ref(), self.decide(&request)).await;
+        if let Some(span) = &span {
+            crate::otel::finish_check(span, &decision);
+        }
         self.metrics.observe("grpc", &decision, start.elapsed());
         telemetry::log_decision(&info, &decision);
         self.shared
@@ -214,6 +233,46 @@ impl Authorization for AuthzService {
             .observe(&info, &decision, SystemTime::now());
         Ok(Response::new(to_check_response(&decision)))
     }
+}
+
+/// The trace a check joins: the span of the proxy's call (Envoy puts `traceparent` in the
+/// gRPC metadata of the ext_authz call when it traces), else the judged request's own.
+fn grpc_parent(request: &Request<CheckRequest>) -> Option<opentelemetry::trace::SpanContext> {
+    let metadata = request.metadata();
+    let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+    if let Some(parent) = crate::otel::remote_parent(
+        text(crate::otel::TRACEPARENT),
+        text(crate::otel::TRACESTATE),
+    ) {
+        return Some(parent);
+    }
+    let http = request
+        .get_ref()
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())?;
+    let header = |name: &str| -> Option<String> {
+        match http.headers.get(name) {
+            Some(value) => Some(value.clone()),
+            None => http
+                .header_map
+                .iter()
+                .flat_map(|m| &m.headers)
+                .find(|h| h.key.eq_ignore_ascii_case(name))
+                .map(|h| {
+                    if h.raw_value.is_empty() {
+                        h.value.clone()
+                    } else {
+                        String::from_utf8_lossy(&h.raw_value).into_owned()
+                    }
+                }),
+        }
+    };
+    crate::otel::remote_parent(
+        header(crate::otel::TRACEPARENT).as_deref(),
+        header(crate::otel::TRACESTATE).as_deref(),
+    )
 }
 
 #[allow(deprecated)] // `append` must stay unset; `append_action` replaces it

@@ -127,6 +127,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         token_cache: Default::default(),
         grpc_tls: None,
         drain_timeout: Duration::from_secs(5),
+        tracing: None,
     };
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -101,6 +101,8 @@ pub struct ForwardAuth {
     /// Proxies trusted to forward the client's certificate, and the header each sets, most
     /// specific network first (`--client-cert-proxies`).
     cert_proxies: Arc<Vec<(IpNet, CertHeader)>>,
+    /// OpenTelemetry traces, when on.
+    tracing: Option<crate::otel::Tracing>,
 }
 
 impl ForwardAuth {
@@ -117,7 +119,15 @@ impl ForwardAuth {
             trusted: Arc::new(trusted),
             prefix: Arc::new(prefix),
             cert_proxies: Arc::new(Vec::new()),
+            tracing: None,
         }
+    }
+
+    /// Records a span per check (OpenTelemetry), joined to the trace of the judged request
+    /// (its `traceparent`, as a trusted proxy forwarded it).
+    pub fn with_tracing(mut self, tracing: Option<crate::otel::Tracing>) -> Self {
+        self.tracing = tracing;
+        self
     }
 
     /// The proxies whose forwarded client certificate header is read
@@ -394,7 +404,32 @@ async fn handle(
     headers: HeaderMap,
 ) -> Response {
     let start = Instant::now();
-    let (decision, request_id, original) = auth.decide(peer.ip(), &method, &uri, &headers).await;
+    let span = auth.tracing.as_ref().map(|tracing| {
+        // Only a trusted proxy's call joins the trace it names; anyone else starts a new one.
+        let parent = auth.family_of(peer.ip()).and_then(|_| {
+            // A header sent twice is ambiguous: neither is read.
+            let text = |name| {
+                let mut values = headers.get_all(name).iter();
+                match (values.next(), values.next()) {
+                    (Some(value), None) => value.to_str().ok(),
+                    _ => None,
+                }
+            };
+            crate::otel::remote_parent(
+                text(crate::otel::TRACEPARENT),
+                text(crate::otel::TRACESTATE),
+            )
+        });
+        tracing.check_span("http", parent)
+    });
+    let (decision, request_id, original) = crate::otel::traced(
+        span.as_ref(),
+        auth.decide(peer.ip(), &method, &uri, &headers),
+    )
+    .await;
+    if let Some(span) = &span {
+        crate::otel::finish_check(span, &decision);
+    }
     auth.metrics.observe("http", &decision, start.elapsed());
     let info = RequestInfo {
         transport: "http",

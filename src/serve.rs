@@ -64,6 +64,8 @@ pub struct ServeConfig {
     pub grpc_tls: Option<TlsFiles>,
     /// After SIGTERM, how long in-flight checks and open connections get to finish.
     pub drain_timeout: Duration,
+    /// OpenTelemetry traces (`OTEL_TRACES_EXPORTER=otlp`); `None`: off.
+    pub tracing: Option<crate::otel::Settings>,
 }
 
 /// The addresses actually bound (port 0 resolved).
@@ -116,6 +118,15 @@ pub async fn run(
             ReloadingTls::start(files.clone(), &[b"h2"], "grpc")
                 .context("loading the gRPC TLS files")?,
         ),
+        None => None,
+    };
+    let tracing = match &config.tracing {
+        Some(settings) => {
+            let tracing = crate::otel::Tracing::start(settings)
+                .context("starting the OpenTelemetry trace exporter")?;
+            tracing::info!(protocol = ?settings.protocol, sampler = ?settings.sampler, "exporting traces over OTLP");
+            Some(tracing)
+        }
         None => None,
     };
     let fetcher = Fetcher::new(config.fetch.clone()).context("creating the HTTP client")?;
@@ -242,7 +253,7 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let service = AuthzService::new(shared.clone(), metrics.clone());
+    let service = AuthzService::new(shared.clone(), metrics.clone()).with_tracing(tracing.clone());
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // Bounds per connection: streams at once, header block size, and RST floods.
@@ -273,6 +284,7 @@ pub async fn run(
             config.ext_authz_path_prefix.clone(),
         )
         .with_client_cert_proxies(config.client_cert_proxies.clone())
+        .with_tracing(tracing.clone())
         .router();
         crate::http::listener::serve(listener, app, config.http_header_timeout, stop_rx.clone())
     });
@@ -306,6 +318,10 @@ pub async fn run(
     if let Some(farewell) = farewell {
         // The status Lease is released and the heartbeat marked as ending (bounded waits).
         let _ = tokio::time::timeout(Duration::from_secs(5), farewell).await;
+    }
+    if let Some(tracing) = &tracing {
+        // The spans of the drained checks are exported before the process ends.
+        tracing.shutdown().await;
     }
     grpc_result.context("gRPC server")?;
     admin_result.context("admin server")?;
