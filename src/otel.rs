@@ -43,9 +43,6 @@ const MAX_TRACESTATE_BYTES: usize = 512;
 const MAX_TRACEPARENT_BYTES: usize = 256;
 /// The service name when neither `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` gives one.
 pub const DEFAULT_SERVICE_NAME: &str = "tollgate";
-/// Spans waiting for export, at most; beyond, new spans are dropped (`OTEL_BSP_MAX_QUEUE_SIZE`
-/// overrides).
-const DEFAULT_MAX_QUEUE: usize = 2048;
 /// How long the last export may take on shutdown.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -66,6 +63,9 @@ pub enum OtelError {
     /// The sampler's ratio is not a number from 0 to 1.
     #[error("OTEL_TRACES_SAMPLER_ARG={0:?}: a ratio from 0 to 1")]
     SamplerArg(String),
+    /// The collector's endpoint is not an http(s) URL.
+    #[error("{var}={value:?}: the collector's URL, http:// or https://")]
+    Endpoint { var: &'static str, value: String },
     /// `OTEL_SDK_DISABLED` is neither true nor false.
     #[error("OTEL_SDK_DISABLED={0:?}: true or false")]
     Disabled(String),
@@ -82,6 +82,7 @@ impl OtelError {
             OtelError::Protocol { .. } => "protocol",
             OtelError::Sampler(_) => "sampler",
             OtelError::SamplerArg(_) => "sampler_arg",
+            OtelError::Endpoint { .. } => "endpoint",
             OtelError::Disabled(_) => "disabled",
             OtelError::Build(_) => "build",
         }
@@ -123,6 +124,9 @@ pub struct Settings {
     pub sampler: SamplerSetting,
     /// `Some("tollgate")` unless the environment names the service.
     pub service_name: Option<String>,
+    /// The collector's URL, overriding `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT` (benchmarks and
+    /// tests; `None` from the environment).
+    pub endpoint: Option<String>,
 }
 
 impl Settings {
@@ -170,6 +174,17 @@ impl Settings {
                 }
             }
         };
+        for var in [
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ] {
+            if let Some(text) = value(var) {
+                let url = url::Url::parse(&text).ok();
+                if !url.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host()) {
+                    return Err(OtelError::Endpoint { var, value: text });
+                }
+            }
+        }
         let ratio = || -> Result<f64, OtelError> {
             match value("OTEL_TRACES_SAMPLER_ARG") {
                 None => Ok(1.0),
@@ -205,6 +220,7 @@ impl Settings {
             protocol,
             sampler,
             service_name: (!named).then(|| DEFAULT_SERVICE_NAME.to_string()),
+            endpoint: None,
         }))
     }
 
@@ -237,24 +253,29 @@ struct Handle(SdkTracer);
 impl Tracing {
     /// Builds the exporter and the batch processor (on the current tokio runtime).
     pub fn start(settings: &Settings) -> Result<Tracing, OtelError> {
-        let exporter = match settings.protocol {
-            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+        let exporter = match (settings.protocol, settings.endpoint.clone()) {
+            (Protocol::Grpc, None) => opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .build(),
-            Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            (Protocol::Grpc, Some(endpoint)) => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
                 .build(),
+            (Protocol::HttpProtobuf, endpoint) => {
+                let builder = opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+                match endpoint {
+                    Some(endpoint) => builder.with_endpoint(endpoint).build(),
+                    None => builder.build(),
+                }
+            }
         }
         .map_err(|e| OtelError::Build(e.to_string()))?;
-        let batch = BatchConfigBuilder::default();
-        let batch = if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_some() {
-            batch
-        } else {
-            batch.with_max_queue_size(DEFAULT_MAX_QUEUE)
-        };
+        // Bounded: 2048 spans wait at most (OTEL_BSP_MAX_QUEUE_SIZE); beyond, new spans are
+        // dropped, never waited for. OTEL_BSP_* are read here.
         let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio)
-            .with_batch_config(batch.build())
+            .with_batch_config(BatchConfigBuilder::default().build())
             .build();
         let mut resource = Resource::builder();
         if let Some(name) = &settings.service_name {

@@ -108,6 +108,7 @@ fn tracing_is_off_unless_the_otlp_exporter_is_named() {
             protocol: Protocol::HttpProtobuf,
             sampler: SamplerSetting::ParentBased(ParentlessRoot::AlwaysOn),
             service_name: Some("tollgate".into()),
+            endpoint: None,
         }
     );
 }
@@ -140,7 +141,18 @@ fn settings_follow_the_standard_variables() {
 #[test]
 fn bad_values_are_errors() {
     let otlp = ("OTEL_TRACES_EXPORTER", "otlp");
-    let cases: [(&[(&str, &str)], &str); 7] = [
+    let cases: [(&[(&str, &str)], &str); 9] = [
+        (
+            &[otlp, ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector")],
+            "endpoint",
+        ),
+        (
+            &[
+                otlp,
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4317"),
+            ],
+            "endpoint",
+        ),
         (&[("OTEL_TRACES_EXPORTER", "zipkin")], "exporter"),
         (
             &[otlp, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],

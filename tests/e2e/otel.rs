@@ -215,6 +215,49 @@ fn tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
         .map(|t| &t["value"])
 }
 
+/// The spans in start order: service, operation, ids, parent, and the tags worth reading
+/// (tollgate's all but the instrumentation scope; Envoy's few).
+fn condensed(stored: &Stored) -> Value {
+    let mut spans: Vec<&Value> = stored.spans.iter().collect();
+    spans.sort_by_key(|s| s["startTime"].as_i64());
+    let envoy_tags = [
+        "span.kind",
+        "upstream_cluster",
+        "grpc.status_code",
+        "http.status_code",
+    ];
+    Value::Array(
+        spans
+            .into_iter()
+            .map(|span| {
+                let tags: serde_json::Map<String, Value> = span["tags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| {
+                        let key = t["key"].as_str()?;
+                        let keep = if span["service"] == "envoy" {
+                            envoy_tags.contains(&key)
+                        } else {
+                            !key.starts_with("otel.scope")
+                        };
+                        keep.then(|| (key.to_string(), t["value"].clone()))
+                    })
+                    .collect();
+                json!({
+                    "service": span["service"],
+                    "operationName": span["operationName"],
+                    "traceID": span["traceID"],
+                    "spanID": span["spanID"],
+                    "childOf": parent_id(span),
+                    "durationMicros": span["duration"],
+                    "tags": tags,
+                })
+            })
+            .collect(),
+    )
+}
+
 /// No tag of any span holds the token or one of its parts.
 fn assert_no_token(stored: &Stored, token: &str) {
     for span in &stored.spans {
@@ -381,8 +424,8 @@ async fn a_check_through_envoy_joins_envoys_trace_with_the_key_fetch_as_its_chil
     assert_eq!(tag(fetches[0], "tollgate.keys"), Some(&json!(2)));
     assert_no_token(&stored, &token);
     println!(
-        "the trace as Jaeger stored it:\n{}",
-        serde_json::to_string_pretty(&trace).expect("json")
+        "the trace as Jaeger stored it (condensed):\n{}",
+        serde_json::to_string_pretty(&condensed(&stored)).expect("json")
     );
 
     // The second request finds the key: its trace has no fetch.
@@ -485,4 +528,72 @@ async fn forward_auth_through_nginx_joins_the_clients_trace_over_otlp_http() {
             .is_none(),
         "a check whose caller did not sample is not exported"
     );
+}
+
+#[test]
+fn a_bad_otel_setting_stops_serve_at_start_naming_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    write_policy(
+        dir.path(),
+        "orders.yaml",
+        &policy_yaml(
+            "orders",
+            "https://idp.example",
+            "  match: {hosts: [api.example.com]}\n",
+        ),
+    );
+    for (vars, named) in [
+        (
+            vec![("OTEL_TRACES_EXPORTER", "zipkin")],
+            "OTEL_TRACES_EXPORTER",
+        ),
+        (
+            vec![
+                ("OTEL_TRACES_EXPORTER", "otlp"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ],
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
+        (
+            vec![
+                ("OTEL_TRACES_EXPORTER", "otlp"),
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+            ],
+            "OTEL_TRACES_SAMPLER_ARG",
+        ),
+        (
+            vec![
+                ("OTEL_TRACES_EXPORTER", "otlp"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "not a url"),
+            ],
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--policies",
+            ])
+            .arg(dir.path())
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .envs(vars.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tollgate");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{vars:?} must stop serve: {stderr}"
+        );
+        assert!(
+            stderr.contains(named),
+            "{vars:?}: the error names {named}: {stderr}"
+        );
+    }
 }
