@@ -7,11 +7,11 @@ fn a_valid_traceparent_is_joined() {
     let parent = remote_parent(Some(PARENT), None).expect("valid");
     assert_eq!(
         parent.trace_id(),
-        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("test value")
     );
     assert_eq!(
         parent.span_id(),
-        SpanId::from_hex("00f067aa0ba902b7").unwrap()
+        SpanId::from_hex("00f067aa0ba902b7").expect("test value")
     );
     assert!(parent.is_sampled());
     assert!(parent.is_remote());
@@ -89,18 +89,21 @@ fn settings(vars: &[(&str, &str)]) -> Result<Option<Settings>, OtelError> {
 
 #[test]
 fn tracing_is_off_unless_the_otlp_exporter_is_named() {
-    assert_eq!(settings(&[]).unwrap(), None);
-    assert_eq!(settings(&[("OTEL_TRACES_EXPORTER", "none")]).unwrap(), None);
+    assert_eq!(settings(&[]).expect("test value"), None);
+    assert_eq!(
+        settings(&[("OTEL_TRACES_EXPORTER", "none")]).expect("test value"),
+        None
+    );
     assert_eq!(
         settings(&[
             ("OTEL_TRACES_EXPORTER", "otlp"),
             ("OTEL_SDK_DISABLED", "true")
         ])
-        .unwrap(),
+        .expect("test value"),
         None
     );
     let on = settings(&[("OTEL_TRACES_EXPORTER", "otlp")])
-        .unwrap()
+        .expect("test value")
         .expect("on");
     assert_eq!(
         on,
@@ -126,7 +129,7 @@ fn settings_follow_the_standard_variables() {
             "deployment.environment=prod, service.name=authz",
         ),
     ])
-    .unwrap()
+    .expect("test value")
     .expect("on");
     assert_eq!(on.protocol, Protocol::Grpc);
     assert_eq!(
@@ -134,8 +137,9 @@ fn settings_follow_the_standard_variables() {
         SamplerSetting::ParentBased(ParentlessRoot::Ratio(0.25))
     );
     assert_eq!(on.service_name, None);
-    let named = settings(&[("OTEL_TRACES_EXPORTER", "otlp"), ("OTEL_SERVICE_NAME", "x")]).unwrap();
-    assert_eq!(named.unwrap().service_name, None);
+    let named = settings(&[("OTEL_TRACES_EXPORTER", "otlp"), ("OTEL_SERVICE_NAME", "x")])
+        .expect("test value");
+    assert_eq!(named.expect("test value").service_name, None);
 }
 
 #[test]
