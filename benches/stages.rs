@@ -360,7 +360,9 @@ fn tracing_overhead(c: &mut Criterion) {
         .expect("tracing");
         rows.push((name, Some(tracing)));
     }
+    let mut started = Vec::new();
     for (name, tracing) in rows {
+        started.extend(tracing.clone());
         let service =
             AuthzService::new(shared.clone(), Metrics::new(None, None)).with_tracing(tracing);
         c.bench_function(&format!("gRPC Check, cache hit, tracing {name}"), |b| {
@@ -368,6 +370,11 @@ fn tracing_overhead(c: &mut Criterion) {
                 runtime.block_on(service.check(tonic::Request::new(black_box(check.clone()))))
             })
         });
+    }
+    // The exporters stop while the runtime that runs them is driven (dropping a provider that
+    // was not shut down would wait for its task on a runtime nobody drives).
+    for tracing in started {
+        runtime.block_on(tracing.shutdown());
     }
 }
 

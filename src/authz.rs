@@ -222,7 +222,11 @@ impl Authorization for AuthzService {
             .as_ref()
             .map(|tracing| tracing.check_span("grpc", grpc_parent(&request)));
         let request = request.into_inner();
-        let (decision, info) = crate::otel::traced(span.as_ref(), self.decide(&request)).await;
+        // Off, the check awaits `decide` as it always did: no wrapper, no context.
+        let (decision, info) = match &span {
+            Some(cx) => crate::otel::traced(cx, self.decide(&request)).await,
+            None => self.decide(&request).await,
+        };
         if let Some(span) = &span {
             crate::otel::finish_check(span, &decision);
         }

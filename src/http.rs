@@ -422,11 +422,10 @@ async fn handle(
         });
         tracing.check_span("http", parent)
     });
-    let (decision, request_id, original) = crate::otel::traced(
-        span.as_ref(),
-        auth.decide(peer.ip(), &method, &uri, &headers),
-    )
-    .await;
+    let (decision, request_id, original) = match &span {
+        Some(cx) => crate::otel::traced(cx, auth.decide(peer.ip(), &method, &uri, &headers)).await,
+        None => auth.decide(peer.ip(), &method, &uri, &headers).await,
+    };
     if let Some(span) = &span {
         crate::otel::finish_check(span, &decision);
     }

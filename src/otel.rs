@@ -442,13 +442,11 @@ pub fn end_child(
     span.end();
 }
 
-/// Runs a check's `future` inside its span's context when the check is traced.
-pub async fn traced<F: Future>(cx: Option<&Context>, future: F) -> F::Output {
+/// Runs a traced check's `future` inside its span's context. (An untraced check awaits its
+/// future directly: wrapping it would move it into another state machine for nothing.)
+pub fn traced<F: Future>(cx: &Context, future: F) -> opentelemetry::context::WithContext<F> {
     use opentelemetry::context::FutureExt as _;
-    match cx {
-        Some(cx) => future.with_context(cx.clone()).await,
-        None => future.await,
-    }
+    future.with_context(cx.clone())
 }
 
 #[cfg(test)]
