@@ -166,6 +166,7 @@ async fn run(rounds: usize, measure: bool) {
         grpc_tls: None,
         drain_timeout: Duration::from_secs(5),
         decision_log: Default::default(),
+        tracing: None,
     };
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(serve::run(

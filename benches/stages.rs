@@ -373,5 +373,78 @@ fn reload_many(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, stages, decision_log, reload, reload_many);
+/// What OpenTelemetry costs a cached check: the gRPC service's `Check` as tonic calls it (span,
+/// decision, metrics, log line), with tracing off, on and sampled (exported over OTLP/HTTP to a
+/// local sink that accepts everything), and on but not sampled. The "off" row is the one to
+/// compare with the same row before tracing existed.
+fn tracing_overhead(c: &mut Criterion) {
+    use tollgate::proto::auth::authorization_server::Authorization as _;
+    let (policy, _, token) = setup_both();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let shared =
+        SharedSnapshot::with_cache(DefaultAction::Deny, TokenCache::new(CacheLimits::default()));
+    shared.publish(Snapshot::build(vec![policy], DefaultAction::Deny).0);
+    shared.set_ready();
+    let check = check_request(&Probe {
+        host: "api.bench.example".into(),
+        path: "/orders/1".into(),
+        method: "GET".into(),
+        token: Some(token),
+        ..Probe::default()
+    });
+    let sink = runtime.block_on(async {
+        let app = axum::Router::new().route("/v1/traces", axum::routing::post(|| async { "" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}/v1/traces")
+    });
+    let mut rows = vec![("off", None)];
+    for (name, sampler) in [
+        ("on, sampled", tollgate::otel::SamplerSetting::AlwaysOn),
+        ("on, not sampled", tollgate::otel::SamplerSetting::AlwaysOff),
+    ] {
+        let _runtime = runtime.enter();
+        let tracing = tollgate::otel::Tracing::start(&tollgate::otel::Settings {
+            protocol: tollgate::otel::Protocol::HttpProtobuf,
+            sampler,
+            service_name: Some("bench".into()),
+            endpoint: Some(sink.clone()),
+        })
+        .expect("tracing");
+        rows.push((name, Some(tracing)));
+    }
+    let mut started = Vec::new();
+    for (name, tracing) in rows {
+        started.extend(tracing.clone());
+        let service =
+            AuthzService::new(shared.clone(), Metrics::new(None, None)).with_tracing(tracing);
+        c.bench_function(&format!("gRPC Check, cache hit, tracing {name}"), |b| {
+            b.iter(|| {
+                runtime.block_on(service.check(tonic::Request::new(black_box(check.clone()))))
+            })
+        });
+    }
+    // The exporters stop while the runtime that runs them is driven (dropping a provider that
+    // was not shut down would wait for its task on a runtime nobody drives).
+    for tracing in started {
+        runtime.block_on(tracing.shutdown());
+    }
+}
+
+criterion_group!(
+    benches,
+    stages,
+    decision_log,
+    reload,
+    reload_many,
+    tracing_overhead
+);
 criterion_main!(benches);

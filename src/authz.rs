@@ -47,6 +47,8 @@ pub struct AuthzService {
     shared: Arc<SharedSnapshot>,
     metrics: Arc<Metrics>,
     decision_log: DecisionLog,
+    /// OpenTelemetry traces, when on.
+    tracing: Option<crate::otel::Tracing>,
 }
 
 impl AuthzService {
@@ -55,12 +57,19 @@ impl AuthzService {
             shared,
             metrics,
             decision_log: DecisionLog::default(),
+            tracing: None,
         }
     }
 
     /// Records every decision in the decision log (`--decision-log`).
     pub fn with_decision_log(mut self, log: DecisionLog) -> Self {
         self.decision_log = log;
+        self
+    }
+
+    /// Records a span per check (OpenTelemetry), joined to the caller's trace.
+    pub fn with_tracing(mut self, tracing: Option<crate::otel::Tracing>) -> Self {
+        self.tracing = tracing;
         self
     }
 
@@ -227,8 +236,19 @@ impl Authorization for AuthzService {
     ) -> Result<Response<CheckResponse>, Status> {
         let start = Instant::now();
         let proxy = request.remote_addr().map(|a| a.ip());
+        let span = self
+            .tracing
+            .as_ref()
+            .map(|tracing| tracing.check_span("grpc", grpc_parent(&request)));
         let request = request.into_inner();
-        let (decision, info) = self.decide(&request).await;
+        // Off, the check awaits `decide` as it always did: no wrapper, no context.
+        let (decision, info) = match &span {
+            Some(cx) => crate::otel::traced(cx, self.decide(&request)).await,
+            None => self.decide(&request).await,
+        };
+        if let Some(span) = &span {
+            crate::otel::finish_check(span, &decision);
+        }
         self.metrics.observe("grpc", &decision, start.elapsed());
         let client = source_address(&request);
         let origin = Origin { proxy, client };
@@ -240,6 +260,46 @@ impl Authorization for AuthzService {
             .observe(&info, &decision, SystemTime::now());
         Ok(Response::new(to_check_response(&decision)))
     }
+}
+
+/// The trace a check joins: the span of the proxy's call (Envoy puts `traceparent` in the
+/// gRPC metadata of the ext_authz call when it traces), else the judged request's own.
+fn grpc_parent(request: &Request<CheckRequest>) -> Option<opentelemetry::trace::SpanContext> {
+    let metadata = request.metadata();
+    let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+    if let Some(parent) = crate::otel::remote_parent(
+        text(crate::otel::TRACEPARENT),
+        text(crate::otel::TRACESTATE),
+    ) {
+        return Some(parent);
+    }
+    let http = request
+        .get_ref()
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())?;
+    let header = |name: &str| -> Option<String> {
+        match http.headers.get(name) {
+            Some(value) => Some(value.clone()),
+            None => http
+                .header_map
+                .iter()
+                .flat_map(|m| &m.headers)
+                .find(|h| h.key.eq_ignore_ascii_case(name))
+                .map(|h| {
+                    if h.raw_value.is_empty() {
+                        h.value.clone()
+                    } else {
+                        String::from_utf8_lossy(&h.raw_value).into_owned()
+                    }
+                }),
+        }
+    };
+    crate::otel::remote_parent(
+        header(crate::otel::TRACEPARENT).as_deref(),
+        header(crate::otel::TRACESTATE).as_deref(),
+    )
 }
 
 #[allow(deprecated)] // `append` must stay unset; `append_action` replaces it

@@ -428,6 +428,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 decision_log,
                 grpc_tls,
                 drain_timeout: args.drain_timeout,
+                tracing: crate::otel::Settings::from_env()
+                    .context("reading the OpenTelemetry settings (OTEL_*)")?,
                 webhook,
                 http_addr: args.http_addr,
                 trusted_proxies: match args.http_addr {

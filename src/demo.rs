@@ -128,6 +128,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         grpc_tls: None,
         drain_timeout: Duration::from_secs(5),
         decision_log: Default::default(),
+        tracing: None,
     };
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

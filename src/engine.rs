@@ -1751,15 +1751,35 @@ async fn verify_signed<'p>(
     };
     // A private-key operation waits for a decryption thread of its own (`jwe::gate`, lowest
     // priority), so a flood of fresh encrypted tokens never holds the runtime's workers.
-    let decrypted = if jwe::Decryptor::uses_private_key(token) {
+    let span = crate::otel::child("jwe.decrypt", opentelemetry::trace::SpanKind::Internal);
+    let private_key = jwe::Decryptor::uses_private_key(token);
+    let decrypted = if private_key {
         let (decryptor, token) = (decryptor.clone(), token.to_owned());
         jwe::gate::gate()
             .run(move || decryptor.decrypt(&token))
             .await
     } else {
         decryptor.decrypt(token)
+    };
+    if span.is_some() {
+        let error = decrypted.as_ref().err().map(|e| e.reason().as_str());
+        let mut attributes = vec![
+            opentelemetry::KeyValue::new("tollgate.jwe.private_key", private_key),
+            opentelemetry::KeyValue::new("tollgate.outcome", error.unwrap_or("ok")),
+        ];
+        if let Ok(decrypted) = &decrypted {
+            attributes.push(opentelemetry::KeyValue::new(
+                "tollgate.jwe.alg",
+                decrypted.header.alg.clone(),
+            ));
+            attributes.push(opentelemetry::KeyValue::new(
+                "tollgate.jwe.enc",
+                decrypted.header.enc.clone(),
+            ));
+        }
+        crate::otel::end_child(span, attributes, error.map(Into::into));
     }
-    .map_err(|e| (ValidationError::Decryption(e), None))?;
+    let decrypted = decrypted.map_err(|e| (ValidationError::Decryption(e), None))?;
     trace.pass("decrypt", || {
         format!(
             "JWE alg {}, enc {}, decrypted with key {}",

@@ -103,6 +103,8 @@ pub struct ForwardAuth {
     /// specific network first (`--client-cert-proxies`).
     cert_proxies: Arc<Vec<(IpNet, CertHeader)>>,
     decision_log: DecisionLog,
+    /// OpenTelemetry traces, when on.
+    tracing: Option<crate::otel::Tracing>,
 }
 
 impl ForwardAuth {
@@ -120,12 +122,20 @@ impl ForwardAuth {
             prefix: Arc::new(prefix),
             cert_proxies: Arc::new(Vec::new()),
             decision_log: DecisionLog::default(),
+            tracing: None,
         }
     }
 
     /// Records every decision in the decision log (`--decision-log`).
     pub fn with_decision_log(mut self, log: DecisionLog) -> Self {
         self.decision_log = log;
+        self
+    }
+
+    /// Records a span per check (OpenTelemetry), joined to the trace of the judged request
+    /// (its `traceparent`, as a trusted proxy forwarded it).
+    pub fn with_tracing(mut self, tracing: Option<crate::otel::Tracing>) -> Self {
+        self.tracing = tracing;
         self
     }
 
@@ -415,7 +425,31 @@ async fn handle(
     headers: HeaderMap,
 ) -> Response {
     let start = Instant::now();
-    let (decision, request_id, original) = auth.decide(peer.ip(), &method, &uri, &headers).await;
+    let span = auth.tracing.as_ref().map(|tracing| {
+        // Only a trusted proxy's call joins the trace it names; anyone else starts a new one.
+        let parent = auth.family_of(peer.ip()).and_then(|_| {
+            // A header sent twice is ambiguous: neither is read.
+            let text = |name| {
+                let mut values = headers.get_all(name).iter();
+                match (values.next(), values.next()) {
+                    (Some(value), None) => value.to_str().ok(),
+                    _ => None,
+                }
+            };
+            crate::otel::remote_parent(
+                text(crate::otel::TRACEPARENT),
+                text(crate::otel::TRACESTATE),
+            )
+        });
+        tracing.check_span("http", parent)
+    });
+    let (decision, request_id, original) = match &span {
+        Some(cx) => crate::otel::traced(cx, auth.decide(peer.ip(), &method, &uri, &headers)).await,
+        None => auth.decide(peer.ip(), &method, &uri, &headers).await,
+    };
+    if let Some(span) = &span {
+        crate::otel::finish_check(span, &decision);
+    }
     auth.metrics.observe("http", &decision, start.elapsed());
     let info = RequestInfo {
         transport: "http",

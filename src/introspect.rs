@@ -389,8 +389,41 @@ impl Introspector {
         }
     }
 
-    /// Asks the IdP about `token`.
+    /// Asks the IdP about `token` (a child span of the traced check, when there is one: the
+    /// endpoint and the answer's status, never the token).
     pub async fn call(&self, token: &str) -> Result<Raw, IntrospectError> {
+        let span = crate::otel::child("introspect", opentelemetry::trace::SpanKind::Client);
+        let mut status = None;
+        let result = crate::otel::within(&span, self.call_inner(token, &mut status)).await;
+        if span.is_some() {
+            let mut attributes = Vec::with_capacity(3);
+            if let Ok(url) = self.endpoint() {
+                attributes.push(opentelemetry::KeyValue::new(
+                    "url.full",
+                    format!("{}{}", url.origin().ascii_serialization(), url.path()),
+                ));
+            }
+            if let Some(status) = status {
+                attributes.push(opentelemetry::KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status),
+                ));
+            }
+            let error = result.as_ref().err().map(|e| e.reason().as_str());
+            attributes.push(opentelemetry::KeyValue::new(
+                "tollgate.outcome",
+                error.unwrap_or("ok"),
+            ));
+            crate::otel::end_child(span, attributes, error.map(Into::into));
+        }
+        result
+    }
+
+    async fn call_inner(
+        &self,
+        token: &str,
+        status: &mut Option<u16>,
+    ) -> Result<Raw, IntrospectError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let url = self.endpoint()?;
         let request = match self.response {
@@ -452,7 +485,12 @@ impl Introspector {
                 FetchError::Saturated(waited) => {
                     IntrospectError::Unavailable(FetchError::Saturated(waited).to_string())
                 }
-            })?;
+            });
+        if let Err(IntrospectError::Failed { status: code, .. }) = &answer {
+            *status = Some(*code);
+        }
+        let answer = answer?;
+        *status = Some(answer.status);
         self.parse(answer)
     }
 

@@ -43,6 +43,7 @@ pub mod jwe;
 pub mod jwks;
 pub mod local_issuer;
 pub mod metrics;
+pub mod otel;
 pub mod policy;
 pub mod proto;
 pub mod serve;

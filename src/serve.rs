@@ -67,6 +67,8 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// The decision log (`--decision-log`; off by default).
     pub decision_log: decision_log::Settings,
+    /// OpenTelemetry traces (`OTEL_TRACES_EXPORTER=otlp`); `None`: off.
+    pub tracing: Option<crate::otel::Settings>,
 }
 
 /// The addresses actually bound (port 0 resolved).
@@ -119,6 +121,15 @@ pub async fn run(
             ReloadingTls::start(files.clone(), &[b"h2"], "grpc")
                 .context("loading the gRPC TLS files")?,
         ),
+        None => None,
+    };
+    let tracing = match &config.tracing {
+        Some(settings) => {
+            let tracing = crate::otel::Tracing::start(settings)
+                .context("starting the OpenTelemetry trace exporter")?;
+            tracing::info!(protocol = ?settings.protocol, sampler = ?settings.sampler, "exporting traces over OTLP");
+            Some(tracing)
+        }
         None => None,
     };
     let fetcher = Fetcher::new(config.fetch.clone()).context("creating the HTTP client")?;
@@ -266,8 +277,9 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let service =
-        AuthzService::new(shared.clone(), metrics.clone()).with_decision_log(decision_log.clone());
+    let service = AuthzService::new(shared.clone(), metrics.clone())
+        .with_decision_log(decision_log.clone())
+        .with_tracing(tracing.clone());
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // Bounds per connection: streams at once, header block size, and RST floods.
@@ -299,6 +311,7 @@ pub async fn run(
         )
         .with_client_cert_proxies(config.client_cert_proxies.clone())
         .with_decision_log(decision_log.clone())
+        .with_tracing(tracing.clone())
         .router();
         crate::http::listener::serve(listener, app, config.http_header_timeout, stop_rx.clone())
     });
@@ -340,6 +353,10 @@ pub async fn run(
     if let Some(farewell) = farewell {
         // The status Lease is released and the heartbeat marked as ending (bounded waits).
         let _ = tokio::time::timeout(Duration::from_secs(5), farewell).await;
+    }
+    if let Some(tracing) = &tracing {
+        // The spans of the drained checks are exported before the process ends.
+        tracing.shutdown().await;
     }
     grpc_result.context("gRPC server")?;
     admin_result.context("admin server")?;

@@ -134,6 +134,14 @@ traefik_bin=$(bash tests/peers/go-build.sh tests/peers/traefik github.com/traefi
 echo "traefik $(grep -m1 -o 'traefik/v3 v[^ ]*' tests/peers/traefik/go.mod): $traefik_bin"
 export TOLLGATE_TRAEFIK="$traefik_bin"
 
+# Jaeger v2 (an OpenTelemetry Collector distribution: OTLP receivers, in-memory storage, query
+# API): built from its pinned Go module (tests/peers/jaeger: go.mod and go.sum only) into the
+# cache, once per go.sum; tests/e2e/tracing.rs sends tollgate's and Envoy's spans to it.
+jaeger_bin=$(GO_BUILD_LDFLAGS="-s -w" \
+  bash tests/peers/go-build.sh tests/peers/jaeger github.com/jaegertracing/jaeger/cmd/jaeger jaeger | tail -1)
+echo "jaeger $(grep -m1 -o 'jaegertracing/jaeger v[^ ]*' tests/peers/jaeger/go.mod | cut -d' ' -f2): $jaeger_bin"
+export TOLLGATE_JAEGER="$jaeger_bin"
+
 # Envoy Gateway: built from its pinned Go module (tests/peers/envoy-gateway: go.mod and go.sum
 # only) into the cache, once per go.sum and flags. tests/e2e/envoy_gateway.rs runs it standalone
 # (file provider, Envoy as a host process: the Envoy above, which it finds where func-e looks, so

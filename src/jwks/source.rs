@@ -388,7 +388,21 @@ impl KeySource {
         let Some(fetcher) = &self.fetcher else {
             return Ok(self.settings.max_interval);
         };
-        let result = self.fetch_keys(fetcher).await;
+        // A fetch a check waits for (unknown kid, first use) is a child span of that check.
+        let span = crate::otel::child("keys.fetch", opentelemetry::trace::SpanKind::Client);
+        let result = crate::otel::within(&span, self.fetch_keys(fetcher)).await;
+        if span.is_some() {
+            let mut attributes = vec![opentelemetry::KeyValue::new(
+                "tollgate.key_source",
+                self.id.to_string(),
+            )];
+            attributes.push(match &result {
+                Ok((keys, _)) => opentelemetry::KeyValue::new("tollgate.keys", keys.len() as i64),
+                Err(_) => opentelemetry::KeyValue::new("tollgate.outcome", "error"),
+            });
+            let error = result.as_ref().err().map(|e| e.to_string().into());
+            crate::otel::end_child(span, attributes, error);
+        }
         let next = {
             let mut mutable = self.lock();
             let status = &mut mutable.status;

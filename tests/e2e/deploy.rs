@@ -211,6 +211,24 @@ fn rules_are_least_privilege(rules: &[PolicyRule]) {
 
 /// The rendered Deployment's tollgate flags, parsed by tollgate itself, and the forward-auth
 /// proxies given their header families as `serve` does at start.
+/// The container's plain `env` entries (those with a value).
+fn deployment_env(deployment: &Deployment) -> std::collections::HashMap<String, String> {
+    let spec = deployment
+        .spec
+        .as_ref()
+        .expect("spec")
+        .template
+        .spec
+        .as_ref()
+        .expect("pod spec");
+    spec.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect()
+}
+
 fn deployment_flags(deployment: &Deployment) -> Vec<String> {
     let spec = deployment
         .spec
@@ -282,7 +300,7 @@ fn the_helm_chart_lints_renders_and_types_check() {
     let custom = dir.path().join("values.yaml");
     std::fs::write(
         &custom,
-        "replicaCount: 3\nwatchNamespaces: [shop, billing]\nselector: tollgate.dev/shard=a\ndefaultAction: allow\nwebhook:\n  failurePolicy: Ignore\n  certManager: {enabled: true}\nautoscaling: {enabled: true}\nserviceMonitor: {enabled: true}\nnetworkPolicy: {enabled: true, gatewayNamespaceSelector: {matchLabels: {gateway: \"true\"}}}\nhttp: {enabled: true, family: nginx, trustedProxies: [10.244.0.0/16, 10.96.0.0/12], clientCertProxies: [10.244.7.0/24=xfcc]}\n",
+        "replicaCount: 3\nwatchNamespaces: [shop, billing]\nselector: tollgate.dev/shard=a\ndefaultAction: allow\nwebhook:\n  failurePolicy: Ignore\n  certManager: {enabled: true}\nautoscaling: {enabled: true}\nserviceMonitor: {enabled: true}\nnetworkPolicy: {enabled: true, gatewayNamespaceSelector: {matchLabels: {gateway: \"true\"}}}\nhttp: {enabled: true, family: nginx, trustedProxies: [10.244.0.0/16, 10.96.0.0/12], clientCertProxies: [10.244.7.0/24=xfcc]}\ntracing: {enabled: true, endpoint: \"http://otel-collector.observability:4317\", sampler: parentbased_traceidratio, samplerArg: \"0.1\", resourceAttributes: {deployment.environment: prod}}\n",
     )
     .expect("values");
     let custom = custom.to_str().expect("path");
@@ -316,6 +334,12 @@ fn the_helm_chart_lints_renders_and_types_check() {
                 .expect("the example's values render"),
         );
         let args = deployment_flags(&rendered.deployments[0]);
+        assert!(
+            !deployment_env(&rendered.deployments[0])
+                .keys()
+                .any(|name| name.starts_with("OTEL_")),
+            "{example}: tracing is off by default"
+        );
         for flag in [
             "--http-addr=0.0.0.0:8080".to_string(),
             format!("--forward-auth-family={family}"),
@@ -333,6 +357,28 @@ fn the_helm_chart_lints_renders_and_types_check() {
         args.contains(&"--client-cert-proxies=10.244.7.0/24=xfcc".to_string()),
         "{args:?}"
     );
+    // The chart's OTEL_* variables are read by tollgate as the values meant.
+    let env = deployment_env(&custom_rendered.deployments[0]);
+    let settings = tollgate::otel::Settings::from_lookup(|name| env.get(name).cloned())
+        .expect("tollgate reads the chart's OTEL_* variables")
+        .expect("tracing on");
+    assert_eq!(settings.protocol, tollgate::otel::Protocol::Grpc);
+    assert_eq!(
+        settings.sampler,
+        tollgate::otel::SamplerSetting::ParentBased(tollgate::otel::ParentlessRoot::Ratio(0.1))
+    );
+    assert_eq!(
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"],
+        "http://otel-collector.observability:4317"
+    );
+    assert_eq!(
+        env["OTEL_RESOURCE_ATTRIBUTES"],
+        "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE),deployment.environment=prod"
+    );
+    let no_endpoint = tools
+        .helm(&["template", "t", chart, "--set", "tracing.enabled=true"])
+        .expect_err("an endpoint is required with tracing");
+    assert!(no_endpoint.contains("/tracing/endpoint"), "{no_endpoint}");
     let bad_header = tools
         .helm(&[
             "template",

@@ -30,6 +30,7 @@ mod introspection;
 mod key_material;
 mod mtls;
 mod nginx;
+mod otel;
 mod paths;
 mod replicas;
 mod resource_metadata;

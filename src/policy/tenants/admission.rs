@@ -202,7 +202,11 @@ impl Admission {
             first_uses
                 .entry(Arc::from(tenant))
                 .or_insert_with_key(|tenant| {
-                    let task = tokio::spawn(Arc::clone(self).first_use(tenant.clone()));
+                    // The fetch is traced as a child of the check that asked first.
+                    let task =
+                        tokio::spawn(opentelemetry::context::FutureExt::with_current_context(
+                            Arc::clone(self).first_use(tenant.clone()),
+                        ));
                     async move {
                         task.await.unwrap_or_else(|e| {
                             Err(AdmitError::Invalid(format!("the first use failed: {e}")))
