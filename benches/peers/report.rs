@@ -302,7 +302,11 @@ impl Report {
                 t.peer,
                 t.ratio,
                 format!("{:.0}x", t.needed),
-                if t.ratio >= t.needed { "met" } else { "not met" }
+                if t.ratio >= t.needed {
+                    "met"
+                } else {
+                    "not met"
+                }
             ));
         }
         out
