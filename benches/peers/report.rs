@@ -296,12 +296,12 @@ impl Report {
         );
         for t in self.targets() {
             out.push_str(&format!(
-                "| {} | {} | {} | {:.2}x | {} | {} |\n",
+                "| {} | {} | {} | {:.2}x | {:.0}x | {} |\n",
                 t.scenario,
                 t.via.label(),
                 t.peer,
                 t.ratio,
-                format!("{:.0}x", t.needed),
+                t.needed,
                 if t.ratio >= t.needed {
                     "met"
                 } else {
