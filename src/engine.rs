@@ -1348,12 +1348,14 @@ async fn authenticate<'p>(
     if let Some(intro) = introspection
         && !introspect::looks_like_jwt(token)
     {
-        return introspect_opaque(policy, intro, token, now, trace).await;
+        // The slow paths are boxed: their futures (HTTP calls, key fetches) would otherwise make
+        // every check's future, copied on each request, tens of KB.
+        return Box::pin(introspect_opaque(policy, intro, token, now, trace)).await;
     }
     let (claims, issuer, headers) = match cache {
         Some(cache) => verify_cached(policy, cache, token, digest, now).await?,
         None => {
-            let (signed, _) = verify(policy, token, now, trace)
+            let (signed, _) = Box::pin(verify(policy, token, now, trace))
                 .await
                 .map_err(token_failure)?;
             (
@@ -1365,8 +1367,7 @@ async fn authenticate<'p>(
     };
     if let Some(intro) = introspection.filter(|i| i.when == IntrospectWhen::Always) {
         // Revocation check: the JWT is valid; is it still active?
-        let answer = intro
-            .answer(token, finalize(policy, intro, token, now))
+        let answer = Box::pin(intro.answer(token, finalize(policy, intro, token, now)))
             .await
             .map_err(Failure::Introspection)?;
         if matches!(*answer, Answer::Inactive { .. }) {
@@ -1412,7 +1413,8 @@ async fn verify_cached<'p>(
         };
         return Ok((claims, issuer, Some(entry.headers.clone())));
     }
-    let (signed, window) = verify(policy, token, now, &mut Trace::off())
+    // A miss: boxed, so that the hit path's future stays small.
+    let (signed, window) = Box::pin(verify(policy, token, now, &mut Trace::off()))
         .await
         .map_err(token_failure)?;
     let claims = Arc::new(signed.claims);
