@@ -45,6 +45,7 @@ pub mod local_issuer;
 pub mod metrics;
 pub mod otel;
 pub mod policy;
+pub mod priority;
 pub mod proto;
 pub mod serve;
 pub mod telemetry;

@@ -133,7 +133,8 @@ pub fn hosts(many: usize) -> Vec<String> {
 }
 
 /// tollgate: one policy per host, each with the IdP's keys inline (as OPA gets them as data),
-/// the audience, the scope, and `sub` forwarded as `x-user-id`.
+/// the audience, the scope, and `sub` forwarded as `x-user-id`. Like the peers' answers, an
+/// allow carries no claims as dynamic metadata (`metadataClaims: []`): nothing here reads them.
 pub fn write_tollgate_policies(dir: &Path, idp: &BenchIdp, many: usize) -> anyhow::Result<()> {
     for (i, host) in hosts(many).iter().enumerate() {
         let doc = json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "JwtPolicy",
@@ -142,7 +143,10 @@ pub fn write_tollgate_policies(dir: &Path, idp: &BenchIdp, many: usize) -> anyho
             "match": {"hosts": [host]},
             "issuers": [{"issuer": idp.issuer(), "audiences": [AUDIENCE], "jwks": idp.jwks()}],
             "requiredClaims": [{"name": "scope", "separator": " ", "values": [SCOPE]}],
-            "forward": {"claimsToHeaders": [{"claim": "sub", "header": "x-user-id"}]},
+            "forward": {
+                "claimsToHeaders": [{"claim": "sub", "header": "x-user-id"}],
+                "metadataClaims": [],
+            },
         }});
         std::fs::write(dir.join(format!("p{i:04}.json")), doc.to_string())?;
     }

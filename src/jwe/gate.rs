@@ -5,12 +5,12 @@
 //! worker busy with them, and signed tokens would wait behind.
 //!
 //! So those decryptions run on threads of their own, `concurrency` of them (half the CPUs by
-//! default, `--decryption-concurrency`), at the lowest scheduling priority: when the CPUs are
-//! busy, the workers that judge requests run first and the decryptions wait. At most
-//! [`QUEUED_PER_PERMIT`] × `concurrency` tokens wait for a decryption thread; beyond that a
-//! check is answered 503 `decryption_overloaded` at once, and a waiting token whose check was
-//! abandoned is never decrypted. Symmetric key management (`A128KW`, `A256KW`, `dir`) costs
-//! microseconds and is not gated.
+//! default, `--decryption-concurrency`), at the lowest scheduling priority (the idle class,
+//! [`crate::priority`]): when the CPUs are busy, the workers that judge requests run first and
+//! the decryptions wait. At most [`QUEUED_PER_PERMIT`] × `concurrency` tokens wait for a
+//! decryption thread; beyond that a check is answered 503 `decryption_overloaded` at once, and
+//! a waiting token whose check was abandoned is never decrypted. Symmetric key management
+//! (`A128KW`, `A256KW`, `dir`) costs microseconds and is not gated.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
@@ -68,9 +68,7 @@ impl Gate {
                 .name(format!("jwe-decrypt-{i}"))
                 .spawn(move || {
                     // Requests first: a busy CPU runs the request workers before decryptions.
-                    let _ = thread_priority::set_current_thread_priority(
-                        thread_priority::ThreadPriority::Min,
-                    );
+                    crate::priority::lowest_for_current_thread("decryption");
                     loop {
                         let job = {
                             let receiver = receiver
