@@ -82,6 +82,25 @@ pub struct Bound {
     pub http: Option<SocketAddr>,
 }
 
+/// Connections the kernel completes for a listener before tollgate accepts them. A proxy
+/// opens new connections in bursts when its kept-alive ones are all busy (nginx beyond its
+/// `keepalive`): with tokio's default of 1,024 the queue overflowed in the peers benchmark,
+/// the kernel dropped the SYNs, and nginx's connects timed out (a 500 for the client). The
+/// kernel caps it at `net.core.somaxconn` (4,096 by default since Linux 5.4).
+pub const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds a request listener (gRPC, HTTP forward auth) with [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Streams one gRPC connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// Largest HTTP/2 header block a gRPC client may send (the Check itself travels in the body,
@@ -159,17 +178,14 @@ pub async fn run(
         }
     }
 
-    let grpc_listener = TcpListener::bind(config.grpc_addr)
-        .await
+    let grpc_listener = bind(config.grpc_addr)
         .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
     let admin_listener = TcpListener::bind(config.admin_addr)
         .await
         .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
     let http_listener = match config.http_addr {
         Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the HTTP forward-auth address {addr}"))?,
+            bind(addr).with_context(|| format!("binding the HTTP forward-auth address {addr}"))?,
         ),
         None => None,
     };
@@ -485,4 +501,36 @@ pub async fn shutdown_signal() {
         _ = term => {}
     }
     tracing::info!("shutting down: draining in-flight checks");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// More connections than tokio's default backlog (1,024) complete while nothing accepts
+    /// them: a burst of new proxy connections waits in the queue instead of losing its SYNs.
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_for_accept() {
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(4096);
+        let burst = 1_200.min(somaxconn);
+        let listener = super::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connected = tokio::task::spawn_blocking(move || {
+            let mut open = Vec::with_capacity(burst);
+            for n in 0..burst {
+                match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                    Ok(stream) => open.push(stream),
+                    Err(e) => return Err(format!("connection {n} of {burst}: {e}")),
+                }
+            }
+            Ok(open.len())
+        })
+        .await
+        .expect("task");
+        assert_eq!(connected, Ok(burst));
+        drop(listener);
+    }
 }
