@@ -10,8 +10,18 @@
 //! The policy reload stays at nice 19: a rebuild must finish even under sustained load, and
 //! in the idle class it measured no better for the requests' p99.
 
-/// Lowers the calling thread's scheduling priority as far as it goes; `what` names the work
-/// for the log line when it cannot.
+/// Runs the calling thread at nice 19, the lowest priority of the normal class; `what` names
+/// the work for the log line when it cannot.
+pub fn nice_for_current_thread(what: &str) {
+    if let Err(e) =
+        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+    {
+        tracing::debug!(error = ?e, "{what} runs at normal priority");
+    }
+}
+
+/// Lowers the calling thread's scheduling priority as far as it goes (the idle class, else
+/// [`nice_for_current_thread`]); `what` names the work for the log line when it cannot.
 pub fn lowest_for_current_thread(what: &str) {
     #[cfg(target_os = "linux")]
     {
@@ -29,11 +39,7 @@ pub fn lowest_for_current_thread(what: &str) {
             return;
         }
     }
-    if let Err(e) =
-        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
-    {
-        tracing::debug!(error = ?e, "{what} runs at normal priority");
-    }
+    nice_for_current_thread(what);
 }
 
 #[cfg(all(test, target_os = "linux"))]

@@ -91,9 +91,7 @@ pub async fn contention(
                 let (flood, addr) = (flood.clone(), server.addr);
                 let duration = options.duration + Duration::from_millis(400);
                 std::thread::spawn(move || -> anyhow::Result<Outcome> {
-                    let _ = thread_priority::set_current_thread_priority(
-                        thread_priority::ThreadPriority::Min,
-                    );
+                    tollgate::priority::nice_for_current_thread("the flood's generator");
                     tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?

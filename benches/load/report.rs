@@ -137,9 +137,7 @@ pub async fn rebuild(
             let files = render_policies(dir, &keys.jwks(), introspect, options.many, audience)?;
             let delay = options.duration / 4;
             std::thread::spawn(move || {
-                let _ = thread_priority::set_current_thread_priority(
-                    thread_priority::ThreadPriority::Min,
-                );
+                tollgate::priority::nice_for_current_thread("the bench's writer");
                 std::thread::sleep(delay);
                 write_files(&files)
             })

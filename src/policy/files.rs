@@ -454,7 +454,7 @@ pub fn spawn_watch(
                 .name("policy-reload".into())
                 .spawn(move || {
                     let _runtime = runtime.enter();
-                    lower_priority();
+                    crate::priority::nice_for_current_thread("the policy reload");
                     let (snapshot, report) = loader.reload();
                     let _ = done.send((loader, snapshot, report));
                 });
@@ -488,15 +488,6 @@ pub fn spawn_watch(
             let _ = &watcher;
         }
     })
-}
-
-/// Runs the calling thread at the lowest scheduling priority (nice 19 on Linux).
-fn lower_priority() {
-    if let Err(e) =
-        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
-    {
-        tracing::debug!(error = ?e, "the policy reload runs at normal priority");
-    }
 }
 
 fn notify_watcher(
