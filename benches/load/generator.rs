@@ -92,6 +92,10 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// The first wrong answer, for the report.
     pub first_wrong: Option<String>,
+    /// Open loop: each request's latency in µs, in the order they were due (`u64::MAX`: no
+    /// answer), and the interval between them. Empty for a closed loop.
+    pub schedule: Vec<u64>,
+    pub interval: Duration,
 }
 
 impl Outcome {
@@ -313,6 +317,8 @@ pub async fn run(
         clients.push(connect(protocol, addr).await?);
     }
     let start = Instant::now();
+    let mut schedule = Vec::new();
+    let mut interval = Duration::ZERO;
     let (sent, latency) = match load {
         Load::Closed { streams, .. } => {
             let deadline = start + duration;
@@ -393,12 +399,13 @@ pub async fn run(
                 handle.await?;
             }
             let mut latency = histogram();
-            for slot in slots.iter() {
-                let v = slot.load(Ordering::Relaxed);
+            schedule = slots.iter().map(|s| s.load(Ordering::Relaxed)).collect();
+            for &v in &schedule {
                 if v != u64::MAX {
                     latency.saturating_record(v.max(1));
                 }
             }
+            interval = Duration::from_secs_f64(1.0 / rate as f64);
             (done.load(Ordering::Relaxed) as u64, latency)
         }
     };
@@ -411,5 +418,7 @@ pub async fn run(
         latency,
         elapsed,
         first_wrong,
+        schedule,
+        interval,
     })
 }

@@ -52,8 +52,11 @@ pub struct Options {
     pub streams: usize,
     /// Only the Envoy runs.
     pub envoy_only: bool,
-    /// Only the gRPC scenarios whose name contains this (no rebuild, no Envoy).
+    /// Only the gRPC scenarios whose name contains this (no Envoy, no rebuild unless
+    /// `rebuild`).
     pub only: Option<String>,
+    /// Run the rebuild with `only` too (`--rebuild`).
+    pub rebuild: bool,
 }
 
 impl Options {
@@ -76,6 +79,7 @@ impl Options {
             .and_then(|i| args.get(i + 1))
             .cloned();
         let envoy = envoy && only.is_none();
+        let rebuild = only.is_none() || args.iter().any(|a| a == "--rebuild");
         if !measure {
             return Options {
                 smoke: true,
@@ -90,6 +94,7 @@ impl Options {
                 streams: 4,
                 envoy_only,
                 only,
+                rebuild,
             };
         }
         Options {
@@ -105,6 +110,7 @@ impl Options {
             streams: 16,
             envoy_only,
             only,
+            rebuild,
         }
     }
 }
@@ -460,7 +466,7 @@ async fn run(options: Options) -> anyhow::Result<Report> {
     let cache_weight = cached.metric("tollgate_token_cache_weight_bytes")?;
 
     // A rebuild of the many policies under open-loop load.
-    let rebuild = if options.envoy_only || options.only.is_some() {
+    let rebuild = if options.envoy_only || !options.rebuild {
         report::Rebuild::default()
     } else {
         report::rebuild(

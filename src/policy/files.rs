@@ -223,6 +223,27 @@ impl FileLoader {
                 Some(entry) if entry.content == content => {
                     seen.insert(path.clone(), entry);
                 }
+                Some(previous) if content.is_empty() && !previous.documents.is_empty() => {
+                    // Emptied, not removed: most often a writer that truncated the file and
+                    // has not written it yet. Dropping its policies would leave their hosts to
+                    // the default action until the next reload; they stay until the file has
+                    // content again or is removed.
+                    report.problems.push(LoadProblem {
+                        location: path.display().to_string(),
+                        message: format!(
+                            "the file is empty; its {} policy document(s) stay in force until it is written or removed",
+                            previous.documents.len()
+                        ),
+                        kept_last_good: true,
+                    });
+                    seen.insert(
+                        path.clone(),
+                        FileEntry {
+                            content,
+                            documents: previous.documents,
+                        },
+                    );
+                }
                 previous => {
                     changed = true;
                     match parse_documents(&content) {
@@ -475,19 +496,45 @@ pub fn spawn_watch(
             report.duration = started.elapsed();
             log_report(&report);
             on_reload(&report);
-            // Wait for a change event (then let the burst settle) or the poll interval.
+            // Wait for a change event (then for the burst to settle) or the poll interval.
             let event = tokio::time::timeout(poll, rx.recv()).await;
             if matches!(event, Ok(None)) {
                 // The watcher is gone; keep polling.
                 watcher = None;
                 tokio::time::sleep(poll).await;
             } else if event.is_ok() {
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                while rx.try_recv().is_ok() {}
+                settle(&mut rx).await;
             }
             let _ = &watcher;
         }
     })
+}
+
+/// A burst of writes is over once no change has been seen for this long.
+const SETTLE_QUIET: Duration = Duration::from_millis(150);
+/// A writer that never pauses still gets its changes loaded this long after its first one.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(2);
+
+/// Waits until the watched paths have been quiet for [`SETTLE_QUIET`] (at most
+/// [`SETTLE_AT_MOST`]): a reload that starts while a writer rewrites many files would read some
+/// of them half written, and run again for the rest.
+///
+/// Changes are looked at after each quiet period, not waited on: a writer rewriting a thousand
+/// files sends thousands of events, and waking a runtime worker for each would cost the
+/// requests more than the reload does.
+async fn settle(rx: &mut tokio::sync::mpsc::Receiver<()>) {
+    let deadline = tokio::time::Instant::now() + SETTLE_AT_MOST;
+    loop {
+        let now = tokio::time::Instant::now();
+        tokio::time::sleep_until((now + SETTLE_QUIET).min(deadline)).await;
+        let mut changed = false;
+        while rx.try_recv().is_ok() {
+            changed = true;
+        }
+        if !changed || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+    }
 }
 
 fn notify_watcher(
@@ -495,7 +542,15 @@ fn notify_watcher(
     tx: tokio::sync::mpsc::Sender<()>,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher as _;
+    let mut lowered = false;
     let handler = move |event: notify::Result<notify::Event>| {
+        // The watcher's thread wakes for every event of every file a writer touches (and for
+        // every file a reload opens): a thousand files rewritten cost it about 100 ms of CPU
+        // here. That must not be taken from requests.
+        if !lowered {
+            crate::priority::nice_for_current_thread("the policy file watcher");
+            lowered = true;
+        }
         // Reading the files is an event too (open, close without writing): reacting to those
         // would make every reload cause the next one.
         if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {

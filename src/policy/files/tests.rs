@@ -164,6 +164,88 @@ fn deleted_documents_stop_matching() {
 }
 
 #[test]
+fn an_emptied_file_keeps_its_policies_until_it_is_written_or_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("a.yaml");
+    std::fs::write(&file, format!("{}---\n{}", doc("a", ""), doc("b", ""))).expect("write");
+    std::fs::write(dir.path().join("c.yaml"), doc("c", "")).expect("write");
+    let mut loader = loader(dir.path());
+    loader.reload();
+
+    // Truncated by a writer that has not written yet: nothing is published.
+    std::fs::write(&file, "").expect("truncate");
+    let (snapshot, report) = loader.reload();
+    assert!(snapshot.is_none(), "an emptied file changed the snapshot");
+    let problem = report.problems.first().expect("a problem");
+    assert!(problem.kept_last_good);
+    assert!(
+        problem.message.contains("empty") && problem.message.contains("2 policy document"),
+        "{}",
+        problem.message
+    );
+
+    // Written again: its new content counts.
+    std::fs::write(&file, doc("d", "")).expect("write");
+    let (snapshot, report) = loader.reload();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(ids(&snapshot.expect("snapshot")), ["shop/c", "shop/d"]);
+
+    // Emptied, then removed: its policies go.
+    std::fs::write(&file, "").expect("truncate");
+    assert!(loader.reload().0.is_none());
+    std::fs::remove_file(&file).expect("remove");
+    assert_eq!(ids(&loader.reload().0.expect("snapshot")), ["shop/c"]);
+
+    // A file that never held a policy may be empty.
+    std::fs::write(dir.path().join("e.yaml"), "").expect("write");
+    let (_, report) = loader.reload();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_writes_settles_before_the_reload() {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let began = tokio::time::Instant::now();
+    // A change every 100 ms for a second: quieter than 150 ms only after the last one.
+    let writer = tokio::spawn(async move {
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = tx.try_send(());
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(tx);
+    });
+    rx.recv().await.expect("first change");
+    settle(&mut rx).await;
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1150) && waited < Duration::from_millis(1310),
+        "{waited:?}"
+    );
+    writer.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_writer_that_never_pauses_is_read_after_two_seconds() {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let writer = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tx.try_send(());
+        }
+    });
+    rx.recv().await.expect("first change");
+    let began = tokio::time::Instant::now();
+    settle(&mut rx).await;
+    let waited = began.elapsed();
+    assert!(
+        waited >= SETTLE_AT_MOST && waited < SETTLE_AT_MOST + Duration::from_millis(10),
+        "{waited:?}"
+    );
+    writer.abort();
+}
+
+#[test]
 fn duplicates_wrong_kinds_and_conflicts_are_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let route = "  match: {hosts: [api.example.com]}\n";
