@@ -223,30 +223,22 @@ impl FileLoader {
                 Some(entry) if entry.content == content => {
                     seen.insert(path.clone(), entry);
                 }
-                Some(previous) if content.is_empty() && !previous.documents.is_empty() => {
+                previous => {
                     // Emptied, not removed: most often a writer that truncated the file and
                     // has not written it yet. Dropping its policies would leave their hosts to
-                    // the default action until the next reload; they stay until the file has
-                    // content again or is removed.
-                    report.problems.push(LoadProblem {
-                        location: path.display().to_string(),
-                        message: format!(
+                    // the default action until the next reload; they stay, as a file that
+                    // fails to parse keeps its own, until it has content again or is removed.
+                    let emptied = content.is_empty()
+                        && previous.as_ref().is_some_and(|p| !p.documents.is_empty());
+                    changed |= !emptied;
+                    let parsed = match &previous {
+                        Some(p) if emptied => Err(format!(
                             "the file is empty; its {} policy document(s) stay in force until it is written or removed",
-                            previous.documents.len()
-                        ),
-                        kept_last_good: true,
-                    });
-                    seen.insert(
-                        path.clone(),
-                        FileEntry {
-                            content,
-                            documents: previous.documents,
-                        },
-                    );
-                }
-                previous => {
-                    changed = true;
-                    match parse_documents(&content) {
+                            p.documents.len()
+                        )),
+                        _ => parse_documents(&content),
+                    };
+                    match parsed {
                         Ok(documents) => {
                             seen.insert(path.clone(), FileEntry { content, documents });
                         }
