@@ -6,6 +6,7 @@
 //!   └─ check            server  tollgate.policy, tollgate.decision, tollgate.reason, tollgate.issuer
 //!        ├─ keys.fetch  client  a key set fetch the check waited for (unknown kid, first use)
 //!        ├─ introspect  client  an RFC 7662 call (status, never the token)
+//!        │    (both calls carry `traceparent` naming their span, so the IdP's trace joins)
 //!        └─ jwe.decrypt internal
 //! ```
 //!
@@ -415,6 +416,34 @@ pub fn child(name: &'static str, kind: SpanKind) -> Option<Context> {
             .with_kind(kind)
             .start_with_context(tracer, cx);
         Some(cx.with_span(span))
+    })
+}
+
+/// The trace context to send on an outbound call a traced check waits for (a key set fetch, an
+/// introspection call): `traceparent` naming the current span (the call's own child span),
+/// and `tracestate` when the trace carries one. So an identity provider that traces joins the
+/// check's trace. `None` outside a traced check (background refreshes, tracing off).
+pub fn outgoing() -> Option<(String, Option<String>)> {
+    Context::map_current(|cx| {
+        cx.get::<Handle>()?;
+        if !cx.has_active_span() {
+            return None;
+        }
+        let span = cx.span();
+        let context = span.span_context();
+        if !context.is_valid() {
+            return None;
+        }
+        let state = context.trace_state().header();
+        Some((
+            format!(
+                "00-{}-{}-{:02x}",
+                context.trace_id(),
+                context.span_id(),
+                context.trace_flags().to_u8()
+            ),
+            (!state.is_empty()).then_some(state),
+        ))
     })
 }
 

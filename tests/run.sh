@@ -125,51 +125,30 @@ if ! "$tinyproxy_bin" -v 2>&1 | grep -q "tinyproxy $TINYPROXY_VERSION"; then
 fi
 export TOLLGATE_TINYPROXY="$tinyproxy_bin"
 
-# Traefik: built from its pinned Go module (tests/peers/traefik: go.mod and go.sum only) into
-# the cache, once per go.sum; the first build takes minutes (tests/peers/traefik/README.md).
-# A failed build ends the run (set -e), so CI never skips the Traefik tests.
+# The Go peers (Traefik, Jaeger, Envoy Gateway, promtool, kube-apiserver, etcd): each built from
+# its pinned module (go.mod and go.sum only) into the cache, once per go.sum and flags, by
+# tests/peers/build-go.sh in the background: on an empty cache their builds overlap the Rust
+# builds below. The tests wait for them; a failed build ends the run, so CI never skips a peer.
 if ! command -v go > /dev/null 2>&1; then export PATH="/usr/local/go/bin:$PATH"; fi
-go version
-traefik_bin=$(bash tests/peers/go-build.sh tests/peers/traefik github.com/traefik/traefik/v3/cmd/traefik traefik | tail -1)
-echo "traefik $(grep -m1 -o 'traefik/v3 v[^ ]*' tests/peers/traefik/go.mod): $traefik_bin"
-export TOLLGATE_TRAEFIK="$traefik_bin"
-
-# Jaeger v2 (an OpenTelemetry Collector distribution: OTLP receivers, in-memory storage, query
-# API): built from its pinned Go module (tests/peers/jaeger: go.mod and go.sum only) into the
-# cache, once per go.sum; tests/e2e/tracing.rs sends tollgate's and Envoy's spans to it.
-jaeger_bin=$(GO_BUILD_LDFLAGS="-s -w" \
-  bash tests/peers/go-build.sh tests/peers/jaeger github.com/jaegertracing/jaeger/cmd/jaeger jaeger | tail -1)
-echo "jaeger $(grep -m1 -o 'jaegertracing/jaeger v[^ ]*' tests/peers/jaeger/go.mod | cut -d' ' -f2): $jaeger_bin"
-export TOLLGATE_JAEGER="$jaeger_bin"
-
-# Envoy Gateway: built from its pinned Go module (tests/peers/envoy-gateway: go.mod and go.sum
-# only) into the cache, once per go.sum and flags. tests/e2e/envoy_gateway.rs runs it standalone
-# (file provider, Envoy as a host process: the Envoy above, which it finds where func-e looks, so
-# nothing is downloaded). A failed build ends the run (set -e).
-eg_version=$(grep -m1 -o 'envoyproxy/gateway v[^ ]*' tests/peers/envoy-gateway/go.mod | cut -d' ' -f2)
-envoy_gateway_bin=$(GO_BUILD_LDFLAGS="-s -w -X github.com/envoyproxy/gateway/internal/cmd/version.envoyGatewayVersion=$eg_version" \
-  bash tests/peers/go-build.sh tests/peers/envoy-gateway github.com/envoyproxy/gateway/cmd/envoy-gateway envoy-gateway | tail -1)
-echo "envoy-gateway $eg_version: $envoy_gateway_bin"
-export TOLLGATE_ENVOY_GATEWAY="$envoy_gateway_bin"
-
-# promtool: built from the pinned Prometheus module (tests/peers/promtool: go.mod and go.sum only)
-# into the cache, once per go.sum; tests/e2e/alerts.rs checks and unit-tests the chart's alerting
-# rules with it (promtool check rules, promtool test rules) and lints tollgate's /metrics.
-prom_version=$(grep -m1 -o 'prometheus/prometheus v[^ ]*' tests/peers/promtool/go.mod | cut -d' ' -f2)
-promtool_bin=$(GO_BUILD_LDFLAGS="-s -w -X github.com/prometheus/common/version.Version=$prom_version" \
-  bash tests/peers/go-build.sh tests/peers/promtool github.com/prometheus/prometheus/cmd/promtool promtool | tail -1)
-"$promtool_bin" --version | sed -n 1p
-export TOLLGATE_PROMTOOL="$promtool_bin"
-
-# kube-apiserver and etcd: built from their Go modules (tests/kube: go.mod and go.sum only) into
-# the cache, once per go.sum; the tests run a real control plane with them (tests/e2e/cluster.rs).
-kube_version=$(grep -m1 -o 'k8s.io/kubernetes v[^ ]*' tests/kube/go.mod | cut -d' ' -f2)
-apiserver_bin=$(GO_BUILD_LDFLAGS="-X k8s.io/component-base/version.gitVersion=$kube_version -X k8s.io/component-base/version.gitMajor=$(echo "$kube_version" | cut -d. -f1 | tr -d v) -X k8s.io/component-base/version.gitMinor=$(echo "$kube_version" | cut -d. -f2) -X k8s.io/component-base/version.gitTreeState=clean" \
-  bash tests/peers/go-build.sh tests/kube k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver | tail -1)
-etcd_bin=$(bash tests/peers/go-build.sh tests/kube go.etcd.io/etcd/server/v3 etcd | tail -1)
-"$apiserver_bin" --version
-"$etcd_bin" --version | sed -n 1p
-export TOLLGATE_KUBE_APISERVER="$apiserver_bin" TOLLGATE_ETCD="$etcd_bin"
+go_peers_dir=$(mktemp -d)
+setsid bash tests/peers/build-go.sh "$go_peers_dir/env" > "$go_peers_dir/log" 2>&1 &
+go_peers=$!
+stop_go_peers() { kill -- "-$go_peers" 2> /dev/null || true; rm -rf "$go_peers_dir"; }
+trap stop_go_peers EXIT
+wait_go_peers() {
+  echo "== the Go peers (built in the background since the start)"
+  local status=0
+  wait "$go_peers" || status=$?
+  grep -v '^go-build.sh: \(cached\|building\|built\)' "$go_peers_dir/log" | tail -n 40 || true
+  grep '^go-build.sh: built' "$go_peers_dir/log" || true
+  if [ "$status" -ne 0 ] || ! grep -q '^export TOLLGATE_GO_PEERS_DONE=1$' "$go_peers_dir/env"; then
+    echo "building the Go peers failed (status $status); its log: " >&2
+    tail -n 200 "$go_peers_dir/log" >&2
+    exit 1
+  fi
+  # shellcheck disable=SC1091
+  source "$go_peers_dir/env"
+}
 
 # The CRDs of Gateway API, Envoy Gateway, Istio, Contour, Emissary, Traefik, cert-manager and the
 # Prometheus operator, from their pinned Go modules (tests/kube/crds: go.mod and go.sum only;
@@ -192,6 +171,9 @@ cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 
 echo "== tests"
+# Every test binary is built before the wait for the Go peers, so both builds overlap.
+cargo test --locked --all-targets --no-run
+wait_go_peers
 cargo test --locked --all-targets
 cargo test --locked --doc
 

@@ -513,6 +513,67 @@ async fn a_blocked_output_drops_and_counts_and_never_blocks_a_check() {
     assert_eq!(counters.dropped(Dropped::Shutdown), 1);
 }
 
+/// An output that keeps what it was given.
+#[derive(Clone, Default)]
+struct Kept(Arc<Mutex<Vec<u8>>>);
+
+impl Kept {
+    fn holds(&self, id: &str) -> bool {
+        String::from_utf8_lossy(&self.0.lock().expect("kept"))
+            .contains(&format!("\"request_id\":\"{id}\""))
+    }
+}
+
+impl std::io::Write for Kept {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("kept").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_idle_writer_blocks_and_the_next_record_wakes_it() {
+    let kept = Kept::default();
+    let stream = kept.clone();
+    let settings = Settings {
+        output: Output::Stdout,
+        subject: SubjectMode::None,
+        flush_interval: Duration::from_millis(100),
+        ..Settings::default()
+    };
+    let (log, writer) = DecisionLog::spawn_with(
+        &settings,
+        Arc::new(Counters::default()),
+        Sink::stream(Box::new(move || Box::new(stream.clone()))),
+        Rng::seeded(9),
+    )
+    .expect("start");
+    let record = |id: &str| {
+        log.record(
+            &info(id, "/"),
+            &allow("t0123456789"),
+            Duration::ZERO,
+            Origin::default(),
+        )
+    };
+    record("before");
+    wait_for("the first record", || kept.holds("before"));
+    // Past the quiet spell, the writer wakes for its flushes only (about 6 in 600 ms), not
+    // every 2 ms (about 300).
+    std::thread::sleep(IDLE_BLOCK_AFTER + Duration::from_millis(100));
+    let idle = || writer.control.idle_wakeups.load(Ordering::Relaxed);
+    let start = idle();
+    std::thread::sleep(Duration::from_millis(600));
+    let woke = idle() - start;
+    assert!(woke <= 30, "an idle writer woke {woke} times in 600 ms");
+    record("after");
+    wait_for("the record after the quiet spell", || kept.holds("after"));
+    assert!(writer.close(Duration::from_secs(10)).await);
+}
+
 /// An output that fails every write.
 struct Broken;
 

@@ -368,6 +368,17 @@ impl Fetcher {
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(1));
         let limit = self.settings.max_body_bytes;
+        // A call a traced check waits for names its span, so the server's trace can join.
+        let request = match crate::otel::outgoing() {
+            Some((parent, state)) => {
+                let request = request.header(crate::otel::TRACEPARENT, parent);
+                match state {
+                    Some(state) => request.header(crate::otel::TRACESTATE, state),
+                    None => request,
+                }
+            }
+            None => request,
+        };
         let exchange = async {
             let mut response = request
                 .timeout(timeout)

