@@ -348,11 +348,14 @@ async fn wait_trace(jaeger: &Jaeger, envoy: bool, skip: &[String]) -> Value {
 
 const DISCOVERY: &str = "/.well-known/openid-configuration";
 
+/// A request's path and its `traceparent`, if it had one.
+type Seen = (String, Option<String>);
+
 /// An issuer that notes the `traceparent` of every request it serves.
 struct TracedIdp {
     issuer: String,
     jwks: Arc<Mutex<Value>>,
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -405,7 +408,7 @@ impl TracedIdp {
         *self.jwks.lock().expect("jwks") = keys;
     }
 
-    fn seen(&self) -> Vec<(String, Option<String>)> {
+    fn seen(&self) -> Vec<Seen> {
         self.seen.lock().expect("seen").clone()
     }
 }
@@ -495,8 +498,7 @@ async fn a_check_through_envoy_joins_envoys_trace_with_the_key_fetch_as_its_chil
         fetches[0]["spanID"].as_str().expect("span id")
     );
     let seen = idp.seen();
-    let traced: Vec<&(String, Option<String>)> =
-        seen.iter().filter(|(_, parent)| parent.is_some()).collect();
+    let traced: Vec<&Seen> = seen.iter().filter(|(_, parent)| parent.is_some()).collect();
     assert_eq!(
         traced,
         [
