@@ -860,16 +860,21 @@ async fn envoy_http_ext_authz_end_to_end() {
         )
         .await
     );
-    let refused: Vec<Value> = stack
-        .tollgate
-        .log_events("denied")
-        .into_iter()
-        .filter(|l| {
-            l["description"]
-                .as_str()
-                .is_some_and(|d| d.contains("--ext-authz-path-prefix"))
-        })
-        .collect();
+    // Both refusals' lines, once the log reader has them (the first can arrive alone).
+    let refused_lines = || -> Vec<Value> {
+        stack
+            .tollgate
+            .log_events("denied")
+            .into_iter()
+            .filter(|l| {
+                l["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("--ext-authz-path-prefix"))
+            })
+            .collect()
+    };
+    eventually(Duration::from_secs(10), async || refused_lines().len() >= 2).await;
+    let refused = refused_lines();
     assert_eq!(refused.len(), 2, "{refused:#?}");
     let logged: Vec<(&str, &str)> = refused
         .iter()
