@@ -198,7 +198,7 @@ pub async fn rebuild(
         writes_only.push(control.p99_us);
         eprintln!(
             "rebuild round {round}, control (the same writes, unwatched): {}",
-            control.describe(late_us)
+            control.describe(late_us, &control.stalls(late_us))
         );
         let text = server.metrics_text()?;
         let (sum, count) = (
@@ -214,8 +214,11 @@ pub async fn rebuild(
             published_in_window += 1;
         }
         during.push(window.p99_us);
-        eprintln!("rebuild round {round}: {}", window.describe(late_us));
-        let stalls = stalls(&window.schedule, window.interval, late_us);
+        let stalls = window.stalls(late_us);
+        eprintln!(
+            "rebuild round {round}: {}",
+            window.describe(late_us, &stalls)
+        );
         let writes_at = window.writes_at_ms;
         let longest = stalls.iter().max_by_key(|(b, e, _)| e - b);
         longest_stall.push(longest.map_or(0.0, |(b, e, _)| (e - b) as f64 / 1e3));
@@ -265,14 +268,19 @@ struct Window {
 }
 
 impl Window {
-    fn describe(&self, late_us: u64) -> String {
+    /// The stretches of answers later than `late_us` (see [`stalls`]).
+    fn stalls(&self, late_us: u64) -> Vec<(u64, u64, u64)> {
+        stalls(&self.schedule, self.interval, late_us)
+    }
+
+    fn describe(&self, late_us: u64, stalls: &[(u64, u64, u64)]) -> String {
         format!(
             "p99 {:.1} ms; writes from {:.0} ms for {:.0} ms; answers over {:.1} ms late: {}",
             self.p99_us / 1e3,
             self.writes_at_ms,
             self.writing_ms,
             late_us as f64 / 1e3,
-            stalls(&self.schedule, self.interval, late_us)
+            stalls
                 .iter()
                 .map(|(b, e, w)| format!(
                     "{:.0}-{:.0} ms (worst {:.1} ms)",

@@ -455,10 +455,24 @@ fn wait_for(what: &str, f: impl Fn() -> bool) {
     }
 }
 
+/// Starts a writer on `stream` (each reopen gets a clone of it) with `settings`.
+fn spawn_on<W: std::io::Write + Clone + Send + 'static>(
+    stream: W,
+    settings: &Settings,
+    counters: Arc<Counters>,
+) -> (DecisionLog, Writer) {
+    DecisionLog::spawn_with(
+        settings,
+        counters,
+        Sink::stream(Box::new(move || Box::new(stream.clone()))),
+        Rng::seeded(9),
+    )
+    .expect("start")
+}
+
 #[tokio::test]
 async fn a_blocked_output_drops_and_counts_and_never_blocks_a_check() {
     let gate = Gate::default();
-    let stream = gate.clone();
     let counters = Arc::new(Counters::default());
     let settings = Settings {
         output: Output::Stdout,
@@ -468,13 +482,7 @@ async fn a_blocked_output_drops_and_counts_and_never_blocks_a_check() {
         flush_interval: Duration::from_millis(10),
         ..Settings::default()
     };
-    let (log, writer) = DecisionLog::spawn_with(
-        &settings,
-        counters.clone(),
-        Sink::stream(Box::new(move || Box::new(stream.clone()))),
-        Rng::seeded(9),
-    )
-    .expect("start");
+    let (log, writer) = spawn_on(gate.clone(), &settings, counters.clone());
     let token = "t0123456789";
     let decision = allow(token);
     let record =
@@ -537,20 +545,13 @@ impl std::io::Write for Kept {
 #[tokio::test]
 async fn an_idle_writer_blocks_and_the_next_record_wakes_it() {
     let kept = Kept::default();
-    let stream = kept.clone();
     let settings = Settings {
         output: Output::Stdout,
         subject: SubjectMode::None,
         flush_interval: Duration::from_millis(100),
         ..Settings::default()
     };
-    let (log, writer) = DecisionLog::spawn_with(
-        &settings,
-        Arc::new(Counters::default()),
-        Sink::stream(Box::new(move || Box::new(stream.clone()))),
-        Rng::seeded(9),
-    )
-    .expect("start");
+    let (log, writer) = spawn_on(kept.clone(), &settings, Arc::new(Counters::default()));
     let record = |id: &str| {
         log.record(
             &info(id, "/"),
@@ -575,6 +576,7 @@ async fn an_idle_writer_blocks_and_the_next_record_wakes_it() {
 }
 
 /// An output that fails every write.
+#[derive(Clone)]
 struct Broken;
 
 impl std::io::Write for Broken {
@@ -595,13 +597,7 @@ async fn failed_writes_are_counted() {
         flush_interval: Duration::from_millis(10),
         ..Settings::default()
     };
-    let (log, writer) = DecisionLog::spawn_with(
-        &settings,
-        counters.clone(),
-        Sink::stream(Box::new(|| Box::new(Broken))),
-        Rng::seeded(9),
-    )
-    .expect("start");
+    let (log, writer) = spawn_on(Broken, &settings, counters.clone());
     for _ in 0..3 {
         log.record(
             &info("r", "/"),
