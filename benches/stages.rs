@@ -13,7 +13,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
-use tollgate::authz::{AuthzService, to_check_response};
+use tollgate::authz::{AuthzService, to_answer, to_check_response};
 use tollgate::client::{Probe, check_request};
 use tollgate::engine::{self, Headers, Request, request};
 use tollgate::jwks::KeySources;
@@ -137,8 +137,12 @@ fn stages(c: &mut Criterion) {
     let plain = Snapshot::build(vec![policy.clone()], DefaultAction::Deny).0;
     let decision = runtime.block_on(engine::check(&plain, &request, now));
     assert!(decision.is_allow());
-    c.bench_function("5 build Envoy's CheckResponse", |b| {
-        b.iter(|| to_check_response(black_box(&decision)))
+    // The allow as the server writes it, against building the message and encoding that.
+    c.bench_function("5 encode the allow (as served)", |b| {
+        b.iter(|| prost::Message::encode_to_vec(&to_answer(black_box(&decision))))
+    });
+    c.bench_function("5 build Envoy's CheckResponse and encode it", |b| {
+        b.iter(|| prost::Message::encode_to_vec(&to_check_response(black_box(&decision))))
     });
     c.bench_function("engine::check, uncached", |b| {
         b.iter(|| runtime.block_on(engine::check(&plain, black_box(&request), now)))
@@ -192,11 +196,11 @@ fn stages(c: &mut Criterion) {
         token: Some(token.clone()),
         ..Probe::default()
     });
-    c.bench_function("gRPC decide + response, cache hit", |b| {
+    c.bench_function("gRPC decide + answer, cache hit", |b| {
         b.iter(|| {
             runtime.block_on(async {
                 let (decision, _) = service.decide(black_box(&check)).await;
-                to_check_response(&decision)
+                to_answer(&decision)
             })
         })
     });
@@ -218,7 +222,18 @@ fn stages(c: &mut Criterion) {
         shared.set_ready();
         let service = AuthzService::new(shared, Metrics::new(None, None));
         c.bench_function(
-            &format!("gRPC decide + response + encode, cache hit, {name}"),
+            &format!("gRPC decide + answer as served, cache hit, {name}"),
+            |b| {
+                b.iter(|| {
+                    runtime.block_on(async {
+                        let (decision, _) = service.decide(black_box(&check)).await;
+                        prost::Message::encode_to_vec(&to_answer(&decision))
+                    })
+                })
+            },
+        );
+        c.bench_function(
+            &format!("gRPC decide + CheckResponse built and encoded, cache hit, {name}"),
             |b| {
                 b.iter(|| {
                     runtime.block_on(async {

@@ -1986,8 +1986,13 @@ fn judge(request: &CheckRequest) -> Decision {
     let t1 = now();
     let expect = model::expect(request, t0, t1);
     assert_agrees(&decision, &expect, request);
-    // The answer Envoy gets is built for every decision.
-    let _ = tollgate::authz::to_check_response(&decision);
+    // The answer Envoy gets: an allow, encoded as served, is the built message byte for byte.
+    let built = prost::Message::encode_to_vec(&tollgate::authz::to_check_response(&decision));
+    let served = prost::Message::encode_to_vec(&tollgate::authz::to_answer(&decision));
+    assert_eq!(
+        served, built,
+        "the served answer differs from the built message"
+    );
     decision
 }
 

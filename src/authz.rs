@@ -28,6 +28,9 @@ use crate::proto::http_type::HttpStatus;
 use crate::telemetry::{self, RequestInfo};
 use crate::trace;
 
+mod answer;
+pub use answer::Answer;
+
 /// The route's context extension that names a policy explicitly (`namespace/name`).
 pub const POLICY_EXTENSION: &str = "tollgate.dev/policy";
 
@@ -230,10 +233,7 @@ pub fn route_from_metadata(
 
 #[tonic::async_trait]
 impl Authorization for AuthzService {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<Answer>, Status> {
         let start = Instant::now();
         let proxy = request.remote_addr().map(|a| a.ip());
         let span = self
@@ -258,7 +258,7 @@ impl Authorization for AuthzService {
         self.shared
             .dry_run()
             .observe(&info, &decision, SystemTime::now());
-        Ok(Response::new(to_check_response(&decision)))
+        Ok(Response::new(to_answer(&decision)))
     }
 }
 
@@ -324,7 +324,27 @@ fn trace_header(decision: &Decision) -> Option<HeaderValueOption> {
         .map(|t| header(trace::RESPONSE_HEADER, &t.to_header_value()))
 }
 
-/// Converts a decision into Envoy's answer.
+/// Envoy's answer as the server sends it: an allow encoded straight from the decision
+/// ([`answer::allow`], the bytes of [`to_check_response`]'s message without building it), a
+/// denial built.
+pub fn to_answer(decision: &Decision) -> Answer {
+    match decision {
+        Decision::Allow(allow) => {
+            let trace = allow
+                .trace
+                .as_ref()
+                .filter(|t| t.expose)
+                .map(|t| t.to_header_value());
+            let trace = trace
+                .as_deref()
+                .map(|value| (trace::RESPONSE_HEADER, value));
+            Answer::Encoded(answer::allow(allow, trace))
+        }
+        Decision::Deny(_) => Answer::Message(to_check_response(decision)),
+    }
+}
+
+/// Converts a decision into Envoy's answer, as a message.
 pub fn to_check_response(decision: &Decision) -> CheckResponse {
     let trace = trace_header(decision);
     match decision {

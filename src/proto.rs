@@ -8,5 +8,13 @@
 include!(concat!(env!("OUT_DIR"), "/envoy_api.rs"));
 
 pub use envoy::config::core::v3 as core;
-pub use envoy::service::auth::v3 as auth;
+/// The external-authorization messages and client, and the server `build.rs` declares (its
+/// `Check` answers with [`crate::authz::Answer`]).
+pub mod auth {
+    pub use super::envoy::service::auth::v3::*;
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/envoy.service.auth.v3.Authorization.rs"
+    ));
+}
 pub use envoy::r#type::v3 as http_type;

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use tollgate::authz::Answer;
 use tollgate::proto::auth::authorization_server::{Authorization, AuthorizationServer};
 use tollgate::proto::auth::{CheckRequest, CheckResponse};
 use tollgate::proto::google::rpc::Status as RpcStatus;
@@ -284,14 +285,14 @@ impl Authorization for AllowAll {
     async fn check(
         &self,
         _request: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(CheckResponse {
+    ) -> Result<tonic::Response<Answer>, tonic::Status> {
+        Ok(tonic::Response::new(Answer::Message(CheckResponse {
             status: Some(RpcStatus {
                 code: 0,
                 ..Default::default()
             }),
             ..Default::default()
-        }))
+        })))
     }
 }
 

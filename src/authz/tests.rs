@@ -358,7 +358,9 @@ async fn a_dry_run_policy_allows_and_reports_what_it_would_deny() {
             .check(tonic::Request::new(request(http(token))))
             .await
             .expect("an answer")
-            .into_inner();
+            .into_inner()
+            .into_message()
+            .expect("an answer prost decodes");
         let Some(HttpResponse::OkResponse(ok)) = &response.http_response else {
             panic!("expected an allow, got {response:?}");
         };

@@ -292,7 +292,7 @@ impl Authorization for Recorder {
     async fn check(
         &self,
         request: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+    ) -> Result<tonic::Response<tollgate::authz::Answer>, tonic::Status> {
         let certificate = request
             .get_ref()
             .attributes
@@ -302,7 +302,7 @@ impl Authorization for Recorder {
             .unwrap_or_default();
         self.0.lock().expect("recorded").push(certificate);
         // No status: OK, allowed.
-        Ok(tonic::Response::new(CheckResponse::default()))
+        Ok(tonic::Response::new(CheckResponse::default().into()))
     }
 }
 

@@ -155,6 +155,14 @@ async fn a_dry_run_policy_lets_envoy_through_what_an_enforcing_one_denies() {
         "{metrics}"
     );
 
+    // (Once the log reader has a line: it can arrive after the answer.)
+    eventually(Duration::from_secs(10), async || {
+        tollgate
+            .log_events("dry run: would deny")
+            .iter()
+            .any(|l| l["policy"] == "shop/trial")
+    })
+    .await;
     let lines = tollgate.log_events("dry run: would deny");
     let trial: Vec<&Value> = lines
         .iter()

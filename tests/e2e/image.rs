@@ -665,16 +665,21 @@ exec chroot --userspec="$user" "$root" "$@""#;
         outcome(&check(&url, "/orders", Some(&elsewhere)).await),
         (false, 503, "issuer_unavailable".into())
     );
-    let refused = tollgate.log_events("key set refresh failed");
-    assert!(
-        refused.iter().any(
-            |e| e["source"].as_str().is_some_and(|s| s.contains(&untrusted))
+    let refused_untrusted = |refused: &[serde_json::Value]| {
+        refused.iter().any(|e| {
+            e["source"].as_str().is_some_and(|s| s.contains(&untrusted))
                 && e["error"]
                     .as_str()
                     .is_some_and(|e| e.contains("UnknownIssuer"))
-        ),
-        "{refused:?}"
-    );
+        })
+    };
+    // (Once the log reader has the line: it can arrive after the answer.)
+    eventually(Duration::from_secs(10), async || {
+        refused_untrusted(&tollgate.log_events("key set refresh failed"))
+    })
+    .await;
+    let refused = tollgate.log_events("key set refresh failed");
+    assert!(refused_untrusted(&refused), "{refused:?}");
     assert!(
         !refused
             .iter()

@@ -110,9 +110,14 @@ async fn valid_and_invalid_tokens_over_grpc() {
     assert_eq!(outcome(&missing), (false, 401, "token_missing".into()));
 
     // Every denial was logged with its reason and a token fingerprint, never the token.
-    let denials = tollgate.log_events("denied");
-    assert!(denials.iter().any(|d| d["reason"] == "signature_invalid"
-        && d["token"].as_str().is_some_and(|t| t.len() == 12)));
+    // (Once the log reader has the line: it can arrive after the answer.)
+    let fingerprinted = eventually(Duration::from_secs(10), async || {
+        tollgate.log_events("denied").iter().any(|d| {
+            d["reason"] == "signature_invalid" && d["token"].as_str().is_some_and(|t| t.len() == 12)
+        })
+    })
+    .await;
+    assert!(fingerprinted, "{:#?}", tollgate.log_events("denied"));
     let all_logs = tollgate.logs().join("\n");
     assert!(
         !all_logs.contains(&good[..60]),
@@ -258,11 +263,16 @@ async fn last_good_keys_serve_until_the_maximum_staleness_then_503_then_recover(
         outcome(&check(&url, "/", Some(&token)).await),
         (true, 200, "valid".into())
     );
-    assert!(
+    let kept = eventually(Duration::from_secs(10), async || {
         tollgate
             .log_events("key set refresh failed")
             .iter()
             .any(|e| e["keeping_last_good_keys"] == true)
+    })
+    .await;
+    assert!(
+        kept,
+        "no failed refresh keeping the last good keys was logged"
     );
 
     // Past it: 503, not an allow by keys the issuer may have revoked, and not a 401.
