@@ -15,7 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let check = tonic_build::manual::Method::builder()
         .name("check")
         .route_name("Check")
-        .comment("Performs authorization check based on the attributes associated with the incoming request, and returns status `OK` or not `OK`.")
+        .comment("Judges one request from its attributes; status OK allows it.")
         .input_type("crate::proto::auth::CheckRequest")
         .output_type("crate::authz::Answer")
         .codec_path("tonic_prost::ProstCodec")
@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let service = tonic_build::manual::Service::builder()
         .name("Authorization")
         .package("envoy.service.auth.v3")
-        .comment("A generic interface for performing authorization check on incoming requests to a networked service.")
+        .comment("Decides whether a request may proceed.")
         .method(check)
         .build();
     tonic_build::manual::Builder::new()

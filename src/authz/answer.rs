@@ -5,7 +5,8 @@
 //! from the verified-token cache, where building the message cost as much as deciding: every
 //! header and metadata value copied into its own `String`, a map of metadata, and the whole
 //! tree walked twice by the encoder (once to size it, once to write it), then dropped. Here an
-//! allow is written once, into one buffer sized exactly, from the decision's own fields. The
+//! allow is written once, into one buffer sized exactly, from the decision's own fields (tonic
+//! then copies those bytes into its frame, as it copies any encoded message). The
 //! bytes are the ones prost writes for the built message, field for field in the same order
 //! (tests compare them byte for byte), so Envoy reads the same answer either way.
 
@@ -27,6 +28,8 @@ pub enum Answer {
     Encoded(Bytes),
 }
 
+/// An empty message, as prost's `Default` (which `Message` needs): it has no `status`, which
+/// Envoy reads as OK. The server never answers with it.
 impl Default for Answer {
     fn default() -> Self {
         Answer::Message(CheckResponse::default())
@@ -345,18 +348,21 @@ mod tests {
     }
 
     fn claims() -> impl Strategy<Value = ClaimSet> {
-        (
-            prop::collection::btree_map(".{0,12}", json(), 0..6),
-            any::<bool>(),
-        )
-            .prop_map(|(map, as_text)| {
-                let map: serde_json::Map<String, Value> = map.into_iter().collect();
-                if as_text {
-                    ClaimSet::Json(Value::Object(map).to_string().into())
-                } else {
-                    ClaimSet::Parsed(Arc::new(map))
-                }
-            })
+        (prop::collection::btree_map(".{0,12}", json(), 0..6), 0..4u8).prop_map(|(map, form)| {
+            let map: serde_json::Map<String, Value> = map.into_iter().collect();
+            let text = || -> Arc<str> { Value::Object(map.clone()).to_string().into() };
+            match form {
+                0 => ClaimSet::Parsed(Arc::new(map)),
+                1 => ClaimSet::Json(text()),
+                // A cache hit: the JSON, and the claims expressions read kept parsed.
+                2 => ClaimSet::Cached {
+                    json: text(),
+                    read: Arc::new(map.into_iter().take(2).collect()),
+                },
+                // Text that is not a JSON object: an empty `Struct` either way.
+                _ => ClaimSet::Json(format!("[{}", text()).into()),
+            }
+        })
     }
 
     fn dry_run() -> impl Strategy<Value = Box<Deny>> {
@@ -384,7 +390,7 @@ mod tests {
 
     prop_compose! {
         fn allows()(
-            policy in prop::option::of(".{0,60}"),
+            policy in prop::option::of(prop_oneof![".{0,60}", "[a-z/-]{128,200}"]),
             issuer in prop::option::of(text()),
             headers_to_set in prop::collection::vec((text(), text()), 0..4),
             headers_to_remove in prop::collection::vec(text(), 0..4),
