@@ -316,12 +316,17 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
     }
 }
 
-/// The `x-tollgate-trace` header, when the policy's trace header asked for it.
-fn trace_header(decision: &Decision) -> Option<HeaderValueOption> {
+/// The `x-tollgate-trace` header's value, when the policy's trace header asked for it.
+fn trace_value(decision: &Decision) -> Option<String> {
     decision
         .trace()
         .filter(|t| t.expose)
-        .map(|t| header(trace::RESPONSE_HEADER, &t.to_header_value()))
+        .map(|t| t.to_header_value())
+}
+
+/// The `x-tollgate-trace` header, when the policy's trace header asked for it.
+fn trace_header(decision: &Decision) -> Option<HeaderValueOption> {
+    trace_value(decision).map(|value| header(trace::RESPONSE_HEADER, &value))
 }
 
 /// Envoy's answer as the server sends it: an allow encoded straight from the decision
@@ -330,11 +335,7 @@ fn trace_header(decision: &Decision) -> Option<HeaderValueOption> {
 pub fn to_answer(decision: &Decision) -> Answer {
     match decision {
         Decision::Allow(allow) => {
-            let trace = allow
-                .trace
-                .as_ref()
-                .filter(|t| t.expose)
-                .map(|t| t.to_header_value());
+            let trace = trace_value(decision);
             let trace = trace
                 .as_deref()
                 .map(|value| (trace::RESPONSE_HEADER, value));

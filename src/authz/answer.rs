@@ -154,6 +154,14 @@ fn put_str(tag: u32, text: &str, buf: &mut Vec<u8>) {
     buf.extend_from_slice(text.as_bytes());
 }
 
+/// A repeated string field: every element written, empty or not.
+fn repeated_str_len(tag: u32, texts: &[String]) -> usize {
+    texts
+        .iter()
+        .map(|text| delimited_len(tag, text.len()))
+        .sum()
+}
+
 /// A singular proto3 string: left out when empty.
 fn singular_str_len(tag: u32, text: &str) -> usize {
     if text.is_empty() {
@@ -260,19 +268,14 @@ pub fn allow(allow: &Allow, trace: Option<(&str, &str)>) -> Bytes {
         .iter()
         .map(|(k, v)| delimited_len(tag::HEADERS, header_option_len(k, v)))
         .sum::<usize>()
-        + allow
-            .headers_to_remove
-            .iter()
-            .map(|name| delimited_len(tag::HEADERS_TO_REMOVE, name.len()))
-            .sum::<usize>()
+        + repeated_str_len(tag::HEADERS_TO_REMOVE, &allow.headers_to_remove)
         + response_headers()
             .map(|(k, v)| delimited_len(tag::RESPONSE_HEADERS_TO_ADD, header_option_len(k, v)))
             .sum::<usize>()
-        + allow
-            .query_params_to_remove
-            .iter()
-            .map(|name| delimited_len(tag::QUERY_PARAMETERS_TO_REMOVE, name.len()))
-            .sum::<usize>();
+        + repeated_str_len(
+            tag::QUERY_PARAMETERS_TO_REMOVE,
+            &allow.query_params_to_remove,
+        );
     let metadata_len = metadata
         .iter()
         .map(|(key, value)| delimited_len(tag::FIELDS, entry_len(key, value)))
